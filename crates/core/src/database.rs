@@ -1,0 +1,337 @@
+//! [`Database`]: one replica: a store, its clock, its version vector, the
+//! merge rule, a conflict resolver and the change feed.
+
+use crate::clock::{Hlc, HybridLogicalClock};
+use crate::codec;
+use crate::error::Error;
+use crate::feed::{ChangeFeed, Subscription};
+use crate::merge;
+use crate::node::{Node, NodeRecord};
+use crate::operation::{validate_node_id, validate_value, OpId, OperationType, OperationWithMetadata};
+use crate::resolver::{ConflictResolver, LastWriterWins};
+use crate::store::{Store, WriteBatch};
+use crate::version_vector::VersionVector;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The metadata key under which the newest clock reading is kept, so a
+/// reopened replica never issues a timestamp it issued before.
+const CLOCK_META_KEY: &str = "hlc";
+
+/// How many records [`Database::list`] reads from the store at a time.
+const SCAN_CHUNK: usize = 256;
+
+/// What [`Database::apply_remote`] did with a batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Operations applied.
+    pub applied: usize,
+    /// Operations skipped because the replica already held them.
+    pub duplicates: usize,
+}
+
+/// One replica of the graph.
+///
+/// All writes go through [`Store::commit`] in one atomic, durable batch per
+/// call; a call that returns `Ok` has made its writes durable (for a durable
+/// store), and a call that fails has changed nothing.
+///
+/// Time is an argument (`now_ms`, milliseconds since the Unix epoch), never
+/// read from a clock here, so a replica runs the same in a simulator.
+pub struct Database<S> {
+    store: S,
+    peer_id: String,
+    clock: HybridLogicalClock,
+    version_vector: VersionVector,
+    resolver: Arc<dyn ConflictResolver>,
+    feed: ChangeFeed,
+}
+
+/// Marks a batch as local writes to stamp at wall time `now_ms`.
+struct LocalStamp {
+    now_ms: u64,
+}
+
+impl<S: Store> Database<S> {
+    /// Opens a replica whose local writes are authored by `peer_id`, with
+    /// last-writer-wins conflict resolution.
+    pub fn open(store: S, peer_id: impl Into<String>) -> Result<Self, Error> {
+        let version_vector = store.version_vector()?;
+        let last = match store.meta(CLOCK_META_KEY)? {
+            Some(bytes) => codec::decode::<Hlc>(&bytes, "clock reading")?,
+            None => Hlc::ZERO,
+        };
+        Ok(Self {
+            store,
+            peer_id: peer_id.into(),
+            clock: HybridLogicalClock::resume_after(last),
+            version_vector,
+            resolver: Arc::new(LastWriterWins),
+            feed: ChangeFeed::new(),
+        })
+    }
+
+    /// Uses `resolver` to choose among concurrent values when reading.
+    pub fn with_resolver(mut self, resolver: Arc<dyn ConflictResolver>) -> Self {
+        self.resolver = resolver;
+        self
+    }
+
+    /// The peer id that authors this replica's local writes.
+    pub fn peer_id(&self) -> &str {
+        &self.peer_id
+    }
+
+    /// The resolver in use.
+    pub fn resolver(&self) -> &dyn ConflictResolver {
+        &*self.resolver
+    }
+
+    /// For each origin, the highest sequence number applied.
+    pub fn version_vector(&self) -> &VersionVector {
+        &self.version_vector
+    }
+
+    /// The newest timestamp this replica issued or observed.
+    pub fn clock(&self) -> Hlc {
+        self.clock.last()
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Subscribes to every change applied from now on, buffering at most
+    /// `capacity` of them (see [`crate::feed`]).
+    pub fn subscribe(&self, capacity: usize) -> Subscription {
+        self.feed.subscribe(capacity)
+    }
+
+    /// Creates or replaces the node `id` with `value` (a JSON object).
+    pub fn put(&mut self, id: &str, value: Value, now_ms: u64) -> Result<OperationWithMetadata, Error> {
+        self.write_one(OperationType::CreateNode, id, value, now_ms)
+    }
+
+    /// Sets the fields of `fields` on node `id`, creating it if needed; a
+    /// field set to `null` is removed.
+    pub fn update(&mut self, id: &str, fields: Value, now_ms: u64) -> Result<OperationWithMetadata, Error> {
+        self.write_one(OperationType::UpdateNode, id, fields, now_ms)
+    }
+
+    /// Deletes node `id`; fails with [`Error::NotFound`] if it does not exist.
+    pub fn delete(&mut self, id: &str, now_ms: u64) -> Result<OperationWithMetadata, Error> {
+        validate_node_id(id)?;
+        if self.get(id)?.is_none() {
+            return Err(Error::NotFound { id: id.to_owned() });
+        }
+        self.write_one(OperationType::DeleteNode, id, Value::Null, now_ms)
+    }
+
+    fn write_one(&mut self, kind: OperationType, id: &str, data: Value, now_ms: u64) -> Result<OperationWithMetadata, Error> {
+        let op = OperationWithMetadata::new(kind, id.to_owned(), data, self.peer_id.clone());
+        let mut ops = self.commit_local(vec![op], now_ms)?;
+        ops.pop().ok_or_else(|| Error::Decode { what: "commit result", reason: "no operation returned".into() })
+    }
+
+    /// Commits local writes in one durable transaction: each operation gets
+    /// this replica's next sequence number, a timestamp, and the values it
+    /// replaces. Their origin must be this replica's peer id. Returns the
+    /// operations as stored (what sync sends to peers).
+    pub fn commit_local(&mut self, ops: Vec<OperationWithMetadata>, now_ms: u64) -> Result<Vec<OperationWithMetadata>, Error> {
+        for op in &ops {
+            if op.id.origin != self.peer_id {
+                return Err(Error::ForeignOrigin { origin: op.id.origin.clone(), local: self.peer_id.clone() });
+            }
+            if op.is_stamped() {
+                return Err(Error::InvalidOperation {
+                    id: op.id.clone(),
+                    reason: "a local write must not carry a sequence number yet".into(),
+                });
+            }
+            validate_node_id(&op.node_id)?;
+            if op.operation != OperationType::DeleteNode {
+                validate_value(&op.data)?;
+            }
+        }
+        self.apply(ops, Some(LocalStamp { now_ms }))
+    }
+
+    /// Applies operations received from peers in one durable transaction.
+    /// Operations already held are skipped; an operation whose predecessor
+    /// from the same origin is neither held nor earlier in the batch fails
+    /// the whole batch with [`Error::SequenceGap`], as does any invalid
+    /// operation. Nothing is written when it fails.
+    pub fn apply_remote(&mut self, ops: Vec<OperationWithMetadata>) -> Result<ApplyReport, Error> {
+        for op in &ops {
+            op.validate()?;
+        }
+        let total = ops.len();
+        let applied = self.apply(ops, None)?;
+        Ok(ApplyReport { applied: applied.len(), duplicates: total - applied.len() })
+    }
+
+    /// The shared write path: merge every operation into its node's record,
+    /// then commit ops, records, version vector and clock in one batch.
+    fn apply(&mut self, ops: Vec<OperationWithMetadata>, local: Option<LocalStamp>) -> Result<Vec<OperationWithMetadata>, Error> {
+        let mut records = self.load_records(&ops)?;
+        let mut version_vector = self.version_vector.clone();
+        let mut clock = self.clock.clone();
+        let publish = self.feed.has_subscribers();
+        let mut changes = Vec::new();
+        let mut applied = Vec::with_capacity(ops.len());
+
+        for mut op in ops {
+            let next = version_vector.get(&op.id.origin) + 1;
+            let record = records.entry(op.node_id.clone()).or_insert_with(|| NodeRecord::empty(&op.node_id));
+            if let Some(local) = &local {
+                op.id.seq = next;
+                op.timestamp = clock.tick(local.now_ms);
+                if op.operation == OperationType::UpdateNode {
+                    op.supersedes = superseded_by_write(record, &op.data);
+                }
+            } else if op.id.seq < next {
+                continue;
+            } else if op.id.seq > next {
+                return Err(Error::SequenceGap { origin: op.id.origin, expected: next, found: op.id.seq });
+            } else {
+                clock.observe(op.timestamp);
+            }
+            merge::apply(record, &op, |id: &OpId| version_vector.contains(&id.origin, id.seq));
+            version_vector.advance(&op.id.origin, op.id.seq);
+            if publish {
+                changes.push((op.clone(), record.view(&*self.resolver)));
+            }
+            applied.push(op);
+        }
+        if applied.is_empty() {
+            return Ok(applied);
+        }
+
+        let moved = version_vector
+            .iter()
+            .filter(|&(origin, seq)| self.version_vector.get(origin) != seq)
+            .map(|(origin, seq)| (origin.to_owned(), seq))
+            .collect();
+        let mut batch = WriteBatch {
+            ops: applied,
+            nodes: records.into_values().collect(),
+            version_vector: moved,
+            meta: vec![(CLOCK_META_KEY.to_owned(), codec::encode(&clock.last()))],
+        };
+        batch.nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        // The store consumes the batch; keep the ops to hand back.
+        let ops = batch.ops.clone();
+        self.store.commit(batch)?;
+
+        self.version_vector = version_vector;
+        self.clock = clock;
+        self.feed.publish(changes);
+        Ok(ops)
+    }
+
+    fn load_records(&self, ops: &[OperationWithMetadata]) -> Result<HashMap<String, NodeRecord>, Error> {
+        let mut ids: Vec<&str> = ops.iter().map(|op| op.node_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let found = self.store.nodes(&ids)?;
+        Ok(ids.into_iter().zip(found).map(|(id, record)| (id.to_owned(), record.unwrap_or_else(|| NodeRecord::empty(id)))).collect())
+    }
+
+    /// Reads node `id` as the resolver presents it; `None` if it does not
+    /// exist.
+    pub fn get(&self, id: &str) -> Result<Option<Node>, Error> {
+        validate_node_id(id)?;
+        Ok(self.record(id)?.and_then(|r| r.view(&*self.resolver)))
+    }
+
+    /// Reads the stored merge state of node `id`, including deleted nodes.
+    pub fn record(&self, id: &str) -> Result<Option<NodeRecord>, Error> {
+        Ok(self.store.nodes(&[id])?.pop().flatten())
+    }
+
+    /// Follows links from node `id` through `path`, a field name per hop.
+    /// Returns the node reached, or the first hop that fails.
+    pub fn follow(&self, id: &str, path: &[&str]) -> Result<Traversal, Error> {
+        let Some(mut node) = self.get(id)? else {
+            return Err(Error::NotFound { id: id.to_owned() });
+        };
+        for (hop, field) in path.iter().enumerate() {
+            let Some(target) = node.link(field).map(str::to_owned) else {
+                return Ok(Traversal::NotALink { from: node, field: (*field).to_owned(), hop });
+            };
+            match self.get(&target)? {
+                Some(next) => node = next,
+                None => return Ok(Traversal::Dangling { from: node, field: (*field).to_owned(), target, hop }),
+            }
+        }
+        Ok(Traversal::Reached(node))
+    }
+
+    /// Lists up to `limit` existing nodes whose id starts with `prefix`, in id
+    /// order, starting after `after` (for pagination).
+    pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Node>, Error> {
+        let mut out = Vec::new();
+        let mut cursor = after.map(str::to_owned);
+        while out.len() < limit {
+            let chunk = self.store.scan_nodes(prefix, cursor.as_deref(), SCAN_CHUNK)?;
+            let Some(last) = chunk.last() else { break };
+            cursor = Some(last.id.clone());
+            let exhausted = chunk.len() < SCAN_CHUNK;
+            out.extend(chunk.iter().filter_map(|r| r.view(&*self.resolver)).take(limit - out.len()));
+            if exhausted {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The operations that produced node `id`'s current state (its newest
+    /// create or delete and every write whose value is still live), oldest
+    /// first. Works for deleted nodes too; fails with [`Error::NotFound`] for
+    /// a node no operation has touched.
+    pub fn history(&self, id: &str) -> Result<Vec<OperationWithMetadata>, Error> {
+        validate_node_id(id)?;
+        let record = self.record(id)?.ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
+        let ids: Vec<OpId> = record.contributing_ops().into_iter().map(|s| s.id.clone()).collect();
+        let ops = self.store.ops(&ids)?;
+        ids.into_iter()
+            .zip(ops)
+            .map(|(id, op)| op.ok_or_else(|| Error::Decode { what: "op log", reason: format!("operation {id} is referenced but missing") }))
+            .collect()
+    }
+
+    /// Up to `limit` operations of `origin` after sequence number
+    /// `after_seq`, in order: what a peer that has applied up to `after_seq`
+    /// lacks.
+    pub fn ops_after(&self, origin: &str, after_seq: u64, limit: usize) -> Result<Vec<OperationWithMetadata>, Error> {
+        self.store.ops_after(origin, after_seq, limit)
+    }
+}
+
+/// For an update, the values it replaces: in each field it writes, every
+/// value the replica currently holds (a write made after seeing them).
+fn superseded_by_write(record: &NodeRecord, data: &Value) -> std::collections::BTreeMap<String, Vec<OpId>> {
+    let Value::Object(fields) = data else {
+        return Default::default();
+    };
+    fields
+        .keys()
+        .filter_map(|field| {
+            let values = record.fields.get(field)?;
+            Some((field.clone(), values.iter().map(|v| v.stamp.id.clone()).collect()))
+        })
+        .collect()
+}
+
+/// Where [`Database::follow`] ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Traversal {
+    /// Every hop was a link to an existing node; this is the last one.
+    Reached(Node),
+    /// `field` of `from` (at hop `hop`, from 0) is missing or not a link.
+    NotALink { from: Node, field: String, hop: usize },
+    /// `field` of `from` links to `target`, which does not exist.
+    Dangling { from: Node, field: String, target: String, hop: usize },
+}

@@ -1,0 +1,56 @@
+//! The core crate's error type.
+
+use crate::operation::OpId;
+
+/// What went wrong in the core: bad input, an operation a replica cannot
+/// apply, or a failure of the underlying store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A node id is empty, too long or contains a control character.
+    #[error("invalid node id {id:?}: {reason}")]
+    InvalidNodeId { id: String, reason: String },
+    /// A create or update value is not a JSON object.
+    #[error("a node value must be a JSON object, found {found}")]
+    ValueNotObject { found: &'static str },
+    /// A value is larger than [`crate::MAX_VALUE_BYTES`].
+    #[error("the value is {size} bytes of JSON; the limit is {limit}")]
+    ValueTooLarge { size: usize, limit: usize },
+    /// An operation is malformed.
+    #[error("invalid operation {id}: {reason}")]
+    InvalidOperation { id: OpId, reason: String },
+    /// An operation arrived before its predecessor from the same origin.
+    #[error("operation {origin}/{found} arrived before {origin}/{expected}; operations of one origin apply in sequence")]
+    SequenceGap { origin: String, expected: u64, found: u64 },
+    /// A local write names another peer as its origin.
+    #[error("operation claims origin {origin:?} but this replica is {local:?}")]
+    ForeignOrigin { origin: String, local: String },
+    /// The node does not exist (never created, or deleted).
+    #[error("node {id:?} not found")]
+    NotFound { id: String },
+    /// Stored or received bytes do not decode.
+    #[error("cannot decode {what}: {reason}")]
+    Decode { what: &'static str, reason: String },
+    /// The store failed; nothing from the failed call was written.
+    #[error("storage failed: {0}")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl Error {
+    /// Wraps a store implementation's error.
+    pub fn storage(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Storage(Box::new(err))
+    }
+
+    /// Whether the error is the caller's input rather than a failure of the
+    /// replica (callers map this to "bad request" / exit code 2).
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidNodeId { .. }
+                | Error::ValueNotObject { .. }
+                | Error::ValueTooLarge { .. }
+                | Error::InvalidOperation { .. }
+                | Error::ForeignOrigin { .. }
+        )
+    }
+}

@@ -1,0 +1,63 @@
+//! PluresDB core: the data model and merge rules of a local-first graph
+//! database, independent of any network or storage engine.
+//!
+//! A [`Database`] is one replica. Local writes become
+//! [`OperationWithMetadata`] values with a per-origin sequence number and a
+//! hybrid-logical-clock timestamp; remote operations are applied in any
+//! order (per origin in sequence) and every replica that holds the same set
+//! of operations shows the same state. Concurrent writes to a field are kept
+//! and a [`ConflictResolver`] chooses which one readers see
+//! ([`LastWriterWins`] by default).
+//!
+//! ```
+//! use pluresdb_core::{Database, MemoryStore, OperationType, OperationWithMetadata};
+//! use serde_json::json;
+//!
+//! # fn main() -> Result<(), pluresdb_core::Error> {
+//! let mut alice = Database::open(MemoryStore::new(), "alice")?;
+//! let mut bob = Database::open(MemoryStore::new(), "bob")?;
+//!
+//! alice.put("user:123", json!({"name": "Alice", "friend": {"#": "user:456"}}), 1_000)?;
+//! let ops = bob.commit_local(
+//!     vec![OperationWithMetadata::new(OperationType::CreateNode, "user:456".into(), json!({"name": "Bob"}), "bob".into())],
+//!     1_001,
+//! )?;
+//!
+//! // Exchange what the other lacks, in any order: both converge.
+//! alice.apply_remote(ops)?;
+//! bob.apply_remote(alice.ops_after("alice", 0, 1_000)?)?;
+//! assert_eq!(alice.version_vector(), bob.version_vector());
+//!
+//! let friend = bob.follow("user:123", &["friend"])?;
+//! assert!(matches!(friend, pluresdb_core::Traversal::Reached(node) if node.value["name"] == "Bob"));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The crate does no I/O and reads no clock: time is passed in as `now_ms`,
+//! and storage sits behind the [`Store`] trait ([`MemoryStore`] here, the
+//! durable redb store in `pluresdb-store-redb`). It builds for wasm32.
+
+pub mod clock;
+pub mod codec;
+mod database;
+mod error;
+pub mod feed;
+pub mod merge;
+mod node;
+mod operation;
+pub mod resolver;
+mod store;
+mod version_vector;
+
+pub use clock::{Hlc, HybridLogicalClock};
+pub use database::{ApplyReport, Database, Traversal};
+pub use error::Error;
+pub use feed::{Change, ChangeFeed, FeedEvent, Subscription};
+pub use node::{link_target, FieldValue, Node, NodeRecord, PendingSupersession, Reset, LINK_KEY};
+pub use operation::{
+    validate_node_id, validate_value, OpId, OperationType, OperationWithMetadata, Stamp, MAX_NODE_ID_BYTES, MAX_VALUE_BYTES,
+};
+pub use resolver::{builtin_resolver, ConflictResolver, FirstWriterWins, FnResolver, KeepAll, LastWriterWins};
+pub use store::{MemoryStore, Store, WriteBatch};
+pub use version_vector::VersionVector;

@@ -1,0 +1,176 @@
+//! The merge rule: how one operation changes a node's [`NodeRecord`].
+//!
+//! The state after applying a set of operations depends only on the set, not
+//! on the order or on duplicates, as long as each operation is applied once
+//! (the store skips operations it already holds). With `R` the newest create
+//! or delete applied to the node, the state is:
+//!
+//! - **Values**: for each field, every value written by an operation not
+//!   older than `R` that no applied update not older than `R` supersedes.
+//!   An update supersedes the values its author had seen in that field
+//!   ([`OperationWithMetadata::supersedes`]); values it had not seen are
+//!   concurrent with it and stay, for the [`ConflictResolver`](crate::ConflictResolver)
+//!   to choose from.
+//! - **Existence**: the node exists if `R` is a create, or if any field has a
+//!   value (an update creates a node; a delete removes every older value).
+//! - **Pending supersessions**: an update may arrive before the value it
+//!   supersedes. It then leaves a note, and the value is dead on arrival.
+//!
+//! Because an update's timestamp is greater than that of every value its
+//! author had seen (the hybrid logical clock moves past what it observes),
+//! the newest value of a field is never superseded, so last-writer-wins over
+//! the live values is exactly last-writer-wins by (timestamp, origin).
+
+use crate::node::{FieldValue, NodeRecord, PendingSupersession, Reset};
+use crate::operation::{OpId, OperationType, OperationWithMetadata};
+use serde_json::Value;
+
+/// Applies `op` to `record`. `is_applied` answers whether an operation other
+/// than `op` has already been applied; `op` itself must not have been.
+pub fn apply(record: &mut NodeRecord, op: &OperationWithMetadata, is_applied: impl Fn(&OpId) -> bool) {
+    let stamp = op.stamp();
+
+    let is_reset = matches!(op.operation, OperationType::CreateNode | OperationType::DeleteNode);
+    let newer_than_reset = record.reset.as_ref().is_none_or(|r| stamp > r.stamp);
+    if is_reset && newer_than_reset {
+        record.reset = Some(Reset { stamp: stamp.clone(), deleted: op.operation == OperationType::DeleteNode });
+        for values in record.fields.values_mut() {
+            values.retain(|v| v.stamp >= stamp);
+        }
+        record.fields.retain(|_, values| !values.is_empty());
+        record.pending.retain(|p| p.by >= stamp);
+    }
+
+    // Fields of `op` that an earlier-applied update already superseded.
+    let mut dead_fields = Vec::new();
+    record.pending.retain(|p| {
+        let targets_op = p.target == op.id;
+        if targets_op {
+            dead_fields.push(p.field.clone());
+        }
+        !targets_op
+    });
+
+    let not_older_than_reset = record.reset.as_ref().is_none_or(|r| stamp >= r.stamp);
+    if !not_older_than_reset {
+        return;
+    }
+    let Value::Object(fields) = &op.data else {
+        return;
+    };
+    for (field, value) in fields {
+        if op.operation == OperationType::UpdateNode {
+            for target in op.supersedes.get(field).into_iter().flatten() {
+                supersede(record, field, target, &stamp, &is_applied);
+            }
+        }
+        if dead_fields.iter().any(|f| f == field) {
+            continue;
+        }
+        let values = record.fields.entry(field.clone()).or_default();
+        let at = values.partition_point(|v| v.stamp < stamp);
+        values.insert(at, FieldValue { value: value.clone(), stamp: stamp.clone() });
+    }
+}
+
+fn supersede(record: &mut NodeRecord, field: &str, target: &OpId, by: &crate::operation::Stamp, is_applied: &impl Fn(&OpId) -> bool) {
+    if let Some(values) = record.fields.get_mut(field) {
+        if let Some(at) = values.iter().position(|v| &v.stamp.id == target) {
+            values.remove(at);
+            if values.is_empty() {
+                record.fields.remove(field);
+            }
+            return;
+        }
+    }
+    if is_applied(target) {
+        // Already superseded by someone else, or older than the newest reset.
+        return;
+    }
+    let note = PendingSupersession { field: field.to_owned(), target: target.clone(), by: by.clone() };
+    if let Err(at) = record.pending.binary_search(&note) {
+        record.pending.insert(at, note);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Hlc;
+    use crate::resolver::{FirstWriterWins, KeepAll, LastWriterWins};
+    use serde_json::json;
+    use std::collections::{BTreeMap, HashSet};
+
+    fn op(kind: OperationType, origin: &str, seq: u64, t: u64, data: Value, sup: &[(&str, &[(&str, u64)])]) -> OperationWithMetadata {
+        OperationWithMetadata {
+            id: OpId::new(origin, seq),
+            operation: kind,
+            node_id: "n".into(),
+            data,
+            timestamp: Hlc::new(t, 0),
+            supersedes: sup
+                .iter()
+                .map(|(f, ids)| (f.to_string(), ids.iter().map(|&(o, s)| OpId::new(o, s)).collect()))
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    fn apply_all(ops: &[&OperationWithMetadata]) -> NodeRecord {
+        let mut record = NodeRecord::empty("n");
+        let mut applied = HashSet::new();
+        for op in ops {
+            if applied.insert(op.id.clone()) {
+                apply(&mut record, op, |id| applied.contains(id));
+            }
+        }
+        record
+    }
+
+    #[test]
+    fn sequential_updates_replace_and_concurrent_ones_conflict() {
+        use OperationType::*;
+        let base = op(CreateNode, "a", 1, 10, json!({"x": 1}), &[]);
+        let a2 = op(UpdateNode, "a", 2, 20, json!({"x": 2}), &[("x", &[("a", 1)])]);
+        let b1 = op(UpdateNode, "b", 1, 15, json!({"x": 3}), &[("x", &[("a", 1)])]);
+
+        let r = apply_all(&[&base, &a2, &b1]);
+        assert_eq!(r, apply_all(&[&b1, &a2, &base]));
+        assert_eq!(r.fields["x"].len(), 2, "a2 and b1 are concurrent");
+        assert_eq!(r.view(&LastWriterWins).unwrap().value["x"], json!(2));
+        assert_eq!(r.view(&FirstWriterWins).unwrap().value["x"], json!(3));
+        let keep = r.view(&KeepAll).unwrap();
+        assert_eq!(keep.conflicts["x"].len(), 2);
+
+        // A write that saw both resolves the conflict.
+        let fix = op(UpdateNode, "b", 2, 30, json!({"x": 4}), &[("x", &[("a", 2), ("b", 1)])]);
+        let r = apply_all(&[&fix, &b1, &base, &a2]);
+        assert_eq!(r.fields["x"].len(), 1);
+        assert!(r.pending.is_empty());
+        assert!(r.view(&KeepAll).unwrap().conflicts.is_empty());
+    }
+
+    #[test]
+    fn delete_is_a_tombstone_and_newer_writes_revive() {
+        use OperationType::*;
+        let create = op(CreateNode, "a", 1, 10, json!({"x": 1, "y": 1}), &[]);
+        let delete = op(DeleteNode, "b", 1, 20, Value::Null, &[]);
+        let late_old_update = op(UpdateNode, "a", 2, 15, json!({"x": 2}), &[]);
+        let r = apply_all(&[&create, &delete, &late_old_update]);
+        assert!(!r.exists());
+        assert_eq!(r, apply_all(&[&late_old_update, &delete, &create]));
+
+        let revive = op(UpdateNode, "c", 1, 30, json!({"z": 1}), &[]);
+        let r = apply_all(&[&delete, &revive, &create]);
+        assert_eq!(r.view(&LastWriterWins).unwrap().value, json!({"z": 1}).as_object().unwrap().clone());
+    }
+
+    #[test]
+    fn create_replaces_all_fields_and_null_removes_one() {
+        use OperationType::*;
+        let a = op(CreateNode, "a", 1, 10, json!({"x": 1, "y": 1}), &[]);
+        let b = op(CreateNode, "a", 2, 20, json!({"y": 2}), &[]);
+        let c = op(UpdateNode, "a", 3, 30, json!({"y": null, "z": 3}), &[("y", &[("a", 2)])]);
+        let view = apply_all(&[&c, &a, &b]).view(&LastWriterWins).unwrap();
+        assert_eq!(serde_json::Value::Object(view.value), json!({"z": 3}));
+    }
+}

@@ -1,0 +1,248 @@
+//! Operations: the unit of change that replicas exchange and store.
+
+use crate::clock::Hlc;
+use crate::error::Error;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The longest node id accepted, in bytes of UTF-8.
+pub const MAX_NODE_ID_BYTES: usize = 512;
+
+/// The largest value accepted in one operation, in bytes of compact JSON.
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// The kind of change an operation makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum OperationType {
+    /// Creates the node, or replaces it entirely: fields the value does not
+    /// name are removed.
+    CreateNode,
+    /// Sets the named fields and leaves the others as they are; a field set
+    /// to `null` is removed (as in JSON Merge Patch). Creates the node if it
+    /// does not exist.
+    UpdateNode,
+    /// Deletes the node. A later create or update brings it back with only
+    /// the fields that write sets.
+    DeleteNode,
+}
+
+impl fmt::Display for OperationType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OperationType::CreateNode => "create",
+            OperationType::UpdateNode => "update",
+            OperationType::DeleteNode => "delete",
+        })
+    }
+}
+
+/// Names one operation: the peer that made it and its position in that
+/// peer's sequence (1, 2, 3, ... without gaps).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(from = "(String, u64)", into = "(String, u64)")]
+pub struct OpId {
+    /// The peer id of the author.
+    pub origin: String,
+    /// The author's sequence number for this operation, from 1.
+    pub seq: u64,
+}
+
+impl OpId {
+    /// Builds an op id.
+    pub fn new(origin: impl Into<String>, seq: u64) -> Self {
+        Self { origin: origin.into(), seq }
+    }
+}
+
+impl From<(String, u64)> for OpId {
+    fn from((origin, seq): (String, u64)) -> Self {
+        Self { origin, seq }
+    }
+}
+
+impl From<OpId> for (String, u64) {
+    fn from(id: OpId) -> Self {
+        (id.origin, id.seq)
+    }
+}
+
+impl fmt::Display for OpId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.origin, self.seq)
+    }
+}
+
+/// The total order that merge decisions use: timestamp first, then origin,
+/// then sequence. Two distinct operations never compare equal.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Stamp {
+    /// When the operation was made.
+    pub hlc: Hlc,
+    /// Which operation it was.
+    pub id: OpId,
+}
+
+/// An operation with everything a replica needs to apply it in any order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OperationWithMetadata {
+    /// Author and sequence number. A sequence number of 0 means the operation
+    /// has not been stamped by a replica yet (see [`OperationWithMetadata::new`]).
+    pub id: OpId,
+    /// What the operation does.
+    #[serde(rename = "type")]
+    pub operation: OperationType,
+    /// The node it changes.
+    pub node_id: String,
+    /// The value (create), the fields (update) or `null` (delete).
+    pub data: Value,
+    /// The author's hybrid-logical-clock time.
+    pub timestamp: Hlc,
+    /// For each field this operation writes, the operations whose values of
+    /// that field the author had seen and replaces. Values not listed here
+    /// that the author had not seen are concurrent with this write and go to
+    /// the conflict resolver.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub supersedes: BTreeMap<String, Vec<OpId>>,
+}
+
+impl OperationWithMetadata {
+    /// An operation authored by `origin_peer` that a replica stamps (sequence
+    /// number, timestamp, superseded values) when it commits it as a local
+    /// write.
+    pub fn new(operation: OperationType, node_id: String, data: Value, origin_peer: String) -> Self {
+        Self { id: OpId::new(origin_peer, 0), operation, node_id, data, timestamp: Hlc::ZERO, supersedes: BTreeMap::new() }
+    }
+
+    /// Whether a replica has assigned this operation its sequence number.
+    pub fn is_stamped(&self) -> bool {
+        self.id.seq != 0
+    }
+
+    /// The stamp that orders this operation against others.
+    pub fn stamp(&self) -> Stamp {
+        Stamp { hlc: self.timestamp, id: self.id.clone() }
+    }
+
+    /// Checks what every replica requires of an operation before applying
+    /// it: a valid node id, an object value for creates and updates within
+    /// [`MAX_VALUE_BYTES`], and a stamped id.
+    pub fn validate(&self) -> Result<(), Error> {
+        validate_node_id(&self.node_id)?;
+        if self.id.origin.is_empty() {
+            return Err(Error::InvalidOperation { id: self.id.clone(), reason: "empty origin".into() });
+        }
+        if !self.is_stamped() {
+            return Err(Error::InvalidOperation { id: self.id.clone(), reason: "sequence number 0 (never stamped)".into() });
+        }
+        match self.operation {
+            OperationType::CreateNode | OperationType::UpdateNode => validate_value(&self.data)?,
+            OperationType::DeleteNode => {
+                if !self.data.is_null() {
+                    return Err(Error::InvalidOperation { id: self.id.clone(), reason: "a delete carries no value".into() });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a node id: 1 to [`MAX_NODE_ID_BYTES`] bytes, no control characters.
+pub fn validate_node_id(id: &str) -> Result<(), Error> {
+    if id.is_empty() {
+        return Err(Error::InvalidNodeId { id: id.to_owned(), reason: "it is empty".into() });
+    }
+    if id.len() > MAX_NODE_ID_BYTES {
+        return Err(Error::InvalidNodeId {
+            id: format!("{}...", truncate_utf8(id, 32)),
+            reason: format!("it is {} bytes long; the limit is {MAX_NODE_ID_BYTES}", id.len()),
+        });
+    }
+    if id.chars().any(char::is_control) {
+        return Err(Error::InvalidNodeId { id: id.escape_debug().to_string(), reason: "it contains a control character".into() });
+    }
+    Ok(())
+}
+
+/// Checks a node value: a JSON object of at most [`MAX_VALUE_BYTES`].
+pub fn validate_value(value: &Value) -> Result<(), Error> {
+    if !value.is_object() {
+        return Err(Error::ValueNotObject { found: json_kind(value) });
+    }
+    let size = json_size(value);
+    if size > MAX_VALUE_BYTES {
+        return Err(Error::ValueTooLarge { size, limit: MAX_VALUE_BYTES });
+    }
+    Ok(())
+}
+
+/// The name of a JSON value's kind, for error messages.
+pub(crate) fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The length of `value` as compact JSON, computed without allocating it.
+fn json_size(value: &Value) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Writing to a counter cannot fail and a Value always serializes.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn node_ids_are_checked() {
+        assert!(validate_node_id("user:123").is_ok());
+        assert!(validate_node_id(&"x".repeat(MAX_NODE_ID_BYTES)).is_ok());
+        let err = validate_node_id(&"é".repeat(MAX_NODE_ID_BYTES)).unwrap_err().to_string();
+        assert!(err.contains("the limit is 512"), "{err}");
+        assert!(validate_node_id("").is_err());
+        assert!(validate_node_id("a\nb").is_err());
+    }
+
+    #[test]
+    fn values_must_be_objects_within_the_limit() {
+        assert!(validate_value(&json!({"a": 1})).is_ok());
+        assert!(validate_value(&json!([1])).unwrap_err().to_string().contains("an array"));
+        let big = json!({"a": "x".repeat(MAX_VALUE_BYTES)});
+        assert!(matches!(validate_value(&big), Err(Error::ValueTooLarge { .. })));
+    }
+
+    #[test]
+    fn stamps_order_by_time_then_origin_then_sequence() {
+        let s = |t, o: &str, n| Stamp { hlc: Hlc::new(t, 0), id: OpId::new(o, n) };
+        assert!(s(1, "b", 9) < s(2, "a", 1));
+        assert!(s(1, "a", 9) < s(1, "b", 1));
+        assert!(s(1, "a", 1) < s(1, "a", 2));
+    }
+}

@@ -1,0 +1,160 @@
+//! The storage interface a [`Database`](crate::Database) runs on, and an
+//! in-memory implementation.
+//!
+//! A store is plain storage: all merge logic lives in the core, so every
+//! store behaves the same. Writes arrive as one [`WriteBatch`] that the store
+//! must make durable atomically: when [`Store::commit`] returns `Ok`, the whole
+//! batch survives a crash; when it fails or the process dies first, none of
+//! it is visible.
+
+use crate::error::Error;
+use crate::node::NodeRecord;
+use crate::operation::{OpId, OperationWithMetadata};
+use crate::version_vector::VersionVector;
+use std::collections::BTreeMap;
+
+/// Everything one atomic, durable commit writes.
+#[derive(Clone, Debug, Default)]
+pub struct WriteBatch {
+    /// New operations for the op log, each origin's in sequence order.
+    pub ops: Vec<OperationWithMetadata>,
+    /// Node records to insert or replace.
+    pub nodes: Vec<NodeRecord>,
+    /// Version-vector entries that moved: `(origin, highest applied seq)`.
+    pub version_vector: Vec<(String, u64)>,
+    /// Metadata to insert or replace.
+    pub meta: Vec<(String, Vec<u8>)>,
+}
+
+/// Durable storage for node records, the op log of every origin, the
+/// version vector and small metadata.
+pub trait Store {
+    /// Reads the records of `ids`, in the same order; `None` where no
+    /// operation has touched the node.
+    fn nodes(&self, ids: &[&str]) -> Result<Vec<Option<NodeRecord>>, Error>;
+
+    /// Reads up to `limit` records whose id starts with `prefix` and sorts
+    /// after `after` (when given), in id order. Includes deleted nodes.
+    fn scan_nodes(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<NodeRecord>, Error>;
+
+    /// Reads up to `limit` operations of `origin` with a sequence number
+    /// greater than `after_seq`, in sequence order. This is what sync asks
+    /// for, so it must not scan other origins' operations.
+    fn ops_after(&self, origin: &str, after_seq: u64, limit: usize) -> Result<Vec<OperationWithMetadata>, Error>;
+
+    /// Reads the operations `ids`, in the same order.
+    fn ops(&self, ids: &[OpId]) -> Result<Vec<Option<OperationWithMetadata>>, Error>;
+
+    /// Reads the version vector.
+    fn version_vector(&self) -> Result<VersionVector, Error>;
+
+    /// Reads a metadata value.
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, Error>;
+
+    /// Writes `batch` atomically and durably.
+    fn commit(&mut self, batch: WriteBatch) -> Result<(), Error>;
+}
+
+impl<S: Store + ?Sized> Store for Box<S> {
+    fn nodes(&self, ids: &[&str]) -> Result<Vec<Option<NodeRecord>>, Error> {
+        (**self).nodes(ids)
+    }
+    fn scan_nodes(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<NodeRecord>, Error> {
+        (**self).scan_nodes(prefix, after, limit)
+    }
+    fn ops_after(&self, origin: &str, after_seq: u64, limit: usize) -> Result<Vec<OperationWithMetadata>, Error> {
+        (**self).ops_after(origin, after_seq, limit)
+    }
+    fn ops(&self, ids: &[OpId]) -> Result<Vec<Option<OperationWithMetadata>>, Error> {
+        (**self).ops(ids)
+    }
+    fn version_vector(&self) -> Result<VersionVector, Error> {
+        (**self).version_vector()
+    }
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        (**self).meta(key)
+    }
+    fn commit(&mut self, batch: WriteBatch) -> Result<(), Error> {
+        (**self).commit(batch)
+    }
+}
+
+/// A store in memory, for tests and simulations. Nothing survives the value.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    nodes: BTreeMap<String, NodeRecord>,
+    ops: BTreeMap<String, Vec<OperationWithMetadata>>,
+    version_vector: VersionVector,
+    meta: BTreeMap<String, Vec<u8>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Store for MemoryStore {
+    fn nodes(&self, ids: &[&str]) -> Result<Vec<Option<NodeRecord>>, Error> {
+        Ok(ids.iter().map(|id| self.nodes.get(*id).cloned()).collect())
+    }
+
+    fn scan_nodes(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<NodeRecord>, Error> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after.to_owned()),
+            _ => Bound::Included(prefix.to_owned()),
+        };
+        Ok(self
+            .nodes
+            .range((start, Bound::Unbounded))
+            .take_while(|(id, _)| id.starts_with(prefix))
+            .take(limit)
+            .map(|(_, record)| record.clone())
+            .collect())
+    }
+
+    fn ops_after(&self, origin: &str, after_seq: u64, limit: usize) -> Result<Vec<OperationWithMetadata>, Error> {
+        let log = self.ops.get(origin).map(Vec::as_slice).unwrap_or_default();
+        // The log of an origin holds seq 1, 2, 3, ... at index seq - 1.
+        let start = usize::try_from(after_seq).unwrap_or(usize::MAX).min(log.len());
+        Ok(log[start..].iter().take(limit).cloned().collect())
+    }
+
+    fn ops(&self, ids: &[OpId]) -> Result<Vec<Option<OperationWithMetadata>>, Error> {
+        Ok(ids
+            .iter()
+            .map(|id| {
+                let index = usize::try_from(id.seq.checked_sub(1)?).ok()?;
+                self.ops.get(&id.origin)?.get(index).cloned()
+            })
+            .collect())
+    }
+
+    fn version_vector(&self) -> Result<VersionVector, Error> {
+        Ok(self.version_vector.clone())
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.meta.get(key).cloned())
+    }
+
+    fn commit(&mut self, batch: WriteBatch) -> Result<(), Error> {
+        for op in batch.ops {
+            let log = self.ops.entry(op.id.origin.clone()).or_default();
+            if op.id.seq != log.len() as u64 + 1 {
+                return Err(Error::SequenceGap { origin: op.id.origin, expected: log.len() as u64 + 1, found: op.id.seq });
+            }
+            log.push(op);
+        }
+        for record in batch.nodes {
+            self.nodes.insert(record.id.clone(), record);
+        }
+        for (origin, seq) in batch.version_vector {
+            self.version_vector.advance(&origin, seq);
+        }
+        self.meta.extend(batch.meta);
+        Ok(())
+    }
+}

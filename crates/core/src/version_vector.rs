@@ -1,0 +1,127 @@
+//! Version vectors: for each origin, the highest sequence number applied.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// For each origin peer, the highest sequence number of its operations that
+/// this replica has applied. Every replica applies an origin's operations in
+/// sequence order without gaps, so the vector names exactly the set of
+/// operations a replica holds; comparing two vectors tells what one lacks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct VersionVector {
+    entries: BTreeMap<String, u64>,
+}
+
+impl VersionVector {
+    /// An empty vector: nothing applied.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The highest sequence number applied from `origin` (0 when none).
+    pub fn get(&self, origin: &str) -> u64 {
+        self.entries.get(origin).copied().unwrap_or(0)
+    }
+
+    /// Records that `origin`'s operations up to `seq` are applied. Never moves
+    /// an entry backwards.
+    pub fn advance(&mut self, origin: &str, seq: u64) {
+        match self.entries.get_mut(origin) {
+            Some(current) => *current = (*current).max(seq),
+            None => {
+                if seq > 0 {
+                    self.entries.insert(origin.to_owned(), seq);
+                }
+            }
+        }
+    }
+
+    /// Whether the operation `seq` of `origin` is covered by this vector.
+    pub fn contains(&self, origin: &str, seq: u64) -> bool {
+        seq <= self.get(origin)
+    }
+
+    /// The pointwise maximum of the two vectors.
+    pub fn merge(&mut self, other: &VersionVector) {
+        for (origin, &seq) in &other.entries {
+            self.advance(origin, seq);
+        }
+    }
+
+    /// Whether this vector covers everything `other` covers.
+    pub fn dominates(&self, other: &VersionVector) -> bool {
+        other.entries.iter().all(|(origin, &seq)| self.get(origin) >= seq)
+    }
+
+    /// For each origin where `self` is ahead of `other`, the range of sequence
+    /// numbers `other` lacks, as `(origin, after, up_to)`: `other` has applied
+    /// up to `after` and `self` holds up to `up_to`.
+    pub fn missing_from<'a>(&'a self, other: &'a VersionVector) -> impl Iterator<Item = (&'a str, u64, u64)> + 'a {
+        self.entries.iter().filter_map(move |(origin, &seq)| {
+            let theirs = other.get(origin);
+            (seq > theirs).then_some((origin.as_str(), theirs, seq))
+        })
+    }
+
+    /// Iterates `(origin, highest applied sequence)` in origin order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+        self.entries.iter().map(|(origin, &seq)| (origin.as_str(), seq))
+    }
+
+    /// The number of origins with at least one applied operation.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no operation has been applied.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The total number of operations the vector covers.
+    pub fn total(&self) -> u64 {
+        self.entries.values().sum()
+    }
+}
+
+impl FromIterator<(String, u64)> for VersionVector {
+    fn from_iter<I: IntoIterator<Item = (String, u64)>>(iter: I) -> Self {
+        let mut vv = VersionVector::new();
+        for (origin, seq) in iter {
+            vv.advance(&origin, seq);
+        }
+        vv
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vv(entries: &[(&str, u64)]) -> VersionVector {
+        entries.iter().map(|&(o, s)| (o.to_owned(), s)).collect()
+    }
+
+    #[test]
+    fn advance_never_moves_backwards() {
+        let mut v = vv(&[("a", 5)]);
+        v.advance("a", 3);
+        assert_eq!(v.get("a"), 5);
+        v.advance("b", 0);
+        assert!(v.iter().all(|(o, _)| o != "b"));
+    }
+
+    #[test]
+    fn missing_from_lists_only_what_the_other_lacks() {
+        let ours = vv(&[("a", 5), ("b", 2), ("c", 9)]);
+        let theirs = vv(&[("a", 5), ("b", 1), ("d", 4)]);
+        let missing: Vec<_> = ours.missing_from(&theirs).collect();
+        assert_eq!(missing, vec![("b", 1, 2), ("c", 0, 9)]);
+        assert!(!ours.dominates(&theirs));
+        let mut merged = ours.clone();
+        merged.merge(&theirs);
+        assert!(merged.dominates(&ours) && merged.dominates(&theirs));
+        assert_eq!(merged.total(), 5 + 2 + 9 + 4);
+    }
+}
