@@ -1,1 +1,282 @@
+//! The embedded, crash-safe store of PluresDB, on [redb](https://docs.rs/redb).
+//!
+//! ```
+//! use pluresdb_core::Database;
+//! use pluresdb_store_redb::RedbStore;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let store = RedbStore::open(dir.path())?;
+//! let mut db = Database::open(store, "peer-1")?;
+//! db.put("user:1", serde_json::json!({"name": "Alice"}), 1_700_000_000_000)?;
+//! drop(db);
+//!
+//! // Everything a returned write wrote is there after a reopen (or a crash).
+//! let db = Database::open(RedbStore::open(dir.path())?, "peer-1")?;
+//! assert_eq!(db.get("user:1")?.unwrap().value["name"], "Alice");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Durability: every [`Store::commit`] is one redb write transaction with
+//! immediate durability: when it returns `Ok`, the batch is on disk (fsync)
+//! and survives a crash or power loss; when the process dies before, none of
+//! the batch is visible after reopening. A data directory holds one file,
+//! [`DATA_FILE`], and is locked against a second process.
 
+use pluresdb_core::codec;
+use pluresdb_core::{Error, NodeRecord, OpId, OperationWithMetadata, Store, VersionVector, WriteBatch};
+use redb::{Database as Redb, ReadableDatabase, TableDefinition};
+use std::path::{Path, PathBuf};
+
+/// The name of the database file inside a data directory.
+pub const DATA_FILE: &str = "pluresdb.redb";
+
+/// Node id -> CBOR-encoded [`NodeRecord`].
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+/// (origin, seq) -> CBOR-encoded [`OperationWithMetadata`]: each origin's log
+/// is one contiguous key range, so "ops of X after N" is a range read.
+const OPS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("ops");
+/// Origin -> highest applied sequence number.
+const VERSION_VECTOR: TableDefinition<&str, u64> = TableDefinition::new("version_vector");
+/// Small metadata (clock reading, peer id, ...).
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// What can go wrong opening or using a data directory.
+#[derive(Debug, thiserror::Error)]
+pub enum RedbStoreError {
+    /// Another process has the data directory open.
+    #[error("data directory {} is in use by another process (a running node or another command); stop it or choose another data directory", .path.display())]
+    Locked { path: PathBuf },
+    /// The data file is not a valid database.
+    #[error("data file {} is corrupted ({reason}); it was left untouched", .path.display())]
+    Corrupted { path: PathBuf, reason: String },
+    /// The data directory cannot be created or is not a directory.
+    #[error("cannot use data directory {}: {source}", .path.display())]
+    Directory { path: PathBuf, source: std::io::Error },
+    /// The data file cannot be opened.
+    #[error("cannot open data file {}: {source}", .path.display())]
+    Open { path: PathBuf, source: redb::DatabaseError },
+    /// A read or write failed.
+    #[error("{step} failed: {source}")]
+    Redb { step: &'static str, source: redb::Error },
+}
+
+fn fail<E: Into<redb::Error>>(step: &'static str) -> impl FnOnce(E) -> Error {
+    move |err| Error::storage(RedbStoreError::Redb { step, source: err.into() })
+}
+
+/// A [`Store`] in a redb file inside a data directory.
+pub struct RedbStore {
+    db: Redb,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore").field("path", &self.path).finish()
+    }
+}
+
+impl RedbStore {
+    /// Opens the store in data directory `dir`, creating the directory and
+    /// an empty database if there are none. Never overwrites or truncates an
+    /// existing file: a file that is not a valid database is an error.
+    pub fn open(dir: &Path) -> Result<Self, RedbStoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| RedbStoreError::Directory { path: dir.to_owned(), source })?;
+        let path = dir.join(DATA_FILE);
+        let db = open_file(&path)?;
+        create_tables(&db).map_err(|source| RedbStoreError::Redb { step: "create tables", source })?;
+        Ok(Self { db, path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn create_tables(db: &Redb) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    txn.open_table(NODES)?;
+    txn.open_table(OPS)?;
+    txn.open_table(VERSION_VECTOR)?;
+    txn.open_table(META)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// Opens or creates the redb file, turning redb's lock and corruption
+/// reports (including a panic on a file damaged outside redb) into errors.
+fn open_file(path: &Path) -> Result<Redb, RedbStoreError> {
+    let corrupted = |reason: String| RedbStoreError::Corrupted { path: path.to_owned(), reason };
+    // A file damaged outside redb can make the open panic (redb's docs say
+    // so); keep the panic message off the terminal and report an error.
+    let previous_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = std::panic::catch_unwind(|| Redb::create(path));
+    std::panic::set_hook(previous_hook);
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(RedbStoreError::Locked { path: path.to_owned() }),
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)))) => Err(corrupted(reason)),
+        Ok(Err(source)) => Err(RedbStoreError::Open { path: path.to_owned(), source }),
+        Err(_) => Err(corrupted("the database engine could not read it".into())),
+    }
+}
+
+impl Store for RedbStore {
+    fn nodes(&self, ids: &[&str]) -> Result<Vec<Option<NodeRecord>>, Error> {
+        let txn = self.db.begin_read().map_err(fail("begin read"))?;
+        let table = txn.open_table(NODES).map_err(fail("open nodes"))?;
+        ids.iter()
+            .map(|id| match table.get(*id).map_err(fail("read node"))? {
+                Some(bytes) => codec::decode(bytes.value(), "node record").map(Some),
+                None => Ok(None),
+            })
+            .collect()
+    }
+
+    fn scan_nodes(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<NodeRecord>, Error> {
+        let txn = self.db.begin_read().map_err(fail("begin read"))?;
+        let table = txn.open_table(NODES).map_err(fail("open nodes"))?;
+        let mut range = match after {
+            Some(after) if after >= prefix => table.range::<&str>(after..).map_err(fail("scan nodes"))?,
+            _ => table.range::<&str>(prefix..).map_err(fail("scan nodes"))?,
+        };
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some(entry) = range.next() else { break };
+            let (key, value) = entry.map_err(fail("scan nodes"))?;
+            let id = key.value();
+            if !id.starts_with(prefix) {
+                break;
+            }
+            if Some(id) == after {
+                continue;
+            }
+            out.push(codec::decode(value.value(), "node record")?);
+        }
+        Ok(out)
+    }
+
+    fn ops_after(&self, origin: &str, after_seq: u64, limit: usize) -> Result<Vec<OperationWithMetadata>, Error> {
+        let Some(first) = after_seq.checked_add(1) else { return Ok(Vec::new()) };
+        let txn = self.db.begin_read().map_err(fail("begin read"))?;
+        let table = txn.open_table(OPS).map_err(fail("open op log"))?;
+        let range = table.range((origin, first)..=(origin, u64::MAX)).map_err(fail("read op log"))?;
+        range
+            .take(limit)
+            .map(|entry| {
+                let (_, value) = entry.map_err(fail("read op log"))?;
+                codec::decode(value.value(), "operation")
+            })
+            .collect()
+    }
+
+    fn ops(&self, ids: &[OpId]) -> Result<Vec<Option<OperationWithMetadata>>, Error> {
+        let txn = self.db.begin_read().map_err(fail("begin read"))?;
+        let table = txn.open_table(OPS).map_err(fail("open op log"))?;
+        ids.iter()
+            .map(|id| match table.get((id.origin.as_str(), id.seq)).map_err(fail("read op log"))? {
+                Some(bytes) => codec::decode(bytes.value(), "operation").map(Some),
+                None => Ok(None),
+            })
+            .collect()
+    }
+
+    fn version_vector(&self) -> Result<VersionVector, Error> {
+        let txn = self.db.begin_read().map_err(fail("begin read"))?;
+        let table = txn.open_table(VERSION_VECTOR).map_err(fail("open version vector"))?;
+        let range = table.range::<&str>(..).map_err(fail("read version vector"))?;
+        range
+            .map(|entry| {
+                let (origin, seq) = entry.map_err(fail("read version vector"))?;
+                Ok((origin.value().to_owned(), seq.value()))
+            })
+            .collect()
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        let txn = self.db.begin_read().map_err(fail("begin read"))?;
+        let table = txn.open_table(META).map_err(fail("open meta"))?;
+        Ok(table.get(key).map_err(fail("read meta"))?.map(|v| v.value().to_vec()))
+    }
+
+    fn commit(&mut self, batch: WriteBatch) -> Result<(), Error> {
+        let txn = self.db.begin_write().map_err(fail("begin write"))?;
+        {
+            let mut ops = txn.open_table(OPS).map_err(fail("open op log"))?;
+            for op in &batch.ops {
+                ops.insert((op.id.origin.as_str(), op.id.seq), codec::encode(op).as_slice()).map_err(fail("append op"))?;
+            }
+            let mut nodes = txn.open_table(NODES).map_err(fail("open nodes"))?;
+            for record in &batch.nodes {
+                nodes.insert(record.id.as_str(), codec::encode(record).as_slice()).map_err(fail("write node"))?;
+            }
+            let mut version_vector = txn.open_table(VERSION_VECTOR).map_err(fail("open version vector"))?;
+            for (origin, seq) in &batch.version_vector {
+                version_vector.insert(origin.as_str(), *seq).map_err(fail("write version vector"))?;
+            }
+            let mut meta = txn.open_table(META).map_err(fail("open meta"))?;
+            for (key, value) in &batch.meta {
+                meta.insert(key.as_str(), value.as_slice()).map_err(fail("write meta"))?;
+            }
+        }
+        txn.commit().map_err(fail("commit"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pluresdb_core::Database;
+    use serde_json::json;
+
+    #[test]
+    fn reopening_returns_the_same_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let (records, vv, clock, log) = {
+            let mut db = Database::open(RedbStore::open(dir.path()).unwrap(), "p").unwrap();
+            for i in 0..50u64 {
+                db.put(&format!("user:{i:03}"), json!({"i": i, "friend": {"#": format!("user:{:03}", i + 1)}}), 1_000 + i).unwrap();
+            }
+            db.update("user:007", json!({"i": null, "extra": true}), 2_000).unwrap();
+            db.delete("user:008", 2_001).unwrap();
+            let records = db.store().scan_nodes("", None, usize::MAX).unwrap();
+            (records, db.version_vector().clone(), db.clock(), db.ops_after("p", 0, usize::MAX).unwrap())
+        };
+        let db = Database::open(RedbStore::open(dir.path()).unwrap(), "p").unwrap();
+        assert_eq!(db.store().scan_nodes("", None, usize::MAX).unwrap(), records);
+        assert_eq!(db.version_vector(), &vv);
+        assert_eq!(db.clock(), clock);
+        assert_eq!(db.ops_after("p", 0, usize::MAX).unwrap(), log);
+        assert_eq!(db.ops_after("p", 49, 10).unwrap().len(), 3);
+        assert_eq!(db.ops_after("p", u64::MAX, 10).unwrap().len(), 0);
+        assert!(db.get("user:008").unwrap().is_none());
+        assert_eq!(
+            db.get("user:007").unwrap().unwrap().value,
+            json!({"extra": true, "friend": {"#": "user:008"}}).as_object().unwrap().clone()
+        );
+        assert_eq!(db.list("user:00", Some("user:005"), 100).unwrap().len(), 3, "006, 007, 009; 008 is deleted");
+        assert_eq!(db.history("user:007").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = RedbStore::open(dir.path()).unwrap();
+        let err = RedbStore::open(dir.path()).unwrap_err();
+        assert!(matches!(err, RedbStoreError::Locked { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_garbage_file_is_reported_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage: Vec<u8> = (0..64 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        std::fs::write(dir.path().join(DATA_FILE), &garbage).unwrap();
+        let err = RedbStore::open(dir.path()).unwrap_err();
+        assert!(matches!(err, RedbStoreError::Corrupted { .. } | RedbStoreError::Open { .. }), "{err}");
+        assert_eq!(std::fs::read(dir.path().join(DATA_FILE)).unwrap(), garbage);
+    }
+}
