@@ -33,7 +33,7 @@ mod tests {
             OperationType::UpdateNode,
             "user:1".into(),
             serde_json::json!({"a": [1, 2.5, "x", null, {"#": "user:2"}]}),
-            "peer".into(),
+            "peer",
         );
         op.id.seq = 7;
         op.timestamp = Hlc::new(1_700_000_000_000, 3);

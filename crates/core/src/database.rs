@@ -41,7 +41,7 @@ pub struct ApplyReport {
 /// read from a clock here, so a replica runs the same in a simulator.
 pub struct Database<S> {
     store: S,
-    peer_id: String,
+    peer_id: Arc<str>,
     clock: HybridLogicalClock,
     version_vector: VersionVector,
     resolver: Arc<dyn ConflictResolver>,
@@ -56,7 +56,7 @@ struct LocalStamp {
 impl<S: Store> Database<S> {
     /// Opens a replica whose local writes are authored by `peer_id`, with
     /// last-writer-wins conflict resolution.
-    pub fn open(store: S, peer_id: impl Into<String>) -> Result<Self, Error> {
+    pub fn open(store: S, peer_id: impl Into<Arc<str>>) -> Result<Self, Error> {
         let version_vector = store.version_vector()?;
         let last = match store.meta(CLOCK_META_KEY)? {
             Some(bytes) => codec::decode::<Hlc>(&bytes, "clock reading")?,
@@ -142,7 +142,7 @@ impl<S: Store> Database<S> {
     pub fn commit_local(&mut self, ops: Vec<OperationWithMetadata>, now_ms: u64) -> Result<Vec<OperationWithMetadata>, Error> {
         for op in &ops {
             if op.id.origin != self.peer_id {
-                return Err(Error::ForeignOrigin { origin: op.id.origin.clone(), local: self.peer_id.clone() });
+                return Err(Error::ForeignOrigin { origin: op.id.origin.to_string(), local: self.peer_id.to_string() });
             }
             if op.is_stamped() {
                 return Err(Error::InvalidOperation {
@@ -194,7 +194,7 @@ impl<S: Store> Database<S> {
             } else if op.id.seq < next {
                 continue;
             } else if op.id.seq > next {
-                return Err(Error::SequenceGap { origin: op.id.origin, expected: next, found: op.id.seq });
+                return Err(Error::SequenceGap { origin: op.id.origin.to_string(), expected: next, found: op.id.seq });
             } else {
                 clock.observe(op.timestamp);
             }
@@ -221,14 +221,12 @@ impl<S: Store> Database<S> {
             meta: vec![(CLOCK_META_KEY.to_owned(), codec::encode(&clock.last()))],
         };
         batch.nodes.sort_by(|a, b| a.id.cmp(&b.id));
-        // The store consumes the batch; keep the ops to hand back.
-        let ops = batch.ops.clone();
-        self.store.commit(batch)?;
+        self.store.commit(&batch)?;
 
         self.version_vector = version_vector;
         self.clock = clock;
         self.feed.publish(changes);
-        Ok(ops)
+        Ok(batch.ops)
     }
 
     fn load_records(&self, ops: &[OperationWithMetadata]) -> Result<HashMap<String, NodeRecord>, Error> {

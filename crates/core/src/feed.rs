@@ -172,7 +172,7 @@ mod tests {
     use crate::OperationType;
 
     fn op(n: u64) -> OperationWithMetadata {
-        let mut op = OperationWithMetadata::new(OperationType::DeleteNode, format!("n{n}"), serde_json::Value::Null, "p".into());
+        let mut op = OperationWithMetadata::new(OperationType::DeleteNode, format!("n{n}"), serde_json::Value::Null, "p");
         op.id.seq = n;
         op
     }

@@ -19,7 +19,7 @@
 //!
 //! alice.put("user:123", json!({"name": "Alice", "friend": {"#": "user:456"}}), 1_000)?;
 //! let ops = bob.commit_local(
-//!     vec![OperationWithMetadata::new(OperationType::CreateNode, "user:456".into(), json!({"name": "Bob"}), "bob".into())],
+//!     vec![OperationWithMetadata::new(OperationType::CreateNode, "user:456".into(), json!({"name": "Bob"}), "bob")],
 //!     1_001,
 //! )?;
 //!

@@ -7,6 +7,7 @@ use crate::resolver::ConflictResolver;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The key of a link property: `{"#": "other:id"}` is an edge to `other:id`.
 pub const LINK_KEY: &str = "#";
@@ -49,19 +50,94 @@ pub struct PendingSupersession {
 /// applied operation has superseded (usually one; several after concurrent
 /// writes), so a conflict resolver can choose among them when the node is
 /// read and an application can see and resolve conflicts.
-#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+///
+/// Serialized with named fields in human-readable formats and, in binary
+/// ones, as a compact array where each distinct stamp is written once.
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct NodeRecord {
     /// The node id.
     pub id: String,
     /// The newest create or delete; values older than it are gone.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reset: Option<Reset>,
     /// For each field, its live values in ascending stamp order.
-    #[serde(default)]
     pub fields: BTreeMap<String, Vec<FieldValue>>,
     /// Supersessions whose target has not arrived yet, sorted.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending: Vec<PendingSupersession>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct NamedRecord<S, R, F, P> {
+    id: S,
+    reset: R,
+    fields: F,
+    pending: P,
+}
+
+/// `(hlc, origin, seq)`
+type CompactStamp<A> = (Hlc, A, u64);
+/// `[id, reset: [stamp index, deleted]?, stamps, fields: [[name, [[value, stamp index]]]], pending: [[field, target, stamp index]]]`
+type CompactRecord<S, A, V, T> = (S, Option<(u32, bool)>, Vec<CompactStamp<A>>, Vec<(S, Vec<(V, u32)>)>, Vec<(S, T, u32)>);
+
+impl Serialize for NodeRecord {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            return NamedRecord { id: &self.id, reset: &self.reset, fields: &self.fields, pending: &self.pending }.serialize(serializer);
+        }
+        // Each distinct stamp once, sorted, referred to by index.
+        let mut stamps: Vec<&Stamp> = self
+            .reset
+            .iter()
+            .map(|r| &r.stamp)
+            .chain(self.fields.values().flatten().map(|v| &v.stamp))
+            .chain(self.pending.iter().map(|p| &p.by))
+            .collect();
+        stamps.sort();
+        stamps.dedup();
+        // Every stamp looked up is in the table: it was built from them.
+        let index = |stamp: &Stamp| stamps.binary_search(&stamp).unwrap_or(0) as u32;
+        let compact: CompactRecord<&str, &str, &Value, &OpId> = (
+            &self.id,
+            self.reset.as_ref().map(|r| (index(&r.stamp), r.deleted)),
+            stamps.iter().map(|s| (s.hlc, &*s.id.origin, s.id.seq)).collect(),
+            self.fields
+                .iter()
+                .map(|(name, values)| (name.as_str(), values.iter().map(|v| (&v.value, index(&v.stamp))).collect()))
+                .collect(),
+            self.pending.iter().map(|p| (p.field.as_str(), &p.target, index(&p.by))).collect(),
+        );
+        compact.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            let named = NamedRecord::<String, Option<Reset>, BTreeMap<String, Vec<FieldValue>>, Vec<PendingSupersession>>::deserialize(
+                deserializer,
+            )?;
+            return Ok(Self { id: named.id, reset: named.reset, fields: named.fields, pending: named.pending });
+        }
+        let (id, reset, stamps, fields, pending): CompactRecord<String, Arc<str>, Value, OpId> = Deserialize::deserialize(deserializer)?;
+        let stamps: Vec<Stamp> = stamps.into_iter().map(|(hlc, origin, seq)| Stamp { hlc, id: OpId { origin, seq } }).collect();
+        let stamp =
+            |i: u32| stamps.get(i as usize).cloned().ok_or_else(|| serde::de::Error::custom(format_args!("stamp index {i} out of range")));
+        Ok(Self {
+            reset: reset.map(|(i, deleted)| Ok::<_, D::Error>(Reset { stamp: stamp(i)?, deleted })).transpose()?,
+            fields: fields
+                .into_iter()
+                .map(|(name, values)| {
+                    let values =
+                        values.into_iter().map(|(value, i)| Ok(FieldValue { value, stamp: stamp(i)? })).collect::<Result<_, D::Error>>()?;
+                    Ok((name, values))
+                })
+                .collect::<Result<_, D::Error>>()?,
+            pending: pending
+                .into_iter()
+                .map(|(field, target, i)| Ok(PendingSupersession { field, target, by: stamp(i)? }))
+                .collect::<Result<_, D::Error>>()?,
+            id,
+        })
+    }
 }
 
 impl NodeRecord {

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 /// The longest node id accepted, in bytes of UTF-8.
 pub const MAX_NODE_ID_BYTES: usize = 512;
@@ -40,29 +41,32 @@ impl fmt::Display for OperationType {
 
 /// Names one operation: the peer that made it and its position in that
 /// peer's sequence (1, 2, 3, ... without gaps).
+///
+/// The origin is shared (`Arc<str>`): a replica holds it in every stamp of
+/// every value that origin wrote, and copies are reference-counted.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(from = "(String, u64)", into = "(String, u64)")]
+#[serde(from = "(Arc<str>, u64)", into = "(Arc<str>, u64)")]
 pub struct OpId {
     /// The peer id of the author.
-    pub origin: String,
+    pub origin: Arc<str>,
     /// The author's sequence number for this operation, from 1.
     pub seq: u64,
 }
 
 impl OpId {
     /// Builds an op id.
-    pub fn new(origin: impl Into<String>, seq: u64) -> Self {
+    pub fn new(origin: impl Into<Arc<str>>, seq: u64) -> Self {
         Self { origin: origin.into(), seq }
     }
 }
 
-impl From<(String, u64)> for OpId {
-    fn from((origin, seq): (String, u64)) -> Self {
+impl From<(Arc<str>, u64)> for OpId {
+    fn from((origin, seq): (Arc<str>, u64)) -> Self {
         Self { origin, seq }
     }
 }
 
-impl From<OpId> for (String, u64) {
+impl From<OpId> for (Arc<str>, u64) {
     fn from(id: OpId) -> Self {
         (id.origin, id.seq)
     }
@@ -85,13 +89,15 @@ pub struct Stamp {
 }
 
 /// An operation with everything a replica needs to apply it in any order.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// Serialized with named fields in human-readable formats (JSON) and as a
+/// compact array in binary ones (CBOR on disk and on the wire).
+#[derive(Clone, Debug, PartialEq)]
 pub struct OperationWithMetadata {
     /// Author and sequence number. A sequence number of 0 means the operation
     /// has not been stamped by a replica yet (see [`OperationWithMetadata::new`]).
     pub id: OpId,
     /// What the operation does.
-    #[serde(rename = "type")]
     pub operation: OperationType,
     /// The node it changes.
     pub node_id: String,
@@ -103,15 +109,95 @@ pub struct OperationWithMetadata {
     /// that field the author had seen and replaces. Values not listed here
     /// that the author had not seen are concurrent with this write and go to
     /// the conflict resolver.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub supersedes: BTreeMap<String, Vec<OpId>>,
+}
+
+/// The human-readable form of an operation.
+#[derive(Serialize, Deserialize)]
+struct NamedOperation<I, T, S, D, V, P> {
+    id: I,
+    #[serde(rename = "type")]
+    operation: T,
+    node_id: S,
+    data: D,
+    timestamp: V,
+    #[serde(default)]
+    supersedes: P,
+}
+
+/// The binary form: `[origin, seq, type, node_id, data, timestamp, supersedes]`.
+type CompactOperation<A, S, D, P> = (A, u64, u8, S, D, Hlc, P);
+
+impl OperationType {
+    fn code(self) -> u8 {
+        match self {
+            OperationType::CreateNode => 0,
+            OperationType::UpdateNode => 1,
+            OperationType::DeleteNode => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(OperationType::CreateNode),
+            1 => Some(OperationType::UpdateNode),
+            2 => Some(OperationType::DeleteNode),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for OperationWithMetadata {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            NamedOperation {
+                id: &self.id,
+                operation: self.operation,
+                node_id: &self.node_id,
+                data: &self.data,
+                timestamp: self.timestamp,
+                supersedes: &self.supersedes,
+            }
+            .serialize(serializer)
+        } else {
+            let compact: CompactOperation<_, _, _, _> =
+                (&*self.id.origin, self.id.seq, self.operation.code(), &self.node_id, &self.data, self.timestamp, &self.supersedes);
+            compact.serialize(serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for OperationWithMetadata {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            let named = NamedOperation::<OpId, OperationType, String, Value, Hlc, BTreeMap<String, Vec<OpId>>>::deserialize(deserializer)?;
+            Ok(Self {
+                id: named.id,
+                operation: named.operation,
+                node_id: named.node_id,
+                data: named.data,
+                timestamp: named.timestamp,
+                supersedes: named.supersedes,
+            })
+        } else {
+            let (origin, seq, code, node_id, data, timestamp, supersedes): CompactOperation<
+                Arc<str>,
+                String,
+                Value,
+                BTreeMap<String, Vec<OpId>>,
+            > = Deserialize::deserialize(deserializer)?;
+            let operation =
+                OperationType::from_code(code).ok_or_else(|| serde::de::Error::custom(format_args!("unknown operation type {code}")))?;
+            Ok(Self { id: OpId { origin, seq }, operation, node_id, data, timestamp, supersedes })
+        }
+    }
 }
 
 impl OperationWithMetadata {
     /// An operation authored by `origin_peer` that a replica stamps (sequence
     /// number, timestamp, superseded values) when it commits it as a local
     /// write.
-    pub fn new(operation: OperationType, node_id: String, data: Value, origin_peer: String) -> Self {
+    pub fn new(operation: OperationType, node_id: String, data: Value, origin_peer: impl Into<Arc<str>>) -> Self {
         Self { id: OpId::new(origin_peer, 0), operation, node_id, data, timestamp: Hlc::ZERO, supersedes: BTreeMap::new() }
     }
 

@@ -12,6 +12,7 @@ use crate::node::NodeRecord;
 use crate::operation::{OpId, OperationWithMetadata};
 use crate::version_vector::VersionVector;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Everything one atomic, durable commit writes.
 #[derive(Clone, Debug, Default)]
@@ -52,7 +53,7 @@ pub trait Store {
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, Error>;
 
     /// Writes `batch` atomically and durably.
-    fn commit(&mut self, batch: WriteBatch) -> Result<(), Error>;
+    fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error>;
 }
 
 impl<S: Store + ?Sized> Store for Box<S> {
@@ -74,7 +75,7 @@ impl<S: Store + ?Sized> Store for Box<S> {
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         (**self).meta(key)
     }
-    fn commit(&mut self, batch: WriteBatch) -> Result<(), Error> {
+    fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
         (**self).commit(batch)
     }
 }
@@ -83,7 +84,7 @@ impl<S: Store + ?Sized> Store for Box<S> {
 #[derive(Clone, Debug, Default)]
 pub struct MemoryStore {
     nodes: BTreeMap<String, NodeRecord>,
-    ops: BTreeMap<String, Vec<OperationWithMetadata>>,
+    ops: BTreeMap<Arc<str>, Vec<OperationWithMetadata>>,
     version_vector: VersionVector,
     meta: BTreeMap<String, Vec<u8>>,
 }
@@ -140,21 +141,26 @@ impl Store for MemoryStore {
         Ok(self.meta.get(key).cloned())
     }
 
-    fn commit(&mut self, batch: WriteBatch) -> Result<(), Error> {
-        for op in batch.ops {
-            let log = self.ops.entry(op.id.origin.clone()).or_default();
-            if op.id.seq != log.len() as u64 + 1 {
-                return Err(Error::SequenceGap { origin: op.id.origin, expected: log.len() as u64 + 1, found: op.id.seq });
+    fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
+        // Check first so that a refused batch changes nothing.
+        let mut next: BTreeMap<&str, u64> = BTreeMap::new();
+        for op in &batch.ops {
+            let expected = next.entry(&op.id.origin).or_insert_with(|| self.ops.get(&op.id.origin).map_or(0, |l| l.len() as u64) + 1);
+            if op.id.seq != *expected {
+                return Err(Error::SequenceGap { origin: op.id.origin.to_string(), expected: *expected, found: op.id.seq });
             }
-            log.push(op);
+            *expected += 1;
         }
-        for record in batch.nodes {
-            self.nodes.insert(record.id.clone(), record);
+        for op in &batch.ops {
+            self.ops.entry(op.id.origin.clone()).or_default().push(op.clone());
         }
-        for (origin, seq) in batch.version_vector {
-            self.version_vector.advance(&origin, seq);
+        for record in &batch.nodes {
+            self.nodes.insert(record.id.clone(), record.clone());
         }
-        self.meta.extend(batch.meta);
+        for (origin, seq) in &batch.version_vector {
+            self.version_vector.advance(origin, *seq);
+        }
+        self.meta.extend(batch.meta.iter().cloned());
         Ok(())
     }
 }

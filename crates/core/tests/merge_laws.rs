@@ -124,7 +124,7 @@ fn observe(db: &Replica) -> Observed {
 /// each origin's operations in sequence.
 fn interleave(ops: &[OperationWithMetadata], choices: &[usize]) -> Vec<OperationWithMetadata> {
     let mut logs: Vec<std::collections::VecDeque<OperationWithMetadata>> =
-        PEERS.iter().map(|p| ops.iter().filter(|op| op.id.origin == *p).cloned().collect()).collect();
+        PEERS.iter().map(|p| ops.iter().filter(|op| &*op.id.origin == *p).cloned().collect()).collect();
     let mut out = Vec::with_capacity(ops.len());
     let mut choice = choices.iter().cycle();
     while logs.iter().any(|l| !l.is_empty()) {
@@ -189,7 +189,7 @@ proptest! {
             let mut db = replica(["x", "y", "z"][which]);
             for (p, peer) in PEERS.iter().enumerate() {
                 let cut = [cuts[p].0, cuts[p].1, cuts[p].2][which];
-                let log: Vec<_> = ops.iter().filter(|op| op.id.origin == *peer).take(cut).cloned().collect();
+                let log: Vec<_> = ops.iter().filter(|op| &*op.id.origin == *peer).take(cut).cloned().collect();
                 db.apply_remote(log).expect("prefix applies");
             }
             db

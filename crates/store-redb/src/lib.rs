@@ -27,15 +27,20 @@
 use pluresdb_core::codec;
 use pluresdb_core::{Error, NodeRecord, OpId, OperationWithMetadata, Store, VersionVector, WriteBatch};
 use redb::{Database as Redb, ReadableDatabase, TableDefinition};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+mod segment;
+use segment::Segment;
 
 /// The name of the database file inside a data directory.
 pub const DATA_FILE: &str = "pluresdb.redb";
 
 /// Node id -> CBOR-encoded [`NodeRecord`].
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
-/// (origin, seq) -> CBOR-encoded [`OperationWithMetadata`]: each origin's log
-/// is one contiguous key range, so "ops of X after N" is a range read.
+/// (origin, first seq) -> a segment of that origin's consecutive operations
+/// (see [`segment`]): each origin's log is one contiguous key range, so "ops
+/// of X after N" is a range read.
 const OPS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("ops");
 /// Origin -> highest applied sequence number.
 const VERSION_VECTOR: TableDefinition<&str, u64> = TableDefinition::new("version_vector");
@@ -164,23 +169,44 @@ impl Store for RedbStore {
         let Some(first) = after_seq.checked_add(1) else { return Ok(Vec::new()) };
         let txn = self.db.begin_read().map_err(fail("begin read"))?;
         let table = txn.open_table(OPS).map_err(fail("open op log"))?;
-        let range = table.range((origin, first)..=(origin, u64::MAX)).map_err(fail("read op log"))?;
-        range
-            .take(limit)
-            .map(|entry| {
-                let (_, value) = entry.map_err(fail("read op log"))?;
-                codec::decode(value.value(), "operation")
-            })
-            .collect()
+        // Start at the segment that holds `first` (or the next one).
+        let start = match table.range((origin, 0)..=(origin, first)).map_err(fail("read op log"))?.next_back() {
+            Some(entry) => entry.map_err(fail("read op log"))?.0.value().1,
+            None => first,
+        };
+        let mut out = Vec::new();
+        for entry in table.range((origin, start)..=(origin, u64::MAX)).map_err(fail("read op log"))? {
+            let (key, bytes) = entry.map_err(fail("read op log"))?;
+            let segment_first = key.value().1;
+            let segment = Segment::parse(bytes.value())?;
+            let skip = usize::try_from(first.saturating_sub(segment_first)).unwrap_or(usize::MAX);
+            for i in skip..segment.len() {
+                if out.len() == limit {
+                    return Ok(out);
+                }
+                out.push(segment.op(i)?);
+            }
+        }
+        Ok(out)
     }
 
     fn ops(&self, ids: &[OpId]) -> Result<Vec<Option<OperationWithMetadata>>, Error> {
         let txn = self.db.begin_read().map_err(fail("begin read"))?;
         let table = txn.open_table(OPS).map_err(fail("open op log"))?;
         ids.iter()
-            .map(|id| match table.get((id.origin.as_str(), id.seq)).map_err(fail("read op log"))? {
-                Some(bytes) => codec::decode(bytes.value(), "operation").map(Some),
-                None => Ok(None),
+            .map(|id| {
+                let origin = &*id.origin;
+                let Some(entry) = table.range((origin, 0)..=(origin, id.seq)).map_err(fail("read op log"))?.next_back() else {
+                    return Ok(None);
+                };
+                let (key, bytes) = entry.map_err(fail("read op log"))?;
+                let segment = Segment::parse(bytes.value())?;
+                let index = usize::try_from(id.seq - key.value().1).unwrap_or(usize::MAX);
+                if index < segment.len() {
+                    segment.op(index).map(Some)
+                } else {
+                    Ok(None)
+                }
             })
             .collect()
     }
@@ -203,12 +229,20 @@ impl Store for RedbStore {
         Ok(table.get(key).map_err(fail("read meta"))?.map(|v| v.value().to_vec()))
     }
 
-    fn commit(&mut self, batch: WriteBatch) -> Result<(), Error> {
+    fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
+        // The core hands each origin's new operations over in sequence, so
+        // each origin's share of the batch is one run of consecutive ops.
+        let mut by_origin: BTreeMap<&str, Vec<&OperationWithMetadata>> = BTreeMap::new();
+        for op in &batch.ops {
+            by_origin.entry(&op.id.origin).or_default().push(op);
+        }
         let txn = self.db.begin_write().map_err(fail("begin write"))?;
         {
             let mut ops = txn.open_table(OPS).map_err(fail("open op log"))?;
-            for op in &batch.ops {
-                ops.insert((op.id.origin.as_str(), op.id.seq), codec::encode(op).as_slice()).map_err(fail("append op"))?;
+            for (origin, run) in &by_origin {
+                for (first, bytes) in segment::encode(run) {
+                    ops.insert((*origin, first), bytes.as_slice()).map_err(fail("append ops"))?;
+                }
             }
             let mut nodes = txn.open_table(NODES).map_err(fail("open nodes"))?;
             for record in &batch.nodes {

@@ -1,0 +1,122 @@
+//! Op-log segments: a run of consecutive operations of one origin stored as
+//! one value under the key `(origin, first sequence number)`.
+//!
+//! A batch of 1,000 operations is then one insert instead of 1,000, which is
+//! what lets batched writes run near raw redb speed; a single operation can
+//! still be decoded without decoding its neighbours.
+//!
+//! Layout: `count` (u32 LE), `count` end offsets (u32 LE, relative to the
+//! start of the body), then the body: each operation's CBOR encoding.
+
+use pluresdb_core::{codec, Error, OperationWithMetadata};
+
+/// The most operations one segment holds.
+pub const MAX_OPS: usize = 1_024;
+/// A segment is closed once its body reaches this many bytes.
+pub const MAX_BYTES: usize = 1 << 20;
+
+/// Splits one origin's consecutive `ops` into encoded segments, each with
+/// the sequence number of its first operation.
+pub fn encode(ops: &[&OperationWithMetadata]) -> Vec<(u64, Vec<u8>)> {
+    let mut segments = Vec::new();
+    let mut start = 0;
+    while start < ops.len() {
+        let mut body = Vec::new();
+        let mut ends = Vec::new();
+        let mut end = start;
+        while end < ops.len() && ends.len() < MAX_OPS && body.len() < MAX_BYTES {
+            // Ciborium writes straight into the body buffer.
+            body.extend_from_slice(&codec::encode(ops[end]));
+            ends.push(body.len() as u32);
+            end += 1;
+        }
+        let mut bytes = Vec::with_capacity(4 + 4 * ends.len() + body.len());
+        bytes.extend_from_slice(&(ends.len() as u32).to_le_bytes());
+        for e in &ends {
+            bytes.extend_from_slice(&e.to_le_bytes());
+        }
+        bytes.extend_from_slice(&body);
+        segments.push((ops[start].id.seq, bytes));
+        start = end;
+    }
+    segments
+}
+
+/// A parsed view of a stored segment.
+pub struct Segment<'a> {
+    ends: &'a [u8],
+    body: &'a [u8],
+}
+
+fn corrupt(reason: &str) -> Error {
+    Error::Decode { what: "op-log segment", reason: reason.to_owned() }
+}
+
+impl<'a> Segment<'a> {
+    /// Checks the header of a stored segment.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, Error> {
+        let count = bytes.get(..4).ok_or_else(|| corrupt("shorter than its header"))?;
+        let count = u32::from_le_bytes([count[0], count[1], count[2], count[3]]) as usize;
+        let header = count.checked_mul(4).and_then(|n| n.checked_add(4)).ok_or_else(|| corrupt("absurd count"))?;
+        if bytes.len() < header {
+            return Err(corrupt("shorter than its offset table"));
+        }
+        Ok(Self { ends: &bytes[4..header], body: &bytes[header..] })
+    }
+
+    /// The number of operations.
+    pub fn len(&self) -> usize {
+        self.ends.len() / 4
+    }
+
+    fn end(&self, i: usize) -> usize {
+        let e = &self.ends[i * 4..i * 4 + 4];
+        u32::from_le_bytes([e[0], e[1], e[2], e[3]]) as usize
+    }
+
+    /// Decodes the `i`-th operation.
+    pub fn op(&self, i: usize) -> Result<OperationWithMetadata, Error> {
+        if i >= self.len() {
+            return Err(corrupt("index past the end"));
+        }
+        let start = if i == 0 { 0 } else { self.end(i - 1) };
+        let bytes = self.body.get(start..self.end(i)).ok_or_else(|| corrupt("offset outside the body"))?;
+        codec::decode(bytes, "operation")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pluresdb_core::{OperationType, OperationWithMetadata};
+
+    #[test]
+    fn segments_split_at_the_limit_and_decode_each_op() {
+        let ops: Vec<OperationWithMetadata> = (1..=2_500u64)
+            .map(|seq| {
+                let mut op = OperationWithMetadata::new(OperationType::UpdateNode, format!("n:{seq}"), serde_json::json!({"v": seq}), "p");
+                op.id.seq = seq;
+                op
+            })
+            .collect();
+        let refs: Vec<&OperationWithMetadata> = ops.iter().collect();
+        let segments = encode(&refs);
+        assert_eq!(segments.iter().map(|(first, _)| *first).collect::<Vec<_>>(), vec![1, 1_025, 2_049]);
+        let last = Segment::parse(&segments[2].1).unwrap();
+        assert_eq!(last.len(), 2_500 - 2_048);
+        assert_eq!(last.op(3).unwrap(), ops[2_048 + 3]);
+        assert!(last.op(last.len()).is_err());
+    }
+
+    #[test]
+    fn truncated_segments_are_errors() {
+        let mut op = OperationWithMetadata::new(OperationType::DeleteNode, "n".into(), serde_json::Value::Null, "p");
+        op.id.seq = 1;
+        let (_, bytes) = encode(&[&op]).remove(0);
+        for cut in 0..bytes.len() {
+            if let Ok(segment) = Segment::parse(&bytes[..cut]) {
+                assert!(segment.op(0).is_err(), "cut at {cut}");
+            }
+        }
+    }
+}
