@@ -4,6 +4,9 @@
 //! Run with `cargo bench --bench store` (add `-- --records N` to change the
 //! size of the batched runs).
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use pluresdb_core::{Database, OperationType, OperationWithMetadata};
 use pluresdb_store_redb::RedbStore;
 use redb::{ReadableDatabase, TableDefinition};
@@ -12,6 +15,9 @@ use std::time::{Duration, Instant};
 
 const RAW: TableDefinition<&str, &[u8]> = TableDefinition::new("raw");
 const BATCH: usize = 1_000;
+const ROUNDS: usize = 3;
+/// A peer id of the real length (libp2p's textual Ed25519 form).
+const PEER_ID: &str = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
 
 fn record(i: usize) -> (String, Value) {
     let id = format!("user:{i:08}");
@@ -34,86 +40,117 @@ struct Figures {
     read: f64,
 }
 
-fn raw_redb(records: &[(String, Vec<u8>)], singles: usize) -> Figures {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = redb::Database::create(dir.path().join("raw.redb")).expect("create redb");
+/// The baseline: each record's value serialized as JSON and inserted under
+/// its id, in the same transactions as the replica's writes.
+mod raw {
+    use super::*;
 
-    let start = Instant::now();
-    for (id, bytes) in &records[..singles] {
-        let txn = db.begin_write().expect("begin");
-        txn.open_table(RAW).expect("table").insert(id.as_str(), bytes.as_slice()).expect("insert");
-        txn.commit().expect("commit");
+    pub fn open(dir: &std::path::Path) -> redb::Database {
+        redb::Database::create(dir.join("raw.redb")).expect("create redb")
     }
-    let single = rate(singles, start.elapsed());
 
-    let start = Instant::now();
-    for chunk in records[singles..].chunks(BATCH) {
-        let txn = db.begin_write().expect("begin");
-        {
-            let mut table = txn.open_table(RAW).expect("table");
-            for (id, bytes) in chunk {
-                table.insert(id.as_str(), bytes.as_slice()).expect("insert");
+    pub fn write(db: &redb::Database, records: &[(String, Value)], per_txn: usize) -> f64 {
+        let start = Instant::now();
+        for chunk in records.chunks(per_txn) {
+            let txn = db.begin_write().expect("begin");
+            {
+                let mut table = txn.open_table(RAW).expect("table");
+                for (id, value) in chunk {
+                    let bytes = serde_json::to_vec(value).expect("json encodes");
+                    table.insert(id.as_str(), bytes.as_slice()).expect("insert");
+                }
             }
+            txn.commit().expect("commit");
         }
-        txn.commit().expect("commit");
+        rate(records.len(), start.elapsed())
     }
-    let batched = rate(records.len() - singles, start.elapsed());
 
-    // One read transaction per read, as a replica's get does.
-    let start = Instant::now();
-    for (id, _) in records {
-        let txn = db.begin_read().expect("begin read");
-        let table = txn.open_table(RAW).expect("table");
-        let value = table.get(id.as_str()).expect("get").expect("present");
-        let parsed: Value = serde_json::from_slice(value.value()).expect("json");
-        std::hint::black_box(parsed);
+    /// One read transaction per read, as a replica's get does.
+    pub fn read(db: &redb::Database, records: &[(String, Value)]) -> f64 {
+        let start = Instant::now();
+        for (id, _) in records {
+            let txn = db.begin_read().expect("begin read");
+            let table = txn.open_table(RAW).expect("table");
+            let value = table.get(id.as_str()).expect("get").expect("present");
+            let parsed: Value = serde_json::from_slice(value.value()).expect("json");
+            std::hint::black_box(parsed);
+        }
+        rate(records.len(), start.elapsed())
     }
-    let read = rate(records.len(), start.elapsed());
-    Figures { single, batched, read }
 }
 
-fn replica(records: &[(String, Value)], singles: usize) -> Figures {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut db = Database::open(RedbStore::open(dir.path()).expect("open store"), "bench-peer").expect("open replica");
-    let now = 1_700_000_000_000u64;
+/// A replica on the redb store. It takes ownership of its input, as an
+/// application handing values over would, so the copies are made before the
+/// clock starts.
+mod replica {
+    use super::*;
 
-    let start = Instant::now();
-    for (id, value) in &records[..singles] {
-        db.put(id, value.clone(), now).expect("put");
+    pub type Replica = Database<RedbStore>;
+
+    pub fn open(dir: &std::path::Path) -> Replica {
+        Database::open(RedbStore::open(dir).expect("open store"), PEER_ID).expect("open replica")
     }
-    let single = rate(singles, start.elapsed());
 
-    let start = Instant::now();
-    for chunk in records[singles..].chunks(BATCH) {
-        let ops = chunk
-            .iter()
-            .map(|(id, value)| OperationWithMetadata::new(OperationType::CreateNode, id.clone(), value.clone(), "bench-peer"))
+    pub fn write(db: &mut Replica, records: &[(String, Value)], per_txn: usize) -> f64 {
+        let now = 1_700_000_000_000u64;
+        let batches: Vec<Vec<OperationWithMetadata>> = records
+            .chunks(per_txn)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .map(|(id, value)| OperationWithMetadata::new(OperationType::CreateNode, id.clone(), value.clone(), PEER_ID))
+                    .collect()
+            })
             .collect();
-        db.commit_local(ops, now).expect("commit");
+        let start = Instant::now();
+        for ops in batches {
+            db.commit_local(ops, now).expect("commit");
+        }
+        rate(records.len(), start.elapsed())
     }
-    let batched = rate(records.len() - singles, start.elapsed());
 
-    let start = Instant::now();
-    for (id, _) in records {
-        std::hint::black_box(db.get(id).expect("get").expect("present"));
+    pub fn read(db: &Replica, records: &[(String, Value)]) -> f64 {
+        let start = Instant::now();
+        for (id, _) in records {
+            std::hint::black_box(db.get(id).expect("get").expect("present"));
+        }
+        rate(records.len(), start.elapsed())
     }
-    let read = rate(records.len(), start.elapsed());
-    Figures { single, batched, read }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let count = args.iter().position(|a| a == "--records").and_then(|i| args.get(i + 1)).and_then(|n| n.parse().ok()).unwrap_or(200_000);
+    let count = args.iter().position(|a| a == "--records").and_then(|i| args.get(i + 1)).and_then(|n| n.parse().ok()).unwrap_or(100_000);
     let singles = 2_000.min(count / 2);
 
     let records: Vec<(String, Value)> = (0..count + singles).map(record).collect();
-    let raw_records: Vec<(String, Vec<u8>)> =
-        records.iter().map(|(id, v)| (id.clone(), serde_json::to_vec(v).expect("json encodes"))).collect();
-    let avg = raw_records.iter().map(|(_, b)| b.len()).sum::<usize>() / raw_records.len();
+    let avg = records.iter().map(|(_, v)| v.to_string().len()).sum::<usize>() / records.len();
 
-    println!("PluresDB local store benchmark: {count} batched records ({BATCH} per transaction), {singles} single-write transactions, ~{avg} bytes of JSON each");
-    let raw = raw_redb(&raw_records, singles);
-    let ours = replica(&records, singles);
+    println!("PluresDB local store benchmark: {count} records in transactions of {BATCH}, {singles} in single-write transactions, ~{avg} bytes of JSON each; median of {ROUNDS} interleaved rounds");
+    let (mut ours_batched, mut raw_batched, mut ours_read, mut raw_read) = (vec![], vec![], vec![], vec![]);
+    let (mut ours_single, mut raw_single) = (0.0, 0.0);
+    for round in 0..ROUNDS {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let raw_db = raw::open(dir.path());
+        let mut db = replica::open(dir.path());
+        if round == 0 {
+            raw_single = raw::write(&raw_db, &records[count..], 1);
+            ours_single = replica::write(&mut db, &records[count..], 1);
+        }
+        raw_batched.push(raw::write(&raw_db, &records[..count], BATCH));
+        ours_batched.push(replica::write(&mut db, &records[..count], BATCH));
+        raw_read.push(raw::read(&raw_db, &records[..count]));
+        ours_read.push(replica::read(&db, &records[..count]));
+    }
+    let (ours, raw) = (
+        Figures { single: ours_single, batched: median(ours_batched), read: median(ours_read) },
+        Figures { single: raw_single, batched: median(raw_batched), read: median(raw_read) },
+    );
     println!("{:<34} {:>14} {:>14} {:>8}", "", "pluresdb", "raw redb", "ratio");
     for (name, a, b) in [
         ("writes, 1 per transaction (ops/s)", ours.single, raw.single),

@@ -8,12 +8,17 @@ use serde::Serialize;
 /// Encodes `value` as CBOR.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
+    encode_into(value, &mut out);
+    out
+}
+
+/// Appends the CBOR encoding of `value` to `out`.
+pub fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) {
     // Serializing our own types into a Vec cannot fail: they contain only
     // strings, numbers, maps and sequences.
-    if let Err(err) = ciborium::into_writer(value, &mut out) {
+    if let Err(err) = ciborium::into_writer(value, out) {
         unreachable!("CBOR encoding into memory failed: {err}");
     }
-    out
 }
 
 /// Decodes CBOR bytes into a `T`; `what` names the thing for the error.

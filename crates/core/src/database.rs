@@ -12,7 +12,6 @@ use crate::resolver::{ConflictResolver, LastWriterWins};
 use crate::store::{Store, WriteBatch};
 use crate::version_vector::VersionVector;
 use serde_json::Value;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The metadata key under which the newest clock reading is kept, so a
@@ -176,6 +175,7 @@ impl<S: Store> Database<S> {
     /// then commit ops, records, version vector and clock in one batch.
     fn apply(&mut self, ops: Vec<OperationWithMetadata>, local: Option<LocalStamp>) -> Result<Vec<OperationWithMetadata>, Error> {
         let mut records = self.load_records(&ops)?;
+        let position = |records: &[NodeRecord], id: &str| records.binary_search_by(|r| r.id.as_str().cmp(id));
         let mut version_vector = self.version_vector.clone();
         let mut clock = self.clock.clone();
         let publish = self.feed.has_subscribers();
@@ -184,7 +184,14 @@ impl<S: Store> Database<S> {
 
         for mut op in ops {
             let next = version_vector.get(&op.id.origin) + 1;
-            let record = records.entry(op.node_id.clone()).or_insert_with(|| NodeRecord::empty(&op.node_id));
+            let at = match position(&records, &op.node_id) {
+                Ok(at) => at,
+                Err(at) => {
+                    records.insert(at, NodeRecord::empty(&op.node_id));
+                    at
+                }
+            };
+            let record = &mut records[at];
             if let Some(local) = &local {
                 op.id.seq = next;
                 op.timestamp = clock.tick(local.now_ms);
@@ -214,13 +221,12 @@ impl<S: Store> Database<S> {
             .filter(|&(origin, seq)| self.version_vector.get(origin) != seq)
             .map(|(origin, seq)| (origin.to_owned(), seq))
             .collect();
-        let mut batch = WriteBatch {
+        let batch = WriteBatch {
             ops: applied,
-            nodes: records.into_values().collect(),
+            nodes: records,
             version_vector: moved,
             meta: vec![(CLOCK_META_KEY.to_owned(), codec::encode(&clock.last()))],
         };
-        batch.nodes.sort_by(|a, b| a.id.cmp(&b.id));
         self.store.commit(&batch)?;
 
         self.version_vector = version_vector;
@@ -229,12 +235,13 @@ impl<S: Store> Database<S> {
         Ok(batch.ops)
     }
 
-    fn load_records(&self, ops: &[OperationWithMetadata]) -> Result<HashMap<String, NodeRecord>, Error> {
+    /// The records of every node the batch touches, sorted by id.
+    fn load_records(&self, ops: &[OperationWithMetadata]) -> Result<Vec<NodeRecord>, Error> {
         let mut ids: Vec<&str> = ops.iter().map(|op| op.node_id.as_str()).collect();
         ids.sort_unstable();
         ids.dedup();
         let found = self.store.nodes(&ids)?;
-        Ok(ids.into_iter().zip(found).map(|(id, record)| (id.to_owned(), record.unwrap_or_else(|| NodeRecord::empty(id)))).collect())
+        Ok(ids.into_iter().zip(found).map(|(id, record)| record.unwrap_or_else(|| NodeRecord::empty(id))).collect())
     }
 
     /// Reads node `id` as the resolver presents it; `None` if it does not

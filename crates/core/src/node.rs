@@ -95,17 +95,37 @@ impl Serialize for NodeRecord {
         stamps.dedup();
         // Every stamp looked up is in the table: it was built from them.
         let index = |stamp: &Stamp| stamps.binary_search(&stamp).unwrap_or(0) as u32;
-        let compact: CompactRecord<&str, &str, &Value, &OpId> = (
+        // Written straight from the record, without building the tuple.
+        let compact = (
             &self.id,
             self.reset.as_ref().map(|r| (index(&r.stamp), r.deleted)),
-            stamps.iter().map(|s| (s.hlc, &*s.id.origin, s.id.seq)).collect(),
-            self.fields
-                .iter()
-                .map(|(name, values)| (name.as_str(), values.iter().map(|v| (&v.value, index(&v.stamp))).collect()))
-                .collect(),
-            self.pending.iter().map(|p| (p.field.as_str(), &p.target, index(&p.by))).collect(),
+            SeqOf::new(stamps.iter().map(|s| (s.hlc, &*s.id.origin, s.id.seq))),
+            SeqOf::new(self.fields.iter().map(|(name, values)| (name, SeqOf::new(values.iter().map(|v| (&v.value, index(&v.stamp))))))),
+            SeqOf::new(self.pending.iter().map(|p| (&p.field, &p.target, index(&p.by)))),
         );
         compact.serialize(serializer)
+    }
+}
+
+/// Serializes an iterator as a sequence, once.
+struct SeqOf<I>(std::cell::Cell<Option<I>>);
+
+impl<I> SeqOf<I> {
+    fn new(iter: I) -> Self {
+        Self(std::cell::Cell::new(Some(iter)))
+    }
+}
+
+impl<I> Serialize for SeqOf<I>
+where
+    I: Iterator,
+    I::Item: Serialize,
+{
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0.take() {
+            Some(iter) => serializer.collect_seq(iter),
+            None => Err(serde::ser::Error::custom("sequence serialized twice")),
+        }
     }
 }
 

@@ -128,6 +128,29 @@ struct NamedOperation<I, T, S, D, V, P> {
 /// The binary form: `[origin, seq, type, node_id, data, timestamp, supersedes]`.
 type CompactOperation<A, S, D, P> = (A, u64, u8, S, D, Hlc, P);
 
+/// The binary form without the id: `[type, node_id, data, timestamp, supersedes]`.
+type CompactBody<S, D, P> = (u8, S, D, Hlc, P);
+
+impl OperationWithMetadata {
+    /// Appends the binary (CBOR) encoding of everything but the id, for
+    /// containers that store the id once for many operations (the op-log
+    /// segments of a store).
+    pub fn encode_body(&self, out: &mut Vec<u8>) {
+        let body: CompactBody<_, _, _> = (self.operation.code(), &self.node_id, &self.data, self.timestamp, &self.supersedes);
+        crate::codec::encode_into(&body, out);
+    }
+
+    /// Decodes what [`encode_body`](Self::encode_body) wrote, with the id
+    /// the container supplies.
+    pub fn decode_body(id: OpId, bytes: &[u8]) -> Result<Self, Error> {
+        let (code, node_id, data, timestamp, supersedes): CompactBody<String, Value, BTreeMap<String, Vec<OpId>>> =
+            crate::codec::decode(bytes, "operation")?;
+        let operation = OperationType::from_code(code)
+            .ok_or_else(|| Error::Decode { what: "operation", reason: format!("unknown operation type {code}") })?;
+        Ok(Self { id, operation, node_id, data, timestamp, supersedes })
+    }
+}
+
 impl OperationType {
     fn code(self) -> u8 {
         match self {

@@ -178,7 +178,7 @@ impl Store for RedbStore {
         for entry in table.range((origin, start)..=(origin, u64::MAX)).map_err(fail("read op log"))? {
             let (key, bytes) = entry.map_err(fail("read op log"))?;
             let segment_first = key.value().1;
-            let segment = Segment::parse(bytes.value())?;
+            let segment = Segment::parse(origin, segment_first, bytes.value())?;
             let skip = usize::try_from(first.saturating_sub(segment_first)).unwrap_or(usize::MAX);
             for i in skip..segment.len() {
                 if out.len() == limit {
@@ -200,8 +200,9 @@ impl Store for RedbStore {
                     return Ok(None);
                 };
                 let (key, bytes) = entry.map_err(fail("read op log"))?;
-                let segment = Segment::parse(bytes.value())?;
-                let index = usize::try_from(id.seq - key.value().1).unwrap_or(usize::MAX);
+                let first = key.value().1;
+                let segment = Segment::parse(origin, first, bytes.value())?;
+                let index = usize::try_from(id.seq - first).unwrap_or(usize::MAX);
                 if index < segment.len() {
                     segment.op(index).map(Some)
                 } else {

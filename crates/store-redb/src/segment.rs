@@ -6,9 +6,12 @@
 //! still be decoded without decoding its neighbours.
 //!
 //! Layout: `count` (u32 LE), `count` end offsets (u32 LE, relative to the
-//! start of the body), then the body: each operation's CBOR encoding.
+//! start of the body), then the body: each operation's CBOR encoding without
+//! its id ([`OperationWithMetadata::encode_body`]); the id is the key's
+//! origin and the first sequence number plus the position.
 
-use pluresdb_core::{codec, Error, OperationWithMetadata};
+use pluresdb_core::{Error, OpId, OperationWithMetadata};
+use std::sync::Arc;
 
 /// The most operations one segment holds.
 pub const MAX_OPS: usize = 1_024;
@@ -25,8 +28,7 @@ pub fn encode(ops: &[&OperationWithMetadata]) -> Vec<(u64, Vec<u8>)> {
         let mut ends = Vec::new();
         let mut end = start;
         while end < ops.len() && ends.len() < MAX_OPS && body.len() < MAX_BYTES {
-            // Ciborium writes straight into the body buffer.
-            body.extend_from_slice(&codec::encode(ops[end]));
+            ops[end].encode_body(&mut body);
             ends.push(body.len() as u32);
             end += 1;
         }
@@ -44,6 +46,8 @@ pub fn encode(ops: &[&OperationWithMetadata]) -> Vec<(u64, Vec<u8>)> {
 
 /// A parsed view of a stored segment.
 pub struct Segment<'a> {
+    origin: Arc<str>,
+    first: u64,
     ends: &'a [u8],
     body: &'a [u8],
 }
@@ -53,15 +57,15 @@ fn corrupt(reason: &str) -> Error {
 }
 
 impl<'a> Segment<'a> {
-    /// Checks the header of a stored segment.
-    pub fn parse(bytes: &'a [u8]) -> Result<Self, Error> {
+    /// Checks the header of the segment of `origin` that starts at `first`.
+    pub fn parse(origin: &str, first: u64, bytes: &'a [u8]) -> Result<Self, Error> {
         let count = bytes.get(..4).ok_or_else(|| corrupt("shorter than its header"))?;
         let count = u32::from_le_bytes([count[0], count[1], count[2], count[3]]) as usize;
         let header = count.checked_mul(4).and_then(|n| n.checked_add(4)).ok_or_else(|| corrupt("absurd count"))?;
         if bytes.len() < header {
             return Err(corrupt("shorter than its offset table"));
         }
-        Ok(Self { ends: &bytes[4..header], body: &bytes[header..] })
+        Ok(Self { origin: origin.into(), first, ends: &bytes[4..header], body: &bytes[header..] })
     }
 
     /// The number of operations.
@@ -81,7 +85,7 @@ impl<'a> Segment<'a> {
         }
         let start = if i == 0 { 0 } else { self.end(i - 1) };
         let bytes = self.body.get(start..self.end(i)).ok_or_else(|| corrupt("offset outside the body"))?;
-        codec::decode(bytes, "operation")
+        OperationWithMetadata::decode_body(OpId { origin: self.origin.clone(), seq: self.first + i as u64 }, bytes)
     }
 }
 
@@ -102,7 +106,7 @@ mod tests {
         let refs: Vec<&OperationWithMetadata> = ops.iter().collect();
         let segments = encode(&refs);
         assert_eq!(segments.iter().map(|(first, _)| *first).collect::<Vec<_>>(), vec![1, 1_025, 2_049]);
-        let last = Segment::parse(&segments[2].1).unwrap();
+        let last = Segment::parse("p", 2_049, &segments[2].1).unwrap();
         assert_eq!(last.len(), 2_500 - 2_048);
         assert_eq!(last.op(3).unwrap(), ops[2_048 + 3]);
         assert!(last.op(last.len()).is_err());
@@ -114,7 +118,7 @@ mod tests {
         op.id.seq = 1;
         let (_, bytes) = encode(&[&op]).remove(0);
         for cut in 0..bytes.len() {
-            if let Ok(segment) = Segment::parse(&bytes[..cut]) {
+            if let Ok(segment) = Segment::parse("p", 1, &bytes[..cut]) {
                 assert!(segment.op(0).is_err(), "cut at {cut}");
             }
         }
