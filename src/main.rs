@@ -1,1 +1,57 @@
-fn main() {}
+//! `pluresdb`: the command line of PluresDB. Run `pluresdb --help`.
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod cli;
+mod commands;
+mod replica;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+/// Bad input the CLI itself detects (invalid JSON, a bad import line, ...).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);
+
+/// A thing the user asked for that does not exist.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotFound(pub String);
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PLURESDB_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match commands::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+/// Maps an error to the exit codes documented in `--help`.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.is::<NotFound>() {
+            return 3;
+        }
+        if cause.is::<InvalidInput>() {
+            return 2;
+        }
+        if let Some(core) = cause.downcast_ref::<pluresdb_core::Error>() {
+            if matches!(core, pluresdb_core::Error::NotFound { .. }) {
+                return 3;
+            }
+            if core.is_invalid_input() {
+                return 2;
+            }
+        }
+    }
+    1
+}

@@ -22,9 +22,48 @@ const LOGICAL_MASK: u64 = (1 << LOGICAL_BITS) - 1;
 /// Packed timestamps compare as plain integers, which keeps merge decisions
 /// cheap. When more than 65,535 events share a millisecond the counter carries
 /// into the millisecond field; the clock stays strictly monotonic.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+///
+/// Binary formats carry the packed integer; human-readable ones (JSON) the
+/// string `"<wall_ms>.<logical>"` (see [`Display`](fmt::Display)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Hlc(u64);
+
+impl Serialize for Hlc {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            serializer.serialize_u64(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Hlc {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            let text = String::deserialize(deserializer)?;
+            text.parse().map_err(serde::de::Error::custom)
+        } else {
+            u64::deserialize(deserializer).map(Hlc)
+        }
+    }
+}
+
+impl std::str::FromStr for Hlc {
+    type Err = String;
+
+    /// Parses `"<wall_ms>.<logical>"`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{text:?} is not a timestamp of the form <wall_ms>.<logical>");
+        let (wall, logical) = text.split_once('.').ok_or_else(bad)?;
+        let wall: u64 = wall.parse().map_err(|_| bad())?;
+        let logical: u16 = logical.parse().map_err(|_| bad())?;
+        if wall > u64::MAX >> LOGICAL_BITS {
+            return Err(bad());
+        }
+        Ok(Hlc::new(wall, logical))
+    }
+}
 
 impl Hlc {
     /// The zero timestamp, used by operations that have not been stamped yet.
@@ -132,6 +171,16 @@ mod tests {
     fn logical_counter_carries_into_milliseconds() {
         let mut clock = HybridLogicalClock::resume_after(Hlc::new(10, u16::MAX));
         assert_eq!(clock.tick(0), Hlc::new(11, 0));
+    }
+
+    #[test]
+    fn human_readable_form_round_trips() {
+        let t = Hlc::new(1_700_000_000_123, 42);
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(json, "\"1700000000123.42\"");
+        assert_eq!(serde_json::from_str::<Hlc>(&json).unwrap(), t);
+        assert!("12".parse::<Hlc>().is_err());
+        assert!("1.99999".parse::<Hlc>().is_err());
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub enum Error {
     #[error("cannot decode {what}: {reason}")]
     Decode { what: &'static str, reason: String },
     /// The store failed; nothing from the failed call was written.
-    #[error("storage failed: {0}")]
+    #[error("storage failed")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 

@@ -57,13 +57,13 @@ pub enum RedbStoreError {
     #[error("data file {} is corrupted ({reason}); it was left untouched", .path.display())]
     Corrupted { path: PathBuf, reason: String },
     /// The data directory cannot be created or is not a directory.
-    #[error("cannot use data directory {}: {source}", .path.display())]
+    #[error("cannot use data directory {}", .path.display())]
     Directory { path: PathBuf, source: std::io::Error },
     /// The data file cannot be opened.
-    #[error("cannot open data file {}: {source}", .path.display())]
+    #[error("cannot open data file {}", .path.display())]
     Open { path: PathBuf, source: redb::DatabaseError },
     /// A read or write failed.
-    #[error("{step} failed: {source}")]
+    #[error("{step} failed")]
     Redb { step: &'static str, source: redb::Error },
 }
 
@@ -125,6 +125,11 @@ fn open_file(path: &Path) -> Result<Redb, RedbStoreError> {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(RedbStoreError::Locked { path: path.to_owned() }),
         Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)))) => Err(corrupted(reason)),
+        // redb reports a file that is not a redb database (wrong magic
+        // number) as invalid data.
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(err)))) if err.kind() == std::io::ErrorKind::InvalidData => {
+            Err(corrupted(err.to_string()))
+        }
         Ok(Err(source)) => Err(RedbStoreError::Open { path: path.to_owned(), source }),
         Err(_) => Err(corrupted("the database engine could not read it".into())),
     }

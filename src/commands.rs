@@ -1,0 +1,319 @@
+//! What each command does.
+
+use crate::cli::{Cli, Command, OnError};
+use crate::replica::{self, now_ms, Replica};
+use crate::{InvalidInput, NotFound};
+use anyhow::Context;
+use pluresdb_core::{KeepAll, Node, OperationType, OperationWithMetadata, Store, Traversal};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufWriter, IsTerminal, Read, Write};
+use std::path::Path;
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let json = cli.json;
+    let mut db = replica::open(&cli.data_dir, cli.resolver)?;
+    let out = &mut std::io::stdout().lock();
+    match cli.command {
+        Command::Put { id, value } => {
+            let value = parse_value(&id, &value)?;
+            let op = db.put(&id, value, now_ms())?;
+            print_written(out, json, "put", &op)
+        }
+        Command::Update { id, fields } => {
+            let fields = parse_value(&id, &fields)?;
+            let op = db.update(&id, fields, now_ms())?;
+            print_written(out, json, "updated", &op)
+        }
+        Command::Delete { id } => {
+            let op = db.delete(&id, now_ms())?;
+            print_written(out, json, "deleted", &op)
+        }
+        Command::Get { id, follow } => get(out, &db, json, &id, &follow),
+        Command::List { prefix, limit, after } => list(out, &db, json, &prefix, limit, after.as_deref()),
+        Command::History { id } => history(out, &db, json, &id),
+        Command::Conflicts { prefix } => conflicts(out, &db, json, &prefix),
+        Command::Import { file, batch_size, on_error } => import(out, &mut db, json, &file, batch_size as usize, on_error),
+        Command::Export { file } => export(&db, json, file.as_deref()),
+    }
+}
+
+/// Parses a value argument: JSON text, or `-` for standard input.
+fn parse_value(id: &str, arg: &str) -> anyhow::Result<Value> {
+    let text = if arg == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).context("cannot read the value from standard input")?;
+        text
+    } else {
+        arg.to_owned()
+    };
+    serde_json::from_str(&text).map_err(|err| InvalidInput(format!("the value for {id:?} is not valid JSON: {err}")).into())
+}
+
+fn print_written(out: &mut impl Write, json: bool, verb: &str, op: &OperationWithMetadata) -> anyhow::Result<()> {
+    if json {
+        writeln!(out, "{}", json!({"id": op.node_id, "op": op.id.to_string(), "timestamp": op.timestamp.to_string()}))?;
+    } else {
+        writeln!(out, "{verb} {} (operation {} at {})", op.node_id, op.id, format_time(op.timestamp))?;
+    }
+    Ok(())
+}
+
+/// A timestamp for people: UTC date and time to the millisecond, plus the
+/// logical counter when it is not zero.
+fn format_time(t: pluresdb_core::Hlc) -> String {
+    let ms = t.wall_ms();
+    let (days, rem) = ((ms / 86_400_000) as i64, ms % 86_400_000);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s, milli) = (rem / 3_600_000, rem / 60_000 % 60, rem / 1_000 % 60, rem % 1_000);
+    let logical = if t.logical() == 0 { String::new() } else { format!("+{}", t.logical()) };
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z{logical}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_time;
+    use pluresdb_core::Hlc;
+
+    #[test]
+    fn times_print_as_utc() {
+        assert_eq!(format_time(Hlc::new(0, 0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_time(Hlc::new(1_709_210_096_789, 3)), "2024-02-29T12:34:56.789Z+3");
+    }
+}
+
+/// A node with its links resolved, as `get` and `list --json` print it.
+fn node_json(db: &Replica, node: &Node) -> anyhow::Result<Value> {
+    let mut links = Vec::new();
+    for (field, to) in node.links() {
+        links.push(json!({"field": field, "to": to, "exists": db.get(to)?.is_some()}));
+    }
+    let mut out = json!({"id": node.id, "value": node.value, "updated_at": node.updated_at.to_string(), "links": links});
+    if !node.conflicts.is_empty() {
+        out["conflicts"] = serde_json::to_value(&node.conflicts)?;
+    }
+    Ok(out)
+}
+
+fn get(out: &mut impl Write, db: &Replica, json: bool, id: &str, follow: &[String]) -> anyhow::Result<()> {
+    let path: Vec<&str> = follow.iter().map(String::as_str).collect();
+    let node = match db.follow(id, &path)? {
+        Traversal::Reached(node) => node,
+        Traversal::NotALink { from, field, .. } => {
+            return Err(NotFound(format!("{}.{field} is not a link (a link is {{\"#\": \"other:id\"}})", from.id)).into());
+        }
+        Traversal::Dangling { from, field, target, .. } => {
+            return Err(NotFound(format!("{}.{field} links to {target:?}, which does not exist (a dangling link)", from.id)).into());
+        }
+    };
+    let doc = node_json(db, &node)?;
+    if json {
+        writeln!(out, "{doc}")?;
+        return Ok(());
+    }
+    if !path.is_empty() {
+        writeln!(out, "{id} -> {} -> {}", path.join(" -> "), node.id)?;
+    }
+    writeln!(out, "{}", serde_json::to_string_pretty(&node.value)?)?;
+    for link in doc["links"].as_array().into_iter().flatten() {
+        let state = if link["exists"] == true { "" } else { " (dangling: no such node)" };
+        writeln!(out, "link {} -> {}{state}", link["field"].as_str().unwrap_or_default(), link["to"].as_str().unwrap_or_default())?;
+    }
+    for (field, values) in &node.conflicts {
+        let shown: Vec<String> = values.iter().map(|v| format!("{} (by {})", v.value, v.stamp.id)).collect();
+        writeln!(out, "conflict in {field}: {}", shown.join(" | "))?;
+    }
+    Ok(())
+}
+
+fn list(out: &mut impl Write, db: &Replica, json: bool, prefix: &str, limit: usize, after: Option<&str>) -> anyhow::Result<()> {
+    let nodes = db.list(prefix, after, limit)?;
+    let next = if nodes.len() == limit { nodes.last().map(|n| n.id.clone()) } else { None };
+    if json {
+        let docs = nodes.iter().map(|n| node_json(db, n)).collect::<anyhow::Result<Vec<_>>>()?;
+        writeln!(out, "{}", json!({"nodes": docs, "next_after": next}))?;
+        return Ok(());
+    }
+    for node in &nodes {
+        writeln!(out, "{}\t{}", node.id, Value::Object(node.value.clone()))?;
+    }
+    if let Some(next) = next {
+        eprintln!("(more: --after {next})");
+    }
+    Ok(())
+}
+
+fn history(out: &mut impl Write, db: &Replica, json: bool, id: &str) -> anyhow::Result<()> {
+    let ops = db.history(id)?;
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&ops)?)?;
+        return Ok(());
+    }
+    for op in &ops {
+        let data = if op.operation == OperationType::DeleteNode { String::new() } else { op.data.to_string() };
+        writeln!(out, "{}\t{}\t{}\t{}", format_time(op.timestamp), op.id, op.operation, data)?;
+    }
+    Ok(())
+}
+
+fn conflicts(out: &mut impl Write, db: &Replica, json: bool, prefix: &str) -> anyhow::Result<()> {
+    let mut found = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let records = db.store().scan_nodes(prefix, after.as_deref(), 1_000)?;
+        let Some(last) = records.last() else { break };
+        after = Some(last.id.clone());
+        found.extend(records.iter().filter_map(|r| r.view(&KeepAll)).filter(|n| !n.conflicts.is_empty()));
+    }
+    if json {
+        let docs: Vec<Value> = found.iter().map(|n| json!({"id": n.id, "conflicts": n.conflicts})).collect();
+        writeln!(out, "{}", Value::Array(docs))?;
+        return Ok(());
+    }
+    for node in &found {
+        for (field, values) in &node.conflicts {
+            let shown: Vec<String> = values.iter().map(|v| format!("{} (by {})", v.value, v.stamp.id)).collect();
+            writeln!(out, "{}.{field}: {}", node.id, shown.join(" | "))?;
+        }
+    }
+    if found.is_empty() && !json {
+        eprintln!("no conflicts");
+    }
+    Ok(())
+}
+
+/// One line of an NDJSON import or export.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    id: String,
+    value: Value,
+}
+
+fn import(out: &mut impl Write, db: &mut Replica, json: bool, file: &Path, batch_size: usize, on_error: OnError) -> anyhow::Result<()> {
+    let (reader, total_bytes): (Box<dyn BufRead>, Option<u64>) = if file == Path::new("-") {
+        (Box::new(std::io::stdin().lock()), None)
+    } else {
+        let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+        let len = f.metadata().ok().map(|m| m.len());
+        (Box::new(std::io::BufReader::new(f)), len)
+    };
+    let progress = if !json && std::io::stderr().is_terminal() {
+        let bar = match total_bytes {
+            Some(len) => indicatif::ProgressBar::new(len),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} [{bar:30}] {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+
+    let peer = db.peer_id().to_owned();
+    let (mut imported, mut skipped, mut bytes_read) = (0u64, 0u64, 0u64);
+    let mut batch = Vec::with_capacity(batch_size);
+    let mut commit = |db: &mut Replica, batch: &mut Vec<OperationWithMetadata>, imported: &mut u64| -> anyhow::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let n = batch.len() as u64;
+        db.commit_local(std::mem::take(batch), now_ms())?;
+        *imported += n;
+        if json {
+            writeln!(out, "{}", json!({"committed": *imported}))?;
+            out.flush()?;
+        }
+        Ok(())
+    };
+
+    for (index, line) in reader.lines().enumerate() {
+        let number = index + 1;
+        let line = line.with_context(|| format!("cannot read line {number} of {}", file.display()))?;
+        bytes_read += line.len() as u64 + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed = serde_json::from_str::<Line>(&line).map_err(|err| err.to_string()).and_then(|l| {
+            pluresdb_core::validate_node_id(&l.id)
+                .and_then(|()| pluresdb_core::validate_value(&l.value))
+                .map(|()| l)
+                .map_err(|e| e.to_string())
+        });
+        match parsed {
+            Ok(l) => batch.push(OperationWithMetadata::new(OperationType::CreateNode, l.id, l.value, peer.as_str())),
+            Err(reason) => match on_error {
+                OnError::Stop => {
+                    commit(db, &mut batch, &mut imported)?;
+                    if let Some(bar) = &progress {
+                        bar.abandon();
+                    }
+                    return Err(InvalidInput(format!(
+                        "line {number}: {reason} (imported {imported} nodes before it; --on-error skip goes on past bad lines)"
+                    ))
+                    .into());
+                }
+                OnError::Skip => {
+                    skipped += 1;
+                    eprintln!("line {number}: {reason} (skipped)");
+                }
+            },
+        }
+        if batch.len() >= batch_size {
+            commit(db, &mut batch, &mut imported)?;
+            if let Some(bar) = &progress {
+                bar.set_position(bytes_read);
+                bar.set_message(format!("{imported} nodes"));
+            }
+        }
+    }
+    commit(db, &mut batch, &mut imported)?;
+    if let Some(bar) = &progress {
+        bar.finish_and_clear();
+    }
+    if json {
+        writeln!(out, "{}", json!({"imported": imported, "skipped": skipped}))?;
+    } else {
+        writeln!(out, "imported {imported} nodes, skipped {skipped} lines")?;
+    }
+    Ok(())
+}
+
+fn export(db: &Replica, json: bool, file: Option<&Path>) -> anyhow::Result<()> {
+    let mut sink: Box<dyn Write> = match file {
+        Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut writer = BufWriter::new(&mut sink);
+    let mut after: Option<String> = None;
+    let mut count = 0u64;
+    loop {
+        let nodes = db.list("", after.as_deref(), 1_000)?;
+        let Some(last) = nodes.last() else { break };
+        after = Some(last.id.clone());
+        for node in &nodes {
+            writeln!(writer, "{}", json!({"id": node.id, "value": node.value}))?;
+            count += 1;
+        }
+    }
+    writer.flush()?;
+    drop(writer);
+    if let Some(path) = file {
+        if json {
+            println!("{}", json!({"exported": count, "file": path.display().to_string()}));
+        } else {
+            eprintln!("exported {count} nodes to {}", path.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! The `pluresdb` binary run as a user runs it: commands against a data
+//! directory, their output, exit codes, and what survives errors and crashes.
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn pluresdb(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pluresdb"));
+    cmd.arg("--data-dir").arg(dir).env_remove("PLURESDB_DATA_DIR").env_remove("PLURESDB_RESOLVER");
+    cmd
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    pluresdb(dir).args(args).output().expect("run pluresdb")
+}
+
+fn ok_json(dir: &Path, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = run(dir, &all);
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn fails_with(dir: &Path, args: &[&str], code: i32, message: &str) {
+    let out = run(dir, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+    assert!(stderr.contains(message), "{args:?}: expected {message:?} in {stderr:?}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one-line error expected: {stderr:?}");
+}
+
+#[test]
+fn put_get_follow_list_history_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok_json(d, &["put", "user:123", r##"{"name":"Alice","friend":{"#":"user:456"}}"##]);
+
+    let alice = ok_json(d, &["get", "user:123"]);
+    assert_eq!(alice["value"], json!({"name": "Alice", "friend": {"#": "user:456"}}));
+    assert_eq!(alice["links"], json!([{"field": "friend", "to": "user:456", "exists": false}]), "dangling link shown");
+    let text = String::from_utf8(run(d, &["get", "user:123"]).stdout).unwrap();
+    assert!(text.contains("friend -> user:456 (dangling"), "{text}");
+    fails_with(d, &["get", "user:123", "--follow", "friend"], 3, "does not exist");
+
+    ok_json(d, &["put", "user:456", r#"{"name":"Bob"}"#]);
+    assert_eq!(ok_json(d, &["get", "user:123", "--follow", "friend"])["value"]["name"], "Bob");
+    fails_with(d, &["get", "user:123", "--follow", "name"], 3, "is not a link");
+
+    ok_json(d, &["put", "post:1", r#"{"title":"hi"}"#]);
+    let listed = ok_json(d, &["list", "--prefix", "user:"]);
+    let ids: Vec<&str> = listed["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["user:123", "user:456"]);
+    let page = ok_json(d, &["list", "--limit", "1"]);
+    assert_eq!(page["next_after"], "post:1");
+    assert_eq!(ok_json(d, &["list", "--limit", "1", "--after", "post:1"])["nodes"][0]["id"], "user:123");
+
+    ok_json(d, &["update", "user:123", r#"{"age":30,"name":null}"#]);
+    assert_eq!(ok_json(d, &["get", "user:123"])["value"], json!({"age": 30, "friend": {"#": "user:456"}}));
+    let history = ok_json(d, &["history", "user:123"]);
+    let kinds: Vec<&str> = history.as_array().unwrap().iter().map(|op| op["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["CreateNode", "UpdateNode"]);
+
+    ok_json(d, &["delete", "user:123"]);
+    fails_with(d, &["get", "user:123"], 3, "not found");
+    let history = ok_json(d, &["history", "user:123"]);
+    assert_eq!(history[0]["type"], "DeleteNode", "a deleted node's history is its tombstone");
+    assert_eq!(ok_json(d, &["list", "--prefix", "user:"])["nodes"].as_array().unwrap().len(), 1);
+    fails_with(d, &["delete", "user:123"], 3, "not found");
+}
+
+#[test]
+fn bad_input_is_a_one_line_error_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok_json(d, &["put", "keep:1", r#"{"v":1}"#]);
+    fails_with(d, &["put", "keep:1", "{not json"], 2, "not valid JSON");
+    fails_with(d, &["put", "keep:1", "[1,2]"], 2, "must be a JSON object, found an array");
+    fails_with(d, &["put", "keep:1", "\"text\""], 2, "found a string");
+    fails_with(d, &["put", "", "{}"], 2, "it is empty");
+    let long = "x".repeat(513);
+    fails_with(d, &["put", &long, "{}"], 2, "the limit is 512");
+    let big = format!(r#"{{"blob":"{}"}}"#, "y".repeat(1024 * 1024));
+    let mut put = pluresdb(d).args(["put", "keep:1", "-"]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    put.stdin.take().unwrap().write_all(big.as_bytes()).unwrap();
+    let out = put.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the limit is 1048576"));
+    fails_with(d, &["get", "missing"], 3, "not found");
+    assert_eq!(ok_json(d, &["get", "keep:1"])["value"], json!({"v": 1}));
+
+    let out = run(d, &["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("Exit codes") && help.contains("3  not found"), "{help}");
+}
+
+#[test]
+fn a_locked_or_corrupted_data_directory_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok_json(d, &["put", "a", "{}"]);
+
+    // An import waiting on its standard input holds the directory open;
+    // its first acknowledgement says it has opened the store.
+    let mut holder =
+        pluresdb(d).args(["--json", "import", "-", "--batch-size", "1"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdin = holder.stdin.take().unwrap();
+    stdin.write_all(b"{\"id\":\"b\",\"value\":{}}\n").unwrap();
+    let mut acks = BufReader::new(holder.stdout.take().unwrap()).lines();
+    assert_eq!(acks.next().unwrap().unwrap(), r#"{"committed":1}"#);
+    fails_with(d, &["get", "a"], 1, "in use by another process");
+    drop(stdin);
+    assert!(holder.wait().unwrap().success());
+    assert_eq!(ok_json(d, &["get", "b"])["id"], "b");
+
+    let file = d.join("pluresdb.redb");
+    let garbage: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    std::fs::write(&file, &garbage).unwrap();
+    fails_with(d, &["get", "a"], 1, "is corrupted");
+    assert_eq!(std::fs::read(&file).unwrap(), garbage, "a corrupted file is never rewritten");
+}
+
+#[test]
+fn import_reports_bad_lines_and_export_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let input = d.join("in.ndjson");
+    std::fs::write(
+        &input,
+        "{\"id\":\"n:1\",\"value\":{\"a\":1}}\n\n{\"id\":\"n:2\",\"value\":[1]}\n{\"id\":\"n:3\",\"value\":{\"b\":{\"#\":\"n:1\"}}}\n",
+    )
+    .unwrap();
+    let data = d.join("data");
+    let out = run(&data, &["import", input.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 3") && stderr.contains("imported 1 nodes before it"), "{stderr}");
+
+    let report = run(&data, &["--json", "import", "--on-error", "skip", input.to_str().unwrap()]);
+    assert!(report.status.success());
+    let last: Value = serde_json::from_slice(report.stdout.split(|&b| b == b'\n').rev().find(|l| !l.is_empty()).unwrap()).unwrap();
+    assert_eq!(last, json!({"imported": 2, "skipped": 1}));
+    assert!(String::from_utf8_lossy(&report.stderr).contains("line 3"));
+
+    let exported = d.join("out.ndjson");
+    assert!(run(&data, &["export", exported.to_str().unwrap()]).status.success());
+    let copy = d.join("copy");
+    assert!(run(&copy, &["import", exported.to_str().unwrap()]).status.success());
+    let before = ok_json(&data, &["list"]);
+    let after = ok_json(&copy, &["list"]);
+    let values = |v: &Value| v["nodes"].as_array().unwrap().iter().map(|n| (n["id"].clone(), n["value"].clone())).collect::<Vec<_>>();
+    assert_eq!(values(&before), values(&after));
+}
+
+/// Kills an import with SIGKILL in the middle of a stream of writes; every
+/// batch it acknowledged must be there after a clean reopen.
+#[test]
+fn sigkill_during_writes_keeps_every_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut child = pluresdb(d)
+        .args(["--json", "import", "-", "--batch-size", "50"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        for i in 0..1_000_000u32 {
+            let line = format!("{{\"id\":\"item:{i:07}\",\"value\":{{\"i\":{i},\"pad\":\"{}\"}}}}\n", "p".repeat(64));
+            if stdin.write_all(line.as_bytes()).is_err() {
+                return i;
+            }
+        }
+        1_000_000
+    });
+    let mut acks = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut acknowledged = 0u64;
+    while acknowledged < 2_000 {
+        let line = acks.next().expect("import ended early").unwrap();
+        acknowledged = serde_json::from_str::<Value>(&line).unwrap()["committed"].as_u64().unwrap();
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let sent = writer.join().unwrap();
+    assert!(u64::from(sent) > acknowledged);
+
+    // Reopens cleanly; every acknowledged write is present, in order.
+    let mut after: Option<String> = None;
+    let mut present = 0u64;
+    loop {
+        let mut args = vec!["list", "--prefix", "item:", "--limit", "1000"];
+        if let Some(a) = &after {
+            args.extend(["--after", a.as_str()]);
+        }
+        let page = ok_json(d, &args);
+        let nodes = page["nodes"].as_array().unwrap();
+        for node in nodes {
+            assert_eq!(node["id"], format!("item:{present:07}"), "writes are committed in order, without holes");
+            assert_eq!(node["value"]["i"], present);
+            present += 1;
+        }
+        match page["next_after"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert!(present >= acknowledged, "{present} present, {acknowledged} acknowledged");
+    ok_json(d, &["put", "after:crash", "{}"]);
+}
