@@ -115,6 +115,11 @@ struct Observed {
 
 fn observe(db: &Replica) -> Observed {
     let records = db.store().scan_nodes("", None, usize::MAX).expect("scan");
+    // What a durable store would read back must be the same record.
+    for record in &records {
+        let bytes = pluresdb_core::codec::encode(record);
+        assert_eq!(&pluresdb_core::codec::decode::<NodeRecord>(&bytes, "record").expect("decodes"), record);
+    }
     let views = resolvers().iter().map(|r| records.iter().map(|rec| rec.view(&**r)).collect()).collect();
     let version_vector = db.version_vector().iter().map(|(o, s)| (o.to_owned(), s)).collect();
     Observed { records, version_vector, views }
