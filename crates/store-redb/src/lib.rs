@@ -26,7 +26,7 @@
 
 use pluresdb_core::codec;
 use pluresdb_core::{Error, NodeRecord, OpId, OperationWithMetadata, Store, VersionVector, WriteBatch};
-use redb::{Database as Redb, ReadableDatabase, TableDefinition};
+use redb::{Database as Redb, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -139,12 +139,10 @@ impl Store for RedbStore {
     fn nodes(&self, ids: &[&str]) -> Result<Vec<Option<NodeRecord>>, Error> {
         let txn = self.db.begin_read().map_err(fail("begin read"))?;
         let table = txn.open_table(NODES).map_err(fail("open nodes"))?;
-        ids.iter()
-            .map(|id| match table.get(*id).map_err(fail("read node"))? {
-                Some(bytes) => codec::decode(bytes.value(), "node record").map(Some),
-                None => Ok(None),
-            })
-            .collect()
+        if ids.len() > 1 && ids.windows(2).all(|w| w[0] < w[1]) {
+            return read_sorted(&table, ids);
+        }
+        ids.iter().map(|id| read_node(&table, id)).collect()
     }
 
     fn scan_nodes(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<NodeRecord>, Error> {
@@ -251,8 +249,12 @@ impl Store for RedbStore {
                 }
             }
             let mut nodes = txn.open_table(NODES).map_err(fail("open nodes"))?;
+            // One buffer for every record: redb copies the value on insert.
+            let mut bytes = Vec::with_capacity(512);
             for record in &batch.nodes {
-                nodes.insert(record.id.as_str(), codec::encode(record).as_slice()).map_err(fail("write node"))?;
+                bytes.clear();
+                record.encode_into(&mut bytes);
+                nodes.insert(record.id.as_str(), bytes.as_slice()).map_err(fail("write node"))?;
             }
             let mut version_vector = txn.open_table(VERSION_VECTOR).map_err(fail("open version vector"))?;
             for (origin, seq) in &batch.version_vector {
@@ -265,6 +267,56 @@ impl Store for RedbStore {
         }
         txn.commit().map_err(fail("commit"))
     }
+}
+
+/// Reads and decodes one node record.
+fn read_node(table: &impl ReadableTable<&'static str, &'static [u8]>, id: &str) -> Result<Option<NodeRecord>, Error> {
+    match table.get(id).map_err(fail("read node"))? {
+        Some(bytes) => codec::decode(bytes.value(), "node record").map(Some),
+        None => Ok(None),
+    }
+}
+
+/// How many stored records [`read_sorted`] steps over, without finding one
+/// it was asked for, before it seeks again.
+const MAX_STEP_OVER: usize = 8;
+
+/// Reads the records of sorted, distinct `ids` by walking the table from
+/// the first of them instead of looking each up.
+///
+/// A write batch reads the records of every node it touches, sorted. When
+/// they are new ids past the end of the table (appends), one seek finds
+/// that none exist, where a lookup each would descend the tree a thousand
+/// times; when they are neighbours, the walk reads them in order. Ids far
+/// apart cost a seek each, as lookups would: after [`MAX_STEP_OVER`]
+/// unrequested records in a row the walk seeks to the next id.
+fn read_sorted(table: &impl ReadableTable<&'static str, &'static [u8]>, ids: &[&str]) -> Result<Vec<Option<NodeRecord>>, Error> {
+    let mut out: Vec<Option<NodeRecord>> = Vec::with_capacity(ids.len());
+    // Each seek answers at least one id: the first record at or after
+    // ids[out.len()] either is it or shows it is absent.
+    while out.len() < ids.len() {
+        let mut range = table.range::<&str>(ids[out.len()]..).map_err(fail("read node"))?;
+        let mut stepped_over = 0;
+        while out.len() < ids.len() && stepped_over <= MAX_STEP_OVER {
+            let Some(entry) = range.next() else {
+                // Nothing is stored at or after the next id: no more records.
+                out.resize_with(ids.len(), || None);
+                break;
+            };
+            let (key, value) = entry.map_err(fail("read node"))?;
+            let key = key.value();
+            let answered = out.len();
+            // Requested ids before this record are absent.
+            while out.len() < ids.len() && ids[out.len()] < key {
+                out.push(None);
+            }
+            if out.len() < ids.len() && ids[out.len()] == key {
+                out.push(Some(codec::decode(value.value(), "node record")?));
+            }
+            stepped_over = if out.len() > answered { 0 } else { stepped_over + 1 };
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -300,6 +352,36 @@ mod tests {
         );
         assert_eq!(db.list("user:00", Some("user:005"), 100).unwrap().len(), 3, "006, 007, 009; 008 is deleted");
         assert_eq!(db.history("user:007").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn sorted_reads_find_what_point_reads_find() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Database::open(RedbStore::open(dir.path()).unwrap(), "p").unwrap();
+        // Stored: every third id from 0 to 299, and a run of neighbours.
+        for i in (0..300u64).step_by(3).chain(400..420) {
+            db.put(&format!("n:{i:04}"), json!({"i": i}), 1_000 + i).unwrap();
+        }
+        let store = db.store();
+        let all: Vec<String> = (0..500u64).map(|i| format!("n:{i:04}")).collect();
+        let pick =
+            |filter: &dyn Fn(u64) -> bool| -> Vec<&str> { (0..500u64).filter(|&i| filter(i)).map(|i| all[i as usize].as_str()).collect() };
+        let cases = [
+            pick(&|_| true),
+            pick(&|i| i % 50 == 0),
+            pick(&|i| i > 410),
+            pick(&|i| !(2..=480).contains(&i)),
+            pick(&|i| i % 7 == 1),
+            vec!["a", "n:0003", "z"],
+        ];
+        for ids in cases {
+            let one_by_one: Vec<Option<NodeRecord>> = ids.iter().map(|id| store.nodes(&[id]).unwrap().pop().flatten()).collect();
+            assert_eq!(store.nodes(&ids).unwrap(), one_by_one, "{ids:?}");
+        }
+        // Unsorted ids are answered in their order.
+        let ids = ["n:0411", "n:0003", "n:0004", "n:0000"];
+        let found: Vec<bool> = store.nodes(&ids).unwrap().iter().map(Option::is_some).collect();
+        assert_eq!(found, [true, true, false, true]);
     }
 
     #[test]
