@@ -82,6 +82,17 @@ impl<S: Store> Database<S> {
         &self.peer_id
     }
 
+    /// Sets the peer id that authors local writes. Only possible while the
+    /// replica holds no write authored under its current id.
+    pub fn set_peer_id(&mut self, peer_id: impl Into<Arc<str>>) -> Result<(), Error> {
+        let peer_id = peer_id.into();
+        if self.version_vector.get(&self.peer_id) > 0 {
+            return Err(Error::ForeignOrigin { origin: peer_id.to_string(), local: self.peer_id.to_string() });
+        }
+        self.peer_id = peer_id;
+        Ok(())
+    }
+
     /// The resolver in use.
     pub fn resolver(&self) -> &dyn ConflictResolver {
         &*self.resolver
@@ -100,6 +111,21 @@ impl<S: Store> Database<S> {
     /// The underlying store.
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// Closes the replica and hands back its store.
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    /// Writes metadata entries (for layers above the core, such as the sync
+    /// engine's record of what each peer acknowledged) in one durable commit.
+    /// The core's own keys are refused.
+    pub fn commit_meta(&mut self, entries: Vec<(String, Vec<u8>)>) -> Result<(), Error> {
+        if let Some((key, _)) = entries.iter().find(|(key, _)| key == CLOCK_META_KEY) {
+            return Err(Error::ReservedKey { key: key.clone() });
+        }
+        self.store.commit(&WriteBatch { meta: entries, ..WriteBatch::default() })
     }
 
     /// Subscribes to every change applied from now on, buffering at most

@@ -24,6 +24,9 @@ pub enum Error {
     /// A local write names another peer as its origin.
     #[error("operation claims origin {origin:?} but this replica is {local:?}")]
     ForeignOrigin { origin: String, local: String },
+    /// A metadata key belongs to the core.
+    #[error("metadata key {key:?} is reserved for the core")]
+    ReservedKey { key: String },
     /// The node does not exist (never created, or deleted).
     #[error("node {id:?} not found")]
     NotFound { id: String },

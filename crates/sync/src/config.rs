@@ -1,0 +1,35 @@
+//! [`SyncConfig`]: how a [`DataSyncEngine`](crate::DataSyncEngine) syncs.
+
+use std::time::Duration;
+
+/// Sync settings, with the seed's defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncConfig {
+    /// Run a periodic anti-entropy exchange with every connected peer and
+    /// push local writes to peers as they happen. Default: `true`.
+    pub enable_auto_sync: bool,
+    /// Time between anti-entropy exchanges with a peer. Default: 10 s.
+    pub sync_interval: Duration,
+    /// The most operations in one `DataSync` message, sent or accepted.
+    /// Default: 1,000.
+    pub max_batch_size: usize,
+    /// Resolve concurrent writes with last-writer-wins (`true`), or keep
+    /// every concurrent value visible as a conflict (`false`). Default: `true`.
+    pub enable_conflict_resolution: bool,
+    /// A sync round (request to completion) or a batch awaiting its
+    /// acknowledgement that makes no progress for this long is abandoned and
+    /// retried later with exponential backoff. Default: 30 s.
+    pub sync_timeout: Duration,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            enable_auto_sync: true,
+            sync_interval: Duration::from_secs(10),
+            max_batch_size: 1_000,
+            enable_conflict_resolution: true,
+            sync_timeout: Duration::from_secs(30),
+        }
+    }
+}

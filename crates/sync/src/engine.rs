@@ -1,0 +1,650 @@
+//! [`DataSyncEngine`]: the sync state machine of one replica.
+
+use crate::config::SyncConfig;
+use crate::error::SyncError;
+use crate::message::{SyncMessage, BATCH_BYTE_BUDGET, MAX_PLAUSIBLE_SEQ};
+use crate::status::{PeerSyncStatus, SyncStatus, Traffic};
+use pluresdb_core::codec;
+use pluresdb_core::{Database, KeepAll, LastWriterWins, MemoryStore, OperationWithMetadata, Store, VersionVector};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+/// The metadata key under which the engine keeps, per peer, what the peer
+/// has acknowledged: its pending queue survives a restart as "everything
+/// after this".
+const ACKED_META_KEY: &str = "sync.acked";
+
+/// How often acknowledgements are written to the store at most (they only
+/// save resends after a restart, so they need not be written every time).
+const ACK_FLUSH_INTERVAL_MS: u64 = 1_000;
+
+/// How many batches may await acknowledgement per peer: more keeps the
+/// link busy, fewer bounds what a slow peer makes the sender hold.
+const WINDOW_BATCHES: usize = 4;
+
+/// The longest backoff after failed rounds, as a multiple of `sync_interval`.
+const MAX_BACKOFF_FACTOR: u64 = 32;
+
+/// Encoded bytes to send to a peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// The peer to send to.
+    pub peer: String,
+    /// One encoded [`SyncMessage`].
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Clone, Debug)]
+struct Round {
+    id: u64,
+    started_ms: u64,
+    /// What the peer held when it began answering (from its `SyncDone`).
+    target: Option<VersionVector>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct PeerState {
+    connected: bool,
+    /// What the peer holds durably (acknowledged, or announced by it).
+    acked: VersionVector,
+    /// What has been sent to the peer (at least `acked`).
+    sent: VersionVector,
+    /// When the oldest unacknowledged batch was sent or last made progress.
+    in_flight_since_ms: Option<u64>,
+    /// A round the peer asked for that is still being answered.
+    serving: Option<(u64, VersionVector)>,
+    /// A round this engine asked for.
+    round: Option<Round>,
+    next_round_ms: u64,
+    failures: u32,
+    last_sync_ms: Option<u64>,
+    traffic: Traffic,
+    last_error: Option<String>,
+}
+
+/// The sync engine of one replica: decides what to send to which peer and
+/// applies what peers send, without touching a socket or a clock.
+///
+/// A driver (a network engine, or the simulator in [`crate::sim`]) feeds it
+/// connection events ([`peer_connected`](Self::peer_connected),
+/// [`peer_disconnected`](Self::peer_disconnected)), received bytes
+/// ([`handle_input`](Self::handle_input)) and time
+/// ([`handle_timeout`](Self::handle_timeout) when
+/// [`poll_timeout`](Self::poll_timeout) says so), and sends what
+/// [`poll_transmit`](Self::poll_transmit) returns. Time is milliseconds since
+/// the Unix epoch; it also stamps local writes.
+///
+/// The protocol is described in `docs/protocol.md`. In short: peers
+/// exchange version vectors and send each other only the operations the
+/// other lacks, per origin in sequence, in batches of at most
+/// `max_batch_size`; each applied batch is acknowledged after it is durable;
+/// what a peer has not acknowledged is resent after a reconnect, a restart
+/// or `sync_timeout` without progress.
+pub struct DataSyncEngine<S: Store = MemoryStore> {
+    config: SyncConfig,
+    db: Database<S>,
+    active: bool,
+    now_ms: u64,
+    peers: BTreeMap<String, PeerState>,
+    outbox: VecDeque<Transmit>,
+    next_round_id: u64,
+    acked_dirty: bool,
+    last_flush_ms: u64,
+}
+
+impl DataSyncEngine<MemoryStore> {
+    /// An engine over an in-memory replica, as in the seed. Its peer id is
+    /// taken from the first local operation given to
+    /// [`add_operations`](Self::add_operations); use
+    /// [`with_database`](Self::with_database) for a durable replica with a
+    /// known id.
+    pub fn new(config: SyncConfig) -> Self {
+        let db = match Database::open(MemoryStore::new(), "") {
+            Ok(db) => db,
+            Err(err) => unreachable!("an empty memory store always opens: {err}"),
+        };
+        Self::from_parts(config, db, BTreeMap::new())
+    }
+}
+
+impl<S: Store> DataSyncEngine<S> {
+    /// An engine over `db`. Restores what each known peer had acknowledged,
+    /// so operations it had not are resent.
+    pub fn with_database(config: SyncConfig, db: Database<S>) -> Result<Self, SyncError> {
+        let acked: BTreeMap<String, VersionVector> = match db.store().meta(ACKED_META_KEY).map_err(SyncError::Storage)? {
+            Some(bytes) => codec::decode(&bytes, "acknowledged version vectors").map_err(SyncError::Storage)?,
+            None => BTreeMap::new(),
+        };
+        Ok(Self::from_parts(config, db, acked))
+    }
+
+    fn from_parts(config: SyncConfig, db: Database<S>, acked: BTreeMap<String, VersionVector>) -> Self {
+        let resolver: Arc<dyn pluresdb_core::ConflictResolver> =
+            if config.enable_conflict_resolution { Arc::new(LastWriterWins) } else { Arc::new(KeepAll) };
+        let peers =
+            acked.into_iter().map(|(peer, acked)| (peer, PeerState { sent: acked.clone(), acked, ..PeerState::default() })).collect();
+        Self {
+            config,
+            db: db.with_resolver(resolver),
+            active: false,
+            now_ms: 0,
+            peers,
+            outbox: VecDeque::new(),
+            next_round_id: 1,
+            acked_dirty: false,
+            last_flush_ms: 0,
+        }
+    }
+
+    /// The replica.
+    pub fn database(&self) -> &Database<S> {
+        &self.db
+    }
+
+    /// This replica's peer id (empty until an engine made with
+    /// [`DataSyncEngine::new`] has seen its first local operation).
+    pub fn peer_id(&self) -> &str {
+        self.db.peer_id()
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &SyncConfig {
+        &self.config
+    }
+
+    /// Closes the engine, writing what peers acknowledged, and hands back
+    /// the replica.
+    pub fn into_database(mut self) -> Result<Database<S>, SyncError> {
+        self.flush_acked()?;
+        Ok(self.db)
+    }
+
+    // ---- the seed's API -------------------------------------------------
+
+    /// Starts syncing: connected peers get a sync round at once, then one
+    /// every `sync_interval` (with `enable_auto_sync`), and local writes are
+    /// pushed as they happen.
+    pub async fn start_sync(&mut self) -> Result<(), SyncError> {
+        self.start(self.now_ms);
+        Ok(())
+    }
+
+    /// Stops syncing and writes what peers acknowledged.
+    pub async fn stop_sync(&mut self) -> Result<(), SyncError> {
+        self.active = false;
+        self.flush_acked()
+    }
+
+    /// Adds operations: unstamped ones (made with
+    /// [`OperationWithMetadata::new`]) are committed as local writes, stamped
+    /// ones are applied as received from elsewhere. Then pushes them to the
+    /// connected peers. Uses the engine's latest time.
+    pub async fn add_operations(&mut self, operations: Vec<OperationWithMetadata>) -> Result<(), SyncError> {
+        self.write(operations, self.now_ms).map(|_| ())
+    }
+
+    /// Starts a sync round with `peer_id` now.
+    pub async fn sync_with_peer(&mut self, peer_id: &str) -> Result<(), SyncError> {
+        let now = self.now_ms;
+        match self.peers.get(peer_id) {
+            Some(p) if p.connected => {
+                self.start_round(peer_id, now);
+                Ok(())
+            }
+            _ => Err(SyncError::NotConnected(peer_id.to_owned())),
+        }
+    }
+
+    /// The engine's state: activity, pending operations, per-peer figures.
+    pub async fn get_sync_status(&self) -> Result<SyncStatus, SyncError> {
+        Ok(self.status())
+    }
+
+    // ---- the sans-IO interface -----------------------------------------
+
+    /// Starts syncing at time `now_ms` (see [`start_sync`](Self::start_sync)).
+    pub fn start(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        self.active = true;
+        let connected: Vec<String> = self.peers.iter().filter(|(_, p)| p.connected).map(|(id, _)| id.clone()).collect();
+        for peer in connected {
+            self.start_round(&peer, now_ms);
+        }
+    }
+
+    /// Whether the engine is started.
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+
+    /// Commits local writes (unstamped operations) or applies operations
+    /// from elsewhere (stamped ones), then pushes them to connected peers.
+    /// Returns the operations as stored.
+    pub fn write(&mut self, operations: Vec<OperationWithMetadata>, now_ms: u64) -> Result<Vec<OperationWithMetadata>, SyncError> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let (local, stamped): (Vec<_>, Vec<_>) = operations.into_iter().partition(|op| !op.is_stamped());
+        if self.db.peer_id().is_empty() {
+            if let Some(first) = local.first() {
+                self.db.set_peer_id(first.id.origin.clone()).map_err(SyncError::LocalWrite)?;
+            }
+        }
+        let mut written = Vec::new();
+        if !stamped.is_empty() {
+            self.db.apply_remote(stamped.clone()).map_err(SyncError::LocalWrite)?;
+            written.extend(stamped);
+        }
+        if !local.is_empty() {
+            written.extend(self.db.commit_local(local, now_ms).map_err(SyncError::LocalWrite)?);
+        }
+        if self.active {
+            self.pump_all(now_ms);
+        }
+        Ok(written)
+    }
+
+    /// A connection to `peer` is up: a sync round starts (when active).
+    pub fn peer_connected(&mut self, peer: &str, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        let state = self.peers.entry(peer.to_owned()).or_default();
+        state.connected = true;
+        state.sent = state.acked.clone();
+        state.in_flight_since_ms = None;
+        state.serving = None;
+        state.round = None;
+        state.next_round_ms = now_ms;
+        if self.active {
+            self.start_round(peer, now_ms);
+        }
+    }
+
+    /// The connection to `peer` is gone: whatever it did not acknowledge
+    /// will be resent when it is back.
+    pub fn peer_disconnected(&mut self, peer: &str) {
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.connected = false;
+            state.sent = state.acked.clone();
+            state.in_flight_since_ms = None;
+            state.serving = None;
+            state.round = None;
+        }
+        self.outbox.retain(|t| t.peer != peer);
+    }
+
+    /// Handles bytes received from `peer` at `now_ms`. A refused message is
+    /// reported as an error for that peer (and counted in its status); the
+    /// engine stays usable and nothing stored changes.
+    pub fn handle_input(&mut self, peer: &str, bytes: &[u8], now_ms: u64) -> Result<(), SyncError> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let result = self.handle_bytes(peer, bytes, now_ms);
+        if let Err(err) = &result {
+            let state = self.peers.entry(peer.to_owned()).or_default();
+            state.traffic.errors += 1;
+            state.last_error = Some(error_chain(err));
+        }
+        result
+    }
+
+    fn handle_bytes(&mut self, peer: &str, bytes: &[u8], now_ms: u64) -> Result<(), SyncError> {
+        self.peers.entry(peer.to_owned()).or_default().traffic.bytes_received += bytes.len() as u64;
+        let message = SyncMessage::decode(peer, bytes)?;
+        if message.from_peer() != peer {
+            return Err(SyncError::WrongSender { peer: peer.to_owned(), claimed: message.from_peer().to_owned() });
+        }
+        check_plausible(peer, message.version_vector())?;
+        match message {
+            SyncMessage::SyncRequest { round, version_vector, .. } => self.on_request(peer, round, version_vector, now_ms),
+            SyncMessage::DataSync { operations, version_vector, .. } => self.on_data(peer, operations, version_vector, now_ms)?,
+            SyncMessage::SyncDone { round, version_vector, .. } => {
+                let state = self.peer_mut(peer);
+                if let Some(r) = state.round.as_mut().filter(|r| r.id == round) {
+                    r.target = Some(version_vector);
+                }
+                self.check_round(peer, now_ms);
+            }
+            SyncMessage::SyncAck { version_vector, .. } => {
+                self.learn_peer_holds(peer, &version_vector, now_ms);
+                self.pump(peer, now_ms);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_request(&mut self, peer: &str, round: u64, theirs: VersionVector, now_ms: u64) {
+        let ours = self.db.version_vector().clone();
+        let they_have_more = !ours.dominates(&theirs);
+        let state = self.peer_mut(peer);
+        state.acked.merge(&theirs);
+        // Anything sent beyond what the peer reports is lost or still in
+        // flight; send it again rather than wait.
+        state.sent = state.acked.clone();
+        state.in_flight_since_ms = None;
+        state.serving = Some((round, ours));
+        let idle = state.round.is_none();
+        self.acked_dirty = true;
+        self.pump(peer, now_ms);
+        if they_have_more && idle {
+            self.start_round(peer, now_ms);
+        }
+    }
+
+    fn on_data(&mut self, peer: &str, operations: Vec<OperationWithMetadata>, theirs: VersionVector, now_ms: u64) -> Result<(), SyncError> {
+        if operations.len() > self.config.max_batch_size {
+            return Err(SyncError::BatchTooLarge { peer: peer.to_owned(), size: operations.len(), limit: self.config.max_batch_size });
+        }
+        let received = operations.len() as u64;
+        // Keep, per origin, only the operations that continue what this
+        // replica holds; skip duplicates; stop an origin at its first gap.
+        let mut next: BTreeMap<Arc<str>, u64> = BTreeMap::new();
+        let mut gap = false;
+        let mut applicable = Vec::with_capacity(operations.len());
+        for op in operations {
+            let expected = next.entry(op.id.origin.clone()).or_insert_with(|| self.db.version_vector().get(&op.id.origin) + 1);
+            if op.id.seq == *expected {
+                *expected += 1;
+                applicable.push(op);
+            } else if op.id.seq > *expected {
+                gap = true;
+            }
+        }
+        if !applicable.is_empty() {
+            self.db.apply_remote(applicable).map_err(|source| match source {
+                err @ pluresdb_core::Error::Storage(_) => SyncError::Storage(err),
+                source => SyncError::InvalidOperation { peer: peer.to_owned(), source },
+            })?;
+        }
+        {
+            let state = self.peer_mut(peer);
+            state.traffic.ops_received += received;
+        }
+        self.learn_peer_holds(peer, &theirs, now_ms);
+        if received > 0 {
+            // Applied batches are durable now: acknowledge them.
+            let ack = SyncMessage::SyncAck { from_peer: self.db.peer_id().to_owned(), version_vector: self.db.version_vector().clone() };
+            self.send(peer, &ack);
+        }
+        if gap {
+            // Ask for what is missing instead of applying out of order.
+            self.start_round(peer, now_ms);
+        }
+        self.check_round(peer, now_ms);
+        // Relay: what was just applied may be news to other peers.
+        if self.active {
+            self.pump_all(now_ms);
+        }
+        Ok(())
+    }
+
+    /// `peer` holds at least `theirs` durably.
+    fn learn_peer_holds(&mut self, peer: &str, theirs: &VersionVector, now_ms: u64) {
+        let state = self.peer_mut(peer);
+        if state.acked.dominates(theirs) {
+            return;
+        }
+        state.acked.merge(theirs);
+        state.sent.merge(theirs);
+        state.in_flight_since_ms = if state.acked.dominates(&state.sent) { None } else { Some(now_ms) };
+        self.acked_dirty = true;
+    }
+
+    fn start_round(&mut self, peer: &str, now_ms: u64) {
+        let id = self.next_round_id;
+        self.next_round_id += 1;
+        let state = self.peer_mut(peer);
+        state.round = Some(Round { id, started_ms: now_ms, target: None });
+        let request = SyncMessage::SyncRequest {
+            from_peer: self.db.peer_id().to_owned(),
+            round: id,
+            version_vector: self.db.version_vector().clone(),
+        };
+        self.send(peer, &request);
+    }
+
+    fn check_round(&mut self, peer: &str, now_ms: u64) {
+        let holds = self.db.version_vector().clone();
+        let interval = self.config.sync_interval.as_millis() as u64;
+        let state = self.peer_mut(peer);
+        let done = state.round.as_ref().and_then(|r| r.target.as_ref()).is_some_and(|target| holds.dominates(target));
+        if done {
+            state.round = None;
+            state.failures = 0;
+            state.last_sync_ms = Some(now_ms);
+            state.next_round_ms = now_ms + interval;
+        }
+    }
+
+    /// Sends `peer` what it lacks, up to the window.
+    fn pump(&mut self, peer: &str, now_ms: u64) {
+        let limit = self.config.max_batch_size.max(1);
+        loop {
+            let Some(state) = self.peers.get(peer) else { return };
+            if !state.connected {
+                return;
+            }
+            let in_flight: u64 = state.sent.iter().map(|(o, s)| s.saturating_sub(state.acked.get(o))).sum();
+            if in_flight >= (WINDOW_BATCHES * limit) as u64 {
+                return;
+            }
+            let mut batch = Vec::new();
+            let mut bytes = 0usize;
+            let missing: Vec<(String, u64)> =
+                self.db.version_vector().missing_from(&state.sent).map(|(o, after, _)| (o.to_owned(), after)).collect();
+            for (origin, after) in missing {
+                if batch.len() >= limit || bytes >= BATCH_BYTE_BUDGET {
+                    break;
+                }
+                let ops = match self.db.ops_after(&origin, after, limit - batch.len()) {
+                    Ok(ops) => ops,
+                    Err(err) => {
+                        self.record_error(peer, &SyncError::Storage(err));
+                        return;
+                    }
+                };
+                for op in ops {
+                    if batch.len() >= limit || bytes >= BATCH_BYTE_BUDGET {
+                        break;
+                    }
+                    bytes += op.node_id.len() + approximate_json_len(&op.data) + 64;
+                    batch.push(op);
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            let state = self.peer_mut(peer);
+            for op in &batch {
+                state.sent.advance(&op.id.origin, op.id.seq);
+            }
+            state.traffic.ops_sent += batch.len() as u64;
+            if state.in_flight_since_ms.is_none() {
+                state.in_flight_since_ms = Some(now_ms);
+            }
+            let message = SyncMessage::DataSync {
+                from_peer: self.db.peer_id().to_owned(),
+                operations: batch,
+                version_vector: self.db.version_vector().clone(),
+            };
+            self.send(peer, &message);
+        }
+        // The peer's round is answered once everything it lacked is sent.
+        let Some(state) = self.peers.get_mut(peer) else { return };
+        if let Some((round, target)) = state.serving.take() {
+            if state.sent.dominates(&target) {
+                let done = SyncMessage::SyncDone { from_peer: self.db.peer_id().to_owned(), round, version_vector: target };
+                self.send(peer, &done);
+            } else {
+                state.serving = Some((round, target));
+            }
+        }
+    }
+
+    fn pump_all(&mut self, now_ms: u64) {
+        let connected: Vec<String> = self.peers.iter().filter(|(_, p)| p.connected).map(|(id, _)| id.clone()).collect();
+        for peer in connected {
+            self.pump(&peer, now_ms);
+        }
+    }
+
+    /// Runs timers due at `now_ms`: stalled rounds and batches, periodic
+    /// anti-entropy, writing acknowledgements.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        let timeout = self.config.sync_timeout.as_millis() as u64;
+        let interval = self.config.sync_interval.as_millis() as u64;
+        let active = self.active;
+        let peers: Vec<String> = self.peers.iter().filter(|(_, p)| p.connected).map(|(id, _)| id.clone()).collect();
+        for peer in peers {
+            let state = self.peer_mut(&peer);
+            if state.round.as_ref().is_some_and(|r| now_ms >= r.started_ms + timeout) {
+                state.round = None;
+                state.failures += 1;
+                let backoff = interval.saturating_mul(1 << state.failures.min(5)).min(interval * MAX_BACKOFF_FACTOR);
+                state.next_round_ms = now_ms + backoff;
+                state.traffic.errors += 1;
+                state.last_error = Some(format!("sync round timed out after {timeout} ms; retrying in {backoff} ms"));
+            }
+            if state.in_flight_since_ms.is_some_and(|since| now_ms >= since + timeout) {
+                // No acknowledgement for too long: resend from what it holds.
+                state.sent = state.acked.clone();
+                state.in_flight_since_ms = None;
+                if active {
+                    self.pump(&peer, now_ms);
+                }
+            }
+            let auto = self.active && self.config.enable_auto_sync;
+            let state = self.peer_mut(&peer);
+            if auto && state.round.is_none() && now_ms >= state.next_round_ms {
+                state.next_round_ms = now_ms + interval;
+                self.start_round(&peer, now_ms);
+            }
+        }
+        if self.acked_dirty && now_ms >= self.last_flush_ms + ACK_FLUSH_INTERVAL_MS {
+            self.last_flush_ms = now_ms;
+            if let Err(err) = self.flush_acked() {
+                let err_text = error_chain(&err);
+                for state in self.peers.values_mut() {
+                    state.last_error = Some(err_text.clone());
+                }
+            }
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should run next.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let timeout = self.config.sync_timeout.as_millis() as u64;
+        let mut next: Option<u64> = None;
+        let mut consider = |t: u64| next = Some(next.map_or(t, |n| n.min(t)));
+        for state in self.peers.values().filter(|p| p.connected) {
+            if let Some(r) = &state.round {
+                consider(r.started_ms + timeout);
+            } else if self.active && self.config.enable_auto_sync {
+                consider(state.next_round_ms);
+            }
+            if let Some(since) = state.in_flight_since_ms {
+                consider(since + timeout);
+            }
+        }
+        if self.acked_dirty {
+            consider(self.last_flush_ms + ACK_FLUSH_INTERVAL_MS);
+        }
+        next
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.outbox.pop_front()
+    }
+
+    /// Writes what each peer acknowledged to the store.
+    pub fn flush_acked(&mut self) -> Result<(), SyncError> {
+        if !self.acked_dirty {
+            return Ok(());
+        }
+        let acked: BTreeMap<&str, &VersionVector> = self.peers.iter().map(|(id, p)| (id.as_str(), &p.acked)).collect();
+        self.db.commit_meta(vec![(ACKED_META_KEY.to_owned(), codec::encode(&acked))]).map_err(SyncError::Storage)?;
+        self.acked_dirty = false;
+        Ok(())
+    }
+
+    /// The engine's state (see [`get_sync_status`](Self::get_sync_status)).
+    pub fn status(&self) -> SyncStatus {
+        let ours = self.db.version_vector();
+        let mut total = Traffic::default();
+        let peers: Vec<PeerSyncStatus> = self
+            .peers
+            .iter()
+            .map(|(id, state)| {
+                total.add(&state.traffic);
+                PeerSyncStatus {
+                    peer_id: id.clone(),
+                    connected: state.connected,
+                    last_sync_ms: state.last_sync_ms,
+                    pending_operations: ours.missing_from(&state.acked).map(|(_, after, upto)| upto - after).sum(),
+                    traffic: state.traffic,
+                    last_error: state.last_error.clone(),
+                }
+            })
+            .collect();
+        SyncStatus {
+            is_active: self.active,
+            pending_operations: peers.iter().map(|p| p.pending_operations).sum(),
+            operations_held: ours.total(),
+            peers,
+            traffic: total,
+        }
+    }
+
+    fn send(&mut self, peer: &str, message: &SyncMessage) {
+        let bytes = message.encode();
+        self.peer_mut(peer).traffic.bytes_sent += bytes.len() as u64;
+        self.outbox.push_back(Transmit { peer: peer.to_owned(), bytes });
+    }
+
+    fn record_error(&mut self, peer: &str, err: &SyncError) {
+        let state = self.peer_mut(peer);
+        state.traffic.errors += 1;
+        state.last_error = Some(error_chain(err));
+    }
+
+    fn peer_mut(&mut self, peer: &str) -> &mut PeerState {
+        if !self.peers.contains_key(peer) {
+            self.peers.insert(peer.to_owned(), PeerState::default());
+        }
+        match self.peers.get_mut(peer) {
+            Some(state) => state,
+            None => unreachable!("inserted above"),
+        }
+    }
+}
+
+/// Refuses version vectors with impossible sequence numbers.
+fn check_plausible(peer: &str, vv: &VersionVector) -> Result<(), SyncError> {
+    match vv.iter().find(|&(_, seq)| seq > MAX_PLAUSIBLE_SEQ) {
+        Some((origin, seq)) => Err(SyncError::AbsurdVersionVector { peer: peer.to_owned(), origin: origin.to_owned(), seq }),
+        None => Ok(()),
+    }
+}
+
+/// An error and its causes on one line.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// A cheap upper-bound-ish estimate of a value's JSON length, for batch
+/// byte budgets (exactness is not needed there).
+fn approximate_json_len(value: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match value {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 20,
+        Value::String(s) => s.len() + 2,
+        Value::Array(items) => 2 + items.iter().map(|v| approximate_json_len(v) + 1).sum::<usize>(),
+        Value::Object(fields) => 2 + fields.iter().map(|(k, v)| k.len() + 4 + approximate_json_len(v)).sum::<usize>(),
+    }
+}

@@ -1,0 +1,473 @@
+//! A deterministic network simulator for [`DataSyncEngine`]s.
+//!
+//! N replicas on in-memory stores, a virtual clock, and links that lose,
+//! duplicate, delay and reorder messages, with partitions that cut the
+//! network in two and later heal. Everything random comes from one seed, so
+//! a failing seed replays exactly. [`run`] writes operations on random
+//! replicas while the faults are active, then heals the network, lets it
+//! quiesce and checks that every replica holds the same state, the same
+//! version vector and every operation written anywhere.
+
+use crate::{DataSyncEngine, SyncConfig};
+use pluresdb_core::{MemoryStore, Node, NodeRecord, OperationType, OperationWithMetadata, Store};
+use serde_json::json;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::time::Duration;
+
+/// The virtual time the simulation starts at (ms since the Unix epoch).
+const EPOCH_MS: u64 = 1_700_000_000_000;
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Seeds every random choice.
+    pub seed: u64,
+    /// Number of replicas.
+    pub replicas: usize,
+    /// Write attempts spread over the replicas (deletes of absent nodes
+    /// fail and are not counted as writes).
+    pub writes: usize,
+    /// Distinct node ids written to (fewer means more conflicts).
+    pub nodes: usize,
+    /// Virtual time over which writes happen, while faults are active.
+    pub write_span_ms: u64,
+    /// Fraction of messages dropped while faults are active.
+    pub loss: f64,
+    /// Fraction of messages delivered twice.
+    pub duplicate: f64,
+    /// Delivery delay range; a range wider than the gap between messages
+    /// reorders them.
+    pub delay_ms: (u64, u64),
+    /// Partitions during the write span.
+    pub partitions: usize,
+    /// Connect every pair of replicas (`true`) or a random sparse graph in
+    /// which some replicas reach others only through relays (`false`).
+    pub full_mesh: bool,
+    /// Largest clock skew between replicas, either way.
+    pub max_skew_ms: u64,
+    /// The engines' settings.
+    pub sync: SyncConfig,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            replicas: 5,
+            writes: 1_000,
+            nodes: 40,
+            write_span_ms: 20_000,
+            loss: 0.1,
+            duplicate: 0.05,
+            delay_ms: (1, 40),
+            partitions: 2,
+            full_mesh: false,
+            max_skew_ms: 5_000,
+            sync: SyncConfig {
+                enable_auto_sync: true,
+                sync_interval: Duration::from_millis(1_000),
+                max_batch_size: 50,
+                enable_conflict_resolution: true,
+                sync_timeout: Duration::from_millis(3_000),
+            },
+        }
+    }
+}
+
+/// What a converged run looked like.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimReport {
+    /// Operations written (accepted by their replica).
+    pub ops_written: u64,
+    /// Messages sent, dropped and duplicated by the network.
+    pub messages_sent: u64,
+    pub messages_dropped: u64,
+    pub messages_duplicated: u64,
+    /// Bytes carried.
+    pub bytes_sent: u64,
+    /// Virtual milliseconds from the heal until every replica agreed.
+    pub convergence_ms: u64,
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Divergence {
+    /// Replicas still disagree long after the network healed.
+    #[error("seed {seed}: replicas did not converge within {waited_ms} ms after the heal: {detail}")]
+    NoConvergence { seed: u64, waited_ms: u64, detail: String },
+    /// A replica refused input that a correct peer sent, or failed.
+    #[error("seed {seed}: replica {replica} failed: {detail}")]
+    ReplicaError { seed: u64, replica: usize, detail: String },
+}
+
+/// SplitMix64: small, fast, and good enough for choosing faults.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from a seed.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// `true` with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        let unit = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        unit < p
+    }
+}
+
+struct Partition {
+    start: u64,
+    end: u64,
+    /// Bit i set: replica i is on side A.
+    side: u64,
+    /// Whether the engines are told (a closed connection) or the link just
+    /// goes silent.
+    announced: bool,
+}
+
+struct Delivery {
+    from: usize,
+    to: usize,
+    bytes: Vec<u8>,
+}
+
+/// Runs one simulation.
+pub fn run(config: &SimConfig) -> Result<SimReport, Divergence> {
+    Sim::new(config).run()
+}
+
+struct Sim<'a> {
+    config: &'a SimConfig,
+    rng: Rng,
+    engines: Vec<DataSyncEngine<MemoryStore>>,
+    names: Vec<String>,
+    skew: Vec<i64>,
+    links: Vec<Vec<bool>>,
+    partitions: Vec<Partition>,
+    queue: BinaryHeap<Reverse<(u64, u64)>>,
+    in_flight: BTreeMap<u64, Delivery>,
+    next_msg: u64,
+    now: u64,
+    heal_at: u64,
+    report: SimReport,
+}
+
+impl<'a> Sim<'a> {
+    fn new(config: &'a SimConfig) -> Self {
+        let mut rng = Rng::new(config.seed);
+        let n = config.replicas;
+        let names: Vec<String> = (0..n).map(|i| format!("replica-{i}")).collect();
+        let engines = (0..n)
+            .map(|i| {
+                let db = match pluresdb_core::Database::open(MemoryStore::new(), names[i].clone()) {
+                    Ok(db) => db,
+                    Err(err) => unreachable!("a memory store opens: {err}"),
+                };
+                match DataSyncEngine::with_database(config.sync.clone(), db) {
+                    Ok(engine) => engine,
+                    Err(err) => unreachable!("a fresh memory store has no sync state: {err}"),
+                }
+            })
+            .collect();
+        let skew = (0..n).map(|_| rng.below(2 * config.max_skew_ms + 1) as i64 - config.max_skew_ms as i64).collect();
+        // A random connected graph: a random spanning tree plus extra edges,
+        // or every pair.
+        let mut links = vec![vec![config.full_mesh; n]; n];
+        let mut link = |a: usize, b: usize| {
+            links[a][b] = true;
+            links[b][a] = true;
+        };
+        for i in 1..n {
+            let j = rng.below(i as u64) as usize;
+            link(i, j);
+        }
+        for i in 0..n {
+            for j in 0..i {
+                if rng.chance(0.2) {
+                    link(i, j);
+                }
+            }
+        }
+        for (i, row) in links.iter_mut().enumerate() {
+            row[i] = false;
+        }
+        let start = EPOCH_MS;
+        let heal_at = start + config.write_span_ms;
+        let partitions = (0..config.partitions)
+            .map(|_| {
+                let a = start + rng.below(config.write_span_ms);
+                let b = start + rng.below(config.write_span_ms);
+                let side = rng.below(1 << n.min(63));
+                Partition { start: a.min(b), end: a.max(b), side, announced: rng.chance(0.5) }
+            })
+            .collect();
+        Sim {
+            config,
+            rng,
+            engines,
+            names,
+            skew,
+            links,
+            partitions,
+            queue: BinaryHeap::new(),
+            in_flight: BTreeMap::new(),
+            next_msg: 0,
+            now: start,
+            heal_at,
+            report: SimReport::default(),
+        }
+    }
+
+    fn local_time(&self, replica: usize) -> u64 {
+        self.now.saturating_add_signed(self.skew[replica])
+    }
+
+    fn index_of(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
+
+    /// Whether the link between `a` and `b` carries traffic now.
+    fn link_up(&self, a: usize, b: usize) -> bool {
+        self.links[a][b] && !self.partitions.iter().any(|p| self.now >= p.start && self.now < p.end && separates(p.side, a, b))
+    }
+
+    fn faulty(&self) -> bool {
+        self.now < self.heal_at
+    }
+
+    fn fail(&self, replica: usize, detail: String) -> Divergence {
+        Divergence::ReplicaError { seed: self.config.seed, replica, detail }
+    }
+
+    /// Moves what `replica` wants to send into the network.
+    fn flush(&mut self, replica: usize) -> Result<(), Divergence> {
+        while let Some(t) = self.engines[replica].poll_transmit() {
+            let Some(to) = self.index_of(&t.peer) else {
+                return Err(self.fail(replica, format!("sent to unknown peer {}", t.peer)));
+            };
+            self.report.messages_sent += 1;
+            self.report.bytes_sent += t.bytes.len() as u64;
+            if !self.link_up(replica, to) || (self.faulty() && self.rng.chance(self.config.loss)) {
+                self.report.messages_dropped += 1;
+                continue;
+            }
+            let copies = if self.faulty() && self.rng.chance(self.config.duplicate) { 2 } else { 1 };
+            self.report.messages_duplicated += copies - 1;
+            for _ in 0..copies {
+                let (lo, hi) = self.config.delay_ms;
+                let at = self.now + lo + self.rng.below(hi.saturating_sub(lo) + 1);
+                let id = self.next_msg;
+                self.next_msg += 1;
+                self.queue.push(Reverse((at, id)));
+                self.in_flight.insert(id, Delivery { from: replica, to, bytes: t.bytes.clone() });
+            }
+        }
+        Ok(())
+    }
+
+    fn connect_all(&mut self) -> Result<(), Divergence> {
+        for a in 0..self.engines.len() {
+            for b in 0..self.engines.len() {
+                if self.links[a][b] {
+                    let now = self.local_time(a);
+                    let peer = self.names[b].clone();
+                    self.engines[a].peer_connected(&peer, now);
+                }
+            }
+            self.flush(a)?;
+        }
+        Ok(())
+    }
+
+    /// Tells the engines about announced partitions starting or ending.
+    fn partition_events(&mut self, from: u64, to: u64) -> Result<(), Divergence> {
+        let mut events = Vec::new();
+        for p in &self.partitions {
+            if p.announced && p.start > from && p.start <= to {
+                events.push((p.side, false));
+            }
+            if p.announced && p.end > from && p.end <= to {
+                events.push((p.side, true));
+            }
+        }
+        for (side, up) in events {
+            for a in 0..self.engines.len() {
+                for b in 0..self.engines.len() {
+                    if self.links[a][b] && separates(side, a, b) {
+                        let peer = self.names[b].clone();
+                        if up {
+                            let now = self.local_time(a);
+                            self.engines[a].peer_connected(&peer, now);
+                        } else {
+                            self.engines[a].peer_disconnected(&peer);
+                        }
+                    }
+                }
+                self.flush(a)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, replica: usize) -> Result<(), Divergence> {
+        let node = format!("node:{}", self.rng.below(self.config.nodes as u64));
+        let field = ["a", "b", "c", "d"][self.rng.below(4) as usize];
+        let value = self.rng.below(1_000);
+        let roll = self.rng.below(100);
+        let (kind, data) = match roll {
+            0..=14 => (OperationType::DeleteNode, serde_json::Value::Null),
+            15..=39 => (OperationType::CreateNode, json!({ field: value, "by": replica })),
+            _ => (OperationType::UpdateNode, json!({ field: value })),
+        };
+        if kind == OperationType::DeleteNode && !matches!(self.engines[replica].database().get(&node), Ok(Some(_))) {
+            return Ok(());
+        }
+        let op = OperationWithMetadata::new(kind, node, data, self.names[replica].clone());
+        let now = self.local_time(replica);
+        self.engines[replica].write(vec![op], now).map_err(|e| self.fail(replica, e.to_string()))?;
+        self.report.ops_written += 1;
+        self.flush(replica)
+    }
+
+    fn next_timer(&self) -> Option<(u64, usize)> {
+        (0..self.engines.len())
+            .filter_map(|i| self.engines[i].poll_timeout().map(|t| (t.saturating_add_signed(-self.skew[i]).max(self.now), i)))
+            .min()
+    }
+
+    fn run(mut self) -> Result<SimReport, Divergence> {
+        let start = self.now;
+        for (i, engine) in self.engines.iter_mut().enumerate() {
+            engine.start(start.saturating_add_signed(self.skew[i]));
+        }
+        self.connect_all()?;
+
+        let mut writes: Vec<(u64, usize)> = (0..self.config.writes)
+            .map(|_| (start + self.rng.below(self.config.write_span_ms), self.rng.below(self.config.replicas as u64) as usize))
+            .collect();
+        writes.sort_unstable();
+        let mut writes = writes.into_iter().peekable();
+
+        let interval = self.config.sync.sync_interval.as_millis() as u64;
+        let timeout = self.config.sync.sync_timeout.as_millis() as u64;
+        // After the heal: enough for a timed-out round's longest backoff and a
+        // few clean rounds.
+        let deadline = self.heal_at + 40 * interval + 4 * timeout;
+        let mut next_check = self.heal_at;
+
+        loop {
+            let next_write = writes.peek().map(|&(t, _)| t);
+            let next_delivery = self.queue.peek().map(|Reverse((t, _))| *t);
+            let next_timer = self.next_timer();
+            let candidates = [next_write, next_delivery, next_timer.map(|(t, _)| t), Some(next_check)];
+            let Some(next) = candidates.into_iter().flatten().min() else { break };
+            if next > deadline {
+                break;
+            }
+            let previous = self.now;
+            self.now = next.max(self.now);
+            self.partition_events(previous, self.now)?;
+
+            if next_write == Some(next) {
+                if let Some((_, replica)) = writes.next() {
+                    self.write(replica)?;
+                }
+            } else if next_delivery == Some(next) {
+                let Some(Reverse((_, id))) = self.queue.pop() else { continue };
+                let Some(delivery) = self.in_flight.remove(&id) else { continue };
+                if !self.link_up(delivery.from, delivery.to) {
+                    self.report.messages_dropped += 1;
+                    continue;
+                }
+                let from = self.names[delivery.from].clone();
+                let now = self.local_time(delivery.to);
+                self.engines[delivery.to].handle_input(&from, &delivery.bytes, now).map_err(|e| self.fail(delivery.to, error_chain(&e)))?;
+                self.flush(delivery.to)?;
+            } else if next_timer.map(|(t, _)| t) == Some(next) {
+                if let Some((_, i)) = next_timer {
+                    let now = self.local_time(i);
+                    self.engines[i].handle_timeout(now);
+                    self.flush(i)?;
+                }
+            } else {
+                next_check = self.now + interval;
+                if self.now >= self.heal_at && writes.peek().is_none() && self.queue.is_empty() && self.disagreement().is_none() {
+                    self.report.convergence_ms = self.now - self.heal_at;
+                    return self.verify();
+                }
+            }
+        }
+        Err(Divergence::NoConvergence {
+            seed: self.config.seed,
+            waited_ms: deadline - self.heal_at,
+            detail: self.disagreement().unwrap_or_else(|| "messages still in flight".into()),
+        })
+    }
+
+    /// A description of how the replicas differ, if they do.
+    fn disagreement(&self) -> Option<String> {
+        let first = self.engines[0].database().version_vector();
+        for (i, engine) in self.engines.iter().enumerate().skip(1) {
+            if engine.database().version_vector() != first {
+                return Some(format!(
+                    "version vectors differ: replica-0 {:?} vs replica-{i} {:?}",
+                    first,
+                    engine.database().version_vector()
+                ));
+            }
+        }
+        None
+    }
+
+    fn verify(self) -> Result<SimReport, Divergence> {
+        let fail = |detail: String| Divergence::NoConvergence { seed: self.config.seed, waited_ms: self.report.convergence_ms, detail };
+        let snapshot = |i: usize| -> Result<(Vec<NodeRecord>, Vec<Option<Node>>), Divergence> {
+            let records = self.engines[i].database().store().scan_nodes("", None, usize::MAX).map_err(|e| fail(e.to_string()))?;
+            let views = records.iter().map(|r| self.engines[i].database().get(&r.id).ok().flatten()).collect();
+            Ok((records, views))
+        };
+        let reference = snapshot(0)?;
+        for i in 1..self.engines.len() {
+            if snapshot(i)? != reference {
+                return Err(fail(format!("replica-{i} holds different records than replica-0")));
+            }
+        }
+        let held = self.engines[0].database().version_vector().total();
+        if held != self.report.ops_written {
+            return Err(fail(format!("{} operations written but {held} held", self.report.ops_written)));
+        }
+        Ok(self.report)
+    }
+}
+
+fn separates(side: u64, a: usize, b: usize) -> bool {
+    ((side >> a) & 1) != ((side >> b) & 1)
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
