@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 const RAW: TableDefinition<&str, &[u8]> = TableDefinition::new("raw");
 const BATCH: usize = 1_000;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
+const WARMUP: usize = 1;
 /// A peer id of the real length (libp2p's textual Ed25519 form).
 const PEER_ID: &str = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
 
@@ -131,33 +132,48 @@ fn main() {
     let records: Vec<(String, Value)> = (0..count + singles).map(record).collect();
     let avg = records.iter().map(|(_, v)| v.to_string().len()).sum::<usize>() / records.len();
 
-    println!("PluresDB local store benchmark: {count} records in transactions of {BATCH}, {singles} in single-write transactions, ~{avg} bytes of JSON each; median of {ROUNDS} interleaved rounds");
-    let (mut ours_batched, mut raw_batched, mut ours_read, mut raw_read) = (vec![], vec![], vec![], vec![]);
-    let (mut ours_single, mut raw_single) = (0.0, 0.0);
-    for round in 0..ROUNDS {
+    println!("PluresDB local store benchmark: {count} records in transactions of {BATCH}, {singles} in single-write transactions, ~{avg} bytes of JSON each");
+    println!("{WARMUP} warm-up round, then {ROUNDS} rounds, each writing and reading the same records into raw redb and into a replica; figures are medians, ratios the median of the per-round ratios");
+    let mut rounds: Vec<(Figures, Figures)> = Vec::new();
+    for round in 0..WARMUP + ROUNDS {
         let dir = tempfile::tempdir().expect("temp dir");
         let raw_db = raw::open(dir.path());
         let mut db = replica::open(dir.path());
-        if round == 0 {
+        let (mut raw_single, mut ours_single) = (f64::NAN, f64::NAN);
+        if round == WARMUP {
             raw_single = raw::write(&raw_db, &records[count..], 1);
             ours_single = replica::write(&mut db, &records[count..], 1);
         }
-        raw_batched.push(raw::write(&raw_db, &records[..count], BATCH));
-        ours_batched.push(replica::write(&mut db, &records[..count], BATCH));
-        raw_read.push(raw::read(&raw_db, &records[..count]));
-        ours_read.push(replica::read(&db, &records[..count]));
+        let raw_batched = raw::write(&raw_db, &records[..count], BATCH);
+        let ours_batched = replica::write(&mut db, &records[..count], BATCH);
+        let raw_read = raw::read(&raw_db, &records[..count]);
+        let ours_read = replica::read(&db, &records[..count]);
+        if round < WARMUP {
+            continue;
+        }
+        println!(
+            "  round {}: batched writes {ours_batched:.0} vs {raw_batched:.0} ops/s ({:.0}%)",
+            round - WARMUP + 1,
+            100.0 * ours_batched / raw_batched
+        );
+        rounds.push((
+            Figures { single: ours_single, batched: ours_batched, read: ours_read },
+            Figures { single: raw_single, batched: raw_batched, read: raw_read },
+        ));
     }
-    let (ours, raw) = (
-        Figures { single: ours_single, batched: median(ours_batched), read: median(ours_read) },
-        Figures { single: raw_single, batched: median(raw_batched), read: median(raw_read) },
-    );
     println!("{:<34} {:>14} {:>14} {:>8}", "", "pluresdb", "raw redb", "ratio");
-    for (name, a, b) in [
-        ("writes, 1 per transaction (ops/s)", ours.single, raw.single),
-        ("writes, 1,000 per transaction", ours.batched, raw.batched),
-        ("point reads (ops/s)", ours.read, raw.read),
-    ] {
-        println!("{name:<34} {a:>14.0} {b:>14.0} {:>7.0}%", 100.0 * a / b);
+    type Pick = fn(&Figures) -> f64;
+    let rows: [(&str, Pick); 3] = [
+        ("writes, 1 per transaction (ops/s)", |f| f.single),
+        ("writes, 1,000 per transaction", |f| f.batched),
+        ("point reads (ops/s)", |f| f.read),
+    ];
+    for (name, pick) in rows {
+        let valid: Vec<&(Figures, Figures)> = rounds.iter().filter(|(o, _)| !pick(o).is_nan()).collect();
+        let ours = median(valid.iter().map(|(o, _)| pick(o)).collect());
+        let raw = median(valid.iter().map(|(_, r)| pick(r)).collect());
+        let ratio = median(valid.iter().map(|(o, r)| pick(o) / pick(r)).collect());
+        println!("{name:<34} {ours:>14.0} {raw:>14.0} {:>7.0}%", 100.0 * ratio);
     }
     println!("target: batched writes >= 50% of raw redb");
 }

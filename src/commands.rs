@@ -4,7 +4,7 @@ use crate::cli::{Cli, Command, OnError};
 use crate::replica::{self, now_ms, Replica};
 use crate::{InvalidInput, NotFound};
 use anyhow::Context;
-use pluresdb_core::{KeepAll, Node, OperationType, OperationWithMetadata, Store, Traversal};
+use pluresdb_core::{KeepAll, Node, OperationType, OperationWithMetadata, Receipt, Store, Traversal};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufWriter, IsTerminal, Read, Write};
 use std::path::Path;
@@ -16,17 +16,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Put { id, value } => {
             let value = parse_value(&id, &value)?;
-            let op = db.put(&id, value, now_ms())?;
-            print_written(out, json, "put", &op)
+            let receipt = db.put(&id, value, now_ms())?;
+            print_written(out, json, "put", &id, &receipt)
         }
         Command::Update { id, fields } => {
             let fields = parse_value(&id, &fields)?;
-            let op = db.update(&id, fields, now_ms())?;
-            print_written(out, json, "updated", &op)
+            let receipt = db.update(&id, fields, now_ms())?;
+            print_written(out, json, "updated", &id, &receipt)
         }
         Command::Delete { id } => {
-            let op = db.delete(&id, now_ms())?;
-            print_written(out, json, "deleted", &op)
+            let receipt = db.delete(&id, now_ms())?;
+            print_written(out, json, "deleted", &id, &receipt)
         }
         Command::Get { id, follow } => get(out, &db, json, &id, &follow),
         Command::List { prefix, limit, after } => list(out, &db, json, &prefix, limit, after.as_deref()),
@@ -49,11 +49,11 @@ fn parse_value(id: &str, arg: &str) -> anyhow::Result<Value> {
     serde_json::from_str(&text).map_err(|err| InvalidInput(format!("the value for {id:?} is not valid JSON: {err}")).into())
 }
 
-fn print_written(out: &mut impl Write, json: bool, verb: &str, op: &OperationWithMetadata) -> anyhow::Result<()> {
+fn print_written(out: &mut impl Write, json: bool, verb: &str, node_id: &str, receipt: &Receipt) -> anyhow::Result<()> {
     if json {
-        writeln!(out, "{}", json!({"id": op.node_id, "op": op.id.to_string(), "timestamp": op.timestamp.to_string()}))?;
+        writeln!(out, "{}", json!({"id": node_id, "op": receipt.id.to_string(), "timestamp": receipt.timestamp.to_string()}))?;
     } else {
-        writeln!(out, "{verb} {} (operation {} at {})", op.node_id, op.id, format_time(op.timestamp))?;
+        writeln!(out, "{verb} {node_id} (operation {} at {})", receipt.id, format_time(receipt.timestamp))?;
     }
     Ok(())
 }

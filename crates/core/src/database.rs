@@ -9,7 +9,7 @@ use crate::merge;
 use crate::node::{Node, NodeRecord};
 use crate::operation::{validate_node_id, validate_value, OpId, OperationType, OperationWithMetadata};
 use crate::resolver::{ConflictResolver, LastWriterWins};
-use crate::store::{Store, WriteBatch};
+use crate::store::{EncodedOps, Store, WriteBatch};
 use crate::version_vector::VersionVector;
 use serde_json::Value;
 use std::sync::Arc;
@@ -20,6 +20,15 @@ const CLOCK_META_KEY: &str = "hlc";
 
 /// How many records [`Database::list`] reads from the store at a time.
 const SCAN_CHUNK: usize = 256;
+
+/// What a committed local write was assigned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    /// The operation's id: this replica's peer id and its sequence number.
+    pub id: OpId,
+    /// Its hybrid-logical-clock timestamp.
+    pub timestamp: Hlc,
+}
 
 /// What [`Database::apply_remote`] did with a batch.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -135,18 +144,18 @@ impl<S: Store> Database<S> {
     }
 
     /// Creates or replaces the node `id` with `value` (a JSON object).
-    pub fn put(&mut self, id: &str, value: Value, now_ms: u64) -> Result<OperationWithMetadata, Error> {
+    pub fn put(&mut self, id: &str, value: Value, now_ms: u64) -> Result<Receipt, Error> {
         self.write_one(OperationType::CreateNode, id, value, now_ms)
     }
 
     /// Sets the fields of `fields` on node `id`, creating it if needed; a
     /// field set to `null` is removed.
-    pub fn update(&mut self, id: &str, fields: Value, now_ms: u64) -> Result<OperationWithMetadata, Error> {
+    pub fn update(&mut self, id: &str, fields: Value, now_ms: u64) -> Result<Receipt, Error> {
         self.write_one(OperationType::UpdateNode, id, fields, now_ms)
     }
 
     /// Deletes node `id`; fails with [`Error::NotFound`] if it does not exist.
-    pub fn delete(&mut self, id: &str, now_ms: u64) -> Result<OperationWithMetadata, Error> {
+    pub fn delete(&mut self, id: &str, now_ms: u64) -> Result<Receipt, Error> {
         validate_node_id(id)?;
         if self.get(id)?.is_none() {
             return Err(Error::NotFound { id: id.to_owned() });
@@ -154,7 +163,7 @@ impl<S: Store> Database<S> {
         self.write_one(OperationType::DeleteNode, id, Value::Null, now_ms)
     }
 
-    fn write_one(&mut self, kind: OperationType, id: &str, data: Value, now_ms: u64) -> Result<OperationWithMetadata, Error> {
+    fn write_one(&mut self, kind: OperationType, id: &str, data: Value, now_ms: u64) -> Result<Receipt, Error> {
         let op = OperationWithMetadata::new(kind, id.to_owned(), data, self.peer_id.clone());
         let mut ops = self.commit_local(vec![op], now_ms)?;
         ops.pop().ok_or_else(|| Error::Decode { what: "commit result", reason: "no operation returned".into() })
@@ -162,9 +171,9 @@ impl<S: Store> Database<S> {
 
     /// Commits local writes in one durable transaction: each operation gets
     /// this replica's next sequence number, a timestamp, and the values it
-    /// replaces. Their origin must be this replica's peer id. Returns the
-    /// operations as stored (what sync sends to peers).
-    pub fn commit_local(&mut self, ops: Vec<OperationWithMetadata>, now_ms: u64) -> Result<Vec<OperationWithMetadata>, Error> {
+    /// replaces. Their origin must be this replica's peer id. Returns what
+    /// each was assigned; [`ops_after`](Self::ops_after) reads them back.
+    pub fn commit_local(&mut self, ops: Vec<OperationWithMetadata>, now_ms: u64) -> Result<Vec<Receipt>, Error> {
         for op in &ops {
             if op.id.origin != self.peer_id {
                 return Err(Error::ForeignOrigin { origin: op.id.origin.to_string(), local: self.peer_id.to_string() });
@@ -199,14 +208,15 @@ impl<S: Store> Database<S> {
 
     /// The shared write path: merge every operation into its node's record,
     /// then commit ops, records, version vector and clock in one batch.
-    fn apply(&mut self, ops: Vec<OperationWithMetadata>, local: Option<LocalStamp>) -> Result<Vec<OperationWithMetadata>, Error> {
+    fn apply(&mut self, ops: Vec<OperationWithMetadata>, local: Option<LocalStamp>) -> Result<Vec<Receipt>, Error> {
         let mut records = self.load_records(&ops)?;
         let position = |records: &[NodeRecord], id: &str| records.binary_search_by(|r| r.id.as_str().cmp(id));
         let mut version_vector = self.version_vector.clone();
         let mut clock = self.clock.clone();
         let publish = self.feed.has_subscribers();
         let mut changes = Vec::new();
-        let mut applied = Vec::with_capacity(ops.len());
+        let mut encoded = EncodedOps::new();
+        let mut receipts = Vec::with_capacity(ops.len());
 
         for mut op in ops {
             let next = version_vector.get(&op.id.origin) + 1;
@@ -231,15 +241,20 @@ impl<S: Store> Database<S> {
             } else {
                 clock.observe(op.timestamp);
             }
-            merge::apply(record, &op, |id: &OpId| version_vector.contains(&id.origin, id.seq));
-            version_vector.advance(&op.id.origin, op.id.seq);
-            if publish {
-                changes.push((op.clone(), record.view(&*self.resolver)));
+            // Encode the operation for the op log once, then move its
+            // values into the record.
+            encoded.push(&op);
+            let (id, timestamp) = (op.id.clone(), op.timestamp);
+            let change = publish.then(|| op.clone());
+            merge::apply_owned(record, op, |id: &OpId| version_vector.contains(&id.origin, id.seq));
+            version_vector.advance(&id.origin, id.seq);
+            receipts.push(Receipt { id, timestamp });
+            if let Some(op) = change {
+                changes.push((op, record.view(&*self.resolver)));
             }
-            applied.push(op);
         }
-        if applied.is_empty() {
-            return Ok(applied);
+        if receipts.is_empty() {
+            return Ok(receipts);
         }
 
         let moved = version_vector
@@ -248,7 +263,7 @@ impl<S: Store> Database<S> {
             .map(|(origin, seq)| (origin.to_owned(), seq))
             .collect();
         let batch = WriteBatch {
-            ops: applied,
+            ops: encoded,
             nodes: records,
             version_vector: moved,
             meta: vec![(CLOCK_META_KEY.to_owned(), codec::encode(&clock.last()))],
@@ -258,7 +273,7 @@ impl<S: Store> Database<S> {
         self.version_vector = version_vector;
         self.clock = clock;
         self.feed.publish(changes);
-        Ok(batch.ops)
+        Ok(receipts)
     }
 
     /// The records of every node the batch touches, sorted by id.

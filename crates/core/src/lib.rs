@@ -18,13 +18,13 @@
 //! let mut bob = Database::open(MemoryStore::new(), "bob")?;
 //!
 //! alice.put("user:123", json!({"name": "Alice", "friend": {"#": "user:456"}}), 1_000)?;
-//! let ops = bob.commit_local(
+//! bob.commit_local(
 //!     vec![OperationWithMetadata::new(OperationType::CreateNode, "user:456".into(), json!({"name": "Bob"}), "bob")],
 //!     1_001,
 //! )?;
 //!
 //! // Exchange what the other lacks, in any order: both converge.
-//! alice.apply_remote(ops)?;
+//! alice.apply_remote(bob.ops_after("bob", 0, 1_000)?)?;
 //! bob.apply_remote(alice.ops_after("alice", 0, 1_000)?)?;
 //! assert_eq!(alice.version_vector(), bob.version_vector());
 //!
@@ -52,7 +52,7 @@ mod store;
 mod version_vector;
 
 pub use clock::{Hlc, HybridLogicalClock};
-pub use database::{ApplyReport, Database, Traversal};
+pub use database::{ApplyReport, Database, Receipt, Traversal};
 pub use error::Error;
 pub use feed::{Change, ChangeFeed, FeedEvent, Subscription};
 pub use node::{link_target, FieldValue, Node, NodeRecord, PendingSupersession, Reset, LINK_KEY};
@@ -60,5 +60,5 @@ pub use operation::{
     validate_node_id, validate_value, OpId, OperationType, OperationWithMetadata, Stamp, MAX_NODE_ID_BYTES, MAX_VALUE_BYTES,
 };
 pub use resolver::{builtin_resolver, ConflictResolver, FirstWriterWins, FnResolver, KeepAll, LastWriterWins};
-pub use store::{MemoryStore, Store, WriteBatch};
+pub use store::{EncodedOps, MemoryStore, Store, WriteBatch};
 pub use version_vector::VersionVector;

@@ -28,6 +28,12 @@ use serde_json::Value;
 /// Applies `op` to `record`. `is_applied` answers whether an operation other
 /// than `op` has already been applied; `op` itself must not have been.
 pub fn apply(record: &mut NodeRecord, op: &OperationWithMetadata, is_applied: impl Fn(&OpId) -> bool) {
+    apply_owned(record, op.clone(), is_applied);
+}
+
+/// [`apply`], moving the operation's values into the record instead of
+/// copying them (the write path, where the operation is already encoded).
+pub fn apply_owned(record: &mut NodeRecord, op: OperationWithMetadata, is_applied: impl Fn(&OpId) -> bool) {
     let stamp = op.stamp();
 
     let is_reset = matches!(op.operation, OperationType::CreateNode | OperationType::DeleteNode);
@@ -55,21 +61,21 @@ pub fn apply(record: &mut NodeRecord, op: &OperationWithMetadata, is_applied: im
     if !not_older_than_reset {
         return;
     }
-    let Value::Object(fields) = &op.data else {
+    let Value::Object(fields) = op.data else {
         return;
     };
     for (field, value) in fields {
         if op.operation == OperationType::UpdateNode {
-            for target in op.supersedes.get(field).into_iter().flatten() {
-                supersede(record, field, target, &stamp, &is_applied);
+            for target in op.supersedes.get(&field).into_iter().flatten() {
+                supersede(record, &field, target, &stamp, &is_applied);
             }
         }
-        if dead_fields.iter().any(|f| f == field) {
+        if dead_fields.contains(&field) {
             continue;
         }
-        let values = record.fields.entry(field.clone()).or_default();
+        let values = record.fields.entry(field).or_default();
         let at = values.partition_point(|v| v.stamp < stamp);
-        values.insert(at, FieldValue { value: value.clone(), stamp: stamp.clone() });
+        values.insert(at, FieldValue { value, stamp: stamp.clone() });
     }
 }
 

@@ -14,11 +14,58 @@ use crate::version_vector::VersionVector;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// New operations for the op log, encoded once by the core: each
+/// operation's [`body`](OperationWithMetadata::encode_body) back to back,
+/// with its id beside it. Each origin's operations are in sequence order.
+#[derive(Clone, Debug, Default)]
+pub struct EncodedOps {
+    ids: Vec<OpId>,
+    ends: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl EncodedOps {
+    /// No operations.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends `op`.
+    pub fn push(&mut self, op: &OperationWithMetadata) {
+        op.encode_body(&mut self.bytes);
+        self.ids.push(op.id.clone());
+        self.ends.push(self.bytes.len());
+    }
+
+    /// The number of operations.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Each operation's id and encoded body, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&OpId, &[u8])> + '_ {
+        self.ids.iter().enumerate().map(|(i, id)| {
+            let start = if i == 0 { 0 } else { self.ends[i - 1] };
+            (id, &self.bytes[start..self.ends[i]])
+        })
+    }
+
+    /// Decodes every operation (for stores that keep them decoded).
+    pub fn decode(&self) -> Result<Vec<OperationWithMetadata>, Error> {
+        self.iter().map(|(id, body)| OperationWithMetadata::decode_body(id.clone(), body)).collect()
+    }
+}
+
 /// Everything one atomic, durable commit writes.
 #[derive(Clone, Debug, Default)]
 pub struct WriteBatch {
-    /// New operations for the op log, each origin's in sequence order.
-    pub ops: Vec<OperationWithMetadata>,
+    /// New operations for the op log.
+    pub ops: EncodedOps,
     /// Node records to insert or replace.
     pub nodes: Vec<NodeRecord>,
     /// Version-vector entries that moved: `(origin, highest applied seq)`.
@@ -144,15 +191,15 @@ impl Store for MemoryStore {
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
         // Check first so that a refused batch changes nothing.
         let mut next: BTreeMap<&str, u64> = BTreeMap::new();
-        for op in &batch.ops {
-            let expected = next.entry(&op.id.origin).or_insert_with(|| self.ops.get(&op.id.origin).map_or(0, |l| l.len() as u64) + 1);
-            if op.id.seq != *expected {
-                return Err(Error::SequenceGap { origin: op.id.origin.to_string(), expected: *expected, found: op.id.seq });
+        for (id, _) in batch.ops.iter() {
+            let expected = next.entry(&id.origin).or_insert_with(|| self.ops.get(&id.origin).map_or(0, |l| l.len() as u64) + 1);
+            if id.seq != *expected {
+                return Err(Error::SequenceGap { origin: id.origin.to_string(), expected: *expected, found: id.seq });
             }
             *expected += 1;
         }
-        for op in &batch.ops {
-            self.ops.entry(op.id.origin.clone()).or_default().push(op.clone());
+        for op in batch.ops.decode()? {
+            self.ops.entry(op.id.origin.clone()).or_default().push(op);
         }
         for record in &batch.nodes {
             self.nodes.insert(record.id.clone(), record.clone());

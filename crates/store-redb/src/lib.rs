@@ -236,15 +236,15 @@ impl Store for RedbStore {
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
         // The core hands each origin's new operations over in sequence, so
         // each origin's share of the batch is one run of consecutive ops.
-        let mut by_origin: BTreeMap<&str, Vec<&OperationWithMetadata>> = BTreeMap::new();
-        for op in &batch.ops {
-            by_origin.entry(&op.id.origin).or_default().push(op);
+        let mut by_origin: BTreeMap<&str, (u64, Vec<&[u8]>)> = BTreeMap::new();
+        for (id, body) in batch.ops.iter() {
+            by_origin.entry(&id.origin).or_insert_with(|| (id.seq, Vec::new())).1.push(body);
         }
         let txn = self.db.begin_write().map_err(fail("begin write"))?;
         {
             let mut ops = txn.open_table(OPS).map_err(fail("open op log"))?;
-            for (origin, run) in &by_origin {
-                for (first, bytes) in segment::encode(run) {
+            for (origin, (first_seq, bodies)) in &by_origin {
+                for (first, bytes) in segment::encode(*first_seq, bodies) {
                     ops.insert((*origin, first), bytes.as_slice()).map_err(fail("append ops"))?;
                 }
             }

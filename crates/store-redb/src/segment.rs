@@ -18,27 +18,31 @@ pub const MAX_OPS: usize = 1_024;
 /// A segment is closed once its body reaches this many bytes.
 pub const MAX_BYTES: usize = 1 << 20;
 
-/// Splits one origin's consecutive `ops` into encoded segments, each with
-/// the sequence number of its first operation.
-pub fn encode(ops: &[&OperationWithMetadata]) -> Vec<(u64, Vec<u8>)> {
+/// Splits one origin's consecutive operations, given as encoded bodies
+/// starting at sequence number `first_seq`, into segments, each with the
+/// sequence number of its first operation.
+pub fn encode(first_seq: u64, bodies: &[&[u8]]) -> Vec<(u64, Vec<u8>)> {
     let mut segments = Vec::new();
     let mut start = 0;
-    while start < ops.len() {
-        let mut body = Vec::new();
-        let mut ends = Vec::new();
+    while start < bodies.len() {
         let mut end = start;
-        while end < ops.len() && ends.len() < MAX_OPS && body.len() < MAX_BYTES {
-            ops[end].encode_body(&mut body);
-            ends.push(body.len() as u32);
+        let mut size = 0;
+        while end < bodies.len() && end - start < MAX_OPS && size < MAX_BYTES {
+            size += bodies[end].len();
             end += 1;
         }
-        let mut bytes = Vec::with_capacity(4 + 4 * ends.len() + body.len());
-        bytes.extend_from_slice(&(ends.len() as u32).to_le_bytes());
-        for e in &ends {
-            bytes.extend_from_slice(&e.to_le_bytes());
+        let run = &bodies[start..end];
+        let mut bytes = Vec::with_capacity(4 + 4 * run.len() + size);
+        bytes.extend_from_slice(&(run.len() as u32).to_le_bytes());
+        let mut offset = 0u32;
+        for body in run {
+            offset += body.len() as u32;
+            bytes.extend_from_slice(&offset.to_le_bytes());
         }
-        bytes.extend_from_slice(&body);
-        segments.push((ops[start].id.seq, bytes));
+        for body in run {
+            bytes.extend_from_slice(body);
+        }
+        segments.push((first_seq + start as u64, bytes));
         start = end;
     }
     segments
@@ -94,6 +98,16 @@ mod tests {
     use super::*;
     use pluresdb_core::{OperationType, OperationWithMetadata};
 
+    fn encode_bodies(ops: &[OperationWithMetadata]) -> Vec<Vec<u8>> {
+        ops.iter()
+            .map(|op| {
+                let mut body = Vec::new();
+                op.encode_body(&mut body);
+                body
+            })
+            .collect()
+    }
+
     #[test]
     fn segments_split_at_the_limit_and_decode_each_op() {
         let ops: Vec<OperationWithMetadata> = (1..=2_500u64)
@@ -103,8 +117,9 @@ mod tests {
                 op
             })
             .collect();
-        let refs: Vec<&OperationWithMetadata> = ops.iter().collect();
-        let segments = encode(&refs);
+        let bodies = encode_bodies(&ops);
+        let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+        let segments = encode(1, &refs);
         assert_eq!(segments.iter().map(|(first, _)| *first).collect::<Vec<_>>(), vec![1, 1_025, 2_049]);
         let last = Segment::parse("p", 2_049, &segments[2].1).unwrap();
         assert_eq!(last.len(), 2_500 - 2_048);
@@ -116,7 +131,8 @@ mod tests {
     fn truncated_segments_are_errors() {
         let mut op = OperationWithMetadata::new(OperationType::DeleteNode, "n".into(), serde_json::Value::Null, "p");
         op.id.seq = 1;
-        let (_, bytes) = encode(&[&op]).remove(0);
+        let body = encode_bodies(std::slice::from_ref(&op)).remove(0);
+        let (_, bytes) = encode(1, &[&body]).remove(0);
         for cut in 0..bytes.len() {
             if let Ok(segment) = Segment::parse("p", 1, &bytes[..cut]) {
                 assert!(segment.op(0).is_err(), "cut at {cut}");

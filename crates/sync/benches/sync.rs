@@ -63,7 +63,8 @@ struct Run {
 }
 
 fn full_sync<S: Store>(mut a: DataSyncEngine<S>, mut b: DataSyncEngine<S>, n: usize) -> Run {
-    let written = a.write(ops(n), T0).expect("write");
+    a.write(ops(n), T0).expect("write");
+    let written = a.database().ops_after(PEER_A, 0, n).expect("read back");
     let op_bytes: u64 = written.iter().map(|op| pluresdb_core::codec::encode(op).len() as u64).sum();
     drop(written);
     a.start(T0);

@@ -5,7 +5,7 @@ use crate::error::SyncError;
 use crate::message::{SyncMessage, BATCH_BYTE_BUDGET, MAX_PLAUSIBLE_SEQ};
 use crate::status::{PeerSyncStatus, SyncStatus, Traffic};
 use pluresdb_core::codec;
-use pluresdb_core::{Database, KeepAll, LastWriterWins, MemoryStore, OperationWithMetadata, Store, VersionVector};
+use pluresdb_core::{Database, KeepAll, LastWriterWins, MemoryStore, OperationWithMetadata, Receipt, Store, VersionVector};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
@@ -219,8 +219,8 @@ impl<S: Store> DataSyncEngine<S> {
 
     /// Commits local writes (unstamped operations) or applies operations
     /// from elsewhere (stamped ones), then pushes them to connected peers.
-    /// Returns the operations as stored.
-    pub fn write(&mut self, operations: Vec<OperationWithMetadata>, now_ms: u64) -> Result<Vec<OperationWithMetadata>, SyncError> {
+    /// Returns the id and timestamp of each.
+    pub fn write(&mut self, operations: Vec<OperationWithMetadata>, now_ms: u64) -> Result<Vec<Receipt>, SyncError> {
         self.now_ms = self.now_ms.max(now_ms);
         let (local, stamped): (Vec<_>, Vec<_>) = operations.into_iter().partition(|op| !op.is_stamped());
         if self.db.peer_id().is_empty() {
@@ -230,8 +230,8 @@ impl<S: Store> DataSyncEngine<S> {
         }
         let mut written = Vec::new();
         if !stamped.is_empty() {
-            self.db.apply_remote(stamped.clone()).map_err(SyncError::LocalWrite)?;
-            written.extend(stamped);
+            written.extend(stamped.iter().map(|op| Receipt { id: op.id.clone(), timestamp: op.timestamp }));
+            self.db.apply_remote(stamped).map_err(SyncError::LocalWrite)?;
         }
         if !local.is_empty() {
             written.extend(self.db.commit_local(local, now_ms).map_err(SyncError::LocalWrite)?);
