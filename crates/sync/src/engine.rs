@@ -1,7 +1,7 @@
 //! [`DataSyncEngine`]: the sync state machine of one replica.
 
 use crate::config::SyncConfig;
-use crate::error::SyncError;
+use crate::error::{error_chain, SyncError};
 use crate::message::{SyncMessage, BATCH_BYTE_BUDGET, MAX_PLAUSIBLE_SEQ};
 use crate::status::{PeerSyncStatus, SyncStatus, Traffic};
 use pluresdb_core::codec;
@@ -622,18 +622,6 @@ fn check_plausible(peer: &str, vv: &VersionVector) -> Result<(), SyncError> {
         Some((origin, seq)) => Err(SyncError::AbsurdVersionVector { peer: peer.to_owned(), origin: origin.to_owned(), seq }),
         None => Ok(()),
     }
-}
-
-/// An error and its causes on one line.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A cheap upper-bound-ish estimate of a value's JSON length, for batch

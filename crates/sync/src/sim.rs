@@ -8,6 +8,7 @@
 //! quiesce and checks that every replica holds the same state, the same
 //! version vector and every operation written anywhere.
 
+use crate::error::error_chain;
 use crate::{DataSyncEngine, SyncConfig};
 use pluresdb_core::{MemoryStore, Node, NodeRecord, OperationType, OperationWithMetadata, Store};
 use serde_json::json;
@@ -459,15 +460,4 @@ impl<'a> Sim<'a> {
 
 fn separates(side: u64, a: usize, b: usize) -> bool {
     ((side >> a) & 1) != ((side >> b) & 1)
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
