@@ -37,7 +37,9 @@ pub struct Transmit {
 #[derive(Clone, Debug)]
 struct Round {
     id: u64,
-    started_ms: u64,
+    /// When the round began or last made progress (data arrived); a round
+    /// stalls, and times out, only when nothing arrives.
+    progress_ms: u64,
     /// What the peer held when it began answering (from its `SyncDone`).
     target: Option<VersionVector>,
 }
@@ -355,6 +357,9 @@ impl<S: Store> DataSyncEngine<S> {
         {
             let state = self.peer_mut(peer);
             state.traffic.ops_received += received;
+            if let Some(round) = state.round.as_mut() {
+                round.progress_ms = now_ms;
+            }
         }
         self.learn_peer_holds(peer, &theirs, now_ms);
         if received > 0 {
@@ -390,7 +395,7 @@ impl<S: Store> DataSyncEngine<S> {
         let id = self.next_round_id;
         self.next_round_id += 1;
         let state = self.peer_mut(peer);
-        state.round = Some(Round { id, started_ms: now_ms, target: None });
+        state.round = Some(Round { id, progress_ms: now_ms, target: None });
         let request = SyncMessage::SyncRequest {
             from_peer: self.db.peer_id().to_owned(),
             round: id,
@@ -494,7 +499,7 @@ impl<S: Store> DataSyncEngine<S> {
         let peers: Vec<String> = self.peers.iter().filter(|(_, p)| p.connected).map(|(id, _)| id.clone()).collect();
         for peer in peers {
             let state = self.peer_mut(&peer);
-            if state.round.as_ref().is_some_and(|r| now_ms >= r.started_ms + timeout) {
+            if state.round.as_ref().is_some_and(|r| now_ms >= r.progress_ms + timeout) {
                 state.round = None;
                 state.failures += 1;
                 let backoff = interval.saturating_mul(1 << state.failures.min(5)).min(interval * MAX_BACKOFF_FACTOR);
@@ -535,7 +540,7 @@ impl<S: Store> DataSyncEngine<S> {
         let mut consider = |t: u64| next = Some(next.map_or(t, |n| n.min(t)));
         for state in self.peers.values().filter(|p| p.connected) {
             if let Some(r) = &state.round {
-                consider(r.started_ms + timeout);
+                consider(r.progress_ms + timeout);
             } else if self.active && self.config.enable_auto_sync {
                 consider(state.next_round_ms);
             }
