@@ -38,7 +38,7 @@
 //! and storage sits behind the [`Store`] trait ([`MemoryStore`] here, the
 //! durable redb store in `pluresdb-store-redb`). It builds for wasm32.
 
-mod cbor;
+pub mod cbor;
 pub mod clock;
 pub mod codec;
 mod database;

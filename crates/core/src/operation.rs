@@ -142,8 +142,22 @@ impl OperationWithMetadata {
     /// (except that floats are never shortened to 16 bits), which
     /// [`decode_body`](Self::decode_body) reads.
     pub fn encode_body(&self, out: &mut Vec<u8>) {
+        crate::cbor::array(out, 5);
+        self.encode_body_fields(out);
+    }
+
+    /// Appends the binary (CBOR) form of the whole operation, the same bytes
+    /// its `Serialize` impl gives a binary serializer, without going through
+    /// serde (the sync engine encodes every operation it sends).
+    pub fn encode_compact(&self, out: &mut Vec<u8>) {
+        crate::cbor::array(out, 7);
+        crate::cbor::text(out, &self.id.origin);
+        crate::cbor::unsigned(out, self.id.seq);
+        self.encode_body_fields(out);
+    }
+
+    fn encode_body_fields(&self, out: &mut Vec<u8>) {
         use crate::cbor;
-        cbor::array(out, 5);
         cbor::unsigned(out, u64::from(self.operation.code()));
         cbor::text(out, &self.node_id);
         cbor::value(out, &self.data);
@@ -380,6 +394,10 @@ mod tests {
         let body: CompactBody<_, _, _> = (op.operation.code(), &op.node_id, &op.data, op.timestamp, &op.supersedes);
         assert_eq!(ours, crate::codec::encode(&body));
         assert_eq!(OperationWithMetadata::decode_body(op.id.clone(), &ours).unwrap(), op);
+
+        let mut whole = Vec::new();
+        op.encode_compact(&mut whole);
+        assert_eq!(whole, crate::codec::encode(&op));
     }
 
     #[test]

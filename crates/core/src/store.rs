@@ -54,11 +54,6 @@ impl EncodedOps {
             (id, &self.bytes[start..self.ends[i]])
         })
     }
-
-    /// Decodes every operation (for stores that keep them decoded).
-    pub fn decode(&self) -> Result<Vec<OperationWithMetadata>, Error> {
-        self.iter().map(|(id, body)| OperationWithMetadata::decode_body(id.clone(), body)).collect()
-    }
 }
 
 /// Everything one atomic, durable commit writes.
@@ -131,7 +126,8 @@ impl<S: Store + ?Sized> Store for Box<S> {
 #[derive(Clone, Debug, Default)]
 pub struct MemoryStore {
     nodes: BTreeMap<String, NodeRecord>,
-    ops: BTreeMap<Arc<str>, Vec<OperationWithMetadata>>,
+    /// Each origin's operations as encoded bodies, seq 1 at index 0.
+    ops: BTreeMap<Arc<str>, Vec<Vec<u8>>>,
     version_vector: VersionVector,
     meta: BTreeMap<String, Vec<u8>>,
 }
@@ -164,20 +160,26 @@ impl Store for MemoryStore {
     }
 
     fn ops_after(&self, origin: &str, after_seq: u64, limit: usize) -> Result<Vec<OperationWithMetadata>, Error> {
-        let log = self.ops.get(origin).map(Vec::as_slice).unwrap_or_default();
+        let Some((origin, log)) = self.ops.get_key_value(origin) else { return Ok(Vec::new()) };
         // The log of an origin holds seq 1, 2, 3, ... at index seq - 1.
         let start = usize::try_from(after_seq).unwrap_or(usize::MAX).min(log.len());
-        Ok(log[start..].iter().take(limit).cloned().collect())
+        log[start..]
+            .iter()
+            .take(limit)
+            .enumerate()
+            .map(|(i, body)| OperationWithMetadata::decode_body(OpId { origin: origin.clone(), seq: (start + i + 1) as u64 }, body))
+            .collect()
     }
 
     fn ops(&self, ids: &[OpId]) -> Result<Vec<Option<OperationWithMetadata>>, Error> {
-        Ok(ids
-            .iter()
+        ids.iter()
             .map(|id| {
                 let index = usize::try_from(id.seq.checked_sub(1)?).ok()?;
-                self.ops.get(&id.origin)?.get(index).cloned()
+                let body = self.ops.get(&id.origin)?.get(index)?;
+                Some(OperationWithMetadata::decode_body(id.clone(), body))
             })
-            .collect())
+            .map(Option::transpose)
+            .collect()
     }
 
     fn version_vector(&self) -> Result<VersionVector, Error> {
@@ -198,8 +200,8 @@ impl Store for MemoryStore {
             }
             *expected += 1;
         }
-        for op in batch.ops.decode()? {
-            self.ops.entry(op.id.origin.clone()).or_default().push(op);
+        for (id, body) in batch.ops.iter() {
+            self.ops.entry(id.origin.clone()).or_default().push(body.to_vec());
         }
         for record in &batch.nodes {
             self.nodes.insert(record.id.clone(), record.clone());
