@@ -129,6 +129,153 @@ fn float(out: &mut Vec<u8>, f: f64) {
     }
 }
 
+/// Why the [`Reader`] stopped. Callers fall back to the serde decoder,
+/// which either reads what the reader does not (tags, indefinite lengths,
+/// byte strings, half floats written by other encoders) or reports the
+/// precise error, so this carries no detail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unreadable;
+
+/// How deep arrays and maps may nest (ciborium's default limit too).
+const MAX_DEPTH: usize = 256;
+
+/// A reader for the subset of CBOR this module writes: definite-length
+/// arrays, maps and text, integers, simple values and f32/f64 floats. It
+/// reads untrusted bytes: every length is checked against what is left
+/// before anything is allocated, and nesting is bounded.
+pub struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// A reader at the start of `bytes`.
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes, pos: 0 }
+    }
+
+    /// Whether every byte has been read.
+    pub fn is_done(&self) -> bool {
+        self.pos == self.bytes.len()
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Unreadable> {
+        let end = self.pos.checked_add(n).filter(|&end| end <= self.bytes.len()).ok_or(Unreadable)?;
+        let out = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn byte(&mut self) -> Result<u8, Unreadable> {
+        Ok(self.take(1)?[0])
+    }
+
+    /// Reads a head: the major type (shifted) and its argument; `info` is
+    /// returned for major type 7 (simple values and floats).
+    fn head(&mut self) -> Result<(u8, u8, u64), Unreadable> {
+        let initial = self.byte()?;
+        let (major, info) = (initial & 0xe0, initial & 0x1f);
+        let arg = match info {
+            0..=23 => u64::from(info),
+            24 => u64::from(self.byte()?),
+            25 => u64::from(u16::from_be_bytes(self.take(2)?.try_into().map_err(|_| Unreadable)?)),
+            26 => u64::from(u32::from_be_bytes(self.take(4)?.try_into().map_err(|_| Unreadable)?)),
+            27 => u64::from_be_bytes(self.take(8)?.try_into().map_err(|_| Unreadable)?),
+            _ => return Err(Unreadable),
+        };
+        Ok((major, info, arg))
+    }
+
+    /// Reads the length of an array or map of `major` type, refusing one
+    /// that cannot fit in what is left (each item takes at least a byte).
+    fn len_of(&mut self, major: u8) -> Result<usize, Unreadable> {
+        let (found, _, len) = self.head()?;
+        if found != major || len > (self.bytes.len() - self.pos) as u64 {
+            return Err(Unreadable);
+        }
+        Ok(len as usize)
+    }
+
+    /// Reads an array head and returns its length.
+    pub fn array(&mut self) -> Result<usize, Unreadable> {
+        self.len_of(ARRAY)
+    }
+
+    /// Reads a map head and returns its number of entries.
+    pub fn map(&mut self) -> Result<usize, Unreadable> {
+        self.len_of(MAP)
+    }
+
+    /// Reads an unsigned integer.
+    pub fn unsigned(&mut self) -> Result<u64, Unreadable> {
+        match self.head()? {
+            (UNSIGNED, _, n) => Ok(n),
+            _ => Err(Unreadable),
+        }
+    }
+
+    /// Reads a text string.
+    pub fn text(&mut self) -> Result<&'a str, Unreadable> {
+        match self.head()? {
+            (TEXT, _, len) => {
+                let len = usize::try_from(len).map_err(|_| Unreadable)?;
+                std::str::from_utf8(self.take(len)?).map_err(|_| Unreadable)
+            }
+            _ => Err(Unreadable),
+        }
+    }
+
+    /// Reads a JSON value.
+    pub fn value(&mut self) -> Result<Value, Unreadable> {
+        self.value_at(0)
+    }
+
+    fn value_at(&mut self, depth: usize) -> Result<Value, Unreadable> {
+        if depth > MAX_DEPTH {
+            return Err(Unreadable);
+        }
+        let start = self.pos;
+        let (major, info, arg) = self.head()?;
+        Ok(match major {
+            UNSIGNED => Value::from(arg),
+            NEGATIVE => Value::from(i64::try_from(arg).map_err(|_| Unreadable).map(|n| -1 - n)?),
+            TEXT => {
+                self.pos = start;
+                Value::String(self.text()?.to_owned())
+            }
+            ARRAY => {
+                self.pos = start;
+                let len = self.array()?;
+                let mut items = Vec::with_capacity(len);
+                for _ in 0..len {
+                    items.push(self.value_at(depth + 1)?);
+                }
+                Value::Array(items)
+            }
+            MAP => {
+                self.pos = start;
+                let len = self.map()?;
+                let mut fields = serde_json::Map::new();
+                for _ in 0..len {
+                    let key = self.text()?.to_owned();
+                    fields.insert(key, self.value_at(depth + 1)?);
+                }
+                Value::Object(fields)
+            }
+            0xe0 => match (info, arg) {
+                (20, _) => Value::Bool(false),
+                (21, _) => Value::Bool(true),
+                (22, _) => Value::Null,
+                // A non-finite float is null in JSON, as serde_json has it.
+                (26, bits) => serde_json::Number::from_f64(f64::from(f32::from_bits(bits as u32))).map_or(Value::Null, Value::Number),
+                (27, bits) => serde_json::Number::from_f64(f64::from_bits(bits)).map_or(Value::Null, Value::Number),
+                _ => return Err(Unreadable),
+            },
+            _ => return Err(Unreadable),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,7 +327,29 @@ mod tests {
     proptest! {
         #[test]
         fn any_json_value_round_trips(v in arb_json()) {
-            prop_assert_eq!(crate::codec::decode::<Value>(&ours(&v), "value").unwrap(), v);
+            prop_assert_eq!(crate::codec::decode::<Value>(&ours(&v), "value").unwrap(), v.clone());
+            let bytes = ours(&v);
+            let mut reader = Reader::new(&bytes);
+            prop_assert_eq!(reader.value().unwrap(), v);
+            prop_assert!(reader.is_done());
         }
+
+        #[test]
+        fn the_reader_agrees_with_serde_or_gives_up(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            // Never a panic; never a different answer from serde's.
+            if let Ok(v) = Reader::new(&bytes).value() {
+                if let Ok(theirs) = crate::codec::decode::<Value>(&bytes, "value") {
+                    prop_assert_eq!(v, theirs);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_lengths_and_nesting_are_refused_without_allocating() {
+        // An array claiming 2^64-1 items, a text claiming 4 GiB, deep nesting.
+        assert!(Reader::new(&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).value().is_err());
+        assert!(Reader::new(&[0x7a, 0xff, 0xff, 0xff, 0xff, b'a']).value().is_err());
+        assert!(Reader::new(&[0x81; 10_000]).value().is_err());
     }
 }

@@ -156,6 +156,47 @@ impl OperationWithMetadata {
         self.encode_body_fields(out);
     }
 
+    /// Reads the binary form written by [`encode_compact`](Self::encode_compact)
+    /// (and by `Serialize` for binary formats) from `reader`, reusing
+    /// `origin` when the operation's origin is the same string. Fails on
+    /// anything outside the subset the reader takes; callers then fall back
+    /// to serde.
+    pub fn read_compact(reader: &mut crate::cbor::Reader<'_>, origin: Option<&Arc<str>>) -> Result<Self, crate::cbor::Unreadable> {
+        if reader.array()? != 7 {
+            return Err(crate::cbor::Unreadable);
+        }
+        let text = reader.text()?;
+        let origin = match origin {
+            Some(known) if &**known == text => known.clone(),
+            _ => Arc::from(text),
+        };
+        let seq = reader.unsigned()?;
+        Self::read_body_fields(reader, OpId { origin, seq })
+    }
+
+    fn read_body_fields(reader: &mut crate::cbor::Reader<'_>, id: OpId) -> Result<Self, crate::cbor::Unreadable> {
+        let code = u8::try_from(reader.unsigned()?).map_err(|_| crate::cbor::Unreadable)?;
+        let operation = OperationType::from_code(code).ok_or(crate::cbor::Unreadable)?;
+        let node_id = reader.text()?.to_owned();
+        let data = reader.value()?;
+        let timestamp = Hlc::from_u64(reader.unsigned()?);
+        let mut supersedes = BTreeMap::new();
+        for _ in 0..reader.map()? {
+            let field = reader.text()?.to_owned();
+            let count = reader.array()?;
+            let mut ids = Vec::with_capacity(count);
+            for _ in 0..count {
+                if reader.array()? != 2 {
+                    return Err(crate::cbor::Unreadable);
+                }
+                let origin: Arc<str> = Arc::from(reader.text()?);
+                ids.push(OpId { origin, seq: reader.unsigned()? });
+            }
+            supersedes.insert(field, ids);
+        }
+        Ok(Self { id, operation, node_id, data, timestamp, supersedes })
+    }
+
     fn encode_body_fields(&self, out: &mut Vec<u8>) {
         use crate::cbor;
         cbor::unsigned(out, u64::from(self.operation.code()));
@@ -177,6 +218,13 @@ impl OperationWithMetadata {
     /// Decodes what [`encode_body`](Self::encode_body) wrote, with the id
     /// the container supplies.
     pub fn decode_body(id: OpId, bytes: &[u8]) -> Result<Self, Error> {
+        let mut reader = crate::cbor::Reader::new(bytes);
+        let fast = reader.array().ok().filter(|&n| n == 5).and_then(|_| Self::read_body_fields(&mut reader, id.clone()).ok());
+        match fast {
+            Some(op) if reader.is_done() => return Ok(op),
+            // Anything the fast reader does not take, serde reads or reports.
+            _ => {}
+        }
         let (code, node_id, data, timestamp, supersedes): CompactBody<String, Value, BTreeMap<String, Vec<OpId>>> =
             crate::codec::decode(bytes, "operation")?;
         let operation = OperationType::from_code(code)
@@ -398,6 +446,9 @@ mod tests {
         let mut whole = Vec::new();
         op.encode_compact(&mut whole);
         assert_eq!(whole, crate::codec::encode(&op));
+        let mut reader = crate::cbor::Reader::new(&whole);
+        assert_eq!(OperationWithMetadata::read_compact(&mut reader, None).unwrap(), op);
+        assert!(reader.is_done());
     }
 
     #[test]

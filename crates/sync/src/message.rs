@@ -122,6 +122,27 @@ impl SyncMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = SyncMessage::decode("p", &bytes);
+        }
+
+        #[test]
+        fn corrupting_a_valid_message_never_panics(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+            let mut op = OperationWithMetadata::new(pluresdb_core::OperationType::UpdateNode, "n:1".into(), serde_json::json!({"a": [1, "x", {"b": null}]}), "p");
+            op.id.seq = 1;
+            let msg = SyncMessage::DataSync { from_peer: "p".into(), operations: vec![op.clone(), op], version_vector: VersionVector::new() };
+            let mut bytes = msg.encode();
+            for (at, byte) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] = byte;
+            }
+            let _ = SyncMessage::decode("p", &bytes);
+        }
+    }
 
     #[test]
     fn messages_round_trip_and_garbage_is_an_error() {
