@@ -114,9 +114,50 @@ impl SyncMessage {
         if bytes.len() > MAX_MESSAGE_BYTES {
             return Err(SyncError::MessageTooLarge { peer: peer.to_owned(), size: bytes.len(), limit: MAX_MESSAGE_BYTES });
         }
+        if let Some(message) = read_data_sync(bytes) {
+            return Ok(message);
+        }
         pluresdb_core::codec::decode(bytes, "sync message")
             .map_err(|err| SyncError::Decode { peer: peer.to_owned(), reason: err.to_string() })
     }
+}
+
+/// Reads a `DataSync` message with the core's direct CBOR reader; `None`
+/// for anything else (serde then reads it or reports the error).
+fn read_data_sync(bytes: &[u8]) -> Option<SyncMessage> {
+    use pluresdb_core::cbor::Reader;
+    let mut reader = Reader::new(bytes);
+    if reader.map().ok()? != 1 || reader.text().ok()? != "DataSync" || reader.map().ok()? != 3 {
+        return None;
+    }
+    let (mut from_peer, mut operations, mut version_vector) = (None, None, None);
+    for _ in 0..3 {
+        match reader.text().ok()? {
+            "from_peer" => from_peer = Some(reader.text().ok()?.to_owned()),
+            "operations" => {
+                let count = reader.array().ok()?;
+                let mut ops: Vec<OperationWithMetadata> = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let previous = ops.last().map(|op| &op.id.origin);
+                    ops.push(OperationWithMetadata::read_compact(&mut reader, previous).ok()?);
+                }
+                operations = Some(ops);
+            }
+            "version_vector" => {
+                let mut vv = VersionVector::new();
+                for _ in 0..reader.map().ok()? {
+                    let origin = reader.text().ok()?;
+                    vv.advance(origin, reader.unsigned().ok()?);
+                }
+                version_vector = Some(vv);
+            }
+            _ => return None,
+        }
+    }
+    if !reader.is_done() {
+        return None;
+    }
+    Some(SyncMessage::DataSync { from_peer: from_peer?, operations: operations?, version_vector: version_vector? })
 }
 
 #[cfg(test)]
@@ -152,6 +193,7 @@ mod tests {
         let msg = SyncMessage::DataSync { from_peer: "p".into(), operations: vec![op], version_vector: vv };
         assert_eq!(SyncMessage::decode("p", &msg.encode()).unwrap(), msg);
         assert_eq!(msg.encode(), pluresdb_core::codec::encode(&msg), "the direct writer writes what serde writes");
+        assert_eq!(read_data_sync(&msg.encode()), Some(msg.clone()), "the direct reader takes what the writer writes");
         for cut in 0..msg.encode().len() {
             assert!(SyncMessage::decode("p", &msg.encode()[..cut]).is_err());
         }
