@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
-const PORTABLE_CRATES: &[&str] = &["pluresdb-core", "pluresdb-sync"];
+const PORTABLE_CRATES: &[&str] = &["pluresdb-core", "pluresdb-sync", "pluresdb-security"];
 
 #[test]
 fn portable_crates_build_for_wasm32_with_rust_1_85() {
