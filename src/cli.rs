@@ -118,11 +118,43 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = OnError::Stop)]
         on_error: OnError,
     },
+    /// Print this node's peer id (derived from its key in identity.key).
+    Id,
+    /// Print a ticket that lets another node join this node's network.
+    ///
+    /// The ticket holds this node's peer id, the addresses given with
+    /// --address, and the network secret: share it only with nodes you trust.
+    Invite {
+        /// An address where this node can be reached (host:port); repeat for several.
+        #[arg(long = "address", value_name = "HOST:PORT")]
+        addresses: Vec<String>,
+    },
+    /// Manage the allowlist: peers admitted by their id.
+    Trust {
+        #[command(subcommand)]
+        action: TrustAction,
+    },
     /// Export every node as NDJSON ({"id": ..., "value": {...}} per line).
     Export {
         /// The file to write; standard output when absent.
         file: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrustAction {
+    /// Allow a peer by its id, whether or not it holds the network secret.
+    Add {
+        /// A peer id (12D3KooW...).
+        peer_id: String,
+    },
+    /// Stop allowing a peer.
+    Remove {
+        /// A peer id.
+        peer_id: String,
+    },
+    /// List the allowed peers.
+    List,
 }
 
 /// What import does with a bad line.

@@ -1,11 +1,13 @@
 //! What each command does.
 
-use crate::cli::{Cli, Command, OnError};
+use crate::cli::{Cli, Command, OnError, TrustAction};
 use crate::replica::{self, now_ms, Replica};
 use crate::{InvalidInput, NotFound};
 use anyhow::Context;
 use pluresdb_core::{KeepAll, Node, OperationType, OperationWithMetadata, Receipt, Store, Traversal};
+use pluresdb_security::{PeerId, Ticket};
 use serde_json::{json, Value};
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufWriter, IsTerminal, Read, Write};
 use std::path::Path;
 
@@ -34,7 +36,80 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Conflicts { prefix } => conflicts(out, &db, json, &prefix),
         Command::Import { file, batch_size, on_error } => import(out, &mut db, json, &file, batch_size as usize, on_error),
         Command::Export { file } => export(&db, json, file.as_deref()),
+        Command::Id => {
+            if json {
+                writeln!(out, "{}", json!({"peer_id": db.peer_id()}))?;
+            } else {
+                writeln!(out, "{}", db.peer_id())?;
+            }
+            Ok(())
+        }
+        Command::Invite { addresses } => invite(out, &db, json, &cli.data_dir, addresses),
+        Command::Trust { action } => trust(out, &mut db, json, action),
     }
+}
+
+/// The metadata key of the allowlist (CBOR list of peer ids).
+const ALLOWLIST_META_KEY: &str = "trust.allowlist";
+
+fn allowlist(db: &Replica) -> anyhow::Result<BTreeSet<String>> {
+    match db.store().meta(ALLOWLIST_META_KEY)? {
+        Some(bytes) => Ok(pluresdb_core::codec::decode(&bytes, "allowlist")?),
+        None => Ok(BTreeSet::new()),
+    }
+}
+
+fn parse_peer_id(text: &str) -> anyhow::Result<PeerId> {
+    text.parse().map_err(|err| InvalidInput(format!("{text:?} is not a peer id: {err}")).into())
+}
+
+fn trust(out: &mut impl Write, db: &mut Replica, json: bool, action: TrustAction) -> anyhow::Result<()> {
+    let mut peers = allowlist(db)?;
+    let changed = match &action {
+        TrustAction::Add { peer_id } => peers.insert(parse_peer_id(peer_id)?.to_string()),
+        TrustAction::Remove { peer_id } => {
+            let id = parse_peer_id(peer_id)?.to_string();
+            if !peers.remove(&id) {
+                return Err(NotFound(format!("{id} is not on the allowlist")).into());
+            }
+            true
+        }
+        TrustAction::List => false,
+    };
+    if changed {
+        db.commit_meta(vec![(ALLOWLIST_META_KEY.to_owned(), pluresdb_core::codec::encode(&peers))])?;
+    }
+    match (&action, json) {
+        (TrustAction::List, true) => writeln!(out, "{}", json!({"allowlist": peers}))?,
+        (TrustAction::List, false) => {
+            for peer in &peers {
+                writeln!(out, "{peer}")?;
+            }
+            if peers.is_empty() {
+                eprintln!("the allowlist is empty: peers are admitted by the network secret");
+            }
+        }
+        (TrustAction::Add { peer_id } | TrustAction::Remove { peer_id }, true) => {
+            writeln!(out, "{}", json!({"peer_id": peer_id, "allowed": matches!(action, TrustAction::Add { .. })}))?
+        }
+        (TrustAction::Add { peer_id }, false) => writeln!(out, "allowed {peer_id}{}", if changed { "" } else { " (already allowed)" })?,
+        (TrustAction::Remove { peer_id }, false) => writeln!(out, "removed {peer_id}")?,
+    }
+    Ok(())
+}
+
+fn invite(out: &mut impl Write, db: &Replica, json: bool, dir: &Path, addresses: Vec<String>) -> anyhow::Result<()> {
+    let peer_id = parse_peer_id(db.peer_id())?;
+    let secret = crate::keys::network_secret(dir)?;
+    let ticket = Ticket { peer_id, addresses, secret };
+    let text = ticket.to_text().map_err(|err| InvalidInput(format!("cannot make a ticket: {err}")))?;
+    if json {
+        writeln!(out, "{}", json!({"ticket": text}))?;
+    } else {
+        writeln!(out, "{text}")?;
+        eprintln!("this ticket carries the network secret: share it only with nodes you trust");
+    }
+    Ok(())
 }
 
 /// Parses a value argument: JSON text, or `-` for standard input.

@@ -1,23 +1,38 @@
 //! Opening the replica in a data directory.
 
 use crate::cli::Resolver;
-use anyhow::Context;
-use pluresdb_core::{ConflictResolver, Database, FirstWriterWins, KeepAll, LastWriterWins, Store, WriteBatch};
+use pluresdb_core::{ConflictResolver, Database, FirstWriterWins, KeepAll, LastWriterWins};
 use pluresdb_store_redb::RedbStore;
 use std::path::Path;
 use std::sync::Arc;
 
-/// The metadata key of this replica's origin id.
-const PEER_ID_KEY: &str = "peer_id";
-
 pub type Replica = Database<RedbStore>;
 
-/// Opens (creating on first use) the replica in `dir`.
+/// Opens (creating on first use) the replica in `dir`: its store, and the
+/// identity whose peer id authors its writes.
 pub fn open(dir: &Path, resolver: Resolver) -> anyhow::Result<Replica> {
-    let mut store = RedbStore::open(dir)?;
-    let peer_id = peer_id(&mut store)?;
+    create_private_dir(dir)?;
+    // The store first: it holds the directory's lock.
+    let store = RedbStore::open(dir)?;
+    let peer_id = crate::keys::identity(dir)?.peer_id().to_string();
     tracing::debug!(data_dir = %dir.display(), %peer_id, "opened replica");
     Ok(Database::open(store, peer_id)?.with_resolver(resolver_for(resolver)))
+}
+
+/// Creates a missing data directory readable by its owner only (it holds
+/// the node's keys and data).
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(|err| anyhow::anyhow!("cannot create data directory {}: {err}", dir.display()))
 }
 
 pub fn resolver_for(resolver: Resolver) -> Arc<dyn ConflictResolver> {
@@ -26,22 +41,6 @@ pub fn resolver_for(resolver: Resolver) -> Arc<dyn ConflictResolver> {
         Resolver::FirstWriterWins => Arc::new(FirstWriterWins),
         Resolver::KeepAll => Arc::new(KeepAll),
     }
-}
-
-/// The id this replica authors its writes under, created on first use.
-///
-/// It is 128 random bits in hex. The identity issue replaces it with the
-/// libp2p form of the node's Ed25519 key.
-fn peer_id(store: &mut RedbStore) -> anyhow::Result<String> {
-    if let Some(bytes) = store.meta(PEER_ID_KEY)? {
-        return String::from_utf8(bytes).context("the stored peer id is not UTF-8");
-    }
-    let mut random = [0u8; 16];
-    getrandom::fill(&mut random).map_err(|err| anyhow::anyhow!("cannot read the system's random source: {err}"))?;
-    let id: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    store.commit(&WriteBatch { meta: vec![(PEER_ID_KEY.to_owned(), id.clone().into_bytes())], ..WriteBatch::default() })?;
-    tracing::info!(peer_id = %id, "created a new replica");
-    Ok(id)
 }
 
 /// Milliseconds since the Unix epoch, for stamping local writes.

@@ -212,3 +212,55 @@ fn sigkill_during_writes_keeps_every_acknowledged_write() {
     assert!(present >= acknowledged, "{present} present, {acknowledged} acknowledged");
     ok_json(d, &["put", "after:crash", "{}"]);
 }
+
+#[test]
+fn the_node_identity_is_a_private_key_file_and_names_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = &dir.path().join("data");
+    let id = ok_json(d, &["id"])["peer_id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("12D3KooW"), "{id}");
+    assert_eq!(ok_json(d, &["id"])["peer_id"], id, "the id is stable");
+    ok_json(d, &["put", "n:1", "{}"]);
+    assert_eq!(ok_json(d, &["history", "n:1"])[0]["id"][0], id, "writes are authored by the node's peer id");
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = d.join("identity.key");
+        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(d).unwrap().permissions().mode() & 0o777, 0o700);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        fails_with(d, &["id"], 1, "accessible to other users");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let good = std::fs::read(&key).unwrap();
+        std::fs::write(&key, b"not a key").unwrap();
+        fails_with(d, &["id"], 1, "is corrupted");
+        std::fs::write(&key, &good).unwrap();
+        assert_eq!(ok_json(d, &["id"])["peer_id"], id);
+    }
+}
+
+#[test]
+fn trust_and_invite() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let peer = "12D3KooWEChVMMMzV8acJ53mJHrw1pQ27UAGkCxWXLJutbeUMvVu";
+    ok_json(d, &["trust", "add", peer]);
+    assert_eq!(ok_json(d, &["trust", "list"])["allowlist"], json!([peer]));
+    fails_with(d, &["trust", "add", "12D3KooWnot-a-peer"], 2, "is not a peer id");
+    ok_json(d, &["trust", "remove", peer]);
+    assert_eq!(ok_json(d, &["trust", "list"])["allowlist"], json!([]));
+    fails_with(d, &["trust", "remove", peer], 3, "not on the allowlist");
+
+    let ticket = ok_json(d, &["invite", "--address", "192.0.2.7:34569"])["ticket"].as_str().unwrap().to_owned();
+    let parsed: pluresdb_security::Ticket = ticket.parse().unwrap();
+    assert_eq!(parsed.peer_id.to_string(), ok_json(d, &["id"])["peer_id"]);
+    assert_eq!(parsed.addresses, ["192.0.2.7:34569"]);
+    let again: pluresdb_security::Ticket = ok_json(d, &["invite"])["ticket"].as_str().unwrap().parse().unwrap();
+    assert_eq!(again.secret, parsed.secret, "the network secret is created once and kept");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(d.join("network.secret")).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+}

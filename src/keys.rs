@@ -1,0 +1,86 @@
+//! The node's secrets in its data directory: its identity key and its
+//! network's secret, each in a file only the owner may read.
+
+use anyhow::{bail, Context};
+use pluresdb_security::{Identity, NetworkSecret};
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+/// The node's Ed25519 key pair.
+pub const IDENTITY_FILE: &str = "identity.key";
+/// The 256-bit secret of the network the node belongs to (hex).
+pub const SECRET_FILE: &str = "network.secret";
+
+/// Loads the identity in `dir`, creating it on first use.
+pub fn identity(dir: &Path) -> anyhow::Result<Identity> {
+    let path = dir.join(IDENTITY_FILE);
+    match read_private(&path)? {
+        Some(bytes) => Identity::from_bytes(&bytes).with_context(|| {
+            format!("identity key {} is corrupted; restore it from a backup (a new key would make this a different node)", path.display())
+        }),
+        None => {
+            let identity = Identity::generate().context("cannot create an identity key")?;
+            write_private(&path, &identity.to_bytes())?;
+            tracing::info!(peer_id = %identity.peer_id(), path = %path.display(), "created a new node identity");
+            Ok(identity)
+        }
+    }
+}
+
+/// Loads the network secret in `dir`, creating a fresh network's on first use.
+pub fn network_secret(dir: &Path) -> anyhow::Result<NetworkSecret> {
+    let path = dir.join(SECRET_FILE);
+    match read_private(&path)? {
+        Some(bytes) => {
+            let text = String::from_utf8(bytes).ok().map(|t| t.trim().to_owned()).unwrap_or_default();
+            text.parse().with_context(|| format!("network secret {} is corrupted", path.display()))
+        }
+        None => {
+            let secret = NetworkSecret::generate().context("cannot create a network secret")?;
+            write_private(&path, format!("{}\n", secret.to_text()).as_bytes())?;
+            tracing::info!(path = %path.display(), "created a new network");
+            Ok(secret)
+        }
+    }
+}
+
+/// Reads a file that must be private to its owner; `None` if it does not
+/// exist. Refuses a file others can read or write.
+fn read_private(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+    let meta = match fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            bail!("{} is accessible to other users (mode {mode:o}); run `chmod 600 {}` and start again", path.display(), path.display());
+        }
+    }
+    if !meta.is_file() {
+        bail!("{} is not a file", path.display());
+    }
+    fs::read(path).map(Some).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Creates `path` with owner-only permissions and `contents`, durably.
+fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(contents).and_then(|()| file.sync_all()).with_context(|| format!("cannot write {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        // Make the new directory entry durable too.
+        fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))?;
+    }
+    Ok(())
+}
