@@ -60,6 +60,24 @@ pub enum SecurityError {
     /// The platform has no randomness source (or it failed).
     #[error("no randomness available: {0}")]
     Randomness(getrandom::Error),
+    /// A peer's TLS certificate is not what a PluresDB node presents: not
+    /// exactly one well-formed X.509 certificate, not self-signed by the key
+    /// it carries, or outside its validity period.
+    #[error("peer certificate refused: {reason}")]
+    Certificate { reason: String },
+    /// A peer's TLS certificate carries a key that is not Ed25519, so it
+    /// names no peer id.
+    #[error("peer certificate refused: its key is not Ed25519, so it names no peer id")]
+    CertificateKeyNotEd25519,
+    /// The peer proved it holds the key of peer id `found`, but the
+    /// connection was meant for `expected` (both in `12D3KooW...` text form,
+    /// like every peer in this enum).
+    #[error("peer is {found}, but {expected} was expected")]
+    PeerIdMismatch { expected: String, found: String },
+    /// Building this node's certificate or TLS configuration failed (`step`
+    /// says which); a local fault, not a peer's.
+    #[error("TLS setup failed while {step}: {reason}")]
+    TlsSetup { step: &'static str, reason: String },
 }
 
 impl SecurityError {
@@ -75,14 +93,18 @@ impl SecurityError {
             | SecurityError::TooOld { peer, .. }
             | SecurityError::EpochOutOfRange { peer, .. }
             | SecurityError::SessionExhausted { peer }
-            | SecurityError::RateLimited { peer, .. } => Some(peer),
+            | SecurityError::RateLimited { peer, .. }
+            | SecurityError::PeerIdMismatch { expected: peer, .. } => Some(peer),
             SecurityError::AccessDenied(denied) => denied.peer(),
             SecurityError::NotInitialized
             | SecurityError::InvalidPeerId(_)
             | SecurityError::CorruptIdentity(_)
             | SecurityError::InvalidSecret(_)
             | SecurityError::InvalidTicket(_)
-            | SecurityError::Randomness(_) => None,
+            | SecurityError::Randomness(_)
+            | SecurityError::Certificate { .. }
+            | SecurityError::CertificateKeyNotEd25519
+            | SecurityError::TlsSetup { .. } => None,
         }
     }
 }

@@ -116,6 +116,13 @@ impl Identity {
         Ok(identity)
     }
 
+    /// The Ed25519 secret seed, for the TLS module to hand the same key to
+    /// rustls and rcgen (as PKCS#8). Wiped when the returned value drops.
+    #[cfg(feature = "tls")]
+    pub(crate) fn secret_seed(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.signing.to_bytes())
+    }
+
     /// The X25519 secret that belongs to this identity: the Ed25519 secret
     /// scalar itself (what libsodium's `crypto_sign_ed25519_sk_to_curve25519`
     /// computes). Its public half is [`PeerId::x25519_public`], so a peer's

@@ -34,8 +34,9 @@
 //! # Ok::<(), SecurityError>(())
 //! ```
 //!
-//! Not yet here: TLS certificates carrying the node key (rcgen, rustls)
-//! arrive with the QUIC engine, which is where they are used.
+//! With the `tls` cargo feature (off by default: not for the browser build),
+//! the [`tls`] module makes TLS 1.3 certificates that carry the node key and
+//! rustls configs that check peer ids, for the QUIC engine.
 
 pub mod encryption;
 mod error;
@@ -44,6 +45,8 @@ pub mod limits;
 mod replay;
 pub mod secret;
 pub mod ticket;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use encryption::{
     NetworkEncryption, DEFAULT_REKEY_INTERVAL, HEADER_LEN, MAX_EPOCH_SKIP, PUBLIC_KEY_BUNDLE_LEN, REPLAY_WINDOW, TAG_LEN,
