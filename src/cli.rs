@@ -52,6 +52,16 @@ pub enum Resolver {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the node: serve the HTTP API until Ctrl-C or SIGTERM.
+    ///
+    /// Prints the peer id and the API address. The API listens on loopback
+    /// only for now (other addresses need the API token that comes with the
+    /// API issue); networking with other nodes comes with the QUIC engine.
+    Serve {
+        /// Address of the HTTP API (port 0 picks a free port).
+        #[arg(long, env = "PLURESDB_API_ADDR", default_value = pluresdb_server::DEFAULT_API_ADDR)]
+        api_addr: std::net::SocketAddr,
+    },
     /// Create a node or replace its whole value.
     ///
     /// Example: pluresdb put user:123 '{"name":"Alice","friend":{"#":"user:456"}}'

@@ -14,6 +14,9 @@ use std::path::Path;
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     let mut db = replica::open(&cli.data_dir, cli.resolver)?;
+    if let Command::Serve { api_addr } = cli.command {
+        return crate::node::serve(db, api_addr, json);
+    }
     let out = &mut std::io::stdout().lock();
     match cli.command {
         Command::Put { id, value } => {
@@ -46,6 +49,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Invite { addresses } => invite(out, &db, json, &cli.data_dir, addresses),
         Command::Trust { action } => trust(out, &mut db, json, action),
+        Command::Serve { .. } => Ok(()),
     }
 }
 
