@@ -206,6 +206,24 @@ impl<'a> Reader<'a> {
         self.len_of(MAP)
     }
 
+    /// Reads a null if one is next; returns whether it did.
+    pub fn null(&mut self) -> bool {
+        let is_null = self.bytes.get(self.pos) == Some(&NULL);
+        if is_null {
+            self.pos += 1;
+        }
+        is_null
+    }
+
+    /// Reads a boolean.
+    pub fn boolean(&mut self) -> Result<bool, Unreadable> {
+        match self.byte()? {
+            FALSE => Ok(false),
+            TRUE => Ok(true),
+            _ => Err(Unreadable),
+        }
+    }
+
     /// Reads an unsigned integer.
     pub fn unsigned(&mut self) -> Result<u64, Unreadable> {
         match self.head()? {

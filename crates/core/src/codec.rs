@@ -52,6 +52,7 @@ mod tests {
         fn decoding_random_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode::<OperationWithMetadata>(&bytes, "operation");
             let _ = decode::<crate::NodeRecord>(&bytes, "node record");
+            let _ = crate::NodeRecord::decode(&bytes);
         }
     }
 }

@@ -161,11 +161,81 @@ impl<'de> Deserialize<'de> for NodeRecord {
 }
 
 impl NodeRecord {
+    /// Decodes a stored record (what [`encode_into`](Self::encode_into) or
+    /// the binary `Serialize` wrote): the direct reader first, serde for
+    /// anything it does not take (and for the precise error).
+    pub fn decode(bytes: &[u8]) -> Result<Self, crate::Error> {
+        let mut reader = crate::cbor::Reader::new(bytes);
+        match Self::read_compact(&mut reader) {
+            Ok(record) if reader.is_done() => Ok(record),
+            _ => crate::codec::decode(bytes, "node record"),
+        }
+    }
+
+    fn read_compact(reader: &mut crate::cbor::Reader<'_>) -> Result<Self, crate::cbor::Unreadable> {
+        use crate::cbor::Unreadable;
+        if reader.array()? != 5 {
+            return Err(Unreadable);
+        }
+        let id = reader.text()?.to_owned();
+        let reset = if reader.null() {
+            None
+        } else {
+            if reader.array()? != 2 {
+                return Err(Unreadable);
+            }
+            Some((reader.unsigned()?, reader.boolean()?))
+        };
+        let count = reader.array()?;
+        let mut stamps = Vec::with_capacity(count);
+        for _ in 0..count {
+            if reader.array()? != 3 {
+                return Err(Unreadable);
+            }
+            let hlc = Hlc::from_u64(reader.unsigned()?);
+            let origin: Arc<str> = Arc::from(reader.text()?);
+            stamps.push(Stamp { hlc, id: OpId { origin, seq: reader.unsigned()? } });
+        }
+        let stamp = |i: u64| usize::try_from(i).ok().and_then(|i| stamps.get(i)).cloned().ok_or(Unreadable);
+        let reset = reset.map(|(i, deleted)| Ok::<_, Unreadable>(Reset { stamp: stamp(i)?, deleted })).transpose()?;
+        let mut fields = BTreeMap::new();
+        for _ in 0..reader.array()? {
+            if reader.array()? != 2 {
+                return Err(Unreadable);
+            }
+            let name = reader.text()?.to_owned();
+            let count = reader.array()?;
+            let mut values = Vec::with_capacity(count);
+            for _ in 0..count {
+                if reader.array()? != 2 {
+                    return Err(Unreadable);
+                }
+                let value = reader.value()?;
+                values.push(FieldValue { value, stamp: stamp(reader.unsigned()?)? });
+            }
+            fields.insert(name, values);
+        }
+        let mut pending = Vec::new();
+        for _ in 0..reader.array()? {
+            if reader.array()? != 3 {
+                return Err(Unreadable);
+            }
+            let field = reader.text()?.to_owned();
+            if reader.array()? != 2 {
+                return Err(Unreadable);
+            }
+            let origin: Arc<str> = Arc::from(reader.text()?);
+            let target = OpId { origin, seq: reader.unsigned()? };
+            pending.push(PendingSupersession { field, target, by: stamp(reader.unsigned()?)? });
+        }
+        Ok(Self { id, reset, fields, pending })
+    }
+
     /// Appends the binary (CBOR) encoding of the record: what the
     /// [`Serialize`] impl gives ciborium, byte for byte except that floats
     /// are never shortened to 16 bits, written directly because the store
     /// encodes a record per write and serde's path cost a sixth of a batched
-    /// commit. [`crate::codec::decode`] reads it back.
+    /// commit. [`NodeRecord::decode`] reads it back.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         use crate::cbor;
         // The stamp table, as in `serialize`: each distinct stamp once,
@@ -365,6 +435,10 @@ mod tests {
             let bytes = written(&record);
             assert_eq!(bytes, crate::codec::encode(&record), "{record:?}");
             assert_eq!(crate::codec::decode::<NodeRecord>(&bytes, "record").unwrap(), record);
+            // The direct reader takes it, without falling back to serde.
+            let mut reader = crate::cbor::Reader::new(&bytes);
+            assert_eq!(NodeRecord::read_compact(&mut reader).unwrap(), record);
+            assert!(reader.is_done());
         }
     }
 

@@ -119,6 +119,9 @@ fn observe(db: &Replica) -> Observed {
     for record in &records {
         let bytes = pluresdb_core::codec::encode(record);
         assert_eq!(&pluresdb_core::codec::decode::<NodeRecord>(&bytes, "record").expect("decodes"), record);
+        let mut direct = Vec::new();
+        record.encode_into(&mut direct);
+        assert_eq!(&NodeRecord::decode(&direct).expect("decodes"), record);
     }
     let views = resolvers().iter().map(|r| records.iter().map(|rec| rec.view(&**r)).collect()).collect();
     let version_vector = db.version_vector().iter().map(|(o, s)| (o.to_owned(), s)).collect();

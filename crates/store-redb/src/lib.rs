@@ -24,7 +24,6 @@
 //! the batch is visible after reopening. A data directory holds one file,
 //! [`DATA_FILE`], and is locked against a second process.
 
-use pluresdb_core::codec;
 use pluresdb_core::{Error, NodeRecord, OpId, OperationWithMetadata, Store, VersionVector, WriteBatch};
 use redb::{Database as Redb, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
@@ -163,7 +162,7 @@ impl Store for RedbStore {
             if Some(id) == after {
                 continue;
             }
-            out.push(codec::decode(value.value(), "node record")?);
+            out.push(NodeRecord::decode(value.value())?);
         }
         Ok(out)
     }
@@ -272,7 +271,7 @@ impl Store for RedbStore {
 /// Reads and decodes one node record.
 fn read_node(table: &impl ReadableTable<&'static str, &'static [u8]>, id: &str) -> Result<Option<NodeRecord>, Error> {
     match table.get(id).map_err(fail("read node"))? {
-        Some(bytes) => codec::decode(bytes.value(), "node record").map(Some),
+        Some(bytes) => NodeRecord::decode(bytes.value()).map(Some),
         None => Ok(None),
     }
 }
@@ -311,7 +310,7 @@ fn read_sorted(table: &impl ReadableTable<&'static str, &'static [u8]>, ids: &[&
                 out.push(None);
             }
             if out.len() < ids.len() && ids[out.len()] == key {
-                out.push(Some(codec::decode(value.value(), "node record")?));
+                out.push(Some(NodeRecord::decode(value.value())?));
             }
             stepped_over = if out.len() > answered { 0 } else { stepped_over + 1 };
         }
