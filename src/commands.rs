@@ -1,11 +1,13 @@
 //! What each command does.
 
+use crate::api_client;
 use crate::cli::{Cli, Command, OnError, TrustAction};
 use crate::replica::{self, now_ms, Replica};
 use crate::{InvalidInput, NotFound};
 use anyhow::Context;
-use pluresdb_core::{KeepAll, Node, OperationType, OperationWithMetadata, Receipt, Store, Traversal};
+use pluresdb_core::{KeepAll, OperationType, OperationWithMetadata, Receipt, Store, Traversal};
 use pluresdb_security::{PeerId, Ticket};
+use pluresdb_store_redb::RedbStoreError;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufWriter, IsTerminal, Read, Write};
@@ -13,29 +15,48 @@ use std::path::Path;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
-    let mut db = replica::open(&cli.data_dir, cli.resolver)?;
+    let mut db = match replica::open(&cli.data_dir, cli.resolver) {
+        Ok(db) => db,
+        Err(err) => {
+            // A running node holds the directory: go through its API.
+            if is_locked(&err) && !matches!(cli.command, Command::Serve { .. }) {
+                if let Some(addr) = api_client::running_node(&cli.data_dir) {
+                    return remote(cli, &addr);
+                }
+            }
+            return Err(err);
+        }
+    };
     if let Command::Serve { api_addr } = cli.command {
-        return crate::node::serve(db, api_addr, json);
+        return crate::node::serve(db, &cli.data_dir, api_addr, json);
     }
     let out = &mut std::io::stdout().lock();
     match cli.command {
         Command::Put { id, value } => {
             let value = parse_value(&id, &value)?;
             let receipt = db.put(&id, value, now_ms())?;
-            print_written(out, json, "put", &id, &receipt)
+            print_written(out, json, "put", &receipt_doc(&id, &receipt))
         }
         Command::Update { id, fields } => {
             let fields = parse_value(&id, &fields)?;
             let receipt = db.update(&id, fields, now_ms())?;
-            print_written(out, json, "updated", &id, &receipt)
+            print_written(out, json, "updated", &receipt_doc(&id, &receipt))
         }
         Command::Delete { id } => {
             let receipt = db.delete(&id, now_ms())?;
-            print_written(out, json, "deleted", &id, &receipt)
+            print_written(out, json, "deleted", &receipt_doc(&id, &receipt))
         }
-        Command::Get { id, follow } => get(out, &db, json, &id, &follow),
-        Command::List { prefix, limit, after } => list(out, &db, json, &prefix, limit, after.as_deref()),
-        Command::History { id } => history(out, &db, json, &id),
+        Command::Get { id, follow } => {
+            let doc = get(&db, &id, &follow)?;
+            print_node(out, json, &id, &follow, &doc)
+        }
+        Command::List { prefix, limit, after } => {
+            let nodes = db.list(&prefix, after.as_deref(), limit)?;
+            let next = if nodes.len() == limit { nodes.last().map(|n| n.id.clone()) } else { None };
+            let docs = nodes.iter().map(|n| pluresdb_server::node_json(&db, n)).collect::<Result<Vec<_>, _>>()?;
+            print_list(out, json, &json!({"nodes": docs, "next_after": next}))
+        }
+        Command::History { id } => print_history(out, json, &serde_json::to_value(db.history(&id)?)?),
         Command::Conflicts { prefix } => conflicts(out, &db, json, &prefix),
         Command::Import { file, batch_size, on_error } => import(out, &mut db, json, &file, batch_size as usize, on_error),
         Command::Export { file } => export(&db, json, file.as_deref()),
@@ -50,6 +71,63 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Invite { addresses } => invite(out, &db, json, &cli.data_dir, addresses),
         Command::Trust { action } => trust(out, &mut db, json, action),
         Command::Serve { .. } => Ok(()),
+    }
+}
+
+fn is_locked(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| matches!(cause.downcast_ref::<RedbStoreError>(), Some(RedbStoreError::Locked { .. })))
+}
+
+/// Runs a command through the API of the node that holds the data
+/// directory.
+fn remote(cli: Cli, addr: &str) -> anyhow::Result<()> {
+    use api_client::{encode, request};
+    tracing::debug!(%addr, "the data directory is in use; going through the running node");
+    let json = cli.json;
+    let out = &mut std::io::stdout().lock();
+    let node_path = |id: &str| format!("/nodes/{}", encode(id));
+    match cli.command {
+        Command::Put { id, value } => {
+            let value = parse_value(&id, &value)?;
+            print_written(out, json, "put", &request(addr, "PUT", &node_path(&id), Some(&value))?)
+        }
+        Command::Update { id, fields } => {
+            let fields = parse_value(&id, &fields)?;
+            print_written(out, json, "updated", &request(addr, "PATCH", &node_path(&id), Some(&fields))?)
+        }
+        Command::Delete { id } => print_written(out, json, "deleted", &request(addr, "DELETE", &node_path(&id), None)?),
+        Command::Get { id, follow } => {
+            if let Some(field) = follow.iter().find(|f| f.contains('.')) {
+                return Err(InvalidInput(format!("cannot follow {field:?} through the API: field names with dots are not supported there")).into());
+            }
+            let mut path = node_path(&id);
+            if !follow.is_empty() {
+                let fields: Vec<String> = follow.iter().map(|f| encode(f)).collect();
+                path.push_str(&format!("?follow={}", fields.join(".")));
+            }
+            print_node(out, json, &id, &follow, &request(addr, "GET", &path, None)?)
+        }
+        Command::List { prefix, limit, after } => {
+            let mut path = format!("/nodes?prefix={}&limit={limit}", encode(&prefix));
+            if let Some(after) = after {
+                path.push_str(&format!("&after={}", encode(&after)));
+            }
+            print_list(out, json, &request(addr, "GET", &path, None)?)
+        }
+        Command::History { id } => print_history(out, json, &request(addr, "GET", &format!("{}/history", node_path(&id)), None)?),
+        Command::Id => {
+            let health = request(addr, "GET", "/health", None)?;
+            let peer_id = health["peer_id"].as_str().unwrap_or_default();
+            if json {
+                writeln!(out, "{}", json!({"peer_id": peer_id}))?;
+            } else {
+                writeln!(out, "{peer_id}")?;
+            }
+            Ok(())
+        }
+        _ => Err(anyhow::anyhow!(
+            "a node is running on this data directory (API at http://{addr}) and this command does not go through its API yet; stop the node first"
+        )),
     }
 }
 
@@ -128,13 +206,23 @@ fn parse_value(id: &str, arg: &str) -> anyhow::Result<Value> {
     serde_json::from_str(&text).map_err(|err| InvalidInput(format!("the value for {id:?} is not valid JSON: {err}")).into())
 }
 
-fn print_written(out: &mut impl Write, json: bool, verb: &str, node_id: &str, receipt: &Receipt) -> anyhow::Result<()> {
+fn receipt_doc(node_id: &str, receipt: &Receipt) -> Value {
+    json!({"id": node_id, "op": receipt.id.to_string(), "timestamp": receipt.timestamp.to_string()})
+}
+
+fn print_written(out: &mut impl Write, json: bool, verb: &str, doc: &Value) -> anyhow::Result<()> {
     if json {
-        writeln!(out, "{}", json!({"id": node_id, "op": receipt.id.to_string(), "timestamp": receipt.timestamp.to_string()}))?;
+        writeln!(out, "{doc}")?;
     } else {
-        writeln!(out, "{verb} {node_id} (operation {} at {})", receipt.id, format_time(receipt.timestamp))?;
+        let text = |key: &str| doc[key].as_str().unwrap_or_default().to_owned();
+        writeln!(out, "{verb} {} (operation {} at {})", text("id"), text("op"), format_time_text(&text("timestamp")))?;
     }
     Ok(())
+}
+
+/// [`format_time`] for a timestamp in its text form.
+fn format_time_text(text: &str) -> String {
+    text.parse::<pluresdb_core::Hlc>().map(format_time).unwrap_or_else(|_| text.to_owned())
 }
 
 /// A timestamp for people: UTC date and time to the millisecond, plus the
@@ -169,76 +257,82 @@ mod tests {
     }
 }
 
-/// A node with its links resolved, as `get` and `list --json` print it.
-fn node_json(db: &Replica, node: &Node) -> anyhow::Result<Value> {
-    let mut links = Vec::new();
-    for (field, to) in node.links() {
-        links.push(json!({"field": field, "to": to, "exists": db.get(to)?.is_some()}));
-    }
-    let mut out = json!({"id": node.id, "value": node.value, "updated_at": node.updated_at.to_string(), "links": links});
-    if !node.conflicts.is_empty() {
-        out["conflicts"] = serde_json::to_value(&node.conflicts)?;
-    }
-    Ok(out)
-}
-
-fn get(out: &mut impl Write, db: &Replica, json: bool, id: &str, follow: &[String]) -> anyhow::Result<()> {
+fn get(db: &Replica, id: &str, follow: &[String]) -> anyhow::Result<Value> {
     let path: Vec<&str> = follow.iter().map(String::as_str).collect();
-    let node = match db.follow(id, &path)? {
-        Traversal::Reached(node) => node,
+    match db.follow(id, &path)? {
+        Traversal::Reached(node) => Ok(pluresdb_server::node_json(db, &node)?),
         Traversal::NotALink { from, field, .. } => {
-            return Err(NotFound(format!("{}.{field} is not a link (a link is {{\"#\": \"other:id\"}})", from.id)).into());
+            Err(NotFound(format!("{}.{field} is not a link (a link is {{\"#\": \"other:id\"}})", from.id)).into())
         }
         Traversal::Dangling { from, field, target, .. } => {
-            return Err(NotFound(format!("{}.{field} links to {target:?}, which does not exist (a dangling link)", from.id)).into());
+            Err(NotFound(format!("{}.{field} links to {target:?}, which does not exist (a dangling link)", from.id)).into())
         }
-    };
-    let doc = node_json(db, &node)?;
+    }
+}
+
+fn print_node(out: &mut impl Write, json: bool, id: &str, follow: &[String], doc: &Value) -> anyhow::Result<()> {
     if json {
         writeln!(out, "{doc}")?;
         return Ok(());
     }
-    if !path.is_empty() {
-        writeln!(out, "{id} -> {} -> {}", path.join(" -> "), node.id)?;
+    if !follow.is_empty() {
+        writeln!(out, "{id} -> {} -> {}", follow.join(" -> "), doc["id"].as_str().unwrap_or_default())?;
     }
-    writeln!(out, "{}", serde_json::to_string_pretty(&node.value)?)?;
+    writeln!(out, "{}", serde_json::to_string_pretty(&doc["value"])?)?;
     for link in doc["links"].as_array().into_iter().flatten() {
         let state = if link["exists"] == true { "" } else { " (dangling: no such node)" };
         writeln!(out, "link {} -> {}{state}", link["field"].as_str().unwrap_or_default(), link["to"].as_str().unwrap_or_default())?;
     }
-    for (field, values) in &node.conflicts {
-        let shown: Vec<String> = values.iter().map(|v| format!("{} (by {})", v.value, v.stamp.id)).collect();
-        writeln!(out, "conflict in {field}: {}", shown.join(" | "))?;
+    for (field, values) in doc["conflicts"].as_object().into_iter().flatten() {
+        writeln!(out, "conflict in {field}: {}", describe_values(values))?;
     }
     Ok(())
 }
 
-fn list(out: &mut impl Write, db: &Replica, json: bool, prefix: &str, limit: usize, after: Option<&str>) -> anyhow::Result<()> {
-    let nodes = db.list(prefix, after, limit)?;
-    let next = if nodes.len() == limit { nodes.last().map(|n| n.id.clone()) } else { None };
+/// Concurrent values of a field, as `value (by origin/seq) | ...`.
+fn describe_values(values: &Value) -> String {
+    let shown: Vec<String> = values
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| {
+            let id = &v["stamp"]["id"];
+            format!("{} (by {}/{})", v["value"], id[0].as_str().unwrap_or_default(), id[1])
+        })
+        .collect();
+    shown.join(" | ")
+}
+
+fn print_list(out: &mut impl Write, json: bool, doc: &Value) -> anyhow::Result<()> {
     if json {
-        let docs = nodes.iter().map(|n| node_json(db, n)).collect::<anyhow::Result<Vec<_>>>()?;
-        writeln!(out, "{}", json!({"nodes": docs, "next_after": next}))?;
+        writeln!(out, "{doc}")?;
         return Ok(());
     }
-    for node in &nodes {
-        writeln!(out, "{}\t{}", node.id, Value::Object(node.value.clone()))?;
+    for node in doc["nodes"].as_array().into_iter().flatten() {
+        writeln!(out, "{}\t{}", node["id"].as_str().unwrap_or_default(), node["value"])?;
     }
-    if let Some(next) = next {
+    if let Some(next) = doc["next_after"].as_str() {
         eprintln!("(more: --after {next})");
     }
     Ok(())
 }
 
-fn history(out: &mut impl Write, db: &Replica, json: bool, id: &str) -> anyhow::Result<()> {
-    let ops = db.history(id)?;
+fn print_history(out: &mut impl Write, json: bool, ops: &Value) -> anyhow::Result<()> {
     if json {
-        writeln!(out, "{}", serde_json::to_string(&ops)?)?;
+        writeln!(out, "{ops}")?;
         return Ok(());
     }
-    for op in &ops {
-        let data = if op.operation == OperationType::DeleteNode { String::new() } else { op.data.to_string() };
-        writeln!(out, "{}\t{}\t{}\t{}", format_time(op.timestamp), op.id, op.operation, data)?;
+    for op in ops.as_array().into_iter().flatten() {
+        let kind = match op["type"].as_str().unwrap_or_default() {
+            "CreateNode" => "create",
+            "UpdateNode" => "update",
+            "DeleteNode" => "delete",
+            other => other,
+        };
+        let data = if kind == "delete" { String::new() } else { op["data"].to_string() };
+        let id = &op["id"];
+        let time = format_time_text(op["timestamp"].as_str().unwrap_or_default());
+        writeln!(out, "{time}\t{}/{}\t{kind}\t{data}", id[0].as_str().unwrap_or_default(), id[1])?;
     }
     Ok(())
 }

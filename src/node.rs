@@ -5,9 +5,10 @@ use crate::replica::Replica;
 use anyhow::{bail, Context};
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
-pub fn serve(db: Replica, api_addr: SocketAddr, json: bool) -> anyhow::Result<()> {
+pub fn serve(db: Replica, data_dir: &Path, api_addr: SocketAddr, json: bool) -> anyhow::Result<()> {
     if !pluresdb_server::is_loopback(&api_addr) {
         bail!("the API may only listen on loopback for now ({api_addr} is not); token-protected binding comes with the API issue");
     }
@@ -27,9 +28,19 @@ pub fn serve(db: Replica, api_addr: SocketAddr, json: bool) -> anyhow::Result<()
             }
             out.flush()?;
         }
+        // CLI commands on this data directory find the node here.
+        let addr_file = data_dir.join(crate::api_client::API_ADDR_FILE);
+        let staged = data_dir.join(format!("{}.new", crate::api_client::API_ADDR_FILE));
+        std::fs::write(&staged, format!("{bound}\n"))
+            .and_then(|()| std::fs::rename(&staged, &addr_file))
+            .with_context(|| format!("cannot write {}", addr_file.display()))?;
         tracing::info!(%peer_id, api = %bound, "node running");
         let replica = Arc::new(tokio::sync::Mutex::new(db));
-        pluresdb_server::serve(listener, replica.clone(), shutdown_signal()).await.context("the API server failed")?;
+        let served = pluresdb_server::serve(listener, replica.clone(), shutdown_signal()).await;
+        if let Err(err) = std::fs::remove_file(&addr_file) {
+            tracing::warn!(%err, path = %addr_file.display(), "cannot remove the API address file");
+        }
+        served.context("the API server failed")?;
         // Requests in flight have finished; every answered write is durable.
         tracing::info!("node stopped");
         eprintln!("stopped");

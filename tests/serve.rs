@@ -121,3 +121,45 @@ fn serve_refuses_a_non_loopback_api_address() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("only listen on loopback"));
 }
+
+fn cli(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_pluresdb")).arg("--data-dir").arg(dir).args(args).output().unwrap()
+}
+
+#[test]
+fn the_cli_goes_through_the_running_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let d = dir.path();
+
+    let put = cli(d, &["--json", "put", "team a/1", r##"{"name":"Ops","lead":{"#":"user:9"}}"##]);
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    assert!(cli(d, &["put", "user:9", r#"{"name":"Ada"}"#]).status.success());
+    assert!(cli(d, &["update", "user:9", r#"{"age":36}"#]).status.success());
+
+    let got: Value = serde_json::from_slice(&cli(d, &["--json", "get", "team a/1", "--follow", "lead"]).stdout).unwrap();
+    assert_eq!(got["value"], json!({"name": "Ada", "age": 36}));
+    let text = String::from_utf8(cli(d, &["get", "team a/1"]).stdout).unwrap();
+    assert!(text.contains("link lead -> user:9") && !text.contains("dangling"), "{text}");
+    let listed: Value = serde_json::from_slice(&cli(d, &["--json", "list", "--prefix", "user:"]).stdout).unwrap();
+    assert_eq!(listed["nodes"][0]["id"], "user:9");
+    let history = String::from_utf8(cli(d, &["history", "user:9"]).stdout).unwrap();
+    assert_eq!(history.lines().count(), 2, "{history}");
+    assert!(history.contains("\tcreate\t") && history.contains("\tupdate\t"), "{history}");
+    let health = node.request("GET", "/health", "").1;
+    let id: Value = serde_json::from_slice(&cli(d, &["--json", "id"]).stdout).unwrap();
+    assert_eq!(id["peer_id"], health["peer_id"]);
+
+    // The node's errors keep their exit codes.
+    assert_eq!(cli(d, &["get", "missing"]).status.code(), Some(3));
+    assert_eq!(cli(d, &["put", "x", "[1]"]).status.code(), Some(2));
+    assert!(cli(d, &["delete", "user:9"]).status.success());
+    assert_eq!(node.request("GET", "/nodes/user:9", "").0, 404, "the node saw the CLI's delete");
+    let export = cli(d, &["export"]);
+    assert_eq!(export.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&export.stderr).contains("stop the node first"));
+
+    let (clean, _) = node.stop();
+    assert!(clean);
+    assert!(!dir.path().join("api.addr").exists(), "the address file goes with the node");
+}

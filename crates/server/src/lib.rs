@@ -122,13 +122,18 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-fn node_json(node: &Node) -> Value {
-    let links: Vec<Value> = node.links().map(|(field, to)| json!({"field": field, "to": to})).collect();
+/// A node as the API and the CLI show it: id, value, update time, links
+/// (with whether each target exists) and conflicts, if any.
+pub fn node_json(db: &Database<RedbStore>, node: &Node) -> Result<Value, CoreError> {
+    let mut links = Vec::new();
+    for (field, to) in node.links() {
+        links.push(json!({"field": field, "to": to, "exists": db.get(to)?.is_some()}));
+    }
     let mut out = json!({"id": node.id, "value": node.value, "updated_at": node.updated_at.to_string(), "links": links});
     if !node.conflicts.is_empty() {
         out["conflicts"] = serde_json::to_value(&node.conflicts).unwrap_or(Value::Null);
     }
-    out
+    Ok(out)
 }
 
 fn receipt_json(id: &str, receipt: &Receipt) -> Json<Value> {
@@ -157,7 +162,8 @@ async fn list(
     let db = replica.lock().await;
     let nodes = db.list(&q.prefix, q.after.as_deref(), limit)?;
     let next = if nodes.len() == limit { nodes.last().map(|n| n.id.clone()) } else { None };
-    Ok(Json(json!({"nodes": nodes.iter().map(node_json).collect::<Vec<_>>(), "next_after": next})))
+    let docs = nodes.iter().map(|n| node_json(&db, n)).collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(json!({"nodes": docs, "next_after": next})))
 }
 
 #[derive(Deserialize)]
@@ -175,7 +181,7 @@ async fn get_node(
     let path: Vec<&str> = q.follow.as_deref().map(|f| f.split('.').filter(|s| !s.is_empty()).collect()).unwrap_or_default();
     let db = replica.lock().await;
     match db.follow(&id, &path)? {
-        Traversal::Reached(node) => Ok(Json(node_json(&node))),
+        Traversal::Reached(node) => Ok(Json(node_json(&db, &node)?)),
         Traversal::NotALink { from, field, .. } => Err(ApiError(StatusCode::NOT_FOUND, format!("{}.{field} is not a link", from.id))),
         Traversal::Dangling { from, field, target, .. } => {
             Err(ApiError(StatusCode::NOT_FOUND, format!("{}.{field} links to {target:?}, which does not exist", from.id)))
