@@ -57,3 +57,16 @@ impl Error {
         )
     }
 }
+
+/// An error and its causes on one line (`step: cause: cause`), for status
+/// reports, API answers and logs.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

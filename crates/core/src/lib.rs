@@ -53,7 +53,7 @@ mod version_vector;
 
 pub use clock::{Hlc, HybridLogicalClock};
 pub use database::{ApplyReport, Database, Receipt, Traversal};
-pub use error::Error;
+pub use error::{error_chain, Error};
 pub use feed::{Change, ChangeFeed, FeedEvent, Subscription};
 pub use node::{link_target, FieldValue, Node, NodeRecord, PendingSupersession, Reset, LINK_KEY};
 pub use operation::{

@@ -22,7 +22,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use pluresdb_core::{Database, Error as CoreError, Node, OperationType, Receipt, Traversal};
+use pluresdb_core::{error_chain, Database, Error as CoreError, Node, OperationType, Receipt, Traversal};
 use pluresdb_store_redb::RedbStore;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -86,21 +86,10 @@ impl From<CoreError> for ApiError {
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::error!(error = %chain(&err), "request failed");
+            tracing::error!(error = %error_chain(&err), "request failed");
         }
-        ApiError(status, chain(&err))
+        ApiError(status, error_chain(&err))
     }
-}
-
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Turns axum's extractor rejections (body too large, bad query or path)

@@ -54,14 +54,4 @@ impl SyncError {
     }
 }
 
-/// An error and its causes on one line, for status reports and logs.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use pluresdb_core::error_chain;
