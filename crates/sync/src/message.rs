@@ -114,7 +114,7 @@ impl SyncMessage {
         if bytes.len() > MAX_MESSAGE_BYTES {
             return Err(SyncError::MessageTooLarge { peer: peer.to_owned(), size: bytes.len(), limit: MAX_MESSAGE_BYTES });
         }
-        if let Some(message) = read_data_sync(bytes) {
+        if let Some(message) = read_message(bytes) {
             return Ok(message);
         }
         pluresdb_core::codec::decode(bytes, "sync message")
@@ -122,18 +122,21 @@ impl SyncMessage {
     }
 }
 
-/// Reads a `DataSync` message with the core's direct CBOR reader; `None`
-/// for anything else (serde then reads it or reports the error).
-fn read_data_sync(bytes: &[u8]) -> Option<SyncMessage> {
+/// Reads a message with the core's direct CBOR reader; `None` for
+/// anything it does not take (serde then reads it or reports the error).
+fn read_message(bytes: &[u8]) -> Option<SyncMessage> {
     use pluresdb_core::cbor::Reader;
     let mut reader = Reader::new(bytes);
-    if reader.map().ok()? != 1 || reader.text().ok()? != "DataSync" || reader.map().ok()? != 3 {
+    if reader.map().ok()? != 1 {
         return None;
     }
-    let (mut from_peer, mut operations, mut version_vector) = (None, None, None);
-    for _ in 0..3 {
+    let variant = reader.text().ok()?;
+    let fields = reader.map().ok()?;
+    let (mut from_peer, mut operations, mut version_vector, mut round) = (None, None, None, None);
+    for _ in 0..fields {
         match reader.text().ok()? {
             "from_peer" => from_peer = Some(reader.text().ok()?.to_owned()),
+            "round" => round = Some(reader.unsigned().ok()?),
             "operations" => {
                 let count = reader.array().ok()?;
                 let mut ops: Vec<OperationWithMetadata> = Vec::with_capacity(count);
@@ -157,7 +160,14 @@ fn read_data_sync(bytes: &[u8]) -> Option<SyncMessage> {
     if !reader.is_done() {
         return None;
     }
-    Some(SyncMessage::DataSync { from_peer: from_peer?, operations: operations?, version_vector: version_vector? })
+    let (from_peer, version_vector) = (from_peer?, version_vector?);
+    match (variant, fields) {
+        ("DataSync", 3) => Some(SyncMessage::DataSync { from_peer, operations: operations?, version_vector }),
+        ("SyncRequest", 3) => Some(SyncMessage::SyncRequest { from_peer, round: round?, version_vector }),
+        ("SyncDone", 3) => Some(SyncMessage::SyncDone { from_peer, round: round?, version_vector }),
+        ("SyncAck", 2) => Some(SyncMessage::SyncAck { from_peer, version_vector }),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -193,7 +203,14 @@ mod tests {
         let msg = SyncMessage::DataSync { from_peer: "p".into(), operations: vec![op], version_vector: vv };
         assert_eq!(SyncMessage::decode("p", &msg.encode()).unwrap(), msg);
         assert_eq!(msg.encode(), pluresdb_core::codec::encode(&msg), "the direct writer writes what serde writes");
-        assert_eq!(read_data_sync(&msg.encode()), Some(msg.clone()), "the direct reader takes what the writer writes");
+        assert_eq!(read_message(&msg.encode()), Some(msg.clone()), "the direct reader takes what the writer writes");
+        for other in [
+            SyncMessage::SyncRequest { from_peer: "p".into(), round: 7, version_vector: msg.version_vector().clone() },
+            SyncMessage::SyncDone { from_peer: "p".into(), round: 300, version_vector: VersionVector::new() },
+            SyncMessage::SyncAck { from_peer: "p".into(), version_vector: msg.version_vector().clone() },
+        ] {
+            assert_eq!(read_message(&other.encode()), Some(other.clone()), "the direct reader takes serde's {other:?}");
+        }
         for cut in 0..msg.encode().len() {
             assert!(SyncMessage::decode("p", &msg.encode()[..cut]).is_err());
         }
