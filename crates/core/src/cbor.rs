@@ -14,6 +14,7 @@ use serde_json::Value;
 
 const UNSIGNED: u8 = 0 << 5;
 const NEGATIVE: u8 = 1 << 5;
+const BYTES: u8 = 2 << 5;
 const TEXT: u8 = 3 << 5;
 const ARRAY: u8 = 4 << 5;
 const MAP: u8 = 5 << 5;
@@ -54,6 +55,13 @@ pub fn unsigned(out: &mut Vec<u8>, n: u64) {
 pub fn text(out: &mut Vec<u8>, s: &str) {
     head(out, TEXT, s.len() as u64);
     out.extend_from_slice(s.as_bytes());
+}
+
+/// Appends a byte string.
+#[inline]
+pub fn bytes(out: &mut Vec<u8>, b: &[u8]) {
+    head(out, BYTES, b.len() as u64);
+    out.extend_from_slice(b);
 }
 
 /// Appends the head of an array of `len` items.
@@ -228,6 +236,14 @@ impl<'a> Reader<'a> {
     pub fn unsigned(&mut self) -> Result<u64, Unreadable> {
         match self.head()? {
             (UNSIGNED, _, n) => Ok(n),
+            _ => Err(Unreadable),
+        }
+    }
+
+    /// Reads a byte string.
+    pub fn bytes(&mut self) -> Result<&'a [u8], Unreadable> {
+        match self.head()? {
+            (BYTES, _, len) => self.take(usize::try_from(len).map_err(|_| Unreadable)?),
             _ => Err(Unreadable),
         }
     }

@@ -9,9 +9,11 @@ use crate::merge;
 use crate::node::{Node, NodeRecord};
 use crate::operation::{validate_node_id, validate_value, OpId, OperationType, OperationWithMetadata};
 use crate::resolver::{ConflictResolver, LastWriterWins};
+use crate::signing::{OpDigest, OpSignature, OpSigner, OpVerifier, SIGN_EVERY};
 use crate::store::{EncodedOps, Store, WriteBatch};
 use crate::version_vector::VersionVector;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The metadata key under which the newest clock reading is kept, so a
@@ -37,6 +39,9 @@ pub struct ApplyReport {
     pub applied: usize,
     /// Operations skipped because the replica already held them.
     pub duplicates: usize,
+    /// Operations not applied yet because no signed operation after them
+    /// (from the same origin) was in the batch to authenticate them.
+    pub held_back: usize,
 }
 
 /// One replica of the graph.
@@ -54,6 +59,10 @@ pub struct Database<S> {
     version_vector: VersionVector,
     resolver: Arc<dyn ConflictResolver>,
     feed: ChangeFeed,
+    signer: Option<Arc<dyn OpSigner>>,
+    verifier: Option<Arc<dyn OpVerifier>>,
+    /// The digest of the newest operation of each origin, as far as known.
+    heads: HashMap<Arc<str>, OpDigest>,
 }
 
 /// Marks a batch as local writes to stamp at wall time `now_ms`.
@@ -77,6 +86,9 @@ impl<S: Store> Database<S> {
             version_vector,
             resolver: Arc::new(LastWriterWins),
             feed: ChangeFeed::new(),
+            signer: None,
+            verifier: None,
+            heads: HashMap::new(),
         })
     }
 
@@ -84,6 +96,37 @@ impl<S: Store> Database<S> {
     pub fn with_resolver(mut self, resolver: Arc<dyn ConflictResolver>) -> Self {
         self.resolver = resolver;
         self
+    }
+
+    /// Signs local writes with `signer` (the key of this replica's peer id).
+    pub fn with_signer(mut self, signer: Arc<dyn OpSigner>) -> Self {
+        self.signer = Some(signer);
+        self
+    }
+
+    /// Checks the hash chain and the signatures of every operation from
+    /// peers with `verifier`, refusing what does not verify.
+    pub fn with_verifier(mut self, verifier: Arc<dyn OpVerifier>) -> Self {
+        self.verifier = Some(verifier);
+        self
+    }
+
+    /// The digest of the newest operation of `origin` this replica holds
+    /// (zero when it holds none).
+    fn head(&mut self, origin: &Arc<str>) -> Result<OpDigest, Error> {
+        if let Some(head) = self.heads.get(origin) {
+            return Ok(*head);
+        }
+        let held = self.version_vector.get(origin);
+        let head = match held {
+            0 => OpDigest::default(),
+            _ => match self.store.ops_after(origin, held - 1, 1)?.pop() {
+                Some(op) => op.digest(),
+                None => return Err(Error::Decode { what: "op log", reason: format!("operation {origin}/{held} is missing") }),
+            },
+        };
+        self.heads.insert(origin.clone(), head);
+        Ok(head)
     }
 
     /// The peer id that authors this replica's local writes.
@@ -202,8 +245,64 @@ impl<S: Store> Database<S> {
             op.validate()?;
         }
         let total = ops.len();
-        let applied = self.apply(ops, None)?;
-        Ok(ApplyReport { applied: applied.len(), duplicates: total - applied.len() })
+        let (ops, held_back) = match self.verifier.clone() {
+            Some(verifier) => self.authenticate(ops, &*verifier)?,
+            None => (ops, 0),
+        };
+        let applied = self.apply(ops, None)?.len();
+        Ok(ApplyReport { applied, duplicates: total - held_back - applied, held_back })
+    }
+
+    /// Checks that each origin's new operations continue its hash chain and
+    /// that their signatures verify; keeps, per origin, the operations up to
+    /// the last signed one (the rest wait for a batch that authenticates
+    /// them). Fails on a broken chain or a bad signature.
+    fn authenticate(
+        &mut self,
+        ops: Vec<OperationWithMetadata>,
+        verifier: &dyn OpVerifier,
+    ) -> Result<(Vec<OperationWithMetadata>, usize), Error> {
+        // Per origin: the next sequence number and the head of the chain.
+        let mut chains: HashMap<Arc<str>, (u64, OpDigest)> = HashMap::new();
+        let mut signed = Vec::new();
+        let mut last_signed: HashMap<Arc<str>, u64> = HashMap::new();
+        for op in &ops {
+            if !chains.contains_key(&op.id.origin) {
+                let head = self.head(&op.id.origin)?;
+                chains.insert(op.id.origin.clone(), (self.version_vector.get(&op.id.origin) + 1, head));
+            }
+            let Some((next, head)) = chains.get_mut(&op.id.origin) else { continue };
+            if op.id.seq != *next {
+                // A duplicate, or a gap that `apply` reports.
+                continue;
+            }
+            if op.prev != *head {
+                return Err(Error::BrokenChain { id: op.id.clone() });
+            }
+            *head = op.digest();
+            *next += 1;
+            if let Some(signature) = op.signature {
+                signed.push((op.id.clone(), *head, signature));
+                last_signed.insert(op.id.origin.clone(), op.id.seq);
+            }
+        }
+        let items: Vec<(&str, OpDigest, OpSignature)> = signed.iter().map(|(id, digest, sig)| (&*id.origin, *digest, *sig)).collect();
+        if let Err(bad) = verifier.verify(&items) {
+            let id = signed.get(bad).map(|(id, _, _)| id.clone()).unwrap_or_else(|| OpId::new("", 0));
+            return Err(Error::BadSignature { id });
+        }
+        let before = ops.len();
+        let held = |op: &OperationWithMetadata| {
+            op.id.seq <= self.version_vector.get(&op.id.origin) || last_signed.get(&op.id.origin).is_some_and(|&last| op.id.seq <= last)
+        };
+        let kept: Vec<OperationWithMetadata> = ops.into_iter().filter(|op| held(op)).collect();
+        // The chain heads of these origins move with the commit; read them
+        // again when next needed.
+        for origin in last_signed.keys() {
+            self.heads.remove(origin);
+        }
+        let held_back = before - kept.len();
+        Ok((kept, held_back))
     }
 
     /// The shared write path: merge every operation into its node's record,
@@ -217,8 +316,16 @@ impl<S: Store> Database<S> {
         let mut changes = Vec::new();
         let mut encoded = EncodedOps::new();
         let mut receipts = Vec::with_capacity(ops.len());
+        let count = ops.len();
+        let mut local_head = match &local {
+            Some(_) => {
+                let origin = self.peer_id.clone();
+                Some(self.head(&origin)?)
+            }
+            None => None,
+        };
 
-        for mut op in ops {
+        for (index, mut op) in ops.into_iter().enumerate() {
             let next = version_vector.get(&op.id.origin) + 1;
             let at = match position(&records, &op.node_id) {
                 Ok(at) => at,
@@ -234,6 +341,16 @@ impl<S: Store> Database<S> {
                 if op.operation == OperationType::UpdateNode {
                     op.supersedes = superseded_by_write(record, &op.data);
                 }
+                // Link the chain; sign the commit's last operation and every
+                // SIGN_EVERY-th.
+                op.prev = local_head.unwrap_or_default();
+                let digest = op.digest();
+                if let Some(signer) = &self.signer {
+                    if index + 1 == count || op.id.seq % SIGN_EVERY == 0 {
+                        op.signature = Some(signer.sign(&digest));
+                    }
+                }
+                local_head = Some(digest);
             } else if op.id.seq < next {
                 continue;
             } else if op.id.seq > next {
@@ -272,6 +389,18 @@ impl<S: Store> Database<S> {
 
         self.version_vector = version_vector;
         self.clock = clock;
+        match local_head {
+            Some(head) => {
+                self.heads.insert(self.peer_id.clone(), head);
+            }
+            // Remote operations moved these origins' chains: read the heads
+            // again when next needed.
+            None => {
+                for receipt in &receipts {
+                    self.heads.remove(&receipt.id.origin);
+                }
+            }
+        }
         self.feed.publish(changes);
         Ok(receipts)
     }

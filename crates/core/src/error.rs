@@ -24,6 +24,12 @@ pub enum Error {
     /// A local write names another peer as its origin.
     #[error("operation claims origin {origin:?} but this replica is {local:?}")]
     ForeignOrigin { origin: String, local: String },
+    /// An operation does not continue its origin's hash chain.
+    #[error("operation {id} does not continue its origin's hash chain")]
+    BrokenChain { id: OpId },
+    /// A signature does not verify against the origin's key.
+    #[error("the signature on operation {id} does not verify against its origin's key")]
+    BadSignature { id: OpId },
     /// A metadata key belongs to the core.
     #[error("metadata key {key:?} is reserved for the core")]
     ReservedKey { key: String },
@@ -54,6 +60,8 @@ impl Error {
                 | Error::ValueTooLarge { .. }
                 | Error::InvalidOperation { .. }
                 | Error::ForeignOrigin { .. }
+                | Error::BrokenChain { .. }
+                | Error::BadSignature { .. }
         )
     }
 }

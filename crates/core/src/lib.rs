@@ -48,6 +48,7 @@ pub mod merge;
 mod node;
 mod operation;
 pub mod resolver;
+pub mod signing;
 mod store;
 mod version_vector;
 
@@ -60,5 +61,6 @@ pub use operation::{
     validate_node_id, validate_value, OpId, OperationType, OperationWithMetadata, Stamp, MAX_NODE_ID_BYTES, MAX_VALUE_BYTES,
 };
 pub use resolver::{builtin_resolver, ConflictResolver, FirstWriterWins, FnResolver, KeepAll, LastWriterWins};
+pub use signing::{OpDigest, OpSignature, OpSigner, OpVerifier, SIGN_EVERY};
 pub use store::{EncodedOps, MemoryStore, Store, WriteBatch};
 pub use version_vector::VersionVector;

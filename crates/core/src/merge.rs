@@ -118,6 +118,8 @@ mod tests {
                 .iter()
                 .map(|(f, ids)| (f.to_string(), ids.iter().map(|&(o, s)| OpId::new(o, s)).collect()))
                 .collect::<BTreeMap<_, _>>(),
+            prev: Default::default(),
+            signature: None,
         }
     }
 

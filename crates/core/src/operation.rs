@@ -2,6 +2,7 @@
 
 use crate::clock::Hlc;
 use crate::error::Error;
+use crate::signing::{OpDigest, OpSignature};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -110,6 +111,12 @@ pub struct OperationWithMetadata {
     /// that the author had not seen are concurrent with this write and go to
     /// the conflict resolver.
     pub supersedes: BTreeMap<String, Vec<OpId>>,
+    /// The digest of the previous operation from the same origin (zero for
+    /// the first): each origin's log is a hash chain (see [`crate::signing`]).
+    pub prev: OpDigest,
+    /// The origin's signature over this operation's digest, on the last
+    /// operation of each commit and at least every [`crate::SIGN_EVERY`]-th.
+    pub signature: Option<OpSignature>,
 }
 
 /// The human-readable form of an operation.
@@ -123,13 +130,17 @@ struct NamedOperation<I, T, S, D, V, P> {
     timestamp: V,
     #[serde(default)]
     supersedes: P,
+    #[serde(default)]
+    prev: OpDigest,
+    #[serde(default)]
+    signature: Option<OpSignature>,
 }
 
-/// The binary form: `[origin, seq, type, node_id, data, timestamp, supersedes]`.
-type CompactOperation<A, S, D, P> = (A, u64, u8, S, D, Hlc, P);
+/// The binary form: `[origin, seq, type, node_id, data, timestamp, supersedes, prev, signature]`.
+type CompactOperation<A, S, D, P> = (A, u64, u8, S, D, Hlc, P, OpDigest, Option<OpSignature>);
 
-/// The binary form without the id: `[type, node_id, data, timestamp, supersedes]`.
-type CompactBody<S, D, P> = (u8, S, D, Hlc, P);
+/// The binary form without the id: `[type, node_id, data, timestamp, supersedes, prev, signature]`.
+type CompactBody<S, D, P> = (u8, S, D, Hlc, P, OpDigest, Option<OpSignature>);
 
 impl OperationWithMetadata {
     /// Appends the binary (CBOR) encoding of everything but the id, for
@@ -142,18 +153,28 @@ impl OperationWithMetadata {
     /// (except that floats are never shortened to 16 bits), which
     /// [`decode_body`](Self::decode_body) reads.
     pub fn encode_body(&self, out: &mut Vec<u8>) {
-        crate::cbor::array(out, 5);
-        self.encode_body_fields(out);
+        crate::cbor::array(out, 7);
+        self.encode_body_fields(out, true);
     }
 
     /// Appends the binary (CBOR) form of the whole operation, the same bytes
     /// its `Serialize` impl gives a binary serializer, without going through
     /// serde (the sync engine encodes every operation it sends).
     pub fn encode_compact(&self, out: &mut Vec<u8>) {
-        crate::cbor::array(out, 7);
+        self.encode_compact_with(out, true);
+    }
+
+    /// The canonical bytes that [`digest`](Self::digest) hashes: the compact
+    /// form with the signature written as null.
+    pub(crate) fn encode_compact_unsigned(&self, out: &mut Vec<u8>) {
+        self.encode_compact_with(out, false);
+    }
+
+    fn encode_compact_with(&self, out: &mut Vec<u8>, with_signature: bool) {
+        crate::cbor::array(out, 9);
         crate::cbor::text(out, &self.id.origin);
         crate::cbor::unsigned(out, self.id.seq);
-        self.encode_body_fields(out);
+        self.encode_body_fields(out, with_signature);
     }
 
     /// Reads the binary form written by [`encode_compact`](Self::encode_compact)
@@ -162,7 +183,7 @@ impl OperationWithMetadata {
     /// anything outside the subset the reader takes; callers then fall back
     /// to serde.
     pub fn read_compact(reader: &mut crate::cbor::Reader<'_>, origin: Option<&Arc<str>>) -> Result<Self, crate::cbor::Unreadable> {
-        if reader.array()? != 7 {
+        if reader.array()? != 9 {
             return Err(crate::cbor::Unreadable);
         }
         let text = reader.text()?;
@@ -194,10 +215,13 @@ impl OperationWithMetadata {
             }
             supersedes.insert(field, ids);
         }
-        Ok(Self { id, operation, node_id, data, timestamp, supersedes })
+        let prev = OpDigest(reader.bytes()?.try_into().map_err(|_| crate::cbor::Unreadable)?);
+        let signature =
+            if reader.null() { None } else { Some(OpSignature(reader.bytes()?.try_into().map_err(|_| crate::cbor::Unreadable)?)) };
+        Ok(Self { id, operation, node_id, data, timestamp, supersedes, prev, signature })
     }
 
-    fn encode_body_fields(&self, out: &mut Vec<u8>) {
+    fn encode_body_fields(&self, out: &mut Vec<u8>, with_signature: bool) {
         use crate::cbor;
         cbor::unsigned(out, u64::from(self.operation.code()));
         cbor::text(out, &self.node_id);
@@ -213,23 +237,28 @@ impl OperationWithMetadata {
                 cbor::unsigned(out, id.seq);
             }
         }
+        cbor::bytes(out, &self.prev.0);
+        match (&self.signature, with_signature) {
+            (Some(signature), true) => cbor::bytes(out, &signature.0),
+            _ => cbor::null(out),
+        }
     }
 
     /// Decodes what [`encode_body`](Self::encode_body) wrote, with the id
     /// the container supplies.
     pub fn decode_body(id: OpId, bytes: &[u8]) -> Result<Self, Error> {
         let mut reader = crate::cbor::Reader::new(bytes);
-        let fast = reader.array().ok().filter(|&n| n == 5).and_then(|_| Self::read_body_fields(&mut reader, id.clone()).ok());
+        let fast = reader.array().ok().filter(|&n| n == 7).and_then(|_| Self::read_body_fields(&mut reader, id.clone()).ok());
         match fast {
             Some(op) if reader.is_done() => return Ok(op),
             // Anything the fast reader does not take, serde reads or reports.
             _ => {}
         }
-        let (code, node_id, data, timestamp, supersedes): CompactBody<String, Value, BTreeMap<String, Vec<OpId>>> =
+        let (code, node_id, data, timestamp, supersedes, prev, signature): CompactBody<String, Value, BTreeMap<String, Vec<OpId>>> =
             crate::codec::decode(bytes, "operation")?;
         let operation = OperationType::from_code(code)
             .ok_or_else(|| Error::Decode { what: "operation", reason: format!("unknown operation type {code}") })?;
-        Ok(Self { id, operation, node_id, data, timestamp, supersedes })
+        Ok(Self { id, operation, node_id, data, timestamp, supersedes, prev, signature })
     }
 }
 
@@ -262,11 +291,22 @@ impl Serialize for OperationWithMetadata {
                 data: &self.data,
                 timestamp: self.timestamp,
                 supersedes: &self.supersedes,
+                prev: self.prev,
+                signature: self.signature,
             }
             .serialize(serializer)
         } else {
-            let compact: CompactOperation<_, _, _, _> =
-                (&*self.id.origin, self.id.seq, self.operation.code(), &self.node_id, &self.data, self.timestamp, &self.supersedes);
+            let compact: CompactOperation<_, _, _, _> = (
+                &*self.id.origin,
+                self.id.seq,
+                self.operation.code(),
+                &self.node_id,
+                &self.data,
+                self.timestamp,
+                &self.supersedes,
+                self.prev,
+                self.signature,
+            );
             compact.serialize(serializer)
         }
     }
@@ -283,9 +323,11 @@ impl<'de> Deserialize<'de> for OperationWithMetadata {
                 data: named.data,
                 timestamp: named.timestamp,
                 supersedes: named.supersedes,
+                prev: named.prev,
+                signature: named.signature,
             })
         } else {
-            let (origin, seq, code, node_id, data, timestamp, supersedes): CompactOperation<
+            let (origin, seq, code, node_id, data, timestamp, supersedes, prev, signature): CompactOperation<
                 Arc<str>,
                 String,
                 Value,
@@ -293,7 +335,7 @@ impl<'de> Deserialize<'de> for OperationWithMetadata {
             > = Deserialize::deserialize(deserializer)?;
             let operation =
                 OperationType::from_code(code).ok_or_else(|| serde::de::Error::custom(format_args!("unknown operation type {code}")))?;
-            Ok(Self { id: OpId { origin, seq }, operation, node_id, data, timestamp, supersedes })
+            Ok(Self { id: OpId { origin, seq }, operation, node_id, data, timestamp, supersedes, prev, signature })
         }
     }
 }
@@ -303,7 +345,16 @@ impl OperationWithMetadata {
     /// number, timestamp, superseded values) when it commits it as a local
     /// write.
     pub fn new(operation: OperationType, node_id: String, data: Value, origin_peer: impl Into<Arc<str>>) -> Self {
-        Self { id: OpId::new(origin_peer, 0), operation, node_id, data, timestamp: Hlc::ZERO, supersedes: BTreeMap::new() }
+        Self {
+            id: OpId::new(origin_peer, 0),
+            operation,
+            node_id,
+            data,
+            timestamp: Hlc::ZERO,
+            supersedes: BTreeMap::new(),
+            prev: OpDigest::default(),
+            signature: None,
+        }
     }
 
     /// Whether a replica has assigned this operation its sequence number.
@@ -438,8 +489,12 @@ mod tests {
         op.supersedes.insert("a".into(), vec![OpId::new("other", 2), OpId::new("p", 299)]);
         op.supersedes.insert("b".into(), vec![]);
         let mut ours = Vec::new();
+        op.prev = OpDigest([7; 32]);
+        op.signature = Some(OpSignature([9; 64]));
         op.encode_body(&mut ours);
-        let body: CompactBody<_, _, _> = (op.operation.code(), &op.node_id, &op.data, op.timestamp, &op.supersedes);
+        op.prev = OpDigest([7; 32]);
+        op.signature = Some(OpSignature([9; 64]));
+        let body: CompactBody<_, _, _> = (op.operation.code(), &op.node_id, &op.data, op.timestamp, &op.supersedes, op.prev, op.signature);
         assert_eq!(ours, crate::codec::encode(&body));
         assert_eq!(OperationWithMetadata::decode_body(op.id.clone(), &ours).unwrap(), op);
 
