@@ -2,6 +2,7 @@
 
 use crate::cli::Resolver;
 use pluresdb_core::{ConflictResolver, Database, FirstWriterWins, KeepAll, LastWriterWins};
+use pluresdb_security::OpSignatureVerifier;
 use pluresdb_store_redb::RedbStore;
 use std::path::Path;
 use std::sync::Arc;
@@ -14,9 +15,15 @@ pub fn open(dir: &Path, resolver: Resolver) -> anyhow::Result<Replica> {
     create_private_dir(dir)?;
     // The store first: it holds the directory's lock.
     let store = RedbStore::open(dir)?;
-    let peer_id = crate::keys::identity(dir)?.peer_id().to_string();
+    let identity = crate::keys::identity(dir)?;
+    let peer_id = identity.peer_id().to_string();
     tracing::debug!(data_dir = %dir.display(), %peer_id, "opened replica");
-    Ok(Database::open(store, peer_id)?.with_resolver(resolver_for(resolver)))
+    // Local writes are signed with the node's key; operations from peers
+    // must verify against their origins' keys.
+    Ok(Database::open(store, peer_id)?
+        .with_resolver(resolver_for(resolver))
+        .with_signer(Arc::new(identity))
+        .with_verifier(Arc::new(OpSignatureVerifier)))
 }
 
 /// Creates a missing data directory readable by its owner only (it holds

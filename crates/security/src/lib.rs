@@ -42,6 +42,7 @@ pub mod encryption;
 mod error;
 pub mod identity;
 pub mod limits;
+pub mod ops;
 mod replay;
 pub mod secret;
 pub mod ticket;
@@ -54,5 +55,6 @@ pub use encryption::{
 pub use error::SecurityError;
 pub use identity::{Identity, PeerId, IDENTITY_BYTES, PEER_ID_BYTES};
 pub use limits::{Limits, RateLimit, RateLimiter};
+pub use ops::OpSignatureVerifier;
 pub use secret::{AccessDenied, AccessMode, AccessPolicy, NetworkSecret};
 pub use ticket::{Ticket, MAX_ADDRESS_LEN, MAX_TICKET_ADDRESSES, MAX_TICKET_TEXT, TICKET_PREFIX};
