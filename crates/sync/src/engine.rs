@@ -5,7 +5,7 @@ use crate::error::{error_chain, SyncError};
 use crate::message::{SyncMessage, BATCH_BYTE_BUDGET, MAX_PLAUSIBLE_SEQ};
 use crate::status::{PeerSyncStatus, SyncStatus, Traffic};
 use pluresdb_core::codec;
-use pluresdb_core::{Database, KeepAll, LastWriterWins, MemoryStore, OperationWithMetadata, Receipt, Store, VersionVector};
+use pluresdb_core::{Database, KeepAll, LastWriterWins, MemoryStore, OperationWithMetadata, Receipt, Store, VersionVector, SIGN_EVERY};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
@@ -120,7 +120,10 @@ impl<S: Store> DataSyncEngine<S> {
         Ok(Self::from_parts(config, db, acked))
     }
 
-    fn from_parts(config: SyncConfig, db: Database<S>, acked: BTreeMap<String, VersionVector>) -> Self {
+    fn from_parts(mut config: SyncConfig, db: Database<S>, acked: BTreeMap<String, VersionVector>) -> Self {
+        // A batch must be able to reach a signed operation (see
+        // `pluresdb_core::signing`).
+        config.max_batch_size = config.max_batch_size.max(SIGN_EVERY as usize);
         let resolver: Arc<dyn pluresdb_core::ConflictResolver> =
             if config.enable_conflict_resolution { Arc::new(LastWriterWins) } else { Arc::new(KeepAll) };
         let peers =
@@ -349,10 +352,13 @@ impl<S: Store> DataSyncEngine<S> {
             }
         }
         if !applicable.is_empty() {
-            self.db.apply_remote(applicable).map_err(|source| match source {
+            let report = self.db.apply_remote(applicable).map_err(|source| match source {
                 err @ pluresdb_core::Error::Storage(_) => SyncError::Storage(err),
                 source => SyncError::InvalidOperation { peer: peer.to_owned(), source },
             })?;
+            // Operations not yet authenticated by a signed successor: ask
+            // again from what is held, like a gap.
+            gap |= report.held_back > 0;
         }
         {
             let state = self.peer_mut(peer);
@@ -454,6 +460,15 @@ impl<S: Store> DataSyncEngine<S> {
             }
             if batch.is_empty() {
                 break;
+            }
+            // A full batch ends at a signed operation (or at the newest one of
+            // its origin), so the receiver can authenticate all of it.
+            let full = batch.len() >= limit || bytes >= BATCH_BYTE_BUDGET;
+            if full && batch.iter().any(|op| op.signature.is_some()) {
+                let held = self.db.version_vector();
+                if let Some(end) = batch.iter().rposition(|op| op.signature.is_some() || op.id.seq == held.get(&op.id.origin)) {
+                    batch.truncate(end + 1);
+                }
             }
             let state = self.peer_mut(peer);
             for op in &batch {

@@ -10,7 +10,7 @@
 
 use crate::error::error_chain;
 use crate::{DataSyncEngine, SyncConfig};
-use pluresdb_core::{MemoryStore, Node, NodeRecord, OperationType, OperationWithMetadata, Store};
+use pluresdb_core::{MemoryStore, Node, NodeRecord, OpSigner, OpVerifier, OperationType, OperationWithMetadata, Store};
 use serde_json::json;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -49,6 +49,25 @@ pub struct SimConfig {
     pub max_skew_ms: u64,
     /// The engines' settings.
     pub sync: SyncConfig,
+    /// Keys to sign and verify operations with: for replica `i`, its peer
+    /// id and signer, and one verifier for all. Without them, replicas are
+    /// named `replica-i` and operations are not signed.
+    pub keys: Option<SimKeys>,
+}
+
+/// Per-replica identities for a signed simulation.
+#[derive(Clone)]
+pub struct SimKeys {
+    /// For replica `i`: its peer id and the signer of its operations.
+    pub identity: std::sync::Arc<dyn Fn(usize) -> (String, std::sync::Arc<dyn OpSigner>) + Send + Sync>,
+    /// Checks every operation a replica receives.
+    pub verifier: std::sync::Arc<dyn OpVerifier>,
+}
+
+impl std::fmt::Debug for SimKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SimKeys")
+    }
 }
 
 impl Default for SimConfig {
@@ -65,10 +84,11 @@ impl Default for SimConfig {
             partitions: 2,
             full_mesh: false,
             max_skew_ms: 5_000,
+            keys: None,
             sync: SyncConfig {
                 enable_auto_sync: true,
                 sync_interval: Duration::from_millis(1_000),
-                max_batch_size: 50,
+                max_batch_size: 100,
                 enable_conflict_resolution: true,
                 sync_timeout: Duration::from_millis(3_000),
             },
@@ -174,13 +194,22 @@ impl<'a> Sim<'a> {
     fn new(config: &'a SimConfig) -> Self {
         let mut rng = Rng::new(config.seed);
         let n = config.replicas;
-        let names: Vec<String> = (0..n).map(|i| format!("replica-{i}")).collect();
+        let identities: Vec<Option<(String, std::sync::Arc<dyn OpSigner>)>> =
+            (0..n).map(|i| config.keys.as_ref().map(|keys| (keys.identity)(i))).collect();
+        let names: Vec<String> = identities
+            .iter()
+            .enumerate()
+            .map(|(i, id)| id.as_ref().map_or_else(|| format!("replica-{i}"), |(name, _)| name.clone()))
+            .collect();
         let engines = (0..n)
             .map(|i| {
-                let db = match pluresdb_core::Database::open(MemoryStore::new(), names[i].clone()) {
+                let mut db = match pluresdb_core::Database::open(MemoryStore::new(), names[i].clone()) {
                     Ok(db) => db,
                     Err(err) => unreachable!("a memory store opens: {err}"),
                 };
+                if let (Some((_, signer)), Some(keys)) = (&identities[i], &config.keys) {
+                    db = db.with_signer(signer.clone()).with_verifier(keys.verifier.clone());
+                }
                 match DataSyncEngine::with_database(config.sync.clone(), db) {
                     Ok(engine) => engine,
                     Err(err) => unreachable!("a fresh memory store has no sync state: {err}"),

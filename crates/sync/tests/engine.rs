@@ -145,7 +145,7 @@ fn without_conflict_resolution_concurrent_values_stay_visible() {
 
 #[test]
 fn hostile_input_is_refused_for_that_peer_only_and_changes_nothing() {
-    let config = SyncConfig { max_batch_size: 10, ..SyncConfig::default() };
+    let config = SyncConfig { max_batch_size: 64, ..SyncConfig::default() };
     let mut victim = engine("victim", config.clone());
     let mut friend = engine("friend", config.clone());
     victim.write(vec![put("victim", "mine", json!({"v": 1}))], T0).unwrap();
@@ -168,7 +168,7 @@ fn hostile_input_is_refused_for_that_peer_only_and_changes_nothing() {
     type Expect = fn(&SyncError) -> bool;
     let cases: Vec<(Vec<u8>, Expect)> = vec![
         (b"\xff\x00garbage".to_vec(), |e| matches!(e, SyncError::Decode { .. })),
-        (data((1..=11).map(|s| signed(s, "n")).collect(), 11), |e| matches!(e, SyncError::BatchTooLarge { size: 11, limit: 10, .. })),
+        (data((1..=65).map(|s| signed(s, "n")).collect(), 65), |e| matches!(e, SyncError::BatchTooLarge { size: 65, limit: 64, .. })),
         (data(vec![signed(1, "")], 1), |e| matches!(e, SyncError::InvalidOperation { .. })),
         (data(vec![], u64::MAX), |e| matches!(e, SyncError::AbsurdVersionVector { .. })),
         (SyncMessage::SyncAck { from_peer: "friend".into(), version_vector: vv(0) }.encode(), |e| {
@@ -250,4 +250,45 @@ fn a_restart_in_the_middle_of_a_sync_loses_nothing_and_applies_nothing_twice() {
     drop(a);
     let a = open(dir_a.path(), "a");
     assert_eq!(a.status().pending_operations, 0);
+}
+
+#[test]
+fn a_forged_operation_is_refused_by_the_engine_and_counted() {
+    use pluresdb_security::{Identity, OpSignatureVerifier};
+    use std::sync::Arc;
+    let (alice, mallory) = (Identity::from_seed([1; 32]), Identity::from_seed([66; 32]));
+    let (alice_id, mallory_id) = (alice.peer_id().to_string(), mallory.peer_id().to_string());
+    let signed_engine = |identity: Identity| {
+        let id = identity.peer_id().to_string();
+        let db =
+            Database::open(MemoryStore::new(), id).unwrap().with_signer(Arc::new(identity)).with_verifier(Arc::new(OpSignatureVerifier));
+        let mut e = DataSyncEngine::with_database(SyncConfig::default(), db).unwrap();
+        e.start(T0);
+        e
+    };
+    let mut a = signed_engine(alice);
+    a.write(vec![put(&alice_id, "doc", json!({"owner": "alice"}))], T0).unwrap();
+    let genuine = a.database().ops_after(&alice_id, 0, 10).unwrap();
+
+    let mut victim = signed_engine(Identity::from_seed([2; 32]));
+    victim.peer_connected(&mallory_id, T0);
+    // Mallory relays Alice's op with the data changed, and then claims it
+    // as her own.
+    let mut altered = genuine.clone();
+    altered[0].data = json!({"owner": "mallory"});
+    let mut claimed = genuine.clone();
+    claimed[0].id.origin = mallory_id.as_str().into();
+    for ops in [altered, claimed] {
+        let bytes = SyncMessage::DataSync { from_peer: mallory_id.clone(), operations: ops, version_vector: Default::default() }.encode();
+        let err = victim.handle_input(&mallory_id, &bytes, T0).unwrap_err();
+        assert!(matches!(&err, SyncError::InvalidOperation { source: pluresdb_core::Error::BadSignature { .. }, .. }), "{err}");
+    }
+    assert!(victim.database().get("doc").unwrap().is_none());
+    let status = victim.status();
+    assert_eq!(status.peers.iter().find(|p| p.peer_id == mallory_id).unwrap().traffic.errors, 2);
+
+    // The genuine op, relayed by the same peer, applies.
+    let bytes = SyncMessage::DataSync { from_peer: mallory_id.clone(), operations: genuine, version_vector: Default::default() }.encode();
+    victim.handle_input(&mallory_id, &bytes, T0).unwrap();
+    assert_eq!(victim.database().get("doc").unwrap().unwrap().value["owner"], "alice");
 }
