@@ -55,11 +55,14 @@ pub struct SimConfig {
     pub keys: Option<SimKeys>,
 }
 
+/// For replica `i`: its peer id and the signer of its operations.
+pub type IdentityOf = dyn Fn(usize) -> (String, std::sync::Arc<dyn OpSigner>) + Send + Sync;
+
 /// Per-replica identities for a signed simulation.
 #[derive(Clone)]
 pub struct SimKeys {
     /// For replica `i`: its peer id and the signer of its operations.
-    pub identity: std::sync::Arc<dyn Fn(usize) -> (String, std::sync::Arc<dyn OpSigner>) + Send + Sync>,
+    pub identity: std::sync::Arc<IdentityOf>,
     /// Checks every operation a replica receives.
     pub verifier: std::sync::Arc<dyn OpVerifier>,
 }
