@@ -20,7 +20,7 @@ const ARRAY: u8 = 4 << 5;
 const MAP: u8 = 5 << 5;
 const FALSE: u8 = 0xf4;
 const TRUE: u8 = 0xf5;
-const NULL: u8 = 0xf6;
+pub(crate) const NULL: u8 = 0xf6;
 const F32: u8 = 0xfa;
 const F64: u8 = 0xfb;
 

@@ -344,10 +344,12 @@ impl<S: Store> Database<S> {
                 // Link the chain; sign the commit's last operation and every
                 // SIGN_EVERY-th.
                 op.prev = local_head.unwrap_or_default();
-                let digest = op.digest();
+                let digest = encoded.push_unsigned(&op);
                 if let Some(signer) = &self.signer {
                     if index + 1 == count || op.id.seq % SIGN_EVERY == 0 {
-                        op.signature = Some(signer.sign(&digest));
+                        let signature = signer.sign(&digest);
+                        encoded.sign_last(&signature);
+                        op.signature = Some(signature);
                     }
                 }
                 local_head = Some(digest);
@@ -357,10 +359,10 @@ impl<S: Store> Database<S> {
                 return Err(Error::SequenceGap { origin: op.id.origin.to_string(), expected: next, found: op.id.seq });
             } else {
                 clock.observe(op.timestamp);
+                encoded.push(&op);
             }
-            // Encode the operation for the op log once, then move its
+            // The operation is encoded for the op log (above); now move its
             // values into the record.
-            encoded.push(&op);
             let (id, timestamp) = (op.id.clone(), op.timestamp);
             let change = publish.then(|| op.clone());
             merge::apply_owned(record, op, |id: &OpId| version_vector.contains(&id.origin, id.seq));

@@ -412,6 +412,11 @@ pub fn validate_value(value: &Value) -> Result<(), Error> {
     if !value.is_object() {
         return Err(Error::ValueNotObject { found: json_kind(value) });
     }
+    // Most values are far below the limit: a bound that does not read the
+    // strings' bytes settles those without serializing them.
+    if json_size_bound(value) <= MAX_VALUE_BYTES {
+        return Ok(());
+    }
     let size = json_size(value);
     if size > MAX_VALUE_BYTES {
         return Err(Error::ValueTooLarge { size, limit: MAX_VALUE_BYTES });
@@ -428,6 +433,18 @@ pub(crate) fn json_kind(value: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+/// An upper bound of the length of `value` as compact JSON that reads only
+/// string lengths (a character takes at most 6 bytes escaped, `\u00XX`).
+fn json_size_bound(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 32,
+        Value::String(s) => 6 * s.len() + 2,
+        Value::Array(items) => 2 + items.iter().map(|v| json_size_bound(v) + 1).sum::<usize>(),
+        Value::Object(fields) => 2 + fields.iter().map(|(k, v)| 6 * k.len() + 4 + json_size_bound(v)).sum::<usize>(),
     }
 }
 

@@ -22,7 +22,7 @@ use std::fmt;
 /// The author signs at least every this many operations of its log (and the
 /// last of every commit), so that a batch of this many operations always
 /// ends at a signed one when the sender cuts it there.
-pub const SIGN_EVERY: u64 = 64;
+pub const SIGN_EVERY: u64 = 256;
 
 /// The BLAKE3 digest of an operation's canonical encoding without its
 /// signature: what the chain links and what signatures sign.
@@ -110,6 +110,41 @@ impl OperationWithMetadata {
         self.encode_compact_unsigned(&mut bytes);
         OpDigest(*blake3::hash(&bytes).as_bytes())
     }
+}
+
+/// The digest of an operation given its id and its unsigned body (what
+/// [`OperationWithMetadata::encode_body`] writes with no signature): the
+/// canonical compact form is the same fields behind a 9-item array head and
+/// the id, so it is hashed without encoding again.
+pub(crate) fn digest_of_body(id: &crate::OpId, body: &[u8]) -> OpDigest {
+    let mut hasher = blake3::Hasher::new();
+    // The 9-item array head, then the id, as `encode_compact` writes them.
+    let mut head = [0u8; 20];
+    head[0] = 0x89;
+    let mut len = 1 + cbor_head(&mut head[1..], 3 << 5, id.origin.len() as u64);
+    hasher.update(&head[..len]);
+    hasher.update(id.origin.as_bytes());
+    len = cbor_head(&mut head, 0, id.seq);
+    hasher.update(&head[..len]);
+    // The body starts with its own 1-byte array head (7 items).
+    hasher.update(body.get(1..).unwrap_or_default());
+    OpDigest(*hasher.finalize().as_bytes())
+}
+
+/// Writes a CBOR head into `out` (at least 9 bytes) and returns its length,
+/// as `cbor::head` does into a vector.
+fn cbor_head(out: &mut [u8], major: u8, n: u64) -> usize {
+    let bytes = n.to_be_bytes();
+    let (info, width) = match n {
+        0..=23 => (n as u8, 0),
+        24..=0xff => (24, 1),
+        0x100..=0xffff => (25, 2),
+        0x1_0000..=0xffff_ffff => (26, 4),
+        _ => (27, 8),
+    };
+    out[0] = major | info;
+    out[1..1 + width].copy_from_slice(&bytes[8 - width..]);
+    1 + width
 }
 
 /// Signs this replica's operations with its key.

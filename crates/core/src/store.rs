@@ -10,6 +10,7 @@
 use crate::error::Error;
 use crate::node::NodeRecord;
 use crate::operation::{OpId, OperationWithMetadata};
+use crate::signing::{OpDigest, OpSignature};
 use crate::version_vector::VersionVector;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,6 +36,31 @@ impl EncodedOps {
         op.encode_body(&mut self.bytes);
         self.ids.push(op.id.clone());
         self.ends.push(self.bytes.len());
+    }
+
+    /// Appends `op`, which must not be signed yet, and returns its digest.
+    /// The digest is computed over the bytes just written (the canonical
+    /// form is the body with the id in front), so the operation is encoded
+    /// once; [`sign_last`](Self::sign_last) then adds a signature.
+    pub fn push_unsigned(&mut self, op: &OperationWithMetadata) -> OpDigest {
+        let start = self.bytes.len();
+        op.encode_body(&mut self.bytes);
+        self.ids.push(op.id.clone());
+        self.ends.push(self.bytes.len());
+        crate::signing::digest_of_body(&op.id, &self.bytes[start..])
+    }
+
+    /// Adds `signature` to the operation appended last (by
+    /// [`push_unsigned`](Self::push_unsigned)).
+    pub fn sign_last(&mut self, signature: &OpSignature) {
+        // The body ends with the signature slot, written as null.
+        if self.bytes.last() == Some(&crate::cbor::NULL) && !self.ends.is_empty() {
+            self.bytes.pop();
+            crate::cbor::bytes(&mut self.bytes, &signature.0);
+            if let Some(end) = self.ends.last_mut() {
+                *end = self.bytes.len();
+            }
+        }
     }
 
     /// The number of operations.

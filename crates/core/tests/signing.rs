@@ -51,7 +51,7 @@ fn write(db: &mut Database<MemoryStore>, n: usize, t: u64) {
 #[test]
 fn logs_are_chained_and_signed_per_commit() {
     let mut a = replica("a");
-    write(&mut a, 150, 1_000);
+    write(&mut a, 600, 1_000);
     write(&mut a, 3, 2_000);
     let log = a.ops_after("a", 0, 1_000).unwrap();
     assert_eq!(log[0].prev, OpDigest::default());
@@ -59,24 +59,24 @@ fn logs_are_chained_and_signed_per_commit() {
         assert_eq!(pair[1].prev, pair[0].digest(), "{} links to {}", pair[1].id, pair[0].id);
     }
     let signed: Vec<u64> = log.iter().filter(|op| op.signature.is_some()).map(|op| op.id.seq).collect();
-    assert_eq!(signed, vec![SIGN_EVERY, 2 * SIGN_EVERY, 150, 153], "every 64th and each commit's last");
+    assert_eq!(signed, vec![SIGN_EVERY, 2 * SIGN_EVERY, 600, 603], "every SIGN_EVERY-th and each commit's last");
 
     let mut b = replica("b");
     let report = b.apply_remote(log.clone()).unwrap();
-    assert_eq!((report.applied, report.held_back), (153, 0));
+    assert_eq!((report.applied, report.held_back), (603, 0));
     assert_eq!(b.version_vector(), a.version_vector());
 }
 
 #[test]
 fn an_unsigned_tail_waits_for_the_operation_that_signs_it() {
     let mut a = replica("a");
-    write(&mut a, 100, 1_000);
+    write(&mut a, 300, 1_000);
     let log = a.ops_after("a", 0, 1_000).unwrap();
     let mut b = replica("b");
-    let report = b.apply_remote(log[..80].to_vec()).unwrap();
-    assert_eq!((report.applied, report.held_back), (64, 16), "ops 65..80 wait for a signature");
-    let report = b.apply_remote(log[64..].to_vec()).unwrap();
-    assert_eq!((report.applied, report.held_back), (36, 0));
+    let report = b.apply_remote(log[..280].to_vec()).unwrap();
+    assert_eq!((report.applied, report.held_back), (256, 24), "ops 257..280 wait for a signature");
+    let report = b.apply_remote(log[256..].to_vec()).unwrap();
+    assert_eq!((report.applied, report.held_back), (44, 0));
     assert_eq!(b.version_vector(), a.version_vector());
 }
 

@@ -1,6 +1,9 @@
 //! Sync throughput between two in-process replicas, through the encoded
 //! messages (no network): `cargo bench -p pluresdb-sync --bench sync`.
 //!
+//! Both nodes sign their writes and verify each other's (hash chains and
+//! commit signatures), as nodes do.
+//!
 //! Prints ops/s for a full sync of 100,000 operations (memory stores, then
 //! durable redb stores, beside raw batched redb writes of the same records
 //! as the limit), wire bytes per operation against the operations' own
@@ -10,21 +13,28 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use pluresdb_core::{Database, MemoryStore, OperationType, OperationWithMetadata, Store};
+use pluresdb_security::{Identity, OpSignatureVerifier};
 use pluresdb_store_redb::RedbStore;
 use pluresdb_sync::{DataSyncEngine, SyncConfig};
 use serde_json::{json, Value};
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 const T0: u64 = 1_700_000_000_000;
-const PEER_A: &str = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
-const PEER_B: &str = "12D3KooWJWoaqZhDaoEFshF7Rh1bpY9ohihFhzcW6d69Lr2NASuq";
+/// The two nodes' keys: they sign their writes and verify each other's, as
+/// nodes do.
+fn identity(peer: &str) -> Identity {
+    Identity::from_seed(if peer == PEER_A.as_str() { [1; 32] } else { [2; 32] })
+}
+static PEER_A: LazyLock<String> = LazyLock::new(|| Identity::from_seed([1; 32]).peer_id().to_string());
+static PEER_B: LazyLock<String> = LazyLock::new(|| Identity::from_seed([2; 32]).peer_id().to_string());
 
 fn value(i: usize) -> Value {
     json!({"name": format!("User {i}"), "email": format!("user{i}@example.org"), "age": i % 97, "friend": {"#": format!("user:{:08}", (i * 7919) % 1_000_003)}})
 }
 
 fn ops(n: usize) -> Vec<OperationWithMetadata> {
-    (0..n).map(|i| OperationWithMetadata::new(OperationType::CreateNode, format!("user:{i:08}"), value(i), PEER_A)).collect()
+    (0..n).map(|i| OperationWithMetadata::new(OperationType::CreateNode, format!("user:{i:08}"), value(i), PEER_A.as_str())).collect()
 }
 
 /// Delivers messages in phases (everything sent in one phase arrives in the
@@ -45,10 +55,10 @@ fn settle<S: Store>(
         }
         phase += 1;
         for t in from_a {
-            b.handle_input(PEER_A, &t.bytes, T0).expect("b accepts");
+            b.handle_input(&PEER_A, &t.bytes, T0).expect("b accepts");
         }
         for t in from_b {
-            a.handle_input(PEER_B, &t.bytes, T0).expect("a accepts");
+            a.handle_input(&PEER_B, &t.bytes, T0).expect("a accepts");
         }
         if done_at.is_none() && done(b) {
             done_at = Some(phase);
@@ -64,27 +74,31 @@ struct Run {
 
 fn full_sync<S: Store>(mut a: DataSyncEngine<S>, mut b: DataSyncEngine<S>, n: usize) -> Run {
     a.write(ops(n), T0).expect("write");
-    let written = a.database().ops_after(PEER_A, 0, n).expect("read back");
+    let written = a.database().ops_after(&PEER_A, 0, n).expect("read back");
     let op_bytes: u64 = written.iter().map(|op| pluresdb_core::codec::encode(op).len() as u64).sum();
     drop(written);
     a.start(T0);
     b.start(T0);
     let start = Instant::now();
-    a.peer_connected(PEER_B, T0);
-    b.peer_connected(PEER_A, T0);
+    a.peer_connected(&PEER_B, T0);
+    b.peer_connected(&PEER_A, T0);
     settle(&mut a, &mut b, |_| false);
     let elapsed = start.elapsed();
     assert_eq!(a.database().version_vector(), b.database().version_vector(), "converged");
     Run { ops_per_s: n as f64 / elapsed.as_secs_f64(), wire_bytes: a.status().traffic.bytes_sent, op_bytes }
 }
 
+fn signed<S: Store>(db: Database<S>, peer: &str) -> DataSyncEngine<S> {
+    let db = db.with_signer(Arc::new(identity(peer))).with_verifier(Arc::new(OpSignatureVerifier));
+    DataSyncEngine::with_database(SyncConfig::default(), db).expect("engine")
+}
+
 fn memory_engine(peer: &str) -> DataSyncEngine<MemoryStore> {
-    DataSyncEngine::with_database(SyncConfig::default(), Database::open(MemoryStore::new(), peer).expect("open")).expect("engine")
+    signed(Database::open(MemoryStore::new(), peer).expect("open"), peer)
 }
 
 fn redb_engine(dir: &std::path::Path, peer: &str) -> DataSyncEngine<RedbStore> {
-    DataSyncEngine::with_database(SyncConfig::default(), Database::open(RedbStore::open(dir).expect("open store"), peer).expect("open"))
-        .expect("engine")
+    signed(Database::open(RedbStore::open(dir).expect("open store"), peer).expect("open"), peer)
 }
 
 fn raw_redb(n: usize) -> f64 {
@@ -112,9 +126,9 @@ fn main() {
         "PluresDB sync benchmark: full sync of {n} operations (batches of 1,000) between two in-process replicas, through encoded messages"
     );
 
-    let memory = full_sync(memory_engine(PEER_A), memory_engine(PEER_B), n);
+    let memory = full_sync(memory_engine(&PEER_A), memory_engine(&PEER_B), n);
     let (dir_a, dir_b) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
-    let durable = full_sync(redb_engine(dir_a.path(), PEER_A), redb_engine(dir_b.path(), PEER_B), n);
+    let durable = full_sync(redb_engine(dir_a.path(), &PEER_A), redb_engine(dir_b.path(), &PEER_B), n);
     let raw = raw_redb(n);
 
     println!("{:<52} {:>12}", "full sync, memory stores (ops/s)", format!("{:.0}", memory.ops_per_s));
@@ -134,19 +148,21 @@ fn main() {
     );
 
     // A small delta between replicas that share everything else.
-    let mut a = memory_engine(PEER_A);
+    let mut a = memory_engine(&PEER_A);
     a.write(ops(1_000), T0).expect("write");
     let shared = a.database().store().clone();
-    let mut b = DataSyncEngine::with_database(SyncConfig::default(), Database::open(shared, PEER_B).expect("open")).expect("engine");
+    let mut b = signed(Database::open(shared, PEER_B.as_str()).expect("open"), &PEER_B);
     a.write(
-        (0..10).map(|i| OperationWithMetadata::new(OperationType::UpdateNode, format!("user:{i:08}"), json!({"age": 1}), PEER_A)).collect(),
+        (0..10)
+            .map(|i| OperationWithMetadata::new(OperationType::UpdateNode, format!("user:{i:08}"), json!({"age": 1}), PEER_A.as_str()))
+            .collect(),
         T0,
     )
     .expect("write");
     a.start(T0);
     b.start(T0);
-    a.peer_connected(PEER_B, T0);
-    b.peer_connected(PEER_A, T0);
+    a.peer_connected(&PEER_B, T0);
+    b.peer_connected(&PEER_A, T0);
     let target = a.database().version_vector().clone();
     let (_, done) = settle(&mut a, &mut b, |b| b.database().version_vector() == &target);
     let phases = done.unwrap_or(usize::MAX);

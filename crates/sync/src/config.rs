@@ -11,7 +11,7 @@ pub struct SyncConfig {
     /// Time between anti-entropy exchanges with a peer. Default: 10 s.
     pub sync_interval: Duration,
     /// The most operations in one `DataSync` message, sent or accepted.
-    /// Default: 1,000; at least `pluresdb_core::SIGN_EVERY` (64), so that a
+    /// Default: 1,000; at least `pluresdb_core::SIGN_EVERY` (256), so that a
     /// batch can always end at a signed operation.
     pub max_batch_size: usize,
     /// Resolve concurrent writes with last-writer-wins (`true`), or keep

@@ -91,7 +91,7 @@ impl Default for SimConfig {
             sync: SyncConfig {
                 enable_auto_sync: true,
                 sync_interval: Duration::from_millis(1_000),
-                max_batch_size: 100,
+                max_batch_size: 256,
                 enable_conflict_resolution: true,
                 sync_timeout: Duration::from_millis(3_000),
             },

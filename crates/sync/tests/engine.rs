@@ -145,7 +145,7 @@ fn without_conflict_resolution_concurrent_values_stay_visible() {
 
 #[test]
 fn hostile_input_is_refused_for_that_peer_only_and_changes_nothing() {
-    let config = SyncConfig { max_batch_size: 64, ..SyncConfig::default() };
+    let config = SyncConfig { max_batch_size: 256, ..SyncConfig::default() };
     let mut victim = engine("victim", config.clone());
     let mut friend = engine("friend", config.clone());
     victim.write(vec![put("victim", "mine", json!({"v": 1}))], T0).unwrap();
@@ -168,7 +168,7 @@ fn hostile_input_is_refused_for_that_peer_only_and_changes_nothing() {
     type Expect = fn(&SyncError) -> bool;
     let cases: Vec<(Vec<u8>, Expect)> = vec![
         (b"\xff\x00garbage".to_vec(), |e| matches!(e, SyncError::Decode { .. })),
-        (data((1..=65).map(|s| signed(s, "n")).collect(), 65), |e| matches!(e, SyncError::BatchTooLarge { size: 65, limit: 64, .. })),
+        (data((1..=257).map(|s| signed(s, "n")).collect(), 257), |e| matches!(e, SyncError::BatchTooLarge { size: 257, limit: 256, .. })),
         (data(vec![signed(1, "")], 1), |e| matches!(e, SyncError::InvalidOperation { .. })),
         (data(vec![], u64::MAX), |e| matches!(e, SyncError::AbsurdVersionVector { .. })),
         (SyncMessage::SyncAck { from_peer: "friend".into(), version_vector: vv(0) }.encode(), |e| {
