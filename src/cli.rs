@@ -61,6 +61,10 @@ pub enum Command {
         /// Address of the HTTP API (port 0 picks a free port).
         #[arg(long, env = "PLURESDB_API_ADDR", default_value = pluresdb_server::DEFAULT_API_ADDR)]
         api_addr: std::net::SocketAddr,
+        /// Join the network of the node that printed this ticket (`pluresdb
+        /// invite`): adopt its network secret and remember it as a peer.
+        #[arg(long, value_name = "TICKET")]
+        join: Option<String>,
     },
     /// Create a node or replace its whole value.
     ///

@@ -15,6 +15,11 @@ use std::path::Path;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
+    // Joining decides the network before anything else touches the directory.
+    let joined = match &cli.command {
+        Command::Serve { join: Some(ticket), .. } => Some(join(&cli.data_dir, ticket)?),
+        _ => None,
+    };
     let mut db = match replica::open(&cli.data_dir, cli.resolver) {
         Ok(db) => db,
         Err(err) => {
@@ -27,7 +32,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             return Err(err);
         }
     };
-    if let Command::Serve { api_addr } = cli.command {
+    if let Command::Serve { api_addr, .. } = cli.command {
+        if let Some(ticket) = joined {
+            db.commit_meta(vec![(
+                BOOTSTRAP_META_KEY.to_owned(),
+                pluresdb_core::codec::encode(&(ticket.peer_id.to_string(), &ticket.addresses)),
+            )])?;
+            eprintln!(
+                "joined the network of {} ({}); connecting to it needs the QUIC engine, which is not in this build yet",
+                ticket.peer_id,
+                if ticket.addresses.is_empty() { "no address in the ticket".to_owned() } else { ticket.addresses.join(", ") }
+            );
+        }
         return crate::node::serve(db, &cli.data_dir, api_addr, json);
     }
     let out = &mut std::io::stdout().lock();
@@ -129,6 +145,17 @@ fn remote(cli: Cli, addr: &str) -> anyhow::Result<()> {
             "a node is running on this data directory (API at http://{addr}) and this command does not go through its API yet; stop the node first"
         )),
     }
+}
+
+/// The metadata key of the peer a node joined through: `(peer id, addresses)`.
+const BOOTSTRAP_META_KEY: &str = "join.bootstrap";
+
+/// Adopts the network of a ticket for the data directory `dir`.
+fn join(dir: &Path, ticket: &str) -> anyhow::Result<Ticket> {
+    let ticket: Ticket = ticket.trim().parse().map_err(|err| InvalidInput(format!("the ticket does not parse: {err}")))?;
+    replica::create_private_dir(dir)?;
+    crate::keys::join_network(dir, &ticket.secret)?;
+    Ok(ticket)
 }
 
 /// The metadata key of the allowlist (CBOR list of peer ids).

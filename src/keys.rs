@@ -30,18 +30,40 @@ pub fn identity(dir: &Path) -> anyhow::Result<Identity> {
 
 /// Loads the network secret in `dir`, creating a fresh network's on first use.
 pub fn network_secret(dir: &Path) -> anyhow::Result<NetworkSecret> {
+    match stored_secret(dir)? {
+        Some(secret) => Ok(secret),
+        None => {
+            let secret = NetworkSecret::generate().context("cannot create a network secret")?;
+            write_private(&dir.join(SECRET_FILE), format!("{}\n", secret.to_text()).as_bytes())?;
+            tracing::info!(data_dir = %dir.display(), "created a new network");
+            Ok(secret)
+        }
+    }
+}
+
+/// Makes `dir` a member of the network whose secret is `secret` (from a
+/// ticket). A directory that already belongs to another network is refused:
+/// its data and peers were shared under that network's secret.
+pub fn join_network(dir: &Path, secret: &NetworkSecret) -> anyhow::Result<()> {
+    match stored_secret(dir)? {
+        Some(existing) if &existing == secret => Ok(()),
+        Some(_) => bail!("{} already belongs to another network; join with a fresh --data-dir (or keep this one's network)", dir.display()),
+        None => {
+            write_private(&dir.join(SECRET_FILE), format!("{}\n", secret.to_text()).as_bytes())?;
+            tracing::info!(data_dir = %dir.display(), "joined a network");
+            Ok(())
+        }
+    }
+}
+
+fn stored_secret(dir: &Path) -> anyhow::Result<Option<NetworkSecret>> {
     let path = dir.join(SECRET_FILE);
     match read_private(&path)? {
         Some(bytes) => {
             let text = String::from_utf8(bytes).ok().map(|t| t.trim().to_owned()).unwrap_or_default();
-            text.parse().with_context(|| format!("network secret {} is corrupted", path.display()))
+            text.parse().map(Some).with_context(|| format!("network secret {} is corrupted", path.display()))
         }
-        None => {
-            let secret = NetworkSecret::generate().context("cannot create a network secret")?;
-            write_private(&path, format!("{}\n", secret.to_text()).as_bytes())?;
-            tracing::info!(path = %path.display(), "created a new network");
-            Ok(secret)
-        }
+        None => Ok(None),
     }
 }
 

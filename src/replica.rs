@@ -16,6 +16,8 @@ pub fn open(dir: &Path, resolver: Resolver) -> anyhow::Result<Replica> {
     // The store first: it holds the directory's lock.
     let store = RedbStore::open(dir)?;
     let identity = crate::keys::identity(dir)?;
+    // A fresh node starts a network of its own (until it joins another).
+    crate::keys::network_secret(dir)?;
     let peer_id = identity.peer_id().to_string();
     tracing::debug!(data_dir = %dir.display(), %peer_id, "opened replica");
     // Local writes are signed with the node's key; operations from peers
@@ -28,7 +30,7 @@ pub fn open(dir: &Path, resolver: Resolver) -> anyhow::Result<Replica> {
 
 /// Creates a missing data directory readable by its owner only (it holds
 /// the node's keys and data).
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     if dir.exists() {
         return Ok(());
     }

@@ -13,10 +13,15 @@ struct Node {
 
 impl Node {
     fn start(dir: &std::path::Path) -> Node {
+        Node::start_with(dir, &[])
+    }
+
+    fn start_with(dir: &std::path::Path, extra: &[&str]) -> Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pluresdb"))
             .args(["--json", "--data-dir"])
             .arg(dir)
             .args(["serve", "--api-addr", "127.0.0.1:0"])
+            .args(extra)
             .env_remove("PLURESDB_API_ADDR")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -162,4 +167,39 @@ fn the_cli_goes_through_the_running_node() {
     let (clean, _) = node.stop();
     assert!(clean);
     assert!(!dir.path().join("api.addr").exists(), "the address file goes with the node");
+}
+
+#[test]
+fn serve_join_adopts_the_network_of_a_ticket() {
+    let root = tempfile::tempdir().unwrap();
+    let (a, b, c) = (root.path().join("a"), root.path().join("b"), root.path().join("c"));
+    let ticket_of = |dir: &std::path::Path| -> String {
+        let out = cli(dir, &["--json", "invite", "--address", "127.0.0.1:34569"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["ticket"].as_str().unwrap().to_owned()
+    };
+    let ticket = ticket_of(&a);
+    let node = Node::start_with(&b, &["--join", &ticket]);
+    let (clean, stderr) = node.stop();
+    assert!(clean && stderr.contains("joined the network of 12D3KooW"), "{stderr}");
+    let secret = |t: &str| t.parse::<pluresdb_security::Ticket>().unwrap().secret;
+    assert_eq!(secret(&ticket_of(&b)), secret(&ticket), "b now holds a's network secret");
+
+    // A node that already has a network of its own is not silently moved.
+    ticket_of(&c);
+    let out = Command::new(env!("CARGO_BIN_EXE_pluresdb"))
+        .arg("--data-dir")
+        .arg(&c)
+        .args(["serve", "--api-addr", "127.0.0.1:0", "--join", &ticket])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already belongs to another network"));
+    let out = Command::new(env!("CARGO_BIN_EXE_pluresdb"))
+        .arg("--data-dir")
+        .arg(&c)
+        .args(["serve", "--join", "pluresdb1garbage"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }
