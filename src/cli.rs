@@ -167,8 +167,24 @@ pub enum TrustAction {
         /// A peer id.
         peer_id: String,
     },
-    /// List the allowed peers.
+    /// List the allowed peers and the access mode.
     List,
+    /// Choose whom the node syncs with.
+    Mode {
+        /// secret: peers that prove they hold the network secret, plus the
+        /// allowlist (the default); allowlist: only allowlisted peers; open:
+        /// anyone (public data).
+        #[arg(value_enum)]
+        mode: AccessModeArg,
+    },
+}
+
+/// The access modes, as the CLI names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AccessModeArg {
+    Secret,
+    Allowlist,
+    Open,
 }
 
 /// What import does with a bad line.

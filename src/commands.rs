@@ -1,7 +1,7 @@
 //! What each command does.
 
 use crate::api_client;
-use crate::cli::{Cli, Command, OnError, TrustAction};
+use crate::cli::{AccessModeArg, Cli, Command, OnError, TrustAction};
 use crate::replica::{self, now_ms, Replica};
 use crate::{InvalidInput, NotFound};
 use anyhow::Context;
@@ -172,7 +172,34 @@ fn parse_peer_id(text: &str) -> anyhow::Result<PeerId> {
     text.parse().map_err(|err| InvalidInput(format!("{text:?} is not a peer id: {err}")).into())
 }
 
+/// The metadata key of the access mode ("secret", "allowlist" or "open").
+const ACCESS_MODE_META_KEY: &str = "trust.mode";
+
+fn access_mode(db: &Replica) -> anyhow::Result<String> {
+    match db.store().meta(ACCESS_MODE_META_KEY)? {
+        Some(bytes) => Ok(String::from_utf8(bytes).unwrap_or_else(|_| "secret".into())),
+        None => Ok("secret".into()),
+    }
+}
+
 fn trust(out: &mut impl Write, db: &mut Replica, json: bool, action: TrustAction) -> anyhow::Result<()> {
+    if let TrustAction::Mode { mode } = action {
+        let name = match mode {
+            AccessModeArg::Secret => "secret",
+            AccessModeArg::Allowlist => "allowlist",
+            AccessModeArg::Open => "open",
+        };
+        db.commit_meta(vec![(ACCESS_MODE_META_KEY.to_owned(), name.as_bytes().to_vec())])?;
+        if json {
+            writeln!(out, "{}", json!({"mode": name}))?;
+        } else {
+            writeln!(out, "access mode: {name}")?;
+            if name == "open" {
+                eprintln!("open mode: any peer may sync with this node; use it for public data only");
+            }
+        }
+        return Ok(());
+    }
     let mut peers = allowlist(db)?;
     let changed = match &action {
         TrustAction::Add { peer_id } => peers.insert(parse_peer_id(peer_id)?.to_string()),
@@ -183,14 +210,15 @@ fn trust(out: &mut impl Write, db: &mut Replica, json: bool, action: TrustAction
             }
             true
         }
-        TrustAction::List => false,
+        TrustAction::List | TrustAction::Mode { .. } => false,
     };
     if changed {
         db.commit_meta(vec![(ALLOWLIST_META_KEY.to_owned(), pluresdb_core::codec::encode(&peers))])?;
     }
     match (&action, json) {
-        (TrustAction::List, true) => writeln!(out, "{}", json!({"allowlist": peers}))?,
+        (TrustAction::List, true) => writeln!(out, "{}", json!({"allowlist": peers, "mode": access_mode(db)?}))?,
         (TrustAction::List, false) => {
+            writeln!(out, "access mode: {}", access_mode(db)?)?;
             for peer in &peers {
                 writeln!(out, "{peer}")?;
             }
@@ -203,6 +231,7 @@ fn trust(out: &mut impl Write, db: &mut Replica, json: bool, action: TrustAction
         }
         (TrustAction::Add { peer_id }, false) => writeln!(out, "allowed {peer_id}{}", if changed { "" } else { " (already allowed)" })?,
         (TrustAction::Remove { peer_id }, false) => writeln!(out, "removed {peer_id}")?,
+        (TrustAction::Mode { .. }, _) => {}
     }
     Ok(())
 }

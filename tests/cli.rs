@@ -251,6 +251,9 @@ fn trust_and_invite() {
     ok_json(d, &["trust", "remove", peer]);
     assert_eq!(ok_json(d, &["trust", "list"])["allowlist"], json!([]));
     fails_with(d, &["trust", "remove", peer], 3, "not on the allowlist");
+    assert_eq!(ok_json(d, &["trust", "list"])["mode"], "secret", "the default");
+    ok_json(d, &["trust", "mode", "open"]);
+    assert_eq!(ok_json(d, &["trust", "list"])["mode"], "open");
 
     let ticket = ok_json(d, &["invite", "--address", "192.0.2.7:34569"])["ticket"].as_str().unwrap().to_owned();
     let parsed: pluresdb_security::Ticket = ticket.parse().unwrap();
