@@ -160,3 +160,37 @@ pub trait OpVerifier: Send + Sync {
     /// names no key).
     fn verify(&self, items: &[(&str, OpDigest, OpSignature)]) -> Result<(), usize>;
 }
+
+/// A stand-in signature scheme for tests and simulations: a BLAKE3 hash
+/// keyed by the origin's name. Anyone who knows a name can "sign" for it,
+/// so it authenticates nothing; it exercises chains, signed points and
+/// verification at a fraction of Ed25519's cost.
+#[cfg(feature = "test-support")]
+pub mod stand_in {
+    use super::{OpDigest, OpSignature, OpSigner, OpVerifier};
+
+    /// Signs as the origin it is named after.
+    pub struct NamedSigner(pub String);
+
+    /// Verifies [`NamedSigner`] signatures.
+    pub struct NamedVerifier;
+
+    fn signature(name: &str, digest: &OpDigest) -> OpSignature {
+        let mac = blake3::keyed_hash(blake3::hash(name.as_bytes()).as_bytes(), &digest.0);
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(mac.as_bytes());
+        OpSignature(sig)
+    }
+
+    impl OpSigner for NamedSigner {
+        fn sign(&self, digest: &OpDigest) -> OpSignature {
+            signature(&self.0, digest)
+        }
+    }
+
+    impl OpVerifier for NamedVerifier {
+        fn verify(&self, items: &[(&str, OpDigest, OpSignature)]) -> Result<(), usize> {
+            items.iter().position(|(origin, digest, sig)| signature(origin, digest) != *sig).map_or(Ok(()), Err)
+        }
+    }
+}

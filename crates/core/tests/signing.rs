@@ -2,43 +2,13 @@
 //! scheme (a keyed hash per origin name); the security crate supplies the
 //! Ed25519 one.
 
-use pluresdb_core::{
-    Database, Error, MemoryStore, OpDigest, OpSignature, OpSigner, OpVerifier, OperationType, OperationWithMetadata, Store, SIGN_EVERY,
-};
+use pluresdb_core::signing::stand_in::{NamedSigner, NamedVerifier};
+use pluresdb_core::{Database, Error, MemoryStore, OpDigest, OpSignature, OperationType, OperationWithMetadata, Store, SIGN_EVERY};
 use serde_json::json;
 use std::sync::Arc;
 
-/// "Signs" with a hash keyed by the signer's name; verifies with the
-/// origin's name as the key.
-struct Keyed(String);
-
-fn keyed_signature(name: &str, digest: &OpDigest) -> OpSignature {
-    let key = *blake3::hash(name.as_bytes()).as_bytes();
-    let mac = blake3::keyed_hash(&key, &digest.0);
-    let mut sig = [0u8; 64];
-    sig[..32].copy_from_slice(mac.as_bytes());
-    OpSignature(sig)
-}
-
-impl OpSigner for Keyed {
-    fn sign(&self, digest: &OpDigest) -> OpSignature {
-        keyed_signature(&self.0, digest)
-    }
-}
-
-struct KeyedVerifier;
-
-impl OpVerifier for KeyedVerifier {
-    fn verify(&self, items: &[(&str, OpDigest, OpSignature)]) -> Result<(), usize> {
-        match items.iter().position(|(origin, digest, sig)| keyed_signature(origin, digest) != *sig) {
-            Some(bad) => Err(bad),
-            None => Ok(()),
-        }
-    }
-}
-
 fn replica(peer: &str) -> Database<MemoryStore> {
-    Database::open(MemoryStore::new(), peer).unwrap().with_signer(Arc::new(Keyed(peer.into()))).with_verifier(Arc::new(KeyedVerifier))
+    Database::open(MemoryStore::new(), peer).unwrap().with_signer(Arc::new(NamedSigner(peer.into()))).with_verifier(Arc::new(NamedVerifier))
 }
 
 fn write(db: &mut Database<MemoryStore>, n: usize, t: u64) {

@@ -8,7 +8,8 @@
 //! batches cut at signed operations and the held-back tails are exercised
 //! under every fault; a few seeds use the nodes' real Ed25519 keys.
 
-use pluresdb_core::{OpDigest, OpSignature, OpSigner, OpVerifier};
+use pluresdb_core::signing::stand_in::{NamedSigner, NamedVerifier};
+use pluresdb_core::OpSigner;
 use pluresdb_security::{Identity, OpSignatureVerifier};
 use pluresdb_sync::sim::{run, SimConfig, SimKeys};
 use std::sync::Arc;
@@ -17,37 +18,13 @@ fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// A stand-in signature: a hash keyed by the origin's name.
-struct Keyed(String);
-
-fn keyed(name: &str, digest: &OpDigest) -> OpSignature {
-    let mac = blake3::keyed_hash(blake3::hash(name.as_bytes()).as_bytes(), &digest.0);
-    let mut sig = [0u8; 64];
-    sig[..32].copy_from_slice(mac.as_bytes());
-    OpSignature(sig)
-}
-
-impl OpSigner for Keyed {
-    fn sign(&self, digest: &OpDigest) -> OpSignature {
-        keyed(&self.0, digest)
-    }
-}
-
-struct KeyedVerifier;
-
-impl OpVerifier for KeyedVerifier {
-    fn verify(&self, items: &[(&str, OpDigest, OpSignature)]) -> Result<(), usize> {
-        items.iter().position(|(origin, digest, sig)| keyed(origin, digest) != *sig).map_or(Ok(()), Err)
-    }
-}
-
 fn keyed_keys() -> SimKeys {
     SimKeys {
         identity: Arc::new(|i| {
             let name = format!("signer-{i}");
-            (name.clone(), Arc::new(Keyed(name)) as Arc<dyn OpSigner>)
+            (name.clone(), Arc::new(NamedSigner(name)) as Arc<dyn OpSigner>)
         }),
-        verifier: Arc::new(KeyedVerifier),
+        verifier: Arc::new(NamedVerifier),
     }
 }
 
