@@ -409,11 +409,10 @@ fn conflicts(out: &mut impl Write, db: &Replica, json: bool, prefix: &str) -> an
     }
     for node in &found {
         for (field, values) in &node.conflicts {
-            let shown: Vec<String> = values.iter().map(|v| format!("{} (by {})", v.value, v.stamp.id)).collect();
-            writeln!(out, "{}.{field}: {}", node.id, shown.join(" | "))?;
+            writeln!(out, "{}.{field}: {}", node.id, describe_values(&serde_json::to_value(values)?))?;
         }
     }
-    if found.is_empty() && !json {
+    if found.is_empty() {
         eprintln!("no conflicts");
     }
     Ok(())

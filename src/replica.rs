@@ -52,7 +52,4 @@ pub fn resolver_for(resolver: Resolver) -> Arc<dyn ConflictResolver> {
     }
 }
 
-/// Milliseconds since the Unix epoch, for stamping local writes.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+pub use pluresdb_server::now_ms;

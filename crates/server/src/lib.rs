@@ -107,7 +107,9 @@ fn parse_body(id: &str, body: &str) -> Result<Value, ApiError> {
     serde_json::from_str(body).map_err(|err| ApiError(StatusCode::BAD_REQUEST, format!("the body for {id:?} is not valid JSON: {err}")))
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch: the wall time that stamps local
+/// writes (the core reads no clock itself).
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
