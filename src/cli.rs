@@ -8,7 +8,16 @@ Exit codes:
   0  success
   1  failure: storage error, data directory locked or corrupted
   2  invalid input: bad arguments, invalid JSON, a non-object value, a bad node id
-  3  not found: the node (or the target of a followed link) does not exist
+  3  not found: the node (or the target of a followed link, or the peer) does not exist
+  4  unavailable: the running node cannot do it (no network transport for connect)
+
+While a node runs on the data directory (`pluresdb serve`), every command goes
+through its HTTP API; otherwise commands open the data directory directly.
+Either way they behave the same.
+
+Settings come from flags, then PLURESDB_* environment variables, then
+pluresdb.toml in the data directory (or --config FILE), then defaults:
+`pluresdb config show` prints what is in effect and where each came from.
 
 Node values are JSON objects. A property {\"#\": \"other:id\"} is a link to another node.
 Node ids are 1 to 512 bytes of UTF-8 without control characters; values are at most 1 MiB of JSON.";
@@ -24,13 +33,18 @@ pub struct Cli {
     #[arg(long, short = 'd', global = true, env = "PLURESDB_DATA_DIR", default_value = "./pluresdb-data")]
     pub data_dir: PathBuf,
 
+    /// Config file (default: pluresdb.toml in the data directory, if present).
+    #[arg(long, global = true, env = "PLURESDB_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// How readers see concurrent writes to the same field.
-    #[arg(long, global = true, env = "PLURESDB_RESOLVER", value_enum, default_value_t = Resolver::LastWriterWins)]
-    pub resolver: Resolver,
+    /// How readers see concurrent writes to the same field [default:
+    /// last-writer-wins; env: PLURESDB_RESOLVER; config: resolver].
+    #[arg(long, global = true, value_enum)]
+    pub resolver: Option<Resolver>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -52,15 +66,23 @@ pub enum Resolver {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the node: serve the HTTP API until Ctrl-C or SIGTERM.
+    /// Run the node: serve the HTTP and WebSocket API until Ctrl-C or SIGTERM.
     ///
-    /// Prints the peer id and the API address. The API listens on loopback
-    /// only for now (other addresses need the API token that comes with the
-    /// API issue); networking with other nodes comes with the QUIC engine.
+    /// Prints the peer id and the API address; GET /openapi.json on it
+    /// describes every route. On loopback the API needs no token (except to
+    /// make invites or change the allowlist); bound to any other address,
+    /// every route but /health needs the token that serve keeps in api.token
+    /// in the data directory (`Authorization: Bearer <token>`). Networking
+    /// with other nodes comes with the QUIC engine.
     Serve {
-        /// Address of the HTTP API (port 0 picks a free port).
-        #[arg(long, env = "PLURESDB_API_ADDR", default_value = pluresdb_server::DEFAULT_API_ADDR)]
-        api_addr: std::net::SocketAddr,
+        /// Address of the HTTP API; port 0 picks a free port [default:
+        /// 127.0.0.1:34570; env: PLURESDB_API_ADDR; config: api_addr].
+        #[arg(long)]
+        api_addr: Option<std::net::SocketAddr>,
+        /// Require the API token on every route but /health, even on
+        /// loopback [env: PLURESDB_REQUIRE_TOKEN; config: require_token].
+        #[arg(long)]
+        require_token: bool,
         /// Join the network of the node that printed this ticket (`pluresdb
         /// invite`): adopt its network secret and remember it as a peer.
         #[arg(long, value_name = "TICKET")]
@@ -118,10 +140,40 @@ pub enum Command {
         #[arg(long, short = 'p', default_value = "")]
         prefix: String,
     },
+    /// Resolve a conflict: give a field the value it keeps, superseding
+    /// every concurrent value.
+    Resolve {
+        /// Node id.
+        id: String,
+        /// The field in conflict.
+        field: String,
+        /// Its value: any JSON (a string needs its quotes: '"Alice"').
+        value: String,
+    },
+    /// List the peers this node is connected to or has synced with.
+    Peers,
+    /// Show the sync status: operations held, what peers lack, traffic.
+    Status,
+    /// Connect the running node to another node (host:port or quic://host:port).
+    Connect {
+        /// The other node's address.
+        address: String,
+    },
+    /// Close the running node's connection to a peer.
+    Disconnect {
+        /// The peer id.
+        peer_id: String,
+    },
+    /// Show the settings in effect.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Import nodes from NDJSON: one {"id": ..., "value": {...}} per line.
     ///
     /// Lines are committed in batches; each committed batch is durable. With
-    /// --json, a line {"committed": N} is printed after each batch.
+    /// --json, a line {"committed": N} is printed after each batch. Shows a
+    /// progress bar on a terminal and a summary at the end.
     Import {
         /// The file to read, or - for standard input.
         file: PathBuf,
@@ -149,10 +201,18 @@ pub enum Command {
         action: TrustAction,
     },
     /// Export every node as NDJSON ({"id": ..., "value": {...}} per line).
+    ///
+    /// Shows progress on a terminal and a summary on standard error.
     Export {
         /// The file to write; standard output when absent.
         file: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Print each setting, its value and where it came from.
+    Show,
 }
 
 #[derive(Debug, Subcommand)]

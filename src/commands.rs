@@ -1,38 +1,41 @@
-//! What each command does.
+//! What each command does: requests to the replica's API (see
+//! [`crate::api_client`]) and their answers printed for people or, with
+//! `--json`, for scripts.
 
-use crate::api_client;
-use crate::cli::{AccessModeArg, Cli, Command, OnError, TrustAction};
-use crate::replica::{self, now_ms, Replica};
-use crate::{InvalidInput, NotFound};
+use crate::api_client::{encode, running_node, Api, Payload};
+use crate::cli::{AccessModeArg, Cli, Command, ConfigAction, OnError, TrustAction};
+use crate::config::Config;
+use crate::replica;
+use crate::InvalidInput;
 use anyhow::Context;
-use pluresdb_core::{KeepAll, OperationType, OperationWithMetadata, Receipt, Store, Traversal};
-use pluresdb_security::{PeerId, Ticket};
+use pluresdb_security::Ticket;
 use pluresdb_store_redb::RedbStoreError;
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
 use std::io::{BufRead, BufWriter, IsTerminal, Read, Write};
 use std::path::Path;
+use std::time::Instant;
 
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+/// The largest import request: under the API's 2 MiB body limit.
+const IMPORT_REQUEST_BYTES: usize = 1_536 * 1024;
+
+/// Nodes per request when exporting or listing many.
+const PAGE: usize = 1_000;
+
+pub fn run(cli: Cli, config: &Config) -> anyhow::Result<()> {
     let json = cli.json;
-    // Joining decides the network before anything else touches the directory.
-    let joined = match &cli.command {
-        Command::Serve { join: Some(ticket), .. } => Some(join(&cli.data_dir, ticket)?),
-        _ => None,
-    };
-    let mut db = match replica::open(&cli.data_dir, cli.resolver) {
-        Ok(db) => db,
-        Err(err) => {
-            // A running node holds the directory: go through its API.
-            if is_locked(&err) && !matches!(cli.command, Command::Serve { .. }) {
-                if let Some(addr) = api_client::running_node(&cli.data_dir) {
-                    return remote(cli, &addr);
-                }
-            }
-            return Err(err);
+    if let Command::Config { action: ConfigAction::Show } = &cli.command {
+        let out = &mut std::io::stdout().lock();
+        if json {
+            writeln!(out, "{}", config.to_json())?;
+        } else {
+            write!(out, "{}", config.to_toml_text())?;
         }
-    };
-    if let Command::Serve { api_addr, .. } = cli.command {
+        return Ok(());
+    }
+    if let Command::Serve { join: ticket, .. } = &cli.command {
+        // Joining decides the network before anything else touches the directory.
+        let joined = ticket.as_deref().map(|t| join(&cli.data_dir, t)).transpose()?;
+        let mut db = replica::open(&cli.data_dir, config.resolver.value)?;
         if let Some(ticket) = joined {
             db.commit_meta(vec![(
                 BOOTSTRAP_META_KEY.to_owned(),
@@ -44,49 +47,31 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 if ticket.addresses.is_empty() { "no address in the ticket".to_owned() } else { ticket.addresses.join(", ") }
             );
         }
-        return crate::node::serve(db, &cli.data_dir, api_addr, json);
+        return crate::node::serve(db, &cli.data_dir, config, json);
     }
-    let out = &mut std::io::stdout().lock();
-    match cli.command {
-        Command::Put { id, value } => {
-            let value = parse_value(&id, &value)?;
-            let receipt = db.put(&id, value, now_ms())?;
-            print_written(out, json, "put", &receipt_doc(&id, &receipt))
-        }
-        Command::Update { id, fields } => {
-            let fields = parse_value(&id, &fields)?;
-            let receipt = db.update(&id, fields, now_ms())?;
-            print_written(out, json, "updated", &receipt_doc(&id, &receipt))
-        }
-        Command::Delete { id } => {
-            let receipt = db.delete(&id, now_ms())?;
-            print_written(out, json, "deleted", &receipt_doc(&id, &receipt))
-        }
-        Command::Get { id, follow } => {
-            let doc = get(&db, &id, &follow)?;
-            print_node(out, json, &id, &follow, &doc)
-        }
-        Command::List { prefix, limit, after } => {
-            let nodes = db.list(&prefix, after.as_deref(), limit)?;
-            let next = if nodes.len() == limit { nodes.last().map(|n| n.id.clone()) } else { None };
-            let docs = nodes.iter().map(|n| pluresdb_server::node_json(&db, n)).collect::<Result<Vec<_>, _>>()?;
-            print_list(out, json, &json!({"nodes": docs, "next_after": next}))
-        }
-        Command::History { id } => print_history(out, json, &serde_json::to_value(db.history(&id)?)?),
-        Command::Conflicts { prefix } => conflicts(out, &db, json, &prefix),
-        Command::Import { file, batch_size, on_error } => import(out, &mut db, json, &file, batch_size as usize, on_error),
-        Command::Export { file } => export(&db, json, file.as_deref()),
-        Command::Id => {
-            if json {
-                writeln!(out, "{}", json!({"peer_id": db.peer_id()}))?;
-            } else {
-                writeln!(out, "{}", db.peer_id())?;
+    let mut api = open_api(&cli, config)?;
+    let result = execute(&mut api, cli, json);
+    api.close();
+    result
+}
+
+/// The running node's API if a node holds the directory; otherwise the
+/// replica, opened here.
+fn open_api(cli: &Cli, config: &Config) -> anyhow::Result<Api> {
+    match replica::open(&cli.data_dir, config.resolver.value) {
+        Ok(db) => Api::local(db, crate::keys::network_secret(&cli.data_dir)?),
+        Err(err) => {
+            if is_locked(&err) {
+                if let Some(addr) = running_node(&cli.data_dir) {
+                    tracing::debug!(%addr, "the data directory is in use; going through the running node");
+                    if cli.resolver.is_some() {
+                        eprintln!("note: a node runs on this directory; it shows conflicts with its own resolver (--resolver applies when no node runs)");
+                    }
+                    return Ok(Api::Remote { addr, token: crate::keys::stored_api_token(&cli.data_dir) });
+                }
             }
-            Ok(())
+            Err(err)
         }
-        Command::Invite { addresses } => invite(out, &db, json, &cli.data_dir, addresses),
-        Command::Trust { action } => trust(out, &mut db, json, action),
-        Command::Serve { .. } => Ok(()),
     }
 }
 
@@ -94,56 +79,144 @@ fn is_locked(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| matches!(cause.downcast_ref::<RedbStoreError>(), Some(RedbStoreError::Locked { .. })))
 }
 
-/// Runs a command through the API of the node that holds the data
-/// directory.
-fn remote(cli: Cli, addr: &str) -> anyhow::Result<()> {
-    use api_client::{encode, request};
-    tracing::debug!(%addr, "the data directory is in use; going through the running node");
-    let json = cli.json;
+/// The API path of node `id`, once the id is checked (an empty id would
+/// name another route).
+fn node_path(id: &str) -> anyhow::Result<String> {
+    pluresdb_core::validate_node_id(id)?;
+    Ok(format!("/nodes/{}", encode(id)))
+}
+
+fn print_json_or(
+    out: &mut impl Write,
+    json: bool,
+    doc: &Value,
+    text: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    if json {
+        writeln!(out, "{doc}")?;
+    } else {
+        text(out)?;
+    }
+    Ok(())
+}
+
+fn execute(api: &mut Api, cli: Cli, json: bool) -> anyhow::Result<()> {
     let out = &mut std::io::stdout().lock();
-    let node_path = |id: &str| format!("/nodes/{}", encode(id));
     match cli.command {
         Command::Put { id, value } => {
             let value = parse_value(&id, &value)?;
-            print_written(out, json, "put", &request(addr, "PUT", &node_path(&id), Some(&value))?)
+            print_written(out, json, "put", &api.call("PUT", &node_path(&id)?, Some(&Payload::Json(value)))?)
         }
         Command::Update { id, fields } => {
             let fields = parse_value(&id, &fields)?;
-            print_written(out, json, "updated", &request(addr, "PATCH", &node_path(&id), Some(&fields))?)
+            print_written(out, json, "updated", &api.call("PATCH", &node_path(&id)?, Some(&Payload::Json(fields)))?)
         }
-        Command::Delete { id } => print_written(out, json, "deleted", &request(addr, "DELETE", &node_path(&id), None)?),
+        Command::Delete { id } => print_written(out, json, "deleted", &api.call("DELETE", &node_path(&id)?, None)?),
         Command::Get { id, follow } => {
-            if let Some(field) = follow.iter().find(|f| f.contains('.')) {
-                return Err(InvalidInput(format!("cannot follow {field:?} through the API: field names with dots are not supported there")).into());
+            if let Some(field) = follow.iter().find(|f| f.contains('.') || f.is_empty()) {
+                return Err(
+                    InvalidInput(format!("cannot follow {field:?}: field names to follow must be non-empty and without dots")).into()
+                );
             }
-            let mut path = node_path(&id);
+            let mut path = node_path(&id)?;
             if !follow.is_empty() {
                 let fields: Vec<String> = follow.iter().map(|f| encode(f)).collect();
                 path.push_str(&format!("?follow={}", fields.join(".")));
             }
-            print_node(out, json, &id, &follow, &request(addr, "GET", &path, None)?)
+            print_node(out, json, &id, &follow, &api.call("GET", &path, None)?)
         }
         Command::List { prefix, limit, after } => {
-            let mut path = format!("/nodes?prefix={}&limit={limit}", encode(&prefix));
-            if let Some(after) = after {
-                path.push_str(&format!("&after={}", encode(&after)));
+            let mut nodes = Vec::new();
+            let mut cursor = after;
+            let mut next_after = Value::Null;
+            while nodes.len() < limit {
+                let page = (limit - nodes.len()).min(10_000);
+                let mut path = format!("/nodes?prefix={}&limit={page}", encode(&prefix));
+                if let Some(after) = &cursor {
+                    path.push_str(&format!("&after={}", encode(after)));
+                }
+                let doc = api.call("GET", &path, None)?;
+                nodes.extend(doc["nodes"].as_array().cloned().unwrap_or_default());
+                next_after = doc["next_after"].clone();
+                match next_after.as_str() {
+                    Some(next) => cursor = Some(next.to_owned()),
+                    None => break,
+                }
             }
-            print_list(out, json, &request(addr, "GET", &path, None)?)
+            print_list(out, json, &json!({"nodes": nodes, "next_after": next_after}))
         }
-        Command::History { id } => print_history(out, json, &request(addr, "GET", &format!("{}/history", node_path(&id)), None)?),
+        Command::History { id } => print_history(out, json, &api.call("GET", &format!("{}/history", node_path(&id)?), None)?),
+        Command::Conflicts { prefix } => conflicts(out, api, json, &prefix),
+        Command::Resolve { id, field, value } => {
+            let value = parse_value(&id, &value)?;
+            let doc =
+                api.call("POST", &format!("{}/resolve", node_path(&id)?), Some(&Payload::Json(json!({"field": field, "value": value}))))?;
+            print_written(out, json, "resolved", &doc)
+        }
+        Command::Import { file, batch_size, on_error } => import(out, api, json, &file, batch_size as usize, on_error),
+        Command::Export { file } => export(api, json, file.as_deref()),
         Command::Id => {
-            let health = request(addr, "GET", "/health", None)?;
+            let health = api.call("GET", "/health", None)?;
             let peer_id = health["peer_id"].as_str().unwrap_or_default();
-            if json {
-                writeln!(out, "{}", json!({"peer_id": peer_id}))?;
-            } else {
-                writeln!(out, "{peer_id}")?;
+            print_json_or(out, json, &json!({"peer_id": peer_id}), |o| writeln!(o, "{peer_id}"))
+        }
+        Command::Invite { addresses } => {
+            let path = format!("/network/invite?addresses={}", encode(&addresses.join(",")));
+            let doc = api.call("GET", &path, None)?;
+            let ticket = doc["ticket"].as_str().unwrap_or_default();
+            print_json_or(out, json, &doc, |o| writeln!(o, "{ticket}"))?;
+            if !json {
+                eprintln!("this ticket carries the network secret: share it only with nodes you trust");
             }
             Ok(())
         }
-        _ => Err(anyhow::anyhow!(
-            "a node is running on this data directory (API at http://{addr}) and this command does not go through its API yet; stop the node first"
-        )),
+        Command::Trust { action } => trust(out, api, json, action),
+        Command::Peers => {
+            let doc = api.call("GET", "/peers", None)?;
+            print_json_or(out, json, &doc, |o| {
+                for peer in doc["peers"].as_array().into_iter().flatten() {
+                    let state = if peer["connected"] == true { "connected" } else { "disconnected" };
+                    writeln!(
+                        o,
+                        "{}\t{state}\tpending {}\tsent {}\treceived {}",
+                        peer["peer_id"].as_str().unwrap_or_default(),
+                        peer["pending_operations"],
+                        peer["ops_sent"],
+                        peer["ops_received"]
+                    )?;
+                }
+                Ok(())
+            })?;
+            if !json && doc["peers"].as_array().is_none_or(|p| p.is_empty()) {
+                eprintln!("no peers yet");
+            }
+            Ok(())
+        }
+        Command::Status => {
+            let doc = api.call("GET", "/status", None)?;
+            print_json_or(out, json, &doc, |o| {
+                writeln!(o, "peer id:       {}", doc["peer_id"].as_str().unwrap_or_default())?;
+                writeln!(o, "operations:    {} held, {} not yet acknowledged by peers", doc["operations_held"], doc["pending_operations"])?;
+                writeln!(o, "peers:         {} connected", doc["peers_connected"])?;
+                let transports: Vec<&str> = doc["transports"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                writeln!(o, "transports:    {}", if transports.is_empty() { "none (API only)".to_owned() } else { transports.join(", ") })?;
+                let t = &doc["traffic"];
+                writeln!(
+                    o,
+                    "traffic:       {} ops / {} bytes sent, {} ops / {} bytes received",
+                    t["ops_sent"], t["bytes_sent"], t["ops_received"], t["bytes_received"]
+                )
+            })
+        }
+        Command::Connect { address } => {
+            let doc = api.call("POST", "/peers", Some(&Payload::Json(json!({"address": address}))))?;
+            print_json_or(out, json, &doc, |o| writeln!(o, "connected to {}", doc["peer_id"].as_str().unwrap_or_default()))
+        }
+        Command::Disconnect { peer_id } => {
+            let doc = api.call("DELETE", &format!("/peers/{}", encode(&peer_id)), None)?;
+            print_json_or(out, json, &doc, |o| writeln!(o, "disconnected {peer_id}"))
+        }
+        Command::Serve { .. } | Command::Config { .. } => Ok(()),
     }
 }
 
@@ -158,94 +231,268 @@ fn join(dir: &Path, ticket: &str) -> anyhow::Result<Ticket> {
     Ok(ticket)
 }
 
-/// The metadata key of the allowlist (CBOR list of peer ids).
-const ALLOWLIST_META_KEY: &str = "trust.allowlist";
-
-fn allowlist(db: &Replica) -> anyhow::Result<BTreeSet<String>> {
-    match db.store().meta(ALLOWLIST_META_KEY)? {
-        Some(bytes) => Ok(pluresdb_core::codec::decode(&bytes, "allowlist")?),
-        None => Ok(BTreeSet::new()),
-    }
-}
-
-fn parse_peer_id(text: &str) -> anyhow::Result<PeerId> {
-    text.parse().map_err(|err| InvalidInput(format!("{text:?} is not a peer id: {err}")).into())
-}
-
-/// The metadata key of the access mode ("secret", "allowlist" or "open").
-const ACCESS_MODE_META_KEY: &str = "trust.mode";
-
-fn access_mode(db: &Replica) -> anyhow::Result<String> {
-    match db.store().meta(ACCESS_MODE_META_KEY)? {
-        Some(bytes) => Ok(String::from_utf8(bytes).unwrap_or_else(|_| "secret".into())),
-        None => Ok("secret".into()),
-    }
-}
-
-fn trust(out: &mut impl Write, db: &mut Replica, json: bool, action: TrustAction) -> anyhow::Result<()> {
-    if let TrustAction::Mode { mode } = action {
-        let name = match mode {
-            AccessModeArg::Secret => "secret",
-            AccessModeArg::Allowlist => "allowlist",
-            AccessModeArg::Open => "open",
-        };
-        db.commit_meta(vec![(ACCESS_MODE_META_KEY.to_owned(), name.as_bytes().to_vec())])?;
-        if json {
-            writeln!(out, "{}", json!({"mode": name}))?;
-        } else {
-            writeln!(out, "access mode: {name}")?;
-            if name == "open" {
+fn trust(out: &mut impl Write, api: &mut Api, json: bool, action: TrustAction) -> anyhow::Result<()> {
+    match action {
+        TrustAction::Mode { mode } => {
+            let name = match mode {
+                AccessModeArg::Secret => "secret",
+                AccessModeArg::Allowlist => "allowlist",
+                AccessModeArg::Open => "open",
+            };
+            api.call("PUT", "/trust/mode", Some(&Payload::Json(json!({"mode": name}))))?;
+            print_json_or(out, json, &json!({"mode": name}), |o| writeln!(o, "access mode: {name}"))?;
+            if name == "open" && !json {
                 eprintln!("open mode: any peer may sync with this node; use it for public data only");
             }
+            Ok(())
         }
-        return Ok(());
-    }
-    let mut peers = allowlist(db)?;
-    let changed = match &action {
-        TrustAction::Add { peer_id } => peers.insert(parse_peer_id(peer_id)?.to_string()),
-        TrustAction::Remove { peer_id } => {
-            let id = parse_peer_id(peer_id)?.to_string();
-            if !peers.remove(&id) {
-                return Err(NotFound(format!("{id} is not on the allowlist")).into());
-            }
-            true
-        }
-        TrustAction::List | TrustAction::Mode { .. } => false,
-    };
-    if changed {
-        db.commit_meta(vec![(ALLOWLIST_META_KEY.to_owned(), pluresdb_core::codec::encode(&peers))])?;
-    }
-    match (&action, json) {
-        (TrustAction::List, true) => writeln!(out, "{}", json!({"allowlist": peers, "mode": access_mode(db)?}))?,
-        (TrustAction::List, false) => {
-            writeln!(out, "access mode: {}", access_mode(db)?)?;
-            for peer in &peers {
-                writeln!(out, "{peer}")?;
-            }
-            if peers.is_empty() {
+        TrustAction::List => {
+            let doc = api.call("GET", "/trust", None)?;
+            let peers: Vec<&str> = doc["allowlist"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            print_json_or(out, json, &doc, |o| {
+                writeln!(o, "access mode: {}", doc["mode"].as_str().unwrap_or_default())?;
+                peers.iter().try_for_each(|p| writeln!(o, "{p}"))
+            })?;
+            if peers.is_empty() && !json {
                 eprintln!("the allowlist is empty: peers are admitted by the network secret");
             }
+            Ok(())
         }
-        (TrustAction::Add { peer_id } | TrustAction::Remove { peer_id }, true) => {
-            writeln!(out, "{}", json!({"peer_id": peer_id, "allowed": matches!(action, TrustAction::Add { .. })}))?
+        TrustAction::Add { peer_id } => {
+            let doc = api.call("PUT", &format!("/trust/peers/{}", encode(&peer_id)), None)?;
+            let note = if doc["changed"] == true { "" } else { " (already allowed)" };
+            print_json_or(out, json, &doc, |o| writeln!(o, "allowed {}{note}", doc["peer_id"].as_str().unwrap_or_default()))
         }
-        (TrustAction::Add { peer_id }, false) => writeln!(out, "allowed {peer_id}{}", if changed { "" } else { " (already allowed)" })?,
-        (TrustAction::Remove { peer_id }, false) => writeln!(out, "removed {peer_id}")?,
-        (TrustAction::Mode { .. }, _) => {}
+        TrustAction::Remove { peer_id } => {
+            let doc = api.call("DELETE", &format!("/trust/peers/{}", encode(&peer_id)), None)?;
+            print_json_or(out, json, &doc, |o| writeln!(o, "removed {}", doc["peer_id"].as_str().unwrap_or_default()))
+        }
+    }
+}
+
+fn conflicts(out: &mut impl Write, api: &mut Api, json: bool, prefix: &str) -> anyhow::Result<()> {
+    let mut found = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut path = format!("/conflicts?prefix={}&limit={PAGE}", encode(prefix));
+        if let Some(after) = &after {
+            path.push_str(&format!("&after={}", encode(after)));
+        }
+        let doc = api.call("GET", &path, None)?;
+        found.extend(doc["nodes"].as_array().cloned().unwrap_or_default());
+        match doc["next_after"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    if json {
+        writeln!(out, "{}", Value::Array(found))?;
+        return Ok(());
+    }
+    for node in &found {
+        for (field, values) in node["conflicts"].as_object().into_iter().flatten() {
+            writeln!(out, "{}.{field}: {}", node["id"].as_str().unwrap_or_default(), describe_values(values))?;
+        }
+    }
+    if found.is_empty() {
+        eprintln!("no conflicts");
     }
     Ok(())
 }
 
-fn invite(out: &mut impl Write, db: &Replica, json: bool, dir: &Path, addresses: Vec<String>) -> anyhow::Result<()> {
-    let peer_id = parse_peer_id(db.peer_id())?;
-    let secret = crate::keys::network_secret(dir)?;
-    let ticket = Ticket { peer_id, addresses, secret };
-    let text = ticket.to_text().map_err(|err| InvalidInput(format!("cannot make a ticket: {err}")))?;
-    if json {
-        writeln!(out, "{}", json!({"ticket": text}))?;
+/// A progress bar on standard error when it is a terminal and the output
+/// is for people.
+fn progress(json: bool, total_bytes: Option<u64>) -> Option<indicatif::ProgressBar> {
+    if json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let (bar, template) = match total_bytes {
+        Some(len) => (indicatif::ProgressBar::new(len), "{spinner} {bytes}/{total_bytes} [{bar:30}] {msg} ({eta} left)"),
+        None => (indicatif::ProgressBar::new_spinner(), "{spinner} {bytes} {msg}"),
+    };
+    bar.set_style(indicatif::ProgressStyle::with_template(template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    Some(bar)
+}
+
+fn rate(count: u64, started: Instant) -> String {
+    let secs = started.elapsed().as_secs_f64();
+    if secs > 0.0 {
+        format!("{:.1} s, {:.0}/s", secs, count as f64 / secs)
     } else {
-        writeln!(out, "{text}")?;
-        eprintln!("this ticket carries the network secret: share it only with nodes you trust");
+        "0 s".to_owned()
+    }
+}
+
+/// An import in progress: the batch being gathered and the totals.
+struct Import<'a, W: Write> {
+    api: &'a mut Api,
+    out: &'a mut W,
+    json: bool,
+    on_error: OnError,
+    bar: Option<indicatif::ProgressBar>,
+    imported: u64,
+    skipped: u64,
+    bytes_read: u64,
+    /// The batch: its NDJSON text, its line count and its first line number.
+    text: String,
+    lines: usize,
+    first_line: u64,
+}
+
+impl<W: Write> Import<'_, W> {
+    /// Sends the batch gathered so far (one durable transaction).
+    fn send(&mut self) -> anyhow::Result<()> {
+        if self.lines == 0 {
+            return Ok(());
+        }
+        let policy = match self.on_error {
+            OnError::Stop => "stop",
+            OnError::Skip => "skip",
+        };
+        let path = format!("/import?on_error={policy}&first_line={}", self.first_line);
+        let (status, doc) = self.api.send("POST", &path, Some(&Payload::Ndjson(std::mem::take(&mut self.text))))?;
+        self.lines = 0;
+        self.imported += doc["imported"].as_u64().unwrap_or(0);
+        if status == 400 && doc["line"].is_u64() {
+            if let Some(bar) = &self.bar {
+                bar.abandon();
+            }
+            return Err(InvalidInput(format!(
+                "{} (imported {} nodes before it; --on-error skip goes on past bad lines)",
+                doc["error"].as_str().unwrap_or("a bad line"),
+                self.imported
+            ))
+            .into());
+        }
+        if !(200..300).contains(&status) {
+            return Err(crate::api_client::error_for(status, &doc));
+        }
+        for error in doc["errors"].as_array().into_iter().flatten() {
+            self.skipped += 1;
+            eprintln!("line {}: {} (skipped)", error["line"], error["error"].as_str().unwrap_or_default());
+        }
+        if self.json {
+            writeln!(self.out, "{}", json!({"committed": self.imported}))?;
+            self.out.flush()?;
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_position(self.bytes_read);
+            bar.set_message(format!("{} nodes", self.imported));
+        }
+        Ok(())
+    }
+
+    /// Adds line `number` to the batch, sending the batch first if full.
+    fn push(&mut self, number: u64, line: &str, batch_size: usize) -> anyhow::Result<()> {
+        self.bytes_read += line.len() as u64 + 1;
+        if line.len() > IMPORT_REQUEST_BYTES {
+            self.send()?;
+            let error = format!("line {number}: {} bytes is over the import limit of {IMPORT_REQUEST_BYTES} bytes per line", line.len());
+            if self.on_error == OnError::Stop {
+                return Err(InvalidInput(format!("{error} (imported {} nodes before it)", self.imported)).into());
+            }
+            eprintln!("{error} (skipped)");
+            self.skipped += 1;
+            return Ok(());
+        }
+        if self.lines > 0 && self.text.len() + line.len() >= IMPORT_REQUEST_BYTES {
+            self.send()?;
+        }
+        if self.lines == 0 {
+            self.first_line = number;
+        }
+        self.text.push_str(line);
+        self.text.push('\n');
+        self.lines += 1;
+        // A full batch goes at once, so its acknowledgement does not wait
+        // for more input.
+        if self.lines >= batch_size {
+            self.send()?;
+        }
+        Ok(())
+    }
+}
+
+fn import(out: &mut impl Write, api: &mut Api, json: bool, file: &Path, batch_size: usize, on_error: OnError) -> anyhow::Result<()> {
+    let (reader, total_bytes): (Box<dyn BufRead>, Option<u64>) = if file == Path::new("-") {
+        (Box::new(std::io::stdin().lock()), None)
+    } else {
+        let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+        let len = f.metadata().ok().map(|m| m.len());
+        (Box::new(std::io::BufReader::new(f)), len)
+    };
+    let started = Instant::now();
+    let mut import = Import {
+        api,
+        out,
+        json,
+        on_error,
+        bar: progress(json, total_bytes),
+        imported: 0,
+        skipped: 0,
+        bytes_read: 0,
+        text: String::new(),
+        lines: 0,
+        first_line: 1,
+    };
+    for (index, line) in reader.lines().enumerate() {
+        let number = index as u64 + 1;
+        let line = line.with_context(|| format!("cannot read line {number} of {}", file.display()))?;
+        import.push(number, &line, batch_size)?;
+    }
+    import.send()?;
+    if let Some(bar) = &import.bar {
+        bar.finish_and_clear();
+    }
+    let (imported, skipped) = (import.imported, import.skipped);
+    if json {
+        writeln!(import.out, "{}", json!({"imported": imported, "skipped": skipped}))?;
+    } else {
+        writeln!(import.out, "imported {imported} nodes, skipped {skipped} lines ({})", rate(imported, started))?;
+    }
+    Ok(())
+}
+
+fn export(api: &mut Api, json: bool, file: Option<&Path>) -> anyhow::Result<()> {
+    let mut sink: Box<dyn Write> = match file {
+        Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut writer = BufWriter::new(&mut sink);
+    let bar = if file.is_some() { progress(json, None) } else { None };
+    let started = Instant::now();
+    let mut after: Option<String> = None;
+    let mut count = 0u64;
+    loop {
+        let mut path = format!("/nodes?limit={PAGE}");
+        if let Some(after) = &after {
+            path.push_str(&format!("&after={}", encode(after)));
+        }
+        let doc = api.call("GET", &path, None)?;
+        for node in doc["nodes"].as_array().into_iter().flatten() {
+            writeln!(writer, "{}", json!({"id": node["id"], "value": node["value"]}))?;
+            count += 1;
+        }
+        if let Some(bar) = &bar {
+            bar.set_message(format!("{count} nodes"));
+            bar.tick();
+        }
+        match doc["next_after"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    writer.flush()?;
+    drop(writer);
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    if let Some(path) = file {
+        if json {
+            println!("{}", json!({"exported": count, "file": path.display().to_string()}));
+        } else {
+            eprintln!("exported {count} nodes to {} ({})", path.display(), rate(count, started));
+        }
     }
     Ok(())
 }
@@ -260,10 +507,6 @@ fn parse_value(id: &str, arg: &str) -> anyhow::Result<Value> {
         arg.to_owned()
     };
     serde_json::from_str(&text).map_err(|err| InvalidInput(format!("the value for {id:?} is not valid JSON: {err}")).into())
-}
-
-fn receipt_doc(node_id: &str, receipt: &Receipt) -> Value {
-    json!({"id": node_id, "op": receipt.id.to_string(), "timestamp": receipt.timestamp.to_string()})
 }
 
 fn print_written(out: &mut impl Write, json: bool, verb: &str, doc: &Value) -> anyhow::Result<()> {
@@ -301,31 +544,6 @@ fn format_time(t: pluresdb_core::Hlc) -> String {
     format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z{logical}")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::format_time;
-    use pluresdb_core::Hlc;
-
-    #[test]
-    fn times_print_as_utc() {
-        assert_eq!(format_time(Hlc::new(0, 0)), "1970-01-01T00:00:00.000Z");
-        assert_eq!(format_time(Hlc::new(1_709_210_096_789, 3)), "2024-02-29T12:34:56.789Z+3");
-    }
-}
-
-fn get(db: &Replica, id: &str, follow: &[String]) -> anyhow::Result<Value> {
-    let path: Vec<&str> = follow.iter().map(String::as_str).collect();
-    match db.follow(id, &path)? {
-        Traversal::Reached(node) => Ok(pluresdb_server::node_json(db, &node)?),
-        Traversal::NotALink { from, field, .. } => {
-            Err(NotFound(format!("{}.{field} is not a link (a link is {{\"#\": \"other:id\"}})", from.id)).into())
-        }
-        Traversal::Dangling { from, field, target, .. } => {
-            Err(NotFound(format!("{}.{field} links to {target:?}, which does not exist (a dangling link)", from.id)).into())
-        }
-    }
-}
-
 fn print_node(out: &mut impl Write, json: bool, id: &str, follow: &[String], doc: &Value) -> anyhow::Result<()> {
     if json {
         writeln!(out, "{doc}")?;
@@ -352,8 +570,12 @@ fn describe_values(values: &Value) -> String {
         .into_iter()
         .flatten()
         .map(|v| {
-            let id = &v["stamp"]["id"];
-            format!("{} (by {}/{})", v["value"], id[0].as_str().unwrap_or_default(), id[1])
+            format!(
+                "{} (by {} at {})",
+                v["value"],
+                v["op"].as_str().unwrap_or_default(),
+                format_time_text(v["timestamp"].as_str().unwrap_or_default())
+            )
         })
         .collect();
     shown.join(" | ")
@@ -379,169 +601,22 @@ fn print_history(out: &mut impl Write, json: bool, ops: &Value) -> anyhow::Resul
         return Ok(());
     }
     for op in ops.as_array().into_iter().flatten() {
-        let kind = match op["type"].as_str().unwrap_or_default() {
-            "CreateNode" => "create",
-            "UpdateNode" => "update",
-            "DeleteNode" => "delete",
-            other => other,
-        };
+        let kind = op["type"].as_str().unwrap_or_default();
         let data = if kind == "delete" { String::new() } else { op["data"].to_string() };
-        let id = &op["id"];
         let time = format_time_text(op["timestamp"].as_str().unwrap_or_default());
-        writeln!(out, "{time}\t{}/{}\t{kind}\t{data}", id[0].as_str().unwrap_or_default(), id[1])?;
+        writeln!(out, "{time}\t{}\t{kind}\t{data}", op["op"].as_str().unwrap_or_default())?;
     }
     Ok(())
 }
 
-fn conflicts(out: &mut impl Write, db: &Replica, json: bool, prefix: &str) -> anyhow::Result<()> {
-    let mut found = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let records = db.store().scan_nodes(prefix, after.as_deref(), 1_000)?;
-        let Some(last) = records.last() else { break };
-        after = Some(last.id.clone());
-        found.extend(records.iter().filter_map(|r| r.view(&KeepAll)).filter(|n| !n.conflicts.is_empty()));
-    }
-    if json {
-        let docs: Vec<Value> = found.iter().map(|n| json!({"id": n.id, "conflicts": n.conflicts})).collect();
-        writeln!(out, "{}", Value::Array(docs))?;
-        return Ok(());
-    }
-    for node in &found {
-        for (field, values) in &node.conflicts {
-            writeln!(out, "{}.{field}: {}", node.id, describe_values(&serde_json::to_value(values)?))?;
-        }
-    }
-    if found.is_empty() {
-        eprintln!("no conflicts");
-    }
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use super::format_time;
+    use pluresdb_core::Hlc;
 
-/// One line of an NDJSON import or export.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Line {
-    id: String,
-    value: Value,
-}
-
-fn import(out: &mut impl Write, db: &mut Replica, json: bool, file: &Path, batch_size: usize, on_error: OnError) -> anyhow::Result<()> {
-    let (reader, total_bytes): (Box<dyn BufRead>, Option<u64>) = if file == Path::new("-") {
-        (Box::new(std::io::stdin().lock()), None)
-    } else {
-        let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
-        let len = f.metadata().ok().map(|m| m.len());
-        (Box::new(std::io::BufReader::new(f)), len)
-    };
-    let progress = if !json && std::io::stderr().is_terminal() {
-        let bar = match total_bytes {
-            Some(len) => indicatif::ProgressBar::new(len),
-            None => indicatif::ProgressBar::new_spinner(),
-        };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} [{bar:30}] {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        Some(bar)
-    } else {
-        None
-    };
-
-    let peer = db.peer_id().to_owned();
-    let (mut imported, mut skipped, mut bytes_read) = (0u64, 0u64, 0u64);
-    let mut batch = Vec::with_capacity(batch_size);
-    let mut commit = |db: &mut Replica, batch: &mut Vec<OperationWithMetadata>, imported: &mut u64| -> anyhow::Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let n = batch.len() as u64;
-        db.commit_local(std::mem::take(batch), now_ms())?;
-        *imported += n;
-        if json {
-            writeln!(out, "{}", json!({"committed": *imported}))?;
-            out.flush()?;
-        }
-        Ok(())
-    };
-
-    for (index, line) in reader.lines().enumerate() {
-        let number = index + 1;
-        let line = line.with_context(|| format!("cannot read line {number} of {}", file.display()))?;
-        bytes_read += line.len() as u64 + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed = serde_json::from_str::<Line>(&line).map_err(|err| err.to_string()).and_then(|l| {
-            pluresdb_core::validate_node_id(&l.id)
-                .and_then(|()| pluresdb_core::validate_value(&l.value))
-                .map(|()| l)
-                .map_err(|e| e.to_string())
-        });
-        match parsed {
-            Ok(l) => batch.push(OperationWithMetadata::new(OperationType::CreateNode, l.id, l.value, peer.as_str())),
-            Err(reason) => match on_error {
-                OnError::Stop => {
-                    commit(db, &mut batch, &mut imported)?;
-                    if let Some(bar) = &progress {
-                        bar.abandon();
-                    }
-                    return Err(InvalidInput(format!(
-                        "line {number}: {reason} (imported {imported} nodes before it; --on-error skip goes on past bad lines)"
-                    ))
-                    .into());
-                }
-                OnError::Skip => {
-                    skipped += 1;
-                    eprintln!("line {number}: {reason} (skipped)");
-                }
-            },
-        }
-        if batch.len() >= batch_size {
-            commit(db, &mut batch, &mut imported)?;
-            if let Some(bar) = &progress {
-                bar.set_position(bytes_read);
-                bar.set_message(format!("{imported} nodes"));
-            }
-        }
+    #[test]
+    fn times_print_as_utc() {
+        assert_eq!(format_time(Hlc::new(0, 0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_time(Hlc::new(1_709_210_096_789, 3)), "2024-02-29T12:34:56.789Z+3");
     }
-    commit(db, &mut batch, &mut imported)?;
-    if let Some(bar) = &progress {
-        bar.finish_and_clear();
-    }
-    if json {
-        writeln!(out, "{}", json!({"imported": imported, "skipped": skipped}))?;
-    } else {
-        writeln!(out, "imported {imported} nodes, skipped {skipped} lines")?;
-    }
-    Ok(())
-}
-
-fn export(db: &Replica, json: bool, file: Option<&Path>) -> anyhow::Result<()> {
-    let mut sink: Box<dyn Write> = match file {
-        Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?),
-        None => Box::new(std::io::stdout().lock()),
-    };
-    let mut writer = BufWriter::new(&mut sink);
-    let mut after: Option<String> = None;
-    let mut count = 0u64;
-    loop {
-        let nodes = db.list("", after.as_deref(), 1_000)?;
-        let Some(last) = nodes.last() else { break };
-        after = Some(last.id.clone());
-        for node in &nodes {
-            writeln!(writer, "{}", json!({"id": node.id, "value": node.value}))?;
-            count += 1;
-        }
-    }
-    writer.flush()?;
-    drop(writer);
-    if let Some(path) = file {
-        if json {
-            println!("{}", json!({"exported": count, "file": path.display().to_string()}));
-        } else {
-            eprintln!("exported {count} nodes to {}", path.display());
-        }
-    }
-    Ok(())
 }

@@ -12,6 +12,34 @@ pub const IDENTITY_FILE: &str = "identity.key";
 /// The 256-bit secret of the network the node belongs to (hex).
 pub const SECRET_FILE: &str = "network.secret";
 
+/// The token that API clients present (hex), when the API needs one.
+pub const API_TOKEN_FILE: &str = "api.token";
+
+/// Loads the API token in `dir`, creating it on first use.
+pub fn api_token(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join(API_TOKEN_FILE);
+    if let Some(bytes) = read_private(&path)? {
+        let token = String::from_utf8(bytes).ok().map(|t| t.trim().to_owned()).unwrap_or_default();
+        if token.len() < 32 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("API token {} is corrupted; delete it and start the node again for a new one", path.display());
+        }
+        return Ok(token);
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|err| anyhow::anyhow!("cannot draw random bytes for an API token: {err}"))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(&path, format!("{token}\n").as_bytes())?;
+    tracing::info!(path = %path.display(), "created an API token");
+    Ok(token)
+}
+
+/// Reads the API token in `dir` if there is one (for a client of the
+/// running node).
+pub fn stored_api_token(dir: &Path) -> Option<String> {
+    let bytes = read_private(&dir.join(API_TOKEN_FILE)).ok()??;
+    String::from_utf8(bytes).ok().map(|t| t.trim().to_owned())
+}
+
 /// Loads the identity in `dir`, creating it on first use.
 pub fn identity(dir: &Path) -> anyhow::Result<Identity> {
     let path = dir.join(IDENTITY_FILE);

@@ -6,6 +6,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod api_client;
 mod cli;
 mod commands;
+mod config;
 mod keys;
 mod node;
 mod replica;
@@ -23,13 +24,25 @@ pub struct InvalidInput(pub String);
 #[error("{0}")]
 pub struct NotFound(pub String);
 
+/// Something the running node cannot do (no network transport, stopping).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    let config = match config::load(&cli) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::from(exit_code(&err));
+        }
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PLURESDB_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log.value).unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    match commands::run(cli) {
+    match commands::run(cli, &config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -46,6 +59,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         }
         if cause.is::<InvalidInput>() {
             return 2;
+        }
+        if cause.is::<Unavailable>() {
+            return 4;
         }
         if let Some(core) = cause.downcast_ref::<pluresdb_core::Error>() {
             if matches!(core, pluresdb_core::Error::NotFound { .. }) {

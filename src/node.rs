@@ -1,30 +1,40 @@
-//! `pluresdb serve`: the node runtime. Today it serves the HTTP API over the
-//! replica; the network engines and discovery join it with their issues.
+//! `pluresdb serve`: the node. It starts the runtime over the replica and
+//! serves the HTTP and WebSocket API until Ctrl-C or SIGTERM; the network
+//! engines and discovery join it with their issues.
 
+use crate::config::Config;
 use crate::replica::Replica;
-use anyhow::{bail, Context};
+use anyhow::Context;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 
-pub fn serve(db: Replica, data_dir: &Path, api_addr: SocketAddr, json: bool) -> anyhow::Result<()> {
-    if !pluresdb_server::is_loopback(&api_addr) {
-        bail!("the API may only listen on loopback for now ({api_addr} is not); token-protected binding comes with the API issue");
-    }
+pub fn serve(db: Replica, data_dir: &Path, config: &Config, json: bool) -> anyhow::Result<()> {
+    let api_addr = config.api_addr.value;
+    let require_token = config.require_token.value || !pluresdb_server::is_loopback(&api_addr);
+    let token = crate::keys::api_token(data_dir)?;
+    let secret = crate::keys::network_secret(data_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(api_addr).await.with_context(|| format!("cannot listen on {api_addr}"))?;
         let bound = listener.local_addr().context("cannot read the bound address")?;
-        let peer_id = db.peer_id().to_owned();
+        let node = pluresdb_runtime::Runtime::start(db, Default::default())?;
+        let handle = node.handle();
+        let peer_id = handle.peer_id().to_owned();
         {
             // Tell the user (and scripts) where the node is, then keep quiet.
             let mut out = std::io::stdout().lock();
             if json {
-                writeln!(out, "{}", serde_json::json!({"peer_id": peer_id, "api": format!("http://{bound}")}))?;
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"peer_id": peer_id, "api": format!("http://{bound}"), "token_required": require_token})
+                )?;
             } else {
                 writeln!(out, "pluresdb node {peer_id}")?;
-                writeln!(out, "HTTP API on http://{bound}")?;
+                writeln!(out, "HTTP API on http://{bound} (routes: http://{bound}/openapi.json)")?;
+                if require_token {
+                    writeln!(out, "the API needs the token in {}", data_dir.join(crate::keys::API_TOKEN_FILE).display())?;
+                }
             }
             out.flush()?;
         }
@@ -34,14 +44,15 @@ pub fn serve(db: Replica, data_dir: &Path, api_addr: SocketAddr, json: bool) -> 
         std::fs::write(&staged, format!("{bound}\n"))
             .and_then(|()| std::fs::rename(&staged, &addr_file))
             .with_context(|| format!("cannot write {}", addr_file.display()))?;
-        tracing::info!(%peer_id, api = %bound, "node running");
-        let replica = Arc::new(tokio::sync::Mutex::new(db));
-        let served = pluresdb_server::serve(listener, replica.clone(), shutdown_signal()).await;
+        tracing::info!(%peer_id, api = %bound, require_token, "node running");
+        let state = pluresdb_server::ApiState::new(handle, secret, token, require_token);
+        let served = pluresdb_server::serve(listener, state, shutdown_signal()).await;
         if let Err(err) = std::fs::remove_file(&addr_file) {
             tracing::warn!(%err, path = %addr_file.display(), "cannot remove the API address file");
         }
+        // Requests in flight have finished; the writer commits what it holds.
+        node.shutdown().await;
         served.context("the API server failed")?;
-        // Requests in flight have finished; every answered write is durable.
         tracing::info!("node stopped");
         eprintln!("stopped");
         Ok(())

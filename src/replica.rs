@@ -51,5 +51,3 @@ pub fn resolver_for(resolver: Resolver) -> Arc<dyn ConflictResolver> {
         Resolver::KeepAll => Arc::new(KeepAll),
     }
 }
-
-pub use pluresdb_server::now_ms;

@@ -8,6 +8,7 @@ use crate::feed::{ChangeFeed, Subscription};
 use crate::merge;
 use crate::node::{Node, NodeRecord};
 use crate::operation::{validate_node_id, validate_value, OpId, OperationType, OperationWithMetadata};
+use crate::reader::{self, Traversal};
 use crate::resolver::{ConflictResolver, LastWriterWins};
 use crate::signing::{OpDigest, OpSignature, OpSigner, OpVerifier, SIGN_EVERY};
 use crate::store::{EncodedOps, Store, WriteBatch};
@@ -19,9 +20,6 @@ use std::sync::Arc;
 /// The metadata key under which the newest clock reading is kept, so a
 /// reopened replica never issues a timestamp it issued before.
 const CLOCK_META_KEY: &str = "hlc";
-
-/// How many records [`Database::list`] reads from the store at a time.
-const SCAN_CHUNK: usize = 256;
 
 /// What a committed local write was assigned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -419,49 +417,24 @@ impl<S: Store> Database<S> {
     /// Reads node `id` as the resolver presents it; `None` if it does not
     /// exist.
     pub fn get(&self, id: &str) -> Result<Option<Node>, Error> {
-        validate_node_id(id)?;
-        Ok(self.record(id)?.and_then(|r| r.view(&*self.resolver)))
+        reader::get(&self.store, &*self.resolver, id)
     }
 
     /// Reads the stored merge state of node `id`, including deleted nodes.
     pub fn record(&self, id: &str) -> Result<Option<NodeRecord>, Error> {
-        Ok(self.store.nodes(&[id])?.pop().flatten())
+        reader::record(&self.store, id)
     }
 
     /// Follows links from node `id` through `path`, a field name per hop.
     /// Returns the node reached, or the first hop that fails.
     pub fn follow(&self, id: &str, path: &[&str]) -> Result<Traversal, Error> {
-        let Some(mut node) = self.get(id)? else {
-            return Err(Error::NotFound { id: id.to_owned() });
-        };
-        for (hop, field) in path.iter().enumerate() {
-            let Some(target) = node.link(field).map(str::to_owned) else {
-                return Ok(Traversal::NotALink { from: node, field: (*field).to_owned(), hop });
-            };
-            match self.get(&target)? {
-                Some(next) => node = next,
-                None => return Ok(Traversal::Dangling { from: node, field: (*field).to_owned(), target, hop }),
-            }
-        }
-        Ok(Traversal::Reached(node))
+        reader::follow(&self.store, &*self.resolver, id, path)
     }
 
     /// Lists up to `limit` existing nodes whose id starts with `prefix`, in id
     /// order, starting after `after` (for pagination).
     pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Node>, Error> {
-        let mut out = Vec::new();
-        let mut cursor = after.map(str::to_owned);
-        while out.len() < limit {
-            let chunk = self.store.scan_nodes(prefix, cursor.as_deref(), SCAN_CHUNK)?;
-            let Some(last) = chunk.last() else { break };
-            cursor = Some(last.id.clone());
-            let exhausted = chunk.len() < SCAN_CHUNK;
-            out.extend(chunk.iter().filter_map(|r| r.view(&*self.resolver)).take(limit - out.len()));
-            if exhausted {
-                break;
-            }
-        }
-        Ok(out)
+        reader::list(&self.store, &*self.resolver, prefix, after, limit)
     }
 
     /// The operations that produced node `id`'s current state (its newest
@@ -469,14 +442,13 @@ impl<S: Store> Database<S> {
     /// first. Works for deleted nodes too; fails with [`Error::NotFound`] for
     /// a node no operation has touched.
     pub fn history(&self, id: &str) -> Result<Vec<OperationWithMetadata>, Error> {
-        validate_node_id(id)?;
-        let record = self.record(id)?.ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
-        let ids: Vec<OpId> = record.contributing_ops().into_iter().map(|s| s.id.clone()).collect();
-        let ops = self.store.ops(&ids)?;
-        ids.into_iter()
-            .zip(ops)
-            .map(|(id, op)| op.ok_or_else(|| Error::Decode { what: "op log", reason: format!("operation {id} is referenced but missing") }))
-            .collect()
+        reader::history(&self.store, id)
+    }
+
+    /// The resolver, shared (for a [`Reader`](crate::Reader) over another
+    /// handle of the same store).
+    pub fn shared_resolver(&self) -> Arc<dyn ConflictResolver> {
+        self.resolver.clone()
     }
 
     /// Up to `limit` operations of `origin` after sequence number
@@ -500,15 +472,4 @@ fn superseded_by_write(record: &NodeRecord, data: &Value) -> std::collections::B
             Some((field.clone(), values.iter().map(|v| v.stamp.id.clone()).collect()))
         })
         .collect()
-}
-
-/// Where [`Database::follow`] ended.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Traversal {
-    /// Every hop was a link to an existing node; this is the last one.
-    Reached(Node),
-    /// `field` of `from` (at hop `hop`, from 0) is missing or not a link.
-    NotALink { from: Node, field: String, hop: usize },
-    /// `field` of `from` links to `target`, which does not exist.
-    Dangling { from: Node, field: String, target: String, hop: usize },
 }

@@ -47,19 +47,21 @@ pub mod feed;
 pub mod merge;
 mod node;
 mod operation;
+mod reader;
 pub mod resolver;
 pub mod signing;
 mod store;
 mod version_vector;
 
 pub use clock::{Hlc, HybridLogicalClock};
-pub use database::{ApplyReport, Database, Receipt, Traversal};
+pub use database::{ApplyReport, Database, Receipt};
 pub use error::{error_chain, Error};
 pub use feed::{Change, ChangeFeed, FeedEvent, Subscription};
 pub use node::{link_target, FieldValue, Node, NodeRecord, PendingSupersession, Reset, LINK_KEY};
 pub use operation::{
     validate_node_id, validate_value, OpId, OperationType, OperationWithMetadata, Stamp, MAX_NODE_ID_BYTES, MAX_VALUE_BYTES,
 };
+pub use reader::{Reader, Traversal};
 pub use resolver::{builtin_resolver, ConflictResolver, FirstWriterWins, FnResolver, KeepAll, LastWriterWins};
 pub use signing::{OpDigest, OpSignature, OpSigner, OpVerifier, SIGN_EVERY};
 pub use store::{EncodedOps, MemoryStore, Store, WriteBatch};

@@ -28,6 +28,7 @@ use pluresdb_core::{Error, NodeRecord, OpId, OperationWithMetadata, Store, Versi
 use redb::{Database as Redb, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 mod segment;
 use segment::Segment;
@@ -61,6 +62,9 @@ pub enum RedbStoreError {
     /// The data file cannot be opened.
     #[error("cannot open data file {}", .path.display())]
     Open { path: PathBuf, source: redb::DatabaseError },
+    /// A commit through a handle made by [`RedbStore::read_handle`].
+    #[error("{} was opened for reading only here", .path.display())]
+    ReadOnly { path: PathBuf },
     /// A read or write failed.
     #[error("{step} failed")]
     Redb { step: &'static str, source: redb::Error },
@@ -72,8 +76,10 @@ fn fail<E: Into<redb::Error>>(step: &'static str) -> impl FnOnce(E) -> Error {
 
 /// A [`Store`] in a redb file inside a data directory.
 pub struct RedbStore {
-    db: Redb,
+    db: Arc<Redb>,
     path: PathBuf,
+    /// A handle from [`RedbStore::read_handle`]: commits are refused.
+    read_only: bool,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -91,7 +97,15 @@ impl RedbStore {
         let path = dir.join(DATA_FILE);
         let db = open_file(&path)?;
         create_tables(&db).map_err(|source| RedbStoreError::Redb { step: "create tables", source })?;
-        Ok(Self { db, path })
+        Ok(Self { db: Arc::new(db), path, read_only: false })
+    }
+
+    /// Another handle on the same database that only reads: readers on it
+    /// see every committed transaction and never wait for a write in
+    /// progress. Its [`Store::commit`] fails; writes go through the handle
+    /// the replica owns.
+    pub fn read_handle(&self) -> Self {
+        Self { db: self.db.clone(), path: self.path.clone(), read_only: true }
     }
 
     /// The database file.
@@ -233,6 +247,9 @@ impl Store for RedbStore {
     }
 
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
+        if self.read_only {
+            return Err(Error::storage(RedbStoreError::ReadOnly { path: self.path.clone() }));
+        }
         // The core hands each origin's new operations over in sequence, so
         // each origin's share of the batch is one run of consecutive ops.
         let mut by_origin: BTreeMap<&str, (u64, Vec<&[u8]>)> = BTreeMap::new();

@@ -146,6 +146,13 @@ impl<S: Store> DataSyncEngine<S> {
         &self.db
     }
 
+    /// The replica, for what the engine does not do itself (metadata of
+    /// layers above, subscriptions). Writes of operations belong in
+    /// [`write`](Self::write), which also pushes them to peers.
+    pub fn database_mut(&mut self) -> &mut Database<S> {
+        &mut self.db
+    }
+
     /// This replica's peer id (empty until an engine made with
     /// [`DataSyncEngine::new`] has seen its first local operation).
     pub fn peer_id(&self) -> &str {

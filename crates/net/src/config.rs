@@ -1,0 +1,166 @@
+//! [`NetworkConfig`], [`DiscoveryConfig`] and [`ReceiveLimits`]: how a node
+//! networks, with the seed's defaults.
+
+use pluresdb_security::RateLimit;
+use pluresdb_sync::SyncConfig;
+use std::time::Duration;
+
+/// The port PluresDB nodes listen on by default (UDP for QUIC).
+pub const DEFAULT_PORT: u16 = 34569;
+
+/// Network settings of a node, with the seed's defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// The port to listen on; 0 lets the OS choose (read the choice with
+    /// `QuicNetworkEngine::local_addr`). Default: 34569.
+    pub port: u16,
+    /// The address to listen on. Default: `"0.0.0.0"` (every IPv4
+    /// interface); `"127.0.0.1"` keeps a node on loopback, `"::"` listens
+    /// on IPv6 (and IPv4 where the OS maps it).
+    pub bind_address: String,
+    /// Run the QUIC engine. Default: `true`.
+    pub enable_quic: bool,
+    /// Run the WebRTC engine (not implemented yet). Default: `false`.
+    pub enable_webrtc: bool,
+    /// Run the libp2p engine (not implemented yet). Default: `false`.
+    pub enable_libp2p: bool,
+    /// Peers to dial at start (`host:port` or `quic://host:port`). They are
+    /// redialled with backoff whenever the connection drops. Default: none.
+    pub bootstrap_nodes: Vec<String>,
+    /// How long dialling plus the handshake may take, and how long a
+    /// connection may stay silent before it is considered dead (QUIC idle
+    /// timeout). Default: 10 s.
+    pub connection_timeout: Duration,
+    /// Time between heartbeats on each connection; each refreshes the
+    /// peer's `last_seen` and round-trip time and keeps the connection from
+    /// idling out. Keep it well below `connection_timeout`. Default: 5 s.
+    pub heartbeat_interval: Duration,
+    /// Most simultaneous peer connections, dialled and accepted together;
+    /// further incoming ones are closed with the reason
+    /// `too_many_connections`, further dials fail. Default: 100.
+    pub max_connections: usize,
+    /// Encrypt traffic. QUIC always runs TLS 1.3, so the QUIC engine refuses
+    /// `false` rather than pretend. Default: `true`.
+    pub enable_encryption: bool,
+    /// Try NAT traversal (observed addresses, hole punching). Not
+    /// implemented yet by the QUIC engine, which ignores it. Default: `false`.
+    pub enable_nat_traversal: bool,
+    /// Take part in the DHT (the libp2p engine's; not implemented yet).
+    /// Default: `false`.
+    pub enable_dht: bool,
+    /// Peer discovery settings. Default: [`DiscoveryConfig::default`].
+    pub discovery: DiscoveryConfig,
+    /// Sync settings for the node's `DataSyncEngine`. Default:
+    /// [`SyncConfig::default`].
+    pub sync: SyncConfig,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            port: DEFAULT_PORT,
+            bind_address: "0.0.0.0".to_owned(),
+            enable_quic: true,
+            enable_webrtc: false,
+            enable_libp2p: false,
+            bootstrap_nodes: Vec::new(),
+            connection_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(5),
+            max_connections: 100,
+            enable_encryption: true,
+            enable_nat_traversal: false,
+            enable_dht: false,
+            discovery: DiscoveryConfig::default(),
+            sync: SyncConfig::default(),
+        }
+    }
+}
+
+impl NetworkConfig {
+    /// The defaults, listening on `127.0.0.1` on a port the OS picks: what
+    /// tests and examples on one machine use.
+    pub fn loopback() -> Self {
+        Self { port: 0, bind_address: "127.0.0.1".to_owned(), ..Self::default() }
+    }
+}
+
+/// How a node finds peers. Plain settings for now; the discovery engines
+/// that read them come later (and may move this struct to their crate).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiscoveryConfig {
+    /// Announce and browse on the local network with mDNS. Default: `true`.
+    pub enable_mdns: bool,
+    /// Find peers through the DHT. Default: `false`.
+    pub enable_dht: bool,
+    /// Time between discovery rounds. Default: 60 s.
+    pub discovery_interval: Duration,
+    /// The mDNS instance name prefix. Default: `"pluresdb"`.
+    pub service_name: String,
+    /// The mDNS service type. Default: `"_pluresdb._tcp"`.
+    pub service_type: String,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            enable_mdns: true,
+            enable_dht: false,
+            discovery_interval: Duration::from_secs(60),
+            service_name: "pluresdb".to_owned(),
+            service_type: "_pluresdb._tcp".to_owned(),
+        }
+    }
+}
+
+/// What each peer may send a node, per connection. A peer over a limit is
+/// sent an `Error` frame (`rate_limited` or `bad_frame`) and disconnected;
+/// other peers are unaffected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReceiveLimits {
+    /// Frames per second, sustained and burst. Default: the security
+    /// crate's node default, 2,000/s with bursts of 4,000
+    /// (`pluresdb_security::RateLimit::default()`).
+    pub frames: RateLimit,
+    /// Received payload in KiB per second, sustained and burst. Default:
+    /// 256 MiB/s with bursts of 512 MiB (a burst must hold the largest
+    /// frame, 16 MiB).
+    pub kib: RateLimit,
+    /// The largest frame payload accepted after the handshake. Default and
+    /// maximum: `codec::MAX_PAYLOAD_BYTES` (16 MiB). During the handshake
+    /// the limit is 64 KiB.
+    pub max_payload: usize,
+}
+
+impl Default for ReceiveLimits {
+    fn default() -> Self {
+        Self {
+            frames: RateLimit::default(),
+            kib: RateLimit { messages_per_second: 256 * 1024, burst: 512 * 1024 },
+            max_payload: crate::codec::MAX_PAYLOAD_BYTES,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let config = NetworkConfig::default();
+        assert_eq!(config.port, 34569);
+        assert_eq!(config.bind_address, "0.0.0.0");
+        assert!(config.enable_quic && !config.enable_webrtc && !config.enable_libp2p);
+        assert!(config.bootstrap_nodes.is_empty());
+        assert_eq!(config.connection_timeout, Duration::from_secs(10));
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(config.max_connections, 100);
+        assert!(config.enable_encryption && !config.enable_nat_traversal && !config.enable_dht);
+        assert_eq!(config.sync, SyncConfig::default());
+        let discovery = DiscoveryConfig::default();
+        assert!(discovery.enable_mdns && !discovery.enable_dht);
+        assert_eq!(discovery.discovery_interval, Duration::from_secs(60));
+        assert_eq!((discovery.service_name.as_str(), discovery.service_type.as_str()), ("pluresdb", "_pluresdb._tcp"));
+        assert!(ReceiveLimits::default().kib.burst as usize * 1024 >= crate::codec::MAX_PAYLOAD_BYTES);
+    }
+}

@@ -1,0 +1,36 @@
+//! [`NetworkEngine`]: what every transport (QUIC, libp2p, WebRTC) offers
+//! the node runtime, as in the seed.
+
+use crate::error::NetworkError;
+use crate::message::NetworkMessage;
+use crate::peer::PeerInfo;
+
+/// The result of network operations.
+pub type Result<T, E = NetworkError> = std::result::Result<T, E>;
+
+/// A transport's engine: it listens, dials, authenticates peers, carries
+/// [`NetworkMessage`]s and reports peers to the [`crate::PeerManager`] and
+/// to the sync driver (through a [`crate::SyncHandle`]).
+#[async_trait::async_trait]
+pub trait NetworkEngine: Send + Sync {
+    /// Prepares the engine (keys, TLS configuration); no sockets yet.
+    async fn initialize(&mut self) -> Result<()>;
+    /// Binds and starts accepting; dials the bootstrap nodes.
+    async fn start(&mut self) -> Result<()>;
+    /// Says goodbye to every peer, closes every connection and the socket.
+    async fn stop(&mut self) -> Result<()>;
+    /// Queues `message` for `peer_id`; fails at once with
+    /// [`NetworkError::PeerBusy`] when the peer's queue is full.
+    async fn send_message(&self, peer_id: &str, message: NetworkMessage) -> Result<()>;
+    /// Queues `message` for every connected peer (peers whose queue is
+    /// full are skipped).
+    async fn broadcast_message(&self, message: NetworkMessage) -> Result<()>;
+    /// Dials `address`, completes the handshake and returns the peer id.
+    async fn connect_peer(&self, address: &str) -> Result<String>;
+    /// Closes the connection to `peer_id` and stops redialling it.
+    async fn disconnect_peer(&self, peer_id: &str) -> Result<()>;
+    /// The peers connected now.
+    async fn get_connected_peers(&self) -> Result<Vec<PeerInfo>>;
+    /// Whether `peer_id` is connected now.
+    async fn is_peer_connected(&self, peer_id: &str) -> bool;
+}

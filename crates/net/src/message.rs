@@ -1,0 +1,514 @@
+//! [`NetworkMessage`]: what peers say to each other over any transport, and
+//! how each message becomes a [`Frame`].
+//!
+//! The sync messages mirror `pluresdb_sync::SyncMessage` and travel in
+//! `sync` frames in its encoding; the others (handshake, heartbeat,
+//! goodbye, error) are small CBOR maps. `docs/protocol.md` ("Frames") is
+//! normative.
+
+use crate::codec::{CodecError, Frame, FrameKind};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use pluresdb_core::cbor::{self, Reader};
+use pluresdb_core::{OperationWithMetadata, VersionVector};
+use pluresdb_sync::SyncMessage;
+use std::fmt;
+
+/// The version of the PluresDB peer protocol (handshake and message
+/// meanings) this code speaks; sent in [`Hello`]. The frame format has its
+/// own version byte ([`crate::codec::FRAME_VERSION`]).
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The largest proof accepted in a [`Hello`] (an HMAC-SHA256 is 32 bytes).
+const MAX_PROOF_BYTES: usize = 64;
+
+/// The first message on a connection, sent by both sides: who the sender
+/// is, where it listens, and its proof that it holds the network secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// The sender's [`PROTOCOL_VERSION`].
+    pub protocol_version: u16,
+    /// The sender's peer id. Informational: the receiver takes the peer id
+    /// from the TLS certificate and refuses a `Hello` that names another.
+    pub peer_id: String,
+    /// Addresses the sender accepts connections on (`quic://host:port`),
+    /// for peer exchange and reconnection.
+    pub listen_addresses: Vec<String>,
+    /// `pluresdb_security::secret::prove` over this connection's handshake
+    /// transcripts, or `None` when the sender has no network secret.
+    pub proof: Option<Vec<u8>>,
+}
+
+/// Why a peer's input was refused; sent in an `Error` frame and used as the
+/// QUIC application close code of the connection that follows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The frame or protocol version is not one this node speaks.
+    UnsupportedVersion,
+    /// Bytes that are not a frame, an unknown frame kind, an oversized
+    /// frame, or a payload that does not decode.
+    BadFrame,
+    /// The access policy refused the peer (no valid network-secret proof,
+    /// not on the allowlist).
+    AccessDenied,
+    /// The peer sent faster than its rate limit.
+    RateLimited,
+    /// This node is at its connection limit.
+    TooManyConnections,
+    /// The handshake did not complete within the connection timeout.
+    HandshakeTimeout,
+    /// A frame that is valid but not allowed at this point (e.g. a sync
+    /// frame before the handshake, a second `Hello`).
+    UnexpectedMessage,
+    /// A code this version does not know.
+    Other(u16),
+}
+
+impl ErrorCode {
+    /// The code on the wire (and as QUIC application close code).
+    pub fn code(self) -> u16 {
+        match self {
+            ErrorCode::UnsupportedVersion => 1,
+            ErrorCode::BadFrame => 2,
+            ErrorCode::AccessDenied => 3,
+            ErrorCode::RateLimited => 4,
+            ErrorCode::TooManyConnections => 5,
+            ErrorCode::HandshakeTimeout => 6,
+            ErrorCode::UnexpectedMessage => 7,
+            ErrorCode::Other(code) => code,
+        }
+    }
+
+    /// The code with wire value `code`.
+    pub fn from_code(code: u16) -> Self {
+        match code {
+            1 => ErrorCode::UnsupportedVersion,
+            2 => ErrorCode::BadFrame,
+            3 => ErrorCode::AccessDenied,
+            4 => ErrorCode::RateLimited,
+            5 => ErrorCode::TooManyConnections,
+            6 => ErrorCode::HandshakeTimeout,
+            7 => ErrorCode::UnexpectedMessage,
+            other => ErrorCode::Other(other),
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ErrorCode::UnsupportedVersion => f.write_str("unsupported_version"),
+            ErrorCode::BadFrame => f.write_str("bad_frame"),
+            ErrorCode::AccessDenied => f.write_str("access_denied"),
+            ErrorCode::RateLimited => f.write_str("rate_limited"),
+            ErrorCode::TooManyConnections => f.write_str("too_many_connections"),
+            ErrorCode::HandshakeTimeout => f.write_str("handshake_timeout"),
+            ErrorCode::UnexpectedMessage => f.write_str("unexpected_message"),
+            ErrorCode::Other(code) => write!(f, "error {code}"),
+        }
+    }
+}
+
+/// A message between peers.
+///
+/// The four sync variants mirror [`SyncMessage`] (convert with `From` /
+/// `TryFrom`); [`EncodedSync`](NetworkMessage::EncodedSync) carries a
+/// `SyncMessage` already encoded (what `DataSyncEngine::poll_transmit`
+/// returns), which is framed as is, without decoding or re-encoding.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NetworkMessage {
+    /// The handshake message.
+    Hello(Hello),
+    /// "I am alive": sent every `heartbeat_interval`; the first one after
+    /// the `Hello` also says "I admitted you" (see `docs/protocol.md`).
+    Heartbeat {
+        /// The sender's peer id.
+        peer_id: String,
+        /// The sender's clock when it sent the heartbeat (milliseconds on
+        /// the wire).
+        timestamp: DateTime<Utc>,
+    },
+    /// `SyncMessage::SyncRequest`.
+    SyncRequest {
+        /// The sender's peer id.
+        from_peer: String,
+        /// Names the round.
+        round: u64,
+        /// What the sender has applied.
+        version_vector: VersionVector,
+    },
+    /// `SyncMessage::DataSync`.
+    DataSync {
+        /// The sender's peer id.
+        from_peer: String,
+        /// The operations.
+        operations: Vec<OperationWithMetadata>,
+        /// What the sender has applied.
+        version_vector: VersionVector,
+    },
+    /// `SyncMessage::SyncDone`.
+    SyncDone {
+        /// The sender's peer id.
+        from_peer: String,
+        /// The round answered.
+        round: u64,
+        /// What the sender held when the round began.
+        version_vector: VersionVector,
+    },
+    /// `SyncMessage::SyncAck`.
+    SyncAck {
+        /// The sender's peer id.
+        from_peer: String,
+        /// What the sender has durably applied.
+        version_vector: VersionVector,
+    },
+    /// One `SyncMessage` in its encoding (`SyncMessage::encode`, or a
+    /// `Transmit`'s bytes), sent in a `sync` frame as is.
+    EncodedSync(Bytes),
+    /// "I am closing this connection": the last frame before a clean close.
+    Goodbye {
+        /// Why, for the peer's log.
+        reason: String,
+    },
+    /// "Your input was refused": the connection closes after it.
+    Error {
+        /// What kind of refusal.
+        code: ErrorCode,
+        /// A human-readable explanation.
+        message: String,
+    },
+}
+
+impl NetworkMessage {
+    /// The frame kind this message travels in.
+    pub fn kind(&self) -> FrameKind {
+        match self {
+            NetworkMessage::Hello(_) => FrameKind::Hello,
+            NetworkMessage::Heartbeat { .. } => FrameKind::Heartbeat,
+            NetworkMessage::SyncRequest { .. }
+            | NetworkMessage::DataSync { .. }
+            | NetworkMessage::SyncDone { .. }
+            | NetworkMessage::SyncAck { .. }
+            | NetworkMessage::EncodedSync(_) => FrameKind::Sync,
+            NetworkMessage::Goodbye { .. } => FrameKind::Goodbye,
+            NetworkMessage::Error { .. } => FrameKind::Error,
+        }
+    }
+
+    /// Whether this is bulk data (a `DataSync`, encoded or not), which
+    /// travels on the bulk stream rather than the control stream.
+    pub fn is_bulk(&self) -> bool {
+        match self {
+            NetworkMessage::DataSync { .. } => true,
+            NetworkMessage::EncodedSync(bytes) => is_encoded_data_sync(bytes),
+            _ => false,
+        }
+    }
+
+    /// The message as a frame. Sync messages are encoded with
+    /// `SyncMessage::encode`; an [`EncodedSync`](Self::EncodedSync) payload
+    /// is shared, not copied.
+    pub fn to_frame(&self) -> Frame {
+        let payload: Bytes = match self {
+            NetworkMessage::Hello(hello) => encode_hello(hello).into(),
+            NetworkMessage::Heartbeat { peer_id, timestamp } => {
+                let mut out = Vec::with_capacity(32 + peer_id.len());
+                cbor::map(&mut out, 2);
+                cbor::text(&mut out, "peer_id");
+                cbor::text(&mut out, peer_id);
+                cbor::text(&mut out, "timestamp_ms");
+                cbor::unsigned(&mut out, u64::try_from(timestamp.timestamp_millis()).unwrap_or(0));
+                out.into()
+            }
+            NetworkMessage::EncodedSync(bytes) => bytes.clone(),
+            NetworkMessage::SyncRequest { .. }
+            | NetworkMessage::DataSync { .. }
+            | NetworkMessage::SyncDone { .. }
+            | NetworkMessage::SyncAck { .. } => match self.as_sync_message() {
+                Some(message) => message.encode().into(),
+                None => unreachable!("the four sync variants convert"),
+            },
+            NetworkMessage::Goodbye { reason } => {
+                let mut out = Vec::with_capacity(16 + reason.len());
+                cbor::map(&mut out, 1);
+                cbor::text(&mut out, "reason");
+                cbor::text(&mut out, reason);
+                out.into()
+            }
+            NetworkMessage::Error { code, message } => {
+                let mut out = Vec::with_capacity(24 + message.len());
+                cbor::map(&mut out, 2);
+                cbor::text(&mut out, "code");
+                cbor::unsigned(&mut out, u64::from(code.code()));
+                cbor::text(&mut out, "message");
+                cbor::text(&mut out, message);
+                out.into()
+            }
+        };
+        Frame { kind: self.kind(), payload }
+    }
+
+    /// Reads a frame's payload as a message. A `sync` frame becomes the
+    /// matching sync variant (decoded); receivers that hand sync payloads to
+    /// a `DataSyncEngine` skip this and pass the payload bytes on.
+    pub fn from_frame(frame: &Frame) -> Result<Self, CodecError> {
+        let bad = |reason: &str| CodecError::BadPayload { kind: frame.kind, reason: reason.to_owned() };
+        match frame.kind {
+            FrameKind::Hello => decode_hello(&frame.payload).map(NetworkMessage::Hello).ok_or_else(|| bad("not a hello map")),
+            FrameKind::Heartbeat => {
+                let (peer_id, ms) = decode_heartbeat(&frame.payload).ok_or_else(|| bad("not a heartbeat map"))?;
+                let timestamp =
+                    i64::try_from(ms).ok().and_then(DateTime::<Utc>::from_timestamp_millis).ok_or_else(|| bad("timestamp out of range"))?;
+                Ok(NetworkMessage::Heartbeat { peer_id, timestamp })
+            }
+            FrameKind::Sync => {
+                let message = SyncMessage::decode("peer", &frame.payload).map_err(|err| bad(&err.to_string()))?;
+                Ok(message.into())
+            }
+            FrameKind::Goodbye => {
+                let reason = decode_goodbye(&frame.payload).ok_or_else(|| bad("not a goodbye map"))?;
+                Ok(NetworkMessage::Goodbye { reason })
+            }
+            FrameKind::Error => {
+                let (code, message) = decode_error(&frame.payload).ok_or_else(|| bad("not an error map"))?;
+                Ok(NetworkMessage::Error { code, message })
+            }
+        }
+    }
+
+    /// The sync message this is, if it is one of the four sync variants
+    /// (an [`EncodedSync`](Self::EncodedSync) needs decoding: use
+    /// `SyncMessage::try_from`).
+    fn as_sync_message(&self) -> Option<SyncMessage> {
+        Some(match self.clone() {
+            NetworkMessage::SyncRequest { from_peer, round, version_vector } => {
+                SyncMessage::SyncRequest { from_peer, round, version_vector }
+            }
+            NetworkMessage::DataSync { from_peer, operations, version_vector } => {
+                SyncMessage::DataSync { from_peer, operations, version_vector }
+            }
+            NetworkMessage::SyncDone { from_peer, round, version_vector } => SyncMessage::SyncDone { from_peer, round, version_vector },
+            NetworkMessage::SyncAck { from_peer, version_vector } => SyncMessage::SyncAck { from_peer, version_vector },
+            _ => return None,
+        })
+    }
+}
+
+/// Whether `bytes` (an encoded `SyncMessage`) is a `DataSync`: its CBOR
+/// starts with a one-entry map keyed by the text "DataSync", which is how
+/// `SyncMessage::encode` (and serde) write that variant.
+pub fn is_encoded_data_sync(bytes: &[u8]) -> bool {
+    bytes.get(..10) == Some(b"\xa1\x68DataSync".as_slice())
+}
+
+impl From<SyncMessage> for NetworkMessage {
+    fn from(message: SyncMessage) -> Self {
+        match message {
+            SyncMessage::SyncRequest { from_peer, round, version_vector } => {
+                NetworkMessage::SyncRequest { from_peer, round, version_vector }
+            }
+            SyncMessage::DataSync { from_peer, operations, version_vector } => {
+                NetworkMessage::DataSync { from_peer, operations, version_vector }
+            }
+            SyncMessage::SyncDone { from_peer, round, version_vector } => NetworkMessage::SyncDone { from_peer, round, version_vector },
+            SyncMessage::SyncAck { from_peer, version_vector } => NetworkMessage::SyncAck { from_peer, version_vector },
+        }
+    }
+}
+
+impl From<pluresdb_sync::Transmit> for NetworkMessage {
+    /// The transmit's bytes, as an [`NetworkMessage::EncodedSync`] (its
+    /// `peer` is the destination, which `send_message` takes separately).
+    fn from(transmit: pluresdb_sync::Transmit) -> Self {
+        NetworkMessage::EncodedSync(transmit.bytes.into())
+    }
+}
+
+/// A [`NetworkMessage`] that is not a sync message, or an
+/// [`NetworkMessage::EncodedSync`] that does not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("not a sync message: {0}")]
+pub struct NotSyncMessage(pub String);
+
+impl TryFrom<NetworkMessage> for SyncMessage {
+    type Error = NotSyncMessage;
+
+    fn try_from(message: NetworkMessage) -> Result<Self, Self::Error> {
+        if let NetworkMessage::EncodedSync(bytes) = &message {
+            return SyncMessage::decode("peer", bytes).map_err(|err| NotSyncMessage(err.to_string()));
+        }
+        let kind = message.kind();
+        message.as_sync_message().ok_or_else(|| NotSyncMessage(format!("a {kind} message")))
+    }
+}
+
+fn encode_hello(hello: &Hello) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    cbor::map(&mut out, 4);
+    cbor::text(&mut out, "protocol_version");
+    cbor::unsigned(&mut out, u64::from(hello.protocol_version));
+    cbor::text(&mut out, "peer_id");
+    cbor::text(&mut out, &hello.peer_id);
+    cbor::text(&mut out, "listen_addresses");
+    cbor::array(&mut out, hello.listen_addresses.len());
+    for address in &hello.listen_addresses {
+        cbor::text(&mut out, address);
+    }
+    cbor::text(&mut out, "proof");
+    match &hello.proof {
+        Some(proof) => cbor::bytes(&mut out, proof),
+        None => cbor::null(&mut out),
+    }
+    out
+}
+
+/// The most listen addresses a `Hello` may carry.
+const MAX_LISTEN_ADDRESSES: usize = 32;
+
+fn decode_hello(bytes: &[u8]) -> Option<Hello> {
+    let mut reader = Reader::new(bytes);
+    let (mut version, mut peer_id, mut addresses, mut proof) = (None, None, None, None);
+    for _ in 0..reader.map().ok()? {
+        match reader.text().ok()? {
+            "protocol_version" => version = Some(u16::try_from(reader.unsigned().ok()?).ok()?),
+            "peer_id" => peer_id = Some(reader.text().ok()?.to_owned()),
+            "listen_addresses" => {
+                let count = reader.array().ok()?;
+                if count > MAX_LISTEN_ADDRESSES {
+                    return None;
+                }
+                let mut list = Vec::with_capacity(count);
+                for _ in 0..count {
+                    list.push(reader.text().ok()?.to_owned());
+                }
+                addresses = Some(list);
+            }
+            "proof" => {
+                proof = Some(if reader.null() {
+                    None
+                } else {
+                    let proof = reader.bytes().ok()?;
+                    if proof.len() > MAX_PROOF_BYTES {
+                        return None;
+                    }
+                    Some(proof.to_vec())
+                })
+            }
+            // Fields added by later versions are skipped.
+            _ => {
+                reader.value().ok()?;
+            }
+        }
+    }
+    if !reader.is_done() {
+        return None;
+    }
+    Some(Hello { protocol_version: version?, peer_id: peer_id?, listen_addresses: addresses.unwrap_or_default(), proof: proof? })
+}
+
+fn decode_heartbeat(bytes: &[u8]) -> Option<(String, u64)> {
+    let mut reader = Reader::new(bytes);
+    let (mut peer_id, mut ms) = (None, None);
+    for _ in 0..reader.map().ok()? {
+        match reader.text().ok()? {
+            "peer_id" => peer_id = Some(reader.text().ok()?.to_owned()),
+            "timestamp_ms" => ms = Some(reader.unsigned().ok()?),
+            _ => {
+                reader.value().ok()?;
+            }
+        }
+    }
+    reader.is_done().then_some((peer_id?, ms?))
+}
+
+fn decode_goodbye(bytes: &[u8]) -> Option<String> {
+    let mut reader = Reader::new(bytes);
+    let mut reason = None;
+    for _ in 0..reader.map().ok()? {
+        match reader.text().ok()? {
+            "reason" => reason = Some(reader.text().ok()?.to_owned()),
+            _ => {
+                reader.value().ok()?;
+            }
+        }
+    }
+    reader.is_done().then_some(reason?)
+}
+
+fn decode_error(bytes: &[u8]) -> Option<(ErrorCode, String)> {
+    let mut reader = Reader::new(bytes);
+    let (mut code, mut message) = (None, None);
+    for _ in 0..reader.map().ok()? {
+        match reader.text().ok()? {
+            "code" => code = Some(ErrorCode::from_code(u16::try_from(reader.unsigned().ok()?).ok()?)),
+            "message" => message = Some(reader.text().ok()?.to_owned()),
+            _ => {
+                reader.value().ok()?;
+            }
+        }
+    }
+    reader.is_done().then_some((code?, message?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pluresdb_core::OperationType;
+
+    fn round_trip(message: NetworkMessage) {
+        let frame = message.to_frame();
+        let bytes = frame.to_bytes().unwrap();
+        let mut decoder = crate::codec::FrameDecoder::new();
+        decoder.extend(&bytes);
+        let back = decoder.decode().unwrap().unwrap();
+        assert_eq!(back, frame);
+        assert_eq!(NetworkMessage::from_frame(&back).unwrap(), message);
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let vv: VersionVector = [("p".to_string(), 3)].into_iter().collect();
+        let mut op = OperationWithMetadata::new(OperationType::CreateNode, "n:1".into(), serde_json::json!({"a": 1}), "p");
+        op.id.seq = 1;
+        round_trip(NetworkMessage::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            peer_id: "12D3KooWx".into(),
+            listen_addresses: vec!["quic://127.0.0.1:1".into()],
+            proof: Some(vec![7; 32]),
+        }));
+        round_trip(NetworkMessage::Hello(Hello { protocol_version: 9, peer_id: "x".into(), listen_addresses: vec![], proof: None }));
+        let timestamp = DateTime::<Utc>::from_timestamp_millis(1_700_000_000_123).unwrap();
+        round_trip(NetworkMessage::Heartbeat { peer_id: "local".into(), timestamp });
+        round_trip(NetworkMessage::SyncRequest { from_peer: "p".into(), round: 4, version_vector: vv.clone() });
+        round_trip(NetworkMessage::DataSync { from_peer: "p".into(), operations: vec![op], version_vector: vv.clone() });
+        round_trip(NetworkMessage::SyncDone { from_peer: "p".into(), round: 4, version_vector: vv.clone() });
+        round_trip(NetworkMessage::SyncAck { from_peer: "p".into(), version_vector: vv });
+        round_trip(NetworkMessage::Goodbye { reason: "shutting down".into() });
+        round_trip(NetworkMessage::Error { code: ErrorCode::RateLimited, message: "slow down".into() });
+        round_trip(NetworkMessage::Error { code: ErrorCode::Other(999), message: String::new() });
+    }
+
+    #[test]
+    fn sync_messages_convert_both_ways_and_encoded_ones_are_framed_as_is() {
+        let message = SyncMessage::SyncAck { from_peer: "p".into(), version_vector: VersionVector::new() };
+        let network = NetworkMessage::from(message.clone());
+        assert_eq!(SyncMessage::try_from(network.clone()).unwrap(), message);
+        let encoded = NetworkMessage::EncodedSync(message.encode().into());
+        assert_eq!(encoded.to_frame(), network.to_frame());
+        assert_eq!(SyncMessage::try_from(encoded).unwrap(), message);
+        assert!(SyncMessage::try_from(NetworkMessage::Goodbye { reason: String::new() }).is_err());
+
+        let data = SyncMessage::DataSync { from_peer: "p".into(), operations: vec![], version_vector: VersionVector::new() };
+        assert!(NetworkMessage::EncodedSync(data.encode().into()).is_bulk());
+        assert!(NetworkMessage::from(data).is_bulk());
+        assert!(!NetworkMessage::EncodedSync(message.encode().into()).is_bulk());
+    }
+
+    #[test]
+    fn bad_payloads_are_typed_errors() {
+        for kind in FrameKind::ALL {
+            let err = NetworkMessage::from_frame(&Frame::new(kind, vec![0xff, 0x00])).unwrap_err();
+            assert!(matches!(err, CodecError::BadPayload { kind: k, .. } if k == kind), "{kind}: {err}");
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! [`PeerManager`]: the registry of connected and known peers, shared by the
+//! network engines (which update it) and the node's API (which lists it).
+
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+/// The most disconnected peers remembered; beyond it the one seen longest
+/// ago is forgotten.
+pub const MAX_KNOWN_PEERS: usize = 4_096;
+
+/// The transport a peer is connected over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// QUIC (`QuicNetworkEngine`).
+    Quic,
+    /// WebRTC data channels.
+    WebRtc,
+    /// libp2p.
+    Libp2p,
+}
+
+impl Transport {
+    /// The transport's name: `"quic"`, `"webrtc"`, `"libp2p"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Quic => "quic",
+            Transport::WebRtc => "webrtc",
+            Transport::Libp2p => "libp2p",
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which side opened a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// This node dialled the peer (and redials it when the connection drops).
+    Dialled,
+    /// The peer dialled this node.
+    Accepted,
+}
+
+/// What is known about a peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer id (`12D3KooW...`), verified from its TLS certificate.
+    pub peer_id: String,
+    /// The peer's address as this node sees it (`ip:port`).
+    pub address: String,
+    /// The transport of the current (or last) connection.
+    pub transport: Transport,
+    /// Who opened the current (or last) connection.
+    pub direction: Direction,
+    /// Addresses the peer says it listens on (from its `Hello`).
+    pub listen_addresses: Vec<String>,
+    /// When the current (or last) connection completed its handshake.
+    pub connected_at: DateTime<Utc>,
+    /// When anything was last received from the peer.
+    pub last_seen: DateTime<Utc>,
+    /// The latest round-trip time estimate, once measured.
+    pub rtt: Option<Duration>,
+    /// Frame bytes sent to the peer on the current (or last) connection.
+    pub bytes_sent: u64,
+    /// Frame bytes received from the peer on the current (or last)
+    /// connection.
+    pub bytes_received: u64,
+    /// Whether a connection to the peer is up.
+    pub connected: bool,
+}
+
+/// Live counters of one connection, updated by its tasks without locking
+/// the registry; [`PeerManager`] reads them into [`PeerInfo`].
+#[derive(Debug, Default)]
+pub struct PeerStats {
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    last_seen_ms: AtomicI64,
+    rtt_micros: AtomicU64,
+}
+
+impl PeerStats {
+    /// Counts `bytes` sent.
+    pub fn record_sent(&self, bytes: usize) {
+        self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Counts `bytes` received at `now` (which becomes `last_seen`).
+    pub fn record_received(&self, bytes: usize, now: DateTime<Utc>) {
+        self.bytes_received.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.last_seen_ms.fetch_max(now.timestamp_millis(), Ordering::Relaxed);
+    }
+
+    /// Records a round-trip time estimate.
+    pub fn record_rtt(&self, rtt: Duration) {
+        self.rtt_micros.store(u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1), Ordering::Relaxed);
+    }
+
+    fn read_into(&self, info: &mut PeerInfo) {
+        info.bytes_sent = self.bytes_sent.load(Ordering::Relaxed);
+        info.bytes_received = self.bytes_received.load(Ordering::Relaxed);
+        if let Some(seen) = DateTime::<Utc>::from_timestamp_millis(self.last_seen_ms.load(Ordering::Relaxed)) {
+            info.last_seen = info.last_seen.max(seen);
+        }
+        info.rtt = match self.rtt_micros.load(Ordering::Relaxed) {
+            0 => None,
+            micros => Some(Duration::from_micros(micros)),
+        };
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    info: PeerInfo,
+    /// The counters of the current connection (while connected).
+    stats: Option<Arc<PeerStats>>,
+}
+
+impl Entry {
+    fn snapshot(&self) -> PeerInfo {
+        let mut info = self.info.clone();
+        if let Some(stats) = &self.stats {
+            stats.read_into(&mut info);
+        }
+        info
+    }
+}
+
+/// The registry of peers: those connected now and those seen before (at
+/// most [`MAX_KNOWN_PEERS`] of the latter). Thread-safe; share it with
+/// `Arc<PeerManager>` between the engines and the API.
+#[derive(Debug, Default)]
+pub struct PeerManager {
+    peers: RwLock<BTreeMap<String, Entry>>,
+}
+
+impl PeerManager {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, Entry>> {
+        // A panic while holding the lock leaves a map that is still
+        // consistent (every update is a single insert or field store).
+        self.peers.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<String, Entry>> {
+        self.peers.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records that `info.peer_id` is connected now, with a fresh set of
+    /// counters that the connection updates; returns them.
+    pub fn peer_connected(&self, mut info: PeerInfo) -> Arc<PeerStats> {
+        let stats = Arc::new(PeerStats::default());
+        if let Some(rtt) = info.rtt {
+            stats.record_rtt(rtt);
+        }
+        info.connected = true;
+        let mut peers = self.write();
+        peers.insert(info.peer_id.clone(), Entry { info, stats: Some(stats.clone()) });
+        stats
+    }
+
+    /// Records that `peer_id`'s connection is gone; the peer stays known
+    /// with its last figures.
+    pub fn peer_disconnected(&self, peer_id: &str) {
+        let mut peers = self.write();
+        if let Some(entry) = peers.get_mut(peer_id) {
+            entry.info = entry.snapshot();
+            entry.info.connected = false;
+            entry.stats = None;
+        }
+        if peers.len() > MAX_KNOWN_PEERS {
+            let oldest = peers.values().filter(|e| !e.info.connected).min_by_key(|e| e.info.last_seen).map(|e| e.info.peer_id.clone());
+            if let Some(oldest) = oldest {
+                peers.remove(&oldest);
+            }
+        }
+    }
+
+    /// What is known about `peer_id`.
+    pub fn get(&self, peer_id: &str) -> Option<PeerInfo> {
+        self.read().get(peer_id).map(Entry::snapshot)
+    }
+
+    /// Whether `peer_id` is connected.
+    pub fn is_connected(&self, peer_id: &str) -> bool {
+        self.read().get(peer_id).is_some_and(|e| e.info.connected)
+    }
+
+    /// The connected peers, in peer id order.
+    pub fn connected_peers(&self) -> Vec<PeerInfo> {
+        self.read().values().filter(|e| e.info.connected).map(Entry::snapshot).collect()
+    }
+
+    /// Every known peer, connected or not, in peer id order.
+    pub fn known_peers(&self) -> Vec<PeerInfo> {
+        self.read().values().map(Entry::snapshot).collect()
+    }
+
+    /// How many peers are connected.
+    pub fn connected_count(&self) -> usize {
+        self.read().values().filter(|e| e.info.connected).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(peer: &str) -> PeerInfo {
+        let now = Utc::now();
+        PeerInfo {
+            peer_id: peer.into(),
+            address: "127.0.0.1:1".into(),
+            transport: Transport::Quic,
+            direction: Direction::Dialled,
+            listen_addresses: vec![],
+            connected_at: now,
+            last_seen: now,
+            rtt: None,
+            bytes_sent: 0,
+            bytes_received: 0,
+            connected: false,
+        }
+    }
+
+    #[test]
+    fn peers_connect_count_and_disconnect() {
+        let manager = PeerManager::new();
+        let stats = manager.peer_connected(info("a"));
+        manager.peer_connected(info("b"));
+        stats.record_sent(10);
+        stats.record_received(7, Utc::now());
+        stats.record_rtt(Duration::from_micros(250));
+        let a = manager.get("a").unwrap();
+        assert_eq!((a.bytes_sent, a.bytes_received, a.rtt), (10, 7, Some(Duration::from_micros(250))));
+        assert_eq!(manager.connected_count(), 2);
+        manager.peer_disconnected("a");
+        assert!(!manager.is_connected("a"));
+        assert_eq!(manager.get("a").unwrap().bytes_sent, 10, "figures survive the disconnect");
+        assert_eq!(manager.connected_peers().iter().map(|p| p.peer_id.as_str()).collect::<Vec<_>>(), ["b"]);
+        assert_eq!(manager.known_peers().len(), 2);
+        assert_eq!(Transport::Quic.to_string(), "quic");
+    }
+}

@@ -1,0 +1,758 @@
+//! [`QuicNetworkEngine`]: the [`NetworkEngine`] over QUIC (quinn 0.11,
+//! rustls with ring).
+//!
+//! One quinn endpoint (one UDP socket) both listens and dials. Connections
+//! use mutual TLS 1.3 with certificates that carry the node keys
+//! (`pluresdb_security::tls`), so each side learns the other's peer id from
+//! the handshake itself. Then the PluresDB handshake ([`handshake`]) checks
+//! the network-secret proof against the [`AccessPolicy`]; an admitted
+//! connection becomes a [`link`]: a control stream for small frames, a
+//! bulk stream for `DataSync`, heartbeats, receive limits.
+
+mod address;
+mod backoff;
+mod handshake;
+mod link;
+mod stream;
+
+pub use address::{resolve, strip_scheme, QUIC_SCHEME};
+pub use backoff::{Backoff, INITIAL_DELAY, MAX_DELAY};
+pub use handshake::{EXPORTER_LABEL, HANDSHAKE_MAX_PAYLOAD};
+pub use stream::CLOSE_NORMAL;
+
+use crate::codec::{Frame, MAX_PAYLOAD_BYTES};
+use crate::config::{NetworkConfig, ReceiveLimits};
+use crate::engine::{NetworkEngine, Result};
+use crate::error::NetworkError;
+use crate::events::SyncHandle;
+use crate::message::{ErrorCode, NetworkMessage};
+use crate::peer::{Direction, PeerInfo, PeerManager};
+use link::Link;
+use pluresdb_security::{tls, AccessPolicy, Identity, NetworkSecret, PeerId};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Endpoint, IdleTimeout, TransportConfig, VarInt};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Notify};
+
+/// Frames queued per peer on the control stream before `send_message`
+/// answers [`NetworkError::PeerBusy`].
+pub const CONTROL_QUEUE_FRAMES: usize = 1_024;
+
+/// `DataSync` frames queued per peer on the bulk stream before
+/// `send_message` answers [`NetworkError::PeerBusy`]. The sync engine keeps
+/// at most 4 batches in flight per peer, so this is only reached when a
+/// peer reads slower than it is sent to.
+pub const BULK_QUEUE_FRAMES: usize = 16;
+
+/// Incoming connections over the limit that are still given a reason
+/// (accepted, then closed with `too_many_connections`); beyond this many at
+/// once they are refused without one, which costs no TLS handshake.
+const MAX_REFUSING: usize = 16;
+
+/// The QUIC engine. Cheap to clone: clones share one endpoint and one set
+/// of connections (hand a clone to the sync driver, keep one to stop it).
+///
+/// ```no_run
+/// # async fn demo() -> pluresdb_net::Result<()> {
+/// use pluresdb_net::{NetworkConfig, NetworkEngine, PeerManager, QuicNetworkEngine, SyncHandle};
+/// use std::sync::Arc;
+///
+/// let peer_manager = Arc::new(PeerManager::new());
+/// let (sync_engine, _events) = SyncHandle::channel(1024);
+/// let mut engine = QuicNetworkEngine::new(NetworkConfig::default(), peer_manager, sync_engine);
+/// engine.initialize().await?;
+/// engine.start().await?;
+/// let peer_id = engine.connect_peer("quic://192.168.1.100:34569").await?;
+/// # let _ = peer_id;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct QuicNetworkEngine {
+    shared: Arc<Shared>,
+}
+
+/// This node's keys and TLS configuration, fixed at `initialize`.
+pub(crate) struct Keys {
+    pub(crate) identity: Identity,
+    pub(crate) peer_id: PeerId,
+    pub(crate) peer_id_text: String,
+    pub(crate) policy: AccessPolicy,
+    server: quinn::ServerConfig,
+    transport: Arc<TransportConfig>,
+}
+
+struct Settings {
+    identity: Option<Identity>,
+    policy: Option<AccessPolicy>,
+    limits: ReceiveLimits,
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: NetworkConfig,
+    pub(crate) peers: Arc<PeerManager>,
+    pub(crate) sync: SyncHandle,
+    settings: Mutex<Settings>,
+    keys: Mutex<Option<Arc<Keys>>>,
+    state: Mutex<State>,
+    /// Woken whenever a link is registered or removed.
+    pub(crate) links_changed: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    running: Option<Running>,
+    links: HashMap<String, Link>,
+    /// Connections past their QUIC handshake but not yet links; they count
+    /// against `max_connections`.
+    handshaking: usize,
+    /// Incoming connections being refused for the connection limit.
+    refusing: usize,
+    next_id: u64,
+    dials: HashMap<u64, Dial>,
+}
+
+#[derive(Clone)]
+struct Running {
+    endpoint: Endpoint,
+    local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: TaskCounter,
+    receive_limits: ReceiveLimits,
+}
+
+/// A peer this node dialled and keeps dialling.
+struct Dial {
+    address: String,
+    peer: Option<String>,
+    cancel: watch::Sender<bool>,
+}
+
+/// Counts running connection tasks, so `stop` can wait for them.
+#[derive(Clone)]
+pub(crate) struct TaskCounter(Arc<watch::Sender<usize>>);
+
+pub(crate) struct TaskGuard(Arc<watch::Sender<usize>>);
+
+impl TaskCounter {
+    fn new() -> Self {
+        Self(Arc::new(watch::channel(0).0))
+    }
+
+    pub(crate) fn enter(&self) -> TaskGuard {
+        self.0.send_modify(|n| *n += 1);
+        TaskGuard(self.0.clone())
+    }
+
+    async fn idle(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// A slot against `max_connections` held by a connection in its
+/// handshake; released on drop.
+pub(crate) struct Slot {
+    shared: Arc<Shared>,
+    refusing: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut state = self.shared.state();
+        if self.refusing {
+            state.refusing = state.refusing.saturating_sub(1);
+        } else {
+            state.handshaking = state.handshaking.saturating_sub(1);
+        }
+    }
+}
+
+/// What registering a new link did.
+pub(crate) enum Registration {
+    /// No other link to the peer existed.
+    Fresh,
+    /// It replaced an older link to the same peer, which is being closed.
+    Replaced,
+    /// Another link to the peer wins; this one must close.
+    Duplicate,
+    /// The engine is stopping.
+    Stopped,
+}
+
+impl QuicNetworkEngine {
+    /// An engine with `config` that reports peers to `peer_manager` and
+    /// delivers peer events through `sync_engine` (see [`SyncHandle`]).
+    /// Give it keys with [`with_identity`](Self::with_identity) and
+    /// [`with_access_policy`](Self::with_access_policy), or let
+    /// `initialize` generate them.
+    pub fn new(config: NetworkConfig, peer_manager: Arc<PeerManager>, sync_engine: SyncHandle) -> Self {
+        let shared = Shared {
+            config,
+            peers: peer_manager,
+            sync: sync_engine,
+            settings: Mutex::new(Settings { identity: None, policy: None, limits: ReceiveLimits::default() }),
+            keys: Mutex::new(None),
+            state: Mutex::new(State::default()),
+            links_changed: Notify::new(),
+        };
+        Self { shared: Arc::new(shared) }
+    }
+
+    /// Uses `identity` as this node's key (its peer id names the node).
+    /// Without it, `initialize` generates one.
+    pub fn with_identity(self, identity: Identity) -> Self {
+        lock(&self.shared.settings).identity = Some(identity);
+        self
+    }
+
+    /// Admits peers by `policy`. Without it, `initialize` creates a fresh
+    /// network secret and admits only peers that prove it (so a node
+    /// without a policy talks to no one until it is given the secret).
+    pub fn with_access_policy(self, policy: AccessPolicy) -> Self {
+        lock(&self.shared.settings).policy = Some(policy);
+        self
+    }
+
+    /// Applies `limits` to what each peer may send (default:
+    /// [`ReceiveLimits::default`]). Takes effect at the next `start`.
+    pub fn with_receive_limits(self, limits: ReceiveLimits) -> Self {
+        lock(&self.shared.settings).limits = limits;
+        self
+    }
+
+    /// This node's peer id, once initialized.
+    pub fn peer_id(&self) -> Option<String> {
+        lock(&self.shared.keys).as_ref().map(|keys| keys.peer_id_text.clone())
+    }
+
+    /// This node's identity, once initialized (for the runtime to keep a
+    /// generated one).
+    pub fn identity(&self) -> Option<Identity> {
+        lock(&self.shared.keys).as_ref().map(|keys| keys.identity.clone())
+    }
+
+    /// The access policy in force, once initialized (it holds the network
+    /// secret a fresh node generated).
+    pub fn access_policy(&self) -> Option<AccessPolicy> {
+        lock(&self.shared.keys).as_ref().map(|keys| keys.policy.clone())
+    }
+
+    /// The address the endpoint is bound to, while running (with port 0 in
+    /// the config, the port the OS chose).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.shared.state().running.as_ref().map(|running| running.local_addr)
+    }
+
+    /// The peer registry this engine reports to.
+    pub fn peer_manager(&self) -> &Arc<PeerManager> {
+        &self.shared.peers
+    }
+
+    fn keys(&self) -> Result<Arc<Keys>> {
+        lock(&self.shared.keys).clone().ok_or(NetworkError::NotRunning)
+    }
+
+    fn running(&self) -> Result<Running> {
+        self.shared.state().running.clone().ok_or(NetworkError::NotRunning)
+    }
+
+    /// Dials `address` and runs the handshake; returns the peer id once the
+    /// connection is a link.
+    async fn dial(&self, address: &str, expected: Option<PeerId>) -> Result<String> {
+        let keys = self.keys()?;
+        let running = self.running()?;
+        let addr = address::resolve(address, running.local_addr).await?;
+        let slot =
+            Shared::reserve_slot(&self.shared).ok_or(NetworkError::TooManyConnections { limit: self.shared.config.max_connections })?;
+        let tls = tls::client_config(&keys.identity, expected).map_err(NetworkError::Tls)?;
+        let crypto = QuicClientConfig::try_from(tls).map_err(|err| NetworkError::Config(format!("QUIC client TLS config: {err}")))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        client.transport_config(keys.transport.clone());
+        let connecting = running
+            .endpoint
+            .connect_with(client, addr, "pluresdb")
+            .map_err(|err| NetworkError::Connect { address: address.to_owned(), reason: err.to_string() })?;
+        let timeout = self.shared.config.connection_timeout;
+        let connection = match tokio::time::timeout(timeout, connecting).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(err)) => {
+                return Err(match stream::connection_ended(address, &err) {
+                    refused @ NetworkError::Refused { .. } => refused,
+                    _ => NetworkError::Connect { address: address.to_owned(), reason: err.to_string() },
+                })
+            }
+            Err(_) => return Err(NetworkError::Connect { address: address.to_owned(), reason: format!("no answer within {timeout:?}") }),
+        };
+        let listen = listen_addresses(running.local_addr);
+        let limits = running.receive_limits;
+        let done = handshake::run(&keys, &connection, Direction::Dialled, listen, limits.max_payload, timeout).await?;
+        let peer_id = done.peer_id.clone();
+        link::start(self.shared.clone(), &running, connection, done, Direction::Dialled, slot);
+        Ok(peer_id)
+    }
+
+    /// Keeps `address` connected: waits while its peer is connected,
+    /// redials with [`Backoff`] when it is not, until cancelled (by
+    /// `disconnect_peer` or `stop`).
+    fn supervise(&self, dial_id: u64, address: String, mut peer: Option<String>, mut cancel: watch::Receiver<bool>) {
+        let engine = self.clone();
+        let mut shutdown = match self.running() {
+            Ok(running) => running.shutdown.subscribe(),
+            Err(_) => return,
+        };
+        tokio::spawn(async move {
+            let mut backoff = Backoff::new();
+            // A bootstrap node (peer unknown yet) is dialled at once.
+            let mut immediate = peer.is_none();
+            loop {
+                // Wait while the peer is connected.
+                loop {
+                    let changed = engine.shared.links_changed.notified();
+                    let connected = peer.as_deref().is_some_and(|p| engine.shared.state().links.contains_key(p));
+                    if !connected {
+                        break;
+                    }
+                    backoff.reset();
+                    tokio::select! {
+                        _ = changed => {}
+                        _ = cancel.wait_for(|c| *c) => return,
+                        _ = shutdown.wait_for(|s| *s) => return,
+                    }
+                }
+                let delay = if std::mem::take(&mut immediate) { Duration::ZERO } else { backoff.next_delay() };
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancel.wait_for(|c| *c) => return,
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+                if peer.as_deref().is_some_and(|p| engine.shared.state().links.contains_key(p)) {
+                    continue;
+                }
+                let expected = peer.as_deref().and_then(|p| p.parse::<PeerId>().ok());
+                let attempt = tokio::select! {
+                    result = engine.dial(&address, expected) => result,
+                    _ = cancel.wait_for(|c| *c) => return,
+                    _ = shutdown.wait_for(|s| *s) => return,
+                };
+                match attempt {
+                    Ok(found) => {
+                        tracing::info!(%address, peer = %found, "redialled peer");
+                        if let Some(dial) = engine.shared.state().dials.get_mut(&dial_id) {
+                            dial.peer = Some(found.clone());
+                        }
+                        peer = Some(found);
+                    }
+                    Err(NetworkError::NotRunning) => return,
+                    Err(err) => tracing::debug!(%address, error = %err, "redial failed"),
+                }
+            }
+        });
+    }
+
+    /// Registers a dial to keep up; returns its id and cancel receiver.
+    fn add_dial(&self, address: &str, peer: Option<String>) -> (u64, watch::Receiver<bool>) {
+        let (cancel, cancelled) = watch::channel(false);
+        let mut state = self.shared.state();
+        state.next_id += 1;
+        let id = state.next_id;
+        state.dials.insert(id, Dial { address: address.to_owned(), peer, cancel });
+        (id, cancelled)
+    }
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// A slot against `max_connections` for a dial, or `None` at the limit.
+    fn reserve_slot(shared: &Arc<Shared>) -> Option<Slot> {
+        let mut state = shared.state();
+        if state.links.len() + state.handshaking >= shared.config.max_connections {
+            return None;
+        }
+        state.handshaking += 1;
+        Some(Slot { shared: shared.clone(), refusing: false })
+    }
+
+    /// Registers `link` for its peer, settling duplicates: of two links
+    /// between the same nodes, the one dialled by the node with the smaller
+    /// peer id wins (both ends decide alike); a link dialled by the same
+    /// node as the existing one replaces it (the peer redialled, so the old
+    /// one is stale).
+    pub(crate) fn register(&self, link: Link) -> Registration {
+        let mut state = self.state();
+        if state.running.is_none() {
+            return Registration::Stopped;
+        }
+        let registration = match state.links.get(&link.peer_id) {
+            None => Registration::Fresh,
+            Some(old) if old.dialler == link.dialler || link.dialler < old.dialler => {
+                old.close("replaced by a newer connection");
+                Registration::Replaced
+            }
+            Some(_) => return Registration::Duplicate,
+        };
+        state.links.insert(link.peer_id.clone(), link);
+        drop(state);
+        self.links_changed.notify_waiters();
+        registration
+    }
+
+    /// Removes link `id` of `peer` if it is still the current one; returns
+    /// whether it was.
+    pub(crate) fn unregister(&self, peer: &str, id: u64) -> bool {
+        let mut state = self.state();
+        let current = state.links.get(peer).is_some_and(|link| link.id == id);
+        if current {
+            state.links.remove(peer);
+        }
+        drop(state);
+        self.links_changed.notify_waiters();
+        current
+    }
+
+    pub(crate) fn next_link_id(&self) -> u64 {
+        let mut state = self.state();
+        state.next_id += 1;
+        state.next_id
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the data consistent (plain inserts and
+    // removals), so a panic elsewhere does not make it unusable.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What this node tells peers it listens on.
+fn listen_addresses(local: SocketAddr) -> Vec<String> {
+    vec![address::quic_url(local)]
+}
+
+/// The transport parameters of every connection.
+fn transport_config(config: &NetworkConfig) -> Result<TransportConfig> {
+    let mut transport = TransportConfig::default();
+    let idle = IdleTimeout::try_from(config.connection_timeout)
+        .map_err(|_| NetworkError::Config(format!("connection_timeout {:?} is too long", config.connection_timeout)))?;
+    transport.max_idle_timeout(Some(idle));
+    // Heartbeats keep links alive; QUIC keep-alives cover the handshake and
+    // a heartbeat interval configured longer than the timeout.
+    transport.keep_alive_interval(Some(config.heartbeat_interval.min(config.connection_timeout / 2).max(Duration::from_millis(10))));
+    // One control stream each way, one bulk stream each way (plus one
+    // being replaced).
+    transport.max_concurrent_bidi_streams(VarInt::from_u32(1));
+    transport.max_concurrent_uni_streams(VarInt::from_u32(2));
+    // Large enough for a full sync batch in flight on loopback and LAN.
+    transport.stream_receive_window(VarInt::from_u32(8 * 1024 * 1024));
+    transport.receive_window(VarInt::from_u32(32 * 1024 * 1024));
+    transport.send_window(32 * 1024 * 1024);
+    Ok(transport)
+}
+
+#[async_trait::async_trait]
+impl NetworkEngine for QuicNetworkEngine {
+    /// Checks the configuration, takes the identity and access policy (or
+    /// generates an identity and a fresh network secret) and builds the TLS
+    /// configuration. Idempotent.
+    async fn initialize(&mut self) -> Result<()> {
+        if lock(&self.shared.keys).is_some() {
+            return Ok(());
+        }
+        let config = &self.shared.config;
+        if !config.enable_encryption {
+            return Err(NetworkError::Config("QUIC always encrypts (TLS 1.3); enable_encryption must be true".to_owned()));
+        }
+        if config.max_connections == 0 {
+            return Err(NetworkError::Config("max_connections must be at least 1".to_owned()));
+        }
+        if config.connection_timeout.is_zero() || config.heartbeat_interval.is_zero() {
+            return Err(NetworkError::Config("connection_timeout and heartbeat_interval must be positive".to_owned()));
+        }
+        let (identity, policy) = {
+            let settings = lock(&self.shared.settings);
+            (settings.identity.clone(), settings.policy.clone())
+        };
+        let identity = match identity {
+            Some(identity) => identity,
+            None => Identity::generate().map_err(NetworkError::Tls)?,
+        };
+        let policy = match policy {
+            Some(policy) => policy,
+            None => AccessPolicy::with_secret(NetworkSecret::generate().map_err(NetworkError::Tls)?),
+        };
+        let transport = Arc::new(transport_config(config)?);
+        let tls = tls::server_config(&identity).map_err(NetworkError::Tls)?;
+        let crypto = QuicServerConfig::try_from(tls).map_err(|err| NetworkError::Config(format!("QUIC server TLS config: {err}")))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server.transport_config(transport.clone());
+        let peer_id = identity.peer_id();
+        let keys = Keys { peer_id_text: peer_id.to_string(), peer_id, identity, policy, server, transport };
+        *lock(&self.shared.keys) = Some(Arc::new(keys));
+        Ok(())
+    }
+
+    /// Binds `bind_address:port`, starts accepting, and dials the bootstrap
+    /// nodes (in the background, redialling with backoff).
+    async fn start(&mut self) -> Result<()> {
+        self.initialize().await?;
+        let keys = self.keys()?;
+        let config = &self.shared.config;
+        let ip: IpAddr = config
+            .bind_address
+            .parse()
+            .map_err(|err| NetworkError::Config(format!("bind_address {:?} is not an IP address: {err}", config.bind_address)))?;
+        let bind = SocketAddr::new(ip, config.port);
+        let running = {
+            let mut state = self.shared.state();
+            if state.running.is_some() {
+                return Err(NetworkError::AlreadyRunning);
+            }
+            let endpoint =
+                Endpoint::server(keys.server.clone(), bind).map_err(|source| NetworkError::Bind { address: bind.to_string(), source })?;
+            let local_addr = endpoint.local_addr().map_err(|source| NetworkError::Bind { address: bind.to_string(), source })?;
+            let receive_limits = lock(&self.shared.settings).limits;
+            let running = Running { endpoint, local_addr, shutdown: watch::channel(false).0, tasks: TaskCounter::new(), receive_limits };
+            state.running = Some(running.clone());
+            running
+        };
+        tracing::info!(peer = %keys.peer_id_text, address = %running.local_addr, "QUIC engine listening");
+        tokio::spawn(accept_loop(self.shared.clone(), running.clone(), running.tasks.enter()));
+        for address in config.bootstrap_nodes.clone() {
+            let (id, cancel) = self.add_dial(&address, None);
+            self.supervise(id, address, None, cancel);
+        }
+        Ok(())
+    }
+
+    /// Sends `Goodbye` on every link and closes it (each delivers a
+    /// `PeerEvent::Disconnected`), stops redialling, and closes the
+    /// endpoint. Waits up to `connection_timeout` for the links to finish;
+    /// keep reading `PeerEvents` meanwhile.
+    async fn stop(&mut self) -> Result<()> {
+        let (running, dials) = {
+            let mut state = self.shared.state();
+            let Some(running) = state.running.take() else { return Ok(()) };
+            (running, std::mem::take(&mut state.dials))
+        };
+        for dial in dials.values() {
+            let _ = dial.cancel.send(true);
+        }
+        let _ = running.shutdown.send(true);
+        if tokio::time::timeout(self.shared.config.connection_timeout, running.tasks.idle()).await.is_err() {
+            tracing::warn!("connections still closing after the connection timeout; closing the endpoint anyway");
+        }
+        running.endpoint.close(VarInt::from_u32(CLOSE_NORMAL), b"node shutting down");
+        let _ = tokio::time::timeout(handshake::LINGER, running.endpoint.wait_idle()).await;
+        let local_addr = running.local_addr;
+        drop(running);
+        wait_until_released(local_addr).await;
+        tracing::info!(address = %local_addr, "QUIC engine stopped");
+        Ok(())
+    }
+
+    async fn send_message(&self, peer_id: &str, message: NetworkMessage) -> Result<()> {
+        let frame = checked_frame(&message)?;
+        let queue = {
+            let state = self.shared.state();
+            let link = state.links.get(peer_id).ok_or_else(|| NetworkError::PeerNotConnected(peer_id.to_owned()))?;
+            if message.is_bulk() {
+                link.bulk.clone()
+            } else {
+                link.control.clone()
+            }
+        };
+        enqueue(&queue, peer_id, frame)
+    }
+
+    async fn broadcast_message(&self, message: NetworkMessage) -> Result<()> {
+        let frame = checked_frame(&message)?;
+        let queues: Vec<(String, mpsc::Sender<Frame>)> = {
+            let state = self.shared.state();
+            if state.running.is_none() {
+                return Err(NetworkError::NotRunning);
+            }
+            let bulk = message.is_bulk();
+            state.links.values().map(|link| (link.peer_id.clone(), if bulk { link.bulk.clone() } else { link.control.clone() })).collect()
+        };
+        for (peer, queue) in queues {
+            if let Err(err) = enqueue(&queue, &peer, frame.clone()) {
+                tracing::debug!(%peer, error = %err, "broadcast skipped a peer");
+            }
+        }
+        Ok(())
+    }
+
+    /// Dials `address` (`host:port` or `quic://host:port`), verifies the
+    /// peer (TLS certificate, then network secret and access policy) and
+    /// returns its peer id. The peer is redialled with backoff whenever the
+    /// connection drops, until `disconnect_peer` or `stop`.
+    async fn connect_peer(&self, address: &str) -> Result<String> {
+        let peer = self.dial(address, None).await?;
+        let supervised = self.shared.state().dials.values().any(|dial| dial.peer.as_deref() == Some(peer.as_str()));
+        if !supervised {
+            let (id, cancel) = self.add_dial(address, Some(peer.clone()));
+            self.supervise(id, address.to_owned(), Some(peer.clone()), cancel);
+        }
+        Ok(peer)
+    }
+
+    async fn disconnect_peer(&self, peer_id: &str) -> Result<()> {
+        let (link_found, dial_found) = {
+            let mut state = self.shared.state();
+            let mut dial_found = false;
+            state.dials.retain(|_, dial| {
+                let matches = dial.peer.as_deref() == Some(peer_id);
+                if matches {
+                    let _ = dial.cancel.send(true);
+                    tracing::debug!(address = %dial.address, "stopped redialling");
+                }
+                dial_found |= matches;
+                !matches
+            });
+            let link_found = match state.links.get(peer_id) {
+                Some(link) => {
+                    link.close("disconnected by the local node");
+                    true
+                }
+                None => false,
+            };
+            (link_found, dial_found)
+        };
+        if link_found || dial_found {
+            Ok(())
+        } else {
+            Err(NetworkError::PeerNotConnected(peer_id.to_owned()))
+        }
+    }
+
+    async fn get_connected_peers(&self) -> Result<Vec<PeerInfo>> {
+        let ids: Vec<String> = self.shared.state().links.keys().cloned().collect();
+        let mut peers: Vec<PeerInfo> = ids.iter().filter_map(|id| self.shared.peers.get(id)).collect();
+        peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        Ok(peers)
+    }
+
+    async fn is_peer_connected(&self, peer_id: &str) -> bool {
+        self.shared.state().links.contains_key(peer_id)
+    }
+}
+
+/// Waits (at most [`handshake::LINGER`]) until the UDP port is free again.
+/// quinn closes the socket in its endpoint driver task once the last
+/// handle and connection are gone, which may be a moment after `stop`
+/// drops them; a node restarted in the same process on the same port
+/// needs it closed.
+async fn wait_until_released(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + handshake::LINGER;
+    while std::net::UdpSocket::bind(addr).is_err() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// The frame for a message callers may send, checked against the frame
+/// size limit.
+fn checked_frame(message: &NetworkMessage) -> Result<Frame> {
+    if matches!(message, NetworkMessage::Hello(_) | NetworkMessage::Goodbye { .. } | NetworkMessage::Error { .. }) {
+        return Err(NetworkError::NotSendable { kind: message.kind() });
+    }
+    let frame = message.to_frame();
+    if frame.payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(NetworkError::Codec {
+            peer: "local".to_owned(),
+            source: crate::codec::CodecError::Oversize { length: frame.payload.len(), limit: MAX_PAYLOAD_BYTES },
+        });
+    }
+    Ok(frame)
+}
+
+fn enqueue(queue: &mpsc::Sender<Frame>, peer: &str, frame: Frame) -> Result<()> {
+    queue.try_send(frame).map_err(|err| match err {
+        mpsc::error::TrySendError::Full(_) => NetworkError::PeerBusy { peer: peer.to_owned() },
+        mpsc::error::TrySendError::Closed(_) => NetworkError::PeerNotConnected(peer.to_owned()),
+    })
+}
+
+/// Accepts incoming connections until the engine stops, enforcing
+/// `max_connections`.
+async fn accept_loop(shared: Arc<Shared>, running: Running, _guard: TaskGuard) {
+    let mut shutdown = running.shutdown.subscribe();
+    loop {
+        let incoming = tokio::select! {
+            incoming = running.endpoint.accept() => incoming,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let Some(incoming) = incoming else { break };
+        let slot = {
+            let mut state = shared.state();
+            if state.links.len() + state.handshaking < shared.config.max_connections {
+                state.handshaking += 1;
+                Some(Slot { shared: shared.clone(), refusing: false })
+            } else if state.refusing < MAX_REFUSING {
+                state.refusing += 1;
+                Some(Slot { shared: shared.clone(), refusing: true })
+            } else {
+                None
+            }
+        };
+        let Some(slot) = slot else {
+            tracing::warn!(remote = %incoming.remote_address(), "refused a connection: at the connection limit");
+            incoming.refuse();
+            continue;
+        };
+        let guard = running.tasks.enter();
+        let mut shutdown = running.shutdown.subscribe();
+        let accept = accept_one(shared.clone(), running.clone(), incoming, slot);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = accept => {}
+                _ = shutdown.wait_for(|s| *s) => {}
+            }
+            drop(guard);
+        });
+    }
+}
+
+async fn accept_one(shared: Arc<Shared>, running: Running, incoming: quinn::Incoming, slot: Slot) {
+    let remote = incoming.remote_address();
+    let timeout = shared.config.connection_timeout;
+    let connection = match incoming.accept() {
+        Ok(connecting) => match tokio::time::timeout(timeout, connecting).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(err)) => {
+                tracing::debug!(%remote, error = %err, "incoming connection failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%remote, "incoming connection timed out in the QUIC handshake");
+                return;
+            }
+        },
+        Err(err) => {
+            tracing::debug!(%remote, error = %err, "incoming connection failed");
+            return;
+        }
+    };
+    if slot.refusing {
+        let reason = format!("too many connections (limit {})", shared.config.max_connections);
+        tracing::warn!(%remote, "{reason}; closing the new connection");
+        connection.close(stream::close_code(ErrorCode::TooManyConnections), reason.as_bytes());
+        return;
+    }
+    let Some(keys) = lock(&shared.keys).clone() else { return };
+    let listen = listen_addresses(running.local_addr);
+    match handshake::run(&keys, &connection, Direction::Accepted, listen, running.receive_limits.max_payload, timeout).await {
+        Ok(done) => link::start(shared, &running, connection, done, Direction::Accepted, slot),
+        Err(err) => tracing::warn!(%remote, error = %err, "incoming handshake failed"),
+    }
+}

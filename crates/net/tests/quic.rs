@@ -1,0 +1,349 @@
+//! The QUIC engine over real sockets on loopback: connection and identity,
+//! admission, abuse handling, limits, restarts and shutdown.
+
+mod common;
+
+use common::{connected, disconnected, link, message, node, start, until, Options};
+use pluresdb_core::VersionVector;
+use pluresdb_net::codec::FrameDecoder;
+use pluresdb_net::{
+    Direction, ErrorCode, Frame, FrameKind, NetworkConfig, NetworkEngine, NetworkError, NetworkMessage, PeerEvent, ReceiveLimits, Transport,
+};
+use pluresdb_security::{tls, AccessMode, AccessPolicy, Identity, NetworkSecret, RateLimit};
+use pluresdb_sync::SyncMessage;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn ack(from: &str, seq: u64) -> SyncMessage {
+    let vv: VersionVector = [(from.to_owned(), seq)].into_iter().collect();
+    SyncMessage::SyncAck { from_peer: from.to_owned(), version_vector: vv }
+}
+
+#[tokio::test]
+async fn two_engines_connect_verify_ids_and_exchange_messages() {
+    let mut a = node(1).await;
+    let mut b = node(2).await;
+    // Both address forms work; the dialler learns the verified peer id.
+    let found = a.engine.connect_peer(&format!("quic://{}", b.addr)).await.unwrap();
+    assert_eq!(found, b.id);
+    match connected(&mut a.events, &b.id).await {
+        PeerEvent::Connected { address, transport, .. } => {
+            assert_eq!(address, b.addr.to_string());
+            assert_eq!(transport, Transport::Quic);
+        }
+        _ => unreachable!(),
+    }
+    connected(&mut b.events, &a.id).await;
+    assert!(a.engine.is_peer_connected(&b.id).await);
+    assert!(b.engine.is_peer_connected(&a.id).await);
+
+    // Messages both ways, as encoded sync messages and as typed ones.
+    a.engine.send_message(&b.id, NetworkMessage::from(ack(&a.id, 1))).await.unwrap();
+    assert_eq!(SyncMessage::decode(&a.id, &message(&mut b.events, &a.id).await).unwrap(), ack(&a.id, 1));
+    b.engine.send_message(&a.id, NetworkMessage::EncodedSync(ack(&b.id, 7).encode().into())).await.unwrap();
+    assert_eq!(SyncMessage::decode(&b.id, &message(&mut a.events, &b.id).await).unwrap(), ack(&b.id, 7));
+    // A DataSync travels on the bulk stream and arrives the same.
+    let data = SyncMessage::DataSync { from_peer: a.id.clone(), operations: vec![], version_vector: VersionVector::new() };
+    a.engine.broadcast_message(data.clone().into()).await.unwrap();
+    assert_eq!(SyncMessage::decode(&a.id, &message(&mut b.events, &a.id).await).unwrap(), data);
+
+    // The seed's heartbeat is accepted by send_message and counted.
+    let heartbeat = NetworkMessage::Heartbeat { peer_id: "local".to_string(), timestamp: chrono::Utc::now() };
+    a.engine.send_message(&b.id, heartbeat).await.unwrap();
+    // Handshake messages are the engine's own.
+    let goodbye = NetworkMessage::Goodbye { reason: "no".into() };
+    assert!(matches!(a.engine.send_message(&b.id, goodbye).await, Err(NetworkError::NotSendable { .. })));
+    assert!(matches!(a.engine.send_message("12D3KooWnobody", ack(&a.id, 1).into()).await, Err(NetworkError::PeerNotConnected(_))));
+
+    let peers = a.engine.get_connected_peers().await.unwrap();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0].peer_id, b.id);
+    assert_eq!(peers[0].direction, Direction::Dialled);
+    assert_eq!(peers[0].listen_addresses, [format!("quic://{}", b.addr)]);
+    until("rtt measured and bytes counted", async || {
+        let info = a.peers.get(&b.id).unwrap();
+        info.rtt.is_some() && info.bytes_sent > 0 && info.bytes_received > 0
+    })
+    .await;
+    let on_b = b.engine.get_connected_peers().await.unwrap();
+    assert_eq!((on_b[0].peer_id.as_str(), on_b[0].direction), (a.id.as_str(), Direction::Accepted));
+}
+
+#[tokio::test]
+async fn a_peer_without_the_network_secret_is_refused_with_the_reason() {
+    let mut b = node(2).await;
+    // The outsider admits anyone, but holds another network's secret.
+    let mut options = Options::new(3);
+    options.policy = AccessPolicy { mode: AccessMode::Open, secret: Some(NetworkSecret::from_bytes([7; 32])), ..AccessPolicy::default() };
+    let outsider = start(options).await;
+    let err = outsider.engine.connect_peer(&b.addr.to_string()).await.unwrap_err();
+    match &err {
+        NetworkError::Refused { code, reason, .. } => {
+            assert_eq!(*code, ErrorCode::AccessDenied);
+            assert!(reason.contains("did not prove it holds the network secret"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other}"),
+    }
+    assert!(b.engine.get_connected_peers().await.unwrap().is_empty());
+    assert!(b.events.try_recv().is_none(), "no Connected for a refused peer");
+
+    // A node that holds no secret at all, in secret mode, refuses the other
+    // side itself and says so.
+    let mut options = Options::new(4);
+    options.policy = AccessPolicy::default();
+    let no_secret = start(options).await;
+    let err = no_secret.engine.connect_peer(&b.addr.to_string()).await.unwrap_err();
+    assert!(matches!(&err, NetworkError::AccessDenied(_)), "{err}");
+    assert!(err.to_string().contains("refused the peer"));
+
+    // An allowlisted peer needs no proof.
+    let mut options = Options::new(5);
+    options.policy = AccessPolicy { mode: AccessMode::Allowlist, allowlist: [b.id.clone()].into(), ..AccessPolicy::default() };
+    let listed = start(options).await;
+    let err = listed.engine.connect_peer(&b.addr.to_string()).await.unwrap_err();
+    assert!(matches!(err, NetworkError::Refused { code: ErrorCode::AccessDenied, .. }), "b still wants the secret: {err}");
+}
+
+/// A raw quinn client with a valid node certificate, speaking bytes.
+async fn raw_client(seed: u8, server: SocketAddr) -> (quinn::Endpoint, quinn::Connection) {
+    let identity = Identity::from_seed([seed; 32]);
+    let tls = tls::client_config(&identity, None).unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let connection = endpoint.connect(server, "pluresdb").unwrap().await.unwrap();
+    (endpoint, connection)
+}
+
+/// Reads frames until the stream or connection ends; returns them and how
+/// the connection closed.
+async fn drain(connection: &quinn::Connection, recv: &mut quinn::RecvStream) -> (Vec<Frame>, quinn::ConnectionError) {
+    let mut decoder = FrameDecoder::new();
+    let mut frames = Vec::new();
+    while let Ok(Some(chunk)) = recv.read_chunk(64 * 1024, true).await {
+        decoder.extend(&chunk.bytes);
+        while let Ok(Some(frame)) = decoder.decode() {
+            frames.push(frame);
+        }
+    }
+    let closed = tokio::time::timeout(common::DEADLINE, connection.closed()).await.expect("connection closes");
+    (frames, closed)
+}
+
+#[tokio::test]
+async fn garbage_oversize_and_unknown_versions_close_only_that_connection() {
+    let mut a = node(1).await;
+    let mut b = node(2).await;
+    link(&mut a, &mut b).await;
+    let cases: [(&[u8], ErrorCode); 3] = [
+        (b"GET / HTTP/1.1\r\n\r\n", ErrorCode::UnsupportedVersion),
+        (&[1, 1, 0xff, 0xff, 0xff, 0xff], ErrorCode::BadFrame),
+        (&[1, 0x77, 0, 0, 0, 0], ErrorCode::BadFrame),
+    ];
+    for (bytes, want) in cases {
+        let (_endpoint, connection) = raw_client(9, b.addr).await;
+        let (mut send, mut recv) = connection.open_bi().await.unwrap();
+        send.write_all(bytes).await.unwrap();
+        let (frames, closed) = drain(&connection, &mut recv).await;
+        // b sent its hello, then an error frame naming the problem.
+        let kinds: Vec<FrameKind> = frames.iter().map(|f| f.kind).collect();
+        assert_eq!(kinds, [FrameKind::Hello, FrameKind::Error], "for {bytes:?}");
+        match NetworkMessage::from_frame(&frames[1]).unwrap() {
+            NetworkMessage::Error { code, message } => {
+                assert_eq!(code, want, "{message}");
+                assert!(!message.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        match closed {
+            quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(close.error_code.into_inner(), u64::from(want.code())),
+            other => panic!("closed with {other}"),
+        }
+    }
+    // The other peer never noticed.
+    a.engine.send_message(&b.id, ack(&a.id, 2).into()).await.unwrap();
+    assert_eq!(SyncMessage::decode(&a.id, &message(&mut b.events, &a.id).await).unwrap(), ack(&a.id, 2));
+    assert_eq!(b.engine.get_connected_peers().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_oversize_frame_after_the_handshake_disconnects_that_peer_only() {
+    let mut options = Options::new(2);
+    options.limits = ReceiveLimits { max_payload: 1024, ..ReceiveLimits::default() };
+    let mut b = start(options).await;
+    let mut a = node(1).await;
+    let mut c = node(3).await;
+    link(&mut a, &mut b).await;
+    link(&mut c, &mut b).await;
+    a.engine.send_message(&b.id, NetworkMessage::EncodedSync(vec![0u8; 4096].into())).await.unwrap();
+    let on_a = disconnected(&mut a.events, &b.id).await;
+    assert!(on_a.contains("bad_frame") && on_a.contains("exceeds the limit of 1024"), "{on_a}");
+    let on_b = disconnected(&mut b.events, &a.id).await;
+    assert!(on_b.contains("refused the peer"), "{on_b}");
+    c.engine.send_message(&b.id, ack(&c.id, 1).into()).await.unwrap();
+    assert_eq!(SyncMessage::decode(&c.id, &message(&mut b.events, &c.id).await).unwrap(), ack(&c.id, 1));
+    b.engine.send_message(&c.id, ack(&b.id, 1).into()).await.unwrap();
+    assert_eq!(SyncMessage::decode(&b.id, &message(&mut c.events, &b.id).await).unwrap(), ack(&b.id, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_peer_is_disconnected_while_another_keeps_exchanging() {
+    let mut options = Options::new(2);
+    options.limits = ReceiveLimits { frames: RateLimit { messages_per_second: 100, burst: 200 }, ..ReceiveLimits::default() };
+    let mut b = start(options).await;
+    let mut flooder = node(1).await;
+    let mut c = node(3).await;
+    link(&mut flooder, &mut b).await;
+    link(&mut c, &mut b).await;
+
+    let reason = async {
+        loop {
+            tokio::select! {
+                event = flooder.events.recv() => match event {
+                    Some(PeerEvent::Disconnected { reason, .. }) => return reason,
+                    Some(_) => {}
+                    None => panic!("events closed"),
+                },
+                _ = tokio::task::yield_now() => {
+                    for _ in 0..50 {
+                        // PeerBusy and PeerNotConnected are expected here.
+                        let _ = flooder.engine.send_message(&b.id, ack(&flooder.id, 1).into()).await;
+                    }
+                }
+            }
+        }
+    };
+    let reason = tokio::time::timeout(common::DEADLINE, reason).await.expect("the flooder is disconnected");
+    assert!(reason.contains("rate_limited"), "{reason}");
+    let on_b = disconnected(&mut b.events, &flooder.id).await;
+    assert!(on_b.contains("frames/s"), "{on_b}");
+
+    // c is unaffected: it still exchanges with b.
+    assert!(b.engine.is_peer_connected(&c.id).await);
+    c.engine.send_message(&b.id, ack(&c.id, 5).into()).await.unwrap();
+    assert_eq!(SyncMessage::decode(&c.id, &message(&mut b.events, &c.id).await).unwrap(), ack(&c.id, 5));
+    b.engine.send_message(&c.id, ack(&b.id, 5).into()).await.unwrap();
+    assert_eq!(SyncMessage::decode(&b.id, &message(&mut c.events, &b.id).await).unwrap(), ack(&b.id, 5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dialler_reconnects_after_the_other_side_restarts() {
+    let mut a = node(1).await;
+    let mut b = node(2).await;
+    link(&mut a, &mut b).await;
+    let port = b.addr.port();
+    b.engine.stop().await.unwrap();
+    let reason = disconnected(&mut a.events, &b.id).await;
+    assert!(reason.contains("goodbye") && reason.contains("shutting down"), "{reason}");
+    assert!(disconnected(&mut b.events, &a.id).await.contains("shutting down"));
+
+    // The same node (same key) comes back on the same port.
+    let mut options = Options::new(2);
+    options.config = NetworkConfig { port, ..common::config() };
+    let mut b2 = start(options).await;
+    connected(&mut a.events, &b2.id).await;
+    connected(&mut b2.events, &a.id).await;
+    a.engine.send_message(&b2.id, ack(&a.id, 3).into()).await.unwrap();
+    assert_eq!(SyncMessage::decode(&a.id, &message(&mut b2.events, &a.id).await).unwrap(), ack(&a.id, 3));
+
+    // After disconnect_peer, both sides see the link go.
+    a.engine.disconnect_peer(&b2.id).await.unwrap();
+    assert!(disconnected(&mut a.events, &b2.id).await.contains("disconnected by the local node"));
+    assert!(disconnected(&mut b2.events, &a.id).await.contains("goodbye"));
+    assert!(!a.engine.is_peer_connected(&b2.id).await);
+}
+
+#[tokio::test]
+async fn extra_connections_over_the_limit_are_refused_with_a_reason() {
+    let mut options = Options::new(2);
+    options.config = NetworkConfig { max_connections: 1, ..common::config() };
+    let mut b = start(options).await;
+    let mut a = node(1).await;
+    link(&mut a, &mut b).await;
+    let c = node(3).await;
+    match c.engine.connect_peer(&b.addr.to_string()).await {
+        Err(NetworkError::Refused { code: ErrorCode::TooManyConnections, reason, .. }) => {
+            assert!(reason.contains("too many connections (limit 1)"), "{reason}")
+        }
+        other => panic!("expected too_many_connections, got {other:?}"),
+    }
+    assert_eq!(b.engine.get_connected_peers().await.unwrap().len(), 1);
+    // The existing link is intact.
+    a.engine.send_message(&b.id, ack(&a.id, 1).into()).await.unwrap();
+    message(&mut b.events, &a.id).await;
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_at_the_handshake_timeout() {
+    let mut options = Options::new(2);
+    options.config = NetworkConfig { connection_timeout: Duration::from_millis(300), ..common::config() };
+    let b = start(options).await;
+    let (_endpoint, connection) = raw_client(9, b.addr).await;
+    let closed = tokio::time::timeout(common::DEADLINE, connection.closed()).await.unwrap();
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code.into_inner(), u64::from(ErrorCode::HandshakeTimeout.code()))
+        }
+        // The idle timeout (same length) may win the race.
+        quinn::ConnectionError::TimedOut => {}
+        other => panic!("closed with {other}"),
+    }
+}
+
+#[tokio::test]
+async fn stop_says_goodbye_to_every_peer() {
+    let mut a = node(1).await;
+    let mut b = node(2).await;
+    let mut c = node(3).await;
+    link(&mut b, &mut a).await;
+    link(&mut c, &mut a).await;
+    a.engine.stop().await.unwrap();
+    let mut gone = Vec::new();
+    while gone.len() < 2 {
+        match common::event(&mut a.events, "Disconnected", |e| matches!(e, PeerEvent::Disconnected { .. })).await {
+            PeerEvent::Disconnected { peer_id, reason } => {
+                assert_eq!(reason, "node shutting down");
+                gone.push(peer_id);
+            }
+            _ => unreachable!(),
+        }
+    }
+    gone.sort();
+    let mut want = vec![b.id.clone(), c.id.clone()];
+    want.sort();
+    assert_eq!(gone, want);
+    assert!(disconnected(&mut b.events, &a.id).await.contains("peer said goodbye: node shutting down"));
+    assert!(disconnected(&mut c.events, &a.id).await.contains("peer said goodbye"));
+    assert!(matches!(a.engine.send_message(&b.id, ack(&a.id, 1).into()).await, Err(NetworkError::PeerNotConnected(_))));
+    assert!(a.engine.local_addr().is_none());
+    // b and c redial a, which is gone; stopping them ends that.
+    b.engine.stop().await.unwrap();
+    c.engine.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn simultaneous_dials_settle_on_one_link() {
+    let mut a = node(1).await;
+    let mut b = node(2).await;
+    let (addr_a, addr_b) = (a.addr.to_string(), b.addr.to_string());
+    let (from_a, from_b) = tokio::join!(a.engine.connect_peer(&addr_b), b.engine.connect_peer(&addr_a));
+    assert_eq!(from_a.unwrap(), b.id);
+    assert_eq!(from_b.unwrap(), a.id);
+    // Both ends keep the connection dialled by the smaller peer id.
+    let a_dialled_the_winner = a.id < b.id;
+    let expect = |dialled: bool| if dialled { Direction::Dialled } else { Direction::Accepted };
+    until("both ends settled on the same link", async || {
+        let on_a = a.engine.get_connected_peers().await.unwrap();
+        let on_b = b.engine.get_connected_peers().await.unwrap();
+        on_a.len() == 1
+            && on_b.len() == 1
+            && on_a[0].direction == expect(a_dialled_the_winner)
+            && on_b[0].direction == expect(!a_dialled_the_winner)
+    })
+    .await;
+    a.engine.send_message(&b.id, ack(&a.id, 1).into()).await.unwrap();
+    message(&mut b.events, &a.id).await;
+    b.engine.send_message(&a.id, ack(&b.id, 1).into()).await.unwrap();
+    message(&mut a.events, &b.id).await;
+}

@@ -1,0 +1,31 @@
+//! The runtime's error type.
+
+/// What a runtime call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The replica refused the request or its store failed.
+    #[error(transparent)]
+    Core(#[from] pluresdb_core::Error),
+    /// The sync engine failed.
+    #[error(transparent)]
+    Sync(pluresdb_sync::SyncError),
+    /// The runtime is shutting down or has stopped.
+    #[error("the node is shutting down")]
+    Stopped,
+    /// The node runs no network transport, so it cannot do `action`.
+    #[error("cannot {action}: no network transport is enabled in this node (the QUIC engine is not in this build yet)")]
+    NoTransport { action: String },
+    /// No connection to this peer.
+    #[error("peer {peer_id} is not connected")]
+    NotConnected { peer_id: String },
+    /// The writer thread could not be started.
+    #[error("cannot start the writer thread")]
+    Thread(#[source] std::io::Error),
+}
+
+impl Error {
+    /// Whether the caller's input is at fault (not the node).
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(self, Error::Core(e) if e.is_invalid_input())
+    }
+}

@@ -1,0 +1,211 @@
+//! PluresDB's node runtime: what a running node is made of, below its API.
+//!
+//! - One **writer** thread owns the replica (inside its
+//!   [`DataSyncEngine`](pluresdb_sync::DataSyncEngine)). Writes from any
+//!   number of callers queue up while a commit is in progress and the next
+//!   commit takes them all together: one transaction and one fsync for the
+//!   group, and each caller is answered once its write is durable.
+//! - **Readers** use their own handle on the store and never wait for the
+//!   writer ([`Handle::reader`]).
+//! - The **change feed**: [`Handle::watch`] delivers every change, local or
+//!   replicated, in the order it was applied, filtered to a node or an id
+//!   prefix, with bounded buffering; a watcher that falls behind is told
+//!   where to resume from, and [`Handle::watch`] can start from there.
+//!
+//! ```no_run
+//! # async fn demo(db: pluresdb_core::Database<pluresdb_store_redb::RedbStore>) -> Result<(), pluresdb_runtime::Error> {
+//! use pluresdb_runtime::{Runtime, RuntimeOptions, Filter, WriteKind};
+//! let runtime = Runtime::start(db, RuntimeOptions::default())?;
+//! let handle = runtime.handle();
+//! let mut watch = handle.watch(Filter::Prefix("user:".into()), None).await?;
+//! handle.write(WriteKind::Put, "user:1".into(), serde_json::json!({"name": "Alice"})).await?;
+//! let event = watch.next().await;
+//! runtime.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod stats;
+mod trust;
+mod watch;
+mod writer;
+
+pub use error::Error;
+pub use stats::Stats;
+pub use trust::AccessMode;
+pub use watch::{Filter, Watch, WatchEvent};
+pub use writer::WriteKind;
+
+use pluresdb_core::{Database, Reader, Receipt, VersionVector};
+use pluresdb_store_redb::RedbStore;
+use pluresdb_sync::{DataSyncEngine, SyncConfig, SyncStatus};
+use serde_json::Value;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use writer::Command;
+
+/// Milliseconds since the Unix epoch: the wall time that stamps local
+/// writes (the core and sync engine read no clock themselves).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How the runtime runs.
+#[derive(Clone, Debug)]
+pub struct RuntimeOptions {
+    /// The sync engine's settings.
+    pub sync: SyncConfig,
+    /// The most writes committed in one transaction.
+    pub max_group: usize,
+    /// Writes that may wait for the writer before callers wait to enqueue.
+    pub queue: usize,
+    /// Changes buffered per watcher before it is told it lagged.
+    pub watch_buffer: usize,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self { sync: SyncConfig::default(), max_group: 4_096, queue: 16_384, watch_buffer: 4_096 }
+    }
+}
+
+/// A running node's replica: the writer thread and the handles on it.
+pub struct Runtime {
+    handle: Handle,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Runtime {
+    /// Starts the writer over `db` (the store's file stays locked until
+    /// [`shutdown`](Self::shutdown)).
+    pub fn start(db: Database<RedbStore>, options: RuntimeOptions) -> Result<Self, Error> {
+        let peer_id: Arc<str> = db.peer_id().into();
+        let reader = Arc::new(Reader::new(db.store().read_handle(), db.shared_resolver()));
+        let engine = DataSyncEngine::with_database(options.sync.clone(), db).map_err(Error::Sync)?;
+        let stats = Arc::new(Stats::default());
+        let (commands, inbox) = mpsc::channel(options.queue.max(1));
+        let writer = writer::spawn(engine, inbox, stats.clone(), options.max_group.max(1)).map_err(Error::Thread)?;
+        let handle = Handle {
+            inner: Arc::new(Inner {
+                peer_id,
+                reader,
+                commands,
+                stats,
+                watch_buffer: options.watch_buffer.max(1),
+                trust_lock: tokio::sync::Mutex::new(()),
+            }),
+        };
+        Ok(Self { handle, writer: Some(writer) })
+    }
+
+    /// A handle for callers; cheap to clone.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Stops taking writes, lets the writer finish what it holds (every
+    /// write it answered is durable) and waits for it to close the replica.
+    pub async fn shutdown(mut self) {
+        let (reply, done) = oneshot::channel();
+        if self.handle.inner.commands.send(Command::Shutdown { reply }).await.is_ok() {
+            let _ = done.await;
+        }
+        if let Some(writer) = self.writer.take() {
+            // The writer has replied; joining only reaps the thread.
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
+    }
+}
+
+/// A cloneable handle on a running replica.
+#[derive(Clone)]
+pub struct Handle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    peer_id: Arc<str>,
+    reader: Arc<Reader<RedbStore>>,
+    commands: mpsc::Sender<Command>,
+    stats: Arc<Stats>,
+    watch_buffer: usize,
+    /// Serializes read-modify-write changes of the allowlist.
+    trust_lock: tokio::sync::Mutex<()>,
+}
+
+impl Handle {
+    /// The peer id that authors this replica's writes.
+    pub fn peer_id(&self) -> &str {
+        &self.inner.peer_id
+    }
+
+    /// Reads the replica as last committed, without waiting for the writer.
+    pub fn reader(&self) -> &Reader<RedbStore> {
+        &self.inner.reader
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.inner.commands.send(command(reply)).await.map_err(|_| Error::Stopped)?;
+        answer.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Writes one node (create or replace, set fields, or delete); returns
+    /// once the write is durable.
+    pub async fn write(&self, kind: WriteKind, id: String, value: Value) -> Result<Receipt, Error> {
+        self.ask(|reply| Command::Write(writer::WriteRequest { kind, id, value, reply })).await?
+    }
+
+    /// Creates or replaces these nodes in one durable transaction (all or
+    /// nothing). Validate them first: one invalid node fails the batch.
+    pub async fn import(&self, nodes: Vec<(String, Value)>) -> Result<usize, Error> {
+        self.ask(|reply| Command::Import { nodes, reply }).await?
+    }
+
+    /// Writes metadata entries (for layers above the core) durably.
+    pub async fn commit_meta(&self, entries: Vec<(String, Vec<u8>)>) -> Result<(), Error> {
+        self.ask(|reply| Command::CommitMeta { entries, reply }).await?
+    }
+
+    /// The sync engine's status.
+    pub async fn sync_status(&self) -> Result<SyncStatus, Error> {
+        self.ask(|reply| Command::SyncStatus { reply }).await
+    }
+
+    /// The network transports running in this node. None yet: the QUIC
+    /// engine joins the runtime with its issue.
+    pub fn transports(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+
+    /// The addresses other nodes can reach this node at (none without a
+    /// transport).
+    pub fn listen_addresses(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Connects to the node at `address` and returns its peer id.
+    pub async fn connect(&self, address: &str) -> Result<String, Error> {
+        Err(Error::NoTransport { action: format!("connect to {address}") })
+    }
+
+    /// Closes the connection to `peer_id`.
+    pub async fn disconnect(&self, peer_id: &str) -> Result<(), Error> {
+        Err(Error::NotConnected { peer_id: peer_id.to_owned() })
+    }
+
+    /// Watches changes to the nodes `filter` selects. With `from`, first
+    /// replays what was applied after that version (per origin, in
+    /// sequence order, each with the node as it is now), then continues
+    /// live with no gap and no repeat.
+    pub async fn watch(&self, filter: Filter, from: Option<VersionVector>) -> Result<Watch, Error> {
+        let capacity = self.inner.watch_buffer;
+        let (subscription, position) = self.ask(|reply| Command::Subscribe { capacity, reply }).await?;
+        Ok(Watch::new(filter, subscription, position, from, self.inner.reader.clone(), self.inner.stats.clone()))
+    }
+}

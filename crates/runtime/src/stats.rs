@@ -1,0 +1,37 @@
+//! Counters a running node keeps for its metrics.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Monotonic counters (and a few gauges), updated without locks.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Local writes committed.
+    pub local_ops: AtomicU64,
+    /// Operations from peers applied.
+    pub remote_ops: AtomicU64,
+    /// Transactions committed by the writer.
+    pub commits: AtomicU64,
+    /// Commits that failed (their writes were answered with the error).
+    pub failed_commits: AtomicU64,
+    /// Watchers open now.
+    pub watchers: AtomicU64,
+    /// Watchers ended because they fell behind.
+    pub lagged_watchers: AtomicU64,
+    /// Changes delivered to watchers.
+    pub delivered_changes: AtomicU64,
+}
+
+impl Stats {
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Relaxed)
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Relaxed);
+    }
+}

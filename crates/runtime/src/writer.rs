@@ -1,0 +1,205 @@
+//! The writer: one thread that owns the replica and commits writes in
+//! groups. While a commit is in progress (most of its time is the fsync),
+//! new writes queue up; the next commit takes every queued write at once.
+
+use crate::stats::Stats;
+use crate::{now_ms, Error};
+use pluresdb_core::{validate_node_id, validate_value, OperationType, OperationWithMetadata, Receipt, Subscription, VersionVector};
+use pluresdb_store_redb::RedbStore;
+use pluresdb_sync::{DataSyncEngine, SyncStatus};
+use serde_json::Value;
+use std::collections::HashSet;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// What a write does to its node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteKind {
+    /// Create the node or replace its whole value.
+    Put,
+    /// Set the given fields (`null` removes one), creating the node if needed.
+    Update,
+    /// Delete the node; fails if it does not exist.
+    Delete,
+}
+
+pub(crate) struct WriteRequest {
+    pub kind: WriteKind,
+    pub id: String,
+    pub value: Value,
+    pub reply: oneshot::Sender<Result<Receipt, Error>>,
+}
+
+pub(crate) enum Command {
+    Write(WriteRequest),
+    Import { nodes: Vec<(String, Value)>, reply: oneshot::Sender<Result<usize, Error>> },
+    CommitMeta { entries: Vec<(String, Vec<u8>)>, reply: oneshot::Sender<Result<(), Error>> },
+    Subscribe { capacity: usize, reply: oneshot::Sender<(Subscription, VersionVector)> },
+    SyncStatus { reply: oneshot::Sender<SyncStatus> },
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+type Engine = DataSyncEngine<RedbStore>;
+
+pub(crate) fn spawn(
+    engine: Engine,
+    inbox: mpsc::Receiver<Command>,
+    stats: Arc<Stats>,
+    max_group: usize,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("pluresdb-writer".into())
+        .spawn(move || Writer { engine, inbox, stats, max_group, carried: None }.run())
+}
+
+struct Writer {
+    engine: Engine,
+    inbox: mpsc::Receiver<Command>,
+    stats: Arc<Stats>,
+    max_group: usize,
+    /// A command taken from the queue that did not fit the group before it.
+    carried: Option<Command>,
+}
+
+/// Writes that will be committed together.
+#[derive(Default)]
+struct Group {
+    ops: Vec<OperationWithMetadata>,
+    replies: Vec<oneshot::Sender<Result<Receipt, Error>>>,
+    ids: HashSet<String>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        tracing::debug!("writer started");
+        loop {
+            let command = match self.carried.take() {
+                Some(command) => command,
+                None => match self.inbox.blocking_recv() {
+                    Some(command) => command,
+                    None => break,
+                },
+            };
+            match command {
+                Command::Write(first) => self.write_group(first),
+                Command::Import { nodes, reply } => {
+                    let peer = self.engine.peer_id().to_owned();
+                    let ops: Vec<_> = nodes
+                        .into_iter()
+                        .map(|(id, value)| OperationWithMetadata::new(OperationType::CreateNode, id, value, peer.as_str()))
+                        .collect();
+                    let n = ops.len();
+                    let result = self.commit(ops).map(|_| n);
+                    let _ = reply.send(result);
+                }
+                Command::CommitMeta { entries, reply } => {
+                    let _ = reply.send(self.engine.database_mut().commit_meta(entries).map_err(Error::Core));
+                }
+                Command::Subscribe { capacity, reply } => {
+                    let db = self.engine.database();
+                    let _ = reply.send((db.subscribe(capacity), db.version_vector().clone()));
+                }
+                Command::SyncStatus { reply } => {
+                    let _ = reply.send(self.engine.status());
+                }
+                Command::Shutdown { reply } => {
+                    self.close();
+                    let _ = reply.send(());
+                    return;
+                }
+            }
+        }
+        self.close();
+    }
+
+    fn close(&mut self) {
+        if let Err(err) = self.engine.flush_acked() {
+            tracing::error!(error = %pluresdb_core::error_chain(&err), "cannot record what peers acknowledged");
+        }
+        tracing::debug!("writer stopped");
+    }
+
+    /// Takes `first` and every write queued behind it (up to `max_group`)
+    /// and commits them in one transaction.
+    fn write_group(&mut self, first: WriteRequest) {
+        let mut group = Group::default();
+        self.admit(&mut group, first);
+        while group.ops.len() < self.max_group {
+            match self.inbox.try_recv() {
+                // A delete checks that its node exists, which a write earlier
+                // in the same group would change: it waits for the next group.
+                Ok(Command::Write(next)) if next.kind == WriteKind::Delete && group.ids.contains(&next.id) => {
+                    self.carried = Some(Command::Write(next));
+                    break;
+                }
+                Ok(Command::Write(next)) => self.admit(&mut group, next),
+                Ok(other) => {
+                    self.carried = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if group.ops.is_empty() {
+            return;
+        }
+        match self.commit(std::mem::take(&mut group.ops)) {
+            Ok(receipts) => {
+                for (reply, receipt) in group.replies.into_iter().zip(receipts) {
+                    let _ = reply.send(Ok(receipt));
+                }
+            }
+            Err(err) => {
+                let text = pluresdb_core::error_chain(&err);
+                for reply in group.replies {
+                    let _ = reply.send(Err(Error::Core(pluresdb_core::Error::storage(std::io::Error::other(text.clone())))));
+                }
+            }
+        }
+    }
+
+    /// Adds a write to the group, or answers it at once if it is invalid.
+    fn admit(&self, group: &mut Group, request: WriteRequest) {
+        let WriteRequest { kind, id, value, reply } = request;
+        let checked = validate_node_id(&id).and_then(|()| match kind {
+            WriteKind::Delete => match self.engine.database().get(&id) {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err(pluresdb_core::Error::NotFound { id: id.clone() }),
+                Err(err) => Err(err),
+            },
+            WriteKind::Put | WriteKind::Update => validate_value(&value),
+        });
+        if let Err(err) = checked {
+            let _ = reply.send(Err(Error::Core(err)));
+            return;
+        }
+        let operation = match kind {
+            WriteKind::Put => OperationType::CreateNode,
+            WriteKind::Update => OperationType::UpdateNode,
+            WriteKind::Delete => OperationType::DeleteNode,
+        };
+        let value = if kind == WriteKind::Delete { Value::Null } else { value };
+        group.ids.insert(id.clone());
+        group.ops.push(OperationWithMetadata::new(operation, id, value, self.engine.peer_id()));
+        group.replies.push(reply);
+    }
+
+    fn commit(&mut self, ops: Vec<OperationWithMetadata>) -> Result<Vec<Receipt>, Error> {
+        let n = ops.len() as u64;
+        match self.engine.write(ops, now_ms()) {
+            Ok(receipts) => {
+                Stats::add(&self.stats.commits, 1);
+                Stats::add(&self.stats.local_ops, n);
+                Ok(receipts)
+            }
+            Err(err) => {
+                Stats::add(&self.stats.failed_commits, 1);
+                tracing::error!(error = %pluresdb_core::error_chain(&err), writes = n, "commit failed");
+                Err(match err {
+                    pluresdb_sync::SyncError::LocalWrite(core) | pluresdb_sync::SyncError::Storage(core) => Error::Core(core),
+                    other => Error::Sync(other),
+                })
+            }
+        }
+    }
+}

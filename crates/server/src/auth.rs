@@ -1,0 +1,52 @@
+//! The API token.
+//!
+//! On loopback the API answers anyone on the machine, except for the routes
+//! that reveal or change who may join the network (`/network/invite`,
+//! changes under `/trust`), which always need the token. Bound to any other
+//! address (or with `require_token`), every route but `/health` needs it.
+//! The token goes in `Authorization: Bearer <token>`, or, for WebSockets
+//! from browsers (which cannot set headers), in `?token=`.
+
+use crate::error::ApiError;
+use crate::ApiState;
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+
+/// Whether a route reveals or changes network membership.
+fn is_sensitive(method: &Method, path: &str) -> bool {
+    path == "/network/invite" || (path.starts_with("/trust") && method != Method::GET)
+}
+
+/// Compares without an early exit, so timing does not reveal a prefix.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn presented(request: &Request) -> Option<String> {
+    if let Some(value) = request.headers().get(axum::http::header::AUTHORIZATION) {
+        return value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(|t| t.trim().to_owned());
+    }
+    request.uri().query()?.split('&').find_map(|pair| pair.strip_prefix("token=")).map(str::to_owned)
+}
+
+pub async fn check_token(State(state): State<ApiState>, request: Request, next: Next) -> Result<Response, ApiError> {
+    let path = request.uri().path();
+    let needed = (state.require_token && path != "/health") || is_sensitive(request.method(), path);
+    if needed {
+        match presented(&request) {
+            None => {
+                return Err(ApiError(
+                    StatusCode::UNAUTHORIZED,
+                    "this route needs the API token: send `Authorization: Bearer <token>` (the token is in api.token in the node's data directory)".into(),
+                ))
+            }
+            Some(token) if !same(token.as_bytes(), state.token.as_bytes()) => {
+                return Err(ApiError(StatusCode::UNAUTHORIZED, "the API token is wrong".into()));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(next.run(request).await)
+}

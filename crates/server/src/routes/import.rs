@@ -1,0 +1,90 @@
+//! Import: nodes from NDJSON, one `{"id": ..., "value": {...}}` per line.
+
+use crate::docs::{ErrorDoc, ImportDoc, ImportErrorDoc, ImportStoppedDoc};
+use crate::error::{rejected, ApiError};
+use crate::ApiState;
+use axum::extract::rejection::{QueryRejection, StringRejection};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa::IntoParams;
+
+/// One line of an NDJSON import or export.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    id: String,
+    value: Value,
+}
+
+/// What to do with a bad line.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Import the lines before it and stop (400).
+    #[default]
+    Stop,
+    /// Report it and go on.
+    Skip,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ImportQuery {
+    /// `stop` (default) or `skip`.
+    #[serde(default)]
+    on_error: OnError,
+    /// The number of the body's first line in the whole file (default 1),
+    /// so errors name the right line when a client sends a file in parts.
+    first_line: Option<u64>,
+}
+
+/// Parses and checks one line.
+fn parse_line(text: &str) -> Result<(String, Value), String> {
+    let line: Line = serde_json::from_str(text).map_err(|err| err.to_string())?;
+    pluresdb_core::validate_node_id(&line.id).map_err(|e| e.to_string())?;
+    pluresdb_core::validate_value(&line.value).map_err(|e| e.to_string())?;
+    Ok((line.id, line.value))
+}
+
+/// Creates or replaces the nodes of an NDJSON body in one durable
+/// transaction. Blank lines are ignored.
+#[utoipa::path(post, path = "/import", tag = "nodes", params(ImportQuery),
+    request_body(content = String, content_type = "application/x-ndjson", description = "One {\"id\": ..., \"value\": {...}} per line (at most 2 MiB per request)"),
+    responses((status = 200, body = ImportDoc),
+        (status = 400, description = "A bad line with on_error=stop: the lines before it are imported", body = ImportStoppedDoc),
+        (status = 413, body = ErrorDoc)))]
+pub async fn import(
+    State(state): State<ApiState>,
+    query: Result<Query<ImportQuery>, QueryRejection>,
+    body: Result<String, StringRejection>,
+) -> Result<Response, ApiError> {
+    let (Query(q), body) = (query.map_err(rejected)?, body.map_err(rejected)?);
+    let first = q.first_line.unwrap_or(1);
+    let mut nodes = Vec::new();
+    let mut errors = Vec::new();
+    let mut stopped = None;
+    for (index, text) in body.lines().enumerate() {
+        if text.trim().is_empty() {
+            continue;
+        }
+        let line = first + index as u64;
+        match parse_line(text) {
+            Ok(node) => nodes.push(node),
+            Err(error) if q.on_error == OnError::Skip => errors.push(ImportErrorDoc { line, error }),
+            Err(error) => {
+                stopped = Some((line, error));
+                break;
+            }
+        }
+    }
+    let imported = if nodes.is_empty() { 0 } else { state.handle.import(nodes).await? as u64 };
+    if let Some((line, error)) = stopped {
+        let doc = ImportStoppedDoc { error: format!("line {line}: {error}"), line, imported };
+        return Ok((StatusCode::BAD_REQUEST, Json(doc)).into_response());
+    }
+    Ok(Json(ImportDoc { imported, skipped: errors.len() as u64, errors }).into_response())
+}

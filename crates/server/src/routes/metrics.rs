@@ -1,0 +1,97 @@
+//! Prometheus metrics, and the request counter behind some of them.
+
+use crate::error::ApiError;
+use crate::ApiState;
+use axum::extract::{Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use pluresdb_runtime::Stats;
+use std::fmt::Write;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// Counts every answer by status class.
+pub async fn count(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let class = (response.status().as_u16() / 100).clamp(1, 5) as usize - 1;
+    state.answered[class].fetch_add(1, Relaxed);
+    response
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
+/// Metrics in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
+pub async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let stats = state.handle.stats();
+    let sync = state.handle.sync_status().await?;
+    let held = state.handle.reader().version_vector()?.total();
+    let connected = sync.peers.iter().filter(|p| p.connected).count() as u64;
+    let t = sync.traffic;
+    let mut out = String::with_capacity(2048);
+    metric(
+        &mut out,
+        "pluresdb_ops_applied_total",
+        "counter",
+        "Operations applied to the replica since start, by where they came from.",
+        &[("{source=\"local\"}", Stats::get(&stats.local_ops)), ("{source=\"remote\"}", Stats::get(&stats.remote_ops))],
+    );
+    metric(&mut out, "pluresdb_operations_held", "gauge", "Operations the replica holds, from every origin.", &[("", held)]);
+    metric(
+        &mut out,
+        "pluresdb_commits_total",
+        "counter",
+        "Durable transactions committed (each may hold many writes).",
+        &[("", Stats::get(&stats.commits))],
+    );
+    metric(&mut out, "pluresdb_failed_commits_total", "counter", "Commits that failed.", &[("", Stats::get(&stats.failed_commits))]);
+    metric(&mut out, "pluresdb_peers_connected", "gauge", "Peers connected now.", &[("", connected)]);
+    metric(
+        &mut out,
+        "pluresdb_sync_ops_total",
+        "counter",
+        "Operations sent to and received from peers.",
+        &[("{direction=\"sent\"}", t.ops_sent), ("{direction=\"received\"}", t.ops_received)],
+    );
+    metric(
+        &mut out,
+        "pluresdb_sync_bytes_total",
+        "counter",
+        "Sync bytes sent to and received from peers.",
+        &[("{direction=\"sent\"}", t.bytes_sent), ("{direction=\"received\"}", t.bytes_received)],
+    );
+    metric(&mut out, "pluresdb_sync_errors_total", "counter", "Messages from peers that were refused.", &[("", t.errors)]);
+    metric(
+        &mut out,
+        "pluresdb_sync_lag_operations",
+        "gauge",
+        "Operations that peers have not acknowledged yet.",
+        &[("", sync.pending_operations)],
+    );
+    metric(&mut out, "pluresdb_watchers", "gauge", "Change-feed subscribers (WebSockets) open now.", &[("", Stats::get(&stats.watchers))]);
+    metric(
+        &mut out,
+        "pluresdb_watch_changes_total",
+        "counter",
+        "Changes delivered to subscribers.",
+        &[("", Stats::get(&stats.delivered_changes))],
+    );
+    metric(
+        &mut out,
+        "pluresdb_watch_lagged_total",
+        "counter",
+        "Subscribers ended because they fell behind.",
+        &[("", Stats::get(&stats.lagged_watchers))],
+    );
+    let answered: Vec<(String, u64)> = (0..5).map(|i| (format!("{{class=\"{}xx\"}}", i + 1), state.answered[i].load(Relaxed))).collect();
+    let answered: Vec<(&str, u64)> = answered.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    metric(&mut out, "pluresdb_http_responses_total", "counter", "HTTP answers, by status class.", &answered);
+    metric(&mut out, "pluresdb_uptime_seconds", "gauge", "Seconds since the node started.", &[("", state.started.elapsed().as_secs())]);
+    Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}

@@ -1,0 +1,169 @@
+//! The node in its network: peers, sync status, network info, invites and
+//! the allowlist.
+
+use crate::docs::*;
+use crate::error::{parse_json, rejected, ApiError};
+use crate::ApiState;
+use axum::extract::rejection::{PathRejection, QueryRejection, StringRejection};
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use pluresdb_runtime::AccessMode;
+use pluresdb_security::{PeerId, Ticket};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+fn peer_doc(peer: &pluresdb_sync::PeerSyncStatus) -> PeerDoc {
+    PeerDoc {
+        peer_id: peer.peer_id.clone(),
+        connected: peer.connected,
+        last_sync_ms: peer.last_sync_ms,
+        pending_operations: peer.pending_operations,
+        ops_sent: peer.traffic.ops_sent,
+        ops_received: peer.traffic.ops_received,
+        bytes_sent: peer.traffic.bytes_sent,
+        bytes_received: peer.traffic.bytes_received,
+        errors: peer.traffic.errors,
+        last_error: peer.last_error.clone(),
+    }
+}
+
+/// The peers this node is connected to or has synced with.
+#[utoipa::path(get, path = "/peers", tag = "network", responses((status = 200, body = PeersDoc)))]
+pub async fn peers(State(state): State<ApiState>) -> Result<Json<PeersDoc>, ApiError> {
+    let status = state.handle.sync_status().await?;
+    Ok(Json(PeersDoc { peers: status.peers.iter().map(peer_doc).collect() }))
+}
+
+/// Connects to a node and answers its verified peer id.
+#[utoipa::path(post, path = "/peers", tag = "network", request_body = ConnectRequest,
+    responses((status = 200, body = ConnectedDoc), (status = 400, body = ErrorDoc),
+        (status = 503, description = "No network transport runs in this node", body = ErrorDoc)))]
+pub async fn connect(State(state): State<ApiState>, body: Result<String, StringRejection>) -> Result<Json<ConnectedDoc>, ApiError> {
+    let request: ConnectRequest = parse_json(body, "{\"address\": \"host:port\"}")?;
+    if request.address.trim().is_empty() {
+        return Err(ApiError::bad_request("the address is empty (host:port or quic://host:port)"));
+    }
+    let peer_id = state.handle.connect(request.address.trim()).await?;
+    Ok(Json(ConnectedDoc { peer_id }))
+}
+
+/// Closes the connection to a peer.
+#[utoipa::path(delete, path = "/peers/{peer_id}", tag = "network", params(("peer_id" = String, Path, description = "Peer id")),
+    responses((status = 200, body = PeersDoc), (status = 400, body = ErrorDoc), (status = 404, body = ErrorDoc)))]
+pub async fn disconnect(State(state): State<ApiState>, peer: Result<Path<String>, PathRejection>) -> Result<Json<PeersDoc>, ApiError> {
+    let Path(peer) = peer.map_err(rejected)?;
+    let peer = parse_peer_id(&peer)?;
+    state.handle.disconnect(&peer).await?;
+    peers(State(state)).await
+}
+
+/// The sync status: what is held, what peers still lack, traffic.
+#[utoipa::path(get, path = "/status", tag = "network", responses((status = 200, body = StatusDoc)))]
+pub async fn status(State(state): State<ApiState>) -> Result<Json<StatusDoc>, ApiError> {
+    let sync = state.handle.sync_status().await?;
+    let version_vector = state.handle.reader().version_vector()?;
+    let t = sync.traffic;
+    Ok(Json(StatusDoc {
+        peer_id: state.handle.peer_id().to_owned(),
+        is_active: sync.is_active,
+        pending_operations: sync.pending_operations,
+        operations_held: version_vector.total(),
+        version_vector: version_doc(&version_vector),
+        peers_connected: sync.peers.iter().filter(|p| p.connected).count(),
+        transports: state.handle.transports().into_iter().map(str::to_owned).collect(),
+        traffic: TrafficDoc {
+            ops_sent: t.ops_sent,
+            ops_received: t.ops_received,
+            bytes_sent: t.bytes_sent,
+            bytes_received: t.bytes_received,
+            errors: t.errors,
+        },
+        uptime_s: state.started.elapsed().as_secs(),
+    }))
+}
+
+/// The network this node belongs to and who may sync with it.
+#[utoipa::path(get, path = "/network", tag = "network", responses((status = 200, body = NetworkDoc)))]
+pub async fn network(State(state): State<ApiState>) -> Result<Json<NetworkDoc>, ApiError> {
+    Ok(Json(NetworkDoc {
+        peer_id: state.handle.peer_id().to_owned(),
+        network_tag: state.secret.network_tag(),
+        access_mode: state.handle.access_mode()?.name().to_owned(),
+        allowlist: state.handle.allowlist()?.into_iter().collect(),
+        transports: state.handle.transports().into_iter().map(str::to_owned).collect(),
+        listen_addresses: state.handle.listen_addresses(),
+    }))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct InviteQuery {
+    /// Addresses where this node can be reached (`host:port`), separated by commas.
+    addresses: Option<String>,
+}
+
+/// A ticket that lets another node join this network (it carries the
+/// network secret; the token is always needed).
+#[utoipa::path(get, path = "/network/invite", tag = "network", params(InviteQuery), security(("token" = [])),
+    responses((status = 200, body = InviteDoc), (status = 400, body = ErrorDoc), (status = 401, body = ErrorDoc)))]
+pub async fn invite(State(state): State<ApiState>, query: Result<Query<InviteQuery>, QueryRejection>) -> Result<Json<InviteDoc>, ApiError> {
+    let Query(q) = query.map_err(rejected)?;
+    let mut addresses: Vec<String> =
+        q.addresses.iter().flat_map(|a| a.split(',')).map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect();
+    if addresses.is_empty() {
+        addresses = state.handle.listen_addresses();
+    }
+    let peer_id: PeerId =
+        state.handle.peer_id().parse().map_err(|err| ApiError::bad_request(format!("this node's peer id does not parse: {err}")))?;
+    let ticket = Ticket { peer_id, addresses, secret: (*state.secret).clone() };
+    let ticket = ticket.to_text().map_err(|err| ApiError::bad_request(format!("cannot make a ticket: {err}")))?;
+    Ok(Json(InviteDoc { ticket }))
+}
+
+/// The access mode and the allowlist.
+#[utoipa::path(get, path = "/trust", tag = "network", responses((status = 200, body = TrustDoc)))]
+pub async fn trust(State(state): State<ApiState>) -> Result<Json<TrustDoc>, ApiError> {
+    Ok(Json(TrustDoc { mode: state.handle.access_mode()?.name().to_owned(), allowlist: state.handle.allowlist()?.into_iter().collect() }))
+}
+
+/// Chooses whom the node syncs with: `secret` (peers proving the network
+/// secret, plus the allowlist; the default), `allowlist`, or `open` (anyone).
+#[utoipa::path(put, path = "/trust/mode", tag = "network", request_body = TrustModeRequest, security(("token" = [])),
+    responses((status = 200, body = TrustDoc), (status = 400, body = ErrorDoc), (status = 401, body = ErrorDoc)))]
+pub async fn trust_mode(State(state): State<ApiState>, body: Result<String, StringRejection>) -> Result<Json<TrustDoc>, ApiError> {
+    let request: TrustModeRequest = parse_json(body, "{\"mode\": \"secret|allowlist|open\"}")?;
+    let mode = AccessMode::from_name(&request.mode)
+        .ok_or_else(|| ApiError::bad_request(format!("unknown access mode {:?}: secret, allowlist or open", request.mode)))?;
+    state.handle.set_access_mode(mode).await?;
+    trust(State(state)).await
+}
+
+fn parse_peer_id(text: &str) -> Result<String, ApiError> {
+    text.parse::<PeerId>().map(|p| p.to_string()).map_err(|err| ApiError::bad_request(format!("{text:?} is not a peer id: {err}")))
+}
+
+/// Allows a peer by its id, whether or not it holds the network secret.
+#[utoipa::path(put, path = "/trust/peers/{peer_id}", tag = "network", params(("peer_id" = String, Path, description = "Peer id")), security(("token" = [])),
+    responses((status = 200, body = TrustChangeDoc), (status = 400, body = ErrorDoc), (status = 401, body = ErrorDoc)))]
+pub async fn trust_add(State(state): State<ApiState>, peer: Result<Path<String>, PathRejection>) -> Result<Json<TrustChangeDoc>, ApiError> {
+    let Path(peer) = peer.map_err(rejected)?;
+    let peer_id = parse_peer_id(&peer)?;
+    let changed = state.handle.set_allowed(&peer_id, true).await?;
+    Ok(Json(TrustChangeDoc { peer_id, allowed: true, changed }))
+}
+
+/// Stops allowing a peer.
+#[utoipa::path(delete, path = "/trust/peers/{peer_id}", tag = "network", params(("peer_id" = String, Path, description = "Peer id")), security(("token" = [])),
+    responses((status = 200, body = TrustChangeDoc), (status = 400, body = ErrorDoc), (status = 401, body = ErrorDoc),
+        (status = 404, description = "Not on the allowlist", body = ErrorDoc)))]
+pub async fn trust_remove(
+    State(state): State<ApiState>,
+    peer: Result<Path<String>, PathRejection>,
+) -> Result<Json<TrustChangeDoc>, ApiError> {
+    let Path(peer) = peer.map_err(rejected)?;
+    let peer_id = parse_peer_id(&peer)?;
+    if !state.handle.set_allowed(&peer_id, false).await? {
+        return Err(ApiError::not_found(format!("{peer_id} is not on the allowlist")));
+    }
+    Ok(Json(TrustChangeDoc { peer_id, allowed: false, changed: true }))
+}

@@ -1,0 +1,180 @@
+//! The node's settings: `pluresdb.toml` (in the data directory, or the file
+//! given with `--config`), overridden by `PLURESDB_*` environment
+//! variables, overridden by command-line flags.
+//!
+//! ```toml
+//! # pluresdb.toml
+//! api_addr = "127.0.0.1:34570"   # PLURESDB_API_ADDR, --api-addr
+//! require_token = false          # PLURESDB_REQUIRE_TOKEN, --require-token
+//! resolver = "last-writer-wins"  # PLURESDB_RESOLVER, --resolver
+//! log = "warn"                   # PLURESDB_LOG (a tracing filter)
+//! ```
+
+use crate::cli::{Cli, Command, Resolver};
+use crate::InvalidInput;
+use clap::ValueEnum;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The config file's name in the data directory.
+pub const CONFIG_FILE: &str = "pluresdb.toml";
+
+/// What the file may hold. Unknown keys are refused, so a typo is not
+/// silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    api_addr: Option<String>,
+    require_token: Option<bool>,
+    resolver: Option<String>,
+    log: Option<String>,
+}
+
+/// Where a setting came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File,
+    Env,
+    Flag,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Default => "default",
+            Source::File => "config file",
+            Source::Env => "environment",
+            Source::Flag => "flag",
+        }
+    }
+}
+
+/// A setting and its source.
+#[derive(Clone, Debug)]
+pub struct Setting<T> {
+    pub value: T,
+    pub source: Source,
+}
+
+/// The effective settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file read, if any.
+    pub file: Option<PathBuf>,
+    pub api_addr: Setting<SocketAddr>,
+    pub require_token: Setting<bool>,
+    pub resolver: Setting<Resolver>,
+    pub log: Setting<String>,
+}
+
+/// Picks the first given of flag, environment, file and default.
+fn pick<T>(flag: Option<T>, env: Option<T>, file: Option<T>, default: T) -> Setting<T> {
+    match (flag, env, file) {
+        (Some(value), _, _) => Setting { value, source: Source::Flag },
+        (None, Some(value), _) => Setting { value, source: Source::Env },
+        (None, None, Some(value)) => Setting { value, source: Source::File },
+        (None, None, None) => Setting { value: default, source: Source::Default },
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn parse_addr(text: &str, whence: &str) -> anyhow::Result<SocketAddr> {
+    text.trim().parse().map_err(|err| {
+        InvalidInput(format!("{whence}: {text:?} is not an address (host:port with an IP, e.g. 127.0.0.1:34570): {err}")).into()
+    })
+}
+
+fn parse_resolver(text: &str, whence: &str) -> anyhow::Result<Resolver> {
+    Resolver::from_str(text.trim(), true)
+        .map_err(|_| InvalidInput(format!("{whence}: unknown resolver {text:?} (last-writer-wins, first-writer-wins or keep-all)")).into())
+}
+
+fn parse_bool(text: &str, whence: &str) -> anyhow::Result<bool> {
+    match text.trim() {
+        "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" => Ok(false),
+        other => Err(InvalidInput(format!("{whence}: {other:?} is not true or false")).into()),
+    }
+}
+
+/// Reads the config for `cli`: the file named by `--config`, or
+/// `pluresdb.toml` in the data directory if it exists.
+pub fn load(cli: &Cli) -> anyhow::Result<Config> {
+    let (path, required) = match &cli.config {
+        Some(path) => (path.clone(), true),
+        None => (cli.data_dir.join(CONFIG_FILE), false),
+    };
+    let (file, read) = read_file(&path, required)?;
+    let whence = |key: &str| format!("{} ({key})", path.display());
+
+    let (flag_addr, flag_require) = match &cli.command {
+        Command::Serve { api_addr, require_token, .. } => (*api_addr, require_token.then_some(true)),
+        _ => (None, None),
+    };
+    let env_addr = env("PLURESDB_API_ADDR").map(|v| parse_addr(&v, "PLURESDB_API_ADDR")).transpose()?;
+    let file_addr = file.api_addr.as_deref().map(|v| parse_addr(v, &whence("api_addr"))).transpose()?;
+    let default_addr = parse_addr(pluresdb_server::DEFAULT_API_ADDR, "default")?;
+
+    let env_require = env("PLURESDB_REQUIRE_TOKEN").map(|v| parse_bool(&v, "PLURESDB_REQUIRE_TOKEN")).transpose()?;
+    let env_resolver = env("PLURESDB_RESOLVER").map(|v| parse_resolver(&v, "PLURESDB_RESOLVER")).transpose()?;
+    let file_resolver = file.resolver.as_deref().map(|v| parse_resolver(v, &whence("resolver"))).transpose()?;
+
+    Ok(Config {
+        file: read.then_some(path),
+        api_addr: pick(flag_addr, env_addr, file_addr, default_addr),
+        require_token: pick(flag_require, env_require, file.require_token, false),
+        resolver: pick(cli.resolver, env_resolver, file_resolver, Resolver::LastWriterWins),
+        log: pick(None, env("PLURESDB_LOG"), file.log, "warn".to_owned()),
+    })
+}
+
+fn read_file(path: &Path, required: bool) -> anyhow::Result<(FileConfig, bool)> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !required => return Ok((FileConfig::default(), false)),
+        Err(err) => return Err(InvalidInput(format!("cannot read config file {}: {err}", path.display())).into()),
+    };
+    let file = toml::from_str(&text).map_err(|err| InvalidInput(format!("config file {} is invalid: {err}", path.display())))?;
+    Ok((file, true))
+}
+
+impl Config {
+    /// The settings as a JSON document (`config show --json`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let entry = |value: serde_json::Value, source: Source| serde_json::json!({"value": value, "source": source.name()});
+        serde_json::json!({
+            "file": self.file.as_ref().map(|p| p.display().to_string()),
+            "api_addr": entry(self.api_addr.value.to_string().into(), self.api_addr.source),
+            "require_token": entry(self.require_token.value.into(), self.require_token.source),
+            "resolver": entry(resolver_name(self.resolver.value).into(), self.resolver.source),
+            "log": entry(self.log.value.clone().into(), self.log.source),
+        })
+    }
+
+    /// The settings as a config file, each with its source.
+    pub fn to_toml_text(&self) -> String {
+        let mut out = match &self.file {
+            Some(path) => format!("# read from {}\n", path.display()),
+            None => "# no config file; defaults, environment and flags\n".to_owned(),
+        };
+        let line = |key: &str, value: String, source: Source| format!("{key} = {value}  # {}\n", source.name());
+        out += &line("api_addr", format!("{:?}", self.api_addr.value.to_string()), self.api_addr.source);
+        out += &line("require_token", self.require_token.value.to_string(), self.require_token.source);
+        out += &line("resolver", format!("{:?}", resolver_name(self.resolver.value)), self.resolver.source);
+        out += &line("log", format!("{:?}", self.log.value), self.log.source);
+        out
+    }
+}
+
+pub fn resolver_name(resolver: Resolver) -> &'static str {
+    match resolver {
+        Resolver::LastWriterWins => "last-writer-wins",
+        Resolver::FirstWriterWins => "first-writer-wins",
+        Resolver::KeepAll => "keep-all",
+    }
+}
