@@ -8,6 +8,7 @@
 //! require_token = false          # PLURESDB_REQUIRE_TOKEN, --require-token
 //! resolver = "last-writer-wins"  # PLURESDB_RESOLVER, --resolver
 //! log = "warn"                   # PLURESDB_LOG (a tracing filter)
+//! watch_buffer = 4096            # PLURESDB_WATCH_BUFFER: changes buffered per subscriber
 //! ```
 
 use crate::cli::{Cli, Command, Resolver};
@@ -29,6 +30,7 @@ struct FileConfig {
     require_token: Option<bool>,
     resolver: Option<String>,
     log: Option<String>,
+    watch_buffer: Option<usize>,
 }
 
 /// Where a setting came from.
@@ -67,6 +69,8 @@ pub struct Config {
     pub require_token: Setting<bool>,
     pub resolver: Setting<Resolver>,
     pub log: Setting<String>,
+    /// Changes buffered per change-feed subscriber before it is told it lagged.
+    pub watch_buffer: Setting<usize>,
 }
 
 /// Picks the first given of flag, environment, file and default.
@@ -124,12 +128,26 @@ pub fn load(cli: &Cli) -> anyhow::Result<Config> {
     let env_resolver = env("PLURESDB_RESOLVER").map(|v| parse_resolver(&v, "PLURESDB_RESOLVER")).transpose()?;
     let file_resolver = file.resolver.as_deref().map(|v| parse_resolver(v, &whence("resolver"))).transpose()?;
 
+    let positive = |n: usize, whence: &str| -> anyhow::Result<usize> {
+        if (1..=1_000_000).contains(&n) {
+            Ok(n)
+        } else {
+            Err(InvalidInput(format!("{whence}: {n} is out of range (1 to 1000000)")).into())
+        }
+    };
+    let env_watch_buffer = env("PLURESDB_WATCH_BUFFER")
+        .map(|v| v.trim().parse::<usize>().map_err(|e| anyhow::Error::from(InvalidInput(format!("PLURESDB_WATCH_BUFFER: {v:?}: {e}")))))
+        .transpose()?
+        .map(|n| positive(n, "PLURESDB_WATCH_BUFFER"))
+        .transpose()?;
+    let file_watch_buffer = file.watch_buffer.map(|n| positive(n, &whence("watch_buffer"))).transpose()?;
     Ok(Config {
         file: read.then_some(path),
         api_addr: pick(flag_addr, env_addr, file_addr, default_addr),
         require_token: pick(flag_require, env_require, file.require_token, false),
         resolver: pick(cli.resolver, env_resolver, file_resolver, Resolver::LastWriterWins),
         log: pick(None, env("PLURESDB_LOG"), file.log, "warn".to_owned()),
+        watch_buffer: pick(None, env_watch_buffer, file_watch_buffer, pluresdb_runtime::RuntimeOptions::default().watch_buffer),
     })
 }
 
@@ -153,6 +171,7 @@ impl Config {
             "require_token": entry(self.require_token.value.into(), self.require_token.source),
             "resolver": entry(resolver_name(self.resolver.value).into(), self.resolver.source),
             "log": entry(self.log.value.clone().into(), self.log.source),
+            "watch_buffer": entry(self.watch_buffer.value.into(), self.watch_buffer.source),
         })
     }
 
@@ -167,6 +186,7 @@ impl Config {
         out += &line("require_token", self.require_token.value.to_string(), self.require_token.source);
         out += &line("resolver", format!("{:?}", resolver_name(self.resolver.value)), self.resolver.source);
         out += &line("log", format!("{:?}", self.log.value), self.log.source);
+        out += &line("watch_buffer", self.watch_buffer.value.to_string(), self.watch_buffer.source);
         out
     }
 }

@@ -17,7 +17,8 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, json: bool) -> anyho
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(api_addr).await.with_context(|| format!("cannot listen on {api_addr}"))?;
         let bound = listener.local_addr().context("cannot read the bound address")?;
-        let node = pluresdb_runtime::Runtime::start(db, Default::default())?;
+        let options = pluresdb_runtime::RuntimeOptions { watch_buffer: config.watch_buffer.value, ..Default::default() };
+        let node = pluresdb_runtime::Runtime::start(db, options)?;
         let handle = node.handle();
         let peer_id = handle.peer_id().to_owned();
         {

@@ -1,62 +1,11 @@
 //! `pluresdb serve` run as a user runs it: the HTTP API over a real
 //! process, its errors, and a clean stop on SIGTERM.
 
+mod common;
+
+use common::{cli, Node};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-
-struct Node {
-    child: Child,
-    api: String,
-}
-
-impl Node {
-    fn start(dir: &std::path::Path) -> Node {
-        Node::start_with(dir, &[])
-    }
-
-    fn start_with(dir: &std::path::Path, extra: &[&str]) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pluresdb"))
-            .args(["--json", "--data-dir"])
-            .arg(dir)
-            .args(["serve", "--api-addr", "127.0.0.1:0"])
-            .args(extra)
-            .env_remove("PLURESDB_API_ADDR")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut first = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut first).unwrap();
-        let started: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("no start line ({e}): {first:?}"));
-        let api = started["api"].as_str().unwrap().trim_start_matches("http://").to_owned();
-        Node { child, api }
-    }
-
-    /// One HTTP/1.1 request; returns the status and the JSON body.
-    fn request(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
-        let mut stream = TcpStream::connect(&self.api).unwrap();
-        // The server may answer (413) and close before reading a huge body;
-        // the answer is still there to read.
-        let _ = write!(stream, "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", self.api, body.len());
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).unwrap();
-        let text = String::from_utf8_lossy(&response);
-        let status: u16 = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-        (status, serde_json::from_str(body).unwrap_or_else(|_| json!({"raw": body})))
-    }
-
-    fn stop(mut self) -> (bool, String) {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let status = self.child.wait().unwrap();
-        let mut stderr = String::new();
-        self.child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-        (status.success(), stderr)
-    }
-}
+use std::process::Command;
 
 #[test]
 fn serve_answers_the_api_and_stops_cleanly() {
@@ -112,10 +61,6 @@ fn serve_answers_the_api_and_stops_cleanly() {
     assert!(out.status.success());
     let node: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(node["value"]["age"], 3);
-}
-
-fn cli(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_pluresdb")).arg("--data-dir").arg(dir).args(args).output().unwrap()
 }
 
 #[test]

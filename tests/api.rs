@@ -1,0 +1,308 @@
+//! The API of a real `pluresdb serve` process: tokens, conflicts, the
+//! change feed over WebSockets (order, lag and resume, floods) and the
+//! config file.
+
+mod common;
+
+use common::{cli, Node};
+use futures_util::{SinkExt, StreamExt};
+use pluresdb_core::{Database, MemoryStore};
+use pluresdb_store_redb::RedbStore;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Every wait in these tests ends by this deadline.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+async fn subscribe(node: &Node, query: &str) -> Socket {
+    let (socket, _) = tokio_tungstenite::connect_async(format!("ws://{}/changes{query}", node.api)).await.unwrap();
+    socket
+}
+
+/// The next JSON message, or `None` once the socket closes.
+async fn next_message(socket: &mut Socket) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(DEADLINE, socket.next()).await.expect("no message before the deadline") {
+            Some(Ok(Message::Text(text))) => return Some(serde_json::from_str(&text).unwrap()),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Reads `n` change messages; returns their `op` ids.
+async fn changes(socket: &mut Socket, n: usize) -> Vec<String> {
+    let mut ops = Vec::new();
+    while ops.len() < n {
+        let message = next_message(socket).await.expect("the socket closed early");
+        assert_eq!(message["type"], "change", "{message}");
+        ops.push(message["op"]["op"].as_str().unwrap().to_owned());
+    }
+    ops
+}
+
+#[test]
+fn a_token_guards_the_api_when_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(dir.path(), &["--require-token"]);
+    let token = std::fs::read_to_string(dir.path().join("api.token")).unwrap().trim().to_owned();
+    assert_eq!(token.len(), 64);
+
+    assert_eq!(node.request("GET", "/health", "").0, 200, "health needs no token");
+    let (status, body) = node.request("GET", "/nodes", "");
+    assert_eq!(status, 401);
+    assert!(body["error"].as_str().unwrap().contains("api.token"), "{body}");
+    assert_eq!(node.request_with("GET", "/nodes", "", &["Authorization: Bearer wrong"]).0, 401);
+    let auth = format!("Authorization: Bearer {token}");
+    assert_eq!(node.request_with("PUT", "/nodes/a", "{}", &[&auth]).0, 200);
+    assert_eq!(node.request_with("GET", "/nodes/a", "", &[&auth]).1["id"], "a");
+    assert_eq!(node.request("GET", &format!("/nodes/a?token={token}"), "").0, 200, "browsers pass it in the query");
+
+    // The CLI on the same data directory reads the token file.
+    let out = cli(dir.path(), &["--json", "get", "a"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(node.stop().0);
+}
+
+#[test]
+fn invites_and_allowlist_changes_need_the_token_even_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let token = std::fs::read_to_string(dir.path().join("api.token")).unwrap().trim().to_owned();
+    let auth = format!("Authorization: Bearer {token}");
+    assert_eq!(node.request("GET", "/network/invite", "").0, 401);
+    assert_eq!(node.request("PUT", "/trust/mode", r#"{"mode":"open"}"#).0, 401);
+    assert_eq!(node.request("GET", "/trust", "").0, 200, "reading the allowlist is not sensitive");
+    let (status, invite) = node.request_with("GET", "/network/invite?addresses=127.0.0.1:34569", "", &[&auth]);
+    assert_eq!(status, 200);
+    assert!(invite["ticket"].as_str().unwrap().starts_with("pluresdb"));
+    assert_eq!(node.request_with("PUT", "/trust/mode", r#"{"mode":"sideways"}"#, &[&auth]).0, 400);
+    assert_eq!(node.request_with("PUT", "/trust/mode", r#"{"mode":"allowlist"}"#, &[&auth]).1["mode"], "allowlist");
+    assert_eq!(node.request_with("PUT", "/trust/peers/not-a-peer", "", &[&auth]).0, 400);
+    // The CLI goes through the node with the token.
+    let out = cli(dir.path(), &["--json", "trust", "list"]);
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap()["mode"], "allowlist");
+    let out = cli(dir.path(), &["--json", "invite"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(node.stop().0);
+}
+
+#[test]
+fn peers_status_and_connect_report_the_node_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    assert_eq!(node.request("GET", "/peers", "").1, json!({"peers": []}));
+    let (status, body) = node.request("POST", "/peers", r#"{"address":"127.0.0.1:9"}"#);
+    assert_eq!(status, 503);
+    assert!(body["error"].as_str().unwrap().contains("no network transport"), "{body}");
+    assert_eq!(node.request("POST", "/peers", r#"{"addr":"x"}"#).0, 400, "a wrong field is bad input");
+    let (_, status_doc) = node.request("GET", "/status", "");
+    assert_eq!(status_doc["peers_connected"], 0);
+    let (_, network) = node.request("GET", "/network", "");
+    assert_eq!(network["access_mode"], "secret");
+    assert_eq!(network["network_tag"].as_str().unwrap().len(), 16);
+    let out = cli(dir.path(), &["connect", "127.0.0.1:9"]);
+    assert_eq!(out.status.code(), Some(4), "unavailable: {}", String::from_utf8_lossy(&out.stderr));
+    let (status, metrics) = node.request_text("GET", "/metrics", "", &[]);
+    assert_eq!(status, 200);
+    assert!(metrics.contains("pluresdb_peers_connected 0"), "{metrics}");
+    assert!(node.stop().0);
+}
+
+/// Writes `user:1` concurrently from two replicas, so its name has two
+/// values, into data directory `dir`.
+fn concurrent_names(dir: &std::path::Path) {
+    let mut a = Database::open(RedbStore::open(dir).unwrap(), "peer-a").unwrap();
+    let mut b = Database::open(MemoryStore::new(), "peer-b").unwrap();
+    a.update("user:1", json!({"name": "Alice", "age": 1}), 1_000).unwrap();
+    b.update("user:1", json!({"name": "Alicia"}), 1_000).unwrap();
+    a.apply_remote(b.ops_after("peer-b", 0, 10).unwrap()).unwrap();
+}
+
+#[test]
+fn conflicts_are_listed_and_resolved() {
+    let dir = tempfile::tempdir().unwrap();
+    concurrent_names(dir.path());
+    let node = Node::start(dir.path());
+    let (_, listed) = node.request("GET", "/conflicts", "");
+    let values = &listed["nodes"][0]["conflicts"]["name"];
+    assert_eq!(listed["nodes"][0]["id"], "user:1", "{listed}");
+    assert_eq!(values.as_array().unwrap().len(), 2, "{listed}");
+    assert_eq!(node.request("POST", "/nodes/user:1/resolve", r#"{"field":"age","value":2}"#).0, 409, "age has no conflict");
+    assert_eq!(node.request("POST", "/nodes/user:9/resolve", r#"{"field":"name","value":"x"}"#).0, 404);
+    assert_eq!(node.request("POST", "/nodes/user:1/resolve", r#"{"field":"name"}"#).0, 400);
+    assert_eq!(node.request("POST", "/nodes/user:1/resolve", r#"{"field":"name","value":"Ali"}"#).0, 200);
+    assert_eq!(node.request("GET", "/conflicts", "").1["nodes"], json!([]));
+    assert_eq!(node.request("GET", "/nodes/user:1", "").1["value"]["name"], "Ali");
+    assert!(node.stop().0);
+}
+
+#[test]
+fn subscribers_see_every_change_in_one_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let rt = runtime();
+    let (mut all, mut users, mut one) =
+        rt.block_on(async { (subscribe(&node, "").await, subscribe(&node, "?prefix=user:").await, subscribe(&node, "?id=user:3").await) });
+    for socket in [&mut all, &mut users, &mut one] {
+        let first = rt.block_on(next_message(socket)).unwrap();
+        assert_eq!(first["type"], "subscribed", "{first}");
+    }
+    // Writers on several threads race; every subscriber must see the
+    // node's one order.
+    let id_of = |t: usize, i: usize| if i % 2 == 0 { format!("user:{}", (t * 25 + i) % 7) } else { format!("item:{t}-{i}") };
+    let ids: Vec<String> = (0..4).flat_map(|t| (0..25).map(move |i| id_of(t, i))).collect();
+    let (n_users, n_user3) = (ids.iter().filter(|id| id.starts_with("user:")).count(), ids.iter().filter(|id| *id == "user:3").count());
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let node = &node;
+            scope.spawn(move || {
+                for i in 0..25 {
+                    let id = id_of(t, i);
+                    assert_eq!(node.request("PATCH", &format!("/nodes/{id}"), &format!(r#"{{"n":{i},"t":{t}}}"#)).0, 200);
+                }
+            });
+        }
+    });
+    let (every, user_ops, user3) = rt.block_on(async {
+        let every = changes(&mut all, 100).await;
+        let user_ops = changes(&mut users, n_users).await;
+        (every, user_ops, changes(&mut one, n_user3).await)
+    });
+    let mut unique = every.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 100, "each change once");
+    let seq = |op: &String| op.rsplit('/').next().unwrap().parse::<u64>().unwrap();
+    assert!(every.windows(2).all(|w| seq(&w[0]) < seq(&w[1])), "one writer's changes arrive in the order applied");
+    let in_all: Vec<&String> = every.iter().filter(|op| user_ops.contains(op)).collect();
+    assert_eq!(in_all, user_ops.iter().collect::<Vec<_>>(), "the prefix subscriber sees the same order");
+    assert!(user3.iter().all(|op| user_ops.contains(op)));
+    assert!(node.stop().0);
+}
+
+#[test]
+fn a_subscriber_that_lags_resumes_with_nothing_missed_or_repeated() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path()).unwrap();
+    std::fs::write(dir.path().join("pluresdb.toml"), "watch_buffer = 8\n").unwrap();
+    let node = Node::start(dir.path());
+    let rt = runtime();
+    let mut socket = rt.block_on(subscribe(&node, "?prefix=n:"));
+    let subscribed = rt.block_on(next_message(&mut socket)).unwrap();
+    let mut position: BTreeMap<String, u64> = serde_json::from_value(subscribed["version"].clone()).unwrap();
+
+    // One import commits 1,000 changes at once: far more than 8.
+    let lines: String = (0..1_000).map(|i| format!("{}\n", json!({"id": format!("n:{i:04}"), "value": {"i": i}}))).collect();
+    assert_eq!(node.request("POST", "/import", &lines).1["imported"], 1_000);
+    assert_eq!(node.request("PUT", "/other", "{}").0, 404, "not a node route");
+
+    let mut seen = Vec::new();
+    let mut resumes = 0;
+    loop {
+        match rt.block_on(next_message(&mut socket)) {
+            Some(m) if m["type"] == "change" => {
+                let (origin, seq) = (m["op"]["origin"].as_str().unwrap().to_owned(), m["op"]["seq"].as_u64().unwrap());
+                let entry = position.entry(origin).or_default();
+                *entry = (*entry).max(seq);
+                seen.push(m["op"]["node_id"].as_str().unwrap().to_owned());
+                if seen.len() == 1_000 {
+                    break;
+                }
+            }
+            Some(m) if m["type"] == "lagged" => {
+                assert!(m["missed"].as_u64().unwrap() > 0);
+                let resume: BTreeMap<String, u64> = serde_json::from_value(m["resume_from"].clone()).unwrap();
+                assert_eq!(resume, position, "the node resumes from what the client has seen");
+                assert_eq!(rt.block_on(next_message(&mut socket)), None, "the socket closes after lagged");
+                resumes += 1;
+                let from = serde_json::to_string(&position).unwrap();
+                let query = format!(
+                    "?prefix=n:&from={}",
+                    from.replace('"', "%22").replace('{', "%7B").replace('}', "%7D").replace(':', "%3A").replace(',', "%2C")
+                );
+                socket = rt.block_on(subscribe(&node, &query));
+                assert_eq!(rt.block_on(next_message(&mut socket)).unwrap()["type"], "subscribed");
+            }
+            other => panic!("unexpected {other:?} after {} changes", seen.len()),
+        }
+    }
+    assert!(resumes >= 1, "a buffer of 8 must lag on 1,000 changes");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 1_000, "every change once, none repeated");
+    let (_, metrics) = node.request_text("GET", "/metrics", "", &[]);
+    assert!(!metrics.contains("pluresdb_watch_lagged_total 0"), "{metrics}");
+    assert!(node.stop().0);
+}
+
+#[test]
+fn a_flooding_websocket_client_is_cut_off_and_the_node_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let rt = runtime();
+    rt.block_on(async {
+        let mut socket = subscribe(&node, "").await;
+        assert_eq!(next_message(&mut socket).await.unwrap()["type"], "subscribed");
+        let mut sent = 0;
+        // The node closes the socket after its burst allowance (100).
+        while sent < 10_000 && socket.send(Message::Text("hello".into())).await.is_ok() {
+            sent += 1;
+        }
+        let mut closed_with_error = false;
+        while let Some(message) = next_message(&mut socket).await {
+            if message["type"] == "error" {
+                closed_with_error = message["error"].as_str().unwrap().contains("too many messages");
+            }
+        }
+        assert!(closed_with_error, "the flood gets an error before the close");
+    });
+    assert_eq!(node.request("GET", "/health", "").0, 200);
+    assert_eq!(node.request("GET", "/changes?id=a&prefix=b", "").0, 400, "a bad subscription is a clear error");
+    assert!(node.stop().0);
+}
+
+#[test]
+fn settings_come_from_flags_then_environment_then_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("pluresdb.toml"), "api_addr = \"127.0.0.1:40000\"\nresolver = \"keep-all\"\n").unwrap();
+    let show = |args: &[&str], env: &[(&str, &str)]| -> Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pluresdb"))
+            .arg("--data-dir")
+            .arg(d)
+            .args(args)
+            .args(["--json", "config", "show"])
+            .env_remove("PLURESDB_API_ADDR")
+            .env_remove("PLURESDB_RESOLVER")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let from_file = show(&[], &[]);
+    assert_eq!(from_file["api_addr"], json!({"value": "127.0.0.1:40000", "source": "config file"}));
+    assert_eq!(from_file["resolver"]["value"], "keep-all");
+    assert_eq!(from_file["log"]["source"], "default");
+    let from_env = show(&[], &[("PLURESDB_RESOLVER", "fww")]);
+    assert_eq!(from_env["resolver"], json!({"value": "first-writer-wins", "source": "environment"}));
+    let from_flag = show(&["--resolver", "lww"], &[("PLURESDB_RESOLVER", "fww")]);
+    assert_eq!(from_flag["resolver"], json!({"value": "last-writer-wins", "source": "flag"}));
+
+    std::fs::write(d.join("pluresdb.toml"), "api_adr = \"127.0.0.1:1\"\n").unwrap();
+    let out = cli(d, &["config", "show"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `api_adr`"), "{}", String::from_utf8_lossy(&out.stderr));
+    let missing = cli(d, &["--config", "/nonexistent/pluresdb.toml", "config", "show"]);
+    assert_eq!(missing.status.code(), Some(2), "a config file named on the command line must exist");
+}

@@ -1,0 +1,78 @@
+//! A real `pluresdb serve` process for integration tests, and a minimal
+//! HTTP/1.1 client for it.
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+
+pub struct Node {
+    pub child: Child,
+    /// The API address, host:port.
+    pub api: String,
+}
+
+impl Node {
+    pub fn start(dir: &std::path::Path) -> Node {
+        Node::start_with(dir, &[])
+    }
+
+    pub fn start_with(dir: &std::path::Path, extra: &[&str]) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pluresdb"))
+            .args(["--json", "--data-dir"])
+            .arg(dir)
+            .args(["serve", "--api-addr", "127.0.0.1:0"])
+            .args(extra)
+            .env_remove("PLURESDB_API_ADDR")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut first).unwrap();
+        let started: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("no start line ({e}): {first:?}"));
+        let api = started["api"].as_str().unwrap().trim_start_matches("http://").to_owned();
+        Node { child, api }
+    }
+
+    /// One HTTP/1.1 request; returns the status and the JSON body.
+    pub fn request(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        self.request_with(method, path, body, &[])
+    }
+
+    /// A request with extra header lines (`"Authorization: Bearer x"`).
+    pub fn request_with(&self, method: &str, path: &str, body: &str, headers: &[&str]) -> (u16, Value) {
+        let (status, text) = self.request_text(method, path, body, headers);
+        (status, serde_json::from_str(&text).unwrap_or_else(|_| json!({"raw": text})))
+    }
+
+    /// A request; returns the status and the body as text.
+    pub fn request_text(&self, method: &str, path: &str, body: &str, headers: &[&str]) -> (u16, String) {
+        let mut stream = TcpStream::connect(&self.api).unwrap();
+        let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+        // The server may answer (413) and close before reading a huge body;
+        // the answer is still there to read.
+        let _ = write!(stream, "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", self.api, body.len());
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        let text = String::from_utf8_lossy(&response);
+        let status: u16 = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        (status, body.to_owned())
+    }
+
+    pub fn stop(mut self) -> (bool, String) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let status = self.child.wait().unwrap();
+        let mut stderr = String::new();
+        self.child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        (status.success(), stderr)
+    }
+}
+
+/// Runs the CLI on data directory `dir`.
+pub fn cli(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_pluresdb")).arg("--data-dir").arg(dir).args(args).output().unwrap()
+}
