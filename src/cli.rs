@@ -72,8 +72,9 @@ pub enum Command {
     /// describes every route. On loopback the API needs no token (except to
     /// make invites or change the allowlist); bound to any other address,
     /// every route but /health needs the token that serve keeps in api.token
-    /// in the data directory (`Authorization: Bearer <token>`). Networking
-    /// with other nodes comes with the QUIC engine.
+    /// in the data directory (`Authorization: Bearer <token>`). Peers connect
+    /// over QUIC (UDP --port, default 34569), authenticated by their keys and
+    /// the network secret.
     Serve {
         /// Address of the HTTP API; port 0 picks a free port [default:
         /// 127.0.0.1:34570; env: PLURESDB_API_ADDR; config: api_addr].
@@ -83,6 +84,19 @@ pub enum Command {
         /// loopback [env: PLURESDB_REQUIRE_TOKEN; config: require_token].
         #[arg(long)]
         require_token: bool,
+        /// UDP port for peers (QUIC); 0 picks a free port.
+        #[arg(long, default_value_t = pluresdb_net::DEFAULT_PORT)]
+        port: u16,
+        /// Address to listen on for peers.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: std::net::IpAddr,
+        /// Connect to this node at start (host:port); repeat for several.
+        /// Reconnects with backoff if the link drops.
+        #[arg(long, value_name = "HOST:PORT")]
+        bootstrap: Vec<String>,
+        /// Serve the API only, with no network transport.
+        #[arg(long)]
+        no_network: bool,
         /// Join the network of the node that printed this ticket (`pluresdb
         /// invite`): adopt its network secret and remember it as a peer.
         #[arg(long, value_name = "TICKET")]

@@ -32,22 +32,25 @@ pub fn run(cli: Cli, config: &Config) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    if let Command::Serve { join: ticket, .. } = &cli.command {
+    if let Command::Serve { join: ticket, port, bind, bootstrap, no_network, .. } = &cli.command {
         // Joining decides the network before anything else touches the directory.
         let joined = ticket.as_deref().map(|t| join(&cli.data_dir, t)).transpose()?;
         let mut db = replica::open(&cli.data_dir, config.resolver.value)?;
+        let mut peers = bootstrap.clone();
         if let Some(ticket) = joined {
             db.commit_meta(vec![(
                 BOOTSTRAP_META_KEY.to_owned(),
                 pluresdb_core::codec::encode(&(ticket.peer_id.to_string(), &ticket.addresses)),
             )])?;
             eprintln!(
-                "joined the network of {} ({}); connecting to it needs the QUIC engine, which is not in this build yet",
+                "joined the network of {} ({})",
                 ticket.peer_id,
                 if ticket.addresses.is_empty() { "no address in the ticket".to_owned() } else { ticket.addresses.join(", ") }
             );
+            peers.extend(ticket.addresses);
         }
-        return crate::node::serve(db, &cli.data_dir, config, json);
+        let network = (!no_network).then(|| crate::node::PeerSettings { bind: std::net::SocketAddr::new(*bind, *port), bootstrap: peers });
+        return crate::node::serve(db, &cli.data_dir, config, network, json);
     }
     let mut api = open_api(&cli, config)?;
     let result = execute(&mut api, cli, json);

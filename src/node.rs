@@ -8,7 +8,44 @@ use anyhow::Context;
 use std::io::Write;
 use std::path::Path;
 
-pub fn serve(db: Replica, data_dir: &Path, config: &Config, json: bool) -> anyhow::Result<()> {
+/// How the node meets peers.
+pub struct PeerSettings {
+    /// Where the QUIC engine listens.
+    pub bind: std::net::SocketAddr,
+    /// Nodes to connect to at start.
+    pub bootstrap: Vec<String>,
+}
+
+/// Starts the QUIC engine with the node's identity and its access rule.
+async fn start_quic(
+    data_dir: &Path,
+    settings: &PeerSettings,
+    db: &Replica,
+) -> anyhow::Result<(pluresdb_net::QuicNetworkEngine, pluresdb_runtime::Network)> {
+    use pluresdb_net::NetworkEngine;
+    let identity = crate::keys::identity(data_dir)?;
+    let secret = crate::keys::network_secret(data_dir)?;
+    let mode = pluresdb_runtime::stored_access_mode(db.store())?;
+    let allowlist = pluresdb_runtime::stored_allowlist(db.store())?;
+    let policy = pluresdb_security::AccessPolicy { mode, secret: Some(secret), allowlist };
+    let config =
+        pluresdb_net::NetworkConfig { port: settings.bind.port(), bind_address: settings.bind.ip().to_string(), ..Default::default() };
+    let peers = std::sync::Arc::new(pluresdb_net::PeerManager::new());
+    let (sync, events) = pluresdb_net::SyncHandle::channel(1_024);
+    let mut engine = pluresdb_net::QuicNetworkEngine::new(config, peers.clone(), sync).with_identity(identity).with_access_policy(policy);
+    engine.start().await.with_context(|| format!("cannot start the QUIC engine on {}", settings.bind))?;
+    let local = engine.local_addr().context("the QUIC engine has no address")?;
+    let network = pluresdb_runtime::Network {
+        engine: std::sync::Arc::new(engine.clone()),
+        events,
+        peers,
+        transport: "quic",
+        listen_addresses: vec![local.to_string()],
+    };
+    Ok((engine, network))
+}
+
+pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSettings>, json: bool) -> anyhow::Result<()> {
     let api_addr = config.api_addr.value;
     let require_token = config.require_token.value || !pluresdb_server::is_loopback(&api_addr);
     let token = crate::keys::api_token(data_dir)?;
@@ -18,9 +55,25 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, json: bool) -> anyho
         let listener = tokio::net::TcpListener::bind(api_addr).await.with_context(|| format!("cannot listen on {api_addr}"))?;
         let bound = listener.local_addr().context("cannot read the bound address")?;
         let options = pluresdb_runtime::RuntimeOptions { watch_buffer: config.watch_buffer.value, ..Default::default() };
-        let node = pluresdb_runtime::Runtime::start(db, options)?;
+        let (quic, network) = match &peers {
+            Some(settings) => {
+                let (engine, network) = start_quic(data_dir, settings, &db).await?;
+                (Some(engine), Some(network))
+            }
+            None => (None, None),
+        };
+        let node = pluresdb_runtime::Runtime::start_with_network(db, options, network)?;
         let handle = node.handle();
         let peer_id = handle.peer_id().to_owned();
+        for address in peers.iter().flat_map(|p| p.bootstrap.clone()) {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                match handle.connect(&address).await {
+                    Ok(peer) => tracing::info!(%address, %peer, "connected to a bootstrap node"),
+                    Err(err) => tracing::warn!(%address, error = %err, "cannot connect to a bootstrap node"),
+                }
+            });
+        }
         {
             // Tell the user (and scripts) where the node is, then keep quiet.
             let mut out = std::io::stdout().lock();
@@ -28,11 +81,14 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, json: bool) -> anyho
                 writeln!(
                     out,
                     "{}",
-                    serde_json::json!({"peer_id": peer_id, "api": format!("http://{bound}"), "token_required": require_token})
+                    serde_json::json!({"peer_id": peer_id, "api": format!("http://{bound}"), "token_required": require_token, "listen": handle.listen_addresses()})
                 )?;
             } else {
                 writeln!(out, "pluresdb node {peer_id}")?;
                 writeln!(out, "HTTP API on http://{bound} (routes: http://{bound}/openapi.json)")?;
+                for address in handle.listen_addresses() {
+                    writeln!(out, "peers connect over QUIC to {address}")?;
+                }
                 if require_token {
                     writeln!(out, "the API needs the token in {}", data_dir.join(crate::keys::API_TOKEN_FILE).display())?;
                 }
@@ -51,7 +107,14 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, json: bool) -> anyho
         if let Err(err) = std::fs::remove_file(&addr_file) {
             tracing::warn!(%err, path = %addr_file.display(), "cannot remove the API address file");
         }
-        // Requests in flight have finished; the writer commits what it holds.
+        // Requests in flight have finished: say goodbye to peers, then let
+        // the writer commit what it holds.
+        if let Some(mut quic) = quic {
+            use pluresdb_net::NetworkEngine;
+            if let Err(err) = quic.stop().await {
+                tracing::warn!(error = %err, "the QUIC engine did not stop cleanly");
+            }
+        }
         node.shutdown().await;
         served.context("the API server failed")?;
         tracing::info!("node stopped");

@@ -96,9 +96,9 @@ fn invites_and_allowlist_changes_need_the_token_even_on_loopback() {
 }
 
 #[test]
-fn peers_status_and_connect_report_the_node_as_it_is() {
+fn without_a_transport_peers_and_connect_say_so() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
+    let node = Node::start_with(dir.path(), &["--no-network"]);
     assert_eq!(node.request("GET", "/peers", "").1, json!({"peers": []}));
     let (status, body) = node.request("POST", "/peers", r#"{"address":"127.0.0.1:9"}"#);
     assert_eq!(status, 503);
@@ -158,7 +158,7 @@ fn subscribers_see_every_change_in_one_order() {
     }
     // Writers on several threads race; every subscriber must see the
     // node's one order.
-    let id_of = |t: usize, i: usize| if i % 2 == 0 { format!("user:{}", (t * 25 + i) % 7) } else { format!("item:{t}-{i}") };
+    let id_of = |t: usize, i: usize| if i.is_multiple_of(2) { format!("user:{}", (t * 25 + i) % 7) } else { format!("item:{t}-{i}") };
     let ids: Vec<String> = (0..4).flat_map(|t| (0..25).map(move |i| id_of(t, i))).collect();
     let (n_users, n_user3) = (ids.iter().filter(|id| id.starts_with("user:")).count(), ids.iter().filter(|id| *id == "user:3").count());
     std::thread::scope(|scope| {
@@ -305,4 +305,42 @@ fn settings_come_from_flags_then_environment_then_the_config_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `api_adr`"), "{}", String::from_utf8_lossy(&out.stderr));
     let missing = cli(d, &["--config", "/nonexistent/pluresdb.toml", "config", "show"]);
     assert_eq!(missing.status.code(), Some(2), "a config file named on the command line must exist");
+}
+
+#[test]
+fn a_change_written_on_one_node_arrives_over_the_websocket_of_the_other() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::start(dir_a.path());
+    let listen = a.listen.clone().expect("the node listens for peers");
+    let invite = cli(dir_a.path(), &["--json", "invite", "--address", &listen]);
+    assert!(invite.status.success(), "{}", String::from_utf8_lossy(&invite.stderr));
+    let ticket = serde_json::from_slice::<Value>(&invite.stdout).unwrap()["ticket"].as_str().unwrap().to_owned();
+    let rt = runtime();
+    let mut socket = rt.block_on(subscribe(&a, "?prefix=shared:"));
+    assert_eq!(rt.block_on(next_message(&mut socket)).unwrap()["type"], "subscribed");
+
+    // B joins A's network with the ticket and connects to it by itself.
+    let b = Node::start_with(dir_b.path(), &["--join", &ticket]);
+    let b_id = b.request("GET", "/health", "").1["peer_id"].as_str().unwrap().to_owned();
+    assert_eq!(b.request("PUT", "/nodes/shared:1", r#"{"from":"b"}"#).0, 200);
+    let change = rt.block_on(next_message(&mut socket)).expect("the change arrives");
+    assert_eq!(change["type"], "change", "{change}");
+    assert_eq!(change["op"]["origin"], b_id.as_str());
+    assert_eq!(change["node"]["value"], json!({"from": "b"}));
+    assert_eq!(a.request("GET", "/nodes/shared:1", "").1["value"]["from"], "b");
+
+    // And back: A's write reaches B; both report the link.
+    assert_eq!(a.request("PUT", "/nodes/shared:2", r#"{"from":"a"}"#).0, 200);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while b.request("GET", "/nodes/shared:2", "").0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "A's write never reached B");
+        std::thread::yield_now();
+    }
+    let peers = b.request("GET", "/peers", "").1;
+    assert_eq!(peers["peers"][0]["connected"], true, "{peers}");
+    assert_eq!(a.request("GET", "/status", "").1["transports"], json!(["quic"]));
+    let (_, metrics) = a.request_text("GET", "/metrics", "", &[]);
+    assert!(metrics.contains("pluresdb_ops_applied_total{source=\"remote\"} 1"), "{metrics}");
+    assert!(b.stop().0);
+    assert!(a.stop().0);
 }

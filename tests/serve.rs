@@ -129,7 +129,7 @@ fn serve_join_adopts_the_network_of_a_ticket() {
     let out = Command::new(env!("CARGO_BIN_EXE_pluresdb"))
         .arg("--data-dir")
         .arg(&c)
-        .args(["serve", "--api-addr", "127.0.0.1:0", "--join", &ticket])
+        .args(["serve", "--api-addr", "127.0.0.1:0", "--bind", "127.0.0.1", "--port", "0", "--join", &ticket])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -11,6 +11,8 @@ pub struct Node {
     pub child: Child,
     /// The API address, host:port.
     pub api: String,
+    /// Where peers reach the node (QUIC), if it runs a transport.
+    pub listen: Option<String>,
 }
 
 impl Node {
@@ -22,7 +24,7 @@ impl Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pluresdb"))
             .args(["--json", "--data-dir"])
             .arg(dir)
-            .args(["serve", "--api-addr", "127.0.0.1:0"])
+            .args(["serve", "--api-addr", "127.0.0.1:0", "--bind", "127.0.0.1", "--port", "0"])
             .args(extra)
             .env_remove("PLURESDB_API_ADDR")
             .stdout(Stdio::piped())
@@ -33,7 +35,8 @@ impl Node {
         BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut first).unwrap();
         let started: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("no start line ({e}): {first:?}"));
         let api = started["api"].as_str().unwrap().trim_start_matches("http://").to_owned();
-        Node { child, api }
+        let listen = started["listen"].as_array().and_then(|l| l.first()).and_then(|a| a.as_str()).map(str::to_owned);
+        Node { child, api, listen }
     }
 
     /// One HTTP/1.1 request; returns the status and the JSON body.

@@ -106,7 +106,9 @@ async fn drive<E: NetworkEngine + ?Sized, S: Store + Send>(network: Arc<E>, shar
     }
 }
 
-fn apply<S: Store>(sync: &mut DataSyncEngine<S>, event: PeerEvent) {
+/// Feeds one peer event to a sync engine (the contract above); refused
+/// messages are logged and counted by the engine.
+pub fn apply<S: Store>(sync: &mut DataSyncEngine<S>, event: PeerEvent) {
     let now = now_ms();
     match event {
         PeerEvent::Connected { peer_id, .. } => sync.peer_connected(&peer_id, now),

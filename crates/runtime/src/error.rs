@@ -13,11 +13,14 @@ pub enum Error {
     #[error("the node is shutting down")]
     Stopped,
     /// The node runs no network transport, so it cannot do `action`.
-    #[error("cannot {action}: no network transport is enabled in this node (the QUIC engine is not in this build yet)")]
+    #[error("cannot {action}: no network transport is enabled in this node")]
     NoTransport { action: String },
     /// No connection to this peer.
     #[error("peer {peer_id} is not connected")]
     NotConnected { peer_id: String },
+    /// The network engine failed (a peer unreachable, refused, ...).
+    #[error(transparent)]
+    Network(pluresdb_net::NetworkError),
     /// The writer thread could not be started.
     #[error("cannot start the writer thread")]
     Thread(#[source] std::io::Error),

@@ -32,7 +32,7 @@ mod writer;
 
 pub use error::Error;
 pub use stats::Stats;
-pub use trust::AccessMode;
+pub use trust::{stored_access_mode, stored_allowlist, AccessMode};
 pub use watch::{Filter, Watch, WatchEvent};
 pub use writer::WriteKind;
 
@@ -48,6 +48,21 @@ use writer::Command;
 /// writes (the core and sync engine read no clock themselves).
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A network transport the runtime syncs over: the engine, the events it
+/// delivers, and its peer registry.
+pub struct Network {
+    /// The engine (sends, connects, disconnects).
+    pub engine: Arc<dyn pluresdb_net::NetworkEngine>,
+    /// What the engine delivers: connections, messages, disconnections.
+    pub events: pluresdb_net::PeerEvents,
+    /// The engine's peers (addresses, round-trip times).
+    pub peers: Arc<pluresdb_net::PeerManager>,
+    /// The transport's name (`quic`).
+    pub transport: &'static str,
+    /// Where other nodes reach this one.
+    pub listen_addresses: Vec<String>,
 }
 
 /// How the runtime runs.
@@ -79,12 +94,23 @@ impl Runtime {
     /// Starts the writer over `db` (the store's file stays locked until
     /// [`shutdown`](Self::shutdown)).
     pub fn start(db: Database<RedbStore>, options: RuntimeOptions) -> Result<Self, Error> {
+        Self::start_with_network(db, options, None)
+    }
+
+    /// Starts the writer over `db`, syncing with peers over `network`.
+    pub fn start_with_network(db: Database<RedbStore>, options: RuntimeOptions, network: Option<Network>) -> Result<Self, Error> {
         let peer_id: Arc<str> = db.peer_id().into();
         let reader = Arc::new(Reader::new(db.store().read_handle(), db.shared_resolver()));
         let engine = DataSyncEngine::with_database(options.sync.clone(), db).map_err(Error::Sync)?;
         let stats = Arc::new(Stats::default());
         let (commands, inbox) = mpsc::channel(options.queue.max(1));
-        let writer = writer::spawn(engine, inbox, stats.clone(), options.max_group.max(1)).map_err(Error::Thread)?;
+        let link = network.as_ref().map(|n| Link {
+            engine: n.engine.clone(),
+            peers: n.peers.clone(),
+            transport: n.transport,
+            listen_addresses: n.listen_addresses.clone(),
+        });
+        let writer = writer::spawn(engine, inbox, network, stats.clone(), options.max_group.max(1)).map_err(Error::Thread)?;
         let handle = Handle {
             inner: Arc::new(Inner {
                 peer_id,
@@ -93,6 +119,7 @@ impl Runtime {
                 stats,
                 watch_buffer: options.watch_buffer.max(1),
                 trust_lock: tokio::sync::Mutex::new(()),
+                link,
             }),
         };
         Ok(Self { handle, writer: Some(writer) })
@@ -131,6 +158,15 @@ struct Inner {
     watch_buffer: usize,
     /// Serializes read-modify-write changes of the allowlist.
     trust_lock: tokio::sync::Mutex<()>,
+    link: Option<Link>,
+}
+
+/// The handle's side of the network.
+struct Link {
+    engine: Arc<dyn pluresdb_net::NetworkEngine>,
+    peers: Arc<pluresdb_net::PeerManager>,
+    transport: &'static str,
+    listen_addresses: Vec<String>,
 }
 
 impl Handle {
@@ -177,26 +213,37 @@ impl Handle {
         self.ask(|reply| Command::SyncStatus { reply }).await
     }
 
-    /// The network transports running in this node. None yet: the QUIC
-    /// engine joins the runtime with its issue.
+    /// The network transports running in this node.
     pub fn transports(&self) -> Vec<&'static str> {
-        Vec::new()
+        self.inner.link.iter().map(|l| l.transport).collect()
     }
 
-    /// The addresses other nodes can reach this node at (none without a
-    /// transport).
+    /// The addresses other nodes can reach this node at.
     pub fn listen_addresses(&self) -> Vec<String> {
-        Vec::new()
+        self.inner.link.as_ref().map(|l| l.listen_addresses.clone()).unwrap_or_default()
     }
 
-    /// Connects to the node at `address` and returns its peer id.
+    /// The transport's view of the connected peers.
+    pub fn connected_peers(&self) -> Vec<pluresdb_net::PeerInfo> {
+        self.inner.link.as_ref().map(|l| l.peers.connected_peers()).unwrap_or_default()
+    }
+
+    /// Connects to the node at `address` and returns its verified peer id.
     pub async fn connect(&self, address: &str) -> Result<String, Error> {
-        Err(Error::NoTransport { action: format!("connect to {address}") })
+        let Some(link) = &self.inner.link else {
+            return Err(Error::NoTransport { action: format!("connect to {address}") });
+        };
+        link.engine.connect_peer(address).await.map_err(Error::Network)
     }
 
     /// Closes the connection to `peer_id`.
     pub async fn disconnect(&self, peer_id: &str) -> Result<(), Error> {
-        Err(Error::NotConnected { peer_id: peer_id.to_owned() })
+        match &self.inner.link {
+            Some(link) if link.engine.is_peer_connected(peer_id).await => {
+                link.engine.disconnect_peer(peer_id).await.map_err(Error::Network)
+            }
+            _ => Err(Error::NotConnected { peer_id: peer_id.to_owned() }),
+        }
     }
 
     /// Watches changes to the nodes `filter` selects. With `from`, first

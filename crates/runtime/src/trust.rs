@@ -2,6 +2,7 @@
 //! replica's metadata.
 
 use crate::{Error, Handle};
+use pluresdb_core::Store;
 use std::collections::BTreeSet;
 
 /// The metadata key of the allowlist (CBOR list of peer ids).
@@ -10,43 +11,26 @@ const ALLOWLIST_META_KEY: &str = "trust.allowlist";
 /// The metadata key of the access mode ("secret", "allowlist" or "open").
 const ACCESS_MODE_META_KEY: &str = "trust.mode";
 
-/// Who may sync with this node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AccessMode {
-    /// Peers that prove they hold the network secret, and allowlisted peers.
-    Secret,
-    /// Only allowlisted peers.
-    Allowlist,
-    /// Anyone (public data).
-    Open,
+pub use pluresdb_security::AccessMode;
+
+/// The access mode stored in `store` (secret when none is).
+pub fn stored_access_mode<S: Store>(store: &S) -> Result<AccessMode, Error> {
+    let stored = store.meta(ACCESS_MODE_META_KEY)?;
+    Ok(stored.and_then(|bytes| std::str::from_utf8(&bytes).ok().and_then(AccessMode::from_name)).unwrap_or_default())
 }
 
-impl AccessMode {
-    /// The mode's name, as stored and shown.
-    pub fn name(self) -> &'static str {
-        match self {
-            AccessMode::Secret => "secret",
-            AccessMode::Allowlist => "allowlist",
-            AccessMode::Open => "open",
-        }
-    }
-
-    /// The mode named `name`.
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "secret" => Some(AccessMode::Secret),
-            "allowlist" => Some(AccessMode::Allowlist),
-            "open" => Some(AccessMode::Open),
-            _ => None,
-        }
+/// The allowlist stored in `store`.
+pub fn stored_allowlist<S: Store>(store: &S) -> Result<BTreeSet<String>, Error> {
+    match store.meta(ALLOWLIST_META_KEY)? {
+        Some(bytes) => Ok(pluresdb_core::codec::decode(&bytes, "allowlist")?),
+        None => Ok(BTreeSet::new()),
     }
 }
 
 impl Handle {
     /// The access mode (secret by default).
     pub fn access_mode(&self) -> Result<AccessMode, Error> {
-        let stored = self.reader().meta(ACCESS_MODE_META_KEY)?;
-        Ok(stored.and_then(|bytes| std::str::from_utf8(&bytes).ok().and_then(AccessMode::from_name)).unwrap_or(AccessMode::Secret))
+        stored_access_mode(self.reader().store())
     }
 
     /// Sets the access mode.
@@ -56,10 +40,7 @@ impl Handle {
 
     /// The allowlisted peer ids.
     pub fn allowlist(&self) -> Result<BTreeSet<String>, Error> {
-        match self.reader().meta(ALLOWLIST_META_KEY)? {
-            Some(bytes) => Ok(pluresdb_core::codec::decode(&bytes, "allowlist")?),
-            None => Ok(BTreeSet::new()),
-        }
+        stored_allowlist(self.reader().store())
     }
 
     /// Adds (`allowed`) or removes a peer id; returns whether the list

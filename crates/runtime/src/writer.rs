@@ -44,17 +44,30 @@ type Engine = DataSyncEngine<RedbStore>;
 pub(crate) fn spawn(
     engine: Engine,
     inbox: mpsc::Receiver<Command>,
+    network: Option<crate::Network>,
     stats: Arc<Stats>,
     max_group: usize,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("pluresdb-writer".into())
-        .spawn(move || Writer { engine, inbox, stats, max_group, carried: None }.run())
+    std::thread::Builder::new().name("pluresdb-writer".into()).spawn(move || {
+        // The writer's own single-threaded runtime: commits block this
+        // thread only, never the API's workers.
+        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime.block_on(Writer { engine, inbox, network, stats, max_group, carried: None }.run()),
+            Err(err) => tracing::error!(%err, "cannot start the writer's runtime"),
+        }
+    })
 }
+
+/// The longest the writer sleeps when the sync engine has no timer.
+const IDLE_WAKE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Peer events applied in one turn before transmits go out.
+const EVENTS_PER_TURN: usize = 256;
 
 struct Writer {
     engine: Engine,
     inbox: mpsc::Receiver<Command>,
+    network: Option<crate::Network>,
     stats: Arc<Stats>,
     max_group: usize,
     /// A command taken from the queue that did not fit the group before it.
@@ -70,15 +83,34 @@ struct Group {
 }
 
 impl Writer {
-    fn run(mut self) {
+    async fn run(mut self) {
         tracing::debug!("writer started");
+        if self.network.is_some() {
+            self.engine.start(now_ms());
+        }
         loop {
+            self.send_transmits().await;
             let command = match self.carried.take() {
                 Some(command) => command,
-                None => match self.inbox.blocking_recv() {
-                    Some(command) => command,
-                    None => break,
-                },
+                None => {
+                    let sleep =
+                        self.engine.poll_timeout().map_or(IDLE_WAKE, |at| std::time::Duration::from_millis(at.saturating_sub(now_ms())));
+                    let events = self.network.as_mut().map(|n| &mut n.events);
+                    tokio::select! {
+                        command = self.inbox.recv() => match command {
+                            Some(command) => command,
+                            None => break,
+                        },
+                        Some(event) = async { match events { Some(events) => events.recv().await, None => std::future::pending().await } } => {
+                            self.peer_event(event);
+                            continue;
+                        }
+                        () = tokio::time::sleep(sleep) => {
+                            self.engine.handle_timeout(now_ms());
+                            continue;
+                        }
+                    }
+                }
             };
             match command {
                 Command::Write(first) => self.write_group(first),
@@ -110,6 +142,33 @@ impl Writer {
             }
         }
         self.close();
+    }
+
+    /// Applies a peer event, and any queued behind it, to the sync engine.
+    fn peer_event(&mut self, first: pluresdb_net::PeerEvent) {
+        let before = self.engine.database().version_vector().total();
+        pluresdb_net::apply_peer_event(&mut self.engine, first);
+        for _ in 0..EVENTS_PER_TURN {
+            let Some(event) = self.network.as_mut().and_then(|n| n.events.try_recv()) else { break };
+            pluresdb_net::apply_peer_event(&mut self.engine, event);
+        }
+        let applied = self.engine.database().version_vector().total().saturating_sub(before);
+        Stats::add(&self.stats.remote_ops, applied);
+    }
+
+    /// Sends what the sync engine has for peers. A refused send is dropped:
+    /// the sync engine resends whatever a peer does not acknowledge.
+    async fn send_transmits(&mut self) {
+        let Some(network) = &self.network else {
+            while self.engine.poll_transmit().is_some() {}
+            return;
+        };
+        while let Some(transmit) = self.engine.poll_transmit() {
+            let peer = transmit.peer.clone();
+            if let Err(err) = network.engine.send_message(&peer, pluresdb_net::NetworkMessage::from(transmit)).await {
+                tracing::debug!(%peer, error = %err, "sync message not sent; unacknowledged operations are resent");
+            }
+        }
     }
 
     fn close(&mut self) {

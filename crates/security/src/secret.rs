@@ -136,6 +136,27 @@ pub enum AccessMode {
     Open,
 }
 
+impl AccessMode {
+    /// The mode's name, as stored and shown: `secret`, `allowlist`, `open`.
+    pub fn name(self) -> &'static str {
+        match self {
+            AccessMode::Secret => "secret",
+            AccessMode::Allowlist => "allowlist",
+            AccessMode::Open => "open",
+        }
+    }
+
+    /// The mode named `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "secret" => Some(AccessMode::Secret),
+            "allowlist" => Some(AccessMode::Allowlist),
+            "open" => Some(AccessMode::Open),
+            _ => None,
+        }
+    }
+}
+
 /// Why a peer was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AccessDenied {

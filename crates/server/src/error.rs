@@ -47,6 +47,7 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::Core(core) => core.into(),
             RuntimeError::NotConnected { .. } => ApiError(StatusCode::NOT_FOUND, err.to_string()),
             RuntimeError::NoTransport { .. } | RuntimeError::Stopped => ApiError(StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
+            RuntimeError::Network(ref net) => ApiError(StatusCode::BAD_GATEWAY, format!("{err}: {}", error_chain(net))),
             other => {
                 tracing::error!(error = %error_chain(&other), "request failed");
                 ApiError(StatusCode::INTERNAL_SERVER_ERROR, error_chain(&other))
