@@ -36,7 +36,10 @@ pub fn run(cli: Cli, config: &Config) -> anyhow::Result<()> {
         // Joining decides the network before anything else touches the directory.
         let joined = ticket.as_deref().map(|t| join(&cli.data_dir, t)).transpose()?;
         let mut db = replica::open(&cli.data_dir, config.resolver.value)?;
-        let mut peers = bootstrap.clone();
+        // Dial what this node dialed before (a restart reconnects by itself),
+        // then what the flags and the ticket name.
+        let mut peers = pluresdb_runtime::stored_dialed(db.store())?;
+        peers.extend(bootstrap.iter().cloned());
         if let Some(ticket) = joined {
             db.commit_meta(vec![(
                 BOOTSTRAP_META_KEY.to_owned(),
@@ -49,6 +52,8 @@ pub fn run(cli: Cli, config: &Config) -> anyhow::Result<()> {
             );
             peers.extend(ticket.addresses);
         }
+        let mut seen = std::collections::HashSet::new();
+        peers.retain(|p| seen.insert(p.clone()));
         let network = (!no_network).then(|| crate::node::PeerSettings { bind: std::net::SocketAddr::new(*bind, *port), bootstrap: peers });
         return crate::node::serve(db, &cli.data_dir, config, network, json);
     }

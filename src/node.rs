@@ -16,6 +16,18 @@ pub struct PeerSettings {
     pub bootstrap: Vec<String>,
 }
 
+/// A ticket to this node's network with the addresses it listens on, if
+/// there are any (an unspecified bind address like 0.0.0.0 is kept as the
+/// port for the joiner to complete with a host it can reach).
+fn invite_ticket(peer_id: &str, addresses: &[String], secret: &pluresdb_security::NetworkSecret) -> Option<String> {
+    if addresses.is_empty() {
+        return None;
+    }
+    let peer_id = peer_id.parse().ok()?;
+    let ticket = pluresdb_security::Ticket { peer_id, addresses: addresses.to_vec(), secret: secret.clone() };
+    ticket.to_text().ok()
+}
+
 /// Starts the QUIC engine with the node's identity and its access rule.
 async fn start_quic(
     data_dir: &Path,
@@ -68,26 +80,43 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
         for address in peers.iter().flat_map(|p| p.bootstrap.clone()) {
             let handle = handle.clone();
             tokio::spawn(async move {
-                match handle.connect(&address).await {
-                    Ok(peer) => tracing::info!(%address, %peer, "connected to a bootstrap node"),
-                    Err(err) => tracing::warn!(%address, error = %err, "cannot connect to a bootstrap node"),
+                // Until the first connection; the engine redials after that.
+                let mut delay = std::time::Duration::from_millis(500);
+                loop {
+                    match handle.connect(&address).await {
+                        Ok(peer) => {
+                            tracing::info!(%address, %peer, "connected");
+                            break;
+                        }
+                        Err(err) => tracing::warn!(%address, error = %err, retry_in_s = delay.as_secs_f32(), "cannot connect"),
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(60));
                 }
             });
         }
+        let ticket = invite_ticket(&peer_id, &handle.listen_addresses(), &secret);
         {
             // Tell the user (and scripts) where the node is, then keep quiet.
             let mut out = std::io::stdout().lock();
             if json {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::json!({"peer_id": peer_id, "api": format!("http://{bound}"), "token_required": require_token, "listen": handle.listen_addresses()})
-                )?;
+                let started = serde_json::json!({
+                    "peer_id": peer_id,
+                    "api": format!("http://{bound}"),
+                    "token_required": require_token,
+                    "listen": handle.listen_addresses(),
+                    "ticket": ticket,
+                });
+                writeln!(out, "{started}")?;
             } else {
                 writeln!(out, "pluresdb node {peer_id}")?;
                 writeln!(out, "HTTP API on http://{bound} (routes: http://{bound}/openapi.json)")?;
                 for address in handle.listen_addresses() {
                     writeln!(out, "peers connect over QUIC to {address}")?;
+                }
+                if let Some(ticket) = &ticket {
+                    writeln!(out, "another node joins this network with: pluresdb serve --join {ticket}")?;
+                    writeln!(out, "(the ticket holds the network secret; `pluresdb invite --address HOST:PORT` makes one with other addresses)")?;
                 }
                 if require_token {
                     writeln!(out, "the API needs the token in {}", data_dir.join(crate::keys::API_TOKEN_FILE).display())?;

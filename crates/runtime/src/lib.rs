@@ -65,6 +65,20 @@ pub struct Network {
     pub listen_addresses: Vec<String>,
 }
 
+/// The metadata key of the addresses this node dialed (CBOR list, oldest first).
+const DIALED_META_KEY: &str = "net.dialed";
+
+/// How many dialed addresses are remembered.
+const MAX_DIALED: usize = 64;
+
+/// The addresses a node on `store` dialed before, oldest first.
+pub fn stored_dialed<S: pluresdb_core::Store>(store: &S) -> Result<Vec<String>, Error> {
+    match store.meta(DIALED_META_KEY)? {
+        Some(bytes) => Ok(pluresdb_core::codec::decode(&bytes, "dialed addresses")?),
+        None => Ok(Vec::new()),
+    }
+}
+
 /// How the runtime runs.
 #[derive(Clone, Debug)]
 pub struct RuntimeOptions {
@@ -233,7 +247,36 @@ impl Handle {
         let Some(link) = &self.inner.link else {
             return Err(Error::NoTransport { action: format!("connect to {address}") });
         };
-        link.engine.connect_peer(address).await.map_err(Error::Network)
+        let peer = link.engine.connect_peer(address).await.map_err(Error::Network)?;
+        self.remember_dialed(address).await;
+        Ok(peer)
+    }
+
+    /// The addresses this node connected to (by `connect` or at start), so
+    /// a restarted node dials them again.
+    pub fn dialed_addresses(&self) -> Result<Vec<String>, Error> {
+        stored_dialed(self.reader().store())
+    }
+
+    async fn remember_dialed(&self, address: &str) {
+        let _guard = self.inner.trust_lock.lock().await;
+        let mut dialed = match stored_dialed(self.reader().store()) {
+            Ok(dialed) => dialed,
+            Err(err) => {
+                tracing::warn!(error = %pluresdb_core::error_chain(&err), "cannot read the dialed addresses");
+                return;
+            }
+        };
+        if dialed.iter().any(|a| a == address) {
+            return;
+        }
+        dialed.push(address.to_owned());
+        if dialed.len() > MAX_DIALED {
+            dialed.remove(0);
+        }
+        if let Err(err) = self.commit_meta(vec![(DIALED_META_KEY.to_owned(), pluresdb_core::codec::encode(&dialed))]).await {
+            tracing::warn!(error = %pluresdb_core::error_chain(&err), "cannot record a dialed address");
+        }
     }
 
     /// Closes the connection to `peer_id`.

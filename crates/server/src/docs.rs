@@ -6,7 +6,7 @@ use pluresdb_core::{FieldValue, Hlc, Node, OpId, OperationType, OperationWithMet
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
-use utoipa::ToSchema;
+use utoipa::{PartialSchema, ToSchema};
 
 /// An error answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -306,6 +306,30 @@ pub struct ImportStoppedDoc {
     pub line: u64,
     /// Nodes written before it (durably).
     pub imported: u64,
+}
+
+/// Why `/import` answered 400: a bad line with `on_error=stop`
+/// ([`ImportStoppedDoc`]), or a bad request before any line was read, such
+/// as an unknown `on_error` ([`ErrorDoc`]). Only a schema: the answers are
+/// those two documents.
+pub struct ImportRefusedDoc;
+
+impl utoipa::PartialSchema for ImportRefusedDoc {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::AnyOfBuilder;
+        use utoipa::openapi::Ref;
+        // anyOf, not oneOf: an ImportStoppedDoc is also a valid ErrorDoc.
+        AnyOfBuilder::new().item(Ref::from_schema_name("ImportStoppedDoc")).item(Ref::from_schema_name("ErrorDoc")).into()
+    }
+}
+
+impl ToSchema for ImportRefusedDoc {
+    fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>) {
+        for (name, schema) in [("ImportStoppedDoc", ImportStoppedDoc::schema()), ("ErrorDoc", ErrorDoc::schema())] {
+            schemas.push((name.to_owned(), schema));
+        }
+        <ImportStoppedDoc as ToSchema>::schemas(schemas);
+    }
 }
 
 /// A message on the `/changes` WebSocket (server to client).

@@ -31,7 +31,7 @@ pub struct ConflictQuery {
 
 /// Nodes whose fields hold concurrent values, whichever resolver the node
 /// shows them with.
-#[utoipa::path(get, path = "/conflicts", tag = "conflicts", params(ConflictQuery),
+#[utoipa::path(get, path = "/conflicts", operation_id = "list_conflicts", tag = "conflicts", params(ConflictQuery),
     responses((status = 200, body = ConflictListDoc), (status = 400, body = ErrorDoc)))]
 pub async fn list(
     State(state): State<ApiState>,
@@ -67,7 +67,7 @@ pub async fn list(
 #[utoipa::path(post, path = "/nodes/{id}/resolve", tag = "conflicts", params(("id" = String, Path, description = "Node id")),
     request_body = ResolveRequest,
     responses((status = 200, body = ReceiptDoc), (status = 400, body = ErrorDoc), (status = 404, body = ErrorDoc),
-        (status = 409, description = "The field has no concurrent values", body = ErrorDoc)))]
+        (status = 409, description = "The field has no concurrent values", body = ErrorDoc), (status = 413, body = ErrorDoc)))]
 pub async fn resolve(
     State(state): State<ApiState>,
     id: IdPath,

@@ -1,6 +1,6 @@
 //! Import: nodes from NDJSON, one `{"id": ..., "value": {...}}` per line.
 
-use crate::docs::{ErrorDoc, ImportDoc, ImportErrorDoc, ImportStoppedDoc};
+use crate::docs::{ErrorDoc, ImportDoc, ImportErrorDoc, ImportRefusedDoc, ImportStoppedDoc};
 use crate::error::{rejected, ApiError};
 use crate::ApiState;
 use axum::extract::rejection::{QueryRejection, StringRejection};
@@ -55,7 +55,7 @@ fn parse_line(text: &str) -> Result<(String, Value), String> {
 #[utoipa::path(post, path = "/import", tag = "nodes", params(ImportQuery),
     request_body(content = String, content_type = "application/x-ndjson", description = "One {\"id\": ..., \"value\": {...}} per line (at most 2 MiB per request)"),
     responses((status = 200, body = ImportDoc),
-        (status = 400, description = "A bad line with on_error=stop: the lines before it are imported", body = ImportStoppedDoc),
+        (status = 400, description = "A bad line with on_error=stop (the lines before it are imported), or a bad query", body = ImportRefusedDoc),
         (status = 413, body = ErrorDoc)))]
 pub async fn import(
     State(state): State<ApiState>,

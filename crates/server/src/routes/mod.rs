@@ -38,8 +38,20 @@ struct BearerToken;
 impl utoipa::Modify for BearerToken {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme("token", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        // The token check is one middleware in front of every route but
+        // /health, so its 401 is added here rather than on each handler.
+        let unauthorized = ResponseBuilder::new()
+            .description("The API token is missing or wrong: needed on every route when the node requires it")
+            .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorDoc"))).build())
+            .build();
+        for (_, item) in openapi.paths.paths.iter_mut().filter(|(path, _)| *path != "/health") {
+            for operation in [&mut item.get, &mut item.put, &mut item.post, &mut item.patch, &mut item.delete].into_iter().flatten() {
+                operation.responses.responses.entry("401".into()).or_insert_with(|| unauthorized.clone().into());
+            }
+        }
     }
 }
 

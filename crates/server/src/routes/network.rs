@@ -36,7 +36,8 @@ pub async fn peers(State(state): State<ApiState>) -> Result<Json<PeersDoc>, ApiE
 
 /// Connects to a node and answers its verified peer id.
 #[utoipa::path(post, path = "/peers", tag = "network", request_body = ConnectRequest,
-    responses((status = 200, body = ConnectedDoc), (status = 400, body = ErrorDoc),
+    responses((status = 200, body = ConnectedDoc), (status = 400, body = ErrorDoc), (status = 413, body = ErrorDoc),
+        (status = 502, description = "The address is not a peer address, or the peer is unreachable or refused the connection", body = ErrorDoc),
         (status = 503, description = "No network transport runs in this node", body = ErrorDoc)))]
 pub async fn connect(State(state): State<ApiState>, body: Result<String, StringRejection>) -> Result<Json<ConnectedDoc>, ApiError> {
     let request: ConnectRequest = parse_json(body, "{\"address\": \"host:port\"}")?;
@@ -129,7 +130,7 @@ pub async fn trust(State(state): State<ApiState>) -> Result<Json<TrustDoc>, ApiE
 /// Chooses whom the node syncs with: `secret` (peers proving the network
 /// secret, plus the allowlist; the default), `allowlist`, or `open` (anyone).
 #[utoipa::path(put, path = "/trust/mode", tag = "network", request_body = TrustModeRequest, security(("token" = [])),
-    responses((status = 200, body = TrustDoc), (status = 400, body = ErrorDoc), (status = 401, body = ErrorDoc)))]
+    responses((status = 200, body = TrustDoc), (status = 400, body = ErrorDoc), (status = 401, body = ErrorDoc), (status = 413, body = ErrorDoc)))]
 pub async fn trust_mode(State(state): State<ApiState>, body: Result<String, StringRejection>) -> Result<Json<TrustDoc>, ApiError> {
     let request: TrustModeRequest = parse_json(body, "{\"mode\": \"secret|allowlist|open\"}")?;
     let mode = AccessMode::from_name(&request.mode)

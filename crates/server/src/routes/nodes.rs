@@ -55,7 +55,7 @@ pub(crate) fn page_size(limit: Option<usize>) -> Result<usize, ApiError> {
 }
 
 /// Lists existing nodes in id order, a page at a time.
-#[utoipa::path(get, path = "/nodes", tag = "nodes", params(ListQuery),
+#[utoipa::path(get, path = "/nodes", operation_id = "list_nodes", tag = "nodes", params(ListQuery),
     responses((status = 200, body = NodeListDoc), (status = 400, body = ErrorDoc)))]
 pub async fn list(State(state): State<ApiState>, query: Result<Query<ListQuery>, QueryRejection>) -> Result<Json<NodeListDoc>, ApiError> {
     let Query(q) = query.map_err(rejected)?;

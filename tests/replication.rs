@@ -1,0 +1,130 @@
+//! Real `pluresdb serve` processes replicating over QUIC on loopback: three
+//! nodes converge, a stopped node catches up, a killed node resumes, and a
+//! node outside the network is refused.
+
+mod common;
+
+use common::{cli, Node};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Every wait in these tests ends by this deadline.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Waits until `check` holds, failing with `what` at the deadline.
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A ticket to `node`'s network, naming its QUIC address.
+fn ticket(dir: &Path, node: &Node) -> String {
+    let listen = node.listen.clone().expect("the node listens for peers");
+    let out = cli(dir, &["--json", "invite", "--address", &listen]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<Value>(&out.stdout).unwrap()["ticket"].as_str().unwrap().to_owned()
+}
+
+fn held(node: &Node) -> u64 {
+    node.request("GET", "/status", "").1["operations_held"].as_u64().unwrap_or(0)
+}
+
+fn version(node: &Node) -> Value {
+    node.request("GET", "/status", "").1["version_vector"].clone()
+}
+
+#[test]
+fn three_nodes_converge_on_writes_made_everywhere() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = Node::start(dirs[0].path());
+    let t = ticket(dirs[0].path(), &a);
+    let b = Node::start_with(dirs[1].path(), &["--join", &t]);
+    let c = Node::start_with(dirs[2].path(), &["--join", &t]);
+    for (i, node) in [&a, &b, &c].into_iter().enumerate() {
+        for n in 0..20 {
+            assert_eq!(node.request("PUT", &format!("/nodes/n:{i}:{n}"), &json!({"by": i, "n": n}).to_string()).0, 200);
+        }
+    }
+    // B and C know only A: A relays between them.
+    wait_until("all three hold 60 operations", || [&a, &b, &c].iter().all(|n| held(n) == 60));
+    assert_eq!(version(&a), version(&b));
+    assert_eq!(version(&b), version(&c));
+    assert_eq!(c.request("GET", "/nodes/n:1:19", "").1["value"], json!({"by": 1, "n": 19}));
+    let peers = a.request("GET", "/peers", "").1;
+    assert_eq!(peers["peers"].as_array().unwrap().iter().filter(|p| p["connected"] == true).count(), 2, "{peers}");
+    for node in [c, b, a] {
+        assert!(node.stop().0);
+    }
+}
+
+#[test]
+fn a_stopped_node_catches_up_when_it_comes_back() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::start(da.path());
+    let t = ticket(da.path(), &a);
+    let b = Node::start_with(db.path(), &["--join", &t]);
+    assert_eq!(b.request("PUT", "/nodes/before", "{}").0, 200);
+    wait_until("A holds B's write", || a.request("GET", "/nodes/before", "").0 == 200);
+    assert!(b.stop().0);
+
+    // Both sides write while B is down (B's CLI opens its directory).
+    for n in 0..50 {
+        assert_eq!(a.request("PUT", &format!("/nodes/a:{n}"), "{}").0, 200);
+    }
+    let offline = cli(db.path(), &["put", "b:offline", r#"{"written":"offline"}"#]);
+    assert!(offline.status.success(), "{}", String::from_utf8_lossy(&offline.stderr));
+
+    // B comes back without --join: it redials the node it knew.
+    let b = Node::start(db.path());
+    wait_until("both hold 52 operations", || held(&a) == 52 && held(&b) == 52);
+    assert_eq!(version(&a), version(&b));
+    assert_eq!(a.request("GET", "/nodes/b:offline", "").1["value"]["written"], "offline");
+    assert!(b.stop().0);
+    assert!(a.stop().0);
+}
+
+#[test]
+fn a_node_killed_during_a_large_sync_resumes_and_loses_nothing() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::start(da.path());
+    let total = 20_000u64;
+    let lines: String = (0..total).map(|i| format!("{}\n", json!({"id": format!("bulk:{i:06}"), "value": {"i": i, "pad": "x".repeat(64)}}))).collect();
+    for chunk in lines.lines().collect::<Vec<_>>().chunks(5_000) {
+        let body = chunk.join("\n");
+        assert_eq!(a.request("POST", "/import", &body).0, 200);
+    }
+    let t = ticket(da.path(), &a);
+    let mut b = Node::start_with(db.path(), &["--join", &t]);
+    wait_until("B has applied part of the sync", || held(&b) > 0);
+    let partial = held(&b);
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+
+    let b = Node::start(db.path());
+    assert!(held(&b) >= partial, "what B acknowledged survives the kill");
+    wait_until("B holds everything", || held(&b) == total);
+    assert_eq!(version(&a), version(&b));
+    assert_eq!(b.request("GET", "/nodes/bulk:019999", "").1["value"]["i"], total - 1);
+    assert!(b.stop().0);
+    assert!(a.stop().0);
+}
+
+#[test]
+fn a_node_without_the_network_secret_is_refused() {
+    let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::start(da.path());
+    let stranger = Node::start(dc.path());
+    let address = a.listen.clone().unwrap();
+    let (status, body) = stranger.request("POST", "/peers", &json!({"address": address}).to_string());
+    assert_eq!(status, 502, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("secret"), "{body}");
+    assert_eq!(stranger.request("PUT", "/nodes/secret:1", "{}").0, 200);
+    assert_eq!(a.request("GET", "/peers", "").1["peers"], json!([]), "A never synced with it");
+    assert_eq!(a.request("GET", "/nodes/secret:1", "").0, 404);
+    assert!(stranger.stop().0);
+    assert!(a.stop().0);
+}
