@@ -116,7 +116,10 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
                 }
                 if let Some(ticket) = &ticket {
                     writeln!(out, "another node joins this network with: pluresdb serve --join {ticket}")?;
-                    writeln!(out, "(the ticket holds the network secret; `pluresdb invite --address HOST:PORT` makes one with other addresses)")?;
+                    writeln!(
+                        out,
+                        "(the ticket holds the network secret; `pluresdb invite --address HOST:PORT` makes one with other addresses)"
+                    )?;
                 }
                 if require_token {
                     writeln!(out, "the API needs the token in {}", data_dir.join(crate::keys::API_TOKEN_FILE).display())?;

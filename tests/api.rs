@@ -4,10 +4,8 @@
 
 mod common;
 
-use common::{cli, Node};
+use common::{cli, concurrent_names, Node};
 use futures_util::{SinkExt, StreamExt};
-use pluresdb_core::{Database, MemoryStore};
-use pluresdb_store_redb::RedbStore;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -115,16 +113,6 @@ fn without_a_transport_peers_and_connect_say_so() {
     assert_eq!(status, 200);
     assert!(metrics.contains("pluresdb_peers_connected 0"), "{metrics}");
     assert!(node.stop().0);
-}
-
-/// Writes `user:1` concurrently from two replicas, so its name has two
-/// values, into data directory `dir`.
-fn concurrent_names(dir: &std::path::Path) {
-    let mut a = Database::open(RedbStore::open(dir).unwrap(), "peer-a").unwrap();
-    let mut b = Database::open(MemoryStore::new(), "peer-b").unwrap();
-    a.update("user:1", json!({"name": "Alice", "age": 1}), 1_000).unwrap();
-    b.update("user:1", json!({"name": "Alicia"}), 1_000).unwrap();
-    a.apply_remote(b.ops_after("peer-b", 0, 10).unwrap()).unwrap();
 }
 
 #[test]

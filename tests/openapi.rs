@@ -8,10 +8,8 @@
 
 mod common;
 
-use common::Node;
+use common::{concurrent_names, Node};
 use futures_util::StreamExt;
-use pluresdb_core::{Database, MemoryStore};
-use pluresdb_store_redb::RedbStore;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -365,16 +363,6 @@ fn cases(peer: &str) -> Vec<Case> {
     ]
 }
 
-/// Writes `user:1` concurrently from two replicas into data directory
-/// `dir`, so its `name` has two values to resolve.
-fn concurrent_names(dir: &std::path::Path) {
-    let mut a = Database::open(RedbStore::open(dir).unwrap(), "peer-a").unwrap();
-    let mut b = Database::open(MemoryStore::new(), "peer-b").unwrap();
-    a.update("user:1", json!({"name": "Alice", "age": 1}), 1_000).unwrap();
-    b.update("user:1", json!({"name": "Alicia"}), 1_000).unwrap();
-    a.apply_remote(b.ops_after("peer-b", 0, 10).unwrap()).unwrap();
-}
-
 fn token_header(dir: &std::path::Path) -> String {
     let token = std::fs::read_to_string(dir.join("api.token")).unwrap();
     format!("Authorization: Bearer {}", token.trim())
@@ -537,7 +525,7 @@ fn peer_connections_answer_as_documented() {
     assert!(listed, "b never listed a as connected");
     run(&b, &doc, &b_auth, &case("GET /status", "/status", "", 200));
     run(&b, &doc, &b_auth, &case("DELETE /peers/{peer_id}", format!("/peers/{a_id}"), "", 200));
-    run(&b, &doc, &b_auth, &case("POST /peers", "/peers", r#"{"address":"no port"}"#, 502));
+    run(&b, &doc, &b_auth, &case("POST /peers", "/peers", r#"{"address":"no port"}"#, 400));
 
     for node in [a, b] {
         let (clean, stderr) = node.stop();

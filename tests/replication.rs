@@ -92,7 +92,8 @@ fn a_node_killed_during_a_large_sync_resumes_and_loses_nothing() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = Node::start(da.path());
     let total = 20_000u64;
-    let lines: String = (0..total).map(|i| format!("{}\n", json!({"id": format!("bulk:{i:06}"), "value": {"i": i, "pad": "x".repeat(64)}}))).collect();
+    let lines: String =
+        (0..total).map(|i| format!("{}\n", json!({"id": format!("bulk:{i:06}"), "value": {"i": i, "pad": "x".repeat(64)}}))).collect();
     for chunk in lines.lines().collect::<Vec<_>>().chunks(5_000) {
         let body = chunk.join("\n");
         assert_eq!(a.request("POST", "/import", &body).0, 200);

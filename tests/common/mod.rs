@@ -79,3 +79,13 @@ impl Node {
 pub fn cli(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_pluresdb")).arg("--data-dir").arg(dir).args(args).output().unwrap()
 }
+
+/// Writes `user:1` concurrently from two replicas into data directory
+/// `dir`, so its `name` has two values to resolve.
+pub fn concurrent_names(dir: &std::path::Path) {
+    let mut a = pluresdb_core::Database::open(pluresdb_store_redb::RedbStore::open(dir).unwrap(), "peer-a").unwrap();
+    let mut b = pluresdb_core::Database::open(pluresdb_core::MemoryStore::new(), "peer-b").unwrap();
+    a.update("user:1", serde_json::json!({"name": "Alice", "age": 1}), 1_000).unwrap();
+    b.update("user:1", serde_json::json!({"name": "Alicia"}), 1_000).unwrap();
+    a.apply_remote(b.ops_after("peer-b", 0, 10).unwrap()).unwrap();
+}

@@ -146,6 +146,12 @@ pub struct PeerDoc {
     pub peer_id: String,
     /// Whether a connection is up.
     pub connected: bool,
+    /// The transport of the connection (`quic`), when connected.
+    pub transport: Option<String>,
+    /// The peer's address on that connection, when connected.
+    pub address: Option<String>,
+    /// The connection's round-trip time in milliseconds, when measured.
+    pub rtt_ms: Option<f64>,
     /// When the last sync round with it completed (ms since the epoch).
     pub last_sync_ms: Option<u64>,
     /// Operations it has not acknowledged yet.

@@ -47,6 +47,9 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::Core(core) => core.into(),
             RuntimeError::NotConnected { .. } => ApiError(StatusCode::NOT_FOUND, err.to_string()),
             RuntimeError::NoTransport { .. } | RuntimeError::Stopped => ApiError(StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
+            RuntimeError::Network(pluresdb_net::NetworkError::InvalidAddress { .. }) => {
+                ApiError(StatusCode::BAD_REQUEST, error_chain(&err))
+            }
             RuntimeError::Network(ref net) => ApiError(StatusCode::BAD_GATEWAY, format!("{err}: {}", error_chain(net))),
             other => {
                 tracing::error!(error = %error_chain(&other), "request failed");

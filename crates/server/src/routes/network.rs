@@ -12,10 +12,15 @@ use pluresdb_security::{PeerId, Ticket};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-fn peer_doc(peer: &pluresdb_sync::PeerSyncStatus) -> PeerDoc {
+fn peer_doc(peer: &pluresdb_sync::PeerSyncStatus, link: Option<&pluresdb_net::PeerInfo>) -> PeerDoc {
     PeerDoc {
         peer_id: peer.peer_id.clone(),
-        connected: peer.connected,
+        // The transport knows first: the sync engine hears of a connection
+        // (or its end) a moment later.
+        connected: link.map_or(peer.connected, |l| l.connected),
+        transport: link.map(|l| l.transport.to_string()),
+        address: link.map(|l| l.address.clone()),
+        rtt_ms: link.and_then(|l| l.rtt).map(|rtt| rtt.as_secs_f64() * 1_000.0),
         last_sync_ms: peer.last_sync_ms,
         pending_operations: peer.pending_operations,
         ops_sent: peer.traffic.ops_sent,
@@ -31,7 +36,31 @@ fn peer_doc(peer: &pluresdb_sync::PeerSyncStatus) -> PeerDoc {
 #[utoipa::path(get, path = "/peers", tag = "network", responses((status = 200, body = PeersDoc)))]
 pub async fn peers(State(state): State<ApiState>) -> Result<Json<PeersDoc>, ApiError> {
     let status = state.handle.sync_status().await?;
-    Ok(Json(PeersDoc { peers: status.peers.iter().map(peer_doc).collect() }))
+    let links = state.handle.connected_peers();
+    let mut peers: Vec<PeerDoc> = status.peers.iter().map(|p| peer_doc(p, links.iter().find(|l| l.peer_id == p.peer_id))).collect();
+    for link in &links {
+        if !status.peers.iter().any(|p| p.peer_id == link.peer_id) {
+            let unsynced = pluresdb_sync::PeerSyncStatus {
+                peer_id: link.peer_id.clone(),
+                connected: true,
+                last_sync_ms: None,
+                pending_operations: 0,
+                traffic: Default::default(),
+                last_error: None,
+            };
+            peers.push(peer_doc(&unsynced, Some(link)));
+        }
+    }
+    // A peer the transport no longer lists is not connected, whatever the
+    // sync engine has heard so far.
+    if !state.handle.transports().is_empty() {
+        for peer in &mut peers {
+            if peer.transport.is_none() {
+                peer.connected = false;
+            }
+        }
+    }
+    Ok(Json(PeersDoc { peers }))
 }
 
 /// Connects to a node and answers its verified peer id.
