@@ -183,10 +183,16 @@ fn execute(api: &mut Api, cli: Cli, json: bool) -> anyhow::Result<()> {
             let doc = api.call("GET", "/peers", None)?;
             print_json_or(out, json, &doc, |o| {
                 for peer in doc["peers"].as_array().into_iter().flatten() {
+                    let link = match (peer["transport"].as_str(), peer["address"].as_str()) {
+                        (Some(transport), Some(address)) => format!("{transport} {address}"),
+                        _ => "-".to_owned(),
+                    };
+                    let rtt = peer["rtt_ms"].as_f64().map_or("-".to_owned(), |ms| format!("{ms:.2} ms"));
+                    let last_sync = peer["last_sync_ms"].as_u64().map_or("never".to_owned(), |ms| format_time(pluresdb_core::Hlc::new(ms, 0)));
                     let state = if peer["connected"] == true { "connected" } else { "disconnected" };
                     writeln!(
                         o,
-                        "{}\t{state}\tpending {}\tsent {}\treceived {}",
+                        "{}\t{state}\t{link}\trtt {rtt}\tpending {}\tlast sync {last_sync}\tsent {}\treceived {}",
                         peer["peer_id"].as_str().unwrap_or_default(),
                         peer["pending_operations"],
                         peer["ops_sent"],

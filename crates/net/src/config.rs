@@ -117,9 +117,10 @@ impl Default for DiscoveryConfig {
 /// other peers are unaffected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReceiveLimits {
-    /// Frames per second, sustained and burst. Default: the security
-    /// crate's node default, 2,000/s with bursts of 4,000
-    /// (`pluresdb_security::RateLimit::default()`).
+    /// Frames per second, sustained and burst. Default: 20,000/s with
+    /// bursts of 40,000: a busy honest peer sends a push per commit (the
+    /// store commits at most a few thousand times a second) plus acks and
+    /// heartbeats; a flood is far above that.
     pub frames: RateLimit,
     /// Received payload in KiB per second, sustained and burst. Default:
     /// 256 MiB/s with bursts of 512 MiB (a burst must hold the largest
@@ -134,7 +135,7 @@ pub struct ReceiveLimits {
 impl Default for ReceiveLimits {
     fn default() -> Self {
         Self {
-            frames: RateLimit::default(),
+            frames: RateLimit { messages_per_second: 20_000, burst: 40_000 },
             kib: RateLimit { messages_per_second: 256 * 1024, burst: 512 * 1024 },
             max_payload: crate::codec::MAX_PAYLOAD_BYTES,
         }
