@@ -188,7 +188,8 @@ fn execute(api: &mut Api, cli: Cli, json: bool) -> anyhow::Result<()> {
                         _ => "-".to_owned(),
                     };
                     let rtt = peer["rtt_ms"].as_f64().map_or("-".to_owned(), |ms| format!("{ms:.2} ms"));
-                    let last_sync = peer["last_sync_ms"].as_u64().map_or("never".to_owned(), |ms| format_time(pluresdb_core::Hlc::new(ms, 0)));
+                    let last_sync =
+                        peer["last_sync_ms"].as_u64().map_or("never".to_owned(), |ms| format_time(pluresdb_core::Hlc::new(ms, 0)));
                     let state = if peer["connected"] == true { "connected" } else { "disconnected" };
                     writeln!(
                         o,

@@ -64,6 +64,9 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
     let secret = crate::keys::network_secret(data_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        // Signals first: from the moment the node announces itself, SIGTERM
+        // stops it cleanly.
+        let shutdown = shutdown_signal()?;
         let listener = tokio::net::TcpListener::bind(api_addr).await.with_context(|| format!("cannot listen on {api_addr}"))?;
         let bound = listener.local_addr().context("cannot read the bound address")?;
         let options = pluresdb_runtime::RuntimeOptions { watch_buffer: config.watch_buffer.value, ..Default::default() };
@@ -135,7 +138,7 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
             .with_context(|| format!("cannot write {}", addr_file.display()))?;
         tracing::info!(%peer_id, api = %bound, require_token, "node running");
         let state = pluresdb_server::ApiState::new(handle, secret, token, require_token);
-        let served = pluresdb_server::serve(listener, state, shutdown_signal()).await;
+        let served = pluresdb_server::serve(listener, state, shutdown).await;
         if let Err(err) = std::fs::remove_file(&addr_file) {
             tracing::warn!(%err, path = %addr_file.display(), "cannot remove the API address file");
         }
@@ -155,30 +158,29 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
     })
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::error!(%err, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
+/// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is
+/// called (not when first polled), so a signal right after the node has
+/// announced itself still stops it cleanly.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for Ctrl-C")?;
+        let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
             }
-            Err(err) => {
-                tracing::error!(%err, "cannot listen for SIGTERM");
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            if let Err(err) = tokio::signal::ctrl_c().await {
+                tracing::error!(%err, "cannot listen for Ctrl-C");
                 std::future::pending::<()>().await;
             }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
+        })
     }
 }

@@ -37,6 +37,9 @@ pub const MAX_WATCHERS: u64 = 4_096;
 /// is closed as a flood.
 const CLIENT_MESSAGES: RateLimit = RateLimit { messages_per_second: 20, burst: 100 };
 
+/// The read buffer and the largest message accepted from a client.
+const CLIENT_BUFFER: usize = 4 * 1024;
+
 /// The close code for a policy violation (RFC 6455).
 const POLICY_VIOLATION: u16 = 1008;
 
@@ -89,6 +92,9 @@ pub async fn changes(
         return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("too many subscribers (at most {MAX_WATCHERS})")));
     }
     let watch = state.handle.watch(filter, from).await?;
+    // Clients only send small messages: a small read buffer (the default,
+    // 128 KiB, is zeroed before every read) and a cap on message size.
+    let upgrade = upgrade.read_buffer_size(CLIENT_BUFFER).max_message_size(CLIENT_BUFFER).max_frame_size(CLIENT_BUFFER);
     Ok(upgrade.on_upgrade(move |socket| run(socket, watch, state)))
 }
 
@@ -114,6 +120,8 @@ async fn run(mut socket: WebSocket, mut watch: Watch, state: ApiState) {
     let started = std::time::Instant::now();
     loop {
         tokio::select! {
+            // Changes first: the client's side only matters when it talks.
+            biased;
             event = watch.next() => match event {
                 Some(Ok(WatchEvent::Change { change, replayed })) => {
                     let node = match &change.node {
