@@ -1,0 +1,735 @@
+//! Replication between two full nodes in one process, on loopback:
+//! `cargo bench --bench replication`.
+//!
+//! A node here is what `pluresdb serve` runs: a replica on the redb store
+//! (signed writes, verified remote operations), a `QuicNetworkEngine` on
+//! 127.0.0.1 and the runtime whose writer drives the sync engine over it.
+//! The bench prints, each beside its target and beside the limit of this
+//! machine measured in the same run:
+//!
+//! 1. throughput: 100,000 ~100-byte JSON nodes imported on A (1,000 per
+//!    call) until B's version vector covers A's, against the same wire bytes
+//!    over one raw quinn stream and the same values in raw redb
+//!    (1,000 per durable transaction);
+//! 2. write-to-peer latency: sequential single writes on A, each timed from
+//!    the call until B's watch yields it, against the raw quinn round trip;
+//! 3. catch-up: a fresh B connecting to an A that holds 1,000,000 operations
+//!    (`PLURESDB_BENCH_CATCHUP=N` changes the count);
+//! 4. resident memory per idle connected peer: 50 extra QUIC engines
+//!    connected to one node, both ends in this process (run first, on a
+//!    fresh heap); then the node alone in a child process (this binary
+//!    again), so its own share is measured without the peers' ends.
+//!
+//! Every wait has a deadline: a stalled phase prints why and the next
+//! phase runs.
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use anyhow::{anyhow, bail, Context};
+use pluresdb_core::{Database, VersionVector};
+use pluresdb_net::{NetworkConfig, NetworkEngine, PeerManager, QuicNetworkEngine, SyncHandle};
+use pluresdb_runtime::{Filter, Handle, Network, Runtime, RuntimeOptions, WatchEvent, WriteKind};
+use pluresdb_security::{tls, AccessPolicy, Identity, NetworkSecret, OpSignatureVerifier};
+use pluresdb_store_redb::RedbStore;
+use serde_json::{json, Value};
+use std::future::Future;
+use std::io::{BufRead, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const THROUGHPUT_OPS: usize = 100_000;
+const BATCH: usize = 1_000;
+/// Imports queued on the writer at once: enough that it never waits for
+/// the next one, few enough to keep memory flat.
+const IMPORTS_IN_FLIGHT: usize = 4;
+const LATENCY_SAMPLES: usize = 10_000;
+/// Writes before the latency samples (connection and stores warm up).
+const LATENCY_WARMUP: usize = 100;
+const DEFAULT_CATCHUP: usize = 1_000_000;
+const IDLE_PEERS: usize = 50;
+/// Peers connected before RSS is first read, so that one-time costs of the
+/// first connections (lazily built TLS and runtime state, allocator
+/// segments) are not charged to the 50.
+const WARMUP_PEERS: usize = 10;
+/// How long the connected peers are left idle before RSS is read.
+const IDLE_FOR: Duration = Duration::from_secs(3);
+/// The network secret every engine here shares (also the child's).
+const SECRET: [u8; 32] = [9; 32];
+/// Set in the child process that runs the node of phase 4's node-side run.
+const CHILD_ENV: &str = "PLURESDB_BENCH_NODE_CHILD";
+
+// ---- targets (the floors) ------------------------------------------
+const TARGET_OPS_PER_S: f64 = 100_000.0;
+const TARGET_SHARE_OF_QUINN: f64 = 0.30;
+const TARGET_P50_MS: f64 = 2.0;
+const TARGET_P99_MS: f64 = 10.0;
+const TARGET_CATCHUP_S: f64 = 20.0;
+const TARGET_KIB_PER_PEER: f64 = 64.0;
+
+/// ~100 bytes of JSON per node.
+fn value(i: usize) -> Value {
+    json!({"name": format!("User {i}"), "email": format!("user{i}@example.org"), "age": i % 97, "city": "Lisbon", "team": "replication"})
+}
+
+fn batch(prefix: &str, start: usize, end: usize) -> Vec<(String, Value)> {
+    (start..end).map(|i| (format!("{prefix}:{i:08}"), value(i))).collect()
+}
+
+/// Awaits `future`, or fails with `what` after `limit`.
+async fn within<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> anyhow::Result<T> {
+    tokio::time::timeout(limit, future).await.map_err(|_| anyhow!("{what}: no result within {:.0} s", limit.as_secs_f64()))
+}
+
+/// Resident set size of this process in bytes.
+fn rss_bytes() -> anyhow::Result<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").context("cannot read /proc/self/statm")?;
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("unexpected /proc/self/statm")?;
+    Ok(pages * 4096)
+}
+
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "ok"
+    } else {
+        "MISSED"
+    }
+}
+
+/// A full node: replica, QUIC engine and runtime.
+struct Node {
+    runtime: Runtime,
+    handle: Handle,
+    engine: QuicNetworkEngine,
+    peers: Arc<PeerManager>,
+    address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    /// Opens a replica in a fresh temp dir and starts it on 127.0.0.1:0,
+    /// as `pluresdb serve` does (default runtime options and receive limits).
+    async fn start(seed: u8) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir().context("cannot create a temp dir")?;
+        let identity = Identity::from_seed([seed; 32]);
+        let peer_id = identity.peer_id().to_string();
+        let db = Database::open(RedbStore::open(dir.path())?, peer_id)?
+            .with_signer(Arc::new(identity.clone()))
+            .with_verifier(Arc::new(OpSignatureVerifier));
+        let peers = Arc::new(PeerManager::new());
+        let (sync, events) = SyncHandle::channel(1_024);
+        let mut engine = QuicNetworkEngine::new(NetworkConfig::loopback(), peers.clone(), sync)
+            .with_identity(identity)
+            .with_access_policy(AccessPolicy::with_secret(NetworkSecret::from_bytes(SECRET)));
+        engine.start().await.context("cannot start the QUIC engine")?;
+        let address = engine.local_addr().context("the QUIC engine has no address")?.to_string();
+        let network = Network {
+            engine: Arc::new(engine.clone()),
+            events,
+            peers: peers.clone(),
+            transport: "quic",
+            listen_addresses: vec![address.clone()],
+        };
+        let runtime = Runtime::start_with_network(db, RuntimeOptions::default(), Some(network))?;
+        let handle = runtime.handle();
+        Ok(Self { runtime, handle, engine, peers, address, _dir: dir })
+    }
+
+    fn holds(&self) -> anyhow::Result<VersionVector> {
+        Ok(self.handle.reader().version_vector()?)
+    }
+
+    /// Waits until this node holds everything in `target`; returns when it
+    /// first did. On timeout, says how far it got.
+    async fn wait_holds(&self, target: &VersionVector, limit: Duration, what: &str) -> anyhow::Result<Instant> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let held = self.holds()?;
+            if held.dominates(target) {
+                return Ok(Instant::now());
+            }
+            if Instant::now() >= deadline {
+                bail!("{what}: holds {} of {} operations after {:.0} s", held.total(), target.total(), limit.as_secs_f64());
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    }
+
+    async fn stop(self) {
+        let mut engine = self.engine;
+        if tokio::time::timeout(Duration::from_secs(20), engine.stop()).await.is_err() {
+            println!("  (warning: the QUIC engine did not stop within 20 s)");
+        }
+        if tokio::time::timeout(Duration::from_secs(20), self.runtime.shutdown()).await.is_err() {
+            println!("  (warning: the runtime did not shut down within 20 s)");
+        }
+    }
+}
+
+/// Imports `count` nodes named `prefix:N` on `handle`, `BATCH` per call,
+/// with `IMPORTS_IN_FLIGHT` calls queued.
+async fn import_all(handle: &Handle, count: usize, prefix: &'static str, limit: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut start = 0;
+    while start < count || !in_flight.is_empty() {
+        while start < count && in_flight.len() < IMPORTS_IN_FLIGHT {
+            let end = (start + BATCH).min(count);
+            let nodes = batch(prefix, start, end);
+            let handle = handle.clone();
+            in_flight.spawn(async move { handle.import(nodes).await });
+            start = end;
+        }
+        match tokio::time::timeout_at(deadline, in_flight.join_next()).await {
+            Err(_) => bail!("importing {count} nodes: not done within {:.0} s", limit.as_secs_f64()),
+            Ok(Some(joined)) => {
+                joined.context("an import task failed")?.context("an import failed")?;
+            }
+            Ok(None) => {}
+        }
+    }
+    Ok(())
+}
+
+// ---- 1. throughput -----------------------------------------------------------
+
+struct Throughput {
+    ops_per_s: f64,
+    elapsed: Duration,
+    json_bytes: usize,
+    wire_bytes: u64,
+    quinn: Duration,
+    redb: Duration,
+}
+
+async fn throughput() -> anyhow::Result<Throughput> {
+    let a = Node::start(1).await?;
+    let b = Node::start(2).await?;
+    within(Duration::from_secs(10), "B connecting to A", b.handle.connect(&a.address)).await??;
+    let values = batch("bench", 0, THROUGHPUT_OPS);
+    let json_bytes: usize = values.iter().map(|(_, v)| v.to_string().len()).sum();
+    drop(values);
+    // Let the first (empty) sync round settle before the clock starts.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    import_all(&a.handle, THROUGHPUT_OPS, "bench", Duration::from_secs(120)).await?;
+    let imported = started.elapsed();
+    let target = a.holds()?;
+    if target.total() < THROUGHPUT_OPS as u64 {
+        bail!("A holds {} operations after importing {THROUGHPUT_OPS}", target.total());
+    }
+    let done = b.wait_holds(&target, Duration::from_secs(120), "replicating to B").await?;
+    let elapsed = done - started;
+    println!(
+        "  (A committed the {THROUGHPUT_OPS} imports in {:.2} s; B had all {:.2} s after the first write)",
+        imported.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+    let b_id = b.handle.peer_id().to_owned();
+    let wire_bytes = a.peers.get(&b_id).map_or(0, |info| info.bytes_sent);
+    b.stop().await;
+    a.stop().await;
+    let per_op = (wire_bytes as usize / THROUGHPUT_OPS).max(8);
+    let quinn = within(Duration::from_secs(60), "raw quinn stream", raw_quinn_stream(THROUGHPUT_OPS, per_op - 4)).await??;
+    let redb = raw_redb(THROUGHPUT_OPS)?;
+    Ok(Throughput { ops_per_s: THROUGHPUT_OPS as f64 / elapsed.as_secs_f64(), elapsed, json_bytes, wire_bytes, quinn, redb })
+}
+
+/// Two quinn endpoints with the engines' TLS (certificates of two
+/// identities), the client connected to the server.
+async fn quinn_pair() -> anyhow::Result<(quinn::Endpoint, quinn::Endpoint, std::net::SocketAddr)> {
+    let (server_id, client_id) = (Identity::from_seed([3; 32]), Identity::from_seed([4; 32]));
+    let server_tls = quinn::crypto::rustls::QuicServerConfig::try_from(tls::server_config(&server_id)?)?;
+    let server = quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(server_tls)), "127.0.0.1:0".parse()?)?;
+    let client_tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls::client_config(&client_id, None)?)?;
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    client.set_default_client_config(quinn::ClientConfig::new(Arc::new(client_tls)));
+    let addr = server.local_addr()?;
+    Ok((server, client, addr))
+}
+
+/// `records` framed records of `size` bytes over one raw quinn stream;
+/// returns the time until the receiver has read them all.
+async fn raw_quinn_stream(records: usize, size: usize) -> anyhow::Result<Duration> {
+    let (server, client, addr) = quinn_pair().await?;
+    let total = records * (4 + size);
+    let receiver = tokio::spawn(async move {
+        let connection = server.accept().await.context("no incoming connection")?.await?;
+        let mut recv = connection.accept_uni().await?;
+        let mut read = 0;
+        while read < total {
+            match recv.read_chunk(1 << 20, true).await? {
+                Some(chunk) => read += chunk.bytes.len(),
+                None => break,
+            }
+        }
+        anyhow::Ok((read, connection))
+    });
+    let connection = client.connect(addr, "pluresdb")?.await?;
+    let mut record = (size as u32).to_be_bytes().to_vec();
+    record.resize(4 + size, 7);
+    let chunk: Vec<u8> = record.iter().copied().cycle().take(record.len() * BATCH).collect();
+    let started = Instant::now();
+    let mut send = connection.open_uni().await?;
+    let mut sent = 0;
+    while sent < records {
+        let n = (records - sent).min(BATCH);
+        send.write_all(&chunk[..n * record.len()]).await?;
+        sent += n;
+    }
+    send.finish()?;
+    let (read, _server_side) = receiver.await??;
+    let elapsed = started.elapsed();
+    if read != total {
+        bail!("raw quinn: received {read} of {total} bytes");
+    }
+    connection.close(0u32.into(), b"done");
+    Ok(elapsed)
+}
+
+/// The same values, JSON-encoded, inserted straight into a redb table,
+/// `BATCH` per durable transaction.
+fn raw_redb(count: usize) -> anyhow::Result<Duration> {
+    const RAW: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("raw");
+    let dir = tempfile::tempdir()?;
+    let db = redb::Database::create(dir.path().join("raw.redb"))?;
+    let records: Vec<(String, Vec<u8>)> = batch("bench", 0, count).into_iter().map(|(id, v)| (id, v.to_string().into_bytes())).collect();
+    let started = Instant::now();
+    for chunk in records.chunks(BATCH) {
+        let txn = db.begin_write()?;
+        {
+            let mut table = txn.open_table(RAW)?;
+            for (id, bytes) in chunk {
+                table.insert(id.as_str(), bytes.as_slice())?;
+            }
+        }
+        txn.commit()?;
+    }
+    Ok(started.elapsed())
+}
+
+// ---- 2. latency ----------------------------------------------------------------
+
+struct Latency {
+    to_peer: Vec<Duration>,
+    local_commit: Vec<Duration>,
+    quinn_rtt: Vec<Duration>,
+}
+
+async fn latency() -> anyhow::Result<Latency> {
+    let a = Node::start(5).await?;
+    let b = Node::start(6).await?;
+    within(Duration::from_secs(10), "B connecting to A", b.handle.connect(&a.address)).await??;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut watch = b.handle.watch(Filter::All, None).await?;
+    let mut to_peer = Vec::with_capacity(LATENCY_SAMPLES);
+    let mut local_commit = Vec::with_capacity(LATENCY_SAMPLES);
+    for i in 0..LATENCY_WARMUP + LATENCY_SAMPLES {
+        let id = format!("live:{i:08}");
+        let value = value(i);
+        let started = Instant::now();
+        within(Duration::from_secs(10), "a write on A", a.handle.write(WriteKind::Put, id.clone(), value)).await??;
+        let committed = started.elapsed();
+        let arrived = within(Duration::from_secs(10), &format!("write {i} reaching B's watch"), async {
+            loop {
+                match watch.next().await {
+                    Some(Ok(WatchEvent::Change { change, .. })) if change.op.node_id == id => return Ok(started.elapsed()),
+                    Some(Ok(WatchEvent::Change { .. })) => continue,
+                    Some(Ok(WatchEvent::Lagged { missed, .. })) => bail!("B's watch lagged ({missed} changes missed)"),
+                    Some(Err(err)) => return Err(anyhow::Error::from(err).context("B's watch failed")),
+                    None => bail!("B's watch ended"),
+                }
+            }
+        })
+        .await??;
+        if i >= LATENCY_WARMUP {
+            to_peer.push(arrived);
+            local_commit.push(committed);
+        }
+    }
+    drop(watch);
+    b.stop().await;
+    a.stop().await;
+    let quinn_rtt = within(Duration::from_secs(60), "raw quinn round trips", raw_quinn_rtt(LATENCY_SAMPLES)).await??;
+    to_peer.sort();
+    local_commit.sort();
+    Ok(Latency { to_peer, local_commit, quinn_rtt })
+}
+
+/// Round trips of 100-byte messages over one raw quinn bidirectional stream.
+async fn raw_quinn_rtt(samples: usize) -> anyhow::Result<Vec<Duration>> {
+    let (server, client, addr) = quinn_pair().await?;
+    let echo = tokio::spawn(async move {
+        let connection = server.accept().await.context("no incoming connection")?.await?;
+        let (mut send, mut recv) = connection.accept_bi().await?;
+        let mut message = [0u8; 100];
+        loop {
+            match recv.read_exact(&mut message).await {
+                Ok(()) => send.write_all(&message).await?,
+                Err(quinn::ReadExactError::FinishedEarly(_)) => break,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        anyhow::Ok(())
+    });
+    let connection = client.connect(addr, "pluresdb")?.await?;
+    let (mut send, mut recv) = connection.open_bi().await?;
+    let message = [7u8; 100];
+    let mut reply = [0u8; 100];
+    let mut rtts = Vec::with_capacity(samples);
+    for i in 0..LATENCY_WARMUP + samples {
+        let started = Instant::now();
+        send.write_all(&message).await?;
+        recv.read_exact(&mut reply).await?;
+        if i >= LATENCY_WARMUP {
+            rtts.push(started.elapsed());
+        }
+    }
+    send.finish()?;
+    within(Duration::from_secs(5), "the echo task ending", echo).await???;
+    connection.close(0u32.into(), b"done");
+    rtts.sort();
+    Ok(rtts)
+}
+
+// ---- 3. catch-up -----------------------------------------------------------------
+
+struct CatchUp {
+    count: usize,
+    import: Duration,
+    catch_up: Duration,
+}
+
+async fn catch_up(count: usize) -> anyhow::Result<CatchUp> {
+    let a = Node::start(7).await?;
+    let started = Instant::now();
+    // Generous deadlines: the point is a clear failure, not a hang.
+    let import_limit = Duration::from_secs(60) + Duration::from_micros(500 * count as u64);
+    import_all(&a.handle, count, "history", import_limit).await?;
+    let import = started.elapsed();
+    println!("  (progress: A imported {count} operations in {:.1} s; B connects now)", import.as_secs_f64());
+    let target = a.holds()?;
+    let b = Node::start(8).await?;
+    let started = Instant::now();
+    within(Duration::from_secs(10), "B connecting to A", b.handle.connect(&a.address)).await??;
+    let catch_up_limit = Duration::from_secs(60) + Duration::from_micros(500 * count as u64);
+    let done = b.wait_holds(&target, catch_up_limit, "B catching up").await;
+    b.stop().await;
+    a.stop().await;
+    Ok(CatchUp { count, import, catch_up: done? - started })
+}
+
+// ---- 4. memory per idle peer ----------------------------------------------------
+
+struct Memory {
+    engines_created: f64,
+    connected_both_ends: f64,
+}
+
+/// A bare QUIC engine with its own identity whose sync events are drained
+/// and dropped.
+async fn bare_engine(seed: u32) -> anyhow::Result<QuicNetworkEngine> {
+    let mut key = [0u8; 32];
+    key[..4].copy_from_slice(&seed.to_be_bytes());
+    key[4] = 0xee;
+    let (sync, mut events) = SyncHandle::channel(64);
+    let mut engine = QuicNetworkEngine::new(NetworkConfig::loopback(), Arc::new(PeerManager::new()), sync)
+        .with_identity(Identity::from_seed(key))
+        .with_access_policy(AccessPolicy::with_secret(NetworkSecret::from_bytes(SECRET)));
+    engine.start().await?;
+    tokio::spawn(async move { while events.recv().await.is_some() {} });
+    Ok(engine)
+}
+
+async fn connect_all(engines: &[QuicNetworkEngine], address: &str) -> anyhow::Result<()> {
+    for (i, engine) in engines.iter().enumerate() {
+        within(Duration::from_secs(10), &format!("idle peer {i} connecting"), engine.connect_peer(address)).await??;
+    }
+    Ok(())
+}
+
+/// The in-process run: the node and the 50 engines in this process. It
+/// runs before every other phase, because memory freed by earlier phases
+/// and kept by the allocator would absorb the connections' allocations.
+async fn memory_in_process() -> anyhow::Result<Memory> {
+    let node = Node::start(9).await?;
+    let mut engines = Vec::with_capacity(WARMUP_PEERS + IDLE_PEERS);
+    let result = async {
+        for i in 0..WARMUP_PEERS {
+            engines.push(bare_engine(500 + i as u32).await?);
+        }
+        connect_all(&engines, &node.address).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before = rss_bytes()?;
+        for i in 0..IDLE_PEERS {
+            engines.push(bare_engine(i as u32).await?);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let created = rss_bytes()?;
+        connect_all(&engines[WARMUP_PEERS..], &node.address).await?;
+        tokio::time::sleep(IDLE_FOR).await;
+        let connected = rss_bytes()?;
+        let up = node.handle.connected_peers().len();
+        if up < WARMUP_PEERS + IDLE_PEERS {
+            bail!("only {up} of {} idle peers are connected after {:.0} s idle", WARMUP_PEERS + IDLE_PEERS, IDLE_FOR.as_secs_f64());
+        }
+        let per = |bytes: u64| bytes as f64 / IDLE_PEERS as f64 / 1024.0;
+        Ok(Memory { engines_created: per(created.saturating_sub(before)), connected_both_ends: per(connected.saturating_sub(created)) })
+    }
+    .await;
+    stop_all(engines).await;
+    node.stop().await;
+    result
+}
+
+/// Stops bare engines, all at once (each waits for its links to close).
+async fn stop_all(engines: Vec<QuicNetworkEngine>) {
+    let mut stopping = tokio::task::JoinSet::new();
+    for mut engine in engines {
+        stopping.spawn(async move { tokio::time::timeout(Duration::from_secs(10), engine.stop()).await });
+    }
+    while stopping.join_next().await.is_some() {}
+}
+
+/// The node's side alone: the node runs in a child process (this bench
+/// binary again, on a fresh heap) and measures its own RSS; the 50 engines
+/// connect to it from this process. Returns KiB per peer.
+async fn memory_node_side() -> anyhow::Result<f64> {
+    let exe = std::env::current_exe()?;
+    let mut child = std::process::Command::new(exe)
+        .env(CHILD_ENV, "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot start the node child process")?;
+    let stdout = child.stdout.take().context("no stdout from the child")?;
+    // Lines from the child; a thread because reading its pipe blocks.
+    let (lines_tx, mut lines) = tokio::sync::mpsc::channel(4);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut engines = Vec::new();
+    let result = async {
+        let line = within(Duration::from_secs(30), "the node child starting", lines.recv()).await?.context("the node child exited")?;
+        let address = line.strip_prefix("listening ").with_context(|| format!("the node child said {line:?}"))?.to_owned();
+        for i in 0..WARMUP_PEERS + IDLE_PEERS {
+            engines.push(bare_engine(1_000 + i as u32).await?);
+        }
+        connect_all(&engines[..WARMUP_PEERS], &address).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut say = |word: &str| -> anyhow::Result<()> {
+            let stdin = child.stdin.as_mut().context("no stdin to the child")?;
+            writeln!(stdin, "{word}")?;
+            Ok(stdin.flush()?)
+        };
+        say("mark")?;
+        let line =
+            within(Duration::from_secs(30), "the node child reading its RSS", lines.recv()).await?.context("the node child exited")?;
+        if line != "marked" {
+            bail!("the node child said {line:?}");
+        }
+        connect_all(&engines[WARMUP_PEERS..], &address).await?;
+        tokio::time::sleep(IDLE_FOR).await;
+        say("measure")?;
+        let line = within(Duration::from_secs(30), "the node child measuring", lines.recv()).await?.context("the node child exited")?;
+        let mut words = line.split_whitespace();
+        let (Some("measured"), Some(bytes), Some(up)) = (words.next(), words.next(), words.next()) else {
+            bail!("the node child said {line:?}");
+        };
+        let (bytes, up): (u64, usize) = (bytes.parse()?, up.parse()?);
+        if up < WARMUP_PEERS + IDLE_PEERS {
+            bail!("the node child has only {up} of {} idle peers connected", WARMUP_PEERS + IDLE_PEERS);
+        }
+        Ok(bytes as f64 / IDLE_PEERS as f64 / 1024.0)
+    }
+    .await;
+    // Closing its stdin tells the child to stop.
+    drop(child.stdin.take());
+    stop_all(engines).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ => {
+                println!("  (warning: the node child did not exit within 30 s; killing it)");
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+        }
+    }
+    result
+}
+
+/// The child's side of `memory_node_side`: starts a node and says where it
+/// listens; on `mark` reads its RSS, on `measure` reports the growth since
+/// `mark` and how many peers are connected; stops when its stdin closes.
+fn node_child() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let node = Node::start(10).await?;
+        let say = |line: String| -> anyhow::Result<()> {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{line}")?;
+            Ok(out.flush()?)
+        };
+        say(format!("listening {}", node.address))?;
+        let mut marked = 0;
+        // No deadline: the parent holds one, and its exit closes the pipe.
+        loop {
+            let (n, line) = tokio::task::spawn_blocking(|| {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).map(|n| (n, line))
+            })
+            .await??;
+            match line.trim() {
+                _ if n == 0 => break,
+                "mark" => {
+                    marked = rss_bytes()?;
+                    say("marked".to_owned())?;
+                }
+                "measure" => {
+                    let grown = rss_bytes()?.saturating_sub(marked);
+                    say(format!("measured {grown} {}", node.handle.connected_peers().len()))?;
+                }
+                other => say(format!("unknown command {other:?}"))?,
+            }
+        }
+        node.stop().await;
+        Ok(())
+    })
+}
+
+// ---- the report -------------------------------------------------------------------
+
+fn main() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        if let Err(err) = node_child() {
+            eprintln!("node child: {err:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let catchup_count = std::env::var("PLURESDB_BENCH_CATCHUP").ok().and_then(|n| n.parse().ok()).unwrap_or(DEFAULT_CATCHUP);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    println!("PluresDB replication between two full nodes (redb replicas, signed ops, QUIC on loopback) in one process");
+    runtime.block_on(async {
+        // Measured first, on a fresh heap, printed last (see `memory_in_process`).
+        let memory = memory_in_process().await;
+        let node_side = memory_node_side().await;
+        println!("\n1. replication throughput: {THROUGHPUT_OPS} nodes imported on A, {BATCH} per call, until B holds them");
+        match throughput().await {
+            Ok(t) => {
+                let quinn_rate = THROUGHPUT_OPS as f64 / t.quinn.as_secs_f64();
+                let redb_rate = THROUGHPUT_OPS as f64 / t.redb.as_secs_f64();
+                let share = t.ops_per_s / quinn_rate;
+                let mb = |bytes: f64| bytes / t.elapsed.as_secs_f64() / 1e6;
+                println!(
+                    "  replicated:           {:>10.0} ops/s  {:>7.1} MB/s of JSON ({} B/op), {:>7.1} MB/s on the wire ({} B/op)   target >= {TARGET_OPS_PER_S:.0} ops/s: {}",
+                    t.ops_per_s,
+                    mb(t.json_bytes as f64),
+                    t.json_bytes / THROUGHPUT_OPS,
+                    mb(t.wire_bytes as f64),
+                    t.wire_bytes as usize / THROUGHPUT_OPS,
+                    verdict(t.ops_per_s >= TARGET_OPS_PER_S)
+                );
+                println!(
+                    "  raw quinn, same bytes: {:>10.0} records/s ({:.1} MB/s)   replication reaches {:.1}% of it   target >= {:.0}%: {}",
+                    quinn_rate,
+                    t.wire_bytes as f64 / t.quinn.as_secs_f64() / 1e6,
+                    100.0 * share,
+                    100.0 * TARGET_SHARE_OF_QUINN,
+                    verdict(share >= TARGET_SHARE_OF_QUINN)
+                );
+                println!(
+                    "  raw redb, {BATCH}/txn:    {:>10.0} writes/s   replication reaches {:.1}% of it (the tighter limit: B applies durably)",
+                    redb_rate,
+                    100.0 * t.ops_per_s / redb_rate
+                );
+            }
+            Err(err) => println!("  FAILED: {err:#}"),
+        }
+
+        println!("\n2. write-to-peer latency: {LATENCY_SAMPLES} sequential single writes on A (after {LATENCY_WARMUP} warm-up), call to B's watch");
+        match latency().await {
+            Ok(l) => {
+                let (p50, p99) = (ms(quantile(&l.to_peer, 0.50)), ms(quantile(&l.to_peer, 0.99)));
+                println!(
+                    "  write on A to B's watch: p50 {p50:.3} ms (target <= {TARGET_P50_MS} ms: {}), p99 {p99:.3} ms (target <= {TARGET_P99_MS} ms: {}), max {:.3} ms",
+                    verdict(p50 <= TARGET_P50_MS),
+                    verdict(p99 <= TARGET_P99_MS),
+                    ms(quantile(&l.to_peer, 1.0))
+                );
+                println!(
+                    "  of which A's durable commit (call to write returning): p50 {:.3} ms, p99 {:.3} ms",
+                    ms(quantile(&l.local_commit, 0.50)),
+                    ms(quantile(&l.local_commit, 0.99))
+                );
+                let rtt50 = ms(quantile(&l.quinn_rtt, 0.50));
+                println!(
+                    "  raw quinn round trip, 100 B: p50 {rtt50:.3} ms, p99 {:.3} ms   (write-to-peer p50 = {:.1}x the round trip)",
+                    ms(quantile(&l.quinn_rtt, 0.99)),
+                    p50 / rtt50
+                );
+            }
+            Err(err) => println!("  FAILED: {err:#}"),
+        }
+
+        println!("\n3. catch-up: a fresh B connects to A holding {catchup_count} operations (PLURESDB_BENCH_CATCHUP=N to change)");
+        match catch_up(catchup_count).await {
+            Ok(c) => {
+                let secs = c.catch_up.as_secs_f64();
+                let scaled = secs * 1_000_000.0 / c.count as f64;
+                let scale_note = if c.count == 1_000_000 { String::new() } else { format!(" (scaled to 1,000,000: {scaled:.1} s)") };
+                println!(
+                    "  A's import ({BATCH}/call):  {:.1} s, {:.0} ops/s",
+                    c.import.as_secs_f64(),
+                    c.count as f64 / c.import.as_secs_f64()
+                );
+                println!(
+                    "  B caught up:            {secs:.1} s, {:.0} ops/s{scale_note}   target <= {TARGET_CATCHUP_S} s for 1,000,000: {}",
+                    c.count as f64 / secs,
+                    verdict(scaled <= TARGET_CATCHUP_S)
+                );
+            }
+            Err(err) => println!("  FAILED: {err:#}"),
+        }
+
+        println!(
+            "\n4. resident memory per idle connected peer: {IDLE_PEERS} bare QUIC engines connected to one node (after {WARMUP_PEERS} warm-up peers), idle {:.0} s; measured first, on a fresh heap",
+            IDLE_FOR.as_secs_f64()
+        );
+        match memory {
+            Ok(m) => {
+                println!("  creating the 50 engines (unconnected):    {:>7.1} KiB each (an endpoint each; not a per-connection cost)", m.engines_created);
+                println!(
+                    "  connecting them, both ends in this process: {:>7.1} KiB per peer   target <= {TARGET_KIB_PER_PEER} KiB: {}",
+                    m.connected_both_ends,
+                    verdict(m.connected_both_ends <= TARGET_KIB_PER_PEER)
+                );
+            }
+            Err(err) => println!("  both ends in this process: FAILED: {err:#}"),
+        }
+        match node_side {
+            Ok(kib) => println!(
+                "  the node's side alone (node in a child process): {kib:>7.1} KiB per peer   target <= {TARGET_KIB_PER_PEER} KiB: {}",
+                verdict(kib <= TARGET_KIB_PER_PEER)
+            ),
+            Err(err) => println!("  the node's side alone: FAILED: {err:#}"),
+        }
+    });
+}
