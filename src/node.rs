@@ -39,7 +39,7 @@ async fn start_quic(
     let secret = crate::keys::network_secret(data_dir)?;
     let mode = pluresdb_runtime::stored_access_mode(db.store())?;
     let allowlist = pluresdb_runtime::stored_allowlist(db.store())?;
-    let policy = pluresdb_security::AccessPolicy { mode, secret: Some(secret), allowlist };
+    let policy = pluresdb_security::AccessPolicy { mode, secret: Some(secret.clone()), allowlist };
     let config =
         pluresdb_net::NetworkConfig { port: settings.bind.port(), bind_address: settings.bind.ip().to_string(), ..Default::default() };
     let peers = std::sync::Arc::new(pluresdb_net::PeerManager::new());
@@ -53,6 +53,13 @@ async fn start_quic(
         peers,
         transport: "quic",
         listen_addresses: vec![local.to_string()],
+        on_access_change: Some({
+            let engine = engine.clone();
+            std::sync::Arc::new(move |mode, allowlist| {
+                tracing::info!(mode = mode.name(), allowed = allowlist.len(), "access rule changed");
+                engine.set_access_policy(pluresdb_security::AccessPolicy { mode, secret: Some(secret.clone()), allowlist });
+            })
+        }),
     };
     Ok((engine, network))
 }

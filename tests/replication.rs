@@ -126,6 +126,16 @@ fn a_node_without_the_network_secret_is_refused() {
     assert_eq!(stranger.request("PUT", "/nodes/secret:1", "{}").0, 200);
     assert_eq!(a.request("GET", "/peers", "").1["peers"], json!([]), "A never synced with it");
     assert_eq!(a.request("GET", "/nodes/secret:1", "").0, 404);
+
+    // Allowlisting each other (while both run) lets them sync after all.
+    let id = |node: &Node| node.request("GET", "/health", "").1["peer_id"].as_str().unwrap().to_owned();
+    for (dir, other) in [(da.path(), id(&stranger)), (dc.path(), id(&a))] {
+        let out = cli(dir, &["trust", "add", &other]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let (status, body) = stranger.request("POST", "/peers", &json!({"address": address}).to_string());
+    assert_eq!(status, 200, "{body}");
+    wait_until("A holds the allowlisted node's write", || a.request("GET", "/nodes/secret:1", "").0 == 200);
     assert!(stranger.stop().0);
     assert!(a.stop().0);
 }

@@ -63,7 +63,13 @@ pub struct Network {
     pub transport: &'static str,
     /// Where other nodes reach this one.
     pub listen_addresses: Vec<String>,
+    /// Called with the access mode and the allowlist after either changes,
+    /// so the transport admits peers by the new rule.
+    pub on_access_change: Option<AccessHook>,
 }
+
+/// See [`Network::on_access_change`].
+pub type AccessHook = Arc<dyn Fn(AccessMode, std::collections::BTreeSet<String>) + Send + Sync>;
 
 /// The metadata key of the addresses this node dialed (CBOR list, oldest first).
 const DIALED_META_KEY: &str = "net.dialed";
@@ -123,6 +129,7 @@ impl Runtime {
             peers: n.peers.clone(),
             transport: n.transport,
             listen_addresses: n.listen_addresses.clone(),
+            on_access_change: n.on_access_change.clone(),
         });
         let writer = writer::spawn(engine, inbox, network, stats.clone(), options.max_group.max(1)).map_err(Error::Thread)?;
         let handle = Handle {
@@ -181,6 +188,7 @@ struct Link {
     peers: Arc<pluresdb_net::PeerManager>,
     transport: &'static str,
     listen_addresses: Vec<String>,
+    on_access_change: Option<AccessHook>,
 }
 
 impl Handle {

@@ -35,7 +35,17 @@ impl Handle {
 
     /// Sets the access mode.
     pub async fn set_access_mode(&self, mode: AccessMode) -> Result<(), Error> {
-        self.commit_meta(vec![(ACCESS_MODE_META_KEY.to_owned(), mode.name().as_bytes().to_vec())]).await
+        let _guard = self.inner.trust_lock.lock().await;
+        self.commit_meta(vec![(ACCESS_MODE_META_KEY.to_owned(), mode.name().as_bytes().to_vec())]).await?;
+        self.access_changed()
+    }
+
+    /// Tells the transport the access rule in force now.
+    fn access_changed(&self) -> Result<(), Error> {
+        if let Some(hook) = self.inner.link.as_ref().and_then(|l| l.on_access_change.as_ref()) {
+            hook(self.access_mode()?, self.allowlist()?);
+        }
+        Ok(())
     }
 
     /// The allowlisted peer ids.
@@ -53,6 +63,7 @@ impl Handle {
         let changed = if allowed { peers.insert(peer_id.to_owned()) } else { peers.remove(peer_id) };
         if changed {
             self.commit_meta(vec![(ALLOWLIST_META_KEY.to_owned(), pluresdb_core::codec::encode(&peers))]).await?;
+            self.access_changed()?;
         }
         Ok(changed)
     }

@@ -75,7 +75,9 @@ pub struct QuicNetworkEngine {
     shared: Arc<Shared>,
 }
 
-/// This node's keys and TLS configuration, fixed at `initialize`.
+/// This node's keys and TLS configuration, fixed at `initialize` (the
+/// access policy may change later).
+#[derive(Clone)]
 pub(crate) struct Keys {
     pub(crate) identity: Identity,
     pub(crate) peer_id: PeerId,
@@ -239,6 +241,16 @@ impl QuicNetworkEngine {
     /// generated one).
     pub fn identity(&self) -> Option<Identity> {
         lock(&self.shared.keys).as_ref().map(|keys| keys.identity.clone())
+    }
+
+    /// Admits peers by `policy` from now on (the allowlist or the mode
+    /// changed). Connections already up stay up.
+    pub fn set_access_policy(&self, policy: AccessPolicy) {
+        lock(&self.shared.settings).policy = Some(policy.clone());
+        let mut keys = lock(&self.shared.keys);
+        if let Some(current) = keys.as_ref() {
+            *keys = Some(Arc::new(Keys { policy, ..Keys::clone(current) }));
+        }
     }
 
     /// The access policy in force, once initialized (it holds the network
