@@ -137,6 +137,7 @@ impl Node {
             peers: peers.clone(),
             transport: "quic",
             listen_addresses: vec![address.clone()],
+            on_access_change: None,
         };
         let runtime = Runtime::start_with_network(db, RuntimeOptions::default(), Some(network))?;
         let handle = runtime.handle();
