@@ -243,11 +243,11 @@ impl<S: Store> Database<S> {
             op.validate()?;
         }
         let total = ops.len();
-        let (ops, held_back) = match self.verifier.clone() {
+        let (ops, held_back, encoded) = match self.verifier.clone() {
             Some(verifier) => self.authenticate(ops, &*verifier)?,
-            None => (ops, 0),
+            None => (ops, 0, EncodedOps::new()),
         };
-        let applied = self.apply(ops, None)?.len();
+        let applied = self.apply_with(ops, None, encoded)?.len();
         Ok(ApplyReport { applied, duplicates: total - held_back - applied, held_back })
     }
 
@@ -259,7 +259,10 @@ impl<S: Store> Database<S> {
         &mut self,
         ops: Vec<OperationWithMetadata>,
         verifier: &dyn OpVerifier,
-    ) -> Result<(Vec<OperationWithMetadata>, usize), Error> {
+    ) -> Result<(Vec<OperationWithMetadata>, usize, EncodedOps), Error> {
+        // The new operations, encoded once: for the digest here and for the
+        // op log when they are applied.
+        let mut encoded = EncodedOps::new();
         // Per origin: the next sequence number and the head of the chain.
         let mut chains: HashMap<Arc<str>, (u64, OpDigest)> = HashMap::new();
         let mut signed = Vec::new();
@@ -277,7 +280,7 @@ impl<S: Store> Database<S> {
             if op.prev != *head {
                 return Err(Error::BrokenChain { id: op.id.clone() });
             }
-            *head = op.digest();
+            *head = encoded.push_with_digest(op);
             *next += 1;
             if let Some(signature) = op.signature {
                 signed.push((op.id.clone(), *head, signature));
@@ -300,12 +303,19 @@ impl<S: Store> Database<S> {
             self.heads.remove(origin);
         }
         let held_back = before - kept.len();
-        Ok((kept, held_back))
+        Ok((kept, held_back, encoded))
     }
 
     /// The shared write path: merge every operation into its node's record,
     /// then commit ops, records, version vector and clock in one batch.
     fn apply(&mut self, ops: Vec<OperationWithMetadata>, local: Option<LocalStamp>) -> Result<Vec<Receipt>, Error> {
+        self.apply_with(ops, local, EncodedOps::new())
+    }
+
+    /// [`apply`](Self::apply), reusing the bodies in `pre` for received
+    /// operations that `authenticate` already encoded (in the same order).
+    fn apply_with(&mut self, ops: Vec<OperationWithMetadata>, local: Option<LocalStamp>, pre: EncodedOps) -> Result<Vec<Receipt>, Error> {
+        let mut reused = 0;
         let mut records = self.load_records(&ops)?;
         let position = |records: &[NodeRecord], id: &str| records.binary_search_by(|r| r.id.as_str().cmp(id));
         let mut version_vector = self.version_vector.clone();
@@ -357,7 +367,18 @@ impl<S: Store> Database<S> {
                 return Err(Error::SequenceGap { origin: op.id.origin.to_string(), expected: next, found: op.id.seq });
             } else {
                 clock.observe(op.timestamp);
-                encoded.push(&op);
+                // `pre` holds these operations in the same order, plus any
+                // that were held back: skip those.
+                while pre.get(reused).is_some_and(|(id, _)| *id != op.id) {
+                    reused += 1;
+                }
+                match pre.get(reused) {
+                    Some((id, body)) => {
+                        encoded.push_encoded(id, body);
+                        reused += 1;
+                    }
+                    None => encoded.push(&op),
+                }
             }
             // The operation is encoded for the op log (above); now move its
             // values into the record.

@@ -166,6 +166,13 @@ impl OperationWithMetadata {
 
     /// The canonical bytes that [`digest`](Self::digest) hashes: the compact
     /// form with the signature written as null.
+    /// [`encode_body`](Self::encode_body) with the signature slot null
+    /// (what the digest covers).
+    pub(crate) fn encode_body_unsigned(&self, out: &mut Vec<u8>) {
+        crate::cbor::array(out, 7);
+        self.encode_body_fields(out, false);
+    }
+
     pub(crate) fn encode_compact_unsigned(&self, out: &mut Vec<u8>) {
         self.encode_compact_with(out, false);
     }

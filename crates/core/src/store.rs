@@ -50,6 +50,35 @@ impl EncodedOps {
         crate::signing::digest_of_body(&op.id, &self.bytes[start..])
     }
 
+    /// Appends `op` (signed or not) and returns its digest, from one
+    /// encoding: the unsigned body is hashed, then the signature, if any,
+    /// is filled in.
+    pub fn push_with_digest(&mut self, op: &OperationWithMetadata) -> OpDigest {
+        let start = self.bytes.len();
+        op.encode_body_unsigned(&mut self.bytes);
+        self.ids.push(op.id.clone());
+        self.ends.push(self.bytes.len());
+        let digest = crate::signing::digest_of_body(&op.id, &self.bytes[start..]);
+        if let Some(signature) = &op.signature {
+            self.sign_last(signature);
+        }
+        digest
+    }
+
+    /// Appends an operation already encoded (by this type) as `body`.
+    pub(crate) fn push_encoded(&mut self, id: &OpId, body: &[u8]) {
+        self.bytes.extend_from_slice(body);
+        self.ids.push(id.clone());
+        self.ends.push(self.bytes.len());
+    }
+
+    /// The `i`-th operation's id and body.
+    pub(crate) fn get(&self, i: usize) -> Option<(&OpId, &[u8])> {
+        let id = self.ids.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        Some((id, &self.bytes[start..self.ends[i]]))
+    }
+
     /// Adds `signature` to the operation appended last (by
     /// [`push_unsigned`](Self::push_unsigned)).
     pub fn sign_last(&mut self, signature: &OpSignature) {
