@@ -11,6 +11,7 @@ use std::path::Path;
 /// How the node meets peers.
 pub struct PeerSettings {
     /// Where the QUIC engine listens.
+    #[cfg_attr(not(feature = "quic"), allow(dead_code))]
     pub bind: std::net::SocketAddr,
     /// Nodes to connect to at start.
     pub bootstrap: Vec<String>,
@@ -29,6 +30,7 @@ fn invite_ticket(peer_id: &str, addresses: &[String], secret: &pluresdb_security
 }
 
 /// Starts the QUIC engine with the node's identity and its access rule.
+#[cfg(feature = "quic")]
 async fn start_quic(
     data_dir: &Path,
     settings: &PeerSettings,
@@ -77,12 +79,20 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
         let listener = tokio::net::TcpListener::bind(api_addr).await.with_context(|| format!("cannot listen on {api_addr}"))?;
         let bound = listener.local_addr().context("cannot read the bound address")?;
         let options = pluresdb_runtime::RuntimeOptions { watch_buffer: config.watch_buffer.value, ..Default::default() };
+        #[cfg(feature = "quic")]
         let (quic, network) = match &peers {
             Some(settings) => {
                 let (engine, network) = start_quic(data_dir, settings, &db).await?;
                 (Some(engine), Some(network))
             }
             None => (None, None),
+        };
+        #[cfg(not(feature = "quic"))]
+        let network = {
+            if peers.is_some() {
+                eprintln!("this build has no network transport (built without the `quic` feature): serving the API only");
+            }
+            None
         };
         let node = pluresdb_runtime::Runtime::start_with_network(db, options, network)?;
         let handle = node.handle();
@@ -151,6 +161,7 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
         }
         // Requests in flight have finished: say goodbye to peers, then let
         // the writer commit what it holds.
+        #[cfg(feature = "quic")]
         if let Some(mut quic) = quic {
             use pluresdb_net::NetworkEngine;
             if let Err(err) = quic.stop().await {

@@ -62,6 +62,7 @@ mod error;
 mod events;
 pub mod message;
 mod peer;
+#[cfg(feature = "quic")]
 pub mod quic;
 
 pub use codec::{CodecError, Frame, FrameDecoder, FrameKind, MAX_FRAME_BYTES};
@@ -72,4 +73,5 @@ pub use error::NetworkError;
 pub use events::{PeerEvent, PeerEvents, SyncHandle};
 pub use message::{ErrorCode, Hello, NetworkMessage, NotSyncMessage, PROTOCOL_VERSION};
 pub use peer::{Direction, PeerInfo, PeerManager, PeerStats, Transport, MAX_KNOWN_PEERS};
+#[cfg(feature = "quic")]
 pub use quic::QuicNetworkEngine;
