@@ -15,7 +15,7 @@ use crate::engine::NetworkEngine;
 use crate::events::{PeerEvent, PeerEvents};
 use crate::message::NetworkMessage;
 use pluresdb_core::Store;
-use pluresdb_sync::DataSyncEngine;
+use pluresdb_sync::{DataSyncEngine, Transmit};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Mutex, Notify};
@@ -83,10 +83,7 @@ async fn drive<E: NetworkEngine + ?Sized, S: Store + Send>(network: Arc<E>, shar
             (transmits, sync.poll_timeout())
         };
         for transmit in transmits {
-            let peer = transmit.peer.clone();
-            if let Err(err) = network.send_message(&peer, NetworkMessage::from(transmit)).await {
-                tracing::debug!(%peer, error = %err, "sync message not sent; unacknowledged operations are resent");
-            }
+            send_transmit(&*network, transmit).await;
         }
         let sleep = next_timeout.map_or(IDLE_WAKE, |at| Duration::from_millis(at.saturating_sub(now_ms())));
         tokio::select! {
@@ -103,6 +100,16 @@ async fn drive<E: NetworkEngine + ?Sized, S: Store + Send>(network: Arc<E>, shar
             _ = tokio::time::sleep(sleep) => shared.sync.lock().await.handle_timeout(now_ms()),
             _ = shared.stop.notified() => break,
         }
+    }
+}
+
+/// Sends one of the sync engine's messages. A refused send (`PeerBusy`,
+/// peer gone) is logged and dropped: the sync engine resends whatever a
+/// peer does not acknowledge.
+pub async fn send_transmit<E: NetworkEngine + ?Sized>(network: &E, transmit: Transmit) {
+    let peer = transmit.peer.clone();
+    if let Err(err) = network.send_message(&peer, NetworkMessage::from(transmit)).await {
+        tracing::debug!(%peer, error = %err, "sync message not sent; unacknowledged operations are resent");
     }
 }
 

@@ -45,10 +45,9 @@ use tokio::sync::{mpsc, oneshot};
 use writer::Command;
 
 /// Milliseconds since the Unix epoch: the wall time that stamps local
-/// writes (the core and sync engine read no clock themselves).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+/// writes and drives sync timers (the core and sync engine read no clock
+/// themselves).
+pub use pluresdb_net::now_ms;
 
 /// A network transport the runtime syncs over: the engine, the events it
 /// delivers, and its peer registry.
@@ -139,7 +138,7 @@ impl Runtime {
                 commands,
                 stats,
                 watch_buffer: options.watch_buffer.max(1),
-                trust_lock: tokio::sync::Mutex::new(()),
+                meta_lock: tokio::sync::Mutex::new(()),
                 link,
             }),
         };
@@ -177,8 +176,9 @@ struct Inner {
     commands: mpsc::Sender<Command>,
     stats: Arc<Stats>,
     watch_buffer: usize,
-    /// Serializes read-modify-write changes of the allowlist.
-    trust_lock: tokio::sync::Mutex<()>,
+    /// Serializes read-modify-write changes of metadata (the allowlist,
+    /// the access mode, the dialed addresses).
+    meta_lock: tokio::sync::Mutex<()>,
     link: Option<Link>,
 }
 
@@ -267,7 +267,7 @@ impl Handle {
     }
 
     async fn remember_dialed(&self, address: &str) {
-        let _guard = self.inner.trust_lock.lock().await;
+        let _guard = self.inner.meta_lock.lock().await;
         let mut dialed = match stored_dialed(self.reader().store()) {
             Ok(dialed) => dialed,
             Err(err) => {

@@ -35,7 +35,7 @@ impl Handle {
 
     /// Sets the access mode.
     pub async fn set_access_mode(&self, mode: AccessMode) -> Result<(), Error> {
-        let _guard = self.inner.trust_lock.lock().await;
+        let _guard = self.inner.meta_lock.lock().await;
         self.commit_meta(vec![(ACCESS_MODE_META_KEY.to_owned(), mode.name().as_bytes().to_vec())]).await?;
         self.access_changed()
     }
@@ -58,7 +58,7 @@ impl Handle {
     pub async fn set_allowed(&self, peer_id: &str, allowed: bool) -> Result<bool, Error> {
         // Read and write inside the writer's order: two concurrent changes
         // must not lose one another.
-        let _guard = self.inner.trust_lock.lock().await;
+        let _guard = self.inner.meta_lock.lock().await;
         let mut peers = self.allowlist()?;
         let changed = if allowed { peers.insert(peer_id.to_owned()) } else { peers.remove(peer_id) };
         if changed {

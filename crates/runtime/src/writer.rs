@@ -156,17 +156,12 @@ impl Writer {
         Stats::add(&self.stats.remote_ops, applied);
     }
 
-    /// Sends what the sync engine has for peers. A refused send is dropped:
-    /// the sync engine resends whatever a peer does not acknowledge.
+    /// Sends what the sync engine has for peers (without a network, drops
+    /// it).
     async fn send_transmits(&mut self) {
-        let Some(network) = &self.network else {
-            while self.engine.poll_transmit().is_some() {}
-            return;
-        };
         while let Some(transmit) = self.engine.poll_transmit() {
-            let peer = transmit.peer.clone();
-            if let Err(err) = network.engine.send_message(&peer, pluresdb_net::NetworkMessage::from(transmit)).await {
-                tracing::debug!(%peer, error = %err, "sync message not sent; unacknowledged operations are resent");
+            if let Some(network) = &self.network {
+                pluresdb_net::send_transmit(&*network.engine, transmit).await;
             }
         }
     }
