@@ -147,6 +147,7 @@ impl Node {
             peers: peers.clone(),
             transport: "quic",
             listen_addresses: vec![address.clone()],
+            discovery: None,
             on_access_change: None,
         };
         let runtime = Runtime::start_with_network(db, RuntimeOptions::default(), Some(network))?;

@@ -91,12 +91,18 @@ pub enum Command {
         #[arg(long, default_value = "0.0.0.0")]
         bind: std::net::IpAddr,
         /// Connect to this node at start (host:port); repeat for several.
-        /// Reconnects with backoff if the link drops.
+        /// Reconnects with backoff if the link drops; the peers it knows are
+        /// learned from it and dialled too (peer exchange) [env:
+        /// PLURESDB_BOOTSTRAP, comma-separated; config: bootstrap].
         #[arg(long, value_name = "HOST:PORT")]
         bootstrap: Vec<String>,
         /// Serve the API only, with no network transport.
         #[arg(long)]
         no_network: bool,
+        /// Do not announce this node or look for peers on the LAN with mDNS
+        /// [env: PLURESDB_MDNS=false; config: mdns = false].
+        #[arg(long)]
+        no_mdns: bool,
         /// Join the network of the node that printed this ticket (`pluresdb
         /// invite`): adopt its network secret and remember it as a peer.
         #[arg(long, value_name = "TICKET")]
@@ -165,7 +171,13 @@ pub enum Command {
         value: String,
     },
     /// List the peers this node is connected to or has synced with.
-    Peers,
+    Peers {
+        /// Show what discovery found instead: each peer with the methods
+        /// that found it (mdns, bootstrap, exchange), its addresses, whether
+        /// it is of this network, and when it was last heard of.
+        #[arg(long)]
+        discovered: bool,
+    },
     /// Show the sync status: operations held, what peers lack, traffic.
     Status,
     /// Connect the running node to another node (host:port or quic://host:port).

@@ -32,14 +32,14 @@ pub fn run(cli: Cli, config: &Config) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    if let Command::Serve { join: ticket, port, bind, bootstrap, no_network, .. } = &cli.command {
+    if let Command::Serve { join: ticket, port, bind, no_network, .. } = &cli.command {
         // Joining decides the network before anything else touches the directory.
         let joined = ticket.as_deref().map(|t| join(&cli.data_dir, t)).transpose()?;
         let mut db = replica::open(&cli.data_dir, config.resolver.value)?;
         // Dial what this node dialed before (a restart reconnects by itself),
         // then what the flags and the ticket name.
         let mut peers = pluresdb_runtime::stored_dialed(db.store())?;
-        peers.extend(bootstrap.iter().cloned());
+        peers.extend(config.bootstrap.value.iter().cloned());
         if let Some(ticket) = joined {
             db.commit_meta(vec![(
                 BOOTSTRAP_META_KEY.to_owned(),
@@ -54,7 +54,11 @@ pub fn run(cli: Cli, config: &Config) -> anyhow::Result<()> {
         }
         let mut seen = std::collections::HashSet::new();
         peers.retain(|p| seen.insert(p.clone()));
-        let network = (!no_network).then(|| crate::node::PeerSettings { bind: std::net::SocketAddr::new(*bind, *port), bootstrap: peers });
+        let network = (!no_network).then(|| crate::node::PeerSettings {
+            bind: std::net::SocketAddr::new(*bind, *port),
+            bootstrap: peers,
+            mdns: config.mdns.value,
+        });
         return crate::node::serve(db, &cli.data_dir, config, network, json);
     }
     let mut api = open_api(&cli, config)?;
@@ -179,7 +183,36 @@ fn execute(api: &mut Api, cli: Cli, json: bool) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Trust { action } => trust(out, api, json, action),
-        Command::Peers => {
+        Command::Peers { discovered: true } => {
+            let doc = api.call("GET", "/peers/discovered", None)?;
+            print_json_or(out, json, &doc, |o| {
+                for peer in doc["peers"].as_array().into_iter().flatten() {
+                    let methods: Vec<&str> = peer["methods"].as_array().into_iter().flatten().filter_map(|m| m.as_str()).collect();
+                    let state = match (peer["same_network"] == true, peer["connected"] == true) {
+                        (false, _) => "other network",
+                        (true, true) => "connected",
+                        (true, false) => "not connected",
+                    };
+                    let via = peer["via"].as_str().map(|v| format!(" via {v}")).unwrap_or_default();
+                    writeln!(
+                        o,
+                        "{}\t{}\t{state}\t{}{via}\tlast seen {}",
+                        peer["peer_id"].as_str().unwrap_or("(not connected yet)"),
+                        peer["address"].as_str().unwrap_or_default(),
+                        methods.join(","),
+                        peer["last_seen"].as_str().unwrap_or_default(),
+                    )?;
+                }
+                Ok(())
+            })?;
+            if !json && doc["discovering"] != true {
+                eprintln!("this node does not look for peers (no node running, or no network transport)");
+            } else if !json && doc["peers"].as_array().is_none_or(|p| p.is_empty()) {
+                eprintln!("nothing discovered yet");
+            }
+            Ok(())
+        }
+        Command::Peers { discovered: false } => {
             let doc = api.call("GET", "/peers", None)?;
             print_json_or(out, json, &doc, |o| {
                 for peer in doc["peers"].as_array().into_iter().flatten() {

@@ -9,6 +9,8 @@
 //! resolver = "last-writer-wins"  # PLURESDB_RESOLVER, --resolver
 //! log = "warn"                   # PLURESDB_LOG (a tracing filter)
 //! watch_buffer = 4096            # PLURESDB_WATCH_BUFFER: changes buffered per subscriber
+//! bootstrap = ["10.0.0.5:34569"] # PLURESDB_BOOTSTRAP (comma-separated), --bootstrap
+//! mdns = true                    # PLURESDB_MDNS, --no-mdns: find peers on the LAN
 //! ```
 
 use crate::cli::{Cli, Command, Resolver};
@@ -31,6 +33,8 @@ struct FileConfig {
     resolver: Option<String>,
     log: Option<String>,
     watch_buffer: Option<usize>,
+    bootstrap: Option<Vec<String>>,
+    mdns: Option<bool>,
 }
 
 /// Where a setting came from.
@@ -71,6 +75,10 @@ pub struct Config {
     pub log: Setting<String>,
     /// Changes buffered per change-feed subscriber before it is told it lagged.
     pub watch_buffer: Setting<usize>,
+    /// Nodes to connect to at start (`host:port`).
+    pub bootstrap: Setting<Vec<String>>,
+    /// Announce and browse on the LAN with mDNS.
+    pub mdns: Setting<bool>,
 }
 
 /// Picks the first given of flag, environment, file and default.
@@ -116,10 +124,15 @@ pub fn load(cli: &Cli) -> anyhow::Result<Config> {
     let (file, read) = read_file(&path, required)?;
     let whence = |key: &str| format!("{} ({key})", path.display());
 
-    let (flag_addr, flag_require) = match &cli.command {
-        Command::Serve { api_addr, require_token, .. } => (*api_addr, require_token.then_some(true)),
-        _ => (None, None),
+    let (flag_addr, flag_require, flag_bootstrap, flag_mdns) = match &cli.command {
+        Command::Serve { api_addr, require_token, bootstrap, no_mdns, .. } => {
+            (*api_addr, require_token.then_some(true), (!bootstrap.is_empty()).then(|| bootstrap.clone()), no_mdns.then_some(false))
+        }
+        _ => (None, None, None, None),
     };
+    let env_bootstrap =
+        env("PLURESDB_BOOTSTRAP").map(|v| v.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect::<Vec<_>>());
+    let env_mdns = env("PLURESDB_MDNS").map(|v| parse_bool(&v, "PLURESDB_MDNS")).transpose()?;
     let env_addr = env("PLURESDB_API_ADDR").map(|v| parse_addr(&v, "PLURESDB_API_ADDR")).transpose()?;
     let file_addr = file.api_addr.as_deref().map(|v| parse_addr(v, &whence("api_addr"))).transpose()?;
     let default_addr = parse_addr(pluresdb_server::DEFAULT_API_ADDR, "default")?;
@@ -148,6 +161,8 @@ pub fn load(cli: &Cli) -> anyhow::Result<Config> {
         resolver: pick(cli.resolver, env_resolver, file_resolver, Resolver::LastWriterWins),
         log: pick(None, env("PLURESDB_LOG"), file.log, "warn".to_owned()),
         watch_buffer: pick(None, env_watch_buffer, file_watch_buffer, pluresdb_runtime::RuntimeOptions::default().watch_buffer),
+        bootstrap: pick(flag_bootstrap, env_bootstrap, file.bootstrap, Vec::new()),
+        mdns: pick(flag_mdns, env_mdns, file.mdns, true),
     })
 }
 
@@ -172,6 +187,8 @@ impl Config {
             "resolver": entry(resolver_name(self.resolver.value).into(), self.resolver.source),
             "log": entry(self.log.value.clone().into(), self.log.source),
             "watch_buffer": entry(self.watch_buffer.value.into(), self.watch_buffer.source),
+            "bootstrap": entry(self.bootstrap.value.clone().into(), self.bootstrap.source),
+            "mdns": entry(self.mdns.value.into(), self.mdns.source),
         })
     }
 
@@ -187,6 +204,8 @@ impl Config {
         out += &line("resolver", format!("{:?}", resolver_name(self.resolver.value)), self.resolver.source);
         out += &line("log", format!("{:?}", self.log.value), self.log.source);
         out += &line("watch_buffer", self.watch_buffer.value.to_string(), self.watch_buffer.source);
+        out += &line("bootstrap", format!("{:?}", self.bootstrap.value), self.bootstrap.source);
+        out += &line("mdns", self.mdns.value.to_string(), self.mdns.source);
         out
     }
 }

@@ -15,11 +15,42 @@ pub struct PeerSettings {
     pub bind: std::net::SocketAddr,
     /// Nodes to connect to at start.
     pub bootstrap: Vec<String>,
+    /// Announce and browse on the LAN with mDNS.
+    #[cfg_attr(not(feature = "quic"), allow(dead_code))]
+    pub mdns: bool,
+}
+
+/// Where peers can reach a node listening on `local`: the address itself,
+/// or, for an unspecified IP (`0.0.0.0`, `::`), that port on each of this
+/// machine's interface addresses (loopback and link-local left out; IPv6
+/// ones only for `::`). Falls back to `local` when there are none.
+#[cfg_attr(not(feature = "quic"), allow(dead_code))]
+fn reachable_addresses(local: std::net::SocketAddr) -> Vec<String> {
+    if !local.ip().is_unspecified() {
+        return vec![local.to_string()];
+    }
+    let interfaces = match if_addrs::get_if_addrs() {
+        Ok(interfaces) => interfaces,
+        Err(err) => {
+            tracing::warn!(%err, "cannot list the network interfaces; the listen address stays unspecified");
+            return vec![local.to_string()];
+        }
+    };
+    let mut addresses: Vec<String> = interfaces
+        .iter()
+        .filter(|i| !i.is_loopback() && !i.is_link_local() && (local.is_ipv6() || i.ip().is_ipv4()))
+        .map(|i| std::net::SocketAddr::new(i.ip(), local.port()).to_string())
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    if addresses.is_empty() {
+        addresses.push(local.to_string());
+    }
+    addresses
 }
 
 /// A ticket to this node's network with the addresses it listens on, if
-/// there are any (an unspecified bind address like 0.0.0.0 is kept as the
-/// port for the joiner to complete with a host it can reach).
+/// there are any.
 fn invite_ticket(peer_id: &str, addresses: &[String], secret: &pluresdb_security::NetworkSecret) -> Option<String> {
     if addresses.is_empty() {
         return None;
@@ -29,41 +60,78 @@ fn invite_ticket(peer_id: &str, addresses: &[String], secret: &pluresdb_security
     ticket.to_text().ok()
 }
 
-/// Starts the QUIC engine with the node's identity and its access rule.
+/// The QUIC engine, the runtime's view of it, and discovery feeding it.
 #[cfg(feature = "quic")]
-async fn start_quic(
-    data_dir: &Path,
-    settings: &PeerSettings,
-    db: &Replica,
-) -> anyhow::Result<(pluresdb_net::QuicNetworkEngine, pluresdb_runtime::Network)> {
+struct QuicNode {
+    engine: pluresdb_net::QuicNetworkEngine,
+    network: pluresdb_runtime::Network,
+    discovery: std::sync::Arc<pluresdb_discovery::CombinedDiscovery>,
+    /// Stops the auto-connect task.
+    stop_dialling: tokio::sync::watch::Sender<bool>,
+}
+
+/// Starts the QUIC engine with the node's identity and its access rule,
+/// then discovery: mDNS (unless turned off), the bootstrap list, and the
+/// peers connected peers tell of, dialled as they are found.
+#[cfg(feature = "quic")]
+async fn start_quic(data_dir: &Path, settings: &PeerSettings, db: &Replica) -> anyhow::Result<QuicNode> {
     use pluresdb_net::NetworkEngine;
+    use std::sync::Arc;
     let identity = crate::keys::identity(data_dir)?;
     let secret = crate::keys::network_secret(data_dir)?;
     let mode = pluresdb_runtime::stored_access_mode(db.store())?;
     let allowlist = pluresdb_runtime::stored_allowlist(db.store())?;
     let policy = pluresdb_security::AccessPolicy { mode, secret: Some(secret.clone()), allowlist };
-    let config =
+    let mut config =
         pluresdb_net::NetworkConfig { port: settings.bind.port(), bind_address: settings.bind.ip().to_string(), ..Default::default() };
-    let peers = std::sync::Arc::new(pluresdb_net::PeerManager::new());
+    // A node bound to loopback cannot be reached from the LAN: it neither
+    // announces itself nor browses there.
+    config.discovery.enable_mdns = settings.mdns && !settings.bind.ip().is_loopback();
+    if settings.mdns && !config.discovery.enable_mdns {
+        tracing::info!(bind = %settings.bind, "mDNS is off: the node listens on loopback only");
+    }
+    let peers = Arc::new(pluresdb_net::PeerManager::new());
     let (sync, events) = pluresdb_net::SyncHandle::channel(1_024);
-    let mut engine = pluresdb_net::QuicNetworkEngine::new(config, peers.clone(), sync).with_identity(identity).with_access_policy(policy);
+    let mut engine =
+        pluresdb_net::QuicNetworkEngine::new(config.clone(), peers.clone(), sync).with_identity(identity).with_access_policy(policy);
     engine.start().await.with_context(|| format!("cannot start the QUIC engine on {}", settings.bind))?;
     let local = engine.local_addr().context("the QUIC engine has no address")?;
+    let peer_id = engine.peer_id().context("the QUIC engine has no identity")?;
+
+    let mut announced = pluresdb_discovery::LocalPeer::new(peer_id, local.port(), secret.network_tag());
+    if !local.ip().is_unspecified() {
+        announced = announced.with_addresses(vec![local.ip()]);
+    }
+    let discovery = Arc::new(
+        pluresdb_discovery::CombinedDiscovery::new(config.discovery.clone())
+            .with_local(announced)
+            .with_bootstrap(settings.bootstrap.clone())
+            .with_peer_exchange(peers.clone()),
+    );
+    discovery.start_discovery().await.context("cannot start peer discovery")?;
+    if let Err(err) = discovery.announce_peer().await {
+        // The node is still reachable by address and ticket.
+        tracing::warn!(error = %err, "cannot announce this node on mDNS");
+    }
+    let (stop_dialling, dialling_stopped) = tokio::sync::watch::channel(false);
+    pluresdb_discovery::spawn_auto_connect(discovery.clone(), Arc::new(engine.clone()), config.max_connections, dialling_stopped);
+
     let network = pluresdb_runtime::Network {
-        engine: std::sync::Arc::new(engine.clone()),
+        engine: Arc::new(engine.clone()),
         events,
         peers,
         transport: "quic",
-        listen_addresses: vec![local.to_string()],
+        listen_addresses: reachable_addresses(local),
         on_access_change: Some({
             let engine = engine.clone();
-            std::sync::Arc::new(move |mode, allowlist| {
+            Arc::new(move |mode, allowlist| {
                 tracing::info!(mode = mode.name(), allowed = allowlist.len(), "access rule changed");
                 engine.set_access_policy(pluresdb_security::AccessPolicy { mode, secret: Some(secret.clone()), allowlist });
             })
         }),
+        discovery: Some(discovery.clone()),
     };
-    Ok((engine, network))
+    Ok(QuicNode { engine, network, discovery, stop_dialling })
 }
 
 pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSettings>, json: bool) -> anyhow::Result<()> {
@@ -82,8 +150,8 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
         #[cfg(feature = "quic")]
         let (quic, network) = match &peers {
             Some(settings) => {
-                let (engine, network) = start_quic(data_dir, settings, &db).await?;
-                (Some(engine), Some(network))
+                let QuicNode { engine, network, discovery, stop_dialling } = start_quic(data_dir, settings, &db).await?;
+                (Some((engine, discovery, stop_dialling)), Some(network))
             }
             None => (None, None),
         };
@@ -162,8 +230,11 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
         // Requests in flight have finished: say goodbye to peers, then let
         // the writer commit what it holds.
         #[cfg(feature = "quic")]
-        if let Some(mut quic) = quic {
+        if let Some((mut quic, discovery, stop_dialling)) = quic {
             use pluresdb_net::NetworkEngine;
+            let _ = stop_dialling.send(true);
+            // Withdraw the mDNS announcement: LAN peers see this node leave.
+            discovery.stop().await;
             if let Err(err) = quic.stop().await {
                 tracing::warn!(error = %err, "the QUIC engine did not stop cleanly");
             }

@@ -39,6 +39,7 @@ const ROUTES: &[&str] = &[
     "GET /peers",
     "POST /peers",
     "DELETE /peers/{peer_id}",
+    "GET /peers/discovered",
     "GET /status",
     "GET /network",
     "GET /network/invite",
@@ -336,6 +337,7 @@ fn cases(peer: &str) -> Vec<Case> {
         case("POST /peers", "/peers", huge.clone(), 413),
         case("DELETE /peers/{peer_id}", format!("/peers/{peer}"), "", 404),
         case("DELETE /peers/{peer_id}", "/peers/not-a-peer", "", 400),
+        case("GET /peers/discovered", "/peers/discovered", "", 200),
         case("GET /status", "/status", "", 200),
         case("GET /network", "/network", "", 200),
         case("GET /network/invite", "/network/invite?addresses=127.0.0.1:34569", "", 200),
@@ -524,6 +526,9 @@ fn peer_connections_answer_as_documented() {
     });
     assert!(listed, "b never listed a as connected");
     run(&b, &doc, &b_auth, &case("GET /status", "/status", "", 200));
+    let discovered = run(&b, &doc, &b_auth, &case("GET /peers/discovered", "/peers/discovered", "", 200));
+    let discovered: Value = serde_json::from_str(&discovered.body).unwrap();
+    assert_eq!(discovered["discovering"], true, "{discovered}");
     run(&b, &doc, &b_auth, &case("DELETE /peers/{peer_id}", format!("/peers/{a_id}"), "", 200));
     run(&b, &doc, &b_auth, &case("POST /peers", "/peers", r#"{"address":"no port"}"#, 400));
 

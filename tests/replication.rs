@@ -61,6 +61,37 @@ fn three_nodes_converge_on_writes_made_everywhere() {
     }
 }
 
+/// B and C joined through A only; A tells each about the other (peer
+/// exchange), they connect directly, and keep syncing once A is gone.
+#[test]
+fn nodes_that_know_one_node_learn_the_others_from_it() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = Node::start(dirs[0].path());
+    let t = ticket(dirs[0].path(), &a);
+    let b = Node::start_with(dirs[1].path(), &["--join", &t]);
+    let c = Node::start_with(dirs[2].path(), &["--join", &t]);
+    let id = |node: &Node| node.request("GET", "/network", "").1["peer_id"].as_str().unwrap().to_owned();
+    let (a_id, c_id) = (id(&a), id(&c));
+    let connected_to = |node: &Node, peer: &str| {
+        node.request("GET", "/peers", "").1["peers"].as_array().unwrap().iter().any(|p| p["peer_id"] == peer && p["connected"] == true)
+    };
+    wait_until("B and C connect to each other", || connected_to(&b, &c_id) && connected_to(&c, &id(&b)));
+    let found = b.request("GET", "/peers/discovered", "").1;
+    let c_entry = found["peers"].as_array().unwrap().iter().find(|p| p["peer_id"] == c_id).cloned();
+    let c_entry = c_entry.unwrap_or_else(|| panic!("B lists C as discovered: {found}"));
+    assert!(c_entry["methods"].as_array().unwrap().contains(&json!("exchange")), "{c_entry}");
+    assert_eq!(c_entry["via"], a_id, "{c_entry}");
+    assert_eq!(c_entry["same_network"], true);
+
+    // Without A, B and C still replicate over their own link.
+    assert!(a.stop().0);
+    assert_eq!(b.request("PUT", "/nodes/after-a", r#"{"from":"b"}"#).0, 200);
+    wait_until("C holds B's write", || c.request("GET", "/nodes/after-a", "").0 == 200);
+    for node in [c, b] {
+        assert!(node.stop().0);
+    }
+}
+
 #[test]
 fn a_stopped_node_catches_up_when_it_comes_back() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

@@ -45,11 +45,15 @@ pub enum FrameKind {
     Goodbye = 4,
     /// "Your input was refused, and why" (the connection closes next), CBOR.
     Error = 5,
+    /// Peer exchange: other peers of the network and where they listen,
+    /// CBOR.
+    Peers = 6,
 }
 
 impl FrameKind {
     /// Every kind, in code order.
-    pub const ALL: [FrameKind; 5] = [FrameKind::Hello, FrameKind::Heartbeat, FrameKind::Sync, FrameKind::Goodbye, FrameKind::Error];
+    pub const ALL: [FrameKind; 6] =
+        [FrameKind::Hello, FrameKind::Heartbeat, FrameKind::Sync, FrameKind::Goodbye, FrameKind::Error, FrameKind::Peers];
 
     /// The kind with code `code`, if there is one.
     pub fn from_code(code: u8) -> Option<Self> {
@@ -70,6 +74,7 @@ impl fmt::Display for FrameKind {
             FrameKind::Sync => "sync",
             FrameKind::Goodbye => "goodbye",
             FrameKind::Error => "error",
+            FrameKind::Peers => "peers",
         };
         f.write_str(name)
     }

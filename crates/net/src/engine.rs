@@ -33,4 +33,18 @@ pub trait NetworkEngine: Send + Sync {
     async fn get_connected_peers(&self) -> Result<Vec<PeerInfo>>;
     /// Whether `peer_id` is connected now.
     async fn is_peer_connected(&self, peer_id: &str) -> bool;
+
+    /// Dials `address`, where discovery says `peer_id` listens, and checks
+    /// that the peer there is `peer_id`. Unlike [`connect_peer`](Self::connect_peer)
+    /// the engine does not redial it: discovery decides when to try again
+    /// (the address may have moved). The default connects and disconnects
+    /// again if another peer answered.
+    async fn dial_discovered(&self, peer_id: &str, address: &str) -> Result<String> {
+        let found = self.connect_peer(address).await?;
+        if found != peer_id {
+            let _ = self.disconnect_peer(&found).await;
+            return Err(NetworkError::Connect { address: address.to_owned(), reason: format!("expected peer {peer_id}, found {found}") });
+        }
+        Ok(found)
+    }
 }

@@ -60,6 +60,7 @@ mod driver;
 mod engine;
 mod error;
 mod events;
+pub mod exchange;
 pub mod message;
 mod peer;
 #[cfg(feature = "quic")]
@@ -71,7 +72,10 @@ pub use driver::{apply as apply_peer_event, now_ms, send_transmit, SyncDriver};
 pub use engine::{NetworkEngine, Result};
 pub use error::NetworkError;
 pub use events::{PeerEvent, PeerEvents, SyncHandle};
-pub use message::{ErrorCode, Hello, NetworkMessage, NotSyncMessage, PROTOCOL_VERSION};
+pub use exchange::{usable_address, LearnedPeer, MAX_LEARNED_PEERS};
+pub use message::{
+    ErrorCode, ExchangedPeer, Hello, NetworkMessage, NotSyncMessage, MAX_EXCHANGED_ADDRESSES, MAX_EXCHANGED_PEERS, PROTOCOL_VERSION,
+};
 pub use peer::{Direction, PeerInfo, PeerManager, PeerStats, Transport, MAX_KNOWN_PEERS};
 #[cfg(feature = "quic")]
 pub use quic::QuicNetworkEngine;

@@ -39,6 +39,21 @@ pub struct Hello {
     pub proof: Option<Vec<u8>>,
 }
 
+/// One peer in a [`NetworkMessage::PeerExchange`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExchangedPeer {
+    /// The peer's id.
+    pub peer_id: String,
+    /// Where it accepts connections (`quic://ip:port`).
+    pub addresses: Vec<String>,
+}
+
+/// The most peers one `PeerExchange` may carry.
+pub const MAX_EXCHANGED_PEERS: usize = 64;
+
+/// The most addresses a peer may have in a `PeerExchange`.
+pub const MAX_EXCHANGED_ADDRESSES: usize = 8;
+
 /// Why a peer's input was refused; sent in an `Error` frame and used as the
 /// QUIC application close code of the connection that follows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -170,6 +185,14 @@ pub enum NetworkMessage {
         /// Why, for the peer's log.
         reason: String,
     },
+    /// Peer exchange: other peers of the sender's network and the addresses
+    /// they accept connections on, so the receiver can reach them directly.
+    /// At most [`MAX_EXCHANGED_PEERS`] peers of at most
+    /// [`MAX_EXCHANGED_ADDRESSES`] addresses each.
+    PeerExchange {
+        /// The peers.
+        peers: Vec<ExchangedPeer>,
+    },
     /// "Your input was refused": the connection closes after it.
     Error {
         /// What kind of refusal.
@@ -192,6 +215,7 @@ impl NetworkMessage {
             | NetworkMessage::EncodedSync(_) => FrameKind::Sync,
             NetworkMessage::Goodbye { .. } => FrameKind::Goodbye,
             NetworkMessage::Error { .. } => FrameKind::Error,
+            NetworkMessage::PeerExchange { .. } => FrameKind::Peers,
         }
     }
 
@@ -235,6 +259,7 @@ impl NetworkMessage {
                 cbor::text(&mut out, reason);
                 out.into()
             }
+            NetworkMessage::PeerExchange { peers } => encode_peers(peers).into(),
             NetworkMessage::Error { code, message } => {
                 let mut out = Vec::with_capacity(24 + message.len());
                 cbor::map(&mut out, 2);
@@ -272,6 +297,10 @@ impl NetworkMessage {
             FrameKind::Error => {
                 let (code, message) = decode_error(&frame.payload).ok_or_else(|| bad("not an error map"))?;
                 Ok(NetworkMessage::Error { code, message })
+            }
+            FrameKind::Peers => {
+                let peers = decode_peers(&frame.payload).ok_or_else(|| bad("not a peers map (or over the limits)"))?;
+                Ok(NetworkMessage::PeerExchange { peers })
             }
         }
     }
@@ -406,6 +435,74 @@ fn decode_hello(bytes: &[u8]) -> Option<Hello> {
     Some(Hello { protocol_version: version?, peer_id: peer_id?, listen_addresses: addresses.unwrap_or_default(), proof: proof? })
 }
 
+fn encode_peers(peers: &[ExchangedPeer]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + peers.len() * 96);
+    cbor::map(&mut out, 1);
+    cbor::text(&mut out, "peers");
+    cbor::array(&mut out, peers.len());
+    for peer in peers {
+        cbor::map(&mut out, 2);
+        cbor::text(&mut out, "peer_id");
+        cbor::text(&mut out, &peer.peer_id);
+        cbor::text(&mut out, "addresses");
+        cbor::array(&mut out, peer.addresses.len());
+        for address in &peer.addresses {
+            cbor::text(&mut out, address);
+        }
+    }
+    out
+}
+
+/// Reads a `peers` payload; `None` if it does not decode or is over
+/// [`MAX_EXCHANGED_PEERS`] / [`MAX_EXCHANGED_ADDRESSES`].
+fn decode_peers(bytes: &[u8]) -> Option<Vec<ExchangedPeer>> {
+    let mut reader = Reader::new(bytes);
+    let mut peers = None;
+    for _ in 0..reader.map().ok()? {
+        match reader.text().ok()? {
+            "peers" => {
+                let count = reader.array().ok()?;
+                if count > MAX_EXCHANGED_PEERS {
+                    return None;
+                }
+                let mut list = Vec::with_capacity(count);
+                for _ in 0..count {
+                    list.push(decode_exchanged_peer(&mut reader)?);
+                }
+                peers = Some(list);
+            }
+            _ => {
+                reader.value().ok()?;
+            }
+        }
+    }
+    reader.is_done().then_some(peers?)
+}
+
+fn decode_exchanged_peer(reader: &mut Reader<'_>) -> Option<ExchangedPeer> {
+    let (mut peer_id, mut addresses) = (None, None);
+    for _ in 0..reader.map().ok()? {
+        match reader.text().ok()? {
+            "peer_id" => peer_id = Some(reader.text().ok()?.to_owned()),
+            "addresses" => {
+                let count = reader.array().ok()?;
+                if count > MAX_EXCHANGED_ADDRESSES {
+                    return None;
+                }
+                let mut list = Vec::with_capacity(count);
+                for _ in 0..count {
+                    list.push(reader.text().ok()?.to_owned());
+                }
+                addresses = Some(list);
+            }
+            _ => {
+                reader.value().ok()?;
+            }
+        }
+    }
+    Some(ExchangedPeer { peer_id: peer_id?, addresses: addresses? })
+}
+
 fn decode_heartbeat(bytes: &[u8]) -> Option<(String, u64)> {
     let mut reader = Reader::new(bytes);
     let (mut peer_id, mut ms) = (None, None);
@@ -486,6 +583,26 @@ mod tests {
         round_trip(NetworkMessage::Goodbye { reason: "shutting down".into() });
         round_trip(NetworkMessage::Error { code: ErrorCode::RateLimited, message: "slow down".into() });
         round_trip(NetworkMessage::Error { code: ErrorCode::Other(999), message: String::new() });
+        round_trip(NetworkMessage::PeerExchange {
+            peers: vec![
+                ExchangedPeer { peer_id: "a".into(), addresses: vec!["quic://10.0.0.1:34569".into()] },
+                ExchangedPeer { peer_id: "b".into(), addresses: vec![] },
+            ],
+        });
+        round_trip(NetworkMessage::PeerExchange { peers: vec![] });
+    }
+
+    #[test]
+    fn peer_exchanges_over_the_limits_are_refused() {
+        let peer =
+            |n: usize, addresses: usize| ExchangedPeer { peer_id: format!("p{n}"), addresses: vec!["quic://10.0.0.1:1".into(); addresses] };
+        let too_many = NetworkMessage::PeerExchange { peers: (0..=MAX_EXCHANGED_PEERS).map(|n| peer(n, 1)).collect() };
+        assert!(NetworkMessage::from_frame(&too_many.to_frame()).is_err());
+        let too_wide = NetworkMessage::PeerExchange { peers: vec![peer(0, MAX_EXCHANGED_ADDRESSES + 1)] };
+        assert!(NetworkMessage::from_frame(&too_wide.to_frame()).is_err());
+        let at_limits =
+            NetworkMessage::PeerExchange { peers: (0..MAX_EXCHANGED_PEERS).map(|n| peer(n, MAX_EXCHANGED_ADDRESSES)).collect() };
+        assert!(NetworkMessage::from_frame(&at_limits.to_frame()).is_ok());
     }
 
     #[test]

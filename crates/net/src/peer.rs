@@ -1,11 +1,14 @@
 //! [`PeerManager`]: the registry of connected and known peers, shared by the
 //! network engines (which update it) and the node's API (which lists it).
 
+use crate::exchange::{LearnedPeer, LearnedPeers};
+use crate::message::ExchangedPeer;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 /// The most disconnected peers remembered; beyond it the one seen longest
@@ -140,6 +143,7 @@ impl Entry {
 #[derive(Debug, Default)]
 pub struct PeerManager {
     peers: RwLock<BTreeMap<String, Entry>>,
+    learned: Mutex<LearnedPeers>,
 }
 
 impl PeerManager {
@@ -211,6 +215,19 @@ impl PeerManager {
     /// How many peers are connected.
     pub fn connected_count(&self) -> usize {
         self.read().values().filter(|e| e.info.connected).count()
+    }
+
+    /// Records the peers that `via` (seen at `via_address`) told this node
+    /// (`local_peer`) about; returns how many were new or moved. See
+    /// [`crate::exchange`].
+    pub fn learn(&self, local_peer: &str, via: &str, via_address: SocketAddr, peers: Vec<ExchangedPeer>) -> usize {
+        let mut learned = self.learned.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        learned.learn(local_peer, via, via_address, peers, Utc::now())
+    }
+
+    /// The peers learned by exchange, in peer id order.
+    pub fn learned_peers(&self) -> Vec<LearnedPeer> {
+        self.learned.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).list()
     }
 }
 

@@ -21,6 +21,9 @@ pub enum Error {
     /// The network engine failed (a peer unreachable, refused, ...).
     #[error(transparent)]
     Network(pluresdb_net::NetworkError),
+    /// Discovery failed.
+    #[error(transparent)]
+    Discovery(pluresdb_discovery::DiscoveryError),
     /// The writer thread could not be started.
     #[error("cannot start the writer thread")]
     Thread(#[source] std::io::Error),

@@ -65,6 +65,8 @@ pub struct Network {
     /// Called with the access mode and the allowlist after either changes,
     /// so the transport admits peers by the new rule.
     pub on_access_change: Option<AccessHook>,
+    /// How the node finds peers (mDNS, bootstrap, exchange), if it looks.
+    pub discovery: Option<Arc<pluresdb_discovery::CombinedDiscovery>>,
 }
 
 /// See [`Network::on_access_change`].
@@ -129,6 +131,7 @@ impl Runtime {
             transport: n.transport,
             listen_addresses: n.listen_addresses.clone(),
             on_access_change: n.on_access_change.clone(),
+            discovery: n.discovery.clone(),
         });
         let writer = writer::spawn(engine, inbox, network, stats.clone(), options.max_group.max(1)).map_err(Error::Thread)?;
         let handle = Handle {
@@ -189,6 +192,7 @@ struct Link {
     transport: &'static str,
     listen_addresses: Vec<String>,
     on_access_change: Option<AccessHook>,
+    discovery: Option<Arc<pluresdb_discovery::CombinedDiscovery>>,
 }
 
 impl Handle {
@@ -243,6 +247,20 @@ impl Handle {
     /// The addresses other nodes can reach this node at.
     pub fn listen_addresses(&self) -> Vec<String> {
         self.inner.link.as_ref().map(|l| l.listen_addresses.clone()).unwrap_or_default()
+    }
+
+    /// The peers discovery found (by every method), with what found them;
+    /// empty when the node does not look for peers.
+    pub async fn discovered_peers(&self) -> Result<Vec<pluresdb_discovery::DiscoveredPeer>, Error> {
+        match self.inner.link.as_ref().and_then(|l| l.discovery.as_ref()) {
+            Some(discovery) => discovery.discover_peers().await.map_err(Error::Discovery),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Whether the node looks for peers (mDNS, bootstrap, exchange).
+    pub fn discovers(&self) -> bool {
+        self.inner.link.as_ref().is_some_and(|l| l.discovery.is_some())
     }
 
     /// The transport's view of the connected peers.

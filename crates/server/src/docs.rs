@@ -177,6 +177,39 @@ pub struct PeersDoc {
     pub peers: Vec<PeerDoc>,
 }
 
+/// A peer that discovery found.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DiscoveredPeerDoc {
+    /// The peer id, or null for a bootstrap address not connected yet.
+    pub peer_id: Option<String>,
+    /// The preferred address (`ip:port`, or `host:port` for a bootstrap
+    /// address).
+    pub address: String,
+    /// Every known address, preferred first.
+    pub addresses: Vec<String>,
+    /// What found it: `mdns`, `bootstrap`, `exchange`.
+    pub methods: Vec<String>,
+    /// When it was last heard of (RFC 3339).
+    pub last_seen: String,
+    /// Whether it belongs to this node's network; a peer of another network
+    /// (seen on the LAN) is listed but never connected to.
+    pub same_network: bool,
+    /// For a peer learned by exchange: the peer that told this node.
+    pub via: Option<String>,
+    /// Whether a connection to it is up now.
+    pub connected: bool,
+}
+
+/// What discovery found.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DiscoveredDoc {
+    /// Whether this node looks for peers (a node without a network
+    /// transport, or the CLI with no node running, does not).
+    pub discovering: bool,
+    /// The peers found, in peer id order.
+    pub peers: Vec<DiscoveredPeerDoc>,
+}
+
 /// Where to connect.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

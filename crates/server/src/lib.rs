@@ -82,6 +82,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/import", post(import::import))
         .route("/changes", get(changes::changes))
         .route("/peers", get(network::peers).post(network::connect))
+        .route("/peers/discovered", get(network::discovered))
         .route("/peers/{peer_id}", delete(network::disconnect))
         .route("/status", get(network::status))
         .route("/network", get(network::network))

@@ -11,6 +11,11 @@
 //! sequencing wants. Each stream has its own writer task fed by a bounded
 //! queue.
 //!
+//! Peer exchange: when a link comes up, the new peer is told where the
+//! other connected peers listen, and they are told where the new one does
+//! (a `peers` frame on the control stream). What a peer says goes to the
+//! [`crate::PeerManager`]'s book of learned peers, checked and bounded.
+//!
 //! Receiving: each frame is counted against the peer's [`ReceiveLimits`];
 //! sync frames go to the [`crate::SyncHandle`] (awaited, so a slow consumer
 //! slows the peer through QUIC flow control). A peer over its limits, or
@@ -23,7 +28,7 @@ use super::{lock, Registration, Running, Shared, Slot, TaskGuard, BULK_QUEUE_FRA
 use crate::codec::{Frame, FrameDecoder, FrameKind, HEADER_LEN};
 use crate::config::ReceiveLimits;
 use crate::events::PeerEvent;
-use crate::message::{ErrorCode, NetworkMessage};
+use crate::message::{ErrorCode, ExchangedPeer, NetworkMessage, MAX_EXCHANGED_ADDRESSES, MAX_EXCHANGED_PEERS};
 use crate::peer::{Direction, PeerInfo, PeerStats, Transport};
 use chrono::Utc;
 use pluresdb_security::RateLimiter;
@@ -74,6 +79,8 @@ struct Limiters {
 /// What a link's readers share.
 struct LinkContext {
     shared: Arc<Shared>,
+    /// This node's peer id.
+    local_peer: String,
     peer: String,
     connection: Connection,
     stats: Arc<PeerStats>,
@@ -130,6 +137,7 @@ pub(crate) fn start(shared: Arc<Shared>, running: &Running, connection: Connecti
     let limits = running.receive_limits;
     let context = LinkContext {
         shared,
+        local_peer: local_peer.clone(),
         peer,
         connection,
         stats,
@@ -166,6 +174,7 @@ async fn run(
     }
     let address = context.connection.remote_address().to_string();
     sync.deliver(PeerEvent::Connected { peer_id: peer.clone(), address, transport: Transport::Quic }).await;
+    exchange_peers(&context.shared, &peer);
 
     let mut control_writer = tokio::spawn(write_control(send, control_rx, context.stats.clone()));
     let bulk_writer = tokio::spawn(write_bulk(context.connection.clone(), bulk_rx, context.stats.clone()));
@@ -246,6 +255,17 @@ impl LinkContext {
             }
             kind if on_bulk_stream => Some(LinkEnd::Refuse(ErrorCode::UnexpectedMessage, format!("{kind} frame on the bulk stream"))),
             FrameKind::Hello => Some(LinkEnd::Refuse(ErrorCode::UnexpectedMessage, "hello frame after the handshake".to_owned())),
+            FrameKind::Peers => match NetworkMessage::from_frame(&frame) {
+                Ok(NetworkMessage::PeerExchange { peers }) => {
+                    let told = peers.len();
+                    let remote = self.connection.remote_address();
+                    let changed = self.shared.peers.learn(&self.local_peer, &self.peer, remote, peers);
+                    tracing::debug!(peer = %self.peer, told, changed, "peer exchange");
+                    None
+                }
+                Ok(_) => None,
+                Err(err) => Some(LinkEnd::Refuse(codec_error_code(&err), err.to_string())),
+            },
             FrameKind::Heartbeat | FrameKind::Goodbye | FrameKind::Error => match NetworkMessage::from_frame(&frame) {
                 Ok(NetworkMessage::Goodbye { reason }) => Some(LinkEnd::PeerGoodbye(reason)),
                 Ok(NetworkMessage::Error { code, message }) => Some(LinkEnd::PeerError(code, message)),
@@ -359,6 +379,39 @@ async fn write_bulk(connection: Connection, mut queue: mpsc::Receiver<Frame>, st
     }
     if let Some(mut stream) = send {
         let _ = stream.finish();
+    }
+}
+
+/// Peer exchange for a link to `peer` that just came up: tells it where the
+/// other connected peers listen, and tells them where it does. Frames that
+/// do not fit a full queue are skipped (the news is a hint; the next link
+/// change repeats it).
+fn exchange_peers(shared: &Shared, peer: &str) {
+    let connected = shared.peers.connected_peers();
+    let entry = |info: &PeerInfo| ExchangedPeer {
+        peer_id: info.peer_id.clone(),
+        addresses: info.listen_addresses.iter().take(MAX_EXCHANGED_ADDRESSES).cloned().collect(),
+    };
+    let Some(newcomer) = connected.iter().find(|info| info.peer_id == peer).map(entry) else { return };
+    let others: Vec<ExchangedPeer> = connected
+        .iter()
+        .filter(|info| info.peer_id != peer && !info.listen_addresses.is_empty())
+        .take(MAX_EXCHANGED_PEERS)
+        .map(entry)
+        .collect();
+    let state = shared.state();
+    if !others.is_empty() {
+        if let Some(link) = state.links.get(peer) {
+            let _ = link.control.try_send(NetworkMessage::PeerExchange { peers: others }.to_frame());
+        }
+    }
+    if !newcomer.addresses.is_empty() {
+        let frame = NetworkMessage::PeerExchange { peers: vec![newcomer] }.to_frame();
+        for (id, link) in &state.links {
+            if id != peer {
+                let _ = link.control.try_send(frame.clone());
+            }
+        }
     }
 }
 

@@ -619,6 +619,15 @@ impl NetworkEngine for QuicNetworkEngine {
         Ok(peer)
     }
 
+    /// Dials once, with the TLS handshake requiring `peer_id`'s
+    /// certificate; no redialling.
+    async fn dial_discovered(&self, peer_id: &str, address: &str) -> Result<String> {
+        let expected = peer_id
+            .parse::<PeerId>()
+            .map_err(|err| NetworkError::Connect { address: address.to_owned(), reason: format!("not a peer id {peer_id:?}: {err}") })?;
+        self.dial(address, Some(expected)).await
+    }
+
     async fn disconnect_peer(&self, peer_id: &str) -> Result<()> {
         let (link_found, dial_found) = {
             let mut state = self.shared.state();

@@ -25,7 +25,7 @@ GET /changes is a WebSocket of ChangeMessage documents."
     paths(
         nodes::health, nodes::list, nodes::get_node, nodes::put_node, nodes::patch_node, nodes::delete_node, nodes::history,
         conflicts::list, conflicts::resolve, import::import, changes::changes, metrics::metrics, openapi_json,
-        network::peers, network::connect, network::disconnect, network::status, network::network, network::invite,
+        network::peers, network::connect, network::disconnect, network::discovered, network::status, network::network, network::invite,
         network::trust, network::trust_mode, network::trust_add, network::trust_remove,
     ),
     components(schemas(ChangeMessage)),

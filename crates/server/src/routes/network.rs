@@ -63,6 +63,29 @@ pub async fn peers(State(state): State<ApiState>) -> Result<Json<PeersDoc>, ApiE
     Ok(Json(PeersDoc { peers }))
 }
 
+/// The peers discovery found: on the LAN (mDNS), from the bootstrap list,
+/// and from connected peers (peer exchange), with when each was last heard
+/// of.
+#[utoipa::path(get, path = "/peers/discovered", tag = "network", responses((status = 200, body = DiscoveredDoc)))]
+pub async fn discovered(State(state): State<ApiState>) -> Result<Json<DiscoveredDoc>, ApiError> {
+    let found = state.handle.discovered_peers().await?;
+    let connected = state.handle.connected_peers();
+    let peers = found
+        .into_iter()
+        .map(|peer| DiscoveredPeerDoc {
+            connected: connected.iter().any(|c| c.peer_id == peer.id),
+            peer_id: peer.peer_id().map(str::to_owned),
+            address: peer.address,
+            addresses: peer.addresses,
+            methods: peer.methods.iter().map(|m| m.as_str().to_owned()).collect(),
+            last_seen: peer.last_seen.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            same_network: peer.same_network,
+            via: peer.via,
+        })
+        .collect();
+    Ok(Json(DiscoveredDoc { discovering: state.handle.discovers(), peers }))
+}
+
 /// Connects to a node and answers its verified peer id.
 #[utoipa::path(post, path = "/peers", tag = "network", request_body = ConnectRequest,
     responses((status = 200, body = ConnectedDoc), (status = 400, body = ErrorDoc), (status = 413, body = ErrorDoc),

@@ -1,0 +1,362 @@
+//! [`spawn_auto_connect`]: the task that dials the peers discovery finds.
+
+use crate::backoff::DialBackoff;
+use crate::combined::CombinedDiscovery;
+use crate::peer::{DiscoveredPeer, DiscoveryMethod};
+use pluresdb_net::NetworkEngine;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// How often the task looks for peers to dial when the directory does not
+/// change (peer exchange and backoff expiry are noticed this way).
+pub const AUTO_CONNECT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Spawns a task that keeps `engine` connected to the peers `discovery`
+/// finds, up to `max_connections` connections in all.
+///
+/// About every second, and at once when the directory changes, it dials the
+/// discovered peers that are of this node's network
+/// ([`same_network`](DiscoveredPeer::same_network)), have a known id that is
+/// not this node's, were found by mDNS or peer exchange, are not connected
+/// and are not backing off, in peer id order, each address in turn, with
+/// [`NetworkEngine::dial_discovered`] (which checks the peer's id). A peer
+/// that cannot be reached waits 1 s, doubling up to 60 s, with ±20 % jitter
+/// ([`retry_delay`](crate::retry_delay)) before the next try. Bootstrap
+/// addresses are left to the node, which dials them itself.
+///
+/// The task ends when `shutdown` becomes `true` or its sender is dropped;
+/// a dial under way is abandoned.
+pub fn spawn_auto_connect(
+    discovery: Arc<CombinedDiscovery>,
+    engine: Arc<dyn NetworkEngine>,
+    max_connections: usize,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut dialer = AutoConnect { backoff: DialBackoff::default(), max_connections };
+        loop {
+            if *shutdown.borrow_and_update() {
+                break;
+            }
+            let changed = discovery.changed();
+            tokio::select! {
+                () = dialer.round(&discovery, engine.as_ref()) => {}
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            }
+            tokio::select! {
+                () = changed => {}
+                () = tokio::time::sleep(AUTO_CONNECT_INTERVAL) => {}
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            }
+        }
+        tracing::debug!("auto-connect stopped");
+    })
+}
+
+/// The auto-connect task's state between rounds.
+struct AutoConnect {
+    backoff: DialBackoff,
+    max_connections: usize,
+}
+
+impl AutoConnect {
+    /// Dials what can be dialled now.
+    async fn round(&mut self, discovery: &CombinedDiscovery, engine: &dyn NetworkEngine) {
+        let peers = match discovery.discover_peers().await {
+            Ok(peers) => peers,
+            Err(err) => {
+                tracing::debug!(error = %err, "auto-connect cannot list discovered peers");
+                return;
+            }
+        };
+        self.backoff.retain(|peer_id| peers.iter().any(|peer| peer.id == peer_id));
+        let mut connected = match engine.get_connected_peers().await {
+            Ok(connected) => connected.len(),
+            Err(err) => {
+                tracing::debug!(error = %err, "auto-connect cannot count connections");
+                return;
+            }
+        };
+        let local_id = discovery.local().map(|local| local.peer_id.as_str());
+        for peer in peers.iter().filter(|peer| is_candidate(peer, local_id)) {
+            if connected >= self.max_connections {
+                break;
+            }
+            if !self.backoff.ready(&peer.id, Instant::now().into_std()) {
+                continue;
+            }
+            if engine.is_peer_connected(&peer.id).await {
+                self.backoff.succeeded(&peer.id);
+                continue;
+            }
+            match dial(engine, peer).await {
+                Ok(address) => {
+                    connected += 1;
+                    self.backoff.succeeded(&peer.id);
+                    let methods: Vec<&str> = peer.methods.iter().map(|m| m.as_str()).collect();
+                    tracing::info!(peer = %peer.id, method = %methods.join(","), %address, "connected to discovered peer");
+                }
+                Err(err) => {
+                    let retry_in = self.backoff.failed(&peer.id, Instant::now().into_std());
+                    tracing::debug!(peer = %peer.id, error = %err, ?retry_in, "cannot connect to discovered peer");
+                }
+            }
+        }
+    }
+}
+
+/// Whether the task should dial `peer` (connection and backoff aside).
+fn is_candidate(peer: &DiscoveredPeer, local_id: Option<&str>) -> bool {
+    peer.same_network
+        && peer.peer_id().is_some_and(|id| Some(id) != local_id)
+        && (peer.found_by(DiscoveryMethod::Mdns) || peer.found_by(DiscoveryMethod::Exchange))
+}
+
+/// Dials `peer`'s addresses in turn; returns the one that worked, or the
+/// last error.
+async fn dial(engine: &dyn NetworkEngine, peer: &DiscoveredPeer) -> pluresdb_net::Result<String> {
+    let mut last_error = None;
+    for address in &peer.addresses {
+        match engine.dial_discovered(&peer.id, address).await {
+            Ok(_) => return Ok(address.clone()),
+            Err(err) => {
+                tracing::trace!(peer = %peer.id, %address, error = %err, "dial failed");
+                last_error = Some(err);
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| pluresdb_net::NetworkError::Connect {
+        address: String::new(),
+        reason: format!("no address known for {}", peer.id),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::announcement::Announcement;
+    use crate::backoff::retry_delay;
+    use crate::peer::LocalPeer;
+    use crate::test_support::peer_id;
+    use chrono::Utc;
+    use pluresdb_net::{Direction, DiscoveryConfig, ExchangedPeer, NetworkError, NetworkMessage, PeerInfo, PeerManager, Transport};
+    use std::collections::{BTreeSet, HashMap};
+    use std::sync::Mutex;
+
+    /// A network engine that connects a dial when `reachable` says the
+    /// peer is at that address, and records every dial.
+    #[derive(Default)]
+    struct FakeEngine {
+        reachable: Mutex<HashMap<String, String>>,
+        connected: Mutex<BTreeSet<String>>,
+        dials: Mutex<Vec<(String, String, Instant)>>,
+    }
+
+    impl FakeEngine {
+        fn reachable(self, peer: &str, address: &str) -> Self {
+            self.reachable.lock().unwrap().insert(address.to_owned(), peer.to_owned());
+            self
+        }
+
+        fn connected(&self) -> BTreeSet<String> {
+            self.connected.lock().unwrap().clone()
+        }
+
+        fn dials(&self) -> Vec<(String, String, Instant)> {
+            self.dials.lock().unwrap().clone()
+        }
+
+        fn dialled_peers(&self) -> BTreeSet<String> {
+            self.dials().into_iter().map(|(peer, _, _)| peer).collect()
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl NetworkEngine for FakeEngine {
+        async fn initialize(&mut self) -> pluresdb_net::Result<()> {
+            Ok(())
+        }
+        async fn start(&mut self) -> pluresdb_net::Result<()> {
+            Ok(())
+        }
+        async fn stop(&mut self) -> pluresdb_net::Result<()> {
+            Ok(())
+        }
+        async fn send_message(&self, _: &str, _: NetworkMessage) -> pluresdb_net::Result<()> {
+            Ok(())
+        }
+        async fn broadcast_message(&self, _: NetworkMessage) -> pluresdb_net::Result<()> {
+            Ok(())
+        }
+        async fn connect_peer(&self, address: &str) -> pluresdb_net::Result<String> {
+            Err(NetworkError::Connect { address: address.to_owned(), reason: "auto-connect must use dial_discovered".into() })
+        }
+        async fn disconnect_peer(&self, peer_id: &str) -> pluresdb_net::Result<()> {
+            self.connected.lock().unwrap().remove(peer_id);
+            Ok(())
+        }
+        async fn get_connected_peers(&self) -> pluresdb_net::Result<Vec<PeerInfo>> {
+            let now = Utc::now();
+            Ok(self
+                .connected()
+                .into_iter()
+                .map(|peer_id| PeerInfo {
+                    peer_id,
+                    address: "192.0.2.250:1".into(),
+                    transport: Transport::Quic,
+                    direction: Direction::Dialled,
+                    listen_addresses: vec![],
+                    connected_at: now,
+                    last_seen: now,
+                    rtt: None,
+                    bytes_sent: 0,
+                    bytes_received: 0,
+                    connected: true,
+                })
+                .collect())
+        }
+        async fn is_peer_connected(&self, peer_id: &str) -> bool {
+            self.connected.lock().unwrap().contains(peer_id)
+        }
+        async fn dial_discovered(&self, peer_id: &str, address: &str) -> pluresdb_net::Result<String> {
+            self.dials.lock().unwrap().push((peer_id.to_owned(), address.to_owned(), Instant::now()));
+            if self.reachable.lock().unwrap().get(address).map(String::as_str) == Some(peer_id) {
+                self.connected.lock().unwrap().insert(peer_id.to_owned());
+                Ok(peer_id.to_owned())
+            } else {
+                Err(NetworkError::Connect { address: address.to_owned(), reason: "unreachable".into() })
+            }
+        }
+    }
+
+    const TAG: &str = "aaaa";
+
+    fn discovery(peers: Option<Arc<PeerManager>>, bootstrap: Vec<String>) -> Arc<CombinedDiscovery> {
+        let mut discovery =
+            CombinedDiscovery::new(DiscoveryConfig::default()).with_local(LocalPeer::new(peer_id(0), 34569, TAG)).with_bootstrap(bootstrap);
+        if let Some(peers) = peers {
+            discovery = discovery.with_peer_exchange(peers);
+        }
+        Arc::new(discovery)
+    }
+
+    fn announce(discovery: &CombinedDiscovery, peer: &str, tag: &str, addresses: &[&str]) {
+        let announcement = Announcement {
+            fullname: format!("pluresdb-{}._pluresdb._tcp.local.", &peer[..16]),
+            peer_id: peer.to_owned(),
+            network_tag: tag.to_owned(),
+            addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+        };
+        discovery.directory().update(|d| d.record_mdns(announcement, Utc::now()));
+    }
+
+    /// Waits (in virtual time) until `done`, at most a minute.
+    async fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: not within a minute");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dials_peers_of_this_network_found_by_mdns_or_exchange_only() {
+        let (lan, stranger, exchanged, bootstrapped) = (peer_id(1), peer_id(2), peer_id(3), peer_id(4));
+        let manager = Arc::new(PeerManager::new());
+        let learned = ExchangedPeer { peer_id: exchanged.clone(), addresses: vec!["quic://192.0.2.30:34569".into()] };
+        manager.learn(&peer_id(0), &peer_id(9), "192.0.2.9:34569".parse().unwrap(), vec![learned]);
+        let discovery = discovery(Some(manager), vec!["192.0.2.40:34569".into()]);
+        // The LAN peer answers only at its second address.
+        announce(&discovery, &lan, TAG, &["192.0.2.10:34569", "192.0.2.11:34569"]);
+        announce(&discovery, &stranger, "bbbb", &["192.0.2.20:34569"]);
+        let engine = Arc::new(
+            FakeEngine::default()
+                .reachable(&lan, "192.0.2.11:34569")
+                .reachable(&stranger, "192.0.2.20:34569")
+                .reachable(&exchanged, "192.0.2.30:34569")
+                .reachable(&bootstrapped, "192.0.2.40:34569"),
+        );
+        let (stop, shutdown) = watch::channel(false);
+        let task = spawn_auto_connect(discovery.clone(), engine.clone(), 10, shutdown);
+
+        wait_until("both connected", || engine.connected().len() == 2).await;
+        assert_eq!(engine.connected(), BTreeSet::from([lan.clone(), exchanged.clone()]));
+        let lan_dials: Vec<String> = engine.dials().into_iter().filter(|(p, _, _)| *p == lan).map(|(_, a, _)| a).collect();
+        assert_eq!(lan_dials, ["192.0.2.10:34569", "192.0.2.11:34569"], "each address in turn");
+
+        // Rounds go on; connected peers, other networks and bootstrap
+        // addresses are not dialled.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(engine.dials().len(), 3);
+        assert_eq!(engine.dialled_peers(), BTreeSet::from([lan.clone(), exchanged.clone()]));
+
+        // A dropped connection is dialled again.
+        engine.disconnect_peer(&lan).await.unwrap();
+        wait_until("redialled", || engine.connected().contains(&lan)).await;
+
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unreachable_peers_back_off_exponentially() {
+        let (dead, alive) = (peer_id(1), peer_id(2));
+        let discovery = discovery(None, vec![]);
+        announce(&discovery, &dead, TAG, &["192.0.2.10:34569"]);
+        let engine = Arc::new(FakeEngine::default().reachable(&alive, "192.0.2.20:34569"));
+        let (_stop, shutdown) = watch::channel(false);
+        let task = spawn_auto_connect(discovery.clone(), engine.clone(), 10, shutdown);
+
+        let dead_dials = || engine.dials().into_iter().filter(|(p, _, _)| *p == dead).map(|(_, _, at)| at).collect::<Vec<_>>();
+        wait_until("six tries", || dead_dials().len() >= 6).await;
+        let times = dead_dials();
+        for (failures, pair) in (1u32..).zip(times.windows(2)) {
+            let gap = pair[1] - pair[0];
+            let delay = retry_delay(&dead, failures);
+            // A retry waits for its delay, then for the next round.
+            assert!(gap >= delay && gap <= delay + AUTO_CONNECT_INTERVAL + Duration::from_millis(50), "#{failures}: {gap:?} vs {delay:?}");
+        }
+
+        // News of a peer is acted on at once, not at the next tick.
+        let before = Instant::now();
+        announce(&discovery, &alive, TAG, &["192.0.2.20:34569"]);
+        wait_until("the new peer connected", || engine.connected().contains(&alive)).await;
+        assert!(Instant::now() - before < AUTO_CONNECT_INTERVAL / 2);
+
+        // Dropping the shutdown sender ends the task too.
+        drop(_stop);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_stay_within_the_limit() {
+        let peers = [peer_id(1), peer_id(2), peer_id(3)];
+        let addresses = ["192.0.2.21:1", "192.0.2.22:1", "192.0.2.23:1"];
+        let discovery = discovery(None, vec![]);
+        let mut engine = FakeEngine::default();
+        for (peer, address) in peers.iter().zip(addresses) {
+            announce(&discovery, peer, TAG, &[address]);
+            engine = engine.reachable(peer, address);
+        }
+        let engine = Arc::new(engine);
+        let (stop, shutdown) = watch::channel(false);
+        let task = spawn_auto_connect(discovery.clone(), engine.clone(), 2, shutdown);
+
+        wait_until("two connected", || engine.connected().len() == 2).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(engine.connected().len(), 2);
+        assert_eq!(engine.dials().len(), 2, "no dial beyond the limit");
+
+        // A freed slot is filled.
+        let first = engine.connected().into_iter().next().unwrap();
+        engine.disconnect_peer(&first).await.unwrap();
+        wait_until("slot filled", || engine.connected().len() == 2).await;
+        assert_eq!(engine.dials().len(), 3);
+
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+}
