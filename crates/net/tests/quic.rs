@@ -375,3 +375,23 @@ async fn peers_learn_each_other_through_a_common_peer_and_dial_them_checked() {
     connected(&mut c.events, &b.id).await;
     connected(&mut b.events, &c.id).await;
 }
+
+#[tokio::test]
+async fn a_peer_the_new_access_rule_refuses_is_disconnected() {
+    let mut a = node(1).await;
+    let mut b = node(2).await;
+    let c = node(3).await;
+    b.engine.connect_peer(&a.addr.to_string()).await.unwrap();
+    c.engine.connect_peer(&a.addr.to_string()).await.unwrap();
+    connected(&mut a.events, &b.id).await;
+    connected(&mut a.events, &c.id).await;
+    // Allowlist mode with only c: b goes, c stays.
+    let policy =
+        AccessPolicy { mode: AccessMode::Allowlist, secret: Some(common::secret()), allowlist: [c.id.clone()].into_iter().collect() };
+    a.engine.set_access_policy(policy);
+    let reason = disconnected(&mut a.events, &b.id).await;
+    assert!(reason.contains("no longer admitted"), "{reason}");
+    let on_b = disconnected(&mut b.events, &a.id).await;
+    assert!(on_b.contains("no longer admitted"), "b is told why: {on_b}");
+    assert!(a.engine.is_peer_connected(&c.id).await);
+}

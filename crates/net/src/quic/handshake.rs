@@ -46,6 +46,8 @@ pub struct Handshaken {
     /// The control stream's decoder, holding any bytes read past the
     /// handshake.
     pub decoder: FrameDecoder,
+    /// Whether the peer proved it holds the network secret.
+    pub proof_ok: bool,
 }
 
 /// A failed handshake: the error, and the refusal to send the peer if
@@ -214,7 +216,7 @@ async fn exchange(
             return Err(Failure::refuse(handshake_error(message.clone()), send, recv, code, message));
         }
     }
-    Ok(Handshaken { peer_id: peer_text, hello: their_hello, send, recv, decoder })
+    Ok(Handshaken { peer_id: peer_text, hello: their_hello, send, recv, decoder, proof_ok })
 }
 
 enum ReadOutcome {

@@ -47,6 +47,9 @@ pub(crate) struct Link {
     pub(crate) dialler: String,
     pub(crate) control: mpsc::Sender<Frame>,
     pub(crate) bulk: mpsc::Sender<Frame>,
+    /// Whether the peer proved the network secret in the handshake, so a
+    /// changed access policy can be checked against the links it admitted.
+    pub(crate) proof_ok: bool,
     closer: watch::Sender<Option<String>>,
 }
 
@@ -102,7 +105,7 @@ pub(crate) fn start(shared: Arc<Shared>, running: &Running, connection: Connecti
     let (bulk, bulk_rx) = mpsc::channel(BULK_QUEUE_FRAMES);
     let (closer, close_rx) = watch::channel(None);
     let id = shared.next_link_id();
-    let link = Link { id, peer_id: peer.clone(), dialler, control: control.clone(), bulk, closer };
+    let link = Link { id, peer_id: peer.clone(), dialler, control: control.clone(), bulk, proof_ok: done.proof_ok, closer };
     let registration = shared.register(link);
     drop(slot);
     match registration {

@@ -244,12 +244,34 @@ impl QuicNetworkEngine {
     }
 
     /// Admits peers by `policy` from now on (the allowlist or the mode
-    /// changed). Connections already up stay up.
+    /// changed), and closes the connections of peers it no longer admits
+    /// (they are told why, and are not redialled).
     pub fn set_access_policy(&self, policy: AccessPolicy) {
         lock(&self.shared.settings).policy = Some(policy.clone());
-        let mut keys = lock(&self.shared.keys);
-        if let Some(current) = keys.as_ref() {
-            *keys = Some(Arc::new(Keys { policy, ..Keys::clone(current) }));
+        {
+            let mut keys = lock(&self.shared.keys);
+            if let Some(current) = keys.as_ref() {
+                *keys = Some(Arc::new(Keys { policy: policy.clone(), ..Keys::clone(current) }));
+            }
+        }
+        let mut state = self.shared.state();
+        let refused: Vec<(String, String)> = state
+            .links
+            .values()
+            .filter_map(|link| policy.admits(&link.peer_id, link.proof_ok).err().map(|denied| (link.peer_id.clone(), denied.to_string())))
+            .collect();
+        for (peer, reason) in refused {
+            tracing::info!(%peer, %reason, "the access rule no longer admits a connected peer; disconnecting it");
+            state.dials.retain(|_, dial| {
+                let matches = dial.peer.as_deref() == Some(peer.as_str());
+                if matches {
+                    let _ = dial.cancel.send(true);
+                }
+                !matches
+            });
+            if let Some(link) = state.links.get(&peer) {
+                link.close(&format!("no longer admitted: {reason}"));
+            }
         }
     }
 
