@@ -57,8 +57,9 @@ const WARMUP_PEERS: usize = 10;
 /// allocator's segments), which is 41 KiB per peer over 50 peers: too
 /// coarse to judge 64 KiB. Over 250 peers a step is 8 KiB.
 const NODE_SIDE_PEERS: usize = 250;
-/// How long the connected peers are left idle before RSS is read.
-const IDLE_FOR: Duration = Duration::from_secs(3);
+/// How long the connected peers are left idle before RSS is read: past the
+/// 5 s heartbeat interval, so the figure includes a heartbeat round.
+const IDLE_FOR: Duration = Duration::from_secs(7);
 /// The network secret every engine here shares (also the child's).
 const SECRET: [u8; 32] = [9; 32];
 /// Set in the child process that runs the node of phase 4's node-side run.

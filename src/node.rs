@@ -92,8 +92,10 @@ async fn start_quic(data_dir: &Path, settings: &PeerSettings, db: &Replica) -> a
     }
     let peers = Arc::new(pluresdb_net::PeerManager::new());
     let (sync, events) = pluresdb_net::SyncHandle::channel(1_024);
-    let mut engine =
-        pluresdb_net::QuicNetworkEngine::new(config.clone(), peers.clone(), sync).with_identity(identity).with_access_policy(policy);
+    let mut engine = pluresdb_net::QuicNetworkEngine::new(config.clone(), peers.clone(), sync)
+        .with_identity(identity)
+        .with_access_policy(policy)
+        .with_peer_exchange(true);
     engine.start().await.with_context(|| format!("cannot start the QUIC engine on {}", settings.bind))?;
     let local = engine.local_addr().context("the QUIC engine has no address")?;
     let peer_id = engine.peer_id().context("the QUIC engine has no identity")?;

@@ -71,17 +71,19 @@ fn nodes_that_know_one_node_learn_the_others_from_it() {
     let b = Node::start_with(dirs[1].path(), &["--join", &t]);
     let c = Node::start_with(dirs[2].path(), &["--join", &t]);
     let id = |node: &Node| node.request("GET", "/network", "").1["peer_id"].as_str().unwrap().to_owned();
-    let (a_id, c_id) = (id(&a), id(&c));
+    let (a_id, b_id, c_id) = (id(&a), id(&b), id(&c));
     let connected_to = |node: &Node, peer: &str| {
         node.request("GET", "/peers", "").1["peers"].as_array().unwrap().iter().any(|p| p["peer_id"] == peer && p["connected"] == true)
     };
-    wait_until("B and C connect to each other", || connected_to(&b, &c_id) && connected_to(&c, &id(&b)));
-    let found = b.request("GET", "/peers/discovered", "").1;
-    let c_entry = found["peers"].as_array().unwrap().iter().find(|p| p["peer_id"] == c_id).cloned();
-    let c_entry = c_entry.unwrap_or_else(|| panic!("B lists C as discovered: {found}"));
-    assert!(c_entry["methods"].as_array().unwrap().contains(&json!("exchange")), "{c_entry}");
-    assert_eq!(c_entry["via"], a_id, "{c_entry}");
-    assert_eq!(c_entry["same_network"], true);
+    wait_until("B and C connect to each other", || connected_to(&b, &c_id) && connected_to(&c, &b_id));
+    // C, the later one, asked A for its peers and dialled B.
+    let found = c.request("GET", "/peers/discovered", "").1;
+    let b_entry = found["peers"].as_array().unwrap().iter().find(|p| p["peer_id"] == b_id).cloned();
+    let b_entry = b_entry.unwrap_or_else(|| panic!("C lists B as discovered: {found}"));
+    assert!(b_entry["methods"].as_array().unwrap().contains(&json!("exchange")), "{b_entry}");
+    assert_eq!(b_entry["via"], a_id, "{b_entry}");
+    assert_eq!(b_entry["same_network"], true);
+    assert_eq!(b_entry["connected"], true);
 
     // Without A, B and C still replicate over their own link.
     assert!(a.stop().0);

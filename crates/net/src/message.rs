@@ -192,6 +192,9 @@ pub enum NetworkMessage {
     PeerExchange {
         /// The peers.
         peers: Vec<ExchangedPeer>,
+        /// "Tell me your peers": the receiver answers with a `PeerExchange`
+        /// of its own.
+        request: bool,
     },
     /// "Your input was refused": the connection closes after it.
     Error {
@@ -259,7 +262,7 @@ impl NetworkMessage {
                 cbor::text(&mut out, reason);
                 out.into()
             }
-            NetworkMessage::PeerExchange { peers } => encode_peers(peers).into(),
+            NetworkMessage::PeerExchange { peers, request } => encode_peers(peers, *request).into(),
             NetworkMessage::Error { code, message } => {
                 let mut out = Vec::with_capacity(24 + message.len());
                 cbor::map(&mut out, 2);
@@ -299,8 +302,8 @@ impl NetworkMessage {
                 Ok(NetworkMessage::Error { code, message })
             }
             FrameKind::Peers => {
-                let peers = decode_peers(&frame.payload).ok_or_else(|| bad("not a peers map (or over the limits)"))?;
-                Ok(NetworkMessage::PeerExchange { peers })
+                let (peers, request) = decode_peers(&frame.payload).ok_or_else(|| bad("not a peers map (or over the limits)"))?;
+                Ok(NetworkMessage::PeerExchange { peers, request })
             }
         }
     }
@@ -435,9 +438,11 @@ fn decode_hello(bytes: &[u8]) -> Option<Hello> {
     Some(Hello { protocol_version: version?, peer_id: peer_id?, listen_addresses: addresses.unwrap_or_default(), proof: proof? })
 }
 
-fn encode_peers(peers: &[ExchangedPeer]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + peers.len() * 96);
-    cbor::map(&mut out, 1);
+fn encode_peers(peers: &[ExchangedPeer], request: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24 + peers.len() * 96);
+    cbor::map(&mut out, 2);
+    cbor::text(&mut out, "request");
+    cbor::boolean(&mut out, request);
     cbor::text(&mut out, "peers");
     cbor::array(&mut out, peers.len());
     for peer in peers {
@@ -453,13 +458,15 @@ fn encode_peers(peers: &[ExchangedPeer]) -> Vec<u8> {
     out
 }
 
-/// Reads a `peers` payload; `None` if it does not decode or is over
+/// Reads a `peers` payload (the peers, and whether it asks for the
+/// receiver's); `None` if it does not decode or is over
 /// [`MAX_EXCHANGED_PEERS`] / [`MAX_EXCHANGED_ADDRESSES`].
-fn decode_peers(bytes: &[u8]) -> Option<Vec<ExchangedPeer>> {
+fn decode_peers(bytes: &[u8]) -> Option<(Vec<ExchangedPeer>, bool)> {
     let mut reader = Reader::new(bytes);
-    let mut peers = None;
+    let (mut peers, mut request) = (None, false);
     for _ in 0..reader.map().ok()? {
         match reader.text().ok()? {
+            "request" => request = reader.boolean().ok()?,
             "peers" => {
                 let count = reader.array().ok()?;
                 if count > MAX_EXCHANGED_PEERS {
@@ -476,7 +483,7 @@ fn decode_peers(bytes: &[u8]) -> Option<Vec<ExchangedPeer>> {
             }
         }
     }
-    reader.is_done().then_some(peers?)
+    reader.is_done().then_some((peers?, request))
 }
 
 fn decode_exchanged_peer(reader: &mut Reader<'_>) -> Option<ExchangedPeer> {
@@ -588,20 +595,23 @@ mod tests {
                 ExchangedPeer { peer_id: "a".into(), addresses: vec!["quic://10.0.0.1:34569".into()] },
                 ExchangedPeer { peer_id: "b".into(), addresses: vec![] },
             ],
+            request: false,
         });
-        round_trip(NetworkMessage::PeerExchange { peers: vec![] });
+        round_trip(NetworkMessage::PeerExchange { peers: vec![], request: true });
     }
 
     #[test]
     fn peer_exchanges_over_the_limits_are_refused() {
         let peer =
             |n: usize, addresses: usize| ExchangedPeer { peer_id: format!("p{n}"), addresses: vec!["quic://10.0.0.1:1".into(); addresses] };
-        let too_many = NetworkMessage::PeerExchange { peers: (0..=MAX_EXCHANGED_PEERS).map(|n| peer(n, 1)).collect() };
+        let too_many = NetworkMessage::PeerExchange { peers: (0..=MAX_EXCHANGED_PEERS).map(|n| peer(n, 1)).collect(), request: false };
         assert!(NetworkMessage::from_frame(&too_many.to_frame()).is_err());
-        let too_wide = NetworkMessage::PeerExchange { peers: vec![peer(0, MAX_EXCHANGED_ADDRESSES + 1)] };
+        let too_wide = NetworkMessage::PeerExchange { peers: vec![peer(0, MAX_EXCHANGED_ADDRESSES + 1)], request: false };
         assert!(NetworkMessage::from_frame(&too_wide.to_frame()).is_err());
-        let at_limits =
-            NetworkMessage::PeerExchange { peers: (0..MAX_EXCHANGED_PEERS).map(|n| peer(n, MAX_EXCHANGED_ADDRESSES)).collect() };
+        let at_limits = NetworkMessage::PeerExchange {
+            peers: (0..MAX_EXCHANGED_PEERS).map(|n| peer(n, MAX_EXCHANGED_ADDRESSES)).collect(),
+            request: false,
+        };
         assert!(NetworkMessage::from_frame(&at_limits.to_frame()).is_ok());
     }
 

@@ -11,10 +11,11 @@
 //! sequencing wants. Each stream has its own writer task fed by a bounded
 //! queue.
 //!
-//! Peer exchange: when a link comes up, the new peer is told where the
-//! other connected peers listen, and they are told where the new one does
-//! (a `peers` frame on the control stream). What a peer says goes to the
-//! [`crate::PeerManager`]'s book of learned peers, checked and bounded.
+//! Peer exchange: a node that looks for peers asks each new peer for the
+//! peers it knows (a `peers` frame with `request`); the answer names up to
+//! [`EXCHANGE_ANSWER_PEERS`] connected peers and where they listen, at most
+//! once per [`EXCHANGE_ANSWER_INTERVAL`] per link. What a peer says goes to
+//! the [`crate::PeerManager`]'s book of learned peers, checked and bounded.
 //!
 //! Receiving: each frame is counted against the peer's [`ReceiveLimits`];
 //! sync frames go to the [`crate::SyncHandle`] (awaited, so a slow consumer
@@ -28,7 +29,7 @@ use super::{lock, Registration, Running, Shared, Slot, TaskGuard, BULK_QUEUE_FRA
 use crate::codec::{Frame, FrameDecoder, FrameKind, HEADER_LEN};
 use crate::config::ReceiveLimits;
 use crate::events::PeerEvent;
-use crate::message::{ErrorCode, ExchangedPeer, NetworkMessage, MAX_EXCHANGED_ADDRESSES, MAX_EXCHANGED_PEERS};
+use crate::message::{ErrorCode, ExchangedPeer, NetworkMessage, MAX_EXCHANGED_ADDRESSES};
 use crate::peer::{Direction, PeerInfo, PeerStats, Transport};
 use chrono::Utc;
 use pluresdb_security::RateLimiter;
@@ -37,6 +38,17 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{mpsc, watch};
+
+/// The most peers one answer to a peer exchange request names: small enough
+/// for one datagram (a bigger one makes quinn keep a bigger send buffer on
+/// every connection); a newcomer learns the rest from the peers it dials.
+pub(crate) const EXCHANGE_ANSWER_PEERS: usize = 8;
+
+/// How often a node that looks for peers asks each connected peer again.
+pub(crate) const EXCHANGE_ASK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How often a link answers peer exchange requests at most.
+pub(crate) const EXCHANGE_ANSWER_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A registered link, as the engine's link table holds it.
 pub(crate) struct Link {
@@ -84,6 +96,8 @@ struct LinkContext {
     shared: Arc<Shared>,
     /// This node's peer id.
     local_peer: String,
+    /// When this link last answered a peer exchange request.
+    last_exchange_answer: Mutex<Option<Instant>>,
     peer: String,
     connection: Connection,
     stats: Arc<PeerStats>,
@@ -141,6 +155,7 @@ pub(crate) fn start(shared: Arc<Shared>, running: &Running, connection: Connecti
     let context = LinkContext {
         shared,
         local_peer: local_peer.clone(),
+        last_exchange_answer: Mutex::new(None),
         peer,
         connection,
         stats,
@@ -177,7 +192,9 @@ async fn run(
     }
     let address = context.connection.remote_address().to_string();
     sync.deliver(PeerEvent::Connected { peer_id: peer.clone(), address, transport: Transport::Quic }).await;
-    exchange_peers(&context.shared, &peer);
+    if context.shared.ask_for_peers.load(std::sync::atomic::Ordering::Relaxed) {
+        let _ = control.try_send(NetworkMessage::PeerExchange { peers: Vec::new(), request: true }.to_frame());
+    }
 
     let mut control_writer = tokio::spawn(write_control(send, control_rx, context.stats.clone()));
     let bulk_writer = tokio::spawn(write_bulk(context.connection.clone(), bulk_rx, context.stats.clone()));
@@ -259,11 +276,16 @@ impl LinkContext {
             kind if on_bulk_stream => Some(LinkEnd::Refuse(ErrorCode::UnexpectedMessage, format!("{kind} frame on the bulk stream"))),
             FrameKind::Hello => Some(LinkEnd::Refuse(ErrorCode::UnexpectedMessage, "hello frame after the handshake".to_owned())),
             FrameKind::Peers => match NetworkMessage::from_frame(&frame) {
-                Ok(NetworkMessage::PeerExchange { peers }) => {
-                    let told = peers.len();
-                    let remote = self.connection.remote_address();
-                    let changed = self.shared.peers.learn(&self.local_peer, &self.peer, remote, peers);
-                    tracing::debug!(peer = %self.peer, told, changed, "peer exchange");
+                Ok(NetworkMessage::PeerExchange { peers, request }) => {
+                    if !peers.is_empty() {
+                        let told = peers.len();
+                        let remote = self.connection.remote_address();
+                        let changed = self.shared.peers.learn(&self.local_peer, &self.peer, remote, peers);
+                        tracing::debug!(peer = %self.peer, told, changed, "peer exchange");
+                    }
+                    if request {
+                        self.answer_exchange();
+                    }
                     None
                 }
                 Ok(_) => None,
@@ -275,6 +297,36 @@ impl LinkContext {
                 Ok(_) => None,
                 Err(err) => Some(LinkEnd::Refuse(codec_error_code(&err), err.to_string())),
             },
+        }
+    }
+
+    /// Answers the peer's request for the peers this node knows: up to
+    /// [`EXCHANGE_ANSWER_PEERS`] others that are connected, with where they
+    /// listen. At most one answer per [`EXCHANGE_ANSWER_INTERVAL`]; a
+    /// request over that, or one that does not fit the queue, is dropped.
+    fn answer_exchange(&self) {
+        {
+            let mut last = lock(&self.last_exchange_answer);
+            if last.is_some_and(|at| at.elapsed() < EXCHANGE_ANSWER_INTERVAL) {
+                tracing::debug!(peer = %self.peer, "peer exchange request too soon after the last; ignored");
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let peers: Vec<ExchangedPeer> = self
+            .shared
+            .peers
+            .connected_peers()
+            .into_iter()
+            .filter(|info| info.peer_id != self.peer && !info.listen_addresses.is_empty())
+            .take(EXCHANGE_ANSWER_PEERS)
+            .map(|info| ExchangedPeer {
+                peer_id: info.peer_id,
+                addresses: info.listen_addresses.into_iter().take(MAX_EXCHANGED_ADDRESSES).collect(),
+            })
+            .collect();
+        if let Some(link) = self.shared.state().links.get(&self.peer) {
+            let _ = link.control.try_send(NetworkMessage::PeerExchange { peers, request: false }.to_frame());
         }
     }
 
@@ -342,6 +394,7 @@ async fn read_bulk(context: &LinkContext) -> LinkEnd {
 async fn heartbeat(context: &LinkContext, control: mpsc::Sender<Frame>, local_peer: String, interval: std::time::Duration) -> LinkEnd {
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_ask = Instant::now();
     loop {
         ticker.tick().await;
         context.stats.record_rtt(context.connection.rtt());
@@ -349,6 +402,11 @@ async fn heartbeat(context: &LinkContext, control: mpsc::Sender<Frame>, local_pe
         // A full control queue means the peer is not reading; the idle
         // timeout or the queue itself will tell.
         let _ = control.try_send(beat.to_frame());
+        // Peers that joined after this link came up are learned this way.
+        if context.shared.ask_for_peers.load(std::sync::atomic::Ordering::Relaxed) && last_ask.elapsed() >= EXCHANGE_ASK_INTERVAL {
+            last_ask = Instant::now();
+            let _ = control.try_send(NetworkMessage::PeerExchange { peers: Vec::new(), request: true }.to_frame());
+        }
     }
 }
 
@@ -382,39 +440,6 @@ async fn write_bulk(connection: Connection, mut queue: mpsc::Receiver<Frame>, st
     }
     if let Some(mut stream) = send {
         let _ = stream.finish();
-    }
-}
-
-/// Peer exchange for a link to `peer` that just came up: tells it where the
-/// other connected peers listen, and tells them where it does. Frames that
-/// do not fit a full queue are skipped (the news is a hint; the next link
-/// change repeats it).
-fn exchange_peers(shared: &Shared, peer: &str) {
-    let connected = shared.peers.connected_peers();
-    let entry = |info: &PeerInfo| ExchangedPeer {
-        peer_id: info.peer_id.clone(),
-        addresses: info.listen_addresses.iter().take(MAX_EXCHANGED_ADDRESSES).cloned().collect(),
-    };
-    let Some(newcomer) = connected.iter().find(|info| info.peer_id == peer).map(entry) else { return };
-    let others: Vec<ExchangedPeer> = connected
-        .iter()
-        .filter(|info| info.peer_id != peer && !info.listen_addresses.is_empty())
-        .take(MAX_EXCHANGED_PEERS)
-        .map(entry)
-        .collect();
-    let state = shared.state();
-    if !others.is_empty() {
-        if let Some(link) = state.links.get(peer) {
-            let _ = link.control.try_send(NetworkMessage::PeerExchange { peers: others }.to_frame());
-        }
-    }
-    if !newcomer.addresses.is_empty() {
-        let frame = NetworkMessage::PeerExchange { peers: vec![newcomer] }.to_frame();
-        for (id, link) in &state.links {
-            if id != peer {
-                let _ = link.control.try_send(frame.clone());
-            }
-        }
     }
 }
 

@@ -102,6 +102,8 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     /// Woken whenever a link is registered or removed.
     pub(crate) links_changed: Notify,
+    /// Whether each new link asks its peer for the peers it knows.
+    pub(crate) ask_for_peers: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -206,6 +208,7 @@ impl QuicNetworkEngine {
             keys: Mutex::new(None),
             state: Mutex::new(State::default()),
             links_changed: Notify::new(),
+            ask_for_peers: std::sync::atomic::AtomicBool::new(false),
         };
         Self { shared: Arc::new(shared) }
     }
@@ -229,6 +232,16 @@ impl QuicNetworkEngine {
     /// [`ReceiveLimits::default`]). Takes effect at the next `start`.
     pub fn with_receive_limits(self, limits: ReceiveLimits) -> Self {
         lock(&self.shared.settings).limits = limits;
+        self
+    }
+
+    /// Asks every newly connected peer for the peers it knows (peer
+    /// exchange), which then show in the [`PeerManager`]'s learned peers for
+    /// discovery to dial. Off by default: a node that does not look for
+    /// peers has no use for them. Requests from peers are answered either
+    /// way.
+    pub fn with_peer_exchange(self, ask: bool) -> Self {
+        self.shared.ask_for_peers.store(ask, std::sync::atomic::Ordering::Relaxed);
         self
     }
 

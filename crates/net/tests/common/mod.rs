@@ -42,11 +42,13 @@ pub struct Options {
     pub policy: AccessPolicy,
     pub config: NetworkConfig,
     pub limits: ReceiveLimits,
+    /// Ask new peers for the peers they know (peer exchange).
+    pub ask_for_peers: bool,
 }
 
 impl Options {
     pub fn new(seed: u8) -> Self {
-        Self { seed, policy: AccessPolicy::with_secret(secret()), config: config(), limits: ReceiveLimits::default() }
+        Self { seed, policy: AccessPolicy::with_secret(secret()), config: config(), limits: ReceiveLimits::default(), ask_for_peers: false }
     }
 }
 
@@ -64,7 +66,8 @@ pub async fn start(options: Options) -> Node {
     let mut engine = QuicNetworkEngine::new(options.config, peers.clone(), handle)
         .with_identity(identity.clone())
         .with_access_policy(options.policy)
-        .with_receive_limits(options.limits);
+        .with_receive_limits(options.limits)
+        .with_peer_exchange(options.ask_for_peers);
     engine.initialize().await.expect("initialize");
     engine.start().await.expect("start");
     let addr = engine.local_addr().expect("bound address");

@@ -1,0 +1,264 @@
+//! Tests in the network lab (`tests/netlab/mod.rs`): real `pluresdb serve`
+//! processes on hosts in their own network namespaces, on one LAN or on two
+//! LANs behind a router, under packet loss, link cuts and partitions.
+//!
+//! They need root and iproute2, nftables and ping; elsewhere each test says
+//! it is skipped and returns (with `CI=true` as root it fails instead).
+
+#[path = "netlab/mod.rs"]
+mod netlab;
+
+use netlab::{live_namespaces, Lab};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// How long replication may take to converge in these tests.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// How long a link change may take to show in pings.
+const LINK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The ids in `expected` that `host` does not hold, as an observation for
+/// [`Lab::wait_until`]: `Ok` once it holds them all.
+fn holds_all(lab: &Lab, host: usize, expected: &BTreeSet<String>) -> Result<(), String> {
+    let held: BTreeSet<String> = lab.host(host).list_ids().into_iter().collect();
+    let missing: Vec<&String> = expected.difference(&held).collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        let shown: Vec<&&String> = missing.iter().take(5).collect();
+        Err(format!("h{host} holds {} ids and lacks {} (e.g. {shown:?})", held.len(), missing.len()))
+    }
+}
+
+/// Waits until every host in `hosts` holds every id in `expected`.
+fn wait_converged(lab: &Lab, hosts: &[usize], expected: &BTreeSet<String>, what: &str) {
+    lab.wait_until(CONVERGE_TIMEOUT, what, || {
+        hosts.iter().map(|&h| holds_all(lab, h, expected)).collect::<Result<Vec<()>, String>>().map(drop)
+    });
+}
+
+/// Pings from host `from` to host `to` until the answer is `reachable`.
+fn wait_ping(lab: &Lab, from: usize, to: usize, reachable: bool) {
+    let address = lab.host(to).address;
+    let what = format!("h{from} {} h{to} ({address})", if reachable { "reaches" } else { "no longer reaches" });
+    lab.wait_until(LINK_TIMEOUT, &what, || {
+        let answered = lab.host(from).ping(address);
+        if answered == reachable {
+            Ok(())
+        } else {
+            Err(format!("ping answered: {answered}"))
+        }
+    });
+}
+
+/// The set of `ids`, owned.
+fn id_set<'a>(ids: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
+    ids.into_iter().map(str::to_owned).collect()
+}
+
+/// The harness itself: addresses, pings, cuts, loss, partitions, teardown.
+#[test]
+fn lan_harness_connectivity() {
+    if !netlab::supported() {
+        return;
+    }
+    let lab = Lab::lan(3);
+    let id = lab.id().to_owned();
+    assert_eq!(live_namespaces(&id).len(), 4, "three hosts and the switch: {:?}", live_namespaces(&id));
+    for from in 0..3 {
+        for to in (0..3).filter(|&to| to != from) {
+            assert!(lab.host(from).ping(lab.host(to).address), "h{from} cannot ping h{to}");
+        }
+    }
+    let routes = lab.host(1).exec("ip", &["route", "show"]);
+    assert!(String::from_utf8_lossy(&routes.stdout).contains("224.0.0.0/4 dev eth0"), "no multicast route: {routes:?}");
+
+    lab.cut(2);
+    assert!(!lab.host(0).ping(lab.host(2).address), "h0 still reaches h2 after the cut");
+    assert!(!lab.host(2).ping(lab.host(1).address), "h2 still reaches h1 after the cut");
+    assert!(lab.host(0).ping(lab.host(1).address), "the cut of h2 broke h0-h1");
+    lab.restore(2);
+    wait_ping(&lab, 0, 2, true);
+    wait_ping(&lab, 2, 1, true);
+
+    lab.set_loss(1, 100);
+    assert!(!lab.host(0).ping(lab.host(1).address), "100 % loss on h1 lets pings through");
+    lab.clear_loss(1);
+    wait_ping(&lab, 0, 1, true);
+
+    lab.partition(&[0], &[1, 2]);
+    assert!(!lab.host(0).ping(lab.host(1).address), "h0 reaches h1 across the partition");
+    assert!(!lab.host(2).ping(lab.host(0).address), "h2 reaches h0 across the partition");
+    assert!(lab.host(1).ping(lab.host(2).address), "h1 and h2 are on the same side");
+    lab.heal();
+    wait_ping(&lab, 0, 1, true);
+    wait_ping(&lab, 2, 0, true);
+
+    drop(lab);
+    assert_eq!(live_namespaces(&id), Vec::<String>::new(), "the lab left namespaces behind");
+}
+
+/// A lab dropped by a panicking test kills its node and removes its
+/// namespaces.
+#[test]
+fn teardown_after_panic_leaves_nothing() {
+    if !netlab::supported() {
+        return;
+    }
+    let built = std::sync::Mutex::new(None);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut lab = Lab::lan(2);
+        lab.host_mut(0).start(&[]);
+        *built.lock().unwrap() = Some((lab.id().to_owned(), lab.host(0).node_pid().expect("the node runs")));
+        assert_eq!(live_namespaces(lab.id()).len(), 3);
+        panic!("netlab: deliberate panic (expected) with a lab and a running node");
+    }));
+    assert!(outcome.is_err(), "the closure panics");
+    let (id, pid) = built.lock().unwrap().clone().expect("the lab was built before the panic");
+    assert_eq!(live_namespaces(&id), Vec::<String>::new(), "the panicking lab left namespaces behind");
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the node (pid {pid}) still runs");
+}
+
+/// Two nodes on one LAN: the second joins with the first's ticket, writes
+/// on both sides reach both.
+#[test]
+#[cfg_attr(not(feature = "quic"), ignore = "needs the quic feature (the nodes' network transport)")]
+fn lan_two_nodes_replicate() {
+    if !netlab::supported() {
+        return;
+    }
+    let mut lab = Lab::lan(2);
+    let started = lab.host_mut(0).start(&[]);
+    assert_eq!(started["listen"], json!([format!("{}:{}", lab.host(0).address, netlab::PEER_PORT)]), "{started}");
+    let ticket = lab.host(0).ticket();
+    lab.host_mut(1).start(&["--join", &ticket]);
+    lab.host(0).put("from:h0", &json!({"by": 0}));
+    lab.host(1).put("from:h1", &json!({"by": 1}));
+    let since = Instant::now();
+    wait_converged(&lab, &[0, 1], &id_set(["from:h0", "from:h1"]), "both hosts hold both writes");
+    eprintln!("netlab: lan_two_nodes_replicate converged in {} ms", since.elapsed().as_millis());
+    assert_eq!(lab.host(1).get("from:h0"), Some(json!({"by": 0})));
+    assert_eq!(lab.host(0).get("from:h1"), Some(json!({"by": 1})));
+    assert_eq!(lab.host(0).connected_peers(), vec![lab.host(1).peer_id()]);
+    for host in [1, 0] {
+        assert!(lab.host_mut(host).stop().success(), "h{host} did not stop cleanly:\n{}", lab.host(host).log_tail(20));
+    }
+}
+
+/// A node on another LAN joins through the router and converges.
+#[test]
+#[cfg_attr(not(feature = "quic"), ignore = "needs the quic feature (the nodes' network transport)")]
+fn routed_join_converges() {
+    if !netlab::supported() {
+        return;
+    }
+    let mut lab = Lab::routed(1, 1);
+    assert_eq!(lab.host(1).address.octets()[2], 2, "host 1 is on LAN 2");
+    assert!(lab.host(1).ping(lab.host(0).address), "LAN 2 cannot reach LAN 1 through the router");
+    lab.host_mut(0).start(&[]);
+    let ticket = lab.host(0).ticket();
+    lab.host_mut(1).start(&["--join", &ticket]);
+    lab.host(0).put("lan1:w", &json!({"lan": 1}));
+    lab.host(1).put("lan2:w", &json!({"lan": 2}));
+    let since = Instant::now();
+    wait_converged(&lab, &[0, 1], &id_set(["lan1:w", "lan2:w"]), "both LANs hold both writes");
+    eprintln!("netlab: routed_join_converges converged in {} ms", since.elapsed().as_millis());
+    assert_eq!(lab.host(0).get("lan2:w"), Some(json!({"lan": 2})));
+}
+
+/// 200 writes reach a node whose link loses 10 % of the packets each way.
+#[test]
+#[cfg_attr(not(feature = "quic"), ignore = "needs the quic feature (the nodes' network transport)")]
+fn lossy_link_converges() {
+    if !netlab::supported() {
+        return;
+    }
+    let mut lab = Lab::lan(2);
+    lab.host_mut(0).start(&[]);
+    lab.set_loss(1, 10);
+    let ticket = lab.host(0).ticket();
+    let since = Instant::now();
+    lab.host_mut(1).start(&["--join", &ticket]);
+    let h0 = lab.host(0).peer_id();
+    lab.wait_until(CONVERGE_TIMEOUT, "h1 connects to h0 over the lossy link", || {
+        let connected = lab.host(1).connected_peers();
+        if connected.contains(&h0) {
+            Ok(())
+        } else {
+            Err(format!("h1 connected to {connected:?}"))
+        }
+    });
+    eprintln!("netlab: lossy_link_converges: h1 connected in {} ms", since.elapsed().as_millis());
+    // About 1 KiB each: the transfer spans a few hundred frames, so the
+    // loss certainly hits it.
+    let nodes: Vec<(String, Value)> = (0..200).map(|i| (format!("lossy:{i:03}"), json!({"i": i, "pad": "x".repeat(1000)}))).collect();
+    let since = Instant::now();
+    assert_eq!(lab.host(0).import(&nodes), 200);
+    let expected: BTreeSet<String> = nodes.iter().map(|(id, _)| id.clone()).collect();
+    wait_converged(&lab, &[1], &expected, "h1 (10 % loss) holds all 200 writes");
+    let (frames, lost) = lab.link_counters(1);
+    eprintln!(
+        "netlab: lossy_link_converges: 200 writes over a 10 % lossy link in {} ms ({lost} of {frames} frames dropped)",
+        since.elapsed().as_millis()
+    );
+    assert!(lost > 0, "the 10 % loss dropped none of {frames} frames");
+    assert_eq!(lab.host(1).get("lossy:199"), Some(nodes[199].1.clone()));
+}
+
+/// Four nodes joined to h0 (a star: without peer exchange each knows only
+/// h0). Partitioned {h0, h1} | {h2, h3}, h2 and h3 lose h0; every side
+/// writes; after healing all four hold every write.
+#[test]
+#[cfg_attr(not(feature = "quic"), ignore = "needs the quic feature (the nodes' network transport)")]
+fn partition_and_heal() {
+    if !netlab::supported() {
+        return;
+    }
+    let mut lab = Lab::lan(4);
+    lab.host_mut(0).start(&[]);
+    let ticket = lab.host(0).ticket();
+    for host in 1..4 {
+        lab.host_mut(host).start(&["--join", &ticket]);
+    }
+    lab.host(0).put("before", &json!({"phase": "before"}));
+    wait_converged(&lab, &[0, 1, 2, 3], &id_set(["before"]), "all hosts hold the write made before the partition");
+
+    lab.partition(&[0, 1], &[2, 3]);
+    let mut side_a = BTreeSet::new();
+    let mut side_b = BTreeSet::new();
+    for host in 0..4 {
+        for n in 0..5 {
+            let id = format!("during:h{host}:{n}");
+            lab.host(host).put(&id, &json!({"host": host, "n": n}));
+            let side = if host < 2 { &mut side_a } else { &mut side_b };
+            side.insert(id);
+        }
+    }
+    // h0 notices that h2 and h3 are gone (the QUIC idle timeout).
+    let cut_off = [lab.host(2).peer_id(), lab.host(3).peer_id()];
+    lab.wait_until(CONVERGE_TIMEOUT, "h0 sees h2 and h3 disconnected", || {
+        let connected = lab.host(0).connected_peers();
+        if cut_off.iter().any(|p| connected.contains(p)) {
+            Err(format!("h0 connected to {connected:?}"))
+        } else {
+            Ok(())
+        }
+    });
+    wait_converged(&lab, &[0, 1], &side_a, "h0 and h1 hold their side's writes during the partition");
+    for host in [2, 3] {
+        let held: BTreeSet<String> = lab.host(host).list_ids().into_iter().collect();
+        assert!(held.is_disjoint(&side_a), "h{host} got writes across the partition: {held:?}");
+    }
+    let held: BTreeSet<String> = lab.host(0).list_ids().into_iter().collect();
+    assert!(held.is_disjoint(&side_b), "h0 got writes across the partition: {held:?}");
+
+    lab.heal();
+    let since = Instant::now();
+    let mut everything: BTreeSet<String> = side_a.union(&side_b).cloned().collect();
+    everything.insert("before".to_owned());
+    wait_converged(&lab, &[0, 1, 2, 3], &everything, "all hosts hold every write after healing");
+    eprintln!("netlab: partition_and_heal converged {} ms after healing", since.elapsed().as_millis());
+    assert_eq!(lab.host(1).get("during:h3:4"), Some(json!({"host": 3, "n": 4})));
+}
