@@ -262,3 +262,232 @@ fn partition_and_heal() {
     eprintln!("netlab: partition_and_heal converged {} ms after healing", since.elapsed().as_millis());
     assert_eq!(lab.host(1).get("during:h3:4"), Some(json!({"host": 3, "n": 4})));
 }
+
+// ---- discovery in the lab ---------------------------------------------------
+
+/// Gives host `to` the network secret of host `from` (its `network.secret`
+/// file, as a user copies it): `to` belongs to the network but knows no
+/// address, so it meets peers through discovery alone.
+fn share_secret(lab: &Lab, from: usize, to: usize) {
+    use std::os::unix::fs::PermissionsExt;
+    let source = lab.host(from).data_dir.join("network.secret");
+    let dir = &lab.host(to).data_dir;
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    let target = dir.join("network.secret");
+    std::fs::copy(&source, &target).unwrap_or_else(|e| panic!("cannot copy {} to {}: {e}", source.display(), target.display()));
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).expect("chmod network.secret");
+}
+
+/// Waits until host `host` has discovered each host in `others` with
+/// `method`.
+fn wait_discovered(lab: &Lab, host: usize, others: &[usize], method: &str) {
+    let ids: Vec<String> = others.iter().map(|&o| lab.host(o).peer_id()).collect();
+    lab.wait_until(CONVERGE_TIMEOUT, &format!("h{host} discovers {others:?} by {method}"), || {
+        let found = discovered(lab, host);
+        let missing: Vec<&String> = ids
+            .iter()
+            .filter(|id| {
+                !found.iter().any(|p| {
+                    p["peer_id"] == id.as_str()
+                        && p["same_network"] == true
+                        && p["methods"].as_array().is_some_and(|m| m.contains(&json!(method)))
+                })
+            })
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("missing {missing:?} in {found:?}"))
+        }
+    });
+}
+
+/// `pluresdb peers --discovered` on `host`.
+fn discovered(lab: &Lab, host: usize) -> Vec<Value> {
+    let doc = lab.host(host).cli_json(&["peers", "--discovered"]);
+    doc["peers"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until each host in `hosts` is connected to every other one.
+fn wait_full_mesh(lab: &Lab, hosts: &[usize], timeout: Duration, what: &str) {
+    let ids: Vec<String> = hosts.iter().map(|&h| lab.host(h).peer_id()).collect();
+    lab.wait_until(timeout, what, || {
+        for (i, &h) in hosts.iter().enumerate() {
+            let connected: BTreeSet<String> = lab.host(h).connected_peers().into_iter().collect();
+            let missing: Vec<&String> =
+                ids.iter().enumerate().filter(|(j, id)| *j != i && !connected.contains(*id)).map(|(_, id)| id).collect();
+            if !missing.is_empty() {
+                return Err(format!("h{h} is not connected to {missing:?}"));
+            }
+        }
+        Ok(())
+    });
+}
+
+/// Four hosts on one LAN that share a secret but no address find each other
+/// by mDNS alone and converge on writes made on every host.
+#[test]
+fn lan_hosts_find_each_other_by_mdns_and_converge() {
+    if !netlab::supported() {
+        return;
+    }
+    let mut lab = Lab::lan(4);
+    lab.host_mut(0).start(&[]);
+    let started = Instant::now();
+    for h in 1..4 {
+        share_secret(&lab, 0, h);
+        lab.host_mut(h).start(&[]);
+    }
+    wait_full_mesh(&lab, &[0, 1, 2, 3], CONVERGE_TIMEOUT, "every host connects to every other by mDNS");
+    let meshed = started.elapsed();
+    for h in 0..4 {
+        let others: Vec<usize> = (0..4).filter(|&o| o != h).collect();
+        wait_discovered(&lab, h, &others, "mdns");
+    }
+    let mut expected = BTreeSet::new();
+    for h in 0..4 {
+        for n in 0..5 {
+            let id = format!("lan:h{h}:{n}");
+            lab.host(h).put(&id, &json!({"host": h, "n": n}));
+            expected.insert(id);
+        }
+    }
+    let writes_done = Instant::now();
+    wait_converged(&lab, &[0, 1, 2, 3], &expected, "all four hosts hold the 20 writes");
+    eprintln!(
+        "netlab: lan(4) by mDNS alone: full mesh {} ms after the joiners started; 20 writes converged in {} ms",
+        meshed.as_millis(),
+        writes_done.elapsed().as_millis()
+    );
+}
+
+/// Two LANs behind a router, mDNS off: every node knows only the first
+/// node's address (from its ticket), learns the others by peer exchange,
+/// connects to all of them across the router, and converges.
+#[test]
+fn routed_nodes_meet_through_bootstrap_and_peer_exchange() {
+    if !netlab::supported() {
+        return;
+    }
+    let mut lab = Lab::routed(2, 2);
+    lab.host_mut(0).start(&["--no-mdns"]);
+    let ticket = lab.host(0).ticket();
+    let started = Instant::now();
+    for h in 1..4 {
+        lab.host_mut(h).start(&["--no-mdns", "--join", &ticket]);
+    }
+    wait_full_mesh(&lab, &[0, 1, 2, 3], CONVERGE_TIMEOUT, "every node connects to every other");
+    let meshed = started.elapsed();
+    // The last node learned the two before it from the nodes it met.
+    let found = discovered(&lab, 3);
+    for other in [1, 2] {
+        let id = lab.host(other).peer_id();
+        let entry = found.iter().find(|p| p["peer_id"] == id.as_str()).unwrap_or_else(|| panic!("h3 did not learn h{other}: {found:?}"));
+        assert!(entry["methods"].as_array().unwrap().contains(&json!("exchange")), "{entry}");
+        let via = entry["via"].as_str().unwrap_or_default();
+        assert!(via != id && lab.hosts().iter().any(|h| h.peer_id() == via), "told by another node of the lab: {entry}");
+        assert!(!entry["methods"].as_array().unwrap().contains(&json!("mdns")), "mDNS is off: {entry}");
+    }
+    let mut expected = BTreeSet::new();
+    for h in 0..4 {
+        let id = format!("routed:h{h}");
+        lab.host(h).put(&id, &json!({"host": h}));
+        expected.insert(id);
+    }
+    let writes_done = Instant::now();
+    wait_converged(&lab, &[0, 1, 2, 3], &expected, "all four nodes hold the 4 writes");
+    eprintln!(
+        "netlab: routed(2,2) by bootstrap + peer exchange: full mesh {} ms after the joiners started; writes converged in {} ms",
+        meshed.as_millis(),
+        writes_done.elapsed().as_millis()
+    );
+}
+
+/// A node of another network on the same LAN is discovered (and listed as
+/// such) but never connected to or synced with.
+#[test]
+fn another_network_on_the_lan_is_seen_but_never_synced() {
+    if !netlab::supported() {
+        return;
+    }
+    let mut lab = Lab::lan(3);
+    lab.host_mut(0).start(&[]);
+    share_secret(&lab, 0, 1);
+    lab.host_mut(1).start(&[]);
+    lab.host_mut(2).start(&[]); // its own, fresh network
+    let stranger = lab.host(2).peer_id();
+    let member = lab.host(1).peer_id();
+    lab.wait_until(CONVERGE_TIMEOUT, "h0 lists the stranger as another network and h1 as connected", || {
+        let found = discovered(&lab, 0);
+        let s = found.iter().find(|p| p["peer_id"] == stranger.as_str());
+        let m = found.iter().find(|p| p["peer_id"] == member.as_str());
+        match (s, m) {
+            (Some(s), Some(m)) if s["same_network"] == false && m["same_network"] == true && m["connected"] == true => Ok(()),
+            _ => Err(format!("{found:?}")),
+        }
+    });
+    lab.host(2).put("foreign:1", &json!({"from": "another network"}));
+    lab.host(0).put("home:1", &json!({"from": "h0"}));
+    wait_converged(&lab, &[1], &id_set(["home:1"]), "h1 holds h0's write");
+    // h1 has synced with h0 since the stranger wrote; nothing crossed.
+    for h in [0, 1] {
+        assert_eq!(lab.host(h).get("foreign:1"), None, "h{h} holds the stranger's write");
+        assert!(!lab.host(h).connected_peers().contains(&stranger), "h{h} is connected to the stranger");
+    }
+    assert_eq!(lab.host(2).get("home:1"), None, "the stranger holds the network's write");
+    assert!(lab.host(2).connected_peers().is_empty(), "the stranger is connected: {}", lab.host(2).peers());
+    let found = discovered(&lab, 0);
+    let entry = found.iter().find(|p| p["peer_id"] == stranger.as_str()).unwrap();
+    assert_eq!(entry["connected"], false, "{entry}");
+}
+
+/// Nodes found by mDNS reconnect by themselves after one restarts and after
+/// one moves to another address.
+#[test]
+fn mdns_peers_reconnect_after_a_restart_and_an_address_change() {
+    if !netlab::supported() {
+        return;
+    }
+    let mut lab = Lab::lan(2);
+    lab.host_mut(0).start(&[]);
+    share_secret(&lab, 0, 1);
+    // Listening on every address lets h1 keep serving when its address changes.
+    lab.host_mut(1).start(&["--bind", "0.0.0.0"]);
+    wait_full_mesh(&lab, &[0, 1], CONVERGE_TIMEOUT, "h0 and h1 connect");
+
+    lab.host_mut(1).stop();
+    lab.host(0).put("while-down", &json!({"n": 1}));
+    let restarted = Instant::now();
+    lab.host_mut(1).start(&["--bind", "0.0.0.0"]);
+    wait_full_mesh(&lab, &[0, 1], CONVERGE_TIMEOUT, "h1 reconnects after its restart");
+    wait_converged(&lab, &[1], &id_set(["while-down"]), "h1 catches up after its restart");
+    let after_restart = restarted.elapsed();
+
+    // Move h1 to a new address (the old one goes first: a second address in
+    // the same subnet would be a secondary, deleted with the primary).
+    let old = lab.host(1).address;
+    let new = std::net::Ipv4Addr::new(10, 77, 1, 99);
+    for (verb, address) in [("del", old), ("add", new)] {
+        let prefix = format!("{address}/24");
+        let out = lab.host(1).exec("ip", &["addr", verb, &prefix, "dev", netlab::HOST_INTERFACE]);
+        assert!(out.status.success(), "ip addr {verb} {prefix}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let moved = Instant::now();
+    let h1 = lab.host(1).peer_id();
+    let new_text = new.to_string();
+    lab.wait_until(Duration::from_secs(60), "h0 reaches h1 at its new address", || {
+        let peers = lab.host(0).peers();
+        let entry = peers["peers"].as_array().into_iter().flatten().find(|p| p["peer_id"] == h1.as_str()).cloned();
+        match entry {
+            Some(p) if p["connected"] == true && p["address"].as_str().is_some_and(|a| a.starts_with(&new_text)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    lab.host(1).put("after-move", &json!({"at": new_text}));
+    wait_converged(&lab, &[0], &id_set(["after-move"]), "h0 holds h1's write from its new address");
+    eprintln!(
+        "netlab: mDNS reconnection: {} ms after a restart; {} ms after an address change",
+        after_restart.as_millis(),
+        moved.elapsed().as_millis()
+    );
+}

@@ -676,7 +676,8 @@ impl Host {
             .arg("--json")
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["serve", "--api-addr", "127.0.0.1:0", "--bind", &bind, "--port", &port])
+            .args(["serve", "--api-addr", "127.0.0.1:0", "--port", &port])
+            .args(if extra.contains(&"--bind") { vec![] } else { vec!["--bind", bind.as_str()] })
             .args(extra)
             .env("PLURESDB_LOG", std::env::var("PLURESDB_NETLAB_LOG").unwrap_or_else(|_| "info".to_owned()))
             .env("NO_COLOR", "1");

@@ -296,7 +296,20 @@ impl CombinedDiscovery {
         let Some(peers) = &self.peer_manager else {
             return;
         };
-        let learned = peers.learned_peers();
+        let mut learned = peers.learned_peers();
+        // A peer that was connected told this node itself where it listens
+        // (its hello): it is dialled again if the link drops, whoever
+        // dialled first (so a node that moved reaches the peers it knew).
+        for known in peers.known_peers() {
+            if !known.listen_addresses.is_empty() && !learned.iter().any(|l| l.peer_id == known.peer_id) {
+                learned.push(pluresdb_net::LearnedPeer {
+                    via: known.peer_id.clone(),
+                    peer_id: known.peer_id,
+                    addresses: known.listen_addresses,
+                    last_seen: known.last_seen,
+                });
+            }
+        }
         let connected = peers.connected_peers();
         self.directory.update(|d| {
             let exchanged = d.replace_exchange(learned);

@@ -12,7 +12,8 @@ pub enum DiscoveryMethod {
     Mdns,
     /// Its address is one of the configured bootstrap addresses.
     Bootstrap,
-    /// A connected peer told this node about it (peer exchange).
+    /// A connected peer told this node about it (peer exchange), or the
+    /// peer itself did while it was connected (`via` is then its own id).
     Exchange,
 }
 
