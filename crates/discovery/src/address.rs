@@ -3,80 +3,12 @@
 //!
 //! An address from the network is a hint, not an instruction: a node must
 //! not be talked into dialling a multicast group, port 0 or its own loopback
-//! services. The rules match `pluresdb_net::usable_address`, plus IPv6
-//! link-local addresses (unusable without the interface they belong to).
+//! services. The rules are the net crate's, for peer exchange and discovery
+//! alike ([`pluresdb_net::exchange::check_address`]).
 
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-/// Why an address was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum AddressRejection {
-    /// Not `ip:port` (after an optional `quic://`).
-    Unparsable,
-    /// Port 0.
-    PortZero,
-    /// `0.0.0.0` or `::`.
-    Unspecified,
-    /// A multicast group.
-    Multicast,
-    /// `255.255.255.255`.
-    Broadcast,
-    /// Loopback, while this node is not on loopback itself.
-    Loopback,
-    /// IPv6 link-local (`fe80::/10`): needs an interface to mean anything.
-    LinkLocalV6,
-}
-
-impl fmt::Display for AddressRejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            AddressRejection::Unparsable => "not ip:port",
-            AddressRejection::PortZero => "port 0",
-            AddressRejection::Unspecified => "unspecified address",
-            AddressRejection::Multicast => "multicast address",
-            AddressRejection::Broadcast => "broadcast address",
-            AddressRejection::Loopback => "loopback address while this node is not on loopback",
-            AddressRejection::LinkLocalV6 => "IPv6 link-local address",
-        })
-    }
-}
-
-/// `text` without its optional `quic://` scheme.
-pub(crate) fn strip_scheme(text: &str) -> &str {
-    text.strip_prefix("quic://").unwrap_or(text)
-}
-
-/// Parses `text` (`ip:port` or `quic://ip:port`) and checks it with
-/// [`check_socket_address`].
-pub(crate) fn check_address(text: &str, allow_loopback: bool) -> Result<SocketAddr, AddressRejection> {
-    let address: SocketAddr = strip_scheme(text).parse().map_err(|_| AddressRejection::Unparsable)?;
-    check_socket_address(address, allow_loopback)
-}
-
-/// `address` if a node may list and dial it: a unicast IP and a port, and
-/// loopback only when `allow_loopback` (this node is on loopback itself).
-pub(crate) fn check_socket_address(address: SocketAddr, allow_loopback: bool) -> Result<SocketAddr, AddressRejection> {
-    let ip = address.ip();
-    if address.port() == 0 {
-        return Err(AddressRejection::PortZero);
-    }
-    if ip.is_unspecified() {
-        return Err(AddressRejection::Unspecified);
-    }
-    if ip.is_multicast() {
-        return Err(AddressRejection::Multicast);
-    }
-    match ip {
-        IpAddr::V4(v4) if v4.is_broadcast() => return Err(AddressRejection::Broadcast),
-        IpAddr::V6(v6) if v6.is_unicast_link_local() => return Err(AddressRejection::LinkLocalV6),
-        _ => {}
-    }
-    if ip.is_loopback() && !allow_loopback {
-        return Err(AddressRejection::Loopback);
-    }
-    Ok(address)
-}
+pub(crate) use pluresdb_net::exchange::{check_address, check_socket_address, strip_scheme, AddressRejection};
 
 /// The preference of `address` among a peer's addresses, lower first:
 /// routable IPv4 (what a LAN peer most likely reaches), IPv6, link-local

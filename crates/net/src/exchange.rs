@@ -11,6 +11,7 @@
 use crate::message::{ExchangedPeer, MAX_EXCHANGED_ADDRESSES};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 /// The most peers the book keeps; the least recently heard of goes first.
@@ -85,22 +86,81 @@ impl LearnedPeers {
     }
 }
 
+/// Why an address was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressRejection {
+    /// Not `ip:port` (after an optional `quic://`).
+    Unparsable,
+    /// Port 0.
+    PortZero,
+    /// `0.0.0.0` or `::`.
+    Unspecified,
+    /// A multicast group.
+    Multicast,
+    /// `255.255.255.255`.
+    Broadcast,
+    /// Loopback, while this node is not on loopback itself.
+    Loopback,
+    /// IPv6 link-local (`fe80::/10`): needs an interface to mean anything.
+    LinkLocalV6,
+}
+
+impl fmt::Display for AddressRejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AddressRejection::Unparsable => "not ip:port",
+            AddressRejection::PortZero => "port 0",
+            AddressRejection::Unspecified => "unspecified address",
+            AddressRejection::Multicast => "multicast address",
+            AddressRejection::Broadcast => "broadcast address",
+            AddressRejection::Loopback => "loopback address while this node is not on loopback",
+            AddressRejection::LinkLocalV6 => "IPv6 link-local address",
+        })
+    }
+}
+
+/// `text` without its optional `quic://` scheme.
+pub fn strip_scheme(text: &str) -> &str {
+    text.strip_prefix("quic://").unwrap_or(text)
+}
+
+/// Parses `text` (`ip:port` or `quic://ip:port`) and checks it with
+/// [`check_socket_address`].
+pub fn check_address(text: &str, allow_loopback: bool) -> Result<SocketAddr, AddressRejection> {
+    let address: SocketAddr = strip_scheme(text).parse().map_err(|_| AddressRejection::Unparsable)?;
+    check_socket_address(address, allow_loopback)
+}
+
+/// `address` if a node may list and dial it: a unicast IP and a port, and
+/// loopback only when `allow_loopback` (this node is on loopback itself).
+pub fn check_socket_address(address: SocketAddr, allow_loopback: bool) -> Result<SocketAddr, AddressRejection> {
+    let ip = address.ip();
+    if address.port() == 0 {
+        return Err(AddressRejection::PortZero);
+    }
+    if ip.is_unspecified() {
+        return Err(AddressRejection::Unspecified);
+    }
+    if ip.is_multicast() {
+        return Err(AddressRejection::Multicast);
+    }
+    match ip {
+        IpAddr::V4(v4) if v4.is_broadcast() => return Err(AddressRejection::Broadcast),
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => return Err(AddressRejection::LinkLocalV6),
+        _ => {}
+    }
+    if ip.is_loopback() && !allow_loopback {
+        return Err(AddressRejection::Loopback);
+    }
+    Ok(address)
+}
+
 /// `address` (`ip:port` or `quic://ip:port`) if a node may dial it on the
-/// word of a peer seen at `via`: a unicast IP with a port, and loopback only
-/// when `via` is itself on loopback (a remote peer naming 127.0.0.1 points
-/// at this machine's own services, never at another node).
+/// word of a peer seen at `via`: [`check_address`], with loopback allowed
+/// only when `via` is itself on loopback (a remote peer naming 127.0.0.1
+/// points at this machine's own services, never at another node).
 pub fn usable_address(address: &str, via: IpAddr) -> Option<SocketAddr> {
-    let text = address.strip_prefix("quic://").unwrap_or(address);
-    let addr: SocketAddr = text.parse().ok()?;
-    let ip = addr.ip();
-    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
-    if addr.port() == 0 || ip.is_unspecified() || ip.is_multicast() || broadcast {
-        return None;
-    }
-    if ip.is_loopback() && !via.is_loopback() {
-        return None;
-    }
-    Some(addr)
+    check_address(address, via.is_loopback()).ok()
 }
 
 #[cfg(test)]
@@ -118,7 +178,9 @@ mod tests {
         assert_eq!(usable_address("quic://10.0.0.2:34569", lan), Some("10.0.0.2:34569".parse().unwrap()));
         assert_eq!(usable_address("10.0.0.2:34569", lan), Some("10.0.0.2:34569".parse().unwrap()));
         assert_eq!(usable_address("[fd00::2]:7", lan), Some("[fd00::2]:7".parse().unwrap()));
-        for bad in ["quic://10.0.0.2:0", "0.0.0.0:34569", "224.0.0.251:5353", "255.255.255.255:1", "example.com:1", "quic://", "x"] {
+        for bad in
+            ["quic://10.0.0.2:0", "0.0.0.0:34569", "224.0.0.251:5353", "255.255.255.255:1", "[fe80::1]:1", "example.com:1", "quic://", "x"]
+        {
             assert_eq!(usable_address(bad, lan), None, "{bad}");
         }
         assert_eq!(usable_address("127.0.0.1:34569", lan), None);
