@@ -483,6 +483,23 @@ fn mdns_peers_reconnect_after_a_restart_and_an_address_change() {
             other => Err(format!("{other:?}")),
         }
     });
+    // mDNS follows the move too: h1 announces its new address.
+    let announced = format!("{new_text}:");
+    lab.wait_until(Duration::from_secs(30), "h0's mDNS entry for h1 shows the new address", || {
+        let found = discovered(&lab, 0);
+        let entry = found.iter().find(|p| p["peer_id"] == h1.as_str()).cloned();
+        match entry {
+            Some(p)
+                if p["methods"].as_array().is_some_and(|m| m.contains(&json!("mdns")))
+                    && p["addresses"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|a| a.as_str().is_some_and(|a| a.starts_with(&announced)))) =>
+            {
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        }
+    });
     lab.host(1).put("after-move", &json!({"at": new_text}));
     wait_converged(&lab, &[0], &id_set(["after-move"]), "h0 holds h1's write from its new address");
     eprintln!(
