@@ -263,7 +263,11 @@ fn a_flooding_websocket_client_is_cut_off_and_the_node_serves_on() {
 fn settings_come_from_flags_then_environment_then_the_config_file() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("pluresdb.toml"), "api_addr = \"127.0.0.1:40000\"\nresolver = \"keep-all\"\n").unwrap();
+    std::fs::write(
+        d.join("pluresdb.toml"),
+        "api_addr = \"127.0.0.1:40000\"\nresolver = \"keep-all\"\nbootstrap = [\"10.9.9.9:34569\"]\nmdns = false\n",
+    )
+    .unwrap();
     let show = |args: &[&str], env: &[(&str, &str)]| -> Value {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_pluresdb"))
             .arg("--data-dir")
@@ -272,6 +276,8 @@ fn settings_come_from_flags_then_environment_then_the_config_file() {
             .args(["--json", "config", "show"])
             .env_remove("PLURESDB_API_ADDR")
             .env_remove("PLURESDB_RESOLVER")
+            .env_remove("PLURESDB_BOOTSTRAP")
+            .env_remove("PLURESDB_MDNS")
             .envs(env.iter().copied())
             .output()
             .unwrap();
@@ -282,6 +288,11 @@ fn settings_come_from_flags_then_environment_then_the_config_file() {
     assert_eq!(from_file["api_addr"], json!({"value": "127.0.0.1:40000", "source": "config file"}));
     assert_eq!(from_file["resolver"]["value"], "keep-all");
     assert_eq!(from_file["log"]["source"], "default");
+    assert_eq!(from_file["bootstrap"], json!({"value": ["10.9.9.9:34569"], "source": "config file"}));
+    assert_eq!(from_file["mdns"], json!({"value": false, "source": "config file"}));
+    let env_bootstrap = show(&[], &[("PLURESDB_BOOTSTRAP", "10.1.1.1:1, 10.2.2.2:2"), ("PLURESDB_MDNS", "true")]);
+    assert_eq!(env_bootstrap["bootstrap"], json!({"value": ["10.1.1.1:1", "10.2.2.2:2"], "source": "environment"}));
+    assert_eq!(env_bootstrap["mdns"], json!({"value": true, "source": "environment"}));
     let from_env = show(&[], &[("PLURESDB_RESOLVER", "fww")]);
     assert_eq!(from_env["resolver"], json!({"value": "first-writer-wins", "source": "environment"}));
     let from_flag = show(&["--resolver", "lww"], &[("PLURESDB_RESOLVER", "fww")]);
