@@ -53,6 +53,8 @@ struct RunState {
 ///     discovery_interval: Duration::from_secs(60),
 /// };
 /// let mut discovery = CombinedDiscovery::new(discovery_config);
+/// # // Tests keep mDNS on loopback: nothing leaves the machine.
+/// # let mut discovery = discovery.with_interfaces(vec!["lo".to_owned()]);
 /// discovery.start_discovery().await?;
 /// let peers = discovery.discover_peers().await?;
 /// for peer in peers { println!("Discovered peer: {} at {}", peer.id, peer.address); }

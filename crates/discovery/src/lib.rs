@@ -18,6 +18,8 @@
 //! let discovery = CombinedDiscovery::new(DiscoveryConfig::default())
 //!     .with_local(LocalPeer::new(peer_id, 34569, secret.network_tag()))
 //!     .with_bootstrap(vec!["quic://192.0.2.1:34569".to_owned()]);
+//! # // Tests keep mDNS on loopback: nothing leaves the machine.
+//! # let discovery = discovery.with_interfaces(vec!["lo".to_owned()]);
 //! discovery.start_discovery().await?; // mDNS daemon up, browsing
 //! discovery.announce_peer().await?; // on the air after about a second
 //! for peer in discovery.discover_peers().await? {
