@@ -81,10 +81,12 @@ impl AutoConnect {
             }
         };
         let local_id = discovery.local().map(|local| local.peer_id.as_str());
+        // Who to dial this round: peers heard on the LAN first, then peers
+        // this node was connected to, then what others told (which a hostile
+        // peer could fill with addresses that never answer); at most
+        // DIALS_PER_ROUND at once, and never past `max_connections`.
+        let mut due = Vec::new();
         for peer in peers.iter().filter(|peer| is_candidate(peer, local_id)) {
-            if connected >= self.max_connections {
-                break;
-            }
             if !self.backoff.ready(&peer.id, Instant::now().into_std()) {
                 continue;
             }
@@ -92,12 +94,18 @@ impl AutoConnect {
                 self.backoff.succeeded(&peer.id);
                 continue;
             }
-            match dial(engine, peer).await {
+            due.push(peer);
+        }
+        due.sort_by_key(|peer| dial_priority(peer));
+        due.truncate(self.max_connections.saturating_sub(connected).min(DIALS_PER_ROUND));
+        let results = futures_util::future::join_all(due.iter().map(|peer| dial(engine, peer))).await;
+        for (peer, result) in due.into_iter().zip(results) {
+            match result {
                 Ok(address) => {
                     connected += 1;
                     self.backoff.succeeded(&peer.id);
                     let methods: Vec<&str> = peer.methods.iter().map(|m| m.as_str()).collect();
-                    tracing::info!(peer = %peer.id, method = %methods.join(","), %address, "connected to discovered peer");
+                    tracing::info!(peer = %peer.id, method = %methods.join(","), %address, connected, "connected to discovered peer");
                 }
                 Err(err) => {
                     let retry_in = self.backoff.failed(&peer.id, Instant::now().into_std());
@@ -105,6 +113,23 @@ impl AutoConnect {
                 }
             }
         }
+    }
+}
+
+/// How many discovered peers one round dials at once: a few slow or dead
+/// addresses cannot hold up the rest for long.
+pub const DIALS_PER_ROUND: usize = 8;
+
+/// The order peers are dialled in, lower first: found on the LAN, then
+/// connected before (it told this node its addresses itself), then learned
+/// from another peer.
+fn dial_priority(peer: &DiscoveredPeer) -> u8 {
+    if peer.found_by(DiscoveryMethod::Mdns) {
+        0
+    } else if peer.via.as_deref() == Some(peer.id.as_str()) {
+        1
+    } else {
+        2
     }
 }
 
@@ -260,6 +285,28 @@ mod tests {
             assert!(Instant::now() < deadline, "{what}: not within a minute");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lan_peers_are_dialled_before_learned_ones() {
+        let lan = peer_id(1);
+        let manager = Arc::new(PeerManager::new());
+        // A peer that names 20 addresses that never answer.
+        let junk: Vec<ExchangedPeer> = (0..20u8)
+            .map(|n| ExchangedPeer { peer_id: peer_id(10 + u32::from(n)), addresses: vec![format!("quic://192.0.2.{}:34569", 100 + n)] })
+            .collect();
+        manager.learn(&peer_id(0), &peer_id(9), "192.0.2.9:34569".parse().unwrap(), junk);
+        let discovery = discovery(Some(manager), vec![]);
+        announce(&discovery, &lan, TAG, &["192.0.2.10:34569"]);
+        let engine = Arc::new(FakeEngine::default().reachable(&lan, "192.0.2.10:34569"));
+        let (stop, stopped) = watch::channel(false);
+        let task = spawn_auto_connect(discovery.clone(), engine.clone(), 100, stopped);
+        wait_until("the first round", || !engine.dials().is_empty()).await;
+        let dials = engine.dials();
+        assert_eq!(dials[0].0, lan, "the LAN peer is dialled first, ahead of 20 learned ones");
+        assert!(engine.connected().contains(&lan));
+        stop.send(true).unwrap();
+        task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

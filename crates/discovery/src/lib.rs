@@ -86,7 +86,7 @@ mod peer;
 
 pub use backoff::{retry_delay, FIRST_RETRY_DELAY, MAX_RETRY_DELAY};
 pub use combined::CombinedDiscovery;
-pub use connect::{spawn_auto_connect, AUTO_CONNECT_INTERVAL};
+pub use connect::{spawn_auto_connect, AUTO_CONNECT_INTERVAL, DIALS_PER_ROUND};
 pub use directory::{MAX_DISCOVERED_PEERS, MAX_PEER_ADDRESSES};
 pub use error::{DiscoveryError, Result};
 pub use peer::{DiscoveredPeer, DiscoveryMethod, LocalPeer};
