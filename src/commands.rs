@@ -58,6 +58,7 @@ pub fn run(cli: Cli, config: &Config) -> anyhow::Result<()> {
             bind: std::net::SocketAddr::new(*bind, *port),
             bootstrap: peers,
             mdns: config.mdns.value,
+            mdns_interfaces: config.mdns_interfaces.value.clone(),
         });
         return crate::node::serve(db, &cli.data_dir, config, network, json);
     }

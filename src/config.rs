@@ -11,6 +11,7 @@
 //! watch_buffer = 4096            # PLURESDB_WATCH_BUFFER: changes buffered per subscriber
 //! bootstrap = ["10.0.0.5:34569"] # PLURESDB_BOOTSTRAP (comma-separated), --bootstrap
 //! mdns = true                    # PLURESDB_MDNS, --no-mdns: find peers on the LAN
+//! mdns_interfaces = ["eth0"]     # PLURESDB_MDNS_INTERFACES (comma-separated): only these (default: all)
 //! ```
 
 use crate::cli::{Cli, Command, Resolver};
@@ -35,6 +36,7 @@ struct FileConfig {
     watch_buffer: Option<usize>,
     bootstrap: Option<Vec<String>>,
     mdns: Option<bool>,
+    mdns_interfaces: Option<Vec<String>>,
 }
 
 /// Where a setting came from.
@@ -79,6 +81,8 @@ pub struct Config {
     pub bootstrap: Setting<Vec<String>>,
     /// Announce and browse on the LAN with mDNS.
     pub mdns: Setting<bool>,
+    /// The interfaces mDNS runs on; empty means every one.
+    pub mdns_interfaces: Setting<Vec<String>>,
 }
 
 /// Picks the first given of flag, environment, file and default.
@@ -104,6 +108,11 @@ fn parse_addr(text: &str, whence: &str) -> anyhow::Result<SocketAddr> {
 fn parse_resolver(text: &str, whence: &str) -> anyhow::Result<Resolver> {
     Resolver::from_str(text.trim(), true)
         .map_err(|_| InvalidInput(format!("{whence}: unknown resolver {text:?} (last-writer-wins, first-writer-wins or keep-all)")).into())
+}
+
+/// A comma-separated list, trimmed, without empty items.
+fn list(text: &str) -> Vec<String> {
+    text.split(',').map(str::trim).filter(|item| !item.is_empty()).map(str::to_owned).collect()
 }
 
 fn parse_bool(text: &str, whence: &str) -> anyhow::Result<bool> {
@@ -133,6 +142,7 @@ pub fn load(cli: &Cli) -> anyhow::Result<Config> {
     let env_bootstrap =
         env("PLURESDB_BOOTSTRAP").map(|v| v.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect::<Vec<_>>());
     let env_mdns = env("PLURESDB_MDNS").map(|v| parse_bool(&v, "PLURESDB_MDNS")).transpose()?;
+    let env_mdns_interfaces = env("PLURESDB_MDNS_INTERFACES").map(|v| list(&v));
     let env_addr = env("PLURESDB_API_ADDR").map(|v| parse_addr(&v, "PLURESDB_API_ADDR")).transpose()?;
     let file_addr = file.api_addr.as_deref().map(|v| parse_addr(v, &whence("api_addr"))).transpose()?;
     let default_addr = parse_addr(pluresdb_server::DEFAULT_API_ADDR, "default")?;
@@ -163,6 +173,7 @@ pub fn load(cli: &Cli) -> anyhow::Result<Config> {
         watch_buffer: pick(None, env_watch_buffer, file_watch_buffer, pluresdb_runtime::RuntimeOptions::default().watch_buffer),
         bootstrap: pick(flag_bootstrap, env_bootstrap, file.bootstrap, Vec::new()),
         mdns: pick(flag_mdns, env_mdns, file.mdns, true),
+        mdns_interfaces: pick(None, env_mdns_interfaces, file.mdns_interfaces, Vec::new()),
     })
 }
 
@@ -189,6 +200,7 @@ impl Config {
             "watch_buffer": entry(self.watch_buffer.value.into(), self.watch_buffer.source),
             "bootstrap": entry(self.bootstrap.value.clone().into(), self.bootstrap.source),
             "mdns": entry(self.mdns.value.into(), self.mdns.source),
+            "mdns_interfaces": entry(self.mdns_interfaces.value.clone().into(), self.mdns_interfaces.source),
         })
     }
 
@@ -206,6 +218,7 @@ impl Config {
         out += &line("watch_buffer", self.watch_buffer.value.to_string(), self.watch_buffer.source);
         out += &line("bootstrap", format!("{:?}", self.bootstrap.value), self.bootstrap.source);
         out += &line("mdns", self.mdns.value.to_string(), self.mdns.source);
+        out += &line("mdns_interfaces", format!("{:?}", self.mdns_interfaces.value), self.mdns_interfaces.source);
         out
     }
 }

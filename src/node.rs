@@ -18,6 +18,9 @@ pub struct PeerSettings {
     /// Announce and browse on the LAN with mDNS.
     #[cfg_attr(not(feature = "quic"), allow(dead_code))]
     pub mdns: bool,
+    /// The interfaces mDNS runs on; empty means every one.
+    #[cfg_attr(not(feature = "quic"), allow(dead_code))]
+    pub mdns_interfaces: Vec<String>,
 }
 
 /// Where peers can reach a node listening on `local`: the address itself,
@@ -100,6 +103,12 @@ async fn start_quic(data_dir: &Path, settings: &PeerSettings, db: &Replica) -> a
     let local = engine.local_addr().context("the QUIC engine has no address")?;
     let peer_id = engine.peer_id().context("the QUIC engine has no identity")?;
 
+    if config.discovery.enable_mdns && !settings.mdns_interfaces.is_empty() {
+        let present: Vec<String> = if_addrs::get_if_addrs().map(|all| all.into_iter().map(|i| i.name).collect()).unwrap_or_default();
+        for name in settings.mdns_interfaces.iter().filter(|name| !present.contains(name)) {
+            tracing::warn!(interface = %name, present = ?present, "mdns_interfaces names an interface this machine does not have (now)");
+        }
+    }
     let mut announced = pluresdb_discovery::LocalPeer::new(peer_id, local.port(), secret.network_tag());
     if !local.ip().is_unspecified() {
         announced = announced.with_addresses(vec![local.ip()]);
@@ -108,6 +117,7 @@ async fn start_quic(data_dir: &Path, settings: &PeerSettings, db: &Replica) -> a
         pluresdb_discovery::CombinedDiscovery::new(config.discovery.clone())
             .with_local(announced)
             .with_bootstrap(settings.bootstrap.clone())
+            .with_interfaces(settings.mdns_interfaces.clone())
             .with_peer_exchange(peers.clone()),
     );
     discovery.start_discovery().await.context("cannot start peer discovery")?;

@@ -278,6 +278,7 @@ fn settings_come_from_flags_then_environment_then_the_config_file() {
             .env_remove("PLURESDB_RESOLVER")
             .env_remove("PLURESDB_BOOTSTRAP")
             .env_remove("PLURESDB_MDNS")
+            .env_remove("PLURESDB_MDNS_INTERFACES")
             .envs(env.iter().copied())
             .output()
             .unwrap();
@@ -293,6 +294,9 @@ fn settings_come_from_flags_then_environment_then_the_config_file() {
     let env_bootstrap = show(&[], &[("PLURESDB_BOOTSTRAP", "10.1.1.1:1, 10.2.2.2:2"), ("PLURESDB_MDNS", "true")]);
     assert_eq!(env_bootstrap["bootstrap"], json!({"value": ["10.1.1.1:1", "10.2.2.2:2"], "source": "environment"}));
     assert_eq!(env_bootstrap["mdns"], json!({"value": true, "source": "environment"}));
+    assert_eq!(from_file["mdns_interfaces"], json!({"value": [], "source": "default"}));
+    let interfaces = show(&[], &[("PLURESDB_MDNS_INTERFACES", "eth0, wlan0")]);
+    assert_eq!(interfaces["mdns_interfaces"], json!({"value": ["eth0", "wlan0"], "source": "environment"}));
     let from_env = show(&[], &[("PLURESDB_RESOLVER", "fww")]);
     assert_eq!(from_env["resolver"], json!({"value": "first-writer-wins", "source": "environment"}));
     let from_flag = show(&["--resolver", "lww"], &[("PLURESDB_RESOLVER", "fww")]);

@@ -336,6 +336,11 @@ fn lan_hosts_find_each_other_by_mdns_and_converge() {
     let started = Instant::now();
     for h in 1..4 {
         share_secret(&lab, 0, h);
+        if h == 3 {
+            // One host keeps mDNS to its LAN interface by name.
+            let config = format!("mdns_interfaces = [\"{}\"]\n", netlab::HOST_INTERFACE);
+            std::fs::write(lab.host(h).data_dir.join("pluresdb.toml"), config).expect("write pluresdb.toml");
+        }
         lab.host_mut(h).start(&[]);
     }
     wait_full_mesh(&lab, &[0, 1, 2, 3], CONVERGE_TIMEOUT, "every host connects to every other by mDNS");
