@@ -63,6 +63,37 @@ fn invite_ticket(peer_id: &str, addresses: &[String], secret: &pluresdb_security
     ticket.to_text().ok()
 }
 
+/// How often a node listening on every interface checks its addresses.
+#[cfg(feature = "quic")]
+const ADDRESS_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Watches the addresses of a node listening on every interface (`local`
+/// unspecified): when they change, its connections still send from the old
+/// address and would only fail at the idle timeout, so they are closed at
+/// once and redialled (the dials it made, and discovery's); peers take the
+/// new connection once the old one has gone silent. mDNS announces the new
+/// address by itself.
+#[cfg(feature = "quic")]
+async fn follow_address_changes(
+    engine: pluresdb_net::QuicNetworkEngine,
+    local: std::net::SocketAddr,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut known = reachable_addresses(local);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(ADDRESS_CHECK_INTERVAL) => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        let now = reachable_addresses(local);
+        if now != known {
+            tracing::info!(before = ?known, after = ?now, "this node's addresses changed; reconnecting to its peers");
+            engine.close_links("the peer's address changed");
+            known = now;
+        }
+    }
+}
+
 /// The QUIC engine, the runtime's view of it, and discovery feeding it.
 #[cfg(feature = "quic")]
 struct QuicNode {
@@ -126,7 +157,10 @@ async fn start_quic(data_dir: &Path, settings: &PeerSettings, db: &Replica) -> a
         tracing::warn!(error = %err, "cannot announce this node on mDNS");
     }
     let (stop_dialling, dialling_stopped) = tokio::sync::watch::channel(false);
-    pluresdb_discovery::spawn_auto_connect(discovery.clone(), Arc::new(engine.clone()), config.max_connections, dialling_stopped);
+    pluresdb_discovery::spawn_auto_connect(discovery.clone(), Arc::new(engine.clone()), config.max_connections, dialling_stopped.clone());
+    if local.ip().is_unspecified() {
+        tokio::spawn(follow_address_changes(engine.clone(), local, dialling_stopped));
+    }
 
     let network = pluresdb_runtime::Network {
         engine: Arc::new(engine.clone()),

@@ -288,6 +288,17 @@ impl QuicNetworkEngine {
         }
     }
 
+    /// Closes every connection with `reason` and keeps redialling what was
+    /// dialled: for when this node's own address changed and connections
+    /// still send from the old one (they would only notice at the idle
+    /// timeout). Peers found by discovery are dialled again by it.
+    pub fn close_links(&self, reason: &str) {
+        let state = self.shared.state();
+        for link in state.links.values() {
+            link.close(reason);
+        }
+    }
+
     /// The access policy in force, once initialized (it holds the network
     /// secret a fresh node generated).
     pub fn access_policy(&self) -> Option<AccessPolicy> {
@@ -436,15 +447,22 @@ impl Shared {
     /// between the same nodes, the one dialled by the node with the smaller
     /// peer id wins (both ends decide alike); a link dialled by the same
     /// node as the existing one replaces it (the peer redialled, so the old
-    /// one is stale).
+    /// one is stale); and so does any new link while the old one has heard
+    /// nothing for [`Shared::silent_after`] (the peer moved or restarted and
+    /// the old connection has not timed out yet; the peer has let go of it,
+    /// or it would still be sending heartbeats).
     pub(crate) fn register(&self, link: Link) -> Registration {
+        let silent = self.peers.get(&link.peer_id).is_some_and(|info| {
+            let quiet = chrono::Utc::now().signed_duration_since(info.last_seen);
+            quiet.to_std().is_ok_and(|quiet| quiet > self.silent_after())
+        });
         let mut state = self.state();
         if state.running.is_none() {
             return Registration::Stopped;
         }
         let registration = match state.links.get(&link.peer_id) {
             None => Registration::Fresh,
-            Some(old) if old.dialler == link.dialler || link.dialler < old.dialler => {
+            Some(old) if old.dialler == link.dialler || link.dialler < old.dialler || silent => {
                 old.close("replaced by a newer connection");
                 Registration::Replaced
             }
@@ -454,6 +472,12 @@ impl Shared {
         drop(state);
         self.links_changed.notify_waiters();
         registration
+    }
+
+    /// How long a link may hear nothing before a new connection from its
+    /// peer replaces it: one and a half heartbeat intervals and a second.
+    fn silent_after(&self) -> Duration {
+        self.config.heartbeat_interval * 3 / 2 + Duration::from_secs(1)
     }
 
     /// Removes link `id` of `peer` if it is still the current one; returns
