@@ -192,9 +192,7 @@ async fn run(
     }
     let address = context.connection.remote_address().to_string();
     sync.deliver(PeerEvent::Connected { peer_id: peer.clone(), address, transport: Transport::Quic }).await;
-    if context.shared.ask_for_peers.load(std::sync::atomic::Ordering::Relaxed) {
-        let _ = control.try_send(NetworkMessage::PeerExchange { peers: Vec::new(), request: true }.to_frame());
-    }
+    ask_for_peers(&context.shared, &control);
 
     let mut control_writer = tokio::spawn(write_control(send, control_rx, context.stats.clone()));
     let bulk_writer = tokio::spawn(write_bulk(context.connection.clone(), bulk_rx, context.stats.clone()));
@@ -391,6 +389,14 @@ async fn read_bulk(context: &LinkContext) -> LinkEnd {
 
 /// Sends a heartbeat every `interval` and records the round-trip time.
 /// Never ends by itself.
+/// Asks the peer for the peers it knows, if this node looks for peers (a
+/// full queue skips it: the next ask repeats it).
+fn ask_for_peers(shared: &Shared, control: &mpsc::Sender<Frame>) {
+    if shared.ask_for_peers.load(std::sync::atomic::Ordering::Relaxed) {
+        let _ = control.try_send(NetworkMessage::PeerExchange { peers: Vec::new(), request: true }.to_frame());
+    }
+}
+
 async fn heartbeat(context: &LinkContext, control: mpsc::Sender<Frame>, local_peer: String, interval: std::time::Duration) -> LinkEnd {
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -403,9 +409,9 @@ async fn heartbeat(context: &LinkContext, control: mpsc::Sender<Frame>, local_pe
         // timeout or the queue itself will tell.
         let _ = control.try_send(beat.to_frame());
         // Peers that joined after this link came up are learned this way.
-        if context.shared.ask_for_peers.load(std::sync::atomic::Ordering::Relaxed) && last_ask.elapsed() >= EXCHANGE_ASK_INTERVAL {
+        if last_ask.elapsed() >= EXCHANGE_ASK_INTERVAL {
             last_ask = Instant::now();
-            let _ = control.try_send(NetworkMessage::PeerExchange { peers: Vec::new(), request: true }.to_frame());
+            ask_for_peers(&context.shared, &control);
         }
     }
 }

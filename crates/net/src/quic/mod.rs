@@ -119,6 +119,28 @@ struct State {
     dials: HashMap<u64, Dial>,
 }
 
+impl State {
+    /// Stops redialling `peer` and closes its link with `reason`; returns
+    /// whether there was a link and whether there was a dial.
+    fn disconnect(&mut self, peer: &str, reason: &str) -> (bool, bool) {
+        let mut dial_found = false;
+        self.dials.retain(|_, dial| {
+            let matches = dial.peer.as_deref() == Some(peer);
+            if matches {
+                let _ = dial.cancel.send(true);
+                tracing::debug!(address = %dial.address, "stopped redialling");
+            }
+            dial_found |= matches;
+            !matches
+        });
+        let link = self.links.get(peer);
+        if let Some(link) = link {
+            link.close(reason);
+        }
+        (link.is_some(), dial_found)
+    }
+}
+
 #[derive(Clone)]
 struct Running {
     endpoint: Endpoint,
@@ -275,16 +297,7 @@ impl QuicNetworkEngine {
             .collect();
         for (peer, reason) in refused {
             tracing::info!(%peer, %reason, "the access rule no longer admits a connected peer; disconnecting it");
-            state.dials.retain(|_, dial| {
-                let matches = dial.peer.as_deref() == Some(peer.as_str());
-                if matches {
-                    let _ = dial.cancel.send(true);
-                }
-                !matches
-            });
-            if let Some(link) = state.links.get(&peer) {
-                link.close(&format!("no longer admitted: {reason}"));
-            }
+            state.disconnect(&peer, &format!("no longer admitted: {reason}"));
         }
     }
 
@@ -688,27 +701,7 @@ impl NetworkEngine for QuicNetworkEngine {
     }
 
     async fn disconnect_peer(&self, peer_id: &str) -> Result<()> {
-        let (link_found, dial_found) = {
-            let mut state = self.shared.state();
-            let mut dial_found = false;
-            state.dials.retain(|_, dial| {
-                let matches = dial.peer.as_deref() == Some(peer_id);
-                if matches {
-                    let _ = dial.cancel.send(true);
-                    tracing::debug!(address = %dial.address, "stopped redialling");
-                }
-                dial_found |= matches;
-                !matches
-            });
-            let link_found = match state.links.get(peer_id) {
-                Some(link) => {
-                    link.close("disconnected by the local node");
-                    true
-                }
-                None => false,
-            };
-            (link_found, dial_found)
-        };
+        let (link_found, dial_found) = self.shared.state().disconnect(peer_id, "disconnected by the local node");
         if link_found || dial_found {
             Ok(())
         } else {
