@@ -26,16 +26,6 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// As the `pluresdb` binary does at start (`avoid_huge_pages` in
-/// src/main.rs): no transparent huge pages for this process.
-fn avoid_huge_pages() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: plain integers; only changes how the kernel backs memory.
-    unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
-    }
-}
-
 use anyhow::{anyhow, bail, Context};
 use pluresdb_core::{Database, VersionVector};
 use pluresdb_net::{NetworkConfig, NetworkEngine, PeerManager, QuicNetworkEngine, SyncHandle};
@@ -641,7 +631,8 @@ fn node_child() -> anyhow::Result<()> {
 // ---- the report -------------------------------------------------------------------
 
 fn main() {
-    avoid_huge_pages();
+    // As the `pluresdb` binary does at start.
+    pluresdb_runtime::avoid_huge_pages();
     if std::env::var_os(CHILD_ENV).is_some() {
         if let Err(err) = node_child() {
             eprintln!("node child: {err:#}");

@@ -3,20 +3,6 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Keeps this process off transparent huge pages. mimalloc asks for them
-/// on its arenas, and the kernel then faults memory in 2 MiB at a time: a
-/// node with 250 idle peers held 57-66 KiB per peer that way and 45 KiB
-/// without, and replication and catch-up were no slower (benches/replication.rs).
-fn avoid_huge_pages() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: PR_SET_THP_DISABLE takes plain integers and changes only how
-    // the kernel backs this process's memory; a failure (old kernel) leaves
-    // the default, which is harmless.
-    unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
-    }
-}
-
 mod api_client;
 mod cli;
 mod commands;
@@ -44,7 +30,7 @@ pub struct NotFound(pub String);
 pub struct Unavailable(pub String);
 
 fn main() -> ExitCode {
-    avoid_huge_pages();
+    pluresdb_runtime::avoid_huge_pages();
     let cli = cli::Cli::parse();
     let config = match config::load(&cli) {
         Ok(config) => config,

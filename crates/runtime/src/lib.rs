@@ -25,12 +25,14 @@
 //! ```
 
 mod error;
+mod memory;
 mod stats;
 mod trust;
 mod watch;
 mod writer;
 
 pub use error::Error;
+pub use memory::avoid_huge_pages;
 pub use stats::Stats;
 pub use trust::{stored_access_mode, stored_allowlist, AccessMode};
 pub use watch::{Filter, Watch, WatchEvent};
