@@ -134,12 +134,6 @@ async fn start_quic(data_dir: &Path, settings: &PeerSettings, db: &Replica) -> a
     let local = engine.local_addr().context("the QUIC engine has no address")?;
     let peer_id = engine.peer_id().context("the QUIC engine has no identity")?;
 
-    if config.discovery.enable_mdns && !settings.mdns_interfaces.is_empty() {
-        let present: Vec<String> = if_addrs::get_if_addrs().map(|all| all.into_iter().map(|i| i.name).collect()).unwrap_or_default();
-        for name in settings.mdns_interfaces.iter().filter(|name| !present.contains(name)) {
-            tracing::warn!(interface = %name, present = ?present, "mdns_interfaces names an interface this machine does not have (now)");
-        }
-    }
     let mut announced = pluresdb_discovery::LocalPeer::new(peer_id, local.port(), secret.network_tag());
     if !local.ip().is_unspecified() {
         announced = announced.with_addresses(vec![local.ip()]);

@@ -38,6 +38,10 @@ impl MdnsDriver {
     pub(crate) fn start(ty_domain: &str, interfaces: &[String], directory: Arc<SharedDirectory>) -> Result<Self> {
         let daemon = ServiceDaemon::new().map_err(|err| DiscoveryError::MdnsDaemon { reason: err.to_string() })?;
         if !interfaces.is_empty() {
+            let present: Vec<String> = if_addrs::get_if_addrs().map(|all| all.into_iter().map(|i| i.name).collect()).unwrap_or_default();
+            for name in interfaces.iter().filter(|name| !present.contains(name)) {
+                tracing::warn!(interface = %name, ?present, "mDNS is limited to an interface this machine does not have (now)");
+            }
             let only = daemon
                 .disable_interface(mdns_sd::IfKind::All)
                 .and_then(|()| interfaces.iter().try_for_each(|name| daemon.enable_interface(mdns_sd::IfKind::Name(name.clone()))));
