@@ -192,6 +192,9 @@ mod http {
         buf: Vec<u8>,
         request: Vec<u8>,
         body: std::ops::Range<usize>,
+        /// The `Host` of every request: the node's address (the API
+        /// refuses other names).
+        host: String,
     }
 
     fn bad(what: impl Into<String>) -> std::io::Error {
@@ -204,7 +207,13 @@ mod http {
                 .await
                 .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
             stream.set_nodelay(true)?;
-            Ok(Self { stream, buf: Vec::with_capacity(16 * 1024), request: Vec::with_capacity(4 * 1024), body: 0..0 })
+            Ok(Self {
+                stream,
+                buf: Vec::with_capacity(16 * 1024),
+                request: Vec::with_capacity(4 * 1024),
+                body: 0..0,
+                host: addr.to_string(),
+            })
         }
 
         /// Sends a request and reads the whole answer; returns its status
@@ -224,7 +233,7 @@ mod http {
             // Drop the previous answer (no pipelining: nothing follows it).
             self.buf.clear();
             self.request.clear();
-            let _ = write!(Latin1(&mut self.request), "{method} {path} HTTP/1.1\r\nHost: bench\r\n");
+            let _ = write!(Latin1(&mut self.request), "{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.host);
             if !body.is_empty() || method != "GET" {
                 let _ = write!(Latin1(&mut self.request), "Content-Type: {content_type}\r\nContent-Length: {}\r\n", body.len());
             }

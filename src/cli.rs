@@ -72,9 +72,11 @@ pub enum Command {
     /// describes every route. On loopback the API needs no token (except to
     /// make invites or change the allowlist); bound to any other address,
     /// every route but /health needs the token that serve keeps in api.token
-    /// in the data directory (`Authorization: Bearer <token>`). Peers connect
-    /// over QUIC (UDP --port, default 34569), authenticated by their keys and
-    /// the network secret.
+    /// in the data directory (`Authorization: Bearer <token>`, never in the
+    /// URL). Requests must name the node in Host (its address, or a name in
+    /// --api-host); web pages get in only from the node's own origin or one
+    /// given with --allowed-origin. Peers connect over QUIC (UDP --port,
+    /// default 34569), authenticated by their keys and the network secret.
     Serve {
         /// Address of the HTTP API; port 0 picks a free port [default:
         /// 127.0.0.1:34570; env: PLURESDB_API_ADDR; config: api_addr].
@@ -84,6 +86,18 @@ pub enum Command {
         /// loopback [env: PLURESDB_REQUIRE_TOKEN; config: require_token].
         #[arg(long)]
         require_token: bool,
+        /// Let web pages of this origin use the API (scheme://host[:port],
+        /// e.g. http://localhost:3000); repeat for several. Pages of other
+        /// origins are refused (403) [env: PLURESDB_ALLOWED_ORIGINS,
+        /// comma-separated; config: allowed_origins].
+        #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+        allowed_origins: Vec<String>,
+        /// A name the API answers to besides its own addresses (name, or
+        /// name:port), e.g. a reverse proxy's; repeat for several. Requests
+        /// naming another host are refused (403) [env: PLURESDB_API_HOSTS,
+        /// comma-separated; config: api_hosts].
+        #[arg(long = "api-host", value_name = "NAME")]
+        api_hosts: Vec<String>,
         /// UDP port for peers (QUIC); 0 picks a free port.
         #[arg(long, default_value_t = pluresdb_net::DEFAULT_PORT)]
         port: u16,

@@ -12,6 +12,8 @@
 //! bootstrap = ["10.0.0.5:34569"] # PLURESDB_BOOTSTRAP (comma-separated), --bootstrap
 //! mdns = true                    # PLURESDB_MDNS, --no-mdns: find peers on the LAN
 //! mdns_interfaces = ["eth0"]     # PLURESDB_MDNS_INTERFACES (comma-separated): only these (default: all)
+//! allowed_origins = ["http://localhost:3000"] # PLURESDB_ALLOWED_ORIGINS (comma-separated), --allowed-origin: web pages allowed to use the API
+//! api_hosts = ["db.example.com"] # PLURESDB_API_HOSTS (comma-separated), --api-host: names the API answers to besides its addresses
 //! ```
 
 use crate::cli::{Cli, Command, Resolver};
@@ -37,6 +39,8 @@ struct FileConfig {
     bootstrap: Option<Vec<String>>,
     mdns: Option<bool>,
     mdns_interfaces: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
+    api_hosts: Option<Vec<String>>,
 }
 
 /// Where a setting came from.
@@ -83,6 +87,12 @@ pub struct Config {
     pub mdns: Setting<bool>,
     /// The interfaces mDNS runs on; empty means every one.
     pub mdns_interfaces: Setting<Vec<String>>,
+    /// Origins of web pages allowed to use the API (`scheme://host[:port]`)
+    /// besides the node's own.
+    pub allowed_origins: Setting<Vec<String>>,
+    /// Names the API answers to besides its own addresses (`name` on any
+    /// port, `name:port`), e.g. a reverse proxy's.
+    pub api_hosts: Setting<Vec<String>>,
 }
 
 /// Picks the first given of flag, environment, file and default.
@@ -133,12 +143,35 @@ pub fn load(cli: &Cli) -> anyhow::Result<Config> {
     let (file, read) = read_file(&path, required)?;
     let whence = |key: &str| format!("{} ({key})", path.display());
 
-    let (flag_addr, flag_require, flag_bootstrap, flag_mdns) = match &cli.command {
-        Command::Serve { api_addr, require_token, bootstrap, no_mdns, .. } => {
-            (*api_addr, require_token.then_some(true), (!bootstrap.is_empty()).then(|| bootstrap.clone()), no_mdns.then_some(false))
-        }
-        _ => (None, None, None, None),
+    let (flag_addr, flag_require, flag_bootstrap, flag_mdns, flag_origins, flag_hosts) = match &cli.command {
+        Command::Serve { api_addr, require_token, bootstrap, no_mdns, allowed_origins, api_hosts, .. } => (
+            *api_addr,
+            require_token.then_some(true),
+            (!bootstrap.is_empty()).then(|| bootstrap.clone()),
+            no_mdns.then_some(false),
+            (!allowed_origins.is_empty()).then(|| allowed_origins.clone()),
+            (!api_hosts.is_empty()).then(|| api_hosts.clone()),
+        ),
+        _ => (None, None, None, None, None, None),
     };
+    let origins = |list: Vec<String>, whence: &str| -> anyhow::Result<Vec<String>> {
+        for origin in &list {
+            pluresdb_server::Origin::parse(origin).map_err(|err| InvalidInput(format!("{whence}: {err}")))?;
+        }
+        Ok(list)
+    };
+    let hosts = |list: Vec<String>, whence: &str| -> anyhow::Result<Vec<String>> {
+        for host in &list {
+            pluresdb_server::ApiHost::parse(host).map_err(|err| InvalidInput(format!("{whence}: {err}")))?;
+        }
+        Ok(list)
+    };
+    let flag_origins = flag_origins.map(|l| origins(l, "--allowed-origin")).transpose()?;
+    let env_origins = env("PLURESDB_ALLOWED_ORIGINS").map(|v| origins(list(&v), "PLURESDB_ALLOWED_ORIGINS")).transpose()?;
+    let file_origins = file.allowed_origins.map(|l| origins(l, &whence("allowed_origins"))).transpose()?;
+    let flag_hosts = flag_hosts.map(|l| hosts(l, "--api-host")).transpose()?;
+    let env_hosts = env("PLURESDB_API_HOSTS").map(|v| hosts(list(&v), "PLURESDB_API_HOSTS")).transpose()?;
+    let file_hosts = file.api_hosts.map(|l| hosts(l, &whence("api_hosts"))).transpose()?;
     let env_bootstrap =
         env("PLURESDB_BOOTSTRAP").map(|v| v.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect::<Vec<_>>());
     let env_mdns = env("PLURESDB_MDNS").map(|v| parse_bool(&v, "PLURESDB_MDNS")).transpose()?;
@@ -174,6 +207,8 @@ pub fn load(cli: &Cli) -> anyhow::Result<Config> {
         bootstrap: pick(flag_bootstrap, env_bootstrap, file.bootstrap, Vec::new()),
         mdns: pick(flag_mdns, env_mdns, file.mdns, true),
         mdns_interfaces: pick(None, env_mdns_interfaces, file.mdns_interfaces, Vec::new()),
+        allowed_origins: pick(flag_origins, env_origins, file_origins, Vec::new()),
+        api_hosts: pick(flag_hosts, env_hosts, file_hosts, Vec::new()),
     })
 }
 
@@ -201,6 +236,8 @@ impl Config {
             "bootstrap": entry(self.bootstrap.value.clone().into(), self.bootstrap.source),
             "mdns": entry(self.mdns.value.into(), self.mdns.source),
             "mdns_interfaces": entry(self.mdns_interfaces.value.clone().into(), self.mdns_interfaces.source),
+            "allowed_origins": entry(self.allowed_origins.value.clone().into(), self.allowed_origins.source),
+            "api_hosts": entry(self.api_hosts.value.clone().into(), self.api_hosts.source),
         })
     }
 
@@ -219,7 +256,17 @@ impl Config {
         out += &line("bootstrap", format!("{:?}", self.bootstrap.value), self.bootstrap.source);
         out += &line("mdns", self.mdns.value.to_string(), self.mdns.source);
         out += &line("mdns_interfaces", format!("{:?}", self.mdns_interfaces.value), self.mdns_interfaces.source);
+        out += &line("allowed_origins", format!("{:?}", self.allowed_origins.value), self.allowed_origins.source);
+        out += &line("api_hosts", format!("{:?}", self.api_hosts.value), self.api_hosts.source);
         out
+    }
+
+    /// What the API takes from browsers, from `allowed_origins` and
+    /// `api_hosts` (checked when the settings were read).
+    pub fn browser_policy(&self) -> anyhow::Result<pluresdb_server::BrowserPolicy> {
+        let hosts = self.api_hosts.value.iter().map(|h| pluresdb_server::ApiHost::parse(h)).collect::<Result<_, _>>()?;
+        let origins = self.allowed_origins.value.iter().map(|o| pluresdb_server::Origin::parse(o)).collect::<Result<_, _>>()?;
+        Ok(pluresdb_server::BrowserPolicy::new(hosts, origins))
     }
 }
 

@@ -179,6 +179,7 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
     let require_token = config.require_token.value || !pluresdb_server::is_loopback(&api_addr);
     let token = crate::keys::api_token(data_dir)?;
     let secret = crate::keys::network_secret(data_dir)?;
+    let browsers = config.browser_policy()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         // Signals first: from the moment the node announces itself, SIGTERM
@@ -262,7 +263,7 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
             .and_then(|()| std::fs::rename(&staged, &addr_file))
             .with_context(|| format!("cannot write {}", addr_file.display()))?;
         tracing::info!(%peer_id, api = %bound, require_token, "node running");
-        let state = pluresdb_server::ApiState::new(handle, secret, token, require_token);
+        let state = pluresdb_server::ApiState::new(handle, secret, token, require_token).with_browser_policy(browsers);
         let served = pluresdb_server::serve(listener, state, shutdown).await;
         if let Err(err) = std::fs::remove_file(&addr_file) {
             tracing::warn!(%err, path = %addr_file.display(), "cannot remove the API address file");

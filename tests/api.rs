@@ -62,7 +62,7 @@ fn a_token_guards_the_api_when_required() {
     let auth = format!("Authorization: Bearer {token}");
     assert_eq!(node.request_with("PUT", "/nodes/a", "{}", &[&auth]).0, 200);
     assert_eq!(node.request_with("GET", "/nodes/a", "", &[&auth]).1["id"], "a");
-    assert_eq!(node.request("GET", &format!("/nodes/a?token={token}"), "").0, 200, "browsers pass it in the query");
+    assert_eq!(node.request("GET", &format!("/nodes/a?token={token}"), "").0, 400, "never in the URL (tests/browser_guard.rs)");
 
     // The CLI on the same data directory reads the token file.
     let out = cli(dir.path(), &["--json", "get", "a"]);

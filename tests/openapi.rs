@@ -67,26 +67,39 @@ struct Answer {
 
 /// One HTTP/1.1 request to `api` (host:port) with the given content type.
 fn exchange(api: &str, method: &str, path: &str, headers: &[String], content_type: &str, body: &[u8]) -> Answer {
-    let mut stream = TcpStream::connect(api).unwrap();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
     let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n{extra}Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    // The server may answer (413) and close before reading a huge body; the
-    // answer is still there to read.
-    let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body));
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{method} {path}: no HTTP answer: {text:?}"));
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let content_type = head.lines().find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        name.eq_ignore_ascii_case("content-type").then(|| value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
-    });
-    Answer { status, content_type, body: body.to_owned() }
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    Answer::exchange(api, &request, &format!("{method} {path}"))
+}
+
+impl Answer {
+    /// The answer to `request`, the whole request as text.
+    fn from_raw(api: &str, request: &str) -> Answer {
+        Answer::exchange(api, request.as_bytes(), request.lines().next().unwrap_or_default())
+    }
+
+    fn exchange(api: &str, request: &[u8], what: &str) -> Answer {
+        let mut stream = TcpStream::connect(api).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        // The server may answer (413) and close before reading a huge body; the
+        // answer is still there to read.
+        let _ = stream.write_all(request);
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        let text = String::from_utf8_lossy(&response);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{what}: no HTTP answer: {text:?}"));
+        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let content_type = head.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type").then(|| value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+        });
+        Answer { status, content_type, body: body.to_owned() }
+    }
 }
 
 /// The OpenAPI document, and checks of answers against it.
@@ -495,6 +508,46 @@ fn with_a_required_token_every_route_but_health_answers_401_as_documented() {
         c.status = if operation == "GET /health" { 200 } else { 401 };
         run(&node, &doc, "", &c);
     }
+    let (clean, stderr) = node.stop();
+    assert!(clean, "{stderr}");
+}
+
+/// The checks in front of every route answer as documented: a foreign
+/// `Origin` or `Host` 403, a token in the URL 400, and a page's body of a
+/// type any page may send unasked 415.
+#[test]
+fn browser_refusals_answer_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(dir.path(), &["--no-network"]);
+    let doc = Document::fetch(&node.api, None);
+    let mut first: BTreeMap<&str, Case> = BTreeMap::new();
+    for c in cases("12D3KooWCuz1qxU21drH9ZfsouXG6AQrPBb3MuVBoPbWCnsVNVe4") {
+        first.entry(c.operation).or_insert(c);
+    }
+    let own_origin = format!("Origin: http://{}", node.api);
+    for (operation, c) in &first {
+        let method = c.method();
+        let media = doc.request_media_type(operation);
+        let foreign = exchange(&node.api, method, &c.path, &["Origin: http://evil.example".into()], &media, c.body.as_bytes());
+        assert_eq!(foreign.status, 403, "{operation} from a foreign page: {}", foreign.body);
+        doc.check(operation, &format!("{} (foreign origin)", c.request()), &foreign);
+
+        let separator = if c.path.contains('?') { '&' } else { '?' };
+        let in_url = format!("{}{separator}token=abc", c.path);
+        let answer = exchange(&node.api, method, &in_url, &[], &media, c.body.as_bytes());
+        assert_eq!(answer.status, 400, "{operation} with a token in the URL: {}", answer.body);
+        doc.check(operation, &format!("{} (token in the URL)", c.request()), &answer);
+
+        if method != "GET" {
+            let answer = exchange(&node.api, method, &c.path, std::slice::from_ref(&own_origin), "text/plain", b"{}");
+            assert_eq!(answer.status, 415, "{operation} from a page as text/plain: {}", answer.body);
+            doc.check(operation, &format!("{} (text/plain from a page)", c.request()), &answer);
+        }
+    }
+    // DNS rebinding: a name that is not the node's.
+    let rebound = Answer::from_raw(&node.api, "GET /health HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n");
+    assert_eq!(rebound.status, 403);
+    doc.check("GET /health", "GET /health (Host: evil.example)", &rebound);
     let (clean, stderr) = node.stop();
     assert!(clean, "{stderr}");
 }

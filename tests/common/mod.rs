@@ -21,12 +21,20 @@ impl Node {
     }
 
     pub fn start_with(dir: &std::path::Path, extra: &[&str]) -> Node {
+        Node::start_with_env(dir, extra, &[])
+    }
+
+    /// A node started with `extra` arguments and `env` variables.
+    pub fn start_with_env(dir: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pluresdb"))
             .args(["--json", "--data-dir"])
             .arg(dir)
             .args(["serve", "--api-addr", "127.0.0.1:0", "--bind", "127.0.0.1", "--port", "0"])
             .args(extra)
             .env_remove("PLURESDB_API_ADDR")
+            .env_remove("PLURESDB_ALLOWED_ORIGINS")
+            .env_remove("PLURESDB_API_HOSTS")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -65,6 +73,27 @@ impl Node {
         (status, body.to_owned())
     }
 
+    /// One HTTP/1.1 request with exactly these header lines (no `Host`
+    /// unless given) and a `Content-Length`; returns the status, the
+    /// header lines (names in lowercase) and the body.
+    pub fn exchange(&self, method: &str, path: &str, headers: &[&str], body: &str) -> Answer {
+        let mut stream = TcpStream::connect(&self.api).unwrap();
+        let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+        let _ = write!(stream, "{method} {path} HTTP/1.1\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n{body}", body.len());
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        let text = String::from_utf8_lossy(&response);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let headers = head
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+            .collect();
+        Answer { status, headers, body: body.to_owned() }
+    }
+
     pub fn stop(mut self) -> (bool, String) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
@@ -72,6 +101,27 @@ impl Node {
         let mut stderr = String::new();
         self.child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
         (status.success(), stderr)
+    }
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    /// Header lines, names in lowercase.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (`null` if it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
     }
 }
 

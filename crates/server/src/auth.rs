@@ -5,7 +5,9 @@
 //! changes under `/trust`), which always need the token. Bound to any other
 //! address (or with `require_token`), every route but `/health` needs it.
 //! The token goes in `Authorization: Bearer <token>`, or, for WebSockets
-//! from browsers (which cannot set headers), in `?token=`.
+//! from browsers (which cannot set headers on them), as the subprotocol
+//! `bearer.<token>` in `Sec-WebSocket-Protocol` (the server answers with
+//! that protocol). Never in the URL: [`crate::browser`] refuses that.
 
 use crate::error::ApiError;
 use crate::ApiState;
@@ -24,11 +26,24 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The prefix of the WebSocket subprotocol that carries the token.
+pub const BEARER_PROTOCOL_PREFIX: &str = "bearer.";
+
+/// The WebSocket subprotocols a request offers.
+pub fn offered_protocols(headers: &axum::http::HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+}
+
 fn presented(request: &Request) -> Option<String> {
     if let Some(value) = request.headers().get(axum::http::header::AUTHORIZATION) {
         return value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(|t| t.trim().to_owned());
     }
-    request.uri().query()?.split('&').find_map(|pair| pair.strip_prefix("token=")).map(str::to_owned)
+    offered_protocols(request.headers()).find_map(|p| p.strip_prefix(BEARER_PROTOCOL_PREFIX)).map(str::to_owned)
 }
 
 pub async fn check_token(State(state): State<ApiState>, request: Request, next: Next) -> Result<Response, ApiError> {
@@ -39,7 +54,9 @@ pub async fn check_token(State(state): State<ApiState>, request: Request, next: 
             None => {
                 return Err(ApiError(
                     StatusCode::UNAUTHORIZED,
-                    "this route needs the API token: send `Authorization: Bearer <token>` (the token is in api.token in the node's data directory)".into(),
+                    "this route needs the API token: send `Authorization: Bearer <token>` (a WebSocket may offer the subprotocol \
+                     `bearer.<token>` instead); the token is in api.token in the node's data directory"
+                        .into(),
                 ))
             }
             Some(token) if !same(token.as_bytes(), state.token.as_bytes()) => {

@@ -7,6 +7,27 @@ use axum::Json;
 use pluresdb_core::{error_chain, Error as CoreError};
 use pluresdb_runtime::Error as RuntimeError;
 
+/// A setting of the API that cannot work (from the node's config).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// An entry of `allowed_origins` that is not an origin.
+    #[error("{value:?} is not an origin (scheme://host[:port], e.g. http://localhost:3000): {reason}")]
+    Origin {
+        /// The entry as written.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An entry of `api_hosts` that is not a host name.
+    #[error("{value:?} is not a host name (name, name:port or an IP address): {reason}")]
+    Host {
+        /// The entry as written.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
 /// An error answer: status and message.
 #[derive(Debug)]
 pub struct ApiError(pub StatusCode, pub String);

@@ -3,20 +3,28 @@
 //! JSON in and out; the OpenAPI document at `/openapi.json` lists every
 //! route with its parameters and answers (it is generated from the handlers
 //! and the types they return, see [`openapi`]). Errors are
-//! `{"error": "..."}` with 400 (bad input), 401 (token missing or wrong),
-//! 404 (no such node, peer or route), 409 (nothing to resolve), 413 (body
-//! over 2 MiB), 503 (no transport for a network action) or 500 (storage).
+//! `{"error": "..."}` with 400 (bad input, or a token in the URL), 401
+//! (token missing or wrong), 403 (a `Host` that is not the node, or a web
+//! page of a foreign `Origin`), 404 (no such node, peer or route), 409
+//! (nothing to resolve), 413 (body over 2 MiB), 415 (a page's body that is
+//! not JSON), 503 (no transport for a network action) or 500 (storage).
+//!
+//! What the API accepts from web pages (DNS rebinding, cross-origin
+//! requests and WebSockets, simple bodies, tokens in URLs) is in
+//! [`browser`].
 //!
 //! Writes are answered once durable. Concurrent writes are committed
 //! together (the runtime's group commit), so many clients cost one fsync
 //! per group rather than one each; reads never wait for a commit.
 
 mod auth;
+pub mod browser;
 pub mod docs;
 mod error;
 mod routes;
 
-pub use error::ApiError;
+pub use browser::{ApiHost, BrowserPolicy, Origin};
+pub use error::{ApiError, ConfigError};
 pub use routes::openapi;
 
 use axum::extract::DefaultBodyLimit;
@@ -51,6 +59,9 @@ pub struct ApiState {
     pub started: std::time::Instant,
     /// Requests answered, by status class (1xx..5xx).
     pub answered: Arc<[AtomicU64; 5]>,
+    /// Which requests from browsers are taken (the names the API answers
+    /// to, the origins allowed).
+    pub browsers: Arc<BrowserPolicy>,
 }
 
 impl ApiState {
@@ -63,7 +74,15 @@ impl ApiState {
             require_token,
             started: std::time::Instant::now(),
             answered: Arc::new(Default::default()),
+            browsers: Arc::new(BrowserPolicy::default()),
         }
+    }
+
+    /// The same state with `policy` for requests from browsers (by
+    /// default only the node's own addresses and origin).
+    pub fn with_browser_policy(mut self, policy: BrowserPolicy) -> Self {
+        self.browsers = Arc::new(policy);
+        self
     }
 }
 
@@ -92,19 +111,26 @@ pub fn router(state: ApiState) -> Router {
         .route("/trust/peers/{peer_id}", put(network::trust_add).delete(network::trust_remove))
         .fallback(|| async { ApiError::not_found("no such route (GET /openapi.json lists them)") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::check_token))
+        // Before the token: a foreign page is refused whatever it sends.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), browser::check_request))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::count))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then finishes
-/// the requests in flight.
+/// the requests in flight. Requests must name the node by the address they
+/// reached, the listen address or a name of the state's
+/// [`BrowserPolicy`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: ApiState,
+    mut state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let listen = listener.local_addr()?;
+    state.browsers = Arc::new((*state.browsers).clone().listening_on(listen));
+    let app = router(state).into_make_service_with_connect_info::<browser::LocalAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
 /// Whether `addr` may be served without requiring the API token.

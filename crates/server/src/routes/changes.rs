@@ -15,6 +15,7 @@
 //! code 1008 (policy violation).
 
 use super::nodes::node_doc;
+use crate::auth::BEARER_PROTOCOL_PREFIX;
 use crate::docs::{version_doc, ChangeMessage, ErrorDoc, OperationDoc};
 use crate::error::{rejected, ApiError};
 use crate::ApiState;
@@ -94,7 +95,14 @@ pub async fn changes(
     let watch = state.handle.watch(filter, from).await?;
     // Clients only send small messages: a small read buffer (the default,
     // 128 KiB, is zeroed before every read) and a cap on message size.
-    let upgrade = upgrade.read_buffer_size(CLIENT_BUFFER).max_message_size(CLIENT_BUFFER).max_frame_size(CLIENT_BUFFER);
+    let mut upgrade = upgrade.read_buffer_size(CLIENT_BUFFER).max_message_size(CLIENT_BUFFER).max_frame_size(CLIENT_BUFFER);
+    // A browser that offered its token as a subprotocol fails the
+    // connection unless the answer names that protocol (the token check
+    // has passed by now, or was not needed).
+    let bearer = upgrade.requested_protocols().find(|p| p.to_str().is_ok_and(|p| p.starts_with(BEARER_PROTOCOL_PREFIX))).cloned();
+    if let Some(protocol) = bearer {
+        upgrade.set_selected_protocol(protocol);
+    }
     Ok(upgrade.on_upgrade(move |socket| run(socket, watch, state)))
 }
 

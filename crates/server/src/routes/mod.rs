@@ -19,8 +19,11 @@ use utoipa::OpenApi;
         description = "A running PluresDB node: a replica of a local-first, peer-to-peer graph database. \
 Nodes are JSON objects; a property {\"#\": \"other:id\"} links to another node. Writes answer once durable. \
 On loopback no token is needed except for /network/invite and changes under /trust; bound elsewhere every route but /health \
-needs `Authorization: Bearer <token>` (the token is in api.token in the data directory). \
-GET /changes is a WebSocket of ChangeMessage documents."
+needs `Authorization: Bearer <token>` (the token is in api.token in the data directory; a WebSocket may offer the subprotocol \
+`bearer.<token>` instead); a token in the URL is refused (400). \
+Requests must name the node in `Host` (its address, or a name in api_hosts) and, when they carry an `Origin`, come from the \
+node's own origin or one in allowed_origins (403 otherwise); with an `Origin`, a body must not be text/plain, a form or \
+untyped (415). GET /changes is a WebSocket of ChangeMessage documents."
     ),
     paths(
         nodes::health, nodes::list, nodes::get_node, nodes::put_node, nodes::patch_node, nodes::delete_node, nodes::history,
@@ -29,7 +32,7 @@ GET /changes is a WebSocket of ChangeMessage documents."
         network::trust, network::trust_mode, network::trust_add, network::trust_remove,
     ),
     components(schemas(ChangeMessage)),
-    modifiers(&BearerToken)
+    modifiers(&BearerToken, &BrowserRefusals)
 )]
 struct ApiDoc;
 
@@ -50,6 +53,37 @@ impl utoipa::Modify for BearerToken {
         for (_, item) in openapi.paths.paths.iter_mut().filter(|(path, _)| *path != "/health") {
             for operation in [&mut item.get, &mut item.put, &mut item.post, &mut item.patch, &mut item.delete].into_iter().flatten() {
                 operation.responses.responses.entry("401".into()).or_insert_with(|| unauthorized.clone().into());
+            }
+        }
+    }
+}
+
+/// The answers of the checks in front of every route (`crate::browser`):
+/// 400 for a token in the URL, 403 for a foreign `Host` or `Origin`, and 415
+/// for a page's body that is not JSON on the methods that take one.
+struct BrowserRefusals;
+
+impl utoipa::Modify for BrowserRefusals {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let answer = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorDoc"))).build())
+                .build()
+        };
+        let query_token = answer("Bad request (on every route: a token in the URL; send it in the Authorization header)");
+        let forbidden =
+            answer("The Host is not this node's (DNS rebinding), or the request comes from a web page of an origin not allowed");
+        let unsupported = answer("A request from a web page with a body of a type any page may send unasked (text/plain, a form, none)");
+        for (_, item) in openapi.paths.paths.iter_mut() {
+            let with_body = [&mut item.put, &mut item.post, &mut item.patch, &mut item.delete];
+            for operation in with_body.into_iter().flatten() {
+                operation.responses.responses.entry("415".into()).or_insert_with(|| unsupported.clone().into());
+            }
+            for operation in [&mut item.get, &mut item.put, &mut item.post, &mut item.patch, &mut item.delete].into_iter().flatten() {
+                operation.responses.responses.entry("400".into()).or_insert_with(|| query_token.clone().into());
+                operation.responses.responses.entry("403".into()).or_insert_with(|| forbidden.clone().into());
             }
         }
     }
