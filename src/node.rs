@@ -224,6 +224,10 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
                 }
             });
         }
+        // CLI commands on this data directory find the node here; written
+        // before the node says it runs, so a command that follows finds it.
+        let addr_file = data_dir.join(crate::api_client::API_ADDR_FILE);
+        crate::keys::replace_private(&addr_file, format!("{bound}\n").as_bytes())?;
         let ticket = invite_ticket(&peer_id, &handle.listen_addresses(), &secret);
         {
             // Tell the user (and scripts) where the node is, then keep quiet.
@@ -256,12 +260,6 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
             }
             out.flush()?;
         }
-        // CLI commands on this data directory find the node here.
-        let addr_file = data_dir.join(crate::api_client::API_ADDR_FILE);
-        let staged = data_dir.join(format!("{}.new", crate::api_client::API_ADDR_FILE));
-        std::fs::write(&staged, format!("{bound}\n"))
-            .and_then(|()| std::fs::rename(&staged, &addr_file))
-            .with_context(|| format!("cannot write {}", addr_file.display()))?;
         tracing::info!(%peer_id, api = %bound, require_token, "node running");
         let state = pluresdb_server::ApiState::new(handle, secret, token, require_token).with_browser_policy(browsers);
         let served = pluresdb_server::serve(listener, state, shutdown).await;

@@ -13,6 +13,11 @@ pub type Replica = Database<RedbStore>;
 /// identity whose peer id authors its writes.
 pub fn open(dir: &Path, resolver: Resolver) -> anyhow::Result<Replica> {
     create_private_dir(dir)?;
+    // redb creates its file with the default mode (0644 under the usual
+    // umask); an empty file made owner-only first is one it initializes.
+    let data_file = dir.join(pluresdb_store_redb::DATA_FILE);
+    create_private_file(&data_file)?;
+    crate::keys::make_owner_only(&data_file)?;
     // The store first: it holds the directory's lock.
     let store = RedbStore::open(dir)?;
     let identity = crate::keys::identity(dir)?;
@@ -29,9 +34,23 @@ pub fn open(dir: &Path, resolver: Resolver) -> anyhow::Result<Replica> {
 }
 
 /// Creates a missing data directory readable by its owner only (it holds
-/// the node's keys and data).
+/// the node's keys and data); warns about an existing one that other users
+/// can read (they could read the replica, though not the keys).
 pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     if dir.exists() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir).map(|m| m.permissions().mode() & 0o777).unwrap_or(0o700);
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    data_dir = %dir.display(),
+                    mode = format!("{mode:o}"),
+                    "the data directory is open to other users, who can read its data: run `chmod 700 {}`",
+                    dir.display()
+                );
+            }
+        }
         return Ok(());
     }
     let mut builder = std::fs::DirBuilder::new();
@@ -42,6 +61,22 @@ pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         builder.mode(0o700);
     }
     builder.create(dir).map_err(|err| anyhow::anyhow!("cannot create data directory {}: {err}", dir.display()))
+}
+
+/// Creates `path` empty and owner-only if it does not exist.
+fn create_private_file(path: &Path) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(anyhow::anyhow!("cannot create {}: {err}", path.display())),
+    }
 }
 
 pub fn resolver_for(resolver: Resolver) -> Arc<dyn ConflictResolver> {

@@ -6,6 +6,18 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+/// A temporary directory only its owner can open, as a data directory
+/// should be (the node warns about others, on standard error).
+fn private_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    dir
+}
+
 fn pluresdb(dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pluresdb"));
     cmd.arg("--data-dir").arg(dir).env_remove("PLURESDB_DATA_DIR").env_remove("PLURESDB_RESOLVER");
@@ -35,7 +47,7 @@ fn fails_with(dir: &Path, args: &[&str], code: i32, message: &str) {
 
 #[test]
 fn put_get_follow_list_history_delete() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tempdir();
     let d = dir.path();
     ok_json(d, &["put", "user:123", r##"{"name":"Alice","friend":{"#":"user:456"}}"##]);
 
@@ -74,7 +86,7 @@ fn put_get_follow_list_history_delete() {
 
 #[test]
 fn bad_input_is_a_one_line_error_and_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tempdir();
     let d = dir.path();
     ok_json(d, &["put", "keep:1", r#"{"v":1}"#]);
     fails_with(d, &["put", "keep:1", "{not json"], 2, "not valid JSON");
@@ -99,7 +111,7 @@ fn bad_input_is_a_one_line_error_and_loses_nothing() {
 
 #[test]
 fn a_locked_or_corrupted_data_directory_is_refused_untouched() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tempdir();
     let d = dir.path();
     ok_json(d, &["put", "a", "{}"]);
 
@@ -125,7 +137,7 @@ fn a_locked_or_corrupted_data_directory_is_refused_untouched() {
 
 #[test]
 fn import_reports_bad_lines_and_export_round_trips() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tempdir();
     let d = dir.path();
     let input = d.join("in.ndjson");
     std::fs::write(
@@ -159,7 +171,7 @@ fn import_reports_bad_lines_and_export_round_trips() {
 /// batch it acknowledged must be there after a clean reopen.
 #[test]
 fn sigkill_during_writes_keeps_every_acknowledged_write() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tempdir();
     let d = dir.path();
     let mut child = pluresdb(d)
         .args(["--json", "import", "-", "--batch-size", "50"])
@@ -215,7 +227,7 @@ fn sigkill_during_writes_keeps_every_acknowledged_write() {
 
 #[test]
 fn the_node_identity_is_a_private_key_file_and_names_every_write() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tempdir();
     let d = &dir.path().join("data");
     let id = ok_json(d, &["id"])["peer_id"].as_str().unwrap().to_owned();
     assert!(id.starts_with("12D3KooW"), "{id}");
@@ -242,7 +254,7 @@ fn the_node_identity_is_a_private_key_file_and_names_every_write() {
 
 #[test]
 fn trust_and_invite() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tempdir();
     let d = dir.path();
     let peer = "12D3KooWEChVMMMzV8acJ53mJHrw1pQ27UAGkCxWXLJutbeUMvVu";
     ok_json(d, &["trust", "add", peer]);

@@ -142,3 +142,124 @@ fn serve_join_adopts_the_network_of_a_ticket() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[cfg(unix)]
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
+#[cfg(unix)]
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Under the usual umask (022, files 0644 by default), nothing in the
+/// data directory is readable by other users.
+#[cfg(unix)]
+#[test]
+fn a_new_data_directory_and_its_files_are_owner_only() {
+    let root = tempfile::tempdir().unwrap();
+    let d = &root.path().join("data");
+    let out = common::with_umask(
+        {
+            let mut put = Command::new(env!("CARGO_BIN_EXE_pluresdb"));
+            put.arg("--data-dir").arg(d).args(["put", "n:1", "{}"]);
+            put
+        },
+        "022",
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(mode(d), 0o700, "the data directory");
+    for file in ["pluresdb.redb", "identity.key", "network.secret"] {
+        assert_eq!(mode(&d.join(file)), 0o600, "{file}");
+    }
+    let node = Node::start_with_umask(d, &[], "022");
+    for file in ["pluresdb.redb", "api.addr", "api.token", "identity.key", "network.secret"] {
+        assert_eq!(mode(&d.join(file)), 0o600, "{file} while the node runs");
+    }
+    assert!(node.stop().0);
+}
+
+/// Files left readable by others (an older version, a copy, a restore)
+/// are made owner-only, and the node starts.
+#[cfg(unix)]
+#[test]
+fn existing_files_readable_by_others_are_made_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let node = Node::start(d);
+    assert_eq!(node.request("PUT", "/nodes/kept", "{}").0, 200);
+    let token = std::fs::read_to_string(d.join("api.token")).unwrap();
+    assert!(node.stop().0);
+    set_mode(&d.join("pluresdb.redb"), 0o644);
+    set_mode(&d.join("api.token"), 0o644);
+    // A node killed before it removed its address file, under umask 022.
+    std::fs::write(d.join("api.addr"), "127.0.0.1:1\n").unwrap();
+    set_mode(&d.join("api.addr"), 0o644);
+
+    let node = Node::start(d);
+    for file in ["pluresdb.redb", "api.token", "api.addr"] {
+        assert_eq!(mode(&d.join(file)), 0o600, "{file}");
+    }
+    assert_eq!(std::fs::read_to_string(d.join("api.token")).unwrap(), token, "the same token");
+    assert_eq!(node.request("GET", "/nodes/kept", "").0, 200);
+    let (clean, stderr) = node.stop();
+    assert!(clean, "{stderr}");
+    assert!(stderr.contains("api.token") && stderr.contains("owner-only"), "the token's exposure is reported: {stderr}");
+}
+
+/// A data directory other users can read gets a warning naming the fix.
+#[cfg(unix)]
+#[test]
+fn a_data_directory_others_can_read_gets_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    set_mode(d, 0o700);
+    assert!(cli(d, &["put", "n:1", "{}"]).status.success());
+    let quiet = cli(d, &["get", "n:1"]);
+    assert!(quiet.stderr.is_empty(), "no warning for a private directory: {}", String::from_utf8_lossy(&quiet.stderr));
+    set_mode(d, 0o755);
+    let out = cli(d, &["get", "n:1"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("WARN") && stderr.contains("other users") && stderr.contains("chmod 700"), "{stderr}");
+    let node = Node::start(d);
+    let (clean, stderr) = node.stop();
+    assert!(clean && stderr.contains("chmod 700"), "serve warns too: {stderr}");
+}
+
+/// A key file that is a symbolic link is refused, not followed: whoever
+/// can place a link would choose the node's identity or network (or make it
+/// write its new key where the link points).
+#[cfg(unix)]
+#[test]
+fn key_files_are_not_followed_through_symlinks() {
+    let root = tempfile::tempdir().unwrap();
+    let (d, elsewhere) = (root.path().join("data"), root.path().join("elsewhere"));
+    assert!(cli(&elsewhere, &["id"]).status.success());
+    for file in ["identity.key", "network.secret"] {
+        std::fs::create_dir_all(&d).unwrap();
+        set_mode(&d, 0o700);
+        assert!(cli(&d, &["id"]).status.success());
+        std::fs::remove_file(d.join(file)).unwrap();
+        std::os::unix::fs::symlink(elsewhere.join(file), d.join(file)).unwrap();
+        let out = cli(&d, &["id"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{file}: {stderr}");
+        assert!(stderr.contains(file) && stderr.contains("symbolic link"), "{file}: {stderr}");
+
+        // A dangling link: the node does not create its key where it points.
+        let target = root.path().join(format!("planted-{file}"));
+        std::fs::remove_file(d.join(file)).unwrap();
+        std::os::unix::fs::symlink(&target, d.join(file)).unwrap();
+        let out = cli(&d, &["id"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("symbolic link"), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!target.exists(), "nothing written through the link");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

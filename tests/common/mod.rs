@@ -26,7 +26,18 @@ impl Node {
 
     /// A node started with `extra` arguments and `env` variables.
     pub fn start_with_env(dir: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pluresdb"))
+        Node::spawn(Node::command(dir, extra, env))
+    }
+
+    /// A node started under `umask` (as a shell sets it: `022`).
+    pub fn start_with_umask(dir: &std::path::Path, extra: &[&str], umask: &str) -> Node {
+        Node::spawn(with_umask(Node::command(dir, extra, &[]), umask))
+    }
+
+    /// The `serve` command line of [`Node::start_with_env`].
+    pub fn command(dir: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pluresdb"));
+        command
             .args(["--json", "--data-dir"])
             .arg(dir)
             .args(["serve", "--api-addr", "127.0.0.1:0", "--bind", "127.0.0.1", "--port", "0"])
@@ -34,14 +45,20 @@ impl Node {
             .env_remove("PLURESDB_API_ADDR")
             .env_remove("PLURESDB_ALLOWED_ORIGINS")
             .env_remove("PLURESDB_API_HOSTS")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .envs(env.iter().copied());
+        command
+    }
+
+    /// Starts `command` (a `serve`) and reads its start line.
+    pub fn spawn(mut command: Command) -> Node {
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let mut first = String::new();
         BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut first).unwrap();
-        let started: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("no start line ({e}): {first:?}"));
+        let started: Value = serde_json::from_str(&first).unwrap_or_else(|e| {
+            let mut stderr = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+            panic!("no start line ({e}): {first:?}; stderr: {stderr}")
+        });
         let api = started["api"].as_str().unwrap().trim_start_matches("http://").to_owned();
         let listen = started["listen"].as_array().and_then(|l| l.first()).and_then(|a| a.as_str()).map(str::to_owned);
         Node { child, api, listen }
@@ -123,6 +140,19 @@ impl Answer {
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or(Value::Null)
     }
+}
+
+/// `command` run by a shell that first sets `umask`.
+pub fn with_umask(command: Command, umask: &str) -> Command {
+    let mut shell = Command::new("sh");
+    shell.arg("-c").arg(format!("umask {umask} && exec \"$@\"")).arg("sh").arg(command.get_program()).args(command.get_args());
+    for (name, value) in command.get_envs() {
+        match value {
+            Some(value) => shell.env(name, value),
+            None => shell.env_remove(name),
+        };
+    }
+    shell
 }
 
 /// Runs the CLI on data directory `dir`.
