@@ -68,7 +68,8 @@ pub enum Resolver {
 pub enum Command {
     /// Run the node: serve the HTTP and WebSocket API until Ctrl-C or SIGTERM.
     ///
-    /// Prints the peer id and the API address; GET /openapi.json on it
+    /// Prints the peer id, the API address and the QUIC addresses (not a
+    /// ticket: `pluresdb invite` makes one); GET /openapi.json on the API
     /// describes every route. On loopback the API needs no token (except to
     /// make invites or change the allowlist); bound to any other address,
     /// every route but /health needs the token that serve keeps in api.token
@@ -119,8 +120,13 @@ pub enum Command {
         no_mdns: bool,
         /// Join the network of the node that printed this ticket (`pluresdb
         /// invite`): adopt its network secret and remember it as a peer.
+        /// `-` reads the ticket from standard input, which keeps the secret
+        /// out of the shell history and the process list.
         #[arg(long, value_name = "TICKET")]
         join: Option<String>,
+        /// Join with the ticket in this file (as --join).
+        #[arg(long, value_name = "FILE", conflicts_with = "join")]
+        join_file: Option<PathBuf>,
     },
     /// Create a node or replace its whole value.
     ///

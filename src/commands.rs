@@ -32,8 +32,23 @@ pub fn run(cli: Cli, config: &Config) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    if let Command::Serve { join: ticket, port, bind, no_network, .. } = &cli.command {
+    if let Command::Serve { join: ticket, join_file, port, bind, no_network, .. } = &cli.command {
         // Joining decides the network before anything else touches the directory.
+        let ticket = match (ticket.as_deref(), join_file) {
+            (Some("-"), _) => {
+                if std::io::stdin().is_terminal() {
+                    eprintln!("paste the ticket (from `pluresdb invite` on a node of the network):");
+                }
+                Some(read_ticket(&mut std::io::stdin().lock(), "standard input")?)
+            }
+            (Some(ticket), _) => Some(ticket.to_owned()),
+            (None, Some(path)) => {
+                let mut file = std::fs::File::open(path)
+                    .map_err(|err| InvalidInput(format!("cannot read the ticket in {}: {err}", path.display())))?;
+                Some(read_ticket(&mut file, &path.display().to_string())?)
+            }
+            (None, None) => None,
+        };
         let joined = ticket.as_deref().map(|t| join(&cli.data_dir, t)).transpose()?;
         let mut db = replica::open(&cli.data_dir, config.resolver.value)?;
         // Dial what this node dialed before (a restart reconnects by itself),
@@ -271,6 +286,28 @@ fn execute(api: &mut Api, cli: Cli, json: bool) -> anyhow::Result<()> {
 
 /// The metadata key of the peer a node joined through: `(peer id, addresses)`.
 const BOOTSTRAP_META_KEY: &str = "join.bootstrap";
+
+/// The largest ticket read from a file or standard input (one carries a
+/// peer id, a few addresses and the secret: well under this).
+const MAX_TICKET_BYTES: u64 = 64 * 1024;
+
+/// Reads a ticket (`pluresdb invite`'s output) from `input`: its first
+/// line that is not blank (so a ticket pasted on a terminal needs no
+/// Ctrl-D).
+fn read_ticket(input: &mut impl Read, whence: &str) -> anyhow::Result<String> {
+    let mut lines = std::io::BufReader::new(input.take(MAX_TICKET_BYTES));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = lines.read_line(&mut line).map_err(|err| InvalidInput(format!("cannot read the ticket from {whence}: {err}")))?;
+        if read == 0 {
+            return Err(InvalidInput(format!("no ticket in {whence} (`pluresdb invite` on a node of the network prints one)")).into());
+        }
+        if !line.trim().is_empty() {
+            return Ok(line.trim().to_owned());
+        }
+    }
+}
 
 /// Adopts the network of a ticket for the data directory `dir`.
 fn join(dir: &Path, ticket: &str) -> anyhow::Result<Ticket> {

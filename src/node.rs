@@ -52,17 +52,6 @@ fn reachable_addresses(local: std::net::SocketAddr) -> Vec<String> {
     addresses
 }
 
-/// A ticket to this node's network with the addresses it listens on, if
-/// there are any.
-fn invite_ticket(peer_id: &str, addresses: &[String], secret: &pluresdb_security::NetworkSecret) -> Option<String> {
-    if addresses.is_empty() {
-        return None;
-    }
-    let peer_id = peer_id.parse().ok()?;
-    let ticket = pluresdb_security::Ticket { peer_id, addresses: addresses.to_vec(), secret: secret.clone() };
-    ticket.to_text().ok()
-}
-
 /// How often a node listening on every interface checks its addresses.
 #[cfg(feature = "quic")]
 const ADDRESS_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
@@ -228,7 +217,6 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
         // before the node says it runs, so a command that follows finds it.
         let addr_file = data_dir.join(crate::api_client::API_ADDR_FILE);
         crate::keys::replace_private(&addr_file, format!("{bound}\n").as_bytes())?;
-        let ticket = invite_ticket(&peer_id, &handle.listen_addresses(), &secret);
         {
             // Tell the user (and scripts) where the node is, then keep quiet.
             let mut out = std::io::stdout().lock();
@@ -238,7 +226,6 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
                     "api": format!("http://{bound}"),
                     "token_required": require_token,
                     "listen": handle.listen_addresses(),
-                    "ticket": ticket,
                 });
                 writeln!(out, "{started}")?;
             } else {
@@ -247,12 +234,10 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
                 for address in handle.listen_addresses() {
                     writeln!(out, "peers connect over QUIC to {address}")?;
                 }
-                if let Some(ticket) = &ticket {
-                    writeln!(out, "another node joins this network with: pluresdb serve --join {ticket}")?;
-                    writeln!(
-                        out,
-                        "(the ticket holds the network secret; `pluresdb invite --address HOST:PORT` makes one with other addresses)"
-                    )?;
+                if !handle.listen_addresses().is_empty() {
+                    // Not the ticket itself: it carries the network secret,
+                    // and this output ends up in terminals and service logs.
+                    writeln!(out, "`pluresdb invite` prints a ticket another node joins this network with (it holds the network secret)")?;
                 }
                 if require_token {
                     writeln!(out, "the API needs the token in {}", data_dir.join(crate::keys::API_TOKEN_FILE).display())?;

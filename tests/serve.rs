@@ -263,3 +263,91 @@ fn key_files_are_not_followed_through_symlinks() {
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
+
+/// Whether `text` holds a ticket (which carries the network secret).
+fn holds_a_ticket(text: &str) -> bool {
+    text.split(|c: char| c.is_whitespace() || c == '"').any(|word| word.parse::<pluresdb_security::Ticket>().is_ok())
+}
+
+/// `serve` tells where the node is (peer id, API, QUIC addresses) but does
+/// not print the network secret at every start, to terminals, logs and
+/// service journals; `invite` makes tickets.
+#[test]
+fn serve_prints_its_peer_id_and_addresses_but_no_ticket() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pluresdb"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["serve", "--api-addr", "127.0.0.1:0", "--bind", "127.0.0.1", "--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(child.wait().unwrap().success());
+    let text = first + &rest;
+    let peer_id = cli(dir.path(), &["id"]);
+    let peer_id = String::from_utf8(peer_id.stdout).unwrap();
+    assert!(text.contains(peer_id.trim()), "{text}");
+    assert!(text.contains("HTTP API on http://127.0.0.1:") && text.contains("peers connect over QUIC to 127.0.0.1:"), "{text}");
+    assert!(text.contains("pluresdb invite"), "says how to make a ticket: {text}");
+    assert!(!holds_a_ticket(&text), "no ticket at start: {text}");
+
+    let node = Node::start(dir.path());
+    let (clean, stderr) = node.stop();
+    assert!(clean && !holds_a_ticket(&stderr), "{stderr}");
+    let mut json = Command::new(env!("CARGO_BIN_EXE_pluresdb"));
+    json.arg("--json").arg("--data-dir").arg(dir.path()).args(["serve", "--api-addr", "127.0.0.1:0", "--port", "0"]);
+    let node = Node::spawn(json);
+    assert!(node.listen.is_some(), "the start line lists the QUIC addresses");
+    let (clean, _) = node.stop();
+    assert!(clean);
+}
+
+/// The ticket need not be on the command line (where it stays in the shell
+/// history and the process list): `--join-file FILE`, or `--join -` to read
+/// it from standard input.
+#[test]
+fn serve_reads_the_ticket_from_a_file_or_standard_input() {
+    let root = tempfile::tempdir().unwrap();
+    let (a, b, c) = (root.path().join("a"), root.path().join("b"), root.path().join("c"));
+    let out = cli(&a, &["invite", "--address", "127.0.0.1:34569"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let file = root.path().join("ticket.txt");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let secret = |dir: &std::path::Path| std::fs::read_to_string(dir.join("network.secret")).unwrap();
+
+    let node = Node::start_with(&b, &["--join-file", file.to_str().unwrap()]);
+    let (clean, stderr) = node.stop();
+    assert!(clean && stderr.contains("joined the network of 12D3KooW"), "{stderr}");
+    assert_eq!(secret(&b), secret(&a));
+
+    let mut command = Node::command(&c, &["--join", "-"], &[]);
+    command.stdin(std::fs::File::open(&file).unwrap());
+    let node = Node::spawn(command);
+    let (clean, stderr) = node.stop();
+    assert!(clean && stderr.contains("joined the network of 12D3KooW"), "{stderr}");
+    assert_eq!(secret(&c), secret(&a));
+
+    // Clear errors for a missing file, an empty input, and both flags.
+    for (args, stdin, needle) in [
+        (vec!["--join-file", "/nonexistent/ticket"], "", "cannot read the ticket"),
+        (vec!["--join", "-"], "", "no ticket"),
+        (vec!["--join", "-"], "garbage\n", "does not parse"),
+        (vec!["--join", "x", "--join-file", "y"], "", "cannot be used with"),
+    ] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pluresdb"));
+        command.arg("--data-dir").arg(root.path().join("d")).args(["serve", "--api-addr", "127.0.0.1:0", "--port", "0"]).args(&args);
+        let mut child = command.stdin(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}

@@ -656,7 +656,7 @@ impl Host {
     /// Starts `pluresdb serve` on this host: API on 127.0.0.1 (inside the
     /// namespace), peers on the host's address, port [`PEER_PORT`], plus
     /// `extra` arguments (`--join TICKET`, ...). Returns the node's start
-    /// line (`peer_id`, `api`, `listen`, `ticket`, ...) once the node also
+    /// line (`peer_id`, `api`, `listen`, ...) once the node also
     /// published its API address for the CLI. The node logs at `info` (or
     /// `PLURESDB_NETLAB_LOG`) to [`Host::log_path`].
     pub fn start(&mut self, extra: &[&str]) -> Value {
@@ -731,14 +731,14 @@ impl Host {
         self.started.as_ref().unwrap_or_else(|| panic!("netlab: no node was started on {}", self.name))
     }
 
-    /// The ticket the last node started here printed (its network secret
-    /// and its address on this host).
+    /// A ticket to the running node's network (its network secret and its
+    /// addresses on this host), from `pluresdb invite` (`serve` prints none).
     pub fn ticket(&self) -> String {
-        let started = self.started();
-        started["ticket"]
+        let invite = self.cli_json(&["invite"]);
+        invite["ticket"]
             .as_str()
             .map(str::to_owned)
-            .unwrap_or_else(|| panic!("netlab: the node on {} printed no ticket: {started}", self.name))
+            .unwrap_or_else(|| panic!("netlab: `pluresdb invite` on {} printed no ticket: {invite}", self.name))
     }
 
     /// The peer id of the last node started here.
