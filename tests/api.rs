@@ -347,3 +347,51 @@ fn a_change_written_on_one_node_arrives_over_the_websocket_of_the_other() {
     assert!(b.stop().0);
     assert!(a.stop().0);
 }
+
+/// `serve --resolver R` on two nodes that wrote the same field while apart:
+/// once they connect, each shows the value R picks (and, with keep-all,
+/// both values as a conflict), in `GET` and in the change the live feed
+/// sends for the other node's write alike.
+#[test]
+fn every_resolver_shows_a_conflict_alike_in_get_and_the_change_feed() {
+    let rt = runtime();
+    for resolver in ["last-writer-wins", "first-writer-wins", "keep-all"] {
+        let root = tempfile::tempdir().unwrap();
+        let (dir_a, dir_b) = (root.path().join("a"), root.path().join("b"));
+        let a = Node::start_with(&dir_a, &["--resolver", resolver]);
+        // B is of A's network but does not connect yet.
+        std::fs::create_dir_all(&dir_b).unwrap();
+        std::fs::copy(dir_a.join("network.secret"), dir_b.join("network.secret")).unwrap();
+        let b = Node::start_with(&dir_b, &["--resolver", resolver]);
+        let write = |node: &Node, name: &str| {
+            let (status, receipt) = node.request("PATCH", "/nodes/user:1", &json!({"name": name}).to_string());
+            assert_eq!(status, 200, "{receipt}");
+            let hlc: pluresdb_core::Hlc = receipt["timestamp"].as_str().unwrap().parse().unwrap();
+            let origin = receipt["op"].as_str().unwrap().split('/').next().unwrap().to_owned();
+            (hlc, origin, name.to_owned())
+        };
+        let (from_a, from_b) = (write(&a, "from a"), write(&b, "from b"));
+        let (older, newer) = if from_a < from_b { (&from_a, &from_b) } else { (&from_b, &from_a) };
+        let shown = if resolver == "first-writer-wins" { &older.2 } else { &newer.2 };
+
+        let (mut feed_a, mut feed_b) = rt.block_on(async { (subscribe(&a, "?id=user:1").await, subscribe(&b, "?id=user:1").await) });
+        for feed in [&mut feed_a, &mut feed_b] {
+            assert_eq!(rt.block_on(next_message(feed)).unwrap()["type"], "subscribed");
+        }
+        let address = a.listen.clone().unwrap();
+        assert_eq!(b.request("POST", "/peers", &json!({"address": address}).to_string()).0, 200);
+        for (node, feed, other) in [(&a, &mut feed_a, &from_b), (&b, &mut feed_b, &from_a)] {
+            let change = rt.block_on(next_message(feed)).expect("the other node's write arrives");
+            assert_eq!(change["type"], "change", "{change}");
+            assert_eq!(change["op"]["origin"], other.1.as_str(), "{change}");
+            let (status, got) = node.request("GET", "/nodes/user:1", "");
+            assert_eq!(status, 200);
+            assert_eq!(got["value"]["name"], shown.as_str(), "{resolver}: GET shows what the resolver picks: {got}");
+            assert_eq!(change["node"], got, "{resolver}: the change feed shows the node as GET does");
+            let conflicts = got["conflicts"]["name"].as_array().map_or(0, Vec::len);
+            assert_eq!(conflicts, if resolver == "keep-all" { 2 } else { 0 }, "{resolver}: {got}");
+        }
+        assert!(b.stop().0);
+        assert!(a.stop().0);
+    }
+}

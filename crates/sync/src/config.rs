@@ -14,8 +14,10 @@ pub struct SyncConfig {
     /// Default: 1,000; at least `pluresdb_core::SIGN_EVERY` (256), so that a
     /// batch can always end at a signed operation.
     pub max_batch_size: usize,
-    /// Resolve concurrent writes with last-writer-wins (`true`), or keep
-    /// every concurrent value visible as a conflict (`false`). Default: `true`.
+    /// Show concurrent writes through the database's resolver (`true`:
+    /// last-writer-wins unless `Database::with_resolver` chose another), or
+    /// keep every concurrent value visible as a conflict (`false`).
+    /// Default: `true`.
     pub enable_conflict_resolution: bool,
     /// A sync round (request to completion) or a batch awaiting its
     /// acknowledgement that makes no progress for this long is abandoned and

@@ -5,7 +5,7 @@ use crate::error::{error_chain, SyncError};
 use crate::message::{SyncMessage, BATCH_BYTE_BUDGET, MAX_PLAUSIBLE_SEQ};
 use crate::status::{PeerSyncStatus, SyncStatus, Traffic};
 use pluresdb_core::codec;
-use pluresdb_core::{Database, KeepAll, LastWriterWins, MemoryStore, OperationWithMetadata, Receipt, Store, VersionVector, SIGN_EVERY};
+use pluresdb_core::{Database, KeepAll, MemoryStore, OperationWithMetadata, Receipt, Store, VersionVector, SIGN_EVERY};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
@@ -124,13 +124,15 @@ impl<S: Store> DataSyncEngine<S> {
         // A batch must be able to reach a signed operation (see
         // `pluresdb_core::signing`).
         config.max_batch_size = config.max_batch_size.max(SIGN_EVERY as usize);
-        let resolver: Arc<dyn pluresdb_core::ConflictResolver> =
-            if config.enable_conflict_resolution { Arc::new(LastWriterWins) } else { Arc::new(KeepAll) };
+        // The database's own resolver stays (last-writer-wins unless its
+        // owner chose another): the changes the engine reports must show
+        // nodes as the database's readers do.
+        let db = if config.enable_conflict_resolution { db } else { db.with_resolver(Arc::new(KeepAll)) };
         let peers =
             acked.into_iter().map(|(peer, acked)| (peer, PeerState { sent: acked.clone(), acked, ..PeerState::default() })).collect();
         Self {
             config,
-            db: db.with_resolver(resolver),
+            db,
             active: false,
             now_ms: 0,
             peers,
