@@ -93,6 +93,23 @@ struct QuicNode {
     stop_dialling: tokio::sync::watch::Sender<bool>,
 }
 
+/// The environment variable that makes starting mDNS fail with its value
+/// as the reason, as it fails on a machine where the mDNS daemon cannot
+/// start: the process tests use it to check that `serve` runs on.
+#[cfg(feature = "quic")]
+const MDNS_FAILURE_HOOK: &str = "PLURESDB_TEST_MDNS_FAILURE";
+
+/// Starts `discovery` (with its mDNS daemon, if it runs mDNS).
+#[cfg(feature = "quic")]
+async fn start_discovery(discovery: &pluresdb_discovery::CombinedDiscovery) -> pluresdb_discovery::Result<()> {
+    if discovery.config().enable_mdns {
+        if let Some(reason) = std::env::var(MDNS_FAILURE_HOOK).ok().filter(|r| !r.is_empty()) {
+            return Err(pluresdb_discovery::DiscoveryError::MdnsDaemon { reason });
+        }
+    }
+    discovery.start_discovery().await
+}
+
 /// Starts the QUIC engine with the node's identity and its access rule,
 /// then discovery: mDNS (unless turned off), the bootstrap list, and the
 /// peers connected peers tell of, dialled as they are found.
@@ -127,14 +144,30 @@ async fn start_quic(data_dir: &Path, settings: &PeerSettings, db: &Replica) -> a
     if !local.ip().is_unspecified() {
         announced = announced.with_addresses(vec![local.ip()]);
     }
-    let discovery = Arc::new(
-        pluresdb_discovery::CombinedDiscovery::new(config.discovery.clone())
-            .with_local(announced)
+    let discovery_with = |enable_mdns: bool| {
+        let config = pluresdb_net::DiscoveryConfig { enable_mdns, ..config.discovery.clone() };
+        pluresdb_discovery::CombinedDiscovery::new(config)
+            .with_local(announced.clone())
             .with_bootstrap(settings.bootstrap.clone())
             .with_interfaces(settings.mdns_interfaces.clone())
-            .with_peer_exchange(peers.clone()),
-    );
-    discovery.start_discovery().await.context("cannot start peer discovery")?;
+            .with_peer_exchange(peers.clone())
+    };
+    let mut discovery = discovery_with(config.discovery.enable_mdns);
+    if let Err(err) = start_discovery(&discovery).await {
+        if !config.discovery.enable_mdns {
+            return Err(err).context("cannot start peer discovery");
+        }
+        // mDNS only finds LAN peers; the node is still reached by its
+        // address, tickets, bootstrap nodes and peer exchange.
+        tracing::warn!(
+            reason = %pluresdb_core::error_chain(&err),
+            "mDNS is off: it cannot start on this machine, so this node neither announces itself nor finds peers on the LAN; \
+             it runs on, reached by its address, tickets, bootstrap nodes and peer exchange"
+        );
+        discovery = discovery_with(false);
+        start_discovery(&discovery).await.context("cannot start peer discovery")?;
+    }
+    let discovery = Arc::new(discovery);
     if let Err(err) = discovery.announce_peer().await {
         // The node is still reachable by address and ticket.
         tracing::warn!(error = %err, "cannot announce this node on mDNS");

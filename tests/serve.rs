@@ -351,3 +351,35 @@ fn serve_reads_the_ticket_from_a_file_or_standard_input() {
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
 }
+
+/// mDNS that cannot start (no daemon, no multicast: simulated with the
+/// binary's PLURESDB_TEST_MDNS_FAILURE hook, which fails the mDNS start as
+/// the daemon does) costs the node its LAN discovery, not its life: it
+/// says so and runs on, and peers still connect.
+#[test]
+fn serve_runs_on_without_mdns_when_mdns_cannot_start() {
+    let root = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b) = (root.path().join("a"), root.path().join("b"));
+    let b = Node::start(&dir_b);
+    std::fs::create_dir_all(&dir_a).unwrap();
+    std::fs::copy(dir_b.join("network.secret"), dir_a.join("network.secret")).unwrap();
+    // Bound to every interface, so the node would run mDNS.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pluresdb"));
+    command
+        .arg("--json")
+        .arg("--data-dir")
+        .arg(&dir_a)
+        .args(["serve", "--api-addr", "127.0.0.1:0", "--bind", "0.0.0.0", "--port", "0"])
+        .env_remove("PLURESDB_MDNS")
+        .env("PLURESDB_TEST_MDNS_FAILURE", "no multicast interface (simulated)");
+    let a = Node::spawn(command);
+    assert_eq!(a.request("GET", "/health", "").0, 200);
+    let (status, connected) = a.request("POST", "/peers", &json!({"address": b.listen.clone().unwrap()}).to_string());
+    assert_eq!(status, 200, "{connected}");
+    let discovered = a.request("GET", "/peers/discovered", "").1;
+    assert_eq!(discovered["discovering"], true, "bootstrap and peer exchange go on: {discovered}");
+    let (clean, stderr) = a.stop();
+    assert!(clean, "{stderr}");
+    assert!(stderr.contains("mDNS is off") && stderr.contains("no multicast interface (simulated)"), "says so, and why: {stderr}");
+    assert!(b.stop().0);
+}
