@@ -167,5 +167,5 @@ pub fn concurrent_names(dir: &std::path::Path) {
     let mut b = pluresdb_core::Database::open(pluresdb_core::MemoryStore::new(), "peer-b").unwrap();
     a.update("user:1", serde_json::json!({"name": "Alice", "age": 1}), 1_000).unwrap();
     b.update("user:1", serde_json::json!({"name": "Alicia"}), 1_000).unwrap();
-    a.apply_remote(b.ops_after("peer-b", 0, 10).unwrap()).unwrap();
+    a.apply_remote(b.ops_after("peer-b", 0, 10).unwrap(), 1_000).unwrap();
 }

@@ -1,20 +1,43 @@
 //! Hybrid logical clock: wall time in milliseconds plus a logical counter.
 //!
 //! Every operation carries an [`Hlc`] timestamp. A replica's clock never goes
-//! backwards and always moves past every timestamp it has observed, so an op
-//! that causally follows another always has the larger timestamp, whatever the
-//! wall clocks of the two machines say. The clock never refuses a remote
-//! timestamp for being far ahead (skew is not a reason to drop data); it simply
-//! continues from it.
+//! backwards and moves past every timestamp it has observed, so an op that
+//! causally follows another always has the larger timestamp, whatever the
+//! wall clocks of the two machines say.
+//!
+//! Observation is bounded, as Kulkarni et al. bound it with their epsilon: a
+//! clock observes a remote timestamp only up to its [`horizon`], its wall time
+//! plus the maximum clock drift (default [`DEFAULT_MAX_CLOCK_DRIFT`]). One
+//! operation stamped years ahead (or at `u64::MAX`) therefore cannot drag
+//! every replica's clock with it. The operation is not refused (skew is not a
+//! reason to drop data): the replica keeps it and lets it take effect once
+//! its wall clock reaches the horizon (see [`crate::Database`]).
 //!
 //! The clock is sans-IO: the caller passes the current wall time in.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::time::Duration;
+
+/// How far past its own wall clock a replica lets a received timestamp move
+/// its clock, unless configured otherwise: 5 minutes, far above what NTP
+/// leaves between machines and far below what would let one member lock
+/// others out of a field for long.
+pub const DEFAULT_MAX_CLOCK_DRIFT: Duration = Duration::from_secs(5 * 60);
 
 /// Bits of an [`Hlc`] that hold the logical counter.
 const LOGICAL_BITS: u32 = 16;
 const LOGICAL_MASK: u64 = (1 << LOGICAL_BITS) - 1;
+/// The largest wall time an [`Hlc`] holds (year 10889).
+const MAX_WALL_MS: u64 = u64::MAX >> LOGICAL_BITS;
+
+/// The newest timestamp a replica whose wall clock reads `now_ms` accepts as
+/// present, with `max_drift_ms` of tolerated drift: every timestamp up to the
+/// millisecond `now_ms + max_drift_ms`, whatever its logical counter.
+/// Operations stamped later than this wait until the wall clock catches up.
+pub fn horizon(now_ms: u64, max_drift_ms: u64) -> Hlc {
+    Hlc::new(now_ms.saturating_add(max_drift_ms).min(MAX_WALL_MS), u16::MAX)
+}
 
 /// A hybrid-logical-clock timestamp, packed into 64 bits: the upper 48 bits
 /// are milliseconds since the Unix epoch, the lower 16 a logical counter.
@@ -58,7 +81,7 @@ impl std::str::FromStr for Hlc {
         let (wall, logical) = text.split_once('.').ok_or_else(bad)?;
         let wall: u64 = wall.parse().map_err(|_| bad())?;
         let logical: u16 = logical.parse().map_err(|_| bad())?;
-        if wall > u64::MAX >> LOGICAL_BITS {
+        if wall > MAX_WALL_MS {
             return Err(bad());
         }
         Ok(Hlc::new(wall, logical))
@@ -127,16 +150,23 @@ impl HybridLogicalClock {
     /// Issues a timestamp for a local event at wall time `now_ms`: the larger
     /// of the wall time and one past everything seen so far.
     pub fn tick(&mut self, now_ms: u64) -> Hlc {
-        let wall = Hlc::new(now_ms.min(u64::MAX >> LOGICAL_BITS), 0);
+        let wall = Hlc::new(now_ms.min(MAX_WALL_MS), 0);
         let next = wall.max(Hlc(self.last.0.saturating_add(1)));
         self.last = next;
         next
     }
 
     /// Takes a timestamp seen on a remote operation into account, so that
-    /// every later [`tick`](Self::tick) is greater than it.
-    pub fn observe(&mut self, remote: Hlc) {
+    /// every later [`tick`](Self::tick) is greater than it, unless it lies
+    /// beyond `horizon` (see [`horizon`]): then the clock stays where it is
+    /// and this returns `false`. A caller observes such a timestamp again
+    /// once its horizon has moved past it.
+    pub fn observe(&mut self, remote: Hlc, horizon: Hlc) -> bool {
+        if remote > horizon {
+            return false;
+        }
         self.last = self.last.max(remote);
+        true
     }
 }
 
@@ -157,14 +187,34 @@ mod tests {
     }
 
     #[test]
-    fn observing_a_clock_from_the_future_moves_past_it_without_refusing() {
+    fn observing_a_clock_ahead_within_the_drift_moves_past_it() {
         let mut clock = HybridLogicalClock::new();
         clock.tick(1_000);
-        let remote = Hlc::new(5_000_000, 7);
-        clock.observe(remote);
+        let remote = Hlc::new(5_000, 7);
+        assert!(clock.observe(remote, horizon(1_001, 4_000)));
         let next = clock.tick(1_001);
         assert!(next > remote);
-        assert_eq!(next, Hlc::new(5_000_000, 8));
+        assert_eq!(next, Hlc::new(5_000, 8));
+    }
+
+    #[test]
+    fn a_timestamp_beyond_the_drift_does_not_move_the_clock() {
+        let now = 1_700_000_000_000;
+        let drift = DEFAULT_MAX_CLOCK_DRIFT.as_millis() as u64;
+        let mut clock = HybridLogicalClock::new();
+        clock.tick(now);
+        let years_ahead = Hlc::new(now + 3 * 365 * 24 * 3_600_000, 0);
+        for remote in [years_ahead, Hlc::from_u64(u64::MAX), Hlc::new(now + drift + 1, 0)] {
+            assert!(!clock.observe(remote, horizon(now, drift)), "{remote}");
+            assert_eq!(clock.last(), Hlc::new(now, 0), "{remote} moved the clock");
+        }
+        // The last millisecond within the drift is observed, whatever its
+        // logical counter.
+        assert!(clock.observe(Hlc::new(now + drift, u16::MAX), horizon(now, drift)));
+        assert_eq!(clock.tick(now + 1), Hlc::new(now + drift + 1, 0));
+        // Later, the same far timestamp is within the horizon.
+        assert!(clock.observe(years_ahead, horizon(years_ahead.wall_ms() - drift, drift)));
+        assert_eq!(clock.last(), years_ahead);
     }
 
     #[test]
@@ -184,9 +234,9 @@ mod tests {
     }
 
     #[test]
-    fn an_absurd_remote_timestamp_saturates_instead_of_overflowing() {
-        let mut clock = HybridLogicalClock::new();
-        clock.observe(Hlc::from_u64(u64::MAX));
+    fn an_absurd_clock_saturates_instead_of_overflowing() {
+        let mut clock = HybridLogicalClock::resume_after(Hlc::from_u64(u64::MAX));
         assert_eq!(clock.tick(5).as_u64(), u64::MAX);
+        assert_eq!(horizon(u64::MAX, 1), Hlc::from_u64(u64::MAX));
     }
 }

@@ -1,25 +1,46 @@
 //! [`Database`]: one replica: a store, its clock, its version vector, the
 //! merge rule, a conflict resolver and the change feed.
+//!
+//! An operation stamped beyond the replica's clock horizon (its corrected
+//! wall time plus the maximum clock drift, see [`crate::clock`]) is held
+//! like any other (op log, version vector, synced onward) but takes effect
+//! on its node only once the horizon reaches its timestamp
+//! ([`Database::apply_due`]). Merging is order-independent, so deferring
+//! an operation changes when replicas show it, not what they converge to;
+//! and because every replica defers by the same rule, an operation stamped
+//! years ahead (or at `u64::MAX`) shows nowhere instead of locking every
+//! honest writer out of the fields it touched.
 
-use crate::clock::{Hlc, HybridLogicalClock};
+use crate::clock::{self, Hlc, HybridLogicalClock, DEFAULT_MAX_CLOCK_DRIFT};
 use crate::codec;
 use crate::error::Error;
 use crate::feed::{ChangeFeed, Subscription};
 use crate::merge;
 use crate::node::{Node, NodeRecord};
-use crate::operation::{validate_node_id, validate_value, OpId, OperationType, OperationWithMetadata};
+use crate::operation::{validate_node_id, validate_value, OpId, OperationType, OperationWithMetadata, Stamp};
 use crate::reader::{self, Traversal};
 use crate::resolver::{ConflictResolver, LastWriterWins};
 use crate::signing::{OpDigest, OpSignature, OpSigner, OpVerifier, SIGN_EVERY};
 use crate::store::{EncodedOps, Store, WriteBatch};
 use crate::version_vector::VersionVector;
+use serde::Serialize;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The metadata key under which the newest clock reading is kept, so a
-/// reopened replica never issues a timestamp it issued before.
-const CLOCK_META_KEY: &str = "hlc";
+/// reopened replica never issues a timestamp it issued before. Tools that
+/// restore or inspect a store read it; only the core writes it.
+pub const CLOCK_META_KEY: &str = "hlc";
+
+/// The most deferred operations [`Database::apply_due`] merges in one
+/// commit (it is called again while more are due).
+const MAX_DUE_PER_COMMIT: usize = 1_000;
+
+/// The most origins whose clock skew a replica tracks (those seen furthest
+/// ahead are kept).
+const MAX_SKEW_ORIGINS: usize = 256;
 
 /// What a committed local write was assigned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +61,53 @@ pub struct ApplyReport {
     /// Operations not applied yet because no signed operation after them
     /// (from the same origin) was in the batch to authenticate them.
     pub held_back: usize,
+    /// Of the applied operations, those stamped beyond this replica's clock
+    /// horizon: held and synced, but in effect only once they are due (see
+    /// [`Database::apply_due`]).
+    pub deferred: usize,
+}
+
+/// How a replica's clock stands against its wall clock and the clocks of
+/// the origins it receives from (for status reports).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClockReport {
+    /// How far past the wall clock a received timestamp may move the clock
+    /// and still take effect at once.
+    pub max_clock_drift_ms: u64,
+    /// The correction added to the wall clock passed in (estimated from
+    /// peers' clocks by the node; 0 when none).
+    pub wall_clock_offset_ms: i64,
+    /// The newest timestamp issued or observed.
+    pub clock: Hlc,
+    /// How far the clock is ahead of the corrected wall time (negative when
+    /// it is behind, as it is when the replica has been idle).
+    pub clock_ahead_ms: i64,
+    /// Operations held but not in effect yet (stamped beyond the horizon).
+    pub deferred_operations: u64,
+    /// The timestamp of the first deferred operation to become due.
+    pub next_deferred: Option<Hlc>,
+    /// Per origin, how far ahead of this replica's corrected wall clock its
+    /// operations were stamped when received, at most (since the replica
+    /// was opened), the furthest ahead first.
+    pub origins: Vec<OriginSkew>,
+}
+
+/// How far ahead of the receiver's clock one origin's operations came.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OriginSkew {
+    /// The origin's peer id.
+    pub origin: String,
+    /// The largest (timestamp - wall time at receipt) seen, in ms; negative
+    /// when every operation arrived stamped in the past.
+    pub max_ahead_ms: i64,
+}
+
+/// What the store holds deferred, as far as the replica needs it in memory.
+#[derive(Clone, Debug, Default)]
+struct Deferred {
+    count: u64,
+    /// The first to become due.
+    first: Option<Stamp>,
 }
 
 /// One replica of the graph.
@@ -61,11 +129,23 @@ pub struct Database<S> {
     verifier: Option<Arc<dyn OpVerifier>>,
     /// The digest of the newest operation of each origin, as far as known.
     heads: HashMap<Arc<str>, OpDigest>,
+    /// How far past the corrected wall clock a timestamp takes effect.
+    max_drift_ms: u64,
+    /// Added to every wall time passed in (the node's correction of a wall
+    /// clock that disagrees with its peers').
+    wall_offset_ms: i64,
+    deferred: Deferred,
+    /// Per origin, the most its timestamps were ahead at receipt (at most
+    /// [`MAX_SKEW_ORIGINS`]).
+    skew: BTreeMap<Arc<str>, i64>,
 }
 
-/// Marks a batch as local writes to stamp at wall time `now_ms`.
-struct LocalStamp {
-    now_ms: u64,
+/// Whether a batch holds local writes to stamp or operations received, and
+/// the wall time (before correction) at which it is applied.
+#[derive(Clone, Copy)]
+enum Stamping {
+    Local { now_ms: u64 },
+    Received { now_ms: u64 },
 }
 
 impl<S: Store> Database<S> {
@@ -77,6 +157,7 @@ impl<S: Store> Database<S> {
             Some(bytes) => codec::decode::<Hlc>(&bytes, "clock reading")?,
             None => Hlc::ZERO,
         };
+        let deferred = Deferred { count: store.deferred_count()?, first: store.deferred(None, 1)?.pop() };
         Ok(Self {
             store,
             peer_id: peer_id.into(),
@@ -87,7 +168,157 @@ impl<S: Store> Database<S> {
             signer: None,
             verifier: None,
             heads: HashMap::new(),
+            max_drift_ms: duration_ms(DEFAULT_MAX_CLOCK_DRIFT),
+            wall_offset_ms: 0,
+            deferred,
+            skew: BTreeMap::new(),
         })
+    }
+
+    /// Sets how far past this replica's (corrected) wall clock a received
+    /// timestamp may lie and still take effect at once (default
+    /// [`DEFAULT_MAX_CLOCK_DRIFT`]); later ones wait until they are due.
+    pub fn with_max_clock_drift(mut self, drift: Duration) -> Self {
+        self.max_drift_ms = duration_ms(drift);
+        self
+    }
+
+    /// The maximum clock drift in use.
+    pub fn max_clock_drift(&self) -> Duration {
+        Duration::from_millis(self.max_drift_ms)
+    }
+
+    /// Corrects every wall time passed in from now on by `offset_ms` (a
+    /// node whose wall clock disagrees with its peers' writes and judges
+    /// timestamps with the corrected time).
+    pub fn set_wall_clock_offset(&mut self, offset_ms: i64) {
+        self.wall_offset_ms = offset_ms;
+    }
+
+    /// The correction set by [`set_wall_clock_offset`](Self::set_wall_clock_offset).
+    pub fn wall_clock_offset(&self) -> i64 {
+        self.wall_offset_ms
+    }
+
+    /// The wall time `now_ms` with the correction applied.
+    fn corrected(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_add_signed(self.wall_offset_ms)
+    }
+
+    /// The newest timestamp that takes effect at wall time `now_ms`.
+    fn horizon(&self, now_ms: u64) -> Hlc {
+        clock::horizon(self.corrected(now_ms), self.max_drift_ms)
+    }
+
+    /// Operations held but not in effect yet.
+    pub fn deferred_count(&self) -> u64 {
+        self.deferred.count
+    }
+
+    /// The wall time (as passed in, before correction) at which the first
+    /// deferred operation becomes due: when [`apply_due`](Self::apply_due)
+    /// has work. `None` when nothing is deferred.
+    pub fn next_due_ms(&self) -> Option<u64> {
+        let first = self.deferred.first.as_ref()?;
+        let due = i128::from(first.hlc.wall_ms()) - i128::from(self.max_drift_ms) - i128::from(self.wall_offset_ms);
+        Some(u64::try_from(due.max(0)).unwrap_or(u64::MAX))
+    }
+
+    /// How the clock stands at wall time `now_ms` (see [`ClockReport`]).
+    pub fn clock_report(&self, now_ms: u64) -> ClockReport {
+        let mut origins: Vec<OriginSkew> =
+            self.skew.iter().map(|(origin, &max_ahead_ms)| OriginSkew { origin: origin.to_string(), max_ahead_ms }).collect();
+        origins.sort_by(|a, b| b.max_ahead_ms.cmp(&a.max_ahead_ms).then_with(|| a.origin.cmp(&b.origin)));
+        ClockReport {
+            max_clock_drift_ms: self.max_drift_ms,
+            wall_clock_offset_ms: self.wall_offset_ms,
+            clock: self.clock.last(),
+            clock_ahead_ms: ahead_ms(self.clock.last(), self.corrected(now_ms)),
+            deferred_operations: self.deferred.count,
+            next_deferred: self.deferred.first.as_ref().map(|s| s.hlc),
+            origins,
+        }
+    }
+
+    /// Merges the deferred operations that are due at wall time `now_ms`
+    /// into their nodes, at most [`MAX_DUE_PER_COMMIT`] per call, in one
+    /// durable commit; returns how many. Call it when
+    /// [`next_due_ms`](Self::next_due_ms) has passed (again while it returns
+    /// a full batch).
+    pub fn apply_due(&mut self, now_ms: u64) -> Result<usize, Error> {
+        let horizon = self.horizon(now_ms);
+        if self.deferred.first.as_ref().is_none_or(|first| first.hlc > horizon) {
+            return Ok(0);
+        }
+        let stamps: Vec<Stamp> = self.store.deferred(None, MAX_DUE_PER_COMMIT)?.into_iter().take_while(|s| s.hlc <= horizon).collect();
+        let ids: Vec<OpId> = stamps.iter().map(|s| s.id.clone()).collect();
+        let mut ops = Vec::with_capacity(ids.len());
+        for (id, op) in ids.iter().zip(self.store.ops(&ids)?) {
+            match op {
+                Some(op) => ops.push(op),
+                None => return Err(Error::Decode { what: "op log", reason: format!("deferred operation {id} is missing") }),
+            }
+        }
+        let waiting = self.deferred_targets(&ops)?;
+        let mut records = self.load_records(&ops)?;
+        let mut clock = self.clock.clone();
+        let publish = self.feed.has_subscribers();
+        let mut changes = Vec::new();
+        let mut released: HashSet<OpId> = HashSet::with_capacity(ops.len());
+        for op in ops {
+            let Ok(at) = records.binary_search_by(|r| r.id.as_str().cmp(&op.node_id)) else { continue };
+            let record = &mut records[at];
+            clock.observe(op.timestamp, horizon);
+            let id = op.id.clone();
+            let change = publish.then(|| op.clone());
+            let version_vector = &self.version_vector;
+            merge::apply_owned(record, op, |target: &OpId| {
+                let deferred = waiting.contains(target) && !released.contains(target);
+                version_vector.contains(&target.origin, target.seq) && !deferred
+            });
+            released.insert(id);
+            if let Some(op) = change {
+                changes.push((op, record.view(&*self.resolver)));
+            }
+        }
+        let count = stamps.len();
+        let batch = WriteBatch {
+            nodes: records,
+            meta: vec![(CLOCK_META_KEY.to_owned(), codec::encode(&clock.last()))],
+            released: stamps,
+            ..WriteBatch::default()
+        };
+        self.store.commit(&batch)?;
+        self.clock = clock;
+        self.deferred = Deferred { count: self.deferred.count.saturating_sub(count as u64), first: self.store.deferred(None, 1)?.pop() };
+        self.feed.publish(changes);
+        Ok(count)
+    }
+
+    /// Which of the operations that `ops` supersede are held but deferred
+    /// (not merged yet): a supersession of one of them must wait for it,
+    /// as for an operation not received yet.
+    fn deferred_targets(&self, ops: &[OperationWithMetadata]) -> Result<HashSet<OpId>, Error> {
+        if self.deferred.count == 0 {
+            return Ok(HashSet::new());
+        }
+        let mut targets: Vec<OpId> = ops
+            .iter()
+            .flat_map(|op| op.supersedes.values().flatten())
+            .filter(|id| self.version_vector.contains(&id.origin, id.seq))
+            .cloned()
+            .collect();
+        targets.sort_unstable();
+        targets.dedup();
+        let mut waiting = HashSet::new();
+        for (id, op) in targets.iter().zip(self.store.ops(&targets)?) {
+            let Some(op) = op else { continue };
+            let stamp = op.stamp();
+            if self.store.deferred(Some(&stamp), 1)?.first() == Some(&stamp) {
+                waiting.insert(id.clone());
+            }
+        }
+        Ok(waiting)
     }
 
     /// Uses `resolver` to choose among concurrent values when reading.
@@ -230,15 +461,17 @@ impl<S: Store> Database<S> {
                 validate_value(&op.data)?;
             }
         }
-        self.apply(ops, Some(LocalStamp { now_ms }))
+        self.apply_with(ops, Stamping::Local { now_ms }, EncodedOps::new())
     }
 
-    /// Applies operations received from peers in one durable transaction.
-    /// Operations already held are skipped; an operation whose predecessor
-    /// from the same origin is neither held nor earlier in the batch fails
-    /// the whole batch with [`Error::SequenceGap`], as does any invalid
-    /// operation. Nothing is written when it fails.
-    pub fn apply_remote(&mut self, ops: Vec<OperationWithMetadata>) -> Result<ApplyReport, Error> {
+    /// Applies operations received from peers at wall time `now_ms` in one
+    /// durable transaction. Operations already held are skipped; an
+    /// operation whose predecessor from the same origin is neither held nor
+    /// earlier in the batch fails the whole batch with
+    /// [`Error::SequenceGap`], as does any invalid operation. Nothing is
+    /// written when it fails. Operations stamped beyond the clock horizon
+    /// are held but take effect later (see [`apply_due`](Self::apply_due)).
+    pub fn apply_remote(&mut self, ops: Vec<OperationWithMetadata>, now_ms: u64) -> Result<ApplyReport, Error> {
         for op in &ops {
             op.validate()?;
         }
@@ -247,8 +480,10 @@ impl<S: Store> Database<S> {
             Some(verifier) => self.authenticate(ops, &*verifier)?,
             None => (ops, 0, EncodedOps::new()),
         };
-        let applied = self.apply_with(ops, None, encoded)?.len();
-        Ok(ApplyReport { applied, duplicates: total - held_back - applied, held_back })
+        let deferred_before = self.deferred.count;
+        let applied = self.apply_with(ops, Stamping::Received { now_ms }, encoded)?.len();
+        let deferred = (self.deferred.count - deferred_before) as usize;
+        Ok(ApplyReport { applied, duplicates: total - held_back - applied, held_back, deferred })
     }
 
     /// Checks that each origin's new operations continue its hash chain and
@@ -306,17 +541,31 @@ impl<S: Store> Database<S> {
         Ok((kept, held_back, encoded))
     }
 
-    /// The shared write path: merge every operation into its node's record,
-    /// then commit ops, records, version vector and clock in one batch.
-    fn apply(&mut self, ops: Vec<OperationWithMetadata>, local: Option<LocalStamp>) -> Result<Vec<Receipt>, Error> {
-        self.apply_with(ops, local, EncodedOps::new())
-    }
-
-    /// [`apply`](Self::apply), reusing the bodies in `pre` for received
-    /// operations that `authenticate` already encoded (in the same order).
-    fn apply_with(&mut self, ops: Vec<OperationWithMetadata>, local: Option<LocalStamp>, pre: EncodedOps) -> Result<Vec<Receipt>, Error> {
+    /// The shared write path: merge every operation into its node's record
+    /// (or defer it, when it is stamped beyond the horizon), then commit ops,
+    /// records, version vector, deferred operations and clock in one batch.
+    /// Reuses the bodies in `pre` for received operations that
+    /// `authenticate` already encoded (in the same order).
+    fn apply_with(&mut self, ops: Vec<OperationWithMetadata>, stamping: Stamping, pre: EncodedOps) -> Result<Vec<Receipt>, Error> {
+        let (local, now_ms) = match stamping {
+            Stamping::Local { now_ms } => (true, now_ms),
+            Stamping::Received { now_ms } => (false, now_ms),
+        };
+        let now = self.corrected(now_ms);
+        let horizon = self.horizon(now_ms);
         let mut reused = 0;
-        let mut records = self.load_records(&ops)?;
+        // Received operations beyond the horizon are not merged now: their
+        // nodes need not be read.
+        let mut records = if local {
+            self.load_records(&ops)?
+        } else {
+            let due: Vec<&OperationWithMetadata> = ops.iter().filter(|op| op.timestamp <= horizon).collect();
+            self.load_records(due)?
+        };
+        let waiting = self.deferred_targets(&ops)?;
+        let mut deferred: Vec<Stamp> = Vec::new();
+        let mut deferred_ids: HashSet<OpId> = HashSet::new();
+        let mut skew: BTreeMap<Arc<str>, i64> = BTreeMap::new();
         let position = |records: &[NodeRecord], id: &str| records.binary_search_by(|r| r.id.as_str().cmp(id));
         let mut version_vector = self.version_vector.clone();
         let mut clock = self.clock.clone();
@@ -325,29 +574,23 @@ impl<S: Store> Database<S> {
         let mut encoded = EncodedOps::new();
         let mut receipts = Vec::with_capacity(ops.len());
         let count = ops.len();
-        let mut local_head = match &local {
-            Some(_) => {
+        let mut local_head = match local {
+            true => {
                 let origin = self.peer_id.clone();
                 Some(self.head(&origin)?)
             }
-            None => None,
+            false => None,
         };
 
         for (index, mut op) in ops.into_iter().enumerate() {
             let next = version_vector.get(&op.id.origin) + 1;
-            let at = match position(&records, &op.node_id) {
-                Ok(at) => at,
-                Err(at) => {
-                    records.insert(at, NodeRecord::empty(&op.node_id));
-                    at
-                }
-            };
-            let record = &mut records[at];
-            if let Some(local) = &local {
+            if local {
                 op.id.seq = next;
-                op.timestamp = clock.tick(local.now_ms);
+                op.timestamp = clock.tick(now);
                 if op.operation == OperationType::UpdateNode {
-                    op.supersedes = superseded_by_write(record, &op.data);
+                    if let Ok(at) = position(&records, &op.node_id) {
+                        op.supersedes = superseded_by_write(&records[at], &op.data);
+                    }
                 }
                 // Link the chain; sign the commit's last operation and every
                 // SIGN_EVERY-th.
@@ -366,7 +609,9 @@ impl<S: Store> Database<S> {
             } else if op.id.seq > next {
                 return Err(Error::SequenceGap { origin: op.id.origin.to_string(), expected: next, found: op.id.seq });
             } else {
-                clock.observe(op.timestamp);
+                let ahead = ahead_ms(op.timestamp, now);
+                let seen = skew.entry(op.id.origin.clone()).or_insert(ahead);
+                *seen = (*seen).max(ahead);
                 // `pre` holds these operations in the same order, plus any
                 // that were held back: skip those.
                 while pre.get(reused).is_some_and(|(id, _)| *id != op.id) {
@@ -380,13 +625,36 @@ impl<S: Store> Database<S> {
                     None => encoded.push(&op),
                 }
             }
-            // The operation is encoded for the op log (above); now move its
-            // values into the record.
+            // The operation is encoded for the op log (above). One stamped
+            // beyond the horizon (a local one too: the clock can be ahead of
+            // the wall after writes made while the wall clock was) is held
+            // and synced like any other but merged only once it is due, as
+            // on every other replica.
             let (id, timestamp) = (op.id.clone(), op.timestamp);
-            let change = publish.then(|| op.clone());
-            merge::apply_owned(record, op, |id: &OpId| version_vector.contains(&id.origin, id.seq));
             version_vector.advance(&id.origin, id.seq);
-            receipts.push(Receipt { id, timestamp });
+            receipts.push(Receipt { id: id.clone(), timestamp });
+            if timestamp > horizon {
+                deferred.push(op.stamp());
+                deferred_ids.insert(id);
+                continue;
+            }
+            if !local {
+                clock.observe(timestamp, horizon);
+            }
+            // Now move its values into the record.
+            let at = match position(&records, &op.node_id) {
+                Ok(at) => at,
+                Err(at) => {
+                    records.insert(at, NodeRecord::empty(&op.node_id));
+                    at
+                }
+            };
+            let record = &mut records[at];
+            let change = publish.then(|| op.clone());
+            let is_applied = |target: &OpId| {
+                version_vector.contains(&target.origin, target.seq) && !deferred_ids.contains(target) && !waiting.contains(target)
+            };
+            merge::apply_owned(record, op, is_applied);
             if let Some(op) = change {
                 changes.push((op, record.view(&*self.resolver)));
             }
@@ -400,16 +668,29 @@ impl<S: Store> Database<S> {
             .filter(|&(origin, seq)| self.version_vector.get(origin) != seq)
             .map(|(origin, seq)| (origin.to_owned(), seq))
             .collect();
+        // A node only deferred operations touched has nothing to store.
+        records.retain(|record| !record.is_blank());
+        let deferred_now = deferred.len() as u64;
+        let first_deferred = deferred.iter().min().cloned();
         let batch = WriteBatch {
             ops: encoded,
             nodes: records,
             version_vector: moved,
             meta: vec![(CLOCK_META_KEY.to_owned(), codec::encode(&clock.last()))],
+            deferred,
+            released: Vec::new(),
         };
         self.store.commit(&batch)?;
 
         self.version_vector = version_vector;
         self.clock = clock;
+        if deferred_now > 0 {
+            self.deferred.count += deferred_now;
+            self.deferred.first = self.deferred.first.take().into_iter().chain(first_deferred).min();
+        }
+        for (origin, ahead) in skew {
+            self.record_skew(origin, ahead);
+        }
         match local_head {
             Some(head) => {
                 self.heads.insert(self.peer_id.clone(), head);
@@ -426,9 +707,27 @@ impl<S: Store> Database<S> {
         Ok(receipts)
     }
 
+    /// Remembers that `origin`'s operations came `ahead` ms ahead of the
+    /// wall clock, keeping the [`MAX_SKEW_ORIGINS`] furthest ahead.
+    fn record_skew(&mut self, origin: Arc<str>, ahead: i64) {
+        if let Some(seen) = self.skew.get_mut(&origin) {
+            *seen = (*seen).max(ahead);
+            return;
+        }
+        if self.skew.len() >= MAX_SKEW_ORIGINS {
+            let Some((least, &least_ahead)) = self.skew.iter().min_by_key(|(_, &a)| a) else { return };
+            if least_ahead >= ahead {
+                return;
+            }
+            let least = least.clone();
+            self.skew.remove(&least);
+        }
+        self.skew.insert(origin, ahead);
+    }
+
     /// The records of every node the batch touches, sorted by id.
-    fn load_records(&self, ops: &[OperationWithMetadata]) -> Result<Vec<NodeRecord>, Error> {
-        let mut ids: Vec<&str> = ops.iter().map(|op| op.node_id.as_str()).collect();
+    fn load_records<'a>(&self, ops: impl IntoIterator<Item = &'a OperationWithMetadata>) -> Result<Vec<NodeRecord>, Error> {
+        let mut ids: Vec<&str> = ops.into_iter().map(|op| op.node_id.as_str()).collect();
         ids.sort_unstable();
         ids.dedup();
         let found = self.store.nodes(&ids)?;
@@ -493,4 +792,16 @@ fn superseded_by_write(record: &NodeRecord, data: &Value) -> std::collections::B
             Some((field.clone(), values.iter().map(|v| v.stamp.id.clone()).collect()))
         })
         .collect()
+}
+
+/// `duration` in whole milliseconds, saturating.
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// How far `stamp` is ahead of wall time `now_ms`, in ms (negative when it
+/// is behind), saturating.
+fn ahead_ms(stamp: Hlc, now_ms: u64) -> i64 {
+    let ahead = i128::from(stamp.wall_ms()) - i128::from(now_ms);
+    i64::try_from(ahead).unwrap_or(if ahead < 0 { i64::MIN } else { i64::MAX })
 }

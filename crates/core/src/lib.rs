@@ -24,8 +24,8 @@
 //! )?;
 //!
 //! // Exchange what the other lacks, in any order: both converge.
-//! alice.apply_remote(bob.ops_after("bob", 0, 1_000)?)?;
-//! bob.apply_remote(alice.ops_after("alice", 0, 1_000)?)?;
+//! alice.apply_remote(bob.ops_after("bob", 0, 1_000)?, 1_002)?;
+//! bob.apply_remote(alice.ops_after("alice", 0, 1_000)?, 1_002)?;
 //! assert_eq!(alice.version_vector(), bob.version_vector());
 //!
 //! let friend = bob.follow("user:123", &["friend"])?;
@@ -53,8 +53,8 @@ pub mod signing;
 mod store;
 mod version_vector;
 
-pub use clock::{Hlc, HybridLogicalClock};
-pub use database::{ApplyReport, Database, Receipt};
+pub use clock::{Hlc, HybridLogicalClock, DEFAULT_MAX_CLOCK_DRIFT};
+pub use database::{ApplyReport, ClockReport, Database, OriginSkew, Receipt, CLOCK_META_KEY};
 pub use error::{error_chain, Error};
 pub use feed::{Change, ChangeFeed, FeedEvent, Subscription};
 pub use node::{link_target, FieldValue, Node, NodeRecord, PendingSupersession, Reset, LINK_KEY};

@@ -161,6 +161,13 @@ impl<'de> Deserialize<'de> for NodeRecord {
 }
 
 impl NodeRecord {
+    /// Whether no operation has left anything in the record (no reset, no
+    /// value, no pending supersession): what a node no applied operation
+    /// touched looks like.
+    pub fn is_blank(&self) -> bool {
+        self.reset.is_none() && self.fields.is_empty() && self.pending.is_empty()
+    }
+
     /// Decodes a stored record (what [`encode_into`](Self::encode_into) or
     /// the binary `Serialize` wrote): the direct reader first, serde for
     /// anything it does not take (and for the precise error).

@@ -9,10 +9,10 @@
 
 use crate::error::Error;
 use crate::node::NodeRecord;
-use crate::operation::{OpId, OperationWithMetadata};
+use crate::operation::{OpId, OperationWithMetadata, Stamp};
 use crate::signing::{OpDigest, OpSignature};
 use crate::version_vector::VersionVector;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// New operations for the op log, encoded once by the core: each
@@ -122,6 +122,12 @@ pub struct WriteBatch {
     pub version_vector: Vec<(String, u64)>,
     /// Metadata to insert or replace.
     pub meta: Vec<(String, Vec<u8>)>,
+    /// Operations of this or an earlier batch's op log that are held but
+    /// not merged into their nodes yet (stamped beyond the replica's clock
+    /// horizon), to record as deferred.
+    pub deferred: Vec<Stamp>,
+    /// Deferred operations this batch merges into their nodes, to forget.
+    pub released: Vec<Stamp>,
 }
 
 /// Durable storage for node records, the op log of every origin, the
@@ -149,6 +155,14 @@ pub trait Store {
     /// Reads a metadata value.
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, Error>;
 
+    /// Reads up to `limit` deferred operations (see
+    /// [`WriteBatch::deferred`]) in stamp order, starting at `from`
+    /// (inclusive) or at the first.
+    fn deferred(&self, from: Option<&Stamp>, limit: usize) -> Result<Vec<Stamp>, Error>;
+
+    /// The number of deferred operations.
+    fn deferred_count(&self) -> Result<u64, Error>;
+
     /// Writes `batch` atomically and durably.
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error>;
 }
@@ -172,6 +186,12 @@ impl<S: Store + ?Sized> Store for Box<S> {
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         (**self).meta(key)
     }
+    fn deferred(&self, from: Option<&Stamp>, limit: usize) -> Result<Vec<Stamp>, Error> {
+        (**self).deferred(from, limit)
+    }
+    fn deferred_count(&self) -> Result<u64, Error> {
+        (**self).deferred_count()
+    }
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
         (**self).commit(batch)
     }
@@ -185,6 +205,7 @@ pub struct MemoryStore {
     ops: BTreeMap<Arc<str>, Vec<Vec<u8>>>,
     version_vector: VersionVector,
     meta: BTreeMap<String, Vec<u8>>,
+    deferred: BTreeSet<Stamp>,
 }
 
 impl MemoryStore {
@@ -245,6 +266,18 @@ impl Store for MemoryStore {
         Ok(self.meta.get(key).cloned())
     }
 
+    fn deferred(&self, from: Option<&Stamp>, limit: usize) -> Result<Vec<Stamp>, Error> {
+        let stamps: Box<dyn Iterator<Item = &Stamp>> = match from {
+            Some(from) => Box::new(self.deferred.range(from..)),
+            None => Box::new(self.deferred.iter()),
+        };
+        Ok(stamps.take(limit).cloned().collect())
+    }
+
+    fn deferred_count(&self) -> Result<u64, Error> {
+        Ok(self.deferred.len() as u64)
+    }
+
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
         // Check first so that a refused batch changes nothing.
         let mut next: BTreeMap<&str, u64> = BTreeMap::new();
@@ -265,6 +298,10 @@ impl Store for MemoryStore {
             self.version_vector.advance(origin, *seq);
         }
         self.meta.extend(batch.meta.iter().cloned());
+        for stamp in &batch.released {
+            self.deferred.remove(stamp);
+        }
+        self.deferred.extend(batch.deferred.iter().cloned());
         Ok(())
     }
 }

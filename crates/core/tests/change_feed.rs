@@ -13,10 +13,10 @@ fn subscribers_see_local_and_remote_changes_in_apply_order() {
     a.put("n:1", json!({"x": 1}), 10).unwrap();
     b.put("n:2", json!({"y": 2}), 11).unwrap();
     b.delete("n:2", 12).unwrap();
-    a.apply_remote(b.ops_after("peer-b", 0, 10).unwrap()).unwrap();
+    a.apply_remote(b.ops_after("peer-b", 0, 10).unwrap(), 20).unwrap();
     a.update("n:1", json!({"x": 3}), 13).unwrap();
     // A duplicate delivery is not a change.
-    a.apply_remote(b.ops_after("peer-b", 0, 10).unwrap()).unwrap();
+    a.apply_remote(b.ops_after("peer-b", 0, 10).unwrap(), 20).unwrap();
 
     let drain = |sub: &mut pluresdb_core::Subscription| {
         std::iter::from_fn(|| sub.try_next())

@@ -20,6 +20,8 @@ use std::sync::Arc;
 const PEERS: [&str; 3] = ["peer-a", "peer-b", "peer-c"];
 const NODES: [&str; 2] = ["n:1", "n:2"];
 const FIELDS: [&str; 3] = ["x", "y", "z"];
+/// The receivers' wall time: every operation written here is due.
+const NOW: u64 = 1_000_000;
 
 #[derive(Clone, Debug)]
 enum Action {
@@ -47,7 +49,7 @@ fn sync(from: &Replica, to: &mut Replica) {
         from.version_vector().missing_from(to.version_vector()).map(|(o, after, _)| (o.to_owned(), after)).collect();
     for (origin, after) in missing {
         let ops = from.ops_after(&origin, after, usize::MAX).expect("read op log");
-        to.apply_remote(ops).expect("in-order ops apply");
+        to.apply_remote(ops, NOW).expect("in-order ops apply");
     }
 }
 
@@ -145,7 +147,7 @@ fn interleave(ops: &[OperationWithMetadata], choices: &[usize]) -> Vec<Operation
 
 fn apply_in_batches(db: &mut Replica, ops: &[OperationWithMetadata], batch: usize) -> Result<(), TestCaseError> {
     for chunk in ops.chunks(batch.max(1)) {
-        db.apply_remote(chunk.to_vec()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        db.apply_remote(chunk.to_vec(), NOW).map_err(|e| TestCaseError::fail(e.to_string()))?;
     }
     Ok(())
 }
@@ -176,7 +178,7 @@ proptest! {
             for index in &dups {
                 if !shuffled.is_empty() {
                     let op = shuffled[index.index(shuffled.len())].clone();
-                    let report = db.apply_remote(vec![op]).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    let report = db.apply_remote(vec![op], NOW).map_err(|e| TestCaseError::fail(e.to_string()))?;
                     prop_assert_eq!(report.applied, 0);
                 }
             }
@@ -198,7 +200,7 @@ proptest! {
             for (p, peer) in PEERS.iter().enumerate() {
                 let cut = [cuts[p].0, cuts[p].1, cuts[p].2][which];
                 let log: Vec<_> = ops.iter().filter(|op| &*op.id.origin == *peer).take(cut).cloned().collect();
-                db.apply_remote(log).expect("prefix applies");
+                db.apply_remote(log, NOW).expect("prefix applies");
             }
             db
         };
@@ -248,6 +250,37 @@ proptest! {
             prop_assert!(record.pending.is_empty(), "all targets arrived, yet {} keeps pending notes", id);
         }
     }
+
+    /// Deferring is invisible in the end: a replica that receives the
+    /// operations at wall times where some are beyond its horizon (no drift
+    /// allowed; peer-c runs far ahead), and releases them whenever they
+    /// are due, in any interleaving with new batches, ends in the state of
+    /// one that received everything when it was due.
+    #[test]
+    fn deferring_operations_until_they_are_due_gives_the_same_state(
+        actions in proptest::collection::vec(action(), 1..60),
+        order in proptest::collection::vec(0..3usize, 1..20),
+        batch in 1..8usize,
+        times in proptest::collection::vec((0..60_000u64, any::<bool>()), 1..12),
+    ) {
+        let ops = history(&actions);
+        let mut reference = replica("observer");
+        apply_in_batches(&mut reference, &ops, ops.len())?;
+        let expected = observe(&reference);
+
+        let mut db = replica("observer").with_max_clock_drift(std::time::Duration::ZERO);
+        let mut times = times.iter().cycle();
+        for chunk in interleave(&ops, &order).chunks(batch) {
+            let &(now, release) = times.next().unwrap_or(&(0, false));
+            db.apply_remote(chunk.to_vec(), now).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            if release {
+                db.apply_due(now).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            }
+        }
+        while db.apply_due(NOW).map_err(|e| TestCaseError::fail(e.to_string()))? > 0 {}
+        prop_assert_eq!(db.deferred_count(), 0);
+        prop_assert_eq!(&observe(&db), &expected);
+    }
 }
 
 #[test]
@@ -287,7 +320,7 @@ fn a_gap_in_an_origin_sequence_is_refused_without_writing_anything() {
     }
     let ops = a.ops_after("peer-a", 0, 10).unwrap();
     let mut b = replica("peer-b");
-    let err = b.apply_remote(vec![ops[0].clone(), ops[2].clone()]).unwrap_err();
+    let err = b.apply_remote(vec![ops[0].clone(), ops[2].clone()], NOW).unwrap_err();
     assert!(matches!(err, pluresdb_core::Error::SequenceGap { expected: 2, found: 3, .. }), "{err}");
     assert!(b.version_vector().is_empty());
     assert!(b.get("n:0").unwrap().is_none(), "the valid op before the gap was not committed either");

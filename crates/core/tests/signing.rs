@@ -7,6 +7,9 @@ use pluresdb_core::{Database, Error, MemoryStore, OpDigest, OpSignature, Operati
 use serde_json::json;
 use std::sync::Arc;
 
+/// The receiver's wall time: every operation here is due.
+const NOW: u64 = 3_000;
+
 fn replica(peer: &str) -> Database<MemoryStore> {
     Database::open(MemoryStore::new(), peer).unwrap().with_signer(Arc::new(NamedSigner(peer.into()))).with_verifier(Arc::new(NamedVerifier))
 }
@@ -32,7 +35,7 @@ fn logs_are_chained_and_signed_per_commit() {
     assert_eq!(signed, vec![SIGN_EVERY, 2 * SIGN_EVERY, 600, 603], "every SIGN_EVERY-th and each commit's last");
 
     let mut b = replica("b");
-    let report = b.apply_remote(log.clone()).unwrap();
+    let report = b.apply_remote(log.clone(), NOW).unwrap();
     assert_eq!((report.applied, report.held_back), (603, 0));
     assert_eq!(b.version_vector(), a.version_vector());
 }
@@ -43,9 +46,9 @@ fn an_unsigned_tail_waits_for_the_operation_that_signs_it() {
     write(&mut a, 300, 1_000);
     let log = a.ops_after("a", 0, 1_000).unwrap();
     let mut b = replica("b");
-    let report = b.apply_remote(log[..280].to_vec()).unwrap();
+    let report = b.apply_remote(log[..280].to_vec(), NOW).unwrap();
     assert_eq!((report.applied, report.held_back), (256, 24), "ops 257..280 wait for a signature");
-    let report = b.apply_remote(log[256..].to_vec()).unwrap();
+    let report = b.apply_remote(log[256..].to_vec(), NOW).unwrap();
     assert_eq!((report.applied, report.held_back), (44, 0));
     assert_eq!(b.version_vector(), a.version_vector());
 }
@@ -61,17 +64,17 @@ fn forged_operations_are_refused_and_change_nothing() {
     // Valid JSON, wrong signature.
     let mut forged = log.clone();
     forged[9].signature = Some(OpSignature([1; 64]));
-    assert!(matches!(b.apply_remote(forged), Err(Error::BadSignature { .. })));
+    assert!(matches!(b.apply_remote(forged, NOW), Err(Error::BadSignature { .. })));
 
     // Altered data under the author's signature.
     let mut altered = log.clone();
     altered[9].data = json!({"i": 666});
-    assert!(matches!(b.apply_remote(altered), Err(Error::BadSignature { .. })));
+    assert!(matches!(b.apply_remote(altered, NOW), Err(Error::BadSignature { .. })));
 
     // An unsigned op in the middle altered: the chain breaks.
     let mut middle = log.clone();
     middle[3].data = json!({"i": 666});
-    assert!(matches!(b.apply_remote(middle), Err(Error::BrokenChain { .. })));
+    assert!(matches!(b.apply_remote(middle, NOW), Err(Error::BrokenChain { .. })));
 
     // Right signature, wrong claimed origin: signed by "a", claims "mallory".
     let stolen: Vec<OperationWithMetadata> = log
@@ -82,9 +85,9 @@ fn forged_operations_are_refused_and_change_nothing() {
             op
         })
         .collect();
-    assert!(matches!(b.apply_remote(stolen), Err(Error::BadSignature { .. } | Error::BrokenChain { .. })));
+    assert!(matches!(b.apply_remote(stolen, NOW), Err(Error::BadSignature { .. } | Error::BrokenChain { .. })));
 
     assert_eq!(b.store().scan_nodes("", None, usize::MAX).unwrap(), before, "nothing stored changed");
     assert!(b.version_vector().is_empty());
-    assert_eq!(b.apply_remote(log).unwrap().applied, 10, "the genuine log still applies");
+    assert_eq!(b.apply_remote(log, NOW).unwrap().applied, 10, "the genuine log still applies");
 }

@@ -24,8 +24,8 @@
 //! the batch is visible after reopening. A data directory holds one file,
 //! [`DATA_FILE`], and is locked against a second process.
 
-use pluresdb_core::{Error, NodeRecord, OpId, OperationWithMetadata, Store, VersionVector, WriteBatch};
-use redb::{Database as Redb, ReadableDatabase, ReadableTable, TableDefinition};
+use pluresdb_core::{Error, Hlc, NodeRecord, OpId, OperationWithMetadata, Stamp, Store, VersionVector, WriteBatch};
+use redb::{Database as Redb, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,6 +46,9 @@ const OPS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("ops");
 const VERSION_VECTOR: TableDefinition<&str, u64> = TableDefinition::new("version_vector");
 /// Small metadata (clock reading, peer id, ...).
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// (packed timestamp, origin, seq) of each operation held but not merged
+/// yet (stamped beyond the clock horizon), in the order they become due.
+const DEFERRED: TableDefinition<(u64, &str, u64), ()> = TableDefinition::new("deferred");
 
 /// What can go wrong opening or using a data directory.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +123,7 @@ fn create_tables(db: &Redb) -> Result<(), redb::Error> {
     txn.open_table(OPS)?;
     txn.open_table(VERSION_VECTOR)?;
     txn.open_table(META)?;
+    txn.open_table(DEFERRED)?;
     txn.commit()?;
     Ok(())
 }
@@ -246,6 +250,29 @@ impl Store for RedbStore {
         Ok(table.get(key).map_err(fail("read meta"))?.map(|v| v.value().to_vec()))
     }
 
+    fn deferred(&self, from: Option<&Stamp>, limit: usize) -> Result<Vec<Stamp>, Error> {
+        let txn = self.db.begin_read().map_err(fail("begin read"))?;
+        let table = txn.open_table(DEFERRED).map_err(fail("open deferred"))?;
+        let range = match from {
+            Some(from) => table.range((from.hlc.as_u64(), &*from.id.origin, from.id.seq)..).map_err(fail("read deferred"))?,
+            None => table.range::<(u64, &str, u64)>(..).map_err(fail("read deferred"))?,
+        };
+        range
+            .take(limit)
+            .map(|entry| {
+                let (key, _) = entry.map_err(fail("read deferred"))?;
+                let (hlc, origin, seq) = key.value();
+                Ok(Stamp { hlc: Hlc::from_u64(hlc), id: OpId::new(origin, seq) })
+            })
+            .collect()
+    }
+
+    fn deferred_count(&self) -> Result<u64, Error> {
+        let txn = self.db.begin_read().map_err(fail("begin read"))?;
+        let table = txn.open_table(DEFERRED).map_err(fail("open deferred"))?;
+        table.len().map_err(fail("count deferred"))
+    }
+
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
         if self.read_only {
             return Err(Error::storage(RedbStoreError::ReadOnly { path: self.path.clone() }));
@@ -279,6 +306,15 @@ impl Store for RedbStore {
             let mut meta = txn.open_table(META).map_err(fail("open meta"))?;
             for (key, value) in &batch.meta {
                 meta.insert(key.as_str(), value.as_slice()).map_err(fail("write meta"))?;
+            }
+            if !batch.released.is_empty() || !batch.deferred.is_empty() {
+                let mut deferred = txn.open_table(DEFERRED).map_err(fail("open deferred"))?;
+                for stamp in &batch.released {
+                    deferred.remove((stamp.hlc.as_u64(), &*stamp.id.origin, stamp.id.seq)).map_err(fail("release deferred"))?;
+                }
+                for stamp in &batch.deferred {
+                    deferred.insert((stamp.hlc.as_u64(), &*stamp.id.origin, stamp.id.seq), ()).map_err(fail("record deferred"))?;
+                }
             }
         }
         txn.commit().map_err(fail("commit"))
@@ -368,6 +404,38 @@ mod tests {
         );
         assert_eq!(db.list("user:00", Some("user:005"), 100).unwrap().len(), 3, "006, 007, 009; 008 is deleted");
         assert_eq!(db.history("user:007").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn deferred_operations_survive_a_reopen_and_are_released_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = 1_700_000_000_000u64;
+        let ahead = now + 365 * 24 * 3_600_000;
+        // A writer whose clock runs a year ahead.
+        let mut fast = Database::open(pluresdb_core::MemoryStore::new(), "fast").unwrap();
+        for i in 0..3u64 {
+            fast.put(&format!("n:{i}"), json!({"i": i}), ahead + i).unwrap();
+        }
+        {
+            let mut db = Database::open(RedbStore::open(dir.path()).unwrap(), "p").unwrap();
+            let report = db.apply_remote(fast.ops_after("fast", 0, 10).unwrap(), now).unwrap();
+            assert_eq!(report.deferred, 3);
+        }
+        let mut db = Database::open(RedbStore::open(dir.path()).unwrap(), "p").unwrap();
+        assert_eq!(db.deferred_count(), 3);
+        assert_eq!(db.store().deferred(None, 10).unwrap().len(), 3);
+        assert!(db.get("n:0").unwrap().is_none());
+        let due = db.next_due_ms().unwrap();
+        assert_eq!(db.apply_due(due).unwrap(), 1, "the first is due first");
+        drop(db);
+        let mut db = Database::open(RedbStore::open(dir.path()).unwrap(), "p").unwrap();
+        assert_eq!(db.deferred_count(), 2);
+        assert_eq!(db.get("n:0").unwrap().unwrap().value["i"], 0);
+        assert_eq!(db.apply_due(ahead + 10).unwrap(), 2);
+        drop(db);
+        let mut db = Database::open(RedbStore::open(dir.path()).unwrap(), "p").unwrap();
+        assert_eq!((db.deferred_count(), db.apply_due(u64::MAX).unwrap()), (0, 0));
+        assert_eq!(db.list("n:", None, 10).unwrap().len(), 3);
     }
 
     #[test]

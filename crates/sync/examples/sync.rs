@@ -16,6 +16,7 @@ async fn main() -> Result<(), SyncError> {
         max_batch_size: 1000,
         enable_conflict_resolution: true,
         sync_timeout: Duration::from_secs(30),
+        max_clock_drift: Duration::from_secs(300),
     };
 
     let mut sync_engine = DataSyncEngine::new(sync_config.clone());

@@ -23,6 +23,12 @@ pub struct SyncConfig {
     /// acknowledgement that makes no progress for this long is abandoned and
     /// retried later with exponential backoff. Default: 30 s.
     pub sync_timeout: Duration,
+    /// How far past this replica's wall clock a received timestamp may lie
+    /// and still take effect at once; an operation stamped later is stored
+    /// and synced but takes effect when the wall clock reaches it, and it
+    /// never moves the replica's clock further than this. Default: 5 min
+    /// (`pluresdb_core::DEFAULT_MAX_CLOCK_DRIFT`).
+    pub max_clock_drift: Duration,
 }
 
 impl Default for SyncConfig {
@@ -33,6 +39,7 @@ impl Default for SyncConfig {
             max_batch_size: 1_000,
             enable_conflict_resolution: true,
             sync_timeout: Duration::from_secs(30),
+            max_clock_drift: pluresdb_core::DEFAULT_MAX_CLOCK_DRIFT,
         }
     }
 }

@@ -130,9 +130,10 @@ impl<S: Store> DataSyncEngine<S> {
         let db = if config.enable_conflict_resolution { db } else { db.with_resolver(Arc::new(KeepAll)) };
         let peers =
             acked.into_iter().map(|(peer, acked)| (peer, PeerState { sent: acked.clone(), acked, ..PeerState::default() })).collect();
+        let max_clock_drift = config.max_clock_drift;
         Self {
             config,
-            db,
+            db: db.with_max_clock_drift(max_clock_drift),
             active: false,
             now_ms: 0,
             peers,
@@ -245,7 +246,7 @@ impl<S: Store> DataSyncEngine<S> {
         let mut written = Vec::new();
         if !stamped.is_empty() {
             written.extend(stamped.iter().map(|op| Receipt { id: op.id.clone(), timestamp: op.timestamp }));
-            self.db.apply_remote(stamped).map_err(SyncError::LocalWrite)?;
+            self.db.apply_remote(stamped, now_ms).map_err(SyncError::LocalWrite)?;
         }
         if !local.is_empty() {
             written.extend(self.db.commit_local(local, now_ms).map_err(SyncError::LocalWrite)?);
@@ -361,7 +362,7 @@ impl<S: Store> DataSyncEngine<S> {
             }
         }
         if !applicable.is_empty() {
-            let report = self.db.apply_remote(applicable).map_err(|source| match source {
+            let report = self.db.apply_remote(applicable, now_ms).map_err(|source| match source {
                 err @ pluresdb_core::Error::Storage(_) => SyncError::Storage(err),
                 source => SyncError::InvalidOperation { peer: peer.to_owned(), source },
             })?;
@@ -514,9 +515,11 @@ impl<S: Store> DataSyncEngine<S> {
     }
 
     /// Runs timers due at `now_ms`: stalled rounds and batches, periodic
-    /// anti-entropy, writing acknowledgements.
+    /// anti-entropy, writing acknowledgements, and operations from the
+    /// future whose time has come.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
+        self.apply_due(now_ms);
         let timeout = self.config.sync_timeout.as_millis() as u64;
         let interval = self.config.sync_interval.as_millis() as u64;
         let active = self.active;
@@ -557,11 +560,33 @@ impl<S: Store> DataSyncEngine<S> {
         }
     }
 
+    /// Merges the deferred operations that are due (stamped beyond the
+    /// clock horizon when they arrived; see `pluresdb_core::Database::apply_due`).
+    fn apply_due(&mut self, now_ms: u64) {
+        while self.db.next_due_ms().is_some_and(|due| due <= now_ms) {
+            match self.db.apply_due(now_ms) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(err) => {
+                    // Retried at the next timeout; nothing was written.
+                    let err_text = error_chain(&SyncError::Storage(err));
+                    for state in self.peers.values_mut() {
+                        state.last_error = Some(err_text.clone());
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
     /// When [`handle_timeout`](Self::handle_timeout) should run next.
     pub fn poll_timeout(&self) -> Option<u64> {
         let timeout = self.config.sync_timeout.as_millis() as u64;
         let mut next: Option<u64> = None;
         let mut consider = |t: u64| next = Some(next.map_or(t, |n| n.min(t)));
+        if let Some(due) = self.db.next_due_ms() {
+            consider(due);
+        }
         for state in self.peers.values().filter(|p| p.connected) {
             if let Some(r) = &state.round {
                 consider(r.progress_ms + timeout);
@@ -619,6 +644,7 @@ impl<S: Store> DataSyncEngine<S> {
             operations_held: ours.total(),
             peers,
             traffic: total,
+            clock: self.db.clock_report(self.now_ms),
         }
     }
 

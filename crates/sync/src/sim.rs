@@ -6,18 +6,22 @@
 //! a failing seed replays exactly. [`run`] writes operations on random
 //! replicas while the faults are active, then heals the network, lets it
 //! quiesce and checks that every replica holds the same state, the same
-//! version vector and every operation written anywhere.
+//! version vector and every operation written anywhere, and that no honest
+//! replica's clock went further past its wall clock than the drift bound.
 
 use crate::error::error_chain;
 use crate::{DataSyncEngine, SyncConfig};
-use pluresdb_core::{MemoryStore, Node, NodeRecord, OpSigner, OpVerifier, OperationType, OperationWithMetadata, Store};
+use pluresdb_core::{
+    codec, Hlc, MemoryStore, Node, NodeRecord, OpSigner, OpVerifier, OperationType, OperationWithMetadata, Store, WriteBatch,
+    CLOCK_META_KEY,
+};
 use serde_json::json;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Duration;
 
 /// The virtual time the simulation starts at (ms since the Unix epoch).
-const EPOCH_MS: u64 = 1_700_000_000_000;
+pub const EPOCH_MS: u64 = 1_700_000_000_000;
 
 /// What to simulate.
 #[derive(Clone, Debug)]
@@ -47,6 +51,12 @@ pub struct SimConfig {
     pub full_mesh: bool,
     /// Largest clock skew between replicas, either way.
     pub max_skew_ms: u64,
+    /// Replicas whose clocks start at a timestamp far ahead of every wall
+    /// clock (a member that stamps its writes years ahead or at `u64::MAX`,
+    /// by a bug or on purpose): `(replica, timestamp)`. Their operations
+    /// are stored and synced like any other but take effect nowhere before
+    /// the wall clocks reach them.
+    pub clocks_ahead: Vec<(usize, Hlc)>,
     /// The engines' settings.
     pub sync: SyncConfig,
     /// Keys to sign and verify operations with: for replica `i`, its peer
@@ -87,6 +97,7 @@ impl Default for SimConfig {
             partitions: 2,
             full_mesh: false,
             max_skew_ms: 5_000,
+            clocks_ahead: Vec::new(),
             keys: None,
             sync: SyncConfig {
                 enable_auto_sync: true,
@@ -94,6 +105,7 @@ impl Default for SimConfig {
                 max_batch_size: 256,
                 enable_conflict_resolution: true,
                 sync_timeout: Duration::from_millis(3_000),
+                max_clock_drift: pluresdb_core::DEFAULT_MAX_CLOCK_DRIFT,
             },
         }
     }
@@ -174,6 +186,12 @@ struct Delivery {
 
 /// Runs one simulation.
 pub fn run(config: &SimConfig) -> Result<SimReport, Divergence> {
+    run_replicas(config).map(|(report, _)| report)
+}
+
+/// Runs one simulation and hands back the converged replicas, for checks
+/// beyond convergence.
+pub fn run_replicas(config: &SimConfig) -> Result<(SimReport, Vec<DataSyncEngine<MemoryStore>>), Divergence> {
     Sim::new(config).run()
 }
 
@@ -206,7 +224,14 @@ impl<'a> Sim<'a> {
             .collect();
         let engines = (0..n)
             .map(|i| {
-                let mut db = match pluresdb_core::Database::open(MemoryStore::new(), names[i].clone()) {
+                let mut store = MemoryStore::new();
+                if let Some((_, last)) = config.clocks_ahead.iter().find(|(replica, _)| *replica == i) {
+                    let clock = vec![(CLOCK_META_KEY.to_owned(), codec::encode(last))];
+                    if let Err(err) = store.commit(&WriteBatch { meta: clock, ..WriteBatch::default() }) {
+                        unreachable!("a memory store commits: {err}");
+                    }
+                }
+                let mut db = match pluresdb_core::Database::open(store, names[i].clone()) {
                     Ok(db) => db,
                     Err(err) => unreachable!("a memory store opens: {err}"),
                 };
@@ -385,7 +410,7 @@ impl<'a> Sim<'a> {
             .min()
     }
 
-    fn run(mut self) -> Result<SimReport, Divergence> {
+    fn run(mut self) -> Result<(SimReport, Vec<DataSyncEngine<MemoryStore>>), Divergence> {
         let start = self.now;
         for (i, engine) in self.engines.iter_mut().enumerate() {
             engine.start(start.saturating_add_signed(self.skew[i]));
@@ -469,7 +494,7 @@ impl<'a> Sim<'a> {
         None
     }
 
-    fn verify(self) -> Result<SimReport, Divergence> {
+    fn verify(self) -> Result<(SimReport, Vec<DataSyncEngine<MemoryStore>>), Divergence> {
         let fail = |detail: String| Divergence::NoConvergence { seed: self.config.seed, waited_ms: self.report.convergence_ms, detail };
         let snapshot = |i: usize| -> Result<(Vec<NodeRecord>, Vec<Option<Node>>), Divergence> {
             let records = self.engines[i].database().store().scan_nodes("", None, usize::MAX).map_err(|e| fail(e.to_string()))?;
@@ -486,7 +511,18 @@ impl<'a> Sim<'a> {
         if held != self.report.ops_written {
             return Err(fail(format!("{} operations written but {held} held", self.report.ops_written)));
         }
-        Ok(self.report)
+        // A received timestamp moves no clock further than the drift bound
+        // past its wall clock (replicas started ahead are not honest).
+        let drift = self.config.sync.max_clock_drift.as_millis() as u64;
+        for (i, engine) in self.engines.iter().enumerate() {
+            let wall = self.local_time(i);
+            let clock = engine.database().clock();
+            let honest = !self.config.clocks_ahead.iter().any(|(replica, _)| *replica == i);
+            if honest && clock.wall_ms() > wall.saturating_add(drift) {
+                return Err(fail(format!("replica-{i}'s clock moved to {clock}, past its wall time {wall} + {drift} ms")));
+            }
+        }
+        Ok((self.report, self.engines))
     }
 }
 

@@ -1,5 +1,6 @@
 //! [`SyncStatus`]: what [`DataSyncEngine::get_sync_status`](crate::DataSyncEngine::get_sync_status) reports.
 
+use pluresdb_core::ClockReport;
 use serde::Serialize;
 
 /// Counters for one peer, or summed over all peers.
@@ -58,4 +59,7 @@ pub struct SyncStatus {
     pub peers: Vec<PeerSyncStatus>,
     /// Summed over all peers.
     pub traffic: Traffic,
+    /// The replica's clock: drift bound, correction, operations from the
+    /// future held back, and how far ahead each origin's operations came.
+    pub clock: ClockReport,
 }

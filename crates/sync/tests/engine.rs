@@ -292,3 +292,34 @@ fn a_forged_operation_is_refused_by_the_engine_and_counted() {
     victim.handle_input(&mallory_id, &bytes, T0).unwrap();
     assert_eq!(victim.database().get("doc").unwrap().unwrap().value["owner"], "alice");
 }
+
+#[test]
+fn an_operation_from_the_future_waits_for_its_time_on_the_engine_timer() {
+    let hour = 3_600_000;
+    let mut fast = engine("peer-fast", SyncConfig::default());
+    let mut b = engine("peer-b", SyncConfig::default());
+    fast.peer_connected("peer-b", T0);
+    b.peer_connected("peer-fast", T0);
+    // The fast peer's wall clock reads an hour ahead.
+    fast.write(vec![put("peer-fast", "n:1", json!({"from": "the future"}))], T0 + hour).unwrap();
+    settle(&mut [("peer-fast", &mut fast), ("peer-b", &mut b)], T0);
+    assert_eq!(b.database().version_vector().get("peer-fast"), 1, "held and acknowledged");
+    assert_eq!(b.status().pending_operations, 0);
+    assert!(b.database().get("n:1").unwrap().is_none(), "not in effect an hour early");
+    assert!(b.database().clock().wall_ms() <= T0 + 5 * 60_000);
+    let clock = b.status().clock;
+    assert_eq!(clock.deferred_operations, 1);
+    assert_eq!(clock.origins[0].origin, "peer-fast");
+    assert!(clock.origins[0].max_ahead_ms >= hour as i64 - 1, "{clock:?}");
+
+    // Its time comes on the engine's own timer.
+    b.peer_disconnected("peer-fast");
+    b.handle_timeout(T0 + 2_000);
+    let due = T0 + hour - 5 * 60_000;
+    assert_eq!(b.poll_timeout(), Some(due));
+    b.handle_timeout(due - 1);
+    assert!(b.database().get("n:1").unwrap().is_none());
+    b.handle_timeout(due);
+    assert_eq!(b.database().get("n:1").unwrap().unwrap().value["from"], "the future");
+    assert_eq!(b.status().clock.deferred_operations, 0);
+}
