@@ -27,18 +27,36 @@ pub struct NetworkConfig {
     /// Peers to dial at start (`host:port` or `quic://host:port`). They are
     /// redialled with backoff whenever the connection drops. Default: none.
     pub bootstrap_nodes: Vec<String>,
-    /// How long dialling plus the handshake may take, and how long a
-    /// connection may stay silent before it is considered dead (QUIC idle
-    /// timeout). Default: 10 s.
+    /// How long an admitted connection may stay silent before it is
+    /// considered dead (QUIC idle timeout). Default: 10 s.
     pub connection_timeout: Duration,
+    /// How long a connection may take from its first packet to admission
+    /// (the QUIC handshake, then the hello and proof), dialled or accepted;
+    /// one not admitted by then is closed (`handshake_timeout`). Kept short
+    /// because a connection in its handshake has proven nothing yet.
+    /// Default: 5 s.
+    pub handshake_timeout: Duration,
     /// Time between heartbeats on each connection; each refreshes the
     /// peer's `last_seen` and round-trip time and keeps the connection from
     /// idling out. Keep it well below `connection_timeout`. Default: 5 s.
     pub heartbeat_interval: Duration,
-    /// Most simultaneous peer connections, dialled and accepted together;
-    /// further incoming ones are closed with the reason
-    /// `too_many_connections`, further dials fail. Default: 100.
+    /// Most simultaneous peer connections, admitted links and this node's
+    /// dials in flight together; further incoming ones are closed with the
+    /// reason `too_many_connections`, further dials fail. Incoming
+    /// connections in their handshake do not count here (see
+    /// `max_handshakes`). Default: 100.
     pub max_connections: usize,
+    /// Most incoming connections in their handshake (not yet admitted) at
+    /// once: a budget of its own, so that strangers that never finish a
+    /// handshake cannot take the room of links and dials. Once a quarter
+    /// of it is in use, clients must prove their address first (QUIC
+    /// Retry); when it is full, a newcomer takes the place of the oldest
+    /// handshake of the address holding the most places, if that is more
+    /// than the newcomer's address holds. Default: 32.
+    pub max_handshakes: usize,
+    /// Most of those handshakes from one IPv4 address or IPv6 /64.
+    /// Default: 8.
+    pub max_handshakes_per_ip: usize,
     /// Encrypt traffic. QUIC always runs TLS 1.3, so the QUIC engine refuses
     /// `false` rather than pretend. Default: `true`.
     pub enable_encryption: bool,
@@ -65,8 +83,11 @@ impl Default for NetworkConfig {
             enable_libp2p: false,
             bootstrap_nodes: Vec::new(),
             connection_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
             heartbeat_interval: Duration::from_secs(5),
             max_connections: 100,
+            max_handshakes: 32,
+            max_handshakes_per_ip: 8,
             enable_encryption: true,
             enable_nat_traversal: false,
             enable_dht: false,
@@ -156,6 +177,7 @@ mod tests {
         assert_eq!(config.connection_timeout, Duration::from_secs(10));
         assert_eq!(config.heartbeat_interval, Duration::from_secs(5));
         assert_eq!(config.max_connections, 100);
+        assert_eq!((config.handshake_timeout, config.max_handshakes, config.max_handshakes_per_ip), (Duration::from_secs(5), 32, 8));
         assert!(config.enable_encryption && !config.enable_nat_traversal && !config.enable_dht);
         assert_eq!(config.sync, SyncConfig::default());
         let discovery = DiscoveryConfig::default();

@@ -66,7 +66,7 @@ pub enum NetworkError {
     HandshakeTimeout {
         /// The peer's address.
         address: String,
-        /// The connection timeout.
+        /// The handshake timeout.
         after: Duration,
     },
     /// The peer refused this node: it sent an `Error` frame or closed the

@@ -86,7 +86,8 @@ pub fn peer_id_of(connection: &Connection) -> Result<PeerId, String> {
     tls::peer_id_of_certificates(&certificates).map_err(|err| err.to_string())
 }
 
-/// Runs the handshake within `timeout`. On refusal (by either side) the
+/// Runs the handshake until `deadline`, the end of the connection's
+/// `timeout` for getting admitted. On refusal (by either side) the
 /// connection is closed with the refusal's code and reason.
 pub async fn run(
     keys: &Keys,
@@ -94,6 +95,7 @@ pub async fn run(
     direction: Direction,
     listen_addresses: Vec<String>,
     max_payload: usize,
+    deadline: tokio::time::Instant,
     timeout: Duration,
 ) -> Result<Handshaken, NetworkError> {
     let address = connection.remote_address().to_string();
@@ -105,7 +107,7 @@ pub async fn run(
         }
     };
     let exchange = exchange(keys, connection, direction, listen_addresses, &peer, &address);
-    let failure = match tokio::time::timeout(timeout, exchange).await {
+    let failure = match tokio::time::timeout_at(deadline, exchange).await {
         Ok(Ok(mut done)) => {
             done.decoder.set_max_payload(max_payload);
             return Ok(done);
@@ -202,7 +204,9 @@ async fn exchange(
         return Err(Failure::refuse(NetworkError::AccessDenied(denied), send, recv, ErrorCode::AccessDenied, message));
     }
 
-    // Admitted: the first heartbeat says so.
+    // Admitted: open the connection up to a link's limits, then say so
+    // with the first heartbeat (the peer sends sync frames only after it).
+    super::admit_transport(connection);
     let admitted = NetworkMessage::Heartbeat { peer_id: keys.peer_id_text.clone(), timestamp: chrono::Utc::now() };
     stream::write_message(&mut send, &admitted).await.map_err(|err| stream::write_failed(&peer_text, &err))?;
     match read_message(connection, &mut recv, &mut decoder, &peer_text).await {

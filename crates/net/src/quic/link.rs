@@ -133,6 +133,12 @@ pub(crate) fn start(shared: Arc<Shared>, running: &Running, connection: Connecti
             connection.close(VarInt::from_u32(CLOSE_NORMAL), b"node shutting down");
             return;
         }
+        Registration::Full => {
+            let reason = format!("too many connections (limit {})", shared.config.max_connections);
+            tracing::warn!(%peer, "{reason}; closing the new connection");
+            connection.close(stream::close_code(ErrorCode::TooManyConnections), reason.as_bytes());
+            return;
+        }
     }
     let remote = connection.remote_address();
     let now = Utc::now();

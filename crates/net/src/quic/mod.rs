@@ -10,6 +10,7 @@
 //! bulk stream for `DataSync`, heartbeats, receive limits.
 
 mod address;
+mod admission;
 mod backoff;
 mod handshake;
 mod link;
@@ -27,6 +28,7 @@ use crate::error::NetworkError;
 use crate::events::SyncHandle;
 use crate::message::{ErrorCode, NetworkMessage};
 use crate::peer::{Direction, PeerInfo, PeerManager};
+use admission::{Admission, HandshakeBudget};
 use link::Link;
 use pluresdb_security::{tls, AccessPolicy, Identity, NetworkSecret, PeerId};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -35,7 +37,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::time::Instant;
 
 /// Frames queued per peer on the control stream before `send_message`
 /// answers [`NetworkError::PeerBusy`].
@@ -47,10 +50,27 @@ pub const CONTROL_QUEUE_FRAMES: usize = 1_024;
 /// peer reads slower than it is sent to.
 pub const BULK_QUEUE_FRAMES: usize = 16;
 
-/// Incoming connections over the limit that are still given a reason
-/// (accepted, then closed with `too_many_connections`); beyond this many at
-/// once they are refused without one, which costs no TLS handshake.
-const MAX_REFUSING: usize = 16;
+/// The connection receive window (bytes in flight from the peer, over all
+/// its streams) until the peer is admitted: enough for the handshake's
+/// frames (at most 64 KiB each), small enough that the handshakes in
+/// flight hold little memory.
+const HANDSHAKE_RECEIVE_WINDOW: u32 = 256 * 1024;
+
+/// The connection receive window of an admitted peer: large enough for a
+/// full sync batch in flight on loopback and LAN.
+const LINK_RECEIVE_WINDOW: u32 = 32 * 1024 * 1024;
+
+/// The bulk streams an admitted peer may have open at once: one, plus one
+/// being replaced. Until admission it may open none.
+const LINK_UNI_STREAMS: u32 = 2;
+
+/// Connection attempts quinn keeps waiting for the accept loop, and the
+/// bytes it buffers for each and for all of them. The accept loop decides
+/// on each at once, so these only matter under a flood; beyond them quinn
+/// refuses new attempts itself.
+const MAX_INCOMING: usize = 1_024;
+const INCOMING_BUFFER_BYTES: u64 = 64 * 1024;
+const INCOMING_BUFFER_TOTAL_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The QUIC engine. Cheap to clone: clones share one endpoint and one set
 /// of connections (hand a clone to the sync driver, keep one to stop it).
@@ -106,15 +126,16 @@ pub(crate) struct Shared {
     pub(crate) ask_for_peers: std::sync::atomic::AtomicBool,
 }
 
-#[derive(Default)]
 struct State {
     running: Option<Running>,
     links: HashMap<String, Link>,
-    /// Connections past their QUIC handshake but not yet links; they count
-    /// against `max_connections`.
-    handshaking: usize,
-    /// Incoming connections being refused for the connection limit.
-    refusing: usize,
+    /// This node's dials not yet links; they count against
+    /// `max_connections`.
+    dialling: usize,
+    /// Incoming connections not yet admitted (see [`admission`]).
+    handshakes: HandshakeBudget,
+    /// Aborts each incoming handshake in flight, by its budget slot.
+    evictions: HashMap<u64, oneshot::Sender<()>>,
     next_id: u64,
     dials: HashMap<u64, Dial>,
 }
@@ -185,20 +206,29 @@ impl Drop for TaskGuard {
     }
 }
 
-/// A slot against `max_connections` held by a connection in its
-/// handshake; released on drop.
+/// What a connection in its handshake holds: one of this node's dials
+/// (against `max_connections`) or a slot of the incoming handshake budget.
+/// Released on drop.
 pub(crate) struct Slot {
     shared: Arc<Shared>,
-    refusing: bool,
+    kind: SlotKind,
+}
+
+#[derive(Clone, Copy)]
+enum SlotKind {
+    Dial,
+    Incoming(u64),
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut state = self.shared.state();
-        if self.refusing {
-            state.refusing = state.refusing.saturating_sub(1);
-        } else {
-            state.handshaking = state.handshaking.saturating_sub(1);
+        match self.kind {
+            SlotKind::Dial => state.dialling = state.dialling.saturating_sub(1),
+            SlotKind::Incoming(id) => {
+                state.handshakes.release(id);
+                state.evictions.remove(&id);
+            }
         }
     }
 }
@@ -211,6 +241,9 @@ pub(crate) enum Registration {
     Replaced,
     /// Another link to the peer wins; this one must close.
     Duplicate,
+    /// An accepted link to a new peer while the node is at
+    /// `max_connections` (its dials took the room during the handshake).
+    Full,
     /// The engine is stopping.
     Stopped,
 }
@@ -222,13 +255,22 @@ impl QuicNetworkEngine {
     /// [`with_access_policy`](Self::with_access_policy), or let
     /// `initialize` generate them.
     pub fn new(config: NetworkConfig, peer_manager: Arc<PeerManager>, sync_engine: SyncHandle) -> Self {
+        let handshakes = HandshakeBudget::new(config.max_handshakes, config.max_handshakes_per_ip);
         let shared = Shared {
             config,
             peers: peer_manager,
             sync: sync_engine,
             settings: Mutex::new(Settings { identity: None, policy: None, limits: ReceiveLimits::default() }),
             keys: Mutex::new(None),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                running: None,
+                links: HashMap::new(),
+                dialling: 0,
+                handshakes,
+                evictions: HashMap::new(),
+                next_id: 0,
+                dials: HashMap::new(),
+            }),
             links_changed: Notify::new(),
             ask_for_peers: std::sync::atomic::AtomicBool::new(false),
         };
@@ -324,6 +366,12 @@ impl QuicNetworkEngine {
         self.shared.state().running.as_ref().map(|running| running.local_addr)
     }
 
+    /// How many incoming connections are in their handshake (QUIC or
+    /// hello), out of `max_handshakes`.
+    pub fn handshakes_in_flight(&self) -> usize {
+        self.shared.state().handshakes.in_flight()
+    }
+
     /// The peer registry this engine reports to.
     pub fn peer_manager(&self) -> &Arc<PeerManager> {
         &self.shared.peers
@@ -338,13 +386,14 @@ impl QuicNetworkEngine {
     }
 
     /// Dials `address` and runs the handshake; returns the peer id once the
-    /// connection is a link.
+    /// connection is a link. The QUIC handshake and the hello exchange
+    /// together must finish within `handshake_timeout`.
     async fn dial(&self, address: &str, expected: Option<PeerId>) -> Result<String> {
         let keys = self.keys()?;
         let running = self.running()?;
         let addr = address::resolve(address, running.local_addr).await?;
         let slot =
-            Shared::reserve_slot(&self.shared).ok_or(NetworkError::TooManyConnections { limit: self.shared.config.max_connections })?;
+            Shared::reserve_dial(&self.shared).ok_or(NetworkError::TooManyConnections { limit: self.shared.config.max_connections })?;
         let tls = tls::client_config(&keys.identity, expected).map_err(NetworkError::Tls)?;
         let crypto = QuicClientConfig::try_from(tls).map_err(|err| NetworkError::Config(format!("QUIC client TLS config: {err}")))?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
@@ -353,8 +402,9 @@ impl QuicNetworkEngine {
             .endpoint
             .connect_with(client, addr, "pluresdb")
             .map_err(|err| NetworkError::Connect { address: address.to_owned(), reason: err.to_string() })?;
-        let timeout = self.shared.config.connection_timeout;
-        let connection = match tokio::time::timeout(timeout, connecting).await {
+        let timeout = self.shared.config.handshake_timeout;
+        let deadline = Instant::now() + timeout;
+        let connection = match tokio::time::timeout_at(deadline, connecting).await {
             Ok(Ok(connection)) => connection,
             Ok(Err(err)) => {
                 return Err(match stream::connection_ended(address, &err) {
@@ -366,7 +416,7 @@ impl QuicNetworkEngine {
         };
         let listen = listen_addresses(running.local_addr);
         let limits = running.receive_limits;
-        let done = handshake::run(&keys, &connection, Direction::Dialled, listen, limits.max_payload, timeout).await?;
+        let done = handshake::run(&keys, &connection, Direction::Dialled, listen, limits.max_payload, deadline, timeout).await?;
         let peer_id = done.peer_id.clone();
         link::start(self.shared.clone(), &running, connection, done, Direction::Dialled, slot);
         Ok(peer_id)
@@ -447,13 +497,14 @@ impl Shared {
     }
 
     /// A slot against `max_connections` for a dial, or `None` at the limit.
-    fn reserve_slot(shared: &Arc<Shared>) -> Option<Slot> {
+    /// Incoming handshakes have their own budget and never take these.
+    fn reserve_dial(shared: &Arc<Shared>) -> Option<Slot> {
         let mut state = shared.state();
-        if state.links.len() + state.handshaking >= shared.config.max_connections {
+        if state.links.len() + state.dialling >= shared.config.max_connections {
             return None;
         }
-        state.handshaking += 1;
-        Some(Slot { shared: shared.clone(), refusing: false })
+        state.dialling += 1;
+        Some(Slot { shared: shared.clone(), kind: SlotKind::Dial })
     }
 
     /// Registers `link` for its peer, settling duplicates: of two links
@@ -473,7 +524,9 @@ impl Shared {
         if state.running.is_none() {
             return Registration::Stopped;
         }
+        let accepted = link.dialler == link.peer_id;
         let registration = match state.links.get(&link.peer_id) {
+            None if accepted && state.links.len() + state.dialling >= self.config.max_connections => return Registration::Full,
             None => Registration::Fresh,
             Some(old) if old.dialler == link.dialler || link.dialler < old.dialler || silent => {
                 old.close("replaced by a newer connection");
@@ -524,7 +577,12 @@ fn listen_addresses(local: SocketAddr) -> Vec<String> {
     vec![address::quic_url(local)]
 }
 
-/// The transport parameters of every connection.
+/// The transport parameters of every connection, as they stand until the
+/// peer is admitted: a small connection receive window and no bulk
+/// streams, so a connection that has proven nothing holds little memory.
+/// [`admit_transport`] opens them up once the handshake admitted the peer.
+/// The stream receive window is fixed for a connection's life in quinn; it
+/// is set for admitted links, and the connection window bounds it before.
 fn transport_config(config: &NetworkConfig) -> Result<TransportConfig> {
     let mut transport = TransportConfig::default();
     let idle = IdleTimeout::try_from(config.connection_timeout)
@@ -533,15 +591,19 @@ fn transport_config(config: &NetworkConfig) -> Result<TransportConfig> {
     // Heartbeats keep links alive; QUIC keep-alives cover the handshake and
     // a heartbeat interval configured longer than the timeout.
     transport.keep_alive_interval(Some(config.heartbeat_interval.min(config.connection_timeout / 2).max(Duration::from_millis(10))));
-    // One control stream each way, one bulk stream each way (plus one
-    // being replaced).
+    // One control stream each way; bulk streams only after admission.
     transport.max_concurrent_bidi_streams(VarInt::from_u32(1));
-    transport.max_concurrent_uni_streams(VarInt::from_u32(2));
-    // Large enough for a full sync batch in flight on loopback and LAN.
+    transport.max_concurrent_uni_streams(VarInt::from_u32(0));
     transport.stream_receive_window(VarInt::from_u32(8 * 1024 * 1024));
-    transport.receive_window(VarInt::from_u32(32 * 1024 * 1024));
+    transport.receive_window(VarInt::from_u32(HANDSHAKE_RECEIVE_WINDOW));
     transport.send_window(32 * 1024 * 1024);
     Ok(transport)
+}
+
+/// Raises the limits of [`transport_config`] to an admitted link's.
+pub(crate) fn admit_transport(connection: &quinn::Connection) {
+    connection.set_receive_window(VarInt::from_u32(LINK_RECEIVE_WINDOW));
+    connection.set_max_concurrent_uni_streams(VarInt::from_u32(LINK_UNI_STREAMS));
 }
 
 #[async_trait::async_trait]
@@ -560,8 +622,11 @@ impl NetworkEngine for QuicNetworkEngine {
         if config.max_connections == 0 {
             return Err(NetworkError::Config("max_connections must be at least 1".to_owned()));
         }
-        if config.connection_timeout.is_zero() || config.heartbeat_interval.is_zero() {
-            return Err(NetworkError::Config("connection_timeout and heartbeat_interval must be positive".to_owned()));
+        if config.connection_timeout.is_zero() || config.heartbeat_interval.is_zero() || config.handshake_timeout.is_zero() {
+            return Err(NetworkError::Config("connection_timeout, handshake_timeout and heartbeat_interval must be positive".to_owned()));
+        }
+        if config.max_handshakes == 0 || config.max_handshakes_per_ip == 0 {
+            return Err(NetworkError::Config("max_handshakes and max_handshakes_per_ip must be at least 1".to_owned()));
         }
         let (identity, policy) = {
             let settings = lock(&self.shared.settings);
@@ -579,7 +644,11 @@ impl NetworkEngine for QuicNetworkEngine {
         let tls = tls::server_config(&identity).map_err(NetworkError::Tls)?;
         let crypto = QuicServerConfig::try_from(tls).map_err(|err| NetworkError::Config(format!("QUIC server TLS config: {err}")))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server.transport_config(transport.clone());
+        server
+            .transport_config(transport.clone())
+            .max_incoming(MAX_INCOMING)
+            .incoming_buffer_size(INCOMING_BUFFER_BYTES)
+            .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL_BYTES);
         let peer_id = identity.peer_id();
         let keys = Keys { peer_id_text: peer_id.to_string(), peer_id, identity, policy, server, transport };
         *lock(&self.shared.keys) = Some(Arc::new(keys));
@@ -756,8 +825,9 @@ fn enqueue(queue: &mpsc::Sender<Frame>, peer: &str, frame: Frame) -> Result<()> 
     })
 }
 
-/// Accepts incoming connections until the engine stops, enforcing
-/// `max_connections`.
+/// Accepts incoming connections until the engine stops: each attempt is
+/// retried, refused or given a slot of the handshake budget (see
+/// [`admission`]) at once, and handshakes run in their own tasks.
 async fn accept_loop(shared: Arc<Shared>, running: Running, _guard: TaskGuard) {
     let mut shutdown = running.shutdown.subscribe();
     loop {
@@ -766,26 +836,42 @@ async fn accept_loop(shared: Arc<Shared>, running: Running, _guard: TaskGuard) {
             _ = shutdown.wait_for(|s| *s) => break,
         };
         let Some(incoming) = incoming else { break };
-        let slot = {
+        let remote = incoming.remote_address();
+        let at_capacity;
+        let (id, evicted) = {
             let mut state = shared.state();
-            if state.links.len() + state.handshaking < shared.config.max_connections {
-                state.handshaking += 1;
-                Some(Slot { shared: shared.clone(), refusing: false })
-            } else if state.refusing < MAX_REFUSING {
-                state.refusing += 1;
-                Some(Slot { shared: shared.clone(), refusing: true })
-            } else {
-                None
+            // A node at its connection limit still tells a caller why, if
+            // it can do so without taking another handshake's place.
+            at_capacity = state.links.len() + state.dialling >= shared.config.max_connections;
+            match state.handshakes.admit(remote.ip(), incoming.remote_address_validated(), !at_capacity) {
+                Admission::Accept { id, evict } => {
+                    if let Some(cancel) = evict.and_then(|victim| state.evictions.remove(&victim)) {
+                        let _ = cancel.send(());
+                    }
+                    let (cancel, cancelled) = oneshot::channel();
+                    state.evictions.insert(id, cancel);
+                    (id, cancelled)
+                }
+                Admission::Retry => {
+                    drop(state);
+                    tracing::trace!(%remote, "asked an incoming connection to prove its address (QUIC Retry)");
+                    if let Err(err) = incoming.retry() {
+                        err.into_incoming().refuse();
+                    }
+                    continue;
+                }
+                Admission::Refuse(reason) => {
+                    drop(state);
+                    tracing::debug!(%remote, %reason, "refused an incoming connection before its handshake");
+                    incoming.refuse();
+                    continue;
+                }
             }
         };
-        let Some(slot) = slot else {
-            tracing::warn!(remote = %incoming.remote_address(), "refused a connection: at the connection limit");
-            incoming.refuse();
-            continue;
-        };
+        let slot = Slot { shared: shared.clone(), kind: SlotKind::Incoming(id) };
         let guard = running.tasks.enter();
         let mut shutdown = running.shutdown.subscribe();
-        let accept = accept_one(shared.clone(), running.clone(), incoming, slot);
+        let accept = accept_one(shared.clone(), running.clone(), incoming, slot, evicted, at_capacity);
         tokio::spawn(async move {
             tokio::select! {
                 _ = accept => {}
@@ -796,11 +882,32 @@ async fn accept_loop(shared: Arc<Shared>, running: Running, _guard: TaskGuard) {
     }
 }
 
-async fn accept_one(shared: Arc<Shared>, running: Running, incoming: quinn::Incoming, slot: Slot) {
+/// Runs one incoming connection's handshake in its budget `slot`: the QUIC
+/// handshake, then the hello exchange, both within `handshake_timeout`,
+/// unless a newer attempt takes the slot (`evicted`). With `at_capacity`
+/// the connection is closed with `too_many_connections` right after the
+/// QUIC handshake.
+async fn accept_one(
+    shared: Arc<Shared>,
+    running: Running,
+    incoming: quinn::Incoming,
+    slot: Slot,
+    mut evicted: oneshot::Receiver<()>,
+    at_capacity: bool,
+) {
     let remote = incoming.remote_address();
-    let timeout = shared.config.connection_timeout;
-    let connection = match incoming.accept() {
-        Ok(connecting) => match tokio::time::timeout(timeout, connecting).await {
+    let timeout = shared.config.handshake_timeout;
+    let deadline = Instant::now() + timeout;
+    let connecting = match incoming.accept() {
+        Ok(connecting) => connecting,
+        Err(err) => {
+            tracing::debug!(%remote, error = %err, "incoming connection failed");
+            return;
+        }
+    };
+    // Dropping `connecting` closes the connection.
+    let connection = tokio::select! {
+        connected = tokio::time::timeout_at(deadline, connecting) => match connected {
             Ok(Ok(connection)) => connection,
             Ok(Err(err)) => {
                 tracing::debug!(%remote, error = %err, "incoming connection failed");
@@ -811,12 +918,12 @@ async fn accept_one(shared: Arc<Shared>, running: Running, incoming: quinn::Inco
                 return;
             }
         },
-        Err(err) => {
-            tracing::debug!(%remote, error = %err, "incoming connection failed");
+        _ = &mut evicted => {
+            tracing::debug!(%remote, "incoming connection gave its handshake slot to a newer one");
             return;
         }
     };
-    if slot.refusing {
+    if at_capacity {
         let reason = format!("too many connections (limit {})", shared.config.max_connections);
         tracing::warn!(%remote, "{reason}; closing the new connection");
         connection.close(stream::close_code(ErrorCode::TooManyConnections), reason.as_bytes());
@@ -824,8 +931,15 @@ async fn accept_one(shared: Arc<Shared>, running: Running, incoming: quinn::Inco
     }
     let Some(keys) = lock(&shared.keys).clone() else { return };
     let listen = listen_addresses(running.local_addr);
-    match handshake::run(&keys, &connection, Direction::Accepted, listen, running.receive_limits.max_payload, timeout).await {
-        Ok(done) => link::start(shared, &running, connection, done, Direction::Accepted, slot),
-        Err(err) => tracing::warn!(%remote, error = %err, "incoming handshake failed"),
+    let handshake = handshake::run(&keys, &connection, Direction::Accepted, listen, running.receive_limits.max_payload, deadline, timeout);
+    tokio::select! {
+        done = handshake => match done {
+            Ok(done) => link::start(shared, &running, connection, done, Direction::Accepted, slot),
+            Err(err) => tracing::warn!(%remote, error = %err, "incoming handshake failed"),
+        },
+        _ = &mut evicted => {
+            tracing::debug!(%remote, "incoming handshake gave its slot to a newer one");
+            connection.close(stream::close_code(ErrorCode::TooManyConnections), b"too many handshakes in flight");
+        }
     }
 }
