@@ -12,7 +12,7 @@
 //!   (write on one side until the change feed of the other reports it).
 //!
 //! The engines run with receive limits raised above the defaults
-//! (2,000 frames/s), which single-write pushes at full speed exceed.
+//! (20,000 frames/s), which single-write pushes at full speed exceed.
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

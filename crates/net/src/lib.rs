@@ -71,7 +71,7 @@ pub use config::{DiscoveryConfig, NetworkConfig, ReceiveLimits, DEFAULT_PORT};
 pub use driver::{apply as apply_peer_event, now_ms, send_transmit, SyncDriver};
 pub use engine::{NetworkEngine, Result};
 pub use error::NetworkError;
-pub use events::{PeerEvent, PeerEvents, SyncHandle};
+pub use events::{PeerEvent, PeerEvents, QueueLimits, SyncHandle};
 pub use exchange::{usable_address, LearnedPeer, MAX_LEARNED_PEERS};
 pub use message::{
     ErrorCode, ExchangedPeer, Hello, NetworkMessage, NotSyncMessage, MAX_EXCHANGED_ADDRESSES, MAX_EXCHANGED_PEERS, PROTOCOL_VERSION,

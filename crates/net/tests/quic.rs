@@ -7,7 +7,8 @@ use common::{connected, disconnected, link, message, node, start, until, Options
 use pluresdb_core::VersionVector;
 use pluresdb_net::codec::FrameDecoder;
 use pluresdb_net::{
-    Direction, ErrorCode, Frame, FrameKind, NetworkConfig, NetworkEngine, NetworkError, NetworkMessage, PeerEvent, ReceiveLimits, Transport,
+    Direction, ErrorCode, Frame, FrameKind, NetworkConfig, NetworkEngine, NetworkError, NetworkMessage, PeerEvent, QueueLimits,
+    ReceiveLimits, Transport,
 };
 use pluresdb_security::{tls, AccessMode, AccessPolicy, Identity, NetworkSecret, RateLimit};
 use pluresdb_sync::SyncMessage;
@@ -393,4 +394,64 @@ async fn a_peer_the_new_access_rule_refuses_is_disconnected() {
     let on_b = disconnected(&mut b.events, &a.id).await;
     assert!(on_b.contains("no longer admitted"), "b is told why: {on_b}");
     assert!(a.engine.is_peer_connected(&c.id).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_fills_its_queue_share_is_paused_while_others_go_on() {
+    // b lets each peer have 256 KiB of sync messages queued or in use.
+    const SHARE: usize = 256 * 1024;
+    const MESSAGE: usize = 64 * 1024;
+    const SENT: usize = 40;
+    let mut options = Options::new(2);
+    options.queue = QueueLimits { bytes_per_peer: SHARE, ..QueueLimits::default() };
+    let mut b = start(options).await;
+    let mut a = node(1).await;
+    let mut c = node(3).await;
+    link(&mut a, &mut b).await;
+    link(&mut c, &mut b).await;
+
+    // a sends ten times its share; b's consumer keeps what a sent (as a
+    // sync engine busy with it would), so none of it is given back.
+    for n in 0..SENT {
+        a.engine.send_message(&b.id, NetworkMessage::EncodedSync(vec![n as u8; MESSAGE].into())).await.unwrap();
+    }
+    c.engine.send_message(&b.id, ack(&c.id, 1).into()).await.unwrap();
+    let next_message =
+        async |events: &mut pluresdb_net::PeerEvents| match common::event(events, "a message", |e| matches!(e, PeerEvent::Message { .. }))
+            .await
+        {
+            PeerEvent::Message { peer_id, bytes } => (peer_id, bytes),
+            _ => unreachable!(),
+        };
+    let mut held = Vec::new();
+    let mut heard_c = false;
+    while !(heard_c && held.len() * MESSAGE == SHARE) {
+        match next_message(&mut b.events).await {
+            (peer, bytes) if peer == a.id => {
+                held.push(bytes);
+                assert!(held.len() * MESSAGE <= SHARE, "a has {} bytes queued, over its share", held.len() * MESSAGE);
+            }
+            (peer, _) => heard_c |= peer == c.id,
+        }
+    }
+    // c is heard while a waits, both ways; nothing more of a's comes.
+    c.engine.send_message(&b.id, ack(&c.id, 2).into()).await.unwrap();
+    loop {
+        let (peer, bytes) = next_message(&mut b.events).await;
+        assert_ne!(peer, a.id, "a was heard while its share was used up");
+        if SyncMessage::decode(&peer, &bytes).ok() == Some(ack(&c.id, 2)) {
+            break;
+        }
+    }
+    b.engine.send_message(&c.id, ack(&b.id, 1).into()).await.unwrap();
+    assert_eq!(SyncMessage::decode(&b.id, &message(&mut c.events, &b.id).await).unwrap(), ack(&b.id, 1));
+
+    // Once b is done with a's messages, the rest arrive, in order, none lost.
+    let mut received: Vec<u8> = held.iter().map(|bytes| bytes[0]).collect();
+    drop(held);
+    while received.len() < SENT {
+        received.push(message(&mut b.events, &a.id).await[0]);
+    }
+    assert_eq!(received, (0..SENT).map(|n| n as u8).collect::<Vec<_>>());
+    assert!(b.engine.is_peer_connected(&a.id).await);
 }

@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
-use pluresdb_net::{NetworkConfig, NetworkEngine, PeerEvent, PeerEvents, PeerManager, QuicNetworkEngine, ReceiveLimits, SyncHandle};
+use pluresdb_net::{
+    NetworkConfig, NetworkEngine, PeerEvent, PeerEvents, PeerManager, QueueLimits, QuicNetworkEngine, ReceiveLimits, SyncHandle,
+};
 use pluresdb_security::{AccessPolicy, Identity, NetworkSecret};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,13 +44,22 @@ pub struct Options {
     pub policy: AccessPolicy,
     pub config: NetworkConfig,
     pub limits: ReceiveLimits,
+    /// Each peer's share of the queue of sync messages.
+    pub queue: QueueLimits,
     /// Ask new peers for the peers they know (peer exchange).
     pub ask_for_peers: bool,
 }
 
 impl Options {
     pub fn new(seed: u8) -> Self {
-        Self { seed, policy: AccessPolicy::with_secret(secret()), config: config(), limits: ReceiveLimits::default(), ask_for_peers: false }
+        Self {
+            seed,
+            policy: AccessPolicy::with_secret(secret()),
+            config: config(),
+            limits: ReceiveLimits::default(),
+            queue: QueueLimits::default(),
+            ask_for_peers: false,
+        }
     }
 }
 
@@ -61,7 +72,7 @@ pub async fn start(options: Options) -> Node {
     // `RUST_LOG=pluresdb_net=debug cargo test` shows the engines' logs.
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
     let peers = Arc::new(PeerManager::new());
-    let (handle, events) = SyncHandle::channel(1024);
+    let (handle, events) = SyncHandle::with_limits(options.queue);
     let identity = Identity::from_seed([options.seed; 32]);
     let mut engine = QuicNetworkEngine::new(options.config, peers.clone(), handle)
         .with_identity(identity.clone())
