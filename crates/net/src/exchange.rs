@@ -4,18 +4,31 @@
 //! them.
 //!
 //! Nothing a peer says is trusted beyond being a hint: every address is
-//! checked before it is kept ([`usable_address`]), the book holds at most
-//! [`MAX_LEARNED_PEERS`] peers, and dialling a learned peer verifies its id
-//! in the TLS handshake like any other connection.
+//! checked before it is kept ([`usable_address`]), and dialling a learned
+//! peer verifies its id in the TLS handshake like any other connection.
+//! The book is kept per teller, so that one peer cannot crowd out what the
+//! others said: each teller holds at most [`MAX_LEARNED_PER_SOURCE`]
+//! entries (its own oldest go first), the book at most
+//! [`MAX_LEARNED_PEERS`] (the oldest of the teller holding the most go
+//! first), and an entry not told again within [`LEARNED_PEER_TTL`] is
+//! forgotten.
 
-use crate::message::{ExchangedPeer, MAX_EXCHANGED_ADDRESSES};
+use crate::message::{ExchangedPeer, MAX_EXCHANGED_ADDRESSES, MAX_EXCHANGED_PEERS};
 use chrono::{DateTime, Utc};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
-/// The most peers the book keeps; the least recently heard of goes first.
+/// The most entries the book keeps, over all tellers.
 pub const MAX_LEARNED_PEERS: usize = 1_024;
+
+/// The most entries one teller holds: one full answer's worth.
+pub const MAX_LEARNED_PER_SOURCE: usize = MAX_EXCHANGED_PEERS;
+
+/// How long an entry lasts without being told again. Tellers that are
+/// still connected repeat themselves every 30 s (when asked).
+pub const LEARNED_PEER_TTL: Duration = Duration::from_secs(10 * 60);
 
 /// A peer that a connected peer told this node about.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,20 +40,22 @@ pub struct LearnedPeer {
     pub addresses: Vec<String>,
     /// The peer that told this node about it.
     pub via: String,
-    /// When this node last heard of it.
+    /// When this node last heard of it (from `via`).
     pub last_seen: DateTime<Utc>,
 }
 
-/// The peers learned by exchange, at most [`MAX_LEARNED_PEERS`].
+/// The peers learned by exchange, keyed by teller and peer (two tellers'
+/// word on one peer are two entries).
 #[derive(Debug, Default)]
 pub(crate) struct LearnedPeers {
-    peers: BTreeMap<String, LearnedPeer>,
+    entries: BTreeMap<(String, String), LearnedPeer>,
+    per_source: HashMap<String, usize>,
 }
 
 impl LearnedPeers {
-    /// Records what `via` (seen at `via_address`) said; `local_peer` (this
-    /// node) and unusable addresses are left out. Returns how many peers
-    /// were new or changed.
+    /// Records what `via` (seen at `via_address`) said at `now`;
+    /// `local_peer` (this node), `via` itself and unusable addresses are
+    /// left out. Returns how many entries were new or changed.
     pub(crate) fn learn(
         &mut self,
         local_peer: &str,
@@ -49,8 +64,9 @@ impl LearnedPeers {
         peers: Vec<ExchangedPeer>,
         now: DateTime<Utc>,
     ) -> usize {
+        self.expire(now);
         let mut changed = 0;
-        for peer in peers {
+        for peer in peers.into_iter().take(MAX_LEARNED_PER_SOURCE) {
             if peer.peer_id == local_peer || peer.peer_id == via || peer.peer_id.is_empty() || peer.peer_id.len() > 128 {
                 continue;
             }
@@ -65,25 +81,74 @@ impl LearnedPeers {
             if addresses.is_empty() {
                 continue;
             }
-            let entry = LearnedPeer { peer_id: peer.peer_id.clone(), addresses, via: via.to_owned(), last_seen: now };
-            let new = self.peers.get(&peer.peer_id).is_none_or(|old| old.addresses != entry.addresses);
-            changed += usize::from(new);
-            self.peers.insert(peer.peer_id, entry);
+            let key = (via.to_owned(), peer.peer_id.clone());
+            let entry = LearnedPeer { peer_id: peer.peer_id, addresses, via: via.to_owned(), last_seen: now };
+            match self.entries.insert(key, entry.clone()) {
+                Some(old) => changed += usize::from(old.addresses != entry.addresses),
+                None => {
+                    changed += 1;
+                    *self.per_source.entry(via.to_owned()).or_insert(0) += 1;
+                }
+            }
+            if self.per_source.get(via).is_some_and(|count| *count > MAX_LEARNED_PER_SOURCE) {
+                self.evict_oldest_of(via);
+            }
         }
-        while self.peers.len() > MAX_LEARNED_PEERS {
-            let oldest = self.peers.values().min_by_key(|p| p.last_seen).map(|p| p.peer_id.clone());
-            match oldest {
-                Some(oldest) => self.peers.remove(&oldest),
+        while self.entries.len() > MAX_LEARNED_PEERS {
+            let busiest = self.per_source.iter().max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0))).map(|(source, _)| source.clone());
+            match busiest {
+                Some(source) => self.evict_oldest_of(&source),
                 None => break,
-            };
+            }
         }
         changed
     }
 
-    /// The learned peers, in peer id order.
-    pub(crate) fn list(&self) -> Vec<LearnedPeer> {
-        self.peers.values().cloned().collect()
+    /// The entries told within [`LEARNED_PEER_TTL`] before `now`, in peer
+    /// id order (then teller).
+    pub(crate) fn list(&self, now: DateTime<Utc>) -> Vec<LearnedPeer> {
+        let mut list: Vec<LearnedPeer> = self.entries.values().filter(|entry| fresh(entry, now)).cloned().collect();
+        list.sort_by(|a, b| (&a.peer_id, &a.via).cmp(&(&b.peer_id, &b.via)));
+        list
     }
+
+    /// Forgets the entries not told again within [`LEARNED_PEER_TTL`].
+    fn expire(&mut self, now: DateTime<Utc>) {
+        let stale: Vec<(String, String)> =
+            self.entries.iter().filter(|(_, entry)| !fresh(entry, now)).map(|(key, _)| key.clone()).collect();
+        for key in stale {
+            self.remove(&key);
+        }
+    }
+
+    /// Forgets the entry `source` told longest ago.
+    fn evict_oldest_of(&mut self, source: &str) {
+        let oldest = self
+            .entries
+            .range((source.to_owned(), String::new())..)
+            .take_while(|((via, _), _)| via == source)
+            .min_by_key(|(key, entry)| (entry.last_seen, (*key).clone()))
+            .map(|(key, _)| key.clone());
+        if let Some(key) = oldest {
+            self.remove(&key);
+        }
+    }
+
+    fn remove(&mut self, key: &(String, String)) {
+        if self.entries.remove(key).is_some() {
+            if let Some(count) = self.per_source.get_mut(&key.0) {
+                *count -= 1;
+                if *count == 0 {
+                    self.per_source.remove(&key.0);
+                }
+            }
+        }
+    }
+}
+
+/// Whether `entry` was told within [`LEARNED_PEER_TTL`] before `now`.
+fn fresh(entry: &LearnedPeer, now: DateTime<Utc>) -> bool {
+    now.signed_duration_since(entry.last_seen).to_std().map_or(true, |age| age <= LEARNED_PEER_TTL)
 }
 
 /// Why an address was refused.
@@ -189,7 +254,7 @@ mod tests {
     }
 
     #[test]
-    fn the_book_skips_itself_the_sender_and_unusable_peers_and_stays_bounded() {
+    fn the_book_skips_itself_the_sender_and_unusable_peers() {
         let mut book = LearnedPeers::default();
         let via: SocketAddr = "10.0.0.1:34569".parse().unwrap();
         let now = Utc::now();
@@ -201,22 +266,67 @@ mod tests {
             peer("", &["10.0.0.3:1"]),
         ];
         assert_eq!(book.learn("me", "sender", via, told, now), 1);
-        let list = book.list();
+        let list = book.list(now);
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].peer_id, "a");
         assert_eq!(list[0].addresses, ["quic://10.0.0.2:1"]);
         assert_eq!(list[0].via, "sender");
         // The same news again changes nothing.
         assert_eq!(book.learn("me", "sender", via, vec![peer("a", &["10.0.0.2:1"])], now), 0);
+    }
 
-        for n in 0..MAX_LEARNED_PEERS + 10 {
-            let at = now + chrono::Duration::milliseconds(n as i64 + 1);
-            book.learn("me", "sender", via, vec![peer(&format!("p{n:05}"), &["10.0.0.7:1"])], at);
+    /// `count` peers named `{prefix}{n}`, each at one address.
+    fn told(prefix: &str, count: usize) -> Vec<ExchangedPeer> {
+        (0..count).map(|n| peer(&format!("{prefix}{n:05}"), &["10.0.0.7:1"])).collect()
+    }
+
+    #[test]
+    fn one_teller_cannot_crowd_out_what_the_others_said() {
+        let mut book = LearnedPeers::default();
+        let via: SocketAddr = "10.0.0.1:34569".parse().unwrap();
+        let start = Utc::now();
+        book.learn("me", "honest", via, told("h", 5), start);
+        // The same peer told by a liar with other addresses is a second
+        // entry, not a replacement.
+        book.learn("me", "liar", via, vec![peer("h00000", &["10.9.9.9:1"])], start);
+        // The liar floods: answer after answer of new names.
+        for round in 0..100 {
+            let at = start + chrono::Duration::seconds(round + 1);
+            book.learn("me", "liar", via, told(&format!("x{round:03}-"), MAX_EXCHANGED_PEERS), at);
         }
-        let list = book.list();
+        let list = book.list(start + chrono::Duration::seconds(101));
+        let honest: Vec<&LearnedPeer> = list.iter().filter(|p| p.via == "honest").collect();
+        assert_eq!(honest.len(), 5, "the honest teller's entries all survive");
+        assert!(honest.iter().any(|p| p.peer_id == "h00000" && p.addresses == ["quic://10.0.0.7:1"]));
+        assert_eq!(list.iter().filter(|p| p.via == "liar").count(), MAX_LEARNED_PER_SOURCE, "the liar holds its own quota");
+        assert!(list.iter().filter(|p| p.via == "liar").all(|p| p.peer_id.starts_with("x099-")), "its newest words");
+    }
+
+    #[test]
+    fn a_full_book_takes_from_the_teller_holding_the_most_and_entries_expire() {
+        let mut book = LearnedPeers::default();
+        let via: SocketAddr = "10.0.0.1:34569".parse().unwrap();
+        let start = Utc::now();
+        let full_tellers = MAX_LEARNED_PEERS / MAX_LEARNED_PER_SOURCE;
+        for teller in 0..full_tellers {
+            let at = start + chrono::Duration::seconds(teller as i64);
+            book.learn("me", &format!("t{teller:02}"), via, told(&format!("t{teller:02}-"), MAX_LEARNED_PER_SOURCE), at);
+        }
+        let now = start + chrono::Duration::seconds(100);
+        assert_eq!(book.list(now).len(), MAX_LEARNED_PEERS);
+        // A newcomer with a few entries gets them; the room comes from a
+        // teller that holds a full quota, never from the small one.
+        book.learn("me", "small", via, told("s", 3), now);
+        book.learn("me", "small2", via, told("u", 2), now);
+        let list = book.list(now);
         assert_eq!(list.len(), MAX_LEARNED_PEERS);
-        // The oldest went first: "a", then p00000...
-        assert!(list.iter().all(|p| p.peer_id != "a" && p.peer_id != "p00000"));
-        assert!(list.iter().any(|p| p.peer_id == format!("p{:05}", MAX_LEARNED_PEERS + 9)));
+        assert_eq!(list.iter().filter(|p| p.via == "small").count(), 3);
+        assert_eq!(list.iter().filter(|p| p.via == "small2").count(), 2);
+        // Nothing told again within the TTL is listed or kept.
+        let later = start + chrono::Duration::from_std(LEARNED_PEER_TTL).unwrap() + chrono::Duration::seconds(101);
+        assert!(book.list(later).is_empty());
+        book.learn("me", "small", via, told("s", 1), later);
+        assert_eq!(book.entries.len(), 1);
+        assert_eq!(book.per_source.len(), 1);
     }
 }

@@ -225,9 +225,11 @@ impl PeerManager {
         learned.learn(local_peer, via, via_address, peers, Utc::now())
     }
 
-    /// The peers learned by exchange, in peer id order.
+    /// The peers learned by exchange and told within
+    /// [`LEARNED_PEER_TTL`](crate::exchange::LEARNED_PEER_TTL), in peer id
+    /// order; a peer told of by several peers has an entry for each.
     pub fn learned_peers(&self) -> Vec<LearnedPeer> {
-        self.learned.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).list()
+        self.learned.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).list(Utc::now())
     }
 }
 
