@@ -302,8 +302,9 @@ impl CombinedDiscovery {
         // A peer that was connected told this node itself where it listens
         // (its hello): it is dialled again if the link drops, whoever
         // dialled first (so a node that moved reaches the peers it knew).
+        // Its own word comes first, whatever others said of it.
         for known in peers.known_peers() {
-            if !known.listen_addresses.is_empty() && !learned.iter().any(|l| l.peer_id == known.peer_id) {
+            if !known.listen_addresses.is_empty() {
                 learned.push(pluresdb_net::LearnedPeer {
                     via: known.peer_id.clone(),
                     peer_id: known.peer_id,

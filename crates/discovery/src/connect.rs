@@ -1,9 +1,10 @@
 //! [`spawn_auto_connect`]: the task that dials the peers discovery finds.
 
-use crate::backoff::DialBackoff;
+use crate::backoff::{DialBackoff, DialRate};
 use crate::combined::CombinedDiscovery;
 use crate::peer::{DiscoveredPeer, DiscoveryMethod};
 use pluresdb_net::NetworkEngine;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -20,12 +21,19 @@ pub const AUTO_CONNECT_INTERVAL: Duration = Duration::from_secs(1);
 /// About every second, and at once when the directory changes, it dials the
 /// discovered peers that are of this node's network
 /// ([`same_network`](DiscoveredPeer::same_network)), have a known id that is
-/// not this node's, were found by mDNS or peer exchange, are not connected
-/// and are not backing off, in peer id order, each address in turn, with
-/// [`NetworkEngine::dial_discovered`] (which checks the peer's id). A peer
-/// that cannot be reached waits 1 s, doubling up to 60 s, with ±20 % jitter
-/// ([`retry_delay`](crate::retry_delay)) before the next try. Bootstrap
-/// addresses are left to the node, which dials them itself.
+/// not this node's, were found by mDNS or peer exchange and are not
+/// connected: peers heard on the LAN first, then peers this node was
+/// connected to, then what others told; each address in turn, with
+/// [`NetworkEngine::dial_discovered`] (which checks the peer's id).
+///
+/// What discovery finds is a hint from the network, so dialling it is
+/// bounded: an address that cannot be reached waits 1 s, doubling up to
+/// 60 s, with ±20 % jitter ([`retry_delay`](crate::retry_delay)) before the
+/// next try, and after [`MAX_DIAL_FAILURES`](crate::MAX_DIAL_FAILURES) in a
+/// row it is given up (tried every 30 min); and all dials together keep to
+/// [`DIALS_PER_SECOND`](crate::DIALS_PER_SECOND) (bursts of
+/// [`DIAL_BURST`](crate::DIAL_BURST)). Bootstrap addresses are left to the
+/// node, which dials them itself.
 ///
 /// The task ends when `shutdown` becomes `true` or its sender is dropped;
 /// a dial under way is abandoned.
@@ -36,7 +44,7 @@ pub fn spawn_auto_connect(
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut dialer = AutoConnect { backoff: DialBackoff::default(), max_connections };
+        let mut dialer = AutoConnect { backoff: DialBackoff::default(), rate: DialRate::default(), max_connections };
         loop {
             if *shutdown.borrow_and_update() {
                 break;
@@ -59,6 +67,7 @@ pub fn spawn_auto_connect(
 /// The auto-connect task's state between rounds.
 struct AutoConnect {
     backoff: DialBackoff,
+    rate: DialRate,
     max_connections: usize,
 }
 
@@ -72,7 +81,9 @@ impl AutoConnect {
                 return;
             }
         };
-        self.backoff.retain(|peer_id| peers.iter().any(|peer| peer.id == peer_id));
+        let now = Instant::now().into_std();
+        let listed: HashSet<&str> = peers.iter().flat_map(|peer| peer.addresses.iter().map(String::as_str)).collect();
+        self.backoff.retain(|address| listed.contains(address), now);
         let mut connected = match engine.get_connected_peers().await {
             Ok(connected) => connected.len(),
             Err(err) => {
@@ -84,32 +95,46 @@ impl AutoConnect {
         // Who to dial this round: peers heard on the LAN first, then peers
         // this node was connected to, then what others told (which a hostile
         // peer could fill with addresses that never answer); at most
-        // DIALS_PER_ROUND at once, and never past `max_connections`.
+        // DIALS_PER_ROUND at once, never past `max_connections`, and only
+        // as many addresses as the dial rate allows.
         let mut due = Vec::new();
         for peer in peers.iter().filter(|peer| is_candidate(peer, local_id)) {
-            if !self.backoff.ready(&peer.id, Instant::now().into_std()) {
+            let ready: Vec<&str> = peer.addresses.iter().map(String::as_str).filter(|address| self.backoff.ready(address, now)).collect();
+            if ready.is_empty() || engine.is_peer_connected(&peer.id).await {
                 continue;
             }
-            if engine.is_peer_connected(&peer.id).await {
-                self.backoff.succeeded(&peer.id);
-                continue;
-            }
-            due.push(peer);
+            due.push((peer, ready));
         }
-        due.sort_by_key(|peer| dial_priority(peer));
+        due.sort_by_key(|(peer, _)| dial_priority(peer));
         due.truncate(self.max_connections.saturating_sub(connected).min(DIALS_PER_ROUND));
-        let results = futures_util::future::join_all(due.iter().map(|peer| dial(engine, peer))).await;
-        for (peer, result) in due.into_iter().zip(results) {
-            match result {
-                Ok(address) => {
-                    connected += 1;
-                    self.backoff.succeeded(&peer.id);
-                    let methods: Vec<&str> = peer.methods.iter().map(|m| m.as_str()).collect();
-                    tracing::info!(peer = %peer.id, method = %methods.join(","), %address, connected, "connected to discovered peer");
-                }
-                Err(err) => {
-                    let retry_in = self.backoff.failed(&peer.id, Instant::now().into_std());
-                    tracing::debug!(peer = %peer.id, error = %err, ?retry_in, "cannot connect to discovered peer");
+        let mut plans = Vec::new();
+        for (peer, mut addresses) in due {
+            let granted = self.rate.take(addresses.len(), now);
+            if granted == 0 {
+                break;
+            }
+            addresses.truncate(granted);
+            plans.push((peer, addresses));
+        }
+        let results = futures_util::future::join_all(plans.iter().map(|(peer, addresses)| dial(engine, peer, addresses))).await;
+        let now = Instant::now().into_std();
+        for ((peer, _), attempts) in plans.iter().zip(results) {
+            for (address, result) in attempts {
+                match result {
+                    Ok(()) => {
+                        connected += 1;
+                        self.backoff.succeeded(address);
+                        let methods: Vec<&str> = peer.methods.iter().map(|m| m.as_str()).collect();
+                        tracing::info!(peer = %peer.id, method = %methods.join(","), %address, connected, "connected to discovered peer");
+                    }
+                    Err(err) => {
+                        let retry_in = self.backoff.failed(address, now);
+                        if self.backoff.given_up(address) {
+                            tracing::debug!(peer = %peer.id, %address, error = %err, ?retry_in, "gave up dialling a discovered address for now");
+                        } else {
+                            tracing::debug!(peer = %peer.id, %address, error = %err, ?retry_in, "cannot connect to discovered peer");
+                        }
+                    }
                 }
             }
         }
@@ -140,23 +165,23 @@ fn is_candidate(peer: &DiscoveredPeer, local_id: Option<&str>) -> bool {
         && (peer.found_by(DiscoveryMethod::Mdns) || peer.found_by(DiscoveryMethod::Exchange))
 }
 
-/// Dials `peer`'s addresses in turn; returns the one that worked, or the
-/// last error.
-async fn dial(engine: &dyn NetworkEngine, peer: &DiscoveredPeer) -> pluresdb_net::Result<String> {
-    let mut last_error = None;
-    for address in &peer.addresses {
+/// Dials `addresses` of `peer` in turn until one works; returns what each
+/// attempt gave.
+async fn dial<'a>(engine: &dyn NetworkEngine, peer: &DiscoveredPeer, addresses: &[&'a str]) -> Vec<(&'a str, pluresdb_net::Result<()>)> {
+    let mut attempts = Vec::new();
+    for address in addresses {
         match engine.dial_discovered(&peer.id, address).await {
-            Ok(_) => return Ok(address.clone()),
+            Ok(_) => {
+                attempts.push((*address, Ok(())));
+                break;
+            }
             Err(err) => {
                 tracing::trace!(peer = %peer.id, %address, error = %err, "dial failed");
-                last_error = Some(err);
+                attempts.push((*address, Err(err)));
             }
         }
     }
-    Err(last_error.unwrap_or_else(|| pluresdb_net::NetworkError::Connect {
-        address: String::new(),
-        reason: format!("no address known for {}", peer.id),
-    }))
+    attempts
 }
 
 #[cfg(test)]
@@ -280,9 +305,14 @@ mod tests {
 
     /// Waits (in virtual time) until `done`, at most a minute.
     async fn wait_until(what: &str, done: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        wait_within(what, Duration::from_secs(60), done).await;
+    }
+
+    /// Waits (in virtual time) until `done`, at most `limit`.
+    async fn wait_within(what: &str, limit: Duration, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + limit;
         while !done() {
-            assert!(Instant::now() < deadline, "{what}: not within a minute");
+            assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -362,7 +392,7 @@ mod tests {
         let times = dead_dials();
         for (failures, pair) in (1u32..).zip(times.windows(2)) {
             let gap = pair[1] - pair[0];
-            let delay = retry_delay(&dead, failures);
+            let delay = retry_delay("192.0.2.10:34569", failures);
             // A retry waits for its delay, then for the next round.
             assert!(gap >= delay && gap <= delay + AUTO_CONNECT_INTERVAL + Duration::from_millis(50), "#{failures}: {gap:?} vs {delay:?}");
         }
@@ -405,5 +435,45 @@ mod tests {
 
         stop.send(true).unwrap();
         task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_address_that_never_answers_is_given_up() {
+        let dead = peer_id(1);
+        let discovery = discovery(None, vec![]);
+        announce(&discovery, &dead, TAG, &["192.0.2.10:34569"]);
+        let engine = Arc::new(FakeEngine::default());
+        let (_stop, shutdown) = watch::channel(false);
+        let _task = spawn_auto_connect(discovery.clone(), engine.clone(), 10, shutdown);
+        let failures = crate::MAX_DIAL_FAILURES as usize;
+        wait_within("the first failures", Duration::from_secs(600), || engine.dials().len() >= failures).await;
+        // Two hours on, it has been tried only every half hour since.
+        tokio::time::sleep(Duration::from_secs(2 * 3600)).await;
+        let times: Vec<Instant> = engine.dials().into_iter().map(|(_, _, at)| at).collect();
+        assert!(times.len() <= failures + 5, "{} dials of a dead address in about two hours", times.len());
+        for gap in times.windows(2).skip(failures - 1).map(|pair| pair[1] - pair[0]) {
+            assert!(gap >= crate::GIVE_UP_DELAY, "a given-up address was dialled again after {gap:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dials_of_learned_addresses_keep_to_the_dial_rate() {
+        // One peer tells of 64 peers whose addresses never answer.
+        let manager = Arc::new(PeerManager::new());
+        let junk: Vec<ExchangedPeer> = (0..64u32)
+            .map(|n| ExchangedPeer { peer_id: peer_id(10 + n), addresses: vec![format!("quic://192.0.2.{}:34569", n + 1)] })
+            .collect();
+        manager.learn(&peer_id(0), &peer_id(9), "192.0.2.250:34569".parse().unwrap(), junk);
+        let discovery = discovery(Some(manager), vec![]);
+        let engine = Arc::new(FakeEngine::default());
+        let (_stop, shutdown) = watch::channel(false);
+        let start = Instant::now();
+        let _task = spawn_auto_connect(discovery.clone(), engine.clone(), 100, shutdown);
+        let window = Duration::from_secs(30);
+        tokio::time::sleep(window).await;
+        let dials = engine.dials().into_iter().filter(|(_, _, at)| *at - start <= window).count();
+        let allowed = (crate::DIAL_BURST + crate::DIALS_PER_SECOND * 30) as usize;
+        assert!(dials >= crate::DIAL_BURST as usize, "it dials: {dials}");
+        assert!(dials <= allowed, "{dials} dials in {window:?}, more than the {allowed} the dial rate allows");
     }
 }

@@ -159,7 +159,7 @@ impl PeerDirectory {
             old.addresses != sighting.addresses || old.network_tag != sighting.network_tag || old.fullname != sighting.fullname
         });
         entry.mdns = Some(sighting);
-        self.evict_excess();
+        self.evict_excess(DiscoveryMethod::Mdns);
         changed
     }
 
@@ -200,9 +200,12 @@ impl PeerDirectory {
     /// Replaces what peer exchange says with `learned` (the exchange book's
     /// whole current content); returns whether the directory changed.
     /// Entries with a malformed peer id, this node's id or no usable address
-    /// are ignored.
+    /// are ignored. What several peers said of one peer is merged fairly:
+    /// its addresses are taken in turn from each teller (the peer itself
+    /// first, then the most recent), so no teller's word crowds out
+    /// another's.
     pub(crate) fn replace_exchange(&mut self, learned: Vec<LearnedPeer>) -> bool {
-        let mut fresh: BTreeMap<String, ExchangeSighting> = BTreeMap::new();
+        let mut told: BTreeMap<String, Vec<ExchangeSighting>> = BTreeMap::new();
         for peer in learned {
             if self.local.is_me(&peer.peer_id) || peer.peer_id.parse::<PeerId>().is_err() {
                 continue;
@@ -212,8 +215,15 @@ impl PeerDirectory {
             if addresses.is_empty() {
                 continue;
             }
-            fresh.insert(peer.peer_id, ExchangeSighting { addresses, via: peer.via, seen: peer.last_seen });
+            told.entry(peer.peer_id).or_default().push(ExchangeSighting { addresses, via: peer.via, seen: peer.last_seen });
         }
+        let fresh: BTreeMap<String, ExchangeSighting> = told
+            .into_iter()
+            .map(|(peer_id, tellers)| {
+                let merged = merge_tellers(&peer_id, tellers);
+                (peer_id, merged)
+            })
+            .collect();
         let mut changed = false;
         for (peer_id, entry) in self.peers.iter_mut() {
             if entry.exchange.is_some() && !fresh.contains_key(peer_id) {
@@ -227,7 +237,7 @@ impl PeerDirectory {
             changed |= entry.exchange.as_ref().is_none_or(|old| old.addresses != sighting.addresses || old.via != sighting.via);
             entry.exchange = Some(sighting);
         }
-        self.evict_excess();
+        self.evict_excess(DiscoveryMethod::Exchange);
         changed
     }
 
@@ -312,12 +322,26 @@ impl PeerDirectory {
         addresses
     }
 
-    /// Forgets the peers seen longest ago until at most
-    /// [`MAX_DISCOVERED_PEERS`] remain.
-    fn evict_excess(&mut self) {
+    /// Forgets peers until at most [`MAX_DISCOVERED_PEERS`] remain: the
+    /// ones seen longest ago among those only `source` knows (the method
+    /// that just added some), so that a flood of announcements on the LAN
+    /// cannot push out what peer exchange found, nor the reverse; others
+    /// only when `source` has none left to give.
+    fn evict_excess(&mut self, source: DiscoveryMethod) {
         while self.peers.len() > MAX_DISCOVERED_PEERS {
-            let oldest = self.peers.iter().min_by_key(|(peer_id, entry)| (entry.last_seen(), *peer_id)).map(|(id, _)| id.clone());
-            match oldest {
+            let only_source = |entry: &Entry| match source {
+                DiscoveryMethod::Mdns => entry.exchange.is_none(),
+                DiscoveryMethod::Exchange => entry.mdns.is_none(),
+                DiscoveryMethod::Bootstrap => true,
+            };
+            let oldest = |only: bool| {
+                self.peers
+                    .iter()
+                    .filter(|(_, entry)| !only || only_source(entry))
+                    .min_by_key(|(peer_id, entry)| (entry.last_seen(), *peer_id))
+                    .map(|(id, _)| id.clone())
+            };
+            match oldest(true).or_else(|| oldest(false)) {
                 Some(oldest) => {
                     tracing::debug!(peer = %oldest, "directory full: forgot the peer seen longest ago");
                     self.peers.remove(&oldest);
@@ -362,6 +386,28 @@ impl SharedDirectory {
         // leaves a directory that is still valid, so poisoning is ignored.
         self.directory.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// One sighting of `peer_id` from what `tellers` said of it: addresses
+/// taken in turn from each teller (the peer itself first, then the most
+/// recent), at most [`MAX_PEER_ADDRESSES`]; `via` the most recent teller
+/// other than the peer itself, if any (who made it known to this node).
+fn merge_tellers(peer_id: &str, mut tellers: Vec<ExchangeSighting>) -> ExchangeSighting {
+    tellers.sort_by(|a, b| (b.via == peer_id).cmp(&(a.via == peer_id)).then(b.seen.cmp(&a.seen)).then(a.via.cmp(&b.via)));
+    let mut addresses = Vec::new();
+    let longest = tellers.iter().map(|t| t.addresses.len()).max().unwrap_or(0);
+    for turn in 0..longest {
+        for teller in &tellers {
+            if let Some(address) = teller.addresses.get(turn) {
+                if !addresses.contains(address) && addresses.len() < MAX_PEER_ADDRESSES {
+                    addresses.push(*address);
+                }
+            }
+        }
+    }
+    let seen = tellers.iter().map(|t| t.seen).max().unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+    let via = tellers.iter().find(|t| t.via != peer_id).or(tellers.first()).map(|t| t.via.clone()).unwrap_or_default();
+    ExchangeSighting { addresses, via, seen }
 }
 
 /// Whether two `host:port` texts name the same address (compared as socket
@@ -597,6 +643,37 @@ mod tests {
         assert_eq!(directory.len(), MAX_DISCOVERED_PEERS);
         let remaining: HashSet<String> = directory.peers().into_iter().map(|p| p.id).collect();
         assert!(remaining.contains(&ids[0]) && !remaining.contains(&ids[1]) && remaining.contains(&ids[2]));
+    }
+
+    #[test]
+    fn what_several_peers_say_of_one_is_merged_in_turns_with_its_own_word_first() {
+        let mut directory = directory();
+        let (peer, honest, liar) = (peer_id(1), peer_id(2), peer_id(3));
+        let junk: Vec<String> = (1..=8).map(|i| format!("quic://198.51.100.{i}:1")).collect();
+        let junk: Vec<&str> = junk.iter().map(String::as_str).collect();
+        directory.replace_exchange(vec![
+            learned(&peer, &junk, &liar, at(30)),
+            learned(&peer, &["quic://192.0.2.2:1"], &honest, at(10)),
+            learned(&peer, &["quic://192.0.2.1:1"], &peer, at(5)),
+        ]);
+        let found = &directory.peers()[0];
+        assert_eq!(found.via.as_deref(), Some(liar.as_str()), "the most recent teller made it known");
+        assert_eq!(found.addresses.len(), MAX_PEER_ADDRESSES);
+        for address in ["192.0.2.1:1", "192.0.2.2:1"] {
+            assert!(found.addresses.iter().any(|a| a == address), "{address} survives eight junk addresses: {:?}", found.addresses);
+        }
+    }
+
+    #[test]
+    fn a_flood_of_announcements_does_not_push_out_what_exchange_found() {
+        let mut directory = directory();
+        let learned_peer = peer_id(1);
+        directory.replace_exchange(vec![learned(&learned_peer, &["quic://192.0.2.1:1"], &peer_id(2), at(0))]);
+        for n in 0..(MAX_DISCOVERED_PEERS as u32 + 50) {
+            directory.record_mdns(announcement(&peer_id(10 + n), "aaaa", &["192.0.2.9:1"]), at(100 + i64::from(n)));
+        }
+        assert_eq!(directory.len(), MAX_DISCOVERED_PEERS);
+        assert!(directory.peers().iter().any(|p| p.id == learned_peer), "the exchange entry, seen longest ago, stays");
     }
 
     #[test]
