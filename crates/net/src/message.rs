@@ -68,9 +68,10 @@ pub enum ErrorCode {
     AccessDenied,
     /// The peer sent faster than its rate limit.
     RateLimited,
-    /// This node is at its connection limit.
+    /// This node is at its connection limit, or a newer connection attempt
+    /// took this one's place among the handshakes in flight.
     TooManyConnections,
-    /// The handshake did not complete within the connection timeout.
+    /// The handshake did not complete within the handshake timeout.
     HandshakeTimeout,
     /// A frame that is valid but not allowed at this point (e.g. a sync
     /// frame before the handshake, a second `Hello`).
