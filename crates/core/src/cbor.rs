@@ -147,6 +147,20 @@ pub struct Unreadable;
 /// How deep arrays and maps may nest (ciborium's default limit too).
 const MAX_DEPTH: usize = 256;
 
+/// The most memory a decoder reserves ahead for the items a length claims.
+/// A length is only a claim: an array head of five bytes can announce
+/// millions of items that never follow. Past this much, a collection
+/// grows as its items actually arrive (by doubling, so at most twice what
+/// they take), and no allocation is larger than the input justifies.
+pub const MAX_RESERVE_BYTES: usize = 64 * 1024;
+
+/// The capacity to reserve for `claimed` items of `T` read from untrusted
+/// bytes: the claim, but no more than [`MAX_RESERVE_BYTES`] worth. Use it
+/// for every `Vec::with_capacity` whose length came from the input.
+pub fn capacity_for<T>(claimed: usize) -> usize {
+    claimed.min(MAX_RESERVE_BYTES / std::mem::size_of::<T>().max(1))
+}
+
 /// A reader for the subset of CBOR this module writes: definite-length
 /// arrays, maps and text, integers, simple values and f32/f64 floats. It
 /// reads untrusted bytes: every length is checked against what is left
@@ -280,7 +294,7 @@ impl<'a> Reader<'a> {
             ARRAY => {
                 self.pos = start;
                 let len = self.array()?;
-                let mut items = Vec::with_capacity(len);
+                let mut items = Vec::with_capacity(capacity_for::<Value>(len));
                 for _ in 0..len {
                     items.push(self.value_at(depth + 1)?);
                 }

@@ -194,7 +194,7 @@ impl NodeRecord {
             Some((reader.unsigned()?, reader.boolean()?))
         };
         let count = reader.array()?;
-        let mut stamps = Vec::with_capacity(count);
+        let mut stamps = Vec::with_capacity(crate::cbor::capacity_for::<Stamp>(count));
         for _ in 0..count {
             if reader.array()? != 3 {
                 return Err(Unreadable);
@@ -212,7 +212,7 @@ impl NodeRecord {
             }
             let name = reader.text()?.to_owned();
             let count = reader.array()?;
-            let mut values = Vec::with_capacity(count);
+            let mut values = Vec::with_capacity(crate::cbor::capacity_for::<FieldValue>(count));
             for _ in 0..count {
                 if reader.array()? != 2 {
                     return Err(Unreadable);

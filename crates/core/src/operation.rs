@@ -212,7 +212,7 @@ impl OperationWithMetadata {
         for _ in 0..reader.map()? {
             let field = reader.text()?.to_owned();
             let count = reader.array()?;
-            let mut ids = Vec::with_capacity(count);
+            let mut ids = Vec::with_capacity(crate::cbor::capacity_for::<OpId>(count));
             for _ in 0..count {
                 if reader.array()? != 2 {
                     return Err(crate::cbor::Unreadable);

@@ -257,9 +257,12 @@ impl FrameDecoder {
         }
         let total = HEADER_LEN + length;
         if self.buffer.len() < total {
-            // Room for the rest of this frame at once, rather than doubling
-            // the buffer repeatedly while a large frame streams in.
-            self.buffer.reserve(total - self.buffer.len());
+            // Room for more of this frame, but no more than has arrived: the
+            // length is only a claim, and six bytes must not reserve 16 MiB.
+            // The buffer doubles, so a large frame still streams in with
+            // few copies.
+            let missing = total - self.buffer.len();
+            self.buffer.reserve(missing.min(self.buffer.len()));
             return Ok(None);
         }
         self.buffer.advance(HEADER_LEN);

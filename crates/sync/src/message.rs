@@ -139,7 +139,8 @@ fn read_message(bytes: &[u8]) -> Option<SyncMessage> {
             "round" => round = Some(reader.unsigned().ok()?),
             "operations" => {
                 let count = reader.array().ok()?;
-                let mut ops: Vec<OperationWithMetadata> = Vec::with_capacity(count);
+                let mut ops: Vec<OperationWithMetadata> =
+                    Vec::with_capacity(pluresdb_core::cbor::capacity_for::<OperationWithMetadata>(count));
                 for _ in 0..count {
                     let previous = ops.last().map(|op| &op.id.origin);
                     ops.push(OperationWithMetadata::read_compact(&mut reader, previous).ok()?);
