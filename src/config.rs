@@ -17,31 +17,14 @@
 //! ```
 
 use crate::cli::{Cli, Command, Resolver};
+use crate::config_file::FileConfig;
 use crate::InvalidInput;
 use clap::ValueEnum;
-use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// The config file's name in the data directory.
 pub const CONFIG_FILE: &str = "pluresdb.toml";
-
-/// What the file may hold. Unknown keys are refused, so a typo is not
-/// silently ignored.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    api_addr: Option<String>,
-    require_token: Option<bool>,
-    resolver: Option<String>,
-    log: Option<String>,
-    watch_buffer: Option<usize>,
-    bootstrap: Option<Vec<String>>,
-    mdns: Option<bool>,
-    mdns_interfaces: Option<Vec<String>>,
-    allowed_origins: Option<Vec<String>>,
-    api_hosts: Option<Vec<String>>,
-}
 
 /// Where a setting came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -218,7 +201,7 @@ fn read_file(path: &Path, required: bool) -> anyhow::Result<(FileConfig, bool)> 
         Err(err) if err.kind() == std::io::ErrorKind::NotFound && !required => return Ok((FileConfig::default(), false)),
         Err(err) => return Err(InvalidInput(format!("cannot read config file {}: {err}", path.display())).into()),
     };
-    let file = toml::from_str(&text).map_err(|err| InvalidInput(format!("config file {} is invalid: {err}", path.display())))?;
+    let file = FileConfig::parse(&text).map_err(|err| InvalidInput(format!("config file {} is invalid: {err}", path.display())))?;
     Ok((file, true))
 }
 

@@ -7,6 +7,7 @@ mod api_client;
 mod cli;
 mod commands;
 mod config;
+mod config_file;
 mod keys;
 mod node;
 mod replica;

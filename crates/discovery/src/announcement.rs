@@ -90,7 +90,7 @@ pub(crate) fn check_local(local: &LocalPeer) -> Result<(), String> {
 }
 
 /// The TXT properties announcing `local`.
-pub(crate) fn txt_properties(local: &LocalPeer) -> Vec<(&'static str, String)> {
+pub fn txt_properties(local: &LocalPeer) -> Vec<(&'static str, String)> {
     vec![(KEY_PEER_ID, local.peer_id.clone()), (KEY_NETWORK, local.network_tag.clone()), (KEY_VERSION, FORMAT_VERSION.to_string())]
 }
 
@@ -101,20 +101,20 @@ fn valid_network_tag(tag: &str) -> bool {
 /// Another node's announcement, parsed and checked (its addresses are not
 /// checked yet: that depends on whether this node is on loopback).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Announcement {
+pub struct Announcement {
     /// The service instance's full name, which a withdrawal names.
-    pub(crate) fullname: String,
+    pub fullname: String,
     /// The announced peer id (a valid peer id; proven only by dialling).
-    pub(crate) peer_id: String,
+    pub peer_id: String,
     /// The announced network tag.
-    pub(crate) network_tag: String,
+    pub network_tag: String,
     /// The announced addresses with the announced port.
-    pub(crate) addresses: Vec<SocketAddr>,
+    pub addresses: Vec<SocketAddr>,
 }
 
 /// Why an announcement was skipped.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum InvalidAnnouncement {
+pub enum InvalidAnnouncement {
     /// A required TXT property is absent.
     Missing(&'static str),
     /// A TXT property's value is not what the format says.
@@ -137,7 +137,7 @@ impl Announcement {
     /// Parses an announcement from its parts: the instance's full name, the
     /// port and addresses of its SRV and address records, and `txt`, which
     /// looks up a TXT property's value.
-    pub(crate) fn parse<'a>(
+    pub fn parse<'a>(
         fullname: &str,
         port: u16,
         ips: impl IntoIterator<Item = IpAddr>,

@@ -25,6 +25,7 @@ mod routes;
 
 pub use browser::{ApiHost, BrowserPolicy, Origin};
 pub use error::{ApiError, ConfigError};
+pub use routes::import::parse_line as parse_import_line;
 pub use routes::openapi;
 
 use axum::extract::DefaultBodyLimit;

@@ -42,8 +42,9 @@ pub struct ImportQuery {
     first_line: Option<u64>,
 }
 
-/// Parses and checks one line.
-fn parse_line(text: &str) -> Result<(String, Value), String> {
+/// Parses and checks one line of an NDJSON import: `{"id": ..., "value":
+/// {...}}` with a valid node id and value. Returns the id and the value.
+pub fn parse_line(text: &str) -> Result<(String, Value), String> {
     let line: Line = serde_json::from_str(text).map_err(|err| err.to_string())?;
     pluresdb_core::validate_node_id(&line.id).map_err(|e| e.to_string())?;
     pluresdb_core::validate_value(&line.value).map_err(|e| e.to_string())?;
