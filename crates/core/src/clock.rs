@@ -1,9 +1,9 @@
 //! Hybrid logical clock: wall time in milliseconds plus a logical counter.
 //!
-//! Every operation carries an [`Hlc`] timestamp. A replica's clock never goes
-//! backwards and moves past every timestamp it has observed, so an op that
-//! causally follows another always has the larger timestamp, whatever the
-//! wall clocks of the two machines say.
+//! Every operation carries an [`Hlc`] timestamp. A replica's clock moves
+//! past every timestamp it has observed, so an op that causally follows
+//! another always has the larger timestamp, whatever the wall clocks of the
+//! two machines say.
 //!
 //! Observation is bounded, as Kulkarni et al. bound it with their epsilon: a
 //! clock observes a remote timestamp only up to its [`horizon`], its wall time
@@ -12,6 +12,15 @@
 //! every replica's clock with it. The operation is not refused (skew is not a
 //! reason to drop data): the replica keeps it and lets it take effect once
 //! its wall clock reaches the horizon (see [`crate::Database`]).
+//!
+//! A clock never goes backwards, with one exception: when its own
+//! timestamps ran past the horizon (they were issued while the wall clock
+//! was ahead, and the wall clock has since been set right, or corrected
+//! from peers' clocks), [`tick_within`](HybridLogicalClock::tick_within)
+//! continues from the wall time, still after every timestamp observed from
+//! others, instead of stamping every later write in the future too (which
+//! would keep them from taking effect anywhere until then). The writes made
+//! meanwhile keep their timestamps.
 //!
 //! The clock is sans-IO: the caller passes the current wall time in.
 
@@ -127,7 +136,10 @@ impl fmt::Display for Hlc {
 /// The clock of one replica.
 #[derive(Clone, Debug, Default)]
 pub struct HybridLogicalClock {
+    /// The newest timestamp issued or observed.
     last: Hlc,
+    /// The newest timestamp observed from others (at most `last`).
+    observed: Hlc,
 }
 
 impl HybridLogicalClock {
@@ -137,14 +149,25 @@ impl HybridLogicalClock {
     }
 
     /// A clock that resumes after `last` (for example the newest timestamp in
-    /// a store that is being reopened).
+    /// a store that is being reopened), taking it as observed.
     pub fn resume_after(last: Hlc) -> Self {
-        Self { last }
+        Self { last, observed: last }
+    }
+
+    /// A clock that resumes after `last`, of which only `observed` was
+    /// observed from others (the rest it issued itself).
+    pub fn resume(last: Hlc, observed: Hlc) -> Self {
+        Self { last: last.max(observed), observed }
     }
 
     /// The newest timestamp issued or observed.
     pub fn last(&self) -> Hlc {
         self.last
+    }
+
+    /// The newest timestamp observed from others.
+    pub fn observed(&self) -> Hlc {
+        self.observed
     }
 
     /// Issues a timestamp for a local event at wall time `now_ms`: the larger
@@ -154,6 +177,18 @@ impl HybridLogicalClock {
         let next = wall.max(Hlc(self.last.0.saturating_add(1)));
         self.last = next;
         next
+    }
+
+    /// [`tick`](Self::tick) for a replica whose `horizon` (see [`horizon`])
+    /// is the present: if the clock's own timestamps ran past it, it first
+    /// steps back to the newest timestamp observed from others, so the
+    /// timestamp issued is the wall time again (or just after what was
+    /// observed).
+    pub fn tick_within(&mut self, now_ms: u64, horizon: Hlc) -> Hlc {
+        if self.last > horizon {
+            self.last = self.observed;
+        }
+        self.tick(now_ms)
     }
 
     /// Takes a timestamp seen on a remote operation into account, so that
@@ -166,6 +201,7 @@ impl HybridLogicalClock {
             return false;
         }
         self.last = self.last.max(remote);
+        self.observed = self.observed.max(remote);
         true
     }
 }
@@ -215,6 +251,24 @@ mod tests {
         // Later, the same far timestamp is within the horizon.
         assert!(clock.observe(years_ahead, horizon(years_ahead.wall_ms() - drift, drift)));
         assert_eq!(clock.last(), years_ahead);
+    }
+
+    #[test]
+    fn a_clock_that_ran_ahead_on_its_own_continues_from_the_wall_time() {
+        let year = 365 * 24 * 3_600_000;
+        let mut clock = HybridLogicalClock::new();
+        assert!(clock.observe(Hlc::new(1_000, 3), horizon(1_000, 10)));
+        // Writes while the wall clock read a year ahead.
+        assert_eq!(clock.tick_within(1_000 + year, horizon(1_000 + year, 10)), Hlc::new(1_000 + year, 0));
+        // The wall clock is right again: the next write is at the wall time.
+        assert_eq!(clock.tick_within(1_200, horizon(1_200, 10)), Hlc::new(1_200, 0));
+        // Never before what was observed from others.
+        assert_eq!(clock.tick_within(900, horizon(900, 10)), Hlc::new(1_000, 4));
+        let mut clock = HybridLogicalClock::resume(Hlc::new(5_000 + year, 0), Hlc::new(5_000, 9));
+        assert_eq!(clock.tick_within(2_000, horizon(2_000, 10)), Hlc::new(5_000, 10));
+        // Within the horizon it never goes back.
+        let mut clock = HybridLogicalClock::resume(Hlc::new(1_005, 0), Hlc::ZERO);
+        assert_eq!(clock.tick_within(1_000, horizon(1_000, 10)), Hlc::new(1_005, 1));
     }
 
     #[test]

@@ -34,6 +34,10 @@ use std::time::Duration;
 /// restore or inspect a store read it; only the core writes it.
 pub const CLOCK_META_KEY: &str = "hlc";
 
+/// The metadata key of the newest timestamp observed from others (the
+/// clock steps back no further; see [`HybridLogicalClock::tick_within`]).
+const OBSERVED_META_KEY: &str = "hlc.observed";
+
 /// The most deferred operations [`Database::apply_due`] merges in one
 /// commit (it is called again while more are due).
 const MAX_DUE_PER_COMMIT: usize = 1_000;
@@ -157,11 +161,16 @@ impl<S: Store> Database<S> {
             Some(bytes) => codec::decode::<Hlc>(&bytes, "clock reading")?,
             None => Hlc::ZERO,
         };
+        // Stores written before the observed reading was kept: all observed.
+        let observed = match store.meta(OBSERVED_META_KEY)? {
+            Some(bytes) => codec::decode::<Hlc>(&bytes, "observed clock reading")?,
+            None => last,
+        };
         let deferred = Deferred { count: store.deferred_count()?, first: store.deferred(None, 1)?.pop() };
         Ok(Self {
             store,
             peer_id: peer_id.into(),
-            clock: HybridLogicalClock::resume_after(last),
+            clock: HybridLogicalClock::resume(last, observed),
             version_vector,
             resolver: Arc::new(LastWriterWins),
             feed: ChangeFeed::new(),
@@ -259,8 +268,8 @@ impl<S: Store> Database<S> {
                 None => return Err(Error::Decode { what: "op log", reason: format!("deferred operation {id} is missing") }),
             }
         }
-        let waiting = self.deferred_targets(&ops)?;
         let mut records = self.load_records(&ops)?;
+        let waiting = self.deferred_targets(&ops, &records)?;
         let mut clock = self.clock.clone();
         let publish = self.feed.has_subscribers();
         let mut changes = Vec::new();
@@ -282,12 +291,7 @@ impl<S: Store> Database<S> {
             }
         }
         let count = stamps.len();
-        let batch = WriteBatch {
-            nodes: records,
-            meta: vec![(CLOCK_META_KEY.to_owned(), codec::encode(&clock.last()))],
-            released: stamps,
-            ..WriteBatch::default()
-        };
+        let batch = WriteBatch { nodes: records, meta: clock_meta(&clock), released: stamps, ..WriteBatch::default() };
         self.store.commit(&batch)?;
         self.clock = clock;
         self.deferred = Deferred { count: self.deferred.count.saturating_sub(count as u64), first: self.store.deferred(None, 1)?.pop() };
@@ -295,19 +299,18 @@ impl<S: Store> Database<S> {
         Ok(count)
     }
 
-    /// Which of the operations that `ops` supersede are held but deferred
-    /// (not merged yet): a supersession of one of them must wait for it,
-    /// as for an operation not received yet.
-    fn deferred_targets(&self, ops: &[OperationWithMetadata]) -> Result<HashSet<OpId>, Error> {
+    /// Which of the operations that `ops` supersede, or that the pending
+    /// supersessions of `records` wait for, are held but deferred (not
+    /// merged yet): the merge must treat them as not applied, as for an
+    /// operation not received yet.
+    fn deferred_targets(&self, ops: &[OperationWithMetadata], records: &[NodeRecord]) -> Result<HashSet<OpId>, Error> {
         if self.deferred.count == 0 {
             return Ok(HashSet::new());
         }
-        let mut targets: Vec<OpId> = ops
-            .iter()
-            .flat_map(|op| op.supersedes.values().flatten())
-            .filter(|id| self.version_vector.contains(&id.origin, id.seq))
-            .cloned()
-            .collect();
+        let superseded = ops.iter().flat_map(|op| op.supersedes.values().flatten());
+        let awaited = records.iter().flat_map(|record| record.pending.iter().map(|note| &note.target));
+        let mut targets: Vec<OpId> =
+            superseded.chain(awaited).filter(|id| self.version_vector.contains(&id.origin, id.seq)).cloned().collect();
         targets.sort_unstable();
         targets.dedup();
         let mut waiting = HashSet::new();
@@ -403,7 +406,7 @@ impl<S: Store> Database<S> {
     /// engine's record of what each peer acknowledged) in one durable commit.
     /// The core's own keys are refused.
     pub fn commit_meta(&mut self, entries: Vec<(String, Vec<u8>)>) -> Result<(), Error> {
-        if let Some((key, _)) = entries.iter().find(|(key, _)| key == CLOCK_META_KEY) {
+        if let Some((key, _)) = entries.iter().find(|(key, _)| key == CLOCK_META_KEY || key == OBSERVED_META_KEY) {
             return Err(Error::ReservedKey { key: key.clone() });
         }
         self.store.commit(&WriteBatch { meta: entries, ..WriteBatch::default() })
@@ -562,7 +565,7 @@ impl<S: Store> Database<S> {
             let due: Vec<&OperationWithMetadata> = ops.iter().filter(|op| op.timestamp <= horizon).collect();
             self.load_records(due)?
         };
-        let waiting = self.deferred_targets(&ops)?;
+        let waiting = self.deferred_targets(&ops, &records)?;
         let mut deferred: Vec<Stamp> = Vec::new();
         let mut deferred_ids: HashSet<OpId> = HashSet::new();
         let mut skew: BTreeMap<Arc<str>, i64> = BTreeMap::new();
@@ -586,7 +589,7 @@ impl<S: Store> Database<S> {
             let next = version_vector.get(&op.id.origin) + 1;
             if local {
                 op.id.seq = next;
-                op.timestamp = clock.tick(now);
+                op.timestamp = clock.tick_within(now, horizon);
                 if op.operation == OperationType::UpdateNode {
                     if let Ok(at) = position(&records, &op.node_id) {
                         op.supersedes = superseded_by_write(&records[at], &op.data);
@@ -626,10 +629,10 @@ impl<S: Store> Database<S> {
                 }
             }
             // The operation is encoded for the op log (above). One stamped
-            // beyond the horizon (a local one too: the clock can be ahead of
-            // the wall after writes made while the wall clock was) is held
-            // and synced like any other but merged only once it is due, as
-            // on every other replica.
+            // beyond the horizon (a local one too, when what the clock
+            // observed lies beyond it: the wall clock went back since) is
+            // held and synced like any other but merged only once it is
+            // due, as on every other replica.
             let (id, timestamp) = (op.id.clone(), op.timestamp);
             version_vector.advance(&id.origin, id.seq);
             receipts.push(Receipt { id: id.clone(), timestamp });
@@ -672,14 +675,8 @@ impl<S: Store> Database<S> {
         records.retain(|record| !record.is_blank());
         let deferred_now = deferred.len() as u64;
         let first_deferred = deferred.iter().min().cloned();
-        let batch = WriteBatch {
-            ops: encoded,
-            nodes: records,
-            version_vector: moved,
-            meta: vec![(CLOCK_META_KEY.to_owned(), codec::encode(&clock.last()))],
-            deferred,
-            released: Vec::new(),
-        };
+        let batch =
+            WriteBatch { ops: encoded, nodes: records, version_vector: moved, meta: clock_meta(&clock), deferred, released: Vec::new() };
         self.store.commit(&batch)?;
 
         self.version_vector = version_vector;
@@ -792,6 +789,11 @@ fn superseded_by_write(record: &NodeRecord, data: &Value) -> std::collections::B
             Some((field.clone(), values.iter().map(|v| v.stamp.id.clone()).collect()))
         })
         .collect()
+}
+
+/// The clock readings every commit records.
+fn clock_meta(clock: &HybridLogicalClock) -> Vec<(String, Vec<u8>)> {
+    vec![(CLOCK_META_KEY.to_owned(), codec::encode(&clock.last())), (OBSERVED_META_KEY.to_owned(), codec::encode(&clock.observed()))]
 }
 
 /// `duration` in whole milliseconds, saturating.

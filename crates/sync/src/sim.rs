@@ -52,10 +52,12 @@ pub struct SimConfig {
     /// Largest clock skew between replicas, either way.
     pub max_skew_ms: u64,
     /// Replicas whose clocks start at a timestamp far ahead of every wall
-    /// clock (a member that stamps its writes years ahead or at `u64::MAX`,
-    /// by a bug or on purpose): `(replica, timestamp)`. Their operations
-    /// are stored and synced like any other but take effect nowhere before
-    /// the wall clocks reach them.
+    /// clock, as from a store restored with a clock reading from the future
+    /// (the reading counts as observed, so the clock keeps stamping after
+    /// it), or a member that stamps its writes years ahead or at
+    /// `u64::MAX` on purpose: `(replica, timestamp)`. Their operations are
+    /// stored and synced like any other but take effect nowhere, not even
+    /// on their own replica, before the wall clocks reach them.
     pub clocks_ahead: Vec<(usize, Hlc)>,
     /// The engines' settings.
     pub sync: SyncConfig,
