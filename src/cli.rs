@@ -118,6 +118,14 @@ pub enum Command {
         /// [env: PLURESDB_MDNS=false; config: mdns = false].
         #[arg(long)]
         no_mdns: bool,
+        /// How far ahead of this node's clock a received timestamp may be
+        /// and still take effect at once (later ones are kept and take
+        /// effect when their time comes), and how far most peers' clocks
+        /// may disagree with this node's before it writes with their time
+        /// (e.g. 5m, 90s) [default: 5m; env: PLURESDB_MAX_CLOCK_DRIFT;
+        /// config: max_clock_drift].
+        #[arg(long, value_name = "DURATION")]
+        max_clock_drift: Option<String>,
         /// Join the network of the node that printed this ticket (`pluresdb
         /// invite`): adopt its network secret and remember it as a peer.
         /// `-` reads the ticket from standard input, which keeps the secret

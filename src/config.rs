@@ -14,6 +14,7 @@
 //! mdns_interfaces = ["eth0"]     # PLURESDB_MDNS_INTERFACES (comma-separated): only these (default: all)
 //! allowed_origins = ["http://localhost:3000"] # PLURESDB_ALLOWED_ORIGINS (comma-separated), --allowed-origin: web pages allowed to use the API
 //! api_hosts = ["db.example.com"] # PLURESDB_API_HOSTS (comma-separated), --api-host: names the API answers to besides its addresses
+//! max_clock_drift = "5m"         # PLURESDB_MAX_CLOCK_DRIFT, --max-clock-drift: how far ahead a received timestamp may be and take effect at once
 //! ```
 
 use crate::cli::{Cli, Command, Resolver};
@@ -64,6 +65,10 @@ pub struct Config {
     pub log: Setting<String>,
     /// Changes buffered per change-feed subscriber before it is told it lagged.
     pub watch_buffer: Setting<usize>,
+    /// How far past this node's wall clock a received timestamp may lie and
+    /// still take effect at once (later ones wait for their time), and how
+    /// far peers' clocks may disagree with this node's before it corrects.
+    pub max_clock_drift: Setting<std::time::Duration>,
     /// Nodes to connect to at start (`host:port`).
     pub bootstrap: Setting<Vec<String>>,
     /// Announce and browse on the LAN with mDNS.
@@ -108,6 +113,38 @@ fn list(text: &str) -> Vec<String> {
     text.split(',').map(str::trim).filter(|item| !item.is_empty()).map(str::to_owned).collect()
 }
 
+/// A duration with its unit: `500ms`, `90s`, `5m`, `2h`, `1d`; from 1 s to
+/// 365 days.
+fn parse_drift(text: &str, whence: &str) -> anyhow::Result<std::time::Duration> {
+    let bad = |why: &str| anyhow::Error::from(InvalidInput(format!("{whence}: {text:?} {why} (e.g. 5m, 90s, 1h)")));
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| bad("is not a number with a unit"))?;
+    let unit_ms = match unit.trim() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad("has no unit (ms, s, m, h or d)")),
+    };
+    let ms = number.checked_mul(unit_ms).ok_or_else(|| bad("is too long"))?;
+    if !(1_000..=365 * 86_400_000).contains(&ms) {
+        return Err(bad("is out of range (1 s to 365 d)"));
+    }
+    Ok(std::time::Duration::from_millis(ms))
+}
+
+/// A duration as [`parse_drift`] reads it, in the largest exact unit.
+pub fn drift_text(duration: std::time::Duration) -> String {
+    let ms = duration.as_millis();
+    [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1_000, "s")]
+        .into_iter()
+        .find(|(unit, _)| ms.is_multiple_of(*unit))
+        .map_or_else(|| format!("{ms}ms"), |(unit, name)| format!("{}{name}", ms / unit))
+}
+
 fn parse_bool(text: &str, whence: &str) -> anyhow::Result<bool> {
     match text.trim() {
         "1" | "true" | "yes" => Ok(true),
@@ -126,6 +163,12 @@ pub fn load(cli: &Cli) -> anyhow::Result<Config> {
     let (file, read) = read_file(&path, required)?;
     let whence = |key: &str| format!("{} ({key})", path.display());
 
+    let flag_drift = match &cli.command {
+        Command::Serve { max_clock_drift: Some(text), .. } => Some(parse_drift(text, "--max-clock-drift")?),
+        _ => None,
+    };
+    let env_drift = env("PLURESDB_MAX_CLOCK_DRIFT").map(|v| parse_drift(&v, "PLURESDB_MAX_CLOCK_DRIFT")).transpose()?;
+    let file_drift = file.max_clock_drift.as_deref().map(|v| parse_drift(v, &whence("max_clock_drift"))).transpose()?;
     let (flag_addr, flag_require, flag_bootstrap, flag_mdns, flag_origins, flag_hosts) = match &cli.command {
         Command::Serve { api_addr, require_token, bootstrap, no_mdns, allowed_origins, api_hosts, .. } => (
             *api_addr,
@@ -187,6 +230,7 @@ pub fn load(cli: &Cli) -> anyhow::Result<Config> {
         resolver: pick(cli.resolver, env_resolver, file_resolver, Resolver::LastWriterWins),
         log: pick(None, env("PLURESDB_LOG"), file.log, "warn".to_owned()),
         watch_buffer: pick(None, env_watch_buffer, file_watch_buffer, pluresdb_runtime::RuntimeOptions::default().watch_buffer),
+        max_clock_drift: pick(flag_drift, env_drift, file_drift, pluresdb_core::DEFAULT_MAX_CLOCK_DRIFT),
         bootstrap: pick(flag_bootstrap, env_bootstrap, file.bootstrap, Vec::new()),
         mdns: pick(flag_mdns, env_mdns, file.mdns, true),
         mdns_interfaces: pick(None, env_mdns_interfaces, file.mdns_interfaces, Vec::new()),
@@ -216,6 +260,7 @@ impl Config {
             "resolver": entry(resolver_name(self.resolver.value).into(), self.resolver.source),
             "log": entry(self.log.value.clone().into(), self.log.source),
             "watch_buffer": entry(self.watch_buffer.value.into(), self.watch_buffer.source),
+            "max_clock_drift": entry(drift_text(self.max_clock_drift.value).into(), self.max_clock_drift.source),
             "bootstrap": entry(self.bootstrap.value.clone().into(), self.bootstrap.source),
             "mdns": entry(self.mdns.value.into(), self.mdns.source),
             "mdns_interfaces": entry(self.mdns_interfaces.value.clone().into(), self.mdns_interfaces.source),
@@ -236,6 +281,7 @@ impl Config {
         out += &line("resolver", format!("{:?}", resolver_name(self.resolver.value)), self.resolver.source);
         out += &line("log", format!("{:?}", self.log.value), self.log.source);
         out += &line("watch_buffer", self.watch_buffer.value.to_string(), self.watch_buffer.source);
+        out += &line("max_clock_drift", format!("{:?}", drift_text(self.max_clock_drift.value)), self.max_clock_drift.source);
         out += &line("bootstrap", format!("{:?}", self.bootstrap.value), self.bootstrap.source);
         out += &line("mdns", self.mdns.value.to_string(), self.mdns.source);
         out += &line("mdns_interfaces", format!("{:?}", self.mdns_interfaces.value), self.mdns_interfaces.source);

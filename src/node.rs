@@ -209,7 +209,8 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
         let shutdown = shutdown_signal()?;
         let listener = tokio::net::TcpListener::bind(api_addr).await.with_context(|| format!("cannot listen on {api_addr}"))?;
         let bound = listener.local_addr().context("cannot read the bound address")?;
-        let options = pluresdb_runtime::RuntimeOptions { watch_buffer: config.watch_buffer.value, ..Default::default() };
+        let mut options = pluresdb_runtime::RuntimeOptions { watch_buffer: config.watch_buffer.value, ..Default::default() };
+        options.sync.max_clock_drift = config.max_clock_drift.value;
         #[cfg(feature = "quic")]
         let (quic, network) = match &peers {
             Some(settings) => {

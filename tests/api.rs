@@ -279,6 +279,7 @@ fn settings_come_from_flags_then_environment_then_the_config_file() {
             .env_remove("PLURESDB_BOOTSTRAP")
             .env_remove("PLURESDB_MDNS")
             .env_remove("PLURESDB_MDNS_INTERFACES")
+            .env_remove("PLURESDB_MAX_CLOCK_DRIFT")
             .envs(env.iter().copied())
             .output()
             .unwrap();
@@ -301,6 +302,20 @@ fn settings_come_from_flags_then_environment_then_the_config_file() {
     assert_eq!(from_env["resolver"], json!({"value": "first-writer-wins", "source": "environment"}));
     let from_flag = show(&["--resolver", "lww"], &[("PLURESDB_RESOLVER", "fww")]);
     assert_eq!(from_flag["resolver"], json!({"value": "last-writer-wins", "source": "flag"}));
+    assert_eq!(from_file["max_clock_drift"], json!({"value": "5m", "source": "default"}));
+    let drift = show(&[], &[("PLURESDB_MAX_CLOCK_DRIFT", "90s")]);
+    assert_eq!(drift["max_clock_drift"], json!({"value": "90s", "source": "environment"}));
+    for bad in ["5", "0s", "400d", "5 parsecs"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pluresdb"))
+            .arg("--data-dir")
+            .arg(d)
+            .args(["config", "show"])
+            .env("PLURESDB_MAX_CLOCK_DRIFT", bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("PLURESDB_MAX_CLOCK_DRIFT"), "{}", String::from_utf8_lossy(&out.stderr));
+    }
 
     std::fs::write(d.join("pluresdb.toml"), "api_adr = \"127.0.0.1:1\"\n").unwrap();
     let out = cli(d, &["config", "show"]);

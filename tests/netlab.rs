@@ -263,6 +263,105 @@ fn partition_and_heal() {
     assert_eq!(lab.host(1).get("during:h3:4"), Some(json!({"host": 3, "n": 4})));
 }
 
+/// A node whose wall clock reads a year ahead (libfaketime), among two
+/// honest ones. What it wrote alone, stamped a year ahead, is stored and
+/// synced everywhere but takes effect nowhere else and drags no clock; once
+/// connected it learns from its peers' heartbeats that its clock is the odd
+/// one out, says so, and writes with their time; `/status` shows the skew
+/// on every side.
+#[test]
+#[cfg_attr(not(feature = "quic"), ignore = "needs the quic feature (the nodes' network transport)")]
+fn a_node_a_year_ahead_writes_with_its_peers_time_and_drags_no_clock() {
+    if !netlab::supported() {
+        return;
+    }
+    let Some(faketime) = netlab::libfaketime() else { return };
+    let faketime = faketime.to_string_lossy().into_owned();
+    // A year ahead for the wall clock only: timers run on the monotonic
+    // clock, as on a machine whose clock was simply set wrong.
+    let year_ahead = [("LD_PRELOAD", faketime.as_str()), ("FAKETIME", "+365d"), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")];
+    const YEAR_MS: i64 = 365 * 86_400_000;
+    const DAY_MS: i64 = 86_400_000;
+    let drift_ms = 5 * 60_000;
+    let real_now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let wall_of = |stamp: &Value| -> i64 {
+        stamp.as_str().and_then(|s| s.split('.').next()).and_then(|w| w.parse().ok()).unwrap_or_else(|| panic!("not a timestamp: {stamp}"))
+    };
+
+    let mut lab = Lab::lan(3);
+    lab.host_mut(0).start(&[]);
+    let ticket = lab.host(0).ticket();
+    lab.host_mut(1).start(&["--join", &ticket]);
+    let h1_address = format!("{}:{}", lab.host(1).address, netlab::PEER_PORT);
+
+    // Alone (no network), h2 writes with its clock a year ahead.
+    lab.host_mut(2).start_with_env(&year_ahead, &["--join", &ticket, "--no-network"]);
+    let early = lab.host(2).cli_json(&["put", "skewed:early", r#"{"when": "early"}"#]);
+    assert!((wall_of(&early["timestamp"]) - real_now() - YEAR_MS).abs() < DAY_MS, "not stamped a year ahead: {early}");
+    assert!(lab.host_mut(2).stop().success());
+
+    // Connected, it learns that its clock is a year ahead of both peers'.
+    let h2 = lab.host(2).peer_id();
+    lab.host_mut(2).start_with_env(&year_ahead, &["--join", &ticket, "--bootstrap", &h1_address]);
+    let corrected = lab.wait_until(Duration::from_secs(90), "h2 corrects its clock by its peers'", || {
+        let status = lab.host(2).status();
+        let correction = status["clock"]["correction_ms"].as_i64().unwrap_or(0);
+        if (correction + YEAR_MS).abs() < 60_000 {
+            Ok(status)
+        } else {
+            Err(format!("{} peers connected, clock {}", status["peers_connected"], status["clock"]))
+        }
+    });
+    assert_eq!(corrected["clock"]["peers"].as_array().map(Vec::len), Some(2), "{corrected}");
+    let log = std::fs::read_to_string(&lab.host(2).log_path).unwrap_or_default();
+    let warning = log.lines().find(|line| line.contains("ahead of most of its peers'") && line.contains("writes with corrected time"));
+    eprintln!("netlab: h2 said: {}", warning.unwrap_or_else(|| panic!("no warning in h2's log:\n{log}")));
+
+    // It writes with corrected time: the write takes effect at once everywhere.
+    let later = lab.host(2).cli_json(&["put", "skewed:later", r#"{"when": "later"}"#]);
+    assert!((wall_of(&later["timestamp"]) - real_now()).abs() < 60_000, "not written with corrected time: {later}");
+    wait_converged(&lab, &[0, 1], &id_set(["skewed:later"]), "h0 and h1 take h2's corrected write");
+
+    for host in [0, 1] {
+        let status = lab.host(host).status();
+        // The early write is held (and counted) but not in effect.
+        assert_eq!(status["version_vector"][&h2], 2, "h{host}: {status}");
+        assert_eq!(lab.host(host).get("skewed:early"), None, "h{host} shows a write from a year ahead");
+        let clock = &status["clock"];
+        assert_eq!(clock["deferred_operations"], 1, "h{host}: {clock}");
+        // No clock dragged a year ahead.
+        assert!(wall_of(&clock["clock"]) <= real_now() + drift_ms, "h{host}'s clock moved to {}", clock["clock"]);
+        // The skew shows, per origin and per peer.
+        let origin = clock["origins"].as_array().into_iter().flatten().find(|o| o["origin"] == h2.as_str());
+        let ahead = origin.and_then(|o| o["max_ahead_ms"].as_i64()).unwrap_or(0);
+        assert!((ahead - YEAR_MS).abs() < DAY_MS, "h{host}: h2's operations came {ahead} ms ahead: {clock}");
+        let peer = clock["peers"].as_array().into_iter().flatten().find(|p| p["peer_id"] == h2.as_str());
+        let offset = peer.and_then(|p| p["offset_ms"].as_i64()).unwrap_or(0);
+        assert!((offset - YEAR_MS).abs() < 60_000, "h{host}: h2's clock offset {offset} ms: {clock}");
+        assert_eq!(clock["correction_ms"], 0, "h{host} corrected its own clock: {clock}");
+    }
+    let metrics = api_get(&lab, 0, "/metrics");
+    let skew_line = metrics.lines().find(|l| l.starts_with(&format!("pluresdb_clock_skew_ms{{origin=\"{h2}\"}} ")));
+    let skew: i64 = skew_line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0);
+    assert!((skew - YEAR_MS).abs() < DAY_MS, "no skew metric for h2: {metrics}");
+    assert!(metrics.lines().any(|l| l == "pluresdb_deferred_operations 1"), "{metrics}");
+}
+
+/// The body of `GET path` from the API of `host`'s node (inside its
+/// namespace, over bash's /dev/tcp: the lab needs no HTTP client).
+fn api_get(lab: &Lab, host: usize, path: &str) -> String {
+    let addr = std::fs::read_to_string(lab.host(host).data_dir.join("api.addr")).unwrap_or_default();
+    let addr = addr.trim();
+    let (ip, port) = addr.rsplit_once(':').unwrap_or_else(|| panic!("h{host}: no API address in api.addr: {addr:?}"));
+    let script = format!("exec 3<>/dev/tcp/{ip}/{port} && printf 'GET {path} HTTP/1.0\\r\\nHost: {addr}\\r\\n\\r\\n' >&3 && cat <&3");
+    let output = lab.host(host).exec("bash", &["-c", &script]);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") => body.to_owned(),
+        _ => panic!("h{host}: GET {path} failed: {text:?} {}", String::from_utf8_lossy(&output.stderr)),
+    }
+}
+
 // ---- discovery in the lab ---------------------------------------------------
 
 /// Gives host `to` the network secret of host `from` (its `network.secret`

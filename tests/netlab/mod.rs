@@ -137,6 +137,25 @@ fn check_environment() -> Result<(), String> {
     Ok(())
 }
 
+/// Where libfaketime's multi-threaded library is (Debian's `faketime`
+/// package), for a node whose wall clock should read differently: run it
+/// with `LD_PRELOAD` set to this and `FAKETIME` to an offset (`+365d`).
+/// When it is missing, prints why the test is skipped and returns `None`
+/// (with `CI=true` as root it panics instead: install `faketime`).
+pub fn libfaketime() -> Option<PathBuf> {
+    const PLACES: [&str; 2] =
+        ["/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1"];
+    if let Some(found) = PLACES.iter().map(PathBuf::from).find(|path| path.exists()) {
+        return Some(found);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") && effective_uid() == Some(0) {
+        panic!("netlab: CI=true and running as root, but libfaketime is missing (install faketime)");
+    }
+    let test = std::thread::current().name().map(|name| format!("{name}: ")).unwrap_or_default();
+    eprintln!("netlab: {test}skipped (needs libfaketime: apt-get install faketime)");
+    None
+}
+
 /// The effective user id of this process.
 fn effective_uid() -> Option<u32> {
     let status = fs::read_to_string("/proc/self/status").ok()?;
@@ -660,6 +679,12 @@ impl Host {
     /// published its API address for the CLI. The node logs at `info` (or
     /// `PLURESDB_NETLAB_LOG`) to [`Host::log_path`].
     pub fn start(&mut self, extra: &[&str]) -> Value {
+        self.start_with_env(&[], extra)
+    }
+
+    /// [`Host::start`] with `env` set for the node's process (for example
+    /// libfaketime's `LD_PRELOAD` and `FAKETIME`, see [`libfaketime`]).
+    pub fn start_with_env(&mut self, env: &[(&str, &str)], extra: &[&str]) -> Value {
         assert!(self.node.is_none(), "netlab: {} already runs a node", self.name);
         self.starts += 1;
         let stdout_path = self.lab_dir.join(format!("{}-start{}.stdout", self.name, self.starts));
@@ -680,8 +705,10 @@ impl Host {
             .args(if extra.contains(&"--bind") { vec![] } else { vec!["--bind", bind.as_str()] })
             .args(extra)
             .env("PLURESDB_LOG", std::env::var("PLURESDB_NETLAB_LOG").unwrap_or_else(|_| "info".to_owned()))
-            .env("NO_COLOR", "1");
-        let _ = writeln!(log, "===== netlab: {} start #{}: {}", self.name, self.starts, describe(&command));
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied());
+        let env_text: String = env.iter().map(|(key, value)| format!("{key}={value} ")).collect();
+        let _ = writeln!(log, "===== netlab: {} start #{}: {env_text}{}", self.name, self.starts, describe(&command));
         let stderr = log.try_clone().unwrap_or_else(|e| panic!("netlab: cannot share {}: {e}", self.log_path.display()));
         command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
         let child = command.spawn().unwrap_or_else(|e| panic!("netlab: cannot run `{}`: {e}", describe(&command)));

@@ -82,12 +82,30 @@ pub struct PeerInfo {
 
 /// Live counters of one connection, updated by its tasks without locking
 /// the registry; [`PeerManager`] reads them into [`PeerInfo`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PeerStats {
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
     last_seen_ms: AtomicI64,
     rtt_micros: AtomicU64,
+    /// The peer's wall clock minus this node's, in ms, from its latest
+    /// heartbeat ([`NO_OFFSET`] before the first).
+    clock_offset_ms: AtomicI64,
+}
+
+/// [`PeerStats::clock_offset_ms`] before any heartbeat arrived.
+const NO_OFFSET: i64 = i64::MIN;
+
+impl Default for PeerStats {
+    fn default() -> Self {
+        Self {
+            bytes_sent: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            last_seen_ms: AtomicI64::new(0),
+            rtt_micros: AtomicU64::new(0),
+            clock_offset_ms: AtomicI64::new(NO_OFFSET),
+        }
+    }
 }
 
 impl PeerStats {
@@ -105,6 +123,24 @@ impl PeerStats {
     /// Records a round-trip time estimate.
     pub fn record_rtt(&self, rtt: Duration) {
         self.rtt_micros.store(u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1), Ordering::Relaxed);
+    }
+
+    /// Records a heartbeat the peer stamped `sent` by its clock, received
+    /// at `received` by this node's with round-trip time `rtt`: the peer's
+    /// clock is taken to have read `sent` half a round trip before.
+    pub fn record_heartbeat(&self, sent: DateTime<Utc>, rtt: Duration, received: DateTime<Utc>) {
+        let half_trip = i64::try_from(rtt.as_millis() / 2).unwrap_or(i64::MAX);
+        let offset = sent.timestamp_millis().saturating_add(half_trip).saturating_sub(received.timestamp_millis());
+        self.clock_offset_ms.store(offset.max(NO_OFFSET + 1), Ordering::Relaxed);
+    }
+
+    /// The peer's wall clock minus this node's (ms), once a heartbeat
+    /// arrived.
+    pub fn clock_offset_ms(&self) -> Option<i64> {
+        match self.clock_offset_ms.load(Ordering::Relaxed) {
+            NO_OFFSET => None,
+            offset => Some(offset),
+        }
     }
 
     fn read_into(&self, info: &mut PeerInfo) {
@@ -212,6 +248,16 @@ impl PeerManager {
         self.read().values().map(Entry::snapshot).collect()
     }
 
+    /// For each connected peer that has sent a heartbeat: its wall clock
+    /// minus this node's, in ms (see [`PeerStats::record_heartbeat`]).
+    pub fn clock_offsets(&self) -> Vec<(String, i64)> {
+        self.read()
+            .values()
+            .filter(|e| e.info.connected)
+            .filter_map(|e| Some((e.info.peer_id.clone(), e.stats.as_ref()?.clock_offset_ms()?)))
+            .collect()
+    }
+
     /// How many peers are connected.
     pub fn connected_count(&self) -> usize {
         self.read().values().filter(|e| e.info.connected).count()
@@ -271,5 +317,23 @@ mod tests {
         assert_eq!(manager.connected_peers().iter().map(|p| p.peer_id.as_str()).collect::<Vec<_>>(), ["b"]);
         assert_eq!(manager.known_peers().len(), 2);
         assert_eq!(Transport::Quic.to_string(), "quic");
+    }
+
+    #[test]
+    fn heartbeats_give_each_peers_clock_offset() {
+        let manager = PeerManager::new();
+        let a = manager.peer_connected(info("a"));
+        manager.peer_connected(info("b"));
+        assert_eq!(manager.clock_offsets(), []);
+        let now = Utc::now();
+        // Sent 40 ms before it arrived by our clock, over a 100 ms round
+        // trip: the peer's clock is 10 ms ahead.
+        a.record_heartbeat(now - chrono::Duration::milliseconds(40), Duration::from_millis(100), now);
+        assert_eq!(manager.clock_offsets(), [("a".to_owned(), 10)]);
+        let year = chrono::Duration::days(365);
+        a.record_heartbeat(now - year, Duration::ZERO, now);
+        assert_eq!(manager.clock_offsets(), [("a".to_owned(), -year.num_milliseconds())]);
+        manager.peer_disconnected("a");
+        assert_eq!(manager.clock_offsets(), []);
     }
 }

@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+mod clock;
 mod error;
 mod memory;
 mod stats;
@@ -268,6 +269,12 @@ impl Handle {
     /// The transport's view of the connected peers.
     pub fn connected_peers(&self) -> Vec<pluresdb_net::PeerInfo> {
         self.inner.link.as_ref().map(|l| l.peers.connected_peers()).unwrap_or_default()
+    }
+
+    /// For each connected peer that has sent a heartbeat: its wall clock
+    /// minus this node's, in ms.
+    pub fn peer_clock_offsets(&self) -> Vec<(String, i64)> {
+        self.inner.link.as_ref().map(|l| l.peers.clock_offsets()).unwrap_or_default()
     }
 
     /// Connects to the node at `address` and returns its verified peer id.

@@ -2,6 +2,7 @@
 //! groups. While a commit is in progress (most of its time is the fsync),
 //! new writes queue up; the next commit takes every queued write at once.
 
+use crate::clock::ClockCorrection;
 use crate::stats::Stats;
 use crate::{now_ms, Error};
 use pluresdb_core::{validate_node_id, validate_value, OperationType, OperationWithMetadata, Receipt, Subscription, VersionVector};
@@ -51,8 +52,11 @@ pub(crate) fn spawn(
     std::thread::Builder::new().name("pluresdb-writer".into()).spawn(move || {
         // The writer's own single-threaded runtime: commits block this
         // thread only, never the API's workers.
+        let clock = ClockCorrection::new(engine.config().max_clock_drift);
         match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(runtime) => runtime.block_on(Writer { engine, inbox, network, stats, max_group, carried: None }.run()),
+            Ok(runtime) => {
+                runtime.block_on(Writer { engine, inbox, network, stats, max_group, carried: None, clock, clock_checked: None }.run())
+            }
             Err(err) => tracing::error!(%err, "cannot start the writer's runtime"),
         }
     })
@@ -64,6 +68,10 @@ const IDLE_WAKE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Peer events applied in one turn before transmits go out.
 const EVENTS_PER_TURN: usize = 256;
 
+/// How often the writer compares its wall clock with its peers' at most
+/// (they send heartbeats every few seconds).
+const CLOCK_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 struct Writer {
     engine: Engine,
     inbox: mpsc::Receiver<Command>,
@@ -72,6 +80,9 @@ struct Writer {
     max_group: usize,
     /// A command taken from the queue that did not fit the group before it.
     carried: Option<Command>,
+    /// The correction of this node's wall clock, from its peers' clocks.
+    clock: ClockCorrection,
+    clock_checked: Option<std::time::Instant>,
 }
 
 /// Writes that will be committed together.
@@ -102,16 +113,19 @@ impl Writer {
                             None => break,
                         },
                         Some(event) = async { match events { Some(events) => events.recv().await, None => std::future::pending().await } } => {
+                            self.check_clock();
                             self.peer_event(event);
                             continue;
                         }
                         () = tokio::time::sleep(sleep) => {
+                            self.check_clock();
                             self.engine.handle_timeout(now_ms());
                             continue;
                         }
                     }
                 }
             };
+            self.check_clock();
             match command {
                 Command::Write(first) => self.write_group(first),
                 Command::Import { nodes, reply } => {
@@ -142,6 +156,21 @@ impl Writer {
             }
         }
         self.close();
+    }
+
+    /// Compares this node's wall clock with its connected peers' (at most
+    /// every [`CLOCK_CHECK_INTERVAL`]) and applies the correction, if any,
+    /// to the replica: its writes and its judgement of received timestamps
+    /// then use corrected time. The engine's timers keep the wall clock.
+    fn check_clock(&mut self) {
+        let Some(network) = &self.network else { return };
+        if self.clock_checked.is_some_and(|at| at.elapsed() < CLOCK_CHECK_INTERVAL) {
+            return;
+        }
+        self.clock_checked = Some(std::time::Instant::now());
+        if let Some(offset) = self.clock.update(&network.peers.clock_offsets()) {
+            self.engine.database_mut().set_wall_clock_offset(offset);
+        }
     }
 
     /// Applies a peer event, and any queued behind it, to the sync engine.

@@ -259,8 +259,57 @@ pub struct StatusDoc {
     pub transports: Vec<String>,
     /// Sync traffic since the node started.
     pub traffic: TrafficDoc,
+    /// The node's clock against its peers' and the operations it receives.
+    pub clock: ClockDoc,
     /// Seconds since the node started.
     pub uptime_s: u64,
+}
+
+/// The node's clock: the drift bound, its own correction, operations from
+/// the future held back, and the skew of every origin and peer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClockDoc {
+    /// How far past this node's wall clock a received timestamp may lie and
+    /// still take effect at once (ms); later ones wait for their time.
+    pub max_clock_drift_ms: u64,
+    /// The correction this node applies to its wall clock because most of
+    /// its peers' clocks disagree with it by more than the bound (ms; 0 when
+    /// none).
+    pub correction_ms: i64,
+    /// The newest timestamp issued or observed (`<wall_ms>.<logical>`).
+    pub clock: String,
+    /// How far that timestamp is ahead of the corrected wall time (ms).
+    pub clock_ahead_ms: i64,
+    /// Operations held and synced but not in effect yet (stamped beyond the
+    /// drift bound when they arrived).
+    pub deferred_operations: u64,
+    /// The timestamp of the first of them to take effect.
+    pub next_deferred: Option<String>,
+    /// Per origin, the most its operations were stamped ahead of this
+    /// node's corrected wall clock when they arrived, since the node
+    /// started; the furthest ahead first.
+    pub origins: Vec<OriginSkewDoc>,
+    /// Per connected peer, its wall clock minus this node's, from its
+    /// heartbeats.
+    pub peers: Vec<PeerClockDoc>,
+}
+
+/// How far ahead one origin's operations came.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OriginSkewDoc {
+    /// The origin's peer id.
+    pub origin: String,
+    /// The largest (timestamp - wall time at receipt), ms.
+    pub max_ahead_ms: i64,
+}
+
+/// A connected peer's clock against this node's.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PeerClockDoc {
+    /// The peer id.
+    pub peer_id: String,
+    /// Its wall clock minus this node's (ms, half the round trip allowed for).
+    pub offset_ms: i64,
 }
 
 /// The node's network.

@@ -296,6 +296,12 @@ impl LinkContext {
                 Err(err) => Some(LinkEnd::Refuse(codec_error_code(&err), err.to_string())),
             },
             FrameKind::Heartbeat | FrameKind::Goodbye | FrameKind::Error => match NetworkMessage::from_frame(&frame) {
+                Ok(NetworkMessage::Heartbeat { timestamp, .. }) => {
+                    // How far the peer's clock is from ours: the node
+                    // corrects its own when most peers disagree with it.
+                    self.stats.record_heartbeat(timestamp, self.connection.rtt(), Utc::now());
+                    None
+                }
                 Ok(NetworkMessage::Goodbye { reason }) => Some(LinkEnd::PeerGoodbye(reason)),
                 Ok(NetworkMessage::Error { code, message }) => Some(LinkEnd::PeerError(code, message)),
                 Ok(_) => None,

@@ -18,11 +18,16 @@ pub async fn count(State(state): State<ApiState>, request: Request, next: Next) 
     response
 }
 
-fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
+fn metric<T: std::fmt::Display>(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, T)]) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     for (labels, value) in samples {
         let _ = writeln!(out, "{name}{labels} {value}");
     }
+}
+
+/// `text` escaped as a Prometheus label value.
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// Metrics in the Prometheus text format.
@@ -89,6 +94,40 @@ pub async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError
         "Subscribers ended because they fell behind.",
         &[("", Stats::get(&stats.lagged_watchers))],
     );
+    let clock = &sync.clock;
+    metric(
+        &mut out,
+        "pluresdb_clock_correction_ms",
+        "gauge",
+        "The correction this node applies to its wall clock because most peers' clocks disagree with it.",
+        &[("", clock.wall_clock_offset_ms)],
+    );
+    metric(
+        &mut out,
+        "pluresdb_deferred_operations",
+        "gauge",
+        "Operations held and synced but not in effect yet: stamped beyond the clock drift bound.",
+        &[("", clock.deferred_operations)],
+    );
+    // The core bounds the number of origins listed.
+    let skew: Vec<(String, i64)> =
+        clock.origins.iter().map(|o| (format!("{{origin=\"{}\"}}", label_value(&o.origin)), o.max_ahead_ms)).collect();
+    let skew: Vec<(&str, i64)> = skew.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    metric(
+        &mut out,
+        "pluresdb_clock_skew_ms",
+        "gauge",
+        "Per origin, the most its operations were stamped ahead of this node's wall clock when received.",
+        &skew,
+    );
+    let offsets: Vec<(String, i64)> = state
+        .handle
+        .peer_clock_offsets()
+        .into_iter()
+        .map(|(peer, offset)| (format!("{{peer=\"{}\"}}", label_value(&peer)), offset))
+        .collect();
+    let offsets: Vec<(&str, i64)> = offsets.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    metric(&mut out, "pluresdb_peer_clock_offset_ms", "gauge", "Per connected peer, its wall clock minus this node's.", &offsets);
     let answered: Vec<(String, u64)> = (0..5).map(|i| (format!("{{class=\"{}xx\"}}", i + 1), state.answered[i].load(Relaxed))).collect();
     let answered: Vec<(&str, u64)> = answered.iter().map(|(l, v)| (l.as_str(), *v)).collect();
     metric(&mut out, "pluresdb_http_responses_total", "counter", "HTTP answers, by status class.", &answered);

@@ -131,8 +131,22 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<StatusDoc>, Ap
             bytes_received: t.bytes_received,
             errors: t.errors,
         },
+        clock: clock_doc(&sync.clock, state.handle.peer_clock_offsets()),
         uptime_s: state.started.elapsed().as_secs(),
     }))
+}
+
+fn clock_doc(clock: &pluresdb_core::ClockReport, peers: Vec<(String, i64)>) -> ClockDoc {
+    ClockDoc {
+        max_clock_drift_ms: clock.max_clock_drift_ms,
+        correction_ms: clock.wall_clock_offset_ms,
+        clock: clock.clock.to_string(),
+        clock_ahead_ms: clock.clock_ahead_ms,
+        deferred_operations: clock.deferred_operations,
+        next_deferred: clock.next_deferred.map(|t| t.to_string()),
+        origins: clock.origins.iter().map(|o| OriginSkewDoc { origin: o.origin.clone(), max_ahead_ms: o.max_ahead_ms }).collect(),
+        peers: peers.into_iter().map(|(peer_id, offset_ms)| PeerClockDoc { peer_id, offset_ms }).collect(),
+    }
 }
 
 /// The network this node belongs to and who may sync with it.
