@@ -7,9 +7,12 @@
 //! so loudly and writes, and judges received timestamps, with corrected time
 //! (wall time + that median) until its clock agrees again. With no majority
 //! (two nodes that disagree) nothing is corrected, and the disagreement is
-//! still reported. CockroachDB checks its nodes' clocks the same way (the
-//! median offset to the others against a maximum), and stops the node; a
-//! local-first node keeps working instead.
+//! still reported. Once correcting, the node follows the median of its
+//! peers' offsets, and keeps its correction while it has no peer to ask, so
+//! losing a link does not send it back to writing with a wrong clock.
+//! CockroachDB checks its nodes' clocks the same way (the median offset to
+//! the others against a maximum), and stops the node; a local-first node
+//! keeps working instead.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -35,8 +38,18 @@ impl ClockCorrection {
     /// this node's, ms); logs what changed and returns the new correction
     /// when it changed.
     pub(crate) fn update(&mut self, offsets: &[(String, i64)]) -> Option<i64> {
-        let median = median_with_self(offsets.iter().map(|(_, offset)| *offset));
         let previous = self.offset_ms;
+        let peers = offsets.iter().map(|(_, offset)| *offset);
+        let median = if self.offset_ms == 0 {
+            // Is this node the odd one out? Itself counts, at offset 0.
+            median_nearest(peers.chain([0]), 0)
+        } else if offsets.is_empty() {
+            // No one to ask: keep the correction.
+            self.offset_ms
+        } else {
+            // Correcting: follow the peers.
+            median_nearest(peers, self.offset_ms)
+        };
         if self.offset_ms == 0 {
             if median.unsigned_abs() > self.bound_ms.unsigned_abs() {
                 self.offset_ms = median;
@@ -93,17 +106,20 @@ impl ClockCorrection {
     }
 }
 
-/// The median of `offsets` and this node's own 0; of the two middle values
-/// of an even count, the one nearer 0 (no majority, no correction).
-fn median_with_self(offsets: impl Iterator<Item = i64>) -> i64 {
-    let mut all: Vec<i64> = offsets.chain([0]).collect();
+/// The median of `values` (`anchor` when there are none); of the two middle
+/// values of an even count, the one nearer `anchor` (no majority, no change).
+fn median_nearest(values: impl Iterator<Item = i64>, anchor: i64) -> i64 {
+    let mut all: Vec<i64> = values.collect();
+    if all.is_empty() {
+        return anchor;
+    }
     all.sort_unstable();
     let middle = all.len() / 2;
     if all.len() % 2 == 1 {
         all[middle]
     } else {
         let (low, high) = (all[middle - 1], all[middle]);
-        if low.unsigned_abs() <= high.unsigned_abs() {
+        if low.abs_diff(anchor) <= high.abs_diff(anchor) {
             low
         } else {
             high
@@ -142,6 +158,10 @@ mod tests {
         // Jitter moves it quietly; a change is returned each time.
         assert_eq!(clock.update(&offsets(&[-YEAR + 5, -YEAR - 40])), Some(-YEAR + 5));
         assert_eq!(clock.update(&offsets(&[-YEAR + 5, -YEAR - 40])), None);
+        // A peer leaves, then the other: the correction stays.
+        assert_eq!(clock.update(&offsets(&[-YEAR + 5])), None);
+        assert_eq!(clock.update(&[]), None);
+        assert_eq!(clock.offset_ms, -YEAR + 5);
         // The system clock was fixed: the offsets are near 0 again.
         assert_eq!(clock.update(&offsets(&[3, -2])), Some(0));
     }
@@ -164,10 +184,11 @@ mod tests {
     }
 
     #[test]
-    fn medians_take_this_node_into_account() {
-        assert_eq!(median_with_self([].into_iter()), 0);
-        assert_eq!(median_with_self([-5, -7].into_iter()), -5);
-        assert_eq!(median_with_self([9, 1, 8].into_iter()), 1, "{{0, 1, 8, 9}}: 1 is nearer 0");
+    fn medians_break_ties_toward_the_anchor() {
+        assert_eq!(median_nearest([].into_iter(), 7), 7);
+        assert_eq!(median_nearest([-5, -7, 0].into_iter(), 0), -5);
+        assert_eq!(median_nearest([9, 1, 8, 0].into_iter(), 0), 1, "{{0, 1, 8, 9}}: 1 is nearer 0");
+        assert_eq!(median_nearest([-YEAR, 0].into_iter(), -YEAR), -YEAR);
         assert_eq!(describe(YEAR as u64), "365 d");
         assert_eq!(describe(90_000), "90 s");
     }

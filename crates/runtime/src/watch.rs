@@ -10,7 +10,10 @@
 //!
 //! Each origin's operations are applied in sequence order, so the highest
 //! sequence number seen per origin (the watch's [`position`](Watch::position))
-//! says exactly what has been seen. A watcher that falls behind by more than
+//! says exactly what has been seen. The exception is an operation stamped
+//! beyond the clock horizon (`docs/protocol.md`, Clocks): it arrives in
+//! the feed when it takes effect, after later operations of its origin, and
+//! a watch resumed from a position past it does not replay it. A watcher that falls behind by more than
 //! its buffer gets [`WatchEvent::Lagged`] with that position and the watch
 //! ends: it resumes with a new watch from there, and the node never buffers
 //! without bound for it.
