@@ -112,6 +112,71 @@ struct Deferred {
     count: u64,
     /// The first to become due.
     first: Option<Stamp>,
+    /// Per origin with deferred operations: how many, and a sequence number
+    /// at or below the lowest of them. Only those origins' operations from
+    /// that number on can be deferred, so checking whether an operation is
+    /// deferred costs no store read for every other one (one deferred
+    /// operation must not slow down every later batch).
+    origins: HashMap<Arc<str>, (u64, u64)>,
+}
+
+impl Deferred {
+    /// Reads what `store` holds deferred, a page at a time.
+    fn load(store: &impl Store) -> Result<Self, Error> {
+        const PAGE: usize = 4_096;
+        let mut deferred = Deferred { count: store.deferred_count()?, ..Deferred::default() };
+        let mut from: Option<Stamp> = None;
+        loop {
+            let page = store.deferred(from.as_ref(), PAGE)?;
+            // The page starts at `from`, already counted.
+            let skip = usize::from(from.is_some());
+            if page.len() <= skip {
+                break;
+            }
+            deferred.first = deferred.first.or_else(|| page.first().cloned());
+            deferred.note(&page[skip..]);
+            if page.len() < PAGE {
+                break;
+            }
+            from = page.last().cloned();
+        }
+        Ok(deferred)
+    }
+
+    /// Notes the origins of `stamps` (deferred now).
+    fn note(&mut self, stamps: &[Stamp]) {
+        for stamp in stamps {
+            let (count, lowest) = self.origins.entry(stamp.id.origin.clone()).or_insert((0, stamp.id.seq));
+            *count += 1;
+            *lowest = (*lowest).min(stamp.id.seq);
+        }
+    }
+
+    /// Records `stamps`, committed as deferred.
+    fn add(&mut self, stamps: &[Stamp]) {
+        self.count += stamps.len() as u64;
+        self.first = self.first.take().into_iter().chain(stamps.iter().min().cloned()).min();
+        self.note(stamps);
+    }
+
+    /// Forgets `stamps`, committed as released; `first` is the new first.
+    fn release(&mut self, stamps: &[Stamp], first: Option<Stamp>) {
+        self.count = self.count.saturating_sub(stamps.len() as u64);
+        self.first = first;
+        for stamp in stamps {
+            if let Some((count, _)) = self.origins.get_mut(&stamp.id.origin) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    self.origins.remove(&stamp.id.origin);
+                }
+            }
+        }
+    }
+
+    /// Whether `id` may be deferred (if not, it certainly is not).
+    fn may_hold(&self, id: &OpId) -> bool {
+        self.origins.get(&id.origin).is_some_and(|&(_, lowest)| id.seq >= lowest)
+    }
 }
 
 /// One replica of the graph.
@@ -166,7 +231,7 @@ impl<S: Store> Database<S> {
             Some(bytes) => codec::decode::<Hlc>(&bytes, "observed clock reading")?,
             None => last,
         };
-        let deferred = Deferred { count: store.deferred_count()?, first: store.deferred(None, 1)?.pop() };
+        let deferred = Deferred::load(&store)?;
         Ok(Self {
             store,
             peer_id: peer_id.into(),
@@ -260,6 +325,11 @@ impl<S: Store> Database<S> {
             return Ok(0);
         }
         let stamps: Vec<Stamp> = self.store.deferred(None, MAX_DUE_PER_COMMIT)?.into_iter().take_while(|s| s.hlc <= horizon).collect();
+        if stamps.is_empty() {
+            // The first one known was stale.
+            self.deferred.first = self.store.deferred(None, 1)?.pop();
+            return Ok(0);
+        }
         let ids: Vec<OpId> = stamps.iter().map(|s| s.id.clone()).collect();
         let mut ops = Vec::with_capacity(ids.len());
         for (id, op) in ids.iter().zip(self.store.ops(&ids)?) {
@@ -294,7 +364,13 @@ impl<S: Store> Database<S> {
         let batch = WriteBatch { nodes: records, meta: clock_meta(&clock), released: stamps, ..WriteBatch::default() };
         self.store.commit(&batch)?;
         self.clock = clock;
-        self.deferred = Deferred { count: self.deferred.count.saturating_sub(count as u64), first: self.store.deferred(None, 1)?.pop() };
+        // The store is committed: if reading the new first fails, keep the
+        // old one (earlier than the new), and the next call reads again.
+        let first = match self.store.deferred(None, 1) {
+            Ok(mut page) => page.pop(),
+            Err(_) => self.deferred.first.clone(),
+        };
+        self.deferred.release(&batch.released, first);
         self.feed.publish(changes);
         Ok(count)
     }
@@ -309,8 +385,11 @@ impl<S: Store> Database<S> {
         }
         let superseded = ops.iter().flat_map(|op| op.supersedes.values().flatten());
         let awaited = records.iter().flat_map(|record| record.pending.iter().map(|note| &note.target));
-        let mut targets: Vec<OpId> =
-            superseded.chain(awaited).filter(|id| self.version_vector.contains(&id.origin, id.seq)).cloned().collect();
+        let mut targets: Vec<OpId> = superseded
+            .chain(awaited)
+            .filter(|id| self.deferred.may_hold(id) && self.version_vector.contains(&id.origin, id.seq))
+            .cloned()
+            .collect();
         targets.sort_unstable();
         targets.dedup();
         let mut waiting = HashSet::new();
@@ -673,18 +752,13 @@ impl<S: Store> Database<S> {
             .collect();
         // A node only deferred operations touched has nothing to store.
         records.retain(|record| !record.is_blank());
-        let deferred_now = deferred.len() as u64;
-        let first_deferred = deferred.iter().min().cloned();
         let batch =
             WriteBatch { ops: encoded, nodes: records, version_vector: moved, meta: clock_meta(&clock), deferred, released: Vec::new() };
         self.store.commit(&batch)?;
 
         self.version_vector = version_vector;
         self.clock = clock;
-        if deferred_now > 0 {
-            self.deferred.count += deferred_now;
-            self.deferred.first = self.deferred.first.take().into_iter().chain(first_deferred).min();
-        }
+        self.deferred.add(&batch.deferred);
         for (origin, ahead) in skew {
             self.record_skew(origin, ahead);
         }

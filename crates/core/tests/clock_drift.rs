@@ -223,3 +223,34 @@ fn a_node_that_wrote_while_its_clock_was_ahead_writes_with_corrected_time_once_c
     let after = skewed.put("n:4", json!({}), NOW + YEAR_MS - 10_000).unwrap();
     assert!(after.timestamp > Hlc::new(NOW + 30, 0), "{}", after.timestamp);
 }
+
+#[test]
+fn thousands_of_deferred_operations_are_remembered_and_released_in_bounded_commits() {
+    let ahead = NOW + YEAR_MS;
+    let mut fast = replica("fast");
+    let ops = (0..5_000u64)
+        .map(|i| {
+            let kind = if i % 2 == 0 { pluresdb_core::OperationType::CreateNode } else { pluresdb_core::OperationType::UpdateNode };
+            pluresdb_core::OperationWithMetadata::new(kind, format!("n:{}", i / 2), json!({"i": i}), "fast")
+        })
+        .collect();
+    fast.commit_local(ops, ahead).unwrap();
+    let mut bob = replica("bob");
+    bob.apply_remote(fast.ops_after("fast", 0, usize::MAX).unwrap(), NOW).unwrap();
+    let mut bob = Database::open(bob.into_store(), "bob").unwrap();
+    assert_eq!(bob.deferred_count(), 5_000);
+    // An honest write meanwhile costs no look-up of them and is not held up.
+    bob.put("n:0", json!({"by": "bob"}), NOW + 1).unwrap();
+    let mut commits = 0;
+    while bob.apply_due(ahead).unwrap() > 0 {
+        commits += 1;
+    }
+    assert_eq!((commits, bob.deferred_count(), bob.next_due_ms()), (5, 0, None));
+    let mut carol = replica("carol");
+    carol.apply_remote(fast.ops_after("fast", 0, usize::MAX).unwrap(), ahead).unwrap();
+    carol.apply_remote(bob.ops_after("bob", 0, 10).unwrap(), ahead).unwrap();
+    for i in [0, 1, 2_499] {
+        let id = format!("n:{i}");
+        assert_eq!(bob.record(&id).unwrap(), carol.record(&id).unwrap(), "{id}");
+    }
+}
