@@ -17,7 +17,9 @@ use crate::error::Error;
 use crate::feed::{ChangeFeed, Subscription};
 use crate::merge;
 use crate::node::{Node, NodeRecord};
-use crate::operation::{validate_node_id, validate_value, OpId, OperationType, OperationWithMetadata, Stamp};
+use crate::operation::{
+    validate_node_id, validate_value, OpId, OperationType, OperationWithMetadata, Stamp, MAX_SUPERSEDED_PER_FIELD, MAX_SUPERSEDED_PER_OP,
+};
 use crate::reader::{self, Traversal};
 use crate::resolver::{ConflictResolver, LastWriterWins};
 use crate::signing::{OpDigest, OpSignature, OpSigner, OpVerifier, SIGN_EVERY};
@@ -539,6 +541,8 @@ impl<S: Store> Database<S> {
                 });
             }
             validate_node_id(&op.node_id)?;
+            crate::operation::check_origin(&op.id.origin)
+                .map_err(|reason| Error::InvalidOperation { id: op.id.clone(), reason: format!("its origin {reason}") })?;
             if op.operation != OperationType::DeleteNode {
                 validate_value(&op.data)?;
             }
@@ -850,19 +854,28 @@ impl<S: Store> Database<S> {
     }
 }
 
-/// For an update, the values it replaces: in each field it writes, every
-/// value the replica currently holds (a write made after seeing them).
+/// For an update, the values it replaces: in each field it writes, the
+/// values the replica currently holds (a write made after seeing them), at
+/// most the newest [`MAX_SUPERSEDED_PER_FIELD`] per field and
+/// [`MAX_SUPERSEDED_PER_OP`] in all, so that peers accept it (values left
+/// over stay as concurrent ones; later writes replace them).
 fn superseded_by_write(record: &NodeRecord, data: &Value) -> std::collections::BTreeMap<String, Vec<OpId>> {
     let Value::Object(fields) = data else {
         return Default::default();
     };
-    fields
-        .keys()
-        .filter_map(|field| {
-            let values = record.fields.get(field)?;
-            Some((field.clone(), values.iter().map(|v| v.stamp.id.clone()).collect()))
-        })
-        .collect()
+    let mut budget = MAX_SUPERSEDED_PER_OP;
+    let mut superseded = std::collections::BTreeMap::new();
+    for field in fields.keys() {
+        let Some(values) = record.fields.get(field) else { continue };
+        // Values are in ascending stamp order: the newest are last.
+        let take = values.len().min(MAX_SUPERSEDED_PER_FIELD).min(budget);
+        if take == 0 {
+            continue;
+        }
+        budget -= take;
+        superseded.insert(field.clone(), values[values.len() - take..].iter().map(|v| v.stamp.id.clone()).collect());
+    }
+    superseded
 }
 
 /// The clock readings every commit records.

@@ -15,14 +15,31 @@
 //!   value (an update creates a node; a delete removes every older value).
 //! - **Pending supersessions**: an update may arrive before the value it
 //!   supersedes. It then leaves a note, and the value is dead on arrival.
+//!   A note whose target turns out to write another node (which only a
+//!   hostile update names) is never met; it stays until the record is next
+//!   written, and changes no value meanwhile.
+//! - **Only the past is superseded**: a supersession counts only if the
+//!   superseded operation's stamp is lower than the superseding one's. An
+//!   author can only have seen values older than its write (the hybrid
+//!   logical clock moves past what it observes), so honest writes always
+//!   pass; a write that names an operation that does not exist yet (another
+//!   origin's future write, which will be stamped later) cannot discard it.
+//!   The rule is checked the same way whether the target is already there
+//!   or meets a note later, so it does not depend on the order of delivery.
 //!
 //! Because an update's timestamp is greater than that of every value its
-//! author had seen (the hybrid logical clock moves past what it observes),
-//! the newest value of a field is never superseded, so last-writer-wins over
-//! the live values is exactly last-writer-wins by (timestamp, origin).
+//! author had seen, the newest value of a field is never superseded, so
+//! last-writer-wins over the live values is exactly last-writer-wins by
+//! (timestamp, origin).
+//!
+//! The work per operation is linear in the node's record and the
+//! operation's size: each field's supersessions are applied in one pass
+//! over its values, and new notes are merged into the sorted list at once
+//! (an update supersedes at most [`MAX_SUPERSEDED_PER_OP`](crate::MAX_SUPERSEDED_PER_OP)
+//! values; see [`OperationWithMetadata::validate`]).
 
 use crate::node::{FieldValue, NodeRecord, PendingSupersession, Reset};
-use crate::operation::{OpId, OperationType, OperationWithMetadata};
+use crate::operation::{OpId, OperationType, OperationWithMetadata, Stamp};
 use serde_json::Value;
 
 /// Applies `op` to `record`. `is_applied` answers whether an operation other
@@ -47,14 +64,19 @@ pub fn apply_owned(record: &mut NodeRecord, op: OperationWithMetadata, is_applie
         record.pending.retain(|p| p.by >= stamp);
     }
 
-    // Fields of `op` that an earlier-applied update already superseded.
+    // Fields of `op` that an earlier-applied update already superseded (an
+    // update newer than `op`: the notes of others are dropped unheeded).
+    // Notes whose target was applied to another node (only a hostile
+    // update names one) can never be met here: drop them.
     let mut dead_fields = Vec::new();
     record.pending.retain(|p| {
-        let targets_op = p.target == op.id;
-        if targets_op {
+        if p.target != op.id {
+            return !is_applied(&p.target);
+        }
+        if stamp < p.by {
             dead_fields.push(p.field.clone());
         }
-        !targets_op
+        false
     });
 
     let not_older_than_reset = record.reset.as_ref().is_none_or(|r| stamp >= r.stamp);
@@ -64,10 +86,11 @@ pub fn apply_owned(record: &mut NodeRecord, op: OperationWithMetadata, is_applie
     let Value::Object(fields) = op.data else {
         return;
     };
+    let mut notes = Vec::new();
     for (field, value) in fields {
         if op.operation == OperationType::UpdateNode {
-            for target in op.supersedes.get(&field).into_iter().flatten() {
-                supersede(record, &field, target, &stamp, &is_applied);
+            if let Some(targets) = op.supersedes.get(&field) {
+                supersede(record, &field, targets, &stamp, &is_applied, &mut notes);
             }
         }
         if dead_fields.contains(&field) {
@@ -77,25 +100,76 @@ pub fn apply_owned(record: &mut NodeRecord, op: OperationWithMetadata, is_applie
         let at = values.partition_point(|v| v.stamp < stamp);
         values.insert(at, FieldValue { value, stamp: stamp.clone() });
     }
+    add_notes(&mut record.pending, notes);
 }
 
-fn supersede(record: &mut NodeRecord, field: &str, target: &OpId, by: &crate::operation::Stamp, is_applied: &impl Fn(&OpId) -> bool) {
+/// Removes the values of `field` written by `targets` that are older than
+/// `by`, and adds to `notes` a note for each target not applied yet. One
+/// pass over the field's values: the targets are sorted once and looked up.
+fn supersede(
+    record: &mut NodeRecord,
+    field: &str,
+    targets: &[OpId],
+    by: &Stamp,
+    is_applied: &impl Fn(&OpId) -> bool,
+    notes: &mut Vec<PendingSupersession>,
+) {
+    let mut sorted: Vec<&OpId> = targets.iter().collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    // The targets that hold a value of the field now (whether or not it is
+    // superseded: a value newer than `by` stays, and needs no note).
+    let mut present = Vec::new();
     if let Some(values) = record.fields.get_mut(field) {
-        if let Some(at) = values.iter().position(|v| &v.stamp.id == target) {
-            values.remove(at);
-            if values.is_empty() {
-                record.fields.remove(field);
+        values.retain(|v| match sorted.binary_search(&&v.stamp.id) {
+            Ok(_) => {
+                present.push(v.stamp.id.clone());
+                v.stamp >= *by
             }
-            return;
+            Err(_) => true,
+        });
+        if values.is_empty() {
+            record.fields.remove(field);
         }
     }
-    if is_applied(target) {
-        // Already superseded by someone else, or older than the newest reset.
+    present.sort_unstable();
+    for target in sorted {
+        if present.binary_search(target).is_ok() || is_applied(target) {
+            // Removed above, kept as newer than `by`, or already gone
+            // (superseded by someone else, or older than the newest reset).
+            continue;
+        }
+        notes.push(PendingSupersession { field: field.to_owned(), target: target.clone(), by: by.clone() });
+    }
+}
+
+/// Merges `notes` into the sorted, duplicate-free `pending` in one pass.
+fn add_notes(pending: &mut Vec<PendingSupersession>, mut notes: Vec<PendingSupersession>) {
+    if notes.is_empty() {
         return;
     }
-    let note = PendingSupersession { field: field.to_owned(), target: target.clone(), by: by.clone() };
-    if let Err(at) = record.pending.binary_search(&note) {
-        record.pending.insert(at, note);
+    notes.sort_unstable();
+    notes.dedup();
+    if pending.is_empty() {
+        *pending = notes;
+        return;
+    }
+    let old = std::mem::take(pending);
+    pending.reserve(old.len() + notes.len());
+    let (mut a, mut b) = (old.into_iter().peekable(), notes.into_iter().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x < y => a.next(),
+            (Some(x), Some(y)) if x > y => b.next(),
+            (Some(_), Some(_)) => {
+                b.next();
+                a.next()
+            }
+            (Some(_), None) => a.next(),
+            (None, Some(_)) => b.next(),
+            (None, None) => break,
+        };
+        pending.extend(next);
     }
 }
 

@@ -15,6 +15,39 @@ pub const MAX_NODE_ID_BYTES: usize = 512;
 /// The largest value accepted in one operation, in bytes of compact JSON.
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 
+/// The longest origin (peer id) accepted, in bytes of UTF-8: in operation
+/// ids and in the ids an operation supersedes. A peer id in its text form
+/// (`12D3KooW...`) is 52 bytes; the rest is room for other key types.
+pub const MAX_ORIGIN_BYTES: usize = 128;
+
+/// The most values one update may supersede in one field.
+///
+/// An update supersedes the values of the field it had seen: one after
+/// sequential writes, `k` after `k` replicas wrote the field concurrently
+/// and none has written it since. 256 concurrent unmerged writers of one
+/// field is far beyond any honest network; a writer that finds more live
+/// values supersedes the newest 256 (the rest stay as concurrent values and
+/// the next writes replace them), so it never produces an operation that
+/// peers refuse.
+pub const MAX_SUPERSEDED_PER_FIELD: usize = 256;
+
+/// The most values one update may supersede over all its fields: an update
+/// that rewrites 4,096 fields that all hold values is far beyond what
+/// applications write in one update (they replace a node with a create).
+/// A writer over the limit supersedes the values of its first fields up to
+/// it (the others keep their values as concurrent ones). With [`MAX_ORIGIN_BYTES`] this bounds the supersession
+/// list of one operation to about 560 KiB.
+pub const MAX_SUPERSEDED_PER_OP: usize = 4_096;
+
+/// The largest operation accepted, in bytes of its compact (CBOR) encoding,
+/// the form it travels in. An operation within the other limits (a value of
+/// at most [`MAX_VALUE_BYTES`] of JSON is at most 2.25 times that in CBOR,
+/// when it is all short floats; [`MAX_SUPERSEDED_PER_OP`] ids of at most
+/// [`MAX_ORIGIN_BYTES`]; a node id of at most [`MAX_NODE_ID_BYTES`]) stays
+/// under it, and a sync message (16 MiB) always has room for one, so every
+/// operation a replica accepts can be relayed.
+pub const MAX_OP_BYTES: usize = 3 * 1024 * 1024;
+
 /// The kind of change an operation makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum OperationType {
@@ -375,25 +408,147 @@ impl OperationWithMetadata {
     }
 
     /// Checks what every replica requires of an operation before applying
-    /// it: a valid node id, an object value for creates and updates within
-    /// [`MAX_VALUE_BYTES`], and a stamped id.
+    /// it: a valid node id and origin (at most [`MAX_ORIGIN_BYTES`]), an
+    /// object value for creates and updates within [`MAX_VALUE_BYTES`], a
+    /// stamped id, supersessions only in an update and only of fields it
+    /// writes (at most [`MAX_SUPERSEDED_PER_FIELD`] per field and
+    /// [`MAX_SUPERSEDED_PER_OP`] in all, none of its own origin's later
+    /// operations), and the whole operation within [`MAX_OP_BYTES`].
     pub fn validate(&self) -> Result<(), Error> {
         validate_node_id(&self.node_id)?;
-        if self.id.origin.is_empty() {
-            return Err(Error::InvalidOperation { id: self.id.clone(), reason: "empty origin".into() });
-        }
+        let invalid = |reason: String| Error::InvalidOperation { id: self.id.clone(), reason };
+        check_origin(&self.id.origin).map_err(|reason| invalid(format!("its origin {reason}")))?;
         if !self.is_stamped() {
-            return Err(Error::InvalidOperation { id: self.id.clone(), reason: "sequence number 0 (never stamped)".into() });
+            return Err(invalid("sequence number 0 (never stamped)".into()));
         }
         match self.operation {
             OperationType::CreateNode | OperationType::UpdateNode => validate_value(&self.data)?,
             OperationType::DeleteNode => {
                 if !self.data.is_null() {
-                    return Err(Error::InvalidOperation { id: self.id.clone(), reason: "a delete carries no value".into() });
+                    return Err(invalid("a delete carries no value".into()));
+                }
+            }
+        }
+        self.check_supersedes().map_err(invalid)?;
+        let size = self.encoded_len();
+        if size > MAX_OP_BYTES {
+            return Err(invalid(format!("it encodes to {size} bytes; the limit is {MAX_OP_BYTES}")));
+        }
+        Ok(())
+    }
+
+    /// The supersession rules of [`validate`](Self::validate); the reason
+    /// when one is broken.
+    fn check_supersedes(&self) -> Result<(), String> {
+        if self.supersedes.is_empty() {
+            return Ok(());
+        }
+        if self.operation != OperationType::UpdateNode {
+            return Err(format!("a {} supersedes no values; only an update does", self.operation));
+        }
+        let Value::Object(written) = &self.data else {
+            return Err("an update's value is an object".into());
+        };
+        let mut total = 0usize;
+        for (field, targets) in &self.supersedes {
+            let name = || truncate_utf8(field, 32).escape_debug().to_string();
+            if !written.contains_key(field) {
+                return Err(format!("it supersedes values of field \"{}\", which it does not write", name()));
+            }
+            if targets.is_empty() {
+                return Err(format!("it lists field \"{}\" as superseding no value", name()));
+            }
+            if targets.len() > MAX_SUPERSEDED_PER_FIELD {
+                return Err(format!(
+                    "it supersedes {} values of field \"{}\"; the limit is {MAX_SUPERSEDED_PER_FIELD}",
+                    targets.len(),
+                    name()
+                ));
+            }
+            total += targets.len();
+            if total > MAX_SUPERSEDED_PER_OP {
+                return Err(format!("it supersedes more than {MAX_SUPERSEDED_PER_OP} values"));
+            }
+            for target in targets {
+                check_origin(&target.origin).map_err(|reason| format!("a superseded id's origin {reason}"))?;
+                if target.seq == 0 {
+                    return Err("it supersedes sequence number 0".into());
+                }
+                // An author can only have seen its own earlier writes.
+                if target.origin == self.id.origin && target.seq >= self.id.seq {
+                    return Err(format!("it supersedes {target}, which its origin wrote after it"));
                 }
             }
         }
         Ok(())
+    }
+
+    /// The length of [`encode_compact`](Self::encode_compact)'s output,
+    /// computed without writing it.
+    pub fn encoded_len(&self) -> usize {
+        let mut len = 1 + text_len(&self.id.origin) + head_len(self.id.seq) + 1 + text_len(&self.node_id);
+        len += value_len(&self.data) + head_len(self.timestamp.as_u64()) + head_len(self.supersedes.len() as u64);
+        for (field, ids) in &self.supersedes {
+            len += text_len(field) + head_len(ids.len() as u64);
+            len += ids.iter().map(|id| 1 + text_len(&id.origin) + head_len(id.seq)).sum::<usize>();
+        }
+        len += 2 + self.prev.0.len();
+        len + if self.signature.is_some() { 2 + 64 } else { 1 }
+    }
+}
+
+/// Checks an origin: 1 to [`MAX_ORIGIN_BYTES`] bytes, no control
+/// characters; the reason ("is empty", ...) when it fails.
+pub(crate) fn check_origin(origin: &str) -> Result<(), String> {
+    if origin.is_empty() {
+        return Err("is empty".into());
+    }
+    if origin.len() > MAX_ORIGIN_BYTES {
+        return Err(format!("is {} bytes long; the limit is {MAX_ORIGIN_BYTES}", origin.len()));
+    }
+    if origin.chars().any(char::is_control) {
+        return Err("contains a control character".into());
+    }
+    Ok(())
+}
+
+/// The length of a CBOR head with argument `n`, as `cbor::head` writes it.
+fn head_len(n: u64) -> usize {
+    match n {
+        0..=23 => 1,
+        24..=0xff => 2,
+        0x100..=0xffff => 3,
+        0x1_0000..=0xffff_ffff => 5,
+        _ => 9,
+    }
+}
+
+fn text_len(s: &str) -> usize {
+    head_len(s.len() as u64) + s.len()
+}
+
+/// The length of `cbor::value`'s output for `v`.
+fn value_len(v: &Value) -> usize {
+    match v {
+        Value::Null | Value::Bool(_) => 1,
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                head_len(u)
+            } else if let Some(i) = n.as_i64() {
+                head_len(!(i as u64))
+            } else if let Some(f) = n.as_f64() {
+                if f64::from(f as f32).to_bits() == f.to_bits() {
+                    5
+                } else {
+                    9
+                }
+            } else {
+                1
+            }
+        }
+        Value::String(s) => text_len(s),
+        Value::Array(items) => head_len(items.len() as u64) + items.iter().map(value_len).sum::<usize>(),
+        Value::Object(fields) => head_len(fields.len() as u64) + fields.iter().map(|(k, v)| text_len(k) + value_len(v)).sum::<usize>(),
     }
 }
 
@@ -484,7 +639,7 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Map};
 
     #[test]
     fn node_ids_are_checked() {
@@ -528,6 +683,110 @@ mod tests {
         let mut reader = crate::cbor::Reader::new(&whole);
         assert_eq!(OperationWithMetadata::read_compact(&mut reader, None).unwrap(), op);
         assert!(reader.is_done());
+    }
+
+    fn update(origin: &str, seq: u64, data: Value, supersedes: Vec<(&str, Vec<OpId>)>) -> OperationWithMetadata {
+        let mut op = OperationWithMetadata::new(OperationType::UpdateNode, "n".into(), data, origin);
+        op.id.seq = seq;
+        op.timestamp = Hlc::new(1_700_000_000_000, 0);
+        op.supersedes = supersedes.into_iter().map(|(f, ids)| (f.to_owned(), ids)).collect();
+        op
+    }
+
+    fn refusal(op: &OperationWithMetadata) -> String {
+        match op.validate() {
+            Err(Error::InvalidOperation { reason, .. }) => reason,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn supersessions_are_bounded_per_field_and_per_op() {
+        let ids = |n: usize| (1..=n as u64).map(|s| OpId::new("other", s)).collect::<Vec<_>>();
+        let ok = update("p", 9, json!({"x": 1}), vec![("x", ids(MAX_SUPERSEDED_PER_FIELD))]);
+        assert!(ok.validate().is_ok());
+
+        // One op naming a hundred thousand values (the quadratic merge of
+        // old took hours for a few of those).
+        let flood = update("p", 9, json!({"x": 1}), vec![("x", ids(100_000))]);
+        assert!(refusal(&flood).contains("the limit is 256"), "{}", refusal(&flood));
+        let per_field = update("p", 9, json!({"x": 1}), vec![("x", ids(MAX_SUPERSEDED_PER_FIELD + 1))]);
+        assert!(refusal(&per_field).contains("supersedes 257 values of field \"x\""));
+
+        let fields: Map<String, Value> = (0..17).map(|i| (format!("f{i:02}"), json!(i))).collect();
+        let names: Vec<String> = fields.keys().cloned().collect();
+        let per_op = update("p", 9, Value::Object(fields), names.iter().map(|f| (f.as_str(), ids(MAX_SUPERSEDED_PER_FIELD))).collect());
+        assert!(refusal(&per_op).contains("more than 4096"), "{}", refusal(&per_op));
+
+        // Only fields the update writes, only updates, never nothing, never
+        // the author's own later writes, never a bad origin.
+        assert!(refusal(&update("p", 9, json!({"x": 1}), vec![("y", ids(1))])).contains("does not write"));
+        let mut create = update("p", 9, json!({"x": 1}), vec![("x", ids(1))]);
+        create.operation = OperationType::CreateNode;
+        assert!(refusal(&create).contains("only an update"));
+        assert!(refusal(&update("p", 9, json!({"x": 1}), vec![("x", vec![])])).contains("superseding no value"));
+        assert!(refusal(&update("p", 9, json!({"x": 1}), vec![("x", vec![OpId::new("p", 9)])])).contains("wrote after it"));
+        assert!(update("p", 9, json!({"x": 1}), vec![("x", vec![OpId::new("p", 8)])]).validate().is_ok());
+        assert!(refusal(&update("p", 9, json!({"x": 1}), vec![("x", vec![OpId::new("o", 0)])])).contains("sequence number 0"));
+        let long = "o".repeat(MAX_ORIGIN_BYTES + 1);
+        assert!(refusal(&update("p", 9, json!({"x": 1}), vec![("x", vec![OpId::new(long.as_str(), 1)])])).contains("the limit is 128"));
+    }
+
+    #[test]
+    fn an_operation_is_bounded_as_a_whole() {
+        // Old: any origin length, any number of superseded ids; an op of
+        // 20 MiB validated and could never be relayed in a 16 MiB message.
+        let huge_origin = "p".repeat(20 << 20);
+        let op = update(&huge_origin, 1, json!({"x": 1}), vec![]);
+        assert!(refusal(&op).contains("the limit is 128"));
+        assert!(refusal(&update("", 1, json!({"x": 1}), vec![])).contains("empty"));
+        assert!(refusal(&update("a\nb", 1, json!({"x": 1}), vec![])).contains("control"));
+
+        // The largest operation every other limit allows: a value of 1 MiB
+        // of JSON made of short floats (the worst case of CBOR against JSON),
+        // a longest node id and origin, and every superseded id allowed, with
+        // longest origins.
+        let mut fields = Map::new();
+        let per_field = MAX_SUPERSEDED_PER_OP / MAX_SUPERSEDED_PER_FIELD;
+        for i in 0..per_field {
+            fields.insert(format!("f{i:02}"), json!(0.1));
+        }
+        let json_len = |fields: &Map<String, Value>| serde_json::to_vec(fields).unwrap().len();
+        let items = (MAX_VALUE_BYTES - json_len(&fields) - 10) / 4;
+        fields.insert("floats".into(), Value::Array(vec![json!(0.1); items]));
+        assert!(json_len(&fields) <= MAX_VALUE_BYTES);
+        let origin = "o".repeat(MAX_ORIGIN_BYTES);
+        let targets: Vec<OpId> = (1..=MAX_SUPERSEDED_PER_FIELD as u64).map(|s| OpId::new(origin.as_str(), u64::MAX - s)).collect();
+        let names: Vec<String> = (0..per_field).map(|i| format!("f{i:02}")).collect();
+        let mut op = update(&origin, u64::MAX, Value::Object(fields), names.iter().map(|f| (f.as_str(), targets.clone())).collect());
+        op.node_id = "n".repeat(MAX_NODE_ID_BYTES);
+        op.signature = Some(OpSignature([1; 64]));
+        op.validate().unwrap();
+        let mut bytes = Vec::new();
+        op.encode_compact(&mut bytes);
+        assert_eq!(op.encoded_len(), bytes.len());
+        assert!(bytes.len() <= MAX_OP_BYTES, "{} bytes", bytes.len());
+        assert!(bytes.len() > MAX_OP_BYTES * 5 / 6, "the bound is near the worst case: {} bytes", bytes.len());
+    }
+
+    #[test]
+    fn the_computed_length_is_the_written_length() {
+        let values = [
+            json!({}),
+            json!({"a": [1, -1, 23, 24, -25, 255, 256, 65535, 65536, 4294967295u64, 4294967296u64, u64::MAX, i64::MIN]}),
+            json!({"s": "x".repeat(23), "t": "y".repeat(300), "u": "z".repeat(70_000), "f": [0.5, 0.1, 1e300, -2.5], "n": null, "b": true}),
+            json!({"nested": {"deep": [[], {}, [null, false]]}}),
+        ];
+        for (i, data) in values.into_iter().enumerate() {
+            let mut op = update("p", 1 + i as u64 * 1000, data, vec![]);
+            op.timestamp = Hlc::new(1 << 40, 7);
+            for signature in [None, Some(OpSignature([3; 64]))] {
+                op.signature = signature;
+                let mut bytes = Vec::new();
+                op.encode_compact(&mut bytes);
+                assert_eq!(op.encoded_len(), bytes.len(), "{op:?}");
+            }
+        }
     }
 
     #[test]

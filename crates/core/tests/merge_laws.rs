@@ -8,8 +8,8 @@
 
 use pluresdb_core::merge;
 use pluresdb_core::{
-    ConflictResolver, Database, FieldValue, FirstWriterWins, FnResolver, KeepAll, LastWriterWins, MemoryStore, Node, NodeRecord, OpId,
-    OperationWithMetadata, Store,
+    ConflictResolver, Database, FieldValue, FirstWriterWins, FnResolver, Hlc, KeepAll, LastWriterWins, MemoryStore, Node, NodeRecord, OpId,
+    OperationType, OperationWithMetadata, Store,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -133,8 +133,11 @@ fn observe(db: &Replica) -> Observed {
 /// Interleaves the per-origin logs in an order chosen by `choices`, keeping
 /// each origin's operations in sequence.
 fn interleave(ops: &[OperationWithMetadata], choices: &[usize]) -> Vec<OperationWithMetadata> {
+    let mut origins: Vec<&str> = ops.iter().map(|op| &*op.id.origin).collect();
+    origins.sort_unstable();
+    origins.dedup();
     let mut logs: Vec<std::collections::VecDeque<OperationWithMetadata>> =
-        PEERS.iter().map(|p| ops.iter().filter(|op| &*op.id.origin == *p).cloned().collect()).collect();
+        origins.iter().map(|p| ops.iter().filter(|op| &*op.id.origin == *p).cloned().collect()).collect();
     let mut out = Vec::with_capacity(ops.len());
     let mut choice = choices.iter().cycle();
     while logs.iter().any(|l| !l.is_empty()) {
@@ -152,8 +155,126 @@ fn apply_in_batches(db: &mut Replica, ops: &[OperationWithMetadata], batch: usiz
     Ok(())
 }
 
+/// A hostile update: on a node, writing some fields, superseding ids that
+/// may or may not exist (other origins' past and future writes), at any
+/// time.
+#[derive(Clone, Debug)]
+struct Hostile {
+    node: usize,
+    fields: u8,
+    targets: Vec<(usize, u64)>,
+    time: u64,
+}
+
+fn hostile() -> impl Strategy<Value = Hostile> {
+    (0..2usize, 1..8u8, proptest::collection::vec((0..4usize, 1..30u64), 0..6), 0..60_000u64)
+        .prop_map(|(node, fields, targets, time)| Hostile { node, fields, targets, time })
+}
+
+/// The hostile updates as operations of origin `mallory`, in sequence.
+fn hostile_ops(hostile: &[Hostile]) -> Vec<OperationWithMetadata> {
+    hostile
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let seq = i as u64 + 1;
+            let written: Vec<&str> = FIELDS.iter().enumerate().filter(|(b, _)| h.fields & (1 << b) != 0).map(|(_, f)| *f).collect();
+            let data: Map<String, Value> = written.iter().map(|f| (f.to_string(), json!(format!("mallory {seq}")))).collect();
+            let mut op = OperationWithMetadata::new(OperationType::UpdateNode, NODES[h.node].into(), Value::Object(data), "mallory");
+            op.id.seq = seq;
+            op.timestamp = Hlc::new(h.time, 0);
+            let ids: Vec<OpId> = h
+                .targets
+                .iter()
+                .filter_map(|&(origin, s)| match PEERS.get(origin) {
+                    Some(peer) => Some(OpId::new(*peer, s)),
+                    // Its own earlier writes only (validation refuses the rest).
+                    None => (s < seq).then(|| OpId::new("mallory", s)),
+                })
+                .collect();
+            if !ids.is_empty() {
+                op.supersedes = written.iter().map(|f| (f.to_string(), ids.clone())).collect();
+            }
+            op.validate().expect("a hostile op that every replica accepts");
+            op
+        })
+        .collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// A member that supersedes whatever it likes (ops that do not exist
+    /// yet, ops newer than its write, its own) cannot make replicas differ:
+    /// any delivery order, any batching, any permutation of the merge
+    /// function gives one state.
+    #[test]
+    fn hostile_supersessions_keep_convergence(
+        actions in proptest::collection::vec(action(), 1..50),
+        hostile in proptest::collection::vec(hostile(), 1..12),
+        orders in proptest::collection::vec(proptest::collection::vec(0..4usize, 1..20), 3),
+        batch in 1..8usize,
+        seed in proptest::collection::vec(any::<prop::sample::Index>(), 70),
+        times in proptest::collection::vec((0..60_000u64, any::<bool>()), 1..12),
+    ) {
+        let mut ops = history(&actions);
+        ops.extend(hostile_ops(&hostile));
+        // Notes whose target wrote another node are never met (and never
+        // change a value): the states compared leave them out.
+        let all: HashSet<OpId> = ops.iter().map(|op| op.id.clone()).collect();
+        let unmet = |mut observed: Observed| {
+            for record in &mut observed.records {
+                record.pending.retain(|p| !all.contains(&p.target));
+            }
+            observed
+        };
+        let mut reference = replica("observer");
+        apply_in_batches(&mut reference, &ops, ops.len())?;
+        let expected = unmet(observe(&reference));
+        for order in &orders {
+            let mut db = replica("observer");
+            apply_in_batches(&mut db, &interleave(&ops, order), batch)?;
+            prop_assert_eq!(&unmet(observe(&db)), &expected);
+        }
+        // With operations deferred until due (a replica whose clock is
+        // behind theirs) and released in between.
+        let mut db = replica("observer").with_max_clock_drift(std::time::Duration::ZERO);
+        let mut times = times.iter().cycle();
+        for chunk in interleave(&ops, &orders[0]).chunks(batch) {
+            let &(now, release) = times.next().unwrap_or(&(0, false));
+            db.apply_remote(chunk.to_vec(), now).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            if release {
+                db.apply_due(now).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            }
+        }
+        while db.apply_due(NOW).map_err(|e| TestCaseError::fail(e.to_string()))? > 0 {}
+        prop_assert_eq!(&unmet(observe(&db)), &expected);
+
+        let run = |ops: &[&OperationWithMetadata]| {
+            let mut records: BTreeMap<String, NodeRecord> = BTreeMap::new();
+            let mut applied: HashSet<OpId> = HashSet::new();
+            for op in ops {
+                if applied.insert(op.id.clone()) {
+                    let record = records.entry(op.node_id.clone()).or_insert_with(|| NodeRecord::empty(op.node_id.clone()));
+                    merge::apply(record, op, |id| applied.contains(id) && *id != op.id);
+                }
+            }
+            records
+        };
+        let in_order: Vec<&OperationWithMetadata> = ops.iter().collect();
+        let mut permuted = in_order.clone();
+        for (i, index) in seed.iter().enumerate().take(permuted.len()) {
+            let j = index.index(permuted.len());
+            permuted.swap(i, j);
+        }
+        let unmet_records = |mut records: BTreeMap<String, NodeRecord>| {
+            for record in records.values_mut() {
+                record.pending.retain(|p| !all.contains(&p.target));
+            }
+            records
+        };
+        prop_assert_eq!(unmet_records(run(&permuted)), unmet_records(run(&in_order)));
+    }
 
     /// Commutative and idempotent: any interleaving, any batching, with
     /// whole batches and single ops delivered again, gives one state.
@@ -310,6 +431,73 @@ fn concurrent_writes_are_conflicts_and_a_later_write_resolves_them() {
         assert_eq!(node.value["title"], "merged");
         assert!(node.conflicts.is_empty());
     }
+}
+
+/// An update that names another origin's next write, before that write
+/// exists, does not discard it: the write is made after (its author's clock
+/// has seen the update), so its stamp is higher, and only older values are
+/// superseded. Before, the write was dead on arrival on every replica,
+/// including its author's, while the API answered 200.
+#[test]
+fn a_write_superseding_a_future_op_of_another_origin_does_not_discard_it() {
+    let mut a = replica("peer-a").with_resolver(Arc::new(KeepAll));
+    let mut b = replica("peer-b").with_resolver(Arc::new(KeepAll));
+    a.put("doc:1", json!({"title": "draft"}), 1_000).unwrap();
+    sync(&a, &mut b);
+    // Mallory supersedes peer-b's next ten writes, before they exist.
+    let base = a.ops_after("peer-a", 0, 1).unwrap().remove(0);
+    let mut hostile = OperationWithMetadata::new(OperationType::UpdateNode, "doc:1".into(), json!({"title": "mine"}), "mallory");
+    hostile.id.seq = 1;
+    hostile.timestamp = Hlc::new(2_000, 0);
+    let mut targets: Vec<OpId> = (1..=10).map(|s| OpId::new("peer-b", s)).collect();
+    targets.push(base.id.clone());
+    hostile.supersedes.insert("title".into(), targets);
+    for db in [&mut a, &mut b] {
+        db.apply_remote(vec![hostile.clone()], NOW).unwrap();
+    }
+    b.update("doc:1", json!({"title": "from b"}), 1_500).unwrap();
+    sync(&b, &mut a);
+    for db in [&a, &b] {
+        let node = db.get("doc:1").unwrap().unwrap();
+        // b had seen mallory's value and replaced it: no conflict.
+        assert_eq!(node.value.get("title"), Some(&json!("from b")), "b's write survives");
+        assert!(node.conflicts.is_empty(), "{:?}", node.conflicts);
+    }
+    // The same whatever arrives first.
+    let mut c = replica("peer-c").with_resolver(Arc::new(KeepAll));
+    sync(&b, &mut c);
+    c.apply_remote(vec![hostile], NOW).unwrap();
+    assert_eq!(c.record("doc:1").unwrap(), b.record("doc:1").unwrap());
+}
+
+/// A writer that sees more concurrent values in a field than an update may
+/// supersede still writes an operation every peer accepts: it supersedes
+/// the newest ones, and the next writes replace the rest.
+#[test]
+fn a_writer_facing_more_live_values_than_the_limit_writes_an_accepted_op() {
+    let concurrent = pluresdb_core::MAX_SUPERSEDED_PER_FIELD + 44;
+    let mut a = replica("peer-a").with_resolver(Arc::new(KeepAll));
+    let writes: Vec<OperationWithMetadata> = (0..concurrent)
+        .map(|i| {
+            let mut op = OperationWithMetadata::new(OperationType::UpdateNode, "doc".into(), json!({"x": i}), format!("w{i:03}"));
+            op.id.seq = 1;
+            op.timestamp = Hlc::new(1_000 + i as u64, 0);
+            op
+        })
+        .collect();
+    a.apply_remote(writes.clone(), NOW).unwrap();
+    assert_eq!(a.record("doc").unwrap().unwrap().fields["x"].len(), concurrent);
+    a.update("doc", json!({"x": "merged"}), 5_000).unwrap();
+    let op = a.ops_after("peer-a", 0, 1).unwrap().remove(0);
+    assert_eq!(op.supersedes["x"].len(), pluresdb_core::MAX_SUPERSEDED_PER_FIELD);
+    let mut b = replica("peer-b").with_resolver(Arc::new(KeepAll));
+    b.apply_remote(writes, NOW).unwrap();
+    b.apply_remote(vec![op], NOW).unwrap();
+    assert_eq!(b.record("doc").unwrap(), a.record("doc").unwrap());
+    assert_eq!(b.get("doc").unwrap().unwrap().value["x"], "merged");
+    // The next write replaces what was left.
+    a.update("doc", json!({"x": "again"}), 6_000).unwrap();
+    assert_eq!(a.record("doc").unwrap().unwrap().fields["x"].len(), 1);
 }
 
 #[test]
