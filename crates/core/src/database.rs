@@ -22,7 +22,7 @@ use crate::operation::{
 };
 use crate::reader::{self, Traversal};
 use crate::resolver::{ConflictResolver, LastWriterWins};
-use crate::signing::{OpDigest, OpSignature, OpSigner, OpVerifier, SIGN_EVERY};
+use crate::signing::{OpDigest, OpSignature, OpSigner, OpVerifier, SIGN_EVERY, SIGN_EVERY_BYTES};
 use crate::store::{EncodedOps, Store, WriteBatch};
 use crate::version_vector::VersionVector;
 use serde::Serialize;
@@ -660,6 +660,8 @@ impl<S: Store> Database<S> {
         let mut encoded = EncodedOps::new();
         let mut receipts = Vec::with_capacity(ops.len());
         let count = ops.len();
+        // Encoded bytes of local operations since the last signed one.
+        let mut unsigned_bytes = 0usize;
         let mut local_head = match local {
             true => {
                 let origin = self.peer_id.clone();
@@ -678,15 +680,19 @@ impl<S: Store> Database<S> {
                         op.supersedes = superseded_by_write(&records[at], &op.data);
                     }
                 }
-                // Link the chain; sign the commit's last operation and every
-                // SIGN_EVERY-th.
+                // Link the chain; sign the commit's last operation, every
+                // SIGN_EVERY-th, and each that brings the bytes since the last
+                // signature to SIGN_EVERY_BYTES (the previous commit ended
+                // signed).
                 op.prev = local_head.unwrap_or_default();
                 let digest = encoded.push_unsigned(&op);
+                unsigned_bytes += encoded.get(encoded.len() - 1).map_or(0, |(_, body)| body.len()) + op.id.origin.len() + 10;
                 if let Some(signer) = &self.signer {
-                    if index + 1 == count || op.id.seq % SIGN_EVERY == 0 {
+                    if index + 1 == count || op.id.seq % SIGN_EVERY == 0 || unsigned_bytes >= SIGN_EVERY_BYTES {
                         let signature = signer.sign(&digest);
                         encoded.sign_last(&signature);
                         op.signature = Some(signature);
+                        unsigned_bytes = 0;
                     }
                 }
                 local_head = Some(digest);

@@ -64,6 +64,6 @@ pub use operation::{
 };
 pub use reader::{Reader, Traversal};
 pub use resolver::{builtin_resolver, ConflictResolver, FirstWriterWins, FnResolver, KeepAll, LastWriterWins};
-pub use signing::{OpDigest, OpSignature, OpSigner, OpVerifier, SIGN_EVERY};
+pub use signing::{OpDigest, OpSignature, OpSigner, OpVerifier, SIGN_EVERY, SIGN_EVERY_BYTES};
 pub use store::{EncodedOps, MemoryStore, Store, WriteBatch};
 pub use version_vector::VersionVector;

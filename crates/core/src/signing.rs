@@ -6,7 +6,9 @@
 //! signature by the origin's key over their own digest. A signature on an
 //! operation authenticates it and, through the chain, every operation of
 //! that origin before it. The author signs the last operation of every
-//! commit and at least every [`SIGN_EVERY`]-th one, so signing costs one
+//! commit, at least every [`SIGN_EVERY`]-th one, and every one that brings
+//! the encoded operations since the last signature to
+//! [`SIGN_EVERY_BYTES`], so signing costs one
 //! Ed25519 signature per commit instead of one per operation (which would
 //! cap local writes at the ~70k signatures/s a core makes), and a receiver
 //! checks one signature per batch plus a hash per operation. Any prefix of a
@@ -23,6 +25,15 @@ use std::fmt;
 /// last of every commit), so that a batch of this many operations always
 /// ends at a signed one when the sender cuts it there.
 pub const SIGN_EVERY: u64 = 256;
+
+/// The author also signs an operation when the encoded operations since its
+/// last signature (this one included) reach this many bytes. A receiver
+/// applies only operations a signature covers, so a sender must fit a run
+/// up to a signed operation into one message: with this, the unsigned
+/// operations before any signed one take less than 1 MiB, whatever the
+/// size of the values a commit writes, and a batch cut at the sync byte
+/// budget (4 MiB) always holds a signed operation to end at.
+pub const SIGN_EVERY_BYTES: usize = 1024 * 1024;
 
 /// The BLAKE3 digest of an operation's canonical encoding without its
 /// signature: what the chain links and what signatures sign.

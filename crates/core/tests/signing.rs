@@ -40,6 +40,29 @@ fn logs_are_chained_and_signed_per_commit() {
     assert_eq!(b.version_vector(), a.version_vector());
 }
 
+/// A commit of large values is signed at least every `SIGN_EVERY_BYTES`, so
+/// the run a receiver must get in one batch to authenticate it stays under
+/// 1 MiB plus one operation, whatever a commit writes.
+#[test]
+fn a_commit_of_large_values_is_signed_every_mebibyte() {
+    let mut a = replica("a");
+    let ops = (0..6)
+        .map(|i| OperationWithMetadata::new(OperationType::CreateNode, format!("big:{i}"), json!({"blob": "x".repeat(1_040_000)}), "a"))
+        .collect();
+    a.commit_local(ops, 1_000).unwrap();
+    write(&mut a, 3, 2_000);
+    let log = a.ops_after("a", 0, 100).unwrap();
+    let signed: Vec<u64> = log.iter().filter(|op| op.signature.is_some()).map(|op| op.id.seq).collect();
+    assert_eq!(signed, vec![2, 4, 6, 9], "every second ~1 MB op, and each commit's last");
+    let mut unsigned = 0;
+    for op in &log {
+        unsigned = if op.signature.is_some() { 0 } else { unsigned + op.encoded_len() };
+        assert!(unsigned < pluresdb_core::SIGN_EVERY_BYTES);
+    }
+    let mut b = replica("b");
+    assert_eq!(b.apply_remote(log, NOW).unwrap().applied, 9);
+}
+
 #[test]
 fn an_unsigned_tail_waits_for_the_operation_that_signs_it() {
     let mut a = replica("a");
