@@ -74,6 +74,56 @@ impl VersionVector {
         })
     }
 
+    /// The entries of origins after `after` (from the first when `None`)
+    /// through `through` (to the last when `None`), at most `limit` of them
+    /// (at least one), and where that page ends: the last origin taken when
+    /// the range holds more, else `through`. Paging a range this way visits
+    /// every entry once, whatever the number of origins.
+    pub fn page(&self, after: Option<&str>, through: Option<&str>, limit: usize) -> (VersionVector, Option<String>) {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let end = through.map_or(Bound::Unbounded, Bound::Included);
+        // `range` panics on a range that ends before it starts.
+        if let (Some(a), Some(t)) = (after, through) {
+            if t <= a {
+                return (VersionVector::new(), Some(t.to_owned()));
+            }
+        }
+        let mut entries = self.entries.range::<str, _>((start, end));
+        let page: BTreeMap<String, u64> = entries.by_ref().take(limit.max(1)).map(|(o, &s)| (o.clone(), s)).collect();
+        let end = match entries.next() {
+            Some(_) => page.keys().next_back().cloned(),
+            None => through.map(str::to_owned),
+        };
+        (VersionVector { entries: page }, end)
+    }
+
+    /// Raises entries to `other`'s for the origins `known` has entries for,
+    /// ignoring the rest: what a peer claims about origins this replica has
+    /// never seen says nothing it can use, and keeping it would let a peer
+    /// grow this vector without bound.
+    pub fn merge_known(&mut self, other: &VersionVector, known: &VersionVector) {
+        for (origin, &seq) in &other.entries {
+            if known.entries.contains_key(origin) {
+                self.advance(origin, seq);
+            }
+        }
+    }
+
+    /// This vector with each entry lowered to at most `bound`'s, without
+    /// the origins `bound` lacks.
+    pub fn clamped_to(&self, bound: &VersionVector) -> VersionVector {
+        let entries = self
+            .entries
+            .iter()
+            .filter_map(|(origin, &seq)| {
+                let max = bound.get(origin);
+                (max > 0).then(|| (origin.clone(), seq.min(max)))
+            })
+            .collect();
+        VersionVector { entries }
+    }
+
     /// Iterates `(origin, highest applied sequence)` in origin order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
         self.entries.iter().map(|(origin, &seq)| (origin.as_str(), seq))
@@ -130,6 +180,37 @@ mod tests {
         let decoded: VersionVector = crate::codec::decode(&bytes, "version vector").unwrap();
         assert_eq!(decoded, vv(&[("a", 3)]));
         assert_eq!(crate::codec::decode::<VersionVector>(&crate::codec::encode(&decoded), "version vector").unwrap(), decoded);
+    }
+
+    #[test]
+    fn pages_visit_every_entry_once() {
+        let v: VersionVector = (0..10).map(|i| (format!("o{i}"), i + 1)).collect();
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let (page, end) = v.page(after.as_deref(), None, 3);
+            assert!(page.len() <= 3);
+            seen.extend(page.iter().map(|(o, s)| (o.to_owned(), s)));
+            match end {
+                Some(end) => after = Some(end),
+                None => break,
+            }
+        }
+        assert_eq!(seen, v.iter().map(|(o, s)| (o.to_owned(), s)).collect::<Vec<_>>());
+        // A bounded range ends where asked, or earlier when it is cut.
+        assert_eq!(v.page(Some("o2"), Some("o4"), 10), (vv(&[("o3", 4), ("o4", 5)]), Some("o4".into())));
+        assert_eq!(v.page(Some("o2"), Some("o6"), 2), (vv(&[("o3", 4), ("o4", 5)]), Some("o4".into())));
+        assert_eq!(v.page(Some("o5"), Some("o1"), 2), (VersionVector::new(), Some("o1".into())));
+    }
+
+    #[test]
+    fn claims_about_unknown_origins_are_not_kept() {
+        let ours = vv(&[("a", 5), ("b", 2)]);
+        let mut acked = VersionVector::new();
+        acked.merge_known(&vv(&[("a", 9), ("fake", 7)]), &ours);
+        assert_eq!(acked, vv(&[("a", 9)]));
+        assert_eq!(acked.clamped_to(&ours), vv(&[("a", 5)]));
+        assert_eq!(vv(&[("x", 1), ("b", 1)]).clamped_to(&ours), vv(&[("b", 1)]));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use crate::alloc::within_serde_bound;
 use pluresdb_core::{codec, Hlc, OpId, OperationType, OperationWithMetadata, VersionVector};
-use pluresdb_sync::SyncMessage;
+use pluresdb_sync::{OriginRange, SyncMessage};
 use serde_json::json;
 
 /// A message that decodes re-encodes to one that decodes to the same
@@ -32,10 +32,16 @@ pub fn sample_messages() -> Vec<SyncMessage> {
         })
         .collect();
     vec![
-        SyncMessage::SyncRequest { from_peer: "12D3KooWA".into(), round: 7, version_vector: vv.clone() },
+        SyncMessage::SyncRequest { from_peer: "12D3KooWA".into(), round: 7, version_vector: vv.clone(), origins: OriginRange::all() },
         SyncMessage::DataSync { from_peer: "12D3KooWA".into(), operations: ops, version_vector: vv.clone() },
         SyncMessage::DataSync { from_peer: "12D3KooWA".into(), operations: vec![], version_vector: VersionVector::new() },
-        SyncMessage::SyncDone { from_peer: "12D3KooWA".into(), round: 300, version_vector: vv.clone() },
+        SyncMessage::SyncDone { from_peer: "12D3KooWA".into(), round: 300, version_vector: vv.clone(), origins: OriginRange::all() },
+        SyncMessage::SyncDone {
+            from_peer: "12D3KooWA".into(),
+            round: 301,
+            version_vector: vv.clone(),
+            origins: OriginRange { after: Some("12D3KooW0".into()), through: Some("12D3KooWB".into()) },
+        },
         SyncMessage::SyncAck { from_peer: "12D3KooWA".into(), version_vector: vv },
     ]
 }

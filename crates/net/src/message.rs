@@ -11,7 +11,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use pluresdb_core::cbor::{self, Reader};
 use pluresdb_core::{OperationWithMetadata, VersionVector};
-use pluresdb_sync::SyncMessage;
+use pluresdb_sync::{OriginRange, SyncMessage};
 use std::fmt;
 
 /// The version of the PluresDB peer protocol (handshake and message
@@ -150,8 +150,10 @@ pub enum NetworkMessage {
         from_peer: String,
         /// Names the round.
         round: u64,
-        /// What the sender has applied.
+        /// What the sender has applied, of the origins in `origins`.
         version_vector: VersionVector,
+        /// The origins the vector describes.
+        origins: OriginRange,
     },
     /// `SyncMessage::DataSync`.
     DataSync {
@@ -168,8 +170,11 @@ pub enum NetworkMessage {
         from_peer: String,
         /// The round answered.
         round: u64,
-        /// What the sender held when the round began.
+        /// What the sender held when the round began, of the origins in
+        /// `origins`.
         version_vector: VersionVector,
+        /// The origins the round covered.
+        origins: OriginRange,
     },
     /// `SyncMessage::SyncAck`.
     SyncAck {
@@ -314,13 +319,15 @@ impl NetworkMessage {
     /// `SyncMessage::try_from`).
     fn as_sync_message(&self) -> Option<SyncMessage> {
         Some(match self.clone() {
-            NetworkMessage::SyncRequest { from_peer, round, version_vector } => {
-                SyncMessage::SyncRequest { from_peer, round, version_vector }
+            NetworkMessage::SyncRequest { from_peer, round, version_vector, origins } => {
+                SyncMessage::SyncRequest { from_peer, round, version_vector, origins }
             }
             NetworkMessage::DataSync { from_peer, operations, version_vector } => {
                 SyncMessage::DataSync { from_peer, operations, version_vector }
             }
-            NetworkMessage::SyncDone { from_peer, round, version_vector } => SyncMessage::SyncDone { from_peer, round, version_vector },
+            NetworkMessage::SyncDone { from_peer, round, version_vector, origins } => {
+                SyncMessage::SyncDone { from_peer, round, version_vector, origins }
+            }
             NetworkMessage::SyncAck { from_peer, version_vector } => SyncMessage::SyncAck { from_peer, version_vector },
             _ => return None,
         })
@@ -337,13 +344,15 @@ pub fn is_encoded_data_sync(bytes: &[u8]) -> bool {
 impl From<SyncMessage> for NetworkMessage {
     fn from(message: SyncMessage) -> Self {
         match message {
-            SyncMessage::SyncRequest { from_peer, round, version_vector } => {
-                NetworkMessage::SyncRequest { from_peer, round, version_vector }
+            SyncMessage::SyncRequest { from_peer, round, version_vector, origins } => {
+                NetworkMessage::SyncRequest { from_peer, round, version_vector, origins }
             }
             SyncMessage::DataSync { from_peer, operations, version_vector } => {
                 NetworkMessage::DataSync { from_peer, operations, version_vector }
             }
-            SyncMessage::SyncDone { from_peer, round, version_vector } => NetworkMessage::SyncDone { from_peer, round, version_vector },
+            SyncMessage::SyncDone { from_peer, round, version_vector, origins } => {
+                NetworkMessage::SyncDone { from_peer, round, version_vector, origins }
+            }
             SyncMessage::SyncAck { from_peer, version_vector } => NetworkMessage::SyncAck { from_peer, version_vector },
         }
     }
@@ -584,9 +593,17 @@ mod tests {
         round_trip(NetworkMessage::Hello(Hello { protocol_version: 9, peer_id: "x".into(), listen_addresses: vec![], proof: None }));
         let timestamp = DateTime::<Utc>::from_timestamp_millis(1_700_000_000_123).unwrap();
         round_trip(NetworkMessage::Heartbeat { peer_id: "local".into(), timestamp });
-        round_trip(NetworkMessage::SyncRequest { from_peer: "p".into(), round: 4, version_vector: vv.clone() });
+        round_trip(NetworkMessage::SyncRequest {
+            from_peer: "p".into(),
+            round: 4,
+            version_vector: vv.clone(),
+            origins: OriginRange::all(),
+        });
+        let page = OriginRange { after: Some("a".into()), through: Some("q".into()) };
+        round_trip(NetworkMessage::SyncRequest { from_peer: "p".into(), round: 5, version_vector: vv.clone(), origins: page.clone() });
+        round_trip(NetworkMessage::SyncDone { from_peer: "p".into(), round: 5, version_vector: vv.clone(), origins: page });
         round_trip(NetworkMessage::DataSync { from_peer: "p".into(), operations: vec![op], version_vector: vv.clone() });
-        round_trip(NetworkMessage::SyncDone { from_peer: "p".into(), round: 4, version_vector: vv.clone() });
+        round_trip(NetworkMessage::SyncDone { from_peer: "p".into(), round: 4, version_vector: vv.clone(), origins: OriginRange::all() });
         round_trip(NetworkMessage::SyncAck { from_peer: "p".into(), version_vector: vv });
         round_trip(NetworkMessage::Goodbye { reason: "shutting down".into() });
         round_trip(NetworkMessage::Error { code: ErrorCode::RateLimited, message: "slow down".into() });

@@ -20,6 +20,10 @@ pub enum SyncError {
     /// A version vector claims an impossible sequence number.
     #[error("{peer} claims to hold {origin}/{seq}, beyond any plausible sequence number")]
     AbsurdVersionVector { peer: String, origin: String, seq: u64 },
+    /// A version vector names more origins than a message may
+    /// ([`crate::MAX_VECTOR_ENTRIES`]).
+    #[error("{peer} sent a version vector of {count} origins; the limit is {limit}")]
+    TooManyOrigins { peer: String, count: usize, limit: usize },
     /// An operation in a batch is malformed; the batch was not applied.
     #[error("{peer} sent an invalid operation")]
     InvalidOperation {
@@ -47,6 +51,7 @@ impl SyncError {
             | SyncError::WrongSender { peer, .. }
             | SyncError::BatchTooLarge { peer, .. }
             | SyncError::AbsurdVersionVector { peer, .. }
+            | SyncError::TooManyOrigins { peer, .. }
             | SyncError::InvalidOperation { peer, .. } => Some(peer),
             SyncError::NotConnected(peer) => Some(peer),
             SyncError::LocalWrite(_) | SyncError::Storage(_) => None,

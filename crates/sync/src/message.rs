@@ -8,13 +8,63 @@ use serde::{Deserialize, Serialize};
 /// The largest encoded message accepted.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
-/// A batch is closed once its operations reach this many encoded bytes (a
-/// single larger operation still travels alone).
+/// A batch is closed once its operations reach this many encoded bytes,
+/// then cut back to end at an operation the receiver can authenticate (see
+/// [`MAX_BATCH_BYTES`]).
 pub const BATCH_BYTE_BUDGET: usize = 4 * 1024 * 1024;
+
+/// The most entries a version vector in one message holds. A replica that
+/// holds more origins describes them in pages (`SyncRequest` and `SyncDone`
+/// carry an [`OriginRange`]); `DataSync` and `SyncAck` name only the
+/// origins of the batch they send or acknowledge. So no message grows with
+/// the number of origins that ever wrote: a vector takes at most about
+/// 140 KiB (1,024 origins of at most 128 bytes).
+pub const MAX_VECTOR_ENTRIES: usize = 1_024;
+
+/// The most encoded operation bytes one `DataSync` carries. A batch that
+/// reaches [`BATCH_BYTE_BUDGET`] without an operation the receiver can
+/// authenticate (one signed, or the newest of its origin) is extended to
+/// the next such operation, up to this: room for the budget, a run of
+/// unsigned operations (under `pluresdb_core::SIGN_EVERY_BYTES` for logs
+/// written by this version) and two operations of at most
+/// `pluresdb_core::MAX_OP_BYTES`, with the message's vector and framing
+/// still under [`MAX_MESSAGE_BYTES`].
+pub const MAX_BATCH_BYTES: usize = 12 * 1024 * 1024;
 
 /// The highest sequence number a version vector may claim. No origin
 /// writes 2^48 operations; a larger claim is a broken or hostile peer.
 pub const MAX_PLAUSIBLE_SEQ: u64 = 1 << 48;
+
+/// A range of origins, in the byte order of their ids: those after `after`
+/// (from the first when `None`) through `through` (to the last when
+/// `None`). A `SyncRequest` and its `SyncDone` cover one range; the
+/// default is every origin (what a message without one means).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginRange {
+    /// The range starts after this origin.
+    #[serde(default)]
+    pub after: Option<String>,
+    /// The range ends with this origin.
+    #[serde(default)]
+    pub through: Option<String>,
+}
+
+impl OriginRange {
+    /// Every origin.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Whether the range is every origin.
+    pub fn is_all(&self) -> bool {
+        self.after.is_none() && self.through.is_none()
+    }
+
+    /// Whether `origin` is in the range.
+    pub fn contains(&self, origin: &str) -> bool {
+        self.after.as_deref().is_none_or(|after| origin > after) && self.through.as_deref().is_none_or(|through| origin <= through)
+    }
+}
 
 /// One message of the sync protocol.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -25,12 +75,17 @@ pub enum SyncMessage {
         from_peer: String,
         /// Names the round, so its `SyncDone` can be matched.
         round: u64,
-        /// What the sender has applied.
+        /// What the sender has applied, for the origins in `origins`
+        /// (at most [`MAX_VECTOR_ENTRIES`]).
         version_vector: VersionVector,
+        /// The origins the vector describes (absent: all).
+        #[serde(default, skip_serializing_if = "OriginRange::is_all")]
+        origins: OriginRange,
     },
     /// Operations the receiver lacks, each origin's in sequence order, at
     /// most `max_batch_size` of them. `version_vector` is what the sender
-    /// holds, which tells the receiver what not to send back.
+    /// holds of the batch's origins, which tells the receiver what not to
+    /// send back.
     DataSync {
         /// The sender's peer id.
         from_peer: String,
@@ -46,12 +101,18 @@ pub enum SyncMessage {
         from_peer: String,
         /// The round answered.
         round: u64,
-        /// What the sender held when the round began.
+        /// What the sender held when the round began, of the origins in
+        /// `origins`.
         version_vector: VersionVector,
+        /// The origins the round covered: the request's, or its first part
+        /// when the sender holds more than [`MAX_VECTOR_ENTRIES`] of them
+        /// (the requester asks for the rest in its next round). Absent: all.
+        #[serde(default, skip_serializing_if = "OriginRange::is_all")]
+        origins: OriginRange,
     },
     /// "I have durably applied everything in `version_vector`." Sent after
-    /// each applied batch; the sender drops those operations from its
-    /// pending queue for this peer.
+    /// each applied batch, naming the batch's origins; the sender drops
+    /// those operations from its pending queue for this peer.
     SyncAck {
         /// The sender's peer id.
         from_peer: String,
@@ -164,8 +225,9 @@ fn read_message(bytes: &[u8]) -> Option<SyncMessage> {
     let (from_peer, version_vector) = (from_peer?, version_vector?);
     match (variant, fields) {
         ("DataSync", 3) => Some(SyncMessage::DataSync { from_peer, operations: operations?, version_vector }),
-        ("SyncRequest", 3) => Some(SyncMessage::SyncRequest { from_peer, round: round?, version_vector }),
-        ("SyncDone", 3) => Some(SyncMessage::SyncDone { from_peer, round: round?, version_vector }),
+        // A message with a range (a fourth field) is left to serde.
+        ("SyncRequest", 3) => Some(SyncMessage::SyncRequest { from_peer, round: round?, version_vector, origins: OriginRange::all() }),
+        ("SyncDone", 3) => Some(SyncMessage::SyncDone { from_peer, round: round?, version_vector, origins: OriginRange::all() }),
         ("SyncAck", 2) => Some(SyncMessage::SyncAck { from_peer, version_vector }),
         _ => None,
     }
@@ -197,6 +259,62 @@ mod tests {
     }
 
     #[test]
+    fn ranged_requests_and_answers_round_trip() {
+        let vv: VersionVector = [("b".to_string(), 3)].into_iter().collect();
+        let origins = OriginRange { after: Some("a".into()), through: Some("c".into()) };
+        assert!(origins.contains("b") && !origins.contains("a") && origins.contains("c") && !origins.contains("d"));
+        assert!(OriginRange { after: None, through: Some("c".into()) }.contains(""));
+        for msg in [
+            SyncMessage::SyncRequest { from_peer: "p".into(), round: 1, version_vector: vv.clone(), origins: origins.clone() },
+            SyncMessage::SyncDone {
+                from_peer: "p".into(),
+                round: 1,
+                version_vector: vv.clone(),
+                origins: OriginRange { after: None, through: Some("c".into()) },
+            },
+        ] {
+            assert_eq!(SyncMessage::decode("p", &msg.encode()).unwrap(), msg);
+        }
+        // Without a range, the bytes are what a peer of the previous version
+        // writes and reads.
+        let all = SyncMessage::SyncRequest { from_peer: "p".into(), round: 1, version_vector: vv.clone(), origins: OriginRange::all() };
+        #[derive(Serialize)]
+        enum Previous {
+            SyncRequest { from_peer: String, round: u64, version_vector: VersionVector },
+        }
+        let previous = Previous::SyncRequest { from_peer: "p".into(), round: 1, version_vector: vv };
+        assert_eq!(all.encode(), pluresdb_core::codec::encode(&previous));
+    }
+
+    /// The largest operation the core accepts, with the largest vector a
+    /// message carries, fits one message with room to spare: every
+    /// operation can be relayed.
+    #[test]
+    fn the_largest_operation_and_vector_fit_one_message() {
+        use pluresdb_core::{OpId, MAX_OP_BYTES, MAX_ORIGIN_BYTES, MAX_SUPERSEDED_PER_FIELD, MAX_SUPERSEDED_PER_OP, MAX_VALUE_BYTES};
+        let origin = "o".repeat(MAX_ORIGIN_BYTES);
+        let mut fields = serde_json::Map::new();
+        let per_field = MAX_SUPERSEDED_PER_OP / MAX_SUPERSEDED_PER_FIELD;
+        for i in 0..per_field {
+            fields.insert(format!("f{i:02}"), serde_json::json!(0.1));
+        }
+        let items = (MAX_VALUE_BYTES - serde_json::to_vec(&fields).unwrap().len() - 20) / 4;
+        fields.insert("floats".into(), serde_json::Value::Array(vec![serde_json::json!(0.1); items]));
+        let mut op = OperationWithMetadata::new(pluresdb_core::OperationType::UpdateNode, "n".repeat(512), fields.into(), origin.as_str());
+        op.id.seq = u64::MAX;
+        let targets: Vec<OpId> = (1..=MAX_SUPERSEDED_PER_FIELD as u64).map(|s| OpId::new(origin.as_str(), s)).collect();
+        op.supersedes = (0..per_field).map(|i| (format!("f{i:02}"), targets.clone())).collect();
+        op.signature = Some(pluresdb_core::OpSignature([7; 64]));
+        op.validate().unwrap();
+        let vv: VersionVector = (0..MAX_VECTOR_ENTRIES).map(|i| (format!("{i:0128}"), u64::MAX)).collect();
+        let two = SyncMessage::DataSync { from_peer: origin.clone(), operations: vec![op.clone(), op], version_vector: vv };
+        let bytes = two.encode();
+        assert!(bytes.len() > 2 * MAX_OP_BYTES * 5 / 6, "near the worst case: {} bytes", bytes.len());
+        assert!(bytes.len() + MAX_BATCH_BYTES - 2 * MAX_OP_BYTES <= MAX_MESSAGE_BYTES, "{} bytes", bytes.len());
+        assert_eq!(SyncMessage::decode("p", &bytes).unwrap(), two);
+    }
+
+    #[test]
     fn messages_round_trip_and_garbage_is_an_error() {
         let mut op = OperationWithMetadata::new(pluresdb_core::OperationType::CreateNode, "n:1".into(), serde_json::json!({"a": 1}), "p");
         op.id.seq = 1;
@@ -206,8 +324,13 @@ mod tests {
         assert_eq!(msg.encode(), pluresdb_core::codec::encode(&msg), "the direct writer writes what serde writes");
         assert_eq!(read_message(&msg.encode()), Some(msg.clone()), "the direct reader takes what the writer writes");
         for other in [
-            SyncMessage::SyncRequest { from_peer: "p".into(), round: 7, version_vector: msg.version_vector().clone() },
-            SyncMessage::SyncDone { from_peer: "p".into(), round: 300, version_vector: VersionVector::new() },
+            SyncMessage::SyncRequest {
+                from_peer: "p".into(),
+                round: 7,
+                version_vector: msg.version_vector().clone(),
+                origins: OriginRange::all(),
+            },
+            SyncMessage::SyncDone { from_peer: "p".into(), round: 300, version_vector: VersionVector::new(), origins: OriginRange::all() },
             SyncMessage::SyncAck { from_peer: "p".into(), version_vector: msg.version_vector().clone() },
         ] {
             assert_eq!(read_message(&other.encode()), Some(other.clone()), "the direct reader takes serde's {other:?}");

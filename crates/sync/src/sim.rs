@@ -65,6 +65,11 @@ pub struct SimConfig {
     /// id and signer, and one verifier for all. Without them, replicas are
     /// named `replica-i` and operations are not signed.
     pub keys: Option<SimKeys>,
+    /// Origins that wrote before the simulation starts (up to 3 operations
+    /// each, unsigned; only without `keys`): each replica starts with a
+    /// random prefix of each one's log. More than
+    /// `MAX_VECTOR_ENTRIES` makes every round travel in several ranges.
+    pub extra_origins: usize,
 }
 
 /// For replica `i`: its peer id and the signer of its operations.
@@ -101,6 +106,7 @@ impl Default for SimConfig {
             max_skew_ms: 5_000,
             clocks_ahead: Vec::new(),
             keys: None,
+            extra_origins: 0,
             sync: SyncConfig {
                 enable_auto_sync: true,
                 sync_interval: Duration::from_millis(1_000),
@@ -211,6 +217,8 @@ struct Sim<'a> {
     now: u64,
     heal_at: u64,
     report: SimReport,
+    /// Operations of `extra_origins` that some replica held at the start.
+    preloaded: u64,
 }
 
 impl<'a> Sim<'a> {
@@ -224,7 +232,7 @@ impl<'a> Sim<'a> {
             .enumerate()
             .map(|(i, id)| id.as_ref().map_or_else(|| format!("replica-{i}"), |(name, _)| name.clone()))
             .collect();
-        let engines = (0..n)
+        let mut engines: Vec<DataSyncEngine<MemoryStore>> = (0..n)
             .map(|i| {
                 let mut store = MemoryStore::new();
                 if let Some((_, last)) = config.clocks_ahead.iter().find(|(replica, _)| *replica == i) {
@@ -246,6 +254,36 @@ impl<'a> Sim<'a> {
                 }
             })
             .collect();
+        let mut preloaded = 0;
+        if config.keys.is_none() {
+            for o in 0..config.extra_origins {
+                let origin = format!("writer-{o:06}");
+                let log: Vec<OperationWithMetadata> = (1..=3u64)
+                    .map(|seq| {
+                        let mut op = OperationWithMetadata::new(
+                            OperationType::CreateNode,
+                            format!("{origin}:{seq}"),
+                            json!({"seq": seq}),
+                            origin.as_str(),
+                        );
+                        op.id.seq = seq;
+                        op.timestamp = pluresdb_core::Hlc::new(EPOCH_MS - 1_000, seq as u16);
+                        op
+                    })
+                    .collect();
+                let mut longest = 0;
+                for engine in &mut engines {
+                    let held = rng.below(4) as usize;
+                    longest = longest.max(held);
+                    if held > 0 {
+                        if let Err(err) = engine.write(log[..held].to_vec(), EPOCH_MS) {
+                            unreachable!("an origin's log applies in order: {err}");
+                        }
+                    }
+                }
+                preloaded += longest as u64;
+            }
+        }
         let skew = (0..n).map(|_| rng.below(2 * config.max_skew_ms + 1) as i64 - config.max_skew_ms as i64).collect();
         // A random connected graph: a random spanning tree plus extra edges,
         // or every pair.
@@ -292,6 +330,7 @@ impl<'a> Sim<'a> {
             now: start,
             heal_at,
             report: SimReport::default(),
+            preloaded,
         }
     }
 
@@ -510,8 +549,8 @@ impl<'a> Sim<'a> {
             }
         }
         let held = self.engines[0].database().version_vector().total();
-        if held != self.report.ops_written {
-            return Err(fail(format!("{} operations written but {held} held", self.report.ops_written)));
+        if held != self.report.ops_written + self.preloaded {
+            return Err(fail(format!("{} operations written and {} preloaded but {held} held", self.report.ops_written, self.preloaded)));
         }
         // A received timestamp moves no clock further than the drift bound
         // past its wall clock (replicas started ahead are not honest).

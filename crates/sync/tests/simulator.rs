@@ -127,3 +127,16 @@ fn writers_far_in_the_future_lock_no_one_out() {
     assert!(contested > 100, "only {contested} contested fields: the test proves little");
     eprintln!("{contested} fields written by future writers show honest values on every replica");
 }
+
+/// Replicas that hold operations of more origins than a message names
+/// exchange their vectors in ranges, round after round, under the same
+/// loss, reordering and partitions, and converge.
+#[test]
+fn replicas_holding_thousands_of_origins_converge_in_ranges() {
+    for seed in 20_000..20_004 {
+        let config = SimConfig { seed, extra_origins: 1_500, writes: 300, full_mesh: seed % 2 == 0, ..SimConfig::default() };
+        if let Err(err) = run(&config) {
+            panic!("{err}");
+        }
+    }
+}
