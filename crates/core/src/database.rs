@@ -686,7 +686,9 @@ impl<S: Store> Database<S> {
                 // signed).
                 op.prev = local_head.unwrap_or_default();
                 let digest = encoded.push_unsigned(&op);
-                unsigned_bytes += encoded.get(encoded.len() - 1).map_or(0, |(_, body)| body.len()) + op.id.origin.len() + 10;
+                // The operation as it travels: its body and, instead of the
+                // body's array head, the id (at most 2 + 9 bytes of heads).
+                unsigned_bytes += encoded.get(encoded.len() - 1).map_or(0, |(_, body)| body.len()) + op.id.origin.len() + 11;
                 if let Some(signer) = &self.signer {
                     if index + 1 == count || op.id.seq % SIGN_EVERY == 0 || unsigned_bytes >= SIGN_EVERY_BYTES {
                         let signature = signer.sign(&digest);
