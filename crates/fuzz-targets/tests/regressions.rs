@@ -135,3 +135,19 @@ fn a_frame_header_claiming_16_mib_does_not_reserve_16_mib() {
     }
     panic!("the frame never completed");
 }
+
+/// Found by the import_line target: serde_json's default float parser is
+/// not exact, so `2.15e-32` read as 2.1500000000000002e-32, and a number
+/// a client wrote (or an export re-imported) came back changed in its last
+/// bit. The workspace turns on serde_json's `float_roundtrip`.
+#[test]
+fn a_float_written_back_by_an_import_reads_the_same() {
+    for text in ["2.15e-32", "21.5e-33", "1.7976931348623157e308", "5e-324", "0.1", "123456789.12345678"] {
+        let line = format!(r#"{{"id": "a", "value": {{"x": {text}}}}}"#);
+        let (_, value) = pluresdb_server::parse_import_line(&line).unwrap();
+        let expected: f64 = text.parse().unwrap();
+        assert_eq!(value["x"].as_f64(), Some(expected), "{text} read as {}", value["x"]);
+        let again = serde_json::json!({"id": "a", "value": value}).to_string();
+        assert_eq!(pluresdb_server::parse_import_line(&again).unwrap().1, value, "{text} written back as {again}");
+    }
+}
