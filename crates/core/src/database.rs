@@ -58,7 +58,7 @@ pub struct Receipt {
 }
 
 /// What [`Database::apply_remote`] did with a batch.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ApplyReport {
     /// Operations applied.
     pub applied: usize,
@@ -71,6 +71,96 @@ pub struct ApplyReport {
     /// horizon: held and synced, but in effect only once they are due (see
     /// [`Database::apply_due`]).
     pub deferred: usize,
+    /// Forks met and resolved: an origin's received chain and the one this
+    /// replica holds differ from some sequence number on.
+    pub forks: Vec<Fork>,
+    /// Origins whose received chain does not join the one held within the
+    /// batch, with the lowest sequence number received: the two differ
+    /// before it, so the sender must be asked for earlier operations to
+    /// find where. Their operations were not applied.
+    pub unjoined: Vec<(Arc<str>, u64)>,
+    /// Origins whose operations were refused (a chain broken inside the
+    /// batch, a signature that does not verify); the other origins' were
+    /// applied.
+    pub refused: Vec<Refusal>,
+}
+
+/// Two different operations of one origin under one sequence number: two
+/// instances wrote with the same key (a restored backup, a copied data
+/// directory). Every replica settles it the same way: from `seq` on, the
+/// branch whose operation at `seq` sorts first by (timestamp, digest) is
+/// kept and the other is dropped.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fork {
+    /// The origin whose log forked.
+    pub origin: Arc<str>,
+    /// The first sequence number at which the two branches differ.
+    pub seq: u64,
+    /// Which branch this replica keeps.
+    pub outcome: ForkOutcome,
+}
+
+/// How a [`Fork`] was settled on this replica.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ForkOutcome {
+    /// The branch this replica held wins; the sender holds the losing one
+    /// and is to be sent this replica's operations from the fork on.
+    Kept,
+    /// The received branch wins: this replica dropped its operations from
+    /// the fork on (here, so that their author can write them again) and
+    /// applied the received ones.
+    Replaced {
+        /// The dropped operations, in sequence order.
+        dropped: Vec<OperationWithMetadata>,
+    },
+}
+
+/// An origin whose operations in a batch were refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The operation that failed the check.
+    pub id: OpId,
+    /// Why.
+    pub reason: RefusalReason,
+}
+
+/// Why a [`Refusal`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// Its `prev` is not the digest of the operation before it in the batch.
+    BrokenChain,
+    /// A signature does not verify against the origin's key.
+    BadSignature,
+}
+
+impl Refusal {
+    /// The refusal as the core's error.
+    pub fn to_error(&self) -> Error {
+        match self.reason {
+            RefusalReason::BrokenChain => Error::BrokenChain { id: self.id.clone() },
+            RefusalReason::BadSignature => Error::BadSignature { id: self.id.clone() },
+        }
+    }
+}
+
+/// One origin's share of a received batch, checked against what the
+/// replica holds.
+struct OriginRun {
+    origin: Arc<str>,
+    /// Operations to apply after the chain and signature checks (those
+    /// continuing the held chain, or a fork's other branch).
+    ops: Vec<OperationWithMetadata>,
+    /// Their digests.
+    digests: Vec<OpDigest>,
+    /// `Some(seq)`: `ops` are the other branch of a fork at `seq`.
+    fork_at: Option<u64>,
+}
+
+/// A suffix of an origin's log to drop before applying a batch.
+struct Truncation {
+    origin: Arc<str>,
+    from: u64,
+    dropped: Vec<OperationWithMetadata>,
 }
 
 /// How a replica's clock stands against its wall clock and the clocks of
@@ -547,7 +637,7 @@ impl<S: Store> Database<S> {
                 validate_value(&op.data)?;
             }
         }
-        self.apply_with(ops, Stamping::Local { now_ms }, EncodedOps::new())
+        self.apply_with(ops, Stamping::Local { now_ms }, EncodedOps::new(), Vec::new())
     }
 
     /// Applies operations received from peers at wall time `now_ms` in one
@@ -557,82 +647,210 @@ impl<S: Store> Database<S> {
     /// [`Error::SequenceGap`], as does any invalid operation. Nothing is
     /// written when it fails. Operations stamped beyond the clock horizon
     /// are held but take effect later (see [`apply_due`](Self::apply_due)).
+    ///
+    /// With a verifier, each origin is checked on its own: an origin whose
+    /// chain is broken or whose signature does not verify is refused (see
+    /// [`ApplyReport::refused`]) and the others are applied. An operation
+    /// that differs from the one held under the same sequence number is a
+    /// fork, settled by the rule of [`Fork`] ([`ApplyReport::forks`]).
     pub fn apply_remote(&mut self, ops: Vec<OperationWithMetadata>, now_ms: u64) -> Result<ApplyReport, Error> {
         for op in &ops {
             op.validate()?;
         }
-        let total = ops.len();
-        let (ops, held_back, encoded) = match self.verifier.clone() {
-            Some(verifier) => self.authenticate(ops, &*verifier)?,
-            None => (ops, 0, EncodedOps::new()),
-        };
+        let mut report = ApplyReport::default();
+        let verifier = self.verifier.clone();
+        let (runs, encoded) = self.check_runs(ops, verifier.as_deref(), &mut report)?;
+        let mut apply = Vec::new();
+        let mut truncations = Vec::new();
+        for run in runs {
+            let Some(seq) = run.fork_at else {
+                apply.extend(run.ops);
+                continue;
+            };
+            let ours = self.store.ops_after(&run.origin, seq - 1, 1)?.pop();
+            let theirs_wins = match &ours {
+                Some(ours) => (run.ops[0].timestamp, run.digests[0]) < (ours.timestamp, ours.digest()),
+                None => true,
+            };
+            if theirs_wins {
+                let dropped = self.store.ops_after(&run.origin, seq - 1, usize::MAX)?;
+                truncations.push(Truncation { origin: run.origin.clone(), from: seq, dropped: dropped.clone() });
+                report.forks.push(Fork { origin: run.origin, seq, outcome: ForkOutcome::Replaced { dropped } });
+                apply.extend(run.ops);
+            } else {
+                report.forks.push(Fork { origin: run.origin, seq, outcome: ForkOutcome::Kept });
+            }
+        }
         let deferred_before = self.deferred.count;
-        let applied = self.apply_with(ops, Stamping::Received { now_ms }, encoded)?.len();
-        let deferred = (self.deferred.count - deferred_before) as usize;
-        Ok(ApplyReport { applied, duplicates: total - held_back - applied, held_back, deferred })
+        report.applied = self.apply_with(apply, Stamping::Received { now_ms }, encoded, truncations)?.len();
+        report.deferred = self.deferred.count.saturating_sub(deferred_before) as usize;
+        Ok(report)
     }
 
-    /// Checks that each origin's new operations continue its hash chain and
-    /// that their signatures verify; keeps, per origin, the operations up to
-    /// the last signed one (the rest wait for a batch that authenticates
-    /// them). Fails on a broken chain or a bad signature.
-    fn authenticate(
+    /// The digest of `origin`'s operation `seq` as held here (zero for seq
+    /// 0), or `None` if this replica does not hold it.
+    pub fn digest_at(&mut self, origin: &str, seq: u64) -> Result<Option<OpDigest>, Error> {
+        let held = self.version_vector.get(origin);
+        if seq > held {
+            return Ok(None);
+        }
+        if seq == held {
+            let origin: Arc<str> = origin.into();
+            return self.head(&origin).map(Some);
+        }
+        if seq == 0 {
+            return Ok(Some(OpDigest::default()));
+        }
+        Ok(self.store.ops_after(origin, seq - 1, 1)?.pop().map(|op| op.digest()))
+    }
+
+    /// Splits a received batch by origin and checks each origin's
+    /// operations against the chain held: duplicates are skipped; what
+    /// continues the chain, or forks it, is checked link by link and
+    /// authenticated up to its last signed operation. Without a verifier
+    /// nothing is checked (and no fork can be told apart).
+    fn check_runs(
         &mut self,
         ops: Vec<OperationWithMetadata>,
-        verifier: &dyn OpVerifier,
-    ) -> Result<(Vec<OperationWithMetadata>, usize, EncodedOps), Error> {
+        verifier: Option<&dyn OpVerifier>,
+        report: &mut ApplyReport,
+    ) -> Result<(Vec<OriginRun>, EncodedOps), Error> {
+        let mut by_origin: Vec<(Arc<str>, Vec<OperationWithMetadata>)> = Vec::new();
+        let mut index: HashMap<Arc<str>, usize> = HashMap::new();
+        for op in ops {
+            let at = *index.entry(op.id.origin.clone()).or_insert_with(|| {
+                by_origin.push((op.id.origin.clone(), Vec::new()));
+                by_origin.len() - 1
+            });
+            by_origin[at].1.push(op);
+        }
         // The new operations, encoded once: for the digest here and for the
         // op log when they are applied.
         let mut encoded = EncodedOps::new();
-        // Per origin: the next sequence number and the head of the chain.
-        let mut chains: HashMap<Arc<str>, (u64, OpDigest)> = HashMap::new();
-        let mut signed = Vec::new();
-        let mut last_signed: HashMap<Arc<str>, u64> = HashMap::new();
-        for op in &ops {
-            if !chains.contains_key(&op.id.origin) {
-                let head = self.head(&op.id.origin)?;
-                chains.insert(op.id.origin.clone(), (self.version_vector.get(&op.id.origin) + 1, head));
+        let mut runs: Vec<OriginRun> = Vec::new();
+        for (origin, mut run) in by_origin {
+            run.sort_by_key(|op| op.id.seq);
+            run.dedup_by_key(|op| op.id.seq);
+            let held = self.version_vector.get(&origin);
+            if let Some(first) = run.first().filter(|op| op.id.seq > held + 1) {
+                return Err(Error::SequenceGap { origin: origin.to_string(), expected: held + 1, found: first.id.seq });
             }
-            let Some((next, head)) = chains.get_mut(&op.id.origin) else { continue };
-            if op.id.seq != *next {
-                // A duplicate, or a gap that `apply` reports.
+            if let Some(pair) = run.windows(2).find(|pair| pair[1].id.seq != pair[0].id.seq + 1) {
+                return Err(Error::SequenceGap { origin: origin.to_string(), expected: pair[0].id.seq + 1, found: pair[1].id.seq });
+            }
+            let overlap = run.iter().take_while(|op| op.id.seq <= held).count();
+            if verifier.is_none() {
+                // Without a verifier nothing is checked: operations held
+                // are skipped by their sequence numbers.
+                report.duplicates += overlap;
+                let ops: Vec<OperationWithMetadata> = run.drain(overlap..).collect();
+                let digests = ops.iter().map(|op| encoded.push_with_digest(op)).collect();
+                if !ops.is_empty() {
+                    runs.push(OriginRun { origin, ops, digests, fork_at: None });
+                }
                 continue;
             }
-            if op.prev != *head {
-                return Err(Error::BrokenChain { id: op.id.clone() });
+            // Where the received operations leave the held chain, if they do.
+            let mut start = overlap;
+            let mut fork_at = None;
+            if overlap > 0 {
+                let last = &run[overlap - 1];
+                if self.digest_at(&origin, last.id.seq)? == Some(last.digest()) {
+                    // The chains agree up to there, so on everything before.
+                    report.duplicates += overlap;
+                } else {
+                    let first_seq = run[0].id.seq;
+                    let ours = self.store.ops_after(&origin, first_seq - 1, overlap)?;
+                    let differs = (0..overlap).find(|&i| ours.get(i).map(|o| o.digest()) != Some(run[i].digest())).unwrap_or(0);
+                    let seq = run[differs].id.seq;
+                    let before = match differs {
+                        0 => self.digest_at(&origin, seq - 1)?,
+                        i => ours.get(i - 1).map(|o| o.digest()),
+                    };
+                    if before != Some(run[differs].prev) {
+                        report.unjoined.push((origin.clone(), first_seq));
+                        continue;
+                    }
+                    report.duplicates += differs;
+                    start = differs;
+                    fork_at = Some(seq);
+                }
             }
-            *head = encoded.push_with_digest(op);
-            *next += 1;
-            if let Some(signature) = op.signature {
-                signed.push((op.id.clone(), *head, signature));
-                last_signed.insert(op.id.origin.clone(), op.id.seq);
+            if start == run.len() {
+                continue;
             }
+            let mut link = match fork_at {
+                Some(seq) => self.digest_at(&origin, seq - 1)?.unwrap_or_default(),
+                None => self.head(&origin)?,
+            };
+            if run[start].prev != link {
+                report.unjoined.push((origin.clone(), run[start].id.seq));
+                continue;
+            }
+            let mut kept = Vec::new();
+            let mut digests = Vec::new();
+            let mut broken = None;
+            for op in run.drain(start..) {
+                if op.prev != link {
+                    broken = Some(op.id.clone());
+                    break;
+                }
+                link = encoded.push_with_digest(&op);
+                digests.push(link);
+                kept.push(op);
+            }
+            if let Some(id) = broken {
+                report.refused.push(Refusal { id, reason: RefusalReason::BrokenChain });
+                continue;
+            }
+            runs.push(OriginRun { origin, ops: kept, digests, fork_at });
         }
-        let items: Vec<(&str, OpDigest, OpSignature)> = signed.iter().map(|(id, digest, sig)| (&*id.origin, *digest, *sig)).collect();
-        if let Err(bad) = verifier.verify(&items) {
-            let id = signed.get(bad).map(|(id, _, _)| id.clone()).unwrap_or_else(|| OpId::new("", 0));
-            return Err(Error::BadSignature { id });
+
+        // One signature check for every origin; an origin whose signature
+        // fails is refused and the rest checked again.
+        loop {
+            let signed: Vec<(usize, usize)> = runs
+                .iter()
+                .enumerate()
+                .flat_map(|(r, run)| run.ops.iter().enumerate().filter(|(_, op)| op.signature.is_some()).map(move |(i, _)| (r, i)))
+                .collect();
+            let Some(verifier) = verifier else { break };
+            let items: Vec<(&str, OpDigest, OpSignature)> =
+                signed.iter().filter_map(|&(r, i)| Some((&*runs[r].origin, runs[r].digests[i], runs[r].ops[i].signature?))).collect();
+            let Err(bad) = verifier.verify(&items) else { break };
+            let Some(&(r, i)) = signed.get(bad) else { break };
+            let run = runs.remove(r);
+            report.refused.push(Refusal { id: run.ops[i].id.clone(), reason: RefusalReason::BadSignature });
         }
-        let before = ops.len();
-        let held = |op: &OperationWithMetadata| {
-            op.id.seq <= self.version_vector.get(&op.id.origin) || last_signed.get(&op.id.origin).is_some_and(|&last| op.id.seq <= last)
-        };
-        let kept: Vec<OperationWithMetadata> = ops.into_iter().filter(|op| held(op)).collect();
-        // The chain heads of these origins move with the commit; read them
-        // again when next needed.
-        for origin in last_signed.keys() {
-            self.heads.remove(origin);
+        // Keep each origin's operations up to its last signed one; the rest
+        // wait for a batch that authenticates them.
+        for run in &mut runs {
+            let keep = match verifier {
+                None => run.ops.len(),
+                Some(_) => run.ops.iter().rposition(|op| op.signature.is_some()).map_or(0, |i| i + 1),
+            };
+            report.held_back += run.ops.len() - keep;
+            run.ops.truncate(keep);
+            run.digests.truncate(keep);
         }
-        let held_back = before - kept.len();
-        Ok((kept, held_back, encoded))
+        runs.retain(|run| !run.ops.is_empty());
+        Ok((runs, encoded))
     }
 
     /// The shared write path: merge every operation into its node's record
     /// (or defer it, when it is stamped beyond the horizon), then commit ops,
     /// records, version vector, deferred operations and clock in one batch.
     /// Reuses the bodies in `pre` for received operations that
-    /// `authenticate` already encoded (in the same order).
-    fn apply_with(&mut self, ops: Vec<OperationWithMetadata>, stamping: Stamping, pre: EncodedOps) -> Result<Vec<Receipt>, Error> {
+    /// `check_runs` already encoded (in the same order), after dropping the
+    /// log suffixes in `truncations` (the records of the nodes their
+    /// operations touched are rebuilt without them).
+    fn apply_with(
+        &mut self,
+        ops: Vec<OperationWithMetadata>,
+        stamping: Stamping,
+        pre: EncodedOps,
+        truncations: Vec<Truncation>,
+    ) -> Result<Vec<Receipt>, Error> {
         let (local, now_ms) = match stamping {
             Stamping::Local { now_ms } => (true, now_ms),
             Stamping::Received { now_ms } => (false, now_ms),
@@ -654,6 +872,24 @@ impl<S: Store> Database<S> {
         let mut skew: BTreeMap<Arc<str>, i64> = BTreeMap::new();
         let position = |records: &[NodeRecord], id: &str| records.binary_search_by(|r| r.id.as_str().cmp(id));
         let mut version_vector = self.version_vector.clone();
+        for truncation in &truncations {
+            version_vector.set(&truncation.origin, truncation.from - 1);
+        }
+        // Dropped operations still deferred leave the deferred table.
+        let mut released: Vec<Stamp> = Vec::new();
+        if !truncations.is_empty() {
+            let still_deferred = self.deferred_set()?;
+            released =
+                truncations.iter().flat_map(|t| t.dropped.iter().map(|op| op.stamp())).filter(|s| still_deferred.contains(s)).collect();
+            let touched: std::collections::BTreeSet<&str> =
+                truncations.iter().flat_map(|t| t.dropped.iter().map(|op| op.node_id.as_str())).collect();
+            for record in self.rebuild_records(&touched, &version_vector, &still_deferred)? {
+                match position(&records, &record.id) {
+                    Ok(at) => records[at] = record,
+                    Err(at) => records.insert(at, record),
+                }
+            }
+        }
         let mut clock = self.clock.clone();
         let publish = self.feed.has_subscribers();
         let mut changes = Vec::new();
@@ -753,7 +989,7 @@ impl<S: Store> Database<S> {
                 changes.push((op, record.view(&*self.resolver)));
             }
         }
-        if receipts.is_empty() {
+        if receipts.is_empty() && truncations.is_empty() {
             return Ok(receipts);
         }
 
@@ -761,12 +997,29 @@ impl<S: Store> Database<S> {
             .iter()
             .filter(|&(origin, seq)| self.version_vector.get(origin) != seq)
             .map(|(origin, seq)| (origin.to_owned(), seq))
+            .chain(
+                self.version_vector.iter().filter(|&(origin, _)| version_vector.get(origin) == 0).map(|(origin, _)| (origin.to_owned(), 0)),
+            )
             .collect();
         // A node only deferred operations touched has nothing to store.
-        records.retain(|record| !record.is_blank());
-        let batch =
-            WriteBatch { ops: encoded, nodes: records, version_vector: moved, meta: clock_meta(&clock), deferred, released: Vec::new() };
+        // (A rebuilt one is stored blank: it replaces what the dropped
+        // operations had left.)
+        records.retain(|record| !record.is_blank() || truncations.iter().any(|t| t.dropped.iter().any(|op| op.node_id == record.id)));
+        let batch = WriteBatch {
+            truncate: truncations.iter().map(|t| (t.origin.to_string(), t.from)).collect(),
+            ops: encoded,
+            nodes: records,
+            version_vector: moved,
+            meta: clock_meta(&clock),
+            deferred,
+            released,
+        };
         self.store.commit(&batch)?;
+        if !batch.released.is_empty() {
+            // Dropped operations that were deferred are no longer.
+            let first = self.store.deferred(None, 1)?.pop();
+            self.deferred.release(&batch.released, first);
+        }
 
         self.version_vector = version_vector;
         self.clock = clock;
@@ -785,6 +1038,9 @@ impl<S: Store> Database<S> {
                     self.heads.remove(&receipt.id.origin);
                 }
             }
+        }
+        for truncation in &truncations {
+            self.heads.remove(&truncation.origin);
         }
         self.feed.publish(changes);
         Ok(receipts)
@@ -806,6 +1062,64 @@ impl<S: Store> Database<S> {
             self.skew.remove(&least);
         }
         self.skew.insert(origin, ahead);
+    }
+
+    /// The records of the nodes `ids`, merged again from every operation
+    /// in `held` that touched them (the op log is read whole: this runs
+    /// only when a fork drops operations). The merge does not depend on
+    /// the order, so the result is what applying those operations as they
+    /// came would have given. Operations still `deferred` stay out, as
+    /// they are until due.
+    fn rebuild_records(
+        &self,
+        ids: &std::collections::BTreeSet<&str>,
+        held: &VersionVector,
+        deferred: &HashSet<Stamp>,
+    ) -> Result<Vec<NodeRecord>, Error> {
+        const CHUNK: usize = 4_096;
+        let mut by_node: HashMap<&str, Vec<OperationWithMetadata>> = HashMap::new();
+        for (origin, up_to) in held.iter() {
+            let mut after = 0;
+            while after < up_to {
+                let ops = self.store.ops_after(origin, after, CHUNK.min((up_to - after) as usize))?;
+                let Some(last) = ops.last() else { break };
+                after = last.id.seq;
+                for op in ops {
+                    if deferred.contains(&op.stamp()) {
+                        continue;
+                    }
+                    if let Some(&id) = ids.get(op.node_id.as_str()) {
+                        by_node.entry(id).or_default().push(op);
+                    }
+                }
+            }
+        }
+        let deferred_ids: HashSet<&OpId> = deferred.iter().map(|s| &s.id).collect();
+        let mut records = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let ops = by_node.remove(id).unwrap_or_default();
+            let own: HashSet<OpId> = ops.iter().map(|op| op.id.clone()).collect();
+            let mut replayed = HashSet::new();
+            let mut record = NodeRecord::empty(id);
+            for op in ops {
+                let op_id = op.id.clone();
+                merge::apply_owned(&mut record, op, |target: &OpId| {
+                    replayed.contains(target)
+                        || (held.contains(&target.origin, target.seq) && !own.contains(target) && !deferred_ids.contains(target))
+                });
+                replayed.insert(op_id);
+            }
+            records.push(record);
+        }
+        Ok(records)
+    }
+
+    /// Every operation held deferred (only read when a fork drops some).
+    fn deferred_set(&self) -> Result<HashSet<Stamp>, Error> {
+        if self.deferred.count == 0 {
+            return Ok(HashSet::new());
+        }
+        Ok(self.store.deferred(None, usize::MAX)?.into_iter().collect())
     }
 
     /// The records of every node the batch touches, sorted by id.

@@ -54,7 +54,7 @@ mod store;
 mod version_vector;
 
 pub use clock::{Hlc, HybridLogicalClock, DEFAULT_MAX_CLOCK_DRIFT};
-pub use database::{ApplyReport, ClockReport, Database, OriginSkew, Receipt, CLOCK_META_KEY};
+pub use database::{ApplyReport, ClockReport, Database, Fork, ForkOutcome, OriginSkew, Receipt, Refusal, RefusalReason, CLOCK_META_KEY};
 pub use error::{error_chain, Error};
 pub use feed::{Change, ChangeFeed, FeedEvent, Subscription};
 pub use node::{link_target, FieldValue, Node, NodeRecord, PendingSupersession, Reset, LINK_KEY};

@@ -114,11 +114,16 @@ impl EncodedOps {
 /// Everything one atomic, durable commit writes.
 #[derive(Clone, Debug, Default)]
 pub struct WriteBatch {
+    /// Op-log suffixes to drop first: `(origin, seq)` removes that origin's
+    /// operations from `seq` on (the losing branch of a fork). New
+    /// operations of the origin then continue from `seq`.
+    pub truncate: Vec<(String, u64)>,
     /// New operations for the op log.
     pub ops: EncodedOps,
     /// Node records to insert or replace.
     pub nodes: Vec<NodeRecord>,
-    /// Version-vector entries that moved: `(origin, highest applied seq)`.
+    /// Version-vector entries that moved, forwards or (after a truncation)
+    /// backwards: `(origin, highest applied seq)`; 0 removes the entry.
     pub version_vector: Vec<(String, u64)>,
     /// Metadata to insert or replace.
     pub meta: Vec<(String, Vec<u8>)>,
@@ -281,12 +286,21 @@ impl Store for MemoryStore {
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
         // Check first so that a refused batch changes nothing.
         let mut next: BTreeMap<&str, u64> = BTreeMap::new();
+        for (origin, from) in &batch.truncate {
+            let held = self.ops.get(origin.as_str()).map_or(0, |l| l.len() as u64);
+            next.insert(origin, (*from).clamp(1, held + 1));
+        }
         for (id, _) in batch.ops.iter() {
             let expected = next.entry(&id.origin).or_insert_with(|| self.ops.get(&id.origin).map_or(0, |l| l.len() as u64) + 1);
             if id.seq != *expected {
                 return Err(Error::SequenceGap { origin: id.origin.to_string(), expected: *expected, found: id.seq });
             }
             *expected += 1;
+        }
+        for (origin, from) in &batch.truncate {
+            if let Some(log) = self.ops.get_mut(origin.as_str()) {
+                log.truncate(usize::try_from(from.saturating_sub(1)).unwrap_or(usize::MAX));
+            }
         }
         for (id, body) in batch.ops.iter() {
             self.ops.entry(id.origin.clone()).or_default().push(body.to_vec());
@@ -295,7 +309,7 @@ impl Store for MemoryStore {
             self.nodes.insert(record.id.clone(), record.clone());
         }
         for (origin, seq) in &batch.version_vector {
-            self.version_vector.advance(origin, *seq);
+            self.version_vector.set(origin, *seq);
         }
         self.meta.extend(batch.meta.iter().cloned());
         for stamp in &batch.released {

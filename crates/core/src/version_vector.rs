@@ -47,6 +47,16 @@ impl VersionVector {
         }
     }
 
+    /// Sets `origin`'s entry to `seq`, also backwards: a replica that drops
+    /// the losing branch of a fork holds fewer of that origin's operations.
+    pub fn set(&mut self, origin: &str, seq: u64) {
+        if seq == 0 {
+            self.entries.remove(origin);
+        } else {
+            self.entries.insert(origin.to_owned(), seq);
+        }
+    }
+
     /// Whether the operation `seq` of `origin` is covered by this vector.
     pub fn contains(&self, origin: &str, seq: u64) -> bool {
         seq <= self.get(origin)

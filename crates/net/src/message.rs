@@ -354,6 +354,8 @@ impl From<SyncMessage> for NetworkMessage {
                 NetworkMessage::SyncDone { from_peer, round, version_vector, origins }
             }
             SyncMessage::SyncAck { from_peer, version_vector } => NetworkMessage::SyncAck { from_peer, version_vector },
+            // Mirrored by no variant of its own: sent in its encoding.
+            other @ SyncMessage::ChainHeads { .. } => NetworkMessage::EncodedSync(other.encode().into()),
         }
     }
 }

@@ -286,6 +286,9 @@ impl Store for RedbStore {
         let txn = self.db.begin_write().map_err(fail("begin write"))?;
         {
             let mut ops = txn.open_table(OPS).map_err(fail("open op log"))?;
+            for (origin, from) in &batch.truncate {
+                truncate_log(&mut ops, origin, *from)?;
+            }
             for (origin, (first_seq, bodies)) in &by_origin {
                 for (first, bytes) in segment::encode(*first_seq, bodies) {
                     ops.insert((*origin, first), bytes.as_slice()).map_err(fail("append ops"))?;
@@ -301,7 +304,11 @@ impl Store for RedbStore {
             }
             let mut version_vector = txn.open_table(VERSION_VECTOR).map_err(fail("open version vector"))?;
             for (origin, seq) in &batch.version_vector {
-                version_vector.insert(origin.as_str(), *seq).map_err(fail("write version vector"))?;
+                if *seq == 0 {
+                    version_vector.remove(origin.as_str()).map_err(fail("write version vector"))?;
+                } else {
+                    version_vector.insert(origin.as_str(), *seq).map_err(fail("write version vector"))?;
+                }
             }
             let mut meta = txn.open_table(META).map_err(fail("open meta"))?;
             for (key, value) in &batch.meta {
@@ -319,6 +326,40 @@ impl Store for RedbStore {
         }
         txn.commit().map_err(fail("commit"))
     }
+}
+
+/// Drops `origin`'s operations from sequence number `from` on: the
+/// segments that start there or later go, and the one that holds `from`
+/// keeps only what comes before it.
+fn truncate_log(ops: &mut redb::Table<(&str, u64), &[u8]>, origin: &str, from: u64) -> Result<(), Error> {
+    let from = from.max(1);
+    let later: Vec<u64> = ops
+        .range((origin, from)..=(origin, u64::MAX))
+        .map_err(fail("read op log"))?
+        .map(|entry| entry.map(|(key, _)| key.value().1))
+        .collect::<Result<_, _>>()
+        .map_err(fail("read op log"))?;
+    for first in later {
+        ops.remove((origin, first)).map_err(fail("truncate op log"))?;
+    }
+    let holding = match ops.range((origin, 0)..(origin, from)).map_err(fail("read op log"))?.next_back() {
+        Some(entry) => {
+            let (key, bytes) = entry.map_err(fail("read op log"))?;
+            Some((key.value().1, bytes.value().to_vec()))
+        }
+        None => None,
+    };
+    if let Some((first, bytes)) = holding {
+        let segment = Segment::parse(origin, first, &bytes)?;
+        let keep = usize::try_from(from - first).unwrap_or(usize::MAX);
+        if keep < segment.len() {
+            let bodies: Vec<&[u8]> = (0..keep).map(|i| segment.body(i)).collect::<Result<_, _>>()?;
+            for (start, encoded) in segment::encode(first, &bodies) {
+                ops.insert((origin, start), encoded.as_slice()).map_err(fail("truncate op log"))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads and decodes one node record.
@@ -466,6 +507,35 @@ mod tests {
         let ids = ["n:0411", "n:0003", "n:0004", "n:0000"];
         let found: Vec<bool> = store.nodes(&ids).unwrap().iter().map(Option::is_some).collect();
         assert_eq!(found, [true, true, false, true]);
+    }
+
+    #[test]
+    fn a_lost_fork_branch_is_cut_from_the_log_inside_a_segment() {
+        use pluresdb_core::signing::stand_in::{NamedSigner, NamedVerifier};
+        use pluresdb_core::{ForkOutcome, MemoryStore};
+        let signed = |db: Database<MemoryStore>| db.with_signer(std::sync::Arc::new(NamedSigner("a".into())));
+        let write = |db: &mut Database<MemoryStore>, n: u64, t: u64| {
+            for i in 0..n {
+                db.put(&format!("n:{}", i % 50), json!({"i": i, "t": t}), t + i).unwrap();
+            }
+        };
+        let mut original = signed(Database::open(MemoryStore::new(), "a").unwrap());
+        write(&mut original, 1_100, 1_000);
+        let mut copy = signed(Database::open(original.store().clone(), "a").unwrap());
+        write(&mut original, 300, 10_000);
+        write(&mut copy, 200, 20_000);
+        let winner = original.ops_after("a", 0, usize::MAX).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Database::open(RedbStore::open(dir.path()).unwrap(), "b").unwrap().with_verifier(std::sync::Arc::new(NamedVerifier));
+        // The copy's log, in one batch (two segments), then the original's.
+        db.apply_remote(copy.ops_after("a", 0, usize::MAX).unwrap(), 100_000).unwrap();
+        let report = db.apply_remote(winner.clone(), 100_000).unwrap();
+        assert!(matches!(&report.forks[..], [f] if f.seq == 1_101 && matches!(f.outcome, ForkOutcome::Replaced { .. })), "{report:?}");
+        drop(db);
+        let db = Database::open(RedbStore::open(dir.path()).unwrap(), "b").unwrap();
+        assert_eq!(db.ops_after("a", 0, usize::MAX).unwrap(), winner);
+        assert_eq!(db.version_vector().get("a"), 1_400);
+        assert_eq!(db.store().scan_nodes("", None, usize::MAX).unwrap(), original.store().scan_nodes("", None, usize::MAX).unwrap());
     }
 
     #[test]

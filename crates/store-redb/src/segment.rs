@@ -82,6 +82,15 @@ impl<'a> Segment<'a> {
         u32::from_le_bytes([e[0], e[1], e[2], e[3]]) as usize
     }
 
+    /// The encoded body of the `i`-th operation.
+    pub fn body(&self, i: usize) -> Result<&'a [u8], Error> {
+        if i >= self.len() {
+            return Err(corrupt("index past the end"));
+        }
+        let start = if i == 0 { 0 } else { self.end(i - 1) };
+        self.body.get(start..self.end(i)).ok_or_else(|| corrupt("offset outside the body"))
+    }
+
     /// Decodes the `i`-th operation.
     pub fn op(&self, i: usize) -> Result<OperationWithMetadata, Error> {
         if i >= self.len() {

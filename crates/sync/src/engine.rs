@@ -3,9 +3,9 @@
 use crate::config::SyncConfig;
 use crate::error::{error_chain, SyncError};
 use crate::message::{OriginRange, SyncMessage, BATCH_BYTE_BUDGET, MAX_BATCH_BYTES, MAX_PLAUSIBLE_SEQ, MAX_VECTOR_ENTRIES};
-use crate::status::{PeerSyncStatus, SyncStatus, Traffic};
+use crate::status::{ForkEvent, ForkStatus, PeerSyncStatus, SyncStatus, Traffic};
 use pluresdb_core::codec;
-use pluresdb_core::{Database, KeepAll, MemoryStore, OperationWithMetadata, Receipt, Store, VersionVector, SIGN_EVERY};
+use pluresdb_core::{Database, Fork, ForkOutcome, KeepAll, MemoryStore, OperationWithMetadata, Receipt, Store, VersionVector, SIGN_EVERY};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
@@ -24,6 +24,18 @@ const WINDOW_BATCHES: usize = 4;
 
 /// The longest backoff after failed rounds, as a multiple of `sync_interval`.
 const MAX_BACKOFF_FACTOR: u64 = 32;
+
+/// How far below a chain that did not join the first probe asks from; each
+/// further probe of the same origin and peer asks from twice as far.
+const FIRST_PROBE_DEPTH: u64 = 16;
+
+/// How long this replica's own writes that lost a fork wait for its chain
+/// to catch up with what peers hold of it before they are written again
+/// anyway.
+pub const REAUTHOR_WAIT_MS: u64 = 10_000;
+
+/// Forks reported by [`DataSyncEngine::poll_fork`] kept until taken.
+const MAX_FORK_EVENTS: usize = 64;
 
 /// Encoded bytes to send to a peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +83,18 @@ struct PeerState {
     last_sync_ms: Option<u64>,
     traffic: Traffic,
     last_error: Option<String>,
+    /// Per origin, the sequence number that requests to this peer claim to
+    /// hold instead of the real one (and how far below the chain that did
+    /// not join it is), so the peer sends its operations from there: its
+    /// chain left this replica's somewhere before what it sent.
+    probes: BTreeMap<String, (u64, u64)>,
+    /// How many of this replica's own operations the peer last said it
+    /// holds.
+    holds_own: u64,
+    /// A claim of `holds_own` that was waited for in vain (see
+    /// [`DataSyncEngine::stop_waiting_for_own_chain`]): ignored until the
+    /// peer claims more.
+    holds_own_ignored: u64,
 }
 
 /// The sync engine of one replica: decides what to send to which peer and
@@ -101,6 +125,14 @@ pub struct DataSyncEngine<S: Store = MemoryStore> {
     next_round_id: u64,
     acked_dirty: bool,
     last_flush_ms: u64,
+    /// Per origin, the forks settled.
+    forks: BTreeMap<String, ForkStatus>,
+    /// Forks settled and not yet taken by [`poll_fork`](Self::poll_fork).
+    fork_events: VecDeque<ForkEvent>,
+    /// This replica's own operations that lost a fork, to write again under
+    /// its id, and since when they wait.
+    reauthor: Vec<OperationWithMetadata>,
+    reauthor_since_ms: u64,
 }
 
 impl DataSyncEngine<MemoryStore> {
@@ -155,6 +187,10 @@ impl<S: Store> DataSyncEngine<S> {
             next_round_id: 1,
             acked_dirty: false,
             last_flush_ms: 0,
+            forks: BTreeMap::new(),
+            fork_events: VecDeque::new(),
+            reauthor: Vec::new(),
+            reauthor_since_ms: 0,
         }
     }
 
@@ -281,6 +317,7 @@ impl<S: Store> DataSyncEngine<S> {
         state.serving = None;
         state.round = None;
         state.cursor = None;
+        state.probes.clear();
         state.next_round_ms = now_ms;
         if self.active {
             self.start_round(peer, now_ms);
@@ -337,8 +374,147 @@ impl<S: Store> DataSyncEngine<S> {
                 self.learn_peer_holds(peer, &version_vector, now_ms);
                 self.pump(peer, now_ms);
             }
+            SyncMessage::ChainHeads { version_vector, heads, .. } => self.on_heads(peer, &version_vector, &heads, now_ms)?,
+        }
+        self.reauthor_when_caught_up(now_ms);
+        Ok(())
+    }
+
+    /// Compares the peer's newest operation of each origin with this
+    /// replica's where both hold as many: a difference is a fork that no
+    /// operation sent has shown, so the peer is asked for its operations
+    /// from before it.
+    fn on_heads(&mut self, peer: &str, theirs: &VersionVector, heads: &BTreeMap<String, u64>, now_ms: u64) -> Result<(), SyncError> {
+        let own = self.db.peer_id().to_owned();
+        self.peer_mut(peer).holds_own = theirs.get(&own);
+        let mut differ = Vec::new();
+        for (origin, &tag) in heads.iter().take(MAX_VECTOR_ENTRIES) {
+            let seq = theirs.get(origin);
+            if seq == 0 || self.db.version_vector().get(origin) != seq {
+                continue;
+            }
+            let ours = self.db.digest_at(origin, seq).map_err(SyncError::Storage)?;
+            if ours.map(|d| head_tag(&d)) != Some(tag) {
+                differ.push((origin.clone(), seq + 1));
+            }
+        }
+        if !differ.is_empty() {
+            for (origin, below) in differ {
+                self.probe(peer, &origin, below);
+            }
+            self.start_round(peer, now_ms);
         }
         Ok(())
+    }
+
+    /// Asks `peer` for `origin`'s operations from further below `below`
+    /// (see [`PeerState::probes`]).
+    fn probe(&mut self, peer: &str, origin: &str, below: u64) {
+        let state = self.peer_mut(peer);
+        let depth = match state.probes.get(origin) {
+            Some(&(claim, depth)) if claim < below => depth.saturating_mul(2),
+            _ => FIRST_PROBE_DEPTH,
+        };
+        state.probes.insert(origin.to_owned(), (below.saturating_sub(depth), depth));
+    }
+
+    /// Records a settled fork: the status, an event for the driver, and
+    /// what must be sent: this replica's branch to the peer that holds the
+    /// losing one, or the winning branch to every peer after this replica
+    /// switched to it. This replica's own writes that lost wait to be
+    /// written again.
+    fn settle_fork(&mut self, peer: &str, fork: Fork, now_ms: u64) {
+        let origin = fork.origin.to_string();
+        let own = origin == self.db.peer_id();
+        let status = self.forks.entry(origin.clone()).or_insert_with(|| ForkStatus {
+            origin: origin.clone(),
+            count: 0,
+            last_seq: 0,
+            last_peer: String::new(),
+            last_ms: 0,
+        });
+        status.count += 1;
+        status.last_seq = fork.seq;
+        status.last_peer = peer.to_owned();
+        status.last_ms = now_ms;
+        for state in self.peers.values_mut() {
+            state.probes.remove(&origin);
+        }
+        let (kept, dropped) = match fork.outcome {
+            ForkOutcome::Kept => {
+                rewind(self.peer_mut(peer), &origin, fork.seq - 1);
+                (true, 0)
+            }
+            ForkOutcome::Replaced { dropped } => {
+                for state in self.peers.values_mut() {
+                    rewind(state, &origin, fork.seq - 1);
+                }
+                let count = dropped.len();
+                if own {
+                    if self.reauthor.is_empty() {
+                        self.reauthor_since_ms = now_ms;
+                    }
+                    self.reauthor.extend(dropped);
+                }
+                (false, count)
+            }
+        };
+        self.acked_dirty = true;
+        if self.fork_events.len() == MAX_FORK_EVENTS {
+            self.fork_events.pop_front();
+        }
+        self.fork_events.push_back(ForkEvent { origin, seq: fork.seq, peer: peer.to_owned(), kept, dropped, own });
+    }
+
+    /// Whether a connected peer holds more of this replica's own operations
+    /// than it does: it was restored from an older copy, or another
+    /// instance writes with its key. Its next writes would reuse sequence
+    /// numbers, so a driver holds local writes back while this is true (for
+    /// a bounded time): meanwhile the peers send the missing operations.
+    pub fn own_chain_behind(&self) -> bool {
+        let held = self.db.version_vector().get(self.db.peer_id());
+        self.peers.values().any(|p| p.connected && p.holds_own > held && p.holds_own > p.holds_own_ignored)
+    }
+
+    /// Stops counting the current claims of peers to hold more of this
+    /// replica's own operations (a driver calls this when it waited for them
+    /// in vain): a peer that claims more than it sends, by mistake or to
+    /// hold this replica's writes back, delays them once, not every time.
+    pub fn stop_waiting_for_own_chain(&mut self) {
+        for state in self.peers.values_mut() {
+            state.holds_own_ignored = state.holds_own_ignored.max(state.holds_own);
+        }
+    }
+
+    /// The next fork settled since the last call, for the driver to report.
+    pub fn poll_fork(&mut self) -> Option<ForkEvent> {
+        self.fork_events.pop_front()
+    }
+
+    /// Writes again, under this replica's id, its own writes that lost a
+    /// fork, once its chain has caught up with its peers' (or after
+    /// [`REAUTHOR_WAIT_MS`]), so no acknowledged write is lost.
+    fn reauthor_when_caught_up(&mut self, now_ms: u64) {
+        if self.reauthor.is_empty() || (self.own_chain_behind() && now_ms < self.reauthor_since_ms + REAUTHOR_WAIT_MS) {
+            return;
+        }
+        let own = self.db.peer_id().to_owned();
+        let ops: Vec<OperationWithMetadata> = std::mem::take(&mut self.reauthor)
+            .into_iter()
+            .map(|op| OperationWithMetadata::new(op.operation, op.node_id, op.data, own.as_str()))
+            .collect();
+        if let Err(err) = self.db.commit_local(ops.clone(), now_ms) {
+            // Kept to try again at the next event.
+            let text = error_chain(&err);
+            self.reauthor = ops;
+            for state in self.peers.values_mut() {
+                state.last_error = Some(format!("cannot write again the writes that lost a fork: {text}"));
+            }
+            return;
+        }
+        if self.active {
+            self.pump_all(now_ms);
+        }
     }
 
     fn on_request(&mut self, peer: &str, round: u64, theirs: VersionVector, origins: OriginRange, now_ms: u64) {
@@ -349,9 +525,21 @@ impl<S: Store> DataSyncEngine<S> {
         // for the rest next).
         let (target, through) = ours.page(origins.after.as_deref(), origins.through.as_deref(), MAX_VECTOR_ENTRIES);
         let covered = OriginRange { after: origins.after, through };
+        let own = self.db.peer_id().to_owned();
+        let covers_own = covered.after.as_deref().is_none_or(|after| own.as_str() > after)
+            && covered.through.as_deref().is_none_or(|through| own.as_str() <= through);
+        // The request says what the peer holds now of the origins it covers,
+        // also where that is less than it acknowledged before: it was
+        // restored from an older copy, dropped the losing branch of a fork,
+        // or asks for a chain from further back to find where it forked.
         let mut acked = std::mem::take(&mut self.peer_mut(peer).acked);
-        acked.merge_known(&theirs, self.db.version_vector());
+        for (origin, held) in target.iter() {
+            acked.set(origin, theirs.get(origin).min(held));
+        }
         let state = self.peer_mut(peer);
+        if covers_own {
+            state.holds_own = theirs.get(&own);
+        }
         state.acked = acked;
         // Anything sent beyond what the peer reports is lost or still in
         // flight; send it again rather than wait.
@@ -372,20 +560,32 @@ impl<S: Store> DataSyncEngine<S> {
         }
         let received = operations.len() as u64;
         let origins: std::collections::BTreeSet<Arc<str>> = operations.iter().map(|op| op.id.origin.clone()).collect();
-        // Keep, per origin, only the operations that continue what this
-        // replica holds; skip duplicates; stop an origin at its first gap.
+        // Keep, per origin, the run of consecutive operations that reaches
+        // what this replica holds (those it holds too: the replica compares
+        // them with its own, which is how a fork shows); stop an origin at
+        // its first gap.
         let mut next: BTreeMap<Arc<str>, u64> = BTreeMap::new();
         let mut gap = false;
         let mut applicable = Vec::with_capacity(operations.len());
         for op in operations {
-            let expected = next.entry(op.id.origin.clone()).or_insert_with(|| self.db.version_vector().get(&op.id.origin) + 1);
-            if op.id.seq == *expected {
-                *expected += 1;
-                applicable.push(op);
-            } else if op.id.seq > *expected {
-                gap = true;
+            match next.get_mut(&op.id.origin) {
+                Some(expected) if op.id.seq == *expected => {
+                    *expected += 1;
+                    applicable.push(op);
+                }
+                Some(expected) => gap |= op.id.seq > *expected,
+                None if op.id.seq <= self.db.version_vector().get(&op.id.origin) + 1 => {
+                    next.insert(op.id.origin.clone(), op.id.seq + 1);
+                    applicable.push(op);
+                }
+                None => {
+                    // Ops of this origin after the gap are dropped too.
+                    next.insert(op.id.origin.clone(), u64::MAX);
+                    gap = true;
+                }
             }
         }
+        let mut forks = Vec::new();
         if !applicable.is_empty() {
             let report = self.db.apply_remote(applicable, now_ms).map_err(|source| match source {
                 err @ pluresdb_core::Error::Storage(_) => SyncError::Storage(err),
@@ -394,6 +594,18 @@ impl<S: Store> DataSyncEngine<S> {
             // Operations not yet authenticated by a signed successor: ask
             // again from what is held, like a gap.
             gap |= report.held_back > 0;
+            // Origins that joined the held chain need no probe any more.
+            let state = self.peer_mut(peer);
+            state.probes.retain(|origin, _| !next.contains_key(origin.as_str()));
+            for refusal in &report.refused {
+                let err = SyncError::InvalidOperation { peer: peer.to_owned(), source: refusal.to_error() };
+                self.record_error(peer, &err);
+            }
+            for (origin, below) in &report.unjoined {
+                self.probe(peer, origin, *below);
+                gap = true;
+            }
+            forks = report.forks;
         }
         {
             let state = self.peer_mut(peer);
@@ -403,6 +615,10 @@ impl<S: Store> DataSyncEngine<S> {
             }
         }
         self.learn_peer_holds(peer, &theirs, now_ms);
+        // After learning what the peer holds: settling may move that back.
+        for fork in forks {
+            self.settle_fork(peer, fork, now_ms);
+        }
         // Applied batches are durable now: acknowledge what this replica
         // holds of the batch's origins (duplicates too, so a lost
         // acknowledgement is repaired by the resend), in messages of at most
@@ -429,6 +645,9 @@ impl<S: Store> DataSyncEngine<S> {
 
     /// `peer` holds at least `theirs` durably.
     fn learn_peer_holds(&mut self, peer: &str, theirs: &VersionVector, now_ms: u64) {
+        let own = theirs.get(self.db.peer_id());
+        let state = self.peer_mut(peer);
+        state.holds_own = state.holds_own.max(own);
         // Only origins this replica holds are kept (see `PeerState::acked`).
         let theirs = {
             let mut known = VersionVector::new();
@@ -449,9 +668,15 @@ impl<S: Store> DataSyncEngine<S> {
         let id = self.next_round_id;
         self.next_round_id += 1;
         let cursor = self.peer_mut(peer).cursor.clone();
-        let (version_vector, through) = self.db.version_vector().page(cursor.as_deref(), None, MAX_VECTOR_ENTRIES);
+        let (held, through) = self.db.version_vector().page(cursor.as_deref(), None, MAX_VECTOR_ENTRIES);
         let state = self.peer_mut(peer);
         state.round = Some(Round { id, progress_ms: now_ms, target: None });
+        let mut version_vector = held.clone();
+        for (origin, &(claim, _)) in &state.probes {
+            if claim < version_vector.get(origin) {
+                version_vector.set(origin, claim);
+            }
+        }
         let request = SyncMessage::SyncRequest {
             from_peer: self.db.peer_id().to_owned(),
             round: id,
@@ -459,6 +684,23 @@ impl<S: Store> DataSyncEngine<S> {
             origins: OriginRange { after: cursor, through },
         };
         self.send(peer, &request);
+        // The newest operation of each origin of the page, so that equal
+        // counts of different operations show (see `on_heads`).
+        let mut heads = BTreeMap::new();
+        for (origin, seq) in held.iter() {
+            match self.db.digest_at(origin, seq) {
+                Ok(Some(digest)) => {
+                    heads.insert(origin.to_owned(), head_tag(&digest));
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    self.record_error(peer, &SyncError::Storage(err));
+                    return;
+                }
+            }
+        }
+        let heads = SyncMessage::ChainHeads { from_peer: self.db.peer_id().to_owned(), version_vector: held, heads };
+        self.send(peer, &heads);
     }
 
     fn check_round(&mut self, peer: &str, now_ms: u64) {
@@ -655,6 +897,7 @@ impl<S: Store> DataSyncEngine<S> {
                 self.start_round(&peer, now_ms);
             }
         }
+        self.reauthor_when_caught_up(now_ms);
         if self.acked_dirty && now_ms >= self.last_flush_ms + ACK_FLUSH_INTERVAL_MS {
             self.last_flush_ms = now_ms;
             if let Err(err) = self.flush_acked() {
@@ -706,6 +949,9 @@ impl<S: Store> DataSyncEngine<S> {
         if self.acked_dirty {
             consider(self.last_flush_ms + ACK_FLUSH_INTERVAL_MS);
         }
+        if !self.reauthor.is_empty() {
+            consider(self.reauthor_since_ms + REAUTHOR_WAIT_MS);
+        }
         next
     }
 
@@ -754,6 +1000,7 @@ impl<S: Store> DataSyncEngine<S> {
             peers,
             traffic: total,
             clock: self.db.clock_report(self.now_ms),
+            forks: self.forks.values().cloned().collect(),
         }
     }
 
@@ -778,6 +1025,24 @@ impl<S: Store> DataSyncEngine<S> {
             None => unreachable!("inserted above"),
         }
     }
+}
+
+/// Moves what `state` is taken to hold of `origin` back to `seq` at most,
+/// so what this replica holds after it is sent again.
+fn rewind(state: &mut PeerState, origin: &str, seq: u64) {
+    if state.acked.get(origin) > seq {
+        state.acked.set(origin, seq);
+    }
+    if state.sent.get(origin) > seq {
+        state.sent.set(origin, seq);
+    }
+}
+
+/// The first 8 bytes of a digest, as `ChainHeads` carries it.
+fn head_tag(digest: &pluresdb_core::OpDigest) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.0[..8]);
+    u64::from_be_bytes(first)
 }
 
 /// Refuses version vectors with impossible sequence numbers, or with more

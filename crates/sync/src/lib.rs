@@ -39,4 +39,4 @@ pub use config::SyncConfig;
 pub use engine::{DataSyncEngine, Transmit};
 pub use error::SyncError;
 pub use message::{OriginRange, SyncMessage, BATCH_BYTE_BUDGET, MAX_BATCH_BYTES, MAX_MESSAGE_BYTES, MAX_PLAUSIBLE_SEQ, MAX_VECTOR_ENTRIES};
-pub use status::{PeerSyncStatus, SyncStatus, Traffic};
+pub use status::{ForkEvent, ForkStatus, PeerSyncStatus, SyncStatus, Traffic};

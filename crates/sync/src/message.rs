@@ -119,6 +119,20 @@ pub enum SyncMessage {
         /// What the sender has durably applied.
         version_vector: VersionVector,
     },
+    /// The newest operation the sender holds of each origin, named by
+    /// its sequence number (`version_vector`) and the first 8 bytes of its
+    /// digest (`heads`, big-endian). Sent after each `SyncRequest`: two
+    /// replicas that hold as many of an origin's operations but different
+    /// ones (a fork that no operation sent has shown yet) find out here.
+    ChainHeads {
+        /// The sender's peer id.
+        from_peer: String,
+        /// What the sender has applied.
+        version_vector: VersionVector,
+        /// Origin -> the first 8 bytes of the digest of its operation at
+        /// the sequence number in `version_vector`.
+        heads: std::collections::BTreeMap<String, u64>,
+    },
 }
 
 impl SyncMessage {
@@ -128,7 +142,8 @@ impl SyncMessage {
             SyncMessage::SyncRequest { from_peer, .. }
             | SyncMessage::DataSync { from_peer, .. }
             | SyncMessage::SyncDone { from_peer, .. }
-            | SyncMessage::SyncAck { from_peer, .. } => from_peer,
+            | SyncMessage::SyncAck { from_peer, .. }
+            | SyncMessage::ChainHeads { from_peer, .. } => from_peer,
         }
     }
 
@@ -138,7 +153,8 @@ impl SyncMessage {
             SyncMessage::SyncRequest { version_vector, .. }
             | SyncMessage::DataSync { version_vector, .. }
             | SyncMessage::SyncDone { version_vector, .. }
-            | SyncMessage::SyncAck { version_vector, .. } => version_vector,
+            | SyncMessage::SyncAck { version_vector, .. }
+            | SyncMessage::ChainHeads { version_vector, .. } => version_vector,
         }
     }
 

@@ -46,6 +46,41 @@ pub struct PeerSyncStatus {
     pub last_error: Option<String>,
 }
 
+/// The forks met of one origin: two different operations under one of its
+/// sequence numbers (see `docs/protocol.md`, "Forks").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ForkStatus {
+    /// The origin whose log forked.
+    pub origin: String,
+    /// How many forks of it this replica settled.
+    pub count: u64,
+    /// The sequence number of the latest one.
+    pub last_seq: u64,
+    /// The peer that sent the other branch.
+    pub last_peer: String,
+    /// When (the engine's time, milliseconds since the Unix epoch).
+    pub last_ms: u64,
+}
+
+/// One fork settled, as [`DataSyncEngine::poll_fork`](crate::DataSyncEngine::poll_fork) reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ForkEvent {
+    /// The origin whose log forked.
+    pub origin: String,
+    /// The first sequence number at which the branches differ.
+    pub seq: u64,
+    /// The peer that sent the other branch.
+    pub peer: String,
+    /// Whether this replica's branch won (`false`: it dropped its own
+    /// operations from `seq` on and took the peer's).
+    pub kept: bool,
+    /// Operations this replica dropped.
+    pub dropped: usize,
+    /// Whether the origin is this replica's own: its dropped writes are
+    /// written again under its id.
+    pub own: bool,
+}
+
 /// The state of a sync engine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SyncStatus {
@@ -62,4 +97,6 @@ pub struct SyncStatus {
     /// The replica's clock: drift bound, correction, operations from the
     /// future held back, and how far ahead each origin's operations came.
     pub clock: ClockReport,
+    /// Per origin that forked, in origin order.
+    pub forks: Vec<ForkStatus>,
 }

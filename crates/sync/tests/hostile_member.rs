@@ -59,6 +59,7 @@ fn kind(message: &SyncMessage) -> &'static str {
         SyncMessage::DataSync { .. } => "DataSync",
         SyncMessage::SyncDone { .. } => "SyncDone",
         SyncMessage::SyncAck { .. } => "SyncAck",
+        SyncMessage::ChainHeads { .. } => "ChainHeads",
     }
 }
 
