@@ -8,6 +8,7 @@ mod cli;
 mod commands;
 mod config;
 mod config_file;
+mod instance;
 mod keys;
 mod node;
 mod replica;

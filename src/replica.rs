@@ -19,7 +19,9 @@ pub fn open(dir: &Path, resolver: Resolver) -> anyhow::Result<Replica> {
     create_private_file(&data_file)?;
     crate::keys::make_owner_only(&data_file)?;
     // The store first: it holds the directory's lock.
-    let store = RedbStore::open(dir)?;
+    let mut store = RedbStore::open(dir)?;
+    // Before the identity is read: a copy of a data directory takes its own.
+    crate::instance::check_home(dir, &mut store)?;
     let identity = crate::keys::identity(dir)?;
     // A fresh node starts a network of its own (until it joins another).
     crate::keys::network_secret(dir)?;

@@ -54,9 +54,9 @@ pub(crate) fn spawn(
         // thread only, never the API's workers.
         let clock = ClockCorrection::new(engine.config().max_clock_drift);
         match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(runtime) => {
-                runtime.block_on(Writer { engine, inbox, network, stats, max_group, carried: None, clock, clock_checked: None }.run())
-            }
+            Ok(runtime) => runtime.block_on(
+                Writer { engine, inbox, network, stats, max_group, carried: None, waiting: None, clock, clock_checked: None }.run(),
+            ),
             Err(err) => tracing::error!(%err, "cannot start the writer's runtime"),
         }
     })
@@ -72,6 +72,13 @@ const EVENTS_PER_TURN: usize = 256;
 /// (they send heartbeats every few seconds).
 const CLOCK_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long local writes wait while a peer holds more of this node's own
+/// operations than it does (it was restored from an older copy): the peers
+/// send them back meanwhile, so the node never reuses a sequence number.
+/// After this the writes go ahead; a fork they make is settled by the sync
+/// engine and no acknowledged write is lost.
+pub const OWN_CHAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 struct Writer {
     engine: Engine,
     inbox: mpsc::Receiver<Command>,
@@ -80,6 +87,9 @@ struct Writer {
     max_group: usize,
     /// A command taken from the queue that did not fit the group before it.
     carried: Option<Command>,
+    /// A write (or import) held back while a peer holds more of this node's
+    /// own chain, and until when at most (see [`OWN_CHAIN_WAIT`]).
+    waiting: Option<(Command, tokio::time::Instant)>,
     /// The correction of this node's wall clock, from its peers' clocks.
     clock: ClockCorrection,
     clock_checked: Option<std::time::Instant>,
@@ -101,14 +111,34 @@ impl Writer {
         }
         loop {
             self.send_transmits().await;
-            let command = match self.carried.take() {
+            self.report_forks();
+            if let Some((_, until)) = &self.waiting {
+                if !self.engine.own_chain_behind() || tokio::time::Instant::now() >= *until {
+                    if let Some((command, _)) = self.waiting.take() {
+                        if self.engine.own_chain_behind() {
+                            tracing::warn!("this node's own operations held by peers did not arrive in time; writing anyway");
+                        }
+                        if self.handle(command) {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+            }
+            // While a write waits, later ones stay queued behind it.
+            let carried = if self.waiting.is_some() { None } else { self.carried.take() };
+            let command = match carried {
                 Some(command) => command,
                 None => {
-                    let sleep =
+                    let mut sleep =
                         self.engine.poll_timeout().map_or(IDLE_WAKE, |at| std::time::Duration::from_millis(at.saturating_sub(now_ms())));
+                    if let Some((_, until)) = &self.waiting {
+                        sleep = sleep.min(until.saturating_duration_since(tokio::time::Instant::now()));
+                    }
+                    let read_inbox = self.carried.is_none();
                     let events = self.network.as_mut().map(|n| &mut n.events);
                     tokio::select! {
-                        command = self.inbox.recv() => match command {
+                        command = self.inbox.recv(), if read_inbox => match command {
                             Some(command) => command,
                             None => break,
                         },
@@ -126,36 +156,96 @@ impl Writer {
                 }
             };
             self.check_clock();
-            match command {
-                Command::Write(first) => self.write_group(first),
-                Command::Import { nodes, reply } => {
-                    let peer = self.engine.peer_id().to_owned();
-                    let ops: Vec<_> = nodes
-                        .into_iter()
-                        .map(|(id, value)| OperationWithMetadata::new(OperationType::CreateNode, id, value, peer.as_str()))
-                        .collect();
-                    let n = ops.len();
-                    let result = self.commit(ops).map(|_| n);
-                    let _ = reply.send(result);
-                }
-                Command::CommitMeta { entries, reply } => {
-                    let _ = reply.send(self.engine.database_mut().commit_meta(entries).map_err(Error::Core));
-                }
-                Command::Subscribe { capacity, reply } => {
-                    let db = self.engine.database();
-                    let _ = reply.send((db.subscribe(capacity), db.version_vector().clone()));
-                }
-                Command::SyncStatus { reply } => {
-                    let _ = reply.send(self.engine.status());
-                }
-                Command::Shutdown { reply } => {
-                    self.close();
-                    let _ = reply.send(());
-                    return;
-                }
+            let local_write = matches!(command, Command::Write(_) | Command::Import { .. });
+            if local_write && self.waiting.is_some() {
+                self.carried = Some(command);
+                continue;
+            }
+            if local_write && self.engine.own_chain_behind() {
+                tracing::warn!(
+                    wait_s = OWN_CHAIN_WAIT.as_secs(),
+                    "a peer holds more of this node's own operations than it does (was its data directory restored from an \
+                     older copy?); local writes wait until they are back, so no sequence number is used twice"
+                );
+                self.waiting = Some((command, tokio::time::Instant::now() + OWN_CHAIN_WAIT));
+                continue;
+            }
+            if self.handle(command) {
+                return;
             }
         }
+        self.release_waiting();
         self.close();
+    }
+
+    /// Carries out one command; `true` once the writer is to stop.
+    fn handle(&mut self, command: Command) -> bool {
+        match command {
+            Command::Write(first) => self.write_group(first),
+            Command::Import { nodes, reply } => {
+                let peer = self.engine.peer_id().to_owned();
+                let ops: Vec<_> = nodes
+                    .into_iter()
+                    .map(|(id, value)| OperationWithMetadata::new(OperationType::CreateNode, id, value, peer.as_str()))
+                    .collect();
+                let n = ops.len();
+                let result = self.commit(ops).map(|_| n);
+                let _ = reply.send(result);
+            }
+            Command::CommitMeta { entries, reply } => {
+                let _ = reply.send(self.engine.database_mut().commit_meta(entries).map_err(Error::Core));
+            }
+            Command::Subscribe { capacity, reply } => {
+                let db = self.engine.database();
+                let _ = reply.send((db.subscribe(capacity), db.version_vector().clone()));
+            }
+            Command::SyncStatus { reply } => {
+                let _ = reply.send(self.engine.status());
+            }
+            Command::Shutdown { reply } => {
+                self.release_waiting();
+                self.close();
+                let _ = reply.send(());
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Commits a write that waits for this node's own chain, and the one
+    /// queued behind it, before the writer stops: they were accepted.
+    fn release_waiting(&mut self) {
+        for command in [self.waiting.take().map(|(c, _)| c), self.carried.take()].into_iter().flatten() {
+            match command {
+                Command::Write(first) => self.write_group(first),
+                Command::Import { .. } => {
+                    self.handle(command);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Logs the forks the sync engine settled.
+    fn report_forks(&mut self) {
+        while let Some(fork) = self.engine.poll_fork() {
+            tracing::warn!(
+                origin = %fork.origin,
+                seq = fork.seq,
+                peer = %fork.peer,
+                kept_this_nodes_branch = fork.kept,
+                dropped = fork.dropped,
+                "fork: two different operations of one origin under one sequence number (a restored backup or a copied data \
+                 directory writing with the same key); every replica keeps the branch whose operation there sorts first"
+            );
+            if fork.own && !fork.kept {
+                tracing::warn!(
+                    writes = fork.dropped,
+                    "this node's own writes lost the fork: they are written again under its id after the winning branch \
+                     (if another copy of this data directory runs, give one of them a new identity)"
+                );
+            }
+        }
     }
 
     /// Compares this node's wall clock with its connected peers' (at most

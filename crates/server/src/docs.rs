@@ -263,6 +263,25 @@ pub struct StatusDoc {
     pub clock: ClockDoc,
     /// Seconds since the node started.
     pub uptime_s: u64,
+    /// Per origin whose log forked (two different operations under one
+    /// sequence number), what this node settled; empty when none did.
+    #[serde(default)]
+    pub forks: Vec<ForkDoc>,
+}
+
+/// The forks of one origin a node settled (see `docs/protocol.md`, "Forks").
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ForkDoc {
+    /// The origin whose log forked.
+    pub origin: String,
+    /// How many forks of it were settled.
+    pub count: u64,
+    /// The sequence number of the latest one.
+    pub last_seq: u64,
+    /// The peer that sent the other branch.
+    pub last_peer: String,
+    /// When, in milliseconds since the Unix epoch.
+    pub last_ms: u64,
 }
 
 /// The node's clock: the drift bound, its own correction, operations from

@@ -133,6 +133,17 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<StatusDoc>, Ap
         },
         clock: clock_doc(&sync.clock, state.handle.peer_clock_offsets()),
         uptime_s: state.started.elapsed().as_secs(),
+        forks: sync
+            .forks
+            .iter()
+            .map(|f| ForkDoc {
+                origin: f.origin.clone(),
+                count: f.count,
+                last_seq: f.last_seq,
+                last_peer: f.last_peer.clone(),
+                last_ms: f.last_ms,
+            })
+            .collect(),
     }))
 }
 
