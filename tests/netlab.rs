@@ -612,3 +612,151 @@ fn mdns_peers_reconnect_after_a_restart_and_an_address_change() {
         moved.elapsed().as_millis()
     );
 }
+
+// ---- restored and copied data directories -------------------------------------
+
+/// Copies data directory `from` to `to` (replacing it) as a user would,
+/// with `cp -a` (modes kept: the key files stay private).
+fn copy_data_dir(from: &std::path::Path, to: &std::path::Path) {
+    if to.exists() {
+        std::fs::remove_dir_all(to).unwrap_or_else(|e| panic!("cannot remove {}: {e}", to.display()));
+    }
+    let status = std::process::Command::new("cp").arg("-a").arg(from).arg(to).status().expect("run cp");
+    assert!(status.success(), "cp -a {} {} failed", from.display(), to.display());
+}
+
+/// No host's peers list shows a batch refused for a broken hash chain.
+fn assert_no_refused_batch(lab: &Lab, hosts: &[usize]) {
+    for &h in hosts {
+        let peers = lab.host(h).peers();
+        for peer in peers["peers"].as_array().into_iter().flatten() {
+            let error = peer["last_error"].as_str().unwrap_or_default();
+            assert!(!error.contains("hash chain"), "h{h} refused a batch of {}: {error}", peer["peer_id"]);
+        }
+    }
+}
+
+/// B's data directory is restored from an old copy while A and C hold the
+/// writes B made after it; B writes while its cable is out, then again once
+/// it is back. Everything converges with every acknowledged write: B takes
+/// its own later operations back from its peers, and its offline writes,
+/// which forked its log, lose to the older branch and are written again
+/// after it.
+#[test]
+#[cfg_attr(not(feature = "quic"), ignore = "needs the quic feature (the nodes' network transport)")]
+fn a_restored_backup_converges_with_every_acknowledged_write() {
+    if !netlab::supported() {
+        return;
+    }
+    let mut lab = Lab::lan(3);
+    lab.host_mut(0).start(&[]);
+    let ticket = lab.host(0).ticket();
+    lab.host_mut(1).start(&["--join", &ticket]);
+    lab.host_mut(2).start(&["--join", &ticket]);
+    let mut expected = BTreeSet::new();
+    for n in 0..5 {
+        let id = format!("b:before-backup:{n}");
+        lab.host(1).put(&id, &json!({"n": n}));
+        expected.insert(id);
+    }
+    wait_converged(&lab, &[0, 1, 2], &expected, "all hosts hold B's writes made before the backup");
+    let b_id = lab.host(1).peer_id();
+    assert!(lab.host_mut(1).stop().success(), "B did not stop cleanly");
+    let backup = lab.dir().join("b-backup");
+    copy_data_dir(&lab.host(1).data_dir, &backup);
+
+    lab.host_mut(1).start(&["--join", &ticket]);
+    for n in 0..8 {
+        let id = format!("b:after-backup:{n}");
+        lab.host(1).put(&id, &json!({"n": n}));
+        expected.insert(id);
+    }
+    wait_converged(&lab, &[0, 2], &expected, "A and C hold B's writes made after the backup");
+    assert!(lab.host_mut(1).stop().success(), "B did not stop cleanly");
+
+    // Restored while its cable is out: B writes before it can learn that
+    // its peers hold more of its own log (those writes reuse sequence
+    // numbers: a fork).
+    copy_data_dir(&backup, &lab.host(1).data_dir);
+    lab.cut(1);
+    lab.host_mut(1).start(&["--join", &ticket]);
+    assert_eq!(lab.host(1).peer_id(), b_id, "a backup restored in place keeps its identity");
+    for n in 0..3 {
+        let id = format!("b:restored-offline:{n}");
+        lab.host(1).put(&id, &json!({"n": n}));
+        expected.insert(id);
+    }
+    for (h, id) in [(0, "a:during"), (2, "c:during")] {
+        lab.host(h).put(id, &json!({"host": h}));
+        expected.insert(id.to_owned());
+    }
+    let started = Instant::now();
+    lab.restore(1);
+    lab.host(1).put("b:reconnected", &json!({"n": 3}));
+    expected.insert("b:reconnected".to_owned());
+    wait_converged(&lab, &[0, 1, 2], &expected, "all hosts hold every acknowledged write after the restore");
+    eprintln!("netlab: restored backup: converged {} ms after B's cable came back", started.elapsed().as_millis());
+    let status = lab.host(1).status();
+    let forks = status["forks"].as_array().cloned().unwrap_or_default();
+    assert!(forks.iter().any(|f| f["origin"] == b_id.as_str() && f["last_seq"] == 6), "B reports the fork of its log at 6: {status}");
+    for h in 0..3 {
+        assert_eq!(lab.host(h).get("b:restored-offline:2"), Some(json!({"n": 2})), "h{h}");
+        assert_eq!(lab.host(h).get("b:after-backup:7"), Some(json!({"n": 7})), "h{h}");
+    }
+    // One more write on B after everything settled reaches both peers.
+    lab.host(1).put("b:last", &json!({"last": true}));
+    expected.insert("b:last".to_owned());
+    wait_converged(&lab, &[0, 2], &expected, "A and C hold B's write made after it caught up");
+    assert_no_refused_batch(&lab, &[0, 1, 2]);
+}
+
+/// A's data directory is copied to host D and both run: D notices it is a
+/// copy and takes a new identity before it writes, so writes on both (and
+/// on B all along) converge everywhere and B's writes keep replicating.
+#[test]
+#[cfg_attr(not(feature = "quic"), ignore = "needs the quic feature (the nodes' network transport)")]
+fn a_copied_data_dir_runs_next_to_its_original() {
+    if !netlab::supported() {
+        return;
+    }
+    let mut lab = Lab::lan(3);
+    lab.host_mut(0).start(&[]);
+    let ticket = lab.host(0).ticket();
+    lab.host_mut(1).start(&["--join", &ticket]);
+    let mut expected = BTreeSet::new();
+    for n in 0..5 {
+        let id = format!("a:before-copy:{n}");
+        lab.host(0).put(&id, &json!({"n": n}));
+        expected.insert(id);
+    }
+    wait_converged(&lab, &[0, 1], &expected, "A and B hold A's first writes");
+    let a_id = lab.host(0).peer_id();
+    assert!(lab.host_mut(0).stop().success(), "A did not stop cleanly");
+    copy_data_dir(&lab.host(0).data_dir.clone(), &lab.host(2).data_dir.clone());
+    lab.host_mut(0).start(&[]);
+    let b_ticket = lab.host(1).ticket();
+    lab.host_mut(2).start(&["--join", &b_ticket]);
+    let d_id = lab.host(2).peer_id();
+    assert_ne!(d_id, a_id, "the copy took a new identity");
+    assert_eq!(lab.host(0).peer_id(), a_id, "the original kept its identity");
+
+    let started = Instant::now();
+    for n in 0..10 {
+        for (h, name) in [(0, "a"), (2, "d"), (1, "b")] {
+            let id = format!("{name}:after-copy:{n}");
+            lab.host(h).put(&id, &json!({"host": h, "n": n}));
+            expected.insert(id);
+        }
+    }
+    let from_b: BTreeSet<String> = expected.iter().filter(|id| id.starts_with("b:")).cloned().collect();
+    wait_converged(&lab, &[0, 2], &from_b, "A and D hold B's writes");
+    wait_converged(&lab, &[0, 1, 2], &expected, "all hosts hold every acknowledged write");
+    eprintln!("netlab: copied data dir: converged {} ms after the writes began", started.elapsed().as_millis());
+    for h in 0..3 {
+        assert_eq!(lab.host(h).get("d:after-copy:9"), Some(json!({"host": 2, "n": 9})), "h{h}");
+        assert_eq!(lab.host(h).get("a:after-copy:9"), Some(json!({"host": 0, "n": 9})), "h{h}");
+        let status = lab.host(h).status();
+        assert_eq!(status["forks"], json!([]), "h{h}: no fork (the copy never wrote as A): {status}");
+    }
+    assert_no_refused_batch(&lab, &[0, 1, 2]);
+}
