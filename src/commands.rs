@@ -269,7 +269,18 @@ fn execute(api: &mut Api, cli: Cli, json: bool) -> anyhow::Result<()> {
                     o,
                     "traffic:       {} ops / {} bytes sent, {} ops / {} bytes received",
                     t["ops_sent"], t["bytes_sent"], t["ops_received"], t["bytes_received"]
-                )
+                )?;
+                for fork in doc["forks"].as_array().into_iter().flatten() {
+                    writeln!(
+                        o,
+                        "fork:          {} at seq {} (settled {} time(s); the other branch came from {})",
+                        fork["origin"].as_str().unwrap_or_default(),
+                        fork["last_seq"],
+                        fork["count"],
+                        fork["last_peer"].as_str().unwrap_or_default()
+                    )?;
+                }
+                Ok(())
             })
         }
         Command::Connect { address } => {
