@@ -117,6 +117,9 @@ impl Writer {
                     if let Some((command, _)) = self.waiting.take() {
                         if self.engine.own_chain_behind() {
                             tracing::warn!("this node's own operations held by peers did not arrive in time; writing anyway");
+                            // Claims that were not followed by the operations
+                            // hold later writes back no more.
+                            self.engine.stop_waiting_for_own_chain();
                         }
                         if self.handle(command) {
                             return;
