@@ -5,6 +5,7 @@
 use crate::alloc::within_bound;
 use pluresdb_security::{Identity, NetworkEncryption, NetworkSecret, PeerId, Ticket};
 use sha2::{Digest, Sha256};
+use std::sync::OnceLock;
 
 /// The text form of a ticket whose CBOR is `cbor`, with a valid checksum.
 fn ticket_text_around(cbor: &[u8]) -> String {
@@ -74,17 +75,26 @@ fn side(identity: [u8; 32], session: [u8; 32]) -> NetworkEncryption {
 /// must reproduce from that input alone).
 fn receiver() -> NetworkEncryption {
     let mut b = side(SEED_B, [4; 32]);
-    let bundle_a = side(SEED_A, [3; 32]).public_key_bundle().expect("initialized");
-    b.add_peer("a", &bundle_a).expect("a valid bundle");
+    b.add_peer("a", bundle(&BUNDLE_A, SEED_A, [3; 32])).expect("a valid bundle");
     b
 }
 
 /// `a`, with `b` registered: what seals for `b`.
 fn sender() -> NetworkEncryption {
     let mut a = side(SEED_A, [3; 32]);
-    let bundle_b = side(SEED_B, [4; 32]).public_key_bundle().expect("initialized");
-    a.add_peer("b", &bundle_b).expect("a valid bundle");
+    a.add_peer("b", bundle(&BUNDLE_B, SEED_B, [4; 32])).expect("a valid bundle");
     a
+}
+
+/// The key bundles of `a` and `b`, built once (they are the same every
+/// time, and building a side twice per input made this target the slowest
+/// by a factor of 30).
+static BUNDLE_A: OnceLock<Vec<u8>> = OnceLock::new();
+static BUNDLE_B: OnceLock<Vec<u8>> = OnceLock::new();
+
+/// The key bundle of the side with these seeds, kept in `cell`.
+fn bundle(cell: &'static OnceLock<Vec<u8>>, identity: [u8; 32], session: [u8; 32]) -> &'static [u8] {
+    cell.get_or_init(|| side(identity, session).public_key_bundle().expect("initialized"))
 }
 
 /// Binary security formats; the first byte picks which one the rest is:
@@ -135,7 +145,7 @@ pub fn key_seeds() -> Vec<Vec<u8>> {
         [&[0][..], &identity.peer_id().to_bytes()].concat(),
         [&[1][..], &file[..]].concat(),
         [&[2][..], &file[..file.len() - 4]].concat(),
-        [&[3][..], &side(SEED_B, [4; 32]).public_key_bundle().expect("initialized")].concat(),
+        [&[3][..], bundle(&BUNDLE_B, SEED_B, [4; 32])].concat(),
         [&[4][..], &sender().encrypt("b", b"hello").expect("a paired peer")].concat(),
     ]
 }
