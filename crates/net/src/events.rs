@@ -67,6 +67,16 @@ pub enum PeerEvent {
 }
 
 /// The sending side: engines hold a clone and deliver events through it.
+///
+/// Several engines may run side by side over one sync engine (QUIC and
+/// libp2p): each gets its own handle from [`for_engine`](Self::for_engine),
+/// and a peer connected through more than one of them is still one peer
+/// to the sync engine. Its first link carries its sync session; the
+/// others' `Connected` and `Disconnected` are not passed on (their
+/// messages are), and when the link in use goes while another is up, the
+/// sync engine sees the peer disconnect and connect again over the other
+/// (a fresh sync session, so nothing in flight on the lost link is
+/// counted on). [`route`](Self::route) says which engine carries a peer.
 #[derive(Clone, Debug)]
 pub struct SyncHandle {
     // Unbounded as a channel, bounded by what may enter it: messages only
@@ -74,6 +84,18 @@ pub struct SyncHandle {
     // connection (connected, replaced, disconnected).
     events: mpsc::UnboundedSender<PeerEvent>,
     shares: Arc<Shares>,
+    links: Arc<Mutex<HashMap<String, PeerLinks>>>,
+    engine: usize,
+}
+
+/// A peer's links, one per engine at most (each engine keeps one link per
+/// peer), in the order they connected.
+#[derive(Debug, Default)]
+struct PeerLinks {
+    /// The engine whose link the sync engine was told of.
+    in_use: usize,
+    /// Each up link's engine and its `Connected` event.
+    up: Vec<(usize, PeerEvent)>,
 }
 
 /// The peers' shares of the queue, by peer id. An entry lives as long as
@@ -128,21 +150,71 @@ impl SyncHandle {
         };
         let (events, receiver) = mpsc::unbounded_channel();
         let shares = Arc::new(Shares { limits, peers: Mutex::new(HashMap::new()) });
-        (SyncHandle { events, shares }, PeerEvents { events: receiver })
+        let links = Arc::new(Mutex::new(HashMap::new()));
+        (SyncHandle { events, shares, links, engine: 0 }, PeerEvents { events: receiver })
+    }
+
+    /// A handle onto the same queue for engine number `engine` of several
+    /// that run side by side (see the type's docs); the handle from
+    /// [`channel`](Self::channel) is engine 0. Each engine must deliver,
+    /// for every peer, `Connected` and `Disconnected` in turn.
+    pub fn for_engine(&self, engine: usize) -> SyncHandle {
+        SyncHandle { engine, ..self.clone() }
+    }
+
+    /// The number of the engine whose link to `peer` the sync engine uses,
+    /// or `None` when no engine has one.
+    pub fn route(&self, peer: &str) -> Option<usize> {
+        lock(&self.links).get(peer).map(|links| links.in_use)
+    }
+
+    /// The peers with a link up, each with the number of the engine whose
+    /// link the sync engine uses.
+    pub fn routes(&self) -> Vec<(String, usize)> {
+        lock(&self.links).iter().map(|(peer, links)| (peer.clone(), links.in_use)).collect()
     }
 
     /// Delivers `event`. A message first waits for room in its peer's
     /// share (see the module docs). Returns `false` when the receiver is
     /// gone (the event is dropped: nobody listens).
     pub async fn deliver(&self, event: PeerEvent) -> bool {
-        let event = match event {
+        match event {
             PeerEvent::Message { peer_id, bytes } => {
                 let Some(bytes) = self.count(&peer_id, bytes).await else { return false };
-                PeerEvent::Message { peer_id, bytes }
+                self.events.send(PeerEvent::Message { peer_id, bytes }).is_ok()
             }
-            other => other,
-        };
-        self.events.send(event).is_ok()
+            // Decided and queued under the lock, so that the sync engine
+            // sees the links of all engines come and go in one order.
+            PeerEvent::Connected { ref peer_id, .. } => {
+                let mut links = lock(&self.links);
+                let peer = links.entry(peer_id.clone()).or_default();
+                peer.up.retain(|(engine, _)| *engine != self.engine);
+                peer.up.push((self.engine, event.clone()));
+                if peer.up.len() > 1 {
+                    tracing::debug!(peer = %peer_id, engine = self.engine, in_use = peer.in_use, "a second link to a connected peer: kept as a fallback");
+                    return !self.events.is_closed();
+                }
+                peer.in_use = self.engine;
+                self.events.send(event).is_ok()
+            }
+            PeerEvent::Disconnected { peer_id, reason } => {
+                let mut links = lock(&self.links);
+                let Some(peer) = links.get_mut(&peer_id) else {
+                    return self.events.send(PeerEvent::Disconnected { peer_id, reason }).is_ok();
+                };
+                peer.up.retain(|(engine, _)| *engine != self.engine);
+                if peer.in_use != self.engine {
+                    return !self.events.is_closed();
+                }
+                let Some((engine, connected)) = peer.up.first().cloned() else {
+                    links.remove(&peer_id);
+                    return self.events.send(PeerEvent::Disconnected { peer_id, reason }).is_ok();
+                };
+                peer.in_use = engine;
+                tracing::info!(peer = %peer_id, %reason, engine, "the link in use is gone; syncing over another");
+                self.events.send(PeerEvent::Disconnected { peer_id, reason }).is_ok() && self.events.send(connected).is_ok()
+            }
+        }
     }
 
     /// `payload`, holding room in `peer`'s share until it is dropped;
@@ -168,12 +240,16 @@ impl SyncHandle {
     }
 }
 
+/// `mutex`'s guard; a panic while it was held cannot leave the maps
+/// half-changed (each update is one insert, retain or removal).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Shares {
     /// `peer`'s share, made if it has none in use.
     fn share(&self, peer: &str) -> Arc<Share> {
-        // Every update is one insert or removal: a panic elsewhere cannot
-        // leave the map half-changed.
-        let mut peers = self.peers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut peers = lock(&self.peers);
         if let Some(share) = peers.get(peer).and_then(Weak::upgrade) {
             return share;
         }
@@ -259,5 +335,60 @@ mod tests {
         assert!(is_pending(fourth.as_mut()));
         drop(events);
         assert!(!fourth.await);
+    }
+
+    fn connected(peer: &str, address: &str, transport: Transport) -> PeerEvent {
+        PeerEvent::Connected { peer_id: peer.to_owned(), address: address.to_owned(), transport }
+    }
+
+    fn disconnected(peer: &str, reason: &str) -> PeerEvent {
+        PeerEvent::Disconnected { peer_id: peer.to_owned(), reason: reason.to_owned() }
+    }
+
+    fn drain(events: &mut PeerEvents) -> Vec<PeerEvent> {
+        std::iter::from_fn(|| events.try_recv()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_peer_linked_through_two_engines_is_one_peer_to_the_sync_engine() {
+        let (handle, mut events) = SyncHandle::channel(8);
+        let (quic, libp2p) = (handle.for_engine(0), handle.for_engine(1));
+        let over_quic = connected("p", "127.0.0.1:1", Transport::Quic);
+        let over_libp2p = connected("p", "/ip4/127.0.0.1/tcp/2", Transport::Libp2p);
+
+        assert!(libp2p.deliver(over_libp2p.clone()).await);
+        assert!(quic.deliver(over_quic.clone()).await);
+        assert_eq!(drain(&mut events), vec![over_libp2p.clone()], "the second link is not a second peer");
+        assert_eq!(handle.route("p"), Some(1), "the first link carries the sync session");
+
+        // Messages come through whichever link the peer sends them on.
+        assert!(quic.deliver(message("p", 1)).await);
+        assert!(libp2p.deliver(message("p", 2)).await);
+        assert_eq!(drain(&mut events).len(), 2);
+
+        // The link in use goes: the peer leaves and comes back over the other.
+        assert!(libp2p.deliver(disconnected("p", "timed out")).await);
+        assert_eq!(drain(&mut events), vec![disconnected("p", "timed out"), over_quic.clone()]);
+        assert_eq!(handle.route("p"), Some(0));
+
+        // A fallback link going is not news; the last link going is.
+        assert!(libp2p.deliver(over_libp2p.clone()).await);
+        assert!(libp2p.deliver(disconnected("p", "closed")).await);
+        assert_eq!(drain(&mut events), vec![]);
+        assert!(quic.deliver(disconnected("p", "goodbye")).await);
+        assert_eq!(drain(&mut events), vec![disconnected("p", "goodbye")]);
+        assert_eq!(handle.route("p"), None);
+        assert!(handle.routes().is_empty(), "nothing is kept for a peer with no link");
+    }
+
+    #[tokio::test]
+    async fn one_engine_replacing_its_link_is_seen_as_before() {
+        let (handle, mut events) = SyncHandle::channel(8);
+        let first = connected("p", "127.0.0.1:1", Transport::Quic);
+        let second = connected("p", "127.0.0.1:3", Transport::Quic);
+        for event in [first.clone(), disconnected("p", "replaced"), second.clone(), disconnected("p", "goodbye")] {
+            assert!(handle.deliver(event).await);
+        }
+        assert_eq!(drain(&mut events), vec![first, disconnected("p", "replaced"), second, disconnected("p", "goodbye")]);
     }
 }

@@ -55,6 +55,7 @@
 //! `docs/protocol.md`, "Frames".
 
 pub mod codec;
+mod combined;
 mod config;
 mod driver;
 mod engine;
@@ -67,6 +68,7 @@ mod peer;
 pub mod quic;
 
 pub use codec::{CodecError, Frame, FrameDecoder, FrameKind, MAX_FRAME_BYTES};
+pub use combined::CombinedNetworkEngine;
 pub use config::{DiscoveryConfig, NetworkConfig, ReceiveLimits, DEFAULT_PORT};
 pub use driver::{apply as apply_peer_event, now_ms, send_transmit, SyncDriver};
 pub use engine::{NetworkEngine, Result};
