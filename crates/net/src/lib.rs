@@ -62,6 +62,7 @@ mod engine;
 mod error;
 mod events;
 pub mod exchange;
+pub mod link;
 pub mod message;
 mod peer;
 #[cfg(feature = "quic")]

@@ -407,7 +407,7 @@ fn encode_hello(hello: &Hello) -> Vec<u8> {
 }
 
 /// The most listen addresses a `Hello` may carry.
-const MAX_LISTEN_ADDRESSES: usize = 32;
+pub(crate) const MAX_LISTEN_ADDRESSES: usize = 32;
 
 fn decode_hello(bytes: &[u8]) -> Option<Hello> {
     let mut reader = Reader::new(bytes);
