@@ -146,7 +146,7 @@ impl Node {
             engine: Arc::new(engine.clone()),
             events,
             peers: peers.clone(),
-            transport: "quic",
+            transports: vec!["quic"],
             listen_addresses: vec![address.clone()],
             discovery: None,
             on_access_change: None,

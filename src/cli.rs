@@ -114,6 +114,10 @@ pub enum Command {
         /// Serve the API only, with no network transport.
         #[arg(long)]
         no_network: bool,
+        /// Do not run the QUIC engine (peers reach the node over its other
+        /// transports) [env: PLURESDB_QUIC=false; config: quic = false].
+        #[arg(long)]
+        no_quic: bool,
         /// Do not announce this node or look for peers on the LAN with mDNS
         /// [env: PLURESDB_MDNS=false; config: mdns = false].
         #[arg(long)]

@@ -74,6 +74,7 @@ pub fn run(cli: Cli, config: &Config) -> anyhow::Result<()> {
             bootstrap: peers,
             mdns: config.mdns.value,
             mdns_interfaces: config.mdns_interfaces.value.clone(),
+            quic: config.quic.value,
         });
         return crate::node::serve(db, &cli.data_dir, config, network, json);
     }

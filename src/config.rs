@@ -12,6 +12,7 @@
 //! bootstrap = ["10.0.0.5:34569"] # PLURESDB_BOOTSTRAP (comma-separated), --bootstrap
 //! mdns = true                    # PLURESDB_MDNS, --no-mdns: find peers on the LAN
 //! mdns_interfaces = ["eth0"]     # PLURESDB_MDNS_INTERFACES (comma-separated): only these (default: all)
+//! quic = true                    # PLURESDB_QUIC, --no-quic: run the QUIC engine
 //! allowed_origins = ["http://localhost:3000"] # PLURESDB_ALLOWED_ORIGINS (comma-separated), --allowed-origin: web pages allowed to use the API
 //! api_hosts = ["db.example.com"] # PLURESDB_API_HOSTS (comma-separated), --api-host: names the API answers to besides its addresses
 //! max_clock_drift = "5m"         # PLURESDB_MAX_CLOCK_DRIFT, --max-clock-drift: how far ahead a received timestamp may be and take effect at once
@@ -75,6 +76,8 @@ pub struct Config {
     pub mdns: Setting<bool>,
     /// The interfaces mDNS runs on; empty means every one.
     pub mdns_interfaces: Setting<Vec<String>>,
+    /// Run the QUIC engine.
+    pub quic: Setting<bool>,
     /// Origins of web pages allowed to use the API (`scheme://host[:port]`)
     /// besides the node's own.
     pub allowed_origins: Setting<Vec<String>>,
@@ -202,6 +205,8 @@ pub fn load(cli: &Cli) -> anyhow::Result<Config> {
         env("PLURESDB_BOOTSTRAP").map(|v| v.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect::<Vec<_>>());
     let env_mdns = env("PLURESDB_MDNS").map(|v| parse_bool(&v, "PLURESDB_MDNS")).transpose()?;
     let env_mdns_interfaces = env("PLURESDB_MDNS_INTERFACES").map(|v| list(&v));
+    let flag_quic = matches!(&cli.command, Command::Serve { no_quic: true, .. }).then_some(false);
+    let env_quic = env("PLURESDB_QUIC").map(|v| parse_bool(&v, "PLURESDB_QUIC")).transpose()?;
     let env_addr = env("PLURESDB_API_ADDR").map(|v| parse_addr(&v, "PLURESDB_API_ADDR")).transpose()?;
     let file_addr = file.api_addr.as_deref().map(|v| parse_addr(v, &whence("api_addr"))).transpose()?;
     let default_addr = parse_addr(pluresdb_server::DEFAULT_API_ADDR, "default")?;
@@ -234,6 +239,7 @@ pub fn load(cli: &Cli) -> anyhow::Result<Config> {
         bootstrap: pick(flag_bootstrap, env_bootstrap, file.bootstrap, Vec::new()),
         mdns: pick(flag_mdns, env_mdns, file.mdns, true),
         mdns_interfaces: pick(None, env_mdns_interfaces, file.mdns_interfaces, Vec::new()),
+        quic: pick(flag_quic, env_quic, file.quic, true),
         allowed_origins: pick(flag_origins, env_origins, file_origins, Vec::new()),
         api_hosts: pick(flag_hosts, env_hosts, file_hosts, Vec::new()),
     })
@@ -264,6 +270,7 @@ impl Config {
             "bootstrap": entry(self.bootstrap.value.clone().into(), self.bootstrap.source),
             "mdns": entry(self.mdns.value.into(), self.mdns.source),
             "mdns_interfaces": entry(self.mdns_interfaces.value.clone().into(), self.mdns_interfaces.source),
+            "quic": entry(self.quic.value.into(), self.quic.source),
             "allowed_origins": entry(self.allowed_origins.value.clone().into(), self.allowed_origins.source),
             "api_hosts": entry(self.api_hosts.value.clone().into(), self.api_hosts.source),
         })
@@ -285,6 +292,7 @@ impl Config {
         out += &line("bootstrap", format!("{:?}", self.bootstrap.value), self.bootstrap.source);
         out += &line("mdns", self.mdns.value.to_string(), self.mdns.source);
         out += &line("mdns_interfaces", format!("{:?}", self.mdns_interfaces.value), self.mdns_interfaces.source);
+        out += &line("quic", self.quic.value.to_string(), self.quic.source);
         out += &line("allowed_origins", format!("{:?}", self.allowed_origins.value), self.allowed_origins.source);
         out += &line("api_hosts", format!("{:?}", self.api_hosts.value), self.api_hosts.source);
         out

@@ -19,6 +19,7 @@ pub struct FileConfig {
     pub bootstrap: Option<Vec<String>>,
     pub mdns: Option<bool>,
     pub mdns_interfaces: Option<Vec<String>>,
+    pub quic: Option<bool>,
     pub allowed_origins: Option<Vec<String>>,
     pub api_hosts: Option<Vec<String>>,
 }

@@ -21,6 +21,9 @@ pub struct PeerSettings {
     /// The interfaces mDNS runs on; empty means every one.
     #[cfg_attr(not(feature = "quic"), allow(dead_code))]
     pub mdns_interfaces: Vec<String>,
+    /// Run the QUIC engine.
+    #[cfg_attr(not(feature = "quic"), allow(dead_code))]
+    pub quic: bool,
 }
 
 /// Where peers can reach a node listening on `local`: the address itself,
@@ -83,13 +86,15 @@ async fn follow_address_changes(
     }
 }
 
-/// The QUIC engine, the runtime's view of it, and discovery feeding it.
+/// The node's engines, the runtime's view of them (one engine, see
+/// `pluresdb_net::CombinedNetworkEngine`), and discovery feeding them.
 #[cfg(feature = "quic")]
-struct QuicNode {
-    engine: pluresdb_net::QuicNetworkEngine,
+struct NodeNetwork {
+    /// The QUIC engine, when it runs.
+    quic: Option<pluresdb_net::QuicNetworkEngine>,
     network: pluresdb_runtime::Network,
-    discovery: std::sync::Arc<pluresdb_discovery::CombinedDiscovery>,
-    /// Stops the auto-connect task.
+    discovery: Option<std::sync::Arc<pluresdb_discovery::CombinedDiscovery>>,
+    /// Stops the auto-connect and address-following tasks.
     stop_dialling: tokio::sync::watch::Sender<bool>,
 }
 
@@ -110,36 +115,111 @@ async fn start_discovery(discovery: &pluresdb_discovery::CombinedDiscovery) -> p
     discovery.start_discovery().await
 }
 
-/// Starts the QUIC engine with the node's identity and its access rule,
-/// then discovery: mDNS (unless turned off), the bootstrap list, and the
-/// peers connected peers tell of, dialled as they are found.
+/// Starts the node's engines with its identity and its access rule (the
+/// QUIC engine unless turned off), run as one, then discovery: mDNS
+/// (unless turned off), the bootstrap list, and the peers connected peers
+/// tell of, dialled as they are found.
 #[cfg(feature = "quic")]
-async fn start_quic(data_dir: &Path, settings: &PeerSettings, db: &Replica) -> anyhow::Result<QuicNode> {
-    use pluresdb_net::NetworkEngine;
+async fn start_network(data_dir: &Path, settings: &PeerSettings, db: &Replica) -> anyhow::Result<NodeNetwork> {
+    use pluresdb_net::{CombinedNetworkEngine, NetworkEngine, PeerManager, Transport};
     use std::sync::Arc;
     let identity = crate::keys::identity(data_dir)?;
     let secret = crate::keys::network_secret(data_dir)?;
     let mode = pluresdb_runtime::stored_access_mode(db.store())?;
     let allowlist = pluresdb_runtime::stored_allowlist(db.store())?;
     let policy = pluresdb_security::AccessPolicy { mode, secret: Some(secret.clone()), allowlist };
-    let mut config =
-        pluresdb_net::NetworkConfig { port: settings.bind.port(), bind_address: settings.bind.ip().to_string(), ..Default::default() };
+    let mut config = pluresdb_net::NetworkConfig {
+        port: settings.bind.port(),
+        bind_address: settings.bind.ip().to_string(),
+        enable_quic: settings.quic,
+        ..Default::default()
+    };
     // A node bound to loopback cannot be reached from the LAN: it neither
-    // announces itself nor browses there.
-    config.discovery.enable_mdns = settings.mdns && !settings.bind.ip().is_loopback();
-    if settings.mdns && !config.discovery.enable_mdns {
+    // announces itself nor browses there. mDNS announces the QUIC engine.
+    config.discovery.enable_mdns = settings.mdns && config.enable_quic && !settings.bind.ip().is_loopback();
+    if settings.mdns && config.enable_quic && !config.discovery.enable_mdns {
         tracing::info!(bind = %settings.bind, "mDNS is off: the node listens on loopback only");
     }
-    let peers = Arc::new(pluresdb_net::PeerManager::new());
     let (sync, events) = pluresdb_net::SyncHandle::channel(1_024);
-    let mut engine = pluresdb_net::QuicNetworkEngine::new(config.clone(), peers.clone(), sync)
-        .with_identity(identity)
-        .with_access_policy(policy)
-        .with_peer_exchange(true);
-    engine.start().await.with_context(|| format!("cannot start the QUIC engine on {}", settings.bind))?;
-    let local = engine.local_addr().context("the QUIC engine has no address")?;
-    let peer_id = engine.peer_id().context("the QUIC engine has no identity")?;
+    let mut combined = CombinedNetworkEngine::new(sync.clone());
+    let mut registries = Vec::new();
+    let mut transports = Vec::new();
+    let mut listen_addresses = Vec::new();
+    let mut quic = None;
+    if config.enable_quic {
+        let peers = Arc::new(PeerManager::new());
+        let mut engine = pluresdb_net::QuicNetworkEngine::new(config.clone(), peers.clone(), sync.for_engine(transports.len()))
+            .with_identity(identity.clone())
+            .with_access_policy(policy.clone())
+            .with_peer_exchange(true);
+        engine.start().await.with_context(|| format!("cannot start the QUIC engine on {}", settings.bind))?;
+        let local = engine.local_addr().context("the QUIC engine has no address")?;
+        listen_addresses.extend(reachable_addresses(local));
+        combined = combined.with_engine(Transport::Quic, Box::new(engine.clone()));
+        registries.push(peers);
+        transports.push(Transport::Quic.as_str());
+        quic = Some((engine, local));
+    }
+    let peers = Arc::new(PeerManager::union(registries.clone()));
+    let engine: Arc<dyn NetworkEngine> = Arc::new(combined);
 
+    let (stop_dialling, dialling_stopped) = tokio::sync::watch::channel(false);
+    let discovery = match &quic {
+        Some((engine, local)) => {
+            let discovery = start_discovery_of(engine, *local, &config, settings, &secret, registries[0].clone()).await?;
+            pluresdb_discovery::spawn_auto_connect(
+                discovery.clone(),
+                engine_handle(engine),
+                config.max_connections,
+                dialling_stopped.clone(),
+            );
+            if local.ip().is_unspecified() {
+                tokio::spawn(follow_address_changes(engine.clone(), *local, dialling_stopped));
+            }
+            Some(discovery)
+        }
+        None => None,
+    };
+    let network = pluresdb_runtime::Network {
+        engine,
+        events,
+        peers,
+        transports,
+        listen_addresses,
+        on_access_change: Some({
+            let quic = quic.as_ref().map(|(engine, _)| engine.clone());
+            Arc::new(move |mode, allowlist| {
+                tracing::info!(mode = mode.name(), allowed = allowlist.len(), "access rule changed");
+                let policy = pluresdb_security::AccessPolicy { mode, secret: Some(secret.clone()), allowlist };
+                if let Some(engine) = &quic {
+                    engine.set_access_policy(policy);
+                }
+            })
+        }),
+        discovery: discovery.clone(),
+    };
+    Ok(NodeNetwork { quic: quic.map(|(engine, _)| engine), network, discovery, stop_dialling })
+}
+
+/// The QUIC engine as discovery's auto-connect dials with it.
+#[cfg(feature = "quic")]
+fn engine_handle(engine: &pluresdb_net::QuicNetworkEngine) -> std::sync::Arc<dyn pluresdb_net::NetworkEngine> {
+    std::sync::Arc::new(engine.clone())
+}
+
+/// Starts discovery for the QUIC engine listening on `local`: mDNS when
+/// the config says so (and it can start: if not, the node runs on
+/// without it), the bootstrap list, and peer exchange through `peers`.
+#[cfg(feature = "quic")]
+async fn start_discovery_of(
+    engine: &pluresdb_net::QuicNetworkEngine,
+    local: std::net::SocketAddr,
+    config: &pluresdb_net::NetworkConfig,
+    settings: &PeerSettings,
+    secret: &pluresdb_security::NetworkSecret,
+    peers: std::sync::Arc<pluresdb_net::PeerManager>,
+) -> anyhow::Result<std::sync::Arc<pluresdb_discovery::CombinedDiscovery>> {
+    let peer_id = engine.peer_id().context("the QUIC engine has no identity")?;
     let mut announced = pluresdb_discovery::LocalPeer::new(peer_id, local.port(), secret.network_tag());
     if !local.ip().is_unspecified() {
         announced = announced.with_addresses(vec![local.ip()]);
@@ -148,7 +228,7 @@ async fn start_quic(data_dir: &Path, settings: &PeerSettings, db: &Replica) -> a
         let config = pluresdb_net::DiscoveryConfig { enable_mdns, ..config.discovery.clone() };
         pluresdb_discovery::CombinedDiscovery::new(config)
             .with_local(announced.clone())
-            .with_bootstrap(settings.bootstrap.clone())
+            .with_bootstrap(settings.bootstrap.iter().filter(|a| !a.starts_with('/')).cloned().collect())
             .with_interfaces(settings.mdns_interfaces.clone())
             .with_peer_exchange(peers.clone())
     };
@@ -167,33 +247,12 @@ async fn start_quic(data_dir: &Path, settings: &PeerSettings, db: &Replica) -> a
         discovery = discovery_with(false);
         start_discovery(&discovery).await.context("cannot start peer discovery")?;
     }
-    let discovery = Arc::new(discovery);
+    let discovery = std::sync::Arc::new(discovery);
     if let Err(err) = discovery.announce_peer().await {
         // The node is still reachable by address and ticket.
         tracing::warn!(error = %err, "cannot announce this node on mDNS");
     }
-    let (stop_dialling, dialling_stopped) = tokio::sync::watch::channel(false);
-    pluresdb_discovery::spawn_auto_connect(discovery.clone(), Arc::new(engine.clone()), config.max_connections, dialling_stopped.clone());
-    if local.ip().is_unspecified() {
-        tokio::spawn(follow_address_changes(engine.clone(), local, dialling_stopped));
-    }
-
-    let network = pluresdb_runtime::Network {
-        engine: Arc::new(engine.clone()),
-        events,
-        peers,
-        transport: "quic",
-        listen_addresses: reachable_addresses(local),
-        on_access_change: Some({
-            let engine = engine.clone();
-            Arc::new(move |mode, allowlist| {
-                tracing::info!(mode = mode.name(), allowed = allowlist.len(), "access rule changed");
-                engine.set_access_policy(pluresdb_security::AccessPolicy { mode, secret: Some(secret.clone()), allowlist });
-            })
-        }),
-        discovery: Some(discovery.clone()),
-    };
-    Ok(QuicNode { engine, network, discovery, stop_dialling })
+    Ok(discovery)
 }
 
 pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSettings>, json: bool) -> anyhow::Result<()> {
@@ -212,10 +271,10 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
         let mut options = pluresdb_runtime::RuntimeOptions { watch_buffer: config.watch_buffer.value, ..Default::default() };
         options.sync.max_clock_drift = config.max_clock_drift.value;
         #[cfg(feature = "quic")]
-        let (quic, network) = match &peers {
+        let (engines, network) = match &peers {
             Some(settings) => {
-                let QuicNode { engine, network, discovery, stop_dialling } = start_quic(data_dir, settings, &db).await?;
-                (Some((engine, discovery, stop_dialling)), Some(network))
+                let NodeNetwork { quic, network, discovery, stop_dialling } = start_network(data_dir, settings, &db).await?;
+                (Some((quic, discovery, stop_dialling)), Some(network))
             }
             None => (None, None),
         };
@@ -266,7 +325,11 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
                 writeln!(out, "pluresdb node {peer_id}")?;
                 writeln!(out, "HTTP API on http://{bound} (routes: http://{bound}/openapi.json)")?;
                 for address in handle.listen_addresses() {
-                    writeln!(out, "peers connect over QUIC to {address}")?;
+                    let transport = if address.starts_with('/') { "libp2p" } else { "QUIC" };
+                    writeln!(out, "peers connect over {transport} to {address}")?;
+                }
+                if handle.transports().is_empty() && peers.is_some() {
+                    writeln!(out, "no network transport runs (every engine is turned off): serving the API only")?;
                 }
                 if !handle.listen_addresses().is_empty() {
                     // Not the ticket itself: it carries the network secret,
@@ -288,13 +351,17 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
         // Requests in flight have finished: say goodbye to peers, then let
         // the writer commit what it holds.
         #[cfg(feature = "quic")]
-        if let Some((mut quic, discovery, stop_dialling)) = quic {
+        if let Some((quic, discovery, stop_dialling)) = engines {
             use pluresdb_net::NetworkEngine;
             let _ = stop_dialling.send(true);
             // Withdraw the mDNS announcement: LAN peers see this node leave.
-            discovery.stop().await;
-            if let Err(err) = quic.stop().await {
-                tracing::warn!(error = %err, "the QUIC engine did not stop cleanly");
+            if let Some(discovery) = discovery {
+                discovery.stop().await;
+            }
+            if let Some(mut quic) = quic {
+                if let Err(err) = quic.stop().await {
+                    tracing::warn!(error = %err, "the QUIC engine did not stop cleanly");
+                }
             }
         }
         node.shutdown().await;

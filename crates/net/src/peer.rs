@@ -176,16 +176,49 @@ impl Entry {
 /// The registry of peers: those connected now and those seen before (at
 /// most [`MAX_KNOWN_PEERS`] of the latter). Thread-safe; share it with
 /// `Arc<PeerManager>` between the engines and the API.
+///
+/// Engines that run side by side each keep their own registry; a node reads
+/// them as one through [`union`](Self::union).
 #[derive(Debug, Default)]
 pub struct PeerManager {
     peers: RwLock<BTreeMap<String, Entry>>,
     learned: Mutex<LearnedPeers>,
+    /// Other registries read together with this one (see `union`).
+    parts: Vec<Arc<PeerManager>>,
 }
 
 impl PeerManager {
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A registry that reads as its own peers together with those of
+    /// `parts` (the registries of engines that run side by side): a peer
+    /// connected through any of them is connected, listed once, with the
+    /// figures of a connected link where it has one.
+    pub fn union(parts: Vec<Arc<PeerManager>>) -> Self {
+        Self { parts, ..Self::default() }
+    }
+
+    /// `read` of this registry followed by each part's, each sorted by
+    /// peer id, connected entries before others of the same peer, and
+    /// only the first entry of each peer kept.
+    fn gather<T>(&self, read: fn(&PeerManager) -> Vec<T>, key: fn(&T) -> (&str, bool)) -> Vec<T> {
+        let mut all = read(self);
+        if self.parts.is_empty() {
+            return all;
+        }
+        for part in &self.parts {
+            all.extend(part.gather(read, key));
+        }
+        // Stable: among equals, this registry's entry, then the parts' in order.
+        all.sort_by(|a, b| {
+            let ((a_peer, a_connected), (b_peer, b_connected)) = (key(a), key(b));
+            a_peer.cmp(b_peer).then(b_connected.cmp(&a_connected))
+        });
+        all.dedup_by(|later, first| key(later).0 == key(first).0);
+        all
     }
 
     fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, Entry>> {
@@ -230,37 +263,52 @@ impl PeerManager {
 
     /// What is known about `peer_id`.
     pub fn get(&self, peer_id: &str) -> Option<PeerInfo> {
-        self.read().get(peer_id).map(Entry::snapshot)
+        let own = self.read().get(peer_id).map(Entry::snapshot);
+        let mut found = own.into_iter().chain(self.parts.iter().filter_map(|part| part.get(peer_id)));
+        let first = found.next()?;
+        if first.connected {
+            return Some(first);
+        }
+        Some(found.find(|info| info.connected).unwrap_or(first))
     }
 
     /// Whether `peer_id` is connected.
     pub fn is_connected(&self, peer_id: &str) -> bool {
-        self.read().get(peer_id).is_some_and(|e| e.info.connected)
+        self.read().get(peer_id).is_some_and(|e| e.info.connected) || self.parts.iter().any(|part| part.is_connected(peer_id))
     }
 
     /// The connected peers, in peer id order.
     pub fn connected_peers(&self) -> Vec<PeerInfo> {
-        self.read().values().filter(|e| e.info.connected).map(Entry::snapshot).collect()
+        let own = |registry: &PeerManager| registry.read().values().filter(|e| e.info.connected).map(Entry::snapshot).collect();
+        self.gather(own, |info: &PeerInfo| (info.peer_id.as_str(), info.connected))
     }
 
     /// Every known peer, connected or not, in peer id order.
     pub fn known_peers(&self) -> Vec<PeerInfo> {
-        self.read().values().map(Entry::snapshot).collect()
+        let own = |registry: &PeerManager| registry.read().values().map(Entry::snapshot).collect();
+        self.gather(own, |info: &PeerInfo| (info.peer_id.as_str(), info.connected))
     }
 
     /// For each connected peer that has sent a heartbeat: its wall clock
     /// minus this node's, in ms (see [`PeerStats::record_heartbeat`]).
     pub fn clock_offsets(&self) -> Vec<(String, i64)> {
-        self.read()
-            .values()
-            .filter(|e| e.info.connected)
-            .filter_map(|e| Some((e.info.peer_id.clone(), e.stats.as_ref()?.clock_offset_ms()?)))
-            .collect()
+        let own = |registry: &PeerManager| {
+            registry
+                .read()
+                .values()
+                .filter(|e| e.info.connected)
+                .filter_map(|e| Some((e.info.peer_id.clone(), e.stats.as_ref()?.clock_offset_ms()?)))
+                .collect()
+        };
+        self.gather(own, |(peer, _): &(String, i64)| (peer.as_str(), true))
     }
 
     /// How many peers are connected.
     pub fn connected_count(&self) -> usize {
-        self.read().values().filter(|e| e.info.connected).count()
+        if self.parts.is_empty() {
+            return self.read().values().filter(|e| e.info.connected).count();
+        }
+        self.connected_peers().len()
     }
 
     /// Records the peers that `via` (seen at `via_address`) told this node
@@ -275,7 +323,12 @@ impl PeerManager {
     /// [`LEARNED_PEER_TTL`](crate::exchange::LEARNED_PEER_TTL), in peer id
     /// order; a peer told of by several peers has an entry for each.
     pub fn learned_peers(&self) -> Vec<LearnedPeer> {
-        self.learned.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).list(Utc::now())
+        let mut learned = self.learned.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).list(Utc::now());
+        if !self.parts.is_empty() {
+            learned.extend(self.parts.iter().flat_map(|part| part.learned_peers()));
+            learned.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        }
+        learned
     }
 }
 
@@ -335,5 +388,29 @@ mod tests {
         assert_eq!(manager.clock_offsets(), [("a".to_owned(), -year.num_milliseconds())]);
         manager.peer_disconnected("a");
         assert_eq!(manager.clock_offsets(), []);
+    }
+
+    #[test]
+    fn a_union_lists_a_peer_linked_through_two_engines_once_and_connected_while_either_link_is() {
+        let (quic, libp2p) = (Arc::new(PeerManager::new()), Arc::new(PeerManager::new()));
+        let node = PeerManager::union(vec![quic.clone(), libp2p.clone()]);
+        quic.peer_connected(info("p"));
+        libp2p.peer_connected(PeerInfo { transport: Transport::Libp2p, ..info("p") });
+        libp2p.peer_connected(PeerInfo { transport: Transport::Libp2p, ..info("q") });
+        assert_eq!(
+            node.connected_peers().iter().map(|p| (p.peer_id.as_str(), p.transport)).collect::<Vec<_>>(),
+            [("p", Transport::Quic), ("q", Transport::Libp2p)]
+        );
+        assert_eq!(node.connected_count(), 2);
+
+        // The QUIC link goes: the peer is still connected, over libp2p.
+        quic.peer_disconnected("p");
+        assert!(node.is_connected("p"));
+        assert_eq!(node.get("p").map(|p| (p.transport, p.connected)), Some((Transport::Libp2p, true)));
+        assert_eq!(node.known_peers().len(), 2, "each peer once, the connected entry first");
+        libp2p.peer_disconnected("p");
+        assert!(!node.is_connected("p"));
+        assert_eq!(node.get("p").map(|p| p.connected), Some(false));
+        assert_eq!(node.connected_count(), 1);
     }
 }

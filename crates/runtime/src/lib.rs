@@ -52,8 +52,9 @@ use writer::Command;
 /// themselves).
 pub use pluresdb_net::now_ms;
 
-/// A network transport the runtime syncs over: the engine, the events it
-/// delivers, and its peer registry.
+/// The network the runtime syncs over: the engine (one transport's, or
+/// several run as one by `pluresdb_net::CombinedNetworkEngine`), the
+/// events it delivers, and its peer registry.
 pub struct Network {
     /// The engine (sends, connects, disconnects).
     pub engine: Arc<dyn pluresdb_net::NetworkEngine>,
@@ -61,8 +62,8 @@ pub struct Network {
     pub events: pluresdb_net::PeerEvents,
     /// The engine's peers (addresses, round-trip times).
     pub peers: Arc<pluresdb_net::PeerManager>,
-    /// The transport's name (`quic`).
-    pub transport: &'static str,
+    /// The names of the transports the engine runs (`quic`, `libp2p`).
+    pub transports: Vec<&'static str>,
     /// Where other nodes reach this one.
     pub listen_addresses: Vec<String>,
     /// Called with the access mode and the allowlist after either changes,
@@ -131,7 +132,7 @@ impl Runtime {
         let link = network.as_ref().map(|n| Link {
             engine: n.engine.clone(),
             peers: n.peers.clone(),
-            transport: n.transport,
+            transports: n.transports.clone(),
             listen_addresses: n.listen_addresses.clone(),
             on_access_change: n.on_access_change.clone(),
             discovery: n.discovery.clone(),
@@ -192,7 +193,7 @@ struct Inner {
 struct Link {
     engine: Arc<dyn pluresdb_net::NetworkEngine>,
     peers: Arc<pluresdb_net::PeerManager>,
-    transport: &'static str,
+    transports: Vec<&'static str>,
     listen_addresses: Vec<String>,
     on_access_change: Option<AccessHook>,
     discovery: Option<Arc<pluresdb_discovery::CombinedDiscovery>>,
@@ -244,7 +245,7 @@ impl Handle {
 
     /// The network transports running in this node.
     pub fn transports(&self) -> Vec<&'static str> {
-        self.inner.link.iter().map(|l| l.transport).collect()
+        self.inner.link.iter().flat_map(|l| l.transports.iter().copied()).collect()
     }
 
     /// The addresses other nodes can reach this node at.
