@@ -1,76 +1,57 @@
-//! The PluresDB handshake on a fresh QUIC connection: each side sends a
-//! [`Hello`] with its network-secret proof on the control stream, checks
-//! the other's against its access policy, and confirms admission with a
-//! first `Heartbeat` (or refuses with an `Error` frame and closes).
-//!
-//! The proof is `secret::prove` over two transcripts, one per side:
-//! `exporter || peer id bytes`, where `exporter` is 32 bytes of TLS keying
-//! material exported from this connection (RFC 5705/8446, label
-//! [`EXPORTER_LABEL`]). The exporter is unique to the TLS session and
-//! known only to its two ends, so a proof cannot be replayed on another
-//! connection or relayed by a man in the middle (who would have two TLS
-//! sessions with different exporters); the peer ids are the ones the TLS
-//! certificates proved, and their order in `prove` fixes the direction.
+//! The PluresDB handshake on a fresh QUIC connection: the QUIC side of
+//! [`crate::link`]'s admission. The control stream is the first
+//! bidirectional stream (opened by the dialler); the session binding of
+//! the secret proofs is 32 bytes of TLS keying material exported from the
+//! connection (RFC 5705/8446, label [`EXPORTER_LABEL`]), which is unique to
+//! the TLS session and known only to its two ends, so a proof cannot be
+//! replayed on another connection or relayed by a man in the middle (who
+//! would have two TLS sessions with different exporters); the peer ids are
+//! the ones the TLS certificates proved.
 
-use super::stream::{self, close_code, next_frame, ReadFailure};
-use super::Keys;
-use crate::codec::{CodecError, FrameDecoder, FrameKind};
+use super::now;
+use super::registry::Keys;
+use super::stream::{self, close_code, READ_CHUNK_BYTES};
+use super::transport::admit_transport;
+use crate::config::{NetworkConfig, ReceiveLimits};
 use crate::error::NetworkError;
-use crate::message::{ErrorCode, Hello, NetworkMessage, PROTOCOL_VERSION};
+use crate::link::{Lane, Link, LinkConfig, LinkEnd, LinkEvent, Refusal, LINGER};
+use crate::message::ErrorCode;
 use crate::peer::Direction;
-use pluresdb_security::{secret, tls, PeerId};
+use pluresdb_security::{tls, PeerId};
 use quinn::{Connection, RecvStream, SendStream};
 use rustls::pki_types::CertificateDer;
-use std::time::Duration;
 
-/// The TLS exporter label for handshake transcripts.
+/// The TLS exporter label for the session binding of handshake proofs.
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-pluresdb-hello-v1";
-
-/// The largest frame payload accepted before the handshake completes.
-pub const HANDSHAKE_MAX_PAYLOAD: usize = 64 * 1024;
-
-/// How long a refusing side waits for the peer to read its `Error` frame
-/// and close, before closing itself.
-pub const LINGER: Duration = Duration::from_millis(500);
 
 /// A connection whose handshake succeeded.
 pub struct Handshaken {
     /// The peer id, from the certificate.
     pub peer_id: String,
-    /// The peer's `Hello`.
-    pub hello: Hello,
+    /// The established link, holding any input read past the handshake
+    /// (its events and frames still to be taken).
+    pub link: Link,
     /// The control stream's sending half.
     pub send: SendStream,
     /// The control stream's receiving half.
     pub recv: RecvStream,
-    /// The control stream's decoder, holding any bytes read past the
-    /// handshake.
-    pub decoder: FrameDecoder,
-    /// Whether the peer proved it holds the network secret.
-    pub proof_ok: bool,
 }
 
-/// A failed handshake: the error, and the refusal to send the peer if
-/// this side is the one refusing.
+/// What the link of a new connection is told besides the keys.
+pub(super) struct Terms {
+    pub(super) direction: Direction,
+    pub(super) listen_addresses: Vec<String>,
+    pub(super) limits: ReceiveLimits,
+    pub(super) ask_for_peers: bool,
+    /// When the handshake (QUIC's and ours) must have completed.
+    pub(super) deadline: tokio::time::Instant,
+}
+
+/// A failed handshake: the error, and the refused link if this side
+/// refused (its `error` frame still to be written).
 struct Failure {
     error: NetworkError,
-    refusal: Option<Refusal>,
-}
-
-/// An `Error` frame to send before closing. The receiving half is kept
-/// open until then: dropping it would tell the peer to stop sending
-/// (STOP_SENDING) before it reads why.
-struct Refusal {
-    send: SendStream,
-    _recv: RecvStream,
-    code: ErrorCode,
-    message: String,
-}
-
-impl Failure {
-    fn refuse(error: NetworkError, send: SendStream, recv: RecvStream, code: ErrorCode, message: String) -> Self {
-        Failure { error, refusal: Some(Refusal { send, _recv: recv, code, message }) }
-    }
+    refusal: Option<(Link, SendStream, RecvStream, Refusal)>,
 }
 
 impl From<NetworkError> for Failure {
@@ -86,19 +67,12 @@ pub fn peer_id_of(connection: &Connection) -> Result<PeerId, String> {
     tls::peer_id_of_certificates(&certificates).map_err(|err| err.to_string())
 }
 
-/// Runs the handshake until `deadline`, the end of the connection's
-/// `timeout` for getting admitted. On refusal (by either side) the
-/// connection is closed with the refusal's code and reason.
-pub async fn run(
-    keys: &Keys,
-    connection: &Connection,
-    direction: Direction,
-    listen_addresses: Vec<String>,
-    max_payload: usize,
-    deadline: tokio::time::Instant,
-    timeout: Duration,
-) -> Result<Handshaken, NetworkError> {
+/// Runs the handshake until `terms.deadline`, the end of the connection's
+/// `handshake_timeout` for getting admitted. On refusal (by either side)
+/// the connection is closed with the refusal's code and reason.
+pub(super) async fn run(keys: &Keys, config: &NetworkConfig, connection: &Connection, terms: Terms) -> Result<Handshaken, NetworkError> {
     let address = connection.remote_address().to_string();
+    let timeout = config.handshake_timeout;
     let peer = match peer_id_of(connection) {
         Ok(peer) => peer,
         Err(reason) => {
@@ -106,12 +80,10 @@ pub async fn run(
             return Err(NetworkError::Handshake { peer: address.clone(), address, reason });
         }
     };
-    let exchange = exchange(keys, connection, direction, listen_addresses, &peer, &address);
+    let deadline = terms.deadline;
+    let exchange = exchange(keys, config, connection, terms, peer, &address);
     let failure = match tokio::time::timeout_at(deadline, exchange).await {
-        Ok(Ok(mut done)) => {
-            done.decoder.set_max_payload(max_payload);
-            return Ok(done);
-        }
+        Ok(Ok(done)) => return Ok(done),
         Ok(Err(failure)) => failure,
         Err(_) => {
             let reason = format!("handshake did not complete within {timeout:?}");
@@ -119,42 +91,44 @@ pub async fn run(
             return Err(NetworkError::HandshakeTimeout { address, after: timeout });
         }
     };
-    if let Some(refusal) = failure.refusal {
-        refuse(connection, refusal.send, refusal.code, &refusal.message).await;
+    if let Some((link, send, _recv, refusal)) = failure.refusal {
+        if let Refusal::Denied(denied) = &refusal {
+            tracing::warn!(peer = %peer, %address, reason = %denied, "refused a peer");
+        }
+        refuse(connection, send, link, &refusal).await;
     }
     Err(failure.error)
 }
 
-/// Sends `Error { code, message }`, gives the peer [`LINGER`] to read it
-/// and close, then closes with `code`.
-pub async fn refuse(connection: &Connection, mut send: SendStream, code: ErrorCode, message: &str) {
-    let frame = NetworkMessage::Error { code, message: message.to_owned() };
-    let written = tokio::time::timeout(LINGER, stream::write_message(&mut send, &frame)).await;
-    if matches!(written, Ok(Ok(_))) {
+/// Writes the refusal's `error` frame (and whatever the link queued
+/// before it), gives the peer [`LINGER`] to read it and close, then closes
+/// with its code. The receiving half is kept open until then: dropping it
+/// would tell the peer to stop sending (STOP_SENDING) before it reads why.
+async fn refuse(connection: &Connection, mut send: SendStream, mut link: Link, refusal: &Refusal) {
+    let written = tokio::time::timeout(LINGER, async {
+        while let Some(transmit) = link.poll_transmit() {
+            stream::write_frame(&mut send, &transmit.frame).await?;
+        }
+        Ok::<_, quinn::WriteError>(())
+    })
+    .await;
+    if matches!(written, Ok(Ok(()))) {
         let _ = send.finish();
         let _ = tokio::time::timeout(LINGER, connection.closed()).await;
     }
-    connection.close(close_code(code), message.as_bytes());
-}
-
-fn transcript(exporter: &[u8; 32], peer: &PeerId) -> Vec<u8> {
-    let mut out = Vec::with_capacity(32 + pluresdb_security::PEER_ID_BYTES);
-    out.extend_from_slice(exporter);
-    out.extend_from_slice(&peer.to_bytes());
-    out
+    connection.close(close_code(refusal.code()), refusal.message().as_bytes());
 }
 
 async fn exchange(
     keys: &Keys,
+    config: &NetworkConfig,
     connection: &Connection,
-    direction: Direction,
-    listen_addresses: Vec<String>,
-    peer: &PeerId,
+    terms: Terms,
+    peer: PeerId,
     address: &str,
 ) -> Result<Handshaken, Failure> {
     let peer_text = peer.to_string();
-    let handshake_error = |reason: String| NetworkError::Handshake { peer: peer_text.clone(), address: address.to_owned(), reason };
-    let opened = match direction {
+    let opened = match terms.direction {
         Direction::Dialled => connection.open_bi().await,
         Direction::Accepted => connection.accept_bi().await,
     };
@@ -162,115 +136,64 @@ async fn exchange(
     // Control frames go ahead of bulk data (see `link`).
     let _ = send.set_priority(1);
 
-    let mut exporter = [0u8; 32];
-    connection
-        .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
-        .map_err(|_| handshake_error("TLS keying material export failed".to_owned()))?;
-    let ours = transcript(&exporter, &keys.peer_id);
-    let theirs = transcript(&exporter, peer);
-    let proof = keys.policy.secret.as_ref().map(|secret| secret::prove(secret, &ours, &theirs).to_vec());
-    let hello = Hello { protocol_version: PROTOCOL_VERSION, peer_id: keys.peer_id_text.clone(), listen_addresses, proof };
-    stream::write_message(&mut send, &NetworkMessage::Hello(hello)).await.map_err(|err| stream::write_failed(&peer_text, &err))?;
-
-    let mut decoder = FrameDecoder::with_max_payload(HANDSHAKE_MAX_PAYLOAD);
-    let their_hello = match read_message(connection, &mut recv, &mut decoder, &peer_text).await {
-        Ok(NetworkMessage::Hello(hello)) => hello,
-        Ok(other) => {
-            let message = format!("expected a hello frame, got a {} frame", other.kind());
-            return Err(Failure::refuse(handshake_error(message.clone()), send, recv, ErrorCode::UnexpectedMessage, message));
-        }
-        Err(ReadOutcome::Failed(error)) => return Err(error.into()),
-        Err(ReadOutcome::Refuse(code, message)) => {
-            return Err(Failure::refuse(handshake_error(message.clone()), send, recv, code, message));
-        }
+    let mut binding = [0u8; 32];
+    connection.export_keying_material(&mut binding, EXPORTER_LABEL, b"").map_err(|_| NetworkError::Handshake {
+        peer: peer_text.clone(),
+        address: address.to_owned(),
+        reason: "TLS keying material export failed".to_owned(),
+    })?;
+    let link_config = LinkConfig {
+        local_peer: keys.peer_id,
+        remote_peer: peer,
+        binding,
+        policy: keys.policy.clone(),
+        listen_addresses: terms.listen_addresses,
+        handshake_deadline: terms.deadline.into_std(),
+        handshake_timeout: config.handshake_timeout,
+        heartbeat_interval: config.heartbeat_interval,
+        // QUIC's own idle timeout (`connection_timeout`) ends dead links.
+        idle_timeout: None,
+        limits: terms.limits,
+        ask_for_peers: terms.ask_for_peers,
     };
-    if their_hello.protocol_version != PROTOCOL_VERSION {
-        let error =
-            NetworkError::UnsupportedVersion { peer: peer_text.clone(), version: their_hello.protocol_version, ours: PROTOCOL_VERSION };
-        let message = error.to_string();
-        return Err(Failure::refuse(error, send, recv, ErrorCode::UnsupportedVersion, message));
-    }
-    if their_hello.peer_id != peer_text {
-        let message = format!("hello names peer {}, but the certificate is {peer_text}", their_hello.peer_id);
-        return Err(Failure::refuse(handshake_error(message.clone()), send, recv, ErrorCode::UnexpectedMessage, message));
-    }
-    let proof_ok = match (&keys.policy.secret, &their_hello.proof) {
-        (Some(secret), Some(proof)) => secret::verify(secret, &ours, &theirs, proof),
-        _ => false,
-    };
-    if let Err(denied) = keys.policy.admits(&peer_text, proof_ok) {
-        let message = denied.to_string();
-        tracing::warn!(peer = %peer_text, %address, reason = %message, "refused a peer");
-        return Err(Failure::refuse(NetworkError::AccessDenied(denied), send, recv, ErrorCode::AccessDenied, message));
-    }
-
-    // Admitted: open the connection up to a link's limits, then say so
-    // with the first heartbeat (the peer sends sync frames only after it).
-    super::admit_transport(connection);
-    let admitted = NetworkMessage::Heartbeat { peer_id: keys.peer_id_text.clone(), timestamp: chrono::Utc::now() };
-    stream::write_message(&mut send, &admitted).await.map_err(|err| stream::write_failed(&peer_text, &err))?;
-    match read_message(connection, &mut recv, &mut decoder, &peer_text).await {
-        Ok(NetworkMessage::Heartbeat { .. }) => {}
-        Ok(other) => {
-            let message = format!("expected a heartbeat frame after hello, got a {} frame", other.kind());
-            return Err(Failure::refuse(handshake_error(message.clone()), send, recv, ErrorCode::UnexpectedMessage, message));
+    let mut link = Link::new(link_config, now());
+    loop {
+        while let Some(event) = link.poll_event() {
+            match event {
+                // Admitted: open the connection up to a link's limits
+                // before the heartbeat that says so goes out (the peer
+                // opens its bulk stream only after it).
+                LinkEvent::PeerAdmitted { .. } => admit_transport(connection),
+                // What the link queued and read past this stays in it for
+                // the link's task.
+                LinkEvent::Established => return Ok(Handshaken { peer_id: peer_text, link, send, recv }),
+                LinkEvent::Closed(end) => return Err(failed(end, link, send, recv, connection, &peer_text, address)),
+                // Nothing else comes before the link is established.
+                _ => {}
+            }
         }
-        Err(ReadOutcome::Failed(error)) => return Err(error.into()),
-        Err(ReadOutcome::Refuse(code, message)) => {
-            return Err(Failure::refuse(handshake_error(message.clone()), send, recv, code, message));
+        while let Some(transmit) = link.poll_transmit() {
+            stream::write_frame(&mut send, &transmit.frame).await.map_err(|err| stream::write_failed(&peer_text, &err))?;
+        }
+        match recv.read_chunk(READ_CHUNK_BYTES, true).await {
+            Ok(Some(chunk)) => link.handle_input(Lane::Control, &chunk.bytes, now()),
+            Ok(None) => link.handle_finish(Lane::Control),
+            Err(err) => return Err(stream::read_failed(&peer_text, &err).into()),
         }
     }
-    Ok(Handshaken { peer_id: peer_text, hello: their_hello, send, recv, decoder, proof_ok })
 }
 
-enum ReadOutcome {
-    /// The peer refused us, or the connection failed.
-    Failed(NetworkError),
-    /// The peer's input is bad: refuse it with this code and message.
-    Refuse(ErrorCode, String),
-}
-
-/// Reads one handshake message. An `Error` frame from the peer is its
-/// refusal: the connection is closed and the refusal returned.
-async fn read_message(
-    connection: &Connection,
-    recv: &mut RecvStream,
-    decoder: &mut FrameDecoder,
-    peer: &str,
-) -> Result<NetworkMessage, ReadOutcome> {
-    let frame = match next_frame(recv, decoder).await {
-        Ok(Some(frame)) => frame,
-        Ok(None) => {
-            return Err(ReadOutcome::Failed(NetworkError::ConnectionLost {
-                peer: peer.to_owned(),
-                reason: "the peer closed the control stream during the handshake".to_owned(),
-            }))
+/// The failure for a handshake that ended with `end`.
+fn failed(end: LinkEnd, link: Link, send: SendStream, recv: RecvStream, connection: &Connection, peer: &str, address: &str) -> Failure {
+    match end {
+        LinkEnd::Refused(refusal) => {
+            let error = LinkEnd::Refused(refusal.clone()).into_error(peer, address);
+            Failure { error, refusal: Some((link, send, recv, refusal)) }
         }
-        Err(ReadFailure::Codec(err)) => return Err(refusal_for(&err)),
-        Err(ReadFailure::Stream(err)) => return Err(ReadOutcome::Failed(stream::read_failed(peer, &err))),
-    };
-    if matches!(frame.kind, FrameKind::Sync) {
-        return Err(ReadOutcome::Refuse(ErrorCode::UnexpectedMessage, "sync frame before the handshake completed".to_owned()));
-    }
-    match NetworkMessage::from_frame(&frame) {
-        Ok(NetworkMessage::Error { code, message }) => {
+        LinkEnd::PeerRefused { code, message } => {
             connection.close(close_code(code), message.as_bytes());
-            Err(ReadOutcome::Failed(NetworkError::Refused { peer: peer.to_owned(), code, reason: message }))
+            LinkEnd::PeerRefused { code, message }.into_error(peer, address).into()
         }
-        Ok(message) => Ok(message),
-        Err(err) => Err(refusal_for(&err)),
-    }
-}
-
-/// The refusal for bytes that are not frames.
-fn refusal_for(err: &CodecError) -> ReadOutcome {
-    ReadOutcome::Refuse(codec_error_code(err), err.to_string())
-}
-
-/// The error code that answers bytes that are not frames.
-pub fn codec_error_code(err: &CodecError) -> ErrorCode {
-    match err {
-        CodecError::UnknownVersion { .. } => ErrorCode::UnsupportedVersion,
-        _ => ErrorCode::BadFrame,
+        other => other.into_error(peer, address).into(),
     }
 }

@@ -1,116 +1,75 @@
-//! A [`Link`]: an admitted connection to one peer, and the task that runs
-//! it until it closes.
+//! The task that runs an established [`Link`] over its QUIC connection
+//! until it closes: the QUIC driver of the link protocol.
 //!
 //! Streams: the control stream (the bidirectional stream of the handshake)
-//! carries heartbeats, goodbyes, errors and every sync message except
-//! `DataSync`; one unidirectional bulk stream per direction, opened on the
-//! first `DataSync`, carries those. Control frames are written at a higher
-//! stream priority, so an acknowledgement, a sync request or a heartbeat
-//! never waits behind megabytes of catch-up data; `DataSync` batches stay
-//! in order among themselves, which the sync engine's per-origin
-//! sequencing wants. Each stream has its own writer task fed by a bounded
-//! queue.
+//! is [`Lane::Control`]; one unidirectional bulk stream per direction,
+//! opened on the first `DataSync`, is [`Lane::Bulk`]. Control frames are
+//! written at a higher stream priority, so an acknowledgement, a sync
+//! request or a heartbeat never waits behind megabytes of catch-up data;
+//! `DataSync` batches stay in order among themselves, which the sync
+//! engine's per-origin sequencing wants. Each stream has its own writer
+//! task fed by a bounded queue; the engine's `send_message` and the link's
+//! own frames share those queues.
 //!
-//! Peer exchange: a node that looks for peers asks each new peer for the
-//! peers it knows (a `peers` frame with `request`); the answer names up to
-//! [`EXCHANGE_ANSWER_PEERS`] connected peers and where they listen, at most
-//! once per [`EXCHANGE_ANSWER_INTERVAL`] per link. What a peer says goes to
-//! the [`crate::PeerManager`]'s book of learned peers, checked and bounded.
-//!
-//! Receiving: each frame is counted against the peer's [`ReceiveLimits`];
-//! sync frames go to the [`crate::SyncHandle`] (awaited, so a slow consumer
-//! slows the peer through QUIC flow control). A peer over its limits, or
-//! sending bytes that are not frames, is sent an `Error` frame and the
-//! connection is closed; nothing else is affected.
+//! Each reader (control stream, bulk streams, the timer) feeds the link
+//! and then acts on the events its input produced, in order: sync messages
+//! go to the [`crate::SyncHandle`] (awaited, so a slow consumer stops the
+//! reader, and QUIC flow control then stops the peer), heartbeats to the
+//! peer's clock offset, peer exchange to the [`crate::PeerManager`]'s book
+//! of learned peers. The link itself sits behind a mutex that is never
+//! held across an await.
 
-use super::handshake::{codec_error_code, Handshaken, LINGER};
-use super::stream::{self, next_frame, write_frame, ReadFailure, CLOSE_NORMAL};
-use super::{lock, Registration, Running, Shared, Slot, TaskGuard, BULK_QUEUE_FRAMES, CONTROL_QUEUE_FRAMES};
-use crate::codec::{Frame, FrameDecoder, FrameKind, HEADER_LEN};
-use crate::config::ReceiveLimits;
+use super::handshake::Handshaken;
+use super::now;
+use super::registry::{lock, LinkHandle, Registration, Running, Shared, Slot, TaskGuard};
+use super::stream::{self, write_frame, READ_CHUNK_BYTES};
+use super::{BULK_QUEUE_FRAMES, CONTROL_QUEUE_FRAMES};
+use crate::codec::Frame;
 use crate::events::PeerEvent;
-use crate::message::{ErrorCode, ExchangedPeer, NetworkMessage, MAX_EXCHANGED_ADDRESSES};
+use crate::link::{Lane, Link, LinkEnd, LinkEvent, LINGER};
+use crate::message::{ErrorCode, ExchangedPeer};
 use crate::peer::{Direction, PeerInfo, PeerStats, Transport};
 use chrono::Utc;
-use pluresdb_security::RateLimiter;
 use quinn::{Connection, ReadError, RecvStream, SendStream, VarInt};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 
-/// The most peers one answer to a peer exchange request names: small enough
-/// for one datagram (a bigger one makes quinn keep a bigger send buffer on
-/// every connection); a newcomer learns the rest from the peers it dials.
-pub(crate) const EXCHANGE_ANSWER_PEERS: usize = 8;
-
-/// How often a node that looks for peers asks each connected peer again.
-pub(crate) const EXCHANGE_ASK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// How often a link answers peer exchange requests at most.
-pub(crate) const EXCHANGE_ANSWER_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// A registered link, as the engine's link table holds it.
-pub(crate) struct Link {
-    /// Unique among this engine's links.
-    pub(crate) id: u64,
-    pub(crate) peer_id: String,
-    /// The peer id of the node that dialled this connection.
-    pub(crate) dialler: String,
-    pub(crate) control: mpsc::Sender<Frame>,
-    pub(crate) bulk: mpsc::Sender<Frame>,
-    /// Whether the peer proved the network secret in the handshake, so a
-    /// changed access policy can be checked against the links it admitted.
-    pub(crate) proof_ok: bool,
-    closer: watch::Sender<Option<String>>,
-}
-
-impl Link {
-    /// Asks the link's task to say goodbye with `reason` and close.
-    pub(crate) fn close(&self, reason: &str) {
-        let _ = self.closer.send(Some(reason.to_owned()));
-    }
-}
-
-/// Why a link ended.
-enum LinkEnd {
-    /// This node closes it (disconnect, shutdown, replaced): `Goodbye`.
-    Local(String),
-    /// This node refuses the peer's input: `Error` frame, close with code.
-    Refuse(ErrorCode, String),
-    /// The peer said goodbye.
-    PeerGoodbye(String),
-    /// The peer refused this node's input.
-    PeerError(ErrorCode, String),
-    /// The connection failed or was closed without a frame saying why.
-    Lost(String),
-}
-
-struct Limiters {
-    frames: RateLimiter,
-    kib: RateLimiter,
-}
-
-/// What a link's readers share.
-struct LinkContext {
+/// One link's task state, shared by its readers and its timer.
+struct LinkTask {
     shared: Arc<Shared>,
     /// This node's peer id.
     local_peer: String,
-    /// When this link last answered a peer exchange request.
-    last_exchange_answer: Mutex<Option<Instant>>,
     peer: String,
+    /// The link's number in the registry.
+    id: u64,
     connection: Connection,
     stats: Arc<PeerStats>,
-    limits: ReceiveLimits,
-    limiters: Mutex<Limiters>,
-    started: Instant,
+    link: Mutex<Link>,
+    control: mpsc::Sender<Frame>,
+    bulk: mpsc::Sender<Frame>,
+}
+
+/// What the task consumes as it starts.
+struct Streams {
+    send: SendStream,
+    recv: RecvStream,
+    control_rx: mpsc::Receiver<Frame>,
+    bulk_rx: mpsc::Receiver<Frame>,
+}
+
+/// What tells the task to stop, and the guard `stop` waits on.
+struct Signals {
+    close_rx: watch::Receiver<Option<String>>,
+    shutdown: watch::Receiver<bool>,
+    _guard: TaskGuard,
 }
 
 /// Registers the handshaken `connection` as the link to its peer and
 /// spawns its task; settles duplicates (see [`Shared::register`]).
 pub(crate) fn start(shared: Arc<Shared>, running: &Running, connection: Connection, done: Handshaken, direction: Direction, slot: Slot) {
-    let Some(local_peer) = lock(&shared.keys).as_ref().map(|keys| keys.peer_id_text.clone()) else { return };
-    let peer = done.peer_id.clone();
+    let Some(local_peer) = shared.keys().map(|keys| keys.peer_id_text.clone()) else { return };
+    let Handshaken { peer_id: peer, link, send, recv } = done;
     let dialler = match direction {
         Direction::Dialled => local_peer.clone(),
         Direction::Accepted => peer.clone(),
@@ -119,18 +78,19 @@ pub(crate) fn start(shared: Arc<Shared>, running: &Running, connection: Connecti
     let (bulk, bulk_rx) = mpsc::channel(BULK_QUEUE_FRAMES);
     let (closer, close_rx) = watch::channel(None);
     let id = shared.next_link_id();
-    let link = Link { id, peer_id: peer.clone(), dialler, control: control.clone(), bulk, proof_ok: done.proof_ok, closer };
-    let registration = shared.register(link);
+    let handle =
+        LinkHandle { id, peer_id: peer.clone(), dialler, control: control.clone(), bulk: bulk.clone(), proof_ok: link.proof_ok(), closer };
+    let registration = shared.register(handle);
     drop(slot);
     match registration {
         Registration::Fresh | Registration::Replaced => {}
         Registration::Duplicate => {
             tracing::debug!(%peer, "closing a duplicate connection");
-            connection.close(VarInt::from_u32(CLOSE_NORMAL), b"duplicate connection");
+            connection.close(VarInt::from_u32(crate::link::CLOSE_NORMAL), b"duplicate connection");
             return;
         }
         Registration::Stopped => {
-            connection.close(VarInt::from_u32(CLOSE_NORMAL), b"node shutting down");
+            connection.close(VarInt::from_u32(crate::link::CLOSE_NORMAL), b"node shutting down");
             return;
         }
         Registration::Full => {
@@ -142,12 +102,13 @@ pub(crate) fn start(shared: Arc<Shared>, running: &Running, connection: Connecti
     }
     let remote = connection.remote_address();
     let now = Utc::now();
+    let advertised = link.peer_hello().map(|hello| hello.listen_addresses.as_slice()).unwrap_or_default();
     let info = PeerInfo {
         peer_id: peer.clone(),
         address: remote.to_string(),
         transport: Transport::Quic,
         direction,
-        listen_addresses: reachable_addresses(&done.hello.listen_addresses, remote),
+        listen_addresses: reachable_addresses(advertised, remote),
         connected_at: now,
         last_seen: now,
         rtt: Some(connection.rtt()),
@@ -157,274 +118,213 @@ pub(crate) fn start(shared: Arc<Shared>, running: &Running, connection: Connecti
     };
     let stats = shared.peers.peer_connected(info);
     tracing::info!(%peer, %remote, ?direction, "peer connected");
-    let limits = running.receive_limits;
-    let context = LinkContext {
-        shared,
-        local_peer: local_peer.clone(),
-        last_exchange_answer: Mutex::new(None),
-        peer,
-        connection,
-        stats,
-        limits,
-        limiters: Mutex::new(Limiters { frames: RateLimiter::new(limits.frames), kib: RateLimiter::new(limits.kib) }),
-        started: Instant::now(),
-    };
-    let guard = running.tasks.enter();
-    let shutdown = running.shutdown.subscribe();
+    let signals = Signals { close_rx, shutdown: running.shutdown.subscribe(), _guard: running.tasks.enter() };
+    let task = LinkTask { shared, local_peer, peer, id, connection, stats, link: Mutex::new(link), control, bulk };
     let replaced = matches!(registration, Registration::Replaced);
-    tokio::spawn(run(context, id, local_peer, replaced, done, control, control_rx, bulk_rx, close_rx, shutdown, guard));
+    tokio::spawn(task.run(Streams { send, recv, control_rx, bulk_rx }, signals, replaced));
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    context: LinkContext,
-    id: u64,
-    local_peer: String,
-    replaced: bool,
-    done: Handshaken,
-    control: mpsc::Sender<Frame>,
-    control_rx: mpsc::Receiver<Frame>,
-    bulk_rx: mpsc::Receiver<Frame>,
-    mut close_rx: watch::Receiver<Option<String>>,
-    mut shutdown: watch::Receiver<bool>,
-    _guard: TaskGuard,
-) {
-    let Handshaken { send, recv, decoder, .. } = done;
-    let peer = context.peer.clone();
-    let sync = &context.shared.sync;
-    if replaced {
-        // The sync driver must forget what it queued on the old connection.
-        sync.deliver(PeerEvent::Disconnected { peer_id: peer.clone(), reason: "replaced by a newer connection".to_owned() }).await;
-    }
-    let address = context.connection.remote_address().to_string();
-    sync.deliver(PeerEvent::Connected { peer_id: peer.clone(), address, transport: Transport::Quic }).await;
-    ask_for_peers(&context.shared, &control);
+impl LinkTask {
+    async fn run(self, streams: Streams, mut signals: Signals, replaced: bool) {
+        let Streams { send, recv, control_rx, bulk_rx } = streams;
+        let peer = self.peer.clone();
+        let sync = &self.shared.sync;
+        if replaced {
+            // The sync driver must forget what it queued on the old connection.
+            sync.deliver(PeerEvent::Disconnected { peer_id: peer.clone(), reason: "replaced by a newer connection".to_owned() }).await;
+        }
+        let address = self.connection.remote_address().to_string();
+        sync.deliver(PeerEvent::Connected { peer_id: peer.clone(), address, transport: Transport::Quic }).await;
 
-    let mut control_writer = tokio::spawn(write_control(send, control_rx, context.stats.clone()));
-    let bulk_writer = tokio::spawn(write_bulk(context.connection.clone(), bulk_rx, context.stats.clone()));
-    let interval = context.shared.config.heartbeat_interval;
-    let end = tokio::select! {
-        end = read_control(&context, recv, decoder) => end,
-        end = read_bulk(&context) => end,
-        end = heartbeat(&context, control.clone(), local_peer, interval) => end,
-        err = context.connection.closed() => LinkEnd::Lost(stream::connection_ended(&peer, &err).to_string()),
-        reason = close_rx.wait_for(Option::is_some) => {
-            let reason = reason.ok().and_then(|r| r.clone()).unwrap_or_else(|| "closed".to_owned());
-            LinkEnd::Local(reason)
-        }
-        _ = shutdown.wait_for(|s| *s) => LinkEnd::Local("node shutting down".to_owned()),
-    };
-
-    let (final_frame, code, reason) = match &end {
-        LinkEnd::Local(reason) => {
-            tracing::info!(%peer, %reason, "closing connection");
-            (Some(NetworkMessage::Goodbye { reason: reason.clone() }), CLOSE_NORMAL, reason.clone())
-        }
-        LinkEnd::Refuse(code, message) => {
-            tracing::warn!(%peer, %code, reason = %message, "refused the peer's input; disconnecting it");
-            let frame = NetworkMessage::Error { code: *code, message: message.clone() };
-            (Some(frame), u32::from(code.code()), format!("refused the peer ({code}): {message}"))
-        }
-        LinkEnd::PeerGoodbye(reason) => {
-            tracing::info!(%peer, %reason, "peer said goodbye");
-            (None, CLOSE_NORMAL, format!("peer said goodbye: {reason}"))
-        }
-        LinkEnd::PeerError(code, message) => {
-            tracing::warn!(%peer, %code, reason = %message, "the peer refused this node");
-            (None, u32::from(code.code()), format!("refused by the peer ({code}): {message}"))
-        }
-        LinkEnd::Lost(reason) => {
-            tracing::info!(%peer, %reason, "connection lost");
-            (None, CLOSE_NORMAL, reason.clone())
-        }
-    };
-    let current = context.shared.unregister(&peer, id);
-    if let Some(frame) = final_frame {
-        // The writer sends what is queued, then this frame, then finishes
-        // the stream once every sender is gone; the peer closes when it
-        // reads it. Both are bounded by LINGER.
-        let _ = control.try_send(frame.to_frame());
-        drop(control);
-        let _ = tokio::time::timeout(LINGER, async {
-            let _ = (&mut control_writer).await;
-            context.connection.closed().await
-        })
-        .await;
-    } else {
-        drop(control);
-    }
-    context.connection.close(VarInt::from_u32(code), reason.as_bytes());
-    control_writer.abort();
-    bulk_writer.abort();
-    if current {
-        context.shared.peers.peer_disconnected(&peer);
-        sync.deliver(PeerEvent::Disconnected { peer_id: peer.clone(), reason }).await;
-    }
-}
-
-impl LinkContext {
-    /// Handles one received frame; `Some` ends the link.
-    async fn on_frame(&self, frame: Frame, on_bulk_stream: bool) -> Option<LinkEnd> {
-        let size = HEADER_LEN + frame.payload.len();
-        if let Some(refusal) = self.check_limits(size) {
-            return Some(refusal);
-        }
-        self.stats.record_received(size, Utc::now());
-        match frame.kind {
-            FrameKind::Sync => {
-                // Awaited: a full channel stops this reader, and QUIC flow
-                // control then stops the peer.
-                self.shared.sync.deliver(PeerEvent::Message { peer_id: self.peer.clone(), bytes: frame.payload }).await;
-                None
+        let mut control_writer = tokio::spawn(write_control(send, control_rx, self.stats.clone()));
+        let bulk_writer = tokio::spawn(write_bulk(self.connection.clone(), bulk_rx, self.stats.clone()));
+        let end = tokio::select! {
+            end = self.read_control(recv) => end,
+            end = self.read_bulk() => end,
+            end = self.run_timers() => end,
+            err = self.connection.closed() => LinkEnd::Lost(stream::connection_ended(&peer, &err).to_string()),
+            reason = signals.close_rx.wait_for(Option::is_some) => {
+                let reason = reason.ok().and_then(|r| r.clone()).unwrap_or_else(|| "closed".to_owned());
+                self.close(&reason)
             }
-            kind if on_bulk_stream => Some(LinkEnd::Refuse(ErrorCode::UnexpectedMessage, format!("{kind} frame on the bulk stream"))),
-            FrameKind::Hello => Some(LinkEnd::Refuse(ErrorCode::UnexpectedMessage, "hello frame after the handshake".to_owned())),
-            FrameKind::Peers => match NetworkMessage::from_frame(&frame) {
-                Ok(NetworkMessage::PeerExchange { peers, request }) => {
-                    if !peers.is_empty() {
-                        let told = peers.len();
-                        let remote = self.connection.remote_address();
-                        let changed = self.shared.peers.learn(&self.local_peer, &self.peer, remote, peers);
-                        tracing::debug!(peer = %self.peer, told, changed, "peer exchange");
-                    }
-                    if request {
-                        self.answer_exchange();
-                    }
-                    None
+            _ = signals.shutdown.wait_for(|s| *s) => self.close("node shutting down"),
+        };
+
+        match &end {
+            LinkEnd::Local(reason) => tracing::info!(%peer, %reason, "closing connection"),
+            LinkEnd::Refused(refusal) => {
+                tracing::warn!(%peer, code = %refusal.code(), reason = %refusal.message(), "refused the peer's input; disconnecting it")
+            }
+            LinkEnd::PeerGoodbye(reason) => tracing::info!(%peer, %reason, "peer said goodbye"),
+            LinkEnd::PeerRefused { code, message } => tracing::warn!(%peer, %code, reason = %message, "the peer refused this node"),
+            LinkEnd::Lost(_) | LinkEnd::HandshakeTimeout(_) | LinkEnd::Idle(_) => tracing::info!(%peer, reason = %end, "connection lost"),
+        }
+        let reason = end.to_string();
+        let LinkTask { shared, id, connection, control, bulk, .. } = self;
+        let current = shared.unregister(&peer, id);
+        // The writer has the last frame (goodbye or error) queued; it sends
+        // it and finishes the stream once every sender is gone, and the
+        // peer closes when it reads it. Both are bounded by LINGER.
+        drop(control);
+        drop(bulk);
+        if matches!(end, LinkEnd::Local(_) | LinkEnd::Refused(_)) {
+            let _ = tokio::time::timeout(LINGER, async {
+                let _ = (&mut control_writer).await;
+                connection.closed().await
+            })
+            .await;
+        }
+        connection.close(VarInt::from_u32(end.close_code()), reason.as_bytes());
+        control_writer.abort();
+        bulk_writer.abort();
+        if current {
+            shared.peers.peer_disconnected(&peer);
+            shared.sync.deliver(PeerEvent::Disconnected { peer_id: peer.clone(), reason }).await;
+        }
+    }
+
+    /// Runs `f` on the link, then moves what it produced out: its frames
+    /// into the writers' queues, its events into `events`. A full queue
+    /// drops the frame: the peer is not reading, and the idle timeout or
+    /// the sync engine's resending covers it.
+    fn step(&self, events: &mut Vec<LinkEvent>, f: impl FnOnce(&mut Link)) {
+        let mut link = lock(&self.link);
+        f(&mut link);
+        events.extend(std::iter::from_fn(|| link.poll_event()));
+        while let Some(transmit) = link.poll_transmit() {
+            let queue = match transmit.lane {
+                Lane::Control => &self.control,
+                Lane::Bulk => &self.bulk,
+            };
+            let _ = queue.try_send(transmit.frame);
+        }
+    }
+
+    /// Acts on `events` in order; returns how the link ended if one of
+    /// them says so.
+    async fn act(&self, events: &mut Vec<LinkEvent>) -> Option<LinkEnd> {
+        for event in events.drain(..) {
+            match event {
+                LinkEvent::Sync(bytes) => {
+                    // Awaited: a full share stops this reader, and QUIC flow
+                    // control then stops the peer.
+                    self.shared.sync.deliver(PeerEvent::Message { peer_id: self.peer.clone(), bytes }).await;
                 }
-                Ok(_) => None,
-                Err(err) => Some(LinkEnd::Refuse(codec_error_code(&err), err.to_string())),
-            },
-            FrameKind::Heartbeat | FrameKind::Goodbye | FrameKind::Error => match NetworkMessage::from_frame(&frame) {
-                Ok(NetworkMessage::Heartbeat { timestamp, .. }) => {
+                LinkEvent::Heartbeat { sent } => {
                     // How far the peer's clock is from ours: the node
                     // corrects its own when most peers disagree with it.
-                    self.stats.record_heartbeat(timestamp, self.connection.rtt(), Utc::now());
-                    None
+                    self.stats.record_heartbeat(sent, self.connection.rtt(), Utc::now());
                 }
-                Ok(NetworkMessage::Goodbye { reason }) => Some(LinkEnd::PeerGoodbye(reason)),
-                Ok(NetworkMessage::Error { code, message }) => Some(LinkEnd::PeerError(code, message)),
-                Ok(_) => None,
-                Err(err) => Some(LinkEnd::Refuse(codec_error_code(&err), err.to_string())),
-            },
-        }
-    }
-
-    /// Answers the peer's request for the peers this node knows: up to
-    /// [`EXCHANGE_ANSWER_PEERS`] others that are connected, with where they
-    /// listen. At most one answer per [`EXCHANGE_ANSWER_INTERVAL`]; a
-    /// request over that, or one that does not fit the queue, is dropped.
-    fn answer_exchange(&self) {
-        {
-            let mut last = lock(&self.last_exchange_answer);
-            if last.is_some_and(|at| at.elapsed() < EXCHANGE_ANSWER_INTERVAL) {
-                tracing::debug!(peer = %self.peer, "peer exchange request too soon after the last; ignored");
-                return;
+                LinkEvent::PeersLearned(peers) => {
+                    let told = peers.len();
+                    let remote = self.connection.remote_address();
+                    let changed = self.shared.peers.learn(&self.local_peer, &self.peer, remote, peers);
+                    tracing::debug!(peer = %self.peer, told, changed, "peer exchange");
+                }
+                LinkEvent::PeerExchangeRequested => {
+                    let peers: Vec<ExchangedPeer> = self
+                        .shared
+                        .peers
+                        .connected_peers()
+                        .into_iter()
+                        .filter(|info| info.peer_id != self.peer && !info.listen_addresses.is_empty())
+                        .map(|info| ExchangedPeer { peer_id: info.peer_id, addresses: info.listen_addresses })
+                        .collect();
+                    let mut none = Vec::new();
+                    self.step(&mut none, |link| link.answer_peer_exchange(peers));
+                }
+                LinkEvent::Closed(end) => return Some(end),
+                LinkEvent::PeerAdmitted { .. } | LinkEvent::Established => {}
             }
-            *last = Some(Instant::now());
-        }
-        let peers: Vec<ExchangedPeer> = self
-            .shared
-            .peers
-            .connected_peers()
-            .into_iter()
-            .filter(|info| info.peer_id != self.peer && !info.listen_addresses.is_empty())
-            .take(EXCHANGE_ANSWER_PEERS)
-            .map(|info| ExchangedPeer {
-                peer_id: info.peer_id,
-                addresses: info.listen_addresses.into_iter().take(MAX_EXCHANGED_ADDRESSES).collect(),
-            })
-            .collect();
-        if let Some(link) = self.shared.state().links.get(&self.peer) {
-            let _ = link.control.try_send(NetworkMessage::PeerExchange { peers, request: false }.to_frame());
-        }
-    }
-
-    /// Counts a frame of `size` bytes against the peer's rate limits.
-    fn check_limits(&self, size: usize) -> Option<LinkEnd> {
-        let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let mut limiters = lock(&self.limiters);
-        if limiters.frames.check(&self.peer, now_ms).is_err() {
-            let limit = self.limits.frames;
-            let message = format!("more than {} frames/s (burst {})", limit.messages_per_second, limit.burst);
-            return Some(LinkEnd::Refuse(ErrorCode::RateLimited, message));
-        }
-        let kib = u32::try_from(size.div_ceil(1024)).unwrap_or(u32::MAX);
-        if limiters.kib.check_n(&self.peer, kib, now_ms).is_err() {
-            let limit = self.limits.kib;
-            let message = format!("more than {} KiB/s (burst {} KiB)", limit.messages_per_second, limit.burst);
-            return Some(LinkEnd::Refuse(ErrorCode::RateLimited, message));
         }
         None
     }
-}
 
-async fn read_control(context: &LinkContext, mut recv: RecvStream, mut decoder: FrameDecoder) -> LinkEnd {
-    loop {
-        match next_frame(&mut recv, &mut decoder).await {
-            Ok(Some(frame)) => {
-                if let Some(end) = context.on_frame(frame, false).await {
+    /// Feeds one read of `lane` to the link.
+    fn received(&self, events: &mut Vec<LinkEvent>, lane: Lane, bytes: &[u8]) {
+        let now = now();
+        self.stats.record_received(bytes.len(), now.wall);
+        self.step(events, |link| link.handle_input(lane, bytes, now));
+    }
+
+    async fn read_control(&self, mut recv: RecvStream) -> LinkEnd {
+        // First what the handshake left in the link (frames read past it,
+        // the peer exchange request).
+        let mut events = Vec::new();
+        self.step(&mut events, |_| {});
+        loop {
+            if let Some(end) = self.act(&mut events).await {
+                return end;
+            }
+            match recv.read_chunk(READ_CHUNK_BYTES, true).await {
+                Ok(Some(chunk)) => self.received(&mut events, Lane::Control, &chunk.bytes),
+                Ok(None) => self.step(&mut events, |link| link.handle_finish(Lane::Control)),
+                Err(err) => return LinkEnd::Lost(stream::read_failed(&self.peer, &err).to_string()),
+            }
+        }
+    }
+
+    async fn read_bulk(&self) -> LinkEnd {
+        let mut events = Vec::new();
+        loop {
+            let mut recv = match self.connection.accept_uni().await {
+                Ok(recv) => recv,
+                Err(err) => return LinkEnd::Lost(stream::connection_ended(&self.peer, &err).to_string()),
+            };
+            loop {
+                let ended = match recv.read_chunk(READ_CHUNK_BYTES, true).await {
+                    Ok(Some(chunk)) => {
+                        self.received(&mut events, Lane::Bulk, &chunk.bytes);
+                        false
+                    }
+                    Ok(None) => {
+                        self.step(&mut events, |link| link.handle_finish(Lane::Bulk));
+                        true
+                    }
+                    // A bulk stream the peer abandoned: its data is resent by
+                    // the sync protocol on the next stream.
+                    Err(ReadError::Reset(code)) => {
+                        self.step(&mut events, |link| link.handle_reset(Lane::Bulk, &format!("bulk stream reset ({code})")));
+                        true
+                    }
+                    Err(err) => return LinkEnd::Lost(stream::read_failed(&self.peer, &err).to_string()),
+                };
+                if let Some(end) = self.act(&mut events).await {
                     return end;
                 }
-            }
-            Ok(None) => return LinkEnd::Lost("the peer closed its control stream".to_owned()),
-            Err(ReadFailure::Codec(err)) => return LinkEnd::Refuse(codec_error_code(&err), err.to_string()),
-            Err(ReadFailure::Stream(err)) => return LinkEnd::Lost(stream::read_failed(&context.peer, &err).to_string()),
-        }
-    }
-}
-
-async fn read_bulk(context: &LinkContext) -> LinkEnd {
-    loop {
-        let mut recv = match context.connection.accept_uni().await {
-            Ok(recv) => recv,
-            Err(err) => return LinkEnd::Lost(stream::connection_ended(&context.peer, &err).to_string()),
-        };
-        let mut decoder = FrameDecoder::with_max_payload(context.limits.max_payload);
-        loop {
-            match next_frame(&mut recv, &mut decoder).await {
-                Ok(Some(frame)) => {
-                    if let Some(end) = context.on_frame(frame, true).await {
-                        return end;
-                    }
+                if ended {
+                    break;
                 }
-                Ok(None) => break,
-                Err(ReadFailure::Codec(err)) => return LinkEnd::Refuse(codec_error_code(&err), err.to_string()),
-                // A bulk stream the peer abandoned: its data is resent by
-                // the sync protocol on the next stream.
-                Err(ReadFailure::Stream(ReadError::Reset(_))) => break,
-                Err(ReadFailure::Stream(err)) => return LinkEnd::Lost(stream::read_failed(&context.peer, &err).to_string()),
             }
         }
     }
-}
 
-/// Sends a heartbeat every `interval` and records the round-trip time.
-/// Never ends by itself.
-/// Asks the peer for the peers it knows, if this node looks for peers (a
-/// full queue skips it: the next ask repeats it).
-fn ask_for_peers(shared: &Shared, control: &mpsc::Sender<Frame>) {
-    if shared.ask_for_peers.load(std::sync::atomic::Ordering::Relaxed) {
-        let _ = control.try_send(NetworkMessage::PeerExchange { peers: Vec::new(), request: true }.to_frame());
-    }
-}
-
-async fn heartbeat(context: &LinkContext, control: mpsc::Sender<Frame>, local_peer: String, interval: std::time::Duration) -> LinkEnd {
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_ask = Instant::now();
-    loop {
-        ticker.tick().await;
-        context.stats.record_rtt(context.connection.rtt());
-        let beat = NetworkMessage::Heartbeat { peer_id: local_peer.clone(), timestamp: Utc::now() };
-        // A full control queue means the peer is not reading; the idle
-        // timeout or the queue itself will tell.
-        let _ = control.try_send(beat.to_frame());
-        // Peers that joined after this link came up are learned this way.
-        if last_ask.elapsed() >= EXCHANGE_ASK_INTERVAL {
-            last_ask = Instant::now();
-            ask_for_peers(&context.shared, &control);
+    /// Runs the link's timers (heartbeats, the periodic peer exchange
+    /// request) and records the round-trip time at each. Input only ever
+    /// moves a link's deadline later, so sleeping until the deadline read
+    /// before the sleep never misses one.
+    async fn run_timers(&self) -> LinkEnd {
+        let mut events = Vec::new();
+        loop {
+            let deadline = lock(&self.link).poll_timeout();
+            match deadline {
+                Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                None => std::future::pending().await,
+            }
+            self.stats.record_rtt(self.connection.rtt());
+            self.step(&mut events, |link| link.handle_timeout(now()));
+            if let Some(end) = self.act(&mut events).await {
+                return end;
+            }
         }
+    }
+
+    /// Closes the link from this side: its `goodbye` goes to the control
+    /// queue.
+    fn close(&self, reason: &str) -> LinkEnd {
+        let mut ignored = Vec::new();
+        self.step(&mut ignored, |link| link.close(reason));
+        LinkEnd::Local(reason.to_owned())
     }
 }
 

@@ -1,47 +1,17 @@
-//! Frames over quinn streams: reading them through a [`FrameDecoder`],
-//! writing them without copying payloads, and turning quinn's errors into
-//! [`NetworkError`]s that say who closed what and why.
+//! Frames over quinn streams: writing them without copying payloads, and
+//! turning quinn's errors into [`NetworkError`]s that say who closed what
+//! and why. Reading is the link's: it takes each chunk as it arrives.
 
-use crate::codec::{CodecError, Frame, FrameDecoder};
+use crate::codec::Frame;
 use crate::error::NetworkError;
-use crate::message::{ErrorCode, NetworkMessage};
-use quinn::{ConnectionError, ReadError, RecvStream, SendStream, VarInt, WriteError};
+use crate::link::CLOSE_NORMAL;
+use crate::message::ErrorCode;
+use quinn::{ConnectionError, ReadError, SendStream, VarInt, WriteError};
 
-/// The most bytes taken from a stream at once; the decoder sees every
+/// The most bytes taken from a stream at once; the link decodes every
 /// piece before the next is read, so no more than a frame and one piece is
 /// ever buffered.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
-
-/// The QUIC application close code of a clean close (after a `Goodbye`);
-/// refusals close with their [`ErrorCode`].
-pub const CLOSE_NORMAL: u32 = 0;
-
-/// Why reading a frame failed.
-#[derive(Debug)]
-pub enum ReadFailure {
-    /// The bytes are not frames.
-    Codec(CodecError),
-    /// The stream or connection failed.
-    Stream(ReadError),
-}
-
-/// The next frame on `recv`, or `None` when the stream finished cleanly
-/// between frames.
-pub async fn next_frame(recv: &mut RecvStream, decoder: &mut FrameDecoder) -> Result<Option<Frame>, ReadFailure> {
-    loop {
-        if let Some(frame) = decoder.decode().map_err(ReadFailure::Codec)? {
-            return Ok(Some(frame));
-        }
-        match recv.read_chunk(READ_CHUNK_BYTES, true).await {
-            Ok(Some(chunk)) => decoder.extend(&chunk.bytes),
-            Ok(None) => {
-                decoder.finish().map_err(ReadFailure::Codec)?;
-                return Ok(None);
-            }
-            Err(err) => return Err(ReadFailure::Stream(err)),
-        }
-    }
-}
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Writes `frame` (header, then the payload as is). Returns the bytes
 /// written.
@@ -55,11 +25,6 @@ pub async fn write_frame(send: &mut SendStream, frame: &Frame) -> Result<usize, 
     send.write_all(&header).await?;
     send.write_all(&frame.payload).await?;
     Ok(header.len() + frame.payload.len())
-}
-
-/// Writes `message` as a frame.
-pub async fn write_message(send: &mut SendStream, message: &NetworkMessage) -> Result<usize, WriteError> {
-    write_frame(send, &message.to_frame()).await
 }
 
 /// A quinn close code for `code`.
