@@ -1,0 +1,141 @@
+//! The swarm: transports (TCP and WebSocket with noise and yamux, QUIC-v1)
+//! and the behaviours (connection and memory limits, identify, ping,
+//! Kademlia, and the sync stream protocol), composed by derive as
+//! rust-libp2p does.
+
+use futures::future::Either;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::Boxed;
+use libp2p::core::upgrade::Version;
+use libp2p::identity::Keypair;
+use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{connection_limits, identify, kad, memory_connection_limits, noise, ping, quic, tcp, websocket, yamux};
+use libp2p::{PeerId, StreamProtocol, Swarm, Transport as _};
+use pluresdb_net::{NetworkConfig, NetworkError};
+use std::time::Duration;
+
+/// The sync protocol's name in multistream-select (and in identify).
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/pluresdb/sync/1");
+
+/// The Kademlia protocol of PluresDB's DHT: its own name, so PluresDB
+/// nodes form their own DHT and do not serve (or crawl) others'.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/pluresdb/kad/1.0.0");
+
+/// The identify protocol version string.
+pub const IDENTIFY_PROTOCOL_VERSION: &str = "/pluresdb/1.0.0";
+
+/// Streams one connection may have open at once (yamux): the sync stream,
+/// identify, ping and a few Kademlia requests.
+const MAX_STREAMS_PER_CONNECTION: usize = 64;
+
+/// Connections to one peer at once: one, plus one while a duplicate or a
+/// replacement is settled.
+const MAX_CONNECTIONS_PER_PEER: u32 = 2;
+
+/// The share of the machine's memory above which the node accepts no new
+/// connection (`memory_connection_limits`).
+const MAX_MEMORY_FRACTION: f64 = 0.9;
+
+/// The behaviours of a PluresDB libp2p node.
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    /// Caps on connections: pending incoming (handshakes), established,
+    /// per peer. First, so a denied connection costs no other behaviour
+    /// any state.
+    pub(crate) limits: connection_limits::Behaviour,
+    /// No new connection while the process uses most of the memory.
+    pub(crate) memory: memory_connection_limits::Behaviour,
+    pub(crate) identify: identify::Behaviour,
+    pub(crate) ping: ping::Behaviour,
+    /// On when the DHT is (Kademlia, server mode).
+    pub(crate) kad: Toggle<kad::Behaviour<MemoryStore>>,
+    /// `/pluresdb/sync/1` streams.
+    pub(crate) sync: libp2p_stream::Behaviour,
+}
+
+/// The connection limits for `config`: `max_connections` established
+/// connections in all (DHT neighbours included), `max_handshakes` incoming
+/// ones in their handshake, two per peer.
+pub(crate) fn connection_limits(config: &NetworkConfig) -> connection_limits::ConnectionLimits {
+    let max = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
+    connection_limits::ConnectionLimits::default()
+        .with_max_pending_incoming(Some(u32::try_from(config.max_handshakes).unwrap_or(u32::MAX)))
+        .with_max_established_incoming(Some(max))
+        .with_max_established(Some(max))
+        .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+}
+
+/// Builds the transport and the swarm for `keypair`.
+pub(crate) fn build_swarm(keypair: &Keypair, config: &NetworkConfig, dht: bool) -> Result<Swarm<Behaviour>, NetworkError> {
+    let transport = transport(keypair, config.handshake_timeout)?;
+    let peer_id = keypair.public().to_peer_id();
+    let behaviour = behaviour(keypair, peer_id, config, dht);
+    let swarm_config =
+        libp2p::swarm::Config::with_tokio_executor().with_idle_connection_timeout(config.connection_timeout.max(Duration::from_secs(1)));
+    Ok(Swarm::new(transport, behaviour, peer_id, swarm_config))
+}
+
+fn transport(keypair: &Keypair, handshake_timeout: Duration) -> Result<Boxed<(PeerId, StreamMuxerBox)>, NetworkError> {
+    let noise = noise::Config::new(keypair).map_err(|err| NetworkError::Config(format!("noise: {err}")))?;
+    let mut yamux = yamux::Config::default();
+    yamux.set_max_num_streams(MAX_STREAMS_PER_CONNECTION);
+    let tcp_config = || tcp::Config::default().nodelay(true);
+    let tcp = tcp::tokio::Transport::new(tcp_config())
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise.clone())
+        .multiplex(yamux.clone())
+        .timeout(handshake_timeout);
+    let ws = websocket::Config::new(tcp::tokio::Transport::new(tcp_config()))
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise)
+        .multiplex(yamux)
+        .timeout(handshake_timeout);
+    let mut quic_config = quic::Config::new(keypair);
+    quic_config.handshake_timeout = handshake_timeout;
+    let quic = quic::tokio::Transport::new(quic_config);
+    // WebSocket first: its addresses are TCP ones with `/ws` after them.
+    Ok(ws
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .or_transport(tcp.map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer))))
+        .map(|either, _| flatten(either))
+        .or_transport(quic.map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer))))
+        .map(|either, _| flatten(either))
+        .boxed())
+}
+
+fn flatten<T>(either: Either<T, T>) -> T {
+    match either {
+        Either::Left(value) | Either::Right(value) => value,
+    }
+}
+
+fn behaviour(keypair: &Keypair, peer_id: PeerId, config: &NetworkConfig, dht: bool) -> Behaviour {
+    let identify = identify::Behaviour::new(
+        identify::Config::new(IDENTIFY_PROTOCOL_VERSION.to_owned(), keypair.public())
+            .with_agent_version(format!("pluresdb/{}", env!("CARGO_PKG_VERSION"))),
+    );
+    let kad = dht.then(|| {
+        let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+        kad_config.set_query_timeout(Duration::from_secs(30));
+        // Records are bounded: a stranger cannot fill the node's memory.
+        let store = MemoryStore::with_config(
+            peer_id,
+            MemoryStoreConfig { max_records: 1_024, max_value_bytes: 16 * 1024, max_providers_per_key: 64, max_provided_keys: 16 },
+        );
+        let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
+        // A listening node serves the DHT even before an external address
+        // is confirmed (on a LAN or loopback none ever is).
+        kad.set_mode(Some(kad::Mode::Server));
+        kad
+    });
+    Behaviour {
+        limits: connection_limits::Behaviour::new(connection_limits(config)),
+        memory: memory_connection_limits::Behaviour::with_max_percentage(MAX_MEMORY_FRACTION),
+        identify,
+        ping: ping::Behaviour::new(ping::Config::new().with_interval(config.heartbeat_interval.max(Duration::from_secs(1)))),
+        kad: Toggle::from(kad),
+        sync: libp2p_stream::Behaviour::new(),
+    }
+}

@@ -1,0 +1,824 @@
+//! [`Libp2pNetworkEngine`]: the [`NetworkEngine`] over rust-libp2p.
+//!
+//! The swarm runs in a task of its own ([`crate::swarm`]); the engine
+//! talks to it through a bounded command queue, and opens and accepts
+//! `/pluresdb/sync/1` streams through `libp2p_stream`'s control, outside
+//! the swarm task. Each sync stream runs the admission handshake
+//! ([`crate::handshake`]) and, once admitted, becomes a [`crate::link`].
+
+use crate::behaviour::SYNC_PROTOCOL;
+use crate::dht::{DhtPeer, DhtPeers};
+use crate::handshake::{self, Role};
+use crate::link::{self, Link, Opened};
+use crate::swarm::{self, Command};
+use futures::{AsyncReadExt, StreamExt};
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::Multiaddr;
+use pluresdb_net::link::Lane;
+use pluresdb_net::{
+    ErrorCode, Frame, NetworkConfig, NetworkEngine, NetworkError, NetworkMessage, PeerInfo, PeerManager, ReceiveLimits, Result, SyncHandle,
+};
+use pluresdb_security::{AccessPolicy, Identity, NetworkSecret};
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+/// The port the libp2p engine listens on by default: TCP and QUIC-v1 (UDP)
+/// on 34570, WebSocket on TCP 34571. The QUIC engine has UDP 34569.
+pub const DEFAULT_LIBP2P_PORT: u16 = 34570;
+
+/// Commands queued for the swarm task at most.
+const COMMAND_QUEUE: usize = 256;
+
+/// The longest the engine waits for its listeners to report their
+/// addresses at start.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The first delay between DHT lookups; it doubles up to the discovery
+/// interval.
+pub const FIRST_DHT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The libp2p engine. Cheap to clone: clones share one swarm and one set of
+/// links.
+///
+/// ```no_run
+/// # async fn demo() -> pluresdb_net::Result<()> {
+/// use pluresdb_libp2p::Libp2pNetworkEngine;
+/// use pluresdb_net::{NetworkConfig, NetworkEngine, PeerManager, SyncHandle};
+/// use std::sync::Arc;
+///
+/// let (sync_engine, _events) = SyncHandle::channel(1024);
+/// let mut engine = Libp2pNetworkEngine::new(NetworkConfig::default(), Arc::new(PeerManager::new()), sync_engine);
+/// engine.start().await?;
+/// println!("listening on {:?}", engine.listen_addresses());
+/// let peer = engine.connect_peer("/ip4/192.168.1.100/tcp/34570").await?;
+/// # let _ = peer;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Libp2pNetworkEngine {
+    shared: Arc<Shared>,
+}
+
+/// This node's keys, fixed at `initialize` (the access policy may change).
+#[derive(Clone)]
+pub(crate) struct Keys {
+    pub(crate) identity: Identity,
+    pub(crate) keypair: Keypair,
+    pub(crate) peer_id: pluresdb_security::PeerId,
+    pub(crate) libp2p_id: libp2p::PeerId,
+    pub(crate) peer_id_text: String,
+    pub(crate) policy: AccessPolicy,
+}
+
+struct Settings {
+    identity: Option<Identity>,
+    policy: Option<AccessPolicy>,
+    limits: ReceiveLimits,
+    listen: Option<Vec<Multiaddr>>,
+    dht: Option<bool>,
+    dht_interval: Option<Duration>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: NetworkConfig,
+    pub(crate) peers: Arc<PeerManager>,
+    pub(crate) sync: SyncHandle,
+    settings: Mutex<Settings>,
+    keys: Mutex<Option<Arc<Keys>>>,
+    state: Mutex<State>,
+    pub(crate) view: Mutex<View>,
+    shutdown: watch::Sender<bool>,
+    /// Woken whenever a link is registered or removed, or an opening ends.
+    links_changed: Notify,
+    /// Woken whenever the swarm task records a new connection.
+    pub(crate) connections_changed: Notify,
+}
+
+struct State {
+    running: Option<Running>,
+    links: HashMap<String, Link>,
+    /// Peers this node is opening a sync stream to.
+    opening: HashSet<String>,
+    /// Incoming sync streams in their handshake.
+    handshakes: usize,
+    next_id: u64,
+}
+
+#[derive(Clone)]
+pub(crate) struct Running {
+    pub(crate) commands: mpsc::Sender<Command>,
+    control: libp2p_stream::Control,
+    tasks: TaskCounter,
+    receive_limits: ReceiveLimits,
+}
+
+/// What the swarm task tells the rest of the engine.
+#[derive(Default)]
+pub(crate) struct View {
+    /// The addresses the node listens on.
+    pub(crate) listen: Vec<Multiaddr>,
+    /// Each connected peer's connections: (id, remote address).
+    pub(crate) connections: HashMap<libp2p::PeerId, Vec<(libp2p::swarm::ConnectionId, Multiaddr)>>,
+    /// The latest ping round trip per peer.
+    pub(crate) rtt: HashMap<libp2p::PeerId, Duration>,
+    /// Peers found under the network's DHT key.
+    pub(crate) dht: DhtPeers,
+}
+
+/// Counts running tasks, so `stop` can wait for them.
+#[derive(Clone)]
+pub(crate) struct TaskCounter(Arc<watch::Sender<usize>>);
+
+pub(crate) struct TaskGuard(Arc<watch::Sender<usize>>);
+
+impl TaskCounter {
+    fn new() -> Self {
+        Self(Arc::new(watch::channel(0).0))
+    }
+
+    pub(crate) fn enter(&self) -> TaskGuard {
+        self.0.send_modify(|n| *n += 1);
+        TaskGuard(self.0.clone())
+    }
+
+    async fn idle(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// What registering a new link did.
+pub(crate) enum Registration {
+    /// No other link to the peer existed.
+    Fresh,
+    /// It replaced an older link to the same peer, which is being closed.
+    Replaced,
+    /// Another link to the peer wins; this one must close.
+    Duplicate,
+    /// The engine is stopping.
+    Stopped,
+}
+
+/// Resolves once `shutdown` says stop (or its engine is gone).
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Locks a mutex, taking over a poisoned one (every update is a single
+/// insert, removal or store, so the data stays consistent).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    pub(crate) fn keys(&self) -> Option<Arc<Keys>> {
+        lock(&self.keys).clone()
+    }
+
+    pub(crate) fn running(&self) -> Result<Running> {
+        self.state().running.clone().ok_or(NetworkError::NotRunning)
+    }
+
+    pub(crate) fn next_link_id(&self) -> u64 {
+        let mut state = self.state();
+        state.next_id += 1;
+        state.next_id
+    }
+
+    pub(crate) fn receive_limits(&self) -> ReceiveLimits {
+        self.state().running.as_ref().map(|running| running.receive_limits).unwrap_or_default()
+    }
+
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// The latest ping round trip to `peer` (text form).
+    pub(crate) fn rtt_of(&self, peer: &str) -> Option<Duration> {
+        let peer: libp2p::PeerId = peer.parse().ok()?;
+        lock(&self.view).rtt.get(&peer).copied()
+    }
+
+    /// Registers `link` as the link to its peer. A second link to a peer
+    /// is settled alike on both ends: one opened by the same node as the
+    /// existing one replaces it (the opener came back: the old one is
+    /// stale); otherwise the one opened by the node with the smaller peer
+    /// id stays.
+    pub(crate) fn register(&self, link: Link) -> Registration {
+        let mut state = self.state();
+        if state.running.is_none() {
+            return Registration::Stopped;
+        }
+        let registration = match state.links.get(&link.peer_id) {
+            None => Registration::Fresh,
+            Some(existing) if existing.opener == link.opener || link.opener < existing.opener => {
+                existing.close("replaced by a newer connection");
+                Registration::Replaced
+            }
+            Some(_) => return Registration::Duplicate,
+        };
+        state.links.insert(link.peer_id.clone(), link);
+        drop(state);
+        self.links_changed.notify_waiters();
+        registration
+    }
+
+    /// Removes the link `id` of `peer` if it is still the registered one;
+    /// returns whether it was.
+    pub(crate) fn unregister(&self, peer: &str, id: u64) -> bool {
+        let mut state = self.state();
+        let current = state.links.get(peer).is_some_and(|link| link.id == id);
+        if current {
+            state.links.remove(peer);
+        }
+        drop(state);
+        self.links_changed.notify_waiters();
+        current
+    }
+
+    fn is_linked(&self, peer: &str) -> bool {
+        self.state().links.contains_key(peer)
+    }
+
+    pub(crate) fn is_linked_peer(&self, peer: &libp2p::PeerId) -> bool {
+        self.is_linked(&peer.to_string())
+    }
+
+    pub(crate) fn has_links(&self) -> bool {
+        !self.state().links.is_empty()
+    }
+
+    /// The remote address of the newest connection to `peer`, waiting (at
+    /// most `wait`) for the swarm task to record one: a stream may reach
+    /// the engine before the event that reports its connection.
+    pub(crate) async fn address_of_connected(&self, peer: &libp2p::PeerId, wait: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.connections_changed.notified();
+            let address = self.address_of(peer);
+            if !address.is_empty() || tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return address;
+            }
+        }
+    }
+
+    /// The remote address of the newest connection to `peer`.
+    pub(crate) fn address_of(&self, peer: &libp2p::PeerId) -> String {
+        lock(&self.view).connections.get(peer).and_then(|list| list.last()).map(|(_, addr)| addr.to_string()).unwrap_or_default()
+    }
+
+    /// This node's listen addresses as a `hello` carries them.
+    pub(crate) fn hello_addresses(&self) -> Vec<String> {
+        lock(&self.view).listen.iter().take(32).map(Multiaddr::to_string).collect()
+    }
+
+    /// Opens a sync stream to `peer` (connected, or dialled by
+    /// `libp2p_stream` from known addresses), runs the handshake as its
+    /// initiator and starts the link. Returns once the peer is linked
+    /// (by this stream or by one it opened at the same time).
+    pub(crate) async fn open_link(self: &Arc<Self>, peer: libp2p::PeerId) -> Result<String> {
+        let peer_text = peer.to_string();
+        // One opening per peer at a time; a second caller waits for it.
+        loop {
+            let notified = self.links_changed.notified();
+            {
+                let mut state = self.state();
+                if state.links.contains_key(&peer_text) {
+                    return Ok(peer_text);
+                }
+                if state.running.is_none() {
+                    return Err(NetworkError::NotRunning);
+                }
+                if state.opening.insert(peer_text.clone()) {
+                    break;
+                }
+            }
+            notified.await;
+        }
+        let result = self.open_link_once(peer).await;
+        self.state().opening.remove(&peer_text);
+        self.links_changed.notify_waiters();
+        result
+    }
+
+    async fn open_link_once(self: &Arc<Self>, peer: libp2p::PeerId) -> Result<String> {
+        let peer_text = peer.to_string();
+        let running = self.running()?;
+        let timeout = self.config.handshake_timeout;
+        let mut control = running.control.clone();
+        let stream = match tokio::time::timeout(timeout, control.open_stream(peer, SYNC_PROTOCOL)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                return Err(NetworkError::Connect { address: self.address_of(&peer), reason: format!("{peer_text}: {err}") });
+            }
+            Err(_) => return Err(NetworkError::HandshakeTimeout { address: self.address_of(&peer), after: timeout }),
+        };
+        let opened = Opened { peer, address: self.address_of(&peer), role: Role::Initiator, stream };
+        let (admitted_tx, admitted_rx) = oneshot::channel();
+        let guard = running.tasks.enter();
+        let shared = self.clone();
+        tokio::spawn(async move {
+            link::run(shared, opened, Some(admitted_tx)).await;
+            drop(guard);
+        });
+        match admitted_rx.await {
+            Ok(result) => result,
+            Err(_) => Err(NetworkError::ConnectionLost { peer: peer_text, reason: "the link closed as it opened".to_owned() }),
+        }
+    }
+
+    /// Starts opening a sync stream to `peer` in the background.
+    pub(crate) fn spawn_open_link(self: &Arc<Self>, peer: libp2p::PeerId) {
+        let Ok(running) = self.running() else { return };
+        if self.is_linked(&peer.to_string()) {
+            return;
+        }
+        let guard = running.tasks.enter();
+        let shared = self.clone();
+        tokio::spawn(async move {
+            if let Err(err) = shared.open_link(peer).await {
+                tracing::info!(%peer, error = %err, "no sync link over libp2p");
+            }
+            drop(guard);
+        });
+    }
+}
+
+/// Accepts `/pluresdb/sync/1` streams until the engine stops; each runs
+/// its handshake in its own task, within the `max_handshakes` budget.
+async fn accept_streams(shared: Arc<Shared>, mut incoming: libp2p_stream::IncomingStreams, running: Running, _guard: TaskGuard) {
+    let mut shutdown = shared.shutdown_signal();
+    loop {
+        let (peer, stream) = tokio::select! {
+            next = incoming.next() => match next {
+                Some(next) => next,
+                None => break,
+            },
+            () = crate::engine::stopped(&mut shutdown) => break,
+        };
+        let over_budget = {
+            let mut state = shared.state();
+            if state.handshakes >= shared.config.max_handshakes {
+                true
+            } else {
+                state.handshakes += 1;
+                false
+            }
+        };
+        let guard = running.tasks.enter();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if over_budget {
+                let (_reader, mut writer) = stream.split();
+                let message = format!("too many handshakes in flight (limit {})", shared.config.max_handshakes);
+                tracing::debug!(%peer, "{message}; refusing a sync stream");
+                refuse(&mut writer, ErrorCode::TooManyConnections, &message).await;
+            } else {
+                // The slot is the handshake's: given back once it is over,
+                // however it ends.
+                let (admitted_tx, admitted_rx) = oneshot::channel();
+                let budget = shared.clone();
+                tokio::spawn(async move {
+                    let _ = admitted_rx.await;
+                    budget.state().handshakes -= 1;
+                });
+                let opened = Opened { peer, address: shared.address_of(&peer), role: Role::Responder, stream };
+                link::run(shared, opened, Some(admitted_tx)).await;
+            }
+            drop(guard);
+        });
+    }
+}
+
+/// Sends `error {code, message}` and closes the writer.
+async fn refuse(writer: &mut futures::io::WriteHalf<libp2p::Stream>, code: ErrorCode, message: &str) {
+    use futures::AsyncWriteExt;
+    let frame = crate::frames::error_frame(code, message);
+    let _ = tokio::time::timeout(handshake::LINGER, crate::frames::write_frame(writer, &frame)).await;
+    let _ = tokio::time::timeout(handshake::LINGER, writer.close()).await;
+}
+
+impl Libp2pNetworkEngine {
+    /// An engine with `config` that reports peers to `peer_manager` and
+    /// delivers peer events through `sync_engine`. It listens on
+    /// [`with_listen_addresses`](Self::with_listen_addresses), or by
+    /// default on `config.bind_address` with TCP and QUIC-v1 on
+    /// [`DEFAULT_LIBP2P_PORT`] and WebSocket on the next port (all on
+    /// ports the OS picks when `config.port` is 0). Bootstrap nodes are
+    /// the entries of `config.bootstrap_nodes` that are multiaddrs.
+    pub fn new(config: NetworkConfig, peer_manager: Arc<PeerManager>, sync_engine: SyncHandle) -> Self {
+        let shared = Shared {
+            config,
+            peers: peer_manager,
+            sync: sync_engine,
+            settings: Mutex::new(Settings {
+                identity: None,
+                policy: None,
+                limits: ReceiveLimits::default(),
+                listen: None,
+                dht: None,
+                dht_interval: None,
+            }),
+            keys: Mutex::new(None),
+            state: Mutex::new(State { running: None, links: HashMap::new(), opening: HashSet::new(), handshakes: 0, next_id: 0 }),
+            view: Mutex::new(View::default()),
+            shutdown: watch::channel(false).0,
+            links_changed: Notify::new(),
+            connections_changed: Notify::new(),
+        };
+        Self { shared: Arc::new(shared) }
+    }
+
+    /// Uses `identity` as this node's key; its peer id names the node on
+    /// every engine. Without it, `initialize` generates one.
+    pub fn with_identity(self, identity: Identity) -> Self {
+        lock(&self.shared.settings).identity = Some(identity);
+        self
+    }
+
+    /// Admits peers to sync by `policy`. Without it, `initialize` creates
+    /// a fresh network secret (so the node syncs with no one until given
+    /// the secret).
+    pub fn with_access_policy(self, policy: AccessPolicy) -> Self {
+        lock(&self.shared.settings).policy = Some(policy);
+        self
+    }
+
+    /// Applies `limits` to what each peer may send on its sync stream.
+    pub fn with_receive_limits(self, limits: ReceiveLimits) -> Self {
+        lock(&self.shared.settings).limits = limits;
+        self
+    }
+
+    /// Listens on `addresses` (`/ip4/0.0.0.0/tcp/34570`,
+    /// `/ip4/0.0.0.0/udp/34570/quic-v1`, `/ip4/0.0.0.0/tcp/34571/ws`, ...)
+    /// instead of the defaults.
+    pub fn with_listen_addresses(self, addresses: Vec<Multiaddr>) -> Self {
+        lock(&self.shared.settings).listen = Some(addresses);
+        self
+    }
+
+    /// Takes part in the Kademlia DHT and finds the network's nodes there
+    /// (see [`crate::dht`]), or neither. Default: take part when
+    /// `config.enable_dht` or `config.discovery.enable_dht`, look for the
+    /// network's nodes when `config.discovery.enable_dht`.
+    pub fn with_dht(self, enabled: bool) -> Self {
+        lock(&self.shared.settings).dht = Some(enabled);
+        self
+    }
+
+    /// The longest time between DHT lookups (they start at
+    /// [`FIRST_DHT_INTERVAL`] and double up to it). Default:
+    /// `config.discovery.discovery_interval`.
+    pub fn with_dht_interval(self, interval: Duration) -> Self {
+        lock(&self.shared.settings).dht_interval = Some(interval);
+        self
+    }
+
+    /// This node's peer id, once initialized.
+    pub fn peer_id(&self) -> Option<String> {
+        self.shared.keys().map(|keys| keys.peer_id_text.clone())
+    }
+
+    /// This node's identity, once initialized.
+    pub fn identity(&self) -> Option<Identity> {
+        self.shared.keys().map(|keys| keys.identity.clone())
+    }
+
+    /// The access policy in force, once initialized.
+    pub fn access_policy(&self) -> Option<AccessPolicy> {
+        self.shared.keys().map(|keys| keys.policy.clone())
+    }
+
+    /// The peer registry this engine reports to.
+    pub fn peer_manager(&self) -> &Arc<PeerManager> {
+        &self.shared.peers
+    }
+
+    /// The addresses the node listens on, while running (with the ports
+    /// the OS chose). Dial one with `/p2p/<peer id>` after it to insist on
+    /// this node: see [`dial_addresses`](Self::dial_addresses).
+    pub fn listen_addresses(&self) -> Vec<Multiaddr> {
+        lock(&self.shared.view).listen.clone()
+    }
+
+    /// [`listen_addresses`](Self::listen_addresses), each with
+    /// `/p2p/<peer id>` appended: what a peer or a ticket dials.
+    pub fn dial_addresses(&self) -> Vec<Multiaddr> {
+        let Some(keys) = self.shared.keys() else { return Vec::new() };
+        self.listen_addresses().into_iter().map(|address| address.with(Protocol::P2p(keys.libp2p_id))).collect()
+    }
+
+    /// The peers found under the network's DHT key (source `dht`), newest
+    /// address first. The engine dials them itself.
+    pub fn dht_peers(&self) -> Vec<DhtPeer> {
+        lock(&self.shared.view).dht.list(Instant::now())
+    }
+
+    /// How many libp2p connections are open (sync links, DHT neighbours and
+    /// connections in their sync handshake).
+    pub fn connection_count(&self) -> usize {
+        lock(&self.shared.view).connections.values().map(Vec::len).sum()
+    }
+
+    /// Admits peers by `policy` from now on, and closes the links of peers
+    /// it no longer admits (they are told why, and not redialled).
+    pub fn set_access_policy(&self, policy: AccessPolicy) {
+        lock(&self.shared.settings).policy = Some(policy.clone());
+        {
+            let mut keys = lock(&self.shared.keys);
+            if let Some(current) = keys.as_ref() {
+                *keys = Some(Arc::new(Keys { policy: policy.clone(), ..Keys::clone(current) }));
+            }
+        }
+        let state = self.shared.state();
+        for link in state.links.values() {
+            if let Err(denied) = policy.admits(&link.peer_id, link.proof_ok) {
+                tracing::info!(peer = %link.peer_id, reason = %denied, "the access rule no longer admits a connected peer; disconnecting it");
+                link.close(&format!("no longer admitted: {denied}"));
+                if let (Some(running), Ok(peer)) = (state.running.as_ref(), link.peer_id.parse()) {
+                    let _ = running.commands.try_send(Command::Forget { peer });
+                }
+            }
+        }
+    }
+
+    fn default_listen_addresses(&self) -> Result<Vec<Multiaddr>> {
+        let config = &self.shared.config;
+        let ip: IpAddr = config
+            .bind_address
+            .parse()
+            .map_err(|err| NetworkError::Config(format!("bind_address {:?} is not an IP address: {err}", config.bind_address)))?;
+        let (port, ws_port) = if config.port == 0 { (0, 0) } else { (DEFAULT_LIBP2P_PORT, DEFAULT_LIBP2P_PORT + 1) };
+        let ip = match ip {
+            IpAddr::V4(ip) => Protocol::Ip4(ip),
+            IpAddr::V6(ip) => Protocol::Ip6(ip),
+        };
+        let base = Multiaddr::empty().with(ip);
+        Ok(vec![
+            base.clone().with(Protocol::Tcp(port)),
+            base.clone().with(Protocol::Udp(port)).with(Protocol::QuicV1),
+            base.with(Protocol::Tcp(ws_port)).with(Protocol::Ws(std::borrow::Cow::Borrowed("/"))),
+        ])
+    }
+
+    async fn dial(&self, address: &str, expected: Option<libp2p::PeerId>, redial: bool) -> Result<String> {
+        let running = self.shared.running()?;
+        let mut multiaddr: Multiaddr = address
+            .parse()
+            .map_err(|err| NetworkError::InvalidAddress { address: address.to_owned(), reason: format!("not a multiaddr: {err}") })?;
+        let named = match multiaddr.iter().last() {
+            Some(Protocol::P2p(peer)) => {
+                multiaddr.pop();
+                Some(peer)
+            }
+            _ => None,
+        };
+        if let (Some(named), Some(expected)) = (named, expected) {
+            if named != expected {
+                return Err(NetworkError::InvalidAddress {
+                    address: address.to_owned(),
+                    reason: format!("names peer {named}, expected {expected}"),
+                });
+            }
+        }
+        let expected = expected.or(named);
+        let (reply, answer) = oneshot::channel();
+        running.commands.send(Command::Dial { address: multiaddr, expected, redial, reply }).await.map_err(|_| NetworkError::NotRunning)?;
+        let peer = match answer.await {
+            Ok(Ok(peer)) => peer,
+            Ok(Err(reason)) => return Err(NetworkError::Connect { address: address.to_owned(), reason }),
+            Err(_) => return Err(NetworkError::NotRunning),
+        };
+        self.shared.open_link(peer).await
+    }
+}
+
+#[async_trait::async_trait]
+impl NetworkEngine for Libp2pNetworkEngine {
+    /// Checks the configuration and settles the keys: the given identity
+    /// and policy, or fresh ones.
+    async fn initialize(&mut self) -> Result<()> {
+        if self.shared.keys().is_some() {
+            return Ok(());
+        }
+        let config = &self.shared.config;
+        if !config.enable_encryption {
+            return Err(NetworkError::Config("the libp2p engine always encrypts (noise, TLS for QUIC-v1)".to_owned()));
+        }
+        if config.max_connections == 0 || config.max_handshakes == 0 {
+            return Err(NetworkError::Config("max_connections and max_handshakes must be at least 1".to_owned()));
+        }
+        if config.connection_timeout.is_zero() || config.heartbeat_interval.is_zero() || config.handshake_timeout.is_zero() {
+            return Err(NetworkError::Config("connection_timeout, handshake_timeout and heartbeat_interval must be positive".to_owned()));
+        }
+        let (identity, policy) = {
+            let settings = lock(&self.shared.settings);
+            (settings.identity.clone(), settings.policy.clone())
+        };
+        let identity = match identity {
+            Some(identity) => identity,
+            None => Identity::generate().map_err(NetworkError::Tls)?,
+        };
+        let policy = match policy {
+            Some(policy) => policy,
+            None => AccessPolicy::with_secret(NetworkSecret::generate().map_err(NetworkError::Tls)?),
+        };
+        let keypair = crate::identity::keypair(&identity)?;
+        let peer_id = identity.peer_id();
+        let libp2p_id = keypair.public().to_peer_id();
+        let keys = Keys { peer_id_text: peer_id.to_string(), identity, keypair, peer_id, libp2p_id, policy };
+        *lock(&self.shared.keys) = Some(Arc::new(keys));
+        Ok(())
+    }
+
+    /// Builds the swarm, listens, starts the swarm task, and dials the
+    /// bootstrap nodes (redialled with backoff when their connection
+    /// drops).
+    async fn start(&mut self) -> Result<()> {
+        self.initialize().await?;
+        let keys = self.shared.keys().ok_or(NetworkError::NotRunning)?;
+        if self.shared.state().running.is_some() {
+            return Err(NetworkError::AlreadyRunning);
+        }
+        let (listen, dht, discover, dht_interval, receive_limits) = {
+            let settings = lock(&self.shared.settings);
+            let config = &self.shared.config;
+            (
+                settings.listen.clone(),
+                settings.dht.unwrap_or(config.enable_dht || config.discovery.enable_dht),
+                settings.dht.unwrap_or(config.discovery.enable_dht),
+                settings.dht_interval.unwrap_or(config.discovery.discovery_interval),
+                settings.limits,
+            )
+        };
+        let listen = match listen {
+            Some(listen) => listen,
+            None => self.default_listen_addresses()?,
+        };
+        let mut swarm = crate::behaviour::build_swarm(&keys.keypair, &self.shared.config, dht)?;
+        let mut control = swarm.behaviour().sync.new_control();
+        let incoming = control.accept(SYNC_PROTOCOL).map_err(|_| NetworkError::AlreadyRunning)?;
+        let bound = swarm::listen(&mut swarm, &listen, LISTEN_TIMEOUT).await?;
+        lock(&self.shared.view).listen = bound.clone();
+        let _ = self.shared.shutdown.send(false);
+        let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+        let running = Running { commands, control, tasks: TaskCounter::new(), receive_limits };
+        self.shared.state().running = Some(running.clone());
+        tracing::info!(peer = %keys.peer_id_text, addresses = ?bound, dht, "libp2p engine listening");
+
+        let dht_key = if discover { keys.policy.secret.as_ref().map(crate::dht::network_key) } else { None };
+        if discover && dht_key.is_none() {
+            tracing::warn!("DHT discovery needs a network secret; this node takes part in the DHT but looks for no peers");
+        }
+        let task = swarm::SwarmTask::new(self.shared.clone(), swarm, command_rx, dht_key, dht_interval);
+        let guard = running.tasks.enter();
+        tokio::spawn(async move {
+            task.run().await;
+            drop(guard);
+        });
+        let guard = running.tasks.enter();
+        tokio::spawn(accept_streams(self.shared.clone(), incoming, running.clone(), guard));
+
+        for address in self.shared.config.bootstrap_nodes.clone() {
+            if !address.starts_with('/') {
+                tracing::debug!(%address, "not a multiaddr; a bootstrap node for the QUIC engine");
+                continue;
+            }
+            let engine = self.clone();
+            let guard = running.tasks.enter();
+            tokio::spawn(async move {
+                if let Err(err) = engine.dial(&address, None, true).await {
+                    tracing::info!(%address, error = %err, "bootstrap node: no sync link (it may be a DHT node of another network)");
+                }
+                drop(guard);
+            });
+        }
+        Ok(())
+    }
+
+    /// Says goodbye on every link, stops the swarm (closing every
+    /// connection and listener). Waits up to `connection_timeout`.
+    async fn stop(&mut self) -> Result<()> {
+        let Some(running) = self.shared.state().running.take() else { return Ok(()) };
+        let _ = self.shared.shutdown.send(true);
+        if tokio::time::timeout(self.shared.config.connection_timeout, running.tasks.idle()).await.is_err() {
+            tracing::warn!("libp2p tasks still running after the connection timeout");
+        }
+        let mut view = lock(&self.shared.view);
+        view.listen.clear();
+        view.connections.clear();
+        tracing::info!("libp2p engine stopped");
+        Ok(())
+    }
+
+    async fn send_message(&self, peer_id: &str, message: NetworkMessage) -> Result<()> {
+        let transmit = pluresdb_net::link::outgoing(&message)?;
+        let queue = {
+            let state = self.shared.state();
+            let link = state.links.get(peer_id).ok_or_else(|| NetworkError::PeerNotConnected(peer_id.to_owned()))?;
+            match transmit.lane {
+                Lane::Bulk => link.bulk.clone(),
+                Lane::Control => link.control.clone(),
+            }
+        };
+        enqueue(&queue, peer_id, transmit.frame)
+    }
+
+    async fn broadcast_message(&self, message: NetworkMessage) -> Result<()> {
+        let transmit = pluresdb_net::link::outgoing(&message)?;
+        let queues: Vec<(String, mpsc::Sender<Frame>)> = {
+            let state = self.shared.state();
+            if state.running.is_none() {
+                return Err(NetworkError::NotRunning);
+            }
+            let queue = |link: &Link| match transmit.lane {
+                Lane::Bulk => link.bulk.clone(),
+                Lane::Control => link.control.clone(),
+            };
+            state.links.values().map(|link| (link.peer_id.clone(), queue(link))).collect()
+        };
+        for (peer, queue) in queues {
+            if let Err(err) = enqueue(&queue, &peer, transmit.frame.clone()) {
+                tracing::debug!(%peer, error = %err, "broadcast skipped a peer");
+            }
+        }
+        Ok(())
+    }
+
+    /// Dials `address` (a multiaddr, with or without `/p2p/<peer id>`),
+    /// opens the sync stream, runs the admission handshake and returns the
+    /// peer id. The peer is redialled with backoff whenever its
+    /// connection drops, until `disconnect_peer` or `stop`.
+    async fn connect_peer(&self, address: &str) -> Result<String> {
+        self.dial(address, None, true).await
+    }
+
+    /// Dials once, requiring `peer_id` (noise checks it); no redialling.
+    async fn dial_discovered(&self, peer_id: &str, address: &str) -> Result<String> {
+        let expected: libp2p::PeerId = peer_id
+            .parse()
+            .map_err(|err| NetworkError::Connect { address: address.to_owned(), reason: format!("not a peer id {peer_id:?}: {err}") })?;
+        self.dial(address, Some(expected), false).await
+    }
+
+    /// Says goodbye on the peer's link, stops redialling it and closes its
+    /// connections.
+    async fn disconnect_peer(&self, peer_id: &str) -> Result<()> {
+        let running = self.shared.running()?;
+        let peer: libp2p::PeerId = peer_id.parse().map_err(|_| NetworkError::PeerNotConnected(peer_id.to_owned()))?;
+        let linked = {
+            let state = self.shared.state();
+            state.links.get(peer_id).map(|link| link.close("disconnected by the local node")).is_some()
+        };
+        let connected = lock(&self.shared.view).connections.contains_key(&peer);
+        let _ = running.commands.send(Command::Forget { peer }).await;
+        if linked {
+            // The goodbye goes out before the connection closes.
+            let deadline = tokio::time::Instant::now() + handshake::LINGER * 2;
+            while self.shared.is_linked(peer_id) && tokio::time::Instant::now() < deadline {
+                let notified = self.shared.links_changed.notified();
+                let _ = tokio::time::timeout_at(deadline, notified).await;
+            }
+        }
+        let _ = running.commands.send(Command::Disconnect { peer }).await;
+        if linked || connected {
+            Ok(())
+        } else {
+            Err(NetworkError::PeerNotConnected(peer_id.to_owned()))
+        }
+    }
+
+    async fn get_connected_peers(&self) -> Result<Vec<PeerInfo>> {
+        let ids: Vec<String> = self.shared.state().links.keys().cloned().collect();
+        let mut peers: Vec<PeerInfo> = ids.iter().filter_map(|id| self.shared.peers.get(id)).collect();
+        peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        Ok(peers)
+    }
+
+    async fn is_peer_connected(&self, peer_id: &str) -> bool {
+        self.shared.is_linked(peer_id)
+    }
+}
+
+fn enqueue(queue: &mpsc::Sender<Frame>, peer: &str, frame: Frame) -> Result<()> {
+    queue.try_send(frame).map_err(|err| match err {
+        mpsc::error::TrySendError::Full(_) => NetworkError::PeerBusy { peer: peer.to_owned() },
+        mpsc::error::TrySendError::Closed(_) => NetworkError::PeerNotConnected(peer.to_owned()),
+    })
+}
