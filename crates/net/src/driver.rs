@@ -1,15 +1,26 @@
-//! [`SyncDriver`]: a small task that runs a `DataSyncEngine` over a
-//! [`NetworkEngine`], for examples, tests and benches. The node runtime
-//! has its own actor; this one shows the whole contract in a page:
+//! How a `DataSyncEngine` is run over a [`NetworkEngine`]: [`SyncPort`],
+//! the one loop body every driver uses (the node runtime's writer, and
+//! [`SyncDriver`], a small task for examples, tests and benches).
+//!
+//! The contract (see `DataSyncEngine`'s docs for the engine's side):
 //!
 //! - [`PeerEvent::Connected`] -> `DataSyncEngine::peer_connected`,
 //!   [`PeerEvent::Message`] -> `handle_input`, [`PeerEvent::Disconnected`]
-//!   -> `peer_disconnected`;
+//!   -> `peer_disconnected` ([`apply`]);
 //! - at `poll_timeout`, `handle_timeout`;
-//! - after each of those (and after [`SyncDriver::with`]), everything
-//!   `poll_transmit` returns goes to `NetworkEngine::send_message` as
-//!   [`NetworkMessage::EncodedSync`]. A refused send (`PeerBusy`, peer gone)
-//!   is dropped: the sync engine resends what a peer did not acknowledge.
+//! - after each of those (and after anything else that changes the
+//!   engine, such as a local write), everything `poll_transmit` returns
+//!   goes to `NetworkEngine::send_message` as
+//!   [`NetworkMessage::EncodedSync`]. A refused send (`PeerBusy`, peer
+//!   gone) is dropped: the sync engine resends what a peer did not
+//!   acknowledge.
+//!
+//! A driver's loop is then: [`SyncPort::flush`] (or
+//! [`take_transmits`](SyncPort::take_transmits) and
+//! [`send`](SyncPort::send) when the engine sits behind a lock), wait for
+//! [`SyncPort::next`] together with whatever else the driver serves, and
+//! hand a [`SyncWake`] to the engine: [`SyncPort::apply`] for an event,
+//! `handle_timeout` for the timer.
 
 use crate::engine::NetworkEngine;
 use crate::events::{PeerEvent, PeerEvents};
@@ -21,15 +32,122 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinHandle;
 
-/// Events applied under one lock before transmits are sent again.
-const MAX_EVENTS_PER_TURN: usize = 256;
+/// Peer events applied in one turn before transmits are sent again, so a
+/// burst of messages is answered together without starving the sends.
+pub const MAX_EVENTS_PER_TURN: usize = 256;
 
-/// The longest the driver sleeps when the sync engine has no timer.
-const IDLE_WAKE: Duration = Duration::from_secs(60);
+/// The longest a driver sleeps when the sync engine has no timer.
+pub const IDLE_WAKE: Duration = Duration::from_secs(60);
 
 /// Milliseconds since the Unix epoch: the sync engine's time.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// What woke a driver up, from [`SyncPort::next`].
+#[derive(Debug)]
+pub enum SyncWake {
+    /// A peer event: hand it to [`SyncPort::apply`].
+    Event(PeerEvent),
+    /// The sync engine's timer is due (or [`IDLE_WAKE`] passed): call
+    /// `handle_timeout`.
+    Timer,
+    /// Every [`crate::SyncHandle`] is gone: no event will come again (later
+    /// calls wait for the timer only).
+    Closed,
+}
+
+/// Where a sync engine meets a network engine: the peer events it takes
+/// and the engine its messages go out through. Without a network
+/// ([`SyncPort::offline`]) it only keeps time, and transmits are dropped.
+pub struct SyncPort<E: NetworkEngine + ?Sized> {
+    network: Option<Arc<E>>,
+    events: Option<PeerEvents>,
+}
+
+impl<E: NetworkEngine + ?Sized> SyncPort<E> {
+    /// A port onto `network`, taking its `events`.
+    pub fn new(network: Arc<E>, events: PeerEvents) -> Self {
+        Self { network: Some(network), events: Some(events) }
+    }
+
+    /// A port onto no network: [`next`](Self::next) only waits for the
+    /// timer, and what the sync engine sends is dropped.
+    pub fn offline() -> Self {
+        Self { network: None, events: None }
+    }
+
+    /// Whether there is a network.
+    pub fn is_online(&self) -> bool {
+        self.network.is_some()
+    }
+
+    /// The network engine, if any.
+    pub fn network(&self) -> Option<&Arc<E>> {
+        self.network.as_ref()
+    }
+
+    /// Everything the sync engine has to send (for a driver that holds the
+    /// engine behind a lock: take under the lock, [`send`](Self::send)
+    /// after releasing it).
+    pub fn take_transmits<S: Store>(sync: &mut DataSyncEngine<S>) -> Vec<Transmit> {
+        std::iter::from_fn(|| sync.poll_transmit()).collect()
+    }
+
+    /// Sends `transmits` (see [`send_transmit`]).
+    pub async fn send(&self, transmits: Vec<Transmit>) {
+        let Some(network) = &self.network else { return };
+        for transmit in transmits {
+            send_transmit(&**network, transmit).await;
+        }
+    }
+
+    /// Sends everything the sync engine has to send (dropped offline).
+    pub async fn flush<S: Store>(&self, sync: &mut DataSyncEngine<S>) {
+        while let Some(transmit) = sync.poll_transmit() {
+            if let Some(network) = &self.network {
+                send_transmit(&**network, transmit).await;
+            }
+        }
+    }
+
+    /// Waits for the next peer event, or until `deadline_ms` (the sync
+    /// engine's `poll_timeout`; [`IDLE_WAKE`] from now when `None`).
+    /// Cancel-safe: dropped inside a `select!`, it loses no event.
+    pub async fn next(&mut self, deadline_ms: Option<u64>) -> SyncWake {
+        let sleep = deadline_ms.map_or(IDLE_WAKE, |at| Duration::from_millis(at.saturating_sub(now_ms())));
+        let Some(events) = self.events.as_mut() else {
+            tokio::time::sleep(sleep).await;
+            return SyncWake::Timer;
+        };
+        let received = tokio::select! {
+            event = events.recv() => Some(event),
+            () = tokio::time::sleep(sleep) => None,
+        };
+        match received {
+            Some(Some(event)) => SyncWake::Event(event),
+            Some(None) => {
+                self.events = None;
+                SyncWake::Closed
+            }
+            None => SyncWake::Timer,
+        }
+    }
+
+    /// Applies `first` and up to [`MAX_EVENTS_PER_TURN`] events already
+    /// queued behind it; returns how many were applied.
+    pub fn apply<S: Store>(&mut self, sync: &mut DataSyncEngine<S>, first: PeerEvent) -> usize {
+        apply(sync, first);
+        let mut applied = 1;
+        if let Some(events) = self.events.as_mut() {
+            while applied <= MAX_EVENTS_PER_TURN {
+                let Some(event) = events.try_recv() else { break };
+                apply(sync, event);
+                applied += 1;
+            }
+        }
+        applied
+    }
 }
 
 struct DriverShared<S: Store> {
@@ -38,7 +156,9 @@ struct DriverShared<S: Store> {
     stop: Notify,
 }
 
-/// Runs a `DataSyncEngine` over a network engine in a tokio task.
+/// Runs a `DataSyncEngine` over a network engine in a tokio task, with a
+/// [`SyncPort`]; the node runtime's writer uses the same port inside its
+/// own loop (group commit, clock correction, forks).
 pub struct SyncDriver<S: Store> {
     shared: Arc<DriverShared<S>>,
     task: JoinHandle<()>,
@@ -52,7 +172,7 @@ impl<S: Store + Send + 'static> SyncDriver<S> {
             sync.start(now_ms());
         }
         let shared = Arc::new(DriverShared { sync: Mutex::new(sync), wake: Notify::new(), stop: Notify::new() });
-        let task = tokio::spawn(drive(network, shared.clone(), events));
+        let task = tokio::spawn(drive(SyncPort::new(network, events), shared.clone()));
         Self { shared, task }
     }
 
@@ -75,29 +195,25 @@ impl<S: Store + Send + 'static> SyncDriver<S> {
     }
 }
 
-async fn drive<E: NetworkEngine + ?Sized, S: Store + Send>(network: Arc<E>, shared: Arc<DriverShared<S>>, mut events: PeerEvents) {
+async fn drive<E: NetworkEngine + ?Sized, S: Store + Send>(mut port: SyncPort<E>, shared: Arc<DriverShared<S>>) {
     loop {
-        let (transmits, next_timeout) = {
+        // The engine is locked only to take its output: `with` must not
+        // wait for sends.
+        let (transmits, deadline) = {
             let mut sync = shared.sync.lock().await;
-            let transmits: Vec<_> = std::iter::from_fn(|| sync.poll_transmit()).collect();
-            (transmits, sync.poll_timeout())
+            (SyncPort::<E>::take_transmits(&mut sync), sync.poll_timeout())
         };
-        for transmit in transmits {
-            send_transmit(&*network, transmit).await;
-        }
-        let sleep = next_timeout.map_or(IDLE_WAKE, |at| Duration::from_millis(at.saturating_sub(now_ms())));
+        port.send(transmits).await;
         tokio::select! {
-            event = events.recv() => {
-                let Some(event) = event else { break };
-                let mut sync = shared.sync.lock().await;
-                apply(&mut sync, event);
-                for _ in 0..MAX_EVENTS_PER_TURN {
-                    let Some(event) = events.try_recv() else { break };
-                    apply(&mut sync, event);
+            wake = port.next(deadline) => match wake {
+                SyncWake::Event(event) => {
+                    let mut sync = shared.sync.lock().await;
+                    port.apply(&mut sync, event);
                 }
-            }
+                SyncWake::Timer => shared.sync.lock().await.handle_timeout(now_ms()),
+                SyncWake::Closed => break,
+            },
             _ = shared.wake.notified() => {}
-            _ = tokio::time::sleep(sleep) => shared.sync.lock().await.handle_timeout(now_ms()),
             _ = shared.stop.notified() => break,
         }
     }
@@ -125,5 +241,118 @@ pub fn apply<S: Store>(sync: &mut DataSyncEngine<S>, event: PeerEvent) {
                 tracing::debug!(peer = %peer_id, error = %err, "sync message refused");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Result;
+    use crate::error::NetworkError;
+    use crate::events::SyncHandle;
+    use crate::peer::{PeerInfo, Transport};
+    use bytes::Bytes;
+    use pluresdb_sync::SyncConfig;
+
+    /// A network engine that records what it is asked to send.
+    #[derive(Default)]
+    struct Recorder {
+        sent: std::sync::Mutex<Vec<(String, NetworkMessage)>>,
+    }
+
+    #[async_trait::async_trait]
+    impl NetworkEngine for Recorder {
+        async fn initialize(&mut self) -> Result<()> {
+            Ok(())
+        }
+        async fn start(&mut self) -> Result<()> {
+            Ok(())
+        }
+        async fn stop(&mut self) -> Result<()> {
+            Ok(())
+        }
+        async fn send_message(&self, peer_id: &str, message: NetworkMessage) -> Result<()> {
+            self.sent.lock().unwrap().push((peer_id.to_owned(), message));
+            Ok(())
+        }
+        async fn broadcast_message(&self, _message: NetworkMessage) -> Result<()> {
+            Ok(())
+        }
+        async fn connect_peer(&self, address: &str) -> Result<String> {
+            Err(NetworkError::PeerNotConnected(address.to_owned()))
+        }
+        async fn disconnect_peer(&self, _peer_id: &str) -> Result<()> {
+            Ok(())
+        }
+        async fn get_connected_peers(&self) -> Result<Vec<PeerInfo>> {
+            Ok(Vec::new())
+        }
+        async fn is_peer_connected(&self, _peer_id: &str) -> bool {
+            false
+        }
+    }
+
+    fn connected(peer: &str) -> PeerEvent {
+        PeerEvent::Connected { peer_id: peer.to_owned(), address: "127.0.0.1:1".to_owned(), transport: Transport::Quic }
+    }
+
+    #[tokio::test]
+    async fn a_port_hands_over_events_in_order_then_says_when_every_handle_is_gone() {
+        let (handle, events) = SyncHandle::channel(16);
+        let mut port = SyncPort::new(Arc::new(Recorder::default()), events);
+        assert!(handle.deliver(connected("a")).await);
+        assert!(handle.deliver(PeerEvent::Message { peer_id: "a".to_owned(), bytes: Bytes::from_static(b"x") }).await);
+        drop(handle);
+        assert!(matches!(port.next(None).await, SyncWake::Event(PeerEvent::Connected { .. })));
+        assert!(matches!(port.next(None).await, SyncWake::Event(PeerEvent::Message { .. })));
+        assert!(matches!(port.next(None).await, SyncWake::Closed));
+        // From then on only the timer wakes it.
+        assert!(matches!(port.next(Some(now_ms())).await, SyncWake::Timer));
+    }
+
+    #[tokio::test]
+    async fn one_turn_applies_a_bounded_burst_of_queued_events() {
+        let (handle, events) = SyncHandle::channel(1_024);
+        let mut port = SyncPort::new(Arc::new(Recorder::default()), events);
+        let mut sync = DataSyncEngine::new(SyncConfig::default());
+        assert!(handle.deliver(connected("a")).await);
+        for _ in 0..300 {
+            // Not a sync message: each is refused and counted.
+            assert!(handle.deliver(PeerEvent::Message { peer_id: "a".to_owned(), bytes: Bytes::from_static(b"?") }).await);
+        }
+        let SyncWake::Event(first) = port.next(None).await else { panic!("an event") };
+        assert_eq!(port.apply(&mut sync, first), MAX_EVENTS_PER_TURN + 1);
+        let errors: u64 = sync.status().peers.iter().map(|peer| peer.traffic.errors).sum();
+        assert_eq!(errors, MAX_EVENTS_PER_TURN as u64);
+        let SyncWake::Event(next) = port.next(None).await else { panic!("the rest is still queued") };
+        assert_eq!(port.apply(&mut sync, next), 300 - MAX_EVENTS_PER_TURN);
+    }
+
+    #[tokio::test]
+    async fn transmits_go_to_their_peer_and_an_offline_port_drops_them() {
+        let network = Arc::new(Recorder::default());
+        let port = SyncPort::new(network.clone(), SyncHandle::channel(1).1);
+        let mut sync = DataSyncEngine::new(SyncConfig::default());
+        sync.start(now_ms());
+        sync.peer_connected("a", now_ms());
+        port.flush(&mut sync).await;
+        let sent = network.sent.lock().unwrap().clone();
+        assert!(!sent.is_empty() && sent.iter().all(|(peer, message)| peer == "a" && message.kind() == crate::FrameKind::Sync), "{sent:?}");
+
+        let offline = SyncPort::<Recorder>::offline();
+        assert!(!offline.is_online());
+        sync.peer_disconnected("a");
+        sync.peer_connected("a", now_ms());
+        offline.flush(&mut sync).await;
+        assert!(sync.poll_transmit().is_none());
+        assert_eq!(network.sent.lock().unwrap().len(), sent.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_timer_a_port_wakes_after_the_idle_wake() {
+        let mut port = SyncPort::<Recorder>::offline();
+        let started = tokio::time::Instant::now();
+        assert!(matches!(port.next(None).await, SyncWake::Timer));
+        assert!(started.elapsed() >= IDLE_WAKE);
     }
 }

@@ -6,6 +6,7 @@ use crate::clock::ClockCorrection;
 use crate::stats::Stats;
 use crate::{now_ms, Error};
 use pluresdb_core::{validate_node_id, validate_value, OperationType, OperationWithMetadata, Receipt, Subscription, VersionVector};
+use pluresdb_net::{NetworkEngine, PeerManager, SyncPort, SyncWake};
 use pluresdb_store_redb::RedbStore;
 use pluresdb_sync::{DataSyncEngine, SyncStatus};
 use serde_json::Value;
@@ -53,20 +54,18 @@ pub(crate) fn spawn(
         // The writer's own single-threaded runtime: commits block this
         // thread only, never the API's workers.
         let clock = ClockCorrection::new(engine.config().max_clock_drift);
+        let (port, peers) = match network {
+            Some(network) => (SyncPort::new(network.engine, network.events), Some(network.peers)),
+            None => (SyncPort::offline(), None),
+        };
         match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => runtime.block_on(
-                Writer { engine, inbox, network, stats, max_group, carried: None, waiting: None, clock, clock_checked: None }.run(),
+                Writer { engine, inbox, port, peers, stats, max_group, carried: None, waiting: None, clock, clock_checked: None }.run(),
             ),
             Err(err) => tracing::error!(%err, "cannot start the writer's runtime"),
         }
     })
 }
-
-/// The longest the writer sleeps when the sync engine has no timer.
-const IDLE_WAKE: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Peer events applied in one turn before transmits go out.
-const EVENTS_PER_TURN: usize = 256;
 
 /// How often the writer compares its wall clock with its peers' at most
 /// (they send heartbeats every few seconds).
@@ -82,7 +81,10 @@ pub const OWN_CHAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(1
 struct Writer {
     engine: Engine,
     inbox: mpsc::Receiver<Command>,
-    network: Option<crate::Network>,
+    /// The sync engine's network: peer events in, transmits out.
+    port: SyncPort<dyn NetworkEngine>,
+    /// The network's peers (their clock offsets).
+    peers: Option<Arc<PeerManager>>,
     stats: Arc<Stats>,
     max_group: usize,
     /// A command taken from the queue that did not fit the group before it.
@@ -106,11 +108,11 @@ struct Group {
 impl Writer {
     async fn run(mut self) {
         tracing::debug!("writer started");
-        if self.network.is_some() {
+        if self.port.is_online() {
             self.engine.start(now_ms());
         }
         loop {
-            self.send_transmits().await;
+            self.port.flush(&mut self.engine).await;
             self.report_forks();
             if let Some((_, until)) = &self.waiting {
                 if !self.engine.own_chain_behind() || tokio::time::Instant::now() >= *until {
@@ -133,28 +135,26 @@ impl Writer {
             let command = match carried {
                 Some(command) => command,
                 None => {
-                    let mut sleep =
-                        self.engine.poll_timeout().map_or(IDLE_WAKE, |at| std::time::Duration::from_millis(at.saturating_sub(now_ms())));
-                    if let Some((_, until)) = &self.waiting {
-                        sleep = sleep.min(until.saturating_duration_since(tokio::time::Instant::now()));
-                    }
+                    let deadline = self.engine.poll_timeout();
+                    let waiting_until = self.waiting.as_ref().map(|(_, until)| *until);
                     let read_inbox = self.carried.is_none();
-                    let events = self.network.as_mut().map(|n| &mut n.events);
                     tokio::select! {
                         command = self.inbox.recv(), if read_inbox => match command {
                             Some(command) => command,
                             None => break,
                         },
-                        Some(event) = async { match events { Some(events) => events.recv().await, None => std::future::pending().await } } => {
+                        wake = self.port.next(deadline) => {
                             self.check_clock();
-                            self.peer_event(event);
+                            match wake {
+                                SyncWake::Event(event) => self.peer_event(event),
+                                SyncWake::Timer => self.engine.handle_timeout(now_ms()),
+                                SyncWake::Closed => {}
+                            }
                             continue;
                         }
-                        () = tokio::time::sleep(sleep) => {
-                            self.check_clock();
-                            self.engine.handle_timeout(now_ms());
-                            continue;
-                        }
+                        // The held-back write's time is up: the top of the
+                        // loop lets it go.
+                        () = tokio::time::sleep_until(waiting_until.unwrap_or_else(tokio::time::Instant::now)), if waiting_until.is_some() => continue,
                     }
                 }
             };
@@ -256,12 +256,12 @@ impl Writer {
     /// to the replica: its writes and its judgement of received timestamps
     /// then use corrected time. The engine's timers keep the wall clock.
     fn check_clock(&mut self) {
-        let Some(network) = &self.network else { return };
+        let Some(peers) = &self.peers else { return };
         if self.clock_checked.is_some_and(|at| at.elapsed() < CLOCK_CHECK_INTERVAL) {
             return;
         }
         self.clock_checked = Some(std::time::Instant::now());
-        if let Some(offset) = self.clock.update(&network.peers.clock_offsets()) {
+        if let Some(offset) = self.clock.update(&peers.clock_offsets()) {
             self.engine.database_mut().set_wall_clock_offset(offset);
         }
     }
@@ -269,23 +269,9 @@ impl Writer {
     /// Applies a peer event, and any queued behind it, to the sync engine.
     fn peer_event(&mut self, first: pluresdb_net::PeerEvent) {
         let before = self.engine.database().version_vector().total();
-        pluresdb_net::apply_peer_event(&mut self.engine, first);
-        for _ in 0..EVENTS_PER_TURN {
-            let Some(event) = self.network.as_mut().and_then(|n| n.events.try_recv()) else { break };
-            pluresdb_net::apply_peer_event(&mut self.engine, event);
-        }
+        self.port.apply(&mut self.engine, first);
         let applied = self.engine.database().version_vector().total().saturating_sub(before);
         Stats::add(&self.stats.remote_ops, applied);
-    }
-
-    /// Sends what the sync engine has for peers (without a network, drops
-    /// it).
-    async fn send_transmits(&mut self) {
-        while let Some(transmit) = self.engine.poll_transmit() {
-            if let Some(network) = &self.network {
-                pluresdb_net::send_transmit(&*network.engine, transmit).await;
-            }
-        }
     }
 
     fn close(&mut self) {

@@ -115,6 +115,54 @@ struct PeerState {
 /// `max_batch_size`; each applied batch is acknowledged after it is durable;
 /// what a peer has not acknowledged is resent after a reconnect, a restart
 /// or `sync_timeout` without progress.
+///
+/// # Poll contract
+///
+/// What a driver calls, and when (`pluresdb_net::SyncPort` is the one loop
+/// the node and `SyncDriver` run):
+///
+/// 1. [`start`](Self::start) once, when the replica is to sync. Before it,
+///    connections and messages are still taken in (received operations
+///    are applied), but it starts no round and pushes or relays nothing.
+/// 2. [`peer_connected`](Self::peer_connected) when a link to a peer is up
+///    (admitted), before any of its messages;
+///    [`handle_input`](Self::handle_input) for each message from it, in the
+///    order its link delivered them; [`peer_disconnected`](Self::peer_disconnected)
+///    when the link is gone, after its last message (the next
+///    `peer_connected` starts a fresh session). [`write`](Self::write) for
+///    local writes.
+/// 3. After each of those calls, take every [`poll_transmit`](Self::poll_transmit)
+///    and send it to its peer, then read [`poll_timeout`](Self::poll_timeout)
+///    again (any input may move it) and call
+///    [`handle_timeout`](Self::handle_timeout) once that time has come.
+///    Calling `handle_timeout` early is harmless (it does only what is due).
+/// 4. Before the replica stops, [`flush_acked`](Self::flush_acked), so what
+///    peers acknowledged survives the restart without resending
+///    (`handle_timeout` writes it at most every second otherwise).
+///    [`poll_fork`](Self::poll_fork) reports settled forks, for a driver
+///    that logs them.
+///
+/// `now_ms` is the wall clock in milliseconds since the Unix epoch, passed
+/// by the caller; time that goes backwards counts as no time.
+///
+/// What it guarantees in return:
+///
+/// - It never reads a clock, a socket or a thread; its only I/O is its
+///   [`Store`], so it runs the same in the simulator, a node and a browser.
+/// - An acknowledgement is queued only after what it acknowledges is
+///   durable (one store commit per received batch); a refused message
+///   (`Err` from `handle_input`) is about its peer only, changes nothing
+///   stored, and leaves the engine usable.
+/// - Sending is best effort for the driver: a transmit it could not send
+///   (a full queue, a peer gone) may be dropped. Whatever a peer has not
+///   acknowledged is sent again after `sync_timeout`, on reconnect, or
+///   after a restart; rounds that stall are retried with backoff.
+/// - Per peer, at most `4 x max_batch_size` operations await acknowledgement
+///   (the window), so each call queues a bounded number of transmits; they
+///   are only bounded over time if the driver takes them after each call.
+/// - `DataSync` messages to one peer must arrive in the order they were
+///   queued (a transport keeps them on one ordered stream); other messages
+///   may overtake them.
 pub struct DataSyncEngine<S: Store = MemoryStore> {
     config: SyncConfig,
     db: Database<S>,
