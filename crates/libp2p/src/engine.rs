@@ -30,6 +30,12 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 /// on 34570, WebSocket on TCP 34571. The QUIC engine has UDP 34569.
 pub const DEFAULT_LIBP2P_PORT: u16 = 34570;
 
+/// How long a peer that refused this node's sync stream (`access_denied`)
+/// is not sent another unasked (by redials and DHT discovery) nor
+/// redialled: long enough that a DHT node of another network is not
+/// pestered, short enough that one given the secret meanwhile is found.
+pub const REFUSED_FOR: Duration = Duration::from_secs(10 * 60);
+
 /// Commands queued for the swarm task at most.
 const COMMAND_QUEUE: usize = 256;
 
@@ -128,6 +134,9 @@ pub(crate) struct View {
     pub(crate) rtt: HashMap<libp2p::PeerId, Duration>,
     /// Peers found under the network's DHT key.
     pub(crate) dht: DhtPeers,
+    /// Peers that refused this node's sync stream (`access_denied`), and
+    /// when.
+    pub(crate) refused: HashMap<libp2p::PeerId, Instant>,
 }
 
 /// Counts running tasks, so `stop` can wait for them.
@@ -311,6 +320,21 @@ impl Shared {
             notified.await;
         }
         let result = self.open_link_once(peer).await;
+        let denied =
+            matches!(&result, Err(NetworkError::Refused { code: ErrorCode::AccessDenied, .. }) | Err(NetworkError::AccessDenied(_)));
+        {
+            let mut view = lock(&self.view);
+            if denied {
+                // A DHT node of another network, most likely (a bootstrap):
+                // it stays a DHT neighbour, not a sync peer.
+                if view.refused.len() >= crate::dht::MAX_DHT_PEERS {
+                    view.refused.retain(|_, at| at.elapsed() < REFUSED_FOR);
+                }
+                view.refused.insert(peer, Instant::now());
+            } else if result.is_ok() {
+                view.refused.remove(&peer);
+            }
+        }
         self.state().opening.remove(&peer_text);
         self.links_changed.notify_waiters();
         result
@@ -342,10 +366,18 @@ impl Shared {
         }
     }
 
-    /// Starts opening a sync stream to `peer` in the background.
+    /// Whether `peer` refused this node's sync stream within
+    /// [`REFUSED_FOR`].
+    pub(crate) fn refused_recently(&self, peer: &libp2p::PeerId) -> bool {
+        lock(&self.view).refused.get(peer).is_some_and(|at| at.elapsed() < REFUSED_FOR)
+    }
+
+    /// Starts opening a sync stream to `peer` in the background, unless it
+    /// is linked or refused this node recently (`connect_peer` still
+    /// tries).
     pub(crate) fn spawn_open_link(self: &Arc<Self>, peer: libp2p::PeerId) {
         let Ok(running) = self.running() else { return };
-        if self.is_linked(&peer.to_string()) {
+        if self.is_linked(&peer.to_string()) || self.refused_recently(&peer) {
             return;
         }
         let guard = running.tasks.enter();

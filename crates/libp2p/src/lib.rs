@@ -60,6 +60,6 @@ mod swarm;
 
 pub use behaviour::{IDENTIFY_PROTOCOL_VERSION, KAD_PROTOCOL, SYNC_PROTOCOL};
 pub use dht::{network_key, DhtPeer};
-pub use engine::{Libp2pNetworkEngine, DEFAULT_LIBP2P_PORT, FIRST_DHT_INTERVAL};
+pub use engine::{Libp2pNetworkEngine, DEFAULT_LIBP2P_PORT, FIRST_DHT_INTERVAL, REFUSED_FOR};
 pub use libp2p::Multiaddr;
 pub use link::{BULK_QUEUE_FRAMES, CONTROL_QUEUE_FRAMES};

@@ -311,7 +311,7 @@ impl SwarmTask {
             return;
         }
         lock(&self.shared.view).dht.found(&peer.to_string(), None, Instant::now());
-        if self.shared.is_linked_peer(&peer) {
+        if self.shared.is_linked_peer(&peer) || self.shared.refused_recently(&peer) {
             return;
         }
         let now = Instant::now();
@@ -379,7 +379,14 @@ impl SwarmTask {
                 }
                 tracing::debug!(peer = %peer_id, cause = ?cause, "libp2p connection closed");
                 if num_established == 0 && self.redials.contains_key(&peer_id) {
-                    self.schedule_redial(peer_id);
+                    if self.shared.refused_recently(&peer_id) {
+                        // Not a sync peer: a DHT neighbour (Kademlia dials it
+                        // when it needs it).
+                        tracing::debug!(peer = %peer_id, "not redialling a peer that refused sync");
+                        self.redials.remove(&peer_id);
+                    } else {
+                        self.schedule_redial(peer_id);
+                    }
                 }
             }
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
