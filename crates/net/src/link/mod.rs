@@ -75,7 +75,12 @@
 //! Calling contract: after every `handle_*` call and after [`Link::close`],
 //! take every event (in order: an event may concern the transport, such as
 //! [`LinkEvent::PeerAdmitted`], before the frames that follow it are
-//! written) and every transmit, and set the timer to `poll_timeout`. After
+//! written) and every transmit, and set the timer to `poll_timeout`. Write
+//! the link's transmits ahead of anything the node sends on the link
+//! itself: when the peer's `hello` and heartbeat arrive in one read,
+//! [`LinkEvent::Established`] comes while this side's admission heartbeat
+//! is still queued, and a sync message written before it is refused by the
+//! peer (`unexpected_message`). After
 //! [`LinkEvent::Closed`], write the transmits still queued (a `goodbye` or
 //! an `error`, so the peer learns why), give the peer a moment to read them
 //! (QUIC: [`LINGER`]), then close the transport with

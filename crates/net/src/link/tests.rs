@@ -526,3 +526,25 @@ fn outgoing_chooses_the_lane_and_refuses_the_links_own_frames() {
 fn silence_that_lets_a_new_connection_replace_a_link_is_one_and_a_half_heartbeats_and_a_second() {
     assert_eq!(silent_after(Duration::from_secs(5)), Duration::from_millis(8_500));
 }
+
+#[test]
+fn a_hello_and_heartbeat_read_together_leave_the_admission_heartbeat_queued_behind_established() {
+    // Under load a peer's hello and its heartbeat arrive in one read: the
+    // link is established at once, and its own admission heartbeat is still
+    // to be written. A driver must write it before it lets sync messages
+    // out, or the peer (still waiting for it) refuses them.
+    // B admits A; B's hello and heartbeat reach A in one read.
+    let mut pair = Pair::new(AccessPolicy::with_secret(secret(1)), AccessPolicy::with_secret(secret(1)));
+    let hello_a = transmits(&mut pair.a);
+    for transmit in hello_a {
+        pair.b.handle_input(transmit.lane, &transmit.frame.to_bytes().unwrap(), pair.now);
+    }
+    let mut read = Vec::new();
+    for transmit in transmits(&mut pair.b) {
+        read.extend(transmit.frame.to_bytes().unwrap());
+    }
+    pair.a.handle_input(Lane::Control, &read, pair.now);
+    let got = events(&mut pair.a);
+    assert!(matches!(got[..], [LinkEvent::PeerAdmitted { .. }, LinkEvent::Established]), "{got:?}");
+    assert!(matches!(messages(&mut pair.a)[..], [NetworkMessage::Heartbeat { .. }]));
+}

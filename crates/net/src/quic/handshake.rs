@@ -158,22 +158,32 @@ async fn exchange(
     };
     let mut link = Link::new(link_config, now());
     loop {
+        let mut established = false;
         while let Some(event) = link.poll_event() {
             match event {
                 // Admitted: open the connection up to a link's limits
                 // before the heartbeat that says so goes out (the peer
                 // opens its bulk stream only after it).
                 LinkEvent::PeerAdmitted { .. } => admit_transport(connection),
-                // What the link queued and read past this stays in it for
-                // the link's task.
-                LinkEvent::Established => return Ok(Handshaken { peer_id: peer_text, link, send, recv }),
+                // Events read past this stay in the link for its task.
+                LinkEvent::Established => {
+                    established = true;
+                    break;
+                }
                 LinkEvent::Closed(end) => return Err(failed(end, link, send, recv, connection, &peer_text, address)),
                 // Nothing else comes before the link is established.
                 _ => {}
             }
         }
+        // Written before the link is registered, even when the peer's
+        // hello and heartbeat arrived together: the admission heartbeat
+        // must reach the peer before the sync messages that the
+        // registration lets the sync engine send.
         while let Some(transmit) = link.poll_transmit() {
             stream::write_frame(&mut send, &transmit.frame).await.map_err(|err| stream::write_failed(&peer_text, &err))?;
+        }
+        if established {
+            return Ok(Handshaken { peer_id: peer_text, link, send, recv });
         }
         match recv.read_chunk(READ_CHUNK_BYTES, true).await {
             Ok(Some(chunk)) => link.handle_input(Lane::Control, &chunk.bytes, now()),
