@@ -241,9 +241,10 @@ function hello (peer, extra) {
 
 /**
  * Opens the sync protocol as a peer without the network secret would
- * (docs/protocol.md, libp2p): a `hello` with a `nonce` (32 random bytes as
- * 64 hex digits) and no proof; on the node's first `hello`, the `hello`
- * that would carry the proof over the session binding, with `proof: null`.
+ * (docs/protocol.md, "libp2p", session binding): a `hello` with a `nonce`
+ * (32 random bytes as 64 hex digits) and no proof; after the node's two
+ * `hello`s (its nonce, then its proof), the `hello` that would carry ours
+ * over the session binding, with `proof: null`.
  * Returns the node's `error` frame and the kinds of the frames before it.
  */
 async function syncWithoutSecret (peer, connection) {
@@ -257,8 +258,8 @@ async function syncWithoutSecret (peer, connection) {
         if (frame.kind === KIND.error) return { error: frame.payload, before }
         before.push(KIND_NAMES[frame.kind] ?? `kind ${frame.kind}`)
         if (frame.kind === KIND.sync) break
-        // The node's nonce: the binding is set, the proof would go now.
-        if (frame.kind === KIND.hello && before.length === 1) stream.send(hello(peer, {}))
+        // The node's nonce hello, then its proof hello: ours would go now.
+        if (frame.kind === KIND.hello && before.length === 2) stream.send(hello(peer, {}))
       }
     } finally {
       stream.abort(new Error('check done'))
