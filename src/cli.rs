@@ -118,6 +118,23 @@ pub enum Command {
         /// transports) [env: PLURESDB_QUIC=false; config: quic = false].
         #[arg(long)]
         no_quic: bool,
+        /// Do not run the libp2p engine (TCP, QUIC-v1 and WebSocket, with
+        /// the Kademlia DHT) [env: PLURESDB_LIBP2P=false; config: libp2p =
+        /// false].
+        #[arg(long)]
+        no_libp2p: bool,
+        /// Where the libp2p engine listens, as a multiaddr
+        /// (/ip4/0.0.0.0/tcp/34571, /ip4/0.0.0.0/udp/34571/quic-v1,
+        /// /ip4/0.0.0.0/tcp/34572/ws); repeat for several. Default: those
+        /// three at --bind (every port 0 with --port 0) [env:
+        /// PLURESDB_LIBP2P_LISTEN, comma-separated; config: libp2p_listen].
+        #[arg(long = "libp2p-listen", value_name = "MULTIADDR")]
+        libp2p_listen: Vec<String>,
+        /// Take no part in the Kademlia DHT, and do not look for the
+        /// network's nodes there [env: PLURESDB_DHT=false; config: dht =
+        /// false].
+        #[arg(long)]
+        no_dht: bool,
         /// Do not announce this node or look for peers on the LAN with mDNS
         /// [env: PLURESDB_MDNS=false; config: mdns = false].
         #[arg(long)]

@@ -75,6 +75,9 @@ pub fn run(cli: Cli, config: &Config) -> anyhow::Result<()> {
             mdns: config.mdns.value,
             mdns_interfaces: config.mdns_interfaces.value.clone(),
             quic: config.quic.value,
+            libp2p: config.libp2p.value,
+            libp2p_listen: config.libp2p_listen.value.clone(),
+            dht: config.dht.value,
         });
         return crate::node::serve(db, &cli.data_dir, config, network, json);
     }

@@ -13,6 +13,9 @@
 //! mdns = true                    # PLURESDB_MDNS, --no-mdns: find peers on the LAN
 //! mdns_interfaces = ["eth0"]     # PLURESDB_MDNS_INTERFACES (comma-separated): only these (default: all)
 //! quic = true                    # PLURESDB_QUIC, --no-quic: run the QUIC engine
+//! libp2p = true                  # PLURESDB_LIBP2P, --no-libp2p: run the libp2p engine
+//! libp2p_listen = ["/ip4/0.0.0.0/tcp/34571"]  # PLURESDB_LIBP2P_LISTEN, --libp2p-listen: its multiaddrs
+//! dht = true                     # PLURESDB_DHT, --no-dht: take part in the DHT and find peers there
 //! allowed_origins = ["http://localhost:3000"] # PLURESDB_ALLOWED_ORIGINS (comma-separated), --allowed-origin: web pages allowed to use the API
 //! api_hosts = ["db.example.com"] # PLURESDB_API_HOSTS (comma-separated), --api-host: names the API answers to besides its addresses
 //! max_clock_drift = "5m"         # PLURESDB_MAX_CLOCK_DRIFT, --max-clock-drift: how far ahead a received timestamp may be and take effect at once
@@ -78,6 +81,12 @@ pub struct Config {
     pub mdns_interfaces: Setting<Vec<String>>,
     /// Run the QUIC engine.
     pub quic: Setting<bool>,
+    /// Run the libp2p engine.
+    pub libp2p: Setting<bool>,
+    /// Where the libp2p engine listens (multiaddrs; empty: its defaults).
+    pub libp2p_listen: Setting<Vec<String>>,
+    /// Take part in the DHT and find the network's nodes there.
+    pub dht: Setting<bool>,
     /// Origins of web pages allowed to use the API (`scheme://host[:port]`)
     /// besides the node's own.
     pub allowed_origins: Setting<Vec<String>>,
@@ -207,6 +216,15 @@ pub fn load(cli: &Cli) -> anyhow::Result<Config> {
     let env_mdns_interfaces = env("PLURESDB_MDNS_INTERFACES").map(|v| list(&v));
     let flag_quic = matches!(&cli.command, Command::Serve { no_quic: true, .. }).then_some(false);
     let env_quic = env("PLURESDB_QUIC").map(|v| parse_bool(&v, "PLURESDB_QUIC")).transpose()?;
+    let (flag_libp2p, flag_libp2p_listen, flag_dht) = match &cli.command {
+        Command::Serve { no_libp2p, libp2p_listen, no_dht, .. } => {
+            (no_libp2p.then_some(false), (!libp2p_listen.is_empty()).then(|| libp2p_listen.clone()), no_dht.then_some(false))
+        }
+        _ => (None, None, None),
+    };
+    let env_libp2p = env("PLURESDB_LIBP2P").map(|v| parse_bool(&v, "PLURESDB_LIBP2P")).transpose()?;
+    let env_libp2p_listen = env("PLURESDB_LIBP2P_LISTEN").map(|v| list(&v));
+    let env_dht = env("PLURESDB_DHT").map(|v| parse_bool(&v, "PLURESDB_DHT")).transpose()?;
     let env_addr = env("PLURESDB_API_ADDR").map(|v| parse_addr(&v, "PLURESDB_API_ADDR")).transpose()?;
     let file_addr = file.api_addr.as_deref().map(|v| parse_addr(v, &whence("api_addr"))).transpose()?;
     let default_addr = parse_addr(pluresdb_server::DEFAULT_API_ADDR, "default")?;
@@ -240,6 +258,9 @@ pub fn load(cli: &Cli) -> anyhow::Result<Config> {
         mdns: pick(flag_mdns, env_mdns, file.mdns, true),
         mdns_interfaces: pick(None, env_mdns_interfaces, file.mdns_interfaces, Vec::new()),
         quic: pick(flag_quic, env_quic, file.quic, true),
+        libp2p: pick(flag_libp2p, env_libp2p, file.libp2p, true),
+        libp2p_listen: pick(flag_libp2p_listen, env_libp2p_listen, file.libp2p_listen, Vec::new()),
+        dht: pick(flag_dht, env_dht, file.dht, true),
         allowed_origins: pick(flag_origins, env_origins, file_origins, Vec::new()),
         api_hosts: pick(flag_hosts, env_hosts, file_hosts, Vec::new()),
     })
@@ -271,6 +292,9 @@ impl Config {
             "mdns": entry(self.mdns.value.into(), self.mdns.source),
             "mdns_interfaces": entry(self.mdns_interfaces.value.clone().into(), self.mdns_interfaces.source),
             "quic": entry(self.quic.value.into(), self.quic.source),
+            "libp2p": entry(self.libp2p.value.into(), self.libp2p.source),
+            "libp2p_listen": entry(self.libp2p_listen.value.clone().into(), self.libp2p_listen.source),
+            "dht": entry(self.dht.value.into(), self.dht.source),
             "allowed_origins": entry(self.allowed_origins.value.clone().into(), self.allowed_origins.source),
             "api_hosts": entry(self.api_hosts.value.clone().into(), self.api_hosts.source),
         })
@@ -293,6 +317,9 @@ impl Config {
         out += &line("mdns", self.mdns.value.to_string(), self.mdns.source);
         out += &line("mdns_interfaces", format!("{:?}", self.mdns_interfaces.value), self.mdns_interfaces.source);
         out += &line("quic", self.quic.value.to_string(), self.quic.source);
+        out += &line("libp2p", self.libp2p.value.to_string(), self.libp2p.source);
+        out += &line("libp2p_listen", format!("{:?}", self.libp2p_listen.value), self.libp2p_listen.source);
+        out += &line("dht", self.dht.value.to_string(), self.dht.source);
         out += &line("allowed_origins", format!("{:?}", self.allowed_origins.value), self.allowed_origins.source);
         out += &line("api_hosts", format!("{:?}", self.api_hosts.value), self.api_hosts.source);
         out

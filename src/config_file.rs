@@ -20,6 +20,9 @@ pub struct FileConfig {
     pub mdns: Option<bool>,
     pub mdns_interfaces: Option<Vec<String>>,
     pub quic: Option<bool>,
+    pub libp2p: Option<bool>,
+    pub libp2p_listen: Option<Vec<String>>,
+    pub dht: Option<bool>,
     pub allowed_origins: Option<Vec<String>>,
     pub api_hosts: Option<Vec<String>>,
 }

@@ -24,6 +24,16 @@ pub struct PeerSettings {
     /// Run the QUIC engine.
     #[cfg_attr(not(feature = "quic"), allow(dead_code))]
     pub quic: bool,
+    /// Run the libp2p engine.
+    #[cfg_attr(not(feature = "libp2p"), allow(dead_code))]
+    pub libp2p: bool,
+    /// Where the libp2p engine listens (multiaddrs); empty: its defaults
+    /// at `bind`.
+    #[cfg_attr(not(feature = "libp2p"), allow(dead_code))]
+    pub libp2p_listen: Vec<String>,
+    /// Take part in the Kademlia DHT and find the network's nodes there.
+    #[cfg_attr(not(feature = "libp2p"), allow(dead_code))]
+    pub dht: bool,
 }
 
 /// Where peers can reach a node listening on `local`: the address itself,
@@ -92,8 +102,11 @@ async fn follow_address_changes(
 struct NodeNetwork {
     /// The QUIC engine, when it runs.
     quic: Option<pluresdb_net::QuicNetworkEngine>,
+    /// The libp2p engine, when it runs.
+    #[cfg(feature = "libp2p")]
+    libp2p: Option<pluresdb_libp2p::Libp2pNetworkEngine>,
     network: pluresdb_runtime::Network,
-    discovery: Option<std::sync::Arc<pluresdb_discovery::CombinedDiscovery>>,
+    discovery: std::sync::Arc<pluresdb_discovery::CombinedDiscovery>,
     /// Stops the auto-connect and address-following tasks.
     stop_dialling: tokio::sync::watch::Sender<bool>,
 }
@@ -132,8 +145,17 @@ async fn start_network(data_dir: &Path, settings: &PeerSettings, db: &Replica) -
         port: settings.bind.port(),
         bind_address: settings.bind.ip().to_string(),
         enable_quic: settings.quic,
+        enable_libp2p: settings.libp2p && cfg!(feature = "libp2p"),
+        enable_dht: settings.dht,
+        // Multiaddrs are the libp2p engine's to dial; the others go
+        // through discovery's bootstrap list.
+        bootstrap_nodes: settings.bootstrap.iter().filter(|a| a.starts_with('/')).cloned().collect(),
         ..Default::default()
     };
+    config.discovery.enable_dht = settings.dht;
+    if settings.libp2p && !config.enable_libp2p {
+        tracing::info!("this build has no libp2p engine (built without the `libp2p` feature)");
+    }
     // A node bound to loopback cannot be reached from the LAN: it neither
     // announces itself nor browses there. mDNS announces the QUIC engine.
     config.discovery.enable_mdns = settings.mdns && config.enable_quic && !settings.bind.ip().is_loopback();
@@ -160,26 +182,51 @@ async fn start_network(data_dir: &Path, settings: &PeerSettings, db: &Replica) -
         transports.push(Transport::Quic.as_str());
         quic = Some((engine, local));
     }
+    #[cfg(feature = "libp2p")]
+    let libp2p = match config.enable_libp2p {
+        true => {
+            let peers = Arc::new(PeerManager::new());
+            let listen = settings
+                .libp2p_listen
+                .iter()
+                .map(|text| {
+                    text.parse::<pluresdb_libp2p::Multiaddr>()
+                        .map_err(|err| crate::InvalidInput(format!("libp2p_listen: {text:?} is not a multiaddr: {err}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut engine = pluresdb_libp2p::Libp2pNetworkEngine::new(config.clone(), peers.clone(), sync.for_engine(transports.len()))
+                .with_identity(identity.clone())
+                .with_access_policy(policy.clone())
+                .with_dht(settings.dht);
+            let listen = if listen.is_empty() { default_libp2p_listen(settings.bind) } else { listen };
+            engine = engine.with_listen_addresses(listen);
+            engine.start().await.context("cannot start the libp2p engine")?;
+            listen_addresses.extend(engine.dial_addresses().iter().map(ToString::to_string));
+            combined = combined.with_engine(Transport::Libp2p, Box::new(engine.clone()));
+            registries.push(peers);
+            transports.push(Transport::Libp2p.as_str());
+            Some(engine)
+        }
+        false => None,
+    };
     let peers = Arc::new(PeerManager::union(registries.clone()));
     let engine: Arc<dyn NetworkEngine> = Arc::new(combined);
 
     let (stop_dialling, dialling_stopped) = tokio::sync::watch::channel(false);
-    let discovery = match &quic {
-        Some((engine, local)) => {
-            let discovery = start_discovery_of(engine, *local, &config, settings, &secret, registries[0].clone()).await?;
-            pluresdb_discovery::spawn_auto_connect(
-                discovery.clone(),
-                engine_handle(engine),
-                config.max_connections,
-                dialling_stopped.clone(),
-            );
-            if local.ip().is_unspecified() {
-                tokio::spawn(follow_address_changes(engine.clone(), *local, dialling_stopped));
-            }
-            Some(discovery)
-        }
-        None => None,
-    };
+    #[cfg(feature = "libp2p")]
+    let dht: Option<pluresdb_discovery::DhtSource> = libp2p.clone().map(|engine| -> pluresdb_discovery::DhtSource {
+        Arc::new(move || engine.dht_peers().into_iter().map(|peer| (peer.peer_id, peer.addresses)).collect())
+    });
+    #[cfg(not(feature = "libp2p"))]
+    let dht = None;
+    let quic_local = quic.as_ref().map(|(engine, local)| (engine, *local));
+    let discovery = start_discovery_of(quic_local, &config, settings, &secret, peers.clone(), dht).await?;
+    // Dials through the engines run as one: a peer connected over either is
+    // not dialled again, and each address goes to the engine of its form.
+    pluresdb_discovery::spawn_auto_connect(discovery.clone(), engine.clone(), config.max_connections, dialling_stopped.clone());
+    if let Some((quic, local)) = quic_local.filter(|(_, local)| local.ip().is_unspecified()) {
+        tokio::spawn(follow_address_changes(quic.clone(), local, dialling_stopped));
+    }
     let network = pluresdb_runtime::Network {
         engine,
         events,
@@ -188,49 +235,95 @@ async fn start_network(data_dir: &Path, settings: &PeerSettings, db: &Replica) -
         listen_addresses,
         on_access_change: Some({
             let quic = quic.as_ref().map(|(engine, _)| engine.clone());
+            #[cfg(feature = "libp2p")]
+            let libp2p = libp2p.clone();
             Arc::new(move |mode, allowlist| {
                 tracing::info!(mode = mode.name(), allowed = allowlist.len(), "access rule changed");
                 let policy = pluresdb_security::AccessPolicy { mode, secret: Some(secret.clone()), allowlist };
+                #[cfg(feature = "libp2p")]
+                if let Some(engine) = &libp2p {
+                    engine.set_access_policy(policy.clone());
+                }
                 if let Some(engine) = &quic {
                     engine.set_access_policy(policy);
                 }
             })
         }),
-        discovery: discovery.clone(),
+        discovery: Some(discovery.clone()),
     };
-    Ok(NodeNetwork { quic: quic.map(|(engine, _)| engine), network, discovery, stop_dialling })
+    Ok(NodeNetwork {
+        quic: quic.map(|(engine, _)| engine),
+        #[cfg(feature = "libp2p")]
+        libp2p,
+        network,
+        discovery,
+        stop_dialling,
+    })
 }
 
-/// The QUIC engine as discovery's auto-connect dials with it.
-#[cfg(feature = "quic")]
-fn engine_handle(engine: &pluresdb_net::QuicNetworkEngine) -> std::sync::Arc<dyn pluresdb_net::NetworkEngine> {
-    std::sync::Arc::new(engine.clone())
+/// How far above the QUIC port the libp2p engine listens by default: TCP
+/// and QUIC-v1 there, WebSocket on the port after. A second node on one
+/// machine given the next free ports for QUIC and its API (34571, 34572)
+/// gets libp2p ports of its own too.
+#[cfg(feature = "libp2p")]
+pub const LIBP2P_PORT_OFFSET: u16 = 10;
+
+/// Where the libp2p engine listens unless told: TCP and QUIC-v1 on the
+/// QUIC port + [`LIBP2P_PORT_OFFSET`], WebSocket on the port after, at the
+/// QUIC engine's IP; with port 0, ports the OS picks.
+#[cfg(feature = "libp2p")]
+fn default_libp2p_listen(bind: std::net::SocketAddr) -> Vec<pluresdb_libp2p::Multiaddr> {
+    let (port, ws_port) = match bind.port() {
+        0 => (0, 0),
+        quic => {
+            let port = quic.saturating_add(LIBP2P_PORT_OFFSET);
+            (port, port.saturating_add(1))
+        }
+    };
+    let ip = match bind.ip() {
+        std::net::IpAddr::V4(ip) => format!("/ip4/{ip}"),
+        std::net::IpAddr::V6(ip) => format!("/ip6/{ip}"),
+    };
+    [format!("{ip}/tcp/{port}"), format!("{ip}/udp/{port}/quic-v1"), format!("{ip}/tcp/{ws_port}/ws")]
+        .iter()
+        .filter_map(|text| text.parse().ok())
+        .collect()
 }
 
-/// Starts discovery for the QUIC engine listening on `local`: mDNS when
-/// the config says so (and it can start: if not, the node runs on
-/// without it), the bootstrap list, and peer exchange through `peers`.
+/// Starts discovery: mDNS for the QUIC engine listening on `local` when
+/// the config says so (and it can start: if not, the node runs on without
+/// it), the bootstrap list, peer exchange through `peers`, and what the DHT
+/// finds.
 #[cfg(feature = "quic")]
 async fn start_discovery_of(
-    engine: &pluresdb_net::QuicNetworkEngine,
-    local: std::net::SocketAddr,
+    quic: Option<(&pluresdb_net::QuicNetworkEngine, std::net::SocketAddr)>,
     config: &pluresdb_net::NetworkConfig,
     settings: &PeerSettings,
     secret: &pluresdb_security::NetworkSecret,
     peers: std::sync::Arc<pluresdb_net::PeerManager>,
+    dht: Option<pluresdb_discovery::DhtSource>,
 ) -> anyhow::Result<std::sync::Arc<pluresdb_discovery::CombinedDiscovery>> {
-    let peer_id = engine.peer_id().context("the QUIC engine has no identity")?;
-    let mut announced = pluresdb_discovery::LocalPeer::new(peer_id, local.port(), secret.network_tag());
-    if !local.ip().is_unspecified() {
-        announced = announced.with_addresses(vec![local.ip()]);
-    }
+    let announced = match quic {
+        Some((engine, local)) => {
+            let peer_id = engine.peer_id().context("the QUIC engine has no identity")?;
+            let announced = pluresdb_discovery::LocalPeer::new(peer_id, local.port(), secret.network_tag());
+            Some(if local.ip().is_unspecified() { announced } else { announced.with_addresses(vec![local.ip()]) })
+        }
+        None => None,
+    };
     let discovery_with = |enable_mdns: bool| {
         let config = pluresdb_net::DiscoveryConfig { enable_mdns, ..config.discovery.clone() };
-        pluresdb_discovery::CombinedDiscovery::new(config)
-            .with_local(announced.clone())
-            .with_bootstrap(settings.bootstrap.iter().filter(|a| !a.starts_with('/')).cloned().collect())
+        let mut discovery = pluresdb_discovery::CombinedDiscovery::new(config)
+            .with_bootstrap(settings.bootstrap.iter().filter(|a| !a.starts_with('/') && quic.is_some()).cloned().collect())
             .with_interfaces(settings.mdns_interfaces.clone())
-            .with_peer_exchange(peers.clone())
+            .with_peer_exchange(peers.clone());
+        if let Some(announced) = &announced {
+            discovery = discovery.with_local(announced.clone());
+        }
+        if let Some(dht) = &dht {
+            discovery = discovery.with_dht_peers(dht.clone());
+        }
+        discovery
     };
     let mut discovery = discovery_with(config.discovery.enable_mdns);
     if let Err(err) = start_discovery(&discovery).await {
@@ -273,8 +366,12 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
         #[cfg(feature = "quic")]
         let (engines, network) = match &peers {
             Some(settings) => {
-                let NodeNetwork { quic, network, discovery, stop_dialling } = start_network(data_dir, settings, &db).await?;
-                (Some((quic, discovery, stop_dialling)), Some(network))
+                let started = start_network(data_dir, settings, &db).await?;
+                #[cfg(feature = "libp2p")]
+                let libp2p = started.libp2p;
+                #[cfg(not(feature = "libp2p"))]
+                let libp2p: Option<std::convert::Infallible> = None;
+                (Some((started.quic, libp2p, started.discovery, started.stop_dialling)), Some(started.network))
             }
             None => (None, None),
         };
@@ -288,7 +385,16 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
         let node = pluresdb_runtime::Runtime::start_with_network(db, options, network)?;
         let handle = node.handle();
         let peer_id = handle.peer_id().to_owned();
-        for address in peers.iter().flat_map(|p| p.bootstrap.clone()) {
+        // Multiaddrs are dialled (and redialled) by the libp2p engine; the
+        // other addresses are the QUIC engine's, if it runs.
+        let quic_runs = handle.transports().contains(&pluresdb_net::Transport::Quic.as_str());
+        if handle.transports().contains(&pluresdb_net::Transport::Libp2p.as_str()) {
+            // Remembered as dialed, so that a restart dials them again.
+            for address in peers.iter().flat_map(|p| p.bootstrap.iter()).filter(|a| a.starts_with('/')) {
+                handle.remember_dialed(address).await;
+            }
+        }
+        for address in peers.iter().flat_map(|p| p.bootstrap.clone()).filter(|a| !a.starts_with('/') && quic_runs) {
             let handle = handle.clone();
             tokio::spawn(async move {
                 // Until the first connection; the engine redials after that.
@@ -351,18 +457,24 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
         // Requests in flight have finished: say goodbye to peers, then let
         // the writer commit what it holds.
         #[cfg(feature = "quic")]
-        if let Some((quic, discovery, stop_dialling)) = engines {
+        if let Some((quic, libp2p, discovery, stop_dialling)) = engines {
             use pluresdb_net::NetworkEngine;
             let _ = stop_dialling.send(true);
             // Withdraw the mDNS announcement: LAN peers see this node leave.
-            if let Some(discovery) = discovery {
-                discovery.stop().await;
-            }
+            discovery.stop().await;
             if let Some(mut quic) = quic {
                 if let Err(err) = quic.stop().await {
                     tracing::warn!(error = %err, "the QUIC engine did not stop cleanly");
                 }
             }
+            #[cfg(feature = "libp2p")]
+            if let Some(mut libp2p) = libp2p {
+                if let Err(err) = libp2p.stop().await {
+                    tracing::warn!(error = %err, "the libp2p engine did not stop cleanly");
+                }
+            }
+            #[cfg(not(feature = "libp2p"))]
+            drop(libp2p);
         }
         node.shutdown().await;
         served.context("the API server failed")?;

@@ -6,8 +6,8 @@ use crate::directory::{LocalView, SharedDirectory};
 use crate::error::{DiscoveryError, Result};
 #[cfg(feature = "mdns")]
 use crate::mdns::MdnsDriver;
-use crate::peer::{DiscoveredPeer, LocalPeer};
-use chrono::Utc;
+use crate::peer::{DiscoveredPeer, DiscoveryMethod, LocalPeer};
+use chrono::{DateTime, Utc};
 use pluresdb_net::{DiscoveryConfig, PeerManager};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::futures::Notified;
@@ -75,9 +75,14 @@ pub struct CombinedDiscovery {
     /// The interfaces mDNS runs on; empty means every one.
     interfaces: Vec<String>,
     peer_manager: Option<Arc<PeerManager>>,
+    dht: Option<DhtSource>,
     directory: Arc<SharedDirectory>,
     state: Mutex<RunState>,
 }
+
+/// What the DHT found: each peer's id and its addresses (multiaddrs),
+/// read when the peers are listed. See [`CombinedDiscovery::with_dht_peers`].
+pub type DhtSource = Arc<dyn Fn() -> Vec<(String, Vec<String>)> + Send + Sync>;
 
 impl std::fmt::Debug for CombinedDiscovery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -106,6 +111,7 @@ impl CombinedDiscovery {
             bootstrap: Vec::new(),
             interfaces: Vec::new(),
             peer_manager: None,
+            dht: None,
             directory: Arc::new(SharedDirectory::default()),
             state: Mutex::new(RunState {
                 phase: Phase::Idle,
@@ -151,6 +157,14 @@ impl CombinedDiscovery {
         self
     }
 
+    /// Lists the peers `source` says the DHT found (the libp2p engine's,
+    /// which dials them itself) as [`DiscoveryMethod::Dht`](crate::DiscoveryMethod)
+    /// entries of this network. Without it `enable_dht` finds nothing.
+    pub fn with_dht_peers(mut self, source: DhtSource) -> Self {
+        self.dht = Some(source);
+        self
+    }
+
     /// Runs mDNS on the named interfaces only (`["lo"]`, `["eth0"]`)
     /// instead of every interface that is up: to keep announcements off a
     /// VPN or a public link, or tests on one machine.
@@ -186,8 +200,8 @@ impl CombinedDiscovery {
             check_local(local).map_err(DiscoveryError::Config)?;
             service_names(&self.config, local).map_err(DiscoveryError::Config)?;
         }
-        if self.config.enable_dht {
-            tracing::warn!("DHT discovery needs the libp2p engine, which is not built yet; discovering without it");
+        if self.config.enable_dht && self.dht.is_none() {
+            tracing::warn!("DHT discovery needs the libp2p engine, which this node does not run; discovering without it");
         }
         if self.config.enable_mdns {
             #[cfg(feature = "mdns")]
@@ -208,7 +222,14 @@ impl CombinedDiscovery {
     /// wait for news, see [`changed`](Self::changed).
     pub async fn discover_peers(&self) -> Result<Vec<DiscoveredPeer>> {
         self.refresh_from_peer_manager();
-        Ok(self.directory.peers())
+        let mut peers = self.directory.peers();
+        if let Some(dht) = self.dht.as_ref().filter(|_| self.config.enable_dht) {
+            for (id, addresses) in dht() {
+                add_dht_peer(&mut peers, id, addresses, Utc::now());
+            }
+            peers.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        Ok(peers)
     }
 
     /// Announces this node on mDNS (registers its service, or registers it
@@ -333,6 +354,30 @@ impl Drop for CombinedDiscovery {
         #[cfg(feature = "mdns")]
         if let Some(mdns) = self.lock().mdns.take() {
             mdns.abandon();
+        }
+    }
+}
+
+/// Adds what the DHT says of peer `id` to `peers`: to its entry if it has
+/// one (the method, and addresses not listed yet, up to the limit), else as
+/// a new entry of this network.
+fn add_dht_peer(peers: &mut Vec<DiscoveredPeer>, id: String, addresses: Vec<String>, now: DateTime<Utc>) {
+    let addresses: Vec<String> = addresses.into_iter().take(crate::MAX_PEER_ADDRESSES).collect();
+    match peers.iter_mut().find(|peer| peer.id == id) {
+        Some(peer) => {
+            if !peer.methods.contains(&DiscoveryMethod::Dht) {
+                peer.methods.push(DiscoveryMethod::Dht);
+            }
+            for address in addresses {
+                if peer.addresses.len() < crate::MAX_PEER_ADDRESSES && !peer.addresses.contains(&address) {
+                    peer.addresses.push(address);
+                }
+            }
+            peer.last_seen = peer.last_seen.max(now);
+        }
+        None => {
+            let Some(address) = addresses.first().cloned() else { return };
+            peers.push(DiscoveredPeer { id, address, addresses, methods: vec![DiscoveryMethod::Dht], last_seen: now, same_network: true, via: None });
         }
     }
 }

@@ -332,7 +332,7 @@ impl PeerDirectory {
             let only_source = |entry: &Entry| match source {
                 DiscoveryMethod::Mdns => entry.exchange.is_none(),
                 DiscoveryMethod::Exchange => entry.mdns.is_none(),
-                DiscoveryMethod::Bootstrap => true,
+                DiscoveryMethod::Bootstrap | DiscoveryMethod::Dht => true,
             };
             let oldest = |only: bool| {
                 self.peers

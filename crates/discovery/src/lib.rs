@@ -86,7 +86,7 @@ mod peer;
 
 pub use announcement::{txt_properties, Announcement, InvalidAnnouncement};
 pub use backoff::{retry_delay, DIALS_PER_SECOND, DIAL_BURST, FIRST_RETRY_DELAY, GIVE_UP_DELAY, MAX_DIAL_FAILURES, MAX_RETRY_DELAY};
-pub use combined::CombinedDiscovery;
+pub use combined::{CombinedDiscovery, DhtSource};
 pub use connect::{spawn_auto_connect, AUTO_CONNECT_INTERVAL, DIALS_PER_ROUND};
 pub use directory::{MAX_DISCOVERED_PEERS, MAX_PEER_ADDRESSES};
 pub use error::{DiscoveryError, Result};

@@ -15,15 +15,18 @@ pub enum DiscoveryMethod {
     /// A connected peer told this node about it (peer exchange), or the
     /// peer itself did while it was connected (`via` is then its own id).
     Exchange,
+    /// The libp2p engine found it on the DHT under this network's key.
+    Dht,
 }
 
 impl DiscoveryMethod {
-    /// The method's name: `"mdns"`, `"bootstrap"`, `"exchange"`.
+    /// The method's name: `"mdns"`, `"bootstrap"`, `"exchange"`, `"dht"`.
     pub fn as_str(self) -> &'static str {
         match self {
             DiscoveryMethod::Mdns => "mdns",
             DiscoveryMethod::Bootstrap => "bootstrap",
             DiscoveryMethod::Exchange => "exchange",
+            DiscoveryMethod::Dht => "dht",
         }
     }
 }

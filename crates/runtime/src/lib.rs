@@ -294,7 +294,9 @@ impl Handle {
         stored_dialed(self.reader().store())
     }
 
-    async fn remember_dialed(&self, address: &str) {
+    /// Records `address` among the dialed ones (at most 64, oldest
+    /// forgotten first), for an engine that dials it by itself.
+    pub async fn remember_dialed(&self, address: &str) {
         let _guard = self.inner.meta_lock.lock().await;
         let mut dialed = match stored_dialed(self.reader().store()) {
             Ok(dialed) => dialed,
