@@ -356,7 +356,7 @@ fn a_change_written_on_one_node_arrives_over_the_websocket_of_the_other() {
     }
     let peers = b.request("GET", "/peers", "").1;
     assert_eq!(peers["peers"][0]["connected"], true, "{peers}");
-    assert_eq!(a.request("GET", "/status", "").1["transports"], json!(["quic"]));
+    assert_eq!(a.request("GET", "/status", "").1["transports"], json!(["quic", "libp2p"]));
     let (_, metrics) = a.request_text("GET", "/metrics", "", &[]);
     assert!(metrics.contains("pluresdb_ops_applied_total{source=\"remote\"} 1"), "{metrics}");
     assert!(b.stop().0);

@@ -377,7 +377,15 @@ fn add_dht_peer(peers: &mut Vec<DiscoveredPeer>, id: String, addresses: Vec<Stri
         }
         None => {
             let Some(address) = addresses.first().cloned() else { return };
-            peers.push(DiscoveredPeer { id, address, addresses, methods: vec![DiscoveryMethod::Dht], last_seen: now, same_network: true, via: None });
+            peers.push(DiscoveredPeer {
+                id,
+                address,
+                addresses,
+                methods: vec![DiscoveryMethod::Dht],
+                last_seen: now,
+                same_network: true,
+                via: None,
+            });
         }
     }
 }
