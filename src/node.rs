@@ -106,6 +106,8 @@ struct NodeNetwork {
     #[cfg(feature = "libp2p")]
     libp2p: Option<pluresdb_libp2p::Libp2pNetworkEngine>,
     network: pluresdb_runtime::Network,
+    /// The settings the engines run with; its `sync` is the sync engine's.
+    config: pluresdb_net::NetworkConfig,
     discovery: std::sync::Arc<pluresdb_discovery::CombinedDiscovery>,
     /// Stops the auto-connect and address-following tasks.
     stop_dialling: tokio::sync::watch::Sender<bool>,
@@ -256,6 +258,7 @@ async fn start_network(data_dir: &Path, settings: &PeerSettings, db: &Replica) -
         #[cfg(feature = "libp2p")]
         libp2p,
         network,
+        config,
         discovery,
         stop_dialling,
     })
@@ -367,6 +370,9 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
         let (engines, network) = match &peers {
             Some(settings) => {
                 let started = start_network(data_dir, settings, &db).await?;
+                let max_clock_drift = options.sync.max_clock_drift;
+                options.sync = started.config.sync.clone();
+                options.sync.max_clock_drift = max_clock_drift;
                 #[cfg(feature = "libp2p")]
                 let libp2p = started.libp2p;
                 #[cfg(not(feature = "libp2p"))]

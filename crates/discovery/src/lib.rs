@@ -68,8 +68,10 @@
 //! interfaces' addresses every 5 s, re-announcing an automatic-address
 //! service when they change.
 //!
-//! The DHT (`enable_dht`) needs the libp2p engine, which is not built yet:
-//! it is reported once at start and skipped.
+//! The DHT (`enable_dht`) is the libp2p engine's (`pluresdb-libp2p`), which
+//! finds and dials the network's nodes there itself; given its findings
+//! ([`CombinedDiscovery::with_dht_peers`]), discovery lists them with the
+//! method `dht`. Without them `enable_dht` is reported once at start.
 
 mod address;
 // Without mDNS only the configuration checks of the format are used.

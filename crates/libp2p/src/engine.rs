@@ -650,15 +650,7 @@ impl NetworkEngine for Libp2pNetworkEngine {
             return Ok(());
         }
         let config = &self.shared.config;
-        if !config.enable_encryption {
-            return Err(NetworkError::Config("the libp2p engine always encrypts (noise, TLS for QUIC-v1)".to_owned()));
-        }
-        if config.max_connections == 0 || config.max_handshakes == 0 {
-            return Err(NetworkError::Config("max_connections and max_handshakes must be at least 1".to_owned()));
-        }
-        if config.connection_timeout.is_zero() || config.heartbeat_interval.is_zero() || config.handshake_timeout.is_zero() {
-            return Err(NetworkError::Config("connection_timeout, handshake_timeout and heartbeat_interval must be positive".to_owned()));
-        }
+        config.check()?;
         let (identity, policy) = {
             let settings = lock(&self.shared.settings);
             (settings.identity.clone(), settings.policy.clone())

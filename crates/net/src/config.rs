@@ -18,14 +18,21 @@ pub struct NetworkConfig {
     /// interface); `"127.0.0.1"` keeps a node on loopback, `"::"` listens
     /// on IPv6 (and IPv4 where the OS maps it).
     pub bind_address: String,
-    /// Run the QUIC engine. Default: `true`.
+    /// Run the QUIC engine: read by what composes a node's engines
+    /// (`pluresdb serve`, `--no-quic`); a `QuicNetworkEngine` made directly
+    /// runs whatever it says. Default: `true`.
     pub enable_quic: bool,
-    /// Run the WebRTC engine (not implemented yet). Default: `false`.
+    /// Run the WebRTC engine. There is none yet: [`check`](Self::check)
+    /// refuses `true`. Default: `false`.
     pub enable_webrtc: bool,
-    /// Run the libp2p engine (not implemented yet). Default: `false`.
+    /// Run the libp2p engine (`pluresdb_libp2p::Libp2pNetworkEngine`), as
+    /// `enable_quic`: `pluresdb serve` runs it beside QUIC unless
+    /// `--no-libp2p`. Default: `true`.
     pub enable_libp2p: bool,
-    /// Peers to dial at start (`host:port` or `quic://host:port`). They are
-    /// redialled with backoff whenever the connection drops. Default: none.
+    /// Peers to dial at start (`host:port` or `quic://host:port` for the
+    /// QUIC engine, multiaddrs for the libp2p engine, which also uses them
+    /// to join the DHT). They are redialled with backoff whenever the
+    /// connection drops. Default: none.
     pub bootstrap_nodes: Vec<String>,
     /// How long an admitted connection may stay silent before it is
     /// considered dead (QUIC idle timeout). Default: 10 s.
@@ -60,16 +67,19 @@ pub struct NetworkConfig {
     /// Encrypt traffic. QUIC always runs TLS 1.3, so the QUIC engine refuses
     /// `false` rather than pretend. Default: `true`.
     pub enable_encryption: bool,
-    /// Try NAT traversal (observed addresses, hole punching). Not
-    /// implemented yet by the QUIC engine, which ignores it. Default: `false`.
-    pub enable_nat_traversal: bool,
-    /// Take part in the DHT (the libp2p engine's; not implemented yet).
+    /// Try NAT traversal (relays, hole punching). Not built yet:
+    /// [`check`](Self::check) refuses `true` rather than pretend.
     /// Default: `false`.
+    pub enable_nat_traversal: bool,
+    /// Take part in the libp2p engine's Kademlia DHT (answer lookups,
+    /// register this node under the network's key). Default: `false`;
+    /// `pluresdb serve` turns it on unless `--no-dht`.
     pub enable_dht: bool,
     /// Peer discovery settings. Default: [`DiscoveryConfig::default`].
     pub discovery: DiscoveryConfig,
-    /// Sync settings for the node's `DataSyncEngine`. Default:
-    /// [`SyncConfig::default`].
+    /// Sync settings for the node's `DataSyncEngine`: `pluresdb serve`
+    /// builds its sync engine with them (the engines themselves carry
+    /// bytes and do not read them). Default: [`SyncConfig::default`].
     pub sync: SyncConfig,
 }
 
@@ -80,7 +90,7 @@ impl Default for NetworkConfig {
             bind_address: "0.0.0.0".to_owned(),
             enable_quic: true,
             enable_webrtc: false,
-            enable_libp2p: false,
+            enable_libp2p: true,
             bootstrap_nodes: Vec::new(),
             connection_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(5),
@@ -102,6 +112,30 @@ impl NetworkConfig {
     /// tests and examples on one machine use.
     pub fn loopback() -> Self {
         Self { port: 0, bind_address: "127.0.0.1".to_owned(), ..Self::default() }
+    }
+
+    /// Refuses what no engine can do, with the reason: an engine checks
+    /// its config with this when it is initialized. Encryption is always
+    /// on (TLS 1.3, noise), every limit and timeout must be positive, and
+    /// WebRTC and NAT traversal are not built yet.
+    pub fn check(&self) -> Result<(), crate::NetworkError> {
+        let refuse = |reason: &str| Err(crate::NetworkError::Config(reason.to_owned()));
+        if !self.enable_encryption {
+            return refuse("every engine encrypts (TLS 1.3 over QUIC, noise over libp2p); enable_encryption must be true");
+        }
+        if self.enable_webrtc {
+            return refuse("there is no WebRTC engine yet; enable_webrtc must be false");
+        }
+        if self.enable_nat_traversal {
+            return refuse("NAT traversal (relays, hole punching) is not built yet; enable_nat_traversal must be false");
+        }
+        if self.max_connections == 0 || self.max_handshakes == 0 || self.max_handshakes_per_ip == 0 {
+            return refuse("max_connections, max_handshakes and max_handshakes_per_ip must be at least 1");
+        }
+        if self.connection_timeout.is_zero() || self.heartbeat_interval.is_zero() || self.handshake_timeout.is_zero() {
+            return refuse("connection_timeout, handshake_timeout and heartbeat_interval must be positive");
+        }
+        Ok(())
     }
 }
 
@@ -172,7 +206,7 @@ mod tests {
         let config = NetworkConfig::default();
         assert_eq!(config.port, 34569);
         assert_eq!(config.bind_address, "0.0.0.0");
-        assert!(config.enable_quic && !config.enable_webrtc && !config.enable_libp2p);
+        assert!(config.enable_quic && !config.enable_webrtc && config.enable_libp2p);
         assert!(config.bootstrap_nodes.is_empty());
         assert_eq!(config.connection_timeout, Duration::from_secs(10));
         assert_eq!(config.heartbeat_interval, Duration::from_secs(5));
@@ -185,5 +219,19 @@ mod tests {
         assert_eq!(discovery.discovery_interval, Duration::from_secs(60));
         assert_eq!((discovery.service_name.as_str(), discovery.service_type.as_str()), ("pluresdb", "_pluresdb._tcp"));
         assert!(ReceiveLimits::default().kib.burst as usize * 1024 >= crate::codec::MAX_PAYLOAD_BYTES);
+    }
+
+    #[test]
+    fn a_config_asking_for_what_no_engine_does_is_refused_with_the_reason() {
+        assert!(NetworkConfig::default().check().is_ok());
+        let refused = |config: NetworkConfig, says: &str| {
+            let err = config.check().expect_err(says).to_string();
+            assert!(err.contains(says), "{err}");
+        };
+        refused(NetworkConfig { enable_encryption: false, ..NetworkConfig::default() }, "enable_encryption");
+        refused(NetworkConfig { enable_webrtc: true, ..NetworkConfig::default() }, "no WebRTC engine");
+        refused(NetworkConfig { enable_nat_traversal: true, ..NetworkConfig::default() }, "not built yet");
+        refused(NetworkConfig { max_handshakes_per_ip: 0, ..NetworkConfig::default() }, "at least 1");
+        refused(NetworkConfig { handshake_timeout: Duration::ZERO, ..NetworkConfig::default() }, "positive");
     }
 }

@@ -27,7 +27,7 @@ impl NetworkEngine for QuicNetworkEngine {
             return Ok(());
         }
         let config = &self.shared.config;
-        transport::check_config(config)?;
+        config.check()?;
         let (identity, policy) = {
             let settings = lock(&self.shared.settings);
             (settings.identity.clone(), settings.policy.clone())

@@ -37,23 +37,6 @@ const MAX_INCOMING: usize = 1_024;
 const INCOMING_BUFFER_BYTES: u64 = 64 * 1024;
 const INCOMING_BUFFER_TOTAL_BYTES: u64 = 4 * 1024 * 1024;
 
-/// Checks what of `config` the QUIC engine depends on.
-pub(super) fn check_config(config: &NetworkConfig) -> Result<()> {
-    if !config.enable_encryption {
-        return Err(NetworkError::Config("QUIC always encrypts (TLS 1.3); enable_encryption must be true".to_owned()));
-    }
-    if config.max_connections == 0 {
-        return Err(NetworkError::Config("max_connections must be at least 1".to_owned()));
-    }
-    if config.connection_timeout.is_zero() || config.heartbeat_interval.is_zero() || config.handshake_timeout.is_zero() {
-        return Err(NetworkError::Config("connection_timeout, handshake_timeout and heartbeat_interval must be positive".to_owned()));
-    }
-    if config.max_handshakes == 0 || config.max_handshakes_per_ip == 0 {
-        return Err(NetworkError::Config("max_handshakes and max_handshakes_per_ip must be at least 1".to_owned()));
-    }
-    Ok(())
-}
-
 /// This node's keys with the TLS server configuration for `identity`.
 pub(super) fn keys(config: &NetworkConfig, identity: Identity, policy: AccessPolicy) -> Result<Keys> {
     let transport = Arc::new(transport_config(config)?);
