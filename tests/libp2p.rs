@@ -129,3 +129,20 @@ fn a_quic_only_and_a_libp2p_only_node_converge_through_a_node_running_both() {
         assert!(node.stop().0);
     }
 }
+
+/// `pluresdb invite` with no address names every address the node listens
+/// on, its multiaddrs included: a node that runs only libp2p joins with it.
+#[test]
+fn an_invite_ticket_carries_the_multiaddrs_a_libp2p_only_node_joins_by() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::start(da.path());
+    let out = cli(da.path(), &["--json", "invite"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let invite: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let b = Node::start_with(db.path(), &["--no-quic", "--join", invite["ticket"].as_str().unwrap()]);
+    assert_eq!(b.request("PUT", "/nodes/joined", "{}").0, 200);
+    wait_until("A holds B's write", || a.request("GET", "/nodes/joined", "").0 == 200);
+    assert_eq!(transports(&b).into_iter().map(|(_, transport)| transport).collect::<Vec<_>>(), ["libp2p"]);
+    assert!(b.stop().0);
+    assert!(a.stop().0);
+}
