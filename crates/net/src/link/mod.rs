@@ -423,19 +423,42 @@ enum State {
     Closed,
 }
 
+/// The part of [`LinkConfig`] a link keeps for its whole life.
+#[derive(Clone, Copy, Debug)]
+struct Settings {
+    handshake_deadline: Instant,
+    handshake_timeout: Duration,
+    heartbeat_interval: Duration,
+    idle_timeout: Option<Duration>,
+    limits: ReceiveLimits,
+    ask_for_peers: bool,
+}
+
+/// The part of [`LinkConfig`] only the handshake needs.
+#[derive(Debug)]
+struct Admission {
+    policy: AccessPolicy,
+    /// This side's transcript (binding, own peer id) and the peer's.
+    ours: Vec<u8>,
+    theirs: Vec<u8>,
+}
+
 /// The link protocol with one peer (see the module docs).
 #[derive(Debug)]
 pub struct Link {
-    config: LinkConfig,
+    settings: Settings,
+    /// What checking the peer's `hello` needs; dropped once it is checked.
+    admission: Option<Box<Admission>>,
     /// The peer id in text form, as `hello`s and rate limiters use it.
     remote_text: String,
     local_text: String,
     state: State,
     control: FrameDecoder,
-    bulk: FrameDecoder,
+    /// Made on the first bulk input: most links never carry bulk data
+    /// for long, and a node holds many idle ones.
+    bulk: Option<Box<FrameDecoder>>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<LinkEvent>,
-    hello: Option<Hello>,
     proof_ok: bool,
     started: Instant,
     last_received: Instant,
@@ -450,29 +473,42 @@ impl Link {
     /// A link starting its handshake at `now`: its `hello` is queued on the
     /// control lane.
     pub fn new(config: LinkConfig, now: Now) -> Self {
-        let local_text = config.local_peer.to_string();
-        let remote_text = config.remote_peer.to_string();
-        let ours = transcript(&config.binding, &config.local_peer);
-        let theirs = transcript(&config.binding, &config.remote_peer);
-        let proof = config.policy.secret.as_ref().map(|secret| secret::prove(secret, &ours, &theirs).to_vec());
+        let LinkConfig {
+            local_peer,
+            remote_peer,
+            binding,
+            policy,
+            listen_addresses,
+            handshake_deadline,
+            handshake_timeout,
+            heartbeat_interval,
+            idle_timeout,
+            limits,
+            ask_for_peers,
+        } = config;
+        let local_text = local_peer.to_string();
+        let remote_text = remote_peer.to_string();
+        let ours = transcript(&binding, &local_peer);
+        let theirs = transcript(&binding, &remote_peer);
+        let proof = policy.secret.as_ref().map(|secret| secret::prove(secret, &ours, &theirs).to_vec());
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
             peer_id: local_text.clone(),
-            listen_addresses: config.listen_addresses.iter().take(crate::message::MAX_LISTEN_ADDRESSES).cloned().collect(),
+            listen_addresses: listen_addresses.into_iter().take(crate::message::MAX_LISTEN_ADDRESSES).collect(),
             proof,
         };
         let mut transmits = VecDeque::new();
         transmits.push_back(Transmit { lane: Lane::Control, frame: NetworkMessage::Hello(hello).to_frame() });
-        let limits = config.limits;
         Self {
+            settings: Settings { handshake_deadline, handshake_timeout, heartbeat_interval, idle_timeout, limits, ask_for_peers },
+            admission: Some(Box::new(Admission { policy, ours, theirs })),
             remote_text,
             local_text,
             state: State::AwaitHello,
             control: FrameDecoder::with_max_payload(HANDSHAKE_MAX_PAYLOAD),
-            bulk: FrameDecoder::with_max_payload(limits.max_payload),
+            bulk: None,
             transmits,
             events: VecDeque::new(),
-            hello: None,
             proof_ok: false,
             started: now.instant,
             last_received: now.instant,
@@ -481,18 +517,12 @@ impl Link {
             last_answer: None,
             frames: RateLimiter::new(limits.frames),
             kib: RateLimiter::new(limits.kib),
-            config,
         }
     }
 
     /// The peer's id in text form.
     pub fn remote_peer(&self) -> &str {
         &self.remote_text
-    }
-
-    /// The peer's `hello`, once it arrived and was accepted.
-    pub fn peer_hello(&self) -> Option<&Hello> {
-        self.hello.as_ref()
     }
 
     /// Whether the peer proved the network secret.
@@ -554,7 +584,7 @@ impl Link {
         match lane {
             Lane::Control if self.state == State::Established => self.end(LinkEnd::Lost("the peer closed its control stream".to_owned())),
             Lane::Control => self.end(LinkEnd::Lost("the peer closed the control stream during the handshake".to_owned())),
-            Lane::Bulk => self.bulk = FrameDecoder::with_max_payload(self.config.limits.max_payload),
+            Lane::Bulk => self.bulk = None,
         }
     }
 
@@ -563,7 +593,7 @@ impl Link {
     /// a fresh frame. On the control lane this is [`Link::handle_lost`].
     pub fn handle_reset(&mut self, lane: Lane, reason: &str) {
         match lane {
-            Lane::Bulk => self.bulk = FrameDecoder::with_max_payload(self.config.limits.max_payload),
+            Lane::Bulk => self.bulk = None,
             Lane::Control => self.handle_lost(reason),
         }
     }
@@ -581,19 +611,19 @@ impl Link {
         match self.state {
             State::Closed => {}
             State::AwaitHello | State::AwaitAdmission => {
-                if now.instant >= self.config.handshake_deadline {
-                    self.end(LinkEnd::HandshakeTimeout(self.config.handshake_timeout));
+                if now.instant >= self.settings.handshake_deadline {
+                    self.end(LinkEnd::HandshakeTimeout(self.settings.handshake_timeout));
                 }
             }
             State::Established => {
-                if let Some(idle) = self.config.idle_timeout {
+                if let Some(idle) = self.settings.idle_timeout {
                     if now.instant.saturating_duration_since(self.last_received) >= idle {
                         self.end(LinkEnd::Idle(idle));
                         return;
                     }
                 }
                 if self.next_heartbeat.is_some_and(|at| now.instant >= at) {
-                    self.next_heartbeat = Some(now.instant + self.config.heartbeat_interval);
+                    self.next_heartbeat = Some(now.instant + self.settings.heartbeat_interval);
                     self.queue_heartbeat(now);
                     // Peers that joined after this link came up are learned
                     // this way.
@@ -637,21 +667,30 @@ impl Link {
 
     /// The next frame to write.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        let transmit = self.transmits.pop_front();
+        if transmit.is_none() {
+            // An idle link holds no buffers (a node has many).
+            self.transmits = VecDeque::new();
+        }
+        transmit
     }
 
     /// The next thing to act on.
     pub fn poll_event(&mut self) -> Option<LinkEvent> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event.is_none() {
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     /// When to call [`Link::handle_timeout`] next; `None` once closed.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Closed => None,
-            State::AwaitHello | State::AwaitAdmission => Some(self.config.handshake_deadline),
+            State::AwaitHello | State::AwaitAdmission => Some(self.settings.handshake_deadline),
             State::Established => {
-                let idle = self.config.idle_timeout.map(|idle| self.last_received + idle);
+                let idle = self.settings.idle_timeout.map(|idle| self.last_received + idle);
                 match (self.next_heartbeat, idle) {
                     (Some(beat), Some(idle)) => Some(beat.min(idle)),
                     (beat, idle) => beat.or(idle),
@@ -661,9 +700,10 @@ impl Link {
     }
 
     fn decoder(&mut self, lane: Lane) -> &mut FrameDecoder {
+        let max_payload = self.settings.limits.max_payload;
         match lane {
             Lane::Control => &mut self.control,
-            Lane::Bulk => &mut self.bulk,
+            Lane::Bulk => self.bulk.get_or_insert_with(|| Box::new(FrameDecoder::with_max_payload(max_payload))),
         }
     }
 
@@ -696,8 +736,8 @@ impl Link {
             NetworkMessage::Hello(hello) if expect_hello => self.on_hello(hello, now),
             NetworkMessage::Heartbeat { .. } if !expect_hello => {
                 self.state = State::Established;
-                self.control.set_max_payload(self.config.limits.max_payload);
-                self.next_heartbeat = Some(now.instant + self.config.heartbeat_interval);
+                self.control.set_max_payload(self.settings.limits.max_payload);
+                self.next_heartbeat = Some(now.instant + self.settings.heartbeat_interval);
                 self.last_ask = now.instant;
                 self.events.push_back(LinkEvent::Established);
                 self.ask_for_peers();
@@ -723,21 +763,18 @@ impl Link {
             self.refuse_input(ErrorCode::UnexpectedMessage, message);
             return;
         }
-        let proof_ok = match (&self.config.policy.secret, &hello.proof) {
-            (Some(secret), Some(proof)) => {
-                let ours = transcript(&self.config.binding, &self.config.local_peer);
-                let theirs = transcript(&self.config.binding, &self.config.remote_peer);
-                secret::verify(secret, &ours, &theirs, proof)
-            }
+        // Checked once: the admission state goes with this hello.
+        let Some(admission) = self.admission.take() else { return };
+        let proof_ok = match (&admission.policy.secret, &hello.proof) {
+            (Some(secret), Some(proof)) => secret::verify(secret, &admission.ours, &admission.theirs, proof),
             _ => false,
         };
-        if let Err(denied) = self.config.policy.admits(&self.remote_text, proof_ok) {
+        if let Err(denied) = admission.policy.admits(&self.remote_text, proof_ok) {
             self.refuse(Refusal::Denied(denied));
             return;
         }
         self.state = State::AwaitAdmission;
         self.proof_ok = proof_ok;
-        self.hello = Some(hello.clone());
         self.events.push_back(LinkEvent::PeerAdmitted { hello, proof_ok });
         // The first heartbeat says "admitted": the peer sends sync frames
         // only after it.
@@ -786,14 +823,14 @@ impl Link {
     fn within_limits(&mut self, size: usize, now: Now) -> bool {
         let now_ms = u64::try_from(now.instant.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX);
         if self.frames.check(&self.remote_text, now_ms).is_err() {
-            let limit = self.config.limits.frames;
+            let limit = self.settings.limits.frames;
             let message = format!("more than {} frames/s (burst {})", limit.messages_per_second, limit.burst);
             self.refuse_input(ErrorCode::RateLimited, message);
             return false;
         }
         let kib = u32::try_from(size.div_ceil(1024)).unwrap_or(u32::MAX);
         if self.kib.check_n(&self.remote_text, kib, now_ms).is_err() {
-            let limit = self.config.limits.kib;
+            let limit = self.settings.limits.kib;
             let message = format!("more than {} KiB/s (burst {} KiB)", limit.messages_per_second, limit.burst);
             self.refuse_input(ErrorCode::RateLimited, message);
             return false;
@@ -802,7 +839,7 @@ impl Link {
     }
 
     fn ask_for_peers(&mut self) {
-        if self.config.ask_for_peers {
+        if self.settings.ask_for_peers {
             self.queue(Lane::Control, NetworkMessage::PeerExchange { peers: Vec::new(), request: true });
         }
     }

@@ -28,8 +28,10 @@ pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-pluresdb-hello-v1";
 pub struct Handshaken {
     /// The peer id, from the certificate.
     pub peer_id: String,
+    /// Where the peer says it accepts connections (from its `hello`).
+    pub listen_addresses: Vec<String>,
     /// The established link, holding any input read past the handshake
-    /// (its events and frames still to be taken).
+    /// (its events still to be taken).
     pub link: Link,
     /// The control stream's sending half.
     pub send: SendStream,
@@ -157,6 +159,7 @@ async fn exchange(
         ask_for_peers: terms.ask_for_peers,
     };
     let mut link = Link::new(link_config, now());
+    let mut listen_addresses = Vec::new();
     loop {
         let mut established = false;
         while let Some(event) = link.poll_event() {
@@ -164,7 +167,10 @@ async fn exchange(
                 // Admitted: open the connection up to a link's limits
                 // before the heartbeat that says so goes out (the peer
                 // opens its bulk stream only after it).
-                LinkEvent::PeerAdmitted { .. } => admit_transport(connection),
+                LinkEvent::PeerAdmitted { hello, .. } => {
+                    admit_transport(connection);
+                    listen_addresses = hello.listen_addresses;
+                }
                 // Events read past this stay in the link for its task.
                 LinkEvent::Established => {
                     established = true;
@@ -183,7 +189,7 @@ async fn exchange(
             stream::write_frame(&mut send, &transmit.frame).await.map_err(|err| stream::write_failed(&peer_text, &err))?;
         }
         if established {
-            return Ok(Handshaken { peer_id: peer_text, link, send, recv });
+            return Ok(Handshaken { peer_id: peer_text, listen_addresses, link, send, recv });
         }
         match recv.read_chunk(READ_CHUNK_BYTES, true).await {
             Ok(Some(chunk)) => link.handle_input(Lane::Control, &chunk.bytes, now()),

@@ -69,7 +69,7 @@ struct Signals {
 /// spawns its task; settles duplicates (see [`Shared::register`]).
 pub(crate) fn start(shared: Arc<Shared>, running: &Running, connection: Connection, done: Handshaken, direction: Direction, slot: Slot) {
     let Some(local_peer) = shared.keys().map(|keys| keys.peer_id_text.clone()) else { return };
-    let Handshaken { peer_id: peer, link, send, recv } = done;
+    let Handshaken { peer_id: peer, listen_addresses: advertised, link, send, recv } = done;
     let dialler = match direction {
         Direction::Dialled => local_peer.clone(),
         Direction::Accepted => peer.clone(),
@@ -102,13 +102,12 @@ pub(crate) fn start(shared: Arc<Shared>, running: &Running, connection: Connecti
     }
     let remote = connection.remote_address();
     let now = Utc::now();
-    let advertised = link.peer_hello().map(|hello| hello.listen_addresses.as_slice()).unwrap_or_default();
     let info = PeerInfo {
         peer_id: peer.clone(),
         address: remote.to_string(),
         transport: Transport::Quic,
         direction,
-        listen_addresses: reachable_addresses(advertised, remote),
+        listen_addresses: reachable_addresses(&advertised, remote),
         connected_at: now,
         last_seen: now,
         rtt: Some(connection.rtt()),
@@ -237,6 +236,8 @@ impl LinkTask {
                 LinkEvent::PeerAdmitted { .. } | LinkEvent::Established => {}
             }
         }
+        // An idle link holds no buffers (a node has many).
+        *events = Vec::new();
         None
     }
 
@@ -313,8 +314,13 @@ impl LinkTask {
             }
             self.stats.record_rtt(self.connection.rtt());
             self.step(&mut events, |link| link.handle_timeout(now()));
-            if let Some(end) = self.act(&mut events).await {
-                return end;
+            // Timers only send frames or end the link: no event here
+            // needs the awaits of `act` (which would make every link's
+            // task larger).
+            for event in events.drain(..) {
+                if let LinkEvent::Closed(end) = event {
+                    return end;
+                }
             }
         }
     }
