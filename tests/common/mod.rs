@@ -13,6 +13,8 @@ pub struct Node {
     pub api: String,
     /// Where peers reach the node (QUIC), if it runs a transport.
     pub listen: Option<String>,
+    /// The whole start line (`serve --json`).
+    pub started: Value,
 }
 
 impl Node {
@@ -61,7 +63,7 @@ impl Node {
         });
         let api = started["api"].as_str().unwrap().trim_start_matches("http://").to_owned();
         let listen = started["listen"].as_array().and_then(|l| l.first()).and_then(|a| a.as_str()).map(str::to_owned);
-        Node { child, api, listen }
+        Node { child, api, listen, started }
     }
 
     /// One HTTP/1.1 request; returns the status and the JSON body.
