@@ -2,8 +2,10 @@
 //! `cargo bench --bench replication`.
 //!
 //! A node here is what `pluresdb serve` runs: a replica on the redb store
-//! (signed writes, verified remote operations), a `QuicNetworkEngine` on
+//! (signed writes, verified remote operations), a network engine on
 //! 127.0.0.1 and the runtime whose writer drives the sync engine over it.
+//! Phases 1, 2 and 4 run with the QUIC engine and again with the libp2p
+//! engine (TCP, noise, yamux), printed side by side.
 //! The bench prints, each beside its target and beside the limit of this
 //! machine measured in the same run:
 //!
@@ -18,7 +20,9 @@
 //! 4. resident memory per idle connected peer: 50 extra QUIC engines
 //!    connected to one node, both ends in this process (run first, on a
 //!    fresh heap); then the node alone in a child process (this binary
-//!    again), so its own share is measured without the peers' ends.
+//!    again), so its own share is measured without the peers' ends; then
+//!    50 libp2p engines and a libp2p node, both ends, in a child process
+//!    (its own fresh heap).
 //!
 //! Every wait has a deadline: a stalled phase prints why and the next
 //! phase runs.
@@ -28,6 +32,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{anyhow, bail, Context};
 use pluresdb_core::{Database, VersionVector};
+use pluresdb_libp2p::Libp2pNetworkEngine;
 use pluresdb_net::{NetworkConfig, NetworkEngine, PeerManager, QuicNetworkEngine, SyncHandle};
 use pluresdb_runtime::{Filter, Handle, Network, Runtime, RuntimeOptions, WatchEvent, WriteKind};
 use pluresdb_security::{tls, AccessPolicy, Identity, NetworkSecret, OpSignatureVerifier};
@@ -64,6 +69,8 @@ const IDLE_FOR: Duration = Duration::from_secs(7);
 const SECRET: [u8; 32] = [9; 32];
 /// Set in the child process that runs the node of phase 4's node-side run.
 const CHILD_ENV: &str = "PLURESDB_BENCH_NODE_CHILD";
+/// Set in the child process that runs phase 4 with libp2p engines.
+const LIBP2P_MEMORY_ENV: &str = "PLURESDB_BENCH_LIBP2P_MEMORY_CHILD";
 
 // ---- targets (the floors) ------------------------------------------
 const TARGET_OPS_PER_S: f64 = 100_000.0;
@@ -72,6 +79,41 @@ const TARGET_P50_MS: f64 = 2.0;
 const TARGET_P99_MS: f64 = 10.0;
 const TARGET_CATCHUP_S: f64 = 20.0;
 const TARGET_KIB_PER_PEER: f64 = 64.0;
+/// libp2p's throughput at least half of QUIC's, and at most 0.3 ms more
+/// on the write-to-peer p50.
+const TARGET_LIBP2P_SHARE: f64 = 0.5;
+const TARGET_LIBP2P_EXTRA_P50_MS: f64 = 0.3;
+
+/// Which network engine a node runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    Quic,
+    Libp2p,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Quic => "quic",
+            Transport::Libp2p => "libp2p",
+        }
+    }
+}
+
+/// A node's engine, kept to stop it.
+enum Engine {
+    Quic(QuicNetworkEngine),
+    Libp2p(Libp2pNetworkEngine),
+}
+
+impl Engine {
+    async fn stop(&mut self) -> pluresdb_net::Result<()> {
+        match self {
+            Engine::Quic(engine) => engine.stop().await,
+            Engine::Libp2p(engine) => engine.stop().await,
+        }
+    }
+}
 
 /// ~100 bytes of JSON per node.
 fn value(i: usize) -> Value {
@@ -110,11 +152,11 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
-/// A full node: replica, QUIC engine and runtime.
+/// A full node: replica, network engine and runtime.
 struct Node {
     runtime: Runtime,
     handle: Handle,
-    engine: QuicNetworkEngine,
+    engine: Engine,
     peers: Arc<PeerManager>,
     address: String,
     _dir: tempfile::TempDir,
@@ -129,6 +171,11 @@ impl Node {
 
     /// [`Node::start`] with its own network settings.
     async fn start_with(seed: u8, config: NetworkConfig) -> anyhow::Result<Self> {
+        Self::start_on(seed, Transport::Quic, config).await
+    }
+
+    /// [`Node::start`] on `transport`, with its own network settings.
+    async fn start_on(seed: u8, transport: Transport, config: NetworkConfig) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("cannot create a temp dir")?;
         let identity = Identity::from_seed([seed; 32]);
         let peer_id = identity.peer_id().to_string();
@@ -137,16 +184,26 @@ impl Node {
             .with_verifier(Arc::new(OpSignatureVerifier));
         let peers = Arc::new(PeerManager::new());
         let (sync, events) = SyncHandle::channel(1_024);
-        let mut engine = QuicNetworkEngine::new(config, peers.clone(), sync)
-            .with_identity(identity)
-            .with_access_policy(AccessPolicy::with_secret(NetworkSecret::from_bytes(SECRET)));
-        engine.start().await.context("cannot start the QUIC engine")?;
-        let address = engine.local_addr().context("the QUIC engine has no address")?.to_string();
+        let policy = AccessPolicy::with_secret(NetworkSecret::from_bytes(SECRET));
+        let (engine, shared, address): (Engine, Arc<dyn NetworkEngine>, String) = match transport {
+            Transport::Quic => {
+                let mut engine = QuicNetworkEngine::new(config, peers.clone(), sync).with_identity(identity).with_access_policy(policy);
+                engine.start().await.context("cannot start the QUIC engine")?;
+                let address = engine.local_addr().context("the QUIC engine has no address")?.to_string();
+                (Engine::Quic(engine.clone()), Arc::new(engine), address)
+            }
+            Transport::Libp2p => {
+                let mut engine = Libp2pNetworkEngine::new(config, peers.clone(), sync).with_identity(identity).with_access_policy(policy);
+                engine.start().await.context("cannot start the libp2p engine")?;
+                let address = libp2p_tcp_address(&engine)?;
+                (Engine::Libp2p(engine.clone()), Arc::new(engine), address)
+            }
+        };
         let network = Network {
-            engine: Arc::new(engine.clone()),
+            engine: shared,
             events,
             peers: peers.clone(),
-            transports: vec!["quic"],
+            transports: vec![transport.name()],
             listen_addresses: vec![address.clone()],
             discovery: None,
             on_access_change: None,
@@ -179,12 +236,22 @@ impl Node {
     async fn stop(self) {
         let mut engine = self.engine;
         if tokio::time::timeout(Duration::from_secs(20), engine.stop()).await.is_err() {
-            println!("  (warning: the QUIC engine did not stop within 20 s)");
+            println!("  (warning: the network engine did not stop within 20 s)");
         }
         if tokio::time::timeout(Duration::from_secs(20), self.runtime.shutdown()).await.is_err() {
             println!("  (warning: the runtime did not shut down within 20 s)");
         }
     }
+}
+
+/// The libp2p engine's TCP dial address (`/ip4/127.0.0.1/tcp/N/p2p/...`).
+fn libp2p_tcp_address(engine: &Libp2pNetworkEngine) -> anyhow::Result<String> {
+    engine
+        .dial_addresses()
+        .into_iter()
+        .map(|address| address.to_string())
+        .find(|address| address.contains("/tcp/") && !address.contains("/ws"))
+        .context("the libp2p engine has no TCP address")
 }
 
 /// Imports `count` nodes named `prefix:N` on `handle`, `BATCH` per call,
@@ -223,9 +290,9 @@ struct Throughput {
     redb: Duration,
 }
 
-async fn throughput() -> anyhow::Result<Throughput> {
-    let a = Node::start(1).await?;
-    let b = Node::start(2).await?;
+async fn throughput(transport: Transport) -> anyhow::Result<Throughput> {
+    let a = Node::start_on(1, transport, NetworkConfig::loopback()).await?;
+    let b = Node::start_on(2, transport, NetworkConfig::loopback()).await?;
     within(Duration::from_secs(10), "B connecting to A", b.handle.connect(&a.address)).await??;
     let values = batch("bench", 0, THROUGHPUT_OPS);
     let json_bytes: usize = values.iter().map(|(_, v)| v.to_string().len()).sum();
@@ -337,9 +404,9 @@ struct Latency {
     quinn_rtt: Vec<Duration>,
 }
 
-async fn latency() -> anyhow::Result<Latency> {
-    let a = Node::start(5).await?;
-    let b = Node::start(6).await?;
+async fn latency(transport: Transport) -> anyhow::Result<Latency> {
+    let a = Node::start_on(5, transport, NetworkConfig::loopback()).await?;
+    let b = Node::start_on(6, transport, NetworkConfig::loopback()).await?;
     within(Duration::from_secs(10), "B connecting to A", b.handle.connect(&a.address)).await??;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut watch = b.handle.watch(Filter::All, None).await?;
@@ -447,22 +514,33 @@ struct Memory {
     connected_both_ends: f64,
 }
 
-/// A bare QUIC engine with its own identity whose sync events are drained
-/// and dropped.
-async fn bare_engine(seed: u32) -> anyhow::Result<QuicNetworkEngine> {
+/// A bare engine on `transport` with its own identity whose sync events
+/// are drained and dropped.
+async fn bare_engine(seed: u32) -> anyhow::Result<Box<dyn NetworkEngine>> {
+    bare_engine_on(seed, Transport::Quic).await
+}
+
+async fn bare_engine_on(seed: u32, transport: Transport) -> anyhow::Result<Box<dyn NetworkEngine>> {
     let mut key = [0u8; 32];
     key[..4].copy_from_slice(&seed.to_be_bytes());
     key[4] = 0xee;
     let (sync, mut events) = SyncHandle::channel(64);
-    let mut engine = QuicNetworkEngine::new(NetworkConfig::loopback(), Arc::new(PeerManager::new()), sync)
-        .with_identity(Identity::from_seed(key))
-        .with_access_policy(AccessPolicy::with_secret(NetworkSecret::from_bytes(SECRET)));
+    let (identity, policy) = (Identity::from_seed(key), AccessPolicy::with_secret(NetworkSecret::from_bytes(SECRET)));
+    let peers = Arc::new(PeerManager::new());
+    let mut engine: Box<dyn NetworkEngine> = match transport {
+        Transport::Quic => {
+            Box::new(QuicNetworkEngine::new(NetworkConfig::loopback(), peers, sync).with_identity(identity).with_access_policy(policy))
+        }
+        Transport::Libp2p => {
+            Box::new(Libp2pNetworkEngine::new(NetworkConfig::loopback(), peers, sync).with_identity(identity).with_access_policy(policy))
+        }
+    };
     engine.start().await?;
     tokio::spawn(async move { while events.recv().await.is_some() {} });
     Ok(engine)
 }
 
-async fn connect_all(engines: &[QuicNetworkEngine], address: &str) -> anyhow::Result<()> {
+async fn connect_all(engines: &[Box<dyn NetworkEngine>], address: &str) -> anyhow::Result<()> {
     for (i, engine) in engines.iter().enumerate() {
         within(Duration::from_secs(10), &format!("idle peer {i} connecting"), engine.connect_peer(address)).await??;
     }
@@ -472,18 +550,19 @@ async fn connect_all(engines: &[QuicNetworkEngine], address: &str) -> anyhow::Re
 /// The in-process run: the node and the 50 engines in this process. It
 /// runs before every other phase, because memory freed by earlier phases
 /// and kept by the allocator would absorb the connections' allocations.
-async fn memory_in_process() -> anyhow::Result<Memory> {
-    let node = Node::start(9).await?;
+async fn memory_in_process(transport: Transport) -> anyhow::Result<Memory> {
+    let config = NetworkConfig { max_connections: 2 * (WARMUP_PEERS + IDLE_PEERS), ..NetworkConfig::loopback() };
+    let node = Node::start_on(9, transport, config).await?;
     let mut engines = Vec::with_capacity(WARMUP_PEERS + IDLE_PEERS);
     let result = async {
         for i in 0..WARMUP_PEERS {
-            engines.push(bare_engine(500 + i as u32).await?);
+            engines.push(bare_engine_on(500 + i as u32, transport).await?);
         }
         connect_all(&engines, &node.address).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let before = rss_bytes()?;
         for i in 0..IDLE_PEERS {
-            engines.push(bare_engine(i as u32).await?);
+            engines.push(bare_engine_on(i as u32, transport).await?);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         let created = rss_bytes()?;
@@ -504,7 +583,7 @@ async fn memory_in_process() -> anyhow::Result<Memory> {
 }
 
 /// Stops bare engines, all at once (each waits for its links to close).
-async fn stop_all(engines: Vec<QuicNetworkEngine>) {
+async fn stop_all(engines: Vec<Box<dyn NetworkEngine>>) {
     let mut stopping = tokio::task::JoinSet::new();
     for mut engine in engines {
         stopping.spawn(async move { tokio::time::timeout(Duration::from_secs(10), engine.stop()).await });
@@ -588,6 +667,37 @@ async fn memory_node_side() -> anyhow::Result<f64> {
     result
 }
 
+/// Phase 4 with libp2p engines, in a child process (this binary again) so
+/// that it has a fresh heap too. Returns (KiB per created engine, KiB per
+/// connected peer, both ends).
+async fn memory_libp2p() -> anyhow::Result<Memory> {
+    let exe = std::env::current_exe()?;
+    let child = std::process::Command::new(exe)
+        .env(LIBP2P_MEMORY_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot start the libp2p memory child")?;
+    // The child runs phase 4 with its own deadlines and exits.
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find(|line| line.starts_with("memory "))
+        .with_context(|| format!("the libp2p memory child said {stdout:?} / {:?}", String::from_utf8_lossy(&output.stderr)))?;
+    let mut words = line.split_whitespace().skip(1);
+    let (Some(created), Some(connected)) = (words.next(), words.next()) else { bail!("the libp2p memory child said {line:?}") };
+    Ok(Memory { engines_created: created.parse()?, connected_both_ends: connected.parse()? })
+}
+
+fn libp2p_memory_child() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let memory = runtime.block_on(memory_in_process(Transport::Libp2p))?;
+    println!("memory {:.1} {:.1}", memory.engines_created, memory.connected_both_ends);
+    Ok(())
+}
+
 /// The child's side of `memory_node_side`: starts a node and says where it
 /// listens; on `mark` reads its RSS, on `measure` reports the growth since
 /// `mark` and how many peers are connected; stops when its stdin closes.
@@ -640,13 +750,21 @@ fn main() {
         }
         return;
     }
+    if std::env::var_os(LIBP2P_MEMORY_ENV).is_some() {
+        if let Err(err) = libp2p_memory_child() {
+            eprintln!("libp2p memory child: {err:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let catchup_count = std::env::var("PLURESDB_BENCH_CATCHUP").ok().and_then(|n| n.parse().ok()).unwrap_or(DEFAULT_CATCHUP);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
-    println!("PluresDB replication between two full nodes (redb replicas, signed ops, QUIC on loopback) in one process");
+    println!("PluresDB replication between two full nodes (redb replicas, signed ops, QUIC or libp2p on loopback) in one process");
     runtime.block_on(async {
         // Measured first, on a fresh heap, printed last (see `memory_in_process`).
-        let memory = memory_in_process().await;
+        let memory = memory_in_process(Transport::Quic).await;
         let node_side = memory_node_side().await;
+        let memory_libp2p = memory_libp2p().await;
         if std::env::var_os("PLURESDB_BENCH_MEMORY_ONLY").is_some() {
             match &node_side {
                 Ok(kib) => println!("node side: {kib:.1} KiB per idle peer"),
@@ -655,61 +773,87 @@ fn main() {
             return;
         }
         println!("\n1. replication throughput: {THROUGHPUT_OPS} nodes imported on A, {BATCH} per call, until B holds them");
-        match throughput().await {
-            Ok(t) => {
-                let quinn_rate = THROUGHPUT_OPS as f64 / t.quinn.as_secs_f64();
-                let redb_rate = THROUGHPUT_OPS as f64 / t.redb.as_secs_f64();
-                let share = t.ops_per_s / quinn_rate;
-                let mb = |bytes: f64| bytes / t.elapsed.as_secs_f64() / 1e6;
-                println!(
-                    "  replicated:           {:>10.0} ops/s  {:>7.1} MB/s of JSON ({} B/op), {:>7.1} MB/s on the wire ({} B/op)   target >= {TARGET_OPS_PER_S:.0} ops/s: {}",
-                    t.ops_per_s,
-                    mb(t.json_bytes as f64),
-                    t.json_bytes / THROUGHPUT_OPS,
-                    mb(t.wire_bytes as f64),
-                    t.wire_bytes as usize / THROUGHPUT_OPS,
-                    verdict(t.ops_per_s >= TARGET_OPS_PER_S)
-                );
-                println!(
-                    "  raw quinn, same bytes: {:>10.0} records/s ({:.1} MB/s)   replication reaches {:.1}% of it   target >= {:.0}%: {}",
-                    quinn_rate,
-                    t.wire_bytes as f64 / t.quinn.as_secs_f64() / 1e6,
-                    100.0 * share,
-                    100.0 * TARGET_SHARE_OF_QUINN,
-                    verdict(share >= TARGET_SHARE_OF_QUINN)
-                );
-                println!(
-                    "  raw redb, {BATCH}/txn:    {:>10.0} writes/s   replication reaches {:.1}% of it (the tighter limit: B applies durably)",
-                    redb_rate,
-                    100.0 * t.ops_per_s / redb_rate
-                );
+        let mut rates = Vec::new();
+        for transport in [Transport::Quic, Transport::Libp2p] {
+            println!("  -- {} --", transport.name());
+            match throughput(transport).await {
+                Ok(t) => {
+                    let quinn_rate = THROUGHPUT_OPS as f64 / t.quinn.as_secs_f64();
+                    let redb_rate = THROUGHPUT_OPS as f64 / t.redb.as_secs_f64();
+                    let share = t.ops_per_s / quinn_rate;
+                    let mb = |bytes: f64| bytes / t.elapsed.as_secs_f64() / 1e6;
+                    println!(
+                        "  replicated:           {:>10.0} ops/s  {:>7.1} MB/s of JSON ({} B/op), {:>7.1} MB/s on the wire ({} B/op)   target >= {TARGET_OPS_PER_S:.0} ops/s: {}",
+                        t.ops_per_s,
+                        mb(t.json_bytes as f64),
+                        t.json_bytes / THROUGHPUT_OPS,
+                        mb(t.wire_bytes as f64),
+                        t.wire_bytes as usize / THROUGHPUT_OPS,
+                        verdict(t.ops_per_s >= TARGET_OPS_PER_S)
+                    );
+                    println!(
+                        "  raw quinn, same bytes: {:>10.0} records/s ({:.1} MB/s)   replication reaches {:.1}% of it   target >= {:.0}%: {}",
+                        quinn_rate,
+                        t.wire_bytes as f64 / t.quinn.as_secs_f64() / 1e6,
+                        100.0 * share,
+                        100.0 * TARGET_SHARE_OF_QUINN,
+                        verdict(share >= TARGET_SHARE_OF_QUINN)
+                    );
+                    println!(
+                        "  raw redb, {BATCH}/txn:    {:>10.0} writes/s   replication reaches {:.1}% of it (the tighter limit: B applies durably)",
+                        redb_rate,
+                        100.0 * t.ops_per_s / redb_rate
+                    );
+                    rates.push((transport, t.ops_per_s));
+                }
+                Err(err) => println!("  FAILED: {err:#}"),
             }
-            Err(err) => println!("  FAILED: {err:#}"),
+        }
+        if let [(Transport::Quic, quic), (Transport::Libp2p, libp2p)] = rates[..] {
+            let share = libp2p / quic;
+            println!(
+                "  libp2p / QUIC: {:.2}x the throughput   target >= {TARGET_LIBP2P_SHARE:.1}x: {}",
+                share,
+                verdict(share >= TARGET_LIBP2P_SHARE)
+            );
         }
 
         println!("\n2. write-to-peer latency: {LATENCY_SAMPLES} sequential single writes on A (after {LATENCY_WARMUP} warm-up), call to B's watch");
-        match latency().await {
-            Ok(l) => {
-                let (p50, p99) = (ms(quantile(&l.to_peer, 0.50)), ms(quantile(&l.to_peer, 0.99)));
-                println!(
-                    "  write on A to B's watch: p50 {p50:.3} ms (target <= {TARGET_P50_MS} ms: {}), p99 {p99:.3} ms (target <= {TARGET_P99_MS} ms: {}), max {:.3} ms",
-                    verdict(p50 <= TARGET_P50_MS),
-                    verdict(p99 <= TARGET_P99_MS),
-                    ms(quantile(&l.to_peer, 1.0))
-                );
-                println!(
-                    "  of which A's durable commit (call to write returning): p50 {:.3} ms, p99 {:.3} ms",
-                    ms(quantile(&l.local_commit, 0.50)),
-                    ms(quantile(&l.local_commit, 0.99))
-                );
-                let rtt50 = ms(quantile(&l.quinn_rtt, 0.50));
-                println!(
-                    "  raw quinn round trip, 100 B: p50 {rtt50:.3} ms, p99 {:.3} ms   (write-to-peer p50 = {:.1}x the round trip)",
-                    ms(quantile(&l.quinn_rtt, 0.99)),
-                    p50 / rtt50
-                );
+        let mut medians = Vec::new();
+        for transport in [Transport::Quic, Transport::Libp2p] {
+            println!("  -- {} --", transport.name());
+            match latency(transport).await {
+                Ok(l) => {
+                    let (p50, p99) = (ms(quantile(&l.to_peer, 0.50)), ms(quantile(&l.to_peer, 0.99)));
+                    println!(
+                        "  write on A to B's watch: p50 {p50:.3} ms (target <= {TARGET_P50_MS} ms: {}), p99 {p99:.3} ms (target <= {TARGET_P99_MS} ms: {}), max {:.3} ms",
+                        verdict(p50 <= TARGET_P50_MS),
+                        verdict(p99 <= TARGET_P99_MS),
+                        ms(quantile(&l.to_peer, 1.0))
+                    );
+                    println!(
+                        "  of which A's durable commit (call to write returning): p50 {:.3} ms, p99 {:.3} ms",
+                        ms(quantile(&l.local_commit, 0.50)),
+                        ms(quantile(&l.local_commit, 0.99))
+                    );
+                    let rtt50 = ms(quantile(&l.quinn_rtt, 0.50));
+                    println!(
+                        "  raw quinn round trip, 100 B: p50 {rtt50:.3} ms, p99 {:.3} ms   (write-to-peer p50 = {:.1}x the round trip)",
+                        ms(quantile(&l.quinn_rtt, 0.99)),
+                        p50 / rtt50
+                    );
+                    medians.push((transport, p50, p99));
+                }
+                Err(err) => println!("  FAILED: {err:#}"),
             }
-            Err(err) => println!("  FAILED: {err:#}"),
+        }
+        if let [(Transport::Quic, quic50, quic99), (Transport::Libp2p, libp2p50, libp2p99)] = medians[..] {
+            let extra = libp2p50 - quic50;
+            println!(
+                "  libp2p - QUIC: p50 {extra:+.3} ms, p99 {:+.3} ms   target p50 <= +{TARGET_LIBP2P_EXTRA_P50_MS} ms: {}",
+                libp2p99 - quic99,
+                verdict(extra <= TARGET_LIBP2P_EXTRA_P50_MS)
+            );
         }
 
         println!("\n3. catch-up: a fresh B connects to A holding {catchup_count} operations (PLURESDB_BENCH_CATCHUP=N to change)");
@@ -736,7 +880,7 @@ fn main() {
             "\n4. resident memory per idle connected peer: {IDLE_PEERS} bare QUIC engines connected to one node (after {WARMUP_PEERS} warm-up peers), idle {:.0} s; measured first, on a fresh heap",
             IDLE_FOR.as_secs_f64()
         );
-        match memory {
+        match &memory {
             Ok(m) => {
                 println!("  creating the 50 engines (unconnected):    {:>7.1} KiB each (an endpoint each; not a per-connection cost)", m.engines_created);
                 println!(
@@ -752,6 +896,21 @@ fn main() {
                 verdict(kib <= TARGET_KIB_PER_PEER)
             ),
             Err(err) => println!("  the node's side alone: FAILED: {err:#}"),
+        }
+        match memory_libp2p {
+            Ok(m) => {
+                println!(
+                    "  libp2p, in a child process: creating 50 engines {:>7.1} KiB each; connecting them, both ends: {:>7.1} KiB per peer",
+                    m.engines_created, m.connected_both_ends
+                );
+                if let Ok(quic) = &memory {
+                    println!(
+                        "  libp2p / QUIC, both ends per peer: {:.2}x",
+                        m.connected_both_ends / quic.connected_both_ends.max(0.1)
+                    );
+                }
+            }
+            Err(err) => println!("  libp2p: FAILED: {err:#}"),
         }
     });
 }
