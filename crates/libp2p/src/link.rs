@@ -339,6 +339,11 @@ fn exchange_answer(shared: &Shared, asking: &str) -> Vec<ExchangedPeer> {
         .collect()
 }
 
+/// Frames smaller than this are copied into one buffer with the frames
+/// queued behind them and written at once: one yamux frame, one Noise
+/// message, one TCP segment instead of one per header and payload.
+const COALESCE_BYTES: usize = 64 * 1024;
+
 /// Writes frames: the machine's first, then control, then bulk; on `last`
 /// writes those frames (a goodbye or error) and closes the stream.
 async fn write_loop(
@@ -349,6 +354,7 @@ async fn write_loop(
     mut last: oneshot::Receiver<Vec<Frame>>,
     stats: Arc<std::sync::Mutex<Option<Arc<PeerStats>>>>,
 ) {
+    let mut batch = Vec::with_capacity(COALESCE_BYTES);
     loop {
         let frame = tokio::select! {
             biased;
@@ -367,7 +373,31 @@ async fn write_loop(
             Some(frame) = control.recv() => frame,
             Some(frame) = bulk.recv() => frame,
         };
-        match write_frame(&mut writer, &frame).await {
+        let written = if frame.payload.len() >= COALESCE_BYTES {
+            write_frame(&mut writer, &frame).await
+        } else {
+            // This frame and the small ones ready behind it, in priority
+            // order, in one write.
+            batch.clear();
+            append(&mut batch, &frame);
+            while batch.len() < COALESCE_BYTES {
+                let next = machine.try_recv().or_else(|_| control.try_recv());
+                let next = match next {
+                    Ok(next) => next,
+                    Err(_) => match bulk.try_recv() {
+                        Ok(next) => next,
+                        Err(_) => break,
+                    },
+                };
+                if next.payload.len() >= COALESCE_BYTES {
+                    append(&mut batch, &next);
+                    break;
+                }
+                append(&mut batch, &next);
+            }
+            write_all(&mut writer, &batch).await
+        };
+        match written {
             Ok(written) => {
                 if let Some(stats) = lock(&stats).as_ref() {
                     stats.record_sent(written);
@@ -380,4 +410,20 @@ async fn write_loop(
             }
         }
     }
+}
+
+/// Appends `frame` (header and payload) to `batch`.
+fn append(batch: &mut Vec<u8>, frame: &Frame) {
+    // Senders check sizes before queueing; a frame that cannot be framed
+    // is dropped rather than sent malformed.
+    if let Ok(header) = frame.header() {
+        batch.extend_from_slice(&header);
+        batch.extend_from_slice(&frame.payload);
+    }
+}
+
+async fn write_all(writer: &mut WriteHalf<Stream>, bytes: &[u8]) -> std::io::Result<usize> {
+    writer.write_all(bytes).await?;
+    writer.flush().await?;
+    Ok(bytes.len())
 }
