@@ -71,6 +71,22 @@ impl DhtPeers {
         }
     }
 
+    /// Whether `peer` was found (and not forgotten yet).
+    pub(crate) fn contains(&self, peer: &str) -> bool {
+        self.peers.contains_key(peer)
+    }
+
+    /// Adds `addresses` to a peer already found (at `now`); others are not
+    /// added (only the DHT says who is of this network).
+    pub(crate) fn add_addresses(&mut self, peer: &str, addresses: impl IntoIterator<Item = String>, now: Instant) {
+        if !self.contains(peer) {
+            return;
+        }
+        for address in addresses.into_iter().take(MAX_DHT_ADDRESSES) {
+            self.found(peer, Some(address), now);
+        }
+    }
+
     /// The peers found within [`DHT_PEER_TTL`] of `now`, in peer id order.
     pub(crate) fn list(&mut self, now: Instant) -> Vec<DhtPeer> {
         self.peers.retain(|_, (_, seen)| now.saturating_duration_since(*seen) < DHT_PEER_TTL);

@@ -134,6 +134,8 @@ pub(crate) struct View {
     pub(crate) rtt: HashMap<libp2p::PeerId, Duration>,
     /// Peers found under the network's DHT key.
     pub(crate) dht: DhtPeers,
+    /// Where each connected peer says it listens (identify), at most 8.
+    pub(crate) identified: HashMap<libp2p::PeerId, Vec<Multiaddr>>,
     /// Peers that refused this node's sync stream (`access_denied`), and
     /// when.
     pub(crate) refused: HashMap<libp2p::PeerId, Instant>,

@@ -310,7 +310,15 @@ impl SwarmTask {
         if peer == self.local {
             return;
         }
-        lock(&self.shared.view).dht.found(&peer.to_string(), None, Instant::now());
+        {
+            // Where it listens, if it told this node already (identify):
+            // what the runtime lists and dials.
+            let mut view = lock(&self.shared.view);
+            let text = peer.to_string();
+            view.dht.found(&text, None, Instant::now());
+            let told: Vec<String> = view.identified.get(&peer).into_iter().flatten().map(Multiaddr::to_string).collect();
+            view.dht.add_addresses(&text, told, Instant::now());
+        }
         if self.shared.is_linked_peer(&peer) || self.shared.refused_recently(&peer) {
             return;
         }
@@ -374,6 +382,7 @@ impl SwarmTask {
                         if list.is_empty() {
                             view.connections.remove(&peer_id);
                             view.rtt.remove(&peer_id);
+                            view.identified.remove(&peer_id);
                         }
                     }
                 }
@@ -425,6 +434,19 @@ impl SwarmTask {
                 lock(&self.shared.view).rtt.insert(peer, rtt);
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let listening: Vec<Multiaddr> = info
+                    .listen_addrs
+                    .iter()
+                    .filter(|address| !is_unspecified(address))
+                    .take(crate::dht::MAX_DHT_ADDRESSES)
+                    .cloned()
+                    .collect();
+                {
+                    let mut view = lock(&self.shared.view);
+                    let text = peer_id.to_string();
+                    view.dht.add_addresses(&text, listening.iter().map(Multiaddr::to_string), Instant::now());
+                    view.identified.insert(peer_id, listening);
+                }
                 let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else { return };
                 if !info.protocols.contains(&KAD_PROTOCOL) {
                     return;

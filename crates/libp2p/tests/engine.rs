@@ -247,6 +247,8 @@ async fn dht_finds_the_network_through_a_bootstrap_of_another_network() {
         let found: Vec<String> = engine.dht_peers().into_iter().filter(|p| p.source == "dht").map(|p| p.peer_id).collect();
         assert!(found.iter().all(|id| ids.contains(id) && *id != node.id), "{found:?}");
         found_any |= !found.is_empty();
+        // Each with where it listens (what the runtime lists and dials).
+        eventually("every DHT-found peer has an address", || engine.dht_peers().iter().all(|p| !p.addresses.is_empty())).await;
     }
     assert!(found_any, "the links came from DHT lookups");
     assert!(bootstrap.engine.get_connected_peers().await.unwrap().is_empty());
