@@ -760,3 +760,77 @@ fn a_copied_data_dir_runs_next_to_its_original() {
     }
     assert_no_refused_batch(&lab, &[0, 1, 2]);
 }
+
+/// The node's libp2p TCP multiaddr from its start line
+/// (`/ip4/10.77.x.y/tcp/N/p2p/12D3KooW...`).
+fn libp2p_tcp_address(started: &Value) -> String {
+    started["listen"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .find(|a| a.starts_with("/ip4/") && a.contains("/tcp/") && !a.contains("/ws"))
+        .unwrap_or_else(|| panic!("no libp2p TCP address in the start line {started}"))
+        .to_owned()
+}
+
+/// Six nodes on two LANs behind a router, mDNS off, each given as its only
+/// bootstrap a seventh node of another network: they find each other
+/// through the Kademlia DHT (under their network's key, across the
+/// router), connect in a full mesh and converge; the seventh is every
+/// node's DHT neighbour and never anyone's sync peer.
+#[test]
+fn routed_nodes_find_their_network_through_a_strangers_dht() {
+    if !netlab::supported() {
+        return;
+    }
+    let mut lab = Lab::routed(4, 3);
+    let stranger = lab.host_mut(0).start(&["--no-mdns"]);
+    let bootstrap = libp2p_tcp_address(&stranger);
+    let members = [1, 2, 3, 4, 5, 6];
+    let started = Instant::now();
+    lab.host_mut(1).start(&["--no-mdns", "--bootstrap", &bootstrap]);
+    for &h in &members[1..] {
+        share_secret(&lab, 1, h);
+        lab.host_mut(h).start(&["--no-mdns", "--bootstrap", &bootstrap]);
+    }
+    wait_full_mesh(&lab, &members, CONVERGE_TIMEOUT, "the six members connect to each other through the DHT");
+    let meshed = started.elapsed();
+    // What the DHT named: each member found some of the others there (the
+    // rest dialled it first), and never the stranger.
+    let stranger_id = lab.host(0).peer_id();
+    let member_ids: Vec<String> = members.iter().map(|&h| lab.host(h).peer_id()).collect();
+    let mut by_dht = 0;
+    for &h in &members {
+        for entry in discovered(&lab, h) {
+            if entry["methods"].as_array().is_some_and(|m| m.contains(&json!("dht"))) {
+                let id = entry["peer_id"].as_str().unwrap_or_default();
+                assert!(member_ids.iter().any(|m| m == id), "h{h}: the DHT named a non-member: {entry}");
+                by_dht += 1;
+            }
+        }
+    }
+    assert!(by_dht > 0, "no member found another through the DHT");
+    let mut expected = BTreeSet::new();
+    for &h in &members {
+        let id = format!("dht:h{h}");
+        lab.host(h).put(&id, &json!({"host": h}));
+        expected.insert(id);
+    }
+    lab.host(0).put("stranger:1", &json!({"from": "another network"}));
+    let writes_done = Instant::now();
+    wait_converged(&lab, &members, &expected, "the six members hold the 6 writes");
+    for &h in &members {
+        assert!(!lab.host(h).connected_peers().contains(&stranger_id), "h{h} is connected to the stranger for sync");
+        assert_eq!(lab.host(h).get("stranger:1"), None, "h{h} holds the stranger's write");
+    }
+    assert!(lab.host(0).connected_peers().is_empty(), "the stranger has sync peers: {}", lab.host(0).peers());
+    for id in &expected {
+        assert_eq!(lab.host(0).get(id), None, "the stranger holds {id}");
+    }
+    eprintln!(
+        "netlab: routed(4,3) by a stranger's DHT: full mesh of 6 {} ms after the first member started; writes converged in {} ms",
+        meshed.as_millis(),
+        writes_done.elapsed().as_millis()
+    );
+}
