@@ -775,42 +775,67 @@ fn libp2p_tcp_address(started: &Value) -> String {
 }
 
 /// Six nodes on two LANs behind a router, mDNS off, each given as its only
-/// bootstrap a seventh node of another network: they find each other
-/// through the Kademlia DHT (under their network's key, across the
-/// router), connect in a full mesh and converge; the seventh is every
-/// node's DHT neighbour and never anyone's sync peer.
+/// bootstrap a node of another network (h0): they find each other through
+/// the Kademlia DHT (under their network's key, across the router), connect
+/// in a full mesh and converge, and each lists the five others as found by
+/// the DHT. Neither the bootstrap nor a node of a third network on the same
+/// DHT (h7, bootstrapped the same way, looking up its own key) is ever
+/// anyone's sync peer: no member's `GET /peers` lists either as connected at
+/// any poll, and no write crosses either way.
 #[test]
 fn routed_nodes_find_their_network_through_a_strangers_dht() {
     if !netlab::supported() {
         return;
     }
-    let mut lab = Lab::routed(4, 3);
+    // h0..h3 on 10.77.1.0/24, h4..h7 on 10.77.2.0/24.
+    let mut lab = Lab::routed(4, 4);
     let stranger = lab.host_mut(0).start(&["--no-mdns"]);
     let bootstrap = libp2p_tcp_address(&stranger);
     let members = [1, 2, 3, 4, 5, 6];
+    let outsider = 7; // its own, fresh network: a third secret
     let started = Instant::now();
     lab.host_mut(1).start(&["--no-mdns", "--bootstrap", &bootstrap]);
     for &h in &members[1..] {
         share_secret(&lab, 1, h);
         lab.host_mut(h).start(&["--no-mdns", "--bootstrap", &bootstrap]);
     }
-    wait_full_mesh(&lab, &members, CONVERGE_TIMEOUT, "the six members connect to each other through the DHT");
-    let meshed = started.elapsed();
-    // What the DHT named: each member found some of the others there (the
-    // rest dialled it first), and never the stranger.
-    let stranger_id = lab.host(0).peer_id();
+    lab.host_mut(outsider).start(&["--no-mdns", "--bootstrap", &bootstrap]);
+    let strangers = [(0, lab.host(0).peer_id()), (outsider, lab.host(outsider).peer_id())];
     let member_ids: Vec<String> = members.iter().map(|&h| lab.host(h).peer_id()).collect();
-    let mut by_dht = 0;
+    // Checked at every poll below, not only at the end.
+    let no_stranger_connected = |lab: &Lab| {
+        for &h in &members {
+            let connected = lab.host(h).connected_peers();
+            for (s, id) in &strangers {
+                assert!(!connected.contains(id), "h{h} is connected for sync to h{s} of another network: {}", lab.host(h).peers());
+            }
+        }
+    };
+    lab.wait_until(CONVERGE_TIMEOUT, "the six members connect to each other through the DHT", || {
+        no_stranger_connected(&lab);
+        for (i, &h) in members.iter().enumerate() {
+            let connected: BTreeSet<String> = lab.host(h).connected_peers().into_iter().collect();
+            let missing: Vec<usize> =
+                members.iter().enumerate().filter(|&(j, _)| j != i && !connected.contains(&member_ids[j])).map(|(_, &o)| o).collect();
+            if !missing.is_empty() {
+                return Err(format!("h{h} is not connected to {missing:?}"));
+            }
+        }
+        Ok(())
+    });
+    let meshed = started.elapsed();
+    // `GET /peers/discovered`: each member lists the five others with the
+    // method `dht`, and the DHT named no one else.
     for &h in &members {
+        let others: Vec<usize> = members.iter().copied().filter(|&o| o != h).collect();
+        wait_discovered(&lab, h, &others, "dht");
         for entry in discovered(&lab, h) {
             if entry["methods"].as_array().is_some_and(|m| m.contains(&json!("dht"))) {
                 let id = entry["peer_id"].as_str().unwrap_or_default();
                 assert!(member_ids.iter().any(|m| m == id), "h{h}: the DHT named a non-member: {entry}");
-                by_dht += 1;
             }
         }
     }
-    assert!(by_dht > 0, "no member found another through the DHT");
     let mut expected = BTreeSet::new();
     for &h in &members {
         let id = format!("dht:h{h}");
@@ -818,19 +843,38 @@ fn routed_nodes_find_their_network_through_a_strangers_dht() {
         expected.insert(id);
     }
     lab.host(0).put("stranger:1", &json!({"from": "another network"}));
+    lab.host(outsider).put("outsider:1", &json!({"from": "a third network"}));
     let writes_done = Instant::now();
-    wait_converged(&lab, &members, &expected, "the six members hold the 6 writes");
+    lab.wait_until(CONVERGE_TIMEOUT, "the six members hold the 6 writes", || {
+        no_stranger_connected(&lab);
+        members.iter().map(|&h| holds_all(&lab, h, &expected)).collect::<Result<Vec<()>, String>>().map(drop)
+    });
+    let converged = writes_done.elapsed();
+    no_stranger_connected(&lab);
     for &h in &members {
-        assert!(!lab.host(h).connected_peers().contains(&stranger_id), "h{h} is connected to the stranger for sync");
-        assert_eq!(lab.host(h).get("stranger:1"), None, "h{h} holds the stranger's write");
+        for foreign in ["stranger:1", "outsider:1"] {
+            assert_eq!(lab.host(h).get(foreign), None, "h{h} holds {foreign}, written in another network");
+        }
     }
-    assert!(lab.host(0).connected_peers().is_empty(), "the stranger has sync peers: {}", lab.host(0).peers());
-    for id in &expected {
-        assert_eq!(lab.host(0).get(id), None, "the stranger holds {id}");
+    for (s, _) in &strangers {
+        assert!(lab.host(*s).connected_peers().is_empty(), "h{s} of another network has sync peers: {}", lab.host(*s).peers());
+        for id in &expected {
+            assert_eq!(lab.host(*s).get(id), None, "h{s} of another network holds {id}");
+        }
     }
+    // The outsider looked up its own network's key on the same DHT and
+    // found none of the members there.
+    let found = discovered(&lab, outsider);
+    assert!(
+        !found
+            .iter()
+            .any(|p| p["methods"].as_array().is_some_and(|m| m.contains(&json!("dht")))
+                && member_ids.iter().any(|m| p["peer_id"] == m.as_str())),
+        "h{outsider} found a member under its own key: {found:?}"
+    );
     eprintln!(
-        "netlab: routed(4,3) by a stranger's DHT: full mesh of 6 {} ms after the first member started; writes converged in {} ms",
+        "netlab: routed(4,4) by a stranger's DHT, a third network beside: full mesh of 6 {} ms after the first member started; writes converged in {} ms",
         meshed.as_millis(),
-        writes_done.elapsed().as_millis()
+        converged.as_millis()
     );
 }
