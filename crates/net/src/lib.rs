@@ -50,8 +50,11 @@
 //! ```
 //!
 //! To replicate a `DataSyncEngine`, hand it the events and let it send
-//! through the engine: [`SyncDriver`] is a minimal driver that does this
-//! (the node runtime has its own). The wire format is in
+//! through the engine: [`SyncPort`] is that loop's body, which
+//! [`SyncDriver`] (a minimal driver) and the node runtime's writer both
+//! run. What a connection does once the transport has authenticated the
+//! peer (admission, heartbeats, limits, peer exchange) is the sans-IO
+//! [`link::Link`] that every engine drives. The wire format is in
 //! `docs/protocol.md`, "Frames".
 
 pub mod codec;
