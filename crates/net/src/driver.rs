@@ -49,7 +49,7 @@ pub fn now_ms() -> u64 {
 pub enum SyncWake {
     /// A peer event: hand it to [`SyncPort::apply`].
     Event(PeerEvent),
-    /// The sync engine's timer is due (or [`IDLE_WAKE`] passed): call
+    /// The sync engine's timer is due (or `IDLE_WAKE` (60 s) passed): call
     /// `handle_timeout`.
     Timer,
     /// Every [`crate::SyncHandle`] is gone: no event will come again (later
@@ -112,7 +112,7 @@ impl<E: NetworkEngine + ?Sized> SyncPort<E> {
     }
 
     /// Waits for the next peer event, or until `deadline_ms` (the sync
-    /// engine's `poll_timeout`; [`IDLE_WAKE`] from now when `None`).
+    /// engine's `poll_timeout`; `IDLE_WAKE` (60 s) from now when `None`).
     /// Cancel-safe: dropped inside a `select!`, it loses no event.
     pub async fn next(&mut self, deadline_ms: Option<u64>) -> SyncWake {
         let sleep = deadline_ms.map_or(IDLE_WAKE, |at| Duration::from_millis(at.saturating_sub(now_ms())));
@@ -134,7 +134,7 @@ impl<E: NetworkEngine + ?Sized> SyncPort<E> {
         }
     }
 
-    /// Applies `first` and up to [`MAX_EVENTS_PER_TURN`] events already
+    /// Applies `first` and up to `MAX_EVENTS_PER_TURN` (256) events already
     /// queued behind it; returns how many were applied.
     pub fn apply<S: Store>(&mut self, sync: &mut DataSyncEngine<S>, first: PeerEvent) -> usize {
         apply(sync, first);

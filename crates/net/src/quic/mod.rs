@@ -5,17 +5,17 @@
 //! use mutual TLS 1.3 with certificates that carry the node keys
 //! (`pluresdb_security::tls`), so each side learns the other's peer id from
 //! the handshake itself. Then the link protocol ([`crate::link`]) runs over
-//! the connection: the QUIC side of its admission is [`handshake`] (the
+//! the connection: the QUIC side of its admission is `handshake` (the
 //! control stream, the TLS exporter as the session binding), and an
-//! admitted connection becomes a [`link`] task: a control stream for small
+//! admitted connection becomes a `link` task: a control stream for small
 //! frames, a bulk stream for `DataSync`.
 //!
-//! The rest is QUIC's or this engine's own, a file each: the [`transport`]
+//! The rest is QUIC's or this engine's own, a file each: the `transport`
 //! settings (TLS, flow-control windows before and after admission), the
-//! [`admission`] budget of incoming handshakes (Retry, per-address
-//! limits), the [`accept`] loop, [`dial`] supervision with [`backoff`], the
-//! [`registry`] of links (duplicates, connection limit), and the
-//! [`engine`]'s `NetworkEngine` methods.
+//! `admission` budget of incoming handshakes (Retry, per-address
+//! limits), the `accept` loop, `dial` supervision with `backoff`, the
+//! `registry` of links (duplicates, connection limit), and the
+//! `engine`'s `NetworkEngine` methods.
 
 mod accept;
 mod address;
