@@ -131,7 +131,23 @@ fn lan_two_nodes_replicate() {
     }
     let mut lab = Lab::lan(2);
     let started = lab.host_mut(0).start(&[]);
-    assert_eq!(started["listen"], json!([format!("{}:{}", lab.host(0).address, netlab::PEER_PORT)]), "{started}");
+    // QUIC's address first, then the libp2p engine's multiaddrs at the QUIC
+    // port + 10 (TCP, QUIC-v1) and + 11 (WebSocket).
+    let address = lab.host(0).address;
+    let peer = started["peer_id"].as_str().unwrap_or_default().to_owned();
+    let (libp2p, ws) = (netlab::PEER_PORT + 10, netlab::PEER_PORT + 11);
+    let mut listen: Vec<String> =
+        started["listen"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).map(str::to_owned).collect();
+    assert_eq!(listen.first(), Some(&format!("{address}:{}", netlab::PEER_PORT)), "{started}");
+    listen.sort();
+    let mut expected = vec![
+        format!("{address}:{}", netlab::PEER_PORT),
+        format!("/ip4/{address}/tcp/{libp2p}/p2p/{peer}"),
+        format!("/ip4/{address}/udp/{libp2p}/quic-v1/p2p/{peer}"),
+        format!("/ip4/{address}/tcp/{ws}/ws/p2p/{peer}"),
+    ];
+    expected.sort();
+    assert_eq!(listen, expected, "{started}");
     let ticket = lab.host(0).ticket();
     lab.host_mut(1).start(&["--join", &ticket]);
     lab.host(0).put("from:h0", &json!({"by": 0}));
