@@ -95,6 +95,13 @@ pub struct Config {
     pub api_hosts: Setting<Vec<String>>,
 }
 
+/// The log filter unless `PLURESDB_LOG` or `log` says otherwise: warnings,
+/// but not Kademlia's "Failed to trigger bootstrap: No known peers", which
+/// it repeats every 5 minutes on a node with no DHT neighbour yet (a lone
+/// node, or one whose bootstrap is down; the libp2p engine says what its
+/// DHT found).
+const DEFAULT_LOG: &str = "warn,libp2p_kad=error";
+
 /// Picks the first given of flag, environment, file and default.
 fn pick<T>(flag: Option<T>, env: Option<T>, file: Option<T>, default: T) -> Setting<T> {
     match (flag, env, file) {
@@ -251,7 +258,7 @@ pub fn load(cli: &Cli) -> anyhow::Result<Config> {
         api_addr: pick(flag_addr, env_addr, file_addr, default_addr),
         require_token: pick(flag_require, env_require, file.require_token, false),
         resolver: pick(cli.resolver, env_resolver, file_resolver, Resolver::LastWriterWins),
-        log: pick(None, env("PLURESDB_LOG"), file.log, "warn".to_owned()),
+        log: pick(None, env("PLURESDB_LOG"), file.log, DEFAULT_LOG.to_owned()),
         watch_buffer: pick(None, env_watch_buffer, file_watch_buffer, pluresdb_runtime::RuntimeOptions::default().watch_buffer),
         max_clock_drift: pick(flag_drift, env_drift, file_drift, pluresdb_core::DEFAULT_MAX_CLOCK_DRIFT),
         bootstrap: pick(flag_bootstrap, env_bootstrap, file.bootstrap, Vec::new()),
