@@ -189,13 +189,28 @@ pub async fn invite(State(state): State<ApiState>, query: Result<Query<InviteQue
     let mut addresses: Vec<String> =
         q.addresses.iter().flat_map(|a| a.split(',')).map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect();
     if addresses.is_empty() {
-        addresses = state.handle.listen_addresses();
+        addresses = ticket_addresses(state.handle.listen_addresses());
     }
     let peer_id: PeerId =
         state.handle.peer_id().parse().map_err(|err| ApiError::bad_request(format!("this node's peer id does not parse: {err}")))?;
     let ticket = Ticket { peer_id, addresses, secret: (*state.secret).clone() };
     let ticket = ticket.to_text().map_err(|err| ApiError::bad_request(format!("cannot make a ticket: {err}")))?;
     Ok(Json(InviteDoc { ticket }))
+}
+
+/// The addresses a ticket names when the caller names none: where the
+/// node listens, without loopback multiaddrs when it has other ones (a node
+/// on every interface lists 127.0.0.1 for libp2p, which names the joiner's
+/// own machine, not this one), at most a ticket's
+/// [`MAX_TICKET_ADDRESSES`](pluresdb_security::MAX_TICKET_ADDRESSES): QUIC's
+/// first, as the node lists them, so a machine with many interfaces still
+/// gets a ticket.
+fn ticket_addresses(listen: Vec<String>) -> Vec<String> {
+    let loopback = |address: &str| address.starts_with("/ip4/127.") || address.starts_with("/ip6/::1/");
+    let elsewhere = listen.iter().any(|a| a.starts_with('/') && !loopback(a));
+    let mut addresses: Vec<String> = listen.into_iter().filter(|a| !(elsewhere && loopback(a))).collect();
+    addresses.truncate(pluresdb_security::MAX_TICKET_ADDRESSES);
+    addresses
 }
 
 /// The access mode and the allowlist.
@@ -244,4 +259,25 @@ pub async fn trust_remove(
         return Err(ApiError::not_found(format!("{peer_id} is not on the allowlist")));
     }
     Ok(Json(TrustChangeDoc { peer_id, allowed: false, changed: true }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ticket_addresses;
+
+    #[test]
+    fn a_ticket_names_no_loopback_multiaddr_beside_real_ones_and_at_most_its_limit() {
+        let listen = |n: usize| -> Vec<String> {
+            let mut all = vec!["192.0.2.1:34569".to_owned(), "/ip4/127.0.0.1/tcp/34579/p2p/x".to_owned()];
+            all.extend((0..n).map(|i| format!("/ip4/192.0.2.{i}/tcp/34579/p2p/x")));
+            all
+        };
+        assert_eq!(ticket_addresses(listen(1)), ["192.0.2.1:34569", "/ip4/192.0.2.0/tcp/34579/p2p/x"]);
+        let many = ticket_addresses(listen(40));
+        assert_eq!(many.len(), pluresdb_security::MAX_TICKET_ADDRESSES);
+        assert_eq!(many[0], "192.0.2.1:34569", "QUIC's address first");
+        // A node on loopback only keeps its loopback addresses.
+        let local = vec!["127.0.0.1:1".to_owned(), "/ip4/127.0.0.1/tcp/2/p2p/x".to_owned()];
+        assert_eq!(ticket_addresses(local.clone()), local);
+    }
 }
