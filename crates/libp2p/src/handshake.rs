@@ -53,22 +53,7 @@ pub(crate) enum Role {
 /// A `hello` frame as the libp2p handshake sends it: the QUIC engine's
 /// fields and the `nonce`.
 pub fn hello_frame(hello: &Hello, nonce: &[u8; 32]) -> Frame {
-    let mut out = Vec::with_capacity(160);
-    cbor::map(&mut out, 5);
-    cbor::text(&mut out, "protocol_version");
-    cbor::unsigned(&mut out, u64::from(hello.protocol_version));
-    cbor::text(&mut out, "peer_id");
-    cbor::text(&mut out, &hello.peer_id);
-    cbor::text(&mut out, "listen_addresses");
-    cbor::array(&mut out, hello.listen_addresses.len());
-    for address in &hello.listen_addresses {
-        cbor::text(&mut out, address);
-    }
-    cbor::text(&mut out, "proof");
-    match &hello.proof {
-        Some(proof) => cbor::bytes(&mut out, proof),
-        None => cbor::null(&mut out),
-    }
+    let mut out = pluresdb_net::message::encode_hello_with(hello, 1);
     cbor::text(&mut out, "nonce");
     cbor::text(&mut out, &hex(nonce));
     Frame::new(FrameKind::Hello, Bytes::from(out))

@@ -387,8 +387,15 @@ impl TryFrom<NetworkMessage> for SyncMessage {
 }
 
 fn encode_hello(hello: &Hello) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128);
-    cbor::map(&mut out, 4);
+    encode_hello_with(hello, 0)
+}
+
+/// The CBOR map of `hello` as a `Hello` frame carries it, sized for
+/// `extra` more entries that the caller appends (the libp2p handshake's
+/// `nonce`); decoders skip entries they do not know.
+pub fn encode_hello_with(hello: &Hello, extra: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + 80 * extra);
+    cbor::map(&mut out, 4 + extra);
     cbor::text(&mut out, "protocol_version");
     cbor::unsigned(&mut out, u64::from(hello.protocol_version));
     cbor::text(&mut out, "peer_id");
