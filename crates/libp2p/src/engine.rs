@@ -19,7 +19,7 @@ use pluresdb_net::link::Lane;
 use pluresdb_net::{
     ErrorCode, Frame, NetworkConfig, NetworkEngine, NetworkError, NetworkMessage, PeerInfo, PeerManager, ReceiveLimits, Result, SyncHandle,
 };
-use pluresdb_security::{AccessPolicy, Identity, NetworkSecret};
+use pluresdb_security::{AccessPolicy, Identity};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -657,14 +657,7 @@ impl NetworkEngine for Libp2pNetworkEngine {
             let settings = lock(&self.shared.settings);
             (settings.identity.clone(), settings.policy.clone())
         };
-        let identity = match identity {
-            Some(identity) => identity,
-            None => Identity::generate().map_err(NetworkError::Tls)?,
-        };
-        let policy = match policy {
-            Some(policy) => policy,
-            None => AccessPolicy::with_secret(NetworkSecret::generate().map_err(NetworkError::Tls)?),
-        };
+        let (identity, policy) = pluresdb_net::identity_and_policy(identity, policy)?;
         let keypair = crate::identity::keypair(&identity)?;
         let peer_id = identity.peer_id();
         let libp2p_id = keypair.public().to_peer_id();

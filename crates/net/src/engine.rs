@@ -4,6 +4,7 @@
 use crate::error::NetworkError;
 use crate::message::NetworkMessage;
 use crate::peer::PeerInfo;
+use pluresdb_security::{AccessPolicy, Identity, NetworkSecret};
 
 /// The result of network operations.
 pub type Result<T, E = NetworkError> = std::result::Result<T, E>;
@@ -47,4 +48,19 @@ pub trait NetworkEngine: Send + Sync {
         }
         Ok(found)
     }
+}
+
+/// The identity and access policy an engine runs with: those it was given,
+/// else a fresh identity and a policy with a fresh network secret (so an
+/// engine given no policy syncs with no one until it is given the secret).
+pub fn identity_and_policy(identity: Option<Identity>, policy: Option<AccessPolicy>) -> Result<(Identity, AccessPolicy)> {
+    let identity = match identity {
+        Some(identity) => identity,
+        None => Identity::generate().map_err(NetworkError::Tls)?,
+    };
+    let policy = match policy {
+        Some(policy) => policy,
+        None => AccessPolicy::with_secret(NetworkSecret::generate().map_err(NetworkError::Tls)?),
+    };
+    Ok((identity, policy))
 }

@@ -75,7 +75,7 @@ pub use codec::{CodecError, Frame, FrameDecoder, FrameKind, MAX_FRAME_BYTES};
 pub use combined::CombinedNetworkEngine;
 pub use config::{DiscoveryConfig, NetworkConfig, ReceiveLimits, DEFAULT_PORT};
 pub use driver::{apply as apply_peer_event, now_ms, send_transmit, SyncDriver, SyncPort, SyncWake};
-pub use engine::{NetworkEngine, Result};
+pub use engine::{identity_and_policy, NetworkEngine, Result};
 pub use error::NetworkError;
 pub use events::{PeerEvent, PeerEvents, QueueLimits, SyncHandle};
 pub use exchange::{usable_address, LearnedPeer, MAX_LEARNED_PEERS};

@@ -11,7 +11,7 @@ use crate::error::NetworkError;
 use crate::link::{self, Lane, CLOSE_NORMAL, LINGER};
 use crate::message::NetworkMessage;
 use crate::peer::PeerInfo;
-use pluresdb_security::{AccessPolicy, Identity, NetworkSecret, PeerId};
+use pluresdb_security::PeerId;
 use quinn::{Endpoint, VarInt};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -32,14 +32,7 @@ impl NetworkEngine for QuicNetworkEngine {
             let settings = lock(&self.shared.settings);
             (settings.identity.clone(), settings.policy.clone())
         };
-        let identity = match identity {
-            Some(identity) => identity,
-            None => Identity::generate().map_err(NetworkError::Tls)?,
-        };
-        let policy = match policy {
-            Some(policy) => policy,
-            None => AccessPolicy::with_secret(NetworkSecret::generate().map_err(NetworkError::Tls)?),
-        };
+        let (identity, policy) = crate::engine::identity_and_policy(identity, policy)?;
         let keys = transport::keys(config, identity, policy)?;
         *lock(&self.shared.keys) = Some(Arc::new(keys));
         Ok(())
