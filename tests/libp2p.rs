@@ -5,22 +5,8 @@
 
 mod common;
 
-use common::{cli, Node};
+use common::{cli, held, invite, version, wait_until, Node};
 use serde_json::{json, Value};
-use std::path::Path;
-use std::time::{Duration, Instant};
-
-/// Every wait in these tests ends by this deadline.
-const DEADLINE: Duration = Duration::from_secs(60);
-
-/// Waits until `check` holds, failing with `what` at the deadline.
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// `node`'s listen address that `pick` chooses among those it lists.
 fn listen_address(node: &Node, pick: impl Fn(&str) -> bool) -> String {
@@ -32,21 +18,6 @@ fn listen_address(node: &Node, pick: impl Fn(&str) -> bool) -> String {
 /// The node's libp2p TCP address (`/ip4/127.0.0.1/tcp/N/p2p/...`).
 fn libp2p_tcp(node: &Node) -> String {
     listen_address(node, |a| a.starts_with("/ip4/") && a.contains("/tcp/") && !a.contains("/ws"))
-}
-
-/// A ticket to `node`'s network naming `address` only.
-fn ticket(dir: &Path, address: &str) -> String {
-    let out = cli(dir, &["--json", "invite", "--address", address]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice::<Value>(&out.stdout).unwrap()["ticket"].as_str().unwrap().to_owned()
-}
-
-fn held(node: &Node) -> u64 {
-    node.request("GET", "/status", "").1["operations_held"].as_u64().unwrap_or(0)
-}
-
-fn version(node: &Node) -> Value {
-    node.request("GET", "/status", "").1["version_vector"].clone()
 }
 
 /// The transports `node`'s connected peers are linked over, by peer id.
@@ -65,7 +36,7 @@ fn transports(node: &Node) -> Vec<(String, String)> {
 fn two_nodes_sync_over_libp2p_alone_through_restarts_and_kill_9() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = Node::start_with(da.path(), &["--no-quic"]);
-    let t = ticket(da.path(), &libp2p_tcp(&a));
+    let t = invite(da.path(), &libp2p_tcp(&a));
     let b = Node::start_with(db.path(), &["--no-quic", "--join", &t]);
 
     // Both directions.
@@ -114,8 +85,8 @@ fn a_quic_only_and_a_libp2p_only_node_converge_through_a_node_running_both() {
     let b = Node::start(dirs[1].path());
     let quic_address = b.listen.clone().expect("B listens over QUIC");
     assert!(!quic_address.starts_with('/'), "QUIC's address comes first: {quic_address}");
-    let a = Node::start_with(dirs[0].path(), &["--no-libp2p", "--join", &ticket(dirs[1].path(), &quic_address)]);
-    let c = Node::start_with(dirs[2].path(), &["--no-quic", "--join", &ticket(dirs[1].path(), &libp2p_tcp(&b))]);
+    let a = Node::start_with(dirs[0].path(), &["--no-libp2p", "--join", &invite(dirs[1].path(), &quic_address)]);
+    let c = Node::start_with(dirs[2].path(), &["--no-quic", "--join", &invite(dirs[1].path(), &libp2p_tcp(&b))]);
 
     assert_eq!(a.request("PUT", "/nodes/from:a", r#"{"by":"a"}"#).0, 200);
     assert_eq!(c.request("PUT", "/nodes/from:c", r#"{"by":"c"}"#).0, 200);
@@ -138,8 +109,8 @@ fn an_invite_ticket_carries_the_multiaddrs_a_libp2p_only_node_joins_by() {
     let a = Node::start(da.path());
     let out = cli(da.path(), &["--json", "invite"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let invite: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let b = Node::start_with(db.path(), &["--no-quic", "--join", invite["ticket"].as_str().unwrap()]);
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let b = Node::start_with(db.path(), &["--no-quic", "--join", answer["ticket"].as_str().unwrap()]);
     assert_eq!(b.request("PUT", "/nodes/joined", "{}").0, 200);
     wait_until("A holds B's write", || a.request("GET", "/nodes/joined", "").0 == 200);
     assert_eq!(transports(&b).into_iter().map(|(_, transport)| transport).collect::<Vec<_>>(), ["libp2p"]);

@@ -4,37 +4,13 @@
 
 mod common;
 
-use common::{cli, Node};
-use serde_json::{json, Value};
+use common::{cli, held, invite, version, wait_until, Node};
+use serde_json::json;
 use std::path::Path;
-use std::time::{Duration, Instant};
-
-/// Every wait in these tests ends by this deadline.
-const DEADLINE: Duration = Duration::from_secs(60);
-
-/// Waits until `check` holds, failing with `what` at the deadline.
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// A ticket to `node`'s network, naming its QUIC address.
 fn ticket(dir: &Path, node: &Node) -> String {
-    let listen = node.listen.clone().expect("the node listens for peers");
-    let out = cli(dir, &["--json", "invite", "--address", &listen]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice::<Value>(&out.stdout).unwrap()["ticket"].as_str().unwrap().to_owned()
-}
-
-fn held(node: &Node) -> u64 {
-    node.request("GET", "/status", "").1["operations_held"].as_u64().unwrap_or(0)
-}
-
-fn version(node: &Node) -> Value {
-    node.request("GET", "/status", "").1["version_vector"].clone()
+    invite(dir, &node.listen.clone().expect("the node listens for peers"))
 }
 
 #[test]

@@ -171,3 +171,33 @@ pub fn concurrent_names(dir: &std::path::Path) {
     b.update("user:1", serde_json::json!({"name": "Alicia"}), 1_000).unwrap();
     a.apply_remote(b.ops_after("peer-b", 0, 10).unwrap(), 1_000).unwrap();
 }
+
+/// How long the process tests' waits for replication may take.
+pub const REPLICATION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Waits until `check` holds, failing with `what` at
+/// [`REPLICATION_DEADLINE`].
+pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + REPLICATION_DEADLINE;
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A ticket to the network of the node on `dir`, naming `address` only.
+pub fn invite(dir: &std::path::Path, address: &str) -> String {
+    let out = cli(dir, &["--json", "invite", "--address", address]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<Value>(&out.stdout).unwrap()["ticket"].as_str().unwrap().to_owned()
+}
+
+/// How many operations `node` holds.
+pub fn held(node: &Node) -> u64 {
+    node.request("GET", "/status", "").1["operations_held"].as_u64().unwrap_or(0)
+}
+
+/// `node`'s version vector.
+pub fn version(node: &Node) -> Value {
+    node.request("GET", "/status", "").1["version_vector"].clone()
+}
