@@ -151,7 +151,7 @@ async fn start_network(data_dir: &Path, settings: &PeerSettings, db: &Replica) -
         enable_dht: settings.dht,
         // Multiaddrs are the libp2p engine's to dial; the others go
         // through discovery's bootstrap list.
-        bootstrap_nodes: settings.bootstrap.iter().filter(|a| a.starts_with('/')).cloned().collect(),
+        bootstrap_nodes: settings.bootstrap.iter().filter(|a| is_libp2p(a)).cloned().collect(),
         ..Default::default()
     };
     config.discovery.enable_dht = settings.dht;
@@ -164,15 +164,27 @@ async fn start_network(data_dir: &Path, settings: &PeerSettings, db: &Replica) -
     if settings.mdns && config.enable_quic && !config.discovery.enable_mdns {
         tracing::info!(bind = %settings.bind, "mDNS is off: the node listens on loopback only");
     }
+    // Checked before any engine starts.
+    #[cfg(feature = "libp2p")]
+    let libp2p_listen = match &settings.libp2p_listen[..] {
+        _ if !config.enable_libp2p => Vec::new(),
+        [] => default_libp2p_listen(settings.bind),
+        given => given
+            .iter()
+            .map(|text| {
+                text.parse::<pluresdb_libp2p::Multiaddr>()
+                    .map_err(|err| crate::InvalidInput(format!("libp2p_listen: {text:?} is not a multiaddr: {err}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
     let (sync, events) = pluresdb_net::SyncHandle::channel(1_024);
-    let mut combined = CombinedNetworkEngine::new(sync.clone());
+    let mut combined = CombinedNetworkEngine::new(sync);
     let mut registries = Vec::new();
-    let mut transports = Vec::new();
     let mut listen_addresses = Vec::new();
     let mut quic = None;
     if config.enable_quic {
         let peers = Arc::new(PeerManager::new());
-        let mut engine = pluresdb_net::QuicNetworkEngine::new(config.clone(), peers.clone(), sync.for_engine(transports.len()))
+        let mut engine = pluresdb_net::QuicNetworkEngine::new(config.clone(), peers.clone(), combined.next_sync_handle())
             .with_identity(identity.clone())
             .with_access_policy(policy.clone())
             .with_peer_exchange(true);
@@ -181,37 +193,27 @@ async fn start_network(data_dir: &Path, settings: &PeerSettings, db: &Replica) -
         listen_addresses.extend(reachable_addresses(local));
         combined = combined.with_engine(Transport::Quic, Box::new(engine.clone()));
         registries.push(peers);
-        transports.push(Transport::Quic.as_str());
         quic = Some((engine, local));
     }
     #[cfg(feature = "libp2p")]
     let libp2p = match config.enable_libp2p {
         true => {
             let peers = Arc::new(PeerManager::new());
-            let listen = settings
-                .libp2p_listen
-                .iter()
-                .map(|text| {
-                    text.parse::<pluresdb_libp2p::Multiaddr>()
-                        .map_err(|err| crate::InvalidInput(format!("libp2p_listen: {text:?} is not a multiaddr: {err}")))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut engine = pluresdb_libp2p::Libp2pNetworkEngine::new(config.clone(), peers.clone(), sync.for_engine(transports.len()))
+            let mut engine = pluresdb_libp2p::Libp2pNetworkEngine::new(config.clone(), peers.clone(), combined.next_sync_handle())
                 .with_identity(identity.clone())
                 .with_access_policy(policy.clone())
-                .with_dht(settings.dht);
-            let listen = if listen.is_empty() { default_libp2p_listen(settings.bind) } else { listen };
-            engine = engine.with_listen_addresses(listen);
+                .with_dht(settings.dht)
+                .with_listen_addresses(libp2p_listen);
             engine.start().await.context("cannot start the libp2p engine")?;
             listen_addresses.extend(engine.dial_addresses().iter().map(ToString::to_string));
             combined = combined.with_engine(Transport::Libp2p, Box::new(engine.clone()));
             registries.push(peers);
-            transports.push(Transport::Libp2p.as_str());
             Some(engine)
         }
         false => None,
     };
-    let peers = Arc::new(PeerManager::union(registries.clone()));
+    let peers = Arc::new(PeerManager::union(registries));
+    let transports = combined.transports().into_iter().map(Transport::as_str).collect();
     let engine: Arc<dyn NetworkEngine> = Arc::new(combined);
 
     let (stop_dialling, dialling_stopped) = tokio::sync::watch::channel(false);
@@ -262,6 +264,12 @@ async fn start_network(data_dir: &Path, settings: &PeerSettings, db: &Replica) -
         discovery,
         stop_dialling,
     })
+}
+
+/// Whether `address` is the libp2p engine's (a multiaddr) rather than the
+/// QUIC engine's, by the rule the engines run as one route by.
+fn is_libp2p(address: &str) -> bool {
+    pluresdb_net::CombinedNetworkEngine::transport_of(address) == pluresdb_net::Transport::Libp2p
 }
 
 /// How far above the QUIC port the libp2p engine listens by default: TCP
@@ -317,7 +325,7 @@ async fn start_discovery_of(
     let discovery_with = |enable_mdns: bool| {
         let config = pluresdb_net::DiscoveryConfig { enable_mdns, ..config.discovery.clone() };
         let mut discovery = pluresdb_discovery::CombinedDiscovery::new(config)
-            .with_bootstrap(settings.bootstrap.iter().filter(|a| !a.starts_with('/') && quic.is_some()).cloned().collect())
+            .with_bootstrap(settings.bootstrap.iter().filter(|a| !is_libp2p(a) && quic.is_some()).cloned().collect())
             .with_interfaces(settings.mdns_interfaces.clone())
             .with_peer_exchange(peers.clone());
         if let Some(announced) = &announced {
@@ -396,11 +404,11 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
         let quic_runs = handle.transports().contains(&pluresdb_net::Transport::Quic.as_str());
         if handle.transports().contains(&pluresdb_net::Transport::Libp2p.as_str()) {
             // Remembered as dialed, so that a restart dials them again.
-            for address in peers.iter().flat_map(|p| p.bootstrap.iter()).filter(|a| a.starts_with('/')) {
+            for address in peers.iter().flat_map(|p| p.bootstrap.iter()).filter(|a| is_libp2p(a)) {
                 handle.remember_dialed(address).await;
             }
         }
-        for address in peers.iter().flat_map(|p| p.bootstrap.clone()).filter(|a| !a.starts_with('/') && quic_runs) {
+        for address in peers.iter().flat_map(|p| p.bootstrap.clone()).filter(|a| !is_libp2p(a) && quic_runs) {
             let handle = handle.clone();
             tokio::spawn(async move {
                 // Until the first connection; the engine redials after that.
@@ -437,7 +445,7 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
                 writeln!(out, "pluresdb node {peer_id}")?;
                 writeln!(out, "HTTP API on http://{bound} (routes: http://{bound}/openapi.json)")?;
                 for address in handle.listen_addresses() {
-                    let transport = if address.starts_with('/') { "libp2p" } else { "QUIC" };
+                    let transport = if is_libp2p(&address) { "libp2p" } else { "QUIC" };
                     writeln!(out, "peers connect over {transport} to {address}")?;
                 }
                 if handle.transports().is_empty() && peers.is_some() {
@@ -480,7 +488,7 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
                 }
             }
             #[cfg(not(feature = "libp2p"))]
-            drop(libp2p);
+            let _unused: Option<std::convert::Infallible> = libp2p;
         }
         node.shutdown().await;
         served.context("the API server failed")?;

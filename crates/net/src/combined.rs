@@ -22,7 +22,7 @@ use crate::peer::{PeerInfo, Transport};
 ///
 /// let (sync, events) = SyncHandle::channel(64);
 /// let quic = QuicNetworkEngine::new(NetworkConfig::loopback(), Arc::new(PeerManager::new()), sync.for_engine(0));
-/// // A second engine would take `sync.for_engine(1)` and be added second.
+/// // A second engine would take `engine.next_sync_handle()` and be added second.
 /// let engine = CombinedNetworkEngine::new(sync).with_engine(Transport::Quic, Box::new(quic));
 /// assert_eq!(engine.transports(), vec![Transport::Quic]);
 /// # drop(events);
@@ -39,8 +39,14 @@ impl CombinedNetworkEngine {
         Self { sync, engines: Vec::new() }
     }
 
-    /// Adds `engine`, which must deliver through `sync.for_engine(n)`
-    /// where `n` is the number of engines added before it.
+    /// The handle the next engine added must deliver through:
+    /// `sync.for_engine(n)`, `n` the number of engines added so far.
+    pub fn next_sync_handle(&self) -> SyncHandle {
+        self.sync.for_engine(self.engines.len())
+    }
+
+    /// Adds `engine`, which must deliver through the
+    /// [`next_sync_handle`](Self::next_sync_handle) taken before.
     pub fn with_engine(mut self, transport: Transport, engine: Box<dyn NetworkEngine>) -> Self {
         self.engines.push((transport, engine));
         self
