@@ -383,3 +383,39 @@ fn serve_runs_on_without_mdns_when_mdns_cannot_start() {
     assert!(stderr.contains("mDNS is off") && stderr.contains("no multicast interface (simulated)"), "says so, and why: {stderr}");
     assert!(b.stop().0);
 }
+
+/// `serve` with settings of the engines that cannot work ends at once with
+/// exit code 2 and the reason, before any engine listens, and what the
+/// data directory holds is untouched.
+#[test]
+fn serve_refuses_bad_engine_settings_with_the_reason_and_keeps_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(cli(dir.path(), &["put", "kept", r#"{"v":1}"#]).status.success());
+    let serve = |extra: &[&str], env: &[(&str, &str)]| {
+        // Bounded: a serve that runs instead of refusing is killed and fails the test.
+        let mut child =
+            Node::command(dir.path(), extra, env).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("serve {extra:?} {env:?} ran instead of refusing");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stderr) = serve(&["--libp2p-listen", "/ip4/127.0.0.1/tcp/notaport"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("is not a multiaddr"), "{stderr}");
+    let (code, stderr) = serve(&[], &[("PLURESDB_LIBP2P", "maybe")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("PLURESDB_LIBP2P") && stderr.contains("is not true or false"), "{stderr}");
+    std::fs::write(dir.path().join("pluresdb.toml"), "dht = \"yes\"\n").unwrap();
+    let (code, stderr) = serve(&[], &[]);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("dht"), "names the key: {stderr}");
+    std::fs::remove_file(dir.path().join("pluresdb.toml")).unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&cli(dir.path(), &["--json", "get", "kept"]).stdout).unwrap()["value"], json!({"v": 1}));
+}
