@@ -287,6 +287,8 @@ struct Throughput {
     json_bytes: usize,
     wire_bytes: u64,
     quinn: Duration,
+    /// The same bytes between bare libp2p swarms (libp2p runs only).
+    raw_libp2p: Option<Duration>,
     redb: Duration,
 }
 
@@ -319,8 +321,14 @@ async fn throughput(transport: Transport) -> anyhow::Result<Throughput> {
     a.stop().await;
     let per_op = (wire_bytes as usize / THROUGHPUT_OPS).max(8);
     let quinn = within(Duration::from_secs(60), "raw quinn stream", raw_quinn_stream(THROUGHPUT_OPS, per_op - 4)).await??;
+    let raw_libp2p = match transport {
+        Transport::Quic => None,
+        Transport::Libp2p => {
+            Some(within(Duration::from_secs(60), "raw libp2p stream", raw_libp2p_throughput(THROUGHPUT_OPS, per_op - 4)).await??)
+        }
+    };
     let redb = raw_redb(THROUGHPUT_OPS)?;
-    Ok(Throughput { ops_per_s: THROUGHPUT_OPS as f64 / elapsed.as_secs_f64(), elapsed, json_bytes, wire_bytes, quinn, redb })
+    Ok(Throughput { ops_per_s: THROUGHPUT_OPS as f64 / elapsed.as_secs_f64(), elapsed, json_bytes, wire_bytes, quinn, raw_libp2p, redb })
 }
 
 /// Two quinn endpoints with the engines' TLS (certificates of two
@@ -402,6 +410,8 @@ struct Latency {
     to_peer: Vec<Duration>,
     local_commit: Vec<Duration>,
     quinn_rtt: Vec<Duration>,
+    /// Round trips between bare libp2p swarms (libp2p runs only).
+    libp2p_rtt: Option<Vec<Duration>>,
 }
 
 async fn latency(transport: Transport) -> anyhow::Result<Latency> {
@@ -439,9 +449,13 @@ async fn latency(transport: Transport) -> anyhow::Result<Latency> {
     b.stop().await;
     a.stop().await;
     let quinn_rtt = within(Duration::from_secs(60), "raw quinn round trips", raw_quinn_rtt(LATENCY_SAMPLES)).await??;
+    let libp2p_rtt = match transport {
+        Transport::Quic => None,
+        Transport::Libp2p => Some(within(Duration::from_secs(60), "raw libp2p round trips", raw_libp2p_rtt(LATENCY_SAMPLES)).await??),
+    };
     to_peer.sort();
     local_commit.sort();
-    Ok(Latency { to_peer, local_commit, quinn_rtt })
+    Ok(Latency { to_peer, local_commit, quinn_rtt, libp2p_rtt })
 }
 
 /// Round trips of 100-byte messages over one raw quinn bidirectional stream.
@@ -476,6 +490,138 @@ async fn raw_quinn_rtt(samples: usize) -> anyhow::Result<Vec<Duration>> {
     send.finish()?;
     within(Duration::from_secs(5), "the echo task ending", echo).await???;
     connection.close(0u32.into(), b"done");
+    rtts.sort();
+    Ok(rtts)
+}
+
+// ---- the raw libp2p baseline ------------------------------------------------------
+
+/// The protocol of the raw libp2p baseline's one stream.
+const RAW_PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/pluresdb-bench/raw/1");
+
+/// A bare libp2p swarm on the libp2p engine's transport (TCP without
+/// Nagle, noise, yamux) with no behaviour but streams: what the libp2p
+/// engine stands on, without PluresDB on top.
+fn raw_swarm(seed: u8) -> anyhow::Result<libp2p::Swarm<libp2p_stream::Behaviour>> {
+    let keypair = libp2p::identity::Keypair::ed25519_from_bytes([seed; 32])?;
+    Ok(libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(libp2p::tcp::Config::default().nodelay(true), libp2p::noise::Config::new, libp2p::yamux::Config::default)?
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())?
+        .with_swarm_config(|config| config.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build())
+}
+
+/// Two bare swarms on loopback, the second connected to the first, and one
+/// stream between them: (the opener's end, the acceptor's end). The swarms
+/// run in the returned tasks until they are aborted.
+async fn raw_libp2p_stream() -> anyhow::Result<(libp2p::Stream, libp2p::Stream, [tokio::task::JoinHandle<()>; 2])> {
+    use futures::StreamExt;
+    use libp2p::swarm::SwarmEvent;
+    let (mut server, mut client) = (raw_swarm(3)?, raw_swarm(4)?);
+    let mut incoming = server.behaviour().new_control().accept(RAW_PROTOCOL)?;
+    server.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+    let address = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
+            break address;
+        }
+    };
+    let server_id = *server.local_peer_id();
+    let server_task = tokio::spawn(async move {
+        loop {
+            server.select_next_some().await;
+        }
+    });
+    client.dial(address.with_p2p(server_id).map_err(|address| anyhow!("cannot name the peer in {address}"))?)?;
+    loop {
+        match client.select_next_some().await {
+            SwarmEvent::ConnectionEstablished { .. } => break,
+            SwarmEvent::OutgoingConnectionError { error, .. } => bail!("raw libp2p dial: {error}"),
+            _ => {}
+        }
+    }
+    let mut control = client.behaviour().new_control();
+    let client_task = tokio::spawn(async move {
+        loop {
+            client.select_next_some().await;
+        }
+    });
+    let opened = control.open_stream(server_id, RAW_PROTOCOL).await?;
+    let (_, accepted) = incoming.next().await.context("no incoming raw stream")?;
+    Ok((opened, accepted, [client_task, server_task]))
+}
+
+/// `records` framed records of `size` bytes over one stream between bare
+/// libp2p swarms; returns the time until the receiver has read them all.
+async fn raw_libp2p_throughput(records: usize, size: usize) -> anyhow::Result<Duration> {
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    let (mut opened, mut accepted, tasks) = raw_libp2p_stream().await?;
+    let total = records * (4 + size);
+    let receiver = tokio::spawn(async move {
+        let mut buffer = vec![0u8; 1 << 16];
+        let mut read = 0;
+        while read < total {
+            match accepted.read(&mut buffer).await? {
+                0 => break,
+                n => read += n,
+            }
+        }
+        anyhow::Ok(read)
+    });
+    let mut record = (size as u32).to_be_bytes().to_vec();
+    record.resize(4 + size, 7);
+    let chunk: Vec<u8> = record.iter().copied().cycle().take(record.len() * BATCH).collect();
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < records {
+        let n = (records - sent).min(BATCH);
+        opened.write_all(&chunk[..n * record.len()]).await?;
+        sent += n;
+    }
+    opened.flush().await?;
+    let read = receiver.await??;
+    let elapsed = started.elapsed();
+    tasks.iter().for_each(|task| task.abort());
+    if read != total {
+        bail!("raw libp2p: received {read} of {total} bytes");
+    }
+    Ok(elapsed)
+}
+
+/// Round trips of 100-byte messages over one stream between bare libp2p
+/// swarms.
+async fn raw_libp2p_rtt(samples: usize) -> anyhow::Result<Vec<Duration>> {
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    let (mut opened, mut accepted, tasks) = raw_libp2p_stream().await?;
+    let echo = tokio::spawn(async move {
+        let mut message = [0u8; 100];
+        loop {
+            match accepted.read_exact(&mut message).await {
+                Ok(()) => {
+                    accepted.write_all(&message).await?;
+                    accepted.flush().await?;
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        anyhow::Ok(())
+    });
+    let message = [7u8; 100];
+    let mut reply = [0u8; 100];
+    let mut rtts = Vec::with_capacity(samples);
+    for i in 0..LATENCY_WARMUP + samples {
+        let started = Instant::now();
+        opened.write_all(&message).await?;
+        opened.flush().await?;
+        opened.read_exact(&mut reply).await?;
+        if i >= LATENCY_WARMUP {
+            rtts.push(started.elapsed());
+        }
+    }
+    opened.close().await?;
+    within(Duration::from_secs(5), "the raw libp2p echo ending", echo).await???;
+    tasks.iter().for_each(|task| task.abort());
     rtts.sort();
     Ok(rtts)
 }
@@ -804,6 +950,16 @@ fn main() {
                         redb_rate,
                         100.0 * t.ops_per_s / redb_rate
                     );
+                    if let Some(raw) = t.raw_libp2p {
+                        let raw_rate = THROUGHPUT_OPS as f64 / raw.as_secs_f64();
+                        println!(
+                            "  raw libp2p (TCP, noise, yamux), same bytes: {:>10.0} records/s ({:.1} MB/s)   replication reaches {:.1}% of it; raw libp2p / raw quinn {:.2}x",
+                            raw_rate,
+                            t.wire_bytes as f64 / raw.as_secs_f64() / 1e6,
+                            100.0 * t.ops_per_s / raw_rate,
+                            raw_rate / quinn_rate
+                        );
+                    }
                     rates.push((transport, t.ops_per_s));
                 }
                 Err(err) => println!("  FAILED: {err:#}"),
@@ -842,17 +998,33 @@ fn main() {
                         ms(quantile(&l.quinn_rtt, 0.99)),
                         p50 / rtt50
                     );
-                    medians.push((transport, p50, p99));
+                    let raw50 = l.libp2p_rtt.as_ref().map(|rtt| ms(quantile(rtt, 0.50)));
+                    if let Some(rtt) = &l.libp2p_rtt {
+                        println!(
+                            "  raw libp2p round trip (TCP, noise, yamux), 100 B: p50 {:.3} ms, p99 {:.3} ms   (write-to-peer p50 = {:.1}x it)",
+                            ms(quantile(rtt, 0.50)),
+                            ms(quantile(rtt, 0.99)),
+                            p50 / ms(quantile(rtt, 0.50))
+                        );
+                    }
+                    medians.push((transport, p50, p99, rtt50, raw50));
                 }
                 Err(err) => println!("  FAILED: {err:#}"),
             }
         }
-        if let [(Transport::Quic, quic50, quic99), (Transport::Libp2p, libp2p50, libp2p99)] = medians[..] {
+        if let [(Transport::Quic, quic50, quic99, quinn50, _), (Transport::Libp2p, libp2p50, libp2p99, _, Some(raw50))] = medians[..] {
             let extra = libp2p50 - quic50;
             println!(
                 "  libp2p - QUIC: p50 {extra:+.3} ms, p99 {:+.3} ms   target p50 <= +{TARGET_LIBP2P_EXTRA_P50_MS} ms: {}",
                 libp2p99 - quic99,
                 verdict(extra <= TARGET_LIBP2P_EXTRA_P50_MS)
+            );
+            // A write crosses the link once, a round trip twice: half the raw
+            // transports' difference in round trip is what the transport adds.
+            println!(
+                "  of which the bare transports (half the raw round trips' difference): {:+.3} ms; the rest ({:+.3} ms) is the engine above them",
+                (raw50 - quinn50) / 2.0,
+                extra - (raw50 - quinn50) / 2.0
             );
         }
 
