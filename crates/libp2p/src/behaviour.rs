@@ -1,7 +1,8 @@
-//! The swarm: transports (TCP and WebSocket with noise and yamux, QUIC-v1)
-//! and the behaviours (connection and memory limits, identify, ping,
-//! Kademlia, and the sync stream protocol), composed by derive as
-//! rust-libp2p does.
+//! The swarm: transports (TCP and WebSocket with noise and yamux, QUIC-v1,
+//! and circuits through relays) and the behaviours (connection and memory
+//! limits, identify, ping, Kademlia, the relay client and optional relay
+//! server, DCUtR hole punching, AutoNAT, and the sync stream protocol),
+//! composed by derive as rust-libp2p does.
 
 use futures::future::Either;
 use libp2p::core::muxing::StreamMuxerBox;
@@ -11,7 +12,7 @@ use libp2p::identity::Keypair;
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{connection_limits, identify, kad, memory_connection_limits, noise, ping, quic, tcp, websocket, yamux};
+use libp2p::{autonat, connection_limits, dcutr, identify, kad, memory_connection_limits, noise, ping, quic, relay, tcp, websocket, yamux};
 use libp2p::{PeerId, StreamProtocol, Swarm, Transport as _};
 use pluresdb_net::{NetworkConfig, NetworkError};
 use std::time::Duration;
@@ -51,6 +52,21 @@ pub(crate) struct Behaviour {
     pub(crate) ping: ping::Behaviour,
     /// On when the DHT is (Kademlia, server mode).
     pub(crate) kad: Toggle<kad::Behaviour<MemoryStore>>,
+    /// Reservations on relays and circuits through them (see
+    /// [`crate::relay`]).
+    pub(crate) relay_client: relay::client::Behaviour,
+    /// On when this node serves as a relay (`serve --relay`), within
+    /// [`crate::relay::server_config`]'s limits.
+    pub(crate) relay: Toggle<relay::Behaviour>,
+    /// This node's listen addresses as address candidates (for DCUtR;
+    /// see [`crate::relay::OwnCandidates`]). Before DCUtR, so they are
+    /// known when a relayed connection comes.
+    pub(crate) own_candidates: crate::relay::OwnCandidates,
+    /// Hole punching over relayed connections.
+    pub(crate) dcutr: Toggle<dcutr::Behaviour>,
+    /// Whether this node is reachable from outside (asks connected peers
+    /// to dial it back; answers their requests within its throttles).
+    pub(crate) autonat: autonat::v1::Behaviour,
     /// `/pluresdb/sync/1` streams.
     pub(crate) sync: libp2p_stream::Behaviour,
 }
@@ -67,17 +83,31 @@ pub(crate) fn connection_limits(config: &NetworkConfig) -> connection_limits::Co
         .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
 }
 
+/// What the swarm runs beside the basics: the DHT, a relay server, hole
+/// punching.
+pub(crate) struct Features {
+    pub(crate) dht: bool,
+    /// The relay server's configuration, when this node serves as one.
+    pub(crate) relay: Option<relay::Config>,
+    pub(crate) hole_punching: bool,
+}
+
 /// Builds the transport and the swarm for `keypair`.
-pub(crate) fn build_swarm(keypair: &Keypair, config: &NetworkConfig, dht: bool) -> Result<Swarm<Behaviour>, NetworkError> {
-    let transport = transport(keypair, config.handshake_timeout)?;
+pub(crate) fn build_swarm(keypair: &Keypair, config: &NetworkConfig, features: Features) -> Result<Swarm<Behaviour>, NetworkError> {
     let peer_id = keypair.public().to_peer_id();
-    let behaviour = behaviour(keypair, peer_id, config, dht);
+    let (relay_transport, relay_client) = relay::client::new(peer_id);
+    let transport = transport(keypair, config.handshake_timeout, relay_transport)?;
+    let behaviour = behaviour(keypair, peer_id, config, features, relay_client);
     let swarm_config =
         libp2p::swarm::Config::with_tokio_executor().with_idle_connection_timeout(config.connection_timeout.max(Duration::from_secs(1)));
     Ok(Swarm::new(transport, behaviour, peer_id, swarm_config))
 }
 
-fn transport(keypair: &Keypair, handshake_timeout: Duration) -> Result<Boxed<(PeerId, StreamMuxerBox)>, NetworkError> {
+fn transport(
+    keypair: &Keypair,
+    handshake_timeout: Duration,
+    relay_transport: relay::client::Transport,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, NetworkError> {
     let noise = noise::Config::new(keypair).map_err(|err| NetworkError::Config(format!("noise: {err}")))?;
     let mut yamux = yamux::Config::default();
     yamux.set_max_num_streams(MAX_STREAMS_PER_CONNECTION);
@@ -89,15 +119,22 @@ fn transport(keypair: &Keypair, handshake_timeout: Duration) -> Result<Boxed<(Pe
         .timeout(handshake_timeout);
     let ws = websocket::Config::new(tcp::tokio::Transport::new(tcp_config()))
         .upgrade(Version::V1Lazy)
-        .authenticate(noise)
-        .multiplex(yamux)
+        .authenticate(noise.clone())
+        .multiplex(yamux.clone())
         .timeout(handshake_timeout);
+    // A circuit is a stream on the connection to the relay; the two ends
+    // run noise and yamux over it end to end (the relay sees ciphertext).
+    let circuit = relay_transport.upgrade(Version::V1Lazy).authenticate(noise).multiplex(yamux).timeout(handshake_timeout);
     let mut quic_config = quic::Config::new(keypair);
     quic_config.handshake_timeout = handshake_timeout;
     let quic = quic::tokio::Transport::new(quic_config);
-    // WebSocket first: its addresses are TCP ones with `/ws` after them.
-    Ok(ws
+    // Circuits first: their addresses are the relay's with `/p2p-circuit`
+    // after them. WebSocket before TCP: its addresses are TCP ones with
+    // `/ws` after them.
+    Ok(circuit
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .or_transport(ws.map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer))))
+        .map(|either, _| flatten(either))
         .or_transport(tcp.map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer))))
         .map(|either, _| flatten(either))
         .or_transport(quic.map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer))))
@@ -111,12 +148,18 @@ fn flatten<T>(either: Either<T, T>) -> T {
     }
 }
 
-fn behaviour(keypair: &Keypair, peer_id: PeerId, config: &NetworkConfig, dht: bool) -> Behaviour {
+fn behaviour(
+    keypair: &Keypair,
+    peer_id: PeerId,
+    config: &NetworkConfig,
+    features: Features,
+    relay_client: relay::client::Behaviour,
+) -> Behaviour {
     let identify = identify::Behaviour::new(
         identify::Config::new(IDENTIFY_PROTOCOL_VERSION.to_owned(), keypair.public())
             .with_agent_version(format!("pluresdb/{}", env!("CARGO_PKG_VERSION"))),
     );
-    let kad = dht.then(|| {
+    let kad = features.dht.then(|| {
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         kad_config.set_query_timeout(Duration::from_secs(30));
         // Records are bounded: a stranger cannot fill the node's memory.
@@ -136,6 +179,17 @@ fn behaviour(keypair: &Keypair, peer_id: PeerId, config: &NetworkConfig, dht: bo
         identify,
         ping: ping::Behaviour::new(ping::Config::new().with_interval(config.heartbeat_interval.max(Duration::from_secs(1)))),
         kad: Toggle::from(kad),
+        relay_client,
+        relay: Toggle::from(features.relay.map(|relay_config| {
+            let mut relay = relay::Behaviour::new(peer_id, relay_config);
+            // The operator said this node is reachable (`--relay`): serve
+            // at once rather than after an external address is confirmed.
+            relay.set_status(Some(relay::Status::Enable));
+            relay
+        })),
+        own_candidates: crate::relay::OwnCandidates::default(),
+        dcutr: Toggle::from(features.hole_punching.then(|| dcutr::Behaviour::new(peer_id))),
+        autonat: autonat::v1::Behaviour::new(peer_id, crate::relay::autonat_config()),
         sync: libp2p_stream::Behaviour::new(),
     }
 }

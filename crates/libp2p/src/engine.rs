@@ -10,6 +10,7 @@ use crate::behaviour::SYNC_PROTOCOL;
 use crate::dht::{DhtPeer, DhtPeers};
 use crate::handshake::{self, Role};
 use crate::link::{self, Link, Opened};
+use crate::relay::RelayAccess;
 use crate::swarm::{self, Command};
 use futures::{AsyncReadExt, StreamExt};
 use libp2p::identity::Keypair;
@@ -88,6 +89,8 @@ struct Settings {
     listen: Option<Vec<Multiaddr>>,
     dht: Option<bool>,
     dht_interval: Option<Duration>,
+    relay: Option<RelayAccess>,
+    hole_punching: bool,
 }
 
 pub(crate) struct Shared {
@@ -139,6 +142,54 @@ pub(crate) struct View {
     /// Peers that refused this node's sync stream (`access_denied`), and
     /// when.
     pub(crate) refused: HashMap<libp2p::PeerId, Instant>,
+    /// NAT traversal: reachability, relays, upgrades.
+    pub(crate) nat: NatView,
+}
+
+/// What the engine knows of its reachability and its relays.
+#[derive(Default, Clone, Debug, PartialEq, Eq)]
+pub struct NatView {
+    /// AutoNAT's verdict: `unknown`, `public` or `private`.
+    pub reachability: Reachability,
+    /// Relays this node holds a reservation on now.
+    pub reserved_on: Vec<String>,
+    /// Relayed connections turned into direct ones (by DCUtR or a direct
+    /// dial while relayed).
+    pub upgrades: u64,
+    /// Hole punches that failed (DCUtR gave up on a relayed connection).
+    pub upgrade_failures: u64,
+    /// Reservations the relay server of this node accepted (new ones,
+    /// not renewals) and refused.
+    pub reservations_accepted: u64,
+    /// Reservations refused (limits, or not a member).
+    pub reservations_denied: u64,
+    /// Circuits the relay server refused (limits, not a member, or no
+    /// reservation of the destination).
+    pub circuits_denied: u64,
+}
+
+/// Whether this node is reachable from outside, as AutoNAT found.
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reachability {
+    /// Not known yet (no probe answered).
+    #[default]
+    Unknown,
+    /// A peer dialled this node back.
+    Public,
+    /// Peers could not dial this node back: it is behind a NAT or a
+    /// firewall.
+    Private,
+}
+
+impl Reachability {
+    /// `unknown`, `public` or `private`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reachability::Unknown => "unknown",
+            Reachability::Public => "public",
+            Reachability::Private => "private",
+        }
+    }
 }
 
 /// Counts running tasks, so `stop` can wait for them.
@@ -321,7 +372,13 @@ impl Shared {
             }
             notified.await;
         }
-        let result = self.open_link_once(peer).await;
+        let mut result = self.open_link_once(peer).await;
+        if matches!(result, Err(NetworkError::Connect { .. })) && lock(&self.view).connections.contains_key(&peer) {
+            // The connection the stream was opened on closed while another
+            // stays (a relayed one replaced by a direct one): once more.
+            tracing::debug!(%peer, "the sync stream's connection closed; opening it on another");
+            result = self.open_link_once(peer).await;
+        }
         let denied =
             matches!(&result, Err(NetworkError::Refused { code: ErrorCode::AccessDenied, .. }) | Err(NetworkError::AccessDenied(_)));
         {
@@ -372,6 +429,45 @@ impl Shared {
     /// [`REFUSED_FOR`].
     pub(crate) fn refused_recently(&self, peer: &libp2p::PeerId) -> bool {
         lock(&self.view).refused.get(peer).is_some_and(|at| at.elapsed() < REFUSED_FOR)
+    }
+
+    /// Opens the sync link to `peer` again once the current one has ended
+    /// (waiting at most `wait` for that): its connection through a relay
+    /// closed while a direct one stays, and the link may have run over the
+    /// relayed one. If the link is still up after `wait`, it ran over the
+    /// direct connection and nothing is done. Both ends do this; the link
+    /// table settles the two streams to one.
+    pub(crate) fn spawn_relink(self: &Arc<Self>, peer: libp2p::PeerId, wait: Duration) {
+        let Ok(running) = self.running() else { return };
+        let guard = running.tasks.enter();
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let peer_text = peer.to_string();
+            let deadline = tokio::time::Instant::now() + wait;
+            let mut shutdown = shared.shutdown_signal();
+            loop {
+                let notified = shared.links_changed.notified();
+                if !shared.is_linked(&peer_text) {
+                    break;
+                }
+                tokio::select! {
+                    timed_out = tokio::time::timeout_at(deadline, notified) => {
+                        if timed_out.is_err() {
+                            drop(guard);
+                            return;
+                        }
+                    }
+                    () = stopped(&mut shutdown) => {
+                        drop(guard);
+                        return;
+                    }
+                }
+            }
+            if let Err(err) = shared.open_link(peer).await {
+                tracing::info!(%peer, error = %err, "no sync link over the direct connection");
+            }
+            drop(guard);
+        });
     }
 
     /// Starts opening a sync stream to `peer` in the background, unless it
@@ -467,6 +563,8 @@ impl Libp2pNetworkEngine {
                 listen: None,
                 dht: None,
                 dht_interval: None,
+                relay: None,
+                hole_punching: true,
             }),
             keys: Mutex::new(None),
             state: Mutex::new(State { running: None, links: HashMap::new(), opening: HashSet::new(), handshakes: 0, next_id: 0 }),
@@ -524,6 +622,68 @@ impl Libp2pNetworkEngine {
         self
     }
 
+    /// Serves as a circuit relay (v2) for `access` (see [`crate::relay`]
+    /// for the limits). Only for a node others can reach: one with a
+    /// public address, or on the same network as its users.
+    pub fn with_relay_server(self, access: RelayAccess) -> Self {
+        lock(&self.shared.settings).relay = Some(access);
+        self
+    }
+
+    /// Tries (or not) to turn relayed connections into direct ones with
+    /// DCUtR hole punching. Default: on.
+    pub fn with_hole_punching(self, enabled: bool) -> Self {
+        lock(&self.shared.settings).hole_punching = enabled;
+        self
+    }
+
+    /// Asks the relay at `relay_address` (a multiaddr ending in
+    /// `/p2p/<relay>`) for a reservation and listens through it once it is
+    /// granted, whether or not this node is linked with the relay (the
+    /// engine reserves on linked relays by itself). Returns once the
+    /// request is under way; [`nat`](Self::nat) tells when it is granted.
+    pub async fn reserve_on(&self, relay_address: &str) -> Result<()> {
+        let invalid = |reason: &str| NetworkError::InvalidAddress { address: relay_address.to_owned(), reason: reason.to_owned() };
+        let address: Multiaddr = relay_address.parse().map_err(|err| invalid(&format!("not a multiaddr: {err}")))?;
+        let Some(Protocol::P2p(relay)) = address.iter().last() else {
+            return Err(invalid("does not end in /p2p/<relay peer id>"));
+        };
+        let running = self.shared.running()?;
+        let (reply, answer) = oneshot::channel();
+        let address = crate::relay::reservation_address(address, relay);
+        running.commands.send(Command::Reserve { relay, address, reply }).await.map_err(|_| NetworkError::NotRunning)?;
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(NetworkError::Connect { address: relay_address.to_owned(), reason }),
+            Err(_) => Err(NetworkError::NotRunning),
+        }
+    }
+
+    /// Reachability, relays and upgrade counts (see [`NatView`]).
+    pub fn nat(&self) -> NatView {
+        lock(&self.shared.view).nat.clone()
+    }
+
+    /// The addresses through relays this node listens on (each ends in
+    /// `/p2p-circuit`; [`dial_addresses`](Self::dial_addresses) has them
+    /// with this node's id after).
+    pub fn relayed_addresses(&self) -> Vec<Multiaddr> {
+        self.listen_addresses().into_iter().filter(crate::relay::is_relayed).collect()
+    }
+
+    /// Whether the connections to `peer` (text form) go through a relay:
+    /// `Some(relay)` if every one of them does, `None` if one is direct
+    /// or there is none.
+    pub fn relayed_via(&self, peer: &str) -> Option<String> {
+        let peer: libp2p::PeerId = peer.parse().ok()?;
+        let view = lock(&self.shared.view);
+        let connections = view.connections.get(&peer)?;
+        if connections.iter().any(|(_, address)| !crate::relay::is_relayed(address)) {
+            return None;
+        }
+        connections.iter().find_map(|(_, address)| crate::relay::relay_of(address)).map(|relay| relay.to_string())
+    }
+
     /// This node's peer id, once initialized.
     pub fn peer_id(&self) -> Option<String> {
         self.shared.keys().map(|keys| keys.peer_id_text.clone())
@@ -555,7 +715,13 @@ impl Libp2pNetworkEngine {
     /// `/p2p/<peer id>` appended: what a peer or a ticket dials.
     pub fn dial_addresses(&self) -> Vec<Multiaddr> {
         let Some(keys) = self.shared.keys() else { return Vec::new() };
-        self.listen_addresses().into_iter().map(|address| address.with(Protocol::P2p(keys.libp2p_id))).collect()
+        self.listen_addresses()
+            .into_iter()
+            .map(|address| match address.iter().last() {
+                Some(Protocol::P2p(peer)) if peer == keys.libp2p_id => address,
+                _ => address.with(Protocol::P2p(keys.libp2p_id)),
+            })
+            .collect()
     }
 
     /// The peers found under the network's DHT key (source `dht`), newest
@@ -632,6 +798,17 @@ impl Libp2pNetworkEngine {
             }
         }
         let expected = expected.or(named);
+        if let Some(relay) = crate::relay::relay_address(&multiaddr) {
+            // The relay carries circuits for its members only: be one
+            // first (a sync link with it), then open the circuit.
+            let relay_peer = crate::relay::relay_of(&multiaddr);
+            if !relay_peer.is_some_and(|peer| self.shared.is_linked_peer(&peer)) {
+                let relay_text = relay.to_string();
+                if let Err(err) = Box::pin(self.dial(&relay_text, None, true)).await {
+                    tracing::info!(relay = %relay_text, error = %err, "no sync link with the relay; trying the circuit anyway");
+                }
+            }
+        }
         let (reply, answer) = oneshot::channel();
         running.commands.send(Command::Dial { address: multiaddr, expected, redial, reply }).await.map_err(|_| NetworkError::NotRunning)?;
         let peer = match answer.await {
@@ -675,7 +852,7 @@ impl NetworkEngine for Libp2pNetworkEngine {
         if self.shared.state().running.is_some() {
             return Err(NetworkError::AlreadyRunning);
         }
-        let (listen, dht, discover, dht_interval, receive_limits) = {
+        let (listen, dht, discover, dht_interval, receive_limits, relay, hole_punching) = {
             let settings = lock(&self.shared.settings);
             let config = &self.shared.config;
             (
@@ -684,13 +861,29 @@ impl NetworkEngine for Libp2pNetworkEngine {
                 settings.dht.unwrap_or(config.discovery.enable_dht),
                 settings.dht_interval.unwrap_or(config.discovery.discovery_interval),
                 settings.limits,
+                settings.relay,
+                settings.hole_punching,
             )
         };
         let listen = match listen {
             Some(listen) => listen,
             None => self.default_listen_addresses()?,
         };
-        let mut swarm = crate::behaviour::build_swarm(&keys.keypair, &self.shared.config, dht)?;
+        let relay_config = relay.map(|access| match access {
+            RelayAccess::Open => crate::relay::server_config(None, None),
+            RelayAccess::Members => {
+                // Members are the peers linked for sync right now (asked at
+                // each reservation, renewal and circuit). Weak: the swarm
+                // must not keep the engine alive.
+                let member = |shared: std::sync::Weak<Shared>| {
+                    crate::relay::members_only(move |peer| shared.upgrade().is_some_and(|shared| shared.is_linked_peer(peer)))
+                };
+                let shared = Arc::downgrade(&self.shared);
+                crate::relay::server_config(Some(member(shared.clone())), Some(member(shared)))
+            }
+        });
+        let features = crate::behaviour::Features { dht, relay: relay_config, hole_punching };
+        let mut swarm = crate::behaviour::build_swarm(&keys.keypair, &self.shared.config, features)?;
         let mut control = swarm.behaviour().sync.new_control();
         let incoming = control.accept(SYNC_PROTOCOL).map_err(|_| NetworkError::AlreadyRunning)?;
         let bound = swarm::listen(&mut swarm, &listen, LISTEN_TIMEOUT).await?;
@@ -699,13 +892,13 @@ impl NetworkEngine for Libp2pNetworkEngine {
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let running = Running { commands, control, tasks: TaskCounter::new(), receive_limits };
         self.shared.state().running = Some(running.clone());
-        tracing::info!(peer = %keys.peer_id_text, addresses = ?bound, dht, "libp2p engine listening");
+        tracing::info!(peer = %keys.peer_id_text, addresses = ?bound, dht, relay = ?relay, "libp2p engine listening");
 
         let dht_key = if discover { keys.policy.secret.as_ref().map(crate::dht::network_key) } else { None };
         if discover && dht_key.is_none() {
             tracing::warn!("DHT discovery needs a network secret; this node takes part in the DHT but looks for no peers");
         }
-        let task = swarm::SwarmTask::new(self.shared.clone(), swarm, command_rx, dht_key, dht_interval);
+        let task = swarm::SwarmTask::new(self.shared.clone(), swarm, command_rx, dht_key, dht_interval, relay.is_some());
         let guard = running.tasks.enter();
         tokio::spawn(async move {
             task.run().await;

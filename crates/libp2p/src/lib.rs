@@ -4,7 +4,9 @@
 //! Kademlia open to any peer within connection limits; the sync protocol as
 //! the stream protocol `/pluresdb/sync/1`, carrying the frames of
 //! `docs/protocol.md` after the same admission rule as QUIC; DHT discovery
-//! of the network's nodes under a key derived from its secret.
+//! of the network's nodes under a key derived from its secret; circuit
+//! relays (serving members, using any), DCUtR hole punching and AutoNAT
+//! ([`relay`]).
 //!
 //! Two nodes of one network on loopback: the second dials the first by a
 //! multiaddr, and a sync message crosses.
@@ -56,10 +58,12 @@ mod frames;
 pub mod handshake;
 pub mod identity;
 mod link;
+pub mod relay;
 mod swarm;
 
 pub use behaviour::{IDENTIFY_PROTOCOL_VERSION, KAD_PROTOCOL, SYNC_PROTOCOL};
 pub use dht::{network_key, DhtPeer};
-pub use engine::{Libp2pNetworkEngine, DEFAULT_LIBP2P_PORT, FIRST_DHT_INTERVAL, REFUSED_FOR};
+pub use engine::{Libp2pNetworkEngine, NatView, Reachability, DEFAULT_LIBP2P_PORT, FIRST_DHT_INTERVAL, REFUSED_FOR};
 pub use libp2p::Multiaddr;
 pub use link::{BULK_QUEUE_FRAMES, CONTROL_QUEUE_FRAMES};
+pub use relay::RelayAccess;

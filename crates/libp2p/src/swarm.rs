@@ -2,16 +2,20 @@
 //! commands (dial, forget, disconnect), keeps the engine's view of
 //! connections, listen addresses and round trips, redials the peers it was
 //! asked to keep, feeds identify's addresses to Kademlia, and runs DHT
-//! discovery (provide the network key, look up its providers, dial them).
+//! discovery (provide the network key, look up its providers, dial them),
+//! and NAT traversal: reserves slots on relays, moves links from relayed
+//! connections to direct ones, tallies what the relay server refused.
 
 use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use crate::engine::{lock, Shared};
 use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
+use libp2p::core::ConnectedPoint;
 use libp2p::kad::{self, GetProvidersOk, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{identify, ping, Multiaddr, PeerId, Swarm};
+use libp2p::{autonat, dcutr, identify, ping, relay, Multiaddr, PeerId, Swarm};
 use pluresdb_net::NetworkError;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -27,6 +31,21 @@ const MAX_REDIAL_DELAY: Duration = Duration::from_secs(30);
 /// How long a stopping swarm keeps running for links to say goodbye.
 const STOP_LINGER: Duration = Duration::from_millis(1_500);
 
+/// How often the task looks after its relay reservations.
+const RELAY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long after a relay refused or lost a reservation the node asks it
+/// again.
+const RESERVATION_RETRY: Duration = Duration::from_secs(5);
+
+/// How often a peer reached only through a relay is dialled directly
+/// (at the addresses it says it listens on) to upgrade the connection.
+const UPGRADE_RETRY: Duration = Duration::from_secs(60);
+
+/// How long a link that ran over a closed relayed connection is waited
+/// for to end before the sync link is opened over the direct connection.
+const RELINK_WAIT: Duration = Duration::from_secs(5);
+
 /// What the engine asks of the swarm task.
 pub(crate) enum Command {
     /// Dial `address` (requiring `expected`, if given); answer with the
@@ -39,6 +58,9 @@ pub(crate) enum Command {
     Disconnect { peer: PeerId },
     /// A redial timer of `peer` fired.
     Redial { peer: PeerId },
+    /// Reserve a slot on `relay` at `address` (ending in `/p2p-circuit`),
+    /// whether linked with it or not.
+    Reserve { relay: PeerId, address: Multiaddr, reply: oneshot::Sender<Result<(), String>> },
 }
 
 /// A dial in flight.
@@ -130,12 +152,24 @@ fn is_unspecified(address: &Multiaddr) -> bool {
     })
 }
 
+/// The address a connection is shown at: the remote address, or for a
+/// connection that came in through a relay (whose remote address is only
+/// `/p2p/<peer>`) the relayed address it came in on with the peer's id,
+/// so it names the relay.
+fn connection_address(endpoint: &ConnectedPoint, peer: PeerId) -> Multiaddr {
+    match endpoint {
+        ConnectedPoint::Listener { local_addr, .. } if crate::relay::is_relayed(local_addr) => local_addr.clone().with(Protocol::P2p(peer)),
+        _ => endpoint.get_remote_address().clone(),
+    }
+}
+
 /// Takes a listen address as one others may reach this node at (for the
 /// addresses in its DHT provider records): loopback ones only when the node
 /// listens on loopback alone (tests, one machine).
 fn advertise(swarm: &mut Swarm<Behaviour>, address: &Multiaddr, all_loopback: bool) {
     if !is_unspecified(address) && (all_loopback || !is_loopback(address)) {
-        swarm.add_external_address(address.clone());
+        // Confirmed as an external address once offered as a candidate.
+        swarm.behaviour_mut().own_candidates.offer(address.clone());
     }
 }
 
@@ -157,6 +191,19 @@ pub(crate) struct SwarmTask {
     /// When each provider was last dialled for sync.
     provider_attempts: HashMap<PeerId, Instant>,
     dht_dials: HashSet<ConnectionId>,
+    /// Whether this node serves as a relay (it reserves on none).
+    relay_server: bool,
+    /// Peers that offer the relay protocol, at the address to reserve on.
+    relays: HashMap<PeerId, Multiaddr>,
+    /// Reservation listeners, by the relay they are on.
+    reservations: HashMap<ListenerId, PeerId>,
+    /// Relays not to ask again before the given time.
+    relay_retry: HashMap<PeerId, Instant>,
+    /// The address this node dialled each peer at last (direct dials).
+    dialled: HashMap<PeerId, Multiaddr>,
+    /// When peers reached only through a relay were last dialled directly.
+    last_upgrade_round: Instant,
+    reachability_public: bool,
 }
 
 impl SwarmTask {
@@ -166,6 +213,7 @@ impl SwarmTask {
         commands: mpsc::Receiver<Command>,
         dht_key: Option<RecordKey>,
         dht_max: Duration,
+        relay_server: bool,
     ) -> Self {
         let command_tx = shared.running().map(|running| running.commands).unwrap_or_else(|_| mpsc::channel(1).0);
         let local = *swarm.local_peer_id();
@@ -183,6 +231,13 @@ impl SwarmTask {
             provide_due: true,
             provider_attempts: HashMap::new(),
             dht_dials: HashSet::new(),
+            relay_server,
+            relays: HashMap::new(),
+            reservations: HashMap::new(),
+            relay_retry: HashMap::new(),
+            dialled: HashMap::new(),
+            last_upgrade_round: Instant::now(),
+            reachability_public: false,
         }
     }
 
@@ -191,10 +246,19 @@ impl SwarmTask {
         let dht_timer = tokio::time::sleep(self.dht_delay);
         tokio::pin!(dht_timer);
         let dht = self.dht_key.is_some();
+        let mut relay_check = tokio::time::interval(RELAY_CHECK_INTERVAL);
+        relay_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_event(event),
                 Some(command) = self.commands.recv() => self.on_command(command),
+                _ = relay_check.tick() => {
+                    self.reserve_on_relays();
+                    if self.last_upgrade_round.elapsed() >= UPGRADE_RETRY {
+                        self.last_upgrade_round = Instant::now();
+                        self.dial_relayed_peers_directly();
+                    }
+                }
                 _ = &mut dht_timer, if dht => {
                     self.dht_round();
                     dht_timer.as_mut().reset(tokio::time::Instant::now() + self.dht_delay);
@@ -246,6 +310,13 @@ impl SwarmTask {
             }
             Command::Forget { peer } => {
                 self.redials.remove(&peer);
+            }
+            Command::Reserve { relay, address, reply } => {
+                let result = self.swarm.listen_on(address).map_err(|err| err.to_string());
+                if let Ok(id) = &result {
+                    self.reservations.insert(*id, relay);
+                }
+                let _ = reply.send(result.map(drop));
             }
             Command::Disconnect { peer } => {
                 let _ = self.swarm.disconnect_peer_id(peer);
@@ -350,9 +421,35 @@ impl SwarmTask {
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
-                let remote = endpoint.get_remote_address().clone();
-                tracing::debug!(peer = %peer_id, %remote, "libp2p connection established");
-                lock(&self.shared.view).connections.entry(peer_id).or_default().push((connection_id, remote.clone()));
+                let remote = connection_address(&endpoint, peer_id);
+                let relayed = crate::relay::is_relayed(&remote);
+                tracing::debug!(peer = %peer_id, %remote, relayed, "libp2p connection established");
+                if let ConnectedPoint::Dialer { address, .. } = &endpoint {
+                    if !relayed {
+                        self.dialled.insert(peer_id, address.clone());
+                    }
+                }
+                let replaced: Vec<ConnectionId> = {
+                    let mut view = lock(&self.shared.view);
+                    let list = view.connections.entry(peer_id).or_default();
+                    list.push((connection_id, remote.clone()));
+                    // A direct connection to a peer reached through a relay
+                    // (hole punched, or dialled): the relayed ones go, and
+                    // the link follows to the direct one.
+                    let replaced = if relayed {
+                        Vec::new()
+                    } else {
+                        list.iter().filter(|(_, address)| crate::relay::is_relayed(address)).map(|(id, _)| *id).collect()
+                    };
+                    if !replaced.is_empty() {
+                        view.nat.upgrades += 1;
+                    }
+                    replaced
+                };
+                for id in replaced {
+                    tracing::info!(peer = %peer_id, "a direct connection is up; closing the relayed one");
+                    self.swarm.close_connection(id);
+                }
                 self.shared.connections_changed.notify_waiters();
                 if self.dht_dials.remove(&connection_id) {
                     lock(&self.shared.view).dht.found(&peer_id.to_string(), Some(remote.to_string()), Instant::now());
@@ -374,17 +471,29 @@ impl SwarmTask {
                     }
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
-                {
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, endpoint, .. } => {
+                let relayed = endpoint.is_relayed();
+                let direct_left = {
                     let mut view = lock(&self.shared.view);
+                    let mut direct_left = false;
                     if let Some(list) = view.connections.get_mut(&peer_id) {
                         list.retain(|(id, _)| *id != connection_id);
+                        direct_left = list.iter().any(|(_, address)| !crate::relay::is_relayed(address));
                         if list.is_empty() {
                             view.connections.remove(&peer_id);
                             view.rtt.remove(&peer_id);
                             view.identified.remove(&peer_id);
                         }
                     }
+                    direct_left
+                };
+                if num_established == 0 {
+                    self.relays.remove(&peer_id);
+                    self.dialled.remove(&peer_id);
+                }
+                if relayed && direct_left {
+                    // The link may have run over the relayed connection.
+                    self.shared.spawn_relink(peer_id, RELINK_WAIT);
                 }
                 tracing::debug!(peer = %peer_id, cause = ?cause, "libp2p connection closed");
                 if num_established == 0 && self.redials.contains_key(&peer_id) {
@@ -423,6 +532,19 @@ impl SwarmTask {
                 lock(&self.shared.view).listen.retain(|known| *known != address);
                 self.swarm.remove_external_address(&address);
             }
+            SwarmEvent::ListenerClosed { listener_id, addresses, reason } => {
+                if let Some(relay) = self.reservations.remove(&listener_id) {
+                    tracing::info!(%relay, reason = ?reason, "the reservation on a relay ended");
+                    self.relay_retry.insert(relay, Instant::now() + RESERVATION_RETRY);
+                    let mut view = lock(&self.shared.view);
+                    view.listen.retain(|known| !addresses.contains(known));
+                    let relay_text = relay.to_string();
+                    view.nat.reserved_on.retain(|known| *known != relay_text);
+                }
+                for address in &addresses {
+                    self.swarm.remove_external_address(address);
+                }
+            }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
         }
@@ -441,6 +563,22 @@ impl SwarmTask {
                     .take(crate::dht::MAX_DHT_ADDRESSES)
                     .cloned()
                     .collect();
+                if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
+                    // Reserve at the address this node reached it at, else
+                    // at one it listens on (direct, and not loopback unless
+                    // this node is on loopback alone).
+                    let all_loopback = lock(&self.shared.view).listen.iter().all(is_loopback);
+                    let address = self.dialled.get(&peer_id).cloned().or_else(|| {
+                        listening
+                            .iter()
+                            .find(|address| !crate::relay::is_relayed(address) && (all_loopback || !is_loopback(address)))
+                            .cloned()
+                    });
+                    if let Some(address) = address {
+                        self.swarm.behaviour_mut().autonat.add_server(peer_id, Some(address.clone()));
+                        self.relays.insert(peer_id, address);
+                    }
+                }
                 {
                     let mut view = lock(&self.shared.view);
                     let text = peer_id.to_string();
@@ -459,7 +597,135 @@ impl SwarmTask {
                 }
             }
             BehaviourEvent::Kad(event) => self.on_kad_event(event),
+            BehaviourEvent::RelayClient(event) => self.on_relay_client_event(event),
+            BehaviourEvent::Relay(event) => self.on_relay_event(event),
+            BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result }) => match result {
+                Ok(_) => tracing::info!(peer = %remote_peer_id, "hole punched: a direct connection replaces the relayed one"),
+                Err(err) => {
+                    tracing::info!(peer = %remote_peer_id, error = %err, "hole punching failed; the connection stays relayed");
+                    lock(&self.shared.view).nat.upgrade_failures += 1;
+                }
+            },
+            BehaviourEvent::Autonat(autonat::v1::Event::StatusChanged { old, new }) => {
+                tracing::info!(?old, ?new, "reachability (AutoNAT)");
+                self.reachability_public = new.is_public();
+                lock(&self.shared.view).nat.reachability = match new {
+                    autonat::v1::NatStatus::Public(_) => crate::engine::Reachability::Public,
+                    autonat::v1::NatStatus::Private => crate::engine::Reachability::Private,
+                    autonat::v1::NatStatus::Unknown => crate::engine::Reachability::Unknown,
+                };
+            }
             _ => {}
+        }
+    }
+
+    fn on_relay_client_event(&mut self, event: relay::client::Event) {
+        match event {
+            relay::client::Event::ReservationReqAccepted { relay_peer_id, renewal, .. } => {
+                if !renewal {
+                    tracing::info!(relay = %relay_peer_id, "reserved a slot on a relay");
+                    let text = relay_peer_id.to_string();
+                    let mut view = lock(&self.shared.view);
+                    if !view.nat.reserved_on.contains(&text) {
+                        view.nat.reserved_on.push(text);
+                    }
+                }
+            }
+            relay::client::Event::OutboundCircuitEstablished { relay_peer_id, .. } => {
+                tracing::debug!(relay = %relay_peer_id, "circuit through a relay opened");
+            }
+            relay::client::Event::InboundCircuitEstablished { src_peer_id, .. } => {
+                tracing::info!(peer = %src_peer_id, "a peer reached this node through a relay");
+            }
+        }
+    }
+
+    fn on_relay_event(&mut self, event: relay::Event) {
+        let mut view = lock(&self.shared.view);
+        match event {
+            relay::Event::ReservationReqAccepted { src_peer_id, renewed: false } => {
+                view.nat.reservations_accepted += 1;
+                tracing::info!(peer = %src_peer_id, "relay: reservation accepted");
+            }
+            relay::Event::ReservationReqDenied { src_peer_id, status } => {
+                view.nat.reservations_denied += 1;
+                tracing::info!(peer = %src_peer_id, ?status, "relay: reservation refused (not a member, or over the limits)");
+            }
+            relay::Event::CircuitReqDenied { src_peer_id, dst_peer_id, status } => {
+                view.nat.circuits_denied += 1;
+                tracing::info!(src = %src_peer_id, dst = %dst_peer_id, ?status, "relay: circuit refused");
+            }
+            relay::Event::CircuitReqAccepted { src_peer_id, dst_peer_id } => {
+                tracing::debug!(src = %src_peer_id, dst = %dst_peer_id, "relay: circuit opened");
+            }
+            _ => {}
+        }
+    }
+
+    /// Reserves slots on linked peers that offer the relay protocol, up to
+    /// [`crate::relay::MAX_RELAYS`], unless this node is a relay itself or
+    /// AutoNAT found it reachable. A relay that refused or dropped a
+    /// reservation is asked again after [`RESERVATION_RETRY`]; a lost one
+    /// is replaced by another known relay.
+    fn reserve_on_relays(&mut self) {
+        if self.relay_server || self.reachability_public || self.reservations.len() >= crate::relay::MAX_RELAYS {
+            return;
+        }
+        let now = Instant::now();
+        self.relay_retry.retain(|_, at| *at > now);
+        let mut candidates: Vec<(PeerId, Multiaddr)> = self
+            .relays
+            .iter()
+            .filter(|(peer, _)| !self.reservations.values().any(|r| r == *peer) && !self.relay_retry.contains_key(*peer))
+            .filter(|(peer, _)| self.shared.is_linked_peer(peer))
+            .map(|(peer, address)| (*peer, address.clone()))
+            .collect();
+        candidates.sort_by_key(|(peer, _)| peer.to_bytes());
+        for (relay, address) in candidates {
+            if self.reservations.len() >= crate::relay::MAX_RELAYS {
+                break;
+            }
+            let listen = crate::relay::reservation_address(address, relay);
+            match self.swarm.listen_on(listen.clone()) {
+                Ok(id) => {
+                    tracing::info!(%relay, address = %listen, "asking a relay for a reservation");
+                    self.reservations.insert(id, relay);
+                }
+                Err(err) => {
+                    tracing::info!(%relay, error = %err, "cannot listen through a relay");
+                    self.relay_retry.insert(relay, now + RESERVATION_RETRY);
+                }
+            }
+        }
+    }
+
+    /// Dials every peer reached only through relays at the direct
+    /// addresses it listens on (identify), to upgrade when a NAT that
+    /// blocked DCUtR allows it now.
+    fn dial_relayed_peers_directly(&mut self) {
+        let targets: Vec<(PeerId, Vec<Multiaddr>)> = {
+            let view = lock(&self.shared.view);
+            view.connections
+                .iter()
+                .filter(|(_, list)| list.iter().all(|(_, address)| crate::relay::is_relayed(address)))
+                .filter_map(|(peer, _)| {
+                    let direct: Vec<Multiaddr> = view
+                        .identified
+                        .get(peer)?
+                        .iter()
+                        .filter(|address| !crate::relay::is_relayed(address) && !is_unspecified(address))
+                        .cloned()
+                        .collect();
+                    (!direct.is_empty()).then_some((*peer, direct))
+                })
+                .collect()
+        };
+        for (peer, addresses) in targets {
+            tracing::debug!(%peer, "dialling a relayed peer directly");
+            let opts = DialOpts::peer_id(peer).addresses(addresses).condition(PeerCondition::Always).build();
+            if let Err(err) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, error = %err, "cannot dial a relayed peer directly");
+            }
         }
     }
 
