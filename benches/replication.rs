@@ -207,6 +207,8 @@ impl Node {
             listen_addresses: vec![address.clone()],
             discovery: None,
             on_access_change: None,
+            live_addresses: None,
+            counters: None,
         };
         let runtime = Runtime::start_with_network(db, RuntimeOptions::default(), Some(network))?;
         let handle = runtime.handle();

@@ -135,6 +135,13 @@ pub enum Command {
         /// false].
         #[arg(long)]
         no_dht: bool,
+        /// Serve as a circuit relay for the network's members (peers linked
+        /// with this node after admission): for a node with a public
+        /// address, so nodes behind NATs reach each other through it and
+        /// hole-punch. Reservations and circuits are bounded (see
+        /// docs/libp2p.md) [env: PLURESDB_RELAY=true; config: relay = true].
+        #[arg(long)]
+        relay: bool,
         /// Do not announce this node or look for peers on the LAN with mDNS
         /// [env: PLURESDB_MDNS=false; config: mdns = false].
         #[arg(long)]

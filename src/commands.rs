@@ -78,6 +78,7 @@ pub fn run(cli: Cli, config: &Config) -> anyhow::Result<()> {
             libp2p: config.libp2p.value,
             libp2p_listen: config.libp2p_listen.value.clone(),
             dht: config.dht.value,
+            relay: config.relay.value,
         });
         return crate::node::serve(db, &cli.data_dir, config, network, json);
     }
@@ -236,8 +237,9 @@ fn execute(api: &mut Api, cli: Cli, json: bool) -> anyhow::Result<()> {
             let doc = api.call("GET", "/peers", None)?;
             print_json_or(out, json, &doc, |o| {
                 for peer in doc["peers"].as_array().into_iter().flatten() {
-                    let link = match (peer["transport"].as_str(), peer["address"].as_str()) {
-                        (Some(transport), Some(address)) => format!("{transport} {address}"),
+                    let link = match (peer["transport"].as_str(), peer["address"].as_str(), peer["relay"].as_str()) {
+                        (Some(transport), Some(address), Some(relay)) => format!("{transport} relayed via {relay} {address}"),
+                        (Some(transport), Some(address), None) => format!("{transport} direct {address}"),
                         _ => "-".to_owned(),
                     };
                     let rtt = peer["rtt_ms"].as_f64().map_or("-".to_owned(), |ms| format!("{ms:.2} ms"));

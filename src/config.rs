@@ -16,6 +16,7 @@
 //! libp2p = true                  # PLURESDB_LIBP2P, --no-libp2p: run the libp2p engine
 //! libp2p_listen = ["/ip4/0.0.0.0/tcp/34571"]  # PLURESDB_LIBP2P_LISTEN, --libp2p-listen: its multiaddrs
 //! dht = true                     # PLURESDB_DHT, --no-dht: take part in the DHT and find peers there
+//! relay = false                  # PLURESDB_RELAY, --relay: serve as a circuit relay for the network's members
 //! allowed_origins = ["http://localhost:3000"] # PLURESDB_ALLOWED_ORIGINS (comma-separated), --allowed-origin: web pages allowed to use the API
 //! api_hosts = ["db.example.com"] # PLURESDB_API_HOSTS (comma-separated), --api-host: names the API answers to besides its addresses
 //! max_clock_drift = "5m"         # PLURESDB_MAX_CLOCK_DRIFT, --max-clock-drift: how far ahead a received timestamp may be and take effect at once
@@ -87,6 +88,8 @@ pub struct Config {
     pub libp2p_listen: Setting<Vec<String>>,
     /// Take part in the DHT and find the network's nodes there.
     pub dht: Setting<bool>,
+    /// Serve as a circuit relay for the network's members.
+    pub relay: Setting<bool>,
     /// Origins of web pages allowed to use the API (`scheme://host[:port]`)
     /// besides the node's own.
     pub allowed_origins: Setting<Vec<String>>,
@@ -232,6 +235,8 @@ pub fn load(cli: &Cli) -> anyhow::Result<Config> {
     let env_libp2p = env("PLURESDB_LIBP2P").map(|v| parse_bool(&v, "PLURESDB_LIBP2P")).transpose()?;
     let env_libp2p_listen = env("PLURESDB_LIBP2P_LISTEN").map(|v| list(&v));
     let env_dht = env("PLURESDB_DHT").map(|v| parse_bool(&v, "PLURESDB_DHT")).transpose()?;
+    let flag_relay = matches!(&cli.command, Command::Serve { relay: true, .. }).then_some(true);
+    let env_relay = env("PLURESDB_RELAY").map(|v| parse_bool(&v, "PLURESDB_RELAY")).transpose()?;
     let env_addr = env("PLURESDB_API_ADDR").map(|v| parse_addr(&v, "PLURESDB_API_ADDR")).transpose()?;
     let file_addr = file.api_addr.as_deref().map(|v| parse_addr(v, &whence("api_addr"))).transpose()?;
     let default_addr = parse_addr(pluresdb_server::DEFAULT_API_ADDR, "default")?;
@@ -268,6 +273,7 @@ pub fn load(cli: &Cli) -> anyhow::Result<Config> {
         libp2p: pick(flag_libp2p, env_libp2p, file.libp2p, true),
         libp2p_listen: pick(flag_libp2p_listen, env_libp2p_listen, file.libp2p_listen, Vec::new()),
         dht: pick(flag_dht, env_dht, file.dht, true),
+        relay: pick(flag_relay, env_relay, file.relay, false),
         allowed_origins: pick(flag_origins, env_origins, file_origins, Vec::new()),
         api_hosts: pick(flag_hosts, env_hosts, file_hosts, Vec::new()),
     })
@@ -302,6 +308,7 @@ impl Config {
             "libp2p": entry(self.libp2p.value.into(), self.libp2p.source),
             "libp2p_listen": entry(self.libp2p_listen.value.clone().into(), self.libp2p_listen.source),
             "dht": entry(self.dht.value.into(), self.dht.source),
+            "relay": entry(self.relay.value.into(), self.relay.source),
             "allowed_origins": entry(self.allowed_origins.value.clone().into(), self.allowed_origins.source),
             "api_hosts": entry(self.api_hosts.value.clone().into(), self.api_hosts.source),
         })
@@ -327,6 +334,7 @@ impl Config {
         out += &line("libp2p", self.libp2p.value.to_string(), self.libp2p.source);
         out += &line("libp2p_listen", format!("{:?}", self.libp2p_listen.value), self.libp2p_listen.source);
         out += &line("dht", self.dht.value.to_string(), self.dht.source);
+        out += &line("relay", self.relay.value.to_string(), self.relay.source);
         out += &line("allowed_origins", format!("{:?}", self.allowed_origins.value), self.allowed_origins.source);
         out += &line("api_hosts", format!("{:?}", self.api_hosts.value), self.api_hosts.source);
         out

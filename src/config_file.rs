@@ -23,6 +23,7 @@ pub struct FileConfig {
     pub libp2p: Option<bool>,
     pub libp2p_listen: Option<Vec<String>>,
     pub dht: Option<bool>,
+    pub relay: Option<bool>,
     pub allowed_origins: Option<Vec<String>>,
     pub api_hosts: Option<Vec<String>>,
 }

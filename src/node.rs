@@ -34,6 +34,9 @@ pub struct PeerSettings {
     /// Take part in the Kademlia DHT and find the network's nodes there.
     #[cfg_attr(not(feature = "libp2p"), allow(dead_code))]
     pub dht: bool,
+    /// Serve as a circuit relay for the network's members.
+    #[cfg_attr(not(feature = "libp2p"), allow(dead_code))]
+    pub relay: bool,
 }
 
 /// Where peers can reach a node listening on `local`: the address itself,
@@ -158,6 +161,12 @@ async fn start_network(data_dir: &Path, settings: &PeerSettings, db: &Replica) -
     if settings.libp2p && !config.enable_libp2p {
         tracing::info!("this build has no libp2p engine (built without the `libp2p` feature)");
     }
+    if settings.relay && !config.enable_libp2p {
+        return Err(crate::InvalidInput(
+            "relay: the relay runs on the libp2p engine, which is off (--no-libp2p, or a build without it)".to_owned(),
+        )
+        .into());
+    }
     // A node bound to loopback cannot be reached from the LAN: it neither
     // announces itself nor browses there. mDNS announces the QUIC engine.
     config.discovery.enable_mdns = settings.mdns && config.enable_quic && !settings.bind.ip().is_loopback();
@@ -199,11 +208,15 @@ async fn start_network(data_dir: &Path, settings: &PeerSettings, db: &Replica) -
     let libp2p = match config.enable_libp2p {
         true => {
             let peers = Arc::new(PeerManager::new());
-            let mut engine = pluresdb_libp2p::Libp2pNetworkEngine::new(config.clone(), peers.clone(), combined.next_sync_handle())
+            let engine = pluresdb_libp2p::Libp2pNetworkEngine::new(config.clone(), peers.clone(), combined.next_sync_handle())
                 .with_identity(identity.clone())
                 .with_access_policy(policy.clone())
                 .with_dht(settings.dht)
                 .with_listen_addresses(libp2p_listen);
+            let mut engine = match settings.relay {
+                true => engine.with_relay_server(pluresdb_libp2p::RelayAccess::Members),
+                false => engine,
+            };
             engine.start().await.context("cannot start the libp2p engine")?;
             listen_addresses.extend(engine.dial_addresses().iter().map(ToString::to_string));
             combined = combined.with_engine(Transport::Libp2p, Box::new(engine.clone()));
@@ -231,6 +244,10 @@ async fn start_network(data_dir: &Path, settings: &PeerSettings, db: &Replica) -
     if let Some((quic, local)) = quic_local.filter(|(_, local)| local.ip().is_unspecified()) {
         tokio::spawn(follow_address_changes(quic.clone(), local, dialling_stopped));
     }
+    #[cfg(feature = "libp2p")]
+    let (live_addresses, counters) = nat_hooks(libp2p.clone());
+    #[cfg(not(feature = "libp2p"))]
+    let (live_addresses, counters) = (None, None);
     let network = pluresdb_runtime::Network {
         engine,
         events,
@@ -254,6 +271,8 @@ async fn start_network(data_dir: &Path, settings: &PeerSettings, db: &Replica) -
             })
         }),
         discovery: Some(discovery.clone()),
+        live_addresses,
+        counters,
     };
     Ok(NodeNetwork {
         quic: quic.map(|(engine, _)| engine),
@@ -264,6 +283,68 @@ async fn start_network(data_dir: &Path, settings: &PeerSettings, db: &Replica) -
         discovery,
         stop_dialling,
     })
+}
+
+/// What the libp2p engine adds after start: its addresses through relays
+/// (tickets and `info` list them), and its NAT traversal counters for
+/// `/metrics`.
+#[cfg(feature = "libp2p")]
+fn nat_hooks(
+    engine: Option<pluresdb_libp2p::Libp2pNetworkEngine>,
+) -> (Option<pluresdb_runtime::AddressHook>, Option<pluresdb_runtime::CounterHook>) {
+    use pluresdb_runtime::TransportCounter;
+    let Some(engine) = engine else { return (None, None) };
+    let relayed = engine.clone();
+    let live: pluresdb_runtime::AddressHook = std::sync::Arc::new(move || {
+        relayed.dial_addresses().iter().filter(|a| pluresdb_libp2p::relay::is_relayed(a)).map(ToString::to_string).collect()
+    });
+    let counters: pluresdb_runtime::CounterHook = std::sync::Arc::new(move || {
+        let nat = engine.nat();
+        let counter = |name, help, value| TransportCounter { name, kind: "counter", help, value };
+        let reachable = |r: pluresdb_libp2p::Reachability| u64::from(nat.reachability == r);
+        vec![
+            counter(
+                "pluresdb_relay_upgrades_total",
+                "Relayed connections replaced by direct ones (hole punched, or dialled directly).",
+                nat.upgrades,
+            ),
+            counter(
+                "pluresdb_relay_upgrade_failures_total",
+                "Hole punches (DCUtR) that failed; the connection stayed relayed.",
+                nat.upgrade_failures,
+            ),
+            TransportCounter {
+                name: "pluresdb_relay_reservations",
+                kind: "gauge",
+                help: "Relays this node holds a reservation on now.",
+                value: nat.reserved_on.len() as u64,
+            },
+            counter("pluresdb_relay_reservations_accepted_total", "Reservations this node's relay accepted.", nat.reservations_accepted),
+            counter(
+                "pluresdb_relay_reservations_denied_total",
+                "Reservations this node's relay refused (not a member, or over its limits).",
+                nat.reservations_denied,
+            ),
+            counter(
+                "pluresdb_relay_circuits_denied_total",
+                "Circuits this node's relay refused (not a member, over its limits, or no reservation).",
+                nat.circuits_denied,
+            ),
+            TransportCounter {
+                name: "pluresdb_reachability_public",
+                kind: "gauge",
+                help: "1 if AutoNAT found this node reachable from outside, else 0.",
+                value: reachable(pluresdb_libp2p::Reachability::Public),
+            },
+            TransportCounter {
+                name: "pluresdb_reachability_private",
+                kind: "gauge",
+                help: "1 if AutoNAT found this node behind a NAT or firewall, else 0.",
+                value: reachable(pluresdb_libp2p::Reachability::Private),
+            },
+        ]
+    });
+    (Some(live), Some(counters))
 }
 
 /// Whether `address` is the libp2p engine's (a multiaddr) rather than the

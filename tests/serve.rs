@@ -417,5 +417,31 @@ fn serve_refuses_bad_engine_settings_with_the_reason_and_keeps_the_data() {
     assert_ne!(code, Some(0), "{stderr}");
     assert!(stderr.contains("dht"), "names the key: {stderr}");
     std::fs::remove_file(dir.path().join("pluresdb.toml")).unwrap();
+    // The relay runs on the libp2p engine: not without it.
+    let (code, stderr) = serve(&["--relay", "--no-libp2p"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("relay") && stderr.contains("libp2p"), "{stderr}");
+    let (code, stderr) = serve(&[], &[("PLURESDB_RELAY", "maybe")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("PLURESDB_RELAY") && stderr.contains("is not true or false"), "{stderr}");
     assert_eq!(serde_json::from_slice::<Value>(&cli(dir.path(), &["--json", "get", "kept"]).stdout).unwrap()["value"], json!({"v": 1}));
+}
+
+/// `relay` is read from pluresdb.toml, PLURESDB_RELAY and `--relay`, the
+/// later overriding the earlier, and `config show` says where it came
+/// from.
+#[test]
+fn the_relay_setting_comes_from_the_file_the_environment_or_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let show = |env: &[(&str, &str)]| -> Value {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pluresdb"));
+        command.arg("--data-dir").arg(dir.path()).args(["--json", "config", "show"]).env_remove("PLURESDB_RELAY").envs(env.iter().copied());
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["relay"].clone()
+    };
+    assert_eq!(show(&[]), json!({"value": false, "source": "default"}));
+    std::fs::write(dir.path().join("pluresdb.toml"), "relay = true\n").unwrap();
+    assert_eq!(show(&[]), json!({"value": true, "source": "config file"}));
+    assert_eq!(show(&[("PLURESDB_RELAY", "false")]), json!({"value": false, "source": "environment"}));
 }

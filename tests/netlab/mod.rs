@@ -11,7 +11,10 @@
 //!   and a multicast route (224.0.0.0/4 dev eth0);
 //! - for [`Lab::routed`], a router namespace (`<id>-r`) joining the two
 //!   LANs with IPv4 forwarding on (no multicast routing: multicast stays on
-//!   its LAN).
+//!   its LAN);
+//! - for [`Lab::nat`], a "public" segment (LAN 1) and private LANs 2, 3,
+//!   ... each behind its own router namespace (`<id>-r<k>`) that does NAT
+//!   by one of the [`Nat`] recipes with nftables in its own namespace.
 //!
 //! Nothing is created in the root namespace: the veth pairs are created in
 //! the switch namespace with their host end moved straight into the host's
@@ -299,7 +302,8 @@ fn lab_owner_pid(name: &str) -> Option<u32> {
     let rest = name.strip_prefix(NAME_PREFIX)?;
     let (id, role) = rest.split_once('-')?;
     let (pid, counter) = id.split_once('n')?;
-    let known_role = role == "sw" || role == "r" || role == "probe" || role.strip_prefix('h').is_some_and(|i| i.parse::<u32>().is_ok());
+    let numbered = |prefix: char| role.strip_prefix(prefix).is_some_and(|i| i.parse::<u32>().is_ok());
+    let known_role = role == "sw" || role == "r" || role == "probe" || numbered('h') || numbered('r');
     if !known_role || counter.parse::<u32>().is_err() {
         return None;
     }
@@ -318,6 +322,13 @@ fn host_address(lan: u8, index: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 77, lan, 10 + index as u8)
 }
 
+/// The public address of router `k` of [`Lab::nat`] (what the public
+/// segment sees of its LAN's hosts).
+pub fn nat_router_public_address(k: usize) -> Ipv4Addr {
+    assert!(k < 50, "netlab: at most 50 NAT routers");
+    Ipv4Addr::new(10, 77, 1, 200 + k as u8)
+}
+
 /// The router's address on LAN `lan`.
 pub fn router_address(lan: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 77, lan, 1)
@@ -332,6 +343,54 @@ table bridge lab {
   chain partition { type filter hook forward priority 10; policy accept; }
 }
 ";
+
+/// How a private LAN's router of [`Lab::nat`] treats traffic, as home and
+/// office routers do. Every recipe masquerades the LAN behind the router's
+/// public address, forwards from the LAN and answers (`ct state
+/// established,related`) only, and drops everything else sent to the
+/// router or through it from the public side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nat {
+    /// Endpoint-independent mapping (Linux keeps a flow's source port when
+    /// it can): `masquerade`. Hole punching gets through.
+    Cone,
+    /// Endpoint-dependent mapping: `masquerade random` picks a new port
+    /// for every flow, so the port a peer learned from the relay is not
+    /// the one a hole punch comes from.
+    Symmetric,
+    /// [`Nat::Cone`], and forwarded UDP to the public side is dropped: only
+    /// TCP (and WebSocket over it) leaves the LAN.
+    UdpBlocked,
+}
+
+impl Nat {
+    /// The router's nftables ruleset: `public` is its public interface,
+    /// `lan` its LAN's.
+    pub fn ruleset(self, public: &str, lan: &str) -> String {
+        let masquerade = if self == Nat::Symmetric { "masquerade random" } else { "masquerade" };
+        let udp = match self {
+            Nat::UdpBlocked => format!("    iifname \"{lan}\" oifname \"{public}\" meta l4proto udp drop\n"),
+            Nat::Cone | Nat::Symmetric => String::new(),
+        };
+        let mut out = String::new();
+        out += "table ip nat {\n";
+        out += "  chain postrouting { type nat hook postrouting priority srcnat; policy accept;\n";
+        out += &format!("    oifname \"{public}\" {masquerade}\n");
+        out += "  }\n}\n";
+        out += "table inet filter {\n";
+        out += "  chain forward { type filter hook forward priority filter; policy drop;\n";
+        out += &udp;
+        out += "    ct state established,related accept\n";
+        out += &format!("    iifname \"{lan}\" oifname \"{public}\" accept\n");
+        out += "  }\n";
+        out += "  chain input { type filter hook input priority filter; policy drop;\n";
+        out += "    ct state established,related accept\n";
+        out += "    iifname \"lo\" accept\n";
+        out += &format!("    iifname \"{lan}\" accept\n");
+        out += "  }\n}\n";
+        out
+    }
+}
 
 /// A set of namespaces forming one topology, with a host (and optionally a
 /// node) in each host namespace. See the module documentation.
@@ -383,6 +442,40 @@ impl Lab {
         }
         for index in 0..b {
             lab.add_host(2, index, Some(router_address(2)));
+        }
+        lab
+    }
+
+    /// The internet in small: `public` hosts on the public segment (LAN 1,
+    /// 10.77.1.0/24: lab hosts `0..public`, at .10, .11, ...; relays), and
+    /// for each entry `k` of `lans` a private LAN `k + 2`
+    /// (10.77.(k+2).0/24) with `per_lan` hosts behind its own router
+    /// (namespace `<id>-r<k>`, 10.77.1.(200+k) on the public segment and
+    /// .1 on its LAN, every LAN host's gateway) doing NAT by `lans[k]`.
+    /// Public hosts have no route to the private LANs: they see only the
+    /// routers' addresses. Host numbers: the public ones first, then LAN
+    /// 2's, LAN 3's, ...
+    pub fn nat(public: usize, lans: &[Nat], per_lan: usize) -> Lab {
+        assert!(lans.len() <= 50, "netlab: at most 50 private LANs");
+        let mut lab = Lab::empty();
+        lab.add_bridge("br1");
+        for index in 0..public {
+            lab.add_host(1, index, None);
+        }
+        for (k, nat) in lans.iter().enumerate() {
+            let lan = k as u8 + 2;
+            let bridge = format!("br{lan}");
+            lab.add_bridge(&bridge);
+            let router = lab.add_namespace(&format!("r{k}"));
+            lab.plug(&router, "eth0", &format!("r{k}p"), "br1");
+            lab.plug(&router, "eth1", &format!("r{k}l"), &bridge);
+            ip(&["-n", &router, "addr", "add", &format!("{}/24", nat_router_public_address(k)), "dev", "eth0"]);
+            ip(&["-n", &router, "addr", "add", &format!("{}/24", router_address(lan)), "dev", "eth1"]);
+            run_checked(Command::new("ip").args(["netns", "exec", &router, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]));
+            lab.nft_in(&router, &nat.ruleset("eth0", "eth1"));
+            for index in 0..per_lan {
+                lab.add_host(lan, index, Some(router_address(lan)));
+            }
         }
         lab
     }
@@ -471,10 +564,15 @@ impl Lab {
 
     /// Applies nft `script` in the switch namespace (atomically, `nft -f`).
     fn nft(&self, script: &str) {
+        self.nft_in(&self.switch, script);
+    }
+
+    /// Applies nft `script` in `namespace` (atomically, `nft -f`).
+    fn nft_in(&self, namespace: &str, script: &str) {
         let number = self.scripts.fetch_add(1, Ordering::SeqCst);
-        let path = self.dir.path().join(format!("switch-{number}.nft"));
+        let path = self.dir.path().join(format!("{namespace}-{number}.nft"));
         fs::write(&path, script).unwrap_or_else(|e| panic!("netlab: cannot write {}: {e}", path.display()));
-        run_checked(Command::new("ip").args(["netns", "exec", &self.switch, "nft", "-f"]).arg(&path));
+        run_checked(Command::new("ip").args(["netns", "exec", namespace, "nft", "-f"]).arg(&path));
     }
 
     /// The lab's unique id: every one of its namespaces starts with it.

@@ -32,8 +32,11 @@ pub const IDENTIFY_PROTOCOL_VERSION: &str = "/pluresdb/1.0.0";
 const MAX_STREAMS_PER_CONNECTION: usize = 64;
 
 /// Connections to one peer at once: one, plus one while a duplicate or a
-/// replacement is settled.
-const MAX_CONNECTIONS_PER_PEER: u32 = 2;
+/// replacement is settled, plus two while a relayed connection is upgraded
+/// (a peer may be reached through a circuit per relay address at first,
+/// and DCUtR then dials directly beside them; with two, the hole punch
+/// was refused by this very limit).
+const MAX_CONNECTIONS_PER_PEER: u32 = 4;
 
 /// The share of the machine's memory above which the node accepts no new
 /// connection (`memory_connection_limits`).

@@ -188,9 +188,36 @@ pub(crate) fn reservation_address(mut relay_address: Multiaddr, relay: PeerId) -
 #[derive(Default)]
 pub(crate) struct OwnCandidates {
     queued: std::collections::VecDeque<libp2p::swarm::ToSwarm<std::convert::Infallible, std::convert::Infallible>>,
+    /// Translated candidates offered so far (see
+    /// [`offer_translated`](Self::offer_translated)), at most 64.
+    translated: std::collections::HashSet<Multiaddr>,
 }
 
 impl OwnCandidates {
+    /// Offers, as candidates only, this node's listen addresses `listen`
+    /// with their IP replaced by `observed`'s (the address a peer saw
+    /// this node's connection come from): where a NAT keeps a flow's
+    /// source port (Linux `masquerade` and most home routers do), that is
+    /// where the other transports can be reached too once punched. A peer
+    /// observes this node only on the transport it is connected over, so
+    /// without this a node linked with its relay over WebSocket offers
+    /// DCUtR no QUIC address, and the two ends punch on different
+    /// transports.
+    pub(crate) fn offer_translated(&mut self, observed: &Multiaddr, listen: &[Multiaddr]) {
+        if is_relayed(observed) {
+            return;
+        }
+        let Some(ip) = observed.iter().find(|p| matches!(p, Protocol::Ip4(_) | Protocol::Ip6(_))) else { return };
+        for address in listen.iter().filter(|a| !is_relayed(a)) {
+            let Some(at) = address.iter().position(|p| matches!(p, Protocol::Ip4(_) | Protocol::Ip6(_))) else { continue };
+            let Some(translated) = address.replace(at, |_| Some(ip.clone())) else { continue };
+            if translated == *address || self.translated.len() >= 64 || !self.translated.insert(translated.clone()) {
+                continue;
+            }
+            self.queued.push_back(libp2p::swarm::ToSwarm::NewExternalAddrCandidate(translated));
+        }
+    }
+
     /// Announces `address`: a candidate (unless relayed: DCUtR has no use
     /// for those), then confirmed.
     pub(crate) fn offer(&mut self, address: Multiaddr) {

@@ -563,6 +563,8 @@ impl SwarmTask {
                     .take(crate::dht::MAX_DHT_ADDRESSES)
                     .cloned()
                     .collect();
+                let own: Vec<Multiaddr> = lock(&self.shared.view).listen.clone();
+                self.swarm.behaviour_mut().own_candidates.offer_translated(&info.observed_addr, &own);
                 if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
                     // Reserve at the address this node reached it at, else
                     // at one it listens on (direct, and not loopback unless

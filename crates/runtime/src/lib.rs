@@ -71,6 +71,29 @@ pub struct Network {
     pub on_access_change: Option<AccessHook>,
     /// How the node finds peers (mDNS, bootstrap, exchange), if it looks.
     pub discovery: Option<Arc<pluresdb_discovery::CombinedDiscovery>>,
+    /// Addresses the node gained after start (through relays), listed
+    /// after `listen_addresses`.
+    pub live_addresses: Option<AddressHook>,
+    /// The transports' counters for `/metrics` (NAT traversal).
+    pub counters: Option<CounterHook>,
+}
+
+/// See [`Network::live_addresses`].
+pub type AddressHook = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+
+/// See [`Network::counters`].
+pub type CounterHook = Arc<dyn Fn() -> Vec<TransportCounter> + Send + Sync>;
+
+/// One counter or gauge of a transport, as `/metrics` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransportCounter {
+    /// The metric's name (`pluresdb_...`).
+    pub name: &'static str,
+    /// `counter` or `gauge`.
+    pub kind: &'static str,
+    /// What it counts.
+    pub help: &'static str,
+    pub value: u64,
 }
 
 /// See [`Network::on_access_change`].
@@ -136,6 +159,8 @@ impl Runtime {
             listen_addresses: n.listen_addresses.clone(),
             on_access_change: n.on_access_change.clone(),
             discovery: n.discovery.clone(),
+            live_addresses: n.live_addresses.clone(),
+            counters: n.counters.clone(),
         });
         let writer = writer::spawn(engine, inbox, network, stats.clone(), options.max_group.max(1)).map_err(Error::Thread)?;
         let handle = Handle {
@@ -197,6 +222,8 @@ struct Link {
     listen_addresses: Vec<String>,
     on_access_change: Option<AccessHook>,
     discovery: Option<Arc<pluresdb_discovery::CombinedDiscovery>>,
+    live_addresses: Option<AddressHook>,
+    counters: Option<CounterHook>,
 }
 
 impl Handle {
@@ -250,7 +277,19 @@ impl Handle {
 
     /// The addresses other nodes can reach this node at.
     pub fn listen_addresses(&self) -> Vec<String> {
-        self.inner.link.as_ref().map(|l| l.listen_addresses.clone()).unwrap_or_default()
+        let Some(link) = self.inner.link.as_ref() else { return Vec::new() };
+        let mut addresses = link.listen_addresses.clone();
+        for address in link.live_addresses.as_ref().map(|live| live()).unwrap_or_default() {
+            if !addresses.contains(&address) {
+                addresses.push(address);
+            }
+        }
+        addresses
+    }
+
+    /// The transports' counters (see [`Network::counters`]).
+    pub fn transport_counters(&self) -> Vec<TransportCounter> {
+        self.inner.link.as_ref().and_then(|l| l.counters.as_ref()).map(|counters| counters()).unwrap_or_default()
     }
 
     /// The peers discovery found (by every method), with what found them;

@@ -150,6 +150,10 @@ pub struct PeerDoc {
     pub transport: Option<String>,
     /// The peer's address on that connection, when connected.
     pub address: Option<String>,
+    /// The relay (peer id) the connection goes through, when it is relayed
+    /// (its address has `/p2p-circuit`); absent for a direct connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
     /// The connection's round-trip time in milliseconds, when measured.
     pub rtt_ms: Option<f64>,
     /// When the last sync round with it completed (ms since the epoch).

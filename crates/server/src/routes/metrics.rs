@@ -79,6 +79,9 @@ pub async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError
         "Operations that peers have not acknowledged yet.",
         &[("", sync.pending_operations)],
     );
+    for counter in state.handle.transport_counters() {
+        metric(&mut out, counter.name, counter.kind, counter.help, &[("", counter.value)]);
+    }
     metric(&mut out, "pluresdb_watchers", "gauge", "Change-feed subscribers (WebSockets) open now.", &[("", Stats::get(&stats.watchers))]);
     metric(
         &mut out,

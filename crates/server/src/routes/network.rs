@@ -20,6 +20,7 @@ fn peer_doc(peer: &pluresdb_sync::PeerSyncStatus, link: Option<&pluresdb_net::Pe
         connected: link.map_or(peer.connected, |l| l.connected),
         transport: link.map(|l| l.transport.to_string()),
         address: link.map(|l| l.address.clone()),
+        relay: link.and_then(|l| relay_of(&l.address)),
         rtt_ms: link.and_then(|l| l.rtt).map(|rtt| rtt.as_secs_f64() * 1_000.0),
         last_sync_ms: peer.last_sync_ms,
         pending_operations: peer.pending_operations,
@@ -29,6 +30,17 @@ fn peer_doc(peer: &pluresdb_sync::PeerSyncStatus, link: Option<&pluresdb_net::Pe
         bytes_received: peer.traffic.bytes_received,
         errors: peer.traffic.errors,
         last_error: peer.last_error.clone(),
+    }
+}
+
+/// The relay a libp2p address goes through: the peer id just before
+/// `/p2p-circuit` (`/ip4/.../p2p/<relay>/p2p-circuit/p2p/<peer>`).
+fn relay_of(address: &str) -> Option<String> {
+    let parts: Vec<&str> = address.split('/').collect();
+    let circuit = parts.iter().position(|part| *part == "p2p-circuit")?;
+    match circuit.checked_sub(2).map(|at| (parts[at], parts[at + 1])) {
+        Some(("p2p", relay)) if !relay.is_empty() => Some(relay.to_owned()),
+        _ => None,
     }
 }
 
@@ -263,7 +275,15 @@ pub async fn trust_remove(
 
 #[cfg(test)]
 mod tests {
-    use super::ticket_addresses;
+    use super::{relay_of, ticket_addresses};
+
+    #[test]
+    fn a_relayed_address_names_its_relay_and_a_direct_one_none() {
+        assert_eq!(relay_of("/ip4/192.0.2.1/tcp/4001/p2p/12D3R/p2p-circuit/p2p/12D3P"), Some("12D3R".to_owned()));
+        assert_eq!(relay_of("/ip4/192.0.2.1/tcp/4001/p2p/12D3P"), None);
+        assert_eq!(relay_of("192.0.2.1:34569"), None);
+        assert_eq!(relay_of("/p2p-circuit/p2p/12D3P"), None, "a circuit address that names no relay");
+    }
 
     #[test]
     fn a_ticket_names_no_loopback_multiaddr_beside_real_ones_and_at_most_its_limit() {
