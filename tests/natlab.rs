@@ -272,3 +272,111 @@ fn a_node_outside_the_network_cannot_use_the_relay_to_reach_a_member() {
     assert_eq!(lab.host(1).get("member:1"), None);
     assert!(!logged(&lab, 2, &["reached this node through a relay", &stranger]), "a circuit from the stranger reached the member");
 }
+
+/// Two relays; a member behind a cone NAT reserves on both, one behind a
+/// symmetric NAT reaches it through one of them. That relay is killed:
+/// the pair moves to the other relay and keeps syncing, and every write
+/// made before and after is on both.
+#[test]
+#[cfg_attr(not(feature = "libp2p"), ignore = "needs the libp2p feature (relays and hole punching)")]
+fn when_the_relay_dies_the_members_move_to_the_other_relay_and_lose_nothing() {
+    if !netlab::supported() {
+        return;
+    }
+    // h0, h1: relays; h2 behind a cone NAT; h3 behind a symmetric NAT.
+    let mut lab = Lab::nat(2, &[Nat::Cone, Nat::Symmetric], 1);
+    lab.host_mut(0).start(&["--relay", "--no-mdns"]);
+    let ticket = lab.host(0).ticket();
+    let started = lab.host_mut(1).start(&["--relay", "--no-mdns", "--join", &ticket]);
+    let second_relay = started["listen"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .find(|a| a.starts_with("/ip4/") && a.contains("/tcp/") && !a.contains("/ws"))
+        .unwrap_or_else(|| panic!("no libp2p TCP address in h1's start line {started}"))
+        .to_owned();
+    lab.host_mut(2).start(&["--no-mdns", "--join", &ticket, "--bootstrap", &second_relay]);
+    let relays = [lab.host(0).peer_id(), lab.host(1).peer_id()];
+    lab.wait_until(STEP_TIMEOUT, "h2 holds reservations on both relays", || {
+        let relayed = wait_relayed_addresses(&lab, 2);
+        if relays.iter().all(|r| relayed.iter().any(|a| a.contains(&format!("/p2p/{r}/p2p-circuit")))) {
+            Ok(())
+        } else {
+            Err(format!("{relayed:?}"))
+        }
+    });
+    let member_ticket = lab.host(2).ticket();
+    lab.host_mut(3).start(&["--no-mdns", "--join", &member_ticket]);
+    let h2 = lab.host(2).peer_id();
+    let entry = lab.wait_until(STEP_TIMEOUT, "h3 is linked with h2 through a relay", || {
+        let entry = connected_entry(&lab, 3, &h2)?;
+        if entry["relay"].is_string() {
+            Ok(entry)
+        } else {
+            Err(format!("{entry}"))
+        }
+    });
+    lab.host(2).put("before", &json!({"n": 1}));
+    wait_holds(&lab, 3, "before", &json!({"n": 1}));
+    let used = entry["relay"].as_str().unwrap_or_default().to_owned();
+    let (dead, other) = if used == relays[0] { (0, 1) } else { (1, 0) };
+    lab.host_mut(dead).kill();
+    let moved = Instant::now();
+    let entry = lab.wait_until(STEP_TIMEOUT, "h3 reaches h2 through the other relay", || {
+        let entry = connected_entry(&lab, 3, &h2)?;
+        if entry["relay"] == relays[other].as_str() {
+            Ok(entry)
+        } else {
+            Err(format!("{entry}"))
+        }
+    });
+    let moved = moved.elapsed();
+    lab.host(2).put("after:h2", &json!({"n": 2}));
+    lab.host(3).put("after:h3", &json!({"n": 3}));
+    for (host, id, value) in [(3, "after:h2", json!({"n": 2})), (2, "after:h3", json!({"n": 3})), (3, "before", json!({"n": 1}))] {
+        wait_holds(&lab, host, id, &value);
+    }
+    eprintln!("netlab: relay killed: h3 reached h2 through the other relay {} ms later ({entry})", moved.as_millis());
+}
+
+/// The figures of `docs/libp2p.md` ("Relays and NATs"), by hand (as root):
+/// `cargo test --test natlab nat_trials -- --ignored --nocapture`.
+/// `PLURESDB_NAT_TRIALS` trials (default 20) of each topology: how many
+/// pairs end on a direct connection within 15 s of linking, the time from
+/// the joining node's start to its link, and from a write to its arrival.
+#[test]
+#[ignore = "measurement: run by hand for the figures (about 10 minutes)"]
+fn nat_trials() {
+    if !netlab::supported() {
+        return;
+    }
+    let trials: usize = std::env::var("PLURESDB_NAT_TRIALS").ok().and_then(|n| n.parse().ok()).unwrap_or(20);
+    for (name, second) in [("cone/cone", Nat::Cone), ("cone/symmetric", Nat::Symmetric), ("cone/udp-blocked", Nat::UdpBlocked)] {
+        let (mut direct, mut links, mut writes) = (0, Vec::new(), Vec::new());
+        for _ in 0..trials {
+            let (lab, linked, first_write) = two_members_behind(Nat::Cone, second);
+            let h1 = lab.host(1).peer_id();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if connected_entry(&lab, 2, &h1).is_ok_and(|e| e["relay"].is_null()) {
+                    direct += 1;
+                    break;
+                }
+                std::thread::sleep(netlab::POLL_INTERVAL);
+            }
+            links.push(linked.as_millis());
+            writes.push(first_write.as_millis());
+        }
+        links.sort_unstable();
+        writes.sort_unstable();
+        let median = |v: &[u128]| v[v.len() / 2];
+        eprintln!(
+            "netlab: {name}: {direct}/{trials} direct within 15 s; link after start: median {} ms, max {} ms; first write: median {} ms, max {} ms",
+            median(&links),
+            links[links.len() - 1],
+            median(&writes),
+            writes[writes.len() - 1]
+        );
+    }
+}

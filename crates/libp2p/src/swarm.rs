@@ -76,6 +76,10 @@ struct PendingDial {
 struct Redial {
     address: Multiaddr,
     failures: u32,
+    /// Where the peer last said it listens (identify), at most 8: tried
+    /// beside `address`, so a peer reached through a relay that went away
+    /// is reached through another of its relays.
+    known: Vec<Multiaddr>,
 }
 
 /// Binds every address in `addresses` and waits (at most `timeout`) until
@@ -289,7 +293,7 @@ impl SwarmTask {
             Command::Dial { address, expected, redial, reply } => {
                 if let Some(peer) = expected.filter(|peer| self.swarm.is_connected(peer)) {
                     if redial {
-                        self.redials.insert(peer, Redial { address, failures: 0 });
+                        self.redials.insert(peer, Redial { address, failures: 0, known: Vec::new() });
                     }
                     let _ = reply.send(Ok(peer));
                     return;
@@ -326,7 +330,9 @@ impl SwarmTask {
                 if self.swarm.is_connected(&peer) {
                     return;
                 }
-                let opts = DialOpts::peer_id(peer).addresses(vec![redial.address.clone()]).build();
+                let mut addresses = vec![redial.address.clone()];
+                addresses.extend(redial.known.iter().filter(|known| **known != redial.address).cloned());
+                let opts = DialOpts::peer_id(peer).addresses(addresses).build();
                 let id = opts.connection_id();
                 match self.swarm.dial(opts) {
                     Ok(()) => {
@@ -460,7 +466,7 @@ impl SwarmTask {
                 if let Some(pending) = self.pending.remove(&connection_id) {
                     if pending.redial {
                         if let Some(address) = pending.address {
-                            self.redials.insert(peer_id, Redial { address, failures: 0 });
+                            self.redials.insert(peer_id, Redial { address, failures: 0, known: Vec::new() });
                         }
                     }
                     if let Some(reply) = pending.reply {
@@ -471,8 +477,7 @@ impl SwarmTask {
                     }
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, endpoint, .. } => {
-                let relayed = endpoint.is_relayed();
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
                 let direct_left = {
                     let mut view = lock(&self.shared.view);
                     let mut direct_left = false;
@@ -491,8 +496,11 @@ impl SwarmTask {
                     self.relays.remove(&peer_id);
                     self.dialled.remove(&peer_id);
                 }
-                if relayed && direct_left {
-                    // The link may have run over the relayed connection.
+                if num_established > 0 && (direct_left || self.shared.is_linked_peer(&peer_id)) && !self.shared.refused_recently(&peer_id) {
+                    // The link may have run over the closed connection (a
+                    // relayed one replaced by a direct one, or one through a
+                    // relay that went away): it is opened again over one
+                    // that stays.
                     self.shared.spawn_relink(peer_id, RELINK_WAIT);
                 }
                 tracing::debug!(peer = %peer_id, cause = ?cause, "libp2p connection closed");
@@ -563,6 +571,9 @@ impl SwarmTask {
                     .take(crate::dht::MAX_DHT_ADDRESSES)
                     .cloned()
                     .collect();
+                if let Some(redial) = self.redials.get_mut(&peer_id) {
+                    redial.known = listening.iter().take(8).cloned().collect();
+                }
                 let own: Vec<Multiaddr> = lock(&self.shared.view).listen.clone();
                 self.swarm.behaviour_mut().own_candidates.offer_translated(&info.observed_addr, &own);
                 if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
