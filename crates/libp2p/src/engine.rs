@@ -6,6 +6,7 @@
 //! the swarm task. Each sync stream runs the admission handshake
 //! ([`crate::handshake`]) and, once admitted, becomes a [`crate::link`].
 
+use crate::admission::HandshakeSlot;
 use crate::behaviour::SYNC_PROTOCOL;
 use crate::dht::{DhtPeer, DhtPeers};
 use crate::handshake::{self, Role};
@@ -16,6 +17,7 @@ use futures::{AsyncReadExt, StreamExt};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::Multiaddr;
+use pluresdb_net::admission::{Admission, HandshakeBudget, Source};
 use pluresdb_net::link::Lane;
 use pluresdb_net::{
     ErrorCode, Frame, NetworkConfig, NetworkEngine, NetworkError, NetworkMessage, PeerInfo, PeerManager, ReceiveLimits, Result, SyncHandle,
@@ -113,8 +115,10 @@ struct State {
     links: HashMap<String, Link>,
     /// Peers this node is opening a sync stream to.
     opening: HashSet<String>,
-    /// Incoming sync streams in their handshake.
-    handshakes: usize,
+    /// Incoming sync streams in their handshake (see [`crate::admission`]).
+    handshakes: HandshakeBudget,
+    /// Aborts each incoming handshake in flight, by its budget slot.
+    evictions: HashMap<u64, oneshot::Sender<()>>,
     next_id: u64,
 }
 
@@ -131,8 +135,8 @@ pub(crate) struct Running {
 pub(crate) struct View {
     /// The addresses the node listens on.
     pub(crate) listen: Vec<Multiaddr>,
-    /// Each connected peer's connections: (id, remote address).
-    pub(crate) connections: HashMap<libp2p::PeerId, Vec<(libp2p::swarm::ConnectionId, Multiaddr)>>,
+    /// Each connected peer's connections, oldest first.
+    pub(crate) connections: HashMap<libp2p::PeerId, Vec<OpenConnection>>,
     /// The latest ping round trip per peer.
     pub(crate) rtt: HashMap<libp2p::PeerId, Duration>,
     /// Peers found under the network's DHT key.
@@ -190,6 +194,15 @@ impl Reachability {
             Reachability::Private => "private",
         }
     }
+}
+
+/// A connection as the swarm task reports it.
+pub(crate) struct OpenConnection {
+    pub(crate) id: libp2p::swarm::ConnectionId,
+    /// The remote address (`/p2p/<id>` alone for an incoming circuit).
+    pub(crate) remote: Multiaddr,
+    /// What its incoming sync handshakes are charged to.
+    pub(crate) source: Source,
 }
 
 /// Counts running tasks, so `stop` can wait for them.
@@ -329,19 +342,58 @@ impl Shared {
     /// most `wait`) for the swarm task to record one: a stream may reach
     /// the engine before the event that reports its connection.
     pub(crate) async fn address_of_connected(&self, peer: &libp2p::PeerId, wait: Duration) -> String {
+        self.connection_of(peer, wait).await.map(|(address, _)| address).unwrap_or_default()
+    }
+
+    /// The remote address and [`Source`] of the newest connection to
+    /// `peer`, waiting as [`address_of_connected`](Self::address_of_connected)
+    /// does; `None` if none was recorded by then. (`libp2p_stream` does
+    /// not say which connection a stream came on; a peer has at most two.)
+    pub(crate) async fn connection_of(&self, peer: &libp2p::PeerId, wait: Duration) -> Option<(String, Source)> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = self.connections_changed.notified();
-            let address = self.address_of(peer);
-            if !address.is_empty() || tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return address;
+            let newest =
+                lock(&self.view).connections.get(peer).and_then(|list| list.last()).map(|open| (open.remote.to_string(), open.source));
+            if newest.is_some() || tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return newest;
             }
         }
     }
 
     /// The remote address of the newest connection to `peer`.
     pub(crate) fn address_of(&self, peer: &libp2p::PeerId) -> String {
-        lock(&self.view).connections.get(peer).and_then(|list| list.last()).map(|(_, addr)| addr.to_string()).unwrap_or_default()
+        lock(&self.view).connections.get(peer).and_then(|list| list.last()).map(|open| open.remote.to_string()).unwrap_or_default()
+    }
+
+    /// Takes a slot of the handshake budget for a sync stream from
+    /// `source`, evicting an older handshake if the budget says so.
+    fn admit_handshake(self: &Arc<Self>, source: Source) -> std::result::Result<HandshakeSlot, String> {
+        let mut state = self.state();
+        // The connection is established (TCP or QUIC, then Noise): its
+        // address is proven, so the budget never asks for a Retry.
+        match state.handshakes.admit(source, true, true) {
+            Admission::Accept { id, evict } => {
+                if let Some(cancel) = evict.and_then(|victim| state.evictions.remove(&victim)) {
+                    let _ = cancel.send(());
+                }
+                let (cancel, evicted) = oneshot::channel();
+                state.evictions.insert(id, cancel);
+                Ok(HandshakeSlot::new(self.clone(), id, evicted))
+            }
+            Admission::Refuse(reason) => {
+                Err(format!("{reason} (limit {}, {} per address)", self.config.max_handshakes, self.config.max_handshakes_per_ip))
+            }
+            Admission::Retry => Err(format!("too many handshakes in flight (limit {})", self.config.max_handshakes)),
+        }
+    }
+
+    /// Gives back handshake slot `id` (its handshake ended, it was
+    /// evicted, or its peer was admitted).
+    pub(crate) fn release_handshake(&self, id: u64) {
+        let mut state = self.state();
+        state.handshakes.release(id);
+        state.evictions.remove(&id);
     }
 
     /// This node's listen addresses as a `hello` carries them.
@@ -411,7 +463,7 @@ impl Shared {
             }
             Err(_) => return Err(NetworkError::HandshakeTimeout { address: self.address_of(&peer), after: timeout }),
         };
-        let opened = Opened { peer, address: self.address_of(&peer), role: Role::Initiator, stream };
+        let opened = Opened { peer, address: self.address_of(&peer), role: Role::Initiator, stream, slot: None };
         let (admitted_tx, admitted_rx) = oneshot::channel();
         let guard = running.tasks.enter();
         let shared = self.clone();
@@ -490,7 +542,8 @@ impl Shared {
 }
 
 /// Accepts `/pluresdb/sync/1` streams until the engine stops; each runs
-/// its handshake in its own task, within the `max_handshakes` budget.
+/// its handshake in its own task, within the handshake budget (see
+/// [`crate::admission`]).
 async fn accept_streams(shared: Arc<Shared>, mut incoming: libp2p_stream::IncomingStreams, running: Running, _guard: TaskGuard) {
     let mut shutdown = shared.shutdown_signal();
     loop {
@@ -501,38 +554,32 @@ async fn accept_streams(shared: Arc<Shared>, mut incoming: libp2p_stream::Incomi
             },
             () = crate::engine::stopped(&mut shutdown) => break,
         };
-        let over_budget = {
-            let mut state = shared.state();
-            if state.handshakes >= shared.config.max_handshakes {
-                true
-            } else {
-                state.handshakes += 1;
-                false
-            }
-        };
         let guard = running.tasks.enter();
         let shared = shared.clone();
         tokio::spawn(async move {
-            if over_budget {
-                let (_reader, mut writer) = stream.split();
-                let message = format!("too many handshakes in flight (limit {})", shared.config.max_handshakes);
-                tracing::debug!(%peer, "{message}; refusing a sync stream");
-                refuse(&mut writer, ErrorCode::TooManyConnections, &message).await;
-            } else {
-                // The slot is the handshake's: given back once it is over,
-                // however it ends.
-                let (admitted_tx, admitted_rx) = oneshot::channel();
-                let budget = shared.clone();
-                tokio::spawn(async move {
-                    let _ = admitted_rx.await;
-                    budget.state().handshakes -= 1;
-                });
-                let opened = Opened { peer, address: shared.address_of(&peer), role: Role::Responder, stream };
-                link::run(shared, opened, Some(admitted_tx)).await;
-            }
+            accept_stream(shared, peer, stream).await;
             drop(guard);
         });
     }
+}
+
+/// Runs one incoming sync stream: refused at once with
+/// `too_many_connections` if the handshake budget has no room for it,
+/// else its handshake in its budget slot and, once admitted, its link.
+async fn accept_stream(shared: Arc<Shared>, peer: libp2p::PeerId, stream: libp2p::Stream) {
+    // The stream may come before the event that reports its connection.
+    let (address, source) = shared.connection_of(&peer, handshake::LINGER).await.unwrap_or((String::new(), Source::Unaddressed));
+    let slot = match shared.admit_handshake(source) {
+        Ok(slot) => slot,
+        Err(message) => {
+            let (_reader, mut writer) = stream.split();
+            tracing::debug!(%peer, %address, "{message}; refusing a sync stream");
+            refuse(&mut writer, ErrorCode::TooManyConnections, &message).await;
+            return;
+        }
+    };
+    let opened = Opened { peer, address, role: Role::Responder, stream, slot: Some(slot) };
+    link::run(shared, opened, None).await;
 }
 
 /// Sends `error {code, message}` and closes the writer.
@@ -552,6 +599,7 @@ impl Libp2pNetworkEngine {
     /// ports the OS picks when `config.port` is 0). Bootstrap nodes are
     /// the entries of `config.bootstrap_nodes` that are multiaddrs.
     pub fn new(config: NetworkConfig, peer_manager: Arc<PeerManager>, sync_engine: SyncHandle) -> Self {
+        let handshakes = HandshakeBudget::new(config.max_handshakes, config.max_handshakes_per_ip);
         let shared = Shared {
             config,
             peers: peer_manager,
@@ -567,7 +615,14 @@ impl Libp2pNetworkEngine {
                 hole_punching: true,
             }),
             keys: Mutex::new(None),
-            state: Mutex::new(State { running: None, links: HashMap::new(), opening: HashSet::new(), handshakes: 0, next_id: 0 }),
+            state: Mutex::new(State {
+                running: None,
+                links: HashMap::new(),
+                opening: HashSet::new(),
+                handshakes,
+                evictions: HashMap::new(),
+                next_id: 0,
+            }),
             view: Mutex::new(View::default()),
             shutdown: watch::channel(false).0,
             links_changed: Notify::new(),
@@ -678,10 +733,10 @@ impl Libp2pNetworkEngine {
         let peer: libp2p::PeerId = peer.parse().ok()?;
         let view = lock(&self.shared.view);
         let connections = view.connections.get(&peer)?;
-        if connections.iter().any(|(_, address)| !crate::relay::is_relayed(address)) {
+        if connections.iter().any(|open| !crate::relay::is_relayed(&open.remote)) {
             return None;
         }
-        connections.iter().find_map(|(_, address)| crate::relay::relay_of(address)).map(|relay| relay.to_string())
+        connections.iter().find_map(|open| crate::relay::relay_of(&open.remote)).map(|relay| relay.to_string())
     }
 
     /// This node's peer id, once initialized.
@@ -728,6 +783,12 @@ impl Libp2pNetworkEngine {
     /// address first. The engine dials them itself.
     pub fn dht_peers(&self) -> Vec<DhtPeer> {
         lock(&self.shared.view).dht.list(Instant::now())
+    }
+
+    /// How many incoming sync streams are in their handshake (at most
+    /// `config.max_handshakes`).
+    pub fn handshakes_in_flight(&self) -> usize {
+        self.shared.state().handshakes.in_flight()
     }
 
     /// How many libp2p connections are open (sync links, DHT neighbours and

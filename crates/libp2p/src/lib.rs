@@ -51,6 +51,7 @@
 //! # }
 //! ```
 
+mod admission;
 mod behaviour;
 pub mod dht;
 mod engine;

@@ -13,8 +13,9 @@
 //! are not frames with an `error` frame; the stream closes, the engine and
 //! its other links go on.
 
+use crate::admission::{self, HandshakeSlot};
 use crate::engine::{lock, Registration, Shared};
-use crate::frames::{write_frame, READ_CHUNK_BYTES};
+use crate::frames::{error_frame, write_frame, READ_CHUNK_BYTES};
 use crate::handshake::{self, Role, LINGER};
 use chrono::Utc;
 use futures::io::WriteHalf;
@@ -22,8 +23,8 @@ use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::Stream;
 use pluresdb_net::link::{Lane, Link as Machine, LinkConfig, LinkEnd, LinkEvent, Now};
 use pluresdb_net::{
-    Direction, ExchangedPeer, Frame, Hello, NetworkError, PeerEvent, PeerInfo, PeerStats, Transport, MAX_EXCHANGED_ADDRESSES,
-    PROTOCOL_VERSION,
+    Direction, ErrorCode, ExchangedPeer, Frame, FrameKind, Hello, NetworkError, PeerEvent, PeerInfo, PeerStats, Transport,
+    MAX_EXCHANGED_ADDRESSES, PROTOCOL_VERSION,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,9 @@ pub const BULK_QUEUE_FRAMES: usize = 16;
 /// Frames of the machine's own (hello, heartbeats, answers) waiting for
 /// the writer; the driver waits when it is full.
 const MACHINE_QUEUE_FRAMES: usize = 64;
+
+/// Why an incoming stream's handshake was aborted by a newer one.
+const EVICTED: &str = "too many handshakes in flight";
 
 /// A registered link, as the engine's link table holds it.
 pub(crate) struct Link {
@@ -68,15 +72,18 @@ pub(crate) struct Opened {
     pub(crate) address: String,
     pub(crate) role: Role,
     pub(crate) stream: Stream,
+    /// The handshake budget's slot of an incoming stream, given back once
+    /// the peer is admitted; `None` for a stream this node opened.
+    pub(crate) slot: Option<HandshakeSlot>,
 }
 
 /// Runs a sync stream from its nonce step to its end. `admitted` learns
 /// the handshake's outcome: the peer id once the link is up (registered,
 /// or a duplicate of the link that stays), the error otherwise.
 pub(crate) async fn run(shared: Arc<Shared>, opened: Opened, admitted: Option<oneshot::Sender<Result<String, NetworkError>>>) {
-    let Opened { peer, address, role, stream } = opened;
+    let Opened { peer, address, role, stream, slot } = opened;
     let peer_text = peer.to_string();
-    let outcome = drive(&shared, peer, address, role, stream, admitted).await;
+    let outcome = drive(&shared, peer, address, role, stream, slot, admitted).await;
     if let Some((id, end)) = outcome {
         if shared.unregister(&peer_text, id) {
             shared.peers.peer_disconnected(&peer_text);
@@ -95,6 +102,7 @@ async fn drive(
     mut address: String,
     role: Role,
     stream: Stream,
+    mut slot: Option<HandshakeSlot>,
     mut admitted: Option<oneshot::Sender<Result<String, NetworkError>>>,
 ) -> Registered {
     let mut tell = |result: Result<String, NetworkError>| {
@@ -114,15 +122,23 @@ async fn drive(
     let listen = shared.hello_addresses();
     let hello =
         Hello { protocol_version: PROTOCOL_VERSION, peer_id: keys.peer_id_text.clone(), listen_addresses: listen.clone(), proof: None };
-    let binding =
-        match handshake::exchange_nonces(&hello, &peer_text, role, &mut reader, &mut writer, deadline, config.handshake_timeout).await {
-            Ok(binding) => binding,
-            Err(err) => {
-                tracing::info!(peer = %peer_text, %address, error = %err, "sync stream refused in its nonce step");
-                tell(Err(err));
-                return None;
-            }
-        };
+    let nonces = tokio::select! {
+        nonces = handshake::exchange_nonces(&hello, &peer_text, role, &mut reader, &mut writer, deadline, config.handshake_timeout) => nonces,
+        () = admission::evicted(&mut slot) => {
+            tracing::debug!(peer = %peer_text, %address, "an incoming sync handshake gave its slot to a newer one");
+            let _ = tokio::time::timeout(LINGER, write_frame(&mut writer, &error_frame(ErrorCode::TooManyConnections, EVICTED))).await;
+            let _ = tokio::time::timeout(LINGER, writer.close()).await;
+            return None;
+        }
+    };
+    let binding = match nonces {
+        Ok(binding) => binding,
+        Err(err) => {
+            tracing::info!(peer = %peer_text, %address, error = %err, "sync stream refused in its nonce step");
+            tell(Err(err));
+            return None;
+        }
+    };
     let link_config = LinkConfig {
         binding,
         listen_addresses: listen,
@@ -152,6 +168,9 @@ async fn drive(
     let mut peer_hello: Option<Hello> = None;
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     let mut reader_open = true;
+    // The error frame that ends the stream when this side refuses it
+    // after the nonce step (the machine would say goodbye).
+    let mut refusal: Option<Frame> = None;
     let end = 'run: loop {
         // Act on everything the machine has to say before the next input.
         while let Some(event) = machine.poll_event() {
@@ -181,6 +200,8 @@ async fn drive(
                         Role::Initiator => keys.peer_id_text.clone(),
                         Role::Responder => peer_text.clone(),
                     };
+                    // Admitted: the handshake's budget slot is free again.
+                    slot = None;
                     let Some(closer) = closer.take() else { continue };
                     let link =
                         Link { id, peer_id: peer_text.clone(), opener, control: control.clone(), bulk: bulk.clone(), proof_ok, closer };
@@ -259,6 +280,11 @@ async fn drive(
                 machine.close(&reason);
             }
             () = crate::engine::stopped(&mut shutdown) => machine.close("node shutting down"),
+            () = admission::evicted(&mut slot) => {
+                tracing::debug!(peer = %peer_text, %address, "an incoming sync handshake gave its slot to a newer one");
+                refusal = Some(error_frame(ErrorCode::TooManyConnections, EVICTED));
+                machine.close(EVICTED);
+            }
         }
     };
     // The machine's last frames (a goodbye or an error) go out before the
@@ -267,6 +293,11 @@ async fn drive(
     let mut last = Vec::new();
     while let Some(transmit) = machine.poll_transmit() {
         last.push(transmit.frame);
+    }
+    if let Some(refusal) = refusal {
+        // Told why with an error code, not a goodbye.
+        last.retain(|frame| frame.kind != FrameKind::Goodbye);
+        last.push(refusal);
     }
     let _ = last_tx.send(last);
     let drain = async { while reader_open && matches!(reader.read(&mut chunk).await, Ok(n) if n > 0) {} };

@@ -7,7 +7,7 @@
 //! connections to direct ones, tallies what the relay server refused.
 
 use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
-use crate::engine::{lock, Shared};
+use crate::engine::{lock, OpenConnection, Shared};
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
 use libp2p::core::ConnectedPoint;
@@ -438,14 +438,14 @@ impl SwarmTask {
                 let replaced: Vec<ConnectionId> = {
                     let mut view = lock(&self.shared.view);
                     let list = view.connections.entry(peer_id).or_default();
-                    list.push((connection_id, remote.clone()));
+                    list.push(OpenConnection { id: connection_id, remote: remote.clone(), source: crate::admission::source_of(&endpoint) });
                     // A direct connection to a peer reached through a relay
                     // (hole punched, or dialled): the relayed ones go, and
                     // the link follows to the direct one.
                     let replaced = if relayed {
                         Vec::new()
                     } else {
-                        list.iter().filter(|(_, address)| crate::relay::is_relayed(address)).map(|(id, _)| *id).collect()
+                        list.iter().filter(|open| crate::relay::is_relayed(&open.remote)).map(|open| open.id).collect()
                     };
                     if !replaced.is_empty() {
                         view.nat.upgrades += 1;
@@ -482,8 +482,8 @@ impl SwarmTask {
                     let mut view = lock(&self.shared.view);
                     let mut direct_left = false;
                     if let Some(list) = view.connections.get_mut(&peer_id) {
-                        list.retain(|(id, _)| *id != connection_id);
-                        direct_left = list.iter().any(|(_, address)| !crate::relay::is_relayed(address));
+                        list.retain(|open| open.id != connection_id);
+                        direct_left = list.iter().any(|open| !crate::relay::is_relayed(&open.remote));
                         if list.is_empty() {
                             view.connections.remove(&peer_id);
                             view.rtt.remove(&peer_id);
@@ -720,7 +720,7 @@ impl SwarmTask {
             let view = lock(&self.shared.view);
             view.connections
                 .iter()
-                .filter(|(_, list)| list.iter().all(|(_, address)| crate::relay::is_relayed(address)))
+                .filter(|(_, list)| list.iter().all(|open| crate::relay::is_relayed(&open.remote)))
                 .filter_map(|(peer, _)| {
                     let direct: Vec<Multiaddr> = view
                         .identified

@@ -57,6 +57,7 @@
 //! [`link::Link`] that every engine drives. The wire format is in
 //! `docs/protocol.md`, "Frames".
 
+pub mod admission;
 pub mod codec;
 mod combined;
 mod config;

@@ -1,12 +1,12 @@
 //! The accept loop: every incoming connection attempt is retried, refused
-//! or given a slot of the handshake budget (see [`super::admission`]) at
+//! or given a slot of the handshake budget (see [`crate::admission`]) at
 //! once, and each handshake runs in its own task.
 
-use super::admission::Admission;
 use super::handshake::{self, Terms};
 use super::registry::{Running, Shared, Slot, TaskGuard};
 use super::transport::listen_addresses;
 use super::{link, stream};
+use crate::admission::Admission;
 use crate::message::ErrorCode;
 use crate::peer::Direction;
 use std::sync::atomic::Ordering;

@@ -12,14 +12,14 @@
 //!
 //! The rest is QUIC's or this engine's own, a file each: the `transport`
 //! settings (TLS, flow-control windows before and after admission), the
-//! `admission` budget of incoming handshakes (Retry, per-address
-//! limits), the `accept` loop, `dial` supervision with `backoff`, the
+//! `accept` loop (which asks [`crate::admission`]'s budget of incoming
+//! handshakes, shared with the libp2p engine, and answers with QUIC
+//! Retries and refusals), `dial` supervision with `backoff`, the
 //! `registry` of links (duplicates, connection limit), and the
 //! `engine`'s `NetworkEngine` methods.
 
 mod accept;
 mod address;
-mod admission;
 mod backoff;
 mod dial;
 mod engine;

@@ -3,7 +3,7 @@
 //! up, the connection and handshake budgets, and the counter `stop` waits
 //! on.
 
-use super::admission::HandshakeBudget;
+use crate::admission::HandshakeBudget;
 use crate::codec::Frame;
 use crate::config::{NetworkConfig, ReceiveLimits};
 use crate::events::SyncHandle;
@@ -55,7 +55,7 @@ pub(super) struct State {
     /// This node's dials not yet links; they count against
     /// `max_connections`.
     pub(super) dialling: usize,
-    /// Incoming connections not yet admitted (see [`super::admission`]).
+    /// Incoming connections not yet admitted (see [`crate::admission`]).
     pub(super) handshakes: HandshakeBudget,
     /// Aborts each incoming handshake in flight, by its budget slot.
     pub(super) evictions: HashMap<u64, oneshot::Sender<()>>,

@@ -1,34 +1,40 @@
-//! [`HandshakeBudget`]: which incoming connections may start a handshake.
+//! [`HandshakeBudget`]: which incoming connections (or sync streams) may
+//! start a handshake.
 //!
 //! A connection costs the node state from its first packet until it is
-//! admitted (TLS, then the hello and proof) or dropped, and before
-//! admission it has proven nothing. So handshakes in flight have their own
-//! small budget, apart from `max_connections` (which admitted links and
-//! this node's own dials share), and that budget is guarded in QUIC's own
-//! terms:
+//! admitted (the transport's handshake, then the hello and proof) or
+//! dropped, and before admission it has proven nothing. So handshakes in
+//! flight have their own small budget, apart from `max_connections` (which
+//! admitted links and this node's own dials share, so an outsider's
+//! handshakes never take a dial's room), and within it:
 //!
 //! - **Address validation under load.** Once a quarter of the budget is in
-//!   use, a client that has not proven it receives at its source address is
-//!   sent a QUIC Retry (a stateless token it must echo). A flood from
-//!   spoofed addresses then costs the node one packet each and holds no
-//!   slot; an honest client pays one round trip.
-//! - **Per address.** At most `per_ip` handshakes from one IPv4 address or
-//!   IPv6 /64 (the block one host or subscriber typically has).
+//!   use, a client that has not proven it receives at its source address
+//!   must prove it first ([`Admission::Retry`]; QUIC sends a Retry, a
+//!   stateless token the client must echo). A flood from spoofed addresses
+//!   then costs the node one packet each and holds no slot; an honest
+//!   client pays one round trip. Transports whose connections are proven
+//!   before they reach the budget (TCP, or a libp2p stream on an
+//!   established connection) ask with `validated` true.
+//! - **Per address.** At most `per_ip` handshakes from one [`Source`]: an
+//!   IPv4 address or IPv6 /64 (the block one host or subscriber typically
+//!   has), or the one shared bucket of connections without an IP address.
 //! - **Eviction, not lock-out.** When the budget is full, a newcomer takes
 //!   the slot of the oldest handshake of the address holding the most
 //!   slots, if that address holds more than the newcomer's; otherwise the
 //!   newcomer is refused. Filling the budget for long thus takes as many
 //!   source addresses as the budget has slots, each of them validated.
 //!
-//! Sans-IO: the engine asks, acts on the answer, and releases each slot
-//! when its handshake ends.
+//! Sans-IO and transport-independent: the engine (QUIC's accept loop, the
+//! libp2p engine's sync streams) asks, acts on the answer, and releases
+//! each slot when its handshake ends.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv6Addr};
 
 /// What to do with an incoming connection attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Admission {
+pub enum Admission {
     /// Start the handshake under slot `id`; first abort the handshake in
     /// slot `evict`, if any (its slot is already free).
     Accept {
@@ -37,15 +43,17 @@ pub(crate) enum Admission {
         /// An older handshake that gives up its slot.
         evict: Option<u64>,
     },
-    /// Answer with a QUIC Retry: the client must prove its address.
+    /// The client must first prove it receives at its source address
+    /// (QUIC: answer with a Retry), then ask again with `validated`.
     Retry,
-    /// Refuse without a handshake (a QUIC `CONNECTION_REFUSED`).
+    /// Refuse without a handshake (QUIC: `CONNECTION_REFUSED`; libp2p: an
+    /// `error` frame `too_many_connections` on the stream).
     Refuse(Refusal),
 }
 
 /// Why an incoming connection was refused before its handshake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Refusal {
+pub enum Refusal {
     /// Its address already has `per_ip` handshakes in flight.
     AddressBusy,
     /// The budget is full and no address holds more slots than this one.
@@ -64,28 +72,52 @@ impl std::fmt::Display for Refusal {
 /// The budget of incoming handshakes in flight. Slots are numbered in the
 /// order they were given, so the smallest number is the oldest.
 #[derive(Debug)]
-pub(crate) struct HandshakeBudget {
+pub struct HandshakeBudget {
     limit: usize,
     per_ip: usize,
     retry_from: usize,
     next_id: u64,
-    in_flight: BTreeMap<u64, AddressKey>,
-    per_address: HashMap<AddressKey, usize>,
+    in_flight: BTreeMap<u64, Source>,
+    per_address: HashMap<Source, usize>,
 }
 
-/// The unit the per-address limit counts: an IPv4 address, or the /64 of
-/// an IPv6 one (IPv4-mapped IPv6 addresses count as IPv4).
+/// Where a handshake comes from, as the per-address limit counts it: an
+/// IPv4 address, or the /64 of an IPv6 one (IPv4-mapped IPv6 addresses
+/// count as IPv4); or, for a connection whose address has no IP at all,
+/// one bucket that all of them share (they get one address's share
+/// together, not one each: nothing tells them apart).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct AddressKey(IpAddr);
+pub enum Source {
+    /// An IPv4 address or an IPv6 /64.
+    Ip(IpAddr),
+    /// No IP address is known.
+    Unaddressed,
+}
 
-impl AddressKey {
-    fn of(ip: IpAddr) -> Self {
+impl Source {
+    /// The source of a connection from `ip`.
+    pub fn of(ip: IpAddr) -> Self {
         match ip.to_canonical() {
-            IpAddr::V4(v4) => AddressKey(IpAddr::V4(v4)),
+            IpAddr::V4(v4) => Source::Ip(IpAddr::V4(v4)),
             IpAddr::V6(v6) => {
                 let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                AddressKey(IpAddr::V6(Ipv6Addr::from(prefix)))
+                Source::Ip(IpAddr::V6(Ipv6Addr::from(prefix)))
             }
+        }
+    }
+}
+
+impl From<IpAddr> for Source {
+    fn from(ip: IpAddr) -> Self {
+        Source::of(ip)
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Ip(ip) => write!(f, "{ip}"),
+            Source::Unaddressed => f.write_str("no IP address"),
         }
     }
 }
@@ -94,7 +126,7 @@ impl HandshakeBudget {
     /// A budget of `limit` handshakes in flight (at least 1), at most
     /// `per_ip` (at least 1) from one address, sending unvalidated clients a
     /// Retry once a quarter of it is in use.
-    pub(crate) fn new(limit: usize, per_ip: usize) -> Self {
+    pub fn new(limit: usize, per_ip: usize) -> Self {
         let limit = limit.max(1);
         Self {
             limit,
@@ -107,16 +139,22 @@ impl HandshakeBudget {
     }
 
     /// How many handshakes are in flight.
-    pub(crate) fn in_flight(&self) -> usize {
+    pub fn in_flight(&self) -> usize {
         self.in_flight.len()
     }
 
-    /// Decides on a connection attempt from `ip`; `validated` is whether
-    /// the client proved its address (it echoed a Retry token). With
+    /// How many handshakes from `source` are in flight.
+    pub fn in_flight_from(&self, source: impl Into<Source>) -> usize {
+        self.per_address.get(&source.into()).copied().unwrap_or(0)
+    }
+
+    /// Decides on a connection attempt from `source` (an [`IpAddr`] or a
+    /// [`Source`]); `validated` is whether the client proved its address
+    /// (it echoed a Retry token, or its transport proved it). With
     /// `may_evict` false (a connection the node will only refuse with a
     /// reason) no other handshake gives way to it.
-    pub(crate) fn admit(&mut self, ip: IpAddr, validated: bool, may_evict: bool) -> Admission {
-        let key = AddressKey::of(ip);
+    pub fn admit(&mut self, source: impl Into<Source>, validated: bool, may_evict: bool) -> Admission {
+        let key = source.into();
         if !validated && self.in_flight.len() >= self.retry_from {
             return Admission::Retry;
         }
@@ -148,7 +186,7 @@ impl HandshakeBudget {
 
     /// Frees slot `id` (its handshake ended, or it was evicted); a slot
     /// already free is ignored.
-    pub(crate) fn release(&mut self, id: u64) {
+    pub fn release(&mut self, id: u64) {
         let Some(key) = self.in_flight.remove(&id) else { return };
         if let Some(count) = self.per_address.get_mut(&key) {
             *count -= 1;
@@ -237,5 +275,17 @@ mod tests {
             budget.release(id);
         }
         assert_eq!(budget.in_flight(), 1);
+    }
+
+    #[test]
+    fn connections_without_an_ip_share_one_address_s_share() {
+        let mut budget = HandshakeBudget::new(16, 2);
+        accepted(budget.admit(Source::Unaddressed, true, true));
+        accepted(budget.admit(Source::Unaddressed, true, true));
+        assert_eq!(budget.admit(Source::Unaddressed, true, true), Admission::Refuse(Refusal::AddressBusy));
+        assert_eq!(budget.in_flight_from(Source::Unaddressed), 2);
+        // They are not counted against any IP address.
+        accepted(budget.admit(ip("192.0.2.1"), true, true));
+        assert_eq!(budget.in_flight_from(ip("192.0.2.1")), 1);
     }
 }
