@@ -49,6 +49,7 @@ pub const TARGETS: &[Target] = &[
     Target { name: "sync_message", check: sync::check_message, seeds: sync::message_seeds },
     Target { name: "frame_codec", check: net::check_frames, seeds: net::frame_seeds },
     Target { name: "network_message", check: net::check_message, seeds: net::message_seeds },
+    Target { name: "hello_nonce", check: net::check_hello_nonce, seeds: net::hello_nonce_seeds },
     Target { name: "ticket", check: security::check_ticket, seeds: security::ticket_seeds },
     Target { name: "security_keys", check: security::check_keys, seeds: security::key_seeds },
     Target { name: "import_line", check: import::check_line, seeds: import::line_seeds },

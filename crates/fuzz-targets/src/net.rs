@@ -4,7 +4,7 @@
 
 use crate::alloc::{within_bound, within_serde_bound};
 use crate::mutate::Mutator;
-use pluresdb_net::message::{ErrorCode, ExchangedPeer, Hello, PROTOCOL_VERSION};
+use pluresdb_net::message::{encode_hello_with, encode_hello_with_nonce, hello_nonce, ErrorCode, ExchangedPeer, Hello, PROTOCOL_VERSION};
 use pluresdb_net::{usable_address, CodecError, Frame, FrameDecoder, FrameKind, NetworkMessage};
 use pluresdb_sync::SyncMessage;
 
@@ -149,4 +149,48 @@ pub fn message_seeds() -> Vec<Vec<u8>> {
             [&[index as u8][..], &frame.payload].concat()
         })
         .collect()
+}
+
+/// The payload of the libp2p handshake's first `hello`
+/// (`pluresdb_net::message::hello_nonce`, which the libp2p engine reads from
+/// every peer that opens a sync stream). A nonce it finds is spelled in
+/// the input (as hex digits of either case); a hello that decodes, with
+/// that nonce (or one made of the input's first bytes) added by
+/// `encode_hello_with_nonce`, decodes to the same hello and that nonce.
+pub fn check_hello_nonce(input: &[u8]) {
+    let nonce = within_bound("hello_nonce", input, || hello_nonce(input));
+    if let Some(nonce) = nonce {
+        let hex: String = nonce.iter().map(|byte| format!("{byte:02x}")).collect();
+        let spelled = input.windows(64).any(|window| window.eq_ignore_ascii_case(hex.as_bytes()));
+        assert!(spelled, "a nonce that is not in the input: {hex}");
+    }
+    let frame = Frame::new(FrameKind::Hello, input.to_vec());
+    let Ok(NetworkMessage::Hello(hello)) = NetworkMessage::from_frame(&frame) else { return };
+    let nonce = nonce.unwrap_or_else(|| std::array::from_fn(|i| input.get(i).copied().unwrap_or(0)));
+    let encoded = encode_hello_with_nonce(&hello, &nonce);
+    assert_eq!(hello_nonce(&encoded), Some(nonce), "the nonce does not survive its encoding");
+    let again = NetworkMessage::from_frame(&Frame::new(FrameKind::Hello, encoded));
+    assert_eq!(again.ok(), Some(NetworkMessage::Hello(hello)), "a hello with a nonce does not decode to the hello");
+}
+
+/// Seeds for [`check_hello_nonce`]: hellos with and without a nonce, and
+/// a nonce that comes before the hello's own fields.
+pub fn hello_nonce_seeds() -> Vec<Vec<u8>> {
+    let hellos = sample_messages().into_iter().filter_map(|message| match message {
+        NetworkMessage::Hello(hello) => Some(hello),
+        _ => None,
+    });
+    let mut seeds = Vec::new();
+    for (n, hello) in hellos.enumerate() {
+        seeds.push(encode_hello_with_nonce(&hello, &[n as u8 * 0x35; 32]));
+        seeds.push(encode_hello_with(&hello, 0));
+    }
+    let mut first = Vec::new();
+    pluresdb_core::cbor::map(&mut first, 2);
+    pluresdb_core::cbor::text(&mut first, "nonce");
+    pluresdb_core::cbor::text(&mut first, &"0A".repeat(32));
+    pluresdb_core::cbor::text(&mut first, "proof");
+    pluresdb_core::cbor::null(&mut first);
+    seeds.push(first);
+    seeds
 }

@@ -61,6 +61,7 @@ short_runs!(
     sync_message,
     frame_codec,
     network_message,
+    hello_nonce,
     ticket,
     security_keys,
     import_line,

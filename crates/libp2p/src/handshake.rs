@@ -28,7 +28,6 @@
 use crate::frames::{self, codec_error_code, error_frame};
 use bytes::Bytes;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use pluresdb_core::cbor::{self, Reader};
 use pluresdb_net::codec::{CodecError, FRAME_VERSION, HEADER_LEN};
 use pluresdb_net::link::HANDSHAKE_MAX_PAYLOAD;
 use pluresdb_net::{ErrorCode, Frame, FrameKind, Hello, NetworkError, NetworkMessage};
@@ -51,52 +50,16 @@ pub(crate) enum Role {
 }
 
 /// A `hello` frame as the libp2p handshake sends it: the QUIC engine's
-/// fields and the `nonce`.
+/// fields and the `nonce` ([`pluresdb_net::message::encode_hello_with_nonce`]).
 pub fn hello_frame(hello: &Hello, nonce: &[u8; 32]) -> Frame {
-    let mut out = pluresdb_net::message::encode_hello_with(hello, 1);
-    cbor::text(&mut out, "nonce");
-    cbor::text(&mut out, &hex(nonce));
-    Frame::new(FrameKind::Hello, Bytes::from(out))
+    Frame::new(FrameKind::Hello, Bytes::from(pluresdb_net::message::encode_hello_with_nonce(hello, nonce)))
 }
 
 /// The `nonce` of a hello payload, if it has one (64 hex digits: 32
-/// bytes).
+/// bytes); [`pluresdb_net::message::hello_nonce`], which is fuzzed
+/// (`fuzz/fuzz_targets/hello_nonce.rs`).
 pub fn nonce_of(payload: &[u8]) -> Option<[u8; 32]> {
-    let mut reader = Reader::new(payload);
-    for _ in 0..reader.map().ok()? {
-        match reader.text().ok()? {
-            "nonce" => return unhex(reader.text().ok()?),
-            // The one byte string of a hello (`value` reads JSON-like
-            // items only).
-            "proof" => {
-                if !reader.null() {
-                    reader.bytes().ok()?;
-                }
-            }
-            _ => {
-                reader.value().ok()?;
-            }
-        }
-    }
-    None
-}
-
-/// Lowercase hex. The nonce travels as text: the hello decoders of older
-/// versions skip unknown keys only when their values are JSON-like (text,
-/// numbers, arrays, maps), not byte strings.
-fn hex(bytes: &[u8; 32]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 || !text.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (byte, pair) in out.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
-        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
-    Some(out)
+    pluresdb_net::message::hello_nonce(payload)
 }
 
 /// The session binding of a stream whose initiator sent `initiator` and

@@ -413,6 +413,60 @@ pub fn encode_hello_with(hello: &Hello, extra: usize) -> Vec<u8> {
     out
 }
 
+/// The key of the nonce in the libp2p handshake's first `hello` (see
+/// `docs/protocol.md`, "libp2p").
+pub const HELLO_NONCE_KEY: &str = "nonce";
+
+/// A `Hello` payload with a `nonce` entry after the hello's own: 32 bytes
+/// as 64 lowercase hex digits. Text, not a byte string, because the hello
+/// decoders of older versions skip unknown keys only when their values are
+/// JSON-like (text, numbers, arrays, maps).
+pub fn encode_hello_with_nonce(hello: &Hello, nonce: &[u8; 32]) -> Vec<u8> {
+    let mut out = encode_hello_with(hello, 1);
+    cbor::text(&mut out, HELLO_NONCE_KEY);
+    let hex: String = nonce.iter().map(|byte| format!("{byte:02x}")).collect();
+    cbor::text(&mut out, &hex);
+    out
+}
+
+/// The `nonce` of a `Hello` payload (untrusted bytes from the peer), if it
+/// has one: 64 hex digits (either case) at the key [`HELLO_NONCE_KEY`] of
+/// the payload's map. Reads the map's entries up to that key and stops
+/// there; anything malformed before it, or a nonce of another length or
+/// alphabet, is `None`.
+pub fn hello_nonce(payload: &[u8]) -> Option<[u8; 32]> {
+    let mut reader = Reader::new(payload);
+    for _ in 0..reader.map().ok()? {
+        match reader.text().ok()? {
+            HELLO_NONCE_KEY => return unhex_nonce(reader.text().ok()?),
+            // The one byte string of a hello (`value` reads JSON-like
+            // items only).
+            "proof" => {
+                if !reader.null() {
+                    reader.bytes().ok()?;
+                }
+            }
+            _ => {
+                reader.value().ok()?;
+            }
+        }
+    }
+    None
+}
+
+fn unhex_nonce(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let digit = |byte: u8| char::from(byte).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+        // Digits only: `from_str_radix` would also take a sign.
+        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
+}
+
 /// The most listen addresses a `Hello` may carry.
 pub(crate) const MAX_LISTEN_ADDRESSES: usize = 32;
 
@@ -664,5 +718,30 @@ mod tests {
             let err = NetworkMessage::from_frame(&Frame::new(kind, vec![0xff, 0x00])).unwrap_err();
             assert!(matches!(err, CodecError::BadPayload { kind: k, .. } if k == kind), "{kind}: {err}");
         }
+    }
+
+    #[test]
+    fn the_hello_nonce_is_read_from_the_key_and_nothing_else() {
+        let hello =
+            Hello { protocol_version: PROTOCOL_VERSION, peer_id: "p".into(), listen_addresses: vec!["a".into()], proof: Some(vec![1; 32]) };
+        let nonce: [u8; 32] = std::array::from_fn(|i| i as u8 * 7);
+        let payload = encode_hello_with_nonce(&hello, &nonce);
+        assert_eq!(hello_nonce(&payload), Some(nonce));
+        assert_eq!(NetworkMessage::from_frame(&Frame::new(FrameKind::Hello, payload)).unwrap(), NetworkMessage::Hello(hello.clone()));
+        // A hello without one, and nonces of the wrong length or alphabet.
+        assert_eq!(hello_nonce(&encode_hello_with(&hello, 0)), None);
+        let with = |text: &str| {
+            let mut out = Vec::new();
+            cbor::map(&mut out, 1);
+            cbor::text(&mut out, HELLO_NONCE_KEY);
+            cbor::text(&mut out, text);
+            hello_nonce(&out)
+        };
+        assert_eq!(with(&"AB".repeat(32)), Some([0xab; 32]), "either case");
+        assert_eq!(with(&"ab".repeat(31)), None);
+        assert_eq!(with(&"ab".repeat(33)), None);
+        assert_eq!(with(&format!("+f{}", "ab".repeat(31))), None, "a sign is not a digit");
+        assert_eq!(with(&format!("é{}", "a".repeat(62))), None);
+        assert_eq!(hello_nonce(&[0xa1, 0x65]), None, "truncated");
     }
 }
