@@ -167,6 +167,18 @@ fn members_behind_cone_nats_sync_and_end_on_a_direct_connection() {
     assert!(!entry["address"].as_str().unwrap_or_default().contains("/p2p-circuit"), "{entry}");
     assert!(metric(&lab, 1, "pluresdb_relay_upgrades_total") + metric(&lab, 2, "pluresdb_relay_upgrades_total") >= 1);
     sync_both_ways(&lab, "direct");
+    // Both learned from AutoNAT (the relay dialling them back, which their
+    // routers drop) that they are not reachable from outside, and the relay
+    // accepted both reservations.
+    for host in [1, 2] {
+        lab.wait_until(STEP_TIMEOUT, &format!("h{host} learns it is behind a NAT"), || {
+            match (metric(&lab, host, "pluresdb_reachability_private"), metric(&lab, host, "pluresdb_reachability_public")) {
+                (1, 0) => Ok(()),
+                other => Err(format!("(private, public) = {other:?}")),
+            }
+        });
+    }
+    assert!(metric(&lab, 0, "pluresdb_relay_reservations_accepted_total") >= 2, "the relay accepted both reservations");
     eprintln!(
         "netlab: cone/cone: linked {} ms after h2 started, first write crossed in {} ms; ended direct at {}",
         linked.as_millis(),
@@ -323,7 +335,9 @@ fn when_the_relay_dies_the_members_move_to_the_other_relay_and_lose_nothing() {
     let (dead, other) = if used == relays[0] { (0, 1) } else { (1, 0) };
     lab.host_mut(dead).kill();
     let moved = Instant::now();
-    let entry = lab.wait_until(STEP_TIMEOUT, "h3 reaches h2 through the other relay", || {
+    // A killed relay says nothing: its circuits end when their QUIC or TCP
+    // connection times out, so this wait is longer than a step's.
+    let entry = lab.wait_until(STEP_TIMEOUT * 2, "h3 reaches h2 through the other relay", || {
         let entry = connected_entry(&lab, 3, &h2)?;
         if entry["relay"] == relays[other].as_str() {
             Ok(entry)

@@ -39,6 +39,12 @@ pub const DEFAULT_LIBP2P_PORT: u16 = 34570;
 /// pestered, short enough that one given the secret meanwhile is found.
 pub const REFUSED_FOR: Duration = Duration::from_secs(10 * 60);
 
+/// Times a circuit through a relay is asked for before the dial fails.
+const CIRCUIT_ATTEMPTS: u32 = 3;
+
+/// The wait before asking for a circuit again, times the attempt number.
+const CIRCUIT_RETRY_DELAY: Duration = Duration::from_millis(250);
+
 /// Commands queued for the swarm task at most.
 const COMMAND_QUEUE: usize = 256;
 
@@ -870,12 +876,25 @@ impl Libp2pNetworkEngine {
                 }
             }
         }
-        let (reply, answer) = oneshot::channel();
-        running.commands.send(Command::Dial { address: multiaddr, expected, redial, reply }).await.map_err(|_| NetworkError::NotRunning)?;
-        let peer = match answer.await {
-            Ok(Ok(peer)) => peer,
-            Ok(Err(reason)) => return Err(NetworkError::Connect { address: address.to_owned(), reason }),
-            Err(_) => return Err(NetworkError::NotRunning),
+        // A relay may refuse a circuit asked for just as this node's link
+        // with it came up (it admits the link a moment after this node
+        // does): a circuit is asked for up to CIRCUIT_ATTEMPTS times.
+        let attempts = if crate::relay::is_relayed(&multiaddr) { CIRCUIT_ATTEMPTS } else { 1 };
+        let mut attempt = 0;
+        let peer = loop {
+            attempt += 1;
+            let (reply, answer) = oneshot::channel();
+            let command = Command::Dial { address: multiaddr.clone(), expected, redial, reply };
+            running.commands.send(command).await.map_err(|_| NetworkError::NotRunning)?;
+            match answer.await {
+                Ok(Ok(peer)) => break peer,
+                Ok(Err(reason)) if attempt >= attempts => return Err(NetworkError::Connect { address: address.to_owned(), reason }),
+                Ok(Err(reason)) => {
+                    tracing::debug!(%address, attempt, %reason, "circuit refused or failed; asking again");
+                    tokio::time::sleep(CIRCUIT_RETRY_DELAY * attempt).await;
+                }
+                Err(_) => return Err(NetworkError::NotRunning),
+            }
         };
         self.shared.open_link(peer).await
     }

@@ -424,6 +424,28 @@ impl SwarmTask {
         }
     }
 
+    /// A connection to `peer` is up: the dial that asked for it (if any)
+    /// is answered, a peer to keep is kept, a sync link is opened if the
+    /// dial wanted one.
+    fn dial_succeeded(&mut self, connection_id: ConnectionId, peer_id: PeerId) {
+        if let Some(redial) = self.redials.get_mut(&peer_id) {
+            redial.failures = 0;
+        }
+        if let Some(pending) = self.pending.remove(&connection_id) {
+            if pending.redial {
+                if let Some(address) = pending.address {
+                    self.redials.insert(peer_id, Redial { address, failures: 0, known: Vec::new() });
+                }
+            }
+            if let Some(reply) = pending.reply {
+                let _ = reply.send(Ok(peer_id));
+            }
+            if pending.open_link {
+                self.shared.spawn_open_link(peer_id);
+            }
+        }
+    }
+
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
@@ -438,6 +460,19 @@ impl SwarmTask {
                 let replaced: Vec<ConnectionId> = {
                     let mut view = lock(&self.shared.view);
                     let list = view.connections.entry(peer_id).or_default();
+                    if relayed && endpoint.is_dialer() && !list.is_empty() {
+                        // A second way to a connected peer through a relay
+                        // (one circuit per relay address of a ticket, dialled
+                        // at once): it adds nothing, and a sync stream on it
+                        // would be shown at another connection's address.
+                        // The dialler closes it (both ends doing so could
+                        // close both); it is not listed meanwhile.
+                        drop(view);
+                        tracing::debug!(peer = %peer_id, %remote, "closing a second connection through a relay");
+                        self.swarm.close_connection(connection_id);
+                        self.dial_succeeded(connection_id, peer_id);
+                        return;
+                    }
                     list.push(OpenConnection { id: connection_id, remote: remote.clone(), source: crate::admission::source_of(&endpoint) });
                     // A direct connection to a peer reached through a relay
                     // (hole punched, or dialled): the relayed ones go, and
@@ -460,22 +495,7 @@ impl SwarmTask {
                 if self.dht_dials.remove(&connection_id) {
                     lock(&self.shared.view).dht.found(&peer_id.to_string(), Some(remote.to_string()), Instant::now());
                 }
-                if let Some(redial) = self.redials.get_mut(&peer_id) {
-                    redial.failures = 0;
-                }
-                if let Some(pending) = self.pending.remove(&connection_id) {
-                    if pending.redial {
-                        if let Some(address) = pending.address {
-                            self.redials.insert(peer_id, Redial { address, failures: 0, known: Vec::new() });
-                        }
-                    }
-                    if let Some(reply) = pending.reply {
-                        let _ = reply.send(Ok(peer_id));
-                    }
-                    if pending.open_link {
-                        self.shared.spawn_open_link(peer_id);
-                    }
-                }
+                self.dial_succeeded(connection_id, peer_id);
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
                 let direct_left = {
