@@ -177,6 +177,11 @@ async fn start_network(data_dir: &Path, settings: &PeerSettings, db: &Replica) -
     #[cfg(feature = "libp2p")]
     let libp2p_listen = match &settings.libp2p_listen[..] {
         _ if !config.enable_libp2p => Vec::new(),
+        [] if settings.relay => {
+            let mut listen = default_libp2p_listen(settings.bind);
+            listen.extend(https_websocket(settings.bind));
+            listen
+        }
         [] => default_libp2p_listen(settings.bind),
         given => given
             .iter()
@@ -283,6 +288,24 @@ async fn start_network(data_dir: &Path, settings: &PeerSettings, db: &Replica) -
         discovery,
         stop_dialling,
     })
+}
+
+/// A relay's WebSocket on TCP 443 at `bind`'s IP, if this process may
+/// bind it (a network that lets nothing else out usually lets HTTPS's
+/// port through): tried with a plain TCP socket first, so a node without
+/// the right (or with 443 taken) starts without it and says so.
+#[cfg(feature = "libp2p")]
+fn https_websocket(bind: std::net::SocketAddr) -> Option<pluresdb_libp2p::Multiaddr> {
+    let at = std::net::SocketAddr::new(bind.ip(), 443);
+    if let Err(err) = std::net::TcpListener::bind(at) {
+        tracing::info!(%at, error = %err, "the relay's WebSocket is not on port 443 (name a port with --libp2p-listen)");
+        return None;
+    }
+    let ip = match bind.ip() {
+        std::net::IpAddr::V4(ip) => format!("/ip4/{ip}"),
+        std::net::IpAddr::V6(ip) => format!("/ip6/{ip}"),
+    };
+    format!("{ip}/tcp/443/ws").parse().ok()
 }
 
 /// What the libp2p engine adds after start: its addresses through relays

@@ -220,6 +220,13 @@ fn a_member_whose_udp_is_blocked_syncs_through_the_relay_over_tcp() {
     }
     let (lab, linked, first_write) = two_members_behind(Nat::Cone, Nat::UdpBlocked);
     let (relay, h1, h2) = (lab.host(0).peer_id(), lab.host(1).peer_id(), lab.host(2).peer_id());
+    // The relay (root in its namespace) also has its WebSocket on 443.
+    let https = format!("/ip4/{}/tcp/443/ws/p2p/{relay}", lab.host(0).address);
+    assert!(
+        lab.host(0).started()["listen"].as_array().is_some_and(|l| l.iter().any(|a| *a == https.as_str())),
+        "{}",
+        lab.host(0).started()
+    );
     // h2's link with the relay is TCP (plain or WebSocket): UDP never left.
     let to_relay = connected_entry(&lab, 2, &relay).unwrap_or_else(|e| panic!("{e}"));
     let address = to_relay["address"].as_str().unwrap_or_default().to_owned();
