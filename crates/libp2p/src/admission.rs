@@ -12,14 +12,31 @@
 //! holds one address's share, and a member from another address is
 //! admitted. This node's own sync streams (it opened them) are not
 //! budgeted here: they count against `max_connections` with the links.
+//!
+//! Connections get the same rule one level down ([`ConnectionShares`]):
+//! an incoming connection whose peer has no sync link (a DHT neighbour,
+//! a peer before its sync handshake, an outsider) takes a slot of a budget
+//! of `max_connections` such connections, `max_handshakes_per_ip` per
+//! address, the busiest address's oldest evicted for a newcomer from a
+//! less busy one. Once its peer is linked it leaves the budget (the links
+//! have `max_connections` of their own). So neither a busy DHT nor
+//! outsiders doing Kademlia from a few addresses can hold the connections
+//! a member needs to reach the sync protocol.
 
-use crate::engine::Shared;
-use libp2p::core::ConnectedPoint;
+use crate::engine::{lock, Shared};
+use libp2p::core::transport::PortUse;
+use libp2p::core::{ConnectedPoint, Endpoint};
 use libp2p::multiaddr::Protocol;
-use libp2p::Multiaddr;
-use pluresdb_net::admission::Source;
+use libp2p::swarm::{
+    dummy, CloseConnection, ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, ListenFailure, NetworkBehaviour, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm,
+};
+use libp2p::{Multiaddr, PeerId};
+use pluresdb_net::admission::{Admission, HandshakeBudget, Source};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use tokio::sync::oneshot;
 
 /// The [`Source`] a connection's handshakes are charged to: the IP address
@@ -100,11 +117,165 @@ pub(crate) async fn evicted(slot: &mut Option<HandshakeSlot>) {
     }
 }
 
+/// The budget of incoming connections without a sync link (see the
+/// module docs), shared by the swarm's [`ConnectionShares`] behaviour and
+/// the engine, which says when a peer is linked. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct UnlinkedConnections(Arc<Mutex<Unlinked>>);
+
+struct Unlinked {
+    budget: HandshakeBudget,
+    /// Each budgeted connection's peer and slot.
+    slots: HashMap<ConnectionId, (PeerId, u64)>,
+    by_slot: HashMap<u64, ConnectionId>,
+    /// Peers with a sync link: their connections are not budgeted.
+    linked: HashSet<PeerId>,
+    /// Evicted connections the swarm is still to close.
+    to_close: VecDeque<(PeerId, ConnectionId)>,
+    waker: Option<Waker>,
+}
+
+impl Unlinked {
+    fn release(&mut self, connection: ConnectionId) {
+        if let Some((_, slot)) = self.slots.remove(&connection) {
+            self.by_slot.remove(&slot);
+            self.budget.release(slot);
+        }
+    }
+}
+
+impl UnlinkedConnections {
+    /// At most `limit` incoming connections without a sync link, `per_ip`
+    /// from one address.
+    pub(crate) fn new(limit: usize, per_ip: usize) -> Self {
+        Self(Arc::new(Mutex::new(Unlinked {
+            budget: HandshakeBudget::new(limit, per_ip),
+            slots: HashMap::new(),
+            by_slot: HashMap::new(),
+            linked: HashSet::new(),
+            to_close: VecDeque::new(),
+            waker: None,
+        })))
+    }
+
+    /// `peer` has a sync link now: its connections leave the budget and
+    /// new ones are not charged to it.
+    pub(crate) fn linked(&self, peer: PeerId) {
+        let mut unlinked = lock(&self.0);
+        unlinked.linked.insert(peer);
+        let connections: Vec<ConnectionId> =
+            unlinked.slots.iter().filter(|(_, (owner, _))| *owner == peer).map(|(connection, _)| *connection).collect();
+        for connection in connections {
+            unlinked.release(connection);
+        }
+    }
+
+    /// `peer`'s sync link ended. (Its connections that stay open are not
+    /// charged again: the overall cap of `connection_limits` bounds them.)
+    pub(crate) fn unlinked(&self, peer: &PeerId) {
+        lock(&self.0).linked.remove(peer);
+    }
+
+    /// How many incoming connections without a sync link are open.
+    pub(crate) fn in_budget(&self) -> usize {
+        lock(&self.0).budget.in_flight()
+    }
+}
+
+/// The behaviour that applies [`UnlinkedConnections`] to incoming
+/// connections as they are established, and closes the ones it evicts.
+pub(crate) struct ConnectionShares {
+    unlinked: UnlinkedConnections,
+}
+
+impl ConnectionShares {
+    pub(crate) fn new(unlinked: UnlinkedConnections) -> Self {
+        Self { unlinked }
+    }
+}
+
+impl NetworkBehaviour for ConnectionShares {
+    type ConnectionHandler = dummy::ConnectionHandler;
+    type ToSwarm = std::convert::Infallible;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection: ConnectionId,
+        peer: PeerId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        let endpoint = ConnectedPoint::Listener { local_addr: local_addr.clone(), send_back_addr: remote_addr.clone() };
+        let source = source_of(&endpoint);
+        let mut unlinked = lock(&self.unlinked.0);
+        if unlinked.linked.contains(&peer) {
+            return Ok(dummy::ConnectionHandler);
+        }
+        // Established: TCP or QUIC and Noise proved the address.
+        match unlinked.budget.admit(source, true, true) {
+            Admission::Accept { id, evict } => {
+                if let Some(victim) = evict.and_then(|slot| unlinked.by_slot.remove(&slot)) {
+                    if let Some((owner, _)) = unlinked.slots.remove(&victim) {
+                        tracing::debug!(peer = %owner, "an unlinked connection gave its place to a newer one");
+                        unlinked.to_close.push_back((owner, victim));
+                        if let Some(waker) = unlinked.waker.take() {
+                            waker.wake();
+                        }
+                    }
+                }
+                unlinked.slots.insert(connection, (peer, id));
+                unlinked.by_slot.insert(id, connection);
+                Ok(dummy::ConnectionHandler)
+            }
+            Admission::Refuse(reason) => {
+                tracing::debug!(%peer, %source, %reason, "refused an incoming connection without a sync link");
+                Err(ConnectionDenied::new(std::io::Error::other(format!("{reason} (connections without a sync link)"))))
+            }
+            Admission::Retry => Err(ConnectionDenied::new(std::io::Error::other("too many connections without a sync link"))),
+        }
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _connection: ConnectionId,
+        _peer: PeerId,
+        _addr: &Multiaddr,
+        _role_override: Endpoint,
+        _port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        // This node's own dials keep their share: not budgeted.
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        let connection = match event {
+            FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) => connection_id,
+            // Denied by a later behaviour after this one took a slot.
+            FromSwarm::ListenFailure(ListenFailure { connection_id, .. }) => connection_id,
+            _ => return,
+        };
+        lock(&self.unlinked.0).release(connection);
+    }
+
+    fn on_connection_handler_event(&mut self, _peer: PeerId, _connection: ConnectionId, event: THandlerOutEvent<Self>) {
+        libp2p::core::util::unreachable(event)
+    }
+
+    fn poll(&mut self, context: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        let mut unlinked = lock(&self.unlinked.0);
+        match unlinked.to_close.pop_front() {
+            Some((peer_id, connection)) => Poll::Ready(ToSwarm::CloseConnection { peer_id, connection: CloseConnection::One(connection) }),
+            None => {
+                unlinked.waker = Some(context.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use libp2p::core::transport::PortUse;
-    use libp2p::core::Endpoint;
 
     fn listener(local: &str, remote: &str) -> ConnectedPoint {
         ConnectedPoint::Listener { local_addr: local.parse().unwrap(), send_back_addr: remote.parse().unwrap() }

@@ -51,6 +51,9 @@ pub(crate) struct Behaviour {
     pub(crate) limits: connection_limits::Behaviour,
     /// No new connection while the process uses most of the memory.
     pub(crate) memory: memory_connection_limits::Behaviour,
+    /// Incoming connections without a sync link: a share per address,
+    /// eviction when full (see [`crate::admission`]).
+    pub(crate) shares: crate::admission::ConnectionShares,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     /// On when the DHT is (Kademlia, server mode).
@@ -74,15 +77,26 @@ pub(crate) struct Behaviour {
     pub(crate) sync: libp2p_stream::Behaviour,
 }
 
-/// The connection limits for `config`: `max_connections` established
-/// connections in all (DHT neighbours included), `max_handshakes` incoming
-/// ones in their handshake, two per peer.
+/// Established connections in all, per `max_connections`: a backstop for
+/// memory that no one party reaches. Sync links hold at most
+/// `max_connections` peers (one connection each, more only while a
+/// duplicate settles or a relayed connection is upgraded), incoming
+/// connections without a link at most `max_connections`
+/// ([`crate::admission::ConnectionShares`]), and this node's own dials
+/// (Kademlia, relays) the rest.
+pub const ESTABLISHED_PER_MAX_CONNECTION: u32 = 4;
+
+/// The connection limits for `config`: `max_handshakes` incoming
+/// connections in their transport handshake, `4 x max_connections`
+/// established in all ([`ESTABLISHED_PER_MAX_CONNECTION`]), four per peer.
+/// DHT neighbours do not count against `max_connections`, which caps sync
+/// links (and, through [`crate::admission::ConnectionShares`], incoming
+/// connections without one).
 pub(crate) fn connection_limits(config: &NetworkConfig) -> connection_limits::ConnectionLimits {
     let max = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
     connection_limits::ConnectionLimits::default()
         .with_max_pending_incoming(Some(u32::try_from(config.max_handshakes).unwrap_or(u32::MAX)))
-        .with_max_established_incoming(Some(max))
-        .with_max_established(Some(max))
+        .with_max_established(Some(max.saturating_mul(ESTABLISHED_PER_MAX_CONNECTION)))
         .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
 }
 
@@ -93,6 +107,8 @@ pub(crate) struct Features {
     /// The relay server's configuration, when this node serves as one.
     pub(crate) relay: Option<relay::Config>,
     pub(crate) hole_punching: bool,
+    /// The engine's budget of incoming connections without a sync link.
+    pub(crate) unlinked: crate::admission::UnlinkedConnections,
 }
 
 /// Builds the transport and the swarm for `keypair`.
@@ -179,6 +195,7 @@ fn behaviour(
     Behaviour {
         limits: connection_limits::Behaviour::new(connection_limits(config)),
         memory: memory_connection_limits::Behaviour::with_max_percentage(MAX_MEMORY_FRACTION),
+        shares: crate::admission::ConnectionShares::new(features.unlinked),
         identify,
         ping: ping::Behaviour::new(ping::Config::new().with_interval(config.heartbeat_interval.max(Duration::from_secs(1)))),
         kad: Toggle::from(kad),

@@ -114,6 +114,8 @@ pub(crate) struct Shared {
     links_changed: Notify,
     /// Woken whenever the swarm task records a new connection.
     pub(crate) connections_changed: Notify,
+    /// Incoming connections without a sync link (see [`crate::admission`]).
+    pub(crate) unlinked: crate::admission::UnlinkedConnections,
 }
 
 struct State {
@@ -202,6 +204,15 @@ impl Reachability {
     }
 }
 
+impl State {
+    /// Whether a sync link to `peer` fits: links and this node's own
+    /// openings are under `max_connections`, or `peer` already has one of
+    /// them (a replacement or a simultaneous open takes no more room).
+    fn has_sync_room(&self, peer: &str, max_connections: usize) -> bool {
+        self.links.contains_key(peer) || self.opening.contains(peer) || self.links.len() + self.opening.len() < max_connections
+    }
+}
+
 /// A connection as the swarm task reports it.
 pub(crate) struct OpenConnection {
     pub(crate) id: libp2p::swarm::ConnectionId,
@@ -247,6 +258,8 @@ pub(crate) enum Registration {
     Replaced,
     /// Another link to the peer wins; this one must close.
     Duplicate,
+    /// A link the peer opened while sync links are at `max_connections`.
+    Full,
     /// The engine is stopping.
     Stopped,
 }
@@ -300,12 +313,18 @@ impl Shared {
     /// existing one replaces it (the opener came back: the old one is
     /// stale); otherwise the one opened by the node with the smaller peer
     /// id stays.
+    ///
+    /// A link the peer opened to a peer not linked yet is refused
+    /// ([`Registration::Full`]) while links and this node's own openings
+    /// are at `max_connections`.
     pub(crate) fn register(&self, link: Link) -> Registration {
         let mut state = self.state();
         if state.running.is_none() {
             return Registration::Stopped;
         }
+        let opened_by_peer = link.opener == link.peer_id;
         let registration = match state.links.get(&link.peer_id) {
+            None if opened_by_peer && !state.has_sync_room(&link.peer_id, self.config.max_connections) => return Registration::Full,
             None => Registration::Fresh,
             Some(existing) if existing.opener == link.opener || link.opener < existing.opener => {
                 existing.close("replaced by a newer connection");
@@ -313,6 +332,9 @@ impl Shared {
             }
             Some(_) => return Registration::Duplicate,
         };
+        if let Ok(peer) = link.peer_id.parse() {
+            self.unlinked.linked(peer);
+        }
         state.links.insert(link.peer_id.clone(), link);
         drop(state);
         self.links_changed.notify_waiters();
@@ -326,6 +348,9 @@ impl Shared {
         let current = state.links.get(peer).is_some_and(|link| link.id == id);
         if current {
             state.links.remove(peer);
+            if let Ok(peer) = peer.parse() {
+                self.unlinked.unlinked(&peer);
+            }
         }
         drop(state);
         self.links_changed.notify_waiters();
@@ -423,6 +448,9 @@ impl Shared {
                 }
                 if state.running.is_none() {
                     return Err(NetworkError::NotRunning);
+                }
+                if !state.has_sync_room(&peer_text, self.config.max_connections) {
+                    return Err(NetworkError::TooManyConnections { limit: self.config.max_connections });
                 }
                 if state.opening.insert(peer_text.clone()) {
                     break;
@@ -575,12 +603,18 @@ async fn accept_streams(shared: Arc<Shared>, mut incoming: libp2p_stream::Incomi
 async fn accept_stream(shared: Arc<Shared>, peer: libp2p::PeerId, stream: libp2p::Stream) {
     // The stream may come before the event that reports its connection.
     let (address, source) = shared.connection_of(&peer, handshake::LINGER).await.unwrap_or((String::new(), Source::Unaddressed));
+    let room = shared.state().has_sync_room(&peer.to_string(), shared.config.max_connections);
+    if !room {
+        let message = format!("too many connections (limit {})", shared.config.max_connections);
+        tracing::debug!(%peer, %address, "{message}; refusing a sync stream");
+        refuse(stream, ErrorCode::TooManyConnections, &message).await;
+        return;
+    }
     let slot = match shared.admit_handshake(source) {
         Ok(slot) => slot,
         Err(message) => {
-            let (_reader, mut writer) = stream.split();
             tracing::debug!(%peer, %address, "{message}; refusing a sync stream");
-            refuse(&mut writer, ErrorCode::TooManyConnections, &message).await;
+            refuse(stream, ErrorCode::TooManyConnections, &message).await;
             return;
         }
     };
@@ -588,12 +622,20 @@ async fn accept_stream(shared: Arc<Shared>, peer: libp2p::PeerId, stream: libp2p
     link::run(shared, opened, None).await;
 }
 
-/// Sends `error {code, message}` and closes the writer.
-async fn refuse(writer: &mut futures::io::WriteHalf<libp2p::Stream>, code: ErrorCode, message: &str) {
+/// Sends `error {code, message}`, closes the writer and reads on (at most
+/// [`handshake::LINGER`]) so the peer reads it.
+async fn refuse(stream: libp2p::Stream, code: ErrorCode, message: &str) {
     use futures::AsyncWriteExt;
+    let (mut reader, mut writer) = stream.split();
     let frame = crate::frames::error_frame(code, message);
-    let _ = tokio::time::timeout(handshake::LINGER, crate::frames::write_frame(writer, &frame)).await;
+    let _ = tokio::time::timeout(handshake::LINGER, crate::frames::write_frame(&mut writer, &frame)).await;
     let _ = tokio::time::timeout(handshake::LINGER, writer.close()).await;
+    // Reading on until the peer closes (at most LINGER) lets it read why:
+    // dropping the reader first would stop its writes (QUIC's
+    // STOP_SENDING), which it may see before the error frame.
+    let mut chunk = [0u8; 1024];
+    let drain = async { while matches!(reader.read(&mut chunk).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(handshake::LINGER, drain).await;
 }
 
 impl Libp2pNetworkEngine {
@@ -606,6 +648,7 @@ impl Libp2pNetworkEngine {
     /// the entries of `config.bootstrap_nodes` that are multiaddrs.
     pub fn new(config: NetworkConfig, peer_manager: Arc<PeerManager>, sync_engine: SyncHandle) -> Self {
         let handshakes = HandshakeBudget::new(config.max_handshakes, config.max_handshakes_per_ip);
+        let unlinked = crate::admission::UnlinkedConnections::new(config.max_connections, config.max_handshakes_per_ip);
         let shared = Shared {
             config,
             peers: peer_manager,
@@ -632,6 +675,7 @@ impl Libp2pNetworkEngine {
             view: Mutex::new(View::default()),
             shutdown: watch::channel(false).0,
             links_changed: Notify::new(),
+            unlinked,
             connections_changed: Notify::new(),
         };
         Self { shared: Arc::new(shared) }
@@ -795,6 +839,14 @@ impl Libp2pNetworkEngine {
     /// `config.max_handshakes`).
     pub fn handshakes_in_flight(&self) -> usize {
         self.shared.state().handshakes.in_flight()
+    }
+
+    /// How many incoming connections without a sync link are open (DHT
+    /// neighbours, peers before their sync handshake; at most
+    /// `config.max_connections`, `config.max_handshakes_per_ip` from one
+    /// address).
+    pub fn unlinked_connections(&self) -> usize {
+        self.shared.unlinked.in_budget()
     }
 
     /// How many libp2p connections are open (sync links, DHT neighbours and
@@ -962,7 +1014,7 @@ impl NetworkEngine for Libp2pNetworkEngine {
                 crate::relay::server_config(Some(member(shared.clone())), Some(member(shared)))
             }
         });
-        let features = crate::behaviour::Features { dht, relay: relay_config, hole_punching };
+        let features = crate::behaviour::Features { dht, relay: relay_config, hole_punching, unlinked: self.shared.unlinked.clone() };
         let mut swarm = crate::behaviour::build_swarm(&keys.keypair, &self.shared.config, features)?;
         let mut control = swarm.behaviour().sync.new_control();
         let incoming = control.accept(SYNC_PROTOCOL).map_err(|_| NetworkError::AlreadyRunning)?;

@@ -224,6 +224,12 @@ async fn drive(
                             tell(Ok(peer_text.clone()));
                             machine.close("duplicate connection");
                         }
+                        Registration::Full => {
+                            let reason = format!("too many connections (limit {})", shared.config.max_connections);
+                            tracing::debug!(peer = %peer_text, %address, "{reason}; refusing the sync stream");
+                            refusal = Some(error_frame(ErrorCode::TooManyConnections, &reason));
+                            machine.close(&reason);
+                        }
                         Registration::Stopped => machine.close("node shutting down"),
                     }
                 }

@@ -14,7 +14,7 @@ mod common;
 
 use common::*;
 use libp2p::Multiaddr;
-use pluresdb_net::{ErrorCode, NetworkConfig, NetworkEngine};
+use pluresdb_net::{ErrorCode, NetworkConfig, NetworkEngine, NetworkError};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -116,11 +116,21 @@ async fn read_to_end_unbounded(stream: &mut libp2p::Stream) -> Vec<pluresdb_net:
     frames
 }
 
+/// A member that listens (and so dials) on QUIC-v1 at `ip`.
+async fn member_at(ip: &str) -> Node {
+    let listen: Multiaddr = format!("/ip4/{ip}/udp/0/quic-v1").parse().unwrap();
+    start_with(member(1), NetworkConfig::loopback(), |engine| engine.with_listen_addresses(vec![listen])).await
+}
+
 /// A member dials `victim` over QUIC-v1 from 127.0.0.2 and must be
 /// linked.
 async fn member_is_admitted(victim: &mut Node) -> Node {
-    let listen: Multiaddr = "/ip4/127.0.0.2/udp/0/quic-v1".parse().unwrap();
-    let member_node = start_with(member(1), NetworkConfig::loopback(), |engine| engine.with_listen_addresses(vec![listen])).await;
+    member_from_is_admitted(victim, "127.0.0.2").await
+}
+
+/// A member dials `victim` over QUIC-v1 from `ip` and must be linked.
+async fn member_from_is_admitted(victim: &mut Node, ip: &str) -> Node {
+    let member_node = member_at(ip).await;
     let address = address(&victim.engine, Kind::Quic);
     let found = tokio::time::timeout(DEADLINE, member_node.engine.connect_peer(&address))
         .await
@@ -175,5 +185,43 @@ async fn a_handshake_budget_full_of_one_address_gives_way_to_a_member_from_anoth
     assert_eq!(code, Some(ErrorCode::TooManyConnections));
     assert_eq!(victim.engine.handshakes_in_flight(), BUDGET - 1);
     stop(member_node).await;
+    stop(victim).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dht_neighbours_do_not_count_against_max_connections_and_give_way_to_members() {
+    // Two sync links at most; incoming connections without a link (the
+    // DHT's, or anyone's before its sync handshake) have a budget of two
+    // as well.
+    let config = NetworkConfig { max_connections: 2, ..NetworkConfig::loopback() };
+    let mut victim = start_with(member(1), config, |engine| engine).await;
+    let address = address(&victim.engine, Kind::Tcp);
+    // Neighbours that never open a sync stream (identify only), all from
+    // 127.0.0.1: two fill the budget, the third is refused (its address
+    // already holds the most).
+    let mut neighbours = Vec::new();
+    for _ in 0..3 {
+        let neighbour = RawClient::spawn();
+        neighbour.dial(&address).await;
+        neighbours.push(neighbour);
+    }
+    eventually("two neighbours hold the budget", || victim.engine.unlinked_connections() == 2).await;
+
+    // Members from other addresses take the neighbours' places and link,
+    // up to max_connections.
+    let first = member_from_is_admitted(&mut victim, "127.0.0.2").await;
+    let second = member_from_is_admitted(&mut victim, "127.0.0.3").await;
+    assert_eq!(victim.engine.get_connected_peers().await.unwrap().len(), 2);
+    assert!(victim.engine.unlinked_connections() <= 2);
+
+    // A third member connects but gets no sync link: the links are full.
+    let third = member_at("127.0.0.4").await;
+    let err = third.engine.connect_peer(&common::address(&victim.engine, Kind::Quic)).await.expect_err("sync links are full");
+    assert!(matches!(err, NetworkError::Refused { code: ErrorCode::TooManyConnections, .. }), "{err}");
+    assert!(!victim.engine.is_peer_connected(&third.id).await);
+    assert!(victim.engine.is_peer_connected(&first.id).await && victim.engine.is_peer_connected(&second.id).await);
+    for node in [first, second, third] {
+        stop(node).await;
+    }
     stop(victim).await;
 }
