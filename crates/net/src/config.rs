@@ -51,10 +51,14 @@ pub struct NetworkConfig {
     /// dials in flight together; further incoming ones are closed with the
     /// reason `too_many_connections`, further dials fail. Incoming
     /// connections in their handshake do not count here (see
-    /// `max_handshakes`). Default: 100.
+    /// `max_handshakes`). On the libp2p engine it caps sync links (DHT
+    /// neighbours do not count), and separately the incoming connections
+    /// whose peer has no sync link (`max_handshakes_per_ip` per address,
+    /// the busiest address's oldest evicted when full); all connections
+    /// together are capped at 4 x this. Default: 100.
     pub max_connections: usize,
-    /// Most incoming connections in their handshake (not yet admitted) at
-    /// once: a budget of its own, so that strangers that never finish a
+    /// Most incoming connections (libp2p: sync streams) in their handshake
+    /// (not yet admitted) at once: a budget of its own, so that strangers that never finish a
     /// handshake cannot take the room of links and dials. Once a quarter
     /// of it is in use, clients must prove their address first (QUIC
     /// Retry); when it is full, a newcomer takes the place of the oldest
