@@ -317,7 +317,7 @@ async fn throughput(transport: Transport) -> anyhow::Result<Throughput> {
         imported.as_secs_f64(),
         elapsed.as_secs_f64()
     );
-    let b_id = b.handle.peer_id().to_owned();
+    let b_id: pluresdb_security::PeerId = b.handle.peer_id().parse()?;
     let wire_bytes = a.peers.get(&b_id).map_or(0, |info| info.bytes_sent);
     b.stop().await;
     a.stop().await;

@@ -421,7 +421,7 @@ async fn start_discovery_of(
     let announced = match quic {
         Some((engine, local)) => {
             let peer_id = engine.peer_id().context("the QUIC engine has no identity")?;
-            let announced = pluresdb_discovery::LocalPeer::new(peer_id, local.port(), secret.network_tag());
+            let announced = pluresdb_discovery::LocalPeer::new(peer_id.to_string(), local.port(), secret.network_tag());
             Some(if local.ip().is_unspecified() { announced } else { announced.with_addresses(vec![local.ip()]) })
         }
         None => None,

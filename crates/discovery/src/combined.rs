@@ -326,9 +326,10 @@ impl CombinedDiscovery {
         // Its own word comes first, whatever others said of it.
         for known in peers.known_peers() {
             if !known.listen_addresses.is_empty() {
+                let peer_id = known.peer_id.to_string();
                 learned.push(pluresdb_net::LearnedPeer {
-                    via: known.peer_id.clone(),
-                    peer_id: known.peer_id,
+                    via: peer_id.clone(),
+                    peer_id,
                     addresses: known.listen_addresses,
                     last_seen: known.last_seen,
                 });

@@ -4,6 +4,7 @@ use crate::backoff::{DialBackoff, DialRate};
 use crate::combined::CombinedDiscovery;
 use crate::peer::{DiscoveredPeer, DiscoveryMethod};
 use pluresdb_net::NetworkEngine;
+use pluresdb_security::PeerId;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,25 +101,31 @@ impl AutoConnect {
         let mut due = Vec::new();
         for peer in peers.iter().filter(|peer| is_candidate(peer, local_id)) {
             let ready: Vec<&str> = peer.addresses.iter().map(String::as_str).filter(|address| self.backoff.ready(address, now)).collect();
-            if ready.is_empty() || engine.is_peer_connected(&peer.id).await {
+            if ready.is_empty() {
                 continue;
             }
-            due.push((peer, ready));
+            // The directory keeps only ids that parsed when they were heard
+            // of; one that does not now is not dialled.
+            let Ok(id) = peer.id.parse::<PeerId>() else { continue };
+            if engine.is_peer_connected(&id).await {
+                continue;
+            }
+            due.push((peer, id, ready));
         }
-        due.sort_by_key(|(peer, _)| dial_priority(peer));
+        due.sort_by_key(|(peer, _, _)| dial_priority(peer));
         due.truncate(self.max_connections.saturating_sub(connected).min(DIALS_PER_ROUND));
         let mut plans = Vec::new();
-        for (peer, mut addresses) in due {
+        for (peer, id, mut addresses) in due {
             let granted = self.rate.take(addresses.len(), now);
             if granted == 0 {
                 break;
             }
             addresses.truncate(granted);
-            plans.push((peer, addresses));
+            plans.push((peer, id, addresses));
         }
-        let results = futures_util::future::join_all(plans.iter().map(|(peer, addresses)| dial(engine, peer, addresses))).await;
+        let results = futures_util::future::join_all(plans.iter().map(|(_, id, addresses)| dial(engine, id, addresses))).await;
         let now = Instant::now().into_std();
-        for ((peer, _), attempts) in plans.iter().zip(results) {
+        for ((peer, _, _), attempts) in plans.iter().zip(results) {
             for (address, result) in attempts {
                 match result {
                     Ok(()) => {
@@ -167,16 +174,16 @@ fn is_candidate(peer: &DiscoveredPeer, local_id: Option<&str>) -> bool {
 
 /// Dials `addresses` of `peer` in turn until one works; returns what each
 /// attempt gave.
-async fn dial<'a>(engine: &dyn NetworkEngine, peer: &DiscoveredPeer, addresses: &[&'a str]) -> Vec<(&'a str, pluresdb_net::Result<()>)> {
+async fn dial<'a>(engine: &dyn NetworkEngine, peer: &PeerId, addresses: &[&'a str]) -> Vec<(&'a str, pluresdb_net::Result<()>)> {
     let mut attempts = Vec::new();
     for address in addresses {
-        match engine.dial_discovered(&peer.id, address).await {
+        match engine.dial_discovered(peer, address).await {
             Ok(_) => {
                 attempts.push((*address, Ok(())));
                 break;
             }
             Err(err) => {
-                tracing::trace!(peer = %peer.id, %address, error = %err, "dial failed");
+                tracing::trace!(%peer, %address, error = %err, "dial failed");
                 attempts.push((*address, Err(err)));
             }
         }
@@ -235,17 +242,17 @@ mod tests {
         async fn stop(&mut self) -> pluresdb_net::Result<()> {
             Ok(())
         }
-        async fn send_message(&self, _: &str, _: NetworkMessage) -> pluresdb_net::Result<()> {
+        async fn send_message(&self, _: &PeerId, _: NetworkMessage) -> pluresdb_net::Result<()> {
             Ok(())
         }
         async fn broadcast_message(&self, _: NetworkMessage) -> pluresdb_net::Result<()> {
             Ok(())
         }
-        async fn connect_peer(&self, address: &str) -> pluresdb_net::Result<String> {
+        async fn connect_peer(&self, address: &str) -> pluresdb_net::Result<PeerId> {
             Err(NetworkError::Connect { address: address.to_owned(), reason: "auto-connect must use dial_discovered".into() })
         }
-        async fn disconnect_peer(&self, peer_id: &str) -> pluresdb_net::Result<()> {
-            self.connected.lock().unwrap().remove(peer_id);
+        async fn disconnect_peer(&self, peer_id: &PeerId) -> pluresdb_net::Result<()> {
+            self.connected.lock().unwrap().remove(&peer_id.to_string());
             Ok(())
         }
         async fn get_connected_peers(&self) -> pluresdb_net::Result<Vec<PeerInfo>> {
@@ -254,7 +261,7 @@ mod tests {
                 .connected()
                 .into_iter()
                 .map(|peer_id| PeerInfo {
-                    peer_id,
+                    peer_id: peer_id.parse().expect("the test's peer ids parse"),
                     address: "192.0.2.250:1".into(),
                     transport: Transport::Quic,
                     direction: Direction::Dialled,
@@ -268,14 +275,15 @@ mod tests {
                 })
                 .collect())
         }
-        async fn is_peer_connected(&self, peer_id: &str) -> bool {
-            self.connected.lock().unwrap().contains(peer_id)
+        async fn is_peer_connected(&self, peer_id: &PeerId) -> bool {
+            self.connected.lock().unwrap().contains(&peer_id.to_string())
         }
-        async fn dial_discovered(&self, peer_id: &str, address: &str) -> pluresdb_net::Result<String> {
-            self.dials.lock().unwrap().push((peer_id.to_owned(), address.to_owned(), Instant::now()));
-            if self.reachable.lock().unwrap().get(address).map(String::as_str) == Some(peer_id) {
-                self.connected.lock().unwrap().insert(peer_id.to_owned());
-                Ok(peer_id.to_owned())
+        async fn dial_discovered(&self, peer: &PeerId, address: &str) -> pluresdb_net::Result<PeerId> {
+            let peer_id = peer.to_string();
+            self.dials.lock().unwrap().push((peer_id.clone(), address.to_owned(), Instant::now()));
+            if self.reachable.lock().unwrap().get(address) == Some(&peer_id) {
+                self.connected.lock().unwrap().insert(peer_id);
+                Ok(*peer)
             } else {
                 Err(NetworkError::Connect { address: address.to_owned(), reason: "unreachable".into() })
             }
@@ -371,7 +379,7 @@ mod tests {
         assert_eq!(engine.dialled_peers(), BTreeSet::from([lan.clone(), exchanged.clone()]));
 
         // A dropped connection is dialled again.
-        engine.disconnect_peer(&lan).await.unwrap();
+        engine.disconnect_peer(&lan.parse().unwrap()).await.unwrap();
         wait_until("redialled", || engine.connected().contains(&lan)).await;
 
         stop.send(true).unwrap();
@@ -429,7 +437,7 @@ mod tests {
 
         // A freed slot is filled.
         let first = engine.connected().into_iter().next().unwrap();
-        engine.disconnect_peer(&first).await.unwrap();
+        engine.disconnect_peer(&first.parse().unwrap()).await.unwrap();
         wait_until("slot filled", || engine.connected().len() == 2).await;
         assert_eq!(engine.dials().len(), 3);
 

@@ -255,7 +255,7 @@ impl PeerDirectory {
                         .chain(&peer.listen_addresses)
                         .any(|address| same_address(strip_scheme(address), &bootstrap.address))
                 })
-                .map(|peer| peer.peer_id.clone());
+                .map(|peer| peer.peer_id.to_string());
             // A bootstrap address keeps the id of the last peer found there:
             // knowing who was there is still useful while it reconnects.
             if found.is_some() && found != bootstrap.peer_id {
@@ -502,7 +502,7 @@ mod tests {
 
     fn connected(peer: &str, address: &str) -> PeerInfo {
         PeerInfo {
-            peer_id: peer.to_owned(),
+            peer_id: peer.parse().expect("the test's peer ids parse"),
             address: address.to_owned(),
             transport: Transport::Quic,
             direction: Direction::Dialled,

@@ -41,7 +41,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut engine = Libp2pNetworkEngine::new(config, Arc::new(PeerManager::new()), handle).with_access_policy(policy);
     engine.start().await?;
     let listen: Vec<String> = engine.dial_addresses().iter().map(|address| format!("\"{address}\"")).collect();
-    println!("{{\"peer_id\":\"{}\",\"listen\":[{}]}}", engine.peer_id().unwrap_or_default(), listen.join(","));
+    println!("{{\"peer_id\":\"{}\",\"listen\":[{}]}}", engine.peer_id().map(|id| id.to_string()).unwrap_or_default(), listen.join(","));
     for address in dial {
         match engine.connect_peer(&address).await {
             Ok(peer) => eprintln!("connected to {peer} at {address}"),

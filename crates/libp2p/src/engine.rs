@@ -22,7 +22,7 @@ use pluresdb_net::link::Lane;
 use pluresdb_net::{
     ErrorCode, Frame, NetworkConfig, NetworkEngine, NetworkError, NetworkMessage, PeerInfo, PeerManager, ReceiveLimits, Result, SyncHandle,
 };
-use pluresdb_security::{AccessPolicy, Identity};
+use pluresdb_security::{AccessPolicy, Identity, PeerId};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -120,9 +120,9 @@ pub(crate) struct Shared {
 
 struct State {
     running: Option<Running>,
-    links: HashMap<String, Link>,
+    links: HashMap<PeerId, Link>,
     /// Peers this node is opening a sync stream to.
-    opening: HashSet<String>,
+    opening: HashSet<PeerId>,
     /// Incoming sync streams in their handshake (see [`crate::admission`]).
     handshakes: HandshakeBudget,
     /// Aborts each incoming handshake in flight, by its budget slot.
@@ -208,7 +208,7 @@ impl State {
     /// Whether a sync link to `peer` fits: links and this node's own
     /// openings are under `max_connections`, or `peer` already has one of
     /// them (a replacement or a simultaneous open takes no more room).
-    fn has_sync_room(&self, peer: &str, max_connections: usize) -> bool {
+    fn has_sync_room(&self, peer: &PeerId, max_connections: usize) -> bool {
         self.links.contains_key(peer) || self.opening.contains(peer) || self.links.len() + self.opening.len() < max_connections
     }
 }
@@ -302,17 +302,17 @@ impl Shared {
         self.shutdown.subscribe()
     }
 
-    /// The latest ping round trip to `peer` (text form).
-    pub(crate) fn rtt_of(&self, peer: &str) -> Option<Duration> {
-        let peer: libp2p::PeerId = peer.parse().ok()?;
-        lock(&self.view).rtt.get(&peer).copied()
+    /// The latest ping round trip to `peer`.
+    pub(crate) fn rtt_of(&self, peer: &libp2p::PeerId) -> Option<Duration> {
+        lock(&self.view).rtt.get(peer).copied()
     }
 
     /// Registers `link` as the link to its peer. A second link to a peer
     /// is settled alike on both ends: one opened by the same node as the
     /// existing one replaces it (the opener came back: the old one is
     /// stale); otherwise the one opened by the node with the smaller peer
-    /// id stays.
+    /// id stays (key byte order, which is their text order: see the QUIC
+    /// engine's registry).
     ///
     /// A link the peer opened to a peer not linked yet is refused
     /// ([`Registration::Full`]) while links and this node's own openings
@@ -332,10 +332,10 @@ impl Shared {
             }
             Some(_) => return Registration::Duplicate,
         };
-        if let Ok(peer) = link.peer_id.parse() {
+        if let Ok(peer) = crate::identity::to_libp2p(&link.peer_id) {
             self.unlinked.linked(peer);
         }
-        state.links.insert(link.peer_id.clone(), link);
+        state.links.insert(link.peer_id, link);
         drop(state);
         self.links_changed.notify_waiters();
         registration
@@ -343,12 +343,12 @@ impl Shared {
 
     /// Removes the link `id` of `peer` if it is still the registered one;
     /// returns whether it was.
-    pub(crate) fn unregister(&self, peer: &str, id: u64) -> bool {
+    pub(crate) fn unregister(&self, peer: &PeerId, id: u64) -> bool {
         let mut state = self.state();
         let current = state.links.get(peer).is_some_and(|link| link.id == id);
         if current {
             state.links.remove(peer);
-            if let Ok(peer) = peer.parse() {
+            if let Ok(peer) = crate::identity::to_libp2p(peer) {
                 self.unlinked.unlinked(&peer);
             }
         }
@@ -357,12 +357,14 @@ impl Shared {
         current
     }
 
-    fn is_linked(&self, peer: &str) -> bool {
+    fn is_linked(&self, peer: &PeerId) -> bool {
         self.state().links.contains_key(peer)
     }
 
+    /// Whether `peer` (libp2p's form) is linked; a peer whose id is no
+    /// Ed25519 key never is.
     pub(crate) fn is_linked_peer(&self, peer: &libp2p::PeerId) -> bool {
-        self.is_linked(&peer.to_string())
+        crate::identity::from_libp2p(peer).is_some_and(|peer| self.is_linked(&peer))
     }
 
     pub(crate) fn has_links(&self) -> bool {
@@ -436,23 +438,26 @@ impl Shared {
     /// `libp2p_stream` from known addresses), runs the handshake as its
     /// initiator and starts the link. Returns once the peer is linked
     /// (by this stream or by one it opened at the same time).
-    pub(crate) async fn open_link(self: &Arc<Self>, peer: libp2p::PeerId) -> Result<String> {
-        let peer_text = peer.to_string();
+    pub(crate) async fn open_link(self: &Arc<Self>, peer: libp2p::PeerId) -> Result<PeerId> {
+        let Some(remote) = crate::identity::from_libp2p(&peer) else {
+            let address = self.address_of(&peer);
+            return Err(NetworkError::Handshake { peer: peer.to_string(), address, reason: "not an Ed25519 peer".to_owned() });
+        };
         // One opening per peer at a time; a second caller waits for it.
         loop {
             let notified = self.links_changed.notified();
             {
                 let mut state = self.state();
-                if state.links.contains_key(&peer_text) {
-                    return Ok(peer_text);
+                if state.links.contains_key(&remote) {
+                    return Ok(remote);
                 }
                 if state.running.is_none() {
                     return Err(NetworkError::NotRunning);
                 }
-                if !state.has_sync_room(&peer_text, self.config.max_connections) {
+                if !state.has_sync_room(&remote, self.config.max_connections) {
                     return Err(NetworkError::TooManyConnections { limit: self.config.max_connections });
                 }
-                if state.opening.insert(peer_text.clone()) {
+                if state.opening.insert(remote) {
                     break;
                 }
             }
@@ -480,12 +485,12 @@ impl Shared {
                 view.refused.remove(&peer);
             }
         }
-        self.state().opening.remove(&peer_text);
+        self.state().opening.remove(&remote);
         self.links_changed.notify_waiters();
         result
     }
 
-    async fn open_link_once(self: &Arc<Self>, peer: libp2p::PeerId) -> Result<String> {
+    async fn open_link_once(self: &Arc<Self>, peer: libp2p::PeerId) -> Result<PeerId> {
         let peer_text = peer.to_string();
         let running = self.running()?;
         let timeout = self.config.handshake_timeout;
@@ -528,12 +533,11 @@ impl Shared {
         let guard = running.tasks.enter();
         let shared = self.clone();
         tokio::spawn(async move {
-            let peer_text = peer.to_string();
             let deadline = tokio::time::Instant::now() + wait;
             let mut shutdown = shared.shutdown_signal();
             loop {
                 let notified = shared.links_changed.notified();
-                if !shared.is_linked(&peer_text) {
+                if !shared.is_linked_peer(&peer) {
                     break;
                 }
                 tokio::select! {
@@ -561,7 +565,7 @@ impl Shared {
     /// tries).
     pub(crate) fn spawn_open_link(self: &Arc<Self>, peer: libp2p::PeerId) {
         let Ok(running) = self.running() else { return };
-        if self.is_linked(&peer.to_string()) || self.refused_recently(&peer) {
+        if self.is_linked_peer(&peer) || self.refused_recently(&peer) {
             return;
         }
         let guard = running.tasks.enter();
@@ -603,7 +607,10 @@ async fn accept_streams(shared: Arc<Shared>, mut incoming: libp2p_stream::Incomi
 async fn accept_stream(shared: Arc<Shared>, peer: libp2p::PeerId, stream: libp2p::Stream) {
     // The stream may come before the event that reports its connection.
     let (address, source) = shared.connection_of(&peer, handshake::LINGER).await.unwrap_or((String::new(), Source::Unaddressed));
-    let room = shared.state().has_sync_room(&peer.to_string(), shared.config.max_connections);
+    // A peer whose id is no Ed25519 key takes no room: its handshake
+    // fails at once (see `link::drive`).
+    let room =
+        crate::identity::from_libp2p(&peer).is_none_or(|remote| shared.state().has_sync_room(&remote, shared.config.max_connections));
     if !room {
         let message = format!("too many connections (limit {})", shared.config.max_connections);
         tracing::debug!(%peer, %address, "{message}; refusing a sync stream");
@@ -790,8 +797,8 @@ impl Libp2pNetworkEngine {
     }
 
     /// This node's peer id, once initialized.
-    pub fn peer_id(&self) -> Option<String> {
-        self.shared.keys().map(|keys| keys.peer_id_text.clone())
+    pub fn peer_id(&self) -> Option<PeerId> {
+        self.shared.keys().map(|keys| keys.peer_id)
     }
 
     /// This node's identity, once initialized.
@@ -867,10 +874,10 @@ impl Libp2pNetworkEngine {
         }
         let state = self.shared.state();
         for link in state.links.values() {
-            if let Err(denied) = policy.admits(&link.peer_id, link.proof_ok) {
+            if let Err(denied) = policy.admits(&link.peer_id.to_string(), link.proof_ok) {
                 tracing::info!(peer = %link.peer_id, reason = %denied, "the access rule no longer admits a connected peer; disconnecting it");
                 link.close(&format!("no longer admitted: {denied}"));
-                if let (Some(running), Ok(peer)) = (state.running.as_ref(), link.peer_id.parse()) {
+                if let (Some(running), Ok(peer)) = (state.running.as_ref(), crate::identity::to_libp2p(&link.peer_id)) {
                     let _ = running.commands.try_send(Command::Forget { peer });
                 }
             }
@@ -896,7 +903,7 @@ impl Libp2pNetworkEngine {
         ])
     }
 
-    async fn dial(&self, address: &str, expected: Option<libp2p::PeerId>, redial: bool) -> Result<String> {
+    async fn dial(&self, address: &str, expected: Option<libp2p::PeerId>, redial: bool) -> Result<PeerId> {
         let running = self.shared.running()?;
         let mut multiaddr: Multiaddr = address
             .parse()
@@ -1071,11 +1078,11 @@ impl NetworkEngine for Libp2pNetworkEngine {
         Ok(())
     }
 
-    async fn send_message(&self, peer_id: &str, message: NetworkMessage) -> Result<()> {
+    async fn send_message(&self, peer_id: &PeerId, message: NetworkMessage) -> Result<()> {
         let transmit = pluresdb_net::link::outgoing(&message)?;
         let queue = {
             let state = self.shared.state();
-            let link = state.links.get(peer_id).ok_or_else(|| NetworkError::PeerNotConnected(peer_id.to_owned()))?;
+            let link = state.links.get(peer_id).ok_or_else(|| NetworkError::PeerNotConnected(peer_id.to_string()))?;
             match transmit.lane {
                 Lane::Bulk => link.bulk.clone(),
                 Lane::Control => link.control.clone(),
@@ -1086,7 +1093,7 @@ impl NetworkEngine for Libp2pNetworkEngine {
 
     async fn broadcast_message(&self, message: NetworkMessage) -> Result<()> {
         let transmit = pluresdb_net::link::outgoing(&message)?;
-        let queues: Vec<(String, mpsc::Sender<Frame>)> = {
+        let queues: Vec<(PeerId, mpsc::Sender<Frame>)> = {
             let state = self.shared.state();
             if state.running.is_none() {
                 return Err(NetworkError::NotRunning);
@@ -1095,7 +1102,7 @@ impl NetworkEngine for Libp2pNetworkEngine {
                 Lane::Bulk => link.bulk.clone(),
                 Lane::Control => link.control.clone(),
             };
-            state.links.values().map(|link| (link.peer_id.clone(), queue(link))).collect()
+            state.links.values().map(|link| (link.peer_id, queue(link))).collect()
         };
         for (peer, queue) in queues {
             if let Err(err) = enqueue(&queue, &peer, transmit.frame.clone()) {
@@ -1109,23 +1116,21 @@ impl NetworkEngine for Libp2pNetworkEngine {
     /// opens the sync stream, runs the admission handshake and returns the
     /// peer id. The peer is redialled with backoff whenever its
     /// connection drops, until `disconnect_peer` or `stop`.
-    async fn connect_peer(&self, address: &str) -> Result<String> {
+    async fn connect_peer(&self, address: &str) -> Result<PeerId> {
         self.dial(address, None, true).await
     }
 
     /// Dials once, requiring `peer_id` (noise checks it); no redialling.
-    async fn dial_discovered(&self, peer_id: &str, address: &str) -> Result<String> {
-        let expected: libp2p::PeerId = peer_id
-            .parse()
-            .map_err(|err| NetworkError::Connect { address: address.to_owned(), reason: format!("not a peer id {peer_id:?}: {err}") })?;
+    async fn dial_discovered(&self, peer_id: &PeerId, address: &str) -> Result<PeerId> {
+        let expected = crate::identity::to_libp2p(peer_id)?;
         self.dial(address, Some(expected), false).await
     }
 
     /// Says goodbye on the peer's link, stops redialling it and closes its
     /// connections.
-    async fn disconnect_peer(&self, peer_id: &str) -> Result<()> {
+    async fn disconnect_peer(&self, peer_id: &PeerId) -> Result<()> {
         let running = self.shared.running()?;
-        let peer: libp2p::PeerId = peer_id.parse().map_err(|_| NetworkError::PeerNotConnected(peer_id.to_owned()))?;
+        let peer = crate::identity::to_libp2p(peer_id).map_err(|_| NetworkError::PeerNotConnected(peer_id.to_string()))?;
         let linked = {
             let state = self.shared.state();
             state.links.get(peer_id).map(|link| link.close("disconnected by the local node")).is_some()
@@ -1144,25 +1149,25 @@ impl NetworkEngine for Libp2pNetworkEngine {
         if linked || connected {
             Ok(())
         } else {
-            Err(NetworkError::PeerNotConnected(peer_id.to_owned()))
+            Err(NetworkError::PeerNotConnected(peer_id.to_string()))
         }
     }
 
     async fn get_connected_peers(&self) -> Result<Vec<PeerInfo>> {
-        let ids: Vec<String> = self.shared.state().links.keys().cloned().collect();
+        let ids: Vec<PeerId> = self.shared.state().links.keys().copied().collect();
         let mut peers: Vec<PeerInfo> = ids.iter().filter_map(|id| self.shared.peers.get(id)).collect();
-        peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        peers.sort_by_key(|peer| peer.peer_id);
         Ok(peers)
     }
 
-    async fn is_peer_connected(&self, peer_id: &str) -> bool {
+    async fn is_peer_connected(&self, peer_id: &PeerId) -> bool {
         self.shared.is_linked(peer_id)
     }
 }
 
-fn enqueue(queue: &mpsc::Sender<Frame>, peer: &str, frame: Frame) -> Result<()> {
+fn enqueue(queue: &mpsc::Sender<Frame>, peer: &PeerId, frame: Frame) -> Result<()> {
     queue.try_send(frame).map_err(|err| match err {
-        mpsc::error::TrySendError::Full(_) => NetworkError::PeerBusy { peer: peer.to_owned() },
-        mpsc::error::TrySendError::Closed(_) => NetworkError::PeerNotConnected(peer.to_owned()),
+        mpsc::error::TrySendError::Full(_) => NetworkError::PeerBusy { peer: peer.to_string() },
+        mpsc::error::TrySendError::Closed(_) => NetworkError::PeerNotConnected(peer.to_string()),
     })
 }

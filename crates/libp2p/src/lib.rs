@@ -34,14 +34,15 @@
 //!
 //! let address = first.dial_addresses()[0].to_string(); // /ip4/127.0.0.1/tcp/N/p2p/12D3KooW...
 //! let first_id = second.connect_peer(&address).await?; // noise proves the id, the hellos the secret
-//! assert_eq!(Some(first_id.clone()), first.peer_id());
+//! assert_eq!(Some(first_id), first.peer_id());
 //! let second_id = second.peer_id().unwrap();
 //! assert!(matches!(first_events.recv().await, Some(PeerEvent::Connected { peer_id, .. }) if peer_id == second_id));
 //!
-//! let ack = SyncMessage::SyncAck { from_peer: second_id.clone(), version_vector: Default::default() };
+//! // The sync engine names peers by their text form (`12D3KooW...`).
+//! let ack = SyncMessage::SyncAck { from_peer: second_id.to_string(), version_vector: Default::default() };
 //! second.send_message(&first_id, ack.clone().into()).await?;
 //! match first_events.recv().await {
-//!     Some(PeerEvent::Message { peer_id, bytes }) => assert_eq!(SyncMessage::decode(&peer_id, &bytes)?, ack),
+//!     Some(PeerEvent::Message { peer_id, bytes }) => assert_eq!(SyncMessage::decode(&peer_id.to_string(), &bytes)?, ack),
 //!     other => panic!("{other:?}"),
 //! }
 //! second.stop().await?;

@@ -26,6 +26,7 @@ use pluresdb_net::{
     Direction, ErrorCode, ExchangedPeer, Frame, FrameKind, Hello, NetworkError, PeerEvent, PeerInfo, PeerStats, Transport,
     MAX_EXCHANGED_ADDRESSES, PROTOCOL_VERSION,
 };
+use pluresdb_security::PeerId;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -49,9 +50,9 @@ const EVICTED: &str = "too many handshakes in flight";
 pub(crate) struct Link {
     /// Unique among this engine's links.
     pub(crate) id: u64,
-    pub(crate) peer_id: String,
+    pub(crate) peer_id: PeerId,
     /// The peer id of the node that opened the sync stream.
-    pub(crate) opener: String,
+    pub(crate) opener: PeerId,
     pub(crate) control: mpsc::Sender<Frame>,
     pub(crate) bulk: mpsc::Sender<Frame>,
     /// Whether the peer proved the network secret.
@@ -80,21 +81,20 @@ pub(crate) struct Opened {
 /// Runs a sync stream from its nonce step to its end. `admitted` learns
 /// the handshake's outcome: the peer id once the link is up (registered,
 /// or a duplicate of the link that stays), the error otherwise.
-pub(crate) async fn run(shared: Arc<Shared>, opened: Opened, admitted: Option<oneshot::Sender<Result<String, NetworkError>>>) {
+pub(crate) async fn run(shared: Arc<Shared>, opened: Opened, admitted: Option<oneshot::Sender<Result<PeerId, NetworkError>>>) {
     let Opened { peer, address, role, stream, slot } = opened;
-    let peer_text = peer.to_string();
     let outcome = drive(&shared, peer, address, role, stream, slot, admitted).await;
-    if let Some((id, end)) = outcome {
-        if shared.unregister(&peer_text, id) {
-            shared.peers.peer_disconnected(&peer_text);
-            tracing::info!(peer = %peer_text, reason = %end, "peer disconnected from libp2p");
-            shared.sync.deliver(PeerEvent::Disconnected { peer_id: peer_text, reason: end.to_string() }).await;
+    if let Some((remote, id, end)) = outcome {
+        if shared.unregister(&remote, id) {
+            shared.peers.peer_disconnected(&remote);
+            tracing::info!(peer = %remote, reason = %end, "peer disconnected from libp2p");
+            shared.sync.deliver(PeerEvent::Disconnected { peer_id: remote, reason: end.to_string() }).await;
         }
     }
 }
 
-/// The link's part once registered: its id and how it ended.
-type Registered = Option<(u64, LinkEnd)>;
+/// The link's part once registered: its peer, its id and how it ended.
+type Registered = Option<(PeerId, u64, LinkEnd)>;
 
 async fn drive(
     shared: &Arc<Shared>,
@@ -103,9 +103,9 @@ async fn drive(
     role: Role,
     stream: Stream,
     mut slot: Option<HandshakeSlot>,
-    mut admitted: Option<oneshot::Sender<Result<String, NetworkError>>>,
+    mut admitted: Option<oneshot::Sender<Result<PeerId, NetworkError>>>,
 ) -> Registered {
-    let mut tell = |result: Result<String, NetworkError>| {
+    let mut tell = |result: Result<PeerId, NetworkError>| {
         if let Some(tell) = admitted.take() {
             let _ = tell.send(result);
         }
@@ -197,19 +197,18 @@ async fn drive(
                     }
                     let id = shared.next_link_id();
                     let opener = match role {
-                        Role::Initiator => keys.peer_id_text.clone(),
-                        Role::Responder => peer_text.clone(),
+                        Role::Initiator => keys.peer_id,
+                        Role::Responder => remote,
                     };
                     // Admitted: the handshake's budget slot is free again.
                     slot = None;
                     let Some(closer) = closer.take() else { continue };
-                    let link =
-                        Link { id, peer_id: peer_text.clone(), opener, control: control.clone(), bulk: bulk.clone(), proof_ok, closer };
+                    let link = Link { id, peer_id: remote, opener, control: control.clone(), bulk: bulk.clone(), proof_ok, closer };
                     match shared.register(link) {
                         registration @ (Registration::Fresh | Registration::Replaced) => {
                             let stats = connected(
                                 shared,
-                                &peer_text,
+                                (remote, &peer),
                                 &address,
                                 role,
                                 peer_hello.take(),
@@ -218,10 +217,10 @@ async fn drive(
                             .await;
                             *lock(&stats_slot) = Some(stats.clone());
                             registered = Some((id, stats));
-                            tell(Ok(peer_text.clone()));
+                            tell(Ok(remote));
                         }
                         Registration::Duplicate => {
-                            tell(Ok(peer_text.clone()));
+                            tell(Ok(remote));
                             machine.close("duplicate connection");
                         }
                         Registration::Full => {
@@ -235,14 +234,14 @@ async fn drive(
                 }
                 LinkEvent::Sync(bytes) => {
                     if registered.is_some() {
-                        shared.sync.deliver(PeerEvent::Message { peer_id: peer_text.clone(), bytes }).await;
+                        shared.sync.deliver(PeerEvent::Message { peer_id: remote, bytes }).await;
                     }
                 }
                 LinkEvent::Heartbeat { sent } => {
                     if let Some((_, stats)) = &registered {
-                        let rtt = shared.rtt_of(&peer_text).unwrap_or(Duration::ZERO);
+                        let rtt = shared.rtt_of(&peer).unwrap_or(Duration::ZERO);
                         stats.record_heartbeat(sent, rtt, Utc::now());
-                        if let Some(rtt) = shared.rtt_of(&peer_text) {
+                        if let Some(rtt) = shared.rtt_of(&peer) {
                             stats.record_rtt(rtt);
                         }
                     }
@@ -250,7 +249,7 @@ async fn drive(
                 // Peer exchange hints name QUIC addresses; the libp2p
                 // engine finds peers through the DHT instead.
                 LinkEvent::PeersLearned(_) => {}
-                LinkEvent::PeerExchangeRequested => machine.answer_peer_exchange(exchange_answer(shared, &peer_text)),
+                LinkEvent::PeerExchangeRequested => machine.answer_peer_exchange(exchange_answer(shared, &remote)),
                 LinkEvent::Closed(end) => break 'run end,
             }
         }
@@ -310,7 +309,7 @@ async fn drive(
     let _ = tokio::time::timeout(LINGER, drain).await;
     let _ = tokio::time::timeout(LINGER, writer_task).await;
     match registered {
-        Some((id, _)) => Some((id, end)),
+        Some((id, _)) => Some((remote, id, end)),
         None => {
             if !matches!(end, LinkEnd::Local(_)) {
                 tracing::info!(peer = %peer_text, %address, reason = %end, "sync handshake over libp2p failed");
@@ -329,21 +328,29 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 }
 
 /// Reports a registered link: to the peer registry and the sync engine.
-async fn connected(shared: &Shared, peer: &str, address: &str, role: Role, hello: Option<Hello>, replaced: bool) -> Arc<PeerStats> {
+/// `peer` in both forms: ours names it, libp2p's finds its round trip.
+async fn connected(
+    shared: &Shared,
+    (peer, libp2p_peer): (PeerId, &libp2p::PeerId),
+    address: &str,
+    role: Role,
+    hello: Option<Hello>,
+    replaced: bool,
+) -> Arc<PeerStats> {
     let now = Utc::now();
     let direction = match role {
         Role::Initiator => Direction::Dialled,
         Role::Responder => Direction::Accepted,
     };
     let info = PeerInfo {
-        peer_id: peer.to_owned(),
+        peer_id: peer,
         address: address.to_owned(),
         transport: Transport::Libp2p,
         direction,
         listen_addresses: hello.map(|hello| hello.listen_addresses).unwrap_or_default(),
         connected_at: now,
         last_seen: now,
-        rtt: shared.rtt_of(peer),
+        rtt: shared.rtt_of(libp2p_peer),
         bytes_sent: 0,
         bytes_received: 0,
         connected: true,
@@ -351,26 +358,23 @@ async fn connected(shared: &Shared, peer: &str, address: &str, role: Role, hello
     let stats = shared.peers.peer_connected(info);
     if replaced {
         // The sync driver must forget what it queued on the old stream.
-        shared
-            .sync
-            .deliver(PeerEvent::Disconnected { peer_id: peer.to_owned(), reason: "replaced by a newer connection".to_owned() })
-            .await;
+        shared.sync.deliver(PeerEvent::Disconnected { peer_id: peer, reason: "replaced by a newer connection".to_owned() }).await;
     }
     tracing::info!(%peer, %address, ?direction, "peer connected over libp2p");
-    shared.sync.deliver(PeerEvent::Connected { peer_id: peer.to_owned(), address: address.to_owned(), transport: Transport::Libp2p }).await;
+    shared.sync.deliver(PeerEvent::Connected { peer_id: peer, address: address.to_owned(), transport: Transport::Libp2p }).await;
     stats
 }
 
 /// The answer to a peer exchange request: other connected peers and where
 /// they listen.
-fn exchange_answer(shared: &Shared, asking: &str) -> Vec<ExchangedPeer> {
+fn exchange_answer(shared: &Shared, asking: &PeerId) -> Vec<ExchangedPeer> {
     shared
         .peers
         .connected_peers()
         .into_iter()
-        .filter(|info| info.peer_id != asking && !info.listen_addresses.is_empty())
+        .filter(|info| info.peer_id != *asking && !info.listen_addresses.is_empty())
         .map(|info| ExchangedPeer {
-            peer_id: info.peer_id,
+            peer_id: info.peer_id.to_string(),
             addresses: info.listen_addresses.into_iter().take(MAX_EXCHANGED_ADDRESSES).collect(),
         })
         .collect()

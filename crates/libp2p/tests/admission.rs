@@ -137,7 +137,7 @@ async fn member_from_is_admitted(victim: &mut Node, ip: &str) -> Node {
         .expect("the member got an answer within the deadline")
         .expect("the member is admitted");
     assert_eq!(found, victim.id);
-    let member_id = member_node.id.clone();
+    let member_id = member_node.id;
     wait_for(&mut victim.events, |event| matches!(event, pluresdb_net::PeerEvent::Connected { peer_id, .. } if *peer_id == member_id))
         .await;
     member_node

@@ -7,17 +7,18 @@ mod common;
 use common::*;
 use pluresdb_libp2p::{KAD_PROTOCOL, SYNC_PROTOCOL};
 use pluresdb_net::{ErrorCode, FrameKind, NetworkConfig, NetworkEngine, NetworkError, NetworkMessage, PeerEvent, Transport};
+use pluresdb_security::PeerId;
 use pluresdb_sync::SyncMessage;
 
-fn ack(from: &str) -> NetworkMessage {
-    SyncMessage::SyncAck { from_peer: from.to_owned(), version_vector: Default::default() }.into()
+fn ack(from: &PeerId) -> NetworkMessage {
+    SyncMessage::SyncAck { from_peer: from.to_string(), version_vector: Default::default() }.into()
 }
 
-async fn expect_message(node: &mut Node, from: &str) -> SyncMessage {
+async fn expect_message(node: &mut Node, from: &PeerId) -> SyncMessage {
     match wait_for(&mut node.events, |event| matches!(event, PeerEvent::Message { .. })).await {
         PeerEvent::Message { peer_id, bytes } => {
-            assert_eq!(peer_id, from);
-            SyncMessage::decode(&peer_id, &bytes).expect("a sync message")
+            assert_eq!(peer_id, *from);
+            SyncMessage::decode(&peer_id.to_string(), &bytes).expect("a sync message")
         }
         _ => unreachable!(),
     }
@@ -38,11 +39,11 @@ async fn two_engines_sync_both_ways_over_tcp_quic_and_websocket() {
         wait_for(&mut a.events, |event| matches!(event, PeerEvent::Connected { peer_id, .. } if *peer_id == b.id)).await;
 
         a.engine.send_message(&b.id, ack(&a.id)).await.unwrap();
-        assert!(matches!(expect_message(&mut b, &a.id).await, SyncMessage::SyncAck { from_peer, .. } if from_peer == a.id));
+        assert!(matches!(expect_message(&mut b, &a.id).await, SyncMessage::SyncAck { from_peer, .. } if from_peer == a.id.to_string()));
         b.engine.send_message(&a.id, ack(&b.id)).await.unwrap();
-        assert!(matches!(expect_message(&mut a, &b.id).await, SyncMessage::SyncAck { from_peer, .. } if from_peer == b.id));
+        assert!(matches!(expect_message(&mut a, &b.id).await, SyncMessage::SyncAck { from_peer, .. } if from_peer == b.id.to_string()));
         // A DataSync goes the bulk way and arrives as well.
-        let data = SyncMessage::DataSync { from_peer: a.id.clone(), operations: vec![], version_vector: Default::default() };
+        let data = SyncMessage::DataSync { from_peer: a.id.to_string(), operations: vec![], version_vector: Default::default() };
         a.engine.broadcast_message(data.clone().into()).await.unwrap();
         assert_eq!(expect_message(&mut b, &a.id).await, data);
 
@@ -106,7 +107,7 @@ async fn identify_lists_the_sync_protocol() {
     let mut client = RawClient::spawn();
     client.dial(&address(&b.engine, Kind::Tcp)).await;
     let (peer, info) = tokio::time::timeout(DEADLINE, client.identified.recv()).await.unwrap().unwrap();
-    assert_eq!(peer.to_string(), b.id);
+    assert_eq!(peer.to_string(), b.id.to_string());
     assert!(info.protocols.contains(&SYNC_PROTOCOL), "{:?}", info.protocols);
     assert!(info.protocols.contains(&KAD_PROTOCOL), "{:?}", info.protocols);
     assert!(info.protocols.iter().any(|p| p.as_ref() == "/ipfs/ping/1.0.0"), "{:?}", info.protocols);
@@ -143,7 +144,11 @@ async fn bad_frames_close_the_stream_with_their_code_and_the_engine_keeps_runnin
     let admitted = read_frame(&mut stream, &mut decoder).await;
     assert_eq!(admitted.kind, FrameKind::Heartbeat, "admitted");
     write(&mut stream, &NetworkMessage::Heartbeat { peer_id: client.peer_id.to_string(), timestamp: chrono::Utc::now() }.to_frame()).await;
-    wait_for(&mut b.events, |event| matches!(event, PeerEvent::Connected { peer_id, .. } if *peer_id == client.peer_id.to_string())).await;
+    wait_for(
+        &mut b.events,
+        |event| matches!(event, PeerEvent::Connected { peer_id, .. } if peer_id.to_string() == client.peer_id.to_string()),
+    )
+    .await;
     futures::AsyncWriteExt::write_all(&mut stream, &[1, 99, 0, 0, 0, 0]).await.unwrap();
     let mut rest = Vec::new();
     loop {
@@ -156,8 +161,11 @@ async fn bad_frames_close_the_stream_with_their_code_and_the_engine_keeps_runnin
     let (code, message) = error_of(&rest[0]).unwrap();
     assert_eq!(code, ErrorCode::BadFrame, "{message}");
     assert!(message.contains("kind 99"), "{message}");
-    wait_for(&mut b.events, |event| matches!(event, PeerEvent::Disconnected { peer_id, .. } if *peer_id == client.peer_id.to_string()))
-        .await;
+    wait_for(
+        &mut b.events,
+        |event| matches!(event, PeerEvent::Disconnected { peer_id, .. } if peer_id.to_string() == client.peer_id.to_string()),
+    )
+    .await;
 
     // A payload that does not decode as its kind.
     let mut client = RawClient::spawn();
@@ -199,7 +207,7 @@ async fn sync_links_over_max_connections_are_refused_with_the_reason() {
     assert!(!listener.engine.is_peer_connected(&excess.id).await);
     // Room again once one leaves.
     let gone = dialers.pop().unwrap();
-    let gone_id = gone.id.clone();
+    let gone_id = gone.id;
     stop(gone).await;
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while listener.engine.is_peer_connected(&gone_id).await {
@@ -232,14 +240,14 @@ async fn dht_finds_the_network_through_a_bootstrap_of_another_network() {
     for _ in 0..5 {
         nodes.push(start_with(member(1), config.clone(), dht).await);
     }
-    let ids: Vec<String> = nodes.iter().map(|node| node.id.clone()).collect();
+    let ids: Vec<PeerId> = nodes.iter().map(|node| node.id).collect();
     let mut found_any = false;
     for node in &nodes {
         let engine = node.engine.clone();
-        let others: Vec<String> = ids.iter().filter(|id| **id != node.id).cloned().collect();
+        let others: Vec<PeerId> = ids.iter().filter(|id| **id != node.id).copied().collect();
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
-            let connected: Vec<String> = engine.get_connected_peers().await.unwrap().into_iter().map(|p| p.peer_id).collect();
+            let connected: Vec<PeerId> = engine.get_connected_peers().await.unwrap().into_iter().map(|p| p.peer_id).collect();
             if others.iter().all(|id| connected.contains(id)) {
                 assert!(!connected.contains(&bootstrap.id), "never synced with another network's node");
                 break;
@@ -250,7 +258,7 @@ async fn dht_finds_the_network_through_a_bootstrap_of_another_network() {
         // What the DHT named: members only. (A node may also have been
         // linked by members that found it first.)
         let found: Vec<String> = engine.dht_peers().into_iter().filter(|p| p.source == "dht").map(|p| p.peer_id).collect();
-        assert!(found.iter().all(|id| ids.contains(id) && *id != node.id), "{found:?}");
+        assert!(found.iter().all(|id| ids.iter().any(|member| member.to_string() == *id) && *id != node.id.to_string()), "{found:?}");
         found_any |= !found.is_empty();
         // Each with where it listens (what the runtime lists and dials).
         eventually("every DHT-found peer has an address", || engine.dht_peers().iter().all(|p| !p.addresses.is_empty())).await;

@@ -10,8 +10,8 @@ use pluresdb_libp2p::RelayAccess;
 use pluresdb_net::{NetworkConfig, NetworkEngine, NetworkMessage, PeerEvent};
 use pluresdb_sync::SyncMessage;
 
-fn ack(from: &str) -> NetworkMessage {
-    SyncMessage::SyncAck { from_peer: from.to_owned(), version_vector: Default::default() }.into()
+fn ack(from: &pluresdb_security::PeerId) -> NetworkMessage {
+    SyncMessage::SyncAck { from_peer: from.to_string(), version_vector: Default::default() }.into()
 }
 
 /// A member serving as a relay for its network's members.
@@ -40,7 +40,7 @@ fn circuit_address(node: &Node) -> String {
 async fn reserve(node: &Node, relay: &Node) {
     node.engine.connect_peer(&address(&relay.engine, Kind::Tcp)).await.expect("a member links with the relay");
     eventually("the member holds a reservation on the relay", || {
-        node.engine.nat().reserved_on == vec![relay.id.clone()] && !node.engine.relayed_addresses().is_empty()
+        node.engine.nat().reserved_on == vec![relay.id.to_string()] && !node.engine.relayed_addresses().is_empty()
     })
     .await;
 }
@@ -69,8 +69,8 @@ async fn a_member_reserves_on_the_relay_and_another_syncs_with_it_through_the_ci
     assert_eq!(found, a.id);
     wait_for(&mut a.events, |event| matches!(event, PeerEvent::Connected { peer_id, .. } if *peer_id == b.id)).await;
     exchange(&mut a, &mut b).await;
-    assert_eq!(b.engine.relayed_via(&a.id), Some(r.id.clone()), "b reaches a through r");
-    assert_eq!(a.engine.relayed_via(&b.id), Some(r.id.clone()), "a is reached by b through r");
+    assert_eq!(b.engine.relayed_via(&a.id.to_string()), Some(r.id.to_string()), "b reaches a through r");
+    assert_eq!(a.engine.relayed_via(&b.id.to_string()), Some(r.id.to_string()), "a is reached by b through r");
     let peers = b.engine.get_connected_peers().await.expect("peers");
     let shown = peers.iter().find(|p| p.peer_id == a.id).expect("b lists a");
     assert!(shown.address.contains("/p2p-circuit"), "the address shows the relay: {}", shown.address);
@@ -91,15 +91,18 @@ async fn hole_punching_moves_the_link_from_the_relay_to_a_direct_connection() {
     b.engine.connect_peer(&circuit).await.expect("b reaches a through the relay");
     // DCUtR opens a direct connection; the relayed one is closed and the
     // sync link is opened again over the direct one.
-    eventually("b's connection to a is direct", || b.engine.relayed_via(&a.id).is_none() && a.engine.relayed_via(&b.id).is_none()).await;
+    eventually("b's connection to a is direct", || {
+        b.engine.relayed_via(&a.id.to_string()).is_none() && a.engine.relayed_via(&b.id.to_string()).is_none()
+    })
+    .await;
     // And the sync link follows: each side lists the other at a direct
     // address.
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let b_sees = b.engine.get_connected_peers().await.expect("peers");
         let a_sees = a.engine.get_connected_peers().await.expect("peers");
-        let direct = |peers: &[pluresdb_net::PeerInfo], id: &str| {
-            peers.iter().any(|p| p.peer_id == id && p.connected && !p.address.contains("/p2p-circuit"))
+        let direct = |peers: &[pluresdb_net::PeerInfo], id: &pluresdb_security::PeerId| {
+            peers.iter().any(|p| p.peer_id == *id && p.connected && !p.address.contains("/p2p-circuit"))
         };
         if direct(&b_sees, &a.id) && direct(&a_sees, &b.id) {
             break;

@@ -171,7 +171,7 @@ async fn latency(secret: &NetworkSecret) -> Vec<Duration> {
     let driver_b = SyncDriver::spawn(Arc::new(b.clone()), replica(6), events_b);
     let mut feed = driver_b.with(|sync, _| sync.database().subscribe(4_096)).await;
     a.connect_peer(&b.local_addr().expect("bound").to_string()).await.expect("connect");
-    let origin = a.peer_id().expect("id");
+    let origin = a.peer_id().expect("id").to_string();
     let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
     for i in 0..LATENCY_SAMPLES + 100 {
         let started = Instant::now();

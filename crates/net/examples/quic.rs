@@ -6,14 +6,14 @@
 //! to see the engines' logs). `tests/example.rs` runs the same code.
 
 use pluresdb_net::{NetworkConfig, NetworkEngine, NetworkMessage, PeerEvent, PeerManager, QuicNetworkEngine, SyncHandle};
-use pluresdb_security::{AccessPolicy, NetworkSecret};
+use pluresdb_security::{AccessPolicy, NetworkSecret, PeerId};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// Runs both nodes; returns the peer id the second one connected to.
-pub async fn run() -> Result<String, Error> {
+pub async fn run() -> Result<PeerId, Error> {
     // Both nodes are in one network: they share its secret (a real node
     // gets it from `pluresdb invite`'s ticket).
     let secret = NetworkSecret::generate()?;
@@ -54,7 +54,7 @@ pub async fn run() -> Result<String, Error> {
     // ---- end of the seed's snippet ----
 
     println!("connected to {peer_id} at {first_address}; heartbeat sent");
-    assert_eq!(Some(peer_id.clone()), first.peer_id(), "the peer id is the one the first node's certificate proves");
+    assert_eq!(Some(peer_id), first.peer_id(), "the peer id is the one the first node's certificate proves");
 
     // The first node sees the second connect, under its verified id.
     let second_id = engine.peer_id().ok_or("no peer id")?;

@@ -13,6 +13,7 @@ use crate::error::NetworkError;
 use crate::events::SyncHandle;
 use crate::message::NetworkMessage;
 use crate::peer::{PeerInfo, Transport};
+use pluresdb_security::PeerId;
 
 /// Engines run together; see the module docs.
 ///
@@ -118,16 +119,16 @@ impl NetworkEngine for CombinedNetworkEngine {
 
     /// Sends over the link the peer's sync session uses; if that link went
     /// a moment ago, over another one that is up.
-    async fn send_message(&self, peer_id: &str, message: NetworkMessage) -> Result<()> {
-        let in_use = self.sync.route(peer_id).ok_or_else(|| NetworkError::PeerNotConnected(peer_id.to_owned()))?;
-        let Some((_, engine)) = self.engines.get(in_use) else { return Err(NetworkError::PeerNotConnected(peer_id.to_owned())) };
+    async fn send_message(&self, peer_id: &PeerId, message: NetworkMessage) -> Result<()> {
+        let in_use = self.sync.route(peer_id).ok_or_else(|| NetworkError::PeerNotConnected(peer_id.to_string()))?;
+        let Some((_, engine)) = self.engines.get(in_use) else { return Err(NetworkError::PeerNotConnected(peer_id.to_string())) };
         match engine.send_message(peer_id, message.clone()).await {
             Err(NetworkError::PeerNotConnected(_)) => match self.sync.route(peer_id) {
                 Some(now) if now != in_use => match self.engines.get(now) {
                     Some((_, engine)) => engine.send_message(peer_id, message).await,
-                    None => Err(NetworkError::PeerNotConnected(peer_id.to_owned())),
+                    None => Err(NetworkError::PeerNotConnected(peer_id.to_string())),
                 },
-                _ => Err(NetworkError::PeerNotConnected(peer_id.to_owned())),
+                _ => Err(NetworkError::PeerNotConnected(peer_id.to_string())),
             },
             other => other,
         }
@@ -147,16 +148,16 @@ impl NetworkEngine for CombinedNetworkEngine {
         Ok(())
     }
 
-    async fn connect_peer(&self, address: &str) -> Result<String> {
+    async fn connect_peer(&self, address: &str) -> Result<PeerId> {
         self.engine_for(address)?.connect_peer(address).await
     }
 
-    async fn dial_discovered(&self, peer_id: &str, address: &str) -> Result<String> {
+    async fn dial_discovered(&self, peer_id: &PeerId, address: &str) -> Result<PeerId> {
         self.engine_for(address)?.dial_discovered(peer_id, address).await
     }
 
     /// Closes the peer's links on every engine.
-    async fn disconnect_peer(&self, peer_id: &str) -> Result<()> {
+    async fn disconnect_peer(&self, peer_id: &PeerId) -> Result<()> {
         let mut disconnected = false;
         let mut first_error = None;
         for (_, engine) in &self.engines {
@@ -185,7 +186,7 @@ impl NetworkEngine for CombinedNetworkEngine {
         Ok(peers)
     }
 
-    async fn is_peer_connected(&self, peer_id: &str) -> bool {
+    async fn is_peer_connected(&self, peer_id: &PeerId) -> bool {
         for (_, engine) in &self.engines {
             if engine.is_peer_connected(peer_id).await {
                 return true;

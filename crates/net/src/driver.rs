@@ -15,6 +15,12 @@
 //!   gone) is dropped: the sync engine resends what a peer did not
 //!   acknowledge.
 //!
+//! The network names peers by [`PeerId`]; the sync engine by text labels
+//! (it runs in browsers and simulators too, where peers are "a" and "b").
+//! A port writes a peer's label once, when it connects, and keeps both
+//! ways of the mapping while it stays connected, so neither a message in
+//! nor a transmit out pays a base58 encode or an Ed25519 key decode.
+//!
 //! A driver's loop is then: [`SyncPort::flush`] (or
 //! [`take_transmits`](SyncPort::take_transmits) and
 //! [`send`](SyncPort::send) when the engine sits behind a lock), wait for
@@ -26,7 +32,9 @@ use crate::engine::NetworkEngine;
 use crate::events::{PeerEvent, PeerEvents};
 use crate::message::NetworkMessage;
 use pluresdb_core::Store;
+use pluresdb_security::PeerId;
 use pluresdb_sync::{DataSyncEngine, Transmit};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Mutex, Notify};
@@ -45,6 +53,9 @@ pub fn now_ms() -> u64 {
 }
 
 /// What woke a driver up, from [`SyncPort::next`].
+// An event holds a `PeerId` (its verified key, ~220 bytes); a wake is
+// matched as soon as it is returned, and boxing it would allocate per event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum SyncWake {
     /// A peer event: hand it to [`SyncPort::apply`].
@@ -63,18 +74,71 @@ pub enum SyncWake {
 pub struct SyncPort<E: NetworkEngine + ?Sized> {
     network: Option<Arc<E>>,
     events: Option<PeerEvents>,
+    labels: PeerLabels,
+}
+
+/// The sync engine's label (the text form) of each connected peer, and
+/// the peer of each label: entries live from a peer's `Connected` to its
+/// `Disconnected`, so there are at most as many as connected peers.
+#[derive(Debug, Default)]
+struct PeerLabels {
+    by_peer: HashMap<PeerId, String>,
+    by_label: HashMap<String, PeerId>,
+}
+
+impl PeerLabels {
+    /// `peer`'s label, kept from now until [`remove`](Self::remove).
+    fn insert(&mut self, peer: PeerId) -> &str {
+        let labels = &mut self.by_label;
+        self.by_peer.entry(peer).or_insert_with(|| {
+            let label = peer.to_string();
+            labels.insert(label.clone(), peer);
+            label
+        })
+    }
+
+    /// `peer`'s label, forgotten from now on.
+    fn remove(&mut self, peer: &PeerId) -> String {
+        match self.by_peer.remove(peer) {
+            Some(label) => {
+                self.by_label.remove(&label);
+                label
+            }
+            None => peer.to_string(),
+        }
+    }
+
+    /// `peer`'s label: kept since it connected, else written out (a
+    /// message is never delivered outside its peer's connection, so that
+    /// is only for a misbehaving engine).
+    fn label(&self, peer: &PeerId) -> std::borrow::Cow<'_, str> {
+        match self.by_peer.get(peer) {
+            Some(label) => std::borrow::Cow::Borrowed(label),
+            None => std::borrow::Cow::Owned(peer.to_string()),
+        }
+    }
+
+    /// The peer `label` names: the connected one, else the label parsed (a
+    /// transmit for a peer that just left, whose send will fail anyway);
+    /// `None` when it is no peer id.
+    fn peer(&self, label: &str) -> Option<PeerId> {
+        match self.by_label.get(label) {
+            Some(peer) => Some(*peer),
+            None => label.parse().ok(),
+        }
+    }
 }
 
 impl<E: NetworkEngine + ?Sized> SyncPort<E> {
     /// A port onto `network`, taking its `events`.
     pub fn new(network: Arc<E>, events: PeerEvents) -> Self {
-        Self { network: Some(network), events: Some(events) }
+        Self { network: Some(network), events: Some(events), labels: PeerLabels::default() }
     }
 
     /// A port onto no network: [`next`](Self::next) only waits for the
     /// timer, and what the sync engine sends is dropped.
     pub fn offline() -> Self {
-        Self { network: None, events: None }
+        Self { network: None, events: None, labels: PeerLabels::default() }
     }
 
     /// Whether there is a network.
@@ -94,11 +158,13 @@ impl<E: NetworkEngine + ?Sized> SyncPort<E> {
         std::iter::from_fn(|| sync.poll_transmit()).collect()
     }
 
-    /// Sends `transmits` (see [`send_transmit`]).
+    /// Sends `transmits`. A refused send (`PeerBusy`, peer gone) is logged
+    /// and dropped: the sync engine resends whatever a peer does not
+    /// acknowledge.
     pub async fn send(&self, transmits: Vec<Transmit>) {
         let Some(network) = &self.network else { return };
         for transmit in transmits {
-            send_transmit(&**network, transmit).await;
+            self.send_one(&**network, transmit).await;
         }
     }
 
@@ -106,8 +172,18 @@ impl<E: NetworkEngine + ?Sized> SyncPort<E> {
     pub async fn flush<S: Store>(&self, sync: &mut DataSyncEngine<S>) {
         while let Some(transmit) = sync.poll_transmit() {
             if let Some(network) = &self.network {
-                send_transmit(&**network, transmit).await;
+                self.send_one(&**network, transmit).await;
             }
+        }
+    }
+
+    async fn send_one(&self, network: &E, transmit: Transmit) {
+        let Some(peer) = self.labels.peer(&transmit.peer) else {
+            tracing::debug!(peer = %transmit.peer, "sync message for a label that is no peer id; dropped");
+            return;
+        };
+        if let Err(err) = network.send_message(&peer, NetworkMessage::from(transmit)).await {
+            tracing::debug!(%peer, error = %err, "sync message not sent; unacknowledged operations are resent");
         }
     }
 
@@ -137,12 +213,12 @@ impl<E: NetworkEngine + ?Sized> SyncPort<E> {
     /// Applies `first` and up to `MAX_EVENTS_PER_TURN` (256) events already
     /// queued behind it; returns how many were applied.
     pub fn apply<S: Store>(&mut self, sync: &mut DataSyncEngine<S>, first: PeerEvent) -> usize {
-        apply(sync, first);
+        apply(sync, &mut self.labels, first);
         let mut applied = 1;
         if let Some(events) = self.events.as_mut() {
             while applied <= MAX_EVENTS_PER_TURN {
                 let Some(event) = events.try_recv() else { break };
-                apply(sync, event);
+                apply(sync, &mut self.labels, event);
                 applied += 1;
             }
         }
@@ -219,25 +295,16 @@ async fn drive<E: NetworkEngine + ?Sized, S: Store + Send>(mut port: SyncPort<E>
     }
 }
 
-/// Sends one of the sync engine's messages. A refused send (`PeerBusy`,
-/// peer gone) is logged and dropped: the sync engine resends whatever a
-/// peer does not acknowledge.
-pub async fn send_transmit<E: NetworkEngine + ?Sized>(network: &E, transmit: Transmit) {
-    let peer = transmit.peer.clone();
-    if let Err(err) = network.send_message(&peer, NetworkMessage::from(transmit)).await {
-        tracing::debug!(%peer, error = %err, "sync message not sent; unacknowledged operations are resent");
-    }
-}
-
-/// Feeds one peer event to a sync engine (the contract above); refused
-/// messages are logged and counted by the engine.
-pub fn apply<S: Store>(sync: &mut DataSyncEngine<S>, event: PeerEvent) {
+/// Feeds one peer event to a sync engine (the contract above), naming the
+/// peer by its label; refused messages are logged and counted by the
+/// engine.
+fn apply<S: Store>(sync: &mut DataSyncEngine<S>, labels: &mut PeerLabels, event: PeerEvent) {
     let now = now_ms();
     match event {
-        PeerEvent::Connected { peer_id, .. } => sync.peer_connected(&peer_id, now),
-        PeerEvent::Disconnected { peer_id, .. } => sync.peer_disconnected(&peer_id),
+        PeerEvent::Connected { peer_id, .. } => sync.peer_connected(labels.insert(peer_id), now),
+        PeerEvent::Disconnected { peer_id, .. } => sync.peer_disconnected(&labels.remove(&peer_id)),
         PeerEvent::Message { peer_id, bytes } => {
-            if let Err(err) = sync.handle_input(&peer_id, &bytes, now) {
+            if let Err(err) = sync.handle_input(&labels.label(&peer_id), &bytes, now) {
                 tracing::debug!(peer = %peer_id, error = %err, "sync message refused");
             }
         }
@@ -257,7 +324,7 @@ mod tests {
     /// A network engine that records what it is asked to send.
     #[derive(Default)]
     struct Recorder {
-        sent: std::sync::Mutex<Vec<(String, NetworkMessage)>>,
+        sent: std::sync::Mutex<Vec<(PeerId, NetworkMessage)>>,
     }
 
     #[async_trait::async_trait]
@@ -271,29 +338,29 @@ mod tests {
         async fn stop(&mut self) -> Result<()> {
             Ok(())
         }
-        async fn send_message(&self, peer_id: &str, message: NetworkMessage) -> Result<()> {
-            self.sent.lock().unwrap().push((peer_id.to_owned(), message));
+        async fn send_message(&self, peer_id: &PeerId, message: NetworkMessage) -> Result<()> {
+            self.sent.lock().unwrap().push((*peer_id, message));
             Ok(())
         }
         async fn broadcast_message(&self, _message: NetworkMessage) -> Result<()> {
             Ok(())
         }
-        async fn connect_peer(&self, address: &str) -> Result<String> {
-            Err(NetworkError::PeerNotConnected(address.to_owned()))
+        async fn connect_peer(&self, address: &str) -> Result<PeerId> {
+            Err(NetworkError::Connect { address: address.to_owned(), reason: "a recorder dials no one".to_owned() })
         }
-        async fn disconnect_peer(&self, _peer_id: &str) -> Result<()> {
+        async fn disconnect_peer(&self, _peer_id: &PeerId) -> Result<()> {
             Ok(())
         }
         async fn get_connected_peers(&self) -> Result<Vec<PeerInfo>> {
             Ok(Vec::new())
         }
-        async fn is_peer_connected(&self, _peer_id: &str) -> bool {
+        async fn is_peer_connected(&self, _peer_id: &PeerId) -> bool {
             false
         }
     }
 
     fn connected(peer: &str) -> PeerEvent {
-        PeerEvent::Connected { peer_id: peer.to_owned(), address: "127.0.0.1:1".to_owned(), transport: Transport::Quic }
+        PeerEvent::Connected { peer_id: crate::test_peer(peer), address: "127.0.0.1:1".to_owned(), transport: Transport::Quic }
     }
 
     #[tokio::test]
@@ -301,7 +368,7 @@ mod tests {
         let (handle, events) = SyncHandle::channel(16);
         let mut port = SyncPort::new(Arc::new(Recorder::default()), events);
         assert!(handle.deliver(connected("a")).await);
-        assert!(handle.deliver(PeerEvent::Message { peer_id: "a".to_owned(), bytes: Bytes::from_static(b"x") }).await);
+        assert!(handle.deliver(PeerEvent::Message { peer_id: crate::test_peer("a"), bytes: Bytes::from_static(b"x") }).await);
         drop(handle);
         assert!(matches!(port.next(None).await, SyncWake::Event(PeerEvent::Connected { .. })));
         assert!(matches!(port.next(None).await, SyncWake::Event(PeerEvent::Message { .. })));
@@ -318,7 +385,7 @@ mod tests {
         assert!(handle.deliver(connected("a")).await);
         for _ in 0..300 {
             // Not a sync message: each is refused and counted.
-            assert!(handle.deliver(PeerEvent::Message { peer_id: "a".to_owned(), bytes: Bytes::from_static(b"?") }).await);
+            assert!(handle.deliver(PeerEvent::Message { peer_id: crate::test_peer("a"), bytes: Bytes::from_static(b"?") }).await);
         }
         let SyncWake::Event(first) = port.next(None).await else { panic!("an event") };
         assert_eq!(port.apply(&mut sync, first), MAX_EVENTS_PER_TURN + 1);
@@ -331,21 +398,47 @@ mod tests {
     #[tokio::test]
     async fn transmits_go_to_their_peer_and_an_offline_port_drops_them() {
         let network = Arc::new(Recorder::default());
-        let port = SyncPort::new(network.clone(), SyncHandle::channel(1).1);
+        let mut port = SyncPort::new(network.clone(), SyncHandle::channel(1).1);
         let mut sync = DataSyncEngine::new(SyncConfig::default());
         sync.start(now_ms());
-        sync.peer_connected("a", now_ms());
+        let a = crate::test_peer("a");
+        port.apply(&mut sync, connected("a"));
         port.flush(&mut sync).await;
         let sent = network.sent.lock().unwrap().clone();
-        assert!(!sent.is_empty() && sent.iter().all(|(peer, message)| peer == "a" && message.kind() == crate::FrameKind::Sync), "{sent:?}");
+        assert!(!sent.is_empty() && sent.iter().all(|(peer, message)| *peer == a && message.kind() == crate::FrameKind::Sync), "{sent:?}");
 
         let offline = SyncPort::<Recorder>::offline();
         assert!(!offline.is_online());
-        sync.peer_disconnected("a");
-        sync.peer_connected("a", now_ms());
+        sync.peer_disconnected(&a.to_string());
+        sync.peer_connected(&a.to_string(), now_ms());
         offline.flush(&mut sync).await;
         assert!(sync.poll_transmit().is_none());
         assert_eq!(network.sent.lock().unwrap().len(), sent.len());
+    }
+
+    #[tokio::test]
+    async fn the_sync_engine_knows_a_peer_by_its_id_text_from_connect_to_disconnect() {
+        let network = Arc::new(Recorder::default());
+        let mut port = SyncPort::new(network.clone(), SyncHandle::channel(1).1);
+        let mut sync = DataSyncEngine::new(SyncConfig::default());
+        sync.start(now_ms());
+        let (a, b) = (crate::test_peer("a"), crate::test_peer("b"));
+        port.apply(&mut sync, connected("a"));
+        port.apply(&mut sync, connected("b"));
+        let labels: Vec<String> = sync.status().peers.iter().map(|peer| peer.peer_id.clone()).collect();
+        assert_eq!(labels.len(), 2);
+        assert!(labels.contains(&a.to_string()) && labels.contains(&b.to_string()), "{labels:?}");
+        assert_eq!((port.labels.by_peer.len(), port.labels.by_label.len()), (2, 2));
+        port.flush(&mut sync).await;
+        let to: std::collections::BTreeSet<PeerId> = network.sent.lock().unwrap().iter().map(|(peer, _)| *peer).collect();
+        assert_eq!(to, [a, b].into_iter().collect(), "each transmit goes to the peer its label names");
+
+        port.apply(&mut sync, PeerEvent::Disconnected { peer_id: a, reason: "goodbye".to_owned() });
+        assert!(sync.status().peers.iter().any(|peer| peer.peer_id == a.to_string() && !peer.connected));
+        assert_eq!((port.labels.by_peer.len(), port.labels.by_label.len()), (1, 1), "a peer's label lives while it is connected");
+        // A label that names no peer cannot be sent to.
+        assert_eq!(port.labels.peer("a"), None);
+        assert_eq!(port.labels.peer(&a.to_string()), Some(a));
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,7 +4,7 @@
 use crate::error::NetworkError;
 use crate::message::NetworkMessage;
 use crate::peer::PeerInfo;
-use pluresdb_security::{AccessPolicy, Identity, NetworkSecret};
+use pluresdb_security::{AccessPolicy, Identity, NetworkSecret, PeerId};
 
 /// The result of network operations.
 pub type Result<T, E = NetworkError> = std::result::Result<T, E>;
@@ -22,27 +22,27 @@ pub trait NetworkEngine: Send + Sync {
     async fn stop(&mut self) -> Result<()>;
     /// Queues `message` for `peer_id`; fails at once with
     /// [`NetworkError::PeerBusy`] when the peer's queue is full.
-    async fn send_message(&self, peer_id: &str, message: NetworkMessage) -> Result<()>;
+    async fn send_message(&self, peer_id: &PeerId, message: NetworkMessage) -> Result<()>;
     /// Queues `message` for every connected peer (peers whose queue is
     /// full are skipped).
     async fn broadcast_message(&self, message: NetworkMessage) -> Result<()>;
     /// Dials `address`, completes the handshake and returns the peer id.
-    async fn connect_peer(&self, address: &str) -> Result<String>;
+    async fn connect_peer(&self, address: &str) -> Result<PeerId>;
     /// Closes the connection to `peer_id` and stops redialling it.
-    async fn disconnect_peer(&self, peer_id: &str) -> Result<()>;
+    async fn disconnect_peer(&self, peer_id: &PeerId) -> Result<()>;
     /// The peers connected now.
     async fn get_connected_peers(&self) -> Result<Vec<PeerInfo>>;
     /// Whether `peer_id` is connected now.
-    async fn is_peer_connected(&self, peer_id: &str) -> bool;
+    async fn is_peer_connected(&self, peer_id: &PeerId) -> bool;
 
     /// Dials `address`, where discovery says `peer_id` listens, and checks
     /// that the peer there is `peer_id`. Unlike [`connect_peer`](Self::connect_peer)
     /// the engine does not redial it: discovery decides when to try again
     /// (the address may have moved). The default connects and disconnects
     /// again if another peer answered.
-    async fn dial_discovered(&self, peer_id: &str, address: &str) -> Result<String> {
+    async fn dial_discovered(&self, peer_id: &PeerId, address: &str) -> Result<PeerId> {
         let found = self.connect_peer(address).await?;
-        if found != peer_id {
+        if found != *peer_id {
             let _ = self.disconnect_peer(&found).await;
             return Err(NetworkError::Connect { address: address.to_owned(), reason: format!("expected peer {peer_id}, found {found}") });
         }

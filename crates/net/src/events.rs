@@ -12,6 +12,7 @@
 
 use crate::peer::Transport;
 use bytes::Bytes;
+use pluresdb_security::PeerId;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -42,7 +43,7 @@ pub enum PeerEvent {
     /// `Disconnected` after them.
     Connected {
         /// The peer id, verified from the peer's certificate.
-        peer_id: String,
+        peer_id: PeerId,
         /// The peer's address (`ip:port`).
         address: String,
         /// The transport.
@@ -51,16 +52,18 @@ pub enum PeerEvent {
     /// The connection to `peer_id` is gone.
     Disconnected {
         /// The peer id.
-        peer_id: String,
+        peer_id: PeerId,
         /// Why (goodbye, timeout, refused input, local stop, ...).
         reason: String,
     },
     /// `peer_id` sent a sync message: `bytes` is one encoded
     /// `pluresdb_sync::SyncMessage`, to pass to
-    /// `DataSyncEngine::handle_input(peer_id, &bytes, now)` as is.
+    /// `DataSyncEngine::handle_input(peer, &bytes, now)` as is (`peer`
+    /// the text form of `peer_id`, which [`crate::SyncPort`] keeps per
+    /// connected peer rather than writing it out per message).
     Message {
         /// The sender, verified from its certificate.
-        peer_id: String,
+        peer_id: PeerId,
         /// The encoded sync message.
         bytes: Bytes,
     },
@@ -84,7 +87,7 @@ pub struct SyncHandle {
     // connection (connected, replaced, disconnected).
     events: mpsc::UnboundedSender<PeerEvent>,
     shares: Arc<Shares>,
-    links: Arc<Mutex<HashMap<String, PeerLinks>>>,
+    links: Arc<Mutex<HashMap<PeerId, PeerLinks>>>,
     engine: usize,
 }
 
@@ -103,7 +106,7 @@ struct PeerLinks {
 #[derive(Debug)]
 struct Shares {
     limits: QueueLimits,
-    peers: Mutex<HashMap<String, Weak<Share>>>,
+    peers: Mutex<HashMap<PeerId, Weak<Share>>>,
 }
 
 /// One peer's share: permits for messages and for bytes.
@@ -164,14 +167,14 @@ impl SyncHandle {
 
     /// The number of the engine whose link to `peer` the sync engine uses,
     /// or `None` when no engine has one.
-    pub fn route(&self, peer: &str) -> Option<usize> {
+    pub fn route(&self, peer: &PeerId) -> Option<usize> {
         lock(&self.links).get(peer).map(|links| links.in_use)
     }
 
     /// The peers with a link up, each with the number of the engine whose
     /// link the sync engine uses.
-    pub fn routes(&self) -> Vec<(String, usize)> {
-        lock(&self.links).iter().map(|(peer, links)| (peer.clone(), links.in_use)).collect()
+    pub fn routes(&self) -> Vec<(PeerId, usize)> {
+        lock(&self.links).iter().map(|(peer, links)| (*peer, links.in_use)).collect()
     }
 
     /// Delivers `event`. A message first waits for room in its peer's
@@ -187,7 +190,7 @@ impl SyncHandle {
             // sees the links of all engines come and go in one order.
             PeerEvent::Connected { ref peer_id, .. } => {
                 let mut links = lock(&self.links);
-                let peer = links.entry(peer_id.clone()).or_default();
+                let peer = links.entry(*peer_id).or_default();
                 peer.up.retain(|(engine, _)| *engine != self.engine);
                 peer.up.push((self.engine, event.clone()));
                 if peer.up.len() > 1 {
@@ -219,7 +222,7 @@ impl SyncHandle {
 
     /// `payload`, holding room in `peer`'s share until it is dropped;
     /// waits for the room. `None` when the receiver is gone.
-    async fn count(&self, peer: &str, payload: Bytes) -> Option<Bytes> {
+    async fn count(&self, peer: &PeerId, payload: Bytes) -> Option<Bytes> {
         let share = self.shares.share(peer);
         let limits = self.shares.limits;
         let size = u32::try_from(payload.len().clamp(1, limits.bytes_per_peer)).unwrap_or(u32::MAX);
@@ -248,7 +251,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Shares {
     /// `peer`'s share, made if it has none in use.
-    fn share(&self, peer: &str) -> Arc<Share> {
+    fn share(&self, peer: &PeerId) -> Arc<Share> {
         let mut peers = lock(&self.peers);
         if let Some(share) = peers.get(peer).and_then(Weak::upgrade) {
             return share;
@@ -258,7 +261,7 @@ impl Shares {
             messages: Arc::new(Semaphore::new(self.limits.messages_per_peer)),
             bytes: Arc::new(Semaphore::new(self.limits.bytes_per_peer)),
         });
-        peers.insert(peer.to_owned(), Arc::downgrade(&share));
+        peers.insert(*peer, Arc::downgrade(&share));
         share
     }
 }
@@ -279,12 +282,13 @@ impl PeerEvents {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_peer as peer;
     use std::future::Future;
     use std::pin::{pin, Pin};
     use std::task::{Context, Waker};
 
     fn message(peer: &str, len: usize) -> PeerEvent {
-        PeerEvent::Message { peer_id: peer.to_owned(), bytes: Bytes::from(vec![len as u8; len]) }
+        PeerEvent::Message { peer_id: crate::test_peer(peer), bytes: Bytes::from(vec![len as u8; len]) }
     }
 
     fn is_pending<F: Future>(future: Pin<&mut F>) -> bool {
@@ -301,7 +305,7 @@ mod tests {
             assert!(is_pending(second.as_mut()));
             // ...while b, and events that carry no payload, do not.
             assert!(handle.deliver(message("b", 10)).await);
-            assert!(handle.deliver(PeerEvent::Disconnected { peer_id: "a".into(), reason: "test".into() }).await);
+            assert!(handle.deliver(PeerEvent::Disconnected { peer_id: peer("a"), reason: "test".into() }).await);
             // Taking the first off the queue is not enough: its bytes count
             // until they are dropped.
             let Some(PeerEvent::Message { bytes: first, .. }) = events.recv().await else { panic!("a's first message") };
@@ -338,11 +342,11 @@ mod tests {
     }
 
     fn connected(peer: &str, address: &str, transport: Transport) -> PeerEvent {
-        PeerEvent::Connected { peer_id: peer.to_owned(), address: address.to_owned(), transport }
+        PeerEvent::Connected { peer_id: crate::test_peer(peer), address: address.to_owned(), transport }
     }
 
     fn disconnected(peer: &str, reason: &str) -> PeerEvent {
-        PeerEvent::Disconnected { peer_id: peer.to_owned(), reason: reason.to_owned() }
+        PeerEvent::Disconnected { peer_id: crate::test_peer(peer), reason: reason.to_owned() }
     }
 
     fn drain(events: &mut PeerEvents) -> Vec<PeerEvent> {
@@ -359,7 +363,7 @@ mod tests {
         assert!(libp2p.deliver(over_libp2p.clone()).await);
         assert!(quic.deliver(over_quic.clone()).await);
         assert_eq!(drain(&mut events), vec![over_libp2p.clone()], "the second link is not a second peer");
-        assert_eq!(handle.route("p"), Some(1), "the first link carries the sync session");
+        assert_eq!(handle.route(&peer("p")), Some(1), "the first link carries the sync session");
 
         // Messages come through whichever link the peer sends them on.
         assert!(quic.deliver(message("p", 1)).await);
@@ -369,7 +373,7 @@ mod tests {
         // The link in use goes: the peer leaves and comes back over the other.
         assert!(libp2p.deliver(disconnected("p", "timed out")).await);
         assert_eq!(drain(&mut events), vec![disconnected("p", "timed out"), over_quic.clone()]);
-        assert_eq!(handle.route("p"), Some(0));
+        assert_eq!(handle.route(&peer("p")), Some(0));
 
         // A fallback link going is not news; the last link going is.
         assert!(libp2p.deliver(over_libp2p.clone()).await);
@@ -377,7 +381,7 @@ mod tests {
         assert_eq!(drain(&mut events), vec![]);
         assert!(quic.deliver(disconnected("p", "goodbye")).await);
         assert_eq!(drain(&mut events), vec![disconnected("p", "goodbye")]);
-        assert_eq!(handle.route("p"), None);
+        assert_eq!(handle.route(&peer("p")), None);
         assert!(handle.routes().is_empty(), "nothing is kept for a peer with no link");
     }
 

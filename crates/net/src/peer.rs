@@ -4,6 +4,7 @@
 use crate::exchange::{LearnedPeer, LearnedPeers};
 use crate::message::ExchangedPeer;
 use chrono::{DateTime, Utc};
+use pluresdb_security::PeerId;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -55,8 +56,9 @@ pub enum Direction {
 /// What is known about a peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerInfo {
-    /// The peer id (`12D3KooW...`), verified from its TLS certificate.
-    pub peer_id: String,
+    /// The peer id (displayed `12D3KooW...`), verified in the transport's
+    /// handshake.
+    pub peer_id: PeerId,
     /// The peer's address as this node sees it (`ip:port`).
     pub address: String,
     /// The transport of the current (or last) connection.
@@ -181,7 +183,7 @@ impl Entry {
 /// them as one through [`union`](Self::union).
 #[derive(Debug, Default)]
 pub struct PeerManager {
-    peers: RwLock<BTreeMap<String, Entry>>,
+    peers: RwLock<BTreeMap<PeerId, Entry>>,
     learned: Mutex<LearnedPeers>,
     /// Other registries read together with this one (see `union`).
     parts: Vec<Arc<PeerManager>>,
@@ -204,7 +206,7 @@ impl PeerManager {
     /// `read` of this registry followed by each part's, each sorted by
     /// peer id, connected entries before others of the same peer, and
     /// only the first entry of each peer kept.
-    fn gather<T>(&self, read: fn(&PeerManager) -> Vec<T>, key: fn(&T) -> (&str, bool)) -> Vec<T> {
+    fn gather<T>(&self, read: fn(&PeerManager) -> Vec<T>, key: fn(&T) -> (&PeerId, bool)) -> Vec<T> {
         let mut all = read(self);
         if self.parts.is_empty() {
             return all;
@@ -221,13 +223,13 @@ impl PeerManager {
         all
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, Entry>> {
+    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<PeerId, Entry>> {
         // A panic while holding the lock leaves a map that is still
         // consistent (every update is a single insert or field store).
         self.peers.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<String, Entry>> {
+    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<PeerId, Entry>> {
         self.peers.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
@@ -240,13 +242,13 @@ impl PeerManager {
         }
         info.connected = true;
         let mut peers = self.write();
-        peers.insert(info.peer_id.clone(), Entry { info, stats: Some(stats.clone()) });
+        peers.insert(info.peer_id, Entry { info, stats: Some(stats.clone()) });
         stats
     }
 
     /// Records that `peer_id`'s connection is gone; the peer stays known
     /// with its last figures.
-    pub fn peer_disconnected(&self, peer_id: &str) {
+    pub fn peer_disconnected(&self, peer_id: &PeerId) {
         let mut peers = self.write();
         if let Some(entry) = peers.get_mut(peer_id) {
             entry.info = entry.snapshot();
@@ -254,7 +256,7 @@ impl PeerManager {
             entry.stats = None;
         }
         if peers.len() > MAX_KNOWN_PEERS {
-            let oldest = peers.values().filter(|e| !e.info.connected).min_by_key(|e| e.info.last_seen).map(|e| e.info.peer_id.clone());
+            let oldest = peers.values().filter(|e| !e.info.connected).min_by_key(|e| e.info.last_seen).map(|e| e.info.peer_id);
             if let Some(oldest) = oldest {
                 peers.remove(&oldest);
             }
@@ -262,7 +264,7 @@ impl PeerManager {
     }
 
     /// What is known about `peer_id`.
-    pub fn get(&self, peer_id: &str) -> Option<PeerInfo> {
+    pub fn get(&self, peer_id: &PeerId) -> Option<PeerInfo> {
         let own = self.read().get(peer_id).map(Entry::snapshot);
         let mut found = own.into_iter().chain(self.parts.iter().filter_map(|part| part.get(peer_id)));
         let first = found.next()?;
@@ -273,34 +275,34 @@ impl PeerManager {
     }
 
     /// Whether `peer_id` is connected.
-    pub fn is_connected(&self, peer_id: &str) -> bool {
+    pub fn is_connected(&self, peer_id: &PeerId) -> bool {
         self.read().get(peer_id).is_some_and(|e| e.info.connected) || self.parts.iter().any(|part| part.is_connected(peer_id))
     }
 
     /// The connected peers, in peer id order.
     pub fn connected_peers(&self) -> Vec<PeerInfo> {
         let own = |registry: &PeerManager| registry.read().values().filter(|e| e.info.connected).map(Entry::snapshot).collect();
-        self.gather(own, |info: &PeerInfo| (info.peer_id.as_str(), info.connected))
+        self.gather(own, |info: &PeerInfo| (&info.peer_id, info.connected))
     }
 
     /// Every known peer, connected or not, in peer id order.
     pub fn known_peers(&self) -> Vec<PeerInfo> {
         let own = |registry: &PeerManager| registry.read().values().map(Entry::snapshot).collect();
-        self.gather(own, |info: &PeerInfo| (info.peer_id.as_str(), info.connected))
+        self.gather(own, |info: &PeerInfo| (&info.peer_id, info.connected))
     }
 
     /// For each connected peer that has sent a heartbeat: its wall clock
     /// minus this node's, in ms (see [`PeerStats::record_heartbeat`]).
-    pub fn clock_offsets(&self) -> Vec<(String, i64)> {
+    pub fn clock_offsets(&self) -> Vec<(PeerId, i64)> {
         let own = |registry: &PeerManager| {
             registry
                 .read()
                 .values()
                 .filter(|e| e.info.connected)
-                .filter_map(|e| Some((e.info.peer_id.clone(), e.stats.as_ref()?.clock_offset_ms()?)))
+                .filter_map(|e| Some((e.info.peer_id, e.stats.as_ref()?.clock_offset_ms()?)))
                 .collect()
         };
-        self.gather(own, |(peer, _): &(String, i64)| (peer.as_str(), true))
+        self.gather(own, |(peer, _): &(PeerId, i64)| (peer, true))
     }
 
     /// How many peers are connected.
@@ -335,11 +337,18 @@ impl PeerManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_peer as peer;
+
+    /// `entries` in peer id order, as the registry lists them.
+    fn sorted<T, const N: usize>(mut entries: [(PeerId, T); N]) -> [(PeerId, T); N] {
+        entries.sort_by_key(|(peer, _)| *peer);
+        entries
+    }
 
     fn info(peer: &str) -> PeerInfo {
         let now = Utc::now();
         PeerInfo {
-            peer_id: peer.into(),
+            peer_id: crate::test_peer(peer),
             address: "127.0.0.1:1".into(),
             transport: Transport::Quic,
             direction: Direction::Dialled,
@@ -361,15 +370,35 @@ mod tests {
         stats.record_sent(10);
         stats.record_received(7, Utc::now());
         stats.record_rtt(Duration::from_micros(250));
-        let a = manager.get("a").unwrap();
+        let a = manager.get(&peer("a")).unwrap();
         assert_eq!((a.bytes_sent, a.bytes_received, a.rtt), (10, 7, Some(Duration::from_micros(250))));
         assert_eq!(manager.connected_count(), 2);
-        manager.peer_disconnected("a");
-        assert!(!manager.is_connected("a"));
-        assert_eq!(manager.get("a").unwrap().bytes_sent, 10, "figures survive the disconnect");
-        assert_eq!(manager.connected_peers().iter().map(|p| p.peer_id.as_str()).collect::<Vec<_>>(), ["b"]);
+        manager.peer_disconnected(&peer("a"));
+        assert!(!manager.is_connected(&peer("a")));
+        assert_eq!(manager.get(&peer("a")).unwrap().bytes_sent, 10, "figures survive the disconnect");
+        assert_eq!(manager.connected_peers().iter().map(|p| p.peer_id).collect::<Vec<_>>(), [peer("b")]);
         assert_eq!(manager.known_peers().len(), 2);
         assert_eq!(Transport::Quic.to_string(), "quic");
+    }
+
+    /// Duplicate links are settled by "the smaller peer id", which
+    /// docs/protocol.md states in text order and the registries compare as
+    /// key bytes: the two orders must agree, or two nodes of different
+    /// versions could each close the link the other keeps.
+    #[test]
+    fn peer_ids_order_by_key_bytes_as_by_text() {
+        let ids: Vec<PeerId> = (0..=255u8)
+            .map(|i| {
+                let mut seed = [i; 32];
+                seed[0] = i.wrapping_mul(37);
+                pluresdb_security::Identity::from_seed(seed).peer_id()
+            })
+            .collect();
+        let mut by_key = ids.clone();
+        by_key.sort();
+        let mut by_text = ids;
+        by_text.sort_by_key(|id| id.to_string());
+        assert_eq!(by_key, by_text);
     }
 
     #[test]
@@ -382,11 +411,11 @@ mod tests {
         // Sent 40 ms before it arrived by our clock, over a 100 ms round
         // trip: the peer's clock is 10 ms ahead.
         a.record_heartbeat(now - chrono::Duration::milliseconds(40), Duration::from_millis(100), now);
-        assert_eq!(manager.clock_offsets(), [("a".to_owned(), 10)]);
+        assert_eq!(manager.clock_offsets(), [(peer("a"), 10)]);
         let year = chrono::Duration::days(365);
         a.record_heartbeat(now - year, Duration::ZERO, now);
-        assert_eq!(manager.clock_offsets(), [("a".to_owned(), -year.num_milliseconds())]);
-        manager.peer_disconnected("a");
+        assert_eq!(manager.clock_offsets(), [(peer("a"), -year.num_milliseconds())]);
+        manager.peer_disconnected(&peer("a"));
         assert_eq!(manager.clock_offsets(), []);
     }
 
@@ -398,19 +427,19 @@ mod tests {
         libp2p.peer_connected(PeerInfo { transport: Transport::Libp2p, ..info("p") });
         libp2p.peer_connected(PeerInfo { transport: Transport::Libp2p, ..info("q") });
         assert_eq!(
-            node.connected_peers().iter().map(|p| (p.peer_id.as_str(), p.transport)).collect::<Vec<_>>(),
-            [("p", Transport::Quic), ("q", Transport::Libp2p)]
+            node.connected_peers().iter().map(|p| (p.peer_id, p.transport)).collect::<Vec<_>>(),
+            sorted([(peer("p"), Transport::Quic), (peer("q"), Transport::Libp2p)])
         );
         assert_eq!(node.connected_count(), 2);
 
         // The QUIC link goes: the peer is still connected, over libp2p.
-        quic.peer_disconnected("p");
-        assert!(node.is_connected("p"));
-        assert_eq!(node.get("p").map(|p| (p.transport, p.connected)), Some((Transport::Libp2p, true)));
+        quic.peer_disconnected(&peer("p"));
+        assert!(node.is_connected(&peer("p")));
+        assert_eq!(node.get(&peer("p")).map(|p| (p.transport, p.connected)), Some((Transport::Libp2p, true)));
         assert_eq!(node.known_peers().len(), 2, "each peer once, the connected entry first");
-        libp2p.peer_disconnected("p");
-        assert!(!node.is_connected("p"));
-        assert_eq!(node.get("p").map(|p| p.connected), Some(false));
+        libp2p.peer_disconnected(&peer("p"));
+        assert!(!node.is_connected(&peer("p")));
+        assert_eq!(node.get(&peer("p")).map(|p| p.connected), Some(false));
         assert_eq!(node.connected_count(), 1);
     }
 }

@@ -11,7 +11,7 @@ use pluresdb_core::VersionVector;
 use pluresdb_net::{
     CombinedNetworkEngine, NetworkEngine, NetworkError, PeerEvent, PeerEvents, PeerManager, QuicNetworkEngine, SyncHandle, Transport,
 };
-use pluresdb_security::{AccessPolicy, Identity};
+use pluresdb_security::{AccessPolicy, Identity, PeerId};
 use pluresdb_sync::SyncMessage;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ struct Node {
     addrs: [SocketAddr; 2],
     events: PeerEvents,
     sync: SyncHandle,
-    id: String,
+    id: PeerId,
 }
 
 async fn node(seed: u8) -> Node {
@@ -43,16 +43,16 @@ async fn node(seed: u8) -> Node {
         .with_engine(Transport::Quic, Box::new(engines[0].clone()))
         .with_engine(Transport::Quic, Box::new(engines[1].clone()));
     let engines: [QuicNetworkEngine; 2] = engines.try_into().unwrap_or_else(|_| unreachable!());
-    Node { combined, engines, addrs: [addrs[0], addrs[1]], events, sync, id: identity.peer_id().to_string() }
+    Node { combined, engines, addrs: [addrs[0], addrs[1]], events, sync, id: identity.peer_id() }
 }
 
-fn ack(from: &str, seq: u64) -> SyncMessage {
-    let vv: VersionVector = [(from.to_owned(), seq)].into_iter().collect();
-    SyncMessage::SyncAck { from_peer: from.to_owned(), version_vector: vv }
+fn ack(from: &PeerId, seq: u64) -> SyncMessage {
+    let vv: VersionVector = [(from.to_string(), seq)].into_iter().collect();
+    SyncMessage::SyncAck { from_peer: from.to_string(), version_vector: vv }
 }
 
 /// The events up to and including the first message, which must be `want`.
-async fn events_until_message(events: &mut PeerEvents, from: &str, want: &SyncMessage) -> Vec<PeerEvent> {
+async fn events_until_message(events: &mut PeerEvents, from: &PeerId, want: &SyncMessage) -> Vec<PeerEvent> {
     let deadline = Instant::now() + DEADLINE;
     let mut seen = Vec::new();
     loop {
@@ -62,7 +62,7 @@ async fn events_until_message(events: &mut PeerEvents, from: &str, want: &SyncMe
         };
         if let PeerEvent::Message { peer_id, bytes } = &event {
             assert_eq!(peer_id, from);
-            assert_eq!(&SyncMessage::decode(from, bytes).expect("a sync message"), want);
+            assert_eq!(&SyncMessage::decode(&from.to_string(), bytes).expect("a sync message"), want);
             return seen;
         }
         seen.push(event);
@@ -98,7 +98,7 @@ async fn a_peer_linked_through_two_engines_syncs_over_one_and_falls_back_to_the_
     b.combined.broadcast_message(ack(&b.id, 2).into()).await.expect("broadcast");
     assert_eq!(names(&events_until_message(&mut a.events, &b.id, &ack(&b.id, 2)).await), ["connected"]);
     let listed = a.combined.get_connected_peers().await.expect("peers");
-    assert_eq!(listed.iter().map(|peer| peer.peer_id.as_str()).collect::<Vec<_>>(), [b.id.as_str()], "one peer, listed once");
+    assert_eq!(listed.iter().map(|peer| peer.peer_id).collect::<Vec<_>>(), [b.id], "one peer, listed once");
 
     // The link in use goes: the peer leaves and comes back over the other
     // link, and messages go on.

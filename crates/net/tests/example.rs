@@ -8,5 +8,5 @@ mod example;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_quic_example_runs() {
     let peer = example::run().await.expect("the example runs");
-    assert!(peer.starts_with("12D3KooW"));
+    assert!(peer.to_string().starts_with("12D3KooW"));
 }

@@ -10,15 +10,21 @@ use pluresdb_net::{
     Direction, ErrorCode, Frame, FrameKind, NetworkConfig, NetworkEngine, NetworkError, NetworkMessage, PeerEvent, QueueLimits,
     ReceiveLimits, Transport,
 };
-use pluresdb_security::{tls, AccessMode, AccessPolicy, Identity, NetworkSecret, RateLimit};
+use pluresdb_security::{tls, AccessMode, AccessPolicy, Identity, NetworkSecret, PeerId, RateLimit};
 use pluresdb_sync::SyncMessage;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn ack(from: &str, seq: u64) -> SyncMessage {
-    let vv: VersionVector = [(from.to_owned(), seq)].into_iter().collect();
-    SyncMessage::SyncAck { from_peer: from.to_owned(), version_vector: vv }
+fn ack(from: &PeerId, seq: u64) -> SyncMessage {
+    let vv: VersionVector = [(from.to_string(), seq)].into_iter().collect();
+    SyncMessage::SyncAck { from_peer: from.to_string(), version_vector: vv }
+}
+
+/// The sync message `bytes` from `from` (the sync engine names peers by
+/// their text form).
+fn decode(from: &PeerId, bytes: &[u8]) -> SyncMessage {
+    SyncMessage::decode(&from.to_string(), bytes).expect("a sync message")
 }
 
 #[tokio::test]
@@ -41,13 +47,13 @@ async fn two_engines_connect_verify_ids_and_exchange_messages() {
 
     // Messages both ways, as encoded sync messages and as typed ones.
     a.engine.send_message(&b.id, NetworkMessage::from(ack(&a.id, 1))).await.unwrap();
-    assert_eq!(SyncMessage::decode(&a.id, &message(&mut b.events, &a.id).await).unwrap(), ack(&a.id, 1));
+    assert_eq!(decode(&a.id, &message(&mut b.events, &a.id).await), ack(&a.id, 1));
     b.engine.send_message(&a.id, NetworkMessage::EncodedSync(ack(&b.id, 7).encode().into())).await.unwrap();
-    assert_eq!(SyncMessage::decode(&b.id, &message(&mut a.events, &b.id).await).unwrap(), ack(&b.id, 7));
+    assert_eq!(decode(&b.id, &message(&mut a.events, &b.id).await), ack(&b.id, 7));
     // A DataSync travels on the bulk stream and arrives the same.
-    let data = SyncMessage::DataSync { from_peer: a.id.clone(), operations: vec![], version_vector: VersionVector::new() };
+    let data = SyncMessage::DataSync { from_peer: a.id.to_string(), operations: vec![], version_vector: VersionVector::new() };
     a.engine.broadcast_message(data.clone().into()).await.unwrap();
-    assert_eq!(SyncMessage::decode(&a.id, &message(&mut b.events, &a.id).await).unwrap(), data);
+    assert_eq!(decode(&a.id, &message(&mut b.events, &a.id).await), data);
 
     // The seed's heartbeat is accepted by send_message and counted.
     let heartbeat = NetworkMessage::Heartbeat { peer_id: "local".to_string(), timestamp: chrono::Utc::now() };
@@ -55,7 +61,10 @@ async fn two_engines_connect_verify_ids_and_exchange_messages() {
     // Handshake messages are the engine's own.
     let goodbye = NetworkMessage::Goodbye { reason: "no".into() };
     assert!(matches!(a.engine.send_message(&b.id, goodbye).await, Err(NetworkError::NotSendable { .. })));
-    assert!(matches!(a.engine.send_message("12D3KooWnobody", ack(&a.id, 1).into()).await, Err(NetworkError::PeerNotConnected(_))));
+    assert!(matches!(
+        a.engine.send_message(&Identity::from_seed([99; 32]).peer_id(), ack(&a.id, 1).into()).await,
+        Err(NetworkError::PeerNotConnected(_))
+    ));
 
     let peers = a.engine.get_connected_peers().await.unwrap();
     assert_eq!(peers.len(), 1);
@@ -68,7 +77,7 @@ async fn two_engines_connect_verify_ids_and_exchange_messages() {
     })
     .await;
     let on_b = b.engine.get_connected_peers().await.unwrap();
-    assert_eq!((on_b[0].peer_id.as_str(), on_b[0].direction), (a.id.as_str(), Direction::Accepted));
+    assert_eq!((on_b[0].peer_id, on_b[0].direction), (a.id, Direction::Accepted));
 }
 
 #[tokio::test]
@@ -100,7 +109,7 @@ async fn a_peer_without_the_network_secret_is_refused_with_the_reason() {
 
     // An allowlisted peer needs no proof.
     let mut options = Options::new(5);
-    options.policy = AccessPolicy { mode: AccessMode::Allowlist, allowlist: [b.id.clone()].into(), ..AccessPolicy::default() };
+    options.policy = AccessPolicy { mode: AccessMode::Allowlist, allowlist: [b.id.to_string()].into(), ..AccessPolicy::default() };
     let listed = start(options).await;
     let err = listed.engine.connect_peer(&b.addr.to_string()).await.unwrap_err();
     assert!(matches!(err, NetworkError::Refused { code: ErrorCode::AccessDenied, .. }), "b still wants the secret: {err}");
@@ -164,7 +173,7 @@ async fn garbage_oversize_and_unknown_versions_close_only_that_connection() {
     }
     // The other peer never noticed.
     a.engine.send_message(&b.id, ack(&a.id, 2).into()).await.unwrap();
-    assert_eq!(SyncMessage::decode(&a.id, &message(&mut b.events, &a.id).await).unwrap(), ack(&a.id, 2));
+    assert_eq!(decode(&a.id, &message(&mut b.events, &a.id).await), ack(&a.id, 2));
     assert_eq!(b.engine.get_connected_peers().await.unwrap().len(), 1);
 }
 
@@ -183,9 +192,9 @@ async fn an_oversize_frame_after_the_handshake_disconnects_that_peer_only() {
     let on_b = disconnected(&mut b.events, &a.id).await;
     assert!(on_b.contains("refused the peer"), "{on_b}");
     c.engine.send_message(&b.id, ack(&c.id, 1).into()).await.unwrap();
-    assert_eq!(SyncMessage::decode(&c.id, &message(&mut b.events, &c.id).await).unwrap(), ack(&c.id, 1));
+    assert_eq!(decode(&c.id, &message(&mut b.events, &c.id).await), ack(&c.id, 1));
     b.engine.send_message(&c.id, ack(&b.id, 1).into()).await.unwrap();
-    assert_eq!(SyncMessage::decode(&b.id, &message(&mut c.events, &b.id).await).unwrap(), ack(&b.id, 1));
+    assert_eq!(decode(&b.id, &message(&mut c.events, &b.id).await), ack(&b.id, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,9 +232,9 @@ async fn a_flooding_peer_is_disconnected_while_another_keeps_exchanging() {
     // c is unaffected: it still exchanges with b.
     assert!(b.engine.is_peer_connected(&c.id).await);
     c.engine.send_message(&b.id, ack(&c.id, 5).into()).await.unwrap();
-    assert_eq!(SyncMessage::decode(&c.id, &message(&mut b.events, &c.id).await).unwrap(), ack(&c.id, 5));
+    assert_eq!(decode(&c.id, &message(&mut b.events, &c.id).await), ack(&c.id, 5));
     b.engine.send_message(&c.id, ack(&b.id, 5).into()).await.unwrap();
-    assert_eq!(SyncMessage::decode(&b.id, &message(&mut c.events, &b.id).await).unwrap(), ack(&b.id, 5));
+    assert_eq!(decode(&b.id, &message(&mut c.events, &b.id).await), ack(&b.id, 5));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,7 +255,7 @@ async fn the_dialler_reconnects_after_the_other_side_restarts() {
     connected(&mut a.events, &b2.id).await;
     connected(&mut b2.events, &a.id).await;
     a.engine.send_message(&b2.id, ack(&a.id, 3).into()).await.unwrap();
-    assert_eq!(SyncMessage::decode(&a.id, &message(&mut b2.events, &a.id).await).unwrap(), ack(&a.id, 3));
+    assert_eq!(decode(&a.id, &message(&mut b2.events, &a.id).await), ack(&a.id, 3));
 
     // After disconnect_peer, both sides see the link go.
     a.engine.disconnect_peer(&b2.id).await.unwrap();
@@ -309,7 +318,7 @@ async fn stop_says_goodbye_to_every_peer() {
         }
     }
     gone.sort();
-    let mut want = vec![b.id.clone(), c.id.clone()];
+    let mut want = vec![b.id, c.id];
     want.sort();
     assert_eq!(gone, want);
     assert!(disconnected(&mut b.events, &a.id).await.contains("peer said goodbye: node shutting down"));
@@ -361,7 +370,7 @@ async fn peers_learn_each_other_through_a_common_peer_and_dial_them_checked() {
     // c asks the hub for its peers and learns b; b does not look for peers.
     until("c learns b from the hub", async || {
         let on_c = c.peers.learned_peers();
-        on_c.iter().any(|p| p.peer_id == b.id && p.via == hub.id && p.addresses == [format!("quic://{}", b.addr)])
+        on_c.iter().any(|p| p.peer_id == b.id.to_string() && p.via == hub.id.to_string() && p.addresses == [format!("quic://{}", b.addr)])
     })
     .await;
     assert!(hub.peers.learned_peers().is_empty(), "the hub knows its peers directly");
@@ -387,7 +396,7 @@ async fn a_peer_the_new_access_rule_refuses_is_disconnected() {
     connected(&mut a.events, &c.id).await;
     // Allowlist mode with only c: b goes, c stays.
     let policy =
-        AccessPolicy { mode: AccessMode::Allowlist, secret: Some(common::secret()), allowlist: [c.id.clone()].into_iter().collect() };
+        AccessPolicy { mode: AccessMode::Allowlist, secret: Some(common::secret()), allowlist: [c.id.to_string()].into_iter().collect() };
     a.engine.set_access_policy(policy);
     let reason = disconnected(&mut a.events, &b.id).await;
     assert!(reason.contains("no longer admitted"), "{reason}");
@@ -439,12 +448,12 @@ async fn a_peer_that_fills_its_queue_share_is_paused_while_others_go_on() {
     loop {
         let (peer, bytes) = next_message(&mut b.events).await;
         assert_ne!(peer, a.id, "a was heard while its share was used up");
-        if SyncMessage::decode(&peer, &bytes).ok() == Some(ack(&c.id, 2)) {
+        if SyncMessage::decode(&peer.to_string(), &bytes).ok() == Some(ack(&c.id, 2)) {
             break;
         }
     }
     b.engine.send_message(&c.id, ack(&b.id, 1).into()).await.unwrap();
-    assert_eq!(SyncMessage::decode(&b.id, &message(&mut c.events, &b.id).await).unwrap(), ack(&b.id, 1));
+    assert_eq!(decode(&b.id, &message(&mut c.events, &b.id).await), ack(&b.id, 1));
 
     // Once b is done with a's messages, the rest arrive, in order, none lost.
     let mut received: Vec<u8> = held.iter().map(|bytes| bytes[0]).collect();

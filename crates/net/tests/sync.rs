@@ -20,11 +20,11 @@ fn replica(seed: u8) -> DataSyncEngine<MemoryStore> {
     DataSyncEngine::with_database(SyncConfig::default(), db).unwrap()
 }
 
-fn writes(origin: &str, prefix: &str, count: usize) -> Vec<OperationWithMetadata> {
+fn writes(origin: &pluresdb_security::PeerId, prefix: &str, count: usize) -> Vec<OperationWithMetadata> {
     (0..count)
         .map(|i| {
             let data = serde_json::json!({"name": format!("{prefix}-{i}"), "n": i});
-            OperationWithMetadata::new(OperationType::CreateNode, format!("{prefix}:{i}"), data, origin)
+            OperationWithMetadata::new(OperationType::CreateNode, format!("{prefix}:{i}"), data, origin.to_string())
         })
         .collect()
 }

@@ -14,6 +14,7 @@
 //! the others against a maximum), and stops the node; a local-first node
 //! keeps working instead.
 
+use pluresdb_security::PeerId;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ pub(crate) struct ClockCorrection {
     offset_ms: i64,
     /// The peers reported as disagreeing (beyond the bound, after the
     /// correction), with the offset reported.
-    disagreeing: BTreeMap<String, i64>,
+    disagreeing: BTreeMap<PeerId, i64>,
 }
 
 impl ClockCorrection {
@@ -37,7 +38,7 @@ impl ClockCorrection {
     /// Takes the connected peers' clock offsets (their wall clock minus
     /// this node's, ms); logs what changed and returns the new correction
     /// when it changed.
-    pub(crate) fn update(&mut self, offsets: &[(String, i64)]) -> Option<i64> {
+    pub(crate) fn update(&mut self, offsets: &[(PeerId, i64)]) -> Option<i64> {
         let previous = self.offset_ms;
         let peers = offsets.iter().map(|(_, offset)| *offset);
         let median = if self.offset_ms == 0 {
@@ -83,7 +84,7 @@ impl ClockCorrection {
 
     /// Says once per peer (while it stays connected and keeps disagreeing)
     /// that its clock disagrees with this node's corrected time.
-    fn report_disagreeing(&mut self, offsets: &[(String, i64)]) {
+    fn report_disagreeing(&mut self, offsets: &[(PeerId, i64)]) {
         let mut now = BTreeMap::new();
         for (peer, offset) in offsets {
             let off = offset - self.offset_ms;
@@ -100,7 +101,7 @@ impl ClockCorrection {
                     self.bound_ms / 1_000
                 );
             }
-            now.insert(peer.clone(), off);
+            now.insert(*peer, off);
         }
         self.disagreeing = now;
     }
@@ -144,8 +145,12 @@ mod tests {
     const BOUND: Duration = Duration::from_secs(300);
     const YEAR: i64 = 365 * 86_400_000;
 
-    fn offsets(values: &[i64]) -> Vec<(String, i64)> {
-        values.iter().enumerate().map(|(i, &v)| (format!("peer-{i}"), v)).collect()
+    fn peer(i: usize) -> PeerId {
+        pluresdb_security::Identity::from_seed([i as u8; 32]).peer_id()
+    }
+
+    fn offsets(values: &[i64]) -> Vec<(PeerId, i64)> {
+        values.iter().enumerate().map(|(i, &v)| (peer(i), v)).collect()
     }
 
     #[test]
@@ -172,7 +177,7 @@ mod tests {
         // One fast peer among three agreeing nodes.
         assert_eq!(honest.update(&offsets(&[YEAR, 10])), None);
         assert_eq!(honest.offset_ms, 0);
-        assert_eq!(honest.disagreeing.keys().collect::<Vec<_>>(), ["peer-0"]);
+        assert_eq!(honest.disagreeing.keys().copied().collect::<Vec<_>>(), [peer(0)]);
         // Two nodes that disagree: no majority either way.
         let mut pair = ClockCorrection::new(BOUND);
         assert_eq!(pair.update(&offsets(&[-YEAR])), None);

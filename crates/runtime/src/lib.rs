@@ -313,12 +313,12 @@ impl Handle {
 
     /// For each connected peer that has sent a heartbeat: its wall clock
     /// minus this node's, in ms.
-    pub fn peer_clock_offsets(&self) -> Vec<(String, i64)> {
+    pub fn peer_clock_offsets(&self) -> Vec<(pluresdb_security::PeerId, i64)> {
         self.inner.link.as_ref().map(|l| l.peers.clock_offsets()).unwrap_or_default()
     }
 
     /// Connects to the node at `address` and returns its verified peer id.
-    pub async fn connect(&self, address: &str) -> Result<String, Error> {
+    pub async fn connect(&self, address: &str) -> Result<pluresdb_security::PeerId, Error> {
         let Some(link) = &self.inner.link else {
             return Err(Error::NoTransport { action: format!("connect to {address}") });
         };
@@ -357,12 +357,12 @@ impl Handle {
     }
 
     /// Closes the connection to `peer_id`.
-    pub async fn disconnect(&self, peer_id: &str) -> Result<(), Error> {
+    pub async fn disconnect(&self, peer_id: &pluresdb_security::PeerId) -> Result<(), Error> {
         match &self.inner.link {
             Some(link) if link.engine.is_peer_connected(peer_id).await => {
                 link.engine.disconnect_peer(peer_id).await.map_err(Error::Network)
             }
-            _ => Err(Error::NotConnected { peer_id: peer_id.to_owned() }),
+            _ => Err(Error::NotConnected { peer_id: peer_id.to_string() }),
         }
     }
 

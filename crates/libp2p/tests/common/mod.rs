@@ -25,7 +25,7 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 pub struct Node {
     pub engine: Libp2pNetworkEngine,
     pub events: PeerEvents,
-    pub id: String,
+    pub id: pluresdb_security::PeerId,
 }
 
 /// The transports an engine listens on.
@@ -229,7 +229,12 @@ pub async fn write(stream: &mut libp2p::Stream, frame: &Frame) {
 
 /// Runs the handshake by hand as the stream's initiator, proving `secret`
 /// (or nothing); returns the decoder (with any bytes past the handshake).
-pub async fn handshake(client: &RawClient, stream: &mut libp2p::Stream, engine_id: &str, secret: Option<&NetworkSecret>) -> FrameDecoder {
+pub async fn handshake(
+    client: &RawClient,
+    stream: &mut libp2p::Stream,
+    engine_id: &pluresdb_security::PeerId,
+    secret: Option<&NetworkSecret>,
+) -> FrameDecoder {
     let mut decoder = FrameDecoder::new();
     let nonce = [42u8; 32];
     let mut hello =
@@ -240,7 +245,7 @@ pub async fn handshake(client: &RawClient, stream: &mut libp2p::Stream, engine_i
     let their_nonce = nonce_of(&first.payload).expect("the engine's hello has a nonce");
     let bound = binding(&nonce, &their_nonce);
     let ours = transcript(&bound, &pluresdb_libp2p::identity::from_libp2p(&client.peer_id).unwrap());
-    let theirs = transcript(&bound, &engine_id.parse().unwrap());
+    let theirs = transcript(&bound, engine_id);
     hello.proof = secret.map(|secret| pluresdb_security::secret::prove(secret, &ours, &theirs).to_vec());
     write(stream, &hello_frame(&hello, &nonce)).await;
     decoder

@@ -22,7 +22,7 @@ impl QuicNetworkEngine {
     /// Dials `address` and runs the handshake; returns the peer id once the
     /// connection is a link. The QUIC handshake and the hello exchange
     /// together must finish within `handshake_timeout`.
-    pub(super) async fn dial(&self, address: &str, expected: Option<PeerId>) -> Result<String> {
+    pub(super) async fn dial(&self, address: &str, expected: Option<PeerId>) -> Result<PeerId> {
         let keys = self.keys()?;
         let running = self.running()?;
         let addr = address::resolve(address, running.local_addr).await?;
@@ -56,7 +56,7 @@ impl QuicNetworkEngine {
             deadline,
         };
         let done = handshake::run(&keys, &self.shared.config, &connection, terms).await?;
-        let peer_id = done.peer_id.clone();
+        let peer_id = done.peer_id;
         link::start(self.shared.clone(), &running, connection, done, Direction::Dialled, slot);
         Ok(peer_id)
     }
@@ -64,7 +64,7 @@ impl QuicNetworkEngine {
     /// Keeps `address` connected: waits while its peer is connected,
     /// redials with [`Backoff`] when it is not, until cancelled (by
     /// `disconnect_peer` or `stop`).
-    pub(super) fn supervise(&self, dial_id: u64, address: String, mut peer: Option<String>, mut cancel: watch::Receiver<bool>) {
+    pub(super) fn supervise(&self, dial_id: u64, address: String, mut peer: Option<PeerId>, mut cancel: watch::Receiver<bool>) {
         let engine = self.clone();
         let mut shutdown = match self.running() {
             Ok(running) => running.shutdown.subscribe(),
@@ -78,7 +78,7 @@ impl QuicNetworkEngine {
                 // Wait while the peer is connected.
                 loop {
                     let changed = engine.shared.links_changed.notified();
-                    let connected = peer.as_deref().is_some_and(|p| engine.shared.state().links.contains_key(p));
+                    let connected = peer.is_some_and(|p| engine.shared.state().links.contains_key(&p));
                     if !connected {
                         break;
                     }
@@ -95,12 +95,11 @@ impl QuicNetworkEngine {
                     _ = cancel.wait_for(|c| *c) => return,
                     _ = shutdown.wait_for(|s| *s) => return,
                 }
-                if peer.as_deref().is_some_and(|p| engine.shared.state().links.contains_key(p)) {
+                if peer.is_some_and(|p| engine.shared.state().links.contains_key(&p)) {
                     continue;
                 }
-                let expected = peer.as_deref().and_then(|p| p.parse::<PeerId>().ok());
                 let attempt = tokio::select! {
-                    result = engine.dial(&address, expected) => result,
+                    result = engine.dial(&address, peer) => result,
                     _ = cancel.wait_for(|c| *c) => return,
                     _ = shutdown.wait_for(|s| *s) => return,
                 };
@@ -108,7 +107,7 @@ impl QuicNetworkEngine {
                     Ok(found) => {
                         tracing::info!(%address, peer = %found, "redialled peer");
                         if let Some(dial) = engine.shared.state().dials.get_mut(&dial_id) {
-                            dial.peer = Some(found.clone());
+                            dial.peer = Some(found);
                         }
                         peer = Some(found);
                     }
@@ -120,7 +119,7 @@ impl QuicNetworkEngine {
     }
 
     /// Registers a dial to keep up; returns its id and cancel receiver.
-    pub(super) fn add_dial(&self, address: &str, peer: Option<String>) -> (u64, watch::Receiver<bool>) {
+    pub(super) fn add_dial(&self, address: &str, peer: Option<PeerId>) -> (u64, watch::Receiver<bool>) {
         let (cancel, cancelled) = watch::channel(false);
         let mut state = self.shared.state();
         state.next_id += 1;

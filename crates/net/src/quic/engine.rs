@@ -97,11 +97,11 @@ impl NetworkEngine for QuicNetworkEngine {
         Ok(())
     }
 
-    async fn send_message(&self, peer_id: &str, message: NetworkMessage) -> Result<()> {
+    async fn send_message(&self, peer_id: &PeerId, message: NetworkMessage) -> Result<()> {
         let transmit = link::outgoing(&message)?;
         let queue = {
             let state = self.shared.state();
-            let link = state.links.get(peer_id).ok_or_else(|| NetworkError::PeerNotConnected(peer_id.to_owned()))?;
+            let link = state.links.get(peer_id).ok_or_else(|| NetworkError::PeerNotConnected(peer_id.to_string()))?;
             match transmit.lane {
                 Lane::Bulk => link.bulk.clone(),
                 Lane::Control => link.control.clone(),
@@ -112,13 +112,13 @@ impl NetworkEngine for QuicNetworkEngine {
 
     async fn broadcast_message(&self, message: NetworkMessage) -> Result<()> {
         let transmit = link::outgoing(&message)?;
-        let queues: Vec<(String, mpsc::Sender<Frame>)> = {
+        let queues: Vec<(PeerId, mpsc::Sender<Frame>)> = {
             let state = self.shared.state();
             if state.running.is_none() {
                 return Err(NetworkError::NotRunning);
             }
             let bulk = transmit.lane == Lane::Bulk;
-            state.links.values().map(|link| (link.peer_id.clone(), if bulk { link.bulk.clone() } else { link.control.clone() })).collect()
+            state.links.values().map(|link| (link.peer_id, if bulk { link.bulk.clone() } else { link.control.clone() })).collect()
         };
         for (peer, queue) in queues {
             if let Err(err) = enqueue(&queue, &peer, transmit.frame.clone()) {
@@ -132,49 +132,46 @@ impl NetworkEngine for QuicNetworkEngine {
     /// peer (TLS certificate, then network secret and access policy) and
     /// returns its peer id. The peer is redialled with backoff whenever the
     /// connection drops, until `disconnect_peer` or `stop`.
-    async fn connect_peer(&self, address: &str) -> Result<String> {
+    async fn connect_peer(&self, address: &str) -> Result<PeerId> {
         let peer = self.dial(address, None).await?;
-        let supervised = self.shared.state().dials.values().any(|dial| dial.peer.as_deref() == Some(peer.as_str()));
+        let supervised = self.shared.state().dials.values().any(|dial| dial.peer == Some(peer));
         if !supervised {
-            let (id, cancel) = self.add_dial(address, Some(peer.clone()));
-            self.supervise(id, address.to_owned(), Some(peer.clone()), cancel);
+            let (id, cancel) = self.add_dial(address, Some(peer));
+            self.supervise(id, address.to_owned(), Some(peer), cancel);
         }
         Ok(peer)
     }
 
     /// Dials once, with the TLS handshake requiring `peer_id`'s
     /// certificate; no redialling.
-    async fn dial_discovered(&self, peer_id: &str, address: &str) -> Result<String> {
-        let expected = peer_id
-            .parse::<PeerId>()
-            .map_err(|err| NetworkError::Connect { address: address.to_owned(), reason: format!("not a peer id {peer_id:?}: {err}") })?;
-        self.dial(address, Some(expected)).await
+    async fn dial_discovered(&self, peer_id: &PeerId, address: &str) -> Result<PeerId> {
+        self.dial(address, Some(*peer_id)).await
     }
 
-    async fn disconnect_peer(&self, peer_id: &str) -> Result<()> {
+    async fn disconnect_peer(&self, peer_id: &PeerId) -> Result<()> {
         let (link_found, dial_found) = self.shared.state().disconnect(peer_id, "disconnected by the local node");
         if link_found || dial_found {
             Ok(())
         } else {
-            Err(NetworkError::PeerNotConnected(peer_id.to_owned()))
+            Err(NetworkError::PeerNotConnected(peer_id.to_string()))
         }
     }
 
     async fn get_connected_peers(&self) -> Result<Vec<PeerInfo>> {
-        let ids: Vec<String> = self.shared.state().links.keys().cloned().collect();
+        let ids: Vec<PeerId> = self.shared.state().links.keys().copied().collect();
         let mut peers: Vec<PeerInfo> = ids.iter().filter_map(|id| self.shared.peers.get(id)).collect();
-        peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        peers.sort_by_key(|peer| peer.peer_id);
         Ok(peers)
     }
 
-    async fn is_peer_connected(&self, peer_id: &str) -> bool {
+    async fn is_peer_connected(&self, peer_id: &PeerId) -> bool {
         self.shared.state().links.contains_key(peer_id)
     }
 }
 
-fn enqueue(queue: &mpsc::Sender<Frame>, peer: &str, frame: Frame) -> Result<()> {
+fn enqueue(queue: &mpsc::Sender<Frame>, peer: &PeerId, frame: Frame) -> Result<()> {
     queue.try_send(frame).map_err(|err| match err {
-        mpsc::error::TrySendError::Full(_) => NetworkError::PeerBusy { peer: peer.to_owned() },
-        mpsc::error::TrySendError::Closed(_) => NetworkError::PeerNotConnected(peer.to_owned()),
+        mpsc::error::TrySendError::Full(_) => NetworkError::PeerBusy { peer: peer.to_string() },
+        mpsc::error::TrySendError::Closed(_) => NetworkError::PeerNotConnected(peer.to_string()),
     })
 }

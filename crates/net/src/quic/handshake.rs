@@ -27,7 +27,10 @@ pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-pluresdb-hello-v1";
 /// A connection whose handshake succeeded.
 pub struct Handshaken {
     /// The peer id, from the certificate.
-    pub peer_id: String,
+    pub peer_id: PeerId,
+    /// Its text form, written once per link (for the errors and logs that
+    /// name the peer).
+    pub peer_text: String,
     /// Where the peer says it accepts connections (from its `hello`).
     pub listen_addresses: Vec<String>,
     /// The established link, holding any input read past the handshake
@@ -189,7 +192,7 @@ async fn exchange(
             stream::write_frame(&mut send, &transmit.frame).await.map_err(|err| stream::write_failed(&peer_text, &err))?;
         }
         if established {
-            return Ok(Handshaken { peer_id: peer_text, listen_addresses, link, send, recv });
+            return Ok(Handshaken { peer_id: peer, peer_text, listen_addresses, link, send, recv });
         }
         match recv.read_chunk(READ_CHUNK_BYTES, true).await {
             Ok(Some(chunk)) => link.handle_input(Lane::Control, &chunk.bytes, now()),

@@ -30,6 +30,7 @@ use crate::link::{Lane, Link, LinkEnd, LinkEvent, LINGER};
 use crate::message::{ErrorCode, ExchangedPeer};
 use crate::peer::{Direction, PeerInfo, PeerStats, Transport};
 use chrono::Utc;
+use pluresdb_security::PeerId;
 use quinn::{Connection, ReadError, RecvStream, SendStream, VarInt};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -39,8 +40,10 @@ use tokio::sync::{mpsc, watch};
 struct LinkTask {
     shared: Arc<Shared>,
     /// This node's peer id.
-    local_peer: String,
-    peer: String,
+    local_peer: PeerId,
+    peer: PeerId,
+    /// `peer` in text, for errors (written once per link).
+    peer_text: String,
     /// The link's number in the registry.
     id: u64,
     connection: Connection,
@@ -68,18 +71,17 @@ struct Signals {
 /// Registers the handshaken `connection` as the link to its peer and
 /// spawns its task; settles duplicates (see [`Shared::register`]).
 pub(crate) fn start(shared: Arc<Shared>, running: &Running, connection: Connection, done: Handshaken, direction: Direction, slot: Slot) {
-    let Some(local_peer) = shared.keys().map(|keys| keys.peer_id_text.clone()) else { return };
-    let Handshaken { peer_id: peer, listen_addresses: advertised, link, send, recv } = done;
+    let Some(local_peer) = shared.keys().map(|keys| keys.peer_id) else { return };
+    let Handshaken { peer_id: peer, peer_text, listen_addresses: advertised, link, send, recv } = done;
     let dialler = match direction {
-        Direction::Dialled => local_peer.clone(),
-        Direction::Accepted => peer.clone(),
+        Direction::Dialled => local_peer,
+        Direction::Accepted => peer,
     };
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE_FRAMES);
     let (bulk, bulk_rx) = mpsc::channel(BULK_QUEUE_FRAMES);
     let (closer, close_rx) = watch::channel(None);
     let id = shared.next_link_id();
-    let handle =
-        LinkHandle { id, peer_id: peer.clone(), dialler, control: control.clone(), bulk: bulk.clone(), proof_ok: link.proof_ok(), closer };
+    let handle = LinkHandle { id, peer_id: peer, dialler, control: control.clone(), bulk: bulk.clone(), proof_ok: link.proof_ok(), closer };
     let registration = shared.register(handle);
     drop(slot);
     match registration {
@@ -103,7 +105,7 @@ pub(crate) fn start(shared: Arc<Shared>, running: &Running, connection: Connecti
     let remote = connection.remote_address();
     let now = Utc::now();
     let info = PeerInfo {
-        peer_id: peer.clone(),
+        peer_id: peer,
         address: remote.to_string(),
         transport: Transport::Quic,
         direction,
@@ -118,7 +120,7 @@ pub(crate) fn start(shared: Arc<Shared>, running: &Running, connection: Connecti
     let stats = shared.peers.peer_connected(info);
     tracing::info!(%peer, %remote, ?direction, "peer connected");
     let signals = Signals { close_rx, shutdown: running.shutdown.subscribe(), _guard: running.tasks.enter() };
-    let task = LinkTask { shared, local_peer, peer, id, connection, stats, link: Mutex::new(link), control, bulk };
+    let task = LinkTask { shared, local_peer, peer, peer_text, id, connection, stats, link: Mutex::new(link), control, bulk };
     let replaced = matches!(registration, Registration::Replaced);
     tokio::spawn(task.run(Streams { send, recv, control_rx, bulk_rx }, signals, replaced));
 }
@@ -126,14 +128,14 @@ pub(crate) fn start(shared: Arc<Shared>, running: &Running, connection: Connecti
 impl LinkTask {
     async fn run(self, streams: Streams, mut signals: Signals, replaced: bool) {
         let Streams { send, recv, control_rx, bulk_rx } = streams;
-        let peer = self.peer.clone();
+        let peer = self.peer;
         let sync = &self.shared.sync;
         if replaced {
             // The sync driver must forget what it queued on the old connection.
-            sync.deliver(PeerEvent::Disconnected { peer_id: peer.clone(), reason: "replaced by a newer connection".to_owned() }).await;
+            sync.deliver(PeerEvent::Disconnected { peer_id: peer, reason: "replaced by a newer connection".to_owned() }).await;
         }
         let address = self.connection.remote_address().to_string();
-        sync.deliver(PeerEvent::Connected { peer_id: peer.clone(), address, transport: Transport::Quic }).await;
+        sync.deliver(PeerEvent::Connected { peer_id: peer, address, transport: Transport::Quic }).await;
 
         let mut control_writer = tokio::spawn(write_control(send, control_rx, self.stats.clone()));
         let bulk_writer = tokio::spawn(write_bulk(self.connection.clone(), bulk_rx, self.stats.clone()));
@@ -141,7 +143,7 @@ impl LinkTask {
             end = self.read_control(recv) => end,
             end = self.read_bulk() => end,
             end = self.run_timers() => end,
-            err = self.connection.closed() => LinkEnd::Lost(stream::connection_ended(&peer, &err).to_string()),
+            err = self.connection.closed() => LinkEnd::Lost(stream::connection_ended(&self.peer_text, &err).to_string()),
             reason = signals.close_rx.wait_for(Option::is_some) => {
                 let reason = reason.ok().and_then(|r| r.clone()).unwrap_or_else(|| "closed".to_owned());
                 self.close(&reason)
@@ -178,7 +180,7 @@ impl LinkTask {
         bulk_writer.abort();
         if current {
             shared.peers.peer_disconnected(&peer);
-            shared.sync.deliver(PeerEvent::Disconnected { peer_id: peer.clone(), reason }).await;
+            shared.sync.deliver(PeerEvent::Disconnected { peer_id: peer, reason }).await;
         }
     }
 
@@ -207,7 +209,7 @@ impl LinkTask {
                 LinkEvent::Sync(bytes) => {
                     // Awaited: a full share stops this reader, and QUIC flow
                     // control then stops the peer.
-                    self.shared.sync.deliver(PeerEvent::Message { peer_id: self.peer.clone(), bytes }).await;
+                    self.shared.sync.deliver(PeerEvent::Message { peer_id: self.peer, bytes }).await;
                 }
                 LinkEvent::Heartbeat { sent } => {
                     // How far the peer's clock is from ours: the node
@@ -217,7 +219,7 @@ impl LinkTask {
                 LinkEvent::PeersLearned(peers) => {
                     let told = peers.len();
                     let remote = self.connection.remote_address();
-                    let changed = self.shared.peers.learn(&self.local_peer, &self.peer, remote, peers);
+                    let changed = self.shared.peers.learn(&self.local_peer.to_string(), &self.peer_text, remote, peers);
                     tracing::debug!(peer = %self.peer, told, changed, "peer exchange");
                 }
                 LinkEvent::PeerExchangeRequested => {
@@ -227,7 +229,7 @@ impl LinkTask {
                         .connected_peers()
                         .into_iter()
                         .filter(|info| info.peer_id != self.peer && !info.listen_addresses.is_empty())
-                        .map(|info| ExchangedPeer { peer_id: info.peer_id, addresses: info.listen_addresses })
+                        .map(|info| ExchangedPeer { peer_id: info.peer_id.to_string(), addresses: info.listen_addresses })
                         .collect();
                     let mut none = Vec::new();
                     self.step(&mut none, |link| link.answer_peer_exchange(peers));
@@ -260,7 +262,7 @@ impl LinkTask {
             match recv.read_chunk(READ_CHUNK_BYTES, true).await {
                 Ok(Some(chunk)) => self.received(&mut events, Lane::Control, &chunk.bytes),
                 Ok(None) => self.step(&mut events, |link| link.handle_finish(Lane::Control)),
-                Err(err) => return LinkEnd::Lost(stream::read_failed(&self.peer, &err).to_string()),
+                Err(err) => return LinkEnd::Lost(stream::read_failed(&self.peer_text, &err).to_string()),
             }
         }
     }
@@ -270,7 +272,7 @@ impl LinkTask {
         loop {
             let mut recv = match self.connection.accept_uni().await {
                 Ok(recv) => recv,
-                Err(err) => return LinkEnd::Lost(stream::connection_ended(&self.peer, &err).to_string()),
+                Err(err) => return LinkEnd::Lost(stream::connection_ended(&self.peer_text, &err).to_string()),
             };
             loop {
                 let ended = match recv.read_chunk(READ_CHUNK_BYTES, true).await {
@@ -288,7 +290,7 @@ impl LinkTask {
                         self.step(&mut events, |link| link.handle_reset(Lane::Bulk, &format!("bulk stream reset ({code})")));
                         true
                     }
-                    Err(err) => return LinkEnd::Lost(stream::read_failed(&self.peer, &err).to_string()),
+                    Err(err) => return LinkEnd::Lost(stream::read_failed(&self.peer_text, &err).to_string()),
                 };
                 if let Some(end) = self.act(&mut events).await {
                     return end;

@@ -39,7 +39,7 @@ use crate::error::NetworkError;
 use crate::events::SyncHandle;
 use crate::link::Now;
 use crate::peer::PeerManager;
-use pluresdb_security::{AccessPolicy, Identity};
+use pluresdb_security::{AccessPolicy, Identity, PeerId};
 use registry::{lock, Keys, Running, Shared};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -121,8 +121,8 @@ impl QuicNetworkEngine {
     }
 
     /// This node's peer id, once initialized.
-    pub fn peer_id(&self) -> Option<String> {
-        self.shared.keys().map(|keys| keys.peer_id_text.clone())
+    pub fn peer_id(&self) -> Option<PeerId> {
+        self.shared.keys().map(|keys| keys.peer_id)
     }
 
     /// This node's identity, once initialized (for the runtime to keep a
@@ -143,10 +143,12 @@ impl QuicNetworkEngine {
             }
         }
         let mut state = self.shared.state();
-        let refused: Vec<(String, String)> = state
+        let refused: Vec<(PeerId, String)> = state
             .links
             .values()
-            .filter_map(|link| policy.admits(&link.peer_id, link.proof_ok).err().map(|denied| (link.peer_id.clone(), denied.to_string())))
+            .filter_map(|link| {
+                policy.admits(&link.peer_id.to_string(), link.proof_ok).err().map(|denied| (link.peer_id, denied.to_string()))
+            })
             .collect();
         for (peer, reason) in refused {
             tracing::info!(%peer, %reason, "the access rule no longer admits a connected peer; disconnecting it");

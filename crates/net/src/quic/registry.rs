@@ -51,7 +51,7 @@ pub(crate) struct Shared {
 
 pub(super) struct State {
     pub(super) running: Option<Running>,
-    pub(super) links: HashMap<String, LinkHandle>,
+    pub(super) links: HashMap<PeerId, LinkHandle>,
     /// This node's dials not yet links; they count against
     /// `max_connections`.
     pub(super) dialling: usize,
@@ -66,10 +66,10 @@ pub(super) struct State {
 impl State {
     /// Stops redialling `peer` and closes its link with `reason`; returns
     /// whether there was a link and whether there was a dial.
-    pub(super) fn disconnect(&mut self, peer: &str, reason: &str) -> (bool, bool) {
+    pub(super) fn disconnect(&mut self, peer: &PeerId, reason: &str) -> (bool, bool) {
         let mut dial_found = false;
         self.dials.retain(|_, dial| {
-            let matches = dial.peer.as_deref() == Some(peer);
+            let matches = dial.peer.as_ref() == Some(peer);
             if matches {
                 let _ = dial.cancel.send(true);
                 tracing::debug!(address = %dial.address, "stopped redialling");
@@ -98,7 +98,7 @@ pub(crate) struct Running {
 /// A peer this node dialled and keeps dialling.
 pub(super) struct Dial {
     pub(super) address: String,
-    pub(super) peer: Option<String>,
+    pub(super) peer: Option<PeerId>,
     pub(super) cancel: watch::Sender<bool>,
 }
 
@@ -107,9 +107,9 @@ pub(super) struct Dial {
 pub(crate) struct LinkHandle {
     /// Unique among this engine's links.
     pub(crate) id: u64,
-    pub(crate) peer_id: String,
+    pub(crate) peer_id: PeerId,
     /// The peer id of the node that dialled this connection.
-    pub(crate) dialler: String,
+    pub(crate) dialler: PeerId,
     pub(crate) control: mpsc::Sender<Frame>,
     pub(crate) bulk: mpsc::Sender<Frame>,
     /// Whether the peer proved the network secret in the handshake, so a
@@ -247,7 +247,10 @@ impl Shared {
     /// one is stale); and so does any new link while the old one has heard
     /// nothing for [`silent_after`] (the peer moved or restarted and the
     /// old connection has not timed out yet; the peer has let go of it, or
-    /// it would still be sending heartbeats).
+    /// it would still be sending heartbeats). Peer ids compare by key bytes,
+    /// which is their text order (docs/protocol.md says text order): every
+    /// Ed25519 peer id is 52 base58 digits of one fixed-length number, and
+    /// the base58 alphabet is in ASCII order.
     pub(crate) fn register(&self, link: LinkHandle) -> Registration {
         let silent = self.peers.get(&link.peer_id).is_some_and(|info| {
             let quiet = chrono::Utc::now().signed_duration_since(info.last_seen);
@@ -267,7 +270,7 @@ impl Shared {
             }
             Some(_) => return Registration::Duplicate,
         };
-        state.links.insert(link.peer_id.clone(), link);
+        state.links.insert(link.peer_id, link);
         drop(state);
         self.links_changed.notify_waiters();
         registration
@@ -275,7 +278,7 @@ impl Shared {
 
     /// Removes link `id` of `peer` if it is still the current one; returns
     /// whether it was.
-    pub(crate) fn unregister(&self, peer: &str, id: u64) -> bool {
+    pub(crate) fn unregister(&self, peer: &PeerId, id: u64) -> bool {
         let mut state = self.state();
         let current = state.links.get(peer).is_some_and(|link| link.id == id);
         if current {

@@ -6,7 +6,7 @@
 use pluresdb_net::{
     NetworkConfig, NetworkEngine, PeerEvent, PeerEvents, PeerManager, QueueLimits, QuicNetworkEngine, ReceiveLimits, SyncHandle,
 };
-use pluresdb_security::{AccessPolicy, Identity, NetworkSecret};
+use pluresdb_security::{AccessPolicy, Identity, NetworkSecret, PeerId};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +34,7 @@ pub struct Node {
     pub engine: QuicNetworkEngine,
     pub events: PeerEvents,
     pub peers: Arc<PeerManager>,
-    pub id: String,
+    pub id: PeerId,
     pub addr: SocketAddr,
 }
 
@@ -82,7 +82,7 @@ pub async fn start(options: Options) -> Node {
     engine.initialize().await.expect("initialize");
     engine.start().await.expect("start");
     let addr = engine.local_addr().expect("bound address");
-    Node { engine, events, peers, id: identity.peer_id().to_string(), addr }
+    Node { engine, events, peers, id: identity.peer_id(), addr }
 }
 
 /// The next event matching `want`, skipping others; panics at the deadline.
@@ -98,11 +98,11 @@ pub async fn event(events: &mut PeerEvents, what: &str, want: impl Fn(&PeerEvent
     }
 }
 
-pub async fn connected(events: &mut PeerEvents, peer: &str) -> PeerEvent {
+pub async fn connected(events: &mut PeerEvents, peer: &PeerId) -> PeerEvent {
     event(events, &format!("Connected({peer})"), |e| matches!(e, PeerEvent::Connected { peer_id, .. } if peer_id == peer)).await
 }
 
-pub async fn disconnected(events: &mut PeerEvents, peer: &str) -> String {
+pub async fn disconnected(events: &mut PeerEvents, peer: &PeerId) -> String {
     match event(events, &format!("Disconnected({peer})"), |e| matches!(e, PeerEvent::Disconnected { peer_id, .. } if peer_id == peer)).await
     {
         PeerEvent::Disconnected { reason, .. } => reason,
@@ -110,7 +110,7 @@ pub async fn disconnected(events: &mut PeerEvents, peer: &str) -> String {
     }
 }
 
-pub async fn message(events: &mut PeerEvents, peer: &str) -> bytes::Bytes {
+pub async fn message(events: &mut PeerEvents, peer: &PeerId) -> bytes::Bytes {
     match event(events, &format!("Message({peer})"), |e| matches!(e, PeerEvent::Message { peer_id, .. } if peer_id == peer)).await {
         PeerEvent::Message { bytes, .. } => bytes,
         _ => unreachable!(),

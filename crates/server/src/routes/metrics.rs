@@ -127,7 +127,7 @@ pub async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError
         .handle
         .peer_clock_offsets()
         .into_iter()
-        .map(|(peer, offset)| (format!("{{peer=\"{}\"}}", label_value(&peer)), offset))
+        .map(|(peer, offset)| (format!("{{peer=\"{}\"}}", label_value(&peer.to_string())), offset))
         .collect();
     let offsets: Vec<(&str, i64)> = offsets.iter().map(|(l, v)| (l.as_str(), *v)).collect();
     metric(&mut out, "pluresdb_peer_clock_offset_ms", "gauge", "Per connected peer, its wall clock minus this node's.", &offsets);

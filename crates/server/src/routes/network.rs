@@ -48,12 +48,15 @@ fn relay_of(address: &str) -> Option<String> {
 #[utoipa::path(get, path = "/peers", tag = "network", responses((status = 200, body = PeersDoc)))]
 pub async fn peers(State(state): State<ApiState>) -> Result<Json<PeersDoc>, ApiError> {
     let status = state.handle.sync_status().await?;
-    let links = state.handle.connected_peers();
-    let mut peers: Vec<PeerDoc> = status.peers.iter().map(|p| peer_doc(p, links.iter().find(|l| l.peer_id == p.peer_id))).collect();
-    for link in &links {
-        if !status.peers.iter().any(|p| p.peer_id == link.peer_id) {
+    // The sync engine names peers by their text form.
+    let links: Vec<(String, pluresdb_net::PeerInfo)> =
+        state.handle.connected_peers().into_iter().map(|link| (link.peer_id.to_string(), link)).collect();
+    let link_of = |peer: &str| links.iter().find(|(id, _)| id == peer).map(|(_, link)| link);
+    let mut peers: Vec<PeerDoc> = status.peers.iter().map(|p| peer_doc(p, link_of(&p.peer_id))).collect();
+    for (id, link) in &links {
+        if !status.peers.iter().any(|p| p.peer_id == *id) {
             let unsynced = pluresdb_sync::PeerSyncStatus {
-                peer_id: link.peer_id.clone(),
+                peer_id: id.clone(),
                 connected: true,
                 last_sync_ms: None,
                 pending_operations: 0,
@@ -81,11 +84,11 @@ pub async fn peers(State(state): State<ApiState>) -> Result<Json<PeersDoc>, ApiE
 #[utoipa::path(get, path = "/peers/discovered", tag = "network", responses((status = 200, body = DiscoveredDoc)))]
 pub async fn discovered(State(state): State<ApiState>) -> Result<Json<DiscoveredDoc>, ApiError> {
     let found = state.handle.discovered_peers().await?;
-    let connected = state.handle.connected_peers();
+    let connected: Vec<String> = state.handle.connected_peers().into_iter().map(|link| link.peer_id.to_string()).collect();
     let peers = found
         .into_iter()
         .map(|peer| DiscoveredPeerDoc {
-            connected: connected.iter().any(|c| c.peer_id == peer.id),
+            connected: connected.contains(&peer.id),
             peer_id: peer.peer_id().map(str::to_owned),
             address: peer.address,
             addresses: peer.addresses,
@@ -109,7 +112,7 @@ pub async fn connect(State(state): State<ApiState>, body: Result<String, StringR
         return Err(ApiError::bad_request("the address is empty (host:port or quic://host:port)"));
     }
     let peer_id = state.handle.connect(request.address.trim()).await?;
-    Ok(Json(ConnectedDoc { peer_id }))
+    Ok(Json(ConnectedDoc { peer_id: peer_id.to_string() }))
 }
 
 /// Closes the connection to a peer.
@@ -159,7 +162,7 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<StatusDoc>, Ap
     }))
 }
 
-fn clock_doc(clock: &pluresdb_core::ClockReport, peers: Vec<(String, i64)>) -> ClockDoc {
+fn clock_doc(clock: &pluresdb_core::ClockReport, peers: Vec<(PeerId, i64)>) -> ClockDoc {
     ClockDoc {
         max_clock_drift_ms: clock.max_clock_drift_ms,
         correction_ms: clock.wall_clock_offset_ms,
@@ -168,7 +171,7 @@ fn clock_doc(clock: &pluresdb_core::ClockReport, peers: Vec<(String, i64)>) -> C
         deferred_operations: clock.deferred_operations,
         next_deferred: clock.next_deferred.map(|t| t.to_string()),
         origins: clock.origins.iter().map(|o| OriginSkewDoc { origin: o.origin.clone(), max_ahead_ms: o.max_ahead_ms }).collect(),
-        peers: peers.into_iter().map(|(peer_id, offset_ms)| PeerClockDoc { peer_id, offset_ms }).collect(),
+        peers: peers.into_iter().map(|(peer_id, offset_ms)| PeerClockDoc { peer_id: peer_id.to_string(), offset_ms }).collect(),
     }
 }
 
@@ -243,8 +246,9 @@ pub async fn trust_mode(State(state): State<ApiState>, body: Result<String, Stri
     trust(State(state)).await
 }
 
-fn parse_peer_id(text: &str) -> Result<String, ApiError> {
-    text.parse::<PeerId>().map(|p| p.to_string()).map_err(|err| ApiError::bad_request(format!("{text:?} is not a peer id: {err}")))
+/// The peer id a request's path names; a 400 naming the text otherwise.
+fn parse_peer_id(text: &str) -> Result<PeerId, ApiError> {
+    text.parse::<PeerId>().map_err(|err| ApiError::bad_request(format!("{text:?} is not a peer id: {err}")))
 }
 
 /// Allows a peer by its id, whether or not it holds the network secret.
@@ -252,7 +256,7 @@ fn parse_peer_id(text: &str) -> Result<String, ApiError> {
     responses((status = 200, body = TrustChangeDoc), (status = 400, body = ErrorDoc), (status = 401, body = ErrorDoc)))]
 pub async fn trust_add(State(state): State<ApiState>, peer: Result<Path<String>, PathRejection>) -> Result<Json<TrustChangeDoc>, ApiError> {
     let Path(peer) = peer.map_err(rejected)?;
-    let peer_id = parse_peer_id(&peer)?;
+    let peer_id = parse_peer_id(&peer)?.to_string();
     let changed = state.handle.set_allowed(&peer_id, true).await?;
     Ok(Json(TrustChangeDoc { peer_id, allowed: true, changed }))
 }
@@ -266,7 +270,7 @@ pub async fn trust_remove(
     peer: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TrustChangeDoc>, ApiError> {
     let Path(peer) = peer.map_err(rejected)?;
-    let peer_id = parse_peer_id(&peer)?;
+    let peer_id = parse_peer_id(&peer)?.to_string();
     if !state.handle.set_allowed(&peer_id, false).await? {
         return Err(ApiError::not_found(format!("{peer_id} is not on the allowlist")));
     }
