@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::replica;
 use crate::InvalidInput;
 use anyhow::Context;
-use pluresdb_security::Ticket;
+use pluresdb_security::{PeerId, Ticket};
 use pluresdb_store_redb::RedbStoreError;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufWriter, IsTerminal, Read, Write};
@@ -294,7 +294,8 @@ fn execute(api: &mut Api, cli: Cli, json: bool) -> anyhow::Result<()> {
             print_json_or(out, json, &doc, |o| writeln!(o, "connected to {}", doc["peer_id"].as_str().unwrap_or_default()))
         }
         Command::Disconnect { peer_id } => {
-            let doc = api.call("DELETE", &format!("/peers/{}", encode(&peer_id)), None)?;
+            let peer_id = parse_peer_id(&peer_id)?;
+            let doc = api.call("DELETE", &format!("/peers/{peer_id}"), None)?;
             print_json_or(out, json, &doc, |o| writeln!(o, "disconnected {peer_id}"))
         }
         Command::Serve { .. } | Command::Config { .. } => Ok(()),
@@ -362,12 +363,14 @@ fn trust(out: &mut impl Write, api: &mut Api, json: bool, action: TrustAction) -
             Ok(())
         }
         TrustAction::Add { peer_id } => {
-            let doc = api.call("PUT", &format!("/trust/peers/{}", encode(&peer_id)), None)?;
+            let peer_id = parse_peer_id(&peer_id)?;
+            let doc = api.call("PUT", &format!("/trust/peers/{peer_id}"), None)?;
             let note = if doc["changed"] == true { "" } else { " (already allowed)" };
             print_json_or(out, json, &doc, |o| writeln!(o, "allowed {}{note}", doc["peer_id"].as_str().unwrap_or_default()))
         }
         TrustAction::Remove { peer_id } => {
-            let doc = api.call("DELETE", &format!("/trust/peers/{}", encode(&peer_id)), None)?;
+            let peer_id = parse_peer_id(&peer_id)?;
+            let doc = api.call("DELETE", &format!("/trust/peers/{peer_id}"), None)?;
             print_json_or(out, json, &doc, |o| writeln!(o, "removed {}", doc["peer_id"].as_str().unwrap_or_default()))
         }
     }
@@ -710,6 +713,12 @@ fn print_history(out: &mut impl Write, json: bool, ops: &Value) -> anyhow::Resul
         writeln!(out, "{time}\t{}\t{kind}\t{data}", op["op"].as_str().unwrap_or_default())?;
     }
     Ok(())
+}
+
+/// The peer id a command names, checked before anything is asked of the
+/// node: bad input (exit code 2) that names the text and what is wrong.
+fn parse_peer_id(text: &str) -> Result<PeerId, InvalidInput> {
+    text.trim().parse().map_err(|err| InvalidInput(format!("{text:?} is not a peer id: {err}")))
 }
 
 #[cfg(test)]

@@ -115,6 +115,32 @@ fn without_a_transport_peers_and_connect_say_so() {
     assert!(node.stop().0);
 }
 
+/// A peer id in a path is parsed once, at the API: a malformed one is a
+/// 400 that names it and says what is wrong, a well-formed one of no
+/// connected peer a 404; the node serves on.
+#[test]
+fn a_malformed_peer_id_in_a_path_is_refused_naming_it_and_the_node_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let token = std::fs::read_to_string(dir.path().join("api.token")).unwrap().trim().to_owned();
+    let auth = format!("Authorization: Bearer {token}");
+    for (method, path) in [("DELETE", "/peers/not-a-peer"), ("PUT", "/trust/peers/not-a-peer"), ("DELETE", "/trust/peers/not-a-peer")] {
+        let (status, body) = node.request_with(method, path, "", &[&auth]);
+        assert_eq!(status, 400, "{method} {path}: {body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains("\"not-a-peer\" is not a peer id: invalid peer id: not base58btc"), "{method} {path}: {error}");
+    }
+    // Base58 of the right alphabet, but an RSA-style id: not an Ed25519 key.
+    let (status, body) = node.request("DELETE", "/peers/QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N", "");
+    assert_eq!(status, 400, "{body}");
+    let absent = "12D3KooWEChVMMMzV8acJ53mJHrw1pQ27UAGkCxWXLJutbeUMvVu";
+    let (status, body) = node.request("DELETE", &format!("/peers/{absent}"), "");
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].as_str().unwrap().contains(&format!("peer {absent} is not connected")), "{body}");
+    assert_eq!(node.request("GET", "/peers", "").0, 200, "the node serves on");
+    assert!(node.stop().0);
+}
+
 #[test]
 fn conflicts_are_listed_and_resolved() {
     let dir = tempfile::tempdir().unwrap();

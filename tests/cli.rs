@@ -260,6 +260,7 @@ fn trust_and_invite() {
     ok_json(d, &["trust", "add", peer]);
     assert_eq!(ok_json(d, &["trust", "list"])["allowlist"], json!([peer]));
     fails_with(d, &["trust", "add", "12D3KooWnot-a-peer"], 2, "is not a peer id");
+    fails_with(d, &["trust", "remove", "12D3KooWnot-a-peer"], 2, "\"12D3KooWnot-a-peer\" is not a peer id: invalid peer id: not base58btc");
     ok_json(d, &["trust", "remove", peer]);
     assert_eq!(ok_json(d, &["trust", "list"])["allowlist"], json!([]));
     fails_with(d, &["trust", "remove", peer], 3, "not on the allowlist");
@@ -278,4 +279,28 @@ fn trust_and_invite() {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(d.join("network.secret")).unwrap().permissions().mode() & 0o777, 0o600);
     }
+}
+
+/// Every command that names a peer checks the id before it asks the node
+/// anything: bad input, exit code 2, one line naming the text and the
+/// reason; the data directory is untouched.
+#[test]
+fn a_malformed_peer_id_on_the_command_line_is_refused_with_its_reason() {
+    let dir = private_tempdir();
+    let d = dir.path();
+    ok_json(d, &["put", "user:1", r#"{"kept":true}"#]);
+    let too_long = "1".repeat(80);
+    let cases: [(&[&str], &str); 5] = [
+        (&["disconnect", "not-a-peer"], "\"not-a-peer\" is not a peer id: invalid peer id: not base58btc"),
+        (&["disconnect", &too_long], "is not a peer id: invalid peer id: too long"),
+        // Base58, but an old RSA-style (sha256 multihash) id, not an Ed25519 key.
+        (&["disconnect", "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"], "is not a peer id: invalid peer id: not 38 bytes"),
+        (&["trust", "add", ""], "\"\" is not a peer id"),
+        (&["trust", "remove", "12D3KooW"], "\"12D3KooW\" is not a peer id"),
+    ];
+    for (args, message) in cases {
+        fails_with(d, args, 2, message);
+    }
+    assert_eq!(ok_json(d, &["get", "user:1"])["value"], json!({"kept": true}));
+    assert_eq!(ok_json(d, &["trust", "list"])["allowlist"], json!([]));
 }
