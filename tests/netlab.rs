@@ -8,7 +8,7 @@
 #[path = "netlab/mod.rs"]
 mod netlab;
 
-use netlab::{live_namespaces, Lab};
+use netlab::{api_get, live_namespaces, Lab};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -361,21 +361,6 @@ fn a_node_a_year_ahead_writes_with_its_peers_time_and_drags_no_clock() {
     let skew: i64 = skew_line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0);
     assert!((skew - YEAR_MS).abs() < DAY_MS, "no skew metric for h2: {metrics}");
     assert!(metrics.lines().any(|l| l == "pluresdb_deferred_operations 1"), "{metrics}");
-}
-
-/// The body of `GET path` from the API of `host`'s node (inside its
-/// namespace, over bash's /dev/tcp: the lab needs no HTTP client).
-fn api_get(lab: &Lab, host: usize, path: &str) -> String {
-    let addr = std::fs::read_to_string(lab.host(host).data_dir.join("api.addr")).unwrap_or_default();
-    let addr = addr.trim();
-    let (ip, port) = addr.rsplit_once(':').unwrap_or_else(|| panic!("h{host}: no API address in api.addr: {addr:?}"));
-    let script = format!("exec 3<>/dev/tcp/{ip}/{port} && printf 'GET {path} HTTP/1.0\\r\\nHost: {addr}\\r\\n\\r\\n' >&3 && cat <&3");
-    let output = lab.host(host).exec("bash", &["-c", &script]);
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    match text.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") => body.to_owned(),
-        _ => panic!("h{host}: GET {path} failed: {text:?} {}", String::from_utf8_lossy(&output.stderr)),
-    }
 }
 
 // ---- discovery in the lab ---------------------------------------------------

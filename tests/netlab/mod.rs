@@ -1010,3 +1010,18 @@ impl Host {
         self.cli_json(&["status"])
     }
 }
+
+/// The body of `GET path` from the API of `host`'s node (inside its
+/// namespace, over bash's /dev/tcp: the lab needs no HTTP client).
+pub fn api_get(lab: &Lab, host: usize, path: &str) -> String {
+    let addr = std::fs::read_to_string(lab.host(host).data_dir.join("api.addr")).unwrap_or_default();
+    let addr = addr.trim();
+    let (ip, port) = addr.rsplit_once(':').unwrap_or_else(|| panic!("h{host}: no API address in api.addr: {addr:?}"));
+    let script = format!("exec 3<>/dev/tcp/{ip}/{port} && printf 'GET {path} HTTP/1.0\\r\\nHost: {addr}\\r\\n\\r\\n' >&3 && cat <&3");
+    let output = lab.host(host).exec("bash", &["-c", &script]);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") => body.to_owned(),
+        _ => panic!("h{host}: GET {path} failed: {text:?} {}", String::from_utf8_lossy(&output.stderr)),
+    }
+}
