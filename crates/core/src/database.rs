@@ -583,6 +583,36 @@ impl<S: Store> Database<S> {
         self.store.commit(&WriteBatch { meta: entries, ..WriteBatch::default() })
     }
 
+    /// Makes the store usable again after an [`Error::StoreFault`]
+    /// ([`Store::recover`]) and reads back what the replica keeps in memory
+    /// (version vector, clock, deferred operations): a commit whose error
+    /// came after its commit record was written is then known as applied,
+    /// so nothing is applied twice and no sequence number is used twice.
+    /// Fails, changing nothing in memory, while the store cannot recover.
+    pub fn recover_store(&mut self) -> Result<(), Error> {
+        self.store.recover()?;
+        let version_vector = self.store.version_vector()?;
+        let last = match self.store.meta(CLOCK_META_KEY)? {
+            Some(bytes) => codec::decode::<Hlc>(&bytes, "clock reading")?,
+            None => Hlc::ZERO,
+        };
+        let observed = match self.store.meta(OBSERVED_META_KEY)? {
+            Some(bytes) => codec::decode::<Hlc>(&bytes, "observed clock reading")?,
+            None => last,
+        };
+        let deferred = Deferred::load(&self.store)?;
+        // The clock never steps back, whatever the store says.
+        let mut clock = HybridLogicalClock::resume(last, observed);
+        if clock.last() < self.clock.last() {
+            clock = self.clock.clone();
+        }
+        self.version_vector = version_vector;
+        self.clock = clock;
+        self.deferred = deferred;
+        self.heads.clear();
+        Ok(())
+    }
+
     /// Subscribes to every change applied from now on, buffering at most
     /// `capacity` of them (see [`crate::feed`]).
     pub fn subscribe(&self, capacity: usize) -> Subscription {

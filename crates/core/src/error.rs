@@ -42,12 +42,75 @@ pub enum Error {
     /// The store failed; nothing from the failed call was written.
     #[error("storage failed")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The store's medium failed (a full disk, an I/O error): the call
+    /// wrote nothing, or, for an error at the very end of a commit, all of
+    /// it. The condition may pass; [`Store::recover`](crate::Store::recover)
+    /// makes the store usable again once it has.
+    #[error("the store cannot write: {fault}")]
+    StoreFault {
+        /// What kind of fault.
+        fault: StorageFault,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Why a store cannot write for now (see [`Error::StoreFault`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageFault {
+    /// The disk (or the user's quota) is full.
+    DiskFull,
+    /// Another I/O error: a failed write, fsync or read of the medium.
+    Io,
+}
+
+impl StorageFault {
+    /// The fault of an I/O error: full disk or quota, or another error.
+    pub fn of_io(err: &std::io::Error) -> Self {
+        // ENOSPC and EDQUOT on Linux and the BSDs; StorageFull covers the
+        // rest where std maps them.
+        const ENOSPC: i32 = 28;
+        const EDQUOT_LINUX: i32 = 122;
+        const EDQUOT_BSD: i32 = 69;
+        let full = err.kind() == std::io::ErrorKind::StorageFull
+            || matches!(err.raw_os_error(), Some(ENOSPC))
+            || (cfg!(target_os = "linux") && err.raw_os_error() == Some(EDQUOT_LINUX))
+            || (cfg!(any(target_os = "macos", target_os = "freebsd")) && err.raw_os_error() == Some(EDQUOT_BSD));
+        if full {
+            StorageFault::DiskFull
+        } else {
+            StorageFault::Io
+        }
+    }
+}
+
+impl std::fmt::Display for StorageFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StorageFault::DiskFull => "the disk is full",
+            StorageFault::Io => "an I/O error",
+        })
+    }
 }
 
 impl Error {
     /// Wraps a store implementation's error.
     pub fn storage(err: impl std::error::Error + Send + Sync + 'static) -> Self {
         Error::Storage(Box::new(err))
+    }
+
+    /// Wraps a store implementation's error that is a fault of its medium.
+    pub fn store_fault(fault: StorageFault, err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::StoreFault { fault, source: Box::new(err) }
+    }
+
+    /// The fault, when the store's medium failed (the condition may pass).
+    pub fn storage_fault(&self) -> Option<StorageFault> {
+        match self {
+            Error::StoreFault { fault, .. } => Some(*fault),
+            _ => None,
+        }
     }
 
     /// Whether the error is the caller's input rather than a failure of the

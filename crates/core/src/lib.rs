@@ -55,7 +55,7 @@ mod version_vector;
 
 pub use clock::{Hlc, HybridLogicalClock, DEFAULT_MAX_CLOCK_DRIFT};
 pub use database::{ApplyReport, ClockReport, Database, Fork, ForkOutcome, OriginSkew, Receipt, Refusal, RefusalReason, CLOCK_META_KEY};
-pub use error::{error_chain, Error};
+pub use error::{error_chain, Error, StorageFault};
 pub use feed::{Change, ChangeFeed, FeedEvent, Subscription};
 pub use node::{link_target, FieldValue, Node, NodeRecord, PendingSupersession, Reset, LINK_KEY};
 pub use operation::{

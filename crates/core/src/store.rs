@@ -168,8 +168,20 @@ pub trait Store {
     /// The number of deferred operations.
     fn deferred_count(&self) -> Result<u64, Error>;
 
-    /// Writes `batch` atomically and durably.
+    /// Writes `batch` atomically and durably. A fault of the medium is
+    /// [`Error::StoreFault`]: the batch is then not visible, or (an error at
+    /// the very end, such as a failed fsync after the commit record was
+    /// written) visible after [`recover`](Self::recover); the caller reads
+    /// the store again after recovering to learn which.
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error>;
+
+    /// Makes the store usable again after an [`Error::StoreFault`] (redb,
+    /// for one, refuses every write after an I/O error until the file is
+    /// closed and opened again). Fails while the cause lasts; everything
+    /// committed before stays. Stores that need nothing do nothing.
+    fn recover(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 impl<S: Store + ?Sized> Store for Box<S> {
@@ -199,6 +211,9 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
         (**self).commit(batch)
+    }
+    fn recover(&mut self) -> Result<(), Error> {
+        (**self).recover()
     }
 }
 

@@ -24,11 +24,11 @@
 //! the batch is visible after reopening. A data directory holds one file,
 //! [`DATA_FILE`], and is locked against a second process.
 
-use pluresdb_core::{Error, Hlc, NodeRecord, OpId, OperationWithMetadata, Stamp, Store, VersionVector, WriteBatch};
+use pluresdb_core::{Error, Hlc, NodeRecord, OpId, OperationWithMetadata, Stamp, StorageFault, Store, VersionVector, WriteBatch};
 use redb::{Database as Redb, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 mod segment;
 use segment::Segment;
@@ -71,25 +71,62 @@ pub enum RedbStoreError {
     /// A read or write failed.
     #[error("{step} failed")]
     Redb { step: &'static str, source: redb::Error },
+    /// The file is being closed and opened again after an I/O error.
+    #[error("{} is being reopened after an I/O error", .path.display())]
+    Reopening { path: PathBuf },
 }
 
 fn fail<E: Into<redb::Error>>(step: &'static str) -> impl FnOnce(E) -> Error {
-    move |err| Error::storage(RedbStoreError::Redb { step, source: err.into() })
+    move |err| {
+        let source: redb::Error = err.into();
+        match fault_of(&source) {
+            Some(fault) => Error::store_fault(fault, RedbStoreError::Redb { step, source }),
+            None => Error::storage(RedbStoreError::Redb { step, source }),
+        }
+    }
+}
+
+/// Whether a redb error is a fault of the medium, which passes when its
+/// cause does (space is freed, the device comes back) and the file is
+/// opened again, rather than a bug or a damaged file.
+fn fault_of(err: &redb::Error) -> Option<StorageFault> {
+    match err {
+        redb::Error::Io(io) => Some(StorageFault::of_io(io)),
+        // After an I/O error redb refuses everything until a reopen; a
+        // transaction that failed part way is poisoned the same way.
+        redb::Error::PreviousIo | redb::Error::DatabaseClosed | redb::Error::Backend(_) | redb::Error::TransactionPoisoned => {
+            Some(StorageFault::Io)
+        }
+        _ => None,
+    }
 }
 
 /// A [`Store`] in a redb file inside a data directory.
+///
+/// Every handle on one directory (the writer's and those from
+/// [`read_handle`](Self::read_handle)) shares one open file, so that
+/// [`Store::recover`] reopens it for all of them.
 pub struct RedbStore {
-    db: Arc<Redb>,
-    path: PathBuf,
+    shared: Arc<SharedFile>,
     /// A handle from [`RedbStore::read_handle`]: commits are refused.
     read_only: bool,
 }
 
+/// The open file every handle uses; `None` while it is being reopened.
+struct SharedFile {
+    path: PathBuf,
+    db: RwLock<Option<Arc<Redb>>>,
+}
+
 impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbStore").field("path", &self.path).finish()
+        f.debug_struct("RedbStore").field("path", &self.shared.path).finish()
     }
 }
+
+/// How long [`Store::recover`] waits for reads that still use the old file
+/// to end before it gives up for this attempt (its caller tries again).
+const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl RedbStore {
     /// Opens the store in data directory `dir`, creating the directory and
@@ -100,7 +137,7 @@ impl RedbStore {
         let path = dir.join(DATA_FILE);
         let db = open_file(&path)?;
         create_tables(&db).map_err(|source| RedbStoreError::Redb { step: "create tables", source })?;
-        Ok(Self { db: Arc::new(db), path, read_only: false })
+        Ok(Self { shared: Arc::new(SharedFile { path, db: RwLock::new(Some(Arc::new(db))) }), read_only: false })
     }
 
     /// Another handle on the same database that only reads: readers on it
@@ -108,12 +145,53 @@ impl RedbStore {
     /// progress. Its [`Store::commit`] fails; writes go through the handle
     /// the replica owns.
     pub fn read_handle(&self) -> Self {
-        Self { db: self.db.clone(), path: self.path.clone(), read_only: true }
+        Self { shared: self.shared.clone(), read_only: true }
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.shared.path
+    }
+
+    /// The open file (a reference held for one call).
+    fn db(&self) -> Result<Arc<Redb>, Error> {
+        let slot = self.shared.db.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match slot.as_ref() {
+            Some(db) => Ok(db.clone()),
+            None => Err(Error::store_fault(StorageFault::Io, RedbStoreError::Reopening { path: self.shared.path.clone() })),
+        }
+    }
+
+    /// Closes the file and opens it again: after an I/O error redb refuses
+    /// every write (and reads of pages it has not cached) until then.
+    /// Opening runs redb's repair when the file was not closed cleanly; it
+    /// keeps every committed transaction. Reads meanwhile fail with
+    /// [`RedbStoreError::Reopening`] instead of waiting.
+    fn reopen(&self) -> Result<(), Error> {
+        let path = &self.shared.path;
+        let old = self.shared.db.write().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        // The old file closes once the last reader using it lets go.
+        let old = old.map(|db| Arc::downgrade(&db));
+        let started = std::time::Instant::now();
+        while old.as_ref().is_some_and(|weak| weak.strong_count() > 0) {
+            if started.elapsed() > REOPEN_WAIT {
+                return Err(Error::store_fault(StorageFault::Io, RedbStoreError::Locked { path: path.clone() }));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let opened = open_file(path).map_err(|err| {
+            let fault = match &err {
+                RedbStoreError::Open { source: redb::DatabaseError::Storage(redb::StorageError::Io(io)), .. } => StorageFault::of_io(io),
+                _ => StorageFault::Io,
+            };
+            Error::store_fault(fault, err)
+        })?;
+        create_tables(&opened).map_err(|source| {
+            let fault = fault_of(&source).unwrap_or(StorageFault::Io);
+            Error::store_fault(fault, RedbStoreError::Redb { step: "create tables", source })
+        })?;
+        *self.shared.db.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(opened));
+        Ok(())
     }
 }
 
@@ -154,7 +232,7 @@ fn open_file(path: &Path) -> Result<Redb, RedbStoreError> {
 
 impl Store for RedbStore {
     fn nodes(&self, ids: &[&str]) -> Result<Vec<Option<NodeRecord>>, Error> {
-        let txn = self.db.begin_read().map_err(fail("begin read"))?;
+        let txn = self.db()?.begin_read().map_err(fail("begin read"))?;
         let table = txn.open_table(NODES).map_err(fail("open nodes"))?;
         if ids.len() > 1 && ids.windows(2).all(|w| w[0] < w[1]) {
             return read_sorted(&table, ids);
@@ -163,7 +241,7 @@ impl Store for RedbStore {
     }
 
     fn scan_nodes(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<NodeRecord>, Error> {
-        let txn = self.db.begin_read().map_err(fail("begin read"))?;
+        let txn = self.db()?.begin_read().map_err(fail("begin read"))?;
         let table = txn.open_table(NODES).map_err(fail("open nodes"))?;
         let mut range = match after {
             Some(after) if after >= prefix => table.range::<&str>(after..).map_err(fail("scan nodes"))?,
@@ -187,7 +265,7 @@ impl Store for RedbStore {
 
     fn ops_after(&self, origin: &str, after_seq: u64, limit: usize) -> Result<Vec<OperationWithMetadata>, Error> {
         let Some(first) = after_seq.checked_add(1) else { return Ok(Vec::new()) };
-        let txn = self.db.begin_read().map_err(fail("begin read"))?;
+        let txn = self.db()?.begin_read().map_err(fail("begin read"))?;
         let table = txn.open_table(OPS).map_err(fail("open op log"))?;
         // Start at the segment that holds `first` (or the next one).
         let start = match table.range((origin, 0)..=(origin, first)).map_err(fail("read op log"))?.next_back() {
@@ -211,7 +289,7 @@ impl Store for RedbStore {
     }
 
     fn ops(&self, ids: &[OpId]) -> Result<Vec<Option<OperationWithMetadata>>, Error> {
-        let txn = self.db.begin_read().map_err(fail("begin read"))?;
+        let txn = self.db()?.begin_read().map_err(fail("begin read"))?;
         let table = txn.open_table(OPS).map_err(fail("open op log"))?;
         ids.iter()
             .map(|id| {
@@ -233,7 +311,7 @@ impl Store for RedbStore {
     }
 
     fn version_vector(&self) -> Result<VersionVector, Error> {
-        let txn = self.db.begin_read().map_err(fail("begin read"))?;
+        let txn = self.db()?.begin_read().map_err(fail("begin read"))?;
         let table = txn.open_table(VERSION_VECTOR).map_err(fail("open version vector"))?;
         let range = table.range::<&str>(..).map_err(fail("read version vector"))?;
         range
@@ -245,13 +323,13 @@ impl Store for RedbStore {
     }
 
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        let txn = self.db.begin_read().map_err(fail("begin read"))?;
+        let txn = self.db()?.begin_read().map_err(fail("begin read"))?;
         let table = txn.open_table(META).map_err(fail("open meta"))?;
         Ok(table.get(key).map_err(fail("read meta"))?.map(|v| v.value().to_vec()))
     }
 
     fn deferred(&self, from: Option<&Stamp>, limit: usize) -> Result<Vec<Stamp>, Error> {
-        let txn = self.db.begin_read().map_err(fail("begin read"))?;
+        let txn = self.db()?.begin_read().map_err(fail("begin read"))?;
         let table = txn.open_table(DEFERRED).map_err(fail("open deferred"))?;
         let range = match from {
             Some(from) => table.range((from.hlc.as_u64(), &*from.id.origin, from.id.seq)..).map_err(fail("read deferred"))?,
@@ -268,14 +346,14 @@ impl Store for RedbStore {
     }
 
     fn deferred_count(&self) -> Result<u64, Error> {
-        let txn = self.db.begin_read().map_err(fail("begin read"))?;
+        let txn = self.db()?.begin_read().map_err(fail("begin read"))?;
         let table = txn.open_table(DEFERRED).map_err(fail("open deferred"))?;
         table.len().map_err(fail("count deferred"))
     }
 
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
         if self.read_only {
-            return Err(Error::storage(RedbStoreError::ReadOnly { path: self.path.clone() }));
+            return Err(Error::storage(RedbStoreError::ReadOnly { path: self.shared.path.clone() }));
         }
         // The core hands each origin's new operations over in sequence, so
         // each origin's share of the batch is one run of consecutive ops.
@@ -283,7 +361,8 @@ impl Store for RedbStore {
         for (id, body) in batch.ops.iter() {
             by_origin.entry(&id.origin).or_insert_with(|| (id.seq, Vec::new())).1.push(body);
         }
-        let txn = self.db.begin_write().map_err(fail("begin write"))?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(fail("begin write"))?;
         {
             let mut ops = txn.open_table(OPS).map_err(fail("open op log"))?;
             for (origin, from) in &batch.truncate {
@@ -325,6 +404,13 @@ impl Store for RedbStore {
             }
         }
         txn.commit().map_err(fail("commit"))
+    }
+
+    fn recover(&mut self) -> Result<(), Error> {
+        if self.read_only {
+            return Err(Error::storage(RedbStoreError::ReadOnly { path: self.shared.path.clone() }));
+        }
+        self.reopen()
     }
 }
 

@@ -636,7 +636,7 @@ impl<S: Store> DataSyncEngine<S> {
         let mut forks = Vec::new();
         if !applicable.is_empty() {
             let report = self.db.apply_remote(applicable, now_ms).map_err(|source| match source {
-                err @ pluresdb_core::Error::Storage(_) => SyncError::Storage(err),
+                err @ (pluresdb_core::Error::Storage(_) | pluresdb_core::Error::StoreFault { .. }) => SyncError::Storage(err),
                 source => SyncError::InvalidOperation { peer: peer.to_owned(), source },
             })?;
             // Operations not yet authenticated by a signed successor: ask
