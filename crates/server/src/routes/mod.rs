@@ -31,19 +31,37 @@ untyped (415). GET /changes is a WebSocket of ChangeMessage documents."
         network::peers, network::connect, network::disconnect, network::discovered, network::status, network::network, network::invite,
         network::trust, network::trust_mode, network::trust_add, network::trust_remove,
     ),
-    components(schemas(ChangeMessage)),
+    // OnError is the schema of `/import`'s `on_error` parameter: the
+    // parameter refers to it by name, so it must be listed here.
+    components(schemas(ChangeMessage, import::OnError)),
     modifiers(&BearerToken, &BrowserRefusals)
 )]
 struct ApiDoc;
 
+/// The token (the `token` security scheme) and who needs it: by default a
+/// request may carry it or not (a node on loopback takes requests without
+/// it); the operations that always need it say so themselves, and `/health`
+/// never does. The document also names its server: the node that serves it
+/// (a relative URL).
 struct BearerToken;
 
 impl utoipa::Modify for BearerToken {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+        use utoipa::openapi::server::ServerBuilder;
         use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme("token", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        // Either requirement satisfies: the token, or none (`{}`).
+        openapi.security = Some(vec![SecurityRequirement::new("token", Vec::<String>::new()), SecurityRequirement::default()]);
+        let server = ServerBuilder::new()
+            .url("/")
+            .description(Some("The node that serves this document (by default http://127.0.0.1:34570)"))
+            .build();
+        openapi.servers = Some(vec![server]);
+        if let Some(health) = openapi.paths.paths.get_mut("/health").and_then(|item| item.get.as_mut()) {
+            health.security = Some(Vec::new());
+        }
         // The token check is one middleware in front of every route but
         // /health, so its 401 is added here rather than on each handler.
         let unauthorized = ResponseBuilder::new()
@@ -98,4 +116,60 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 #[utoipa::path(get, path = "/openapi.json", tag = "meta", responses((status = 200, description = "The OpenAPI 3.1 document of this API", content_type = "application/json")))]
 pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     Json(openapi())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    /// Every `$ref` string in `value`, with where it was found (a JSON pointer).
+    fn refs(value: &Value, at: &str, out: &mut Vec<(String, String)>) {
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    let here = format!("{at}/{}", key.replace('~', "~0").replace('/', "~1"));
+                    match (key.as_str(), child) {
+                        ("$ref", Value::String(target)) => out.push((here, target.clone())),
+                        _ => refs(child, &here, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().enumerate().for_each(|(i, child)| refs(child, &format!("{at}/{i}"), out)),
+            _ => {}
+        }
+    }
+
+    /// The `on_error` parameter of `POST /import` referred to
+    /// `#/components/schemas/OnError`, which the document did not define:
+    /// third-party validators and client generators stop there.
+    #[test]
+    fn every_ref_in_the_document_resolves_within_it() {
+        let doc = serde_json::to_value(super::openapi()).unwrap();
+        let mut found = Vec::new();
+        refs(&doc, "", &mut found);
+        assert!(found.len() > 50, "the document refers to its schemas ({} refs)", found.len());
+        let dangling: Vec<String> = found
+            .iter()
+            .filter(|(_, target)| target.strip_prefix('#').and_then(|pointer| doc.pointer(pointer)).is_none())
+            .map(|(at, target)| format!("{at} -> {target}"))
+            .collect();
+        assert!(dangling.is_empty(), "references to nothing: {dangling:#?}");
+        let on_error = &doc["paths"]["/import"]["post"]["parameters"][0];
+        assert_eq!(on_error["name"], "on_error");
+        let schema = doc.pointer(on_error["schema"]["$ref"].as_str().unwrap().trim_start_matches('#')).unwrap();
+        assert_eq!(schema["enum"], serde_json::json!(["stop", "skip"]));
+    }
+
+    /// The token's rules in the document: optional by default (loopback),
+    /// required where the route always needs it, never for `/health`.
+    #[test]
+    fn every_operation_states_whether_it_needs_the_token() {
+        let doc = serde_json::to_value(super::openapi()).unwrap();
+        assert_eq!(doc["security"], serde_json::json!([{"token": []}, {}]));
+        assert_eq!(doc["paths"]["/health"]["get"]["security"], serde_json::json!([]));
+        for (path, method) in [("/network/invite", "get"), ("/trust/mode", "put"), ("/trust/peers/{peer_id}", "put")] {
+            assert_eq!(doc["paths"][path][method]["security"], serde_json::json!([{"token": []}]), "{method} {path}");
+        }
+        assert_eq!(doc["servers"][0]["url"], "/");
+    }
 }

@@ -44,6 +44,7 @@ pub struct ListQuery {
     /// Start after this id (the `next_after` of the previous page).
     after: Option<String>,
     /// Page size, 1 to 10,000 (default 100).
+    #[param(minimum = 1, maximum = 10_000)]
     limit: Option<usize>,
 }
 
