@@ -1,5 +1,5 @@
-//! The crates that must run in browsers (core today; sync and security as
-//! they land) build for wasm32 with Debian's Rust 1.85, as DESIGN.md's
+//! The crates that must run in browsers (core, sync, security, and the
+//! link protocol a page speaks to peers) build for wasm32 with Debian's Rust 1.85, as DESIGN.md's
 //! "Browser build" requires. Needs `apt-get install rustc-web cargo-web
 //! rust-web-src lld` (`.ci/run` installs them); without them the test says
 //! so and skips, except under CI, where it fails.
@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
-const PORTABLE_CRATES: &[&str] = &["pluresdb-core", "pluresdb-sync", "pluresdb-security"];
+const PORTABLE_CRATES: &[&str] = &["pluresdb-core", "pluresdb-sync", "pluresdb-security", "pluresdb-link"];
 
 #[test]
 fn portable_crates_build_for_wasm32_with_rust_1_85() {

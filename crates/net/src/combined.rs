@@ -9,10 +9,10 @@
 //! once.
 
 use crate::engine::{NetworkEngine, Result};
-use crate::error::NetworkError;
 use crate::events::SyncHandle;
 use crate::message::NetworkMessage;
 use crate::peer::{PeerInfo, Transport};
+use crate::NetworkError;
 use pluresdb_security::PeerId;
 
 /// Engines run together; see the module docs.

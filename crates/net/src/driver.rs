@@ -315,9 +315,9 @@ fn apply<S: Store>(sync: &mut DataSyncEngine<S>, labels: &mut PeerLabels, event:
 mod tests {
     use super::*;
     use crate::engine::Result;
-    use crate::error::NetworkError;
     use crate::events::SyncHandle;
     use crate::peer::{PeerInfo, Transport};
+    use crate::NetworkError;
     use bytes::Bytes;
     use pluresdb_sync::SyncConfig;
 

@@ -1,9 +1,9 @@
 //! [`NetworkEngine`]: what every transport (QUIC, libp2p, WebRTC) offers
 //! the node runtime, as in the seed.
 
-use crate::error::NetworkError;
 use crate::message::NetworkMessage;
 use crate::peer::PeerInfo;
+use crate::NetworkError;
 use pluresdb_security::{AccessPolicy, Identity, NetworkSecret, PeerId};
 
 /// The result of network operations.

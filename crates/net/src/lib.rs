@@ -59,32 +59,32 @@
 //! `docs/protocol.md`, "Frames".
 
 pub mod admission;
-pub mod codec;
 mod combined;
 mod config;
 mod driver;
 mod engine;
-mod error;
 mod events;
 pub mod exchange;
-pub mod link;
-pub mod message;
 mod peer;
+// The link protocol (codec, messages, the sans-IO link machine) lives in
+// the wasm-portable pluresdb-link, which browser pages run too; these
+// paths stay as they were.
+pub use pluresdb_link::{codec, link, message};
 #[cfg(feature = "quic")]
 pub mod quic;
 
-pub use codec::{CodecError, Frame, FrameDecoder, FrameKind, MAX_FRAME_BYTES};
 pub use combined::CombinedNetworkEngine;
 pub use config::{DiscoveryConfig, NetworkConfig, ReceiveLimits, DEFAULT_PORT};
 pub use driver::{now_ms, SyncDriver, SyncPort, SyncWake};
 pub use engine::{identity_and_policy, NetworkEngine, Result};
-pub use error::NetworkError;
 pub use events::{PeerEvent, PeerEvents, QueueLimits, SyncHandle};
 pub use exchange::{usable_address, LearnedPeer, MAX_LEARNED_PEERS};
-pub use message::{
+pub use peer::{Direction, PeerInfo, PeerManager, PeerStats, Transport, MAX_KNOWN_PEERS};
+pub use pluresdb_link::codec::{CodecError, Frame, FrameDecoder, FrameKind, MAX_FRAME_BYTES};
+pub use pluresdb_link::message::{
     ErrorCode, ExchangedPeer, Hello, NetworkMessage, NotSyncMessage, MAX_EXCHANGED_ADDRESSES, MAX_EXCHANGED_PEERS, PROTOCOL_VERSION,
 };
-pub use peer::{Direction, PeerInfo, PeerManager, PeerStats, Transport, MAX_KNOWN_PEERS};
+pub use pluresdb_link::NetworkError;
 #[cfg(feature = "quic")]
 pub use quic::QuicNetworkEngine;
 

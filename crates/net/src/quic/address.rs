@@ -1,6 +1,6 @@
 //! Peer addresses for QUIC: `host:port` or `quic://host:port`.
 
-use crate::error::NetworkError;
+use crate::NetworkError;
 use std::net::SocketAddr;
 
 /// The scheme prefix of QUIC addresses.

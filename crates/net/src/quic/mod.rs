@@ -35,10 +35,10 @@ pub use backoff::{Backoff, INITIAL_DELAY, MAX_DELAY};
 pub use handshake::EXPORTER_LABEL;
 
 use crate::config::{NetworkConfig, ReceiveLimits};
-use crate::error::NetworkError;
 use crate::events::SyncHandle;
 use crate::link::Now;
 use crate::peer::PeerManager;
+use crate::NetworkError;
 use pluresdb_security::{AccessPolicy, Identity, PeerId};
 use registry::{lock, Keys, Running, Shared};
 use std::net::SocketAddr;

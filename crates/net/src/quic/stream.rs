@@ -3,9 +3,9 @@
 //! and why. Reading is the link's: it takes each chunk as it arrives.
 
 use crate::codec::Frame;
-use crate::error::NetworkError;
 use crate::link::CLOSE_NORMAL;
 use crate::message::ErrorCode;
+use crate::NetworkError;
 use quinn::{ConnectionError, ReadError, SendStream, VarInt, WriteError};
 
 /// The most bytes taken from a stream at once; the link decodes every

@@ -45,7 +45,7 @@
 //! moving the transmits across:
 //!
 //! ```
-//! use pluresdb_net::link::{Link, LinkConfig, LinkEvent, Now};
+//! use pluresdb_link::link::{Link, LinkConfig, LinkEvent, Now};
 //! use pluresdb_security::{AccessPolicy, Identity, NetworkSecret};
 //! use std::time::Duration;
 //!
@@ -87,15 +87,16 @@
 //! [`LinkEnd::close_code`]; later input is ignored.
 
 use crate::codec::{CodecError, Frame, FrameDecoder, FrameKind, HEADER_LEN, MAX_PAYLOAD_BYTES};
-use crate::config::ReceiveLimits;
 use crate::error::NetworkError;
+use crate::limits::ReceiveLimits;
 use crate::message::{ErrorCode, ExchangedPeer, Hello, NetworkMessage, MAX_EXCHANGED_ADDRESSES, PROTOCOL_VERSION};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use pluresdb_security::{secret, AccessDenied, AccessPolicy, PeerId, RateLimiter};
 use std::collections::VecDeque;
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use web_time::Instant;
 
 #[cfg(test)]
 mod tests;
@@ -143,9 +144,11 @@ pub struct Now {
 
 impl Now {
     /// Reads the system's clocks (for drivers; the link itself never calls
-    /// this).
+    /// this). In a browser: `performance.now()` and `Date.now()`.
     pub fn system() -> Self {
-        Self { instant: Instant::now(), wall: Utc::now() }
+        let since_epoch = web_time::SystemTime::now().duration_since(web_time::UNIX_EPOCH).unwrap_or_default();
+        let wall = i64::try_from(since_epoch.as_micros()).ok().and_then(DateTime::<Utc>::from_timestamp_micros).unwrap_or_default();
+        Self { instant: Instant::now(), wall }
     }
 
     /// This time moved forward by `by` on both clocks.
@@ -240,7 +243,7 @@ pub struct LinkConfig {
 }
 
 impl LinkConfig {
-    /// A configuration with the defaults of [`crate::NetworkConfig`] and
+    /// A configuration with the defaults of `pluresdb_net::NetworkConfig` and
     /// [`ReceiveLimits`], a zero binding and no listen addresses.
     pub fn new(local_peer: PeerId, remote_peer: PeerId, policy: AccessPolicy, handshake_deadline: Instant) -> Self {
         Self {

@@ -2,7 +2,7 @@
 //! clock, and transmits moved by hand from one side to the other.
 
 use super::*;
-use crate::config::ReceiveLimits;
+use crate::limits::ReceiveLimits;
 use crate::message::ExchangedPeer;
 use pluresdb_security::{AccessMode, Identity, NetworkSecret, RateLimit};
 use pluresdb_sync::SyncMessage;
