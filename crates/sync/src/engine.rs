@@ -4,6 +4,7 @@ use crate::config::SyncConfig;
 use crate::error::{error_chain, SyncError};
 use crate::message::{OriginRange, SyncMessage, BATCH_BYTE_BUDGET, MAX_BATCH_BYTES, MAX_PLAUSIBLE_SEQ, MAX_VECTOR_ENTRIES};
 use crate::status::{ForkEvent, ForkStatus, PeerSyncStatus, SyncStatus, Traffic};
+use crate::store_health::{StoreEvent, StoreHealth, StoreStatus};
 use pluresdb_core::codec;
 use pluresdb_core::{Database, Fork, ForkOutcome, KeepAll, MemoryStore, OperationWithMetadata, Receipt, Store, VersionVector, SIGN_EVERY};
 use std::collections::{BTreeMap, VecDeque};
@@ -160,6 +161,12 @@ struct PeerState {
 /// - Per peer, at most `4 x max_batch_size` operations await acknowledgement
 ///   (the window), so each call queues a bounded number of transmits; they
 ///   are only bounded over time if the driver takes them after each call.
+/// - A store that fails at its medium (a full disk, an I/O error) is
+///   recovered by the engine itself, with backoff, from
+///   `handle_timeout`; meanwhile local writes are refused and nothing
+///   received is applied or acknowledged, and after it every connected
+///   peer is asked again for what this replica lacks (see
+///   `docs/protocol.md`, "Storage faults").
 /// - `DataSync` messages to one peer must arrive in the order they were
 ///   queued (a transport keeps them on one ordered stream); other messages
 ///   may overtake them.
@@ -181,6 +188,8 @@ pub struct DataSyncEngine<S: Store = MemoryStore> {
     /// its id, and since when they wait.
     reauthor: Vec<OperationWithMetadata>,
     reauthor_since_ms: u64,
+    /// Whether the store can write, and the recovery of one that cannot.
+    store: StoreHealth,
 }
 
 impl DataSyncEngine<MemoryStore> {
@@ -234,6 +243,7 @@ impl<S: Store> DataSyncEngine<S> {
             outbox: VecDeque::new(),
             next_round_id: 1,
             acked_dirty: false,
+            store: StoreHealth::default(),
             last_flush_ms: 0,
             forks: BTreeMap::new(),
             fork_events: VecDeque::new(),
@@ -341,13 +351,22 @@ impl<S: Store> DataSyncEngine<S> {
                 self.db.set_peer_id(first.id.origin.clone()).map_err(SyncError::LocalWrite)?;
             }
         }
+        if let Some((fault, reason)) = self.store.fault() {
+            let err = SyncError::StoreUnavailable { fault, reason: reason.to_owned() };
+            self.store.count_refused_write();
+            return Err(err);
+        }
         let mut written = Vec::new();
         if !stamped.is_empty() {
             written.extend(stamped.iter().map(|op| Receipt { id: op.id.clone(), timestamp: op.timestamp }));
-            self.db.apply_remote(stamped, now_ms).map_err(SyncError::LocalWrite)?;
+            let applied = self.db.apply_remote(stamped, now_ms);
+            self.note_store(applied.as_ref().err(), now_ms);
+            applied.map_err(SyncError::LocalWrite)?;
         }
         if !local.is_empty() {
-            written.extend(self.db.commit_local(local, now_ms).map_err(SyncError::LocalWrite)?);
+            let committed = self.db.commit_local(local, now_ms);
+            self.note_store(committed.as_ref().err(), now_ms);
+            written.extend(committed.map_err(SyncError::LocalWrite)?);
         }
         if self.active {
             self.pump_all(now_ms);
@@ -543,7 +562,10 @@ impl<S: Store> DataSyncEngine<S> {
     /// fork, once its chain has caught up with its peers' (or after
     /// [`REAUTHOR_WAIT_MS`]), so no acknowledged write is lost.
     fn reauthor_when_caught_up(&mut self, now_ms: u64) {
-        if self.reauthor.is_empty() || (self.own_chain_behind() && now_ms < self.reauthor_since_ms + REAUTHOR_WAIT_MS) {
+        if self.reauthor.is_empty()
+            || self.store.is_degraded()
+            || (self.own_chain_behind() && now_ms < self.reauthor_since_ms + REAUTHOR_WAIT_MS)
+        {
             return;
         }
         let own = self.db.peer_id().to_owned();
@@ -552,6 +574,7 @@ impl<S: Store> DataSyncEngine<S> {
             .map(|op| OperationWithMetadata::new(op.operation, op.node_id, op.data, own.as_str()))
             .collect();
         if let Err(err) = self.db.commit_local(ops.clone(), now_ms) {
+            self.store.note_error(&err, now_ms);
             // Kept to try again at the next event.
             let text = error_chain(&err);
             self.reauthor = ops;
@@ -607,6 +630,13 @@ impl<S: Store> DataSyncEngine<S> {
             return Err(SyncError::BatchTooLarge { peer: peer.to_owned(), size: operations.len(), limit: self.config.max_batch_size });
         }
         let received = operations.len() as u64;
+        if self.store.is_degraded() {
+            // Nothing is stored, so nothing is acknowledged: the sender stops
+            // at its window and resends; the recovery asks for it all again.
+            self.store.count_not_stored(received);
+            self.peer_mut(peer).traffic.ops_received += received;
+            return Ok(());
+        }
         let origins: std::collections::BTreeSet<Arc<str>> = operations.iter().map(|op| op.id.origin.clone()).collect();
         // Keep, per origin, the run of consecutive operations that reaches
         // what this replica holds (those it holds too: the replica compares
@@ -635,10 +665,19 @@ impl<S: Store> DataSyncEngine<S> {
         }
         let mut forks = Vec::new();
         if !applicable.is_empty() {
-            let report = self.db.apply_remote(applicable, now_ms).map_err(|source| match source {
-                err @ (pluresdb_core::Error::Storage(_) | pluresdb_core::Error::StoreFault { .. }) => SyncError::Storage(err),
-                source => SyncError::InvalidOperation { peer: peer.to_owned(), source },
-            })?;
+            let report = match self.db.apply_remote(applicable, now_ms) {
+                Ok(report) => report,
+                Err(err) if err.storage_fault().is_some() => {
+                    // Not the peer's fault: the batch is asked for again once
+                    // the store recovers (see `store_health`).
+                    self.note_store(Some(&err), now_ms);
+                    self.store.count_not_stored(received);
+                    self.peer_mut(peer).traffic.ops_received += received;
+                    return Ok(());
+                }
+                Err(err @ pluresdb_core::Error::Storage(_)) => return Err(SyncError::Storage(err)),
+                Err(source) => return Err(SyncError::InvalidOperation { peer: peer.to_owned(), source }),
+            };
             // Operations not yet authenticated by a signed successor: ask
             // again from what is held, like a gap.
             gap |= report.held_back > 0;
@@ -915,6 +954,7 @@ impl<S: Store> DataSyncEngine<S> {
     /// future whose time has come.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
+        self.recover_store_if_due(now_ms);
         self.apply_due(now_ms);
         let timeout = self.config.sync_timeout.as_millis() as u64;
         let interval = self.config.sync_interval.as_millis() as u64;
@@ -946,9 +986,12 @@ impl<S: Store> DataSyncEngine<S> {
             }
         }
         self.reauthor_when_caught_up(now_ms);
-        if self.acked_dirty && now_ms >= self.last_flush_ms + ACK_FLUSH_INTERVAL_MS {
+        if self.acked_dirty && !self.store.is_degraded() && now_ms >= self.last_flush_ms + ACK_FLUSH_INTERVAL_MS {
             self.last_flush_ms = now_ms;
             if let Err(err) = self.flush_acked() {
+                if let SyncError::Storage(core) = &err {
+                    self.store.note_error(core, now_ms);
+                }
                 let err_text = error_chain(&err);
                 for state in self.peers.values_mut() {
                     state.last_error = Some(err_text.clone());
@@ -960,11 +1003,12 @@ impl<S: Store> DataSyncEngine<S> {
     /// Merges the deferred operations that are due (stamped beyond the
     /// clock horizon when they arrived; see `pluresdb_core::Database::apply_due`).
     fn apply_due(&mut self, now_ms: u64) {
-        while self.db.next_due_ms().is_some_and(|due| due <= now_ms) {
+        while !self.store.is_degraded() && self.db.next_due_ms().is_some_and(|due| due <= now_ms) {
             match self.db.apply_due(now_ms) {
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(err) => {
+                    self.store.note_error(&err, now_ms);
                     // Retried at the next timeout; nothing was written.
                     let err_text = error_chain(&SyncError::Storage(err));
                     for state in self.peers.values_mut() {
@@ -981,7 +1025,10 @@ impl<S: Store> DataSyncEngine<S> {
         let timeout = self.config.sync_timeout.as_millis() as u64;
         let mut next: Option<u64> = None;
         let mut consider = |t: u64| next = Some(next.map_or(t, |n| n.min(t)));
-        if let Some(due) = self.db.next_due_ms() {
+        if let Some(attempt) = self.store.next_attempt_ms() {
+            consider(attempt);
+        }
+        if let Some(due) = self.db.next_due_ms().filter(|_| !self.store.is_degraded()) {
             consider(due);
         }
         for state in self.peers.values().filter(|p| p.connected) {
@@ -994,7 +1041,7 @@ impl<S: Store> DataSyncEngine<S> {
                 consider(since + timeout);
             }
         }
-        if self.acked_dirty {
+        if self.acked_dirty && !self.store.is_degraded() {
             consider(self.last_flush_ms + ACK_FLUSH_INTERVAL_MS);
         }
         if !self.reauthor.is_empty() {
@@ -1012,6 +1059,10 @@ impl<S: Store> DataSyncEngine<S> {
     pub fn flush_acked(&mut self) -> Result<(), SyncError> {
         if !self.acked_dirty {
             return Ok(());
+        }
+        if let Some((fault, reason)) = self.store.fault() {
+            // Acknowledgements only save resends: they wait for the store.
+            return Err(SyncError::StoreUnavailable { fault, reason: reason.to_owned() });
         }
         // Clamped to what this replica holds: a peer's claims beyond it are
         // kept in memory (they save resends) but never written.
@@ -1049,6 +1100,62 @@ impl<S: Store> DataSyncEngine<S> {
             traffic: total,
             clock: self.db.clock_report(self.now_ms),
             forks: self.forks.values().cloned().collect(),
+            store: self.store.status(),
+        }
+    }
+
+    /// The fault, and its error on one line, while the store cannot write:
+    /// local writes are then refused with [`SyncError::StoreUnavailable`]
+    /// and peers' operations are not applied (nor acknowledged) until the
+    /// engine has recovered the store (see [`handle_timeout`](Self::handle_timeout)).
+    pub fn store_fault(&self) -> Option<(pluresdb_core::StorageFault, &str)> {
+        self.store.fault()
+    }
+
+    /// The store's health, as in [`status`](Self::status).
+    pub fn store_status(&self) -> StoreStatus {
+        self.store.status()
+    }
+
+    /// The next store event (a fault, a failed recovery, a recovery), for a
+    /// driver that logs them; at most the last 16 are kept.
+    pub fn poll_store_event(&mut self) -> Option<StoreEvent> {
+        self.store.poll_event()
+    }
+
+    /// Notes the error of a store write, if any (see [`StoreHealth`]).
+    fn note_store(&mut self, err: Option<&pluresdb_core::Error>, now_ms: u64) {
+        if let Some(err) = err {
+            self.store.note_error(err, now_ms);
+        }
+    }
+
+    /// Tries to recover a store that cannot write, when the backoff says
+    /// so. On success it asks every connected peer for what this replica
+    /// lacks: that covers every batch it could not store (none of which it
+    /// acknowledged), and its senders resend from there.
+    fn recover_store_if_due(&mut self, now_ms: u64) {
+        if !self.store.attempt_due(now_ms) {
+            return;
+        }
+        let result = self.db.recover_store();
+        self.store.attempted(result.as_ref().map(|_| ()), now_ms);
+        if result.is_err() {
+            return;
+        }
+        let connected: Vec<String> = self.peers.iter().filter(|(_, p)| p.connected).map(|(id, _)| id.clone()).collect();
+        for peer in &connected {
+            let state = self.peer_mut(peer);
+            state.failures = 0;
+            state.round = None;
+            state.cursor = None;
+            state.next_round_ms = now_ms;
+        }
+        if self.active {
+            for peer in &connected {
+                self.start_round(peer, now_ms);
+            }
+            self.pump_all(now_ms);
         }
     }
 

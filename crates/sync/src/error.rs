@@ -40,9 +40,23 @@ pub enum SyncError {
     /// The store failed.
     #[error("storage failed")]
     Storage(#[source] pluresdb_core::Error),
+    /// The store cannot write (a full disk, an I/O error) and has not been
+    /// recovered yet: nothing was written. The engine retries with backoff.
+    #[error("the store cannot write ({fault}): {reason}")]
+    StoreUnavailable { fault: pluresdb_core::StorageFault, reason: String },
 }
 
 impl SyncError {
+    /// The store fault behind the error, if the store's medium failed (a
+    /// full disk, an I/O error), now or earlier and not yet recovered.
+    pub fn storage_fault(&self) -> Option<pluresdb_core::StorageFault> {
+        match self {
+            SyncError::StoreUnavailable { fault, .. } => Some(*fault),
+            SyncError::LocalWrite(core) | SyncError::Storage(core) => core.storage_fault(),
+            _ => None,
+        }
+    }
+
     /// The peer the error is about, if any.
     pub fn peer(&self) -> Option<&str> {
         match self {
@@ -54,7 +68,7 @@ impl SyncError {
             | SyncError::TooManyOrigins { peer, .. }
             | SyncError::InvalidOperation { peer, .. } => Some(peer),
             SyncError::NotConnected(peer) => Some(peer),
-            SyncError::LocalWrite(_) | SyncError::Storage(_) => None,
+            SyncError::LocalWrite(_) | SyncError::Storage(_) | SyncError::StoreUnavailable { .. } => None,
         }
     }
 }

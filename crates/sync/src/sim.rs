@@ -8,12 +8,17 @@
 //! quiesce and checks that every replica holds the same state, the same
 //! version vector and every operation written anywhere, and that no honest
 //! replica's clock went further past its wall clock than the drift bound.
+//!
+//! With [`SimConfig::store_faults`], each replica's store also fails some of
+//! its commits (see [`FaultyStore`]): the run then checks that every write a
+//! replica acknowledged is on every replica, that no operation is applied
+//! twice, and that the replicas converge once the faults stop.
 
 use crate::error::error_chain;
 use crate::{DataSyncEngine, SyncConfig};
 use pluresdb_core::{
-    codec, Hlc, MemoryStore, Node, NodeRecord, OpSigner, OpVerifier, OperationType, OperationWithMetadata, Store, WriteBatch,
-    CLOCK_META_KEY,
+    codec, Hlc, MemoryStore, Node, NodeRecord, OpId, OpSigner, OpVerifier, OperationType, OperationWithMetadata, Stamp, StorageFault,
+    Store, VersionVector, WriteBatch, CLOCK_META_KEY,
 };
 use serde_json::json;
 use std::cmp::Reverse;
@@ -70,6 +75,140 @@ pub struct SimConfig {
     /// random prefix of each one's log. More than
     /// `MAX_VECTOR_ENTRIES` makes every round travel in several ranges.
     pub extra_origins: usize,
+    /// Store faults to inject, if any (not with `extra_origins`, whose
+    /// preloading expects every commit to succeed).
+    pub store_faults: Option<StoreFaults>,
+}
+
+/// Which commits of each replica's store fail (chosen by the seed).
+#[derive(Clone, Copy, Debug)]
+pub struct StoreFaults {
+    /// Faults per replica.
+    pub per_replica: usize,
+    /// Each falls on a commit numbered from 1 to this (a replica that
+    /// commits fewer meets fewer faults).
+    pub within_commits: u64,
+    /// Attempts to recover that fail after each fault: 0 to this many (the
+    /// cause lasting a while, as a full disk does until space is freed).
+    pub max_failed_recoveries: u32,
+}
+
+/// Where in a commit a [`FaultyStore`] fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultPoint {
+    /// Writing the batch (a full disk): nothing of it is stored.
+    Write,
+    /// The fsync after the commit record was written: the batch is stored,
+    /// yet the commit reports an I/O error.
+    Fsync,
+    /// Writing the commit record: nothing of it is stored.
+    Commit,
+}
+
+/// A store that fails the commits its plan names, then refuses every
+/// commit (as redb does after an I/O error) until [`Store::recover`] has
+/// succeeded, which it does after the planned number of failed attempts.
+/// Reads always work.
+#[derive(Clone, Debug, Default)]
+pub struct FaultyStore {
+    inner: MemoryStore,
+    /// The author whose operations count as local writes.
+    owner: String,
+    /// Planned faults, by commit number, in order.
+    plan: std::collections::VecDeque<(u64, FaultPoint, u32)>,
+    commits: u64,
+    /// The fault in effect and the recoveries still to fail.
+    latched: Option<(FaultPoint, u32)>,
+    /// Faults injected.
+    pub injected: u64,
+    /// Local operations stored by a commit that reported an error (the
+    /// writer was not told they were written).
+    pub unacknowledged_stored: u64,
+}
+
+impl FaultyStore {
+    /// A store that never fails.
+    pub fn new(owner: impl Into<String>) -> Self {
+        Self { owner: owner.into(), ..Self::default() }
+    }
+
+    /// Plans faults: `(commit number, where, failed recoveries after it)`.
+    pub fn with_plan(mut self, mut plan: Vec<(u64, FaultPoint, u32)>) -> Self {
+        plan.sort_by_key(|&(n, _, _)| n);
+        self.plan = plan.into();
+        self
+    }
+
+    fn fault(point: FaultPoint) -> pluresdb_core::Error {
+        match point {
+            FaultPoint::Write => pluresdb_core::Error::store_fault(
+                StorageFault::DiskFull,
+                std::io::Error::new(std::io::ErrorKind::StorageFull, "simulated: no space left on device"),
+            ),
+            FaultPoint::Fsync => pluresdb_core::Error::store_fault(StorageFault::Io, std::io::Error::other("simulated: fsync failed")),
+            FaultPoint::Commit => {
+                pluresdb_core::Error::store_fault(StorageFault::Io, std::io::Error::other("simulated: writing the commit record failed"))
+            }
+        }
+    }
+}
+
+impl Store for FaultyStore {
+    fn nodes(&self, ids: &[&str]) -> Result<Vec<Option<NodeRecord>>, pluresdb_core::Error> {
+        self.inner.nodes(ids)
+    }
+    fn scan_nodes(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<NodeRecord>, pluresdb_core::Error> {
+        self.inner.scan_nodes(prefix, after, limit)
+    }
+    fn ops_after(&self, origin: &str, after_seq: u64, limit: usize) -> Result<Vec<OperationWithMetadata>, pluresdb_core::Error> {
+        self.inner.ops_after(origin, after_seq, limit)
+    }
+    fn ops(&self, ids: &[OpId]) -> Result<Vec<Option<OperationWithMetadata>>, pluresdb_core::Error> {
+        self.inner.ops(ids)
+    }
+    fn version_vector(&self) -> Result<VersionVector, pluresdb_core::Error> {
+        self.inner.version_vector()
+    }
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, pluresdb_core::Error> {
+        self.inner.meta(key)
+    }
+    fn deferred(&self, from: Option<&Stamp>, limit: usize) -> Result<Vec<Stamp>, pluresdb_core::Error> {
+        self.inner.deferred(from, limit)
+    }
+    fn deferred_count(&self) -> Result<u64, pluresdb_core::Error> {
+        self.inner.deferred_count()
+    }
+
+    fn commit(&mut self, batch: &WriteBatch) -> Result<(), pluresdb_core::Error> {
+        if let Some((point, _)) = self.latched {
+            return Err(Self::fault(point));
+        }
+        self.commits += 1;
+        let Some(&(_, point, failed_recoveries)) = self.plan.front().filter(|&&(n, _, _)| n == self.commits) else {
+            return self.inner.commit(batch);
+        };
+        self.plan.pop_front();
+        self.injected += 1;
+        self.latched = Some((point, failed_recoveries));
+        if point == FaultPoint::Fsync {
+            self.inner.commit(batch)?;
+            self.unacknowledged_stored += batch.ops.iter().filter(|(id, _)| *id.origin == *self.owner).count() as u64;
+        }
+        Err(Self::fault(point))
+    }
+
+    fn recover(&mut self) -> Result<(), pluresdb_core::Error> {
+        match &mut self.latched {
+            Some((point, remaining)) if *remaining > 0 => {
+                *remaining -= 1;
+                Err(Self::fault(*point))
+            }
+            _ => {
+                self.latched = None;
+                Ok(())
+            }
+        }
+    }
 }
 
 /// For replica `i`: its peer id and the signer of its operations.
@@ -107,6 +246,7 @@ impl Default for SimConfig {
             clocks_ahead: Vec::new(),
             keys: None,
             extra_origins: 0,
+            store_faults: None,
             sync: SyncConfig {
                 enable_auto_sync: true,
                 sync_interval: Duration::from_millis(1_000),
@@ -132,6 +272,16 @@ pub struct SimReport {
     pub bytes_sent: u64,
     /// Virtual milliseconds from the heal until every replica agreed.
     pub convergence_ms: u64,
+    /// Store faults injected, and recoveries.
+    pub store_faults: u64,
+    pub store_recoveries: u64,
+    /// Local writes refused because their store could not write.
+    pub writes_refused: u64,
+    /// Operations from peers not stored while a store could not write
+    /// (asked for again after its recovery).
+    pub ops_not_stored: u64,
+    /// Local writes stored by a commit that reported an error.
+    pub unacknowledged_stored: u64,
 }
 
 /// Why a run failed.
@@ -199,14 +349,14 @@ pub fn run(config: &SimConfig) -> Result<SimReport, Divergence> {
 
 /// Runs one simulation and hands back the converged replicas, for checks
 /// beyond convergence.
-pub fn run_replicas(config: &SimConfig) -> Result<(SimReport, Vec<DataSyncEngine<MemoryStore>>), Divergence> {
+pub fn run_replicas(config: &SimConfig) -> Result<(SimReport, Vec<DataSyncEngine<FaultyStore>>), Divergence> {
     Sim::new(config).run()
 }
 
 struct Sim<'a> {
     config: &'a SimConfig,
     rng: Rng,
-    engines: Vec<DataSyncEngine<MemoryStore>>,
+    engines: Vec<DataSyncEngine<FaultyStore>>,
     names: Vec<String>,
     skew: Vec<i64>,
     links: Vec<Vec<bool>>,
@@ -219,6 +369,8 @@ struct Sim<'a> {
     report: SimReport,
     /// Operations of `extra_origins` that some replica held at the start.
     preloaded: u64,
+    /// Every local write a replica acknowledged.
+    acknowledged: Vec<OpId>,
 }
 
 impl<'a> Sim<'a> {
@@ -232,14 +384,24 @@ impl<'a> Sim<'a> {
             .enumerate()
             .map(|(i, id)| id.as_ref().map_or_else(|| format!("replica-{i}"), |(name, _)| name.clone()))
             .collect();
-        let mut engines: Vec<DataSyncEngine<MemoryStore>> = (0..n)
+        let mut engines: Vec<DataSyncEngine<FaultyStore>> = (0..n)
             .map(|i| {
-                let mut store = MemoryStore::new();
+                let mut store = FaultyStore::new(names[i].clone());
                 if let Some((_, last)) = config.clocks_ahead.iter().find(|(replica, _)| *replica == i) {
                     let clock = vec![(CLOCK_META_KEY.to_owned(), codec::encode(last))];
                     if let Err(err) = store.commit(&WriteBatch { meta: clock, ..WriteBatch::default() }) {
                         unreachable!("a memory store commits: {err}");
                     }
+                }
+                if let Some(faults) = &config.store_faults {
+                    let plan = (0..faults.per_replica)
+                        .map(|_| {
+                            let at = 1 + rng.below(faults.within_commits);
+                            let point = [FaultPoint::Write, FaultPoint::Fsync, FaultPoint::Commit][rng.below(3) as usize];
+                            (at, point, rng.below(u64::from(faults.max_failed_recoveries) + 1) as u32)
+                        })
+                        .collect();
+                    store = store.with_plan(plan);
                 }
                 let mut db = match pluresdb_core::Database::open(store, names[i].clone()) {
                     Ok(db) => db,
@@ -331,6 +493,7 @@ impl<'a> Sim<'a> {
             heal_at,
             report: SimReport::default(),
             preloaded,
+            acknowledged: Vec::new(),
         }
     }
 
@@ -440,7 +603,15 @@ impl<'a> Sim<'a> {
         }
         let op = OperationWithMetadata::new(kind, node, data, self.names[replica].clone());
         let now = self.local_time(replica);
-        self.engines[replica].write(vec![op], now).map_err(|e| self.fail(replica, e.to_string()))?;
+        match self.engines[replica].write(vec![op], now) {
+            Ok(receipts) => self.acknowledged.extend(receipts.into_iter().map(|r| r.id)),
+            // A store that cannot write refuses the write: not acknowledged.
+            Err(err) if err.storage_fault().is_some() => {
+                self.report.writes_refused += 1;
+                return self.flush(replica);
+            }
+            Err(err) => return Err(self.fail(replica, error_chain(&err))),
+        }
         self.report.ops_written += 1;
         self.flush(replica)
     }
@@ -451,7 +622,7 @@ impl<'a> Sim<'a> {
             .min()
     }
 
-    fn run(mut self) -> Result<(SimReport, Vec<DataSyncEngine<MemoryStore>>), Divergence> {
+    fn run(mut self) -> Result<(SimReport, Vec<DataSyncEngine<FaultyStore>>), Divergence> {
         let start = self.now;
         for (i, engine) in self.engines.iter_mut().enumerate() {
             engine.start(start.saturating_add_signed(self.skew[i]));
@@ -468,7 +639,13 @@ impl<'a> Sim<'a> {
         let timeout = self.config.sync.sync_timeout.as_millis() as u64;
         // After the heal: enough for a timed-out round's longest backoff and a
         // few clean rounds.
-        let deadline = self.heal_at + 40 * interval + 4 * timeout;
+        // Store faults may come after the heal too: each may take its failed
+        // recoveries at the longest backoff.
+        let store_faults = self
+            .config
+            .store_faults
+            .map_or(0, |f| (f.per_replica as u64) * (u64::from(f.max_failed_recoveries) + 1) * crate::MAX_RETRY_MS + 4 * timeout);
+        let deadline = self.heal_at + 40 * interval + 4 * timeout + store_faults;
         let mut next_check = self.heal_at;
 
         loop {
@@ -522,6 +699,9 @@ impl<'a> Sim<'a> {
 
     /// A description of how the replicas differ, if they do.
     fn disagreement(&self) -> Option<String> {
+        if let Some(i) = self.engines.iter().position(|e| e.store_status().degraded) {
+            return Some(format!("replica-{i}'s store has not recovered yet: {:?}", self.engines[i].store_status()));
+        }
         let first = self.engines[0].database().version_vector();
         for (i, engine) in self.engines.iter().enumerate().skip(1) {
             if engine.database().version_vector() != first {
@@ -535,7 +715,7 @@ impl<'a> Sim<'a> {
         None
     }
 
-    fn verify(self) -> Result<(SimReport, Vec<DataSyncEngine<MemoryStore>>), Divergence> {
+    fn verify(self) -> Result<(SimReport, Vec<DataSyncEngine<FaultyStore>>), Divergence> {
         let fail = |detail: String| Divergence::NoConvergence { seed: self.config.seed, waited_ms: self.report.convergence_ms, detail };
         let snapshot = |i: usize| -> Result<(Vec<NodeRecord>, Vec<Option<Node>>), Divergence> {
             let records = self.engines[i].database().store().scan_nodes("", None, usize::MAX).map_err(|e| fail(e.to_string()))?;
@@ -549,9 +729,43 @@ impl<'a> Sim<'a> {
             }
         }
         let held = self.engines[0].database().version_vector().total();
-        if held != self.report.ops_written + self.preloaded {
-            return Err(fail(format!("{} operations written and {} preloaded but {held} held", self.report.ops_written, self.preloaded)));
+        // Writes whose commit reported an error after storing them are held
+        // though not acknowledged.
+        let unacknowledged: u64 = self.engines.iter().map(|e| e.database().store().unacknowledged_stored).sum();
+        if held != self.report.ops_written + self.preloaded + unacknowledged {
+            return Err(fail(format!(
+                "{} operations written, {} preloaded and {unacknowledged} stored unacknowledged, but {held} held",
+                self.report.ops_written, self.preloaded
+            )));
         }
+        // Every acknowledged write is on every replica (they agree).
+        let found = self.engines[0].database().store().ops(&self.acknowledged).map_err(|e| fail(e.to_string()))?;
+        if let Some(lost) = found.iter().position(Option::is_none) {
+            return Err(fail(format!("acknowledged write {} is lost", self.acknowledged[lost])));
+        }
+        // No operation applied twice: each origin's log holds sequence
+        // numbers 1 to its version-vector entry, each once.
+        for (i, engine) in self.engines.iter().enumerate() {
+            let db = engine.database();
+            for (origin, seq) in db.version_vector().iter() {
+                let log = db.ops_after(origin, 0, usize::MAX).map_err(|e| fail(e.to_string()))?;
+                if log.len() as u64 != seq || log.iter().enumerate().any(|(k, op)| op.id.seq != k as u64 + 1) {
+                    return Err(fail(format!("replica-{i} holds {} operations of {origin} for version {seq}", log.len())));
+                }
+            }
+            let status = engine.store_status();
+            if status.degraded {
+                return Err(fail(format!("replica-{i}'s store is still degraded: {:?}", status.reason)));
+            }
+        }
+        let mut report = self.report.clone();
+        for engine in &self.engines {
+            let status = engine.store_status();
+            report.store_faults += engine.database().store().injected;
+            report.store_recoveries += status.recoveries;
+            report.ops_not_stored += status.ops_not_stored;
+        }
+        report.unacknowledged_stored = unacknowledged;
         // A received timestamp moves no clock further than the drift bound
         // past its wall clock (replicas started ahead are not honest).
         let drift = self.config.sync.max_clock_drift.as_millis() as u64;
@@ -563,7 +777,7 @@ impl<'a> Sim<'a> {
                 return Err(fail(format!("replica-{i}'s clock moved to {clock}, past its wall time {wall} + {drift} ms")));
             }
         }
-        Ok((self.report, self.engines))
+        Ok((report, self.engines))
     }
 }
 

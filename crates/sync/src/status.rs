@@ -99,4 +99,6 @@ pub struct SyncStatus {
     pub clock: ClockReport,
     /// Per origin that forked, in origin order.
     pub forks: Vec<ForkStatus>,
+    /// Whether the store can write (see `docs/protocol.md`, "Storage faults").
+    pub store: crate::StoreStatus,
 }

@@ -140,3 +140,56 @@ fn replicas_holding_thousands_of_origins_converge_in_ranges() {
         }
     }
 }
+
+/// Every replica's store fails a few commits the seed picks (a full disk
+/// while writing the batch, an I/O error writing the commit record, or a
+/// failed fsync after the batch was stored), then refuses every commit
+/// until it is recovered, which fails a few times first (the cause lasting
+/// a while). Under the usual network faults too: every acknowledged write
+/// is on every replica, no operation is applied twice (each origin's log
+/// holds each sequence number once, matching the version vector), a write
+/// stored by a commit that reported an error is held once and synced, and
+/// the replicas converge once the faults stop. `PLURESDB_SIM_STORE_SEEDS`
+/// sets how many seeds (default 64).
+#[test]
+fn replicas_lose_no_acknowledged_write_and_apply_nothing_twice_through_store_faults() {
+    use pluresdb_sync::sim::StoreFaults;
+    let first = env("PLURESDB_SIM_FIRST_SEED", 50_000);
+    let seeds = env("PLURESDB_SIM_STORE_SEEDS", 64);
+    let mut totals = pluresdb_sync::sim::SimReport::default();
+    for seed in first..first + seeds {
+        let config = SimConfig {
+            seed,
+            full_mesh: seed % 4 == 0,
+            keys: (seed % 2 == 0).then(keyed_keys),
+            writes: 600,
+            store_faults: Some(StoreFaults { per_replica: 3, within_commits: 300, max_failed_recoveries: 4 }),
+            ..SimConfig::default()
+        };
+        let report = run(&config).unwrap_or_else(|err| {
+            panic!("{err}\nreplay: PLURESDB_SIM_FIRST_SEED={seed} PLURESDB_SIM_STORE_SEEDS=1 cargo test -p pluresdb-sync --test simulator store_faults")
+        });
+        totals.ops_written += report.ops_written;
+        totals.store_faults += report.store_faults;
+        totals.store_recoveries += report.store_recoveries;
+        totals.writes_refused += report.writes_refused;
+        totals.ops_not_stored += report.ops_not_stored;
+        totals.unacknowledged_stored += report.unacknowledged_stored;
+        totals.convergence_ms = totals.convergence_ms.max(report.convergence_ms);
+    }
+    // The faults happened, in every kind the test claims to cover.
+    assert!(totals.store_faults >= seeds * 5, "only {} store faults in {seeds} seeds", totals.store_faults);
+    assert!(totals.store_recoveries >= totals.store_faults, "{totals:?}");
+    assert!(totals.writes_refused > 0 && totals.ops_not_stored > 0 && totals.unacknowledged_stored > 0, "{totals:?}");
+    eprintln!(
+        "{seeds} seeds: {} writes acknowledged, {} store faults, {} recoveries, {} writes refused while degraded, {} peer operations \
+         not stored and asked for again, {} writes stored by a commit that reported an error; slowest convergence {} ms after the heal",
+        totals.ops_written,
+        totals.store_faults,
+        totals.store_recoveries,
+        totals.writes_refused,
+        totals.ops_not_stored,
+        totals.unacknowledged_stored,
+        totals.convergence_ms
+    );
+}
