@@ -1,0 +1,82 @@
+// Types of the PluresDB browser package (src/index.js).
+
+/** A node's properties; a property `{"#": "other:id"}` links to another node. */
+export type Value = { [field: string]: unknown };
+
+/** A node as the database shows it (the same shape as the HTTP API's). */
+export interface Node {
+  id: string;
+  value: Value;
+  /** Hybrid-logical-clock timestamp of the newest write in the value, `ms.counter`. */
+  updated_at: string;
+  /** Fields with concurrent values, each value oldest first. */
+  conflicts?: { [field: string]: ConflictValue[] };
+}
+
+export interface ConflictValue {
+  value: unknown;
+  /** The operation that wrote it, `origin/seq`. */
+  op: string;
+  timestamp: string;
+}
+
+/** What a stored write was assigned. */
+export interface Receipt {
+  id: string;
+  /** `peerId/seq`: this page's peer id and the write's sequence number. */
+  op: string;
+  timestamp: string;
+}
+
+export type Traversal =
+  | { reached: Node }
+  | { not_a_link: { from: Node; field: string; hop: number } }
+  | { dangling: { from: Node; field: string; target: string; hop: number } };
+
+/** A change delivered to `watch`: the node after it (`null` once deleted), or how many were missed. */
+export type Change = { id: string; op: string; node: Node | null } | { missed: number };
+
+export interface Status {
+  peer_id: string;
+  version_vector: { [origin: string]: number };
+  /** Journal entries committed in memory and not yet in IndexedDB. */
+  pending_journal: number;
+  peers: Peer[];
+}
+
+export interface Peer {
+  peer_id: string;
+}
+
+export interface OpenOptions {
+  /** Where the wasm file is, if not beside the glue in dist/. */
+  wasmUrl?: string | URL;
+}
+
+/** Opens (creating on first use) the database `name` of this origin. */
+export function open(name: string, options?: OpenOptions): Promise<Database>;
+
+/** Deletes the database `name` of this origin; it must not be open. */
+export function destroy(name: string): Promise<void>;
+
+export class Database {
+  readonly name: string;
+  /** This page's peer id, the origin of its writes. */
+  readonly peerId: string;
+  /** Journal entries in IndexedDB. */
+  readonly journalLength: number;
+  /** Resolves once the write is stored in IndexedDB. */
+  put(id: string, value: Value): Promise<Receipt>;
+  update(id: string, fields: Value): Promise<Receipt>;
+  delete(id: string): Promise<Receipt>;
+  get(id: string): Promise<Node | null>;
+  list(prefix?: string, options?: { after?: string; limit?: number }): Promise<Node[]>;
+  follow(id: string, path: string[]): Promise<Traversal>;
+  conflicts(prefix?: string, options?: { limit?: number }): Promise<{ id: string; conflicts: { [field: string]: ConflictValue[] } }[]>;
+  resolve(id: string, field: string, value: unknown): Promise<Receipt>;
+  /** Calls `callback` for each stored change under `prefix`; returns a function that stops it. */
+  watch(prefix: string, callback: (change: Change) => void): () => void;
+  status(): Promise<Status>;
+  peers(): Promise<Peer[]>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,257 @@
+// PluresDB in a web page. The database is the Rust core compiled to wasm
+// (crates/wasm): writes are signed operations with the page's own peer id,
+// as a native node's are. Storage is IndexedDB: every committed batch is a
+// journal entry, written in one IndexedDB transaction before the write's
+// promise resolves, and replayed when the database is opened again.
+import init, { Replica } from "../dist/pluresdb_wasm.js";
+
+const STORES = { identity: "identity", journal: "journal" };
+const IDENTITY_KEY = "key";
+const LIST_PAGE = 1000;
+
+let ready = null;
+
+/** Loads the wasm module once per page. */
+function loadWasm(wasmUrl) {
+  if (!ready) ready = init(wasmUrl ? { module_or_path: wasmUrl } : undefined);
+  return ready;
+}
+
+function request(req) {
+  return new Promise((resolve, reject) => {
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(req.error);
+  });
+}
+
+function done(tx) {
+  return new Promise((resolve, reject) => {
+    tx.oncomplete = () => resolve();
+    tx.onerror = () => reject(tx.error);
+    tx.onabort = () => reject(tx.error ?? new Error("IndexedDB transaction aborted"));
+  });
+}
+
+function openIdb(name) {
+  const req = indexedDB.open(`pluresdb/${name}`, 1);
+  req.onupgradeneeded = () => {
+    req.result.createObjectStore(STORES.identity);
+    req.result.createObjectStore(STORES.journal, { autoIncrement: true });
+  };
+  return request(req);
+}
+
+/** Holds the database's lock for as long as it is open: two tabs writing
+ * one journal would each number their writes from the same point. */
+function lockDatabase(name) {
+  if (!globalThis.navigator?.locks) return Promise.resolve(() => {});
+  return new Promise((resolve, reject) => {
+    navigator.locks
+      .request(`pluresdb/${name}`, { ifAvailable: true }, (lock) => {
+        if (!lock) {
+          reject(new Error(`database ${JSON.stringify(name)} is open in another tab or window`));
+          return undefined;
+        }
+        return new Promise((release) => resolve(release));
+      })
+      .catch(reject);
+  });
+}
+
+/**
+ * Opens (creating on first use) the database `name` of this origin.
+ * @param {string} name
+ * @param {{wasmUrl?: string|URL}} [options]
+ * @returns {Promise<Database>}
+ */
+export async function open(name, options = {}) {
+  if (typeof name !== "string" || name.length === 0) throw new TypeError("open(name): name must be a non-empty string");
+  await loadWasm(options.wasmUrl);
+  const unlock = await lockDatabase(name);
+  try {
+    const idb = await openIdb(name);
+    const tx = idb.transaction([STORES.identity, STORES.journal], "readonly");
+    const [key, journal] = await Promise.all([
+      request(tx.objectStore(STORES.identity).get(IDENTITY_KEY)),
+      request(tx.objectStore(STORES.journal).getAll()),
+    ]);
+    const replica = new Replica(key ?? undefined, journal);
+    if (!key) {
+      // The key is stored before the first write can be: a write signed by
+      // a key that is then lost could never be continued.
+      const keyTx = idb.transaction(STORES.identity, "readwrite", { durability: "strict" });
+      keyTx.objectStore(STORES.identity).add(replica.identityKey(), IDENTITY_KEY);
+      await done(keyTx);
+    }
+    return new Database(name, idb, replica, unlock, journal.length);
+  } catch (err) {
+    unlock();
+    throw err;
+  }
+}
+
+/** Deletes the database `name` of this origin (it must not be open). */
+export async function destroy(name) {
+  await request(indexedDB.deleteDatabase(`pluresdb/${name}`));
+}
+
+/** One open database. Create it with {@link open}. */
+export class Database {
+  #idb;
+  #replica;
+  #unlock;
+  #pending = [];
+  #tail = Promise.resolve();
+  #failed = null;
+  #watchers = new Set();
+  #closed = false;
+
+  constructor(name, idb, replica, unlock, journalLength) {
+    this.name = name;
+    this.#idb = idb;
+    this.#replica = replica;
+    this.#unlock = unlock;
+    this.journalLength = journalLength;
+  }
+
+  /** This page's peer id: the origin of its writes. */
+  get peerId() {
+    return this.#replica.peerId();
+  }
+
+  /** Creates or replaces node `id` with `value` (an object). */
+  put(id, value) {
+    return this.#write(() => this.#replica.put(id, JSON.stringify(value), Date.now()));
+  }
+
+  /** Sets the fields of `fields` on node `id`; `null` removes a field. */
+  update(id, fields) {
+    return this.#write(() => this.#replica.update(id, JSON.stringify(fields), Date.now()));
+  }
+
+  /** Deletes node `id`. */
+  delete(id) {
+    return this.#write(() => this.#replica.delete(id, Date.now()));
+  }
+
+  /** Node `id` (`{id, value, updated_at, conflicts?}`) or `null`. */
+  async get(id) {
+    this.#check();
+    return JSON.parse(this.#replica.get(id));
+  }
+
+  /** Nodes whose id starts with `prefix`, in id order: all of them, or
+   * `limit` after `after`. */
+  async list(prefix = "", { after, limit } = {}) {
+    this.#check();
+    if (limit !== undefined) return JSON.parse(this.#replica.list(prefix, after, limit)).nodes;
+    const nodes = [];
+    let cursor = after;
+    for (;;) {
+      const page = JSON.parse(this.#replica.list(prefix, cursor, LIST_PAGE));
+      nodes.push(...page.nodes);
+      if (!page.next_after) return nodes;
+      cursor = page.next_after;
+    }
+  }
+
+  /** Follows the links named by `path` from node `id`: `{reached}`,
+   * `{not_a_link}` or `{dangling}`. */
+  async follow(id, path) {
+    this.#check();
+    return JSON.parse(this.#replica.follow(id, path));
+  }
+
+  /** Nodes under `prefix` whose fields hold concurrent values. */
+  async conflicts(prefix = "", { limit = 100 } = {}) {
+    this.#check();
+    return JSON.parse(this.#replica.conflicts(prefix, limit));
+  }
+
+  /** Writes `value` to `field` of node `id`, superseding its concurrent values. */
+  resolve(id, field, value) {
+    return this.#write(() => this.#replica.resolve(id, field, JSON.stringify(value), Date.now()));
+  }
+
+  /** Calls `callback({id, op, node})` for each change to a node whose id
+   * starts with `prefix`, after it is stored. Returns a function that stops it. */
+  watch(prefix, callback) {
+    const watcher = { prefix, callback };
+    this.#watchers.add(watcher);
+    return () => this.#watchers.delete(watcher);
+  }
+
+  /** `{peer_id, version_vector, pending_journal, peers}`. */
+  async status() {
+    this.#check();
+    return { ...JSON.parse(this.#replica.status()), peers: await this.peers() };
+  }
+
+  /** The peers this page is connected to. The browser package does not
+   * sync yet (see docs/browser.md), so this is empty. */
+  async peers() {
+    return [];
+  }
+
+  /** Waits for pending writes, then releases the database. */
+  async close() {
+    if (this.#closed) return;
+    await this.#tail;
+    this.#closed = true;
+    this.#idb.close();
+    this.#unlock();
+  }
+
+  #check() {
+    if (this.#closed) throw new Error(`database ${JSON.stringify(this.name)} is closed`);
+    if (this.#failed) throw new Error(`database ${JSON.stringify(this.name)} stopped after a failed IndexedDB write (reopen it): ${this.#failed.message}`);
+  }
+
+  async #write(commit) {
+    this.#check();
+    const receipt = JSON.parse(commit());
+    this.#pending.push(...this.#replica.takeJournal());
+    // Group commit: each flush waits for the one before it, then writes
+    // everything pending in one transaction, so concurrent writes share
+    // transactions and each resolves only once its own entry is stored.
+    const flush = this.#tail.then(() => this.#writePending());
+    this.#tail = flush.catch(() => {});
+    await flush;
+    return receipt;
+  }
+
+  async #writePending() {
+    if (this.#failed) throw this.#failed;
+    const entries = this.#pending.splice(0);
+    if (entries.length === 0) return;
+    try {
+      const tx = this.#idb.transaction(STORES.journal, "readwrite", { durability: "strict" });
+      const store = tx.objectStore(STORES.journal);
+      for (const entry of entries) store.add(entry);
+      await done(tx);
+      this.journalLength += entries.length;
+    } catch (err) {
+      // Memory now holds writes that are not stored: refuse further use;
+      // reopening rebuilds from what IndexedDB has.
+      this.#failed = err instanceof Error ? err : new Error(String(err));
+      throw this.#failed;
+    }
+    this.#emit();
+  }
+
+  #emit() {
+    const changes = JSON.parse(this.#replica.takeChanges());
+    if (this.#watchers.size === 0) return;
+    for (const change of changes) {
+      for (const { prefix, callback } of this.#watchers) {
+        if (change.missed !== undefined || change.id.startsWith(prefix)) {
+          try {
+            callback(change);
+          } catch (err) {
+            console.error("pluresdb watch callback failed", err);
+          }
+        }
+      }
+    }
+  }
+}
