@@ -164,3 +164,11 @@ fn watch_delivers_stored_changes_under_its_prefix() {
     let Some(result) = scenario("watch_sees_stored_changes", &[]) else { return };
     assert_eq!(result["changes"], 3);
 }
+
+/// The example app (clients/js/example): a note added through its form is
+/// listed, is still there after a reload, and can be ticked done.
+#[test]
+fn the_example_notes_app_keeps_a_note_across_a_reload() {
+    let Some(result) = scenario("example_app_keeps_notes", &[]) else { return };
+    assert_eq!(result["notes"], 1);
+}

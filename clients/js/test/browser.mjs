@@ -191,6 +191,26 @@ const scenarios = {
     return { changes: seen.length };
   },
 
+  /** The example app: a note added through its form is listed, survives a
+   * reload, and can be ticked done. */
+  async example_app_keeps_notes({ chromium: c, base }) {
+    const page = await c.browser.contexts()[0].newPage();
+    page.setDefaultTimeout(STEP_MS);
+    page.on("pageerror", (err) => console.error(`page error: ${err.message}`));
+    await page.goto(`${base}/example/`);
+    await page.waitForFunction(() => document.querySelector("#status").textContent.startsWith("peer "));
+    await page.fill("#text", "buy milk");
+    await page.click("#add button");
+    await page.waitForFunction(() => document.querySelectorAll("#notes li").length === 1);
+    await page.reload();
+    await page.waitForFunction(() => document.querySelectorAll("#notes li").length === 1);
+    const text = await page.textContent("#notes li span");
+    check(text === "buy milk", `after a reload the app lists ${JSON.stringify(text)}`);
+    await page.click("#notes li input[type=checkbox]");
+    await page.waitForFunction(() => document.querySelector("#notes li")?.className === "done");
+    return { notes: 1 };
+  },
+
   /** Figures for the note: durable writes per second (one at a time, and
    * concurrent), reopen time, and the wasm size. Checks only that the
    * records are there. */
