@@ -29,6 +29,7 @@ mod error;
 mod limits;
 pub mod link;
 pub mod message;
+pub mod socket;
 
 pub use codec::{CodecError, Frame, FrameDecoder, FrameKind, MAX_FRAME_BYTES};
 pub use error::NetworkError;

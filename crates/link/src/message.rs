@@ -424,8 +424,7 @@ pub const HELLO_NONCE_KEY: &str = "nonce";
 pub fn encode_hello_with_nonce(hello: &Hello, nonce: &[u8; 32]) -> Vec<u8> {
     let mut out = encode_hello_with(hello, 1);
     cbor::text(&mut out, HELLO_NONCE_KEY);
-    let hex: String = nonce.iter().map(|byte| format!("{byte:02x}")).collect();
-    cbor::text(&mut out, &hex);
+    cbor::text(&mut out, &hex(nonce));
     out
 }
 
@@ -435,10 +434,18 @@ pub fn encode_hello_with_nonce(hello: &Hello, nonce: &[u8; 32]) -> Vec<u8> {
 /// there; anything malformed before it, or a nonce of another length or
 /// alphabet, is `None`.
 pub fn hello_nonce(payload: &[u8]) -> Option<[u8; 32]> {
+    hello_hex_field(payload, HELLO_NONCE_KEY)
+}
+
+/// The value at `key` of a `Hello` payload (untrusted bytes), if it is
+/// `N` bytes as `2 * N` hex digits (either case). Reads the map's entries
+/// up to that key and stops there; anything malformed before it, or a
+/// value of another length or alphabet, is `None`.
+pub fn hello_hex_field<const N: usize>(payload: &[u8], key: &str) -> Option<[u8; N]> {
     let mut reader = Reader::new(payload);
     for _ in 0..reader.map().ok()? {
         match reader.text().ok()? {
-            HELLO_NONCE_KEY => return unhex_nonce(reader.text().ok()?),
+            found if found == key => return unhex(reader.text().ok()?),
             // The one byte string of a hello (`value` reads JSON-like
             // items only).
             "proof" => {
@@ -454,12 +461,17 @@ pub fn hello_nonce(payload: &[u8]) -> Option<[u8; 32]> {
     None
 }
 
-fn unhex_nonce(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 {
+/// `bytes` as lowercase hex digits.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != 2 * N {
         return None;
     }
     let digit = |byte: u8| char::from(byte).to_digit(16).map(|d| d as u8);
-    let mut out = [0u8; 32];
+    let mut out = [0u8; N];
     for (byte, pair) in out.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
         // Digits only: `from_str_radix` would also take a sign.
         *byte = digit(pair[0])? << 4 | digit(pair[1])?;
