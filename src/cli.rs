@@ -142,6 +142,13 @@ pub enum Command {
         /// docs/libp2p.md) [env: PLURESDB_RELAY=true; config: relay = true].
         #[arg(long)]
         relay: bool,
+        /// Accept browser pages (the JS client, clients/js) over WebSocket
+        /// at this address, e.g. 127.0.0.1:34573 (port 0: one from the OS,
+        /// printed at start). Pages prove their peer id and the network
+        /// secret as other peers do (docs/protocol.md, "WebSocket link").
+        /// Default: off.
+        #[arg(long, value_name = "ADDR")]
+        browser_listen: Option<std::net::SocketAddr>,
         /// Do not announce this node or look for peers on the LAN with mDNS
         /// [env: PLURESDB_MDNS=false; config: mdns = false].
         #[arg(long)]

@@ -37,6 +37,10 @@ pub struct PeerSettings {
     /// Serve as a circuit relay for the network's members.
     #[cfg_attr(not(feature = "libp2p"), allow(dead_code))]
     pub relay: bool,
+    /// Where browser pages connect over WebSocket (`--browser-listen`);
+    /// `None`: no WebSocket engine.
+    #[cfg_attr(not(feature = "quic"), allow(dead_code))]
+    pub browser_listen: Option<std::net::SocketAddr>,
 }
 
 /// Where peers can reach a node listening on `local`: the address itself,
@@ -108,6 +112,8 @@ struct NodeNetwork {
     /// The libp2p engine, when it runs.
     #[cfg(feature = "libp2p")]
     libp2p: Option<pluresdb_libp2p::Libp2pNetworkEngine>,
+    /// The WebSocket engine for browser pages, when it runs.
+    browser: Option<pluresdb_net::WebSocketNetworkEngine>,
     network: pluresdb_runtime::Network,
     /// The settings the engines run with; its `sync` is the sync engine's.
     config: pluresdb_net::NetworkConfig,
@@ -230,6 +236,19 @@ async fn start_network(data_dir: &Path, settings: &PeerSettings, db: &Replica) -
         }
         false => None,
     };
+    let browser = match settings.browser_listen {
+        Some(listen) => {
+            let peers = Arc::new(PeerManager::new());
+            let mut engine = pluresdb_net::WebSocketNetworkEngine::new(config.clone(), listen, peers.clone(), combined.next_sync_handle())
+                .with_identity(identity.clone())
+                .with_access_policy(policy.clone());
+            engine.start().await.with_context(|| format!("cannot start the browser WebSocket engine on {listen}"))?;
+            combined = combined.with_engine(Transport::WebSocket, Box::new(engine.clone()));
+            registries.push(peers);
+            Some(engine)
+        }
+        None => None,
+    };
     let peers = Arc::new(PeerManager::union(registries));
     let transports = combined.transports().into_iter().map(Transport::as_str).collect();
     let engine: Arc<dyn NetworkEngine> = Arc::new(combined);
@@ -263,11 +282,15 @@ async fn start_network(data_dir: &Path, settings: &PeerSettings, db: &Replica) -
             let quic = quic.as_ref().map(|(engine, _)| engine.clone());
             #[cfg(feature = "libp2p")]
             let libp2p = libp2p.clone();
+            let browser = browser.clone();
             Arc::new(move |mode, allowlist| {
                 tracing::info!(mode = mode.name(), allowed = allowlist.len(), "access rule changed");
                 let policy = pluresdb_security::AccessPolicy { mode, secret: Some(secret.clone()), allowlist };
                 #[cfg(feature = "libp2p")]
                 if let Some(engine) = &libp2p {
+                    engine.set_access_policy(policy.clone());
+                }
+                if let Some(engine) = &browser {
                     engine.set_access_policy(policy.clone());
                 }
                 if let Some(engine) = &quic {
@@ -283,6 +306,7 @@ async fn start_network(data_dir: &Path, settings: &PeerSettings, db: &Replica) -
         quic: quic.map(|(engine, _)| engine),
         #[cfg(feature = "libp2p")]
         libp2p,
+        browser,
         network,
         config,
         discovery,
@@ -489,7 +513,7 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
                 let libp2p = started.libp2p;
                 #[cfg(not(feature = "libp2p"))]
                 let libp2p: Option<std::convert::Infallible> = None;
-                (Some((started.quic, libp2p, started.discovery, started.stop_dialling)), Some(started.network))
+                (Some((started.quic, libp2p, started.browser, started.discovery, started.stop_dialling)), Some(started.network))
             }
             None => (None, None),
         };
@@ -534,6 +558,10 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
         // before the node says it runs, so a command that follows finds it.
         let addr_file = data_dir.join(crate::api_client::API_ADDR_FILE);
         crate::keys::replace_private(&addr_file, format!("{bound}\n").as_bytes())?;
+        #[cfg(feature = "quic")]
+        let browser_url = engines.as_ref().and_then(|engines| engines.2.as_ref()).and_then(|browser| browser.url());
+        #[cfg(not(feature = "quic"))]
+        let browser_url: Option<String> = None;
         {
             // Tell the user (and scripts) where the node is, then keep quiet.
             let mut out = std::io::stdout().lock();
@@ -543,6 +571,7 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
                     "api": format!("http://{bound}"),
                     "token_required": require_token,
                     "listen": handle.listen_addresses(),
+                    "browser": browser_url,
                 });
                 writeln!(out, "{started}")?;
             } else {
@@ -551,6 +580,9 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
                 for address in handle.listen_addresses() {
                     let transport = if is_libp2p(&address) { "libp2p" } else { "QUIC" };
                     writeln!(out, "peers connect over {transport} to {address}")?;
+                }
+                if let Some(url) = &browser_url {
+                    writeln!(out, "browser pages connect over WebSocket to {url}")?;
                 }
                 if handle.transports().is_empty() && peers.is_some() {
                     writeln!(out, "no network transport runs (every engine is turned off): serving the API only")?;
@@ -575,7 +607,7 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
         // Requests in flight have finished: say goodbye to peers, then let
         // the writer commit what it holds.
         #[cfg(feature = "quic")]
-        if let Some((quic, libp2p, discovery, stop_dialling)) = engines {
+        if let Some((quic, libp2p, browser, discovery, stop_dialling)) = engines {
             use pluresdb_net::NetworkEngine;
             let _ = stop_dialling.send(true);
             // Withdraw the mDNS announcement: LAN peers see this node leave.
@@ -593,6 +625,11 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
             }
             #[cfg(not(feature = "libp2p"))]
             let _unused: Option<std::convert::Infallible> = libp2p;
+            if let Some(mut browser) = browser {
+                if let Err(err) = browser.stop().await {
+                    tracing::warn!(error = %err, "the browser WebSocket engine did not stop cleanly");
+                }
+            }
         }
         node.shutdown().await;
         served.context("the API server failed")?;

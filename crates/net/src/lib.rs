@@ -72,6 +72,7 @@ mod peer;
 pub use pluresdb_link::{codec, link, message};
 #[cfg(feature = "quic")]
 pub mod quic;
+pub mod websocket;
 
 pub use combined::CombinedNetworkEngine;
 pub use config::{DiscoveryConfig, NetworkConfig, ReceiveLimits, DEFAULT_PORT};
@@ -87,6 +88,7 @@ pub use pluresdb_link::message::{
 pub use pluresdb_link::NetworkError;
 #[cfg(feature = "quic")]
 pub use quic::QuicNetworkEngine;
+pub use websocket::WebSocketNetworkEngine;
 
 /// A peer id named by `name` (at most 32 bytes), for unit tests: the
 /// sync engine's labels are text, the network's peers keys.

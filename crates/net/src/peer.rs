@@ -25,15 +25,18 @@ pub enum Transport {
     WebRtc,
     /// libp2p.
     Libp2p,
+    /// A WebSocket from a browser page (`WebSocketNetworkEngine`).
+    WebSocket,
 }
 
 impl Transport {
-    /// The transport's name: `"quic"`, `"webrtc"`, `"libp2p"`.
+    /// The transport's name: `"quic"`, `"webrtc"`, `"libp2p"`, `"websocket"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Quic => "quic",
             Transport::WebRtc => "webrtc",
             Transport::Libp2p => "libp2p",
+            Transport::WebSocket => "websocket",
         }
     }
 }

@@ -11,21 +11,23 @@
 //! use pluresdb_wasm::BrowserReplica;
 //! use serde_json::json;
 //!
-//! let mut page = BrowserReplica::open(None, []).unwrap();
+//! let mut page = BrowserReplica::open(None, [], 1_700_000_000_000).unwrap();
 //! page.put("note:1", json!({"text": "hello"}), 1_700_000_000_000).unwrap();
 //! let stored = page.take_journal(); // what the JS client writes to IndexedDB
 //!
 //! // A reload: the same key and the stored entries give the same replica.
 //! let key = page.identity_key();
-//! let reloaded = BrowserReplica::open(Some(&key), stored.iter().map(Vec::as_slice)).unwrap();
+//! let reloaded = BrowserReplica::open(Some(&key), stored.iter().map(Vec::as_slice), 1_700_000_000_001).unwrap();
 //! assert_eq!(reloaded.get("note:1").unwrap()["value"]["text"], "hello");
 //! assert_eq!(reloaded.peer_id(), page.peer_id());
 //! ```
 
 pub mod journal;
 mod replica;
+mod session;
 
 pub use replica::{BrowserReplica, CHANGE_BUFFER, MAX_PAGE};
+pub use session::MAX_QUEUED_MESSAGES;
 
 use serde_json::Value;
 use wasm_bindgen::prelude::*;
@@ -36,6 +38,9 @@ pub enum BrowserError {
     /// The core refused or failed (a bad id or value, a damaged journal).
     #[error(transparent)]
     Core(#[from] pluresdb_core::Error),
+    /// The sync engine refused (a write while the store is failing).
+    #[error(transparent)]
+    Sync(#[from] pluresdb_sync::SyncError),
     /// The stored identity key does not load, or no key could be made.
     #[error("identity key: {0}")]
     Identity(String),
@@ -84,9 +89,58 @@ impl Replica {
     /// `Uint8Array`, oldest first) as the identity `key` (`undefined` for a
     /// new one: store [`Replica::identity_key`] then).
     #[wasm_bindgen(constructor)]
-    pub fn new(key: Option<Vec<u8>>, journal: js_sys::Array) -> Result<Replica, JsError> {
+    pub fn new(key: Option<Vec<u8>>, journal: js_sys::Array, now_ms: f64) -> Result<Replica, JsError> {
         let entries: Vec<Vec<u8>> = journal.iter().map(|entry| js_sys::Uint8Array::new(&entry).to_vec()).collect();
-        BrowserReplica::open(key.as_deref(), entries.iter().map(Vec::as_slice)).map(Replica).map_err(js_error)
+        BrowserReplica::open(key.as_deref(), entries.iter().map(Vec::as_slice), now(now_ms)).map(Replica).map_err(js_error)
+    }
+
+    /// Starts a link to the node of `ticket` (`pluresdb invite`) over a
+    /// socket just opened; `nonce` is 32 random bytes.
+    pub fn connect(&mut self, ticket: &str, nonce: Vec<u8>, now_ms: f64) -> Result<(), JsError> {
+        let nonce: [u8; 32] = nonce.try_into().map_err(|_| js_error("the nonce must be 32 bytes"))?;
+        self.0.connect(ticket, nonce, now(now_ms)).map_err(js_error)
+    }
+
+    /// Closes the link.
+    pub fn disconnect(&mut self, reason: &str) {
+        self.0.disconnect(reason);
+    }
+
+    /// One binary message from the socket.
+    #[wasm_bindgen(js_name = handleMessage)]
+    pub fn handle_message(&mut self, bytes: &[u8], now_ms: f64) {
+        self.0.handle_message(bytes, now(now_ms));
+    }
+
+    /// The socket closed or failed.
+    #[wasm_bindgen(js_name = handleLost)]
+    pub fn handle_lost(&mut self, reason: &str, now_ms: f64) {
+        self.0.handle_lost(reason, now(now_ms));
+    }
+
+    /// Runs the timers.
+    #[wasm_bindgen(js_name = handleTimeout)]
+    pub fn handle_timeout(&mut self, now_ms: f64) {
+        self.0.handle_timeout(now(now_ms));
+    }
+
+    /// Milliseconds until `handleTimeout` is due, or `undefined`.
+    #[wasm_bindgen(js_name = nextTimeoutMs)]
+    pub fn next_timeout_ms(&self, now_ms: f64) -> Option<f64> {
+        self.0.next_timeout_ms(now(now_ms)).map(|ms| ms as f64)
+    }
+
+    /// The messages to send, in order (`Uint8Array`s); take them after the
+    /// journal is stored.
+    #[wasm_bindgen(js_name = takeMessages)]
+    pub fn take_messages(&mut self) -> js_sys::Array {
+        self.0.take_messages().iter().map(|m| js_sys::Uint8Array::from(m.as_slice())).collect()
+    }
+
+    /// Why the link ended, once its last messages were taken.
+    #[wasm_bindgen(js_name = linkEnded)]
+    pub fn link_ended(&self) -> Option<String> {
+        self.0.link_ended()
     }
 
     /// The identity key to store.

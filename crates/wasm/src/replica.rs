@@ -8,9 +8,13 @@
 //! translating.
 
 use crate::journal::{JournalStore, Outbox};
+use crate::session::Session;
 use crate::BrowserError;
-use pluresdb_core::{Database, FeedEvent, FieldValue, KeepAll, Node, Receipt, Store, Subscription, Traversal};
+use pluresdb_core::{
+    Database, FeedEvent, FieldValue, KeepAll, Node, OperationType, OperationWithMetadata, Receipt, Store, Subscription, Traversal,
+};
 use pluresdb_security::{Identity, OpSignatureVerifier};
+use pluresdb_sync::{DataSyncEngine, SyncConfig};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,17 +28,21 @@ pub const MAX_PAGE: usize = 10_000;
 
 /// A database in a page (see the module docs).
 pub struct BrowserReplica {
-    db: Database<JournalStore>,
-    identity: Identity,
+    /// The replica inside the sync engine, which pushes local writes to
+    /// the node the page is linked with and applies what it sends.
+    pub(crate) engine: DataSyncEngine<JournalStore>,
+    pub(crate) identity: Identity,
     outbox: Outbox,
     changes: Subscription,
+    /// The link to a node, while there is one.
+    pub(crate) session: Option<Session>,
 }
 
 impl BrowserReplica {
     /// Opens the replica that the stored journal `entries` describe, as
     /// the identity `key` (from [`Identity::to_bytes`]), or as a new
     /// identity when there is none yet.
-    pub fn open<'a>(key: Option<&[u8]>, entries: impl IntoIterator<Item = &'a [u8]>) -> Result<Self, BrowserError> {
+    pub fn open<'a>(key: Option<&[u8]>, entries: impl IntoIterator<Item = &'a [u8]>, now_ms: u64) -> Result<Self, BrowserError> {
         let identity = match key {
             Some(bytes) => Identity::from_bytes(bytes).map_err(|err| BrowserError::Identity(err.to_string()))?,
             None => Identity::generate().map_err(|err| BrowserError::Identity(err.to_string()))?,
@@ -45,7 +53,24 @@ impl BrowserReplica {
             .with_signer(Arc::new(identity.clone()))
             .with_verifier(Arc::new(OpSignatureVerifier));
         let changes = db.subscribe(CHANGE_BUFFER);
-        Ok(Self { db, identity, outbox, changes })
+        let mut engine = DataSyncEngine::with_database(SyncConfig::default(), db)?;
+        engine.start(now_ms);
+        Ok(Self { engine, identity, outbox, changes, session: None })
+    }
+
+    fn db(&self) -> &Database<JournalStore> {
+        self.engine.database()
+    }
+
+    /// One local write through the sync engine (it pushes it to the linked
+    /// node, if any).
+    fn write(&mut self, kind: OperationType, id: &str, data: Value, now_ms: u64) -> Result<Value, BrowserError> {
+        let op = OperationWithMetadata::new(kind, id.into(), data, self.peer_id().as_str());
+        let receipts = self.engine.write(vec![op], now_ms)?;
+        let receipt = receipts.first().ok_or_else(|| BrowserError::Argument("the write gave no receipt".to_owned()))?;
+        let receipt = receipt_json(id, receipt);
+        self.after_input(now_ms);
+        Ok(receipt)
     }
 
     /// The identity key to keep (IndexedDB), so a reload writes as the
@@ -61,32 +86,29 @@ impl BrowserReplica {
 
     /// Creates or replaces node `id` with `value` (a JSON object).
     pub fn put(&mut self, id: &str, value: Value, now_ms: u64) -> Result<Value, BrowserError> {
-        let receipt = self.db.put(id, value, now_ms)?;
-        Ok(receipt_json(id, &receipt))
+        self.write(OperationType::CreateNode, id, value, now_ms)
     }
 
     /// Sets the fields of `fields` (a JSON object) on node `id`.
     pub fn update(&mut self, id: &str, fields: Value, now_ms: u64) -> Result<Value, BrowserError> {
-        let receipt = self.db.update(id, fields, now_ms)?;
-        Ok(receipt_json(id, &receipt))
+        self.write(OperationType::UpdateNode, id, fields, now_ms)
     }
 
     /// Deletes node `id`.
     pub fn delete(&mut self, id: &str, now_ms: u64) -> Result<Value, BrowserError> {
-        let receipt = self.db.delete(id, now_ms)?;
-        Ok(receipt_json(id, &receipt))
+        self.write(OperationType::DeleteNode, id, Value::Null, now_ms)
     }
 
     /// Node `id`, or `null`.
     pub fn get(&self, id: &str) -> Result<Value, BrowserError> {
-        Ok(self.db.get(id)?.map_or(Value::Null, |node| node_json(&node)))
+        Ok(self.db().get(id)?.map_or(Value::Null, |node| node_json(&node)))
     }
 
     /// Up to `limit` (at most [`MAX_PAGE`]) nodes whose id starts with
     /// `prefix`, after `after`, in id order: `{"nodes", "next_after"}`.
     pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Value, BrowserError> {
         let limit = page(limit)?;
-        let nodes = self.db.list(prefix, after, limit)?;
+        let nodes = self.db().list(prefix, after, limit)?;
         let next_after = if nodes.len() == limit { nodes.last().map(|n| n.id.clone()) } else { None };
         Ok(json!({"nodes": nodes.iter().map(node_json).collect::<Vec<_>>(), "next_after": next_after}))
     }
@@ -95,7 +117,7 @@ impl BrowserReplica {
     /// node}`, or where it stopped and why.
     pub fn follow(&self, id: &str, path: &[String]) -> Result<Value, BrowserError> {
         let path: Vec<&str> = path.iter().map(String::as_str).collect();
-        Ok(match self.db.follow(id, &path)? {
+        Ok(match self.db().follow(id, &path)? {
             Traversal::Reached(node) => json!({"reached": node_json(&node)}),
             Traversal::NotALink { from, field, hop } => json!({"not_a_link": {"from": node_json(&from), "field": field, "hop": hop}}),
             Traversal::Dangling { from, field, target, hop } => {
@@ -111,7 +133,7 @@ impl BrowserReplica {
         let mut found = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let records = self.db.store().scan_nodes(prefix, after.as_deref(), MAX_PAGE)?;
+            let records = self.db().store().scan_nodes(prefix, after.as_deref(), MAX_PAGE)?;
             let Some(last) = records.last() else { break };
             after = Some(last.id.clone());
             for node in records.iter().filter_map(|record| record.view(&KeepAll)) {
@@ -133,7 +155,7 @@ impl BrowserReplica {
     /// superseding every concurrent value this replica holds for it. A
     /// field without concurrent values is an error (nothing to resolve).
     pub fn resolve(&mut self, id: &str, field: &str, value: Value, now_ms: u64) -> Result<Value, BrowserError> {
-        let node = self.db.record(id)?.and_then(|record| record.view(&KeepAll)).ok_or_else(|| BrowserError::NotFound(id.to_owned()))?;
+        let node = self.db().record(id)?.and_then(|record| record.view(&KeepAll)).ok_or_else(|| BrowserError::NotFound(id.to_owned()))?;
         if !node.conflicts.contains_key(field) {
             return Err(BrowserError::NoConflict { id: id.to_owned(), field: field.to_owned() });
         }
@@ -170,8 +192,9 @@ impl BrowserReplica {
     pub fn status(&self) -> Value {
         json!({
             "peer_id": self.peer_id(),
-            "version_vector": self.db.version_vector(),
+            "version_vector": self.db().version_vector(),
             "pending_journal": self.outbox.len(),
+            "link": self.link_status(),
         })
     }
 }
@@ -215,16 +238,20 @@ mod tests {
     use pluresdb_core::MemoryStore;
 
     fn exchange(from: &BrowserReplica, to: &mut BrowserReplica, now_ms: u64) {
-        let ops = from.db.ops_after(&from.peer_id(), 0, 1_000).unwrap();
-        to.db.apply_remote(ops, now_ms).unwrap();
+        let ops = from.db().ops_after(&from.peer_id(), 0, 1_000).unwrap();
+        to.engine.database_mut().apply_remote(ops, now_ms).unwrap();
+    }
+
+    fn open() -> BrowserReplica {
+        BrowserReplica::open(None, [], 1).unwrap()
     }
 
     #[test]
     fn writes_are_operations_signed_by_the_page_own_key() {
-        let mut page = BrowserReplica::open(None, []).unwrap();
+        let mut page = open();
         let receipt = page.put("note:1", json!({"text": "hi"}), 1_000).unwrap();
         assert_eq!(receipt["op"], format!("{}/1", page.peer_id()));
-        let ops = page.db.ops_after(&page.peer_id(), 0, 10).unwrap();
+        let ops = page.db().ops_after(&page.peer_id(), 0, 10).unwrap();
         assert_eq!(ops.len(), 1);
         assert!(ops[0].signature.is_some(), "the page's write carries a signature");
         // A native replica that verifies every origin's signatures takes
@@ -239,8 +266,8 @@ mod tests {
 
     #[test]
     fn concurrent_writes_are_listed_as_conflicts_and_resolve_supersedes_them() {
-        let mut a = BrowserReplica::open(None, []).unwrap();
-        let mut b = BrowserReplica::open(None, []).unwrap();
+        let mut a = open();
+        let mut b = open();
         a.put("doc:1", json!({"title": "base"}), 1_000).unwrap();
         exchange(&a, &mut b, 1_001);
         a.update("doc:1", json!({"title": "from a"}), 2_000).unwrap();
@@ -263,7 +290,7 @@ mod tests {
 
     #[test]
     fn follow_reports_where_a_path_stops() {
-        let mut page = BrowserReplica::open(None, []).unwrap();
+        let mut page = open();
         page.put("user:1", json!({"name": "A", "friend": {"#": "user:2"}, "enemy": {"#": "user:9"}}), 1).unwrap();
         page.put("user:2", json!({"name": "B"}), 2).unwrap();
         let path = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -274,19 +301,19 @@ mod tests {
 
     #[test]
     fn bad_arguments_are_errors_and_change_nothing() {
-        let mut page = BrowserReplica::open(None, []).unwrap();
+        let mut page = open();
         assert!(page.put("n:1", json!(42), 1).is_err());
         assert!(page.put("", json!({}), 1).is_err());
         assert!(page.list("", None, 0).is_err());
         assert!(page.list("", None, MAX_PAGE + 1).is_err());
-        assert!(BrowserReplica::open(Some(b"not a key"), []).is_err());
+        assert!(BrowserReplica::open(Some(b"not a key"), [], 1).is_err());
         assert!(page.take_journal().is_empty(), "refused writes journal nothing");
         assert_eq!(page.status()["version_vector"], json!({}));
     }
 
     #[test]
     fn take_changes_gives_each_change_once_in_order() {
-        let mut page = BrowserReplica::open(None, []).unwrap();
+        let mut page = open();
         page.put("a", json!({"x": 1}), 1).unwrap();
         page.delete("a", 2).unwrap();
         let changes = page.take_changes();
