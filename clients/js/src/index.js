@@ -75,7 +75,7 @@ export async function open(name, options = {}) {
       request(tx.objectStore(STORES.identity).get(IDENTITY_KEY)),
       request(tx.objectStore(STORES.journal).getAll()),
     ]);
-    const replica = new Replica(key ?? undefined, journal);
+    const replica = new Replica(key ?? undefined, journal, Date.now());
     if (!key) {
       // The key is stored before the first write can be: a write signed by
       // a key that is then lost could never be continued.
