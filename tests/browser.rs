@@ -9,6 +9,9 @@
 //! (playwright-core, and Node 22 as node_modules/.bin/node). `.ci/run` installs them all; without one the tests say which
 //! and skip, except with `CI=true`, where they fail.
 
+mod common;
+
+use common::{invite, Node};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -171,4 +174,78 @@ fn watch_delivers_stored_changes_under_its_prefix() {
 fn the_example_notes_app_keeps_a_note_across_a_reload() {
     let Some(result) = scenario("example_app_keeps_notes", &[]) else { return };
     assert_eq!(result["notes"], 1);
+}
+
+/// A node with the browser link on, and what a page needs to join it: the
+/// link's URL, a ticket, the API address.
+fn browser_node(dir: &Path) -> (Node, Vec<String>) {
+    let node = Node::start_with(dir, &["--no-mdns", "--no-libp2p", "--browser-listen", "127.0.0.1:0"]);
+    let url = node.started["browser"].as_str().unwrap_or_else(|| panic!("no browser URL in {}", node.started)).to_owned();
+    let ticket = invite(dir, node.listen.as_deref().expect("a QUIC address"));
+    let args = vec![format!("url={url}"), format!("ticket={ticket}"), format!("api={}", node.api)];
+    (node, args)
+}
+
+/// Runs `name` against a fresh browser node; stops the node (cleanly)
+/// before any assertion.
+fn with_node(name: &str, ticket: impl FnOnce(&str) -> String) -> Option<(serde_json::Value, Node)> {
+    built()?;
+    let dir = tempfile::tempdir().unwrap();
+    let (node, mut args) = browser_node(dir.path());
+    let given = args[1].trim_start_matches("ticket=").to_owned();
+    args[1] = format!("ticket={}", ticket(&given));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = std::panic::catch_unwind(|| scenario(name, &args));
+    match result {
+        Ok(result) => Some((result?, node)),
+        Err(panic) => {
+            let (_, stderr) = node.stop();
+            eprintln!("node stderr:\n{stderr}");
+            std::panic::resume_unwind(panic)
+        }
+    }
+}
+
+/// A page in Chromium links to a native node with the node's ticket and
+/// they sync both ways: the page's write arrives on the node's `/changes`
+/// with the page's peer id as its origin, a write through the node's API
+/// arrives in the page, and the page lists the node as its peer.
+#[test]
+fn a_page_and_a_native_node_sync_both_ways_in_chromium() {
+    let Some((result, node)) = with_node("page_and_node_sync_both_ways", str::to_owned) else { return };
+    let (_, history) = node.request("GET", "/nodes/page:1/history", "");
+    let (clean, stderr) = node.stop();
+    let page = result["peer_id"].as_str().expect("the page's peer id");
+    assert!(history.to_string().contains(page), "the node holds page:1 as the page's operation: {history}");
+    assert!(clean, "{stderr}");
+}
+
+/// A page syncs, goes offline, writes 50 records while the node takes 50
+/// through its API, reloads (its offline writes come back from IndexedDB),
+/// reconnects: the page holds the node's 50, the node the page's 50 and the
+/// write made before going offline.
+#[test]
+fn an_offline_page_converges_with_the_node_after_reconnecting() {
+    let Some((result, node)) = with_node("offline_page_converges_after_reconnecting", str::to_owned) else { return };
+    let (clean, stderr) = node.stop();
+    assert_eq!((result["offline_after_reload"].as_u64(), result["on_node"].as_u64()), (Some(50), Some(50)));
+    assert!(clean, "{stderr}");
+}
+
+/// A page whose ticket carries another network's secret is refused by the
+/// node (`access_denied`) and its status says why; the node is unharmed.
+#[test]
+fn a_page_without_the_network_secret_is_refused_in_chromium() {
+    let forge = |ticket: &str| {
+        let real: pluresdb_security::Ticket = ticket.parse().expect("a ticket");
+        let secret = pluresdb_security::NetworkSecret::generate().unwrap();
+        pluresdb_security::Ticket { peer_id: real.peer_id, addresses: real.addresses, secret }.to_text().unwrap()
+    };
+    let Some((result, node)) = with_node("page_without_the_secret_is_refused", forge) else { return };
+    let (status, peers) = node.request("GET", "/peers", "");
+    let (clean, stderr) = node.stop();
+    assert!(result["reason"].as_str().is_some_and(|r| !r.is_empty()), "{result}");
+    assert_eq!(status, 200);
+    assert!(!peers.to_string().contains("websocket"), "no page is linked: {peers}");
+    assert!(clean, "{stderr}");
 }

@@ -1,6 +1,7 @@
 // A notes list on PluresDB in the page: every note is a node `note:<time>`,
 // stored in IndexedDB (reload the page: the notes stay), written as signed
-// operations by this page's own peer id.
+// operations by this page's own peer id, and shared through a node when the
+// page is given one (its browser WebSocket and a ticket).
 import { open } from "../src/index.js";
 
 const db = await open("notes");
@@ -19,9 +20,30 @@ async function render() {
     item.append(done, text, remove);
     list.append(item);
   }
-  const status = await db.status();
-  document.querySelector("#status").textContent = `peer ${status.peer_id} · ${Object.values(status.version_vector).reduce((a, b) => a + b, 0)} operations`;
+  await showStatus();
 }
+
+async function showStatus() {
+  const status = await db.status();
+  const ops = Object.values(status.version_vector).reduce((a, b) => a + b, 0);
+  const link = status.link.state === "none" ? "offline" : status.link.state + (status.link.reason ? ` (${status.link.reason})` : "");
+  document.querySelector("#status").textContent = `peer ${status.peer_id} · ${ops} operations · ${link}`;
+}
+
+// The node to share through, remembered by this browser.
+const saved = JSON.parse(localStorage.getItem("pluresdb-notes-link") ?? "null");
+if (saved) {
+  document.querySelector("#url").value = saved.url;
+  document.querySelector("#ticket").value = saved.ticket;
+  db.connect(saved.url, saved.ticket);
+}
+document.querySelector("#link").onsubmit = (event) => {
+  event.preventDefault();
+  const link = { url: document.querySelector("#url").value.trim(), ticket: document.querySelector("#ticket").value.trim() };
+  localStorage.setItem("pluresdb-notes-link", JSON.stringify(link));
+  db.connect(link.url, link.ticket);
+};
+setInterval(showStatus, 1000);
 
 document.querySelector("#add").onsubmit = async (event) => {
   event.preventDefault();

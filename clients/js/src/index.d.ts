@@ -41,11 +41,15 @@ export interface Status {
   version_vector: { [origin: string]: number };
   /** Journal entries committed in memory and not yet in IndexedDB. */
   pending_journal: number;
+  /** The link to a node: `connected` with its `peer`, or `closed` with the `reason`. */
+  link: { state: "none" | "connecting" | "connected" | "closed"; peer?: string; reason?: string };
   peers: Peer[];
 }
 
 export interface Peer {
   peer_id: string;
+  transport: "websocket";
+  url?: string;
 }
 
 export interface OpenOptions {
@@ -76,6 +80,14 @@ export class Database {
   resolve(id: string, field: string, value: unknown): Promise<Receipt>;
   /** Calls `callback` for each stored change under `prefix`; returns a function that stops it. */
   watch(prefix: string, callback: (change: Change) => void): () => void;
+  /**
+   * Links to a node and keeps syncing: `url` is its browser WebSocket
+   * (`pluresdb serve --browser-listen ADDR`), `ticket` from `pluresdb invite`.
+   * Reconnects after a lost link until `disconnect()`.
+   */
+  connect(url: string, ticket: string): void;
+  /** Ends the link; the page keeps working offline. */
+  disconnect(): void;
   status(): Promise<Status>;
   peers(): Promise<Peer[]>;
   close(): Promise<void>;

@@ -105,6 +105,10 @@ export class Database {
   #failed = null;
   #watchers = new Set();
   #closed = false;
+  #socket = null;
+  #link = null;
+  #timer = undefined;
+  #reconnectTimer = undefined;
 
   constructor(name, idb, replica, unlock, journalLength) {
     this.name = name;
@@ -181,23 +185,27 @@ export class Database {
     return () => this.#watchers.delete(watcher);
   }
 
-  /** `{peer_id, version_vector, pending_journal, peers}`. */
+  /** `{peer_id, version_vector, pending_journal, link, peers}`; `link.state`
+   * is `none`, `connecting`, `connected` or `closed` (with its `reason`). */
   async status() {
     this.#check();
     return { ...JSON.parse(this.#replica.status()), peers: await this.peers() };
   }
 
-  /** The peers this page is connected to. The browser package does not
-   * sync yet (see docs/browser.md), so this is empty. */
+  /** The peers this page is linked with now: the node, once connected. */
   async peers() {
-    return [];
+    const link = JSON.parse(this.#replica.status()).link;
+    return link.state === "connected" ? [{ peer_id: link.peer, transport: "websocket", url: this.#link?.url }] : [];
   }
 
   /** Waits for pending writes, then releases the database. */
   async close() {
     if (this.#closed) return;
+    if (this.#link) this.disconnect();
     await this.#tail;
     this.#closed = true;
+    clearTimeout(this.#timer);
+    this.#socket?.close(1000);
     this.#idb.close();
     this.#unlock();
   }
@@ -210,14 +218,107 @@ export class Database {
   async #write(commit) {
     this.#check();
     const receipt = JSON.parse(commit());
+    await this.#turn();
+    return receipt;
+  }
+
+  /** Stores what the replica committed, then sends what it has for the
+   * node: messages are taken together with the journal, so an
+   * acknowledgement never leaves before the operations it acknowledges
+   * are in IndexedDB. Group commit: each flush waits for the one before
+   * it, then writes everything pending in one transaction, so concurrent
+   * writes share transactions and each resolves once its entry is stored. */
+  async #turn() {
     this.#pending.push(...this.#replica.takeJournal());
-    // Group commit: each flush waits for the one before it, then writes
-    // everything pending in one transaction, so concurrent writes share
-    // transactions and each resolves only once its own entry is stored.
+    const messages = this.#replica.takeMessages();
+    const ended = this.#replica.linkEnded();
     const flush = this.#tail.then(() => this.#writePending());
     this.#tail = flush.catch(() => {});
     await flush;
-    return receipt;
+    const socket = this.#socket;
+    if (socket && socket.readyState === WebSocket.OPEN) {
+      for (const message of messages) socket.send(message);
+    }
+    if (ended !== undefined && socket) {
+      this.#socket = null;
+      socket.close(1000);
+      this.#scheduleReconnect();
+    }
+    this.#schedule();
+  }
+
+  #schedule() {
+    clearTimeout(this.#timer);
+    if (this.#closed) return;
+    const due = this.#replica.nextTimeoutMs(Date.now());
+    if (due === undefined) return;
+    this.#timer = setTimeout(() => {
+      if (this.#closed) return;
+      this.#replica.handleTimeout(Date.now());
+      this.#turn().catch((err) => console.error("pluresdb: storing failed", err));
+    }, Math.max(0, Math.min(due, 60_000)));
+  }
+
+  /**
+   * Links this page to a node and keeps syncing with it: `url` is the
+   * node's browser WebSocket (`serve --browser-listen`, printed at start),
+   * `ticket` a ticket from `pluresdb invite` (its secret is proved to the
+   * node, and the node must prove it too). Reconnects after a lost link
+   * (every 1 s, doubling to 30 s) until {@link disconnect}.
+   */
+  connect(url, ticket) {
+    this.#check();
+    this.#link = { url, ticket, delay: 1000 };
+    this.#open();
+  }
+
+  /** Ends the link to the node; the page keeps working offline. */
+  disconnect() {
+    this.#link = null;
+    clearTimeout(this.#reconnectTimer);
+    this.#replica.disconnect("the page disconnected");
+    this.#turn().catch(() => {});
+  }
+
+  #open() {
+    const link = this.#link;
+    if (!link || this.#closed) return;
+    const socket = new WebSocket(link.url);
+    socket.binaryType = "arraybuffer";
+    this.#socket = socket;
+    socket.onopen = () => {
+      if (this.#socket !== socket) return;
+      const nonce = crypto.getRandomValues(new Uint8Array(32));
+      try {
+        this.#replica.connect(link.ticket, nonce, Date.now());
+      } catch (err) {
+        console.error("pluresdb: cannot link", err);
+        this.#link = null;
+        socket.close();
+        return;
+      }
+      this.#turn().catch(() => {});
+    };
+    socket.onmessage = (event) => {
+      if (this.#socket !== socket || !(event.data instanceof ArrayBuffer)) return;
+      this.#replica.handleMessage(new Uint8Array(event.data), Date.now());
+      this.#turn().catch(() => {});
+    };
+    socket.onclose = (event) => {
+      if (this.#socket !== socket) return;
+      this.#socket = null;
+      this.#replica.handleLost(`the socket closed (${event.code})`, Date.now());
+      this.#turn().catch(() => {});
+      this.#scheduleReconnect();
+    };
+  }
+
+  #scheduleReconnect() {
+    const link = this.#link;
+    if (!link || this.#closed) return;
+    clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = setTimeout(() => this.#open(), link.delay);
+    link.delay = Math.min(link.delay * 2, 30_000);
   }
 
   async #writePending() {

@@ -78,6 +78,48 @@ async function openPage(context, base) {
   return page;
 }
 
+/** Node's API (no Origin header: the CLI's view, not a page's). */
+async function api(address, method, path, body) {
+  const response = await fetch(`http://${address}${path}`, {
+    method,
+    headers: body ? { "content-type": "application/json" } : {},
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const text = await response.text();
+  if (response.status === 404) return null;
+  check(response.ok, `${method} ${path}: ${response.status} ${text}`);
+  return text ? JSON.parse(text) : null;
+}
+
+/** The node's /changes feed under `prefix`; `next(match)` waits for a
+ * matching message. */
+async function subscribeChanges(address, prefix) {
+  const socket = new WebSocket(`ws://${address}/changes?prefix=${encodeURIComponent(prefix)}`);
+  const seen = [];
+  const waiters = [];
+  socket.onmessage = (event) => {
+    const message = JSON.parse(event.data);
+    seen.push(message);
+    for (const waiter of [...waiters]) if (waiter.match(message)) waiter.ok(message);
+  };
+  await new Promise((ok, fail) => {
+    socket.onopen = ok;
+    socket.onerror = () => fail(new Error(`cannot open ${address}/changes`));
+  });
+  return {
+    next(match) {
+      const found = seen.find(match);
+      if (found) return Promise.resolve(found);
+      return new Promise((ok, fail) => {
+        const waiter = { match, ok: (m) => { clearTimeout(timer); waiters.splice(waiters.indexOf(waiter), 1); ok(m); } };
+        const timer = setTimeout(() => fail(new CheckFailed(`no matching change on the node's /changes within ${STEP_MS} ms`)), STEP_MS);
+        waiters.push(waiter);
+      });
+    },
+    close: () => socket.close(),
+  };
+}
+
 const scenarios = {
   /** A page writes 1,000 records with no network, reloads, and still has
    * them all, as the same peer, continuing its own sequence. */
@@ -211,6 +253,118 @@ const scenarios = {
     return { notes: 1 };
   },
 
+  /** A page linked to a node (args: url, ticket, api) syncs both ways: a
+   * page write arrives on the node's /changes as the page's operation, a
+   * node write (HTTP) arrives in the page's watch. */
+  async page_and_node_sync_both_ways({ chromium: c, base, args }) {
+    const page = await openPage(c.browser.contexts()[0], base);
+    const changes = await subscribeChanges(args.api, "page:");
+    const peerId = await page.evaluate(async ({ url, ticket }) => {
+      window.db = await pluresdb.open("sync");
+      db.connect(url, ticket);
+      await waitFor(async () => (await db.status()).link.state === "connected", "the link");
+      return db.peerId;
+    }, args);
+    const peers = await page.evaluate(() => db.peers());
+    check(peers.length === 1 && peers[0].transport === "websocket", `the page's peers: ${JSON.stringify(peers)}`);
+    await page.evaluate(() => db.put("page:1", { from: "page" }));
+    const change = await changes.next((c) => JSON.stringify(c).includes("page:1"));
+    check(JSON.stringify(change).includes(peerId), `the node's change does not name the page as origin: ${JSON.stringify(change)}`);
+    await api(args.api, "PUT", "/nodes/node:1", { from: "node" });
+    const seen = await page.evaluate(() => waitFor(async () => (await db.get("node:1"))?.value?.from === "node", "node:1 in the page"));
+    changes.close();
+    return { peer_id: peerId, node_write_in_page: seen, page_write_on_node: true };
+  },
+
+  /** A page syncs, goes offline, writes while the node writes too,
+   * reloads (its offline writes are in IndexedDB), reconnects: both hold
+   * everything, nothing acknowledged is lost. */
+  async offline_page_converges_after_reconnecting({ chromium: c, base, args }) {
+    const page = await openPage(c.browser.contexts()[0], base);
+    await page.evaluate(async ({ url, ticket }) => {
+      window.db = await pluresdb.open("offline-sync");
+      db.connect(url, ticket);
+      await waitFor(async () => (await db.status()).link.state === "connected", "the link");
+      await db.put("before:1", { n: 1 });
+      db.disconnect();
+      for (let i = 0; i < 50; i++) await db.put(`pageoff:${i}`, { i });
+    }, args);
+    for (let i = 0; i < 50; i++) await api(args.api, "PUT", `/nodes/nodeoff:${i}`, { i });
+    await page.reload();
+    await page.waitForFunction(() => window.ready === true);
+    const inPage = await page.evaluate(async ({ url, ticket }) => {
+      window.db = await pluresdb.open("offline-sync");
+      const offline = (await db.list("pageoff:")).length;
+      db.connect(url, ticket);
+      await waitFor(async () => (await db.list("nodeoff:")).length === 50, "the node's writes in the page");
+      return { offline_after_reload: offline, from_node: (await db.list("nodeoff:")).length };
+    }, args);
+    check(inPage.offline_after_reload === 50, `after the reload the page had ${inPage.offline_after_reload} of its 50 offline writes`);
+    const deadline = Date.now() + STEP_MS;
+    let onNode = 0;
+    while (Date.now() < deadline) {
+      onNode = (await api(args.api, "GET", "/nodes?prefix=pageoff:&limit=1000")).nodes.length;
+      if (onNode === 50) break;
+      await new Promise((ok) => setTimeout(ok, 50));
+    }
+    check(onNode === 50, `the node has ${onNode} of the page's 50 offline writes`);
+    const before = await api(args.api, "GET", "/nodes/before:1");
+    check(before?.value?.n === 1, "the write made before going offline is on the node");
+    return { ...inPage, on_node: onNode };
+  },
+
+  /** A page whose ticket has another secret is refused, and says why. */
+  async page_without_the_secret_is_refused({ chromium: c, base, args }) {
+    const page = await openPage(c.browser.contexts()[0], base);
+    const link = await page.evaluate(async ({ url, ticket }) => {
+      window.db = await pluresdb.open("refused");
+      db.connect(url, ticket);
+      await waitFor(async () => (await db.status()).link.state === "closed", "the refusal");
+      const link = (await db.status()).link;
+      db.disconnect();
+      return link;
+    }, args);
+    check(/access_denied|proof/.test(link.reason ?? ""), `the page was not refused access_denied: ${JSON.stringify(link)}`);
+    return { reason: link.reason };
+  },
+
+  /** Figures with a node (args: url, ticket, api; records): page-to-node
+   * write latency (page write to the node's /changes, measured by this
+   * harness, so it includes one CDP round trip) and node-to-page sync of
+   * `records` records imported on the node. Checks only that all arrive. */
+  async node_figures({ chromium: c, base, args }) {
+    const n = Number(args.records ?? 10000);
+    const page = await openPage(c.browser.contexts()[0], base);
+    const changes = await subscribeChanges(args.api, "lat:");
+    await page.evaluate(async ({ url, ticket }) => {
+      window.db = await pluresdb.open("figures-node");
+      db.connect(url, ticket);
+      await waitFor(async () => (await db.status()).link.state === "connected", "the link");
+    }, args);
+    const latencies = [];
+    for (let i = 0; i < 200; i++) {
+      const start = performance.now();
+      await page.evaluate((i) => db.put(`lat:${i}`, { i }), i);
+      await changes.next((m) => JSON.stringify(m).includes(`"lat:${i}"`));
+      latencies.push(performance.now() - start);
+    }
+    changes.close();
+    latencies.sort((a, b) => a - b);
+    const lines = Array.from({ length: n }, (_, i) => JSON.stringify({ id: `bulk:${i}`, value: { i, text: "a record of about a hundred bytes, as the native benchmarks write them" } })).join("\n");
+    const start = performance.now();
+    const imported = await fetch(`http://${args.api}/import`, { method: "POST", headers: { "content-type": "application/x-ndjson" }, body: lines });
+    check(imported.ok, `import: ${imported.status} ${await imported.text()}`);
+    await page.evaluate((n) => waitFor(async () => (await db.list("bulk:")).length === n, "the bulk records", 300000), n);
+    const syncMs = performance.now() - start;
+    return {
+      write_latency_ms_p50: Number(latencies[99].toFixed(2)),
+      write_latency_ms_p99: Number(latencies[197].toFixed(2)),
+      node_to_page_records: n,
+      node_to_page_ms: Math.round(syncMs),
+      node_to_page_per_s: Math.round(n / (syncMs / 1000)),
+    };
+  },
+
   /** Figures for the note: durable writes per second (one at a time, and
    * concurrent), reopen time, and the wasm size. Checks only that the
    * records are there. */
@@ -243,7 +397,7 @@ if (!scenario) {
   console.error(`unknown scenario ${name}; known: ${Object.keys(scenarios).join(", ")}`);
   process.exit(2);
 }
-const args = Object.fromEntries(rest.map((kv) => kv.split("=", 2)));
+const args = Object.fromEntries(rest.map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]));
 const profile = mkdtempSync(join(tmpdir(), "pluresdb-chromium-"));
 const server = await serve();
 let c;
