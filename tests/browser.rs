@@ -249,3 +249,18 @@ fn a_page_without_the_network_secret_is_refused_in_chromium() {
     assert!(!peers.to_string().contains("websocket"), "no page is linked: {peers}");
     assert!(clean, "{stderr}");
 }
+
+/// Two pages in separate browser contexts (their own storage and peer ids)
+/// linked to one node: a write in either reaches the other through the
+/// node, which relays operations between its peers. (Not WebRTC: pages do
+/// not link to each other directly yet, see docs/browser.md.)
+#[test]
+fn two_pages_sync_with_each_other_through_the_node() {
+    let Some((result, node)) = with_node("two_pages_sync_through_the_node", str::to_owned) else { return };
+    let (_, a) = node.request("GET", "/nodes/shared:a", "");
+    let (_, b) = node.request("GET", "/nodes/shared:b", "");
+    let (clean, stderr) = node.stop();
+    assert_eq!(result["pages"].as_array().map(Vec::len), Some(2));
+    assert_eq!((a["value"]["by"].as_str(), b["value"]["by"].as_str()), (Some("a"), Some("b")));
+    assert!(clean, "{stderr}");
+}

@@ -276,6 +276,31 @@ const scenarios = {
     return { peer_id: peerId, node_write_in_page: seen, page_write_on_node: true };
   },
 
+  /** Two pages in separate browser contexts (separate storage and
+   * identities), both linked to the node: each one's write reaches the
+   * other through the node, which relays between its peers. */
+  async two_pages_sync_through_the_node({ chromium: c, base, args }) {
+    const pages = [];
+    for (const name of ["a", "b"]) {
+      const context = await c.browser.newContext();
+      const page = await openPage(context, base);
+      await page.evaluate(async ({ url, ticket }) => {
+        window.db = await pluresdb.open("shared");
+        db.connect(url, ticket);
+        await waitFor(async () => (await db.status()).link.state === "connected", "the link");
+      }, args);
+      pages.push(page);
+    }
+    const [a, b] = pages;
+    const ids = await Promise.all(pages.map((p) => p.evaluate(() => db.peerId)));
+    check(ids[0] !== ids[1], "the two contexts have one identity");
+    await a.evaluate(() => db.put("shared:a", { by: "a" }));
+    await b.evaluate(() => waitFor(async () => (await db.get("shared:a"))?.value?.by === "a", "a's write in b"));
+    await b.evaluate(() => db.put("shared:b", { by: "b" }));
+    await a.evaluate(() => waitFor(async () => (await db.get("shared:b"))?.value?.by === "b", "b's write in a"));
+    return { pages: ids };
+  },
+
   /** A page syncs, goes offline, writes while the node writes too,
    * reloads (its offline writes are in IndexedDB), reconnects: both hold
    * everything, nothing acknowledged is lost. */

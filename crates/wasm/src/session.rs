@@ -84,6 +84,9 @@ impl BrowserReplica {
             session.link.handle_timeout(Now::system());
         }
         self.engine.handle_timeout(now_ms);
+        // What the node acknowledged, kept so a reload resends only what it
+        // lacks; a store that fails refuses it (and the write after it).
+        let _ = self.engine.flush_acked();
         self.after_input(now_ms);
     }
 
