@@ -3,7 +3,7 @@
 //! served in-process over the directly opened replica. Either way a command
 //! is the same requests and the same answers.
 
-use crate::{InvalidInput, NotFound, Unavailable};
+use crate::{InvalidInput, NotFound, StoreCannotWrite, Unavailable};
 use anyhow::{bail, Context};
 use axum::body::Body;
 use serde_json::Value;
@@ -119,6 +119,7 @@ pub fn error_for(status: u16, value: &Value) -> anyhow::Error {
         404 => NotFound(message).into(),
         400 | 413 => InvalidInput(message).into(),
         503 => Unavailable(message).into(),
+        507 => StoreCannotWrite(message).into(),
         _ => anyhow::anyhow!("the node answered {status}: {message}"),
     }
 }

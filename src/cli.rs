@@ -10,6 +10,8 @@ Exit codes:
   2  invalid input: bad arguments, invalid JSON, a non-object value, a bad node id
   3  not found: the node (or the target of a followed link, or the peer) does not exist
   4  unavailable: the running node cannot do it (no network transport for connect)
+  5  the store cannot write: the disk is full or an I/O error; nothing was written
+     (a running node takes writes again by itself once space is freed: retry)
 
 While a node runs on the data directory (`pluresdb serve`), every command goes
 through its HTTP API; otherwise commands open the data directory directly.

@@ -31,6 +31,11 @@ pub struct NotFound(pub String);
 #[error("{0}")]
 pub struct Unavailable(pub String);
 
+/// The running node's store cannot write (its disk is full: 507).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreCannotWrite(pub String);
+
 fn main() -> ExitCode {
     pluresdb_runtime::avoid_huge_pages();
     let cli = cli::Cli::parse();
@@ -67,7 +72,13 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         if cause.is::<Unavailable>() {
             return 4;
         }
+        if cause.is::<StoreCannotWrite>() || cause.downcast_ref::<pluresdb_runtime::Error>().is_some_and(|e| e.storage_fault().is_some()) {
+            return 5;
+        }
         if let Some(core) = cause.downcast_ref::<pluresdb_core::Error>() {
+            if core.storage_fault().is_some() {
+                return 5;
+            }
             if matches!(core, pluresdb_core::Error::NotFound { .. }) {
                 return 3;
             }

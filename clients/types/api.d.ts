@@ -48,7 +48,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Whether the node answers, and who it is. */
+        /**
+         * Whether the node answers, and who it is.
+         *     It answers while the store cannot write (`status` is then `degraded`).
+         */
         get: operations["health"];
         put?: never;
         post?: never;
@@ -531,8 +534,13 @@ export interface components {
             operations: number;
             /** @description This node's peer id. */
             peer_id: string;
-            /** @description Always `ok` when the node answers. */
+            /**
+             * @description `ok`, or `degraded` while the store cannot write (writes answer 507
+             *     or 503; reads work; the node recovers by itself).
+             */
             status: string;
+            /** @description Whether the store can write. */
+            store?: components["schemas"]["StoreDoc"];
         };
         /** @description What an import did. */
         ImportDoc: {
@@ -801,6 +809,8 @@ export interface components {
              * @description Operations some connected or known peer has not acknowledged.
              */
             pending_operations: number;
+            /** @description Whether the store can write, and its faults. */
+            store?: components["schemas"]["StoreDoc"];
             /** @description Sync traffic since the node started. */
             traffic: components["schemas"]["TrafficDoc"];
             /** @description Transports running (`quic`, ...); empty when the node only serves its API. */
@@ -814,6 +824,58 @@ export interface components {
             version_vector: {
                 [key: string]: number;
             };
+        };
+        /**
+         * @description Whether the node's store can write, and its faults since the node
+         *     started (see the README, "When things go wrong").
+         */
+        StoreDoc: {
+            /**
+             * Format: int32
+             * @description While not writable: attempts to reopen the store so far.
+             */
+            attempts: number;
+            /** @description While not writable: `disk_full` or `io`. */
+            fault?: string | null;
+            /**
+             * Format: int64
+             * @description Faults since the node started.
+             */
+            faults: number;
+            /**
+             * Format: int64
+             * @description While not writable: when the node next tries to reopen it (ms since
+             *     the Unix epoch).
+             */
+            next_attempt_ms?: number | null;
+            /**
+             * Format: int64
+             * @description Operations from peers not stored while it could not write (asked
+             *     for again once it could).
+             */
+            ops_not_stored: number;
+            /** @description While not writable: the error, on one line. */
+            reason?: string | null;
+            /**
+             * Format: int64
+             * @description Recoveries since the node started.
+             */
+            recoveries: number;
+            /**
+             * Format: int64
+             * @description While not writable: since when (ms since the Unix epoch).
+             */
+            since_ms?: number | null;
+            /**
+             * @description `false` while the store cannot write: local writes answer 507 (disk
+             *     full) or 503 (another I/O error) and peers' operations wait.
+             */
+            writable: boolean;
+            /**
+             * Format: int64
+             * @description Local writes refused while the store could not write.
+             */
+            writes_refused: number;
         };
         /** @description Sync traffic totals. */
         TrafficDoc: {
@@ -1094,6 +1156,28 @@ export interface operations {
             /** @description A request from a web page with a body of a type any page may send unasked (text/plain, a form, none) */
             415: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The store cannot write after an I/O error (or is being reopened): the write is not acknowledged; the node recovers by itself */
+            503: {
+                headers: {
+                    /** @description Seconds after which to retry */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The disk is full: nothing was written; the node takes writes again by itself once space is freed */
+            507: {
+                headers: {
+                    /** @description Seconds after which to retry */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1425,6 +1509,28 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorDoc"];
                 };
             };
+            /** @description The store cannot write after an I/O error (or is being reopened): the write is not acknowledged; the node recovers by itself */
+            503: {
+                headers: {
+                    /** @description Seconds after which to retry */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The disk is full: nothing was written; the node takes writes again by itself once space is freed */
+            507: {
+                headers: {
+                    /** @description Seconds after which to retry */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
         };
     };
     delete_node: {
@@ -1484,6 +1590,28 @@ export interface operations {
             /** @description A request from a web page with a body of a type any page may send unasked (text/plain, a form, none) */
             415: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The store cannot write after an I/O error (or is being reopened): the write is not acknowledged; the node recovers by itself */
+            503: {
+                headers: {
+                    /** @description Seconds after which to retry */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The disk is full: nothing was written; the node takes writes again by itself once space is freed */
+            507: {
+                headers: {
+                    /** @description Seconds after which to retry */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1554,6 +1682,28 @@ export interface operations {
             /** @description A request from a web page with a body of a type any page may send unasked (text/plain, a form, none) */
             415: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The store cannot write after an I/O error (or is being reopened): the write is not acknowledged; the node recovers by itself */
+            503: {
+                headers: {
+                    /** @description Seconds after which to retry */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The disk is full: nothing was written; the node takes writes again by itself once space is freed */
+            507: {
+                headers: {
+                    /** @description Seconds after which to retry */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1696,6 +1846,28 @@ export interface operations {
             /** @description A request from a web page with a body of a type any page may send unasked (text/plain, a form, none) */
             415: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The store cannot write after an I/O error (or is being reopened): the write is not acknowledged; the node recovers by itself */
+            503: {
+                headers: {
+                    /** @description Seconds after which to retry */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The disk is full: nothing was written; the node takes writes again by itself once space is freed */
+            507: {
+                headers: {
+                    /** @description Seconds after which to retry */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2147,6 +2319,28 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorDoc"];
                 };
             };
+            /** @description The store cannot write after an I/O error (or is being reopened): the write is not acknowledged; the node recovers by itself */
+            503: {
+                headers: {
+                    /** @description Seconds after which to retry */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The disk is full: nothing was written; the node takes writes again by itself once space is freed */
+            507: {
+                headers: {
+                    /** @description Seconds after which to retry */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
         };
     };
     trust_add: {
@@ -2197,6 +2391,28 @@ export interface operations {
             /** @description A request from a web page with a body of a type any page may send unasked (text/plain, a form, none) */
             415: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The store cannot write after an I/O error (or is being reopened): the write is not acknowledged; the node recovers by itself */
+            503: {
+                headers: {
+                    /** @description Seconds after which to retry */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The disk is full: nothing was written; the node takes writes again by itself once space is freed */
+            507: {
+                headers: {
+                    /** @description Seconds after which to retry */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2262,6 +2478,28 @@ export interface operations {
             /** @description A request from a web page with a body of a type any page may send unasked (text/plain, a form, none) */
             415: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The store cannot write after an I/O error (or is being reopened): the write is not acknowledged; the node recovers by itself */
+            503: {
+                headers: {
+                    /** @description Seconds after which to retry */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The disk is full: nothing was written; the node takes writes again by itself once space is freed */
+            507: {
+                headers: {
+                    /** @description Seconds after which to retry */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {

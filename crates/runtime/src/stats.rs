@@ -2,7 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// Monotonic counters (and a few gauges), updated without locks.
+/// Monotonic counters (and a few gauges), updated without locks, and the
+/// store's health.
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Local writes committed.
@@ -19,6 +20,8 @@ pub struct Stats {
     pub lagged_watchers: AtomicU64,
     /// Changes delivered to watchers.
     pub delivered_changes: AtomicU64,
+    /// The store's health as the writer last published it.
+    store: std::sync::Mutex<pluresdb_sync::StoreStatus>,
 }
 
 impl Stats {
@@ -33,5 +36,15 @@ impl Stats {
 
     pub(crate) fn sub(counter: &AtomicU64, n: u64) {
         counter.fetch_sub(n, Relaxed);
+    }
+
+    /// Whether the store can write, its fault if not, and its fault and
+    /// recovery counts (published by the writer, read without waiting for it).
+    pub fn store_status(&self) -> pluresdb_sync::StoreStatus {
+        self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub(crate) fn set_store_status(&self, status: pluresdb_sync::StoreStatus) {
+        *self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = status;
     }
 }

@@ -8,7 +8,7 @@ use crate::{now_ms, Error};
 use pluresdb_core::{validate_node_id, validate_value, OperationType, OperationWithMetadata, Receipt, Subscription, VersionVector};
 use pluresdb_net::{NetworkEngine, PeerManager, SyncPort, SyncWake};
 use pluresdb_store_redb::RedbStore;
-use pluresdb_sync::{DataSyncEngine, SyncStatus};
+use pluresdb_sync::{DataSyncEngine, StoreEvent, SyncStatus};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -60,7 +60,20 @@ pub(crate) fn spawn(
         };
         match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => runtime.block_on(
-                Writer { engine, inbox, port, peers, stats, max_group, carried: None, waiting: None, clock, clock_checked: None }.run(),
+                Writer {
+                    engine,
+                    inbox,
+                    port,
+                    peers,
+                    stats,
+                    max_group,
+                    carried: None,
+                    waiting: None,
+                    clock,
+                    clock_checked: None,
+                    published_store: Default::default(),
+                }
+                .run(),
             ),
             Err(err) => tracing::error!(%err, "cannot start the writer's runtime"),
         }
@@ -95,6 +108,8 @@ struct Writer {
     /// The correction of this node's wall clock, from its peers' clocks.
     clock: ClockCorrection,
     clock_checked: Option<std::time::Instant>,
+    /// The store status last published to [`Stats`].
+    published_store: pluresdb_sync::StoreStatus,
 }
 
 /// Writes that will be committed together.
@@ -114,6 +129,7 @@ impl Writer {
         loop {
             self.port.flush(&mut self.engine).await;
             self.report_forks();
+            self.report_store();
             if let Some((_, until)) = &self.waiting {
                 if !self.engine.own_chain_behind() || tokio::time::Instant::now() >= *until {
                     if let Some((command, _)) = self.waiting.take() {
@@ -196,7 +212,11 @@ impl Writer {
                 let _ = reply.send(result);
             }
             Command::CommitMeta { entries, reply } => {
-                let _ = reply.send(self.engine.database_mut().commit_meta(entries).map_err(Error::Core));
+                let result = match self.engine.store_fault() {
+                    Some((fault, reason)) => Err(Error::StoreUnavailable { fault, reason: reason.to_owned() }),
+                    None => self.engine.database_mut().commit_meta(entries).map_err(Error::Core),
+                };
+                let _ = reply.send(result);
             }
             Command::Subscribe { capacity, reply } => {
                 let db = self.engine.database();
@@ -251,6 +271,40 @@ impl Writer {
         }
     }
 
+    /// Logs what happened to the store (a fault, attempts to recover it, its
+    /// recovery) and publishes its state for `/health`, `/status` and
+    /// `/metrics`.
+    fn report_store(&mut self) {
+        while let Some(event) = self.engine.poll_store_event() {
+            match event {
+                StoreEvent::Faulted { fault, reason, retry_in_ms } => tracing::error!(
+                    %fault,
+                    error = %reason,
+                    retry_in_ms,
+                    "the store cannot write: local writes are refused (507/503) and peers' operations are not taken until it \
+                     recovers; reads go on; the node reopens the store by itself"
+                ),
+                // Attempts come every few seconds while the cause lasts: log
+                // the 1st, 2nd, 4th, 8th, ... so the log stays bounded.
+                StoreEvent::RecoveryFailed { fault, reason, attempts, retry_in_ms } if attempts.is_power_of_two() => {
+                    tracing::warn!(%fault, error = %reason, attempts, retry_in_ms, "the store cannot write yet (free disk space?)")
+                }
+                StoreEvent::RecoveryFailed { .. } => {}
+                StoreEvent::Recovered { fault, down_ms, attempts } => tracing::warn!(
+                    %fault,
+                    down_ms,
+                    attempts,
+                    "the store writes again: local writes and sync resume, and peers are asked again for what was not stored"
+                ),
+            }
+        }
+        let status = self.engine.store_status();
+        if status != self.published_store {
+            self.stats.set_store_status(status.clone());
+            self.published_store = status;
+        }
+    }
+
     /// Compares this node's wall clock with its connected peers' (at most
     /// every [`CLOCK_CHECK_INTERVAL`]) and applies the correction, if any,
     /// to the replica: its writes and its judgement of received timestamps
@@ -275,8 +329,13 @@ impl Writer {
     }
 
     fn close(&mut self) {
-        if let Err(err) = self.engine.flush_acked() {
-            tracing::error!(error = %pluresdb_core::error_chain(&err), "cannot record what peers acknowledged");
+        match self.engine.flush_acked() {
+            Ok(()) => {}
+            // Acknowledgements only save resends after the restart.
+            Err(err) if err.storage_fault().is_some() => {
+                tracing::warn!(error = %pluresdb_core::error_chain(&err), "what peers acknowledged is not recorded: they resend it")
+            }
+            Err(err) => tracing::error!(error = %pluresdb_core::error_chain(&err), "cannot record what peers acknowledged"),
         }
         tracing::debug!("writer stopped");
     }
@@ -309,6 +368,11 @@ impl Writer {
             Ok(receipts) => {
                 for (reply, receipt) in group.replies.into_iter().zip(receipts) {
                     let _ = reply.send(Ok(receipt));
+                }
+            }
+            Err(Error::StoreUnavailable { fault, reason }) => {
+                for reply in group.replies {
+                    let _ = reply.send(Err(Error::StoreUnavailable { fault, reason: reason.clone() }));
                 }
             }
             Err(err) => {
@@ -354,9 +418,24 @@ impl Writer {
                 Stats::add(&self.stats.local_ops, n);
                 Ok(receipts)
             }
+            Err(pluresdb_sync::SyncError::StoreUnavailable { fault, reason }) => {
+                // Refused before writing: the fault was logged when it began.
+                tracing::debug!(%fault, writes = n, "write refused: the store cannot write");
+                Err(Error::StoreUnavailable { fault, reason })
+            }
             Err(err) => {
                 Stats::add(&self.stats.failed_commits, 1);
                 tracing::error!(error = %pluresdb_core::error_chain(&err), writes = n, "commit failed");
+                if let Some(fault) = err.storage_fault() {
+                    let reason = match &err {
+                        pluresdb_sync::SyncError::LocalWrite(pluresdb_core::Error::StoreFault { source, .. })
+                        | pluresdb_sync::SyncError::Storage(pluresdb_core::Error::StoreFault { source, .. }) => {
+                            pluresdb_core::error_chain(&**source)
+                        }
+                        other => pluresdb_core::error_chain(other),
+                    };
+                    return Err(Error::StoreUnavailable { fault, reason });
+                }
                 Err(match err {
                     pluresdb_sync::SyncError::LocalWrite(core) | pluresdb_sync::SyncError::Storage(core) => Error::Core(core),
                     other => Error::Sync(other),

@@ -52,7 +52,7 @@ pub async fn check_token(State(state): State<ApiState>, request: Request, next: 
     if needed {
         match presented(&request) {
             None => {
-                return Err(ApiError(
+                return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "this route needs the API token: send `Authorization: Bearer <token>` (a WebSocket may offer the subprotocol \
                      `bearer.<token>` instead); the token is in api.token in the node's data directory"
@@ -60,7 +60,7 @@ pub async fn check_token(State(state): State<ApiState>, request: Request, next: 
                 ))
             }
             Some(token) if !same(token.as_bytes(), state.token.as_bytes()) => {
-                return Err(ApiError(StatusCode::UNAUTHORIZED, "the API token is wrong".into()));
+                return Err(ApiError::new(StatusCode::UNAUTHORIZED, "the API token is wrong".into()));
             }
             Some(_) => {}
         }

@@ -328,24 +328,24 @@ impl Refusal {
     fn into_error(self) -> ApiError {
         let how_to_allow = "allowed_origins in pluresdb.toml, PLURESDB_ALLOWED_ORIGINS or --allowed-origin";
         match self {
-            Refusal::Host(host) => ApiError(
+            Refusal::Host(host) => ApiError::new(
                 StatusCode::FORBIDDEN,
                 format!(
                     "this node does not answer to the name {host:?} (a page whose name resolves to this machine is not the node); \
                      use its address, or add the name to api_hosts in pluresdb.toml (PLURESDB_API_HOSTS, --api-host)"
                 ),
             ),
-            Refusal::Origin(origin) => ApiError(
+            Refusal::Origin(origin) => ApiError::new(
                 StatusCode::FORBIDDEN,
                 format!("requests from web pages at {origin} are refused: the API answers its own pages and the origins in {how_to_allow}"),
             ),
-            Refusal::QueryToken => ApiError(
+            Refusal::QueryToken => ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "a token in the URL is refused (URLs end up in logs and browser history): send `Authorization: Bearer <token>`, \
                  or for the /changes WebSocket the subprotocol `bearer.<token>` (Sec-WebSocket-Protocol)"
                     .into(),
             ),
-            Refusal::SimpleBody(kind) => ApiError(
+            Refusal::SimpleBody(kind) => ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 format!(
                     "a request from a web page must send its body as application/json (application/x-ndjson for /import), not {kind}: \

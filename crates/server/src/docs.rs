@@ -102,12 +102,66 @@ pub struct OperationDoc {
 /// Node health.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct HealthDoc {
-    /// Always `ok` when the node answers.
+    /// `ok`, or `degraded` while the store cannot write (writes answer 507
+    /// or 503; reads work; the node recovers by itself).
     pub status: String,
     /// This node's peer id.
     pub peer_id: String,
     /// Operations held (from every origin).
     pub operations: u64,
+    /// Whether the store can write.
+    #[serde(default)]
+    pub store: StoreDoc,
+}
+
+/// Whether the node's store can write, and its faults since the node
+/// started (see the README, "When things go wrong").
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct StoreDoc {
+    /// `false` while the store cannot write: local writes answer 507 (disk
+    /// full) or 503 (another I/O error) and peers' operations wait.
+    pub writable: bool,
+    /// While not writable: `disk_full` or `io`.
+    pub fault: Option<String>,
+    /// While not writable: the error, on one line.
+    pub reason: Option<String>,
+    /// While not writable: since when (ms since the Unix epoch).
+    pub since_ms: Option<u64>,
+    /// While not writable: attempts to reopen the store so far.
+    pub attempts: u32,
+    /// While not writable: when the node next tries to reopen it (ms since
+    /// the Unix epoch).
+    pub next_attempt_ms: Option<u64>,
+    /// Faults since the node started.
+    pub faults: u64,
+    /// Recoveries since the node started.
+    pub recoveries: u64,
+    /// Local writes refused while the store could not write.
+    pub writes_refused: u64,
+    /// Operations from peers not stored while it could not write (asked
+    /// for again once it could).
+    pub ops_not_stored: u64,
+}
+
+impl StoreDoc {
+    /// The document of the runtime's store status.
+    pub fn new(status: &pluresdb_sync::StoreStatus) -> Self {
+        StoreDoc {
+            writable: !status.degraded,
+            fault: status.fault.map(|f| match f {
+                pluresdb_core::StorageFault::DiskFull => "disk_full".to_owned(),
+                pluresdb_core::StorageFault::Io => "io".to_owned(),
+            }),
+            reason: status.reason.clone(),
+            since_ms: status.since_ms,
+            attempts: status.attempts,
+            next_attempt_ms: status.next_attempt_ms,
+            faults: status.faults,
+            recoveries: status.recoveries,
+            writes_refused: status.writes_refused,
+            ops_not_stored: status.ops_not_stored,
+        }
+    }
 }
 
 /// A node's concurrent values.
@@ -271,6 +325,9 @@ pub struct StatusDoc {
     /// sequence number), what this node settled; empty when none did.
     #[serde(default)]
     pub forks: Vec<ForkDoc>,
+    /// Whether the store can write, and its faults.
+    #[serde(default)]
+    pub store: StoreDoc,
 }
 
 /// The forks of one origin a node settled (see `docs/protocol.md`, "Forks").

@@ -71,9 +71,16 @@ pub enum RedbStoreError {
     /// A read or write failed.
     #[error("{step} failed")]
     Redb { step: &'static str, source: redb::Error },
-    /// The file is being closed and opened again after an I/O error.
-    #[error("{} is being reopened after an I/O error", .path.display())]
-    Reopening { path: PathBuf },
+    /// The file was closed after an I/O error and could not be opened again
+    /// yet (the node keeps trying).
+    #[error("{} was closed after an I/O error and is not open again yet", .path.display())]
+    Closed { path: PathBuf },
+    /// After a full disk, too little space is free yet to take writes again.
+    #[error(
+        "{} bytes are free on the disk of {}; writes resume once {} are",
+        .free, .path.display(), RESUME_FREE_BYTES
+    )]
+    StillFull { path: PathBuf, free: u64 },
 }
 
 fn fail<E: Into<redb::Error>>(step: &'static str) -> impl FnOnce(E) -> Error {
@@ -110,12 +117,17 @@ pub struct RedbStore {
     shared: Arc<SharedFile>,
     /// A handle from [`RedbStore::read_handle`]: commits are refused.
     read_only: bool,
+    /// The fault of the last commit that failed at the medium, until a
+    /// recovery.
+    last_fault: Option<StorageFault>,
 }
 
-/// The open file every handle uses; `None` while it is being reopened.
+/// The open file every handle uses; `None` after a reopen that failed.
 struct SharedFile {
     path: PathBuf,
     db: RwLock<Option<Arc<Redb>>>,
+    /// Counts reopens, so a read that failed knows when to read again.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -123,6 +135,39 @@ impl std::fmt::Debug for RedbStore {
         f.debug_struct("RedbStore").field("path", &self.shared.path).finish()
     }
 }
+
+/// The free space a disk that was full must have again before the store
+/// takes writes: less would fill at once (the file grows by whole regions),
+/// and the node would flip between taking and refusing writes.
+pub const RESUME_FREE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The bytes free for this process on the filesystem of `path`; `None`
+/// where that cannot be read (the check is then skipped).
+fn free_bytes(path: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = path.parent()?;
+        let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        // SAFETY: statvfs writes into the zeroed struct we own; the path is
+        // a valid NUL-terminated string.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+            return None;
+        }
+        #[allow(clippy::unnecessary_cast)]
+        Some((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// How long a read that failed after an I/O error waits for the writer to
+/// reopen the file before it reports the error.
+const READ_RETRY_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How long [`Store::recover`] waits for reads that still use the old file
 /// to end before it gives up for this attempt (its caller tries again).
@@ -137,7 +182,11 @@ impl RedbStore {
         let path = dir.join(DATA_FILE);
         let db = open_file(&path)?;
         create_tables(&db).map_err(|source| RedbStoreError::Redb { step: "create tables", source })?;
-        Ok(Self { shared: Arc::new(SharedFile { path, db: RwLock::new(Some(Arc::new(db))) }), read_only: false })
+        Ok(Self {
+            shared: Arc::new(SharedFile { path, db: RwLock::new(Some(Arc::new(db))), generation: Default::default() }),
+            read_only: false,
+            last_fault: None,
+        })
     }
 
     /// Another handle on the same database that only reads: readers on it
@@ -145,7 +194,7 @@ impl RedbStore {
     /// progress. Its [`Store::commit`] fails; writes go through the handle
     /// the replica owns.
     pub fn read_handle(&self) -> Self {
-        Self { shared: self.shared.clone(), read_only: true }
+        Self { shared: self.shared.clone(), read_only: true, last_fault: None }
     }
 
     /// The database file.
@@ -158,200 +207,12 @@ impl RedbStore {
         let slot = self.shared.db.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         match slot.as_ref() {
             Some(db) => Ok(db.clone()),
-            None => Err(Error::store_fault(StorageFault::Io, RedbStoreError::Reopening { path: self.shared.path.clone() })),
+            None => Err(Error::store_fault(StorageFault::Io, RedbStoreError::Closed { path: self.shared.path.clone() })),
         }
     }
 
-    /// Closes the file and opens it again: after an I/O error redb refuses
-    /// every write (and reads of pages it has not cached) until then.
-    /// Opening runs redb's repair when the file was not closed cleanly; it
-    /// keeps every committed transaction. Reads meanwhile fail with
-    /// [`RedbStoreError::Reopening`] instead of waiting.
-    fn reopen(&self) -> Result<(), Error> {
-        let path = &self.shared.path;
-        let old = self.shared.db.write().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        // The old file closes once the last reader using it lets go.
-        let old = old.map(|db| Arc::downgrade(&db));
-        let started = std::time::Instant::now();
-        while old.as_ref().is_some_and(|weak| weak.strong_count() > 0) {
-            if started.elapsed() > REOPEN_WAIT {
-                return Err(Error::store_fault(StorageFault::Io, RedbStoreError::Locked { path: path.clone() }));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        let opened = open_file(path).map_err(|err| {
-            let fault = match &err {
-                RedbStoreError::Open { source: redb::DatabaseError::Storage(redb::StorageError::Io(io)), .. } => StorageFault::of_io(io),
-                _ => StorageFault::Io,
-            };
-            Error::store_fault(fault, err)
-        })?;
-        create_tables(&opened).map_err(|source| {
-            let fault = fault_of(&source).unwrap_or(StorageFault::Io);
-            Error::store_fault(fault, RedbStoreError::Redb { step: "create tables", source })
-        })?;
-        *self.shared.db.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(opened));
-        Ok(())
-    }
-}
-
-fn create_tables(db: &Redb) -> Result<(), redb::Error> {
-    let txn = db.begin_write()?;
-    txn.open_table(NODES)?;
-    txn.open_table(OPS)?;
-    txn.open_table(VERSION_VECTOR)?;
-    txn.open_table(META)?;
-    txn.open_table(DEFERRED)?;
-    txn.commit()?;
-    Ok(())
-}
-
-/// Opens or creates the redb file, turning redb's lock and corruption
-/// reports (including a panic on a file damaged outside redb) into errors.
-fn open_file(path: &Path) -> Result<Redb, RedbStoreError> {
-    let corrupted = |reason: String| RedbStoreError::Corrupted { path: path.to_owned(), reason };
-    // A file damaged outside redb can make the open panic (redb's docs say
-    // so); keep the panic message off the terminal and report an error.
-    let previous_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let opened = std::panic::catch_unwind(|| Redb::create(path));
-    std::panic::set_hook(previous_hook);
-    match opened {
-        Ok(Ok(db)) => Ok(db),
-        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(RedbStoreError::Locked { path: path.to_owned() }),
-        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)))) => Err(corrupted(reason)),
-        // redb reports a file that is not a redb database (wrong magic
-        // number) as invalid data.
-        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(err)))) if err.kind() == std::io::ErrorKind::InvalidData => {
-            Err(corrupted(err.to_string()))
-        }
-        Ok(Err(source)) => Err(RedbStoreError::Open { path: path.to_owned(), source }),
-        Err(_) => Err(corrupted("the database engine could not read it".into())),
-    }
-}
-
-impl Store for RedbStore {
-    fn nodes(&self, ids: &[&str]) -> Result<Vec<Option<NodeRecord>>, Error> {
-        let txn = self.db()?.begin_read().map_err(fail("begin read"))?;
-        let table = txn.open_table(NODES).map_err(fail("open nodes"))?;
-        if ids.len() > 1 && ids.windows(2).all(|w| w[0] < w[1]) {
-            return read_sorted(&table, ids);
-        }
-        ids.iter().map(|id| read_node(&table, id)).collect()
-    }
-
-    fn scan_nodes(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<NodeRecord>, Error> {
-        let txn = self.db()?.begin_read().map_err(fail("begin read"))?;
-        let table = txn.open_table(NODES).map_err(fail("open nodes"))?;
-        let mut range = match after {
-            Some(after) if after >= prefix => table.range::<&str>(after..).map_err(fail("scan nodes"))?,
-            _ => table.range::<&str>(prefix..).map_err(fail("scan nodes"))?,
-        };
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let Some(entry) = range.next() else { break };
-            let (key, value) = entry.map_err(fail("scan nodes"))?;
-            let id = key.value();
-            if !id.starts_with(prefix) {
-                break;
-            }
-            if Some(id) == after {
-                continue;
-            }
-            out.push(NodeRecord::decode(value.value())?);
-        }
-        Ok(out)
-    }
-
-    fn ops_after(&self, origin: &str, after_seq: u64, limit: usize) -> Result<Vec<OperationWithMetadata>, Error> {
-        let Some(first) = after_seq.checked_add(1) else { return Ok(Vec::new()) };
-        let txn = self.db()?.begin_read().map_err(fail("begin read"))?;
-        let table = txn.open_table(OPS).map_err(fail("open op log"))?;
-        // Start at the segment that holds `first` (or the next one).
-        let start = match table.range((origin, 0)..=(origin, first)).map_err(fail("read op log"))?.next_back() {
-            Some(entry) => entry.map_err(fail("read op log"))?.0.value().1,
-            None => first,
-        };
-        let mut out = Vec::new();
-        for entry in table.range((origin, start)..=(origin, u64::MAX)).map_err(fail("read op log"))? {
-            let (key, bytes) = entry.map_err(fail("read op log"))?;
-            let segment_first = key.value().1;
-            let segment = Segment::parse(origin, segment_first, bytes.value())?;
-            let skip = usize::try_from(first.saturating_sub(segment_first)).unwrap_or(usize::MAX);
-            for i in skip..segment.len() {
-                if out.len() == limit {
-                    return Ok(out);
-                }
-                out.push(segment.op(i)?);
-            }
-        }
-        Ok(out)
-    }
-
-    fn ops(&self, ids: &[OpId]) -> Result<Vec<Option<OperationWithMetadata>>, Error> {
-        let txn = self.db()?.begin_read().map_err(fail("begin read"))?;
-        let table = txn.open_table(OPS).map_err(fail("open op log"))?;
-        ids.iter()
-            .map(|id| {
-                let origin = &*id.origin;
-                let Some(entry) = table.range((origin, 0)..=(origin, id.seq)).map_err(fail("read op log"))?.next_back() else {
-                    return Ok(None);
-                };
-                let (key, bytes) = entry.map_err(fail("read op log"))?;
-                let first = key.value().1;
-                let segment = Segment::parse(origin, first, bytes.value())?;
-                let index = usize::try_from(id.seq - first).unwrap_or(usize::MAX);
-                if index < segment.len() {
-                    segment.op(index).map(Some)
-                } else {
-                    Ok(None)
-                }
-            })
-            .collect()
-    }
-
-    fn version_vector(&self) -> Result<VersionVector, Error> {
-        let txn = self.db()?.begin_read().map_err(fail("begin read"))?;
-        let table = txn.open_table(VERSION_VECTOR).map_err(fail("open version vector"))?;
-        let range = table.range::<&str>(..).map_err(fail("read version vector"))?;
-        range
-            .map(|entry| {
-                let (origin, seq) = entry.map_err(fail("read version vector"))?;
-                Ok((origin.value().to_owned(), seq.value()))
-            })
-            .collect()
-    }
-
-    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        let txn = self.db()?.begin_read().map_err(fail("begin read"))?;
-        let table = txn.open_table(META).map_err(fail("open meta"))?;
-        Ok(table.get(key).map_err(fail("read meta"))?.map(|v| v.value().to_vec()))
-    }
-
-    fn deferred(&self, from: Option<&Stamp>, limit: usize) -> Result<Vec<Stamp>, Error> {
-        let txn = self.db()?.begin_read().map_err(fail("begin read"))?;
-        let table = txn.open_table(DEFERRED).map_err(fail("open deferred"))?;
-        let range = match from {
-            Some(from) => table.range((from.hlc.as_u64(), &*from.id.origin, from.id.seq)..).map_err(fail("read deferred"))?,
-            None => table.range::<(u64, &str, u64)>(..).map_err(fail("read deferred"))?,
-        };
-        range
-            .take(limit)
-            .map(|entry| {
-                let (key, _) = entry.map_err(fail("read deferred"))?;
-                let (hlc, origin, seq) = key.value();
-                Ok(Stamp { hlc: Hlc::from_u64(hlc), id: OpId::new(origin, seq) })
-            })
-            .collect()
-    }
-
-    fn deferred_count(&self) -> Result<u64, Error> {
-        let txn = self.db()?.begin_read().map_err(fail("begin read"))?;
-        let table = txn.open_table(DEFERRED).map_err(fail("open deferred"))?;
-        table.len().map_err(fail("count deferred"))
-    }
-
-    fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
+    /// Writes `batch` in one redb write transaction, durably.
+    fn write_batch(&mut self, batch: &WriteBatch) -> Result<(), Error> {
         if self.read_only {
             return Err(Error::storage(RedbStoreError::ReadOnly { path: self.shared.path.clone() }));
         }
@@ -406,11 +267,277 @@ impl Store for RedbStore {
         txn.commit().map_err(fail("commit"))
     }
 
+    /// Closes the file and opens it again: after an I/O error redb refuses
+    /// every write (and reads of pages it has not cached) until then.
+    /// Opening runs redb's repair when the file was not closed cleanly; it
+    /// keeps every committed transaction. Reads meanwhile fail with
+    /// [`RedbStoreError::Reopening`] instead of waiting.
+    fn reopen(&self) -> Result<(), Error> {
+        let path = &self.shared.path;
+        // Readers wait from here until the file is open again.
+        let mut slot = self.shared.db.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(old) = slot.take() {
+            // Reads in progress hold the old file (they need no lock to
+            // end); it closes when the last lets go.
+            let old = {
+                let weak = Arc::downgrade(&old);
+                drop(old);
+                weak
+            };
+            let started = std::time::Instant::now();
+            while old.strong_count() > 0 {
+                if started.elapsed() > REOPEN_WAIT {
+                    *slot = old.upgrade();
+                    return Err(Error::store_fault(StorageFault::Io, RedbStoreError::Locked { path: path.clone() }));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        // On failure the slot stays empty: reads fail with `Closed` until a
+        // later recovery opens the file.
+        let started = std::time::Instant::now();
+        let mut opened = open_file(path);
+        while matches!(opened, Err(RedbStoreError::Locked { .. })) && started.elapsed() < REOPEN_WAIT {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            opened = open_file(path);
+        }
+        let opened = opened.map_err(|err| {
+            let fault = match &err {
+                RedbStoreError::Open { source: redb::DatabaseError::Storage(redb::StorageError::Io(io)), .. } => StorageFault::of_io(io),
+                _ => StorageFault::Io,
+            };
+            Error::store_fault(fault, err)
+        })?;
+        *slot = Some(Arc::new(opened));
+        self.shared.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Runs `read` on the open file. After an I/O error redb fails reads of
+    /// pages it has not cached until the writer has reopened the file, which
+    /// it does at once: a read that fails so waits for that (at most
+    /// [`READ_RETRY_WAIT`]) and runs again on the reopened file.
+    fn reading<T>(&self, read: impl Fn(&Redb) -> Result<T, Error>) -> Result<T, Error> {
+        let generation = self.shared.generation.load(std::sync::atomic::Ordering::Acquire);
+        let first = read(&*self.db()?);
+        match &first {
+            Err(err) if err.storage_fault().is_some() => {}
+            _ => return first,
+        }
+        let started = std::time::Instant::now();
+        while started.elapsed() < READ_RETRY_WAIT {
+            if self.shared.generation.load(std::sync::atomic::Ordering::Acquire) != generation {
+                return read(&*self.db()?);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        first
+    }
+}
+
+fn create_tables(db: &Redb) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    txn.open_table(NODES)?;
+    txn.open_table(OPS)?;
+    txn.open_table(VERSION_VECTOR)?;
+    txn.open_table(META)?;
+    txn.open_table(DEFERRED)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// Opens or creates the redb file, turning redb's lock and corruption
+/// reports (including a panic on a file damaged outside redb) into errors.
+fn open_file(path: &Path) -> Result<Redb, RedbStoreError> {
+    let corrupted = |reason: String| RedbStoreError::Corrupted { path: path.to_owned(), reason };
+    // A file damaged outside redb can make the open panic (redb's docs say
+    // so); keep the panic message off the terminal and report an error.
+    let previous_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = std::panic::catch_unwind(|| Redb::create(path));
+    std::panic::set_hook(previous_hook);
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(RedbStoreError::Locked { path: path.to_owned() }),
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)))) => Err(corrupted(reason)),
+        // redb reports a file that is not a redb database (wrong magic
+        // number) as invalid data.
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(err)))) if err.kind() == std::io::ErrorKind::InvalidData => {
+            Err(corrupted(err.to_string()))
+        }
+        Ok(Err(source)) => Err(RedbStoreError::Open { path: path.to_owned(), source }),
+        Err(_) => Err(corrupted("the database engine could not read it".into())),
+    }
+}
+
+impl Store for RedbStore {
+    fn nodes(&self, ids: &[&str]) -> Result<Vec<Option<NodeRecord>>, Error> {
+        self.reading(|db| {
+            let txn = db.begin_read().map_err(fail("begin read"))?;
+            let table = txn.open_table(NODES).map_err(fail("open nodes"))?;
+            if ids.len() > 1 && ids.windows(2).all(|w| w[0] < w[1]) {
+                return read_sorted(&table, ids);
+            }
+            ids.iter().map(|id| read_node(&table, id)).collect()
+        })
+    }
+
+    fn scan_nodes(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<NodeRecord>, Error> {
+        self.reading(|db| {
+            let txn = db.begin_read().map_err(fail("begin read"))?;
+            let table = txn.open_table(NODES).map_err(fail("open nodes"))?;
+            let mut range = match after {
+                Some(after) if after >= prefix => table.range::<&str>(after..).map_err(fail("scan nodes"))?,
+                _ => table.range::<&str>(prefix..).map_err(fail("scan nodes"))?,
+            };
+            let mut out = Vec::new();
+            while out.len() < limit {
+                let Some(entry) = range.next() else { break };
+                let (key, value) = entry.map_err(fail("scan nodes"))?;
+                let id = key.value();
+                if !id.starts_with(prefix) {
+                    break;
+                }
+                if Some(id) == after {
+                    continue;
+                }
+                out.push(NodeRecord::decode(value.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn ops_after(&self, origin: &str, after_seq: u64, limit: usize) -> Result<Vec<OperationWithMetadata>, Error> {
+        self.reading(|db| {
+            let Some(first) = after_seq.checked_add(1) else { return Ok(Vec::new()) };
+            let txn = db.begin_read().map_err(fail("begin read"))?;
+            let table = txn.open_table(OPS).map_err(fail("open op log"))?;
+            // Start at the segment that holds `first` (or the next one).
+            let start = match table.range((origin, 0)..=(origin, first)).map_err(fail("read op log"))?.next_back() {
+                Some(entry) => entry.map_err(fail("read op log"))?.0.value().1,
+                None => first,
+            };
+            let mut out = Vec::new();
+            for entry in table.range((origin, start)..=(origin, u64::MAX)).map_err(fail("read op log"))? {
+                let (key, bytes) = entry.map_err(fail("read op log"))?;
+                let segment_first = key.value().1;
+                let segment = Segment::parse(origin, segment_first, bytes.value())?;
+                let skip = usize::try_from(first.saturating_sub(segment_first)).unwrap_or(usize::MAX);
+                for i in skip..segment.len() {
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                    out.push(segment.op(i)?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn ops(&self, ids: &[OpId]) -> Result<Vec<Option<OperationWithMetadata>>, Error> {
+        self.reading(|db| {
+            let txn = db.begin_read().map_err(fail("begin read"))?;
+            let table = txn.open_table(OPS).map_err(fail("open op log"))?;
+            ids.iter()
+                .map(|id| {
+                    let origin = &*id.origin;
+                    let Some(entry) = table.range((origin, 0)..=(origin, id.seq)).map_err(fail("read op log"))?.next_back() else {
+                        return Ok(None);
+                    };
+                    let (key, bytes) = entry.map_err(fail("read op log"))?;
+                    let first = key.value().1;
+                    let segment = Segment::parse(origin, first, bytes.value())?;
+                    let index = usize::try_from(id.seq - first).unwrap_or(usize::MAX);
+                    if index < segment.len() {
+                        segment.op(index).map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                })
+                .collect()
+        })
+    }
+
+    fn version_vector(&self) -> Result<VersionVector, Error> {
+        self.reading(|db| {
+            let txn = db.begin_read().map_err(fail("begin read"))?;
+            let table = txn.open_table(VERSION_VECTOR).map_err(fail("open version vector"))?;
+            let range = table.range::<&str>(..).map_err(fail("read version vector"))?;
+            range
+                .map(|entry| {
+                    let (origin, seq) = entry.map_err(fail("read version vector"))?;
+                    Ok((origin.value().to_owned(), seq.value()))
+                })
+                .collect()
+        })
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        self.reading(|db| {
+            let txn = db.begin_read().map_err(fail("begin read"))?;
+            let table = txn.open_table(META).map_err(fail("open meta"))?;
+            Ok(table.get(key).map_err(fail("read meta"))?.map(|v| v.value().to_vec()))
+        })
+    }
+
+    fn deferred(&self, from: Option<&Stamp>, limit: usize) -> Result<Vec<Stamp>, Error> {
+        self.reading(|db| {
+            let txn = db.begin_read().map_err(fail("begin read"))?;
+            let table = txn.open_table(DEFERRED).map_err(fail("open deferred"))?;
+            let range = match from {
+                Some(from) => table.range((from.hlc.as_u64(), &*from.id.origin, from.id.seq)..).map_err(fail("read deferred"))?,
+                None => table.range::<(u64, &str, u64)>(..).map_err(fail("read deferred"))?,
+            };
+            range
+                .take(limit)
+                .map(|entry| {
+                    let (key, _) = entry.map_err(fail("read deferred"))?;
+                    let (hlc, origin, seq) = key.value();
+                    Ok(Stamp { hlc: Hlc::from_u64(hlc), id: OpId::new(origin, seq) })
+                })
+                .collect()
+        })
+    }
+
+    fn deferred_count(&self) -> Result<u64, Error> {
+        self.reading(|db| {
+            let txn = db.begin_read().map_err(fail("begin read"))?;
+            let table = txn.open_table(DEFERRED).map_err(fail("open deferred"))?;
+            table.len().map_err(fail("count deferred"))
+        })
+    }
+
+    fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
+        let result = self.write_batch(batch);
+        if let Some(fault) = result.as_ref().err().and_then(Error::storage_fault) {
+            // A full disk wins over the errors that follow it (redb's
+            // "previous I/O error").
+            if self.last_fault != Some(StorageFault::DiskFull) {
+                self.last_fault = Some(fault);
+            }
+            // Reopened at once so that reads go on (redb fails uncached
+            // reads after an I/O error); writes wait for `recover`. If this
+            // fails, `recover` tries again.
+            let _ = self.reopen();
+        }
+        result
+    }
+
+    /// Reopens the file (reads work again at once), and after a full disk
+    /// fails with [`RedbStoreError::StillFull`] until [`RESUME_FREE_BYTES`]
+    /// are free.
     fn recover(&mut self) -> Result<(), Error> {
         if self.read_only {
             return Err(Error::storage(RedbStoreError::ReadOnly { path: self.shared.path.clone() }));
         }
-        self.reopen()
+        self.reopen()?;
+        if self.last_fault == Some(StorageFault::DiskFull) {
+            if let Some(free) = free_bytes(&self.shared.path).filter(|&free| free < RESUME_FREE_BYTES) {
+                return Err(Error::store_fault(StorageFault::DiskFull, RedbStoreError::StillFull { path: self.shared.path.clone(), free }));
+            }
+        }
+        self.last_fault = None;
+        Ok(())
     }
 }
 

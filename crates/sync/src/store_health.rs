@@ -117,7 +117,7 @@ impl StoreHealth {
     /// continues) the degraded state. Other errors are not the medium's.
     pub(crate) fn note_error(&mut self, err: &pluresdb_core::Error, now_ms: u64) {
         let Some(fault) = err.storage_fault() else { return };
-        let reason = pluresdb_core::error_chain(err);
+        let reason = fault_reason(err);
         if self.active.is_some() {
             return;
         }
@@ -159,7 +159,7 @@ impl StoreHealth {
                 self.streak += 1;
                 self.last_fault_ms = now_ms;
                 let wait = self.backoff();
-                active.reason = pluresdb_core::error_chain(err);
+                active.reason = fault_reason(err);
                 active.fault = err.storage_fault().unwrap_or(active.fault);
                 active.next_attempt_ms = now_ms.saturating_add(wait);
                 self.push(StoreEvent::RecoveryFailed {
@@ -213,6 +213,15 @@ impl StoreHealth {
             ops_not_stored: self.ops_not_stored,
             writes_refused: self.writes_refused,
         }
+    }
+}
+
+/// The error of a fault on one line, without the "cannot write" that
+/// every report of it says already.
+fn fault_reason(err: &pluresdb_core::Error) -> String {
+    match err {
+        pluresdb_core::Error::StoreFault { source, .. } => pluresdb_core::error_chain(&**source),
+        other => pluresdb_core::error_chain(other),
     }
 }
 

@@ -90,7 +90,7 @@ pub async fn changes(
         }
     };
     if Stats::get(&state.handle.stats().watchers) >= MAX_WATCHERS {
-        return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("too many subscribers (at most {MAX_WATCHERS})")));
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("too many subscribers (at most {MAX_WATCHERS})")));
     }
     let watch = state.handle.watch(filter, from).await?;
     // Clients only send small messages: a small read buffer (the default,
@@ -136,7 +136,7 @@ async fn run(mut socket: WebSocket, mut watch: Watch, state: ApiState) {
                         Some(node) => match node_doc(state.handle.reader(), node) {
                             Ok(doc) => Some(Box::new(doc)),
                             Err(err) => {
-                                send(&mut socket, &ChangeMessage::Error { error: err.1 }).await;
+                                send(&mut socket, &ChangeMessage::Error { error: err.message }).await;
                                 break;
                             }
                         },

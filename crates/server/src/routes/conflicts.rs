@@ -68,7 +68,11 @@ pub async fn list(
 #[utoipa::path(post, path = "/nodes/{id}/resolve", tag = "conflicts", params(("id" = String, Path, description = "Node id")),
     request_body = ResolveRequest,
     responses((status = 200, body = ReceiptDoc), (status = 400, body = ErrorDoc), (status = 404, body = ErrorDoc),
-        (status = 409, description = "The field has no concurrent values", body = ErrorDoc), (status = 413, body = ErrorDoc)))]
+        (status = 409, description = "The field has no concurrent values", body = ErrorDoc), (status = 413, body = ErrorDoc),
+        (status = 507, description = "The disk is full: nothing was written; the node takes writes again by itself once space is freed", body = ErrorDoc,
+            headers(("Retry-After" = u64, description = "Seconds after which to retry"))),
+        (status = 503, description = "The store cannot write after an I/O error (or is being reopened): the write is not acknowledged; the node recovers by itself", body = ErrorDoc,
+            headers(("Retry-After" = u64, description = "Seconds after which to retry")))))]
 pub async fn resolve(
     State(state): State<ApiState>,
     id: IdPath,
@@ -79,7 +83,7 @@ pub async fn resolve(
     let record = state.handle.reader().record(&id)?;
     let node = record.and_then(|r| r.view(&KeepAll)).ok_or_else(|| ApiError::not_found(format!("no node {id:?}")))?;
     if !node.conflicts.contains_key(&request.field) {
-        return Err(ApiError(StatusCode::CONFLICT, format!("{id}.{} has no concurrent values to resolve", request.field)));
+        return Err(ApiError::new(StatusCode::CONFLICT, format!("{id}.{} has no concurrent values to resolve", request.field)));
     }
     let mut fields = serde_json::Map::new();
     fields.insert(request.field, request.value);

@@ -57,7 +57,11 @@ pub fn parse_line(text: &str) -> Result<(String, Value), String> {
     request_body(content = String, content_type = "application/x-ndjson", description = "One {\"id\": ..., \"value\": {...}} per line (at most 2 MiB per request)"),
     responses((status = 200, body = ImportDoc),
         (status = 400, description = "A bad line with on_error=stop (the lines before it are imported), or a bad query", body = ImportRefusedDoc),
-        (status = 413, body = ErrorDoc)))]
+        (status = 413, body = ErrorDoc),
+        (status = 507, description = "The disk is full: nothing was written; the node takes writes again by itself once space is freed", body = ErrorDoc,
+            headers(("Retry-After" = u64, description = "Seconds after which to retry"))),
+        (status = 503, description = "The store cannot write after an I/O error (or is being reopened): the write is not acknowledged; the node recovers by itself", body = ErrorDoc,
+            headers(("Retry-After" = u64, description = "Seconds after which to retry")))))]
 pub async fn import(
     State(state): State<ApiState>,
     query: Result<Query<ImportQuery>, QueryRejection>,

@@ -36,7 +36,7 @@ fn label_value(text: &str) -> String {
 pub async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let stats = state.handle.stats();
     let sync = state.handle.sync_status().await?;
-    let held = state.handle.reader().version_vector()?.total();
+    let held = sync.operations_held;
     let connected = sync.peers.iter().filter(|p| p.connected).count() as u64;
     let t = sync.traffic;
     let mut out = String::with_capacity(2048);
@@ -56,6 +56,35 @@ pub async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError
         &[("", Stats::get(&stats.commits))],
     );
     metric(&mut out, "pluresdb_failed_commits_total", "counter", "Commits that failed.", &[("", Stats::get(&stats.failed_commits))]);
+    let store = &sync.store;
+    metric(
+        &mut out,
+        "pluresdb_store_degraded",
+        "gauge",
+        "1 while the store cannot write (a full disk, an I/O error): writes answer 507/503 until the node reopens it.",
+        &[("", u64::from(store.degraded))],
+    );
+    metric(
+        &mut out,
+        "pluresdb_store_faults_total",
+        "counter",
+        "Times the store stopped writing (a full disk, an I/O error).",
+        &[("", store.faults)],
+    );
+    metric(
+        &mut out,
+        "pluresdb_store_recoveries_total",
+        "counter",
+        "Times the node reopened its store and writes resumed.",
+        &[("", store.recoveries)],
+    );
+    metric(
+        &mut out,
+        "pluresdb_store_refused_total",
+        "counter",
+        "While the store could not write: local writes refused, and operations from peers not stored (asked for again later).",
+        &[("{what=\"local_writes\"}", store.writes_refused), ("{what=\"peer_operations\"}", store.ops_not_stored)],
+    );
     metric(&mut out, "pluresdb_peers_connected", "gauge", "Peers connected now.", &[("", connected)]);
     metric(
         &mut out,

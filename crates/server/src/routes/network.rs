@@ -131,7 +131,9 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<StatusDoc>, Ap
     let sync = state.handle.sync_status().await?;
     let version_vector = state.handle.reader().version_vector()?;
     let t = sync.traffic;
+    let store = StoreDoc::new(&sync.store);
     Ok(Json(StatusDoc {
+        store,
         peer_id: state.handle.peer_id().to_owned(),
         is_active: sync.is_active,
         pending_operations: sync.pending_operations,
@@ -237,7 +239,11 @@ pub async fn trust(State(state): State<ApiState>) -> Result<Json<TrustDoc>, ApiE
 /// Chooses whom the node syncs with: `secret` (peers proving the network
 /// secret, plus the allowlist; the default), `allowlist`, or `open` (anyone).
 #[utoipa::path(put, path = "/trust/mode", tag = "network", request_body = TrustModeRequest, security(("token" = [])),
-    responses((status = 200, body = TrustDoc), (status = 400, body = ErrorDoc), (status = 401, body = ErrorDoc), (status = 413, body = ErrorDoc)))]
+    responses((status = 200, body = TrustDoc), (status = 400, body = ErrorDoc), (status = 401, body = ErrorDoc), (status = 413, body = ErrorDoc),
+        (status = 507, description = "The disk is full: nothing was written; the node takes writes again by itself once space is freed", body = ErrorDoc,
+            headers(("Retry-After" = u64, description = "Seconds after which to retry"))),
+        (status = 503, description = "The store cannot write after an I/O error (or is being reopened): the write is not acknowledged; the node recovers by itself", body = ErrorDoc,
+            headers(("Retry-After" = u64, description = "Seconds after which to retry")))))]
 pub async fn trust_mode(State(state): State<ApiState>, body: Result<String, StringRejection>) -> Result<Json<TrustDoc>, ApiError> {
     let request: TrustModeRequest = parse_json(body, "{\"mode\": \"secret|allowlist|open\"}")?;
     let mode = AccessMode::from_name(&request.mode)
@@ -253,7 +259,11 @@ fn parse_peer_id(text: &str) -> Result<PeerId, ApiError> {
 
 /// Allows a peer by its id, whether or not it holds the network secret.
 #[utoipa::path(put, path = "/trust/peers/{peer_id}", tag = "network", params(("peer_id" = String, Path, description = "Peer id")), security(("token" = [])),
-    responses((status = 200, body = TrustChangeDoc), (status = 400, body = ErrorDoc), (status = 401, body = ErrorDoc)))]
+    responses((status = 200, body = TrustChangeDoc), (status = 400, body = ErrorDoc), (status = 401, body = ErrorDoc),
+        (status = 507, description = "The disk is full: nothing was written; the node takes writes again by itself once space is freed", body = ErrorDoc,
+            headers(("Retry-After" = u64, description = "Seconds after which to retry"))),
+        (status = 503, description = "The store cannot write after an I/O error (or is being reopened): the write is not acknowledged; the node recovers by itself", body = ErrorDoc,
+            headers(("Retry-After" = u64, description = "Seconds after which to retry")))))]
 pub async fn trust_add(State(state): State<ApiState>, peer: Result<Path<String>, PathRejection>) -> Result<Json<TrustChangeDoc>, ApiError> {
     let Path(peer) = peer.map_err(rejected)?;
     let peer_id = parse_peer_id(&peer)?.to_string();
@@ -264,7 +274,11 @@ pub async fn trust_add(State(state): State<ApiState>, peer: Result<Path<String>,
 /// Stops allowing a peer.
 #[utoipa::path(delete, path = "/trust/peers/{peer_id}", tag = "network", params(("peer_id" = String, Path, description = "Peer id")), security(("token" = [])),
     responses((status = 200, body = TrustChangeDoc), (status = 400, body = ErrorDoc), (status = 401, body = ErrorDoc),
-        (status = 404, description = "Not on the allowlist", body = ErrorDoc)))]
+        (status = 404, description = "Not on the allowlist", body = ErrorDoc),
+        (status = 507, description = "The disk is full: nothing was written; the node takes writes again by itself once space is freed", body = ErrorDoc,
+            headers(("Retry-After" = u64, description = "Seconds after which to retry"))),
+        (status = 503, description = "The store cannot write after an I/O error (or is being reopened): the write is not acknowledged; the node recovers by itself", body = ErrorDoc,
+            headers(("Retry-After" = u64, description = "Seconds after which to retry")))))]
 pub async fn trust_remove(
     State(state): State<ApiState>,
     peer: Result<Path<String>, PathRejection>,

@@ -1,6 +1,6 @@
 //! Nodes: read, write, list, follow links, history.
 
-use crate::docs::{ErrorDoc, HealthDoc, NodeDoc, NodeListDoc, OperationDoc, ReceiptDoc};
+use crate::docs::{ErrorDoc, HealthDoc, NodeDoc, NodeListDoc, OperationDoc, ReceiptDoc, StoreDoc};
 use crate::error::{rejected, ApiError};
 use crate::ApiState;
 use axum::extract::rejection::{PathRejection, QueryRejection, StringRejection};
@@ -29,10 +29,18 @@ pub fn node_doc(reader: &Reader<ReaderStore>, node: &Node) -> Result<NodeDoc, Ap
 }
 
 /// Whether the node answers, and who it is.
+/// It answers while the store cannot write (`status` is then `degraded`).
 #[utoipa::path(get, path = "/health", tag = "meta", responses((status = 200, body = HealthDoc)))]
 pub async fn health(State(state): State<ApiState>) -> Result<Json<HealthDoc>, ApiError> {
-    let operations = state.handle.reader().version_vector()?.total();
-    Ok(Json(HealthDoc { status: "ok".into(), peer_id: state.handle.peer_id().to_owned(), operations }))
+    let store = state.handle.stats().store_status();
+    // A store being reopened cannot be read for a moment: the writer's
+    // count then (it keeps the version vector in memory).
+    let operations = match state.handle.reader().version_vector() {
+        Ok(version_vector) => version_vector.total(),
+        Err(_) => state.handle.sync_status().await?.operations_held,
+    };
+    let status = if store.degraded { "degraded" } else { "ok" };
+    Ok(Json(HealthDoc { status: status.into(), peer_id: state.handle.peer_id().to_owned(), operations, store: StoreDoc::new(&store) }))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -115,7 +123,11 @@ async fn write(state: &ApiState, kind: WriteKind, id: String, value: Value) -> R
 /// Creates a node or replaces its whole value.
 #[utoipa::path(put, path = "/nodes/{id}", tag = "nodes", params(("id" = String, Path, description = "Node id (1 to 512 bytes)")),
     request_body(content = Object, description = "The value: a JSON object of at most 1 MiB"),
-    responses((status = 200, body = ReceiptDoc), (status = 400, body = ErrorDoc), (status = 413, body = ErrorDoc)))]
+    responses((status = 200, body = ReceiptDoc), (status = 400, body = ErrorDoc), (status = 413, body = ErrorDoc),
+        (status = 507, description = "The disk is full: nothing was written; the node takes writes again by itself once space is freed", body = ErrorDoc,
+            headers(("Retry-After" = u64, description = "Seconds after which to retry"))),
+        (status = 503, description = "The store cannot write after an I/O error (or is being reopened): the write is not acknowledged; the node recovers by itself", body = ErrorDoc,
+            headers(("Retry-After" = u64, description = "Seconds after which to retry")))))]
 pub async fn put_node(State(state): State<ApiState>, id: IdPath, body: Body) -> Result<Json<ReceiptDoc>, ApiError> {
     let (Path(id), body) = (id.map_err(rejected)?, body.map_err(rejected)?);
     let value = parse_body(&id, &body)?;
@@ -125,7 +137,11 @@ pub async fn put_node(State(state): State<ApiState>, id: IdPath, body: Body) -> 
 /// Sets some fields of a node (creating it if needed); a field set to `null` is removed.
 #[utoipa::path(patch, path = "/nodes/{id}", tag = "nodes", params(("id" = String, Path, description = "Node id")),
     request_body(content = Object, description = "The fields to set"),
-    responses((status = 200, body = ReceiptDoc), (status = 400, body = ErrorDoc), (status = 413, body = ErrorDoc)))]
+    responses((status = 200, body = ReceiptDoc), (status = 400, body = ErrorDoc), (status = 413, body = ErrorDoc),
+        (status = 507, description = "The disk is full: nothing was written; the node takes writes again by itself once space is freed", body = ErrorDoc,
+            headers(("Retry-After" = u64, description = "Seconds after which to retry"))),
+        (status = 503, description = "The store cannot write after an I/O error (or is being reopened): the write is not acknowledged; the node recovers by itself", body = ErrorDoc,
+            headers(("Retry-After" = u64, description = "Seconds after which to retry")))))]
 pub async fn patch_node(State(state): State<ApiState>, id: IdPath, body: Body) -> Result<Json<ReceiptDoc>, ApiError> {
     let (Path(id), body) = (id.map_err(rejected)?, body.map_err(rejected)?);
     let value = parse_body(&id, &body)?;
@@ -134,7 +150,11 @@ pub async fn patch_node(State(state): State<ApiState>, id: IdPath, body: Body) -
 
 /// Deletes a node (a newer write brings it back).
 #[utoipa::path(delete, path = "/nodes/{id}", tag = "nodes", params(("id" = String, Path, description = "Node id")),
-    responses((status = 200, body = ReceiptDoc), (status = 400, body = ErrorDoc), (status = 404, body = ErrorDoc)))]
+    responses((status = 200, body = ReceiptDoc), (status = 400, body = ErrorDoc), (status = 404, body = ErrorDoc),
+        (status = 507, description = "The disk is full: nothing was written; the node takes writes again by itself once space is freed", body = ErrorDoc,
+            headers(("Retry-After" = u64, description = "Seconds after which to retry"))),
+        (status = 503, description = "The store cannot write after an I/O error (or is being reopened): the write is not acknowledged; the node recovers by itself", body = ErrorDoc,
+            headers(("Retry-After" = u64, description = "Seconds after which to retry")))))]
 pub async fn delete_node(State(state): State<ApiState>, id: IdPath) -> Result<Json<ReceiptDoc>, ApiError> {
     let Path(id) = id.map_err(rejected)?;
     write(&state, WriteKind::Delete, id, Value::Null).await
