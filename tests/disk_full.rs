@@ -6,6 +6,9 @@
 //! space is freed the node takes writes and syncs again by itself, and
 //! after a restart every acknowledged write is there and the replicas agree.
 //!
+//! The last test needs no root: a file-size limit on the node stands in for
+//! a failing disk (another I/O error than a full one).
+//!
 //! Mounting a tmpfs needs root: without it each test says so and passes
 //! (skipped), as the lab tests do; as root under `CI=true` a tmpfs that
 //! cannot be mounted fails the test. The mounts are removed when a test
@@ -14,6 +17,7 @@
 mod common;
 
 use common::{cli, held, invite, version, wait_until, Node};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -121,6 +125,32 @@ impl Drop for Serving {
     }
 }
 
+/// Subscribes to `path` (a `/changes` query) and counts the change
+/// messages until `expected` have come.
+fn replayed_changes(node: &Node, path: &str, expected: usize) -> usize {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{}{path}", node.api)).await.unwrap();
+        let mut seen = 0;
+        while seen < expected {
+            let message = tokio::time::timeout(common::REPLICATION_DEADLINE, socket.next()).await.expect("a change before the deadline");
+            match message {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
+                    let message: Value = serde_json::from_str(&text).unwrap();
+                    match message["type"].as_str() {
+                        Some("change") => seen += 1,
+                        Some("subscribed") => {}
+                        _ => panic!("{message}"),
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => panic!("the change feed ended after {seen} changes: {other:?}"),
+            }
+        }
+        seen
+    })
+}
+
 fn value(i: usize) -> String {
     json!({"i": i, "pad": "p".repeat(1_000)}).to_string()
 }
@@ -185,6 +215,8 @@ fn a_full_disk_refuses_writes_clearly_and_the_node_takes_them_again_by_itself() 
     let status = n.request("GET", "/status", "").1;
     assert_eq!(status["store"]["writable"], false, "{status}");
     assert_eq!(metric(n, "pluresdb_store_degraded"), Some(1));
+    // The change feed replays from the store while it cannot write.
+    assert_eq!(replayed_changes(n, "/changes?prefix=before:&from=%7B%7D", 200), 200);
     assert!(metric(n, "pluresdb_store_faults_total").unwrap() >= 1);
     let import = n.exchange(
         "POST",
@@ -306,4 +338,77 @@ fn a_peer_catching_up_into_a_full_disk_pauses_and_resumes_by_itself() {
     assert_eq!(b.node().request("GET", &format!("/nodes/a:{:06}", NODES - 1), "").1["value"]["i"], NODES - 1);
     assert!(b.stop().0);
     assert!(a.stop().0);
+}
+
+/// Sets the file-size limit (`RLIMIT_FSIZE`) of process `pid` (this user's).
+fn set_file_size_limit(pid: u32, bytes: u64) {
+    let limit = libc::rlimit { rlim_cur: bytes, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: prlimit reads the struct we own; a null old-limit pointer is allowed.
+    let done = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_FSIZE, &limit, std::ptr::null_mut()) };
+    assert_eq!(done, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// An I/O error other than a full disk, without root: the node's data file
+/// may not grow past a file-size limit (its writes fail with EFBIG, as a
+/// failing disk fails with EIO). Writes answer 503 with `Retry-After` and
+/// the reason, reads go on, and once the limit is lifted writes resume by
+/// themselves; after a restart every acknowledged write is there.
+#[test]
+fn an_io_error_refuses_writes_with_503_and_writes_resume_once_it_passes() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Node::command(dir.path(), &[], &[]);
+    // SAFETY: only async-signal-safe calls between fork and exec. An
+    // ignored SIGXFSZ stays ignored across exec: a write past the limit then
+    // fails with EFBIG instead of killing the node.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let node = Serving(Some(Node::spawn(command)));
+    let n = node.node();
+    let mut acknowledged = Vec::new();
+    for i in 0..100 {
+        let id = format!("before:{i:06}");
+        assert_eq!(n.request("PUT", &format!("/nodes/{id}"), &value(i)).0, 200);
+        acknowledged.push(id);
+    }
+    let size = std::fs::metadata(dir.path().join("pluresdb.redb")).unwrap().len();
+    set_file_size_limit(n.child.id(), size + 256 * 1024);
+
+    let (taken, refused) = write_until_refused(n, "limited", 0);
+    acknowledged.extend(taken);
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    let error = refused.json()["error"].as_str().unwrap().to_owned();
+    assert!(error.contains("the store cannot write (an I/O error)") && error.contains("File too large"), "{error}");
+    assert!(refused.header("retry-after").is_some_and(|s| s.parse::<u64>().is_ok()));
+    assert_eq!(n.request("GET", "/nodes/before:000042", "").1["value"]["i"], 42, "reads go on");
+    assert!(metric(n, "pluresdb_store_faults_total").unwrap() >= 1);
+    let out = cli(dir.path(), &["put", "cli:1", &value(1)]);
+    assert_eq!(out.status.code(), Some(4), "503 is 'unavailable' to the CLI: {}", String::from_utf8_lossy(&out.stderr));
+
+    set_file_size_limit(n.child.id(), libc::RLIM_INFINITY);
+    wait_until("writes resume", || {
+        let id = format!("after:{:06}", acknowledged.len());
+        let taken = n.request("PUT", &format!("/nodes/{id}"), &value(0)).0 == 200;
+        if taken {
+            acknowledged.push(id);
+        }
+        taken
+    });
+    for i in 0..20 {
+        let id = format!("after:more:{i:03}");
+        assert_eq!(n.request("PUT", &format!("/nodes/{id}"), &value(i)).0, 200);
+        acknowledged.push(id);
+    }
+    assert!(metric(n, "pluresdb_store_recoveries_total").unwrap() >= 1);
+    assert!(node.stop().0);
+
+    let node = Serving(Some(Node::start(dir.path())));
+    for id in &acknowledged {
+        assert_eq!(node.node().request("GET", &format!("/nodes/{id}"), "").0, 200, "acknowledged write {id} is lost");
+    }
+    assert!(node.stop().0);
 }
