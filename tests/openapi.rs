@@ -153,6 +153,14 @@ impl Document {
         }
     }
 
+    /// `schema`, or the schema its `$ref` names.
+    fn resolve<'a>(&'a self, schema: &'a Value) -> &'a Value {
+        match schema["$ref"].as_str().and_then(|r| r.strip_prefix('#')) {
+            Some(pointer) => self.0.pointer(pointer).unwrap_or_else(|| panic!("{schema} refers to nothing")),
+            None => schema,
+        }
+    }
+
     /// The schema of a component, by name.
     fn component(&self, name: &str) -> Value {
         json!({"$ref": format!("#/components/schemas/{name}")})
@@ -199,8 +207,26 @@ impl Document {
         let declared: BTreeSet<&str> =
             op["parameters"].as_array().into_iter().flatten().filter(|p| p["in"] == "query").filter_map(|p| p["name"].as_str()).collect();
         let query = case.path.split_once('?').map(|(_, q)| q).unwrap_or_default();
-        for name in query.split('&').filter(|p| !p.is_empty()).map(|p| p.split('=').next().unwrap()) {
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             assert!(declared.contains(name), "{}: query parameter {name} is not declared (only {declared:?})", case.request());
+            // A value outside the parameter's schema must be refused (400):
+            // a schema stricter than the server would lie to clients.
+            let param = op["parameters"].as_array().unwrap().iter().find(|p| p["in"] == "query" && p["name"] == name).unwrap();
+            let schema = &param["schema"];
+            let instance = match self.resolve(schema)["type"].as_str() {
+                Some("integer") => value.parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::from(value)),
+                _ => Value::from(value),
+            };
+            match self.validate(schema, &instance) {
+                Ok(()) => {}
+                Err(_) if case.status == 400 => {}
+                Err(errors) => panic!(
+                    "{}: {name}={value} is outside its documented schema {schema} ({errors}) but answers {}",
+                    case.request(),
+                    case.status
+                ),
+            }
         }
         let media = self.request_media_type(case.operation);
         if (200..300).contains(&case.status) && media == "application/json" && !case.body.is_empty() {
@@ -322,13 +348,16 @@ fn cases(peer: &str) -> Vec<Case> {
         case("GET /nodes", "/nodes", "", 200),
         case("GET /nodes", "/nodes?prefix=user:&limit=1", "", 200),
         case("GET /nodes", "/nodes?prefix=user:&after=user:1&limit=10", "", 200),
+        case("GET /nodes", "/nodes?limit=10000", "", 200),
         case("GET /nodes", "/nodes?limit=0", "", 400),
+        case("GET /nodes", "/nodes?limit=10001", "", 400),
         case("GET /nodes", "/nodes?limit=many", "", 400),
         case("GET /nodes/{id}/history", "/nodes/user:2/history", "", 200),
         case("GET /nodes/{id}/history", "/nodes/missing/history", "", 404),
         case("GET /nodes/{id}/history", format!("/nodes/{long_id}/history"), "", 400),
         case("GET /conflicts", "/conflicts", "", 200),
         case("GET /conflicts", "/conflicts?prefix=user:&limit=1", "", 200),
+        case("GET /conflicts", "/conflicts?limit=10000", "", 200),
         case("GET /conflicts", "/conflicts?limit=0", "", 400),
         case("POST /nodes/{id}/resolve", "/nodes/user:1/resolve", r#"{"field":"age","value":2}"#, 409),
         case("POST /nodes/{id}/resolve", "/nodes/user:9/resolve", r#"{"field":"name","value":"x"}"#, 404),
