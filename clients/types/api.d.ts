@@ -988,6 +988,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorDoc"];
                 };
             };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
             /** @description Too many subscribers */
             503: {
                 headers: {
@@ -1049,6 +1058,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorDoc"];
                 };
             };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
         };
     };
     health: {
@@ -1079,6 +1097,15 @@ export interface operations {
             };
             /** @description The Host is not this node's (DNS rebinding), or the request comes from a web page of an origin not allowed */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1162,6 +1189,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorDoc"];
                 };
             };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
             /** @description The store cannot write after an I/O error (or is being reopened): the write is not acknowledged; the node recovers by itself */
             503: {
                 headers: {
@@ -1231,6 +1267,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorDoc"];
                 };
             };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
         };
     };
     network: {
@@ -1270,6 +1315,15 @@ export interface operations {
             };
             /** @description The Host is not this node's (DNS rebinding), or the request comes from a web page of an origin not allowed */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1324,6 +1378,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorDoc"];
                 };
             };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
         };
     };
     list_nodes: {
@@ -1369,6 +1432,15 @@ export interface operations {
             };
             /** @description The Host is not this node's (DNS rebinding), or the request comes from a web page of an origin not allowed */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1439,6 +1511,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorDoc"];
                 };
             };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
         };
     };
     put_node: {
@@ -1502,6 +1583,15 @@ export interface operations {
             };
             /** @description A request from a web page with a body of a type any page may send unasked (text/plain, a form, none) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1589,6 +1679,15 @@ export interface operations {
             };
             /** @description A request from a web page with a body of a type any page may send unasked (text/plain, a form, none) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1688,6 +1787,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorDoc"];
                 };
             };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
             /** @description The store cannot write after an I/O error (or is being reopened): the write is not acknowledged; the node recovers by itself */
             503: {
                 headers: {
@@ -1759,6 +1867,15 @@ export interface operations {
                 };
             };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1845,6 +1962,15 @@ export interface operations {
             };
             /** @description A request from a web page with a body of a type any page may send unasked (text/plain, a form, none) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1967,6 +2093,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorDoc"];
                 };
             };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
         };
     };
     connect: {
@@ -2033,6 +2168,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorDoc"];
                 };
             };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
             /** @description The address is not a peer address, or the peer is unreachable or refused the connection */
             502: {
                 headers: {
@@ -2090,6 +2234,15 @@ export interface operations {
             };
             /** @description The Host is not this node's (DNS rebinding), or the request comes from a web page of an origin not allowed */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2162,6 +2315,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorDoc"];
                 };
             };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
         };
     };
     status: {
@@ -2208,6 +2370,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorDoc"];
                 };
             };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
         };
     };
     trust: {
@@ -2247,6 +2418,15 @@ export interface operations {
             };
             /** @description The Host is not this node's (DNS rebinding), or the request comes from a web page of an origin not allowed */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2312,6 +2492,15 @@ export interface operations {
             };
             /** @description A request from a web page with a body of a type any page may send unasked (text/plain, a form, none) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2390,6 +2579,15 @@ export interface operations {
             };
             /** @description A request from a web page with a body of a type any page may send unasked (text/plain, a form, none) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2477,6 +2675,15 @@ export interface operations {
             };
             /** @description A request from a web page with a body of a type any page may send unasked (text/plain, a form, none) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };

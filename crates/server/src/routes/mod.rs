@@ -34,7 +34,7 @@ untyped (415). GET /changes is a WebSocket of ChangeMessage documents."
     // OnError is the schema of `/import`'s `on_error` parameter: the
     // parameter refers to it by name, so it must be listed here.
     components(schemas(ChangeMessage, import::OnError)),
-    modifiers(&BearerToken, &BrowserRefusals)
+    modifiers(&BearerToken, &BrowserRefusals, &InternalErrors)
 )]
 struct ApiDoc;
 
@@ -107,6 +107,26 @@ impl utoipa::Modify for BrowserRefusals {
     }
 }
 
+/// The 500 every handler that returns an [`ApiError`](crate::ApiError) may
+/// answer: an error the node did not expect (a store it cannot read, a
+/// bug), logged by the node. Only `GET /openapi.json` cannot fail.
+struct InternalErrors;
+
+impl utoipa::Modify for InternalErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let internal = ResponseBuilder::new()
+            .description("An error the node did not expect (a store it cannot read, a bug); the node logs it")
+            .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorDoc"))).build())
+            .build();
+        for (_, item) in openapi.paths.paths.iter_mut().filter(|(path, _)| *path != "/openapi.json") {
+            for operation in [&mut item.get, &mut item.put, &mut item.post, &mut item.patch, &mut item.delete].into_iter().flatten() {
+                operation.responses.responses.entry("500".into()).or_insert_with(|| internal.clone().into());
+            }
+        }
+    }
+}
+
 /// The OpenAPI document of this API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
@@ -171,5 +191,21 @@ mod tests {
             assert_eq!(doc["paths"][path][method]["security"], serde_json::json!([{"token": []}]), "{method} {path}");
         }
         assert_eq!(doc["servers"][0]["url"], "/");
+    }
+
+    /// Every handler but the document's own returns `ApiError`, which is
+    /// 500 for an error the node did not expect: the document says so.
+    #[test]
+    fn every_operation_that_can_fail_documents_500() {
+        let doc = serde_json::to_value(super::openapi()).unwrap();
+        let mut operations = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let documented = operation["responses"].get("500").is_some();
+                assert_eq!(documented, path != "/openapi.json", "{method} {path}: 500 documented: {documented}");
+                operations += 1;
+            }
+        }
+        assert!(operations > 20, "{operations} operations");
     }
 }
