@@ -13,6 +13,7 @@ mod common;
 
 use common::Node;
 use serde_json::Value;
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -345,6 +346,28 @@ fn every_path_the_readme_names_is_in_the_repository() {
     let missing: Vec<&String> =
         named.iter().filter(|p| root().join(p).canonicalize().map(|full| !full.starts_with(&repo)).unwrap_or(true)).collect();
     assert!(missing.is_empty(), "README.md names paths that are not in the repository: {missing:?}");
+}
+
+/// The error statuses the README lists are those the API's document lists
+/// (`clients/openapi.json`, which tests/openapi_tools.rs keeps equal to
+/// what a node serves).
+#[test]
+fn the_readme_lists_the_error_statuses_of_the_api_document() {
+    let text = readme();
+    let intro = "Errors are `{\"error\": ...}` with ";
+    let start = text.find(intro).unwrap_or_else(|| panic!("README.md lists the error statuses after {intro:?}")) + intro.len();
+    let sentence = &text[start..start + text[start..].find('.').unwrap_or(text.len() - start)];
+    let listed: BTreeSet<&str> = sentence.split(|c: char| !c.is_ascii_digit()).filter(|w| w.len() == 3).collect();
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(root().join("clients").join("openapi.json")).unwrap()).unwrap();
+    let mut documented = BTreeSet::new();
+    for item in doc["paths"].as_object().unwrap().values() {
+        for operation in item.as_object().unwrap().values() {
+            let statuses = operation["responses"].as_object().into_iter().flat_map(|r| r.keys());
+            documented.extend(statuses.filter(|s| s.starts_with('4') || s.starts_with('5')).cloned());
+        }
+    }
+    let documented: BTreeSet<&str> = documented.iter().map(String::as_str).collect();
+    assert_eq!(listed, documented, "README.md's error statuses and the document's disagree");
 }
 
 #[test]
