@@ -370,6 +370,58 @@ fn the_readme_lists_the_error_statuses_of_the_api_document() {
     assert_eq!(listed, documented, "README.md's error statuses and the document's disagree");
 }
 
+/// The text of `text` from `start` to the first `end` after it.
+fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+    let from = text.find(start).unwrap_or_else(|| panic!("README.md has no {start:?}")) + start.len();
+    let to = text[from..].find(end).unwrap_or_else(|| panic!("README.md has no {end:?} after {start:?}"));
+    &text[from..from + to]
+}
+
+/// The settings the README lists are those `pluresdb config show` prints.
+#[test]
+fn the_readme_lists_every_setting_config_show_prints() {
+    let text = readme();
+    let sentence = between(&text, "Settings come from", "`pluresdb config show` prints");
+    let listed: BTreeSet<String> = sentence
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+        .map(str::to_owned)
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::cli(dir.path(), &["--json", "config", "show"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // `file` is where the settings came from, not a setting.
+    let settings: BTreeSet<String> = shown.as_object().unwrap().keys().filter(|k| *k != "file").cloned().collect();
+    assert_eq!(listed, settings, "README.md's settings and `pluresdb config show`'s disagree");
+}
+
+/// The exit codes the README lists are those `pluresdb --help` lists.
+#[test]
+fn the_readme_lists_the_exit_codes_of_the_binary() {
+    let text = readme();
+    let listed: BTreeSet<String> = between(&text, "lists the exit codes (", ")")
+        .split(',')
+        .filter_map(|part| part.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    let help = Command::new(env!("CARGO_BIN_EXE_pluresdb")).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let section = help.split_once("Exit codes:").map(|(_, rest)| rest).unwrap_or_else(|| panic!("no exit codes in {help}"));
+    let codes: BTreeSet<String> = section
+        .lines()
+        .skip(1)
+        .take_while(|line| line.starts_with(' '))
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|word| word.chars().all(|c| c.is_ascii_digit()))
+        .map(str::to_owned)
+        .collect();
+    assert!(codes.len() >= 5, "pluresdb --help lists exit codes: {help}");
+    assert_eq!(listed, codes, "README.md's exit codes and `pluresdb --help`'s disagree");
+}
+
 #[test]
 fn marked_blocks_are_parsed_by_command() {
     let text = format!("x\n{MARKER}\n```sh\n# comment\ncurl a   # trailing\n\ncurl b\n```\n```sh\nnot marked\n```\n");
