@@ -1064,13 +1064,19 @@ impl<S: Store> DataSyncEngine<S> {
             // Acknowledgements only save resends: they wait for the store.
             return Err(SyncError::StoreUnavailable { fault, reason: reason.to_owned() });
         }
+        let acked = self.acked_for_store();
+        self.db.commit_meta(vec![(ACKED_META_KEY.to_owned(), acked)]).map_err(SyncError::Storage)?;
+        self.acked_dirty = false;
+        Ok(())
+    }
+
+    /// What each peer acknowledged, encoded for the store.
+    fn acked_for_store(&self) -> Vec<u8> {
         // Clamped to what this replica holds: a peer's claims beyond it are
         // kept in memory (they save resends) but never written.
         let held = self.db.version_vector();
         let acked: BTreeMap<&str, VersionVector> = self.peers.iter().map(|(id, p)| (id.as_str(), p.acked.clamped_to(held))).collect();
-        self.db.commit_meta(vec![(ACKED_META_KEY.to_owned(), codec::encode(&acked))]).map_err(SyncError::Storage)?;
-        self.acked_dirty = false;
-        Ok(())
+        codec::encode(&acked)
     }
 
     /// The engine's state (see [`get_sync_status`](Self::get_sync_status)).
@@ -1138,11 +1144,18 @@ impl<S: Store> DataSyncEngine<S> {
         if !self.store.attempt_due(now_ms) {
             return;
         }
-        let result = self.db.recover_store();
+        // A reopened store proves little by itself (redb reopens a file on a
+        // dying disk): a small commit, what peers acknowledged, goes through
+        // the medium before writes are taken again.
+        let result = self.db.recover_store().and_then(|()| {
+            let acked = self.acked_for_store();
+            self.db.commit_meta(vec![(ACKED_META_KEY.to_owned(), acked)])
+        });
         self.store.attempted(result.as_ref().map(|_| ()), now_ms);
         if result.is_err() {
             return;
         }
+        self.acked_dirty = false;
         let connected: Vec<String> = self.peers.iter().filter(|(_, p)| p.connected).map(|(id, _)| id.clone()).collect();
         for peer in &connected {
             let state = self.peer_mut(peer);
