@@ -182,7 +182,7 @@ fn browser_node(dir: &Path) -> (Node, Vec<String>) {
     let node = Node::start_with(dir, &["--no-mdns", "--no-libp2p", "--browser-listen", "127.0.0.1:0"]);
     let url = node.started["browser"].as_str().unwrap_or_else(|| panic!("no browser URL in {}", node.started)).to_owned();
     let ticket = invite(dir, node.listen.as_deref().expect("a QUIC address"));
-    let args = vec![format!("url={url}"), format!("ticket={ticket}"), format!("api={}", node.api)];
+    let args = vec![format!("url={url}"), format!("ticket={ticket}"), format!("api={}", node.api), format!("node_pid={}", node.child.id())];
     (node, args)
 }
 
@@ -263,4 +263,18 @@ fn two_pages_sync_with_each_other_through_the_node() {
     assert_eq!(result["pages"].as_array().map(Vec::len), Some(2));
     assert_eq!((a["value"]["by"].as_str(), b["value"]["by"].as_str()), (Some("a"), Some("b")));
     assert!(clean, "{stderr}");
+}
+
+/// Two pages in separate browser contexts, both linked to a node, open a
+/// direct WebRTC link (the node relays the offer, answer and candidates;
+/// the pages prove their ids and the network secret over the data channel
+/// as on every link). Then the node stops (SIGTERM): the pages keep
+/// syncing both ways over the direct link.
+#[test]
+fn two_pages_keep_syncing_over_webrtc_after_the_node_is_gone() {
+    let Some((result, node)) = with_node("two_pages_keep_syncing_over_webrtc_without_the_node", str::to_owned) else { return };
+    let (clean, stderr) = node.stop();
+    assert_eq!(result["direct_link"], "connected", "{result}");
+    assert_eq!(result["node_link_after_stop"], "closed", "{result}");
+    assert!(clean, "the node did not stop cleanly: {stderr}");
 }

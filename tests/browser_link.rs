@@ -45,17 +45,17 @@ async fn page_connect(page: &mut BrowserReplica, url: &str, ticket: &str) -> Soc
 
 /// Moves messages between the page and the node until `done` holds or the
 /// link ends (as the JS client does: journal first, then messages).
-async fn pump(page: &mut BrowserReplica, socket: &mut Socket, mut done: impl FnMut(&BrowserReplica) -> bool) -> Result<(), String> {
+async fn pump(page: &mut BrowserReplica, socket: &mut Socket, mut done: impl FnMut(&mut BrowserReplica) -> bool) -> Result<(), String> {
     let give_up = Instant::now() + DEADLINE;
     loop {
         let _ = page.take_journal();
-        for message in page.take_messages() {
+        for (_, message) in page.take_messages() {
             socket.send(Message::Binary(message.into())).await.map_err(|e| format!("send: {e}"))?;
         }
         if done(page) {
             return Ok(());
         }
-        if let Some(reason) = page.link_ended() {
+        if let Some((_, reason)) = page.take_ended().into_iter().next() {
             return Err(reason);
         }
         if Instant::now() > give_up {
@@ -63,10 +63,10 @@ async fn pump(page: &mut BrowserReplica, socket: &mut Socket, mut done: impl FnM
         }
         let wait = page.next_timeout_ms(now_ms()).unwrap_or(100).min(100);
         match tokio::time::timeout(Duration::from_millis(wait), socket.next()).await {
-            Ok(Some(Ok(Message::Binary(bytes)))) => page.handle_message(&bytes, now_ms()),
-            Ok(Some(Ok(Message::Close(_)))) | Ok(None) => page.handle_lost("the node closed the socket", now_ms()),
+            Ok(Some(Ok(Message::Binary(bytes)))) => page.handle_message("node", &bytes, now_ms()),
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) => page.handle_lost("node", "the node closed the socket", now_ms()),
             Ok(Some(Ok(_))) => {}
-            Ok(Some(Err(err))) => page.handle_lost(&err.to_string(), now_ms()),
+            Ok(Some(Err(err))) => page.handle_lost("node", &err.to_string(), now_ms()),
             Err(_) => page.handle_timeout(now_ms()),
         }
     }
@@ -207,5 +207,40 @@ fn junk_on_the_browser_socket_is_refused_and_the_node_keeps_serving() {
     assert!(ninth_closed, "a 9th socket stuck before the upgrade was served");
     assert!(member.is_ok(), "a member page could not link afterwards: {member:?}\n{stderr}");
     assert_eq!(status, 200);
+    assert!(clean, "{stderr}");
+}
+
+/// The node relays signalling between two linked pages (what they set up
+/// a WebRTC channel with), naming the sender as the node authenticated it;
+/// a signal for a peer that is not a linked page is dropped and the
+/// sender's link stays up.
+#[test]
+fn the_node_relays_signals_between_linked_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, url, ticket) = browser_node(dir.path());
+    let mut a = BrowserReplica::open(None, [], now_ms()).unwrap();
+    let mut b = BrowserReplica::open(None, [], now_ms()).unwrap();
+    let (a_id, b_id) = (a.peer_id(), b.peer_id());
+    let result = runtime().block_on(async {
+        let mut socket_a = page_connect(&mut a, &url, &ticket).await;
+        let mut socket_b = page_connect(&mut b, &url, &ticket).await;
+        pump(&mut a, &mut socket_a, |p| p.link_status()["state"] == "connected").await?;
+        pump(&mut b, &mut socket_b, |p| p.link_status()["state"] == "connected").await?;
+        a.send_signal("12D3KooWLV3fXgnJiLBkQoVaGRoYEf8rjqVnX6DVaYd3DZsvhhYT", b"lost".to_vec()).map_err(|e| e.to_string())?;
+        a.send_signal(&b_id, b"{\"type\":\"offer\"}".to_vec()).map_err(|e| e.to_string())?;
+        pump(&mut a, &mut socket_a, |_| true).await?;
+        let mut got = Vec::new();
+        pump(&mut b, &mut socket_b, |p| {
+            got.extend(p.take_signals());
+            !got.is_empty()
+        })
+        .await?;
+        // A's link survived the dropped signal.
+        pump(&mut a, &mut socket_a, |p| p.link_status()["state"] == "connected").await?;
+        Ok::<_, String>(got)
+    });
+    let (clean, stderr) = node.stop();
+    let got = result.unwrap_or_else(|err| panic!("{err}\n{stderr}"));
+    assert_eq!(got, vec![(a_id, b"{\"type\":\"offer\"}".to_vec())]);
     assert!(clean, "{stderr}");
 }

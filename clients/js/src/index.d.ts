@@ -42,13 +42,19 @@ export interface Status {
   /** Journal entries committed in memory and not yet in IndexedDB. */
   pending_journal: number;
   /** The link to a node: `connected` with its `peer`, or `closed` with the `reason`. */
-  link: { state: "none" | "connecting" | "connected" | "closed"; peer?: string; reason?: string };
+  link: {
+    state: "none" | "connecting" | "connected" | "closed";
+    peer?: string;
+    reason?: string;
+    /** Direct (WebRTC) links to other pages, by peer id. */
+    channels: { [peer: string]: { state: "connecting" | "connected" | "closed"; peer?: string; reason?: string } };
+  };
   peers: Peer[];
 }
 
 export interface Peer {
   peer_id: string;
-  transport: "websocket";
+  transport: "websocket" | "webrtc";
   url?: string;
 }
 
@@ -88,6 +94,13 @@ export class Database {
   connect(url: string, ticket: string): void;
   /** Ends the link; the page keeps working offline. */
   disconnect(): void;
+  /**
+   * Opens a direct WebRTC link to page `peerId`, linked to the same node
+   * (which relays the signalling); once up it keeps syncing without the node.
+   */
+  connectPeer(peerId: string): void;
+  /** ICE servers for direct links (STUN/TURN); none by default. */
+  iceServers: RTCIceServer[];
   status(): Promise<Status>;
   peers(): Promise<Peer[]>;
   close(): Promise<void>;

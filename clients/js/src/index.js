@@ -8,6 +8,7 @@ import init, { Replica } from "../dist/pluresdb_wasm.js";
 const STORES = { identity: "identity", journal: "journal" };
 const IDENTITY_KEY = "key";
 const LIST_PAGE = 1000;
+const MAX_CHANNELS = 16;
 
 let ready = null;
 
@@ -107,6 +108,9 @@ export class Database {
   #closed = false;
   #socket = null;
   #link = null;
+  #channels = new Map();
+  /** ICE servers for direct links (STUN/TURN: `[{urls: "stun:..."}]`); none by default. */
+  iceServers = [];
   #timer = undefined;
   #reconnectTimer = undefined;
 
@@ -192,10 +196,15 @@ export class Database {
     return { ...JSON.parse(this.#replica.status()), peers: await this.peers() };
   }
 
-  /** The peers this page is linked with now: the node, once connected. */
+  /** The peers this page is linked with now: the node (WebSocket) and
+   * pages linked directly (WebRTC). */
   async peers() {
     const link = JSON.parse(this.#replica.status()).link;
-    return link.state === "connected" ? [{ peer_id: link.peer, transport: "websocket", url: this.#link?.url }] : [];
+    const peers = link.state === "connected" ? [{ peer_id: link.peer, transport: "websocket", url: this.#link?.url }] : [];
+    for (const [peer, channel] of Object.entries(link.channels ?? {})) {
+      if (channel.state === "connected") peers.push({ peer_id: peer, transport: "webrtc" });
+    }
+    return peers;
   }
 
   /** Waits for pending writes, then releases the database. */
@@ -206,6 +215,8 @@ export class Database {
     this.#closed = true;
     clearTimeout(this.#timer);
     this.#socket?.close(1000);
+    for (const { pc } of this.#channels.values()) pc.close();
+    this.#channels.clear();
     this.#idb.close();
     this.#unlock();
   }
@@ -231,19 +242,29 @@ export class Database {
   async #turn() {
     this.#pending.push(...this.#replica.takeJournal());
     const messages = this.#replica.takeMessages();
-    const ended = this.#replica.linkEnded();
+    const ended = JSON.parse(this.#replica.takeEnded());
+    const signals = JSON.parse(this.#replica.takeSignals());
     const flush = this.#tail.then(() => this.#writePending());
     this.#tail = flush.catch(() => {});
     await flush;
-    const socket = this.#socket;
-    if (socket && socket.readyState === WebSocket.OPEN) {
-      for (const message of messages) socket.send(message);
+    for (const [name, message] of messages) {
+      const target = name === "node" ? this.#socket : this.#channels.get(name)?.channel;
+      if (target && target.readyState === (name === "node" ? WebSocket.OPEN : "open")) target.send(message);
     }
-    if (ended !== undefined && socket) {
-      this.#socket = null;
-      socket.close(1000);
-      this.#scheduleReconnect();
+    for (const [name] of ended) {
+      if (name === "node") {
+        const socket = this.#socket;
+        if (socket) {
+          this.#socket = null;
+          socket.close(1000);
+          this.#scheduleReconnect();
+        }
+      } else {
+        this.#channels.get(name)?.pc.close();
+        this.#channels.delete(name);
+      }
     }
+    for (const [from, text] of signals) this.#onSignal(from, text).catch((err) => console.warn("pluresdb: bad signal", err));
     this.#schedule();
   }
 
@@ -301,16 +322,110 @@ export class Database {
     };
     socket.onmessage = (event) => {
       if (this.#socket !== socket || !(event.data instanceof ArrayBuffer)) return;
-      this.#replica.handleMessage(new Uint8Array(event.data), Date.now());
+      this.#replica.handleMessage("node", new Uint8Array(event.data), Date.now());
       this.#turn().catch(() => {});
     };
     socket.onclose = (event) => {
       if (this.#socket !== socket) return;
       this.#socket = null;
-      this.#replica.handleLost(`the socket closed (${event.code})`, Date.now());
+      this.#replica.handleLost("node", `the socket closed (${event.code})`, Date.now());
       this.#turn().catch(() => {});
       this.#scheduleReconnect();
     };
+  }
+
+  /**
+   * Opens a direct WebRTC link to the page `peerId` (linked to the same
+   * node, which relays the signalling). Once up, the two pages sync over
+   * it directly, and keep doing so without the node. Both prove their ids
+   * and the network secret over the channel, as on every link.
+   */
+  connectPeer(peerId) {
+    this.#check();
+    if (this.#channels.has(peerId)) return;
+    const entry = this.#newPeerConnection(peerId);
+    this.#wireChannel(peerId, entry, entry.pc.createDataChannel("pluresdb", { ordered: true }), true);
+    entry.pc
+      .createOffer()
+      .then((offer) => entry.pc.setLocalDescription(offer))
+      .then(() => this.#signal(peerId, { type: "offer", sdp: entry.pc.localDescription.sdp }))
+      .catch((err) => console.warn("pluresdb: cannot offer", err));
+  }
+
+  #newPeerConnection(peerId) {
+    if (this.#channels.size >= MAX_CHANNELS) throw new Error(`at most ${MAX_CHANNELS} direct links`);
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    const entry = { pc, channel: null, candidates: [] };
+    this.#channels.set(peerId, entry);
+    pc.onicecandidate = (event) => {
+      if (event.candidate) this.#signal(peerId, { type: "candidate", candidate: event.candidate.toJSON() });
+    };
+    pc.ondatachannel = (event) => this.#wireChannel(peerId, entry, event.channel, false);
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === "failed" || pc.connectionState === "closed") {
+        this.#replica.handleLost(peerId, `WebRTC connection ${pc.connectionState}`, Date.now());
+        this.#turn().catch(() => {});
+      }
+    };
+    return entry;
+  }
+
+  #wireChannel(peerId, entry, channel, initiator) {
+    channel.binaryType = "arraybuffer";
+    entry.channel = channel;
+    channel.onopen = () => {
+      try {
+        this.#replica.openChannel(peerId, initiator, crypto.getRandomValues(new Uint8Array(32)), Date.now());
+      } catch (err) {
+        console.warn("pluresdb: cannot link to", peerId, err);
+        entry.pc.close();
+        this.#channels.delete(peerId);
+        return;
+      }
+      this.#turn().catch(() => {});
+    };
+    channel.onmessage = (event) => {
+      if (!(event.data instanceof ArrayBuffer)) return;
+      this.#replica.handleMessage(peerId, new Uint8Array(event.data), Date.now());
+      this.#turn().catch(() => {});
+    };
+    channel.onclose = () => {
+      this.#replica.handleLost(peerId, "the data channel closed", Date.now());
+      this.#turn().catch(() => {});
+    };
+  }
+
+  #signal(peerId, message) {
+    try {
+      this.#replica.sendSignal(peerId, JSON.stringify(message));
+    } catch (err) {
+      console.warn("pluresdb: cannot signal", peerId, err);
+      return;
+    }
+    this.#turn().catch(() => {});
+  }
+
+  /** Signalling from page `from`, relayed by the node. */
+  async #onSignal(from, text) {
+    const message = JSON.parse(text);
+    let entry = this.#channels.get(from);
+    if (message.type === "offer") {
+      if (entry) {
+        entry.pc.close();
+        this.#channels.delete(from);
+      }
+      entry = this.#newPeerConnection(from);
+      await entry.pc.setRemoteDescription({ type: "offer", sdp: message.sdp });
+      await entry.pc.setLocalDescription(await entry.pc.createAnswer());
+      this.#signal(from, { type: "answer", sdp: entry.pc.localDescription.sdp });
+      for (const candidate of entry.candidates.splice(0)) await entry.pc.addIceCandidate(candidate);
+    } else if (message.type === "answer" && entry) {
+      await entry.pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
+      for (const candidate of entry.candidates.splice(0)) await entry.pc.addIceCandidate(candidate);
+    } else if (message.type === "candidate" && entry) {
+      if (entry.pc.remoteDescription) await entry.pc.addIceCandidate(message.candidate);
+      else entry.candidates.push(message.candidate);
+    }
   }
 
   #scheduleReconnect() {

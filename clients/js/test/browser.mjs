@@ -28,7 +28,10 @@ function check(condition, message) {
 async function startChromium(profile) {
   const args = [
     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--remote-debugging-port=0", `--user-data-dir=${profile}`, "about:blank",
+    "--disable-component-update", "--remote-debugging-port=0",
+    // WebRTC between pages of this one machine: loopback candidates, and
+    // plain addresses rather than mDNS names nothing here resolves.
+    "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns", `--user-data-dir=${profile}`, "about:blank",
   ];
   // Its own process group, so that a kill ends the renderers too.
   const child = spawn(CHROMIUM, args, { stdio: ["ignore", "ignore", "pipe"], detached: true });
@@ -299,6 +302,40 @@ const scenarios = {
     await b.evaluate(() => db.put("shared:b", { by: "b" }));
     await a.evaluate(() => waitFor(async () => (await db.get("shared:b"))?.value?.by === "b", "b's write in a"));
     return { pages: ids };
+  },
+
+  /** Two pages (separate contexts) linked to the node open a direct
+   * WebRTC link (the node relays the signalling), then the node is
+   * stopped (args.node_pid, SIGTERM): the pages keep syncing both ways. */
+  async two_pages_keep_syncing_over_webrtc_without_the_node({ chromium: c, base, args }) {
+    const pages = [];
+    for (const name of ["a", "b"]) {
+      const context = await c.browser.newContext();
+      const page = await openPage(context, base);
+      await page.evaluate(async ({ url, ticket }) => {
+        window.db = await pluresdb.open("direct");
+        db.connect(url, ticket);
+        await waitFor(async () => (await db.status()).link.state === "connected", "the link");
+      }, args);
+      pages.push(page);
+    }
+    const [a, b] = pages;
+    const [aId, bId] = await Promise.all(pages.map((p) => p.evaluate(() => db.peerId)));
+    await a.evaluate((peer) => db.connectPeer(peer), bId);
+    await a.evaluate((peer) => waitFor(async () => (await db.status()).link.channels[peer]?.state === "connected", "the direct link in a"), bId);
+    await b.evaluate((peer) => waitFor(async () => (await db.status()).link.channels[peer]?.state === "connected", "the direct link in b"), aId);
+    const transports = await a.evaluate(async () => (await db.peers()).map((p) => p.transport).sort());
+    check(JSON.stringify(transports) === JSON.stringify(["webrtc", "websocket"]), `a's peers: ${transports}`);
+    process.kill(Number(args.node_pid), "SIGTERM");
+    for (const page of pages) {
+      await page.evaluate(() => waitFor(async () => (await db.status()).link.state !== "connected", "the node gone"));
+    }
+    await a.evaluate(() => db.put("direct:a", { by: "a" }));
+    await b.evaluate(() => waitFor(async () => (await db.get("direct:a"))?.value?.by === "a", "a's write in b over WebRTC"));
+    await b.evaluate(() => db.put("direct:b", { by: "b" }));
+    await a.evaluate(() => waitFor(async () => (await db.get("direct:b"))?.value?.by === "b", "b's write in a over WebRTC"));
+    const still = await a.evaluate((peer) => db.status().then((s) => s.link.channels[peer]?.state), bId);
+    return { pages: [aId, bId], direct_link: still, node_link_after_stop: await a.evaluate(() => db.status().then((s) => s.link.state)) };
   },
 
   /** A page syncs, goes offline, writes while the node writes too,

@@ -98,6 +98,7 @@ pub fn sample_messages() -> Vec<NetworkMessage> {
             ],
             request: true,
         },
+        NetworkMessage::Signal { peer: "12D3KooWB".into(), data: bytes::Bytes::from_static(b"{\"type\":\"offer\",\"sdp\":\"v=0\"}") },
     ];
     messages.extend(crate::sync::sample_messages().into_iter().map(NetworkMessage::from));
     messages

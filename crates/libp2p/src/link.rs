@@ -249,6 +249,9 @@ async fn drive(
                 // Peer exchange hints name QUIC addresses; the libp2p
                 // engine finds peers through the DHT instead.
                 LinkEvent::PeersLearned(_) => {}
+                // Signalling is relayed between pages on the browser
+                // WebSocket only.
+                LinkEvent::Signal { .. } => {}
                 LinkEvent::PeerExchangeRequested => machine.answer_peer_exchange(exchange_answer(shared, &remote)),
                 LinkEvent::Closed(end) => break 'run end,
             }

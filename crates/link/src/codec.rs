@@ -48,12 +48,22 @@ pub enum FrameKind {
     /// Peer exchange: other peers of the network and where they listen,
     /// CBOR.
     Peers = 6,
+    /// Signalling for a direct link between two peers of one node (WebRTC
+    /// offers, answers, candidates), which the node relays, CBOR.
+    Signal = 7,
 }
 
 impl FrameKind {
     /// Every kind, in code order.
-    pub const ALL: [FrameKind; 6] =
-        [FrameKind::Hello, FrameKind::Heartbeat, FrameKind::Sync, FrameKind::Goodbye, FrameKind::Error, FrameKind::Peers];
+    pub const ALL: [FrameKind; 7] = [
+        FrameKind::Hello,
+        FrameKind::Heartbeat,
+        FrameKind::Sync,
+        FrameKind::Goodbye,
+        FrameKind::Error,
+        FrameKind::Peers,
+        FrameKind::Signal,
+    ];
 
     /// The kind with code `code`, if there is one.
     pub fn from_code(code: u8) -> Option<Self> {
@@ -75,6 +85,7 @@ impl fmt::Display for FrameKind {
             FrameKind::Goodbye => "goodbye",
             FrameKind::Error => "error",
             FrameKind::Peers => "peers",
+            FrameKind::Signal => "signal",
         };
         f.write_str(name)
     }

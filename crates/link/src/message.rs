@@ -209,7 +209,22 @@ pub enum NetworkMessage {
         /// A human-readable explanation.
         message: String,
     },
+    /// Signalling for a direct link between two peers linked to one node
+    /// (a WebRTC offer, answer or candidate, opaque to the node): sent to
+    /// the node naming the peer it is for; the node passes it on naming the
+    /// peer it came from. At most [`MAX_SIGNAL_BYTES`] of data.
+    Signal {
+        /// To the node: the recipient; from the node: the sender (as the
+        /// node authenticated it).
+        peer: String,
+        /// The signalling payload.
+        data: Bytes,
+    },
 }
+
+/// The most data one `signal` frame carries (an SDP offer with its
+/// candidates is a few KiB).
+pub const MAX_SIGNAL_BYTES: usize = 64 * 1024;
 
 impl NetworkMessage {
     /// The frame kind this message travels in.
@@ -225,6 +240,7 @@ impl NetworkMessage {
             NetworkMessage::Goodbye { .. } => FrameKind::Goodbye,
             NetworkMessage::Error { .. } => FrameKind::Error,
             NetworkMessage::PeerExchange { .. } => FrameKind::Peers,
+            NetworkMessage::Signal { .. } => FrameKind::Signal,
         }
     }
 
@@ -269,6 +285,15 @@ impl NetworkMessage {
                 out.into()
             }
             NetworkMessage::PeerExchange { peers, request } => encode_peers(peers, *request).into(),
+            NetworkMessage::Signal { peer, data } => {
+                let mut out = Vec::with_capacity(24 + peer.len() + data.len());
+                cbor::map(&mut out, 2);
+                cbor::text(&mut out, "peer");
+                cbor::text(&mut out, peer);
+                cbor::text(&mut out, "data");
+                cbor::bytes(&mut out, data);
+                out.into()
+            }
             NetworkMessage::Error { code, message } => {
                 let mut out = Vec::with_capacity(24 + message.len());
                 cbor::map(&mut out, 2);
@@ -310,6 +335,10 @@ impl NetworkMessage {
             FrameKind::Peers => {
                 let (peers, request) = decode_peers(&frame.payload).ok_or_else(|| bad("not a peers map (or over the limits)"))?;
                 Ok(NetworkMessage::PeerExchange { peers, request })
+            }
+            FrameKind::Signal => {
+                let (peer, data) = decode_signal(&frame.payload).ok_or_else(|| bad("not a signal map (or over 64 KiB of data)"))?;
+                Ok(NetworkMessage::Signal { peer, data })
             }
         }
     }
@@ -608,6 +637,22 @@ fn decode_heartbeat(bytes: &[u8]) -> Option<(String, u64)> {
         }
     }
     reader.is_done().then_some((peer_id?, ms?))
+}
+
+fn decode_signal(bytes: &[u8]) -> Option<(String, Bytes)> {
+    let mut reader = Reader::new(bytes);
+    let (mut peer, mut data) = (None, None);
+    for _ in 0..reader.map().ok()? {
+        match reader.text().ok()? {
+            "peer" => peer = Some(reader.text().ok()?.to_owned()),
+            "data" => data = Some(Bytes::copy_from_slice(reader.bytes().ok()?)),
+            _ => {
+                reader.value().ok()?;
+            }
+        }
+    }
+    let data = data.filter(|data| data.len() <= MAX_SIGNAL_BYTES)?;
+    reader.is_done().then_some((peer?, data))
 }
 
 fn decode_goodbye(bytes: &[u8]) -> Option<String> {

@@ -306,6 +306,7 @@ async fn serve_socket(shared: Arc<Shared>, tcp: TcpStream, from: SocketAddr, mut
     let mut close_tx = Some(close_tx);
     let mut out_tx = Some(out_tx);
     let mut registered: Option<(PeerId, u64, Arc<crate::PeerStats>)> = None;
+    let mut signals = SignalBudget::new(Now::system());
     let mut proof_ok = false;
     let end = 'run: loop {
         while let Some(event) = machine.poll_event() {
@@ -364,6 +365,11 @@ async fn serve_socket(shared: Arc<Shared>, tcp: TcpStream, from: SocketAddr, mut
                 // addresses): nothing to tell or learn.
                 LinkEvent::PeersLearned(_) => {}
                 LinkEvent::PeerExchangeRequested => machine.answer_peer_exchange(Vec::new()),
+                LinkEvent::Signal { peer: to, data } => {
+                    if let Some((from, _, _)) = &registered {
+                        relay_signal(&shared, from, &to, data, &mut signals, Now::system());
+                    }
+                }
                 LinkEvent::Closed(end) => break 'run end,
             }
         }
@@ -434,6 +440,44 @@ async fn serve_socket(shared: Arc<Shared>, tcp: TcpStream, from: SocketAddr, mut
             }
         }
     }
+}
+
+/// How many signals a page may have relayed: a burst for one WebRTC
+/// negotiation (an offer or answer and its candidates), then a few a
+/// second. Over it, signals are dropped (the page's negotiation fails and
+/// it retries), the link stays.
+const SIGNALS_BURST: u32 = 64;
+const SIGNALS_PER_SECOND: u32 = 8;
+
+struct SignalBudget {
+    limiter: pluresdb_security::RateLimiter,
+    started: std::time::Instant,
+}
+
+impl SignalBudget {
+    fn new(now: Now) -> Self {
+        let limit = pluresdb_security::RateLimit { messages_per_second: SIGNALS_PER_SECOND, burst: SIGNALS_BURST };
+        Self { limiter: pluresdb_security::RateLimiter::new(limit), started: now.instant }
+    }
+}
+
+/// Passes a page's signal on to the page it names, naming the sender as
+/// this link authenticated it; a signal for a peer that is not a linked
+/// page, or over the budget, is dropped.
+fn relay_signal(shared: &Shared, from: &PeerId, to: &str, data: Bytes, budget: &mut SignalBudget, now: Now) {
+    let now_ms = u64::try_from(now.instant.saturating_duration_since(budget.started).as_millis()).unwrap_or(u64::MAX);
+    if budget.limiter.check(&from.to_string(), now_ms).is_err() {
+        tracing::debug!(%from, %to, "signal over the page's budget; dropped");
+        return;
+    }
+    let Ok(to) = to.parse::<PeerId>() else { return };
+    let out = lock(&shared.state).links.get(&to).map(|link| link.out.clone());
+    let Some(out) = out else {
+        tracing::debug!(%from, %to, "signal for a peer that is not a linked page; dropped");
+        return;
+    };
+    let frame = NetworkMessage::Signal { peer: from.to_string(), data }.to_frame();
+    let _ = out.try_send(frame);
 }
 
 async fn send(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>, frame: &Frame) -> std::result::Result<(), ()> {

@@ -27,7 +27,7 @@ mod replica;
 mod session;
 
 pub use replica::{BrowserReplica, CHANGE_BUFFER, MAX_PAGE};
-pub use session::MAX_QUEUED_MESSAGES;
+pub use session::{MAX_CHANNELS, MAX_QUEUED_MESSAGES, NODE_LINK};
 
 use serde_json::Value;
 use wasm_bindgen::prelude::*;
@@ -106,16 +106,38 @@ impl Replica {
         self.0.disconnect(reason);
     }
 
-    /// One binary message from the socket.
-    #[wasm_bindgen(js_name = handleMessage)]
-    pub fn handle_message(&mut self, bytes: &[u8], now_ms: f64) {
-        self.0.handle_message(bytes, now(now_ms));
+    /// Starts a direct link to page `peer` over a WebRTC data channel that
+    /// just opened (`initiator`: this page asked for it).
+    #[wasm_bindgen(js_name = openChannel)]
+    pub fn open_channel(&mut self, peer: &str, initiator: bool, nonce: Vec<u8>, now_ms: f64) -> Result<(), JsError> {
+        let nonce: [u8; 32] = nonce.try_into().map_err(|_| js_error("the nonce must be 32 bytes"))?;
+        self.0.open_channel(peer, initiator, nonce, now(now_ms)).map_err(js_error)
     }
 
-    /// The socket closed or failed.
+    /// Queues signalling text for page `peer`, through the node.
+    #[wasm_bindgen(js_name = sendSignal)]
+    pub fn send_signal(&mut self, peer: &str, data: &str) -> Result<(), JsError> {
+        self.0.send_signal(peer, data.as_bytes().to_vec()).map_err(js_error)
+    }
+
+    /// The signals relayed by the node, as JSON `[[fromPeer, text], ...]`.
+    #[wasm_bindgen(js_name = takeSignals)]
+    pub fn take_signals(&mut self) -> String {
+        let signals: Vec<(String, String)> =
+            self.0.take_signals().into_iter().map(|(peer, data)| (peer, String::from_utf8_lossy(&data).into_owned())).collect();
+        serde_json::to_string(&signals).unwrap_or_else(|_| "[]".to_owned())
+    }
+
+    /// One binary message from link `name` (`"node"` or a page's peer id).
+    #[wasm_bindgen(js_name = handleMessage)]
+    pub fn handle_message(&mut self, name: &str, bytes: &[u8], now_ms: f64) {
+        self.0.handle_message(name, bytes, now(now_ms));
+    }
+
+    /// Link `name`'s socket or channel closed or failed.
     #[wasm_bindgen(js_name = handleLost)]
-    pub fn handle_lost(&mut self, reason: &str, now_ms: f64) {
-        self.0.handle_lost(reason, now(now_ms));
+    pub fn handle_lost(&mut self, name: &str, reason: &str, now_ms: f64) {
+        self.0.handle_lost(name, reason, now(now_ms));
     }
 
     /// Runs the timers.
@@ -130,17 +152,27 @@ impl Replica {
         self.0.next_timeout_ms(now(now_ms)).map(|ms| ms as f64)
     }
 
-    /// The messages to send, in order (`Uint8Array`s); take them after the
-    /// journal is stored.
+    /// The messages to send, in order: an array of `[linkName, Uint8Array]`;
+    /// take them after the journal is stored.
     #[wasm_bindgen(js_name = takeMessages)]
     pub fn take_messages(&mut self) -> js_sys::Array {
-        self.0.take_messages().iter().map(|m| js_sys::Uint8Array::from(m.as_slice())).collect()
+        self.0
+            .take_messages()
+            .into_iter()
+            .map(|(name, message)| {
+                let pair = js_sys::Array::new();
+                pair.push(&JsValue::from_str(&name));
+                pair.push(&js_sys::Uint8Array::from(message.as_slice()));
+                JsValue::from(pair)
+            })
+            .collect()
     }
 
-    /// Why the link ended, once its last messages were taken.
-    #[wasm_bindgen(js_name = linkEnded)]
-    pub fn link_ended(&self) -> Option<String> {
-        self.0.link_ended()
+    /// The links that ended (their last messages taken), as JSON
+    /// `[[linkName, reason], ...]`: close their sockets or channels.
+    #[wasm_bindgen(js_name = takeEnded)]
+    pub fn take_ended(&mut self) -> String {
+        serde_json::to_string(&self.0.take_ended()).unwrap_or_else(|_| "[]".to_owned())
     }
 
     /// The identity key to store.

@@ -8,7 +8,7 @@
 //! translating.
 
 use crate::journal::{JournalStore, Outbox};
-use crate::session::Session;
+use crate::session::Links;
 use crate::BrowserError;
 use pluresdb_core::{
     Database, FeedEvent, FieldValue, KeepAll, Node, OperationType, OperationWithMetadata, Receipt, Store, Subscription, Traversal,
@@ -34,8 +34,8 @@ pub struct BrowserReplica {
     pub(crate) identity: Identity,
     outbox: Outbox,
     changes: Subscription,
-    /// The link to a node, while there is one.
-    pub(crate) session: Option<Session>,
+    /// The links to a node and to other pages.
+    pub(crate) links: Links,
 }
 
 impl BrowserReplica {
@@ -55,7 +55,7 @@ impl BrowserReplica {
         let changes = db.subscribe(CHANGE_BUFFER);
         let mut engine = DataSyncEngine::with_database(SyncConfig::default(), db)?;
         engine.start(now_ms);
-        Ok(Self { engine, identity, outbox, changes, session: None })
+        Ok(Self { engine, identity, outbox, changes, links: Links::default() })
     }
 
     fn db(&self) -> &Database<JournalStore> {

@@ -1,91 +1,182 @@
-//! The page's link to a node: a [`SocketLink`] (client side) over the
-//! WebSocket the JS client opens, feeding the replica's sync engine. The JS
-//! side only moves messages and sets the timer:
+//! The page's links: one to a node (a [`SocketLink`] over the WebSocket
+//! the JS client opens) and direct ones to other pages (the same
+//! [`SocketLink`] over a WebRTC data channel, signalled through the node),
+//! all feeding the replica's sync engine. The JS side only moves messages
+//! and sets the timer:
 //!
-//! - each message from the socket: [`BrowserReplica::handle_message`];
-//! - the socket closed or failed: [`BrowserReplica::handle_lost`];
+//! - each message from a socket or channel:
+//!   [`BrowserReplica::handle_message`] with the link's name (`"node"`, or
+//!   the other page's peer id);
+//! - a socket or channel closed: [`BrowserReplica::handle_lost`];
 //! - then store the journal ([`BrowserReplica::take_journal`]) and only
 //!   after it is in IndexedDB send [`BrowserReplica::take_messages`]: the
-//!   node's operations are acknowledged after they are stored, never
+//!   operations a peer sent are acknowledged after they are stored, never
 //!   before;
 //! - call [`BrowserReplica::handle_timeout`] after
 //!   [`BrowserReplica::next_timeout_ms`].
 //!
 //! The page joins with a ticket (`pluresdb invite`): its secret is the
-//! page's network secret (the node must prove it too), and its peer id the
-//! node the page expects on the socket.
+//! page's network secret on every link (the node and other pages must
+//! prove it too), and its peer id the node the page expects on the socket.
 
 use crate::replica::BrowserReplica;
 use crate::BrowserError;
 use bytes::Bytes;
-use pluresdb_link::link::{LinkEvent, Now};
+use pluresdb_link::link::{outgoing, LinkEvent, Now};
 use pluresdb_link::socket::{Side, SocketLink, SocketLinkConfig};
-use pluresdb_security::{AccessPolicy, Ticket};
-use serde_json::{json, Value};
+use pluresdb_link::NetworkMessage;
+use pluresdb_security::{AccessPolicy, NetworkSecret, PeerId, Ticket};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, VecDeque};
 
-/// Frames queued for the socket before the page stops taking sync
-/// messages from the engine (the engine keeps what it could not send and
-/// resends it in its next round).
+/// Frames queued per link before the page stops taking sync messages from
+/// the engine for it (the engine resends in its next round).
 pub const MAX_QUEUED_MESSAGES: usize = 4_096;
 
-/// The link to one node.
+/// The name of the link to the node.
+pub const NODE_LINK: &str = "node";
+
+/// The most direct links to other pages at once.
+pub const MAX_CHANNELS: usize = 16;
+
+/// Signals from the node kept for the page to take.
+const MAX_SIGNALS: usize = 256;
+
+/// One link.
 pub(crate) struct Session {
     link: SocketLink,
-    /// The node's peer id (text), once the link is up.
+    /// The peer's id (text), once the link is up.
     peer: Option<String>,
     /// Why the link ended, once it did.
     ended: Option<String>,
-    /// Frames for the socket, one message each.
+    /// Frames to send, one message each.
     queued: Vec<Vec<u8>>,
+}
+
+impl Session {
+    fn new(link: SocketLink) -> Self {
+        Self { link, peer: None, ended: None, queued: Vec::new() }
+    }
+
+    fn state(&self) -> Value {
+        match &self.ended {
+            Some(reason) => json!({"state": "closed", "reason": reason}),
+            None if self.link.is_established() => json!({"state": "connected", "peer": self.peer}),
+            None => json!({"state": "connecting"}),
+        }
+    }
+}
+
+/// Every link of the page.
+#[derive(Default)]
+pub(crate) struct Links {
+    node: Option<Session>,
+    channels: BTreeMap<String, Session>,
+    /// The network's secret, from the ticket.
+    secret: Option<NetworkSecret>,
+    /// Signals the node relayed: the sending page and the payload.
+    signals: VecDeque<(String, Vec<u8>)>,
+}
+
+impl Links {
+    fn get_mut(&mut self, name: &str) -> Option<&mut Session> {
+        if name == NODE_LINK {
+            self.node.as_mut()
+        } else {
+            self.channels.get_mut(name)
+        }
+    }
 }
 
 impl BrowserReplica {
     /// Starts a link to the node of `ticket` over a socket the page has
     /// just opened: the page's first message is queued. Any earlier link
-    /// is closed. `nonce` is 32 fresh random bytes.
+    /// to a node is closed. `nonce` is 32 fresh random bytes.
     pub fn connect(&mut self, ticket: &str, nonce: [u8; 32], now_ms: u64) -> Result<(), BrowserError> {
         let ticket: Ticket = ticket.trim().parse().map_err(|err| BrowserError::Argument(format!("not a ticket: {err}")))?;
         self.disconnect("replaced by a new link");
-        let mut config =
-            SocketLinkConfig::new(self.identity.clone(), Side::Client, nonce, AccessPolicy::with_secret(ticket.secret), Now::system());
+        let policy = AccessPolicy::with_secret(ticket.secret.clone());
+        let mut config = SocketLinkConfig::new(self.identity.clone(), Side::Client, nonce, policy, Now::system());
         config.expected_peer = Some(ticket.peer_id);
-        self.session = Some(Session { link: SocketLink::new(config), peer: None, ended: None, queued: Vec::new() });
+        self.links.secret = Some(ticket.secret);
+        self.links.node = Some(Session::new(SocketLink::new(config)));
         self.after_input(now_ms);
         Ok(())
     }
 
-    /// Closes the link (a `goodbye` is queued for the socket).
+    /// Closes the link to the node (a `goodbye` is queued for the socket).
     pub fn disconnect(&mut self, reason: &str) {
-        if let Some(session) = &mut self.session {
+        if let Some(session) = &mut self.links.node {
             session.link.close(reason);
         }
         self.after_input(0);
     }
 
-    /// One message from the socket.
-    pub fn handle_message(&mut self, bytes: &[u8], now_ms: u64) {
-        if let Some(session) = &mut self.session {
+    /// Starts a direct link to page `peer` over a data channel that just
+    /// opened; `initiator` for the page that asked for it. Needs the
+    /// network's secret (a ticket given to [`connect`](Self::connect)).
+    pub fn open_channel(&mut self, peer: &str, initiator: bool, nonce: [u8; 32], now_ms: u64) -> Result<(), BrowserError> {
+        let expected: PeerId = peer.parse().map_err(|err| BrowserError::Argument(format!("not a peer id {peer:?}: {err}")))?;
+        let secret = self.links.secret.clone().ok_or_else(|| BrowserError::Argument("join a network (connect) first".to_owned()))?;
+        if !self.links.channels.contains_key(peer) && self.links.channels.len() >= MAX_CHANNELS {
+            return Err(BrowserError::Argument(format!("at most {MAX_CHANNELS} direct links")));
+        }
+        let side = if initiator { Side::Client } else { Side::Server };
+        let mut config = SocketLinkConfig::new(self.identity.clone(), side, nonce, AccessPolicy::with_secret(secret), Now::system());
+        config.expected_peer = Some(expected);
+        if let Some(old) = self.links.channels.insert(peer.to_owned(), Session::new(SocketLink::new(config))) {
+            if let Some(old_peer) = old.peer {
+                self.engine.peer_disconnected(&old_peer);
+            }
+        }
+        self.after_input(now_ms);
+        Ok(())
+    }
+
+    /// Queues signalling `data` for page `peer`, through the node.
+    pub fn send_signal(&mut self, peer: &str, data: Vec<u8>) -> Result<(), BrowserError> {
+        let session = self.links.node.as_mut().filter(|s| s.link.is_established());
+        let session = session.ok_or_else(|| BrowserError::Argument("no link to a node to signal through".to_owned()))?;
+        let message = NetworkMessage::Signal { peer: peer.to_owned(), data: Bytes::from(data) };
+        let transmit = outgoing(&message).map_err(|err| BrowserError::Argument(err.to_string()))?;
+        let mut bytes = Vec::with_capacity(pluresdb_link::codec::HEADER_LEN + transmit.frame.payload.len());
+        let header = transmit.frame.header().map_err(|err| BrowserError::Argument(err.to_string()))?;
+        bytes.extend_from_slice(&header);
+        bytes.extend_from_slice(&transmit.frame.payload);
+        session.queued.push(bytes);
+        Ok(())
+    }
+
+    /// The signals the node relayed since the last call: (sending page, data).
+    pub fn take_signals(&mut self) -> Vec<(String, Vec<u8>)> {
+        self.links.signals.drain(..).collect()
+    }
+
+    /// One message from link `name` (`"node"` or a page's peer id).
+    pub fn handle_message(&mut self, name: &str, bytes: &[u8], now_ms: u64) {
+        if let Some(session) = self.links.get_mut(name) {
             session.link.handle_message(bytes, Now::system());
         }
         self.after_input(now_ms);
     }
 
-    /// The socket closed or failed.
-    pub fn handle_lost(&mut self, reason: &str, now_ms: u64) {
-        if let Some(session) = &mut self.session {
+    /// Link `name`'s socket or channel closed or failed.
+    pub fn handle_lost(&mut self, name: &str, reason: &str, now_ms: u64) {
+        if let Some(session) = self.links.get_mut(name) {
             session.link.handle_lost(reason);
         }
         self.after_input(now_ms);
     }
 
-    /// Runs the link's and the sync engine's timers.
+    /// Runs the links' and the sync engine's timers.
     pub fn handle_timeout(&mut self, now_ms: u64) {
-        if let Some(session) = &mut self.session {
-            session.link.handle_timeout(Now::system());
+        let now = Now::system();
+        for session in self.links.node.iter_mut().chain(self.links.channels.values_mut()) {
+            session.link.handle_timeout(now);
         }
         self.engine.handle_timeout(now_ms);
-        // What the node acknowledged, kept so a reload resends only what it
-        // lacks; a store that fails refuses it (and the write after it).
+        // What peers acknowledged, kept so a reload resends only what they
+        // lack; a store that fails refuses it (and the write after it).
         let _ = self.engine.flush_acked();
         self.after_input(now_ms);
     }
@@ -93,91 +184,121 @@ impl BrowserReplica {
     /// In how many milliseconds to call [`handle_timeout`](Self::handle_timeout).
     pub fn next_timeout_ms(&self, now_ms: u64) -> Option<u64> {
         let engine = self.engine.poll_timeout().map(|at| at.saturating_sub(now_ms));
-        let link = self.session.as_ref().and_then(|s| s.link.poll_timeout()).map(|at| {
-            let left = at.saturating_duration_since(web_time::Instant::now());
-            u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
-        });
+        let now = web_time::Instant::now();
+        let links = self.links.node.iter().chain(self.links.channels.values()).filter_map(|s| s.link.poll_timeout());
+        let link = links.map(|at| u64::try_from(at.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)).min();
         match (engine, link) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
 
-    /// The frames to send on the socket, in order (one message each). Take
-    /// them only once the journal taken before is stored.
-    pub fn take_messages(&mut self) -> Vec<Vec<u8>> {
-        self.session.as_mut().map(|s| std::mem::take(&mut s.queued)).unwrap_or_default()
-    }
-
-    /// Whether the socket should be closed: the link ended and its last
-    /// frames were taken.
-    pub fn link_ended(&self) -> Option<String> {
-        self.session.as_ref().filter(|s| s.queued.is_empty()).and_then(|s| s.ended.clone())
-    }
-
-    /// `{"state": "none" | "connecting" | "connected" | "closed", "peer", "reason"}`.
-    pub fn link_status(&self) -> Value {
-        match &self.session {
-            None => json!({"state": "none"}),
-            Some(session) if session.ended.is_some() => json!({"state": "closed", "reason": session.ended}),
-            Some(session) if session.link.is_established() => json!({"state": "connected", "peer": session.peer}),
-            Some(_) => json!({"state": "connecting"}),
+    /// The frames to send, in order per link: (link name, one message).
+    /// Take them only once the journal taken before is stored.
+    pub fn take_messages(&mut self) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        if let Some(session) = &mut self.links.node {
+            out.extend(session.queued.drain(..).map(|m| (NODE_LINK.to_owned(), m)));
         }
+        for (name, session) in &mut self.links.channels {
+            out.extend(session.queued.drain(..).map(|m| (name.clone(), m)));
+        }
+        out
     }
 
-    /// Moves events and frames between the link and the sync engine until
-    /// neither has more.
-    pub(crate) fn after_input(&mut self, now_ms: u64) {
-        let Some(session) = &mut self.session else {
-            // No link: the engine's transmits are for no one.
-            while self.engine.poll_transmit().is_some() {}
-            return;
+    /// The links that ended and whose last frames were taken, with why:
+    /// close their sockets or channels. Ended direct links are forgotten.
+    pub fn take_ended(&mut self) -> Vec<(String, String)> {
+        let mut ended = Vec::new();
+        if let Some(session) = &self.links.node {
+            if let (true, Some(reason)) = (session.queued.is_empty(), &session.ended) {
+                ended.push((NODE_LINK.to_owned(), reason.clone()));
+            }
+        }
+        let done: Vec<String> =
+            self.links.channels.iter().filter(|(_, s)| s.queued.is_empty() && s.ended.is_some()).map(|(name, _)| name.clone()).collect();
+        for name in done {
+            if let Some(session) = self.links.channels.remove(&name) {
+                ended.push((name, session.ended.unwrap_or_default()));
+            }
+        }
+        ended
+    }
+
+    /// The node link's state (`{"state": "none" | "connecting" |
+    /// "connected" | "closed", "peer", "reason"}`) with `"channels"`: each
+    /// direct link's state by peer id.
+    pub fn link_status(&self) -> Value {
+        let mut status = match &self.links.node {
+            None => json!({"state": "none"}),
+            Some(session) => session.state(),
         };
+        let channels: Map<String, Value> = self.links.channels.iter().map(|(name, s)| (name.clone(), s.state())).collect();
+        status["channels"] = Value::Object(channels);
+        status
+    }
+
+    /// Moves events and frames between the links and the sync engine until
+    /// none has more.
+    pub(crate) fn after_input(&mut self, now_ms: u64) {
+        let BrowserReplica { engine, links, .. } = self;
         loop {
             let mut moved = false;
-            while let Some(event) = session.link.poll_event() {
-                moved = true;
-                match event {
-                    LinkEvent::Established => {
-                        if let Some(peer) = session.link.remote_peer() {
-                            let peer = peer.to_string();
-                            self.engine.peer_connected(&peer, now_ms);
-                            session.peer = Some(peer);
-                        }
-                    }
-                    LinkEvent::Sync(bytes) => {
-                        if let Some(peer) = &session.peer {
-                            if let Err(err) = self.engine.handle_input(peer, &bytes, now_ms) {
-                                session.link.close(&format!("bad sync message from the node: {err}"));
+            let Links { node, channels, signals, .. } = links;
+            for (is_node, session) in node.iter_mut().map(|s| (true, s)).chain(channels.values_mut().map(|s| (false, s))) {
+                while let Some(event) = session.link.poll_event() {
+                    moved = true;
+                    match event {
+                        LinkEvent::Established => {
+                            if let Some(peer) = session.link.remote_peer() {
+                                let peer = peer.to_string();
+                                engine.peer_connected(&peer, now_ms);
+                                session.peer = Some(peer);
                             }
                         }
-                    }
-                    LinkEvent::PeerExchangeRequested => session.link.answer_peer_exchange(Vec::new()),
-                    LinkEvent::Closed(end) => {
-                        if let Some(peer) = session.peer.take() {
-                            self.engine.peer_disconnected(&peer);
+                        LinkEvent::Sync(bytes) => {
+                            if let Some(peer) = &session.peer {
+                                if let Err(err) = engine.handle_input(peer, &bytes, now_ms) {
+                                    session.link.close(&format!("bad sync message: {err}"));
+                                }
+                            }
                         }
-                        session.ended = Some(end.to_string());
+                        LinkEvent::Signal { peer, data } => {
+                            // Only the node relays signals; a page that
+                            // sends one directly is ignored.
+                            if is_node && signals.len() < MAX_SIGNALS {
+                                signals.push_back((peer, data.to_vec()));
+                            }
+                        }
+                        LinkEvent::PeerExchangeRequested => session.link.answer_peer_exchange(Vec::new()),
+                        LinkEvent::Closed(end) => {
+                            if let Some(peer) = session.peer.take() {
+                                engine.peer_disconnected(&peer);
+                            }
+                            session.ended = Some(end.to_string());
+                        }
+                        LinkEvent::PeerAdmitted { .. } | LinkEvent::Heartbeat { .. } | LinkEvent::PeersLearned(_) => {}
                     }
-                    LinkEvent::PeerAdmitted { .. } | LinkEvent::Heartbeat { .. } | LinkEvent::PeersLearned(_) => {}
                 }
             }
-            while session.queued.len() < MAX_QUEUED_MESSAGES {
-                let Some(transmit) = self.engine.poll_transmit() else { break };
+            while let Some(transmit) = engine.poll_transmit() {
                 moved = true;
-                if session.peer.as_deref() == Some(transmit.peer.as_str()) {
-                    // Too big for a frame: the engine's batches are bounded
-                    // below that, so this is a bug; the round repairs it.
+                let target = node.iter_mut().chain(channels.values_mut()).find(|s| s.peer.as_deref() == Some(transmit.peer.as_str()));
+                if let Some(session) = target.filter(|s| s.queued.len() < MAX_QUEUED_MESSAGES) {
+                    // Too big for a frame cannot happen (the engine's
+                    // batches are bounded below it); the round repairs it.
                     let _ = session.link.send_sync(Bytes::from(transmit.bytes));
                 }
             }
-            while let Some(frame) = session.link.poll_transmit() {
-                moved = true;
-                let mut bytes = Vec::with_capacity(pluresdb_link::codec::HEADER_LEN + frame.payload.len());
-                if let Ok(header) = frame.header() {
-                    bytes.extend_from_slice(&header);
-                    bytes.extend_from_slice(&frame.payload);
-                    session.queued.push(bytes);
+            for session in node.iter_mut().chain(channels.values_mut()) {
+                while let Some(frame) = session.link.poll_transmit() {
+                    moved = true;
+                    if let Ok(header) = frame.header() {
+                        let mut bytes = Vec::with_capacity(header.len() + frame.payload.len());
+                        bytes.extend_from_slice(&header);
+                        bytes.extend_from_slice(&frame.payload);
+                        session.queued.push(bytes);
+                    }
                 }
             }
             if !moved {

@@ -294,6 +294,14 @@ pub enum LinkEvent {
     /// The peer asked for the peers this node knows, and this link may
     /// answer now: call [`Link::answer_peer_exchange`].
     PeerExchangeRequested,
+    /// Signalling from the peer (a `signal` frame): to a node, for the
+    /// peer named; to a page, from the peer named (relayed by the node).
+    Signal {
+        /// The peer named in the frame.
+        peer: String,
+        /// The payload, opaque to the link.
+        data: Bytes,
+    },
     /// The link is over; no event follows.
     Closed(LinkEnd),
 }
@@ -792,21 +800,24 @@ impl Link {
             FrameKind::Sync => self.events.push_back(LinkEvent::Sync(frame.payload)),
             kind if lane == Lane::Bulk => self.refuse_input(ErrorCode::UnexpectedMessage, format!("{kind} frame on the bulk stream")),
             FrameKind::Hello => self.refuse_input(ErrorCode::UnexpectedMessage, "hello frame after the handshake".to_owned()),
-            FrameKind::Peers | FrameKind::Heartbeat | FrameKind::Goodbye | FrameKind::Error => match NetworkMessage::from_frame(&frame) {
-                Ok(NetworkMessage::PeerExchange { peers, request }) => {
-                    if !peers.is_empty() {
-                        self.events.push_back(LinkEvent::PeersLearned(peers));
+            FrameKind::Peers | FrameKind::Heartbeat | FrameKind::Goodbye | FrameKind::Error | FrameKind::Signal => {
+                match NetworkMessage::from_frame(&frame) {
+                    Ok(NetworkMessage::Signal { peer, data }) => self.events.push_back(LinkEvent::Signal { peer, data }),
+                    Ok(NetworkMessage::PeerExchange { peers, request }) => {
+                        if !peers.is_empty() {
+                            self.events.push_back(LinkEvent::PeersLearned(peers));
+                        }
+                        if request {
+                            self.on_exchange_request(now);
+                        }
                     }
-                    if request {
-                        self.on_exchange_request(now);
-                    }
+                    Ok(NetworkMessage::Heartbeat { timestamp, .. }) => self.events.push_back(LinkEvent::Heartbeat { sent: timestamp }),
+                    Ok(NetworkMessage::Goodbye { reason }) => self.end(LinkEnd::PeerGoodbye(reason)),
+                    Ok(NetworkMessage::Error { code, message }) => self.end(LinkEnd::PeerRefused { code, message }),
+                    Ok(_) => {}
+                    Err(err) => self.refuse_input(codec_error_code(&err), err.to_string()),
                 }
-                Ok(NetworkMessage::Heartbeat { timestamp, .. }) => self.events.push_back(LinkEvent::Heartbeat { sent: timestamp }),
-                Ok(NetworkMessage::Goodbye { reason }) => self.end(LinkEnd::PeerGoodbye(reason)),
-                Ok(NetworkMessage::Error { code, message }) => self.end(LinkEnd::PeerRefused { code, message }),
-                Ok(_) => {}
-                Err(err) => self.refuse_input(codec_error_code(&err), err.to_string()),
-            },
+            }
         }
     }
 

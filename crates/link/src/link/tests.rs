@@ -548,3 +548,26 @@ fn a_hello_and_heartbeat_read_together_leave_the_admission_heartbeat_queued_behi
     assert!(matches!(got[..], [LinkEvent::PeerAdmitted { .. }, LinkEvent::Established]), "{got:?}");
     assert!(matches!(messages(&mut pair.a)[..], [NetworkMessage::Heartbeat { .. }]));
 }
+
+#[test]
+fn signals_pass_once_established_and_are_refused_before_or_oversized() {
+    let policy = || AccessPolicy::with_secret(secret(1));
+    let mut pair = established(policy(), policy());
+    let signal = NetworkMessage::Signal { peer: "12D3KooWX".into(), data: Bytes::from_static(b"{\"type\":\"offer\"}") };
+    pair.a.handle_input(Lane::Control, &bytes(signal), pair.now);
+    assert_eq!(
+        events(&mut pair.a),
+        vec![LinkEvent::Signal { peer: "12D3KooWX".into(), data: Bytes::from_static(b"{\"type\":\"offer\"}") }]
+    );
+    assert!(pair.a.is_established());
+
+    // Over 64 KiB of data: refused as a bad frame.
+    let big = NetworkMessage::Signal { peer: "p".into(), data: Bytes::from(vec![0u8; crate::message::MAX_SIGNAL_BYTES + 1]) };
+    pair.a.handle_input(Lane::Control, &bytes(big), pair.now);
+    assert!(matches!(closed(&mut pair.a), LinkEnd::Refused(Refusal::Input { code: ErrorCode::BadFrame, .. })));
+
+    // Before the handshake: not a hello, refused.
+    let mut fresh = Pair::new(policy(), policy());
+    fresh.a.handle_input(Lane::Control, &bytes(NetworkMessage::Signal { peer: "p".into(), data: Bytes::new() }), fresh.now);
+    assert!(matches!(closed(&mut fresh.a), LinkEnd::Refused(Refusal::Input { code: ErrorCode::UnexpectedMessage, .. })));
+}

@@ -235,7 +235,9 @@ impl LinkTask {
                     self.step(&mut none, |link| link.answer_peer_exchange(peers));
                 }
                 LinkEvent::Closed(end) => return Some(end),
-                LinkEvent::PeerAdmitted { .. } | LinkEvent::Established => {}
+                // Signalling is for pages, which reach a node over its
+                // browser WebSocket; QUIC peers link directly.
+                LinkEvent::PeerAdmitted { .. } | LinkEvent::Established | LinkEvent::Signal { .. } => {}
             }
         }
         // An idle link holds no buffers (a node has many).
