@@ -44,6 +44,11 @@ pub const REFUSED_FOR: Duration = Duration::from_secs(10 * 60);
 /// node's link late (a loaded machine took longer than the 0.75 s of
 /// three attempts once in the relay tests).
 const CIRCUIT_ATTEMPTS: u32 = 5;
+/// How many times a sync stream whose connection closed as it opened is
+/// opened again while the peer stays connected (hole punching replaced
+/// the relayed connection), and the wait before each (times the attempt).
+const REOPEN_ATTEMPTS: u32 = 3;
+const REOPEN_DELAY: Duration = Duration::from_millis(50);
 
 /// The wait before asking for a circuit again, times the attempt number.
 const CIRCUIT_RETRY_DELAY: Duration = Duration::from_millis(250);
@@ -467,10 +472,24 @@ impl Shared {
             notified.await;
         }
         let mut result = self.open_link_once(peer).await;
-        if matches!(result, Err(NetworkError::Connect { .. })) && lock(&self.view).connections.contains_key(&peer) {
-            // The connection the stream was opened on closed while another
-            // stays (a relayed one replaced by a direct one): once more.
-            tracing::debug!(%peer, "the sync stream's connection closed; opening it on another");
+        let mut reopened = 0;
+        while matches!(result, Err(NetworkError::Connect { .. } | NetworkError::ConnectionLost { .. })) {
+            // The connection the stream was opened on closed under the
+            // handshake while another stays: a relayed one replaced by a
+            // direct one when hole punching finished first (the stream may
+            // also land on the closing one until the swarm reports it
+            // closed). The peer may have linked over the direct one
+            // meanwhile; if not, the stream is opened again.
+            if self.state().links.contains_key(&remote) {
+                result = Ok(remote);
+                break;
+            }
+            if reopened == REOPEN_ATTEMPTS || !lock(&self.view).connections.contains_key(&peer) {
+                break;
+            }
+            reopened += 1;
+            tracing::debug!(%peer, attempt = reopened, "the sync stream's connection closed as it opened; opening it on another");
+            tokio::time::sleep(REOPEN_DELAY * reopened).await;
             result = self.open_link_once(peer).await;
         }
         let denied =
@@ -513,9 +532,32 @@ impl Shared {
             link::run(shared, opened, Some(admitted_tx)).await;
             drop(guard);
         });
-        match admitted_rx.await {
-            Ok(result) => result,
-            Err(_) => Err(NetworkError::ConnectionLost { peer: peer_text, reason: "the link closed as it opened".to_owned() }),
+        // The peer may link over another stream while this one is in its
+        // handshake: both ends open one again when hole punching replaces
+        // a relayed connection, and a stream on the closed relayed
+        // connection may hear nothing until its handshake deadline. Either
+        // way the peer is linked, which is what the caller asked for.
+        let remote = crate::identity::from_libp2p(&peer);
+        tokio::select! {
+            admitted = admitted_rx => match admitted {
+                Ok(result) => result,
+                Err(_) => Err(NetworkError::ConnectionLost { peer: peer_text, reason: "the link closed as it opened".to_owned() }),
+            },
+            linked = self.linked(remote) => Ok(linked),
+        }
+    }
+
+    /// Waits until `peer` has a registered link (forever for `None`).
+    async fn linked(&self, peer: Option<PeerId>) -> PeerId {
+        let Some(peer) = peer else { return std::future::pending().await };
+        loop {
+            // Created before the check, so a link registered in between
+            // still wakes it.
+            let notified = self.links_changed.notified();
+            if self.state().links.contains_key(&peer) {
+                return peer;
+            }
+            notified.await;
         }
     }
 

@@ -82,9 +82,6 @@ async fn a_member_reserves_on_the_relay_and_another_syncs_with_it_through_the_ci
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "races on a quiet machine: DCUtR can finish before the sync handshake over the circuit, whose connection \
-            then closes under it and connect_peer answers ConnectionLost (a fresh-clone CI run); the NAT lab's cone test \
-            covers the upgrade end to end until connect_peer waits for the link over the direct connection"]
 async fn hole_punching_moves_the_link_from_the_relay_to_a_direct_connection() {
     let r = relay(2).await;
     let mut a = start(member(2)).await;
