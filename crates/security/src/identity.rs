@@ -57,7 +57,7 @@ impl Identity {
     /// This node's peer id.
     pub fn peer_id(&self) -> PeerId {
         let key = self.signing.verifying_key();
-        PeerId { bytes: key.to_bytes(), key }
+        PeerId { bytes: key.to_bytes() }
     }
 
     /// The Ed25519 public key.
@@ -141,10 +141,14 @@ impl fmt::Debug for Identity {
 /// A node's name: its Ed25519 public key, displayed (and parsed) in
 /// libp2p's `12D3KooW...` form. Only valid keys are peer ids: parsing
 /// refuses bytes that are not a point on the curve or are of small order.
+///
+/// It holds only the 32 key bytes (checked when the id is made): ids sit in
+/// every event, map and queue slot of the sync layer, and a decoded
+/// `VerifyingKey` would make each ~7x larger. The key is decoded where it is
+/// used (a verifier that checks many signatures of one peer keeps it).
 #[derive(Clone, Copy)]
 pub struct PeerId {
     bytes: [u8; 32],
-    key: VerifyingKey,
 }
 
 impl PeerId {
@@ -154,7 +158,7 @@ impl PeerId {
         if key.is_weak() {
             return Err(SecurityError::InvalidPeerId("small-order Ed25519 key"));
         }
-        Ok(Self { bytes: *bytes, key })
+        Ok(Self { bytes: *bytes })
     }
 
     /// The peer id in its binary form (the 38-byte multihash that the text
@@ -186,7 +190,11 @@ impl PeerId {
 
     /// The Ed25519 public key.
     pub fn verifying_key(&self) -> VerifyingKey {
-        self.key
+        match VerifyingKey::from_bytes(&self.bytes) {
+            Ok(key) => key,
+            // Every constructor decoded these bytes once already.
+            Err(_) => unreachable!("a PeerId holds a checked Ed25519 key"),
+        }
     }
 
     /// The raw 32-byte Ed25519 public key.
@@ -200,7 +208,7 @@ impl PeerId {
     /// is not 64 bytes is simply invalid.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
         match Signature::from_slice(signature) {
-            Ok(signature) => self.key.verify_strict(message, &signature).is_ok(),
+            Ok(signature) => self.verifying_key().verify_strict(message, &signature).is_ok(),
             Err(_) => false,
         }
     }
@@ -208,7 +216,7 @@ impl PeerId {
     /// The X25519 public key that belongs to this peer: the Ed25519 point in
     /// Montgomery form (libsodium's `crypto_sign_ed25519_pk_to_curve25519`).
     pub(crate) fn x25519_public(&self) -> x25519_dalek::PublicKey {
-        x25519_dalek::PublicKey::from(self.key.to_montgomery().to_bytes())
+        x25519_dalek::PublicKey::from(self.verifying_key().to_montgomery().to_bytes())
     }
 }
 
@@ -333,5 +341,15 @@ mod tests {
         assert!("QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N".parse::<PeerId>().is_err());
         assert!("".parse::<PeerId>().is_err());
         assert!("0OIl".parse::<PeerId>().is_err());
+    }
+
+    #[test]
+    fn a_peer_id_is_its_32_key_bytes_and_nothing_more() {
+        // Ids fill the sync layer's events, maps and queue slots: a decoded
+        // key beside the bytes cost ~9 KiB per idle peer.
+        assert_eq!(std::mem::size_of::<PeerId>(), 32);
+        let identity = Identity::from_seed([12; 32]);
+        let peer = identity.peer_id();
+        assert_eq!(peer.verifying_key(), identity.verifying_key());
     }
 }

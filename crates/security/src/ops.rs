@@ -2,6 +2,7 @@
 //! [`OpSigner`] and [`OpVerifier`] (see `pluresdb_core::signing`).
 
 use crate::identity::{Identity, PeerId};
+use ed25519_dalek::{Signature, VerifyingKey};
 use pluresdb_core::{OpDigest, OpSignature, OpSigner, OpVerifier};
 use std::collections::HashMap;
 
@@ -19,12 +20,14 @@ pub struct OpSignatureVerifier;
 
 impl OpVerifier for OpSignatureVerifier {
     fn verify(&self, items: &[(&str, OpDigest, OpSignature)]) -> Result<(), usize> {
-        // A batch usually holds a few signatures of one or two origins.
-        let mut keys: HashMap<&str, Option<PeerId>> = HashMap::new();
+        // A batch usually holds many signatures of one or two origins: each
+        // origin's key is decoded once.
+        let mut keys: HashMap<&str, Option<VerifyingKey>> = HashMap::new();
         for (index, (origin, digest, signature)) in items.iter().enumerate() {
-            let key = keys.entry(origin).or_insert_with(|| origin.parse::<PeerId>().ok());
+            let key = keys.entry(origin).or_insert_with(|| origin.parse::<PeerId>().ok().map(|peer| peer.verifying_key()));
+            let signature = Signature::from_bytes(&signature.0);
             match key {
-                Some(peer) if peer.verify(&digest.0, &signature.0) => {}
+                Some(key) if key.verify_strict(&digest.0, &signature).is_ok() => {}
                 _ => return Err(index),
             }
         }
