@@ -353,7 +353,7 @@ impl<S: Store> DataSyncEngine<S> {
         }
         if let Some((fault, reason)) = self.store.fault() {
             let err = SyncError::StoreUnavailable { fault, reason: reason.to_owned() };
-            self.store.count_refused_write();
+            self.store.count_refused_writes((local.len() + stamped.len()) as u64);
             return Err(err);
         }
         let mut written = Vec::new();

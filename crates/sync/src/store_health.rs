@@ -85,7 +85,7 @@ pub struct StoreStatus {
     /// Operations from peers not applied because the store could not write
     /// (they are asked for again once it can).
     pub ops_not_stored: u64,
-    /// Local writes refused because the store could not write.
+    /// Local writes (operations) refused because the store could not write.
     pub writes_refused: u64,
 }
 
@@ -185,8 +185,8 @@ impl StoreHealth {
         self.ops_not_stored += ops;
     }
 
-    pub(crate) fn count_refused_write(&mut self) {
-        self.writes_refused += 1;
+    pub(crate) fn count_refused_writes(&mut self, writes: u64) {
+        self.writes_refused += writes;
     }
 
     fn push(&mut self, event: StoreEvent) {
