@@ -44,6 +44,10 @@ pub const REFUSED_FOR: Duration = Duration::from_secs(10 * 60);
 /// node's link late (a loaded machine took longer than the 0.75 s of
 /// three attempts once in the relay tests).
 const CIRCUIT_ATTEMPTS: u32 = 5;
+
+/// How often, by default, a peer reached only through relays is dialled
+/// directly (see [`Libp2pNetworkEngine::with_direct_redial`]).
+pub const DIRECT_REDIAL_INTERVAL: Duration = Duration::from_secs(60);
 /// How many times a sync stream whose connection closed as it opened is
 /// opened again while the peer stays connected (hole punching replaced
 /// the relayed connection), and the wait before each (times the attempt).
@@ -107,6 +111,7 @@ struct Settings {
     dht_interval: Option<Duration>,
     relay: Option<RelayAccess>,
     hole_punching: bool,
+    direct_redial: Option<Duration>,
 }
 
 pub(crate) struct Shared {
@@ -120,6 +125,12 @@ pub(crate) struct Shared {
     shutdown: watch::Sender<bool>,
     /// Woken whenever a link is registered or removed, or an opening ends.
     links_changed: Notify,
+    /// Held while a link's arrival or departure is reported (peer registry
+    /// and sync events), so that a link ending and the next one starting
+    /// are reported in the order they happened: a departure reported after
+    /// the next arrival would leave the peer linked but listed, and known to
+    /// the sync layer, as disconnected.
+    pub(crate) link_reports: tokio::sync::Mutex<()>,
     /// Woken whenever the swarm task records a new connection.
     pub(crate) connections_changed: Notify,
     /// Incoming connections without a sync link (see [`crate::admission`]).
@@ -714,6 +725,7 @@ impl Libp2pNetworkEngine {
                 dht_interval: None,
                 relay: None,
                 hole_punching: true,
+                direct_redial: Some(DIRECT_REDIAL_INTERVAL),
             }),
             keys: Mutex::new(None),
             state: Mutex::new(State {
@@ -727,6 +739,7 @@ impl Libp2pNetworkEngine {
             view: Mutex::new(View::default()),
             shutdown: watch::channel(false).0,
             links_changed: Notify::new(),
+            link_reports: tokio::sync::Mutex::new(()),
             unlinked,
             connections_changed: Notify::new(),
         };
@@ -791,6 +804,15 @@ impl Libp2pNetworkEngine {
     /// DCUtR hole punching. Default: on.
     pub fn with_hole_punching(self, enabled: bool) -> Self {
         lock(&self.shared.settings).hole_punching = enabled;
+        self
+    }
+
+    /// How often a peer reached only through relays is dialled at the
+    /// direct addresses it listens on, to upgrade the connection when a NAT
+    /// that stopped hole punching lets a direct one through later (`None`:
+    /// never). Default: [`DIRECT_REDIAL_INTERVAL`].
+    pub fn with_direct_redial(self, every: Option<Duration>) -> Self {
+        lock(&self.shared.settings).direct_redial = every;
         self
     }
 
@@ -1036,7 +1058,7 @@ impl NetworkEngine for Libp2pNetworkEngine {
         if self.shared.state().running.is_some() {
             return Err(NetworkError::AlreadyRunning);
         }
-        let (listen, dht, discover, dht_interval, receive_limits, relay, hole_punching) = {
+        let (listen, dht, discover, dht_interval, receive_limits, relay, hole_punching, direct_redial) = {
             let settings = lock(&self.shared.settings);
             let config = &self.shared.config;
             (
@@ -1047,6 +1069,7 @@ impl NetworkEngine for Libp2pNetworkEngine {
                 settings.limits,
                 settings.relay,
                 settings.hole_punching,
+                settings.direct_redial,
             )
         };
         let listen = match listen {
@@ -1082,7 +1105,7 @@ impl NetworkEngine for Libp2pNetworkEngine {
         if discover && dht_key.is_none() {
             tracing::warn!("DHT discovery needs a network secret; this node takes part in the DHT but looks for no peers");
         }
-        let task = swarm::SwarmTask::new(self.shared.clone(), swarm, command_rx, dht_key, dht_interval, relay.is_some());
+        let task = swarm::SwarmTask::new(self.shared.clone(), swarm, command_rx, dht_key, dht_interval, relay.is_some(), direct_redial);
         let guard = running.tasks.enter();
         tokio::spawn(async move {
             task.run().await;

@@ -65,7 +65,9 @@ mod swarm;
 
 pub use behaviour::{IDENTIFY_PROTOCOL_VERSION, KAD_PROTOCOL, SYNC_PROTOCOL};
 pub use dht::{network_key, DhtPeer};
-pub use engine::{Libp2pNetworkEngine, NatView, Reachability, DEFAULT_LIBP2P_PORT, FIRST_DHT_INTERVAL, REFUSED_FOR};
+pub use engine::{
+    Libp2pNetworkEngine, NatView, Reachability, DEFAULT_LIBP2P_PORT, DIRECT_REDIAL_INTERVAL, FIRST_DHT_INTERVAL, REFUSED_FOR,
+};
 pub use libp2p::Multiaddr;
 pub use link::{BULK_QUEUE_FRAMES, CONTROL_QUEUE_FRAMES};
 pub use relay::RelayAccess;

@@ -85,6 +85,7 @@ pub(crate) async fn run(shared: Arc<Shared>, opened: Opened, admitted: Option<on
     let Opened { peer, address, role, stream, slot } = opened;
     let outcome = drive(&shared, peer, address, role, stream, slot, admitted).await;
     if let Some((remote, id, end)) = outcome {
+        let _reporting = shared.link_reports.lock().await;
         if shared.unregister(&remote, id) {
             shared.peers.peer_disconnected(&remote);
             tracing::info!(peer = %remote, reason = %end, "peer disconnected from libp2p");
@@ -340,6 +341,7 @@ async fn connected(
     hello: Option<Hello>,
     replaced: bool,
 ) -> Arc<PeerStats> {
+    let _reporting = shared.link_reports.lock().await;
     let now = Utc::now();
     let direction = match role {
         Role::Initiator => Direction::Dialled,

@@ -38,10 +38,6 @@ const RELAY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// again.
 const RESERVATION_RETRY: Duration = Duration::from_secs(5);
 
-/// How often a peer reached only through a relay is dialled directly
-/// (at the addresses it says it listens on) to upgrade the connection.
-const UPGRADE_RETRY: Duration = Duration::from_secs(60);
-
 /// How long a link that ran over a closed relayed connection is waited
 /// for to end before the sync link is opened over the direct connection.
 const RELINK_WAIT: Duration = Duration::from_secs(5);
@@ -205,8 +201,10 @@ pub(crate) struct SwarmTask {
     relay_retry: HashMap<PeerId, Instant>,
     /// The address this node dialled each peer at last (direct dials).
     dialled: HashMap<PeerId, Multiaddr>,
-    /// When peers reached only through a relay were last dialled directly.
+    /// When peers reached only through a relay were last dialled directly,
+    /// and how often they are (`None`: never).
     last_upgrade_round: Instant,
+    direct_redial: Option<Duration>,
     reachability_public: bool,
 }
 
@@ -218,6 +216,7 @@ impl SwarmTask {
         dht_key: Option<RecordKey>,
         dht_max: Duration,
         relay_server: bool,
+        direct_redial: Option<Duration>,
     ) -> Self {
         let command_tx = shared.running().map(|running| running.commands).unwrap_or_else(|_| mpsc::channel(1).0);
         let local = *swarm.local_peer_id();
@@ -241,6 +240,7 @@ impl SwarmTask {
             relay_retry: HashMap::new(),
             dialled: HashMap::new(),
             last_upgrade_round: Instant::now(),
+            direct_redial,
             reachability_public: false,
         }
     }
@@ -258,7 +258,7 @@ impl SwarmTask {
                 Some(command) = self.commands.recv() => self.on_command(command),
                 _ = relay_check.tick() => {
                     self.reserve_on_relays();
-                    if self.last_upgrade_round.elapsed() >= UPGRADE_RETRY {
+                    if self.direct_redial.is_some_and(|every| self.last_upgrade_round.elapsed() >= every) {
                         self.last_upgrade_round = Instant::now();
                         self.dial_relayed_peers_directly();
                     }

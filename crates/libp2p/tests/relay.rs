@@ -19,10 +19,10 @@ async fn relay(network: u8) -> Node {
     start_with(member(network), NetworkConfig::loopback(), |engine| engine.with_relay_server(RelayAccess::Members)).await
 }
 
-/// A member that does not hole-punch (its connections through a relay stay
-/// relayed).
+/// A member that neither hole-punches nor dials relayed peers directly (its
+/// connections through a relay stay relayed).
 async fn relayed_member(network: u8) -> Node {
-    start_with(member(network), NetworkConfig::loopback(), |engine| engine.with_hole_punching(false)).await
+    start_with(member(network), NetworkConfig::loopback(), |engine| engine.with_hole_punching(false).with_direct_redial(None)).await
 }
 
 /// The TCP address through a relay that `node` listens on, with its id.
@@ -112,6 +112,43 @@ async fn hole_punching_moves_the_link_from_the_relay_to_a_direct_connection() {
     }
     assert!(a.engine.nat().upgrades + b.engine.nat().upgrades >= 1, "the upgrade is counted");
     // Messages still cross, now directly.
+    while let Ok(Some(_)) = tokio::time::timeout(std::time::Duration::from_millis(50), a.events.recv()).await {}
+    while let Ok(Some(_)) = tokio::time::timeout(std::time::Duration::from_millis(50), b.events.recv()).await {}
+    exchange(&mut a, &mut b).await;
+    for node in [a, b, r] {
+        stop(node).await;
+    }
+}
+
+/// Without hole punching (a NAT that defeats it), a peer reached through a
+/// relay is dialled directly every `with_direct_redial` interval (60 s by
+/// default; 1 s here): once the direct dial gets through, the relayed
+/// connection closes and the link moves to the direct one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_peer_is_dialled_directly_again_and_the_link_moves_off_the_relay() {
+    let r = relay(4).await;
+    let redialling = |engine: pluresdb_libp2p::Libp2pNetworkEngine| {
+        engine.with_hole_punching(false).with_direct_redial(Some(std::time::Duration::from_secs(1)))
+    };
+    let mut a = start_with(member(4), NetworkConfig::loopback(), redialling).await;
+    let mut b = start_with(member(4), NetworkConfig::loopback(), redialling).await;
+    reserve(&a, &r).await;
+    let circuit = circuit_address(&a);
+    b.engine.connect_peer(&circuit).await.expect("b reaches a through the relay");
+    eventually("the connection leaves the relay", || {
+        b.engine.relayed_via(&a.id.to_string()).is_none() && a.engine.relayed_via(&b.id.to_string()).is_none()
+    })
+    .await;
+    assert!(a.engine.nat().upgrades + b.engine.nat().upgrades >= 1, "the upgrade is counted");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let b_sees = b.engine.get_connected_peers().await.expect("peers");
+        if b_sees.iter().any(|p| p.peer_id == a.id && p.connected && !p.address.contains("/p2p-circuit")) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "b's link to a is not direct within {DEADLINE:?}: {b_sees:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     while let Ok(Some(_)) = tokio::time::timeout(std::time::Duration::from_millis(50), a.events.recv()).await {}
     while let Ok(Some(_)) = tokio::time::timeout(std::time::Duration::from_millis(50), b.events.recv()).await {}
     exchange(&mut a, &mut b).await;
