@@ -12,7 +12,10 @@
 //! 1. throughput: 100,000 ~100-byte JSON nodes imported on A (1,000 per
 //!    call) until B's version vector covers A's, against the same wire bytes
 //!    over one raw quinn stream and the same values in raw redb
-//!    (1,000 per durable transaction);
+//!    (1,000 per durable transaction); then with libp2p through a circuit
+//!    relay (A and B reach each other only through a relay, hole punching
+//!    off), against direct libp2p of the same run
+//!    (`PLURESDB_BENCH_THROUGHPUT_ONLY=1` stops after this phase);
 //! 2. write-to-peer latency: sequential single writes on A, each timed from
 //!    the call until B's watch yields it, against the raw quinn round trip;
 //! 3. catch-up: a fresh B connecting to an A that holds 1,000,000 operations
@@ -176,6 +179,17 @@ impl Node {
 
     /// [`Node::start`] on `transport`, with its own network settings.
     async fn start_on(seed: u8, transport: Transport, config: NetworkConfig) -> anyhow::Result<Self> {
+        Self::start_customized(seed, transport, config, |engine| engine).await
+    }
+
+    /// [`Node::start_on`] with the libp2p engine changed by `customize`
+    /// before it starts.
+    async fn start_customized(
+        seed: u8,
+        transport: Transport,
+        config: NetworkConfig,
+        customize: fn(Libp2pNetworkEngine) -> Libp2pNetworkEngine,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("cannot create a temp dir")?;
         let identity = Identity::from_seed([seed; 32]);
         let peer_id = identity.peer_id().to_string();
@@ -193,7 +207,8 @@ impl Node {
                 (Engine::Quic(engine.clone()), Arc::new(engine), address)
             }
             Transport::Libp2p => {
-                let mut engine = Libp2pNetworkEngine::new(config, peers.clone(), sync).with_identity(identity).with_access_policy(policy);
+                let engine = Libp2pNetworkEngine::new(config, peers.clone(), sync).with_identity(identity).with_access_policy(policy);
+                let mut engine = customize(engine);
                 engine.start().await.context("cannot start the libp2p engine")?;
                 let address = libp2p_tcp_address(&engine)?;
                 (Engine::Libp2p(engine.clone()), Arc::new(engine), address)
@@ -331,6 +346,67 @@ async fn throughput(transport: Transport) -> anyhow::Result<Throughput> {
     };
     let redb = raw_redb(THROUGHPUT_OPS)?;
     Ok(Throughput { ops_per_s: THROUGHPUT_OPS as f64 / elapsed.as_secs_f64(), elapsed, json_bytes, wire_bytes, quinn, raw_libp2p, redb })
+}
+
+/// Phase 1 through a circuit relay: A and B (libp2p, hole punching off)
+/// reach each other only through R, a member whose engine relays for its
+/// network but runs no replica (its sync events are dropped), so every op
+/// B holds crossed the circuit A -> R -> B. Returns ops/s.
+async fn relayed_throughput() -> anyhow::Result<f64> {
+    let (relay, relay_address, drain) = {
+        let identity = Identity::from_seed([30; 32]);
+        let (sync, mut events) = SyncHandle::channel(1_024);
+        let mut engine = Libp2pNetworkEngine::new(NetworkConfig::loopback(), Arc::new(PeerManager::new()), sync)
+            .with_identity(identity)
+            .with_access_policy(AccessPolicy::with_secret(NetworkSecret::from_bytes(SECRET)))
+            .with_relay_server(pluresdb_libp2p::RelayAccess::Members);
+        engine.start().await.context("cannot start the relay")?;
+        let address = libp2p_tcp_address(&engine)?;
+        let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
+        (engine, address, drain)
+    };
+    let no_punching: fn(Libp2pNetworkEngine) -> Libp2pNetworkEngine = |engine| engine.with_hole_punching(false).with_direct_redial(None);
+    let a = Node::start_customized(31, Transport::Libp2p, NetworkConfig::loopback(), no_punching).await?;
+    let b = Node::start_customized(32, Transport::Libp2p, NetworkConfig::loopback(), no_punching).await?;
+    within(Duration::from_secs(10), "A linking with the relay", a.handle.connect(&relay_address)).await??;
+    let Engine::Libp2p(a_engine) = &a.engine else { bail!("A runs libp2p") };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let circuit = loop {
+        let found = a_engine
+            .dial_addresses()
+            .into_iter()
+            .map(|address| address.to_string())
+            .find(|address| address.contains("/p2p-circuit") && address.contains("/tcp/") && !address.contains("/ws"));
+        if let Some(circuit) = found {
+            break circuit;
+        }
+        if Instant::now() >= deadline {
+            bail!("A holds no reservation on the relay after 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    within(Duration::from_secs(20), "B reaching A through the relay", b.handle.connect(&circuit)).await??;
+    let Engine::Libp2p(b_engine) = &b.engine else { bail!("B runs libp2p") };
+    let a_id = a.handle.peer_id();
+    if b_engine.relayed_via(&a_id).is_none() {
+        bail!("B's connection to A is not through the relay");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    import_all(&a.handle, THROUGHPUT_OPS, "relayed", Duration::from_secs(300)).await?;
+    let target = a.holds()?;
+    let done = b.wait_holds(&target, Duration::from_secs(300), "replicating to B through the relay").await?;
+    let elapsed = done - started;
+    let still_relayed = b_engine.relayed_via(&a_id).is_some();
+    b.stop().await;
+    a.stop().await;
+    let mut relay = relay;
+    let _ = tokio::time::timeout(Duration::from_secs(20), relay.stop()).await;
+    drain.abort();
+    if !still_relayed {
+        bail!("B's connection to A left the relay during the run");
+    }
+    Ok(THROUGHPUT_OPS as f64 / elapsed.as_secs_f64())
 }
 
 /// Two quinn endpoints with the engines' TLS (certificates of two
@@ -974,6 +1050,18 @@ fn main() {
                 share,
                 verdict(share >= TARGET_LIBP2P_SHARE)
             );
+        }
+        println!("  -- libp2p through a circuit relay (A -> R -> B, no hole punching) --");
+        match relayed_throughput().await {
+            Ok(relayed) => {
+                let direct = rates.iter().find(|(transport, _)| *transport == Transport::Libp2p).map(|(_, rate)| *rate);
+                let ratio = direct.map_or_else(|| "direct libp2p not measured".to_owned(), |d| format!("{:.2}x direct libp2p", relayed / d));
+                println!("  replicated through the relay: {relayed:>10.0} ops/s   ({ratio})");
+            }
+            Err(err) => println!("  FAILED: {err:#}"),
+        }
+        if std::env::var_os("PLURESDB_BENCH_THROUGHPUT_ONLY").is_some() {
+            return;
         }
 
         println!("\n2. write-to-peer latency: {LATENCY_SAMPLES} sequential single writes on A (after {LATENCY_WARMUP} warm-up), call to B's watch");

@@ -346,6 +346,49 @@ fn when_the_relay_dies_the_members_move_to_the_other_relay_and_lose_nothing() {
     eprintln!("netlab: relay killed: h3 reached h2 through the other relay {} ms later ({entry})", moved.as_millis());
 }
 
+/// A member behind a NAT that knows only a member which is no relay finds
+/// the network's relay through the DHT (the relay provides the network's
+/// key like every member; the only libp2p way to it is the DHT), reserves
+/// on it, and a member behind another NAT reaches it through that relay.
+#[test]
+#[cfg_attr(not(feature = "libp2p"), ignore = "needs the libp2p feature (relays and the DHT)")]
+fn a_member_behind_a_nat_finds_the_relay_through_the_dht() {
+    if !netlab::supported() {
+        return;
+    }
+    // h0: a public member, no relay (the only node the others are told
+    // of); h1: a public relay that joined h0; h2 behind a symmetric NAT;
+    // h3 behind a cone NAT. No QUIC engine: its peer exchange would name
+    // h1 to h2 without the DHT.
+    let mut lab = Lab::nat(2, &[Nat::Symmetric, Nat::Cone], 1);
+    lab.host_mut(0).start(&["--no-mdns", "--no-quic"]);
+    let ticket = lab.host(0).ticket();
+    assert!(!ticket.is_empty());
+    lab.host_mut(1).start(&["--relay", "--no-mdns", "--no-quic", "--join", &ticket]);
+    let started = Instant::now();
+    lab.host_mut(2).start(&["--no-mdns", "--no-quic", "--join", &ticket]);
+    let relay = lab.host(1).peer_id();
+    let relayed = wait_relayed_addresses(&lab, 2);
+    let found = started.elapsed();
+    assert!(relayed.iter().all(|a| a.contains(&format!("/p2p/{relay}/p2p-circuit"))), "h2 reserved on h1: {relayed:?}");
+    let member_ticket = lab.host(2).ticket();
+    lab.host_mut(3).start(&["--no-mdns", "--no-quic", "--join", &member_ticket]);
+    let h2 = lab.host(2).peer_id();
+    let entry = lab.wait_until(STEP_TIMEOUT, "h3 is linked with h2 through the relay", || {
+        let entry = connected_entry(&lab, 3, &h2)?;
+        if entry["relay"] == relay.as_str() {
+            Ok(entry)
+        } else {
+            Err(format!("{entry}"))
+        }
+    });
+    lab.host(2).put("dht:h2", &json!({"by": 2}));
+    lab.host(3).put("dht:h3", &json!({"by": 3}));
+    wait_holds(&lab, 3, "dht:h2", &json!({"by": 2}));
+    wait_holds(&lab, 2, "dht:h3", &json!({"by": 3}));
+    eprintln!("netlab: relay found through the DHT: h2 held a reservation {} ms after it started; h3 linked: {entry}", found.as_millis());
+}
+
 /// The figures of `docs/libp2p.md` ("Relays and NATs"), by hand (as root):
 /// `cargo test --test natlab nat_trials -- --ignored --nocapture`.
 /// `PLURESDB_NAT_TRIALS` trials (default 20) of each topology: how many
