@@ -49,6 +49,10 @@ const ROUTES: &[&str] = &[
     "DELETE /trust/peers/{peer_id}",
 ];
 
+/// The web UI's routes (`GET /` and `GET /ui/{*path}`): static assets,
+/// not API operations, so not in the document.
+const UI_ROUTES: &[&str] = &["/", "/ui/{path}"];
+
 /// The methods probed on every documented path.
 const METHODS: &[&str] = &["GET", "PUT", "POST", "PATCH", "DELETE"];
 
@@ -451,10 +455,17 @@ fn every_operation_answers_as_the_document_says() {
             assert_eq!(answer.status, 405, "{method} {concrete} is answered but not documented: {}", answer.body);
         }
     }
-    for path in ["/", "/node", "/nodes/a/b", "/trust/peers", "/network/invites"] {
+    for path in ["/node", "/nodes/a/b", "/trust/peers", "/network/invites", "/ui/openapi.json"] {
         let answer = exchange(&node.api, "GET", path, std::slice::from_ref(&auth), "application/json", b"");
         assert_eq!(answer.status, 404, "GET {path} is answered but not documented: {}", answer.body);
     }
+    // The only routes outside the document: the web UI's page and assets
+    // (HTML, JS, CSS; not API operations; tests/web_ui.rs checks them).
+    for path in UI_ROUTES {
+        assert!(!doc.0["paths"].as_object().unwrap().contains_key(*path), "{path} is the web UI's, not an operation");
+    }
+    let page = exchange(&node.api, "GET", "/", std::slice::from_ref(&auth), "application/json", b"");
+    assert_eq!((page.status, page.content_type.as_deref()), (200, Some("text/html")), "GET / is not the web UI");
 
     // Every documented operation has samples, and every sample calls a
     // documented operation.

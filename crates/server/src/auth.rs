@@ -3,7 +3,8 @@
 //! On loopback the API answers anyone on the machine, except for the routes
 //! that reveal or change who may join the network (`/network/invite`,
 //! changes under `/trust`), which always need the token. Bound to any other
-//! address (or with `require_token`), every route but `/health` needs it.
+//! address (or with `require_token`), every route but `/health` and the web
+//! UI's assets (`/`, `/ui/...`, which hold no data) needs it.
 //! The token goes in `Authorization: Bearer <token>`, or, for WebSockets
 //! from browsers (which cannot set headers on them), as the subprotocol
 //! `bearer.<token>` in `Sec-WebSocket-Protocol` (the server answers with
@@ -48,7 +49,10 @@ fn presented(request: &Request) -> Option<String> {
 
 pub async fn check_token(State(state): State<ApiState>, request: Request, next: Next) -> Result<Response, ApiError> {
     let path = request.uri().path();
-    let needed = (state.require_token && path != "/health") || is_sensitive(request.method(), path);
+    // The web UI's assets hold no data: the page loads, then asks for the
+    // token when the API answers 401.
+    let public = path == "/health" || crate::ui::is_asset_path(path);
+    let needed = (state.require_token && !public) || is_sensitive(request.method(), path);
     if needed {
         match presented(&request) {
             None => {

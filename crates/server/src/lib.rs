@@ -9,6 +9,9 @@
 //! (nothing to resolve), 413 (body over 2 MiB), 415 (a page's body that is
 //! not JSON), 503 (no transport for a network action) or 500 (storage).
 //!
+//! The node's web UI is served at `/` (see [`ui`]); it uses the API like
+//! any other client.
+//!
 //! What the API accepts from web pages (DNS rebinding, cross-origin
 //! requests and WebSockets, simple bodies, tokens in URLs) is in
 //! [`browser`].
@@ -22,6 +25,7 @@ pub mod browser;
 pub mod docs;
 mod error;
 mod routes;
+pub mod ui;
 
 pub use browser::{ApiHost, BrowserPolicy, Origin};
 pub use error::{ApiError, ConfigError};
@@ -91,6 +95,8 @@ impl ApiState {
 pub fn router(state: ApiState) -> Router {
     use routes::*;
     Router::new()
+        .route("/", get(ui::index))
+        .route("/ui/{*path}", get(ui::asset))
         .route("/health", get(nodes::health))
         .route("/metrics", get(metrics::metrics))
         .route("/openapi.json", get(openapi_json))

@@ -1,0 +1,188 @@
+// The node's web UI (crates/server/ui, served at `/` of the API) in
+// Debian's headless Chromium, driven over CDP by playwright-core (no
+// browser download):
+//   node test/web_ui.mjs <scenario> api=127.0.0.1:PORT peer_id=... [token=...]
+// Prints one line `RESULT {json}` and exits 0 when the scenario's checks
+// hold; a failed check exits 1 with the reason. tests/web_ui.rs starts the
+// node and runs each scenario.
+import { chromium } from "playwright-core";
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { gzipSync } from "node:zlib";
+
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const STEP_MS = 60_000;
+/** The issue's budget for the first load, gzipped. */
+const FIRST_LOAD_BUDGET = 300 * 1024;
+
+class CheckFailed extends Error {}
+function check(condition, message) {
+  if (!condition) throw new CheckFailed(message);
+}
+
+/** Starts Chromium on a fresh profile and connects to it. */
+async function startChromium(profile) {
+  const args = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--remote-debugging-port=0", `--user-data-dir=${profile}`, "about:blank",
+  ];
+  // Its own process group, so that closing it ends the renderers too.
+  const child = spawn(CHROMIUM, args, { stdio: ["ignore", "ignore", "pipe"], detached: true });
+  const exited = new Promise((ok) => child.on("exit", ok));
+  const endpoint = await new Promise((ok, fail) => {
+    let seen = "";
+    const timer = setTimeout(() => fail(new Error(`chromium did not start within ${STEP_MS} ms:\n${seen}`)), STEP_MS);
+    child.stderr.on("data", (chunk) => {
+      seen += chunk;
+      const match = /DevTools listening on (ws:\/\/\S+)/.exec(seen);
+      if (match) {
+        clearTimeout(timer);
+        ok(match[1]);
+      }
+    });
+    child.on("exit", (code) => fail(new Error(`chromium exited (${code}) before listening:\n${seen}`)));
+  });
+  const browser = await chromium.connectOverCDP(endpoint, { timeout: STEP_MS });
+  return {
+    browser,
+    async close() {
+      await browser.close().catch(() => {});
+      try {
+        process.kill(-child.pid, "SIGKILL");
+      } catch {
+        // Already gone.
+      }
+      await exited;
+    },
+  };
+}
+
+/** A page on the UI that records console errors and uncaught exceptions. */
+async function openUi(context, base, hash, problems) {
+  const page = await context.newPage();
+  page.setDefaultTimeout(STEP_MS);
+  page.on("console", (m) => m.type() === "error" && problems.push(`console error on ${hash}: ${m.text()}`));
+  page.on("pageerror", (err) => problems.push(`page error on ${hash}: ${err.message}`));
+  await page.goto(`${base}/${hash}`);
+  return page;
+}
+
+/** Bytes of everything the first load fetches, and gzipped (level 9). */
+async function firstLoadWeight(base) {
+  let bytes = 0;
+  let gzipped = 0;
+  for (const path of ["/", "/ui/app.js", "/ui/style.css", "/ui/vendor/preact-htm.js"]) {
+    const answer = await fetch(`${base}${path}`);
+    check(answer.ok, `GET ${path}: ${answer.status}`);
+    const body = Buffer.from(await answer.arrayBuffer());
+    bytes += body.length;
+    gzipped += gzipSync(body, { level: 9 }).length;
+  }
+  return { bytes, gzipped };
+}
+
+const scenarios = {
+  /** Status shows the node's peer id; a node created on the Data page
+   * (after a refused, invalid value) is listed there and arrives on the
+   * Live page; a write made outside the UI appears on both without a
+   * reload; no page logs an error. */
+  async status_data_live({ browser, base, args }) {
+    const problems = [];
+    const context = await browser.newContext();
+    const status = await openUi(context, base, "#/status", problems);
+    await status.locator(`[data-testid=peer-id]:text-is("${args.peer_id}")`).waitFor();
+    const version = await status.locator("[data-testid=version]").textContent();
+    check(/^\d+\.\d+\.\d+/.test(version), `the version shown is ${JSON.stringify(version)}`);
+    const timing = await status.evaluate(() => ({
+      first_contentful_paint_ms: performance.getEntriesByName("first-contentful-paint")[0]?.startTime ?? null,
+      dom_content_loaded_ms: performance.getEntriesByType("navigation")[0]?.domContentLoadedEventEnd ?? null,
+    }));
+
+    const peers = await openUi(context, base, "#/peers", problems);
+    await peers.getByText("No peer is connected.").waitFor();
+
+    const live = await openUi(context, base, "#/live", problems);
+    await live.locator("[data-testid=live-prefix]").fill("ui:");
+    await live.getByRole("button", { name: "Watch" }).click();
+    await live.locator('[data-testid=live-state]:text-is("live")').waitFor();
+
+    const data = await openUi(context, base, "#/data", problems);
+    await data.locator("[data-testid=new-id]").fill("ui:1");
+    await data.locator("[data-testid=editor]").fill('{"name": }');
+    await data.locator("[data-testid=save]").click();
+    const refusal = await data.locator("[data-testid=editor-error]").textContent();
+    check(refusal.includes("Not JSON"), `the invalid value was answered with ${JSON.stringify(refusal)}`);
+    await data.locator("[data-testid=editor]").fill("[1, 2]");
+    await data.locator("[data-testid=save]").click();
+    await data.locator('[data-testid=editor-error]:has-text("must be a JSON object")').waitFor();
+    await data.locator("[data-testid=editor]").fill('{"name": "Ada", "friend": {"#": "ui:2"}}');
+    await data.locator("[data-testid=save]").click();
+    await data.locator('[data-testid=node-list] a[data-id="ui:1"]').waitFor();
+    await live.locator('[data-testid=live-changes] td:text-is("ui:1")').waitFor();
+    // The saved node is open, its link to a missing node marked.
+    await data.getByText("(missing)").waitFor();
+
+    // A write from outside the UI (no Origin: as the CLI or curl sends it).
+    const put = await fetch(`${base}/nodes/ui:2`, { method: "PUT", headers: { "Content-Type": "application/json" }, body: '{"name":"Grace"}' });
+    check(put.ok, `PUT /nodes/ui:2 outside the UI: ${put.status}`);
+    await data.locator('[data-testid=node-list] a[data-id="ui:2"]').waitFor();
+    await live.locator('[data-testid=live-changes] td:text-is("ui:2")').waitFor();
+    const stored = await (await fetch(`${base}/nodes/ui:1`)).json();
+    check(stored.value.name === "Ada", `the node the UI saved is ${JSON.stringify(stored)}`);
+
+    check(problems.length === 0, problems.join("\n"));
+    const weight = await firstLoadWeight(base);
+    check(weight.gzipped < FIRST_LOAD_BUDGET, `the first load is ${weight.gzipped} bytes gzipped, over ${FIRST_LOAD_BUDGET}`);
+    await context.close();
+    return { first_load_bytes: weight.bytes, first_load_gzip_bytes: weight.gzipped, ...timing };
+  },
+
+  /** With the token required, the page loads, asks for the token once,
+   * keeps it for the tab (sessionStorage) and then shows the node. */
+  async token_asked_once({ browser, base, args }) {
+    const problems = [];
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    page.setDefaultTimeout(STEP_MS);
+    // The API's 401s before the token is given are expected; nothing else.
+    page.on("console", (m) => m.type() === "error" && !m.text().includes("401") && problems.push(`console error: ${m.text()}`));
+    page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
+    await page.goto(`${base}/#/status`);
+    await page.locator("[data-testid=token]").fill(args.token);
+    await page.getByRole("button", { name: "Use token" }).click();
+    await page.locator(`[data-testid=peer-id]:text-is("${args.peer_id}")`).waitFor();
+    check((await page.locator("[data-testid=token]").count()) === 0, "the token form is still shown");
+    await page.goto(`${base}/#/peers`);
+    await page.reload();
+    await page.getByText("No peer is connected.").waitFor();
+    check((await page.locator("[data-testid=token]").count()) === 0, "the token was asked again after a reload");
+    check(problems.length === 0, problems.join("\n"));
+    await context.close();
+    return { asked: 1 };
+  },
+};
+
+const [name, ...rest] = process.argv.slice(2);
+const scenario = scenarios[name];
+if (!scenario) {
+  console.error(`unknown scenario ${name}; known: ${Object.keys(scenarios).join(", ")}`);
+  process.exit(2);
+}
+const args = Object.fromEntries(rest.map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]));
+const profile = mkdtempSync(join(tmpdir(), "pluresdb-ui-chromium-"));
+let c;
+let code = 0;
+try {
+  c = await startChromium(profile);
+  const result = await scenario({ browser: c.browser, base: `http://${args.api}`, args });
+  console.log(`RESULT ${JSON.stringify({ scenario: name, ...result })}`);
+} catch (err) {
+  console.error(err instanceof CheckFailed ? `check failed: ${err.message}` : err);
+  code = 1;
+} finally {
+  await c?.close().catch(() => {});
+  rmSync(profile, { recursive: true, force: true });
+}
+process.exit(code);

@@ -1,0 +1,459 @@
+// The PluresDB web UI: pages over the node's public HTTP API and its
+// `/changes` WebSocket, and nothing else (what it shows is in
+// /openapi.json). Preact + htm (vendor/), no build step.
+import { html, render, useState, useEffect, useRef, useCallback } from "/ui/vendor/preact-htm.js";
+
+const TOKEN_KEY = "pluresdb.api-token";
+const PAGE_SIZE = 50;
+/** The Live page keeps this many changes; older ones are dropped. */
+const LIVE_KEEP = 500;
+const STATUS_REFRESH_MS = 2000;
+
+// ---- The API ----
+
+/** An answer other than 2xx, with the API's `error` text. */
+class ApiFailure extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+/** Who wants to know that the API asked for a token (the token form). */
+const tokenListeners = new Set();
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+/** Calls the API; JSON in and out. A 401 opens the token form. */
+async function api(method, path, body) {
+  const headers = { Accept: "application/json" };
+  const t = token();
+  if (t) headers.Authorization = `Bearer ${t}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const answer = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await answer.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!answer.ok) {
+    const message = (data && typeof data.error === "string" && data.error) || text || answer.statusText;
+    if (answer.status === 401) tokenListeners.forEach((listener) => listener(message));
+    throw new ApiFailure(answer.status, `${answer.status}: ${message}`);
+  }
+  return data;
+}
+
+/** Opens `/changes` for `prefix`; the token, if any, as the subprotocol
+ * `bearer.<token>` (a browser cannot set headers on a WebSocket). */
+function openChanges(prefix) {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const query = prefix ? `?prefix=${encodeURIComponent(prefix)}` : "";
+  const t = token();
+  return new WebSocket(`${scheme}://${location.host}/changes${query}`, t ? [`bearer.${t}`] : []);
+}
+
+/** Runs `load` now and every `ms`, keeping the last answer or error. */
+function usePolled(load, ms, deps = []) {
+  const [state, setState] = useState({ data: null, error: null });
+  useEffect(() => {
+    let stopped = false;
+    const once = () =>
+      load().then(
+        (data) => !stopped && setState({ data, error: null }),
+        (err) => !stopped && setState((s) => ({ data: s.data, error: err.message })),
+      );
+    once();
+    const timer = ms ? setInterval(once, ms) : null;
+    return () => {
+      stopped = true;
+      if (timer) clearInterval(timer);
+    };
+  }, deps);
+  return state;
+}
+
+/** Where JSON.parse stopped, as "line L, column C", from its message. */
+function jsonError(text, err) {
+  const at = /position (\d+)/.exec(err.message);
+  if (!at) return err.message;
+  const before = text.slice(0, Number(at[1])).split("\n");
+  return `${err.message} (line ${before.length}, column ${before[before.length - 1].length + 1})`;
+}
+
+/** The value of `text` as a node value (a JSON object), or the reason not. */
+function parseValue(text) {
+  let value;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    return { error: `Not JSON: ${jsonError(text, err)}` };
+  }
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    return { error: "A node's value must be a JSON object, like {\"name\": \"Ada\"}." };
+  }
+  return { value };
+}
+
+const short = (id) => (id && id.length > 16 ? `${id.slice(0, 8)}…${id.slice(-6)}` : id ?? "");
+const when = (ms) => (ms == null ? "—" : new Date(ms).toLocaleString());
+
+// ---- Pages ----
+
+function StatusPage() {
+  const health = usePolled(() => api("GET", "/health"), STATUS_REFRESH_MS);
+  const status = usePolled(() => api("GET", "/status"), STATUS_REFRESH_MS);
+  // The node's version is the API document's (`info.version`).
+  const doc = usePolled(() => api("GET", "/openapi.json"), 0);
+  const h = health.data;
+  const s = status.data;
+  const store = s?.store ?? h?.store;
+  return html`
+    <section>
+      <h2>Node</h2>
+      ${health.error && html`<p class="error">${health.error}</p>`}
+      <dl>
+        <dt>Peer id</dt><dd class="mono" data-testid="peer-id">${h?.peer_id ?? "…"}</dd>
+        <dt>Version</dt><dd data-testid="version">${doc.data?.info?.version ?? "…"}</dd>
+        <dt>Health</dt><dd class=${h?.status === "ok" ? "ok" : "error"}>${h?.status ?? "…"}</dd>
+        <dt>Operations held</dt><dd data-testid="operations">${h?.operations ?? "…"}</dd>
+        <dt>Uptime</dt><dd>${s ? `${s.uptime_s} s` : "…"}</dd>
+      </dl>
+    </section>
+    <section>
+      <h2>Sync</h2>
+      ${status.error && html`<p class="error">${status.error}</p>`}
+      <dl>
+        <dt>Sync engine</dt><dd>${s ? (s.is_active ? "running" : "stopped") : "…"}</dd>
+        <dt>Transports</dt><dd>${s ? s.transports.join(", ") || "none (API only)" : "…"}</dd>
+        <dt>Peers connected</dt><dd>${s?.peers_connected ?? "…"}</dd>
+        <dt>Operations not yet acknowledged</dt><dd>${s?.pending_operations ?? "…"}</dd>
+        <dt>Traffic</dt><dd>${s ? JSON.stringify(s.traffic) : "…"}</dd>
+      </dl>
+    </section>
+    <section>
+      <h2>Store</h2>
+      ${store
+        ? html`<dl>
+            <dt>Writable</dt><dd class=${store.writable ? "ok" : "error"}>${store.writable ? "yes" : `no: ${store.fault ?? ""} ${store.reason ?? ""}`}</dd>
+            <dt>Faults since start</dt><dd>${store.faults}</dd>
+            <dt>Recoveries</dt><dd>${store.recoveries}</dd>
+            <dt>Writes refused</dt><dd>${store.writes_refused}</dd>
+          </dl>`
+        : html`<p class="muted">…</p>`}
+    </section>
+  `;
+}
+
+function PeersPage() {
+  const peers = usePolled(() => api("GET", "/peers"), STATUS_REFRESH_MS);
+  const list = peers.data?.peers ?? [];
+  const connected = list.filter((p) => p.connected);
+  const known = list.filter((p) => !p.connected);
+  const rows = (ps) =>
+    ps.map(
+      (p) => html`<tr key=${p.peer_id}>
+        <td class="mono" title=${p.peer_id}>${short(p.peer_id)}</td>
+        <td>${p.transport ?? "—"}</td>
+        <td class="mono">${p.address ?? "—"}</td>
+        <td class="mono" title=${p.relay ?? ""}>${p.relay ? short(p.relay) : "direct"}</td>
+        <td>${p.rtt_ms == null ? "—" : `${p.rtt_ms.toFixed(1)} ms`}</td>
+        <td>${when(p.last_sync_ms)}</td>
+        <td>${p.pending_operations}</td>
+        <td>${p.ops_sent} / ${p.ops_received}</td>
+      </tr>`,
+    );
+  const head = html`<tr><th>Peer</th><th>Transport</th><th>Address</th><th>Relay</th><th>Round trip</th><th>Last sync</th><th>It lacks</th><th>Ops sent / received</th></tr>`;
+  return html`
+    ${peers.error && html`<p class="error">${peers.error}</p>`}
+    <section>
+      <h2>Connected (${connected.length})</h2>
+      ${connected.length ? html`<table data-testid="peers-connected">${head}${rows(connected)}</table>` : html`<p class="muted">No peer is connected.</p>`}
+    </section>
+    <section>
+      <h2>Known, not connected (${known.length})</h2>
+      ${known.length ? html`<table>${head}${rows(known)}</table>` : html`<p class="muted">None.</p>`}
+    </section>
+  `;
+}
+
+/** The ids under a prefix, a page at a time, reloaded when a change under
+ * the prefix arrives. */
+function NodeList({ prefix, selected, onOpen, version }) {
+  const [pages, setPages] = useState([""]); // the `after` of each page seen
+  const [answer, setAnswer] = useState({ data: null, error: null });
+  const after = pages[pages.length - 1];
+  useEffect(() => setPages([""]), [prefix]);
+  useEffect(() => {
+    let stopped = false;
+    const query = new URLSearchParams({ prefix, limit: String(PAGE_SIZE) });
+    if (after) query.set("after", after);
+    api("GET", `/nodes?${query}`).then(
+      (data) => !stopped && setAnswer({ data, error: null }),
+      (err) => !stopped && setAnswer({ data: null, error: err.message }),
+    );
+    return () => {
+      stopped = true;
+    };
+  }, [prefix, after, version]);
+  const nodes = answer.data?.nodes ?? [];
+  const next = answer.data?.next_after;
+  return html`
+    <section>
+      <h2>Nodes${prefix ? ` under “${prefix}”` : ""}</h2>
+      ${answer.error && html`<p class="error">${answer.error}</p>`}
+      ${answer.data && !nodes.length && html`<p class="muted">No node${prefix ? " with this prefix" : ""}.</p>`}
+      <table data-testid="node-list">
+        ${nodes.map(
+          (n) => html`<tr key=${n.id}><td class="mono">
+            <a class="node" onClick=${() => onOpen(n.id)} data-id=${n.id}>${n.id === selected ? html`<b>${n.id}</b>` : n.id}</a>
+          </td></tr>`,
+        )}
+      </table>
+      <div class="row" style="margin-top:.6rem">
+        <button class="plain" disabled=${pages.length === 1} onClick=${() => setPages(pages.slice(0, -1))}>Previous</button>
+        <span class="muted">page ${pages.length}</span>
+        <button class="plain" disabled=${!next} onClick=${() => setPages([...pages, next])}>Next</button>
+      </div>
+    </section>
+  `;
+}
+
+/** One node: its JSON, editable; save (PUT) or delete. `id` null: a new node. */
+function NodeEditor({ id, onSaved, onDeleted }) {
+  const [newId, setNewId] = useState("");
+  const [text, setText] = useState("{\n  \n}");
+  const [node, setNode] = useState(null);
+  const [message, setMessage] = useState({ error: null, ok: null });
+  useEffect(() => {
+    setMessage({ error: null, ok: null });
+    if (id == null) {
+      setNode(null);
+      setText("{\n  \n}");
+      return;
+    }
+    let stopped = false;
+    api("GET", `/nodes/${encodeURIComponent(id)}`).then(
+      (n) => {
+        if (stopped) return;
+        setNode(n);
+        setText(JSON.stringify(n.value, null, 2));
+      },
+      (err) => !stopped && setMessage({ error: err.message, ok: null }),
+    );
+    return () => {
+      stopped = true;
+    };
+  }, [id]);
+  const target = id ?? newId.trim();
+  const save = async () => {
+    if (!target) return setMessage({ error: "Give the node an id.", ok: null });
+    const parsed = parseValue(text);
+    if (parsed.error) return setMessage({ error: parsed.error, ok: null });
+    try {
+      await api("PUT", `/nodes/${encodeURIComponent(target)}`, parsed.value);
+      setMessage({ error: null, ok: `Saved ${target}.` });
+      onSaved(target);
+    } catch (err) {
+      setMessage({ error: err.message, ok: null });
+    }
+  };
+  const remove = async () => {
+    if (!confirm(`Delete ${id}?`)) return;
+    try {
+      await api("DELETE", `/nodes/${encodeURIComponent(id)}`);
+      onDeleted(id);
+    } catch (err) {
+      setMessage({ error: err.message, ok: null });
+    }
+  };
+  return html`
+    <section>
+      <h2>${id == null ? "New node" : html`Node <span class="mono">${id}</span>`}</h2>
+      ${id == null &&
+      html`<div class="row"><label>Id <input data-testid="new-id" value=${newId} onInput=${(e) => setNewId(e.target.value)} placeholder="user:1" /></label></div>`}
+      ${node && html`<p class="muted">Updated ${node.updated_at}</p>`}
+      <textarea data-testid="editor" spellcheck="false" value=${text} onInput=${(e) => setText(e.target.value)}></textarea>
+      ${message.error && html`<p class="error" data-testid="editor-error">${message.error}</p>`}
+      ${message.ok && html`<p class="ok">${message.ok}</p>`}
+      <div class="row">
+        <button data-testid="save" onClick=${save}>${id == null ? "Create" : "Save"}</button>
+        ${id != null && html`<button class="danger" onClick=${remove}>Delete</button>`}
+      </div>
+      ${node?.links?.length
+        ? html`<h2>Links</h2><ul>${node.links.map(
+            (l) => html`<li><span class="muted">${l.field}</span> → <span class="mono">${l.to}</span>${l.exists ? "" : html` <span class="error">(missing)</span>`}</li>`,
+          )}</ul>`
+        : null}
+    </section>
+  `;
+}
+
+/** Counts changes under `prefix` (a number that grows), so a list reloads. */
+function useChangeCount(prefix) {
+  const [count, setCount] = useState(0);
+  useEffect(() => {
+    let socket;
+    let stopped = false;
+    let retry;
+    const connect = () => {
+      socket = openChanges(prefix);
+      socket.onmessage = (event) => {
+        const message = JSON.parse(event.data);
+        if (message.type === "change") setCount((c) => c + 1);
+      };
+      socket.onclose = () => {
+        if (!stopped) retry = setTimeout(connect, 2000);
+      };
+    };
+    connect();
+    return () => {
+      stopped = true;
+      clearTimeout(retry);
+      socket.close();
+    };
+  }, [prefix]);
+  return count;
+}
+
+function DataPage() {
+  const [prefix, setPrefix] = useState("");
+  const [typed, setTyped] = useState("");
+  const [selected, setSelected] = useState(null); // null: the new-node form
+  const [version, setVersion] = useState(0);
+  const changes = useChangeCount(prefix);
+  return html`
+    <div class="row">
+      <form class="row" onSubmit=${(e) => (e.preventDefault(), setPrefix(typed))}>
+        <label>Id prefix <input data-testid="prefix" value=${typed} onInput=${(e) => setTyped(e.target.value)} placeholder="user:" /></label>
+        <button class="plain" type="submit">Browse</button>
+      </form>
+      <button class="plain" onClick=${() => setSelected(null)}>New node</button>
+    </div>
+    <div class="columns">
+      <${NodeList} prefix=${prefix} selected=${selected} onOpen=${setSelected} version=${version + changes} />
+      <${NodeEditor}
+        key=${selected ?? "\u0000new"}
+        id=${selected}
+        onSaved=${(id) => (setSelected(id), setVersion((v) => v + 1))}
+        onDeleted=${() => (setSelected(null), setVersion((v) => v + 1))}
+      />
+    </div>
+  `;
+}
+
+function LivePage() {
+  const [typed, setTyped] = useState("");
+  const [prefix, setPrefix] = useState("");
+  const [changes, setChanges] = useState([]);
+  const [state, setState] = useState("connecting");
+  const seen = useRef(0);
+  useEffect(() => {
+    setChanges([]);
+    setState("connecting");
+    const socket = openChanges(prefix);
+    socket.onmessage = (event) => {
+      const message = JSON.parse(event.data);
+      if (message.type === "subscribed") setState("live");
+      else if (message.type === "change") {
+        seen.current += 1;
+        const entry = { key: seen.current, op: message.op, at: Date.now() };
+        setChanges((list) => [entry, ...list].slice(0, LIVE_KEEP));
+      } else if (message.type === "lagged") setState(`fell behind (${message.missed} changes missed); reopen the page to resubscribe`);
+      else if (message.type === "error") setState(`error: ${message.error}`);
+    };
+    socket.onclose = (event) => setState((s) => (s.startsWith("fell behind") ? s : `closed (${event.code}${event.reason ? `: ${event.reason}` : ""})`));
+    socket.onerror = () => setState("the WebSocket failed (see the browser console)");
+    return () => socket.close();
+  }, [prefix]);
+  return html`
+    <form class="row" onSubmit=${(e) => (e.preventDefault(), setPrefix(typed))}>
+      <label>Id prefix <input data-testid="live-prefix" value=${typed} onInput=${(e) => setTyped(e.target.value)} placeholder="(every node)" /></label>
+      <button class="plain" type="submit">Watch</button>
+      <span class="muted" data-testid="live-state">${state}</span>
+    </form>
+    <section>
+      <h2>Changes as they are applied${prefix ? ` under “${prefix}”` : ""} (newest first, last ${LIVE_KEEP})</h2>
+      <table data-testid="live-changes">
+        <tr><th>Seen</th><th>Type</th><th>Node</th><th>Origin</th><th>Op</th><th>Timestamp</th></tr>
+        ${changes.map(
+          (c) => html`<tr key=${c.key}>
+            <td>${new Date(c.at).toLocaleTimeString()}</td>
+            <td>${c.op.type}</td>
+            <td class="mono">${c.op.node_id}</td>
+            <td class="mono" title=${c.op.origin}>${short(c.op.origin)}</td>
+            <td class="mono">${c.op.seq}</td>
+            <td class="mono">${c.op.timestamp}</td>
+          </tr>`,
+        )}
+      </table>
+    </section>
+  `;
+}
+
+// ---- The frame ----
+
+const PAGES = { status: ["Status", StatusPage], peers: ["Peers", PeersPage], data: ["Data", DataPage], live: ["Live", LivePage] };
+
+function currentPage() {
+  const name = location.hash.replace(/^#\/?/, "");
+  return PAGES[name] ? name : "status";
+}
+
+/** Asks for the API token (off loopback, or with --require-token) and keeps
+ * it in sessionStorage: for this tab, until it closes. */
+function TokenForm({ reason, onDone }) {
+  const [value, setValue] = useState("");
+  const submit = (e) => {
+    e.preventDefault();
+    if (!value.trim()) return;
+    sessionStorage.setItem(TOKEN_KEY, value.trim());
+    onDone();
+  };
+  return html`<section>
+    <h2>API token</h2>
+    <p>${reason}</p>
+    <p class="muted">The token is in <span class="mono">api.token</span> in the node's data directory. It is kept for this tab only.</p>
+    <form class="row" onSubmit=${submit}>
+      <input type="password" autocomplete="off" data-testid="token" value=${value} onInput=${(e) => setValue(e.target.value)} />
+      <button type="submit">Use token</button>
+    </form>
+  </section>`;
+}
+
+function App() {
+  const [page, setPage] = useState(currentPage());
+  const [tokenWanted, setTokenWanted] = useState(null);
+  const [generation, setGeneration] = useState(0);
+  useEffect(() => {
+    const onHash = () => setPage(currentPage());
+    addEventListener("hashchange", onHash);
+    const onToken = (message) => setTokenWanted(token() ? `The token was refused: ${message}` : "This node wants its API token.");
+    tokenListeners.add(onToken);
+    return () => {
+      removeEventListener("hashchange", onHash);
+      tokenListeners.delete(onToken);
+    };
+  }, []);
+  const tokenDone = useCallback(() => {
+    setTokenWanted(null);
+    setGeneration((g) => g + 1);
+  }, []);
+  const [, Page] = PAGES[page];
+  return html`
+    <header>
+      <h1>PluresDB</h1>
+      <nav>${Object.entries(PAGES).map(([name, [title]]) => html`<a href=${`#/${name}`} class=${name === page ? "active" : ""}>${title}</a>`)}</nav>
+    </header>
+    <main>
+      ${tokenWanted && html`<${TokenForm} reason=${tokenWanted} onDone=${tokenDone} />`}
+      <${Page} key=${`${page}:${generation}`} />
+    </main>
+  `;
+}
+
+render(html`<${App} />`, document.getElementById("app"));

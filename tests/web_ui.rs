@@ -1,0 +1,256 @@
+//! The node's web UI (crates/server/ui, embedded in the binary, served at
+//! `/` of the API): its page and assets over HTTP, and the pages in a real
+//! browser (Debian's headless Chromium driven by playwright-core,
+//! `clients/js/test/web_ui.mjs`; no browser is downloaded).
+//!
+//! The browser tests need `chromium` and `npm ci` in clients/js (Node 22
+//! and playwright-core); without them they say which and skip, except with
+//! `CI=true`, where they fail. The HTTP tests always run.
+
+mod common;
+
+use common::Node;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A browser scenario ends within this on a loaded two-core machine, or is
+/// killed and fails.
+const SCENARIO_DEADLINE: Duration = Duration::from_secs(240);
+
+/// The budget for the first load of the UI, gzipped.
+const FIRST_LOAD_BUDGET: usize = 300 * 1024;
+
+/// What the first load fetches.
+const FIRST_LOAD: &[&str] = &["/", "/ui/app.js", "/ui/style.css", "/ui/vendor/preact-htm.js"];
+
+fn host(node: &Node) -> String {
+    format!("Host: {}", node.api)
+}
+
+/// `GET /` is the page, as HTML, checked again on each load (`no-cache`
+/// with an `ETag`, 304 when unchanged), framed by no one and loading only
+/// from its own origin; each asset has its type; the first load is under
+/// its gzipped budget.
+#[test]
+fn the_page_and_its_assets_are_served_with_their_types_and_caching() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(dir.path(), &["--no-network"]);
+    let page = node.exchange("GET", "/", &[&host(&node)], "");
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    assert!(page.body.starts_with("<!doctype html>"), "{}", page.body);
+    assert_eq!(page.header("cache-control"), Some("no-cache"));
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    let csp = page.header("content-security-policy").expect("a Content-Security-Policy");
+    for directive in ["default-src 'none'", "script-src 'self'", "connect-src 'self'", "frame-ancestors 'none'"] {
+        assert!(csp.contains(directive), "{directive} missing from {csp}");
+    }
+    let etag = page.header("etag").expect("an ETag").to_owned();
+    let again = node.exchange("GET", "/", &[&host(&node), &format!("If-None-Match: {etag}")], "");
+    assert_eq!(again.status, 304);
+    assert_eq!(again.body, "");
+    let stale = node.exchange("GET", "/", &[&host(&node), "If-None-Match: \"0000000000000000\""], "");
+    assert_eq!(stale.status, 200);
+
+    let mut gzipped = 0;
+    for path in FIRST_LOAD {
+        let answer = node.exchange("GET", path, &[&host(&node)], "");
+        assert_eq!(answer.status, 200, "GET {path}: {}", answer.body);
+        let expected = match path.rsplit('.').next() {
+            Some("js") => "text/javascript; charset=utf-8",
+            Some("css") => "text/css; charset=utf-8",
+            _ => "text/html; charset=utf-8",
+        };
+        assert_eq!(answer.header("content-type"), Some(expected), "GET {path}");
+        assert_eq!(answer.header("cache-control"), Some("no-cache"), "GET {path}");
+        assert!(answer.header("etag").is_some(), "GET {path} has no ETag");
+        gzipped += gzip_size(answer.body.as_bytes());
+    }
+    assert!(gzipped < FIRST_LOAD_BUDGET, "the first load is {gzipped} bytes gzipped");
+    eprintln!("first load: {gzipped} bytes gzipped");
+    let (clean, stderr) = node.stop();
+    assert!(clean, "{stderr}");
+}
+
+/// Paths outside the embedded set are 404 whatever they try: `..` (raw
+/// and percent-encoded), encoded slashes, a directory, files that are in
+/// the source folder but not embedded, case variants; the node keeps
+/// serving afterwards.
+#[test]
+fn asset_paths_outside_the_embedded_set_are_404() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(dir.path(), &["--no-network"]);
+    for path in [
+        "/ui/",
+        "/ui",
+        "/ui/../Cargo.toml",
+        "/ui/../ui/app.js",
+        "/ui/vendor/../app.js",
+        "/ui/%2e%2e/Cargo.toml",
+        "/ui/..%2fCargo.toml",
+        "/ui/..%2F..%2FCargo.toml",
+        "/ui/vendor%2Fpreact-htm.js",
+        "/ui/vendor%2fpreact-htm.js",
+        "/ui/%61pp.js",
+        "/ui/app.js/",
+        "/ui//app.js",
+        "/ui/APP.JS",
+        "/ui/index.html",
+        "/ui/vendor/LICENSE-htm",
+        "/ui/vendor/README.md",
+        "/ui/vendor/",
+        "/index.html",
+        "/app.js",
+    ] {
+        let answer = node.exchange("GET", path, &[&host(&node)], "");
+        assert_eq!(answer.status, 404, "GET {path}: {}", answer.body);
+        assert_eq!(answer.header("content-type"), Some("application/json"), "GET {path}");
+    }
+    assert_eq!(node.exchange("GET", "/ui/app.js", &[&host(&node)], "").status, 200);
+    let (clean, stderr) = node.stop();
+    assert!(clean, "{stderr}");
+}
+
+/// The UI's routes pass the same checks as the API: a rebound `Host` is
+/// refused 403, a token in the URL 400; with the token required, the page
+/// itself (which holds no data) loads without it and the API it calls
+/// still answers 401.
+#[test]
+fn the_page_is_behind_the_host_check_and_asks_for_the_token_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(dir.path(), &["--no-network", "--require-token"]);
+    assert_eq!(node.exchange("GET", "/", &["Host: evil.example"], "").status, 403);
+    assert_eq!(node.exchange("GET", "/ui/app.js", &["Host: evil.example"], "").status, 403);
+    assert_eq!(node.exchange("GET", "/?token=x", &[&host(&node)], "").status, 400);
+    assert_eq!(node.exchange("GET", "/", &[&host(&node)], "").status, 200);
+    assert_eq!(node.exchange("GET", "/ui/app.js", &[&host(&node)], "").status, 200);
+    assert_eq!(node.exchange("GET", "/status", &[&host(&node)], "").status, 401);
+    let (clean, stderr) = node.stop();
+    assert!(clean, "{stderr}");
+}
+
+fn gzip_size(bytes: &[u8]) -> usize {
+    let mut child = Command::new("gzip").arg("-9c").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("gzip");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = bytes.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let output = child.wait_with_output().expect("gzip runs");
+    writer.join().expect("writer").expect("gzip reads its input");
+    assert!(output.status.success());
+    output.stdout.len()
+}
+
+// ---- In the browser ----
+
+fn package() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("clients").join("js")
+}
+
+/// Node 22, installed by `npm ci` in clients/js as its lock file pins it.
+fn node_js() -> PathBuf {
+    package().join("node_modules").join(".bin").join("node")
+}
+
+/// Whether the browser tests can run (else they skip, or fail on CI).
+fn browser_ready() -> bool {
+    let mut missing = Vec::new();
+    if !Path::new("/usr/bin/chromium").exists() {
+        missing.push("chromium (apt-get install chromium)");
+    }
+    if !node_js().exists() || !package().join("node_modules/playwright-core/package.json").exists() {
+        missing.push("Node 22 and playwright-core (npm ci in clients/js)");
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let missing = missing.join(", ");
+    assert!(!std::env::var("CI").is_ok_and(|v| v == "true"), "CI=true, but the web UI tests cannot run without: {missing}");
+    eprintln!("web UI browser tests skipped: missing {missing}");
+    false
+}
+
+/// Runs `scenario` of clients/js/test/web_ui.mjs; returns its `RESULT`.
+fn scenario(name: &str, args: &[String]) -> serde_json::Value {
+    let mut child = Command::new(node_js())
+        .current_dir(package())
+        .arg("test/web_ui.mjs")
+        .arg(name)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start node");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let out = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let give_up = Instant::now() + SCENARIO_DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for node") {
+            break Some(status);
+        }
+        if Instant::now() > give_up {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    eprintln!("{name}:\n{out}{err}");
+    assert!(status.is_some_and(|s| s.success()), "scenario {name} failed or ran out of time:\n{out}\n{err}");
+    let line = out.lines().find_map(|l| l.strip_prefix("RESULT ")).unwrap_or_else(|| panic!("no RESULT line:\n{out}"));
+    serde_json::from_str(line).expect("the RESULT line is JSON")
+}
+
+/// In Chromium: the Status page shows the node's peer id and version; the
+/// Peers page loads; on the Data page an invalid value is refused with the
+/// parser's message and a non-object with its own, then a node is created,
+/// listed and opened (its link to a missing node marked), and it arrives on
+/// the Live page (watching its prefix); a write made outside the UI appears
+/// on both without a reload; no page logs an error; the first load is under
+/// 300 KB gzipped.
+#[test]
+fn in_a_browser_status_shows_the_node_and_a_node_created_on_data_arrives_on_live() {
+    if !browser_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(dir.path(), &["--no-network"]);
+    let peer_id = node.started["peer_id"].as_str().expect("a peer id").to_owned();
+    let result = std::panic::catch_unwind(|| scenario("status_data_live", &[format!("api={}", node.api), format!("peer_id={peer_id}")]));
+    let (clean, stderr) = node.stop();
+    let result = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    assert!(clean, "{stderr}");
+    let gzipped = result["first_load_gzip_bytes"].as_u64().expect("the first load's weight");
+    assert!(gzipped > 0 && gzipped < FIRST_LOAD_BUDGET as u64, "{result}");
+}
+
+/// In Chromium, with the token required: the page asks for it once, and
+/// after a reload of the tab it does not ask again (sessionStorage).
+#[test]
+fn in_a_browser_the_token_is_asked_once_per_tab() {
+    if !browser_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(dir.path(), &["--no-network", "--require-token"]);
+    let peer_id = node.started["peer_id"].as_str().expect("a peer id").to_owned();
+    let token = std::fs::read_to_string(dir.path().join("api.token")).expect("api.token");
+    let args = [format!("api={}", node.api), format!("peer_id={peer_id}"), format!("token={}", token.trim())];
+    let result = std::panic::catch_unwind(|| scenario("token_asked_once", &args));
+    let (clean, stderr) = node.stop();
+    let result = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    assert!(clean, "{stderr}");
+    assert_eq!(result["asked"], 1);
+}
