@@ -218,8 +218,10 @@ fn scenario(name: &str, args: &[String]) -> serde_json::Value {
 /// parser's message and a non-object with its own, then a node is created,
 /// listed and opened (its link to a missing node marked), and it arrives on
 /// the Live page (watching its prefix); a write made outside the UI appears
-/// on both without a reload; no page logs an error; the first load is under
-/// 300 KB gzipped.
+/// on both without a reload; the node is edited (two operations in its
+/// history) and its link followed; the server's 400 for a bad id is shown;
+/// a node is deleted, leaves the list and its deletion shows on Live; no
+/// page logs an error; the first load is under 300 KB gzipped.
 #[test]
 fn in_a_browser_status_shows_the_node_and_a_node_created_on_data_arrives_on_live() {
     if !browser_ready() {
@@ -234,6 +236,32 @@ fn in_a_browser_status_shows_the_node_and_a_node_created_on_data_arrives_on_live
     assert!(clean, "{stderr}");
     let gzipped = result["first_load_gzip_bytes"].as_u64().expect("the first load's weight");
     assert!(gzipped > 0 && gzipped < FIRST_LOAD_BUDGET as u64, "{result}");
+}
+
+/// In Chromium: node A's Peers page connects to node B (same network, no
+/// discovery) by its QUIC address through the form, and lists B connected
+/// over QUIC.
+#[test]
+fn in_a_browser_the_peers_page_connects_a_second_node_and_lists_it() {
+    if !browser_ready() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b) = (root.path().join("a"), root.path().join("b"));
+    let quiet = ["--no-mdns", "--no-libp2p"];
+    let a = Node::start_with(&dir_a, &quiet);
+    std::fs::create_dir_all(&dir_b).unwrap();
+    std::fs::copy(dir_a.join("network.secret"), dir_b.join("network.secret")).unwrap();
+    let b = Node::start_with(&dir_b, &quiet);
+    let peer_b = b.started["peer_id"].as_str().expect("a peer id").to_owned();
+    let address_b = b.listen.clone().expect("B listens on QUIC");
+    let args = [format!("api={}", a.api), format!("peer_b={peer_b}"), format!("address_b={address_b}")];
+    let result = std::panic::catch_unwind(|| scenario("peers_connect", &args));
+    let (clean_b, stderr_b) = b.stop();
+    let (clean_a, stderr_a) = a.stop();
+    let result = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    assert!(clean_a && clean_b, "{stderr_a}\n{stderr_b}");
+    assert_eq!(result["connected"], 1);
 }
 
 /// In Chromium, with the token required: the page asks for it once, and

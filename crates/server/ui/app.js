@@ -132,7 +132,9 @@ function StatusPage() {
         <dt>Transports</dt><dd>${s ? s.transports.join(", ") || "none (API only)" : "…"}</dd>
         <dt>Peers connected</dt><dd>${s?.peers_connected ?? "…"}</dd>
         <dt>Operations not yet acknowledged</dt><dd>${s?.pending_operations ?? "…"}</dd>
-        <dt>Traffic</dt><dd>${s ? JSON.stringify(s.traffic) : "…"}</dd>
+        <dt>Operations sent / received</dt><dd>${s ? `${s.traffic.ops_sent} / ${s.traffic.ops_received}` : "…"}</dd>
+        <dt>Bytes sent / received</dt><dd>${s ? `${s.traffic.bytes_sent} / ${s.traffic.bytes_received}` : "…"}</dd>
+        <dt>Messages refused</dt><dd>${s?.traffic.errors ?? "…"}</dd>
       </dl>
     </section>
     <section>
@@ -149,15 +151,51 @@ function StatusPage() {
   `;
 }
 
+/** Connect to a peer by address (POST /peers). */
+function ConnectForm({ onChange }) {
+  const [address, setAddress] = useState("");
+  const [message, setMessage] = useState({ error: null, ok: null });
+  const submit = async (e) => {
+    e.preventDefault();
+    if (!address.trim()) return;
+    setMessage({ error: null, ok: "Connecting…" });
+    try {
+      const connected = await api("POST", "/peers", { address: address.trim() });
+      setMessage({ error: null, ok: `Connected to ${connected.peer_id}.` });
+      onChange();
+    } catch (err) {
+      setMessage({ error: err.message, ok: null });
+    }
+  };
+  return html`<form class="row" onSubmit=${submit}>
+    <label>Connect to <input data-testid="connect-address" value=${address} onInput=${(e) => setAddress(e.target.value)} placeholder="host:port" /></label>
+    <button type="submit">Connect</button>
+    ${message.error && html`<span class="error" data-testid="connect-error">${message.error}</span>`}
+    ${message.ok && html`<span class="ok">${message.ok}</span>`}
+  </form>`;
+}
+
 function PeersPage() {
-  const peers = usePolled(() => api("GET", "/peers"), STATUS_REFRESH_MS);
+  const [generation, setGeneration] = useState(0);
+  const [failure, setFailure] = useState(null);
+  const peers = usePolled(() => api("GET", "/peers"), STATUS_REFRESH_MS, [generation]);
+  const refresh = () => setGeneration((g) => g + 1);
+  const disconnect = async (peer) => {
+    try {
+      await api("DELETE", `/peers/${encodeURIComponent(peer)}`);
+      setFailure(null);
+    } catch (err) {
+      setFailure(err.message);
+    }
+    refresh();
+  };
   const list = peers.data?.peers ?? [];
   const connected = list.filter((p) => p.connected);
   const known = list.filter((p) => !p.connected);
   const rows = (ps) =>
     ps.map(
       (p) => html`<tr key=${p.peer_id}>
-        <td class="mono" title=${p.peer_id}>${short(p.peer_id)}</td>
+        <td class="mono" title=${p.peer_id} data-peer=${p.peer_id}>${short(p.peer_id)}</td>
         <td>${p.transport ?? "—"}</td>
         <td class="mono">${p.address ?? "—"}</td>
         <td class="mono" title=${p.relay ?? ""}>${p.relay ? short(p.relay) : "direct"}</td>
@@ -165,11 +203,14 @@ function PeersPage() {
         <td>${when(p.last_sync_ms)}</td>
         <td>${p.pending_operations}</td>
         <td>${p.ops_sent} / ${p.ops_received}</td>
+        <td>${p.connected && html`<button class="danger" onClick=${() => disconnect(p.peer_id)}>Disconnect</button>`}</td>
       </tr>`,
     );
-  const head = html`<tr><th>Peer</th><th>Transport</th><th>Address</th><th>Relay</th><th>Round trip</th><th>Last sync</th><th>It lacks</th><th>Ops sent / received</th></tr>`;
+  const head = html`<tr><th>Peer</th><th>Transport</th><th>Address</th><th>Relay</th><th>Round trip</th><th>Last sync</th><th>It lacks</th><th>Ops sent / received</th><th></th></tr>`;
   return html`
     ${peers.error && html`<p class="error">${peers.error}</p>`}
+    ${failure && html`<p class="error">${failure}</p>`}
+    <${ConnectForm} onChange=${refresh} />
     <section>
       <h2>Connected (${connected.length})</h2>
       ${connected.length ? html`<table data-testid="peers-connected">${head}${rows(connected)}</table>` : html`<p class="muted">No peer is connected.</p>`}
@@ -224,13 +265,37 @@ function NodeList({ prefix, selected, onOpen, version }) {
 }
 
 /** One node: its JSON, editable; save (PUT) or delete. `id` null: a new node. */
-function NodeEditor({ id, onSaved, onDeleted }) {
+/** A node's operations, oldest first (GET /nodes/{id}/history). */
+function History({ id, version }) {
+  const [answer, setAnswer] = useState({ data: null, error: null });
+  useEffect(() => {
+    let stopped = false;
+    api("GET", `/nodes/${encodeURIComponent(id)}/history`).then(
+      (data) => !stopped && setAnswer({ data, error: null }),
+      (err) => !stopped && setAnswer({ data: null, error: err.message }),
+    );
+    return () => {
+      stopped = true;
+    };
+  }, [id, version]);
+  if (answer.error) return html`<p class="error">${answer.error}</p>`;
+  if (!answer.data) return null;
+  return html`<h2>History</h2>
+    <table data-testid="history">
+      <tr><th>Type</th><th>Origin</th><th>Seq</th><th>Timestamp</th></tr>
+      ${answer.data.map(
+        (op) => html`<tr key=${op.op}><td>${op.type}</td><td class="mono" title=${op.origin}>${short(op.origin)}</td><td>${op.seq}</td><td class="mono">${op.timestamp}</td></tr>`,
+      )}
+    </table>`;
+}
+
+function NodeEditor({ id, onSaved, onDeleted, onOpen }) {
   const [newId, setNewId] = useState("");
   const [text, setText] = useState("{\n  \n}");
   const [node, setNode] = useState(null);
   const [message, setMessage] = useState({ error: null, ok: null });
+  const [saves, setSaves] = useState(0);
   useEffect(() => {
-    setMessage({ error: null, ok: null });
     if (id == null) {
       setNode(null);
       setText("{\n  \n}");
@@ -248,7 +313,7 @@ function NodeEditor({ id, onSaved, onDeleted }) {
     return () => {
       stopped = true;
     };
-  }, [id]);
+  }, [id, saves]);
   const target = id ?? newId.trim();
   const save = async () => {
     if (!target) return setMessage({ error: "Give the node an id.", ok: null });
@@ -257,6 +322,7 @@ function NodeEditor({ id, onSaved, onDeleted }) {
     try {
       await api("PUT", `/nodes/${encodeURIComponent(target)}`, parsed.value);
       setMessage({ error: null, ok: `Saved ${target}.` });
+      setSaves((n) => n + 1);
       onSaved(target);
     } catch (err) {
       setMessage({ error: err.message, ok: null });
@@ -286,9 +352,12 @@ function NodeEditor({ id, onSaved, onDeleted }) {
       </div>
       ${node?.links?.length
         ? html`<h2>Links</h2><ul>${node.links.map(
-            (l) => html`<li><span class="muted">${l.field}</span> → <span class="mono">${l.to}</span>${l.exists ? "" : html` <span class="error">(missing)</span>`}</li>`,
+            (l) => html`<li><span class="muted">${l.field}</span> → ${l.exists
+              ? html`<a class="node mono" data-link=${l.to} onClick=${() => onOpen(l.to)}>${l.to}</a>`
+              : html`<span class="mono">${l.to}</span> <span class="error">(missing)</span>`}</li>`,
           )}</ul>`
         : null}
+      ${id != null && html`<${History} id=${id} version=${node?.updated_at} />`}
     </section>
   `;
 }
@@ -341,6 +410,7 @@ function DataPage() {
         id=${selected}
         onSaved=${(id) => (setSelected(id), setVersion((v) => v + 1))}
         onDeleted=${() => (setSelected(null), setVersion((v) => v + 1))}
+        onOpen=${setSelected}
       />
     </div>
   `;
@@ -379,7 +449,7 @@ function LivePage() {
     <section>
       <h2>Changes as they are applied${prefix ? ` under “${prefix}”` : ""} (newest first, last ${LIVE_KEEP})</h2>
       <table data-testid="live-changes">
-        <tr><th>Seen</th><th>Type</th><th>Node</th><th>Origin</th><th>Op</th><th>Timestamp</th></tr>
+        <tr><th>Seen</th><th>Type</th><th>Node</th><th>Origin</th><th>Seq</th><th>Timestamp</th></tr>
         ${changes.map(
           (c) => html`<tr key=${c.key}>
             <td>${new Date(c.at).toLocaleTimeString()}</td>
