@@ -6,10 +6,12 @@
 //! The browser tests need `chromium` and `npm ci` in clients/js (Node 22
 //! and playwright-core); without them they say which and skip, except with
 //! `CI=true`, where they fail. The HTTP tests always run.
+//! `PLURESDB_UI_SCREENSHOTS=$PWD/docs/ui cargo test --test web_ui` retakes
+//! the README's screenshots.
 
 mod common;
 
-use common::Node;
+use common::{concurrent_names, Node};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -172,12 +174,16 @@ fn browser_ready() -> bool {
 }
 
 /// Runs `scenario` of clients/js/test/web_ui.mjs; returns its `RESULT`.
+/// With `PLURESDB_UI_SCREENSHOTS=DIR` the scenarios also save the
+/// screenshots of docs/ui there.
 fn scenario(name: &str, args: &[String]) -> serde_json::Value {
+    let screenshots = std::env::var("PLURESDB_UI_SCREENSHOTS").ok().map(|dir| format!("screenshots={dir}"));
     let mut child = Command::new(node_js())
         .current_dir(package())
         .arg("test/web_ui.mjs")
         .arg(name)
         .args(args)
+        .args(screenshots)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -262,6 +268,25 @@ fn in_a_browser_the_peers_page_connects_a_second_node_and_lists_it() {
     let result = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
     assert!(clean_a && clean_b, "{stderr_a}\n{stderr_b}");
     assert_eq!(result["connected"], 1);
+}
+
+/// In Chromium: the Conflicts page shows a field's two concurrent values
+/// (written by two replicas) side by side with their writers, and one
+/// click resolves it: the page then shows no conflict and the node holds
+/// the value kept.
+#[test]
+fn in_a_browser_a_conflict_is_shown_side_by_side_and_resolved_with_one_click() {
+    if !browser_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    concurrent_names(dir.path());
+    let node = Node::start_with(dir.path(), &["--no-network"]);
+    let result = std::panic::catch_unwind(|| scenario("conflict_resolved", &[format!("api={}", node.api)]));
+    let (clean, stderr) = node.stop();
+    let result = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    assert!(clean, "{stderr}");
+    assert_eq!(result["resolved"], 1);
 }
 
 /// In Chromium, with the token required: the page asks for it once, and

@@ -203,6 +203,29 @@ const scenarios = {
     return { connected: 1 };
   },
 
+  /** The Conflicts page shows user:1's two concurrent names side by side
+   * with who wrote each; "Keep this" on one resolves the field: the
+   * conflict is gone and the node has that value. */
+  async conflict_resolved({ browser, base, args }) {
+    const problems = [];
+    const context = await browser.newContext();
+    const page = await openUi(context, base, "#/conflicts", problems);
+    const field = page.locator('[data-testid=conflict-node][data-id="user:1"] table[data-field="name"]');
+    await field.waitFor();
+    const values = await field.locator("tr td:first-child").allTextContents();
+    check(values.length === 2 && values.includes('"Alice"') && values.includes('"Alicia"'), `the values shown are ${JSON.stringify(values)}`);
+    const writers = await field.locator("tr td:nth-child(2)").allTextContents();
+    check(new Set(writers).size === 2, `the writers shown are ${JSON.stringify(writers)}`);
+    if (args.screenshots) await shoot(page, join(args.screenshots, "conflicts.png"));
+    await field.locator("tr").filter({ has: page.locator("td", { hasText: /^"Alicia"$/ }) }).locator("button").click();
+    await page.locator("[data-testid=no-conflicts]").waitFor();
+    const node = await (await fetch(`${base}/nodes/user:1`)).json();
+    check(node.value.name === "Alicia" && !node.conflicts?.name, `after resolving, user:1 is ${JSON.stringify(node)}`);
+    check(problems.length === 0, problems.join("\n"));
+    await context.close();
+    return { resolved: 1 };
+  },
+
   /** With the token required, the page loads, asks for the token once,
    * keeps it for the tab (sessionStorage) and then shows the node. */
   async token_asked_once({ browser, base, args }) {

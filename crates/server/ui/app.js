@@ -416,6 +416,59 @@ function DataPage() {
   `;
 }
 
+/** Every field with concurrent values, the values side by side (who wrote
+ * each and when); "Keep this" resolves the field to that value. */
+function ConflictsPage() {
+  const [pages, setPages] = useState([""]);
+  const [generation, setGeneration] = useState(0);
+  const [failure, setFailure] = useState(null);
+  const after = pages[pages.length - 1];
+  const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
+  if (after) query.set("after", after);
+  const answer = usePolled(() => api("GET", `/conflicts?${query}`), 0, [after, generation]);
+  const resolve = async (id, field, value) => {
+    try {
+      await api("POST", `/nodes/${encodeURIComponent(id)}/resolve`, { field, value });
+      setFailure(null);
+    } catch (err) {
+      setFailure(err.message);
+    }
+    setGeneration((g) => g + 1);
+  };
+  const nodes = answer.data?.nodes ?? [];
+  const next = answer.data?.next_after;
+  const origin = (op) => op.slice(0, op.lastIndexOf("/"));
+  return html`
+    ${answer.error && html`<p class="error">${answer.error}</p>`}
+    ${failure && html`<p class="error" data-testid="resolve-error">${failure}</p>`}
+    ${answer.data && !nodes.length && html`<p class="muted" data-testid="no-conflicts">No conflicts${pages.length > 1 ? " on this page" : ""}.</p>`}
+    ${nodes.map(
+      (n) => html`<section key=${n.id} data-testid="conflict-node" data-id=${n.id}>
+        <h2>Node <span class="mono">${n.id}</span></h2>
+        ${Object.entries(n.conflicts).map(
+          ([field, values]) => html`<h3 class="muted">${field}</h3>
+            <table data-field=${field}>
+              <tr><th>Value</th><th>Written by</th><th>When</th><th></th></tr>
+              ${values.map(
+                (v) => html`<tr key=${v.op}>
+                  <td class="mono">${JSON.stringify(v.value)}</td>
+                  <td class="mono" title=${v.op}>${short(origin(v.op))}</td>
+                  <td class="mono" title=${v.timestamp}>${when(Number.parseInt(v.timestamp, 10))}</td>
+                  <td><button data-op=${v.op} onClick=${() => resolve(n.id, field, v.value)}>Keep this</button></td>
+                </tr>`,
+              )}
+            </table>`,
+        )}
+      </section>`,
+    )}
+    <div class="row">
+      <button class="plain" disabled=${pages.length === 1} onClick=${() => setPages(pages.slice(0, -1))}>Previous</button>
+      <span class="muted">page ${pages.length}</span>
+      <button class="plain" disabled=${!next} onClick=${() => setPages([...pages, next])}>Next</button>
+    </div>
+  `;
+}
+
 function LivePage() {
   const [typed, setTyped] = useState("");
   const [prefix, setPrefix] = useState("");
@@ -467,7 +520,7 @@ function LivePage() {
 
 // ---- The frame ----
 
-const PAGES = { status: ["Status", StatusPage], peers: ["Peers", PeersPage], data: ["Data", DataPage], live: ["Live", LivePage] };
+const PAGES = { status: ["Status", StatusPage], peers: ["Peers", PeersPage], data: ["Data", DataPage], conflicts: ["Conflicts", ConflictsPage], live: ["Live", LivePage] };
 
 function currentPage() {
   const name = location.hash.replace(/^#\/?/, "");
