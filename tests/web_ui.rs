@@ -289,6 +289,23 @@ fn in_a_browser_a_conflict_is_shown_side_by_side_and_resolved_with_one_click() {
     assert_eq!(result["resolved"], 1);
 }
 
+/// In Chromium: the Data page imports a 2,500-line NDJSON file in parts
+/// with a progress bar, skips and names its bad line (2000), and exports
+/// the prefix back as NDJSON holding all 2,499 nodes.
+#[test]
+fn in_a_browser_a_file_is_imported_with_progress_and_exported() {
+    if !browser_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(dir.path(), &["--no-network"]);
+    let result = std::panic::catch_unwind(|| scenario("import_export", &[format!("api={}", node.api)]));
+    let (clean, stderr) = node.stop();
+    let result = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    assert!(clean, "{stderr}");
+    assert_eq!((result["imported"].as_u64(), result["exported"].as_u64()), (Some(2499), Some(2499)), "{result}");
+}
+
 /// In Chromium, with the token required: the page asks for it once, and
 /// after a reload of the tab it does not ask again (sessionStorage).
 #[test]

@@ -13,9 +13,10 @@ const STATUS_REFRESH_MS = 2000;
 
 /** An answer other than 2xx, with the API's `error` text. */
 class ApiFailure extends Error {
-  constructor(status, message) {
+  constructor(status, message, data) {
     super(message);
     this.status = status;
+    this.data = data;
   }
 }
 
@@ -27,12 +28,17 @@ function token() {
 }
 
 /** Calls the API; JSON in and out. A 401 opens the token form. */
-async function api(method, path, body) {
+function api(method, path, body) {
+  return apiRaw(method, path, body === undefined ? undefined : JSON.stringify(body), "application/json");
+}
+
+/** Calls the API with a body of `type` (a string); JSON out. */
+async function apiRaw(method, path, body, type) {
   const headers = { Accept: "application/json" };
   const t = token();
   if (t) headers.Authorization = `Bearer ${t}`;
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  const answer = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  if (body !== undefined) headers["Content-Type"] = type;
+  const answer = await fetch(path, { method, headers, body });
   const text = await answer.text();
   let data = null;
   try {
@@ -43,7 +49,7 @@ async function api(method, path, body) {
   if (!answer.ok) {
     const message = (data && typeof data.error === "string" && data.error) || text || answer.statusText;
     if (answer.status === 401) tokenListeners.forEach((listener) => listener(message));
-    throw new ApiFailure(answer.status, `${answer.status}: ${message}`);
+    throw new ApiFailure(answer.status, `${answer.status}: ${message}`, data);
   }
   return data;
 }
@@ -362,18 +368,29 @@ function NodeEditor({ id, onSaved, onDeleted, onOpen }) {
   `;
 }
 
-/** Counts changes under `prefix` (a number that grows), so a list reloads. */
+/** Changes arriving within this are shown together (an import sends
+ * thousands a second: one reload or re-render each would swamp the page). */
+const COALESCE_MS = 250;
+
+/** Counts bursts of changes under `prefix` (a number that grows at most
+ * once per COALESCE_MS), so a list reloads. */
 function useChangeCount(prefix) {
   const [count, setCount] = useState(0);
   useEffect(() => {
     let socket;
     let stopped = false;
     let retry;
+    let pending = null;
     const connect = () => {
       socket = openChanges(prefix);
       socket.onmessage = (event) => {
         const message = JSON.parse(event.data);
-        if (message.type === "change") setCount((c) => c + 1);
+        if (message.type === "change" && pending === null) {
+          pending = setTimeout(() => {
+            pending = null;
+            setCount((c) => c + 1);
+          }, COALESCE_MS);
+        }
       };
       socket.onclose = () => {
         if (!stopped) retry = setTimeout(connect, 2000);
@@ -383,10 +400,116 @@ function useChangeCount(prefix) {
     return () => {
       stopped = true;
       clearTimeout(retry);
+      clearTimeout(pending);
       socket.close();
     };
   }, [prefix]);
   return count;
+}
+
+/** An import request carries at most this many bytes (the API takes 2 MiB)
+ * and lines (as the CLI's batches), so a file of any size goes in parts. */
+const IMPORT_PART_BYTES = 1024 * 1024;
+const IMPORT_PART_LINES = 1000;
+
+/** Splits NDJSON text into parts: { body, firstLine, lines }. */
+function importParts(text) {
+  const encoder = new TextEncoder();
+  const lines = text.split("\n");
+  if (lines.length && lines[lines.length - 1] === "") lines.pop();
+  const parts = [];
+  let part = { lines: [], bytes: 0, firstLine: 1 };
+  lines.forEach((line, i) => {
+    const bytes = encoder.encode(line).length + 1;
+    if (part.lines.length && (part.bytes + bytes > IMPORT_PART_BYTES || part.lines.length >= IMPORT_PART_LINES)) {
+      parts.push(part);
+      part = { lines: [], bytes: 0, firstLine: i + 1 };
+    }
+    part.lines.push(line);
+    part.bytes += bytes;
+  });
+  if (part.lines.length) parts.push(part);
+  return parts.map((p) => ({ body: p.lines.join("\n") + "\n", firstLine: p.firstLine, lines: p.lines.length }));
+}
+
+/** Import an NDJSON file (in parts, with a progress bar) and export the
+ * nodes under the prefix as NDJSON (`{"id": ..., "value": {...}}` a line,
+ * what `pluresdb import` and POST /import read). */
+function ImportExport({ prefix, onImported }) {
+  const [onError, setOnError] = useState("stop");
+  const [progress, setProgress] = useState(null); // { done, total }
+  const [report, setReport] = useState(null);
+  const [exporting, setExporting] = useState(null);
+  const importFile = async (file) => {
+    if (!file) return;
+    const parts = importParts(await file.text());
+    const total = parts.reduce((n, p) => n + p.lines, 0);
+    const result = { imported: 0, skipped: 0, errors: [], stopped: null };
+    setReport(null);
+    setProgress({ done: 0, total });
+    let done = 0;
+    for (const part of parts) {
+      const query = new URLSearchParams({ on_error: onError, first_line: String(part.firstLine) });
+      try {
+        const answer = await apiRaw("POST", `/import?${query}`, part.body, "application/x-ndjson");
+        result.imported += answer.imported;
+        result.skipped += answer.skipped;
+        result.errors.push(...answer.errors);
+      } catch (err) {
+        if (err.data && typeof err.data.imported === "number") result.imported += err.data.imported;
+        result.stopped = err.message;
+        break;
+      }
+      done += part.lines;
+      setProgress({ done, total });
+    }
+    setReport({ ...result, file: file.name });
+    onImported();
+  };
+  const exportNodes = async () => {
+    const lines = [];
+    let after = null;
+    setExporting("Exporting…");
+    try {
+      do {
+        const query = new URLSearchParams({ prefix, limit: "1000" });
+        if (after) query.set("after", after);
+        const page = await api("GET", `/nodes?${query}`);
+        for (const n of page.nodes) lines.push(JSON.stringify({ id: n.id, value: n.value }));
+        after = page.next_after;
+        setExporting(`Exporting… ${lines.length} nodes`);
+      } while (after);
+    } catch (err) {
+      setExporting(`Export failed: ${err.message}`);
+      return;
+    }
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(new Blob(lines.map((l) => `${l}\n`), { type: "application/x-ndjson" }));
+    link.download = `pluresdb${prefix ? `-${prefix.replace(/[^A-Za-z0-9_-]+/g, "_")}` : ""}.ndjson`;
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+    setExporting(`Exported ${lines.length} nodes.`);
+  };
+  return html`<section>
+    <h2>Import and export (NDJSON)</h2>
+    <div class="row">
+      <label>Import a file <input type="file" accept=".ndjson,.jsonl,.json,application/x-ndjson" data-testid="import-file"
+        onChange=${(e) => importFile(e.target.files[0]).finally(() => (e.target.value = ""))} /></label>
+      <label>Bad lines <select value=${onError} onChange=${(e) => setOnError(e.target.value)} data-testid="import-on-error">
+        <option value="stop">stop the import</option><option value="skip">skip them</option></select></label>
+      ${progress && html`<progress data-testid="import-progress" value=${progress.done} max=${progress.total}></progress>
+        <span class="muted">${progress.done} / ${progress.total} lines</span>`}
+    </div>
+    ${report && html`<div data-testid="import-report">
+      <p class=${report.stopped ? "error" : "ok"}>${report.file}: ${report.imported} imported, ${report.skipped} skipped${report.stopped ? `; stopped: ${report.stopped}` : "."}</p>
+      ${report.errors.length > 0 && html`<ul class="error">${report.errors.slice(0, 20).map((e) => html`<li>line ${e.line}: ${e.error}</li>`)}</ul>
+        ${report.errors.length > 20 && html`<p class="muted">and ${report.errors.length - 20} more</p>`}`}
+    </div>`}
+    <div class="row">
+      <button class="plain" data-testid="export" onClick=${exportNodes}>Export ${prefix ? `“${prefix}”` : "every node"}</button>
+      ${exporting && html`<span class="muted" data-testid="export-state">${exporting}</span>`}
+    </div>
+  </section>`;
 }
 
 function DataPage() {
@@ -403,6 +526,7 @@ function DataPage() {
       </form>
       <button class="plain" onClick=${() => setSelected(null)}>New node</button>
     </div>
+    <${ImportExport} prefix=${prefix} onImported=${() => setVersion((v) => v + 1)} />
     <div class="columns">
       <${NodeList} prefix=${prefix} selected=${selected} onOpen=${setSelected} version=${version + changes} />
       <${NodeEditor}
@@ -479,19 +603,30 @@ function LivePage() {
     setChanges([]);
     setState("connecting");
     const socket = openChanges(prefix);
+    let arrived = [];
+    let flush = null;
     socket.onmessage = (event) => {
       const message = JSON.parse(event.data);
       if (message.type === "subscribed") setState("live");
       else if (message.type === "change") {
         seen.current += 1;
-        const entry = { key: seen.current, op: message.op, at: Date.now() };
-        setChanges((list) => [entry, ...list].slice(0, LIVE_KEEP));
+        arrived.unshift({ key: seen.current, op: message.op, at: Date.now() });
+        arrived.length = Math.min(arrived.length, LIVE_KEEP);
+        flush ??= setTimeout(() => {
+          const batch = arrived;
+          arrived = [];
+          flush = null;
+          setChanges((list) => [...batch, ...list].slice(0, LIVE_KEEP));
+        }, COALESCE_MS);
       } else if (message.type === "lagged") setState(`fell behind (${message.missed} changes missed); reopen the page to resubscribe`);
       else if (message.type === "error") setState(`error: ${message.error}`);
     };
     socket.onclose = (event) => setState((s) => (s.startsWith("fell behind") ? s : `closed (${event.code}${event.reason ? `: ${event.reason}` : ""})`));
     socket.onerror = () => setState("the WebSocket failed (see the browser console)");
-    return () => socket.close();
+    return () => {
+      clearTimeout(flush);
+      socket.close();
+    };
   }, [prefix]);
   return html`
     <form class="row" onSubmit=${(e) => (e.preventDefault(), setPrefix(typed))}>
