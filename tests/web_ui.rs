@@ -246,7 +246,7 @@ fn in_a_browser_status_shows_the_node_and_a_node_created_on_data_arrives_on_live
 
 /// In Chromium: node A's Peers page connects to node B (same network, no
 /// discovery) by its QUIC address through the form, and lists B connected
-/// over QUIC.
+/// over QUIC; the page shows A's trust mode and listen address.
 #[test]
 fn in_a_browser_the_peers_page_connects_a_second_node_and_lists_it() {
     if !browser_ready() {
@@ -261,7 +261,8 @@ fn in_a_browser_the_peers_page_connects_a_second_node_and_lists_it() {
     let b = Node::start_with(&dir_b, &quiet);
     let peer_b = b.started["peer_id"].as_str().expect("a peer id").to_owned();
     let address_b = b.listen.clone().expect("B listens on QUIC");
-    let args = [format!("api={}", a.api), format!("peer_b={peer_b}"), format!("address_b={address_b}")];
+    let address_a = a.listen.clone().expect("A listens on QUIC");
+    let args = [format!("api={}", a.api), format!("peer_b={peer_b}"), format!("address_b={address_b}"), format!("address_a={address_a}")];
     let result = std::panic::catch_unwind(|| scenario("peers_connect", &args));
     let (clean_b, stderr_b) = b.stop();
     let (clean_a, stderr_a) = a.stop();

@@ -129,6 +129,8 @@ const scenarios = {
     await data.locator("[data-testid=save]").click();
     await data.locator('[data-testid=node-list] a[data-id="ui:1"]').waitFor();
     await live.locator('[data-testid=live-changes] td:text-is("ui:1")').waitFor();
+    // The rate chart counted it within a second.
+    await live.waitForFunction(() => Number(document.querySelector("[data-testid=rate-changes] [data-peak]")?.dataset.peak) >= 1);
     // The saved node is open, its link to a missing node marked.
     await data.getByText("(missing)").waitFor();
 
@@ -173,6 +175,8 @@ const scenarios = {
     await data.locator('[data-testid=node-list] a[data-id="ui:2"]').waitFor({ state: "detached" });
     await live.locator('[data-testid=live-changes] tr:has(td:text-is("delete")) td:text-is("ui:2")').waitFor();
     check((await fetch(`${base}/nodes/ui:2`)).status === 404, "ui:2 is still stored after its deletion");
+    // The Status page's write rate saw those writes (it samples every 2 s).
+    await status.waitForFunction(() => Number(document.querySelector('[data-testid="rate-operations stored"] [data-peak]')?.dataset.peak) > 0);
     if (args.screenshots) {
       await shoot(status, join(args.screenshots, "status.png"));
       await shoot(live, join(args.screenshots, "live.png"));
@@ -198,6 +202,9 @@ const scenarios = {
     await row.waitFor();
     const transport = await row.locator("td:nth-child(2)").textContent();
     check(transport === "quic", `B is listed with transport ${JSON.stringify(transport)}`);
+    // A's network: the default trust mode, and A's own QUIC address.
+    const network = await peers.locator("[data-testid=network]").textContent();
+    check(network.includes("(secret)") && network.includes(args.address_a), `the network section reads ${JSON.stringify(network)}`);
     if (args.screenshots) await shoot(peers, join(args.screenshots, "peers.png"));
     check(problems.length === 0, problems.join("\n"));
     await context.close();

@@ -110,6 +110,43 @@ const when = (ms) => (ms == null ? "—" : new Date(ms).toLocaleString());
 
 // ---- Pages ----
 
+/** A small line chart of `values` (oldest first), scaled to its maximum. */
+function Sparkline({ values, label, unit }) {
+  const width = 300;
+  const height = 48;
+  const peak = Math.max(0, ...values);
+  // The scale: at least 1 a second, so a quiet node draws a flat line.
+  const scale = Math.max(1, peak);
+  const step = values.length > 1 ? width / (values.length - 1) : width;
+  const points = values.map((v, i) => `${(i * step).toFixed(1)},${(height - (v / scale) * (height - 2) - 1).toFixed(1)}`).join(" ");
+  const last = values.length ? values[values.length - 1] : 0;
+  return html`<figure class="spark" data-testid=${`rate-${label}`}>
+    <svg width=${width} height=${height} viewBox=${`0 0 ${width} ${height}`} role="img" aria-label=${label}>
+      <line x1="0" y1=${height - 0.5} x2=${width} y2=${height - 0.5} stroke="currentColor" stroke-opacity="0.25" />
+      <polyline points=${points} fill="none" stroke="currentColor" stroke-width="1.5" />
+    </svg>
+    <figcaption>${label}: <b>${last.toFixed(1)}</b> ${unit} (peak <span data-peak=${peak}>${peak.toFixed(1)}</span>)</figcaption>
+  </figure>`;
+}
+
+/** The rate of a growing counter, per second, sampled every `ms`; keeps
+ * the last `keep` samples. `read(data)` picks the counter from `data`. */
+function useRates(data, read, ms, keep) {
+  const last = useRef(null);
+  const [rates, setRates] = useState([]);
+  useEffect(() => {
+    if (!data) return;
+    const now = { value: read(data), at: performance.now() };
+    const before = last.current;
+    last.current = now;
+    if (before && now.at > before.at && now.value >= before.value) {
+      const rate = ((now.value - before.value) * 1000) / (now.at - before.at);
+      setRates((r) => [...r, rate].slice(-keep));
+    }
+  }, [data]);
+  return rates;
+}
+
 function StatusPage() {
   const health = usePolled(() => api("GET", "/health"), STATUS_REFRESH_MS);
   const status = usePolled(() => api("GET", "/status"), STATUS_REFRESH_MS);
@@ -118,6 +155,11 @@ function StatusPage() {
   const h = health.data;
   const s = status.data;
   const store = s?.store ?? h?.store;
+  // Three minutes of samples, since this page opened.
+  const keep = (3 * 60 * 1000) / STATUS_REFRESH_MS;
+  const held = useRates(s, (x) => x.operations_held, STATUS_REFRESH_MS, keep);
+  const received = useRates(s, (x) => x.traffic.ops_received, STATUS_REFRESH_MS, keep);
+  const sent = useRates(s, (x) => x.traffic.ops_sent, STATUS_REFRESH_MS, keep);
   return html`
     <section>
       <h2>Node</h2>
@@ -142,6 +184,14 @@ function StatusPage() {
         <dt>Bytes sent / received</dt><dd>${s ? `${s.traffic.bytes_sent} / ${s.traffic.bytes_received}` : "…"}</dd>
         <dt>Messages refused</dt><dd>${s?.traffic.errors ?? "…"}</dd>
       </dl>
+    </section>
+    <section>
+      <h2>Rates over the last minutes (since this page opened)</h2>
+      <div class="row">
+        <${Sparkline} values=${held} label="operations stored" unit="/s" />
+        <${Sparkline} values=${received} label="operations received from peers" unit="/s" />
+        <${Sparkline} values=${sent} label="operations sent to peers" unit="/s" />
+      </div>
     </section>
     <section>
       <h2>Store</h2>
@@ -225,7 +275,64 @@ function PeersPage() {
       <h2>Known, not connected (${known.length})</h2>
       ${known.length ? html`<table>${head}${rows(known)}</table>` : html`<p class="muted">None.</p>`}
     </section>
+    <${Discovered} onConnect=${refresh} />
+    <${Network} />
   `;
+}
+
+/** Peers found (mDNS, bootstrap, exchange) and how; connect to one. */
+function Discovered({ onConnect }) {
+  const found = usePolled(() => api("GET", "/peers/discovered"), STATUS_REFRESH_MS);
+  const [failure, setFailure] = useState(null);
+  const connect = async (address) => {
+    try {
+      await api("POST", "/peers", { address });
+      setFailure(null);
+      onConnect();
+    } catch (err) {
+      setFailure(err.message);
+    }
+  };
+  const peers = found.data?.peers ?? [];
+  return html`<section>
+    <h2>Discovered (${peers.length})</h2>
+    ${found.error && html`<p class="error">${found.error}</p>`}
+    ${failure && html`<p class="error">${failure}</p>`}
+    ${found.data && !found.data.discovering && html`<p class="muted">This node does not look for peers.</p>`}
+    ${peers.length > 0 &&
+    html`<table data-testid="peers-discovered">
+      <tr><th>Peer</th><th>Address</th><th>Found by</th><th>Same network</th><th>Last seen</th><th></th></tr>
+      ${peers.map(
+        (p) => html`<tr key=${p.peer_id ?? p.address}>
+          <td class="mono" title=${p.peer_id ?? ""}>${p.peer_id ? short(p.peer_id) : "—"}</td>
+          <td class="mono">${p.address}</td>
+          <td>${p.methods.join(", ")}${p.via ? html` <span class="muted" title=${p.via}>(via ${short(p.via)})</span>` : ""}</td>
+          <td>${p.same_network ? "yes" : "no"}</td>
+          <td>${new Date(p.last_seen).toLocaleString()}</td>
+          <td>${!p.connected && p.same_network && html`<button class="plain" onClick=${() => connect(p.address)}>Connect</button>`}</td>
+        </tr>`,
+      )}
+    </table>`}
+  </section>`;
+}
+
+/** The node's network: who may join (trust mode, allowlist), its listen
+ * addresses and network tag. */
+function Network() {
+  const network = usePolled(() => api("GET", "/network"), 0);
+  const n = network.data;
+  return html`<section>
+    <h2>Network</h2>
+    ${network.error && html`<p class="error">${network.error}</p>`}
+    ${n &&
+    html`<dl data-testid="network">
+      <dt>Who may join</dt><dd>${{ secret: "holders of the network secret, and the allowlist", allowlist: "only the allowlist", open: "anyone" }[n.access_mode] ?? n.access_mode} (${n.access_mode})</dd>
+      <dt>Allowlist</dt><dd class="mono">${n.allowlist.length ? n.allowlist.join(", ") : "empty"}</dd>
+      <dt>Listening on</dt><dd class="mono">${n.listen_addresses.join(", ") || "nothing (API only)"}</dd>
+      <dt>Transports</dt><dd>${n.transports.join(", ") || "none"}</dd>
+      <dt>Network tag</dt><dd class="mono">${n.network_tag}</dd>
+    </dl>`}
+  </section>`;
 }
 
 /** The ids under a prefix, a page at a time, reloaded when a change under
@@ -599,6 +706,17 @@ function LivePage() {
   const [changes, setChanges] = useState([]);
   const [state, setState] = useState("connecting");
   const seen = useRef(0);
+  // Changes per second over the last minute.
+  const [perSecond, setPerSecond] = useState([]);
+  useEffect(() => {
+    let counted = seen.current;
+    const timer = setInterval(() => {
+      const now = seen.current;
+      setPerSecond((r) => [...r, now - counted].slice(-60));
+      counted = now;
+    }, 1000);
+    return () => clearInterval(timer);
+  }, [prefix]);
   useEffect(() => {
     setChanges([]);
     setState("connecting");
@@ -634,6 +752,7 @@ function LivePage() {
       <button class="plain" type="submit">Watch</button>
       <span class="muted" data-testid="live-state">${state}</span>
     </form>
+    <section><${Sparkline} values=${perSecond} label="changes" unit="/s" /></section>
     <section>
       <h2>Changes as they are applied${prefix ? ` under “${prefix}”` : ""} (newest first, last ${LIVE_KEEP})</h2>
       <table data-testid="live-changes">
