@@ -223,8 +223,9 @@ fn scenario(name: &str, args: &[String]) -> serde_json::Value {
 /// Peers page loads; on the Data page an invalid value is refused with the
 /// parser's message and a non-object with its own, then a node is created,
 /// listed and opened (its link to a missing node marked), and it arrives on
-/// the Live page (watching its prefix); a write made outside the UI appears
-/// on both without a reload; the node is edited (two operations in its
+/// the Live page (watching its prefix); a write made with the CLI
+/// (`pluresdb put`, through the node's API) appears on both without a
+/// reload; the node is edited (two operations in its
 /// history) and its link followed; the server's 400 for a bad id is shown;
 /// a node is deleted, leaves the list and its deletion shows on Live; no
 /// page logs an error; the first load is under 300 KB gzipped.
@@ -236,7 +237,13 @@ fn in_a_browser_status_shows_the_node_and_a_node_created_on_data_arrives_on_live
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start_with(dir.path(), &["--no-network"]);
     let peer_id = node.started["peer_id"].as_str().expect("a peer id").to_owned();
-    let result = std::panic::catch_unwind(|| scenario("status_data_live", &[format!("api={}", node.api), format!("peer_id={peer_id}")]));
+    let args = [
+        format!("api={}", node.api),
+        format!("peer_id={peer_id}"),
+        format!("cli={}", env!("CARGO_BIN_EXE_pluresdb")),
+        format!("data_dir={}", dir.path().display()),
+    ];
+    let result = std::panic::catch_unwind(|| scenario("status_data_live", &args));
     let (clean, stderr) = node.stop();
     let result = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
     assert!(clean, "{stderr}");

@@ -1,12 +1,12 @@
 // The node's web UI (crates/server/ui, served at `/` of the API) in
 // Debian's headless Chromium, driven over CDP by playwright-core (no
 // browser download):
-//   node test/web_ui.mjs <scenario> api=127.0.0.1:PORT peer_id=... [token=...]
+//   node test/web_ui.mjs <scenario> api=127.0.0.1:PORT [peer_id=... cli=... data_dir=... token=...]
 // Prints one line `RESULT {json}` and exits 0 when the scenario's checks
 // hold; a failed check exits 1 with the reason. tests/web_ui.rs starts the
 // node and runs each scenario.
 import { chromium } from "playwright-core";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -134,9 +134,9 @@ const scenarios = {
     // The saved node is open, its link to a missing node marked.
     await data.getByText("(missing)").waitFor();
 
-    // A write from outside the UI (no Origin: as the CLI or curl sends it).
-    const put = await fetch(`${base}/nodes/ui:2`, { method: "PUT", headers: { "Content-Type": "application/json" }, body: '{"name":"Grace"}' });
-    check(put.ok, `PUT /nodes/ui:2 outside the UI: ${put.status}`);
+    // A write made with the CLI (through the running node's API).
+    const put = spawnSync(args.cli, ["--data-dir", args.data_dir, "put", "ui:2", '{"name":"Grace"}'], { encoding: "utf8", timeout: STEP_MS });
+    check(put.status === 0, `pluresdb put ui:2 failed (${put.status}): ${put.stderr}`);
     await data.locator('[data-testid=node-list] a[data-id="ui:2"]').waitFor();
     await live.locator('[data-testid=live-changes] td:text-is("ui:2")').waitFor();
     const stored = await (await fetch(`${base}/nodes/ui:1`)).json();
