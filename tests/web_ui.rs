@@ -314,6 +314,24 @@ fn in_a_browser_a_file_is_imported_with_progress_and_exported() {
     assert_eq!((result["imported"].as_u64(), result["exported"].as_u64()), (Some(2499), Some(2499)), "{result}");
 }
 
+/// In Chromium: the Graph page of a node shows its links out two hops
+/// deep (a missing target marked) and a link in; a click recentres on a
+/// neighbour (the old centre then links in), a double-click opens a node
+/// on the Data page.
+#[test]
+fn in_a_browser_the_graph_shows_links_out_and_in_and_opens_a_node() {
+    if !browser_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(dir.path(), &["--no-network"]);
+    let result = std::panic::catch_unwind(|| scenario("graph", &[format!("api={}", node.api)]));
+    let (clean, stderr) = node.stop();
+    let result = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    assert!(clean, "{stderr}");
+    assert_eq!(result["nodes"], 5);
+}
+
 /// In Chromium, with the token required: the page asks for it once, and
 /// after a reload of the tab it does not ask again (sessionStorage).
 #[test]

@@ -11,6 +11,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { isDeepStrictEqual } from "node:util";
 import { gzipSync } from "node:zlib";
 
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
@@ -263,6 +264,36 @@ const scenarios = {
     check(problems.length === 0, problems.join("\n"));
     await context.close();
     return { imported: 2499, exported: exported.length };
+  },
+
+  /** The Graph page shows a node's links out (two hops, a missing target
+   * marked) and in; a click recentres on a neighbour, a double-click opens
+   * it on the Data page. */
+  async graph({ browser, base, args }) {
+    const problems = [];
+    const put = async (id, value) => {
+      const answer = await fetch(`${base}/nodes/${id}`, { method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify(value) });
+      check(answer.ok, `PUT ${id}: ${answer.status}`);
+    };
+    await put("g:c", { name: "c" });
+    await put("g:b", { next: { "#": "g:c" }, gone: { "#": "g:zz" } });
+    await put("g:a", { next: { "#": "g:b" } });
+    await put("g:d", { points: { "#": "g:a" } });
+    const context = await browser.newContext();
+    const page = await openUi(context, base, "#/graph?id=g:a", problems);
+    await page.locator("[data-testid=graph-summary]").waitFor();
+    const shown = await page.locator("[data-node]").evaluateAll((els) => Object.fromEntries(els.map((e) => [e.dataset.node, e.dataset.missing])));
+    const expected = { "g:a": "no", "g:b": "no", "g:c": "no", "g:d": "no", "g:zz": "yes" };
+    check(isDeepStrictEqual(shown, expected), `the graph of g:a shows ${JSON.stringify(shown)}`);
+    if (args.screenshots) await shoot(page, join(args.screenshots, "graph.png"));
+    // Recentre on g:b: g:a now links in, g:c and g:zz out.
+    await page.locator('[data-node="g:b"]').click();
+    await page.locator('[data-node="g:a"].in').waitFor();
+    await page.locator('[data-node="g:c"]').dblclick();
+    await page.waitForFunction(() => document.querySelector("[data-testid=editor]")?.value.includes('"name": "c"'));
+    check(problems.length === 0, problems.join("\n"));
+    await context.close();
+    return { nodes: Object.keys(shown).length };
   },
 
   /** With the token required, the page loads, asks for the token once,

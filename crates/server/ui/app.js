@@ -622,7 +622,7 @@ function ImportExport({ prefix, onImported }) {
 function DataPage() {
   const [prefix, setPrefix] = useState("");
   const [typed, setTyped] = useState("");
-  const [selected, setSelected] = useState(null); // null: the new-node form
+  const [selected, setSelected] = useState(hashParam("id")); // null: the new-node form
   const [version, setVersion] = useState(0);
   const changes = useChangeCount(prefix);
   return html`
@@ -700,6 +700,167 @@ function ConflictsPage() {
   `;
 }
 
+/** The graph page reads at most this many nodes (out-links, N hops) and
+ * scans at most this many for links in. */
+const GRAPH_MAX_NODES = 60;
+const GRAPH_SCAN_NODES = 10_000;
+
+/** The neighbourhood of `root`: links out to `hops`, links in from a scan
+ * of the first GRAPH_SCAN_NODES ids (the API has no reverse index). */
+async function neighbourhood(root, hops) {
+  const nodes = new Map(); // id -> { id, hop, exists, dir }
+  const edges = [];
+  let frontier = [root];
+  nodes.set(root, { id: root, hop: 0, exists: true, dir: "root" });
+  for (let hop = 1; hop <= hops && frontier.length; hop++) {
+    const next = [];
+    for (const id of frontier) {
+      if (nodes.size >= GRAPH_MAX_NODES) break;
+      let doc;
+      try {
+        doc = await api("GET", `/nodes/${encodeURIComponent(id)}`);
+      } catch (err) {
+        if (err.status === 404) {
+          nodes.get(id).exists = false;
+          continue;
+        }
+        throw err;
+      }
+      for (const link of doc.links) {
+        edges.push({ from: id, to: link.to, field: link.field });
+        if (!nodes.has(link.to) && nodes.size < GRAPH_MAX_NODES) {
+          nodes.set(link.to, { id: link.to, hop, exists: link.exists, dir: "out" });
+          if (link.exists) next.push(link.to);
+        }
+      }
+    }
+    frontier = next;
+  }
+  let scanned = 0;
+  let after = null;
+  do {
+    const query = new URLSearchParams({ limit: "1000" });
+    if (after) query.set("after", after);
+    const page = await api("GET", `/nodes?${query}`);
+    for (const n of page.nodes) {
+      for (const link of n.links) {
+        if (link.to === root && n.id !== root) {
+          edges.push({ from: n.id, to: root, field: link.field });
+          if (!nodes.has(n.id) && nodes.size < GRAPH_MAX_NODES) nodes.set(n.id, { id: n.id, hop: 1, exists: true, dir: "in" });
+        }
+      }
+    }
+    scanned += page.nodes.length;
+    after = page.next_after;
+  } while (after && scanned < GRAPH_SCAN_NODES);
+  const kept = edges.filter((e) => nodes.has(e.from) && nodes.has(e.to));
+  return { nodes: [...nodes.values()], edges: kept, scanned, complete: !after };
+}
+
+/** Places nodes on rings by hop (links in on the left half of ring 1). */
+function layout(nodes) {
+  const byHop = new Map();
+  for (const n of nodes) {
+    const key = n.dir === "in" ? "in" : n.hop;
+    byHop.set(key, [...(byHop.get(key) ?? []), n]);
+  }
+  const at = new Map();
+  for (const [key, ring] of byHop) {
+    ring.forEach((n, i) => {
+      if (key === 0) return at.set(n.id, { x: 0, y: 0 });
+      const radius = key === "in" ? 150 : 150 * key;
+      const [from, span] = key === "in" ? [Math.PI * 0.6, Math.PI * 0.8] : [-Math.PI * 0.4, Math.PI * 0.8 * (ring.length > 8 ? 2.2 : 1)];
+      const angle = ring.length === 1 ? from + span / 2 : from + (span * i) / (ring.length - 1);
+      at.set(n.id, { x: radius * Math.cos(angle), y: radius * Math.sin(angle) });
+    });
+  }
+  return at;
+}
+
+function GraphPage() {
+  const [typed, setTyped] = useState(hashParam("id") ?? "");
+  const [hops, setHops] = useState(2);
+  const [root, setRoot] = useState(hashParam("id"));
+  const [graph, setGraph] = useState({ data: null, error: null });
+  const [view, setView] = useState({ x: -450, y: -300, scale: 1 });
+  const drag = useRef(null);
+  useEffect(() => {
+    if (!root) return;
+    let stopped = false;
+    setGraph({ data: null, error: null });
+    neighbourhood(root, hops).then(
+      (data) => {
+        if (stopped) return;
+        setGraph({ data, error: null });
+        // Fit the view to the nodes.
+        const points = [...layout(data.nodes).values()];
+        const xs = points.map((p) => p.x);
+        const ys = points.map((p) => p.y);
+        const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+        const scale = Math.min(1.5, 900 / (x1 - x0 + 200), 600 / (y1 - y0 + 120));
+        setView({ x: (x0 + x1) / 2 - 450, y: (y0 + y1) / 2 - 300, scale });
+      },
+      (err) => !stopped && setGraph({ data: null, error: err.message }),
+    );
+    return () => {
+      stopped = true;
+    };
+  }, [root, hops]);
+  const g = graph.data;
+  const at = g ? layout(g.nodes) : new Map();
+  const w = 900 / view.scale;
+  const h = 600 / view.scale;
+  const onWheel = (e) => {
+    e.preventDefault();
+    const factor = e.deltaY < 0 ? 1.2 : 1 / 1.2;
+    setView((v) => ({ ...v, scale: Math.min(5, Math.max(0.2, v.scale * factor)) }));
+  };
+  const onDown = (e) => (drag.current = { x: e.clientX, y: e.clientY });
+  const onMove = (e) => {
+    if (!drag.current) return;
+    const dx = (e.clientX - drag.current.x) / view.scale;
+    const dy = (e.clientY - drag.current.y) / view.scale;
+    drag.current = { x: e.clientX, y: e.clientY };
+    setView((v) => ({ ...v, x: v.x - dx, y: v.y - dy }));
+  };
+  return html`
+    <form class="row" onSubmit=${(e) => (e.preventDefault(), setRoot(typed.trim() || null))}>
+      <label>Node <input data-testid="graph-id" value=${typed} onInput=${(e) => setTyped(e.target.value)} placeholder="user:1" /></label>
+      <label>Hops <select value=${hops} onChange=${(e) => setHops(Number(e.target.value))}>${[1, 2, 3].map((n) => html`<option value=${n}>${n}</option>`)}</select></label>
+      <button type="submit">Show</button>
+      <span class="muted">Drag to pan, wheel to zoom; click a node to centre on it, double-click to open it.</span>
+    </form>
+    ${graph.error && html`<p class="error">${graph.error}</p>`}
+    ${g &&
+    html`<p class="muted" data-testid="graph-summary">${g.nodes.length} nodes, ${g.edges.length} links; links in found among ${g.scanned} nodes${g.complete ? " (all)" : ` (the first ${g.scanned}: not all)`}.</p>`}
+    <section>
+      <svg class="graph" data-testid="graph" width="100%" height="500" viewBox=${`${view.x + (900 - w) / 2} ${view.y + (600 - h) / 2} ${w} ${h}`}
+        onWheel=${onWheel} onMouseDown=${onDown} onMouseMove=${onMove} onMouseUp=${() => (drag.current = null)} onMouseLeave=${() => (drag.current = null)}>
+        <defs><marker id="arrow" viewBox="0 0 10 10" refX="5" refY="5" markerWidth="8" markerHeight="8" orient="auto"><path d="M 0 0 L 10 5 L 0 10 z" fill="#8a94a0" /></marker></defs>
+        ${g?.edges.map((e) => {
+          // Drawn from the tail to the head; the arrow at the middle.
+          const a = at.get(e.from);
+          const b = at.get(e.to);
+          return html`<g key=${`${e.from}|${e.field}|${e.to}`}>
+            <polyline points=${`${a.x},${a.y} ${(a.x + b.x) / 2},${(a.y + b.y) / 2} ${b.x},${b.y}`} fill="none" stroke="#8a94a0" marker-mid="url(#arrow)" />
+            <text x=${(a.x + b.x) / 2} y=${(a.y + b.y) / 2 - 4} class="edge">${e.field}</text>
+          </g>`;
+        })}
+        ${g?.nodes.map((n) => {
+          const p = at.get(n.id);
+          const cls = `gnode ${n.dir}${n.exists ? "" : " missing"}`;
+          return html`<g key=${n.id} class=${cls} data-node=${n.id} data-missing=${n.exists ? "no" : "yes"} transform=${`translate(${p.x},${p.y})`}
+            onClick=${() => n.exists && n.id !== root && (setTyped(n.id), setRoot(n.id))}
+            onDblClick=${() => n.exists && (location.hash = `#/data?id=${encodeURIComponent(n.id)}`)}>
+            <circle r="16" />
+            <text y="32">${n.id}${n.exists ? "" : " (missing)"}</text>
+          </g>`;
+        })}
+      </svg>
+    </section>
+  `;
+}
+
 function LivePage() {
   const [typed, setTyped] = useState("");
   const [prefix, setPrefix] = useState("");
@@ -774,11 +935,18 @@ function LivePage() {
 
 // ---- The frame ----
 
-const PAGES = { status: ["Status", StatusPage], peers: ["Peers", PeersPage], data: ["Data", DataPage], conflicts: ["Conflicts", ConflictsPage], live: ["Live", LivePage] };
+const PAGES = { status: ["Status", StatusPage], peers: ["Peers", PeersPage], data: ["Data", DataPage], graph: ["Graph", GraphPage], conflicts: ["Conflicts", ConflictsPage], live: ["Live", LivePage] };
 
+/** `#/page?key=value`: the page's name. */
 function currentPage() {
-  const name = location.hash.replace(/^#\/?/, "");
+  const name = location.hash.replace(/^#\/?/, "").split("?")[0];
   return PAGES[name] ? name : "status";
+}
+
+/** A parameter of the hash (`#/data?id=user:1`), or null. */
+function hashParam(key) {
+  const query = location.hash.split("?")[1];
+  return query ? new URLSearchParams(query).get(key) : null;
 }
 
 /** Asks for the API token (off loopback, or with --require-token) and keeps
