@@ -253,7 +253,8 @@ fn in_a_browser_status_shows_the_node_and_a_node_created_on_data_arrives_on_live
 
 /// In Chromium: node A's Peers page connects to node B (same network, no
 /// discovery) by its QUIC address through the form, and lists B connected
-/// over QUIC; the page shows A's trust mode and listen address.
+/// over QUIC; the page shows A's trust mode and listen address, and makes
+/// an invite ticket once given the token (which an invite always needs).
 #[test]
 fn in_a_browser_the_peers_page_connects_a_second_node_and_lists_it() {
     if !browser_ready() {
@@ -269,7 +270,14 @@ fn in_a_browser_the_peers_page_connects_a_second_node_and_lists_it() {
     let peer_b = b.started["peer_id"].as_str().expect("a peer id").to_owned();
     let address_b = b.listen.clone().expect("B listens on QUIC");
     let address_a = a.listen.clone().expect("A listens on QUIC");
-    let args = [format!("api={}", a.api), format!("peer_b={peer_b}"), format!("address_b={address_b}"), format!("address_a={address_a}")];
+    let token = std::fs::read_to_string(dir_a.join("api.token")).expect("api.token");
+    let args = [
+        format!("api={}", a.api),
+        format!("peer_b={peer_b}"),
+        format!("address_b={address_b}"),
+        format!("address_a={address_a}"),
+        format!("token={}", token.trim()),
+    ];
     let result = std::panic::catch_unwind(|| scenario("peers_connect", &args));
     let (clean_b, stderr_b) = b.stop();
     let (clean_a, stderr_a) = a.stop();

@@ -332,7 +332,35 @@ function Network() {
       <dt>Transports</dt><dd>${n.transports.join(", ") || "none"}</dd>
       <dt>Network tag</dt><dd class="mono">${n.network_tag}</dd>
     </dl>`}
+    <${Invite} />
   </section>`;
+}
+
+/** An invite ticket (GET /network/invite: it always needs the token, as
+ * it carries the network secret). */
+function Invite() {
+  const [addresses, setAddresses] = useState("");
+  const [ticket, setTicket] = useState(null);
+  const [failure, setFailure] = useState(null);
+  const make = async (e) => {
+    e.preventDefault();
+    const query = addresses.trim() ? `?${new URLSearchParams({ addresses: addresses.trim() })}` : "";
+    try {
+      setTicket((await api("GET", `/network/invite${query}`)).ticket);
+      setFailure(null);
+    } catch (err) {
+      setTicket(null);
+      setFailure(err.message);
+    }
+  };
+  return html`<form class="row" onSubmit=${make}>
+      <label>Invite from <input value=${addresses} onInput=${(e) => setAddresses(e.target.value)} placeholder="host:port, … (default: listen addresses)" size="36" /></label>
+      <button class="plain" type="submit" data-testid="make-invite">Make an invite ticket</button>
+    </form>
+    ${failure && html`<p class="error">${failure}</p>`}
+    ${ticket &&
+    html`<p class="muted">The ticket carries the network secret: give it only to nodes you trust (<span class="mono">pluresdb serve --join-file FILE</span>).</p>
+      <textarea readonly class="ticket" data-testid="invite-ticket" onFocus=${(e) => e.target.select()}>${ticket}</textarea>`}`;
 }
 
 /** The ids under a prefix, a page at a time, reloaded when a change under
