@@ -388,7 +388,7 @@ async fn relayed_throughput() -> anyhow::Result<f64> {
     within(Duration::from_secs(20), "B reaching A through the relay", b.handle.connect(&circuit)).await??;
     let Engine::Libp2p(b_engine) = &b.engine else { bail!("B runs libp2p") };
     let a_id = a.handle.peer_id();
-    if b_engine.relayed_via(&a_id).is_none() {
+    if b_engine.relayed_via(a_id).is_none() {
         bail!("B's connection to A is not through the relay");
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -397,7 +397,7 @@ async fn relayed_throughput() -> anyhow::Result<f64> {
     let target = a.holds()?;
     let done = b.wait_holds(&target, Duration::from_secs(300), "replicating to B through the relay").await?;
     let elapsed = done - started;
-    let still_relayed = b_engine.relayed_via(&a_id).is_some();
+    let still_relayed = b_engine.relayed_via(a_id).is_some();
     b.stop().await;
     a.stop().await;
     let mut relay = relay;
