@@ -11,12 +11,11 @@
 
 mod common;
 
-use common::{invite, Node};
-use std::io::Read;
+use common::{invite, run_with_deadline, Node};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A scenario (a browser start, a few thousand writes, a restart) ends
 /// within this on a loaded two-core machine, or is killed and fails.
@@ -83,40 +82,6 @@ fn built() -> Option<()> {
     match result {
         Ok(()) => Some(()),
         Err(err) => panic!("{err}"),
-    }
-}
-
-/// Runs `command` to its end or until `deadline` (then kills it).
-fn run_with_deadline(mut command: Command, deadline: Duration) -> (bool, String, String) {
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start node");
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let out = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stdout.read_to_string(&mut text);
-        text
-    });
-    let err = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
-    let give_up = Instant::now() + deadline;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for node") {
-            break Some(status);
-        }
-        if Instant::now() > give_up {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
-    match status {
-        Some(status) => (status.success(), out, err),
-        None => (false, out, format!("{err}\n(killed after {deadline:?})")),
     }
 }
 

@@ -11,11 +11,10 @@
 
 mod common;
 
-use common::Node;
-use std::io::Read;
+use common::{run_with_deadline, Node};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// Each step of the script (a dial, identify, a lookup) must finish within
 /// this; the whole script within [`SCRIPT_DEADLINE`].
@@ -39,41 +38,6 @@ fn script() -> Option<(PathBuf, PathBuf)> {
         return None;
     }
     Some((node, dir.join("check-node.mjs")))
-}
-
-/// Runs `command` to its end or until `deadline` (then kills it); returns
-/// whether it succeeded and its standard output and error.
-fn run_with_deadline(mut command: Command, deadline: Duration) -> (bool, String, String) {
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start node_modules/.bin/node");
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let out = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stdout.read_to_string(&mut text);
-        text
-    });
-    let err = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
-    let give_up = Instant::now() + deadline;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the script") {
-            break Some(status);
-        }
-        if Instant::now() > give_up {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
-    match status {
-        Some(status) => (status.success(), out, err),
-        None => (false, out, format!("{err}\n(killed after {deadline:?})")),
-    }
 }
 
 /// The node's libp2p TCP and WebSocket addresses from its start line

@@ -11,11 +11,11 @@
 
 mod common;
 
-use common::{concurrent_names, Node};
-use std::io::{Read, Write};
+use common::{concurrent_names, run_with_deadline, Node};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A browser scenario ends within this on a loaded two-core machine, or is
 /// killed and fails.
@@ -178,43 +178,11 @@ fn browser_ready() -> bool {
 /// screenshots of docs/ui there.
 fn scenario(name: &str, args: &[String]) -> serde_json::Value {
     let screenshots = std::env::var("PLURESDB_UI_SCREENSHOTS").ok().map(|dir| format!("screenshots={dir}"));
-    let mut child = Command::new(node_js())
-        .current_dir(package())
-        .arg("test/web_ui.mjs")
-        .arg(name)
-        .args(args)
-        .args(screenshots)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start node");
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let out = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stdout.read_to_string(&mut text);
-        text
-    });
-    let err = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
-    let give_up = Instant::now() + SCENARIO_DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for node") {
-            break Some(status);
-        }
-        if Instant::now() > give_up {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    let mut command = Command::new(node_js());
+    command.current_dir(package()).arg("test/web_ui.mjs").arg(name).args(args).args(screenshots);
+    let (ok, out, err) = run_with_deadline(command, SCENARIO_DEADLINE);
     eprintln!("{name}:\n{out}{err}");
-    assert!(status.is_some_and(|s| s.success()), "scenario {name} failed or ran out of time:\n{out}\n{err}");
+    assert!(ok, "scenario {name} failed or ran out of time:\n{out}\n{err}");
     let line = out.lines().find_map(|l| l.strip_prefix("RESULT ")).unwrap_or_else(|| panic!("no RESULT line:\n{out}"));
     serde_json::from_str(line).expect("the RESULT line is JSON")
 }

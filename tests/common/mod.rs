@@ -201,3 +201,38 @@ pub fn held(node: &Node) -> u64 {
 pub fn version(node: &Node) -> Value {
     node.request("GET", "/status", "").1["version_vector"].clone()
 }
+
+/// Runs `command` to its end or until `deadline` (then kills it); returns
+/// whether it succeeded and its standard output and error.
+pub fn run_with_deadline(mut command: Command, deadline: std::time::Duration) -> (bool, String, String) {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start the command");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let out = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let give_up = std::time::Instant::now() + deadline;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the command") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > give_up {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    match status {
+        Some(status) => (status.success(), out, err),
+        None => (false, out, format!("{err}\n(killed after {deadline:?})")),
+    }
+}
