@@ -388,7 +388,11 @@ fn cases(peer: &str) -> Vec<Case> {
         case("GET /network", "/network", "", 200),
         case("GET /network/invite", "/network/invite?addresses=127.0.0.1:34569", "", 200),
         case("GET /network/invite", "/network/invite", "", 200),
-        without_token(case("GET /network/invite", "/network/invite", "", 401)),
+        case("GET /network/invite", "/network/invite?qr=svg", "", 200),
+        case("GET /network/invite", "/network/invite?qr=png", "", 400),
+        // 12 addresses of 200 characters: a ticket, but too long for a QR code.
+        case("GET /network/invite", format!("/network/invite?qr=svg&addresses={}", vec!["a".repeat(200); 12].join(",")), "", 400),
+        without_token(case("GET /network/invite", "/network/invite?qr=svg", "", 401)),
         case("GET /trust", "/trust", "", 200),
         case("PUT /trust/mode", "/trust/mode", r#"{"mode":"allowlist"}"#, 200),
         case("PUT /trust/mode", "/trust/mode", r#"{"mode":"sideways"}"#, 400),

@@ -222,7 +222,9 @@ fn in_a_browser_status_shows_the_node_and_a_node_created_on_data_arrives_on_live
 /// In Chromium: node A's Peers page connects to node B (same network, no
 /// discovery) by its QUIC address through the form, and lists B connected
 /// over QUIC; the page shows A's trust mode and listen address, and makes
-/// an invite ticket once given the token (which an invite always needs).
+/// an invite ticket once given the token (which an invite always needs),
+/// with its QR code: the code the page draws decodes (rqrr) to exactly the
+/// ticket `pluresdb invite` prints for A.
 #[test]
 fn in_a_browser_the_peers_page_connects_a_second_node_and_lists_it() {
     if !browser_ready() {
@@ -239,19 +241,43 @@ fn in_a_browser_the_peers_page_connects_a_second_node_and_lists_it() {
     let address_b = b.listen.clone().expect("B listens on QUIC");
     let address_a = a.listen.clone().expect("A listens on QUIC");
     let token = std::fs::read_to_string(dir_a.join("api.token")).expect("api.token");
+    let qr_pixels = root.path().join("qr.grey");
     let args = [
         format!("api={}", a.api),
         format!("peer_b={peer_b}"),
         format!("address_b={address_b}"),
         format!("address_a={address_a}"),
         format!("token={}", token.trim()),
+        format!("qr_pixels={}", qr_pixels.display()),
     ];
     let result = std::panic::catch_unwind(|| scenario("peers_connect", &args));
+    // What `pluresdb invite` prints for A, while A runs.
+    let invite =
+        Command::new(env!("CARGO_BIN_EXE_pluresdb")).arg("--data-dir").arg(&dir_a).arg("invite").output().expect("pluresdb invite");
     let (clean_b, stderr_b) = b.stop();
     let (clean_a, stderr_a) = a.stop();
     let result = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
     assert!(clean_a && clean_b, "{stderr_a}\n{stderr_b}");
     assert_eq!(result["connected"], 1);
+    assert!(invite.status.success(), "pluresdb invite: {}", String::from_utf8_lossy(&invite.stderr));
+    let printed = String::from_utf8(invite.stdout).expect("a ticket is text");
+    let decoded = decode_qr(&qr_pixels, &result);
+    assert_eq!(decoded, printed.trim(), "the QR code on the Peers page is not the ticket `pluresdb invite` prints");
+    assert_eq!(result["ticket"], printed.trim(), "the ticket shown is not the one `pluresdb invite` prints");
+}
+
+/// The text of the one QR code in the grey levels the page drew
+/// (`width` x `height` bytes, a row at a time, from the scenario's result).
+fn decode_qr(pixels: &Path, result: &serde_json::Value) -> String {
+    let grey = std::fs::read(pixels).expect("the scenario saved the QR code's pixels");
+    let width = result["qr_width"].as_u64().expect("qr_width") as usize;
+    let height = result["qr_height"].as_u64().expect("qr_height") as usize;
+    assert_eq!(grey.len(), width * height, "{result}");
+    let mut image = rqrr::PreparedImage::prepare_from_greyscale(width, height, |x, y| grey[y * width + x]);
+    let grids = image.detect_grids();
+    assert_eq!(grids.len(), 1, "QR codes found in the image the page drew: {}", grids.len());
+    let (_, text) = grids[0].decode().expect("the QR code decodes");
+    text
 }
 
 /// In Chromium: the Conflicts page shows a field's two concurrent values

@@ -124,7 +124,8 @@ export interface paths {
         };
         /**
          * A ticket that lets another node join this network (it carries the
-         *     network secret; the token is always needed).
+         *     network secret; the token is always needed), and with `qr=svg` the
+         *     same ticket as a QR code.
          */
         get: operations["invite"];
         put?: never;
@@ -588,6 +589,11 @@ export interface components {
         };
         /** @description A ticket to join this node's network. */
         InviteDoc: {
+            /**
+             * @description The ticket as a QR code, an SVG document (`image/svg+xml`), for a
+             *     phone's camera; only when asked for with `qr=svg`.
+             */
+            qr_svg?: string | null;
             /** @description The ticket (carries the network secret: share it only with trusted nodes). */
             ticket: string;
         };
@@ -1338,6 +1344,8 @@ export interface operations {
             query?: {
                 /** @description Addresses where this node can be reached (`host:port`), separated by commas. */
                 addresses?: string;
+                /** @description `svg`: the answer also holds the ticket as a QR code (`qr_svg`). */
+                qr?: string;
             };
             header?: never;
             path?: never;
@@ -1353,6 +1361,7 @@ export interface operations {
                     "application/json": components["schemas"]["InviteDoc"];
                 };
             };
+            /** @description A bad address list, a `qr` other than `svg`, or a ticket too long for a QR code (name fewer addresses) */
             400: {
                 headers: {
                     [name: string]: unknown;

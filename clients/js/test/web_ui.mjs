@@ -8,7 +8,7 @@
 import { chromium } from "playwright-core";
 import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
-import { readFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { isDeepStrictEqual } from "node:util";
@@ -214,6 +214,22 @@ const scenarios = {
     await peers.locator("[data-testid=make-invite]").click();
     const ticket = await peers.locator("[data-testid=invite-ticket]").inputValue();
     check(ticket.length > 40, `the ticket shown is ${JSON.stringify(ticket)}`);
+    // The QR code as the page draws it: its pixels, grey levels a row at a
+    // time, for the test to decode (tests/web_ui.rs) and compare with the
+    // ticket `pluresdb invite` prints.
+    const qr = await peers.locator("[data-testid=invite-qr]").evaluate(async (img) => {
+      await img.decode();
+      const canvas = document.createElement("canvas");
+      [canvas.width, canvas.height] = [img.naturalWidth, img.naturalHeight];
+      const context = canvas.getContext("2d");
+      context.drawImage(img, 0, 0);
+      const rgba = context.getImageData(0, 0, canvas.width, canvas.height).data;
+      const grey = [];
+      for (let i = 0; i < rgba.length; i += 4) grey.push(Math.round((rgba[i] + rgba[i + 1] + rgba[i + 2]) / 3));
+      return { width: canvas.width, height: canvas.height, grey };
+    });
+    check(qr.width > 0 && qr.grey.length === qr.width * qr.height, `the QR code drawn is ${qr.width}x${qr.height}`);
+    await writeFile(args.qr_pixels, Buffer.from(qr.grey));
     if (args.screenshots) await shoot(peers, join(args.screenshots, "peers.png"));
     // The API's 401 before the token was given is expected; nothing else.
     const unauthorized = problems.findIndex((p) => p.includes("status of 401"));
@@ -221,7 +237,7 @@ const scenarios = {
     problems.splice(unauthorized, 1);
     check(problems.length === 0, problems.join("\n"));
     await context.close();
-    return { connected: 1 };
+    return { connected: 1, ticket, qr_width: qr.width, qr_height: qr.height };
   },
 
   /** The Conflicts page shows user:1's two concurrent names side by side

@@ -414,6 +414,10 @@ pub struct NetworkDoc {
 pub struct InviteDoc {
     /// The ticket (carries the network secret: share it only with trusted nodes).
     pub ticket: String,
+    /// The ticket as a QR code, an SVG document (`image/svg+xml`), for a
+    /// phone's camera; only when asked for with `qr=svg`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qr_svg: Option<String>,
 }
 
 /// The access mode and the allowlist.

@@ -344,9 +344,12 @@ function Invite() {
   const [failure, setFailure] = useState(null);
   const make = async (e) => {
     e.preventDefault();
-    const query = addresses.trim() ? `?${new URLSearchParams({ addresses: addresses.trim() })}` : "";
+    // The node draws the QR code too (an SVG beside the ticket), so the
+    // page ships no encoder and the code always matches the ticket.
+    const query = new URLSearchParams({ qr: "svg" });
+    if (addresses.trim()) query.set("addresses", addresses.trim());
     try {
-      setTicket((await api("GET", `/network/invite${query}`)).ticket);
+      setTicket(await api("GET", `/network/invite?${query}`));
       setFailure(null);
     } catch (err) {
       setTicket(null);
@@ -360,7 +363,10 @@ function Invite() {
     ${failure && html`<p class="error">${failure}</p>`}
     ${ticket &&
     html`<p class="muted">The ticket carries the network secret: give it only to nodes you trust (<span class="mono">pluresdb serve --join-file FILE</span>).</p>
-      <textarea readonly class="ticket" data-testid="invite-ticket" onFocus=${(e) => e.target.select()}>${ticket}</textarea>`}`;
+      <div class="row invite">
+        <textarea readonly class="ticket" data-testid="invite-ticket" onFocus=${(e) => e.target.select()}>${ticket.ticket}</textarea>
+        <img data-testid="invite-qr" alt="The ticket as a QR code" title="Scan with a phone" src=${`data:image/svg+xml;base64,${btoa(ticket.qr_svg)}`} />
+      </div>`}`;
 }
 
 /** The ids under a prefix, a page at a time, reloaded when a change under

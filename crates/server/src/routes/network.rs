@@ -195,14 +195,24 @@ pub async fn network(State(state): State<ApiState>) -> Result<Json<NetworkDoc>, 
 pub struct InviteQuery {
     /// Addresses where this node can be reached (`host:port`), separated by commas.
     addresses: Option<String>,
+    /// `svg`: the answer also holds the ticket as a QR code (`qr_svg`).
+    qr: Option<String>,
 }
 
 /// A ticket that lets another node join this network (it carries the
-/// network secret; the token is always needed).
+/// network secret; the token is always needed), and with `qr=svg` the
+/// same ticket as a QR code.
 #[utoipa::path(get, path = "/network/invite", tag = "network", params(InviteQuery), security(("token" = [])),
-    responses((status = 200, body = InviteDoc), (status = 400, body = ErrorDoc), (status = 401, body = ErrorDoc)))]
+    responses((status = 200, body = InviteDoc),
+        (status = 400, description = "A bad address list, a `qr` other than `svg`, or a ticket too long for a QR code (name fewer addresses)", body = ErrorDoc),
+        (status = 401, body = ErrorDoc)))]
 pub async fn invite(State(state): State<ApiState>, query: Result<Query<InviteQuery>, QueryRejection>) -> Result<Json<InviteDoc>, ApiError> {
     let Query(q) = query.map_err(rejected)?;
+    let want_qr = match q.qr.as_deref() {
+        None => false,
+        Some("svg") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("qr={other:?}: the only QR format is svg"))),
+    };
     let mut addresses: Vec<String> =
         q.addresses.iter().flat_map(|a| a.split(',')).map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect();
     if addresses.is_empty() {
@@ -212,7 +222,21 @@ pub async fn invite(State(state): State<ApiState>, query: Result<Query<InviteQue
         state.handle.peer_id().parse().map_err(|err| ApiError::bad_request(format!("this node's peer id does not parse: {err}")))?;
     let ticket = Ticket { peer_id, addresses, secret: (*state.secret).clone() };
     let ticket = ticket.to_text().map_err(|err| ApiError::bad_request(format!("cannot make a ticket: {err}")))?;
-    Ok(Json(InviteDoc { ticket }))
+    let qr_svg = if want_qr { Some(qr_svg(&ticket)?) } else { None };
+    Ok(Json(InviteDoc { ticket, qr_svg }))
+}
+
+/// `text` as a QR code, an SVG document. It is drawn on the node (not in
+/// the page) so that no encoder is shipped to every browser and the code
+/// cannot disagree with the ticket beside it. Error correction M (15% of
+/// the code may be unreadable: a phone's camera at a screen), 4 pixels a
+/// module so that it is sharp at its natural size.
+fn qr_svg(text: &str) -> Result<String, ApiError> {
+    use qrcode::render::svg;
+    let code = qrcode::QrCode::with_error_correction_level(text.as_bytes(), qrcode::EcLevel::M).map_err(|err| {
+        ApiError::bad_request(format!("the ticket ({} characters) does not fit in a QR code ({err}): name fewer addresses", text.len()))
+    })?;
+    Ok(code.render::<svg::Color>().module_dimensions(4, 4).quiet_zone(true).build())
 }
 
 /// The addresses a ticket names when the caller names none: where the
@@ -293,7 +317,16 @@ pub async fn trust_remove(
 
 #[cfg(test)]
 mod tests {
-    use super::{relay_of, ticket_addresses};
+    use super::{qr_svg, relay_of, ticket_addresses};
+
+    #[test]
+    fn a_ticket_is_drawn_as_an_svg_qr_code_and_one_too_long_is_a_400() {
+        let svg = qr_svg(&format!("pluresdb1{}", "x".repeat(300))).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("<path"), "{svg}");
+        // Version 40 at level M holds 2,331 bytes.
+        let err = qr_svg(&"x".repeat(2_400)).unwrap_err();
+        assert_eq!(err.status, axum::http::StatusCode::BAD_REQUEST);
+    }
 
     #[test]
     fn a_relayed_address_names_its_relay_and_a_direct_one_none() {
