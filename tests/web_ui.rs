@@ -280,6 +280,44 @@ fn decode_qr(pixels: &Path, result: &serde_json::Value) -> String {
     text
 }
 
+/// In Chromium: the trust mode and the allowlist are changed on the Peers
+/// page (with the token, asked for once) and node A's behaviour follows:
+/// a node S of another network (which admits A) is refused while A is in
+/// secret mode, connects once the page allows its id, is dropped and
+/// refused again once the page removes it, and connects after the page switches A to
+/// open; a bad peer id shows the API's 400; /trust agrees at each step.
+#[test]
+fn in_a_browser_the_allowlist_and_trust_mode_are_changed_and_the_node_follows() {
+    if !browser_ready() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let (dir_a, dir_s) = (root.path().join("a"), root.path().join("s"));
+    let quiet = ["--no-mdns", "--no-libp2p"];
+    let a = Node::start_with(&dir_a, &quiet);
+    let s = Node::start_with(&dir_s, &quiet);
+    let peer_a = a.started["peer_id"].as_str().expect("a peer id").to_owned();
+    let peer_s = s.started["peer_id"].as_str().expect("a peer id").to_owned();
+    // S admits A by its id (S's own choice, not under test).
+    let token_s = std::fs::read_to_string(dir_s.join("api.token")).expect("api.token");
+    let allowed =
+        s.exchange("PUT", &format!("/trust/peers/{peer_a}"), &[&host(&s), &format!("Authorization: Bearer {}", token_s.trim())], "");
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
+    let token = std::fs::read_to_string(dir_a.join("api.token")).expect("api.token");
+    let args = [
+        format!("api={}", a.api),
+        format!("peer_s={peer_s}"),
+        format!("address_s={}", s.listen.clone().expect("S listens on QUIC")),
+        format!("token={}", token.trim()),
+    ];
+    let result = std::panic::catch_unwind(|| scenario("trust_changed", &args));
+    let (clean_s, stderr_s) = s.stop();
+    let (clean_a, stderr_a) = a.stop();
+    let result = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    assert!(clean_a && clean_s, "{stderr_a}\n{stderr_s}");
+    assert_eq!((result["refused"].as_u64(), result["connected"].as_u64()), (Some(2), Some(2)), "{result}");
+}
+
 /// In Chromium: the Conflicts page shows a field's two concurrent values
 /// (written by two replicas) side by side with their writers, and one
 /// click resolves it: the page then shows no conflict and the node holds

@@ -205,7 +205,8 @@ const scenarios = {
     check(transport === "quic", `B is listed with transport ${JSON.stringify(transport)}`);
     // A's network: the default trust mode, and A's own QUIC address.
     const network = await peers.locator("[data-testid=network]").textContent();
-    check(network.includes("(secret)") && network.includes(args.address_a), `the network section reads ${JSON.stringify(network)}`);
+    check(network.includes(args.address_a), `the network section reads ${JSON.stringify(network)}`);
+    await peers.locator('[data-testid=trust-mode-now]:text-is("secret")').waitFor();
     // An invite always needs the token, even on loopback: the page asks
     // for it, then makes the ticket.
     await peers.locator("[data-testid=make-invite]").click();
@@ -238,6 +239,79 @@ const scenarios = {
     check(problems.length === 0, problems.join("\n"));
     await context.close();
     return { connected: 1, ticket, qr_width: qr.width, qr_height: qr.height };
+  },
+
+  /** The Peers page changes whom node A admits, and A's behaviour
+   * follows: S (another network, which admits A) is refused while A is in
+   * secret mode; once the page allows S's id, A connects to it; once the
+   * page removes it, A drops the link and refuses it again; with the mode switched to open, A
+   * connects again. A bad peer id is refused with the API's 400. */
+  async trust_changed({ browser, base, args }) {
+    const problems = [];
+    const context = await browser.newContext();
+    const page = await openUi(context, base, "#/peers", problems);
+    const trustNow = async () => (await fetch(`${base}/trust`)).json();
+    const connectS = async () => {
+      await page.locator("[data-testid=connect-address]").fill(args.address_s);
+      await page.locator("[data-testid=connect]").click();
+    };
+    const connected = page.locator(`[data-testid=peers-connected] tr:has(td[data-peer="${args.peer_s}"])`);
+    const refused = async () => {
+      await connectS();
+      const error = page.locator("[data-testid=connect-error]");
+      await error.waitFor();
+      const text = await error.textContent();
+      check(text.includes("502") && text.includes("secret"), `connecting to S was answered ${JSON.stringify(text)}`);
+      check((await connected.count()) === 0, "S is listed connected after a refusal");
+    };
+    await page.locator('[data-testid=trust-mode-now]:text-is("secret")').waitFor();
+    await page.locator("[data-testid=allowlist-empty]").waitFor();
+    await refused();
+
+    // Allow S: the change needs the token, which the page asks for.
+    await page.locator("[data-testid=allow-peer]").fill(args.peer_s);
+    await page.locator("[data-testid=allow-add]").click();
+    await page.locator("[data-testid=token]").fill(args.token);
+    await page.getByRole("button", { name: "Use token" }).click();
+    await page.locator("[data-testid=allow-peer]").fill(args.peer_s);
+    await page.locator("[data-testid=allow-add]").click();
+    await page.locator(`[data-testid=allowlist] [data-allowed="${args.peer_s}"]`).waitFor();
+    check(isDeepStrictEqual((await trustNow()).allowlist, [args.peer_s]), `A's allowlist is ${JSON.stringify(await trustNow())}`);
+    await connectS();
+    await connected.waitFor();
+
+    // A bad peer id: the API's 400, shown; the allowlist unchanged.
+    await page.locator("[data-testid=allow-peer]").fill("not-a-peer");
+    await page.locator("[data-testid=allow-add]").click();
+    await page.locator('[data-testid=trust-error]:has-text("400")').waitFor();
+    check((await trustNow()).allowlist.length === 1, "a bad id changed the allowlist");
+
+    // Remove S: A drops the link it no longer admits, and refuses S again.
+    await page.locator(`[data-remove="${args.peer_s}"]`).click();
+    await page.locator("[data-testid=allowlist-empty]").waitFor();
+    check((await trustNow()).allowlist.length === 0, "S is still on A's allowlist");
+    await connected.waitFor({ state: "detached" });
+    await refused();
+
+    // Open: anyone may sync with A.
+    await page.locator("[data-testid=trust-mode]").selectOption("open");
+    await page.locator("[data-testid=trust-mode-set]").click();
+    await page.locator('[data-testid=trust-mode-now]:text-is("open")').waitFor();
+    check((await trustNow()).mode === "open", `A's mode is ${JSON.stringify(await trustNow())}`);
+    await connectS();
+    await connected.waitFor();
+
+    // Expected console errors: the two refusals (502), the 401 before the
+    // token, the bad id (400); nothing else.
+    const expected = ["status of 502", "status of 502", "status of 401", "status of 400"];
+    for (const status of expected) {
+      const at = problems.findIndex((p) => p.includes(status));
+      check(at >= 0, `no ${status} logged: ${problems.join("\n")}`);
+      problems.splice(at, 1);
+    }
+    check(problems.length === 0, problems.join("\n"));
+    await context.close();
+    return { refused: 2, connected: 2 };
   },
 
   /** The Conflicts page shows user:1's two concurrent names side by side

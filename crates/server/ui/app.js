@@ -225,7 +225,7 @@ function ConnectForm({ onChange }) {
   };
   return html`<form class="row" onSubmit=${submit}>
     <label>Connect to <input data-testid="connect-address" value=${address} onInput=${(e) => setAddress(e.target.value)} placeholder="host:port" /></label>
-    <button type="submit">Connect</button>
+    <button type="submit" data-testid="connect">Connect</button>
     ${message.error && html`<span class="error" data-testid="connect-error">${message.error}</span>`}
     ${message.ok && html`<span class="ok">${message.ok}</span>`}
   </form>`;
@@ -316,6 +316,75 @@ function Discovered({ onConnect }) {
   </section>`;
 }
 
+/** What each access mode admits (PUT /trust/mode). */
+const ACCESS_MODES = {
+  secret: "holders of the network secret, and the allowlist",
+  allowlist: "only the allowlist",
+  open: "anyone",
+};
+
+/** Who may sync with this node: the access mode and the allowlist, shown
+ * (GET /trust) and changed (PUT /trust/mode, PUT|DELETE
+ * /trust/peers/{id}: these always need the token, which the page asks
+ * for on their 401). */
+function Trust() {
+  const [generation, setGeneration] = useState(0);
+  const trust = usePolled(() => api("GET", "/trust"), STATUS_REFRESH_MS, [generation]);
+  const [mode, setMode] = useState(null); // the mode chosen in the form, not applied yet
+  const [peer, setPeer] = useState("");
+  const [message, setMessage] = useState({ error: null, ok: null });
+  const t = trust.data;
+  const change = async (what, method, path, body) => {
+    try {
+      await api(method, path, body);
+      setMessage({ error: null, ok: what });
+      return true;
+    } catch (err) {
+      setMessage({ error: err.message, ok: null });
+      return false;
+    } finally {
+      setGeneration((g) => g + 1);
+    }
+  };
+  const setAccess = (e) => {
+    e.preventDefault();
+    const chosen = mode ?? t?.mode;
+    if (chosen) change(`Access mode: ${chosen}.`, "PUT", "/trust/mode", { mode: chosen }).then((ok) => ok && setMode(null));
+  };
+  const allow = async (e) => {
+    e.preventDefault();
+    const id = peer.trim();
+    if (!id) return;
+    if (await change(`Allowed ${id}.`, "PUT", `/trust/peers/${encodeURIComponent(id)}`)) setPeer("");
+  };
+  const remove = (id) => change(`Removed ${id}.`, "DELETE", `/trust/peers/${encodeURIComponent(id)}`);
+  return html`<div data-testid="trust">
+    ${trust.error && html`<p class="error">${trust.error}</p>`}
+    ${t &&
+    html`<form class="row" onSubmit=${setAccess}>
+        <label>Who may join
+          <select data-testid="trust-mode" value=${mode ?? t.mode} onChange=${(e) => setMode(e.target.value)}>
+            ${Object.entries(ACCESS_MODES).map(([name, who]) => html`<option value=${name}>${name}: ${who}</option>`)}
+          </select></label>
+        <button class="plain" type="submit" data-testid="trust-mode-set" disabled=${!mode || mode === t.mode}>Set</button>
+        <span class="muted">now: <b data-testid="trust-mode-now">${t.mode}</b></span>
+      </form>
+      <h3>Allowlist <span class="muted">(peers admitted by their id, whether or not they hold the network secret)</span></h3>
+      ${t.allowlist.length
+        ? html`<ul data-testid="allowlist">${t.allowlist.map(
+            (id) => html`<li key=${id}><span class="mono" data-allowed=${id}>${id}</span>
+              <button class="plain" data-remove=${id} onClick=${() => remove(id)}>Remove</button></li>`,
+          )}</ul>`
+        : html`<p class="muted" data-testid="allowlist-empty">Empty.</p>`}
+      <form class="row" onSubmit=${allow}>
+        <label>Allow a peer <input data-testid="allow-peer" class="mono" size="56" value=${peer} onInput=${(e) => setPeer(e.target.value)} placeholder="peer id (pluresdb id on that node)" /></label>
+        <button class="plain" type="submit" data-testid="allow-add">Allow</button>
+      </form>`}
+    ${message.error && html`<p class="error" data-testid="trust-error">${message.error}</p>`}
+    ${message.ok && html`<p class="ok">${message.ok}</p>`}
+  </div>`;
+}
+
 /** The node's network: who may join (trust mode, allowlist), its listen
  * addresses and network tag. */
 function Network() {
@@ -324,10 +393,9 @@ function Network() {
   return html`<section>
     <h2>Network</h2>
     ${network.error && html`<p class="error">${network.error}</p>`}
+    <${Trust} />
     ${n &&
     html`<dl data-testid="network">
-      <dt>Who may join</dt><dd>${{ secret: "holders of the network secret, and the allowlist", allowlist: "only the allowlist", open: "anyone" }[n.access_mode] ?? n.access_mode} (${n.access_mode})</dd>
-      <dt>Allowlist</dt><dd class="mono">${n.allowlist.length ? n.allowlist.join(", ") : "empty"}</dd>
       <dt>Listening on</dt><dd class="mono">${n.listen_addresses.join(", ") || "nothing (API only)"}</dd>
       <dt>Transports</dt><dd>${n.transports.join(", ") || "none"}</dd>
       <dt>Network tag</dt><dd class="mono">${n.network_tag}</dd>
