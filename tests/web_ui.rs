@@ -221,7 +221,12 @@ fn in_a_browser_status_shows_the_node_and_a_node_created_on_data_arrives_on_live
 
 /// In Chromium: node A's Peers page connects to node B (same network, no
 /// discovery) by its QUIC address through the form, and lists B connected
-/// over QUIC; the page shows A's trust mode and listen address, and makes
+/// over QUIC; B's row shows when it last synced, that it lacks nothing
+/// and the bytes each way (as A's /peers answers them) once a write of A
+/// reached B; cut off (A in allowlist mode), B's row shows the 3
+/// operations A wrote since, and 0 again once reconnected (B then holds
+/// them); the
+/// page shows A's trust mode and listen address, and makes
 /// an invite ticket once given the token (which an invite always needs),
 /// with its QR code: the code the page draws decodes (rqrr) to exactly the
 /// ticket `pluresdb invite` prints for A.
@@ -246,6 +251,7 @@ fn in_a_browser_the_peers_page_connects_a_second_node_and_lists_it() {
         format!("api={}", a.api),
         format!("peer_b={peer_b}"),
         format!("address_b={address_b}"),
+        format!("api_b={}", b.api),
         format!("address_a={address_a}"),
         format!("token={}", token.trim()),
         format!("qr_pixels={}", qr_pixels.display()),

@@ -203,7 +203,58 @@ const scenarios = {
     await row.waitFor();
     const transport = await row.locator("td:nth-child(2)").textContent();
     check(transport === "quic", `B is listed with transport ${JSON.stringify(transport)}`);
-    // A's network: the default trust mode, and A's own QUIC address.
+    // Per peer: when it last synced, what it lacks, the bytes each way. A
+    // write on A reaches B; B's row then shows a sync, nothing lacking and
+    // bytes both ways, as A's /peers answers them.
+    const put = async (id) => {
+      const answer = await fetch(`${base}/nodes/${id}`, { method: "PUT", headers: { "Content-Type": "application/json" }, body: "{\"n\": 1}" });
+      check(answer.ok, `PUT ${id} on A: ${answer.status}`);
+    };
+    const onB = async (id) => {
+      for (const deadline = Date.now() + STEP_MS; Date.now() < deadline; await new Promise((ok) => setTimeout(ok, 100))) {
+        if ((await fetch(`http://${args.api_b}/nodes/${id}`)).ok) return;
+      }
+      throw new CheckFailed(`${id} did not reach B`);
+    };
+    await put("p:1");
+    await onB("p:1");
+    const synced = await peers.waitForFunction((peer) => {
+      const cells = document.querySelector(`[data-testid=peers-connected] tr:has(td[data-peer="${peer}"])`);
+      const sync = cells?.querySelector("[data-last-sync]")?.dataset.lastSync;
+      const pending = cells?.querySelector("[data-pending]")?.dataset.pending;
+      const traffic = cells?.querySelector("[data-bytes-sent]")?.dataset;
+      return sync && pending === "0" && Number(traffic.bytesSent) > 0 && Number(traffic.bytesReceived) > 0
+        ? { sync: Number(sync), sent: Number(traffic.bytesSent), received: Number(traffic.bytesReceived) }
+        : null;
+    }, args.peer_b);
+    const shown = await synced.jsonValue();
+    const listed = (await (await fetch(`${base}/peers`)).json()).peers.find((p) => p.peer_id === args.peer_b);
+    check(
+      shown.sync <= listed.last_sync_ms && shown.sent <= listed.bytes_sent && shown.received <= listed.bytes_received && shown.sync > Date.now() - 10 * 60_000,
+      `the page shows ${JSON.stringify(shown)}, A's /peers ${JSON.stringify(listed)}`,
+    );
+    // Cut off (A admits only its empty allowlist for a while, so B cannot
+    // dial back), B lacks what A writes next: 3 operations, shown on its
+    // row among the known peers; admitted and connected again, it catches
+    // up.
+    const mode = async (name) => {
+      const answer = await fetch(`${base}/trust/mode`, {
+        method: "PUT",
+        headers: { "Content-Type": "application/json", Authorization: `Bearer ${args.token}` },
+        body: JSON.stringify({ mode: name }),
+      });
+      check(answer.ok, `PUT /trust/mode ${name}: ${answer.status}`);
+    };
+    await mode("allowlist");
+    await row.waitFor({ state: "detached" });
+    for (const id of ["p:2", "p:3", "p:4"]) await put(id);
+    await peers.locator(`tr:has(td[data-peer="${args.peer_b}"]) td[data-pending="3"]`).waitFor();
+    await mode("secret");
+    await peers.locator("[data-testid=connect-address]").fill(args.address_b);
+    await peers.locator("[data-testid=connect]").click();
+    await row.locator('td[data-pending="0"]').waitFor();
+    await onB("p:4");
+    // A's network: the trust mode, and A's own QUIC address.
     const network = await peers.locator("[data-testid=network]").textContent();
     check(network.includes(args.address_a), `the network section reads ${JSON.stringify(network)}`);
     await peers.locator('[data-testid=trust-mode-now]:text-is("secret")').waitFor();

@@ -107,6 +107,13 @@ function parseValue(text) {
 
 const short = (id) => (id && id.length > 16 ? `${id.slice(0, 8)}…${id.slice(-6)}` : id ?? "");
 const when = (ms) => (ms == null ? "—" : new Date(ms).toLocaleString());
+/** A byte count for people: 950 B, 12.3 KB, 4.0 MB (powers of 1024). */
+function bytes(n) {
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) (n /= 1024), i++;
+  return i ? `${n.toFixed(1)} ${units[i]}` : `${n} B`;
+}
 
 // ---- Pages ----
 
@@ -256,13 +263,15 @@ function PeersPage() {
         <td class="mono">${p.address ?? "—"}</td>
         <td class="mono" title=${p.relay ?? ""}>${p.relay ? short(p.relay) : "direct"}</td>
         <td>${p.rtt_ms == null ? "—" : `${p.rtt_ms.toFixed(1)} ms`}</td>
-        <td>${when(p.last_sync_ms)}</td>
-        <td>${p.pending_operations}</td>
-        <td>${p.ops_sent} / ${p.ops_received}</td>
+        <td data-last-sync=${p.last_sync_ms ?? ""}>${when(p.last_sync_ms)}</td>
+        <td data-pending=${p.pending_operations}>${p.pending_operations} ops</td>
+        <td data-bytes-sent=${p.bytes_sent} data-bytes-received=${p.bytes_received}
+          title=${`${p.ops_sent} operations sent, ${p.ops_received} received${p.errors ? `; ${p.errors} messages refused` : ""}`}>
+          ${bytes(p.bytes_sent)} / ${bytes(p.bytes_received)} <span class="muted">(${p.ops_sent} / ${p.ops_received} ops)</span></td>
         <td>${p.connected && html`<button class="danger" onClick=${() => disconnect(p.peer_id)}>Disconnect</button>`}</td>
       </tr>`,
     );
-  const head = html`<tr><th>Peer</th><th>Transport</th><th>Address</th><th>Relay</th><th>Round trip</th><th>Last sync</th><th>It lacks</th><th>Ops sent / received</th><th></th></tr>`;
+  const head = html`<tr><th>Peer</th><th>Transport</th><th>Address</th><th>Relay</th><th>Round trip</th><th>Last sync</th><th>It lacks</th><th>Traffic out / in</th><th></th></tr>`;
   return html`
     ${peers.error && html`<p class="error">${peers.error}</p>`}
     ${failure && html`<p class="error">${failure}</p>`}
