@@ -243,3 +243,18 @@ fn two_pages_keep_syncing_over_webrtc_after_the_node_is_gone() {
     assert_eq!(result["node_link_after_stop"], "closed", "{result}");
     assert!(clean, "the node did not stop cleanly: {stderr}");
 }
+
+/// `connectPeer` retries: page b is off the node when page a asks for a
+/// direct link, so the node drops a's offer and a's first attempt times
+/// out. The attempt is dropped (status shows `retrying` with the reason),
+/// b comes back, and a later attempt links them: the promise resolves, both
+/// list the WebRTC link, and a write crosses it. (Before, one failed
+/// attempt stayed in place and every later `connectPeer` did nothing.)
+#[test]
+fn a_failed_direct_link_attempt_is_dropped_and_retried_until_the_pages_link() {
+    let Some((result, node)) = with_node("direct_link_retries_after_a_failed_attempt", str::to_owned) else { return };
+    let (clean, stderr) = node.stop();
+    assert_eq!(result["linked"]["state"], "connected", "{result}");
+    assert!(result["linked"]["attempts"].as_u64().is_some_and(|n| n >= 2), "{result}");
+    assert!(clean, "{stderr}");
+}

@@ -50,6 +50,29 @@ export interface Status {
     channels: { [peer: string]: { state: "connecting" | "connected" | "closed"; peer?: string; reason?: string } };
   };
   peers: Peer[];
+  /** The direct links `connectPeer` asked for, by peer id. */
+  direct: { [peer: string]: DirectLinkState };
+}
+
+export interface DirectLinkState {
+  /** `retrying`: an attempt failed and the next waits its (jittered, doubling) delay; `failed`: gave up. */
+  state: "connecting" | "retrying" | "connected" | "failed";
+  /** Attempts made so far (reset when a link that was up is lost). */
+  attempts: number;
+  /** Why the last attempt failed, if one did. */
+  last_error: string | null;
+}
+
+/** How `connectPeer` retries. */
+export interface PeerRetry {
+  /** An attempt not linked by then is dropped (default 20,000). */
+  attemptTimeoutMs: number;
+  /** The delay before the second attempt; it doubles, jittered by up to half either way (default 500). */
+  firstDelayMs: number;
+  /** The longest delay (default 30,000). */
+  maxDelayMs: number;
+  /** After this many failed attempts `connectPeer` rejects (default 8). */
+  maxAttempts: number;
 }
 
 export interface Peer {
@@ -97,10 +120,17 @@ export class Database {
   /**
    * Opens a direct WebRTC link to page `peerId`, linked to the same node
    * (which relays the signalling); once up it keeps syncing without the node.
+   * A failed attempt is dropped and retried (`peerRetry`) until linked,
+   * `disconnectPeer`, or `close`; resolves once linked, rejects after
+   * `peerRetry.maxAttempts` failed attempts with the last reason.
    */
-  connectPeer(peerId: string): void;
+  connectPeer(peerId: string): Promise<void>;
+  /** Stops retrying `peerId` and closes the direct link to it. */
+  disconnectPeer(peerId: string): void;
   /** ICE servers for direct links (STUN/TURN); none by default. */
   iceServers: RTCIceServer[];
+  /** How `connectPeer` retries. */
+  peerRetry: PeerRetry;
   status(): Promise<Status>;
   peers(): Promise<Peer[]>;
   close(): Promise<void>;

@@ -9,6 +9,12 @@ const STORES = { identity: "identity", journal: "journal" };
 const IDENTITY_KEY = "key";
 const LIST_PAGE = 1000;
 const MAX_CHANNELS = 16;
+/** How `connectPeer` retries: an attempt that has not linked within
+ * `attemptTimeoutMs` is abandoned; the next starts after a delay that
+ * doubles from `firstDelayMs` up to `maxDelayMs`, jittered by up to half
+ * either way (two pages retrying each other do not collide again); after
+ * `maxAttempts` the promise rejects. */
+const PEER_RETRY = { attemptTimeoutMs: 20_000, firstDelayMs: 500, maxDelayMs: 30_000, maxAttempts: 8 };
 
 let ready = null;
 
@@ -108,9 +114,14 @@ export class Database {
   #closed = false;
   #socket = null;
   #link = null;
+  /** Direct links being made or up, by peer id: one RTCPeerConnection each. */
   #channels = new Map();
+  /** The direct links `connectPeer` asked for and keeps retrying, by peer id. */
+  #wanted = new Map();
   /** ICE servers for direct links (STUN/TURN: `[{urls: "stun:..."}]`); none by default. */
   iceServers = [];
+  /** How `connectPeer` retries (see PEER_RETRY); change before calling it. */
+  peerRetry = { ...PEER_RETRY };
   #timer = undefined;
   #reconnectTimer = undefined;
 
@@ -189,11 +200,18 @@ export class Database {
     return () => this.#watchers.delete(watcher);
   }
 
-  /** `{peer_id, version_vector, pending_journal, link, peers}`; `link.state`
-   * is `none`, `connecting`, `connected` or `closed` (with its `reason`). */
+  /** `{peer_id, version_vector, pending_journal, link, peers, direct}`;
+   * `link.state` is `none`, `connecting`, `connected` or `closed` (with its
+   * `reason`); `direct` has each link `connectPeer` asked for:
+   * `{state: "connecting" | "retrying" | "connected" | "failed", attempts,
+   * last_error}`. */
   async status() {
     this.#check();
-    return { ...JSON.parse(this.#replica.status()), peers: await this.peers() };
+    const direct = {};
+    for (const [peer, want] of this.#wanted) {
+      direct[peer] = { state: want.state, attempts: want.attempts, last_error: want.lastError };
+    }
+    return { ...JSON.parse(this.#replica.status()), peers: await this.peers(), direct };
   }
 
   /** The peers this page is linked with now: the node (WebSocket) and
@@ -215,6 +233,7 @@ export class Database {
     this.#closed = true;
     clearTimeout(this.#timer);
     this.#socket?.close(1000);
+    for (const peer of [...this.#wanted.keys()]) this.#giveUp(peer, new Error(`database ${JSON.stringify(this.name)} closed`));
     for (const { pc } of this.#channels.values()) pc.close();
     this.#channels.clear();
     this.#idb.close();
@@ -251,7 +270,7 @@ export class Database {
       const target = name === "node" ? this.#socket : this.#channels.get(name)?.channel;
       if (target && target.readyState === (name === "node" ? WebSocket.OPEN : "open")) target.send(message);
     }
-    for (const [name] of ended) {
+    for (const [name, reason] of ended) {
       if (name === "node") {
         const socket = this.#socket;
         if (socket) {
@@ -260,10 +279,13 @@ export class Database {
           this.#scheduleReconnect();
         }
       } else {
-        this.#channels.get(name)?.pc.close();
-        this.#channels.delete(name);
+        // Only an entry whose channel the replica ran: a newer attempt's
+        // connection (not opened yet) is not the link that ended.
+        const entry = this.#channels.get(name);
+        if (entry?.opened) this.#attemptFailed(name, entry, `the link ended: ${reason}`);
       }
     }
+    this.#settleWanted();
     for (const [from, text] of signals) this.#onSignal(from, text).catch((err) => console.warn("pluresdb: bad signal", err));
     this.#schedule();
   }
@@ -339,32 +361,158 @@ export class Database {
    * node, which relays the signalling). Once up, the two pages sync over
    * it directly, and keep doing so without the node. Both prove their ids
    * and the network secret over the channel, as on every link.
+   *
+   * An attempt that fails (no answer, ICE or the handshake failing, the
+   * channel closing) is dropped and retried after a jittered, doubling
+   * delay (`peerRetry`), until the pages are linked (by this attempt or
+   * by the other page's), {@link disconnectPeer}, or the database closes.
+   * Resolves once linked; rejects after `peerRetry.maxAttempts` failed
+   * attempts, naming the last reason. Calling it again while it retries
+   * returns the same promise.
+   * @returns {Promise<void>}
    */
   connectPeer(peerId) {
     this.#check();
-    if (this.#channels.has(peerId)) return;
-    const entry = this.#newPeerConnection(peerId);
+    if (typeof peerId !== "string" || peerId.length === 0) throw new TypeError("connectPeer(peerId): peerId must be a peer id");
+    if (peerId === this.peerId) throw new Error("connectPeer: that is this page's own peer id");
+    const existing = this.#wanted.get(peerId);
+    if (existing && existing.state !== "failed") return existing.promise;
+    const want = { state: "connecting", attempts: 0, lastError: null, delay: this.peerRetry.firstDelayMs, timer: undefined };
+    want.promise = new Promise((resolve, reject) => {
+      want.resolve = resolve;
+      want.reject = reject;
+    });
+    // The caller may not wait for it; a rejection is in status() too.
+    want.promise.catch(() => {});
+    this.#wanted.set(peerId, want);
+    if (this.#linkedTo(peerId)) this.#settleWanted();
+    else this.#attempt(peerId, want);
+    return want.promise;
+  }
+
+  /** Stops retrying `peerId` and closes the direct link to it, if any. */
+  disconnectPeer(peerId) {
+    this.#giveUp(peerId, new Error(`disconnectPeer(${peerId}) was called`));
+    const entry = this.#channels.get(peerId);
+    if (entry) this.#attemptFailed(peerId, entry, "the page disconnected it");
+  }
+
+  #linkedTo(peerId) {
+    return JSON.parse(this.#replica.status()).link.channels?.[peerId]?.state === "connected";
+  }
+
+  /** Resolves the wanted links that are up (by either page's attempt). */
+  #settleWanted() {
+    for (const [peer, want] of this.#wanted) {
+      if (want.state === "connected" || want.state === "failed") {
+        if (want.state === "connected" && !this.#linkedTo(peer)) {
+          // The link was up and is gone: make it again.
+          want.state = "retrying";
+          want.delay = this.peerRetry.firstDelayMs;
+          want.attempts = 0;
+          if (!this.#channels.has(peer)) this.#retryLater(peer, want);
+        }
+        continue;
+      }
+      if (this.#linkedTo(peer)) {
+        clearTimeout(want.timer);
+        want.state = "connected";
+        want.lastError = null;
+        want.resolve();
+      }
+    }
+  }
+
+  #giveUp(peerId, error) {
+    const want = this.#wanted.get(peerId);
+    if (!want) return;
+    clearTimeout(want.timer);
+    this.#wanted.delete(peerId);
+    if (want.state !== "connected") want.reject(error);
+  }
+
+  /** One attempt: a new RTCPeerConnection, an offer, and a deadline. */
+  #attempt(peerId, want) {
+    if (this.#closed || this.#wanted.get(peerId) !== want) return;
+    want.attempts += 1;
+    want.state = want.attempts === 1 ? "connecting" : "retrying";
+    let entry;
+    try {
+      entry = this.#newPeerConnection(peerId, true);
+    } catch (err) {
+      this.#attemptEnded(peerId, want, err.message);
+      return;
+    }
     this.#wireChannel(peerId, entry, entry.pc.createDataChannel("pluresdb", { ordered: true }), true);
     entry.pc
       .createOffer()
       .then((offer) => entry.pc.setLocalDescription(offer))
-      .then(() => this.#signal(peerId, { type: "offer", sdp: entry.pc.localDescription.sdp }))
-      .catch((err) => console.warn("pluresdb: cannot offer", err));
+      .then(() => {
+        if (!this.#signal(peerId, entry, { type: "offer", sdp: entry.pc.localDescription.sdp })) {
+          this.#attemptFailed(peerId, entry, entry.signalError ?? "cannot signal");
+        }
+      })
+      .catch((err) => this.#attemptFailed(peerId, entry, `cannot offer: ${err.message}`));
   }
 
-  #newPeerConnection(peerId) {
+  /** Drops `entry` (if it is still the one for `peerId`), then lets the
+   * wanted link retry. */
+  #attemptFailed(peerId, entry, reason) {
+    if (this.#channels.get(peerId) !== entry) return;
+    this.#channels.delete(peerId);
+    clearTimeout(entry.deadline);
+    entry.pc.close();
+    if (entry.opened) {
+      this.#replica.handleLost(peerId, reason, Date.now());
+      this.#turn().catch(() => {});
+    }
+    const want = this.#wanted.get(peerId);
+    if (want) this.#attemptEnded(peerId, want, reason);
+  }
+
+  #attemptEnded(peerId, want, reason) {
+    want.lastError = reason;
+    if (this.#linkedTo(peerId)) return this.#settleWanted();
+    if (want.attempts >= this.peerRetry.maxAttempts) {
+      want.state = "failed";
+      this.#wanted.set(peerId, want);
+      want.reject(new Error(`no direct link to ${peerId} after ${want.attempts} attempts: ${reason}`));
+      return undefined;
+    }
+    want.state = "retrying";
+    this.#retryLater(peerId, want);
+    return undefined;
+  }
+
+  #retryLater(peerId, want) {
+    if (this.#closed) return;
+    const jittered = want.delay * (0.5 + Math.random());
+    want.delay = Math.min(want.delay * 2, this.peerRetry.maxDelayMs);
+    clearTimeout(want.timer);
+    want.timer = setTimeout(() => {
+      if (this.#channels.has(peerId) || this.#linkedTo(peerId)) return this.#settleWanted();
+      return this.#attempt(peerId, want);
+    }, jittered);
+  }
+
+  #newPeerConnection(peerId, initiator, attemptId) {
     if (this.#channels.size >= MAX_CHANNELS) throw new Error(`at most ${MAX_CHANNELS} direct links`);
     const pc = new RTCPeerConnection({ iceServers: this.iceServers });
-    const entry = { pc, channel: null, candidates: [] };
+    // Signals carry the attempt's id: an answer or candidate of an
+    // abandoned attempt is not applied to a newer one.
+    const entry = { pc, channel: null, candidates: [], initiator, opened: false, attempt: attemptId ?? crypto.randomUUID() };
     this.#channels.set(peerId, entry);
+    // Without an answer, or with ICE stuck, nothing else ends an attempt.
+    entry.deadline = setTimeout(() => {
+      if (!this.#linkedTo(peerId)) this.#attemptFailed(peerId, entry, `not linked within ${this.peerRetry.attemptTimeoutMs} ms`);
+    }, this.peerRetry.attemptTimeoutMs);
     pc.onicecandidate = (event) => {
-      if (event.candidate) this.#signal(peerId, { type: "candidate", candidate: event.candidate.toJSON() });
+      if (event.candidate) this.#signal(peerId, entry, { type: "candidate", candidate: event.candidate.toJSON() });
     };
     pc.ondatachannel = (event) => this.#wireChannel(peerId, entry, event.channel, false);
     pc.onconnectionstatechange = () => {
       if (pc.connectionState === "failed" || pc.connectionState === "closed") {
-        this.#replica.handleLost(peerId, `WebRTC connection ${pc.connectionState}`, Date.now());
-        this.#turn().catch(() => {});
+        this.#attemptFailed(peerId, entry, `WebRTC connection ${pc.connectionState}`);
       }
     };
     return entry;
@@ -374,55 +522,65 @@ export class Database {
     channel.binaryType = "arraybuffer";
     entry.channel = channel;
     channel.onopen = () => {
+      if (this.#channels.get(peerId) !== entry) return;
       try {
         this.#replica.openChannel(peerId, initiator, crypto.getRandomValues(new Uint8Array(32)), Date.now());
       } catch (err) {
-        console.warn("pluresdb: cannot link to", peerId, err);
-        entry.pc.close();
-        this.#channels.delete(peerId);
+        this.#attemptFailed(peerId, entry, `cannot link: ${err.message}`);
         return;
       }
+      entry.opened = true;
       this.#turn().catch(() => {});
     };
     channel.onmessage = (event) => {
-      if (!(event.data instanceof ArrayBuffer)) return;
+      if (this.#channels.get(peerId) !== entry || !(event.data instanceof ArrayBuffer)) return;
       this.#replica.handleMessage(peerId, new Uint8Array(event.data), Date.now());
       this.#turn().catch(() => {});
     };
-    channel.onclose = () => {
-      this.#replica.handleLost(peerId, "the data channel closed", Date.now());
-      this.#turn().catch(() => {});
-    };
+    channel.onclose = () => this.#attemptFailed(peerId, entry, "the data channel closed");
   }
 
-  #signal(peerId, message) {
+  /** Sends `message` for `entry` through the node; false (and
+   * `entry.signalError`) when it cannot be sent. */
+  #signal(peerId, entry, message) {
     try {
-      this.#replica.sendSignal(peerId, JSON.stringify(message));
+      this.#replica.sendSignal(peerId, JSON.stringify({ ...message, attempt: entry.attempt }));
     } catch (err) {
-      console.warn("pluresdb: cannot signal", peerId, err);
-      return;
+      entry.signalError = `cannot signal: ${err.message}`;
+      return false;
     }
     this.#turn().catch(() => {});
+    return true;
   }
 
   /** Signalling from page `from`, relayed by the node. */
   async #onSignal(from, text) {
     const message = JSON.parse(text);
+    if (typeof message?.attempt !== "string") return;
     let entry = this.#channels.get(from);
     if (message.type === "offer") {
-      if (entry) {
-        entry.pc.close();
-        this.#channels.delete(from);
+      if (entry && entry.initiator && !entry.opened && this.peerId < from) {
+        // Both pages offered at once: the one with the smaller id keeps
+        // its own offer, the other answers it.
+        return;
       }
-      entry = this.#newPeerConnection(from);
-      await entry.pc.setRemoteDescription({ type: "offer", sdp: message.sdp });
-      await entry.pc.setLocalDescription(await entry.pc.createAnswer());
-      this.#signal(from, { type: "answer", sdp: entry.pc.localDescription.sdp });
-      for (const candidate of entry.candidates.splice(0)) await entry.pc.addIceCandidate(candidate);
-    } else if (message.type === "answer" && entry) {
+      if (entry) this.#attemptFailed(from, entry, "replaced by the other page's offer");
+      entry = this.#newPeerConnection(from, false, message.attempt);
+      try {
+        await entry.pc.setRemoteDescription({ type: "offer", sdp: message.sdp });
+        await entry.pc.setLocalDescription(await entry.pc.createAnswer());
+        this.#signal(from, entry, { type: "answer", sdp: entry.pc.localDescription.sdp });
+        for (const candidate of entry.candidates.splice(0)) await entry.pc.addIceCandidate(candidate);
+      } catch (err) {
+        this.#attemptFailed(from, entry, `cannot answer: ${err.message}`);
+      }
+      return;
+    }
+    if (!entry || entry.attempt !== message.attempt) return;
+    if (message.type === "answer") {
       await entry.pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
       for (const candidate of entry.candidates.splice(0)) await entry.pc.addIceCandidate(candidate);
-    } else if (message.type === "candidate" && entry) {
+    } else if (message.type === "candidate") {
       if (entry.pc.remoteDescription) await entry.pc.addIceCandidate(message.candidate);
       else entry.candidates.push(message.candidate);
     }

@@ -338,6 +338,56 @@ const scenarios = {
     return { pages: [aId, bId], direct_link: still, node_link_after_stop: await a.evaluate(() => db.status().then((s) => s.link.state)) };
   },
 
+  /** A direct link whose first attempt cannot succeed: page b is off the
+   * node when a calls connectPeer, so the node drops a's offer (it relays
+   * only to linked pages). a's attempt times out and is dropped, status
+   * says so, and once b is back a later attempt links them. */
+  async direct_link_retries_after_a_failed_attempt({ chromium: c, base, args }) {
+    const pages = [];
+    for (const name of ["a", "b"]) {
+      const context = await c.browser.newContext();
+      const page = await openPage(context, base);
+      await page.evaluate(async ({ url, ticket }) => {
+        window.db = await pluresdb.open("retry");
+        db.connect(url, ticket);
+        await waitFor(async () => (await db.status()).link.state === "connected", "the link");
+      }, args);
+      pages.push(page);
+    }
+    const [a, b] = pages;
+    const [aId, bId] = await Promise.all(pages.map((p) => p.evaluate(() => db.peerId)));
+    await b.evaluate(() => db.disconnect());
+    const deadline = Date.now() + STEP_MS;
+    while ((await api(args.api, "GET", "/peers")).peers.some((p) => p.peer_id === bId && p.connected)) {
+      check(Date.now() < deadline, "the node still lists page b after it disconnected");
+      await new Promise((ok) => setTimeout(ok, 50));
+    }
+    const failed = await a.evaluate(async (peer) => {
+      db.peerRetry = { ...db.peerRetry, attemptTimeoutMs: 2000, firstDelayMs: 200, maxAttempts: 50 };
+      window.linking = db.connectPeer(peer);
+      await waitFor(async () => (await db.status()).direct[peer]?.last_error != null, "a's first attempt to fail");
+      // Later attempts get time enough on a loaded machine.
+      db.peerRetry.attemptTimeoutMs = 60000;
+      return (await db.status()).direct[peer];
+    }, bId);
+    check(failed.state === "retrying" && /not linked within/.test(failed.last_error), `a's first attempt: ${JSON.stringify(failed)}`);
+    await b.evaluate(async ({ url, ticket }) => {
+      db.connect(url, ticket);
+      await waitFor(async () => (await db.status()).link.state === "connected", "b's link again");
+    }, args);
+    const linked = await a.evaluate(async (peer) => {
+      await window.linking;
+      return (await db.status()).direct[peer];
+    }, bId);
+    check(linked.state === "connected" && linked.attempts >= 2, `a's direct link: ${JSON.stringify(linked)}`);
+    await b.evaluate((peer) => waitFor(async () => (await db.status()).link.channels[peer]?.state === "connected", "the direct link in b"), aId);
+    await a.evaluate(() => db.put("retried:a", { by: "a" }));
+    await b.evaluate(() => waitFor(async () => (await db.get("retried:a"))?.value?.by === "a", "a's write in b"));
+    const transports = await b.evaluate(async () => (await db.peers()).map((p) => p.transport).sort());
+    check(JSON.stringify(transports) === JSON.stringify(["webrtc", "websocket"]), `b's peers: ${transports}`);
+    return { first_attempt: failed, linked };
+  },
+
   /** A page syncs, goes offline, writes while the node writes too,
    * reloads (its offline writes are in IndexedDB), reconnects: both hold
    * everything, nothing acknowledged is lost. */
