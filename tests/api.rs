@@ -93,6 +93,28 @@ fn invites_and_allowlist_changes_need_the_token_even_on_loopback() {
     assert!(node.stop().0);
 }
 
+/// `GET /status/rates` counts the node's writes in its last bucket, from
+/// the history the node keeps (not from when someone started to look).
+#[test]
+fn the_rates_of_the_last_minutes_count_the_writes_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(dir.path(), &["--no-network"]);
+    for id in ["r:1", "r:2", "r:3"] {
+        assert_eq!(node.request("PUT", &format!("/nodes/{id}"), r#"{"a":1}"#).0, 200);
+    }
+    let (status, rates) = node.request("GET", "/status/rates", "");
+    assert_eq!(status, 200, "{rates}");
+    assert_eq!(rates["step_s"], 10);
+    let buckets = rates["buckets"].as_array().unwrap();
+    assert!(!buckets.is_empty() && buckets.len() <= 91, "{rates}");
+    let sum = |field: &str| buckets.iter().map(|b| b[field].as_u64().unwrap()).sum::<u64>();
+    assert_eq!((sum("local_ops"), sum("remote_ops"), sum("ops_sent")), (3, 0, 0), "{rates}");
+    let (status, body) = node.request("GET", "/status/rates?minutes=16", "");
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("1 to 15"), "{body}");
+    assert!(node.stop().0);
+}
+
 #[test]
 fn without_a_transport_peers_and_connect_say_so() {
     let dir = tempfile::tempdir().unwrap();

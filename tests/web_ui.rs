@@ -195,8 +195,10 @@ fn scenario(name: &str, args: &[String]) -> serde_json::Value {
 /// (`pluresdb put`, through the node's API) appears on both without a
 /// reload; the node is edited (two operations in its
 /// history) and its link followed; the server's 400 for a bad id is shown;
-/// a node is deleted, leaves the list and its deletion shows on Live; no
-/// page logs an error; the first load is under 300 KB gzipped.
+/// a node is deleted, leaves the list and its deletion shows on Live; the
+/// Status page charts the writes, and again after a reload (the node keeps
+/// the last minutes' counts: GET /status/rates counts the 4); no page logs
+/// an error; the first load is under 300 KB gzipped.
 #[test]
 fn in_a_browser_status_shows_the_node_and_a_node_created_on_data_arrives_on_live() {
     if !browser_ready() {

@@ -300,6 +300,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/status/rates": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * What the node wrote, applied, sent and received in each 10-second
+         *     bucket of the last minutes (at most 15), oldest first; the last bucket
+         *     runs to now. Kept by the node in fixed memory from its start, so a
+         *     chart of it survives a page reload.
+         */
+        get: operations["rates"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/trust": {
         parameters: {
             query?: never;
@@ -770,6 +792,62 @@ export interface components {
         PeersDoc: {
             /** @description Every peer the node has synced with or is connected to. */
             peers: components["schemas"]["PeerDoc"][];
+        };
+        /** @description What the node counted over one bucket of time. */
+        RateBucketDoc: {
+            /**
+             * Format: int64
+             * @description Sync bytes received.
+             */
+            bytes_received: number;
+            /**
+             * Format: int64
+             * @description Sync bytes sent.
+             */
+            bytes_sent: number;
+            /**
+             * Format: int64
+             * @description How long the bucket lasted, in ms.
+             */
+            duration_ms: number;
+            /**
+             * Format: int64
+             * @description Local writes committed.
+             */
+            local_ops: number;
+            /**
+             * Format: int64
+             * @description Operations received from peers.
+             */
+            ops_received: number;
+            /**
+             * Format: int64
+             * @description Operations sent to peers.
+             */
+            ops_sent: number;
+            /**
+             * Format: int64
+             * @description Operations from peers applied.
+             */
+            remote_ops: number;
+            /**
+             * Format: int64
+             * @description How long before this answer the bucket started, in ms.
+             */
+            started_ms_ago: number;
+        };
+        /** @description The node's write and sync counts over the last minutes, in buckets. */
+        RatesDoc: {
+            /**
+             * @description The buckets, oldest first; the last runs to now and may be shorter.
+             *     Empty until the node has served for a moment.
+             */
+            buckets: components["schemas"]["RateBucketDoc"][];
+            /**
+             * Format: int64
+             * @description The width of a bucket, in seconds.
+             */
+            step_s: number;
         };
         /** @description What a committed write was assigned. */
         ReceiptDoc: {
@@ -2353,6 +2431,64 @@ export interface operations {
                 };
             };
             /** @description Bad request (on every route: a token in the URL; send it in the Authorization header) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The API token is missing or wrong: needed on every route when the node requires it */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The Host is not this node's (DNS rebinding), or the request comes from a web page of an origin not allowed */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+        };
+    };
+    rates: {
+        parameters: {
+            query?: {
+                /** @description How many minutes back, 1 to 15 (default 15). */
+                minutes?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RatesDoc"];
+                };
+            };
+            /** @description minutes outside 1 to 15 */
             400: {
                 headers: {
                     [name: string]: unknown;

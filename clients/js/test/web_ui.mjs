@@ -176,8 +176,16 @@ const scenarios = {
     await data.locator('[data-testid=node-list] a[data-id="ui:2"]').waitFor({ state: "detached" });
     await live.locator('[data-testid=live-changes] tr:has(td:text-is("delete")) td:text-is("ui:2")').waitFor();
     check((await fetch(`${base}/nodes/ui:2`)).status === 404, "ui:2 is still stored after its deletion");
-    // The Status page's write rate saw those writes (it samples every 2 s).
-    await status.waitForFunction(() => Number(document.querySelector('[data-testid="rate-operations stored"] [data-peak]')?.dataset.peak) > 0);
+    // The Status page's write rate saw those writes; so does a Status page
+    // opened after them (the node keeps the last minutes' counts): 4
+    // writes (create, the CLI's put, edit, delete), none from peers.
+    const writesCharted = () => Number(document.querySelector("[data-testid=rate-writes] [data-peak]")?.dataset.peak) > 0;
+    await status.waitForFunction(writesCharted);
+    await status.reload();
+    await status.waitForFunction(writesCharted);
+    const rates = await (await fetch(`${base}/status/rates`)).json();
+    const counted = (field) => rates.buckets.reduce((n, b) => n + b[field], 0);
+    check(counted("local_ops") === 4 && counted("remote_ops") === 0, `the node counted ${counted("local_ops")} writes: ${JSON.stringify(rates)}`);
     if (args.screenshots) {
       await shoot(status, join(args.screenshots, "status.png"));
       await shoot(live, join(args.screenshots, "live.png"));

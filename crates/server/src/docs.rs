@@ -298,6 +298,37 @@ pub struct TrafficDoc {
     pub errors: u64,
 }
 
+/// The node's write and sync counts over the last minutes, in buckets.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RatesDoc {
+    /// The width of a bucket, in seconds.
+    pub step_s: u64,
+    /// The buckets, oldest first; the last runs to now and may be shorter.
+    /// Empty until the node has served for a moment.
+    pub buckets: Vec<RateBucketDoc>,
+}
+
+/// What the node counted over one bucket of time.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RateBucketDoc {
+    /// How long before this answer the bucket started, in ms.
+    pub started_ms_ago: u64,
+    /// How long the bucket lasted, in ms.
+    pub duration_ms: u64,
+    /// Local writes committed.
+    pub local_ops: u64,
+    /// Operations from peers applied.
+    pub remote_ops: u64,
+    /// Operations sent to peers.
+    pub ops_sent: u64,
+    /// Operations received from peers.
+    pub ops_received: u64,
+    /// Sync bytes sent.
+    pub bytes_sent: u64,
+    /// Sync bytes received.
+    pub bytes_received: u64,
+}
+
 /// The node's sync status.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct StatusDoc {

@@ -24,6 +24,7 @@ mod auth;
 pub mod browser;
 pub mod docs;
 mod error;
+pub mod rates;
 mod routes;
 pub mod ui;
 
@@ -67,6 +68,9 @@ pub struct ApiState {
     /// Which requests from browsers are taken (the names the API answers
     /// to, the origins allowed).
     pub browsers: Arc<BrowserPolicy>,
+    /// The write and sync counters of the last minutes (`GET
+    /// /status/rates`), fed by [`serve`].
+    pub rates: Arc<std::sync::Mutex<rates::RateHistory>>,
 }
 
 impl ApiState {
@@ -80,6 +84,7 @@ impl ApiState {
             started: std::time::Instant::now(),
             answered: Arc::new(Default::default()),
             browsers: Arc::new(BrowserPolicy::default()),
+            rates: Arc::new(std::sync::Mutex::new(rates::RateHistory::new())),
         }
     }
 
@@ -111,6 +116,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/peers/discovered", get(network::discovered))
         .route("/peers/{peer_id}", delete(network::disconnect))
         .route("/status", get(network::status))
+        .route("/status/rates", get(routes::rates::rates))
         .route("/network", get(network::network))
         .route("/network/invite", get(network::invite))
         .route("/trust", get(network::trust))
@@ -136,8 +142,13 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listen = listener.local_addr()?;
     state.browsers = Arc::new((*state.browsers).clone().listening_on(listen));
+    // Before the first request, so that every write it answers is counted.
+    rates::snapshot(&state).await;
+    let sampler = tokio::spawn(rates::sample(state.clone()));
     let app = router(state).into_make_service_with_connect_info::<browser::LocalAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    sampler.abort();
+    served
 }
 
 /// Whether `addr` may be served without requiring the API token.

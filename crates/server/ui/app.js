@@ -118,7 +118,7 @@ function bytes(n) {
 // ---- Pages ----
 
 /** A small line chart of `values` (oldest first), scaled to its maximum. */
-function Sparkline({ values, label, unit }) {
+function Sparkline({ values, label, unit, id = label }) {
   const width = 300;
   const height = 48;
   const peak = Math.max(0, ...values);
@@ -127,7 +127,7 @@ function Sparkline({ values, label, unit }) {
   const step = values.length > 1 ? width / (values.length - 1) : width;
   const points = values.map((v, i) => `${(i * step).toFixed(1)},${(height - (v / scale) * (height - 2) - 1).toFixed(1)}`).join(" ");
   const last = values.length ? values[values.length - 1] : 0;
-  return html`<figure class="spark" data-testid=${`rate-${label}`}>
+  return html`<figure class="spark" data-testid=${`rate-${id}`}>
     <svg width=${width} height=${height} viewBox=${`0 0 ${width} ${height}`} role="img" aria-label=${label}>
       <line x1="0" y1=${height - 0.5} x2=${width} y2=${height - 0.5} stroke="currentColor" stroke-opacity="0.25" />
       <polyline points=${points} fill="none" stroke="currentColor" stroke-width="1.5" />
@@ -136,23 +136,10 @@ function Sparkline({ values, label, unit }) {
   </figure>`;
 }
 
-/** The rate of a growing counter, per second, sampled every `ms`; keeps
- * the last `keep` samples. `read(data)` picks the counter from `data`. */
-function useRates(data, read, ms, keep) {
-  const last = useRef(null);
-  const [rates, setRates] = useState([]);
-  useEffect(() => {
-    if (!data) return;
-    const now = { value: read(data), at: performance.now() };
-    const before = last.current;
-    last.current = now;
-    if (before && now.at > before.at && now.value >= before.value) {
-      const rate = ((now.value - before.value) * 1000) / (now.at - before.at);
-      setRates((r) => [...r, rate].slice(-keep));
-    }
-  }, [data]);
-  return rates;
-}
+/** Per second, each bucket of GET /status/rates, oldest first: `read(b)`
+ * picks the count. The current bucket may be short: it counts as at least
+ * a second, so one write just after a bucket began is not a spike. */
+const perSecond = (buckets, read) => buckets.map((b) => (read(b) * 1000) / Math.max(1000, b.duration_ms));
 
 function StatusPage() {
   const health = usePolled(() => api("GET", "/health"), STATUS_REFRESH_MS);
@@ -162,11 +149,11 @@ function StatusPage() {
   const h = health.data;
   const s = status.data;
   const store = s?.store ?? h?.store;
-  // Three minutes of samples, since this page opened.
-  const keep = (3 * 60 * 1000) / STATUS_REFRESH_MS;
-  const held = useRates(s, (x) => x.operations_held, STATUS_REFRESH_MS, keep);
-  const received = useRates(s, (x) => x.traffic.ops_received, STATUS_REFRESH_MS, keep);
-  const sent = useRates(s, (x) => x.traffic.ops_sent, STATUS_REFRESH_MS, keep);
+  // The node keeps the counts of the last 15 minutes (10 s buckets): the
+  // charts show them whenever the page opened.
+  const rates = usePolled(() => api("GET", "/status/rates"), STATUS_REFRESH_MS);
+  const buckets = rates.data?.buckets ?? [];
+  const minutes = buckets.length ? Math.ceil(buckets[0].started_ms_ago / 60_000) : 0;
   return html`
     <section>
       <h2>Node</h2>
@@ -193,11 +180,13 @@ function StatusPage() {
       </dl>
     </section>
     <section>
-      <h2>Rates over the last minutes (since this page opened)</h2>
-      <div class="row">
-        <${Sparkline} values=${held} label="operations stored" unit="/s" />
-        <${Sparkline} values=${received} label="operations received from peers" unit="/s" />
-        <${Sparkline} values=${sent} label="operations sent to peers" unit="/s" />
+      <h2>Rates over the last ${minutes > 1 ? `${minutes} minutes` : "minute"} <span class="muted">(${rates.data?.step_s ?? 10} s steps, kept by the node)</span></h2>
+      ${rates.error && html`<p class="error">${rates.error}</p>`}
+      <div class="row" data-testid="rates" data-buckets=${buckets.length}>
+        <${Sparkline} id="writes" values=${perSecond(buckets, (b) => b.local_ops)} label="writes on this node" unit="/s" />
+        <${Sparkline} id="applied" values=${perSecond(buckets, (b) => b.remote_ops)} label="operations from peers applied" unit="/s" />
+        <${Sparkline} id="sent" values=${perSecond(buckets, (b) => b.ops_sent)} label="operations sent to peers" unit="/s" />
+        <${Sparkline} id="traffic" values=${perSecond(buckets, (b) => b.bytes_sent + b.bytes_received)} label="sync traffic, both ways" unit="B/s" />
       </div>
     </section>
     <section>

@@ -7,6 +7,7 @@ pub mod import;
 pub mod metrics;
 pub mod network;
 pub mod nodes;
+pub mod rates;
 
 use crate::docs::*;
 use axum::Json;
@@ -30,6 +31,7 @@ untyped (415). GET /changes is a WebSocket of ChangeMessage documents."
         conflicts::list, conflicts::resolve, import::import, changes::changes, metrics::metrics, openapi_json,
         network::peers, network::connect, network::disconnect, network::discovered, network::status, network::network, network::invite,
         network::trust, network::trust_mode, network::trust_add, network::trust_remove,
+        rates::rates,
     ),
     // OnError is the schema of `/import`'s `on_error` parameter: the
     // parameter refers to it by name, so it must be listed here.
