@@ -38,9 +38,9 @@ use pluresdb_core::{Database, VersionVector};
 use pluresdb_libp2p::Libp2pNetworkEngine;
 use pluresdb_net::{NetworkConfig, NetworkEngine, PeerManager, QuicNetworkEngine, SyncHandle};
 use pluresdb_runtime::{Filter, Handle, Network, Runtime, RuntimeOptions, WatchEvent, WriteKind};
-use pluresdb_security::{tls, AccessPolicy, Identity, NetworkSecret, OpSignatureVerifier};
+use pluresdb_security::{AccessPolicy, Identity, NetworkSecret, OpSignatureVerifier};
 use pluresdb_store_redb::RedbStore;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::future::Future;
 use std::io::{BufRead, Write};
 use std::sync::Arc;
@@ -116,11 +116,6 @@ impl Engine {
             Engine::Libp2p(engine) => engine.stop().await,
         }
     }
-}
-
-/// ~100 bytes of JSON per node.
-fn value(i: usize) -> Value {
-    json!({"name": format!("User {i}"), "email": format!("user{i}@example.org"), "age": i % 97, "city": "Lisbon", "team": "replication"})
 }
 
 fn batch(prefix: &str, start: usize, end: usize) -> Vec<(String, Value)> {
@@ -409,78 +404,9 @@ async fn relayed_throughput() -> anyhow::Result<f64> {
     Ok(THROUGHPUT_OPS as f64 / elapsed.as_secs_f64())
 }
 
-/// Two quinn endpoints with the engines' TLS (certificates of two
-/// identities), the client connected to the server.
-async fn quinn_pair() -> anyhow::Result<(quinn::Endpoint, quinn::Endpoint, std::net::SocketAddr)> {
-    let (server_id, client_id) = (Identity::from_seed([3; 32]), Identity::from_seed([4; 32]));
-    let server_tls = quinn::crypto::rustls::QuicServerConfig::try_from(tls::server_config(&server_id)?)?;
-    let server = quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(server_tls)), "127.0.0.1:0".parse()?)?;
-    let client_tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls::client_config(&client_id, None)?)?;
-    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-    client.set_default_client_config(quinn::ClientConfig::new(Arc::new(client_tls)));
-    let addr = server.local_addr()?;
-    Ok((server, client, addr))
-}
-
-/// `records` framed records of `size` bytes over one raw quinn stream;
-/// returns the time until the receiver has read them all.
-async fn raw_quinn_stream(records: usize, size: usize) -> anyhow::Result<Duration> {
-    let (server, client, addr) = quinn_pair().await?;
-    let total = records * (4 + size);
-    let receiver = tokio::spawn(async move {
-        let connection = server.accept().await.context("no incoming connection")?.await?;
-        let mut recv = connection.accept_uni().await?;
-        let mut read = 0;
-        while read < total {
-            match recv.read_chunk(1 << 20, true).await? {
-                Some(chunk) => read += chunk.bytes.len(),
-                None => break,
-            }
-        }
-        anyhow::Ok((read, connection))
-    });
-    let connection = client.connect(addr, "pluresdb")?.await?;
-    let mut record = (size as u32).to_be_bytes().to_vec();
-    record.resize(4 + size, 7);
-    let chunk: Vec<u8> = record.iter().copied().cycle().take(record.len() * BATCH).collect();
-    let started = Instant::now();
-    let mut send = connection.open_uni().await?;
-    let mut sent = 0;
-    while sent < records {
-        let n = (records - sent).min(BATCH);
-        send.write_all(&chunk[..n * record.len()]).await?;
-        sent += n;
-    }
-    send.finish()?;
-    let (read, _server_side) = receiver.await??;
-    let elapsed = started.elapsed();
-    if read != total {
-        bail!("raw quinn: received {read} of {total} bytes");
-    }
-    connection.close(0u32.into(), b"done");
-    Ok(elapsed)
-}
-
-/// The same values, JSON-encoded, inserted straight into a redb table,
-/// `BATCH` per durable transaction.
-fn raw_redb(count: usize) -> anyhow::Result<Duration> {
-    const RAW: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("raw");
-    let dir = tempfile::tempdir()?;
-    let db = redb::Database::create(dir.path().join("raw.redb"))?;
-    let records: Vec<(String, Vec<u8>)> = batch("bench", 0, count).into_iter().map(|(id, v)| (id, v.to_string().into_bytes())).collect();
-    let started = Instant::now();
-    for chunk in records.chunks(BATCH) {
-        let txn = db.begin_write()?;
-        {
-            let mut table = txn.open_table(RAW)?;
-            for (id, bytes) in chunk {
-                table.insert(id.as_str(), bytes.as_slice())?;
-            }
-        }
-        txn.commit()?;
-    }
-    Ok(started.elapsed())
-}
+#[path = "support/baselines.rs"]
+mod baselines;
+use baselines::{raw_quinn_rtt, raw_quinn_stream, raw_redb, value};
 
 // ---- 2. latency ----------------------------------------------------------------
 
@@ -534,42 +460,6 @@ async fn latency(transport: Transport) -> anyhow::Result<Latency> {
     to_peer.sort();
     local_commit.sort();
     Ok(Latency { to_peer, local_commit, quinn_rtt, libp2p_rtt })
-}
-
-/// Round trips of 100-byte messages over one raw quinn bidirectional stream.
-async fn raw_quinn_rtt(samples: usize) -> anyhow::Result<Vec<Duration>> {
-    let (server, client, addr) = quinn_pair().await?;
-    let echo = tokio::spawn(async move {
-        let connection = server.accept().await.context("no incoming connection")?.await?;
-        let (mut send, mut recv) = connection.accept_bi().await?;
-        let mut message = [0u8; 100];
-        loop {
-            match recv.read_exact(&mut message).await {
-                Ok(()) => send.write_all(&message).await?,
-                Err(quinn::ReadExactError::FinishedEarly(_)) => break,
-                Err(err) => return Err(err.into()),
-            }
-        }
-        anyhow::Ok(())
-    });
-    let connection = client.connect(addr, "pluresdb")?.await?;
-    let (mut send, mut recv) = connection.open_bi().await?;
-    let message = [7u8; 100];
-    let mut reply = [0u8; 100];
-    let mut rtts = Vec::with_capacity(samples);
-    for i in 0..LATENCY_WARMUP + samples {
-        let started = Instant::now();
-        send.write_all(&message).await?;
-        recv.read_exact(&mut reply).await?;
-        if i >= LATENCY_WARMUP {
-            rtts.push(started.elapsed());
-        }
-    }
-    send.finish()?;
-    within(Duration::from_secs(5), "the echo task ending", echo).await???;
-    connection.close(0u32.into(), b"done");
-    rtts.sort();
-    Ok(rtts)
 }
 
 // ---- the raw libp2p baseline ------------------------------------------------------

@@ -407,6 +407,15 @@ fn a_change_written_on_one_node_arrives_over_the_websocket_of_the_other() {
     assert_eq!(a.request("GET", "/status", "").1["transports"], json!(["quic", "libp2p"]));
     let (_, metrics) = a.request_text("GET", "/metrics", "", &[]);
     assert!(metrics.contains("pluresdb_ops_applied_total{source=\"remote\"} 1"), "{metrics}");
+    // Where a write's time goes: A applied one peer message and committed
+    // its own write, each timed.
+    let counter = |text: &str, name: &str| -> u64 {
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or_else(|| panic!("no {name}:\n{text}"))
+    };
+    assert_eq!(counter(&metrics, "pluresdb_remote_applies_total"), 1, "{metrics}");
+    assert!(counter(&metrics, "pluresdb_remote_apply_microseconds_total") > 0, "{metrics}");
+    assert!(counter(&metrics, "pluresdb_commits_total") >= 1, "{metrics}");
+    assert!(counter(&metrics, "pluresdb_commit_microseconds_total") > 0, "{metrics}");
     assert!(b.stop().0);
     assert!(a.stop().0);
 }

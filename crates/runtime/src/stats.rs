@@ -14,6 +14,15 @@ pub struct Stats {
     pub commits: AtomicU64,
     /// Commits that failed (their writes were answered with the error).
     pub failed_commits: AtomicU64,
+    /// Microseconds the writer spent committing local writes (merge, encode,
+    /// sign, the durable transaction), summed over `commits`.
+    pub commit_us: AtomicU64,
+    /// Peer messages that applied operations, and the microseconds the
+    /// writer spent handling them (decode, verify, merge, the durable
+    /// transaction, the acknowledgement): where a write's trip to a peer
+    /// spends its time on the receiving side.
+    pub remote_applies: AtomicU64,
+    pub remote_apply_us: AtomicU64,
     /// Watchers open now.
     pub watchers: AtomicU64,
     /// Watchers ended because they fell behind.

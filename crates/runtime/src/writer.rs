@@ -323,9 +323,14 @@ impl Writer {
     /// Applies a peer event, and any queued behind it, to the sync engine.
     fn peer_event(&mut self, first: pluresdb_net::PeerEvent) {
         let before = self.engine.database().version_vector().total();
+        let started = std::time::Instant::now();
         self.port.apply(&mut self.engine, first);
         let applied = self.engine.database().version_vector().total().saturating_sub(before);
-        Stats::add(&self.stats.remote_ops, applied);
+        if applied > 0 {
+            Stats::add(&self.stats.remote_ops, applied);
+            Stats::add(&self.stats.remote_applies, 1);
+            Stats::add(&self.stats.remote_apply_us, micros(started.elapsed()));
+        }
     }
 
     fn close(&mut self) {
@@ -412,8 +417,10 @@ impl Writer {
 
     fn commit(&mut self, ops: Vec<OperationWithMetadata>) -> Result<Vec<Receipt>, Error> {
         let n = ops.len() as u64;
+        let started = std::time::Instant::now();
         match self.engine.write(ops, now_ms()) {
             Ok(receipts) => {
+                Stats::add(&self.stats.commit_us, micros(started.elapsed()));
                 Stats::add(&self.stats.commits, 1);
                 Stats::add(&self.stats.local_ops, n);
                 Ok(receipts)
@@ -443,4 +450,8 @@ impl Writer {
             }
         }
     }
+}
+
+fn micros(elapsed: std::time::Duration) -> u64 {
+    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
 }

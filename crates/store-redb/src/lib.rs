@@ -125,6 +125,8 @@ pub struct RedbStore {
 /// The open file every handle uses; `None` after a reopen that failed.
 struct SharedFile {
     path: PathBuf,
+    /// redb's page cache (reads and the write buffer), in bytes.
+    cache_bytes: usize,
     db: RwLock<Option<Arc<Redb>>>,
     /// Counts reopens, so a read that failed knows when to read again.
     generation: std::sync::atomic::AtomicU64,
@@ -173,17 +175,29 @@ const READ_RETRY_WAIT: std::time::Duration = std::time::Duration::from_millis(50
 /// to end before it gives up for this attempt (its caller tries again).
 const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The page cache a store gets by default: 32 MiB. Half of it at most is
+/// the write buffer of a commit in progress (a group of 1,000 ~100-byte
+/// writes dirties well under 1 MiB).
+pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
+
 impl RedbStore {
     /// Opens the store in data directory `dir`, creating the directory and
     /// an empty database if there are none. Never overwrites or truncates an
     /// existing file: a file that is not a valid database is an error.
     pub fn open(dir: &Path) -> Result<Self, RedbStoreError> {
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`open`](Self::open) with a page cache of `cache_bytes` (redb's
+    /// own default, 1 GiB, lets a node's memory grow with its data: the
+    /// cache holds every page read or written until it is full).
+    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Self, RedbStoreError> {
         std::fs::create_dir_all(dir).map_err(|source| RedbStoreError::Directory { path: dir.to_owned(), source })?;
         let path = dir.join(DATA_FILE);
-        let db = open_file(&path)?;
+        let db = open_file(&path, cache_bytes)?;
         create_tables(&db).map_err(|source| RedbStoreError::Redb { step: "create tables", source })?;
         Ok(Self {
-            shared: Arc::new(SharedFile { path, db: RwLock::new(Some(Arc::new(db))), generation: Default::default() }),
+            shared: Arc::new(SharedFile { path, cache_bytes, db: RwLock::new(Some(Arc::new(db))), generation: Default::default() }),
             read_only: false,
             last_fault: None,
         })
@@ -296,10 +310,10 @@ impl RedbStore {
         // On failure the slot stays empty: reads fail with `Closed` until a
         // later recovery opens the file.
         let started = std::time::Instant::now();
-        let mut opened = open_file(path);
+        let mut opened = open_file(path, self.shared.cache_bytes);
         while matches!(opened, Err(RedbStoreError::Locked { .. })) && started.elapsed() < REOPEN_WAIT {
             std::thread::sleep(std::time::Duration::from_millis(5));
-            opened = open_file(path);
+            opened = open_file(path, self.shared.cache_bytes);
         }
         let opened = opened.map_err(|err| {
             let fault = match &err {
@@ -348,13 +362,13 @@ fn create_tables(db: &Redb) -> Result<(), redb::Error> {
 
 /// Opens or creates the redb file, turning redb's lock and corruption
 /// reports (including a panic on a file damaged outside redb) into errors.
-fn open_file(path: &Path) -> Result<Redb, RedbStoreError> {
+fn open_file(path: &Path, cache_bytes: usize) -> Result<Redb, RedbStoreError> {
     let corrupted = |reason: String| RedbStoreError::Corrupted { path: path.to_owned(), reason };
     // A file damaged outside redb can make the open panic (redb's docs say
     // so); keep the panic message off the terminal and report an error.
     let previous_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let opened = std::panic::catch_unwind(|| Redb::create(path));
+    let opened = std::panic::catch_unwind(|| redb::Builder::new().set_cache_size(cache_bytes).create(path));
     std::panic::set_hook(previous_hook);
     match opened {
         Ok(Ok(db)) => Ok(db),

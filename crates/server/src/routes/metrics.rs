@@ -56,6 +56,27 @@ pub async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError
         &[("", Stats::get(&stats.commits))],
     );
     metric(&mut out, "pluresdb_failed_commits_total", "counter", "Commits that failed.", &[("", Stats::get(&stats.failed_commits))]);
+    metric(
+        &mut out,
+        "pluresdb_commit_microseconds_total",
+        "counter",
+        "Time the writer spent committing local writes (merge, sign, durable transaction), summed over pluresdb_commits_total.",
+        &[("", Stats::get(&stats.commit_us))],
+    );
+    metric(
+        &mut out,
+        "pluresdb_remote_applies_total",
+        "counter",
+        "Peer messages whose operations the writer applied.",
+        &[("", Stats::get(&stats.remote_applies))],
+    );
+    metric(
+        &mut out,
+        "pluresdb_remote_apply_microseconds_total",
+        "counter",
+        "Time the writer spent applying peers' operations (decode, verify, merge, durable transaction), summed over pluresdb_remote_applies_total.",
+        &[("", Stats::get(&stats.remote_apply_us))],
+    );
     let store = &sync.store;
     metric(
         &mut out,
