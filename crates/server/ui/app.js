@@ -619,46 +619,82 @@ function useChangeCount(prefix) {
 const IMPORT_PART_BYTES = 1024 * 1024;
 const IMPORT_PART_LINES = 1000;
 
-/** Splits NDJSON text into parts: { body, firstLine, lines }. */
-function importParts(text) {
-  const encoder = new TextEncoder();
-  const lines = text.split("\n");
-  if (lines.length && lines[lines.length - 1] === "") lines.pop();
-  const parts = [];
-  let part = { lines: [], bytes: 0, firstLine: 1 };
-  lines.forEach((line, i) => {
-    const bytes = encoder.encode(line).length + 1;
-    if (part.lines.length && (part.bytes + bytes > IMPORT_PART_BYTES || part.lines.length >= IMPORT_PART_LINES)) {
-      parts.push(part);
-      part = { lines: [], bytes: 0, firstLine: i + 1 };
+/** The API takes a body of at most this (a line longer than it cannot be
+ * imported). */
+const IMPORT_MAX_BODY = 2 * 1024 * 1024;
+
+/** The parts of an NDJSON file, found by reading it as a stream (only a
+ * chunk of it is in memory at a time): each is { start, end, firstLine,
+ * lines }, a byte range of whole lines (the last line of the file may lack
+ * its newline), at most IMPORT_PART_BYTES and IMPORT_PART_LINES unless one
+ * line alone is longer. The caller sends `file.slice(start, end)`. */
+async function* importParts(file) {
+  const reader = file.stream().getReader();
+  let scanned = 0; // bytes of the file read so far
+  let start = 0; // where the current part starts
+  let lastEnd = 0; // just after the last newline in the current part
+  let lines = 0; // whole lines in the current part, up to lastEnd
+  let line = 1; // the number of the current part's first line
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      for (let i = value.indexOf(10); i !== -1; i = value.indexOf(10, i + 1)) {
+        const end = scanned + i + 1;
+        if (lines > 0 && (end - start > IMPORT_PART_BYTES || lines >= IMPORT_PART_LINES)) {
+          yield { start, end: lastEnd, firstLine: line, lines };
+          [start, line, lines] = [lastEnd, line + lines, 0];
+        }
+        [lines, lastEnd] = [lines + 1, end];
+      }
+      scanned += value.length;
     }
-    part.lines.push(line);
-    part.bytes += bytes;
-  });
-  if (part.lines.length) parts.push(part);
-  return parts.map((p) => ({ body: p.lines.join("\n") + "\n", firstLine: p.firstLine, lines: p.lines.length }));
+    // What follows the last newline is a last line without one.
+    const tail = scanned > lastEnd ? 1 : 0;
+    if (lines > 0 && tail && (scanned - start > IMPORT_PART_BYTES || lines >= IMPORT_PART_LINES)) {
+      yield { start, end: lastEnd, firstLine: line, lines };
+      [start, line, lines] = [lastEnd, line + lines, 0];
+    }
+    if (scanned > start) yield { start, end: scanned, firstLine: line, lines: lines + tail };
+  } finally {
+    // The import stopped early: read no further.
+    reader.cancel().catch(() => {});
+  }
 }
+
+/** 1.5 MB, 320 KB: bytes for a progress line. */
+const megabytes = (n) => (n >= 1e6 ? `${(n / 1e6).toFixed(1)} MB` : `${Math.ceil(n / 1e3)} KB`);
 
 /** Import an NDJSON file (in parts, with a progress bar) and export the
  * nodes under the prefix as NDJSON (`{"id": ..., "value": {...}}` a line,
  * what `pluresdb import` and POST /import read). */
 function ImportExport({ prefix, onImported }) {
   const [onError, setOnError] = useState("stop");
-  const [progress, setProgress] = useState(null); // { done, total }
+  const [progress, setProgress] = useState(null); // { done, total } in bytes, and lines read
   const [report, setReport] = useState(null);
   const [exporting, setExporting] = useState(null);
   const importFile = async (file) => {
     if (!file) return;
-    const parts = importParts(await file.text());
-    const total = parts.reduce((n, p) => n + p.lines, 0);
+    // Part by part as the file is read: a file larger than memory allows
+    // is never held whole, and each part is one request.
     const result = { imported: 0, skipped: 0, errors: [], stopped: null };
     setReport(null);
-    setProgress({ done: 0, total });
-    let done = 0;
-    for (const part of parts) {
+    setProgress({ done: 0, total: file.size, lines: 0 });
+    for await (const part of importParts(file)) {
+      if (part.end - part.start > IMPORT_MAX_BODY) {
+        const error = `longer than ${IMPORT_MAX_BODY} bytes, the most the API takes`;
+        if (onError === "stop") {
+          result.stopped = `line ${part.firstLine} is ${error}`;
+          break;
+        }
+        result.skipped += 1;
+        result.errors.push({ line: part.firstLine, error });
+        setProgress({ done: part.end, total: file.size, lines: part.firstLine + part.lines - 1 });
+        continue;
+      }
       const query = new URLSearchParams({ on_error: onError, first_line: String(part.firstLine) });
       try {
-        const answer = await apiRaw("POST", `/import?${query}`, part.body, "application/x-ndjson");
+        const answer = await apiRaw("POST", `/import?${query}`, file.slice(part.start, part.end), "application/x-ndjson");
         result.imported += answer.imported;
         result.skipped += answer.skipped;
         result.errors.push(...answer.errors);
@@ -667,8 +703,7 @@ function ImportExport({ prefix, onImported }) {
         result.stopped = err.message;
         break;
       }
-      done += part.lines;
-      setProgress({ done, total });
+      setProgress({ done: part.end, total: file.size, lines: part.firstLine + part.lines - 1 });
     }
     setReport({ ...result, file: file.name });
     onImported();
@@ -705,7 +740,7 @@ function ImportExport({ prefix, onImported }) {
       <label>Bad lines <select value=${onError} onChange=${(e) => setOnError(e.target.value)} data-testid="import-on-error">
         <option value="stop">stop the import</option><option value="skip">skip them</option></select></label>
       ${progress && html`<progress data-testid="import-progress" value=${progress.done} max=${progress.total}></progress>
-        <span class="muted">${progress.done} / ${progress.total} lines</span>`}
+        <span class="muted">${megabytes(progress.done)} / ${megabytes(progress.total)}, ${progress.lines} lines</span>`}
     </div>
     ${report && html`<div data-testid="import-report">
       <p class=${report.stopped ? "error" : "ok"}>${report.file}: ${report.imported} imported, ${report.skipped} skipped${report.stopped ? `; stopped: ${report.stopped}` : "."}</p>
@@ -804,6 +839,8 @@ function ConflictsPage() {
  * scans at most this many for links in. */
 const GRAPH_MAX_NODES = 60;
 const GRAPH_SCAN_NODES = 10_000;
+/** A click on a node waits this long for a second one (a double-click). */
+const DOUBLE_CLICK_MS = 250;
 
 /** The neighbourhood of `root`: links out to `hops`, links in from a scan
  * of the first GRAPH_SCAN_NODES ids (the API has no reverse index). */
@@ -915,13 +952,39 @@ function GraphPage() {
     const factor = e.deltaY < 0 ? 1.2 : 1 / 1.2;
     setView((v) => ({ ...v, scale: Math.min(5, Math.max(0.2, v.scale * factor)) }));
   };
-  const onDown = (e) => (drag.current = { x: e.clientX, y: e.clientY });
+  const onDown = (e) => (drag.current = { x: e.clientX, y: e.clientY, moved: 0 });
   const onMove = (e) => {
-    if (!drag.current) return;
-    const dx = (e.clientX - drag.current.x) / view.scale;
-    const dy = (e.clientY - drag.current.y) / view.scale;
-    drag.current = { x: e.clientX, y: e.clientY };
-    setView((v) => ({ ...v, x: v.x - dx, y: v.y - dy }));
+    if (!drag.current || !(e.buttons & 1)) return (drag.current = null);
+    // Screen pixels to drawing units: the drawing is scaled to fit the
+    // element ("meet"), so the larger of the two ratios. The graph then
+    // follows the pointer exactly.
+    const box = e.currentTarget.getBoundingClientRect();
+    const units = Math.max(w / box.width, h / box.height);
+    const [px, py] = [e.clientX - drag.current.x, e.clientY - drag.current.y];
+    drag.current = { x: e.clientX, y: e.clientY, moved: drag.current.moved + Math.abs(px) + Math.abs(py) };
+    setView((v) => ({ ...v, x: v.x - px * units, y: v.y - py * units }));
+  };
+  // A click recentres on a node, a double-click opens it: the click waits
+  // a moment for a second one, so a double-click does not first recentre
+  // (which would move the node away from under the pointer). A drag that
+  // ends on a node is no click.
+  const clickTimer = useRef(null);
+  // How far the last drag moved (the click comes after the mouseup).
+  const lastDrag = useRef(0);
+  useEffect(() => () => clearTimeout(clickTimer.current), []);
+  const onNodeClick = (n, e) => {
+    clearTimeout(clickTimer.current);
+    const dragged = lastDrag.current > 3;
+    if (e.detail > 1 || dragged || !n.exists || n.id === root) return;
+    clickTimer.current = setTimeout(() => (setTyped(n.id), setRoot(n.id)), DOUBLE_CLICK_MS);
+  };
+  const onNodeDblClick = (n) => {
+    clearTimeout(clickTimer.current);
+    if (n.exists) location.hash = `#/data?id=${encodeURIComponent(n.id)}`;
+  };
+  const endDrag = () => {
+    lastDrag.current = drag.current?.moved ?? 0;
+    drag.current = null;
   };
   return html`
     <form class="row" onSubmit=${(e) => (e.preventDefault(), setRoot(typed.trim() || null))}>
@@ -935,7 +998,7 @@ function GraphPage() {
     html`<p class="muted" data-testid="graph-summary">${g.nodes.length} nodes, ${g.edges.length} links; links in found among ${g.scanned} nodes${g.complete ? " (all)" : ` (the first ${g.scanned}: not all)`}.</p>`}
     <section>
       <svg class="graph" data-testid="graph" width="100%" height="500" viewBox=${`${view.x + (900 - w) / 2} ${view.y + (600 - h) / 2} ${w} ${h}`}
-        onWheel=${onWheel} onMouseDown=${onDown} onMouseMove=${onMove} onMouseUp=${() => (drag.current = null)} onMouseLeave=${() => (drag.current = null)}>
+        onWheel=${onWheel} onMouseDown=${onDown} onMouseMove=${onMove} onMouseUp=${endDrag} onMouseLeave=${endDrag}>
         <defs><marker id="arrow" viewBox="0 0 10 10" refX="5" refY="5" markerWidth="8" markerHeight="8" orient="auto"><path d="M 0 0 L 10 5 L 0 10 z" fill="#8a94a0" /></marker></defs>
         ${g?.edges.map((e) => {
           // Drawn from the tail to the head; the arrow at the middle.
@@ -950,8 +1013,7 @@ function GraphPage() {
           const p = at.get(n.id);
           const cls = `gnode ${n.dir}${n.exists ? "" : " missing"}`;
           return html`<g key=${n.id} class=${cls} data-node=${n.id} data-missing=${n.exists ? "no" : "yes"} transform=${`translate(${p.x},${p.y})`}
-            onClick=${() => n.exists && n.id !== root && (setTyped(n.id), setRoot(n.id))}
-            onDblClick=${() => n.exists && (location.hash = `#/data?id=${encodeURIComponent(n.id)}`)}>
+            onClick=${(e) => onNodeClick(n, e)} onDblClick=${() => onNodeDblClick(n)}>
             <circle r="16" />
             <text y="32">${n.id}${n.exists ? "" : " (missing)"}</text>
           </g>`;
