@@ -73,9 +73,9 @@ async function openUi(context, base, hash, problems) {
 
 /** A screenshot for docs/ui (`screenshots=DIR`); a page in a background
  * tab is not painted, so it comes to the front first. */
-async function shoot(page, path) {
+async function shoot(page, path, options = {}) {
   await page.bringToFront();
-  await page.screenshot({ path });
+  await page.screenshot({ path, ...options });
 }
 
 /** Bytes of everything the first load fetches, and gzipped (level 9). */
@@ -290,7 +290,7 @@ const scenarios = {
     });
     check(qr.width > 0 && qr.grey.length === qr.width * qr.height, `the QR code drawn is ${qr.width}x${qr.height}`);
     await writeFile(args.qr_pixels, Buffer.from(qr.grey));
-    if (args.screenshots) await shoot(peers, join(args.screenshots, "peers.png"));
+    if (args.screenshots) await shoot(peers, join(args.screenshots, "peers.png"), { fullPage: true });
     // The API's 401 before the token was given is expected; nothing else.
     const unauthorized = problems.findIndex((p) => p.includes("status of 401"));
     check(unauthorized >= 0, "the invite was made without the token");

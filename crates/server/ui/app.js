@@ -141,6 +141,30 @@ function Sparkline({ values, label, unit, id = label }) {
  * a second, so one write just after a bucket began is not a spike. */
 const perSecond = (buckets, read) => buckets.map((b) => (read(b) * 1000) / Math.max(1000, b.duration_ms));
 
+/** The rate in each bucket of GET /status/rates as a bar where its time
+ * falls in the last `spanMs` (now at the right), scaled to the peak. */
+function RateBars({ buckets, read, label, unit, id, spanMs }) {
+  const width = 300;
+  const height = 48;
+  const rates = perSecond(buckets, read);
+  const peak = Math.max(0, ...rates);
+  const scale = Math.max(1, peak);
+  const x = (ago) => width - (Math.min(ago, spanMs) / spanMs) * width;
+  const last = rates.length ? rates[rates.length - 1] : 0;
+  return html`<figure class="spark" data-testid=${`rate-${id}`}>
+    <svg width=${width} height=${height} viewBox=${`0 0 ${width} ${height}`} role="img" aria-label=${label}>
+      <line x1="0" y1=${height - 0.5} x2=${width} y2=${height - 0.5} stroke="currentColor" stroke-opacity="0.25" />
+      ${buckets.map((b, i) => {
+        const left = x(b.started_ms_ago);
+        const bar = Math.max(1.5, x(b.started_ms_ago - b.duration_ms) - left - 0.5);
+        const tall = rates[i] > 0 ? Math.max(1, (rates[i] / scale) * (height - 2)) : 0;
+        return html`<rect x=${left.toFixed(1)} y=${(height - 1 - tall).toFixed(1)} width=${bar.toFixed(1)} height=${tall.toFixed(1)} fill="currentColor" />`;
+      })}
+    </svg>
+    <figcaption>${label}: <b>${last.toFixed(1)}</b> ${unit} now (peak <span data-peak=${peak}>${peak.toFixed(1)}</span>)</figcaption>
+  </figure>`;
+}
+
 function StatusPage() {
   const health = usePolled(() => api("GET", "/health"), STATUS_REFRESH_MS);
   const status = usePolled(() => api("GET", "/status"), STATUS_REFRESH_MS);
@@ -153,7 +177,10 @@ function StatusPage() {
   // charts show them whenever the page opened.
   const rates = usePolled(() => api("GET", "/status/rates"), STATUS_REFRESH_MS);
   const buckets = rates.data?.buckets ?? [];
-  const minutes = buckets.length ? Math.ceil(buckets[0].started_ms_ago / 60_000) : 0;
+  // The span charted: the node's whole history (15 minutes), so that the
+  // bars keep their places as time passes.
+  const spanMs = 15 * 60_000;
+  const bars = (id, label, unit, read) => html`<${RateBars} id=${id} label=${label} unit=${unit} read=${read} buckets=${buckets} spanMs=${spanMs} />`;
   return html`
     <section>
       <h2>Node</h2>
@@ -180,13 +207,13 @@ function StatusPage() {
       </dl>
     </section>
     <section>
-      <h2>Rates over the last ${minutes > 1 ? `${minutes} minutes` : "minute"} <span class="muted">(${rates.data?.step_s ?? 10} s steps, kept by the node)</span></h2>
+      <h2>Rates over the last 15 minutes <span class="muted">(${rates.data?.step_s ?? 10} s steps, kept by the node; now at the right)</span></h2>
       ${rates.error && html`<p class="error">${rates.error}</p>`}
       <div class="row" data-testid="rates" data-buckets=${buckets.length}>
-        <${Sparkline} id="writes" values=${perSecond(buckets, (b) => b.local_ops)} label="writes on this node" unit="/s" />
-        <${Sparkline} id="applied" values=${perSecond(buckets, (b) => b.remote_ops)} label="operations from peers applied" unit="/s" />
-        <${Sparkline} id="sent" values=${perSecond(buckets, (b) => b.ops_sent)} label="operations sent to peers" unit="/s" />
-        <${Sparkline} id="traffic" values=${perSecond(buckets, (b) => b.bytes_sent + b.bytes_received)} label="sync traffic, both ways" unit="B/s" />
+        ${bars("writes", "writes on this node", "/s", (b) => b.local_ops)}
+        ${bars("applied", "operations from peers applied", "/s", (b) => b.remote_ops)}
+        ${bars("sent", "operations sent to peers", "/s", (b) => b.ops_sent)}
+        ${bars("traffic", "sync traffic, both ways", "B/s", (b) => b.bytes_sent + b.bytes_received)}
       </div>
     </section>
     <section>
