@@ -231,7 +231,8 @@ fn in_a_browser_status_shows_the_node_and_a_node_created_on_data_arrives_on_live
 /// page shows A's trust mode and listen address, and makes
 /// an invite ticket once given the token (which an invite always needs),
 /// with its QR code: the code the page draws decodes (rqrr) to exactly the
-/// ticket `pluresdb invite` prints for A.
+/// ticket `pluresdb invite` prints for A; a ticket too long for a QR code
+/// is still shown, with why it has none.
 #[test]
 fn in_a_browser_the_peers_page_connects_a_second_node_and_lists_it() {
     if !browser_ready() {

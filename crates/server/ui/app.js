@@ -442,7 +442,17 @@ function Invite() {
     const query = new URLSearchParams({ qr: "svg" });
     if (addresses.trim()) query.set("addresses", addresses.trim());
     try {
-      setTicket(await api("GET", `/network/invite?${query}`));
+      let answer;
+      try {
+        answer = await api("GET", `/network/invite?${query}`);
+      } catch (err) {
+        // A ticket naming many addresses may not fit in a QR code: the
+        // ticket alone is still worth having.
+        if (!(err.status === 400 && /QR code/.test(err.message))) throw err;
+        query.delete("qr");
+        answer = { ...(await api("GET", `/network/invite?${query}`)), qr_error: err.message };
+      }
+      setTicket(answer);
       setFailure(null);
     } catch (err) {
       setTicket(null);
@@ -450,7 +460,7 @@ function Invite() {
     }
   };
   return html`<form class="row" onSubmit=${make}>
-      <label>Invite from <input value=${addresses} onInput=${(e) => setAddresses(e.target.value)} placeholder="host:port, … (default: listen addresses)" size="36" /></label>
+      <label>Invite from <input data-testid="invite-addresses" value=${addresses} onInput=${(e) => setAddresses(e.target.value)} placeholder="host:port, … (default: listen addresses)" size="36" /></label>
       <button class="plain" type="submit" data-testid="make-invite">Make an invite ticket</button>
     </form>
     ${failure && html`<p class="error">${failure}</p>`}
@@ -458,8 +468,9 @@ function Invite() {
     html`<p class="muted">The ticket carries the network secret: give it only to nodes you trust (<span class="mono">pluresdb serve --join-file FILE</span>).</p>
       <div class="row invite">
         <textarea readonly class="ticket" data-testid="invite-ticket" onFocus=${(e) => e.target.select()}>${ticket.ticket}</textarea>
-        <img data-testid="invite-qr" alt="The ticket as a QR code" title="Scan with a phone" src=${`data:image/svg+xml;base64,${btoa(ticket.qr_svg)}`} />
-      </div>`}`;
+        ${ticket.qr_svg && html`<img data-testid="invite-qr" alt="The ticket as a QR code" title="Scan with a phone" src=${`data:image/svg+xml;base64,${btoa(ticket.qr_svg)}`} />`}
+      </div>
+      ${ticket.qr_error && html`<p class="muted" data-testid="invite-no-qr">No QR code: ${ticket.qr_error.replace(/^400: /, "")}</p>`}`}`;
 }
 
 /** The ids under a prefix, a page at a time, reloaded when a change under
