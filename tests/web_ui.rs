@@ -226,8 +226,8 @@ fn in_a_browser_status_shows_the_node_and_a_node_created_on_data_arrives_on_live
 /// over QUIC; B's row shows when it last synced, that it lacks nothing
 /// and the bytes each way (as A's /peers answers them) once a write of A
 /// reached B; cut off (A in allowlist mode), B's row shows the 3
-/// operations A wrote since, and 0 again once reconnected (B then holds
-/// them); the
+/// operations A wrote since (so does the Status page's pending per peer),
+/// and 0 again once reconnected (B then holds them); the
 /// page shows A's trust mode and listen address, and makes
 /// an invite ticket once given the token (which an invite always needs),
 /// with its QR code: the code the page draws decodes (rqrr) to exactly the

@@ -257,6 +257,10 @@ const scenarios = {
     await row.waitFor({ state: "detached" });
     for (const id of ["p:2", "p:3", "p:4"]) await put(id);
     await peers.locator(`tr:has(td[data-peer="${args.peer_b}"]) td[data-pending="3"]`).waitFor();
+    // The Status page lists what each peer has not acknowledged too.
+    const status = await openUi(context, base, "#/status", problems);
+    await status.locator(`[data-testid=status-pending] tr:has(td[data-peer="${args.peer_b}"]) td[data-pending="3"]`).waitFor();
+    await status.close();
     await mode("secret");
     await peers.locator("[data-testid=connect-address]").fill(args.address_b);
     await peers.locator("[data-testid=connect]").click();

@@ -176,6 +176,8 @@ function StatusPage() {
   // The node keeps the counts of the last 15 minutes (10 s buckets): the
   // charts show them whenever the page opened.
   const rates = usePolled(() => api("GET", "/status/rates"), STATUS_REFRESH_MS);
+  const peers = usePolled(() => api("GET", "/peers"), STATUS_REFRESH_MS);
+  const peerList = peers.data?.peers ?? [];
   const buckets = rates.data?.buckets ?? [];
   // The span charted: the node's whole history (15 minutes), so that the
   // bars keep their places as time passes.
@@ -205,6 +207,21 @@ function StatusPage() {
         <dt>Bytes sent / received</dt><dd>${s ? `${s.traffic.bytes_sent} / ${s.traffic.bytes_received}` : "…"}</dd>
         <dt>Messages refused</dt><dd>${s?.traffic.errors ?? "…"}</dd>
       </dl>
+      <h3>Pending per peer <span class="muted">(operations each has not acknowledged)</span></h3>
+      ${peers.error && html`<p class="error">${peers.error}</p>`}
+      ${peerList.length
+        ? html`<table data-testid="status-pending">
+            <tr><th>Peer</th><th>Connected</th><th>Pending</th><th>Last sync</th></tr>
+            ${peerList.map(
+              (p) => html`<tr key=${p.peer_id}>
+                <td class="mono" title=${p.peer_id} data-peer=${p.peer_id}>${short(p.peer_id)}</td>
+                <td>${p.connected ? "yes" : "no"}</td>
+                <td data-pending=${p.pending_operations}>${p.pending_operations}</td>
+                <td>${when(p.last_sync_ms)}</td>
+              </tr>`,
+            )}
+          </table>`
+        : html`<p class="muted">No peer yet.</p>`}
     </section>
     <section>
       <h2>Rates over the last 15 minutes <span class="muted">(${rates.data?.step_s ?? 10} s steps, kept by the node; now at the right)</span></h2>
