@@ -15,6 +15,7 @@ use crate::clock::{self, Hlc, HybridLogicalClock, DEFAULT_MAX_CLOCK_DRIFT};
 use crate::codec;
 use crate::error::Error;
 use crate::feed::{ChangeFeed, Subscription};
+use crate::index::{self, IndexDef, IndexSpec, IndexState, INDEXES_META_KEY};
 use crate::merge;
 use crate::node::{Node, NodeRecord};
 use crate::operation::{
@@ -299,6 +300,8 @@ pub struct Database<S> {
     /// Per origin, the most its timestamps were ahead at receipt (at most
     /// [`MAX_SKEW_ORIGINS`]).
     skew: BTreeMap<Arc<str>, i64>,
+    /// The secondary indexes every commit keeps (see [`crate::index`]).
+    indexes: Vec<IndexDef>,
 }
 
 /// Whether a batch holds local writes to stamp or operations received, and
@@ -324,6 +327,7 @@ impl<S: Store> Database<S> {
             None => last,
         };
         let deferred = Deferred::load(&store)?;
+        let indexes = index::decode_defs(store.meta(INDEXES_META_KEY)?.as_deref())?;
         Ok(Self {
             store,
             peer_id: peer_id.into(),
@@ -338,6 +342,7 @@ impl<S: Store> Database<S> {
             wall_offset_ms: 0,
             deferred,
             skew: BTreeMap::new(),
+            indexes,
         })
     }
 
@@ -453,7 +458,8 @@ impl<S: Store> Database<S> {
             }
         }
         let count = stamps.len();
-        let batch = WriteBatch { nodes: records, meta: clock_meta(&clock), released: stamps, ..WriteBatch::default() };
+        let mut batch = WriteBatch { nodes: records, meta: clock_meta(&clock), released: stamps, ..WriteBatch::default() };
+        self.index_changes(&mut batch)?;
         self.store.commit(&batch)?;
         self.clock = clock;
         // The store is committed: if reading the new first fails, keep the
@@ -577,7 +583,8 @@ impl<S: Store> Database<S> {
     /// engine's record of what each peer acknowledged) in one durable commit.
     /// The core's own keys are refused.
     pub fn commit_meta(&mut self, entries: Vec<(String, Vec<u8>)>) -> Result<(), Error> {
-        if let Some((key, _)) = entries.iter().find(|(key, _)| key == CLOCK_META_KEY || key == OBSERVED_META_KEY) {
+        if let Some((key, _)) = entries.iter().find(|(key, _)| key == CLOCK_META_KEY || key == OBSERVED_META_KEY || key == INDEXES_META_KEY)
+        {
             return Err(Error::ReservedKey { key: key.clone() });
         }
         self.store.commit(&WriteBatch { meta: entries, ..WriteBatch::default() })
@@ -601,6 +608,7 @@ impl<S: Store> Database<S> {
             None => last,
         };
         let deferred = Deferred::load(&self.store)?;
+        let indexes = index::decode_defs(self.store.meta(INDEXES_META_KEY)?.as_deref())?;
         // The clock never steps back, whatever the store says.
         let mut clock = HybridLogicalClock::resume(last, observed);
         if clock.last() < self.clock.last() {
@@ -610,6 +618,7 @@ impl<S: Store> Database<S> {
         self.clock = clock;
         self.deferred = deferred;
         self.heads.clear();
+        self.indexes = indexes;
         Ok(())
     }
 
@@ -1035,7 +1044,7 @@ impl<S: Store> Database<S> {
         // (A rebuilt one is stored blank: it replaces what the dropped
         // operations had left.)
         records.retain(|record| !record.is_blank() || truncations.iter().any(|t| t.dropped.iter().any(|op| op.node_id == record.id)));
-        let batch = WriteBatch {
+        let mut batch = WriteBatch {
             truncate: truncations.iter().map(|t| (t.origin.to_string(), t.from)).collect(),
             ops: encoded,
             nodes: records,
@@ -1043,7 +1052,9 @@ impl<S: Store> Database<S> {
             meta: clock_meta(&clock),
             deferred,
             released,
+            ..WriteBatch::default()
         };
+        self.index_changes(&mut batch)?;
         self.store.commit(&batch)?;
         if !batch.released.is_empty() {
             // Dropped operations that were deferred are no longer.
@@ -1190,6 +1201,142 @@ impl<S: Store> Database<S> {
     /// a node no operation has touched.
     pub fn history(&self, id: &str) -> Result<Vec<OperationWithMetadata>, Error> {
         reader::history(&self.store, id)
+    }
+
+    /// Runs `query` (see [`crate::query`]).
+    pub fn query(&self, query: &crate::query::Query) -> Result<crate::query::QueryPage, Error> {
+        crate::query::run(&self.store, &*self.resolver, &self.indexes, query)
+    }
+
+    /// The secondary indexes, complete or being built.
+    pub fn indexes(&self) -> &[IndexDef] {
+        &self.indexes
+    }
+
+    /// Adds the index `spec` asks for, empty and [`IndexState::Building`]:
+    /// from now on every commit keeps its entries, and
+    /// [`build_index_step`](Self::build_index_step) indexes the nodes
+    /// already stored, a slice per call, until it is ready. Returns the
+    /// definition.
+    pub fn create_index(&mut self, spec: &IndexSpec) -> Result<IndexDef, Error> {
+        if self.indexes.len() >= index::MAX_INDEXES {
+            return Err(Error::InvalidIndex { reason: format!("a replica keeps at most {} indexes", index::MAX_INDEXES) });
+        }
+        let number = self.indexes.iter().map(|def| def.number).max().map_or(1, |n| n + 1);
+        let total = self.store.count_nodes(&spec.prefix)?;
+        let def = spec.to_def(number, self.resolver.name(), total)?;
+        if let Some(same) = self.indexes.iter().find(|d| d.name == def.name || (d.prefix == def.prefix && d.kind == def.kind)) {
+            return Err(Error::InvalidIndex { reason: format!("index {:?} exists and covers the same", same.name) });
+        }
+        let mut indexes = self.indexes.clone();
+        indexes.push(def.clone());
+        self.store.commit(&WriteBatch { meta: vec![(INDEXES_META_KEY.into(), index::encode_defs(&indexes))], ..WriteBatch::default() })?;
+        self.indexes = indexes;
+        Ok(def)
+    }
+
+    /// Indexes up to `max_nodes` more stored nodes of index `name` in one
+    /// commit (with the build's progress); returns the definition as it
+    /// stands after (ready once the build has read every covered node).
+    pub fn build_index_step(&mut self, name: &str, max_nodes: usize) -> Result<IndexDef, Error> {
+        let at = self.index_position(name)?;
+        let def = self.indexes[at].clone();
+        let IndexState::Building { after, indexed, total } = &def.state else { return Ok(def) };
+        let page = self.store.scan_nodes(&def.prefix, after.as_deref(), max_nodes.max(1))?;
+        let mut added = Vec::new();
+        for record in &page {
+            if let Some(node) = record.view(&*self.resolver) {
+                def.entries_of(&node, &mut added);
+            }
+        }
+        let mut next = def.clone();
+        next.state = match page.last() {
+            Some(last) if page.len() >= max_nodes.max(1) => {
+                IndexState::Building { after: Some(last.id.clone()), indexed: indexed + page.len() as u64, total: *total }
+            }
+            _ => IndexState::Ready,
+        };
+        let mut indexes = self.indexes.clone();
+        indexes[at] = next.clone();
+        let batch =
+            WriteBatch { meta: vec![(INDEXES_META_KEY.into(), index::encode_defs(&indexes))], index_added: added, ..WriteBatch::default() };
+        self.store.commit(&batch)?;
+        self.indexes = indexes;
+        Ok(next)
+    }
+
+    /// Drops index `name` and every entry of it, in one commit.
+    pub fn drop_index(&mut self, name: &str) -> Result<IndexDef, Error> {
+        let at = self.index_position(name)?;
+        let mut indexes = self.indexes.clone();
+        let dropped = indexes.remove(at);
+        let batch = WriteBatch {
+            meta: vec![(INDEXES_META_KEY.into(), index::encode_defs(&indexes))],
+            index_dropped: vec![dropped.number],
+            ..WriteBatch::default()
+        };
+        self.store.commit(&batch)?;
+        self.indexes = indexes;
+        Ok(dropped)
+    }
+
+    /// Starts the build again, from empty, of every index whose entries
+    /// were made under another resolver than the one in use (a replica
+    /// reopened with another `--resolver`); returns their names.
+    pub fn rebuild_indexes_of_other_resolvers(&mut self) -> Result<Vec<String>, Error> {
+        let resolver = self.resolver.name().to_owned();
+        let stale: Vec<u32> = self.indexes.iter().filter(|d| d.resolver != resolver).map(|d| d.number).collect();
+        if stale.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut indexes = self.indexes.clone();
+        let mut names = Vec::new();
+        for def in indexes.iter_mut().filter(|d| stale.contains(&d.number)) {
+            def.resolver = resolver.clone();
+            def.state = IndexState::Building { after: None, indexed: 0, total: self.store.count_nodes(&def.prefix)? };
+            names.push(def.name.clone());
+        }
+        let batch = WriteBatch {
+            meta: vec![(INDEXES_META_KEY.into(), index::encode_defs(&indexes))],
+            index_dropped: stale,
+            ..WriteBatch::default()
+        };
+        self.store.commit(&batch)?;
+        self.indexes = indexes;
+        Ok(names)
+    }
+
+    fn index_position(&self, name: &str) -> Result<usize, Error> {
+        self.indexes.iter().position(|d| d.name == name).ok_or_else(|| Error::NoSuchIndex { name: name.to_owned() })
+    }
+
+    /// Adds to `batch` the index entries that change when its records
+    /// replace the ones stored: the old entries come from the stored
+    /// records (read before the commit), the new from the batch's, both as
+    /// the resolver presents them. Every write path calls this just before
+    /// its commit, so entries and nodes change in one transaction.
+    fn index_changes(&self, batch: &mut WriteBatch) -> Result<(), Error> {
+        if self.indexes.is_empty() {
+            return Ok(());
+        }
+        let covered: Vec<&crate::node::NodeRecord> =
+            batch.nodes.iter().filter(|r| self.indexes.iter().any(|def| def.covers(&r.id))).collect();
+        if covered.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = covered.iter().map(|r| r.id.as_str()).collect();
+        let stored = self.store.nodes(&ids)?;
+        let resolver = &*self.resolver;
+        let (mut removed, mut added) = (Vec::new(), Vec::new());
+        for (record, old) in covered.iter().zip(stored) {
+            let old_view = old.and_then(|old| old.view(resolver));
+            let old_entries = index::entries_for(&self.indexes, &record.id, old_view.as_ref());
+            let new_entries = index::entries_for(&self.indexes, &record.id, record.view(resolver).as_ref());
+            index::diff(&old_entries, &new_entries, &mut removed, &mut added);
+        }
+        batch.index_removed.extend(removed);
+        batch.index_added.extend(added);
+        Ok(())
     }
 
     /// The resolver, shared (for a [`Reader`](crate::Reader) over another

@@ -36,6 +36,15 @@ pub enum Error {
     /// The node does not exist (never created, or deleted).
     #[error("node {id:?} not found")]
     NotFound { id: String },
+    /// A query is malformed or goes past a limit (the reason says which).
+    #[error("invalid query: {reason}")]
+    InvalidQuery { reason: String },
+    /// An index definition is malformed, or one of that name exists.
+    #[error("invalid index: {reason}")]
+    InvalidIndex { reason: String },
+    /// No index of that name.
+    #[error("no index named {name:?}")]
+    NoSuchIndex { name: String },
     /// Stored or received bytes do not decode.
     #[error("cannot decode {what}: {reason}")]
     Decode { what: &'static str, reason: String },
@@ -125,6 +134,8 @@ impl Error {
                 | Error::ForeignOrigin { .. }
                 | Error::BrokenChain { .. }
                 | Error::BadSignature { .. }
+                | Error::InvalidQuery { .. }
+                | Error::InvalidIndex { .. }
         )
     }
 }

@@ -44,9 +44,11 @@ pub mod codec;
 mod database;
 mod error;
 pub mod feed;
+pub mod index;
 pub mod merge;
 mod node;
 mod operation;
+pub mod query;
 mod reader;
 pub mod resolver;
 pub mod signing;
@@ -57,13 +59,15 @@ pub use clock::{Hlc, HybridLogicalClock, DEFAULT_MAX_CLOCK_DRIFT};
 pub use database::{ApplyReport, ClockReport, Database, Fork, ForkOutcome, OriginSkew, Receipt, Refusal, RefusalReason, CLOCK_META_KEY};
 pub use error::{error_chain, Error, StorageFault};
 pub use feed::{Change, ChangeFeed, FeedEvent, Subscription};
+pub use index::{IndexDef, IndexEntry, IndexKind, IndexSpec, IndexState};
 pub use node::{link_target, FieldValue, Node, NodeRecord, PendingSupersession, Reset, LINK_KEY};
 pub use operation::{
     validate_node_id, validate_value, OpId, OperationType, OperationWithMetadata, Stamp, MAX_NODE_ID_BYTES, MAX_OP_BYTES, MAX_ORIGIN_BYTES,
     MAX_SUPERSEDED_PER_FIELD, MAX_SUPERSEDED_PER_OP, MAX_VALUE_BYTES,
 };
+pub use query::{Query, QueryPage};
 pub use reader::{Reader, Traversal};
 pub use resolver::{builtin_resolver, ConflictResolver, FirstWriterWins, FnResolver, KeepAll, LastWriterWins};
 pub use signing::{OpDigest, OpSignature, OpSigner, OpVerifier, SIGN_EVERY, SIGN_EVERY_BYTES};
-pub use store::{EncodedOps, MemoryStore, Store, WriteBatch};
+pub use store::{EncodedOps, IndexRange, MemoryStore, Store, WriteBatch};
 pub use version_vector::VersionVector;

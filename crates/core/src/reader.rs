@@ -86,6 +86,16 @@ impl<S: Store> Reader<S> {
         self.store.version_vector()
     }
 
+    /// The index definitions as last committed.
+    pub fn indexes(&self) -> Result<Vec<crate::index::IndexDef>, Error> {
+        crate::index::decode_defs(self.store.meta(crate::index::INDEXES_META_KEY)?.as_deref())
+    }
+
+    /// Runs `query` (see [`crate::query`]) with the indexes as last committed.
+    pub fn query(&self, query: &crate::query::Query) -> Result<crate::query::QueryPage, Error> {
+        crate::query::run(&self.store, &*self.resolver, &self.indexes()?, query)
+    }
+
     /// A metadata value as last committed.
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         self.store.meta(key)

@@ -8,11 +8,13 @@
 //! it is visible.
 
 use crate::error::Error;
+use crate::index::IndexEntry;
 use crate::node::NodeRecord;
 use crate::operation::{OpId, OperationWithMetadata, Stamp};
 use crate::signing::{OpDigest, OpSignature};
 use crate::version_vector::VersionVector;
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::sync::Arc;
 
 /// New operations for the op log, encoded once by the core: each
@@ -133,6 +135,26 @@ pub struct WriteBatch {
     pub deferred: Vec<Stamp>,
     /// Deferred operations this batch merges into their nodes, to forget.
     pub released: Vec<Stamp>,
+    /// Indexes (by number) whose every entry goes, first (a dropped index).
+    pub index_dropped: Vec<u32>,
+    /// Index entries to remove, then
+    pub index_removed: Vec<IndexEntry>,
+    /// index entries to insert (see [`crate::index`]).
+    pub index_added: Vec<IndexEntry>,
+}
+
+/// A range of one index's entries, ordered by (key, node id). A bound
+/// `(key, "")` lies before every entry of `key` (node ids are never empty).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexRange {
+    /// The index's number.
+    pub index: u32,
+    /// Where the range starts.
+    pub lower: Bound<(Vec<u8>, String)>,
+    /// Where it ends.
+    pub upper: Bound<(Vec<u8>, String)>,
+    /// Read from the upper end down.
+    pub descending: bool,
 }
 
 /// Durable storage for node records, the op log of every origin, the
@@ -167,6 +189,24 @@ pub trait Store {
 
     /// The number of deferred operations.
     fn deferred_count(&self) -> Result<u64, Error>;
+
+    /// Reads up to `limit` entries of an index in `range`, as (key, node id).
+    fn index_range(&self, range: &IndexRange, limit: usize) -> Result<Vec<(Vec<u8>, String)>, Error>;
+
+    /// How many records have an id that starts with `prefix` (deleted ones
+    /// included): progress of an index build.
+    fn count_nodes(&self, prefix: &str) -> Result<u64, Error> {
+        let mut count = 0u64;
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.scan_nodes(prefix, after.as_deref(), 4_096)?;
+            count += page.len() as u64;
+            match page.last() {
+                Some(last) if page.len() == 4_096 => after = Some(last.id.clone()),
+                _ => return Ok(count),
+            }
+        }
+    }
 
     /// Writes `batch` atomically and durably. A fault of the medium is
     /// [`Error::StoreFault`]: the batch is then not visible, or (an error at
@@ -209,6 +249,12 @@ impl<S: Store + ?Sized> Store for Box<S> {
     fn deferred_count(&self) -> Result<u64, Error> {
         (**self).deferred_count()
     }
+    fn index_range(&self, range: &IndexRange, limit: usize) -> Result<Vec<(Vec<u8>, String)>, Error> {
+        (**self).index_range(range, limit)
+    }
+    fn count_nodes(&self, prefix: &str) -> Result<u64, Error> {
+        (**self).count_nodes(prefix)
+    }
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
         (**self).commit(batch)
     }
@@ -226,6 +272,8 @@ pub struct MemoryStore {
     version_vector: VersionVector,
     meta: BTreeMap<String, Vec<u8>>,
     deferred: BTreeSet<Stamp>,
+    /// (index, key, node id) of every index entry.
+    index: BTreeSet<(u32, Vec<u8>, String)>,
 }
 
 impl MemoryStore {
@@ -298,6 +346,36 @@ impl Store for MemoryStore {
         Ok(self.deferred.len() as u64)
     }
 
+    fn index_range(&self, range: &IndexRange, limit: usize) -> Result<Vec<(Vec<u8>, String)>, Error> {
+        let at = |bound: &Bound<(Vec<u8>, String)>| match bound {
+            Bound::Included((key, id)) => Bound::Included((range.index, key.clone(), id.clone())),
+            Bound::Excluded((key, id)) => Bound::Excluded((range.index, key.clone(), id.clone())),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let (lower, upper) = (at(&range.lower), at(&range.upper));
+        // Unbounded ends stay inside the index.
+        let lower = match lower {
+            Bound::Unbounded => Bound::Included((range.index, Vec::new(), String::new())),
+            bound => bound,
+        };
+        let upper = match upper {
+            Bound::Unbounded => match range.index.checked_add(1) {
+                Some(next) => Bound::Excluded((next, Vec::new(), String::new())),
+                None => Bound::Unbounded,
+            },
+            bound => bound,
+        };
+        if !valid_range(&lower, &upper) {
+            return Ok(Vec::new());
+        }
+        let entries = self.index.range((lower, upper));
+        let pick = |(_, key, id): &(u32, Vec<u8>, String)| (key.clone(), id.clone());
+        Ok(match range.descending {
+            true => entries.rev().take(limit).map(pick).collect(),
+            false => entries.take(limit).map(pick).collect(),
+        })
+    }
+
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
         // Check first so that a refused batch changes nothing.
         let mut next: BTreeMap<&str, u64> = BTreeMap::new();
@@ -331,6 +409,25 @@ impl Store for MemoryStore {
             self.deferred.remove(stamp);
         }
         self.deferred.extend(batch.deferred.iter().cloned());
+        for number in &batch.index_dropped {
+            self.index.retain(|(index, _, _)| index != number);
+        }
+        for entry in &batch.index_removed {
+            self.index.remove(&(entry.index, entry.key.clone(), entry.id.clone()));
+        }
+        for entry in &batch.index_added {
+            self.index.insert((entry.index, entry.key.clone(), entry.id.clone()));
+        }
         Ok(())
+    }
+}
+
+/// Whether a range's ends are in order (a BTreeMap panics on one that is
+/// not, and a query can ask for `> 5 and < 3`).
+pub(crate) fn valid_range<T: Ord>(lower: &Bound<T>, upper: &Bound<T>) -> bool {
+    match (lower, upper) {
+        (Bound::Included(l), Bound::Included(u)) => l <= u,
+        (Bound::Included(l) | Bound::Excluded(l), Bound::Excluded(u) | Bound::Included(u)) => l < u,
+        _ => true,
     }
 }

@@ -24,9 +24,12 @@
 //! the batch is visible after reopening. A data directory holds one file,
 //! [`DATA_FILE`], and is locked against a second process.
 
-use pluresdb_core::{Error, Hlc, NodeRecord, OpId, OperationWithMetadata, Stamp, StorageFault, Store, VersionVector, WriteBatch};
+use pluresdb_core::{
+    Error, Hlc, IndexRange, NodeRecord, OpId, OperationWithMetadata, Stamp, StorageFault, Store, VersionVector, WriteBatch,
+};
 use redb::{Database as Redb, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -49,6 +52,10 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// (packed timestamp, origin, seq) of each operation held but not merged
 /// yet (stamped beyond the clock horizon), in the order they become due.
 const DEFERRED: TableDefinition<(u64, &str, u64), ()> = TableDefinition::new("deferred");
+/// (index number, encoded key, node id) of every secondary-index entry
+/// (see `pluresdb_core::index`), written in the same transaction as the
+/// nodes they describe.
+const INDEX: TableDefinition<(u32, &[u8], &str), ()> = TableDefinition::new("index");
 
 /// What can go wrong opening or using a data directory.
 #[derive(Debug, thiserror::Error)]
@@ -277,6 +284,25 @@ impl RedbStore {
                     deferred.insert((stamp.hlc.as_u64(), &*stamp.id.origin, stamp.id.seq), ()).map_err(fail("record deferred"))?;
                 }
             }
+            if !batch.index_dropped.is_empty() || !batch.index_removed.is_empty() || !batch.index_added.is_empty() {
+                let mut index = txn.open_table(INDEX).map_err(fail("open index"))?;
+                for &number in &batch.index_dropped {
+                    let empty: &[u8] = &[];
+                    let upper = match number.checked_add(1) {
+                        Some(next) => Bound::Excluded((next, empty, "")),
+                        None => Bound::Unbounded,
+                    };
+                    index
+                        .retain_in::<(u32, &[u8], &str), _>((Bound::Included((number, empty, "")), upper), |_, _| false)
+                        .map_err(fail("drop index"))?;
+                }
+                for entry in &batch.index_removed {
+                    index.remove((entry.index, entry.key.as_slice(), entry.id.as_str())).map_err(fail("remove index entry"))?;
+                }
+                for entry in &batch.index_added {
+                    index.insert((entry.index, entry.key.as_slice(), entry.id.as_str()), ()).map_err(fail("add index entry"))?;
+                }
+            }
         }
         txn.commit().map_err(fail("commit"))
     }
@@ -356,6 +382,7 @@ fn create_tables(db: &Redb) -> Result<(), redb::Error> {
     txn.open_table(VERSION_VECTOR)?;
     txn.open_table(META)?;
     txn.open_table(DEFERRED)?;
+    txn.open_table(INDEX)?;
     txn.commit()?;
     Ok(())
 }
@@ -521,6 +548,60 @@ impl Store for RedbStore {
         })
     }
 
+    fn index_range(&self, range: &IndexRange, limit: usize) -> Result<Vec<(Vec<u8>, String)>, Error> {
+        let at = |bound: &'_ Bound<(Vec<u8>, String)>| -> Option<Bound<(u32, Vec<u8>, String)>> {
+            Some(match bound {
+                Bound::Included((key, id)) => Bound::Included((range.index, key.clone(), id.clone())),
+                Bound::Excluded((key, id)) => Bound::Excluded((range.index, key.clone(), id.clone())),
+                Bound::Unbounded => return None,
+            })
+        };
+        let lower = at(&range.lower).unwrap_or(Bound::Included((range.index, Vec::new(), String::new())));
+        let upper = match at(&range.upper) {
+            Some(bound) => bound,
+            None => match range.index.checked_add(1) {
+                Some(next) => Bound::Excluded((next, Vec::new(), String::new())),
+                None => Bound::Unbounded,
+            },
+        };
+        if !ordered_bounds(&lower, &upper) {
+            return Ok(Vec::new());
+        }
+        self.reading(|db| {
+            let txn = db.begin_read().map_err(fail("begin read"))?;
+            let table = txn.open_table(INDEX).map_err(fail("open index"))?;
+            let entries = table.range::<(u32, &[u8], &str)>((borrowed(&lower), borrowed(&upper))).map_err(fail("read index"))?;
+            let pick = |entry: IndexItem<'_>| {
+                let (key, _) = entry.map_err(fail("read index"))?;
+                let (_, key, id) = key.value();
+                Ok((key.to_vec(), id.to_owned()))
+            };
+            match range.descending {
+                true => entries.rev().take(limit).map(pick).collect(),
+                false => entries.take(limit).map(pick).collect(),
+            }
+        })
+    }
+
+    fn count_nodes(&self, prefix: &str) -> Result<u64, Error> {
+        self.reading(|db| {
+            let txn = db.begin_read().map_err(fail("begin read"))?;
+            let table = txn.open_table(NODES).map_err(fail("open nodes"))?;
+            if prefix.is_empty() {
+                return table.len().map_err(fail("count nodes"));
+            }
+            let mut count = 0u64;
+            for entry in table.range::<&str>(prefix..).map_err(fail("read nodes"))? {
+                let (key, _) = entry.map_err(fail("read nodes"))?;
+                if !key.value().starts_with(prefix) {
+                    break;
+                }
+                count += 1;
+            }
+            Ok(count)
+        })
+    }
+
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
         let result = self.write_batch(batch);
         if let Some(fault) = result.as_ref().err().and_then(Error::storage_fault) {
@@ -587,6 +668,28 @@ fn truncate_log(ops: &mut redb::Table<(&str, u64), &[u8]>, origin: &str, from: u
         }
     }
     Ok(())
+}
+
+/// One entry read from the index table.
+type IndexItem<'a> = Result<(redb::AccessGuard<'a, (u32, &'static [u8], &'static str)>, redb::AccessGuard<'a, ()>), redb::StorageError>;
+
+/// A bound on owned index positions as one redb compares.
+fn borrowed(bound: &Bound<(u32, Vec<u8>, String)>) -> Bound<(u32, &[u8], &str)> {
+    match bound {
+        Bound::Included((n, key, id)) => Bound::Included((*n, key.as_slice(), id.as_str())),
+        Bound::Excluded((n, key, id)) => Bound::Excluded((*n, key.as_slice(), id.as_str())),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// Whether a range's ends are in order (redb, like a BTreeMap, may panic
+/// on one that is not, and a query can ask for `> 5 and < 3`).
+fn ordered_bounds<T: Ord>(lower: &Bound<T>, upper: &Bound<T>) -> bool {
+    match (lower, upper) {
+        (Bound::Included(l), Bound::Included(u)) => l <= u,
+        (Bound::Included(l) | Bound::Excluded(l), Bound::Excluded(u) | Bound::Included(u)) => l < u,
+        _ => true,
+    }
 }
 
 /// Reads and decodes one node record.

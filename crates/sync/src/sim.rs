@@ -178,6 +178,9 @@ impl Store for FaultyStore {
     fn deferred_count(&self) -> Result<u64, pluresdb_core::Error> {
         self.inner.deferred_count()
     }
+    fn index_range(&self, range: &pluresdb_core::IndexRange, limit: usize) -> Result<Vec<(Vec<u8>, String)>, pluresdb_core::Error> {
+        self.inner.index_range(range, limit)
+    }
 
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), pluresdb_core::Error> {
         if let Some((point, _)) = self.latched {

@@ -103,6 +103,9 @@ pub fn decode_entry(bytes: &[u8]) -> Result<WriteBatch, Error> {
         meta: entry.meta.into_iter().map(|(key, value)| (key, value.0)).collect(),
         deferred: entry.deferred,
         released: entry.released,
+        // Secondary indexes are not journaled: the browser replica creates
+        // none (only a node's API does), so its batches carry no entries.
+        ..WriteBatch::default()
     })
 }
 
@@ -196,6 +199,10 @@ impl Store for JournalStore {
 
     fn deferred_count(&self) -> Result<u64, Error> {
         self.memory.deferred_count()
+    }
+
+    fn index_range(&self, range: &pluresdb_core::IndexRange, limit: usize) -> Result<Vec<(Vec<u8>, String)>, Error> {
+        self.memory.index_range(range, limit)
     }
 
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
