@@ -52,7 +52,10 @@ pub enum Api {
 impl Api {
     /// The API served in-process over `db`.
     pub fn local(db: crate::replica::Replica, secret: pluresdb_security::NetworkSecret) -> anyhow::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+        // One worker thread: tasks the node starts (an index build) go on
+        // between this process's requests.
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().context("cannot start the async runtime")?;
         let node = {
             let _entered = runtime.enter();
             pluresdb_runtime::Runtime::start(db, Default::default())?

@@ -298,6 +298,76 @@ pub enum Command {
         /// The file to write; standard output when absent.
         file: Option<PathBuf>,
     },
+    /// Secondary indexes: create (built with a progress bar), list, drop.
+    Index {
+        #[command(subcommand)]
+        action: IndexAction,
+    },
+    /// Finds nodes by their fields and links.
+    ///
+    /// Conditions are `FIELD OP VALUE` (VALUE is JSON, or else a string):
+    /// `--where 'age > 30'`, `--where 'name prefix Al'`, `--where 'tags exists'`,
+    /// `--where 'age between [20,30]'`, `--where 'city in ["Oslo","Bergen"]'`.
+    /// Operators: = != < <= > >= between prefix exists in. A whole query can be
+    /// given as JSON (the body of POST /query); flags add to it.
+    Query {
+        /// A query as JSON (see POST /query in /openapi.json).
+        query: Option<String>,
+        /// Only ids that start with this.
+        #[arg(long, short = 'p')]
+        prefix: Option<String>,
+        /// A condition, `FIELD OP VALUE` (repeat for several; all must hold).
+        #[arg(long = "where", short = 'w', value_name = "CONDITION")]
+        conditions: Vec<String>,
+        /// Sort by this field (needs a ready index on it).
+        #[arg(long)]
+        sort: Option<String>,
+        /// Sort largest first.
+        #[arg(long)]
+        desc: bool,
+        /// A graph step, in order: `out:FIELD` follows links out through
+        /// FIELD, `in:FIELD` back-links (the nodes that link here through
+        /// FIELD); `out` or `in` alone: any field. Repeat for more hops (at
+        /// most 8). Conditions at a hop: give the query as JSON.
+        #[arg(long = "step", value_name = "DIRECTION[:FIELD]")]
+        steps: Vec<String>,
+        /// How many nodes at most.
+        #[arg(long, short = 'n', default_value_t = 100)]
+        limit: usize,
+        /// Continue after a previous page (its `next`).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Print how the query runs (which index, or a scan) instead of nodes.
+        #[arg(long)]
+        explain: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IndexAction {
+    /// Indexes FIELD (a dot-separated path) of the nodes under --prefix, or
+    /// their links with --links; builds it over the stored nodes with a
+    /// progress bar.
+    Create {
+        /// The field path (`age`, `address.city`).
+        field: Option<String>,
+        /// Index only nodes whose id starts with this.
+        #[arg(long, short = 'p', default_value = "")]
+        prefix: String,
+        /// A back-link index (who links to a node) instead of a field.
+        #[arg(long)]
+        links: bool,
+        /// A name (default: the prefix and the field).
+        #[arg(long)]
+        name: Option<String>,
+        /// Return at once; the build goes on in the node.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Lists the indexes and how far each build is.
+    List,
+    /// Drops an index.
+    Drop { name: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -189,6 +189,11 @@ fn execute(api: &mut Api, cli: Cli, json: bool) -> anyhow::Result<()> {
         }
         Command::Import { file, batch_size, on_error } => import(out, api, json, &file, batch_size as usize, on_error),
         Command::Export { file } => export(api, json, file.as_deref()),
+        Command::Index { action } => crate::query_cli::index(out, api, json, action),
+        Command::Query { query, prefix, conditions, sort, desc, steps, limit, cursor, explain } => {
+            let flags = crate::query_cli::QueryFlags { prefix, conditions, sort, desc, steps, limit, cursor, explain };
+            crate::query_cli::query(out, api, json, query.as_deref(), flags)
+        }
         Command::Id => {
             let health = api.call("GET", "/health", None)?;
             let peer_id = health["peer_id"].as_str().unwrap_or_default();
@@ -409,7 +414,7 @@ fn conflicts(out: &mut impl Write, api: &mut Api, json: bool, prefix: &str) -> a
 
 /// A progress bar on standard error when it is a terminal and the output
 /// is for people.
-fn progress(json: bool, total_bytes: Option<u64>) -> Option<indicatif::ProgressBar> {
+pub(crate) fn progress(json: bool, total_bytes: Option<u64>) -> Option<indicatif::ProgressBar> {
     if json || !std::io::stderr().is_terminal() {
         return None;
     }

@@ -11,6 +11,7 @@ mod config_file;
 mod instance;
 mod keys;
 mod node;
+mod query_cli;
 mod replica;
 
 use clap::Parser;

@@ -467,3 +467,139 @@ fn every_resolver_shows_a_conflict_alike_in_get_and_the_change_feed() {
         assert!(a.stop().0);
     }
 }
+
+/// An index made through the API is built over the nodes stored before,
+/// kept by later writes and deletes, used by queries (the plan says so),
+/// still there after a restart, and gone after a drop; the CLI sees the
+/// same.
+#[test]
+fn an_index_is_built_kept_used_survives_a_restart_and_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(dir.path(), &["--no-network"]);
+    for i in 0..50 {
+        let (status, body) = node.request("PUT", &format!("/nodes/user:{i:02}"), &json!({"age": i, "name": format!("n{i}")}).to_string());
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, index) = node.request("POST", "/indexes?wait=true", r#"{"prefix":"user:","field":"age"}"#);
+    assert_eq!((status, index["state"].as_str()), (201, Some("ready")), "{index}");
+    assert_eq!(index["name"], "user:age");
+    let (status, body) = node.request("POST", "/indexes", r#"{"prefix":"user:","field":"age"}"#);
+    assert_eq!(status, 400, "the same index twice: {body}");
+    // Kept by writes after the build: an update, a delete, a new node.
+    assert_eq!(node.request("PATCH", "/nodes/user:45", r#"{"age":3}"#).0, 200);
+    assert_eq!(node.request("DELETE", "/nodes/user:46", "").0, 200);
+    assert_eq!(node.request("PUT", "/nodes/user:99", r#"{"age":47}"#).0, 200);
+    let query = r#"{"prefix":"user:","where":[{"field":"age","op":">=","value":44}],"sort":{"field":"age"}}"#;
+    let ids =
+        |page: &Value| -> Vec<String> { page["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap().to_owned()).collect() };
+    let (status, page) = node.request("POST", "/query", query);
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(ids(&page), ["user:44", "user:47", "user:99", "user:48", "user:49"]);
+    assert_eq!(page["plan"]["select"]["index"], "user:age", "{page}");
+    let (clean, stderr) = node.stop();
+    assert!(clean, "{stderr}");
+
+    let node = Node::start_with(dir.path(), &["--no-network"]);
+    let (status, list) = node.request("GET", "/indexes", "");
+    assert_eq!((status, list[0]["state"].as_str()), (200, Some("ready")), "{list}");
+    let (_, page) = node.request("POST", "/query", query);
+    assert_eq!(ids(&page), ["user:44", "user:47", "user:99", "user:48", "user:49"], "after a restart");
+    assert_eq!(node.request("DELETE", "/indexes/user:age", "").0, 200);
+    assert_eq!(node.request("DELETE", "/indexes/user:age", "").0, 404);
+    let (status, body) = node.request("POST", "/query", query);
+    assert_eq!(status, 400, "a sort without an index: {body}");
+    assert!(body["error"].as_str().unwrap().contains("index create"), "{body}");
+    // The CLI goes through the running node.
+    let out = cli(dir.path(), &["index", "create", "--prefix", "user:", "age"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(dir.path(), &["query", "--prefix", "user:", "--where", "age > 47", "--explain"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("index user:age"), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = cli(dir.path(), &["query", "--prefix", "user:", "--where", "age > 47"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| l.split('\t').next().unwrap()).collect::<Vec<_>>(),
+        ["user:48", "user:49"]
+    );
+    let (clean, stderr) = node.stop();
+    assert!(clean, "{stderr}");
+}
+
+/// Each kind of bad query is answered 400 with what is wrong, and the node
+/// serves on.
+#[test]
+fn bad_queries_are_400_with_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(dir.path(), &["--no-network"]);
+    let steps: Vec<Value> = (0..9).map(|_| json!({"direction": "out"})).collect();
+    let conditions: Vec<Value> = (0..33).map(|_| json!({"field": "a", "op": "exists"})).collect();
+    let cases = [
+        ("not json".to_owned(), "not a query"),
+        (json!({"where": [{"field": "age", "op": "~", "value": 1}]}).to_string(), "unknown operator"),
+        (json!({"where": [{"field": "age", "op": "<", "value": true}]}).to_string(), "compares numbers or strings"),
+        (json!({"where": [{"field": "a..b", "op": "=", "value": 1}]}).to_string(), "field path"),
+        (json!({"where": [{"field": "a", "op": "in", "value": (0..1_001).collect::<Vec<_>>()}]}).to_string(), "at most 1000"),
+        (json!({"limit": 0}).to_string(), "out of range"),
+        (json!({"limit": 10_001}).to_string(), "out of range"),
+        (json!({"steps": steps}).to_string(), "depth"),
+        (json!({"where": conditions}).to_string(), "conditions"),
+        (json!({"cursor": "nonsense"}).to_string(), "cursor"),
+        (json!({"sort": {"field": "age"}}).to_string(), "needs a ready index"),
+        (json!({"unknown": 1}).to_string(), "unknown field"),
+        (format!("{{\"prefix\": \"{}\"}}", "x".repeat(70_000)), "limit is 65536"),
+    ];
+    for (body, expected) in cases {
+        let (status, answer) = node.request("POST", "/query", &body);
+        assert_eq!(status, 400, "{}: {answer}", &body[..body.len().min(80)]);
+        assert!(answer["error"].as_str().unwrap_or_default().contains(expected), "{expected:?} in {answer}");
+    }
+    for (body, expected) in
+        [(r#"{"field":"a","links":true}"#, "not both"), (r#"{"prefix":"user:"}"#, "give a field"), ("[", "not an index spec")]
+    {
+        let (status, answer) = node.request("POST", "/indexes", body);
+        assert_eq!(status, 400, "{answer}");
+        assert!(answer["error"].as_str().unwrap_or_default().contains(expected), "{expected:?} in {answer}");
+    }
+    assert_eq!(node.request("GET", "/health", "").0, 200);
+    let (clean, stderr) = node.stop();
+    assert!(clean, "{stderr}");
+}
+
+/// `/changes?query=...` follows a query: a change that makes a node pass
+/// comes with `matches: true`, one that makes a passing node fail (or
+/// deletes it) with `matches: false`, and changes to nodes that neither
+/// pass nor passed do not come at all. A node that passed before the
+/// subscription is known to have passed.
+#[test]
+fn the_change_feed_follows_a_live_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(dir.path(), &["--no-network"]);
+    assert_eq!(node.request("PUT", "/nodes/user:old", r#"{"age":50}"#).0, 200);
+    let query = r#"{"prefix":"user:","where":[{"field":"age","op":">=","value":40}]}"#;
+    let encoded: String = query.bytes().map(|b| format!("%{b:02X}")).collect();
+    let rt = runtime();
+    let mut socket = rt.block_on(subscribe(&node, &format!("?query={encoded}")));
+    assert_eq!(rt.block_on(next_message(&mut socket)).unwrap()["type"], "subscribed");
+    let writes = [
+        ("PUT", "user:young", r#"{"age":20}"#),
+        ("PUT", "other:1", r#"{"age":90}"#),
+        ("PUT", "user:a", r#"{"age":41}"#),
+        ("PATCH", "user:a", r#"{"age":42}"#),
+        ("PATCH", "user:a", r#"{"age":30}"#),
+        ("PATCH", "user:young", r#"{"name":"still young"}"#),
+        ("DELETE", "user:old", ""),
+    ];
+    for (method, id, body) in writes {
+        assert_eq!(node.request(method, &format!("/nodes/{id}"), body).0, 200, "{method} {id}");
+    }
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let message = rt.block_on(next_message(&mut socket)).unwrap();
+        assert_eq!(message["type"], "change", "{message}");
+        seen.push((message["op"]["node_id"].as_str().unwrap().to_owned(), message["matches"].as_bool().unwrap()));
+    }
+    let expected = [("user:a", true), ("user:a", true), ("user:a", false), ("user:old", false)];
+    assert_eq!(seen, expected.map(|(id, m)| (id.to_owned(), m)));
+    // Sorting and steps are not for live queries.
+    let (status, body) = node.request("GET", "/changes?query=%7B%22steps%22%3A%5B%7B%22direction%22%3A%22in%22%7D%5D%7D", "");
+    assert_eq!(status, 400, "{body}");
+    assert!(node.stop().0);
+}

@@ -128,6 +128,17 @@ fn check_curl_answer(request: &str, out: &str) -> Result<(), String> {
                 "the OpenAPI document",
             )
         }
+        "PUT /nodes/user:dan" | "PUT /nodes/user:eve" => ok(json()?["op"].is_string(), "a receipt"),
+        "POST /indexes?wait=true" => {
+            let index = json()?;
+            ok(index["name"] == "user:age" && index["state"] == "ready", "the index user:age, built")
+        }
+        "GET /indexes" => ok(json()?[0]["name"] == "user:age", "the index listed"),
+        "POST /query" => {
+            let page = json()?;
+            let ids: Vec<&str> = page["nodes"].as_array().into_iter().flatten().filter_map(|n| n["id"].as_str()).collect();
+            ok(ids == ["user:dan"] && page["plan"]["select"]["method"].is_string(), "Dan (aged 45; Eve's report), with the plan")
+        }
         "GET /metrics" => ok(out.contains("# TYPE pluresdb_") && out.lines().any(|l| l.starts_with("pluresdb_")), "Prometheus metrics"),
         other => Err(format!("this test has no check for the README's {other}: add one to check_curl_answer")),
     }
@@ -177,7 +188,7 @@ impl Drop for Live {
 /// (curl with `--fail-with-body`) and answers what the README says.
 #[test]
 fn the_readme_curl_session_runs_against_a_node() {
-    let commands = block("curl ");
+    let commands = block("curl -X PUT localhost:34570/nodes/user:123");
     let tools = root().join("tests").join("openapi-tools").join("node_modules").join(".bin");
     let Some(()) = require(Path::new("curl"), "install curl") else { return };
     let Some(()) = require(&tools.join("wscat"), "run `npm ci` in tests/openapi-tools") else { return };
@@ -275,6 +286,58 @@ fn the_readme_cli_session_runs_against_a_node() {
     assert!(data.join("network.secret").is_file(), "the data directory holds network.secret");
 }
 
+/// The README's Queries section: its CLI block and its curl block, run
+/// against one node (the CLI through the node's API), each answer checked.
+#[test]
+fn the_readme_query_sessions_run_against_a_node() {
+    let cli_commands = block("pluresdb put user:ann");
+    let curl_commands = block("curl -X PUT localhost:34570/nodes/user:dan");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let node = Node::start_with(&data, &["--no-network"]);
+    let env = [("PLURESDB_DATA_DIR", data.display().to_string()), ("PLURESDB_BIN", env!("CARGO_BIN_EXE_pluresdb").to_owned())];
+    let mut problems = Vec::new();
+    for readme_command in &cli_commands {
+        let command = format!("pluresdb() {{ \"$PLURESDB_BIN\" \"$@\"; }}\n{readme_command}");
+        let output = shell(&command, dir.path(), &env).output().unwrap();
+        let (out, err) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        if !output.status.success() {
+            problems.push(format!("{readme_command}: failed ({}): {out}{err}", output.status));
+            continue;
+        }
+        if let Err(e) = check_cli_answer(readme_command, &out, dir.path()) {
+            problems.push(format!("{readme_command}: {e}; it printed {out}{err}"));
+        }
+    }
+    // The curl block on a node of its own (its index is the CLI block's too).
+    let (clean, stderr) = node.stop();
+    assert!(clean, "{stderr}");
+    let data = dir.path().join("curl-data");
+    let node = Node::start_with(&data, &["--no-network"]);
+    if require(Path::new("curl"), "install curl").is_some() {
+        let port = node.api.rsplit(':').next().unwrap().to_owned();
+        let api = format!("localhost:{port}");
+        std::fs::write(dir.path().join(".curlrc"), "fail-with-body\nsilent\nshow-error\n").unwrap();
+        let env = [("CURL_HOME", dir.path().display().to_string())];
+        for readme_command in &curl_commands {
+            assert!(readme_command.starts_with("curl ") && readme_command.contains(README_API), "{readme_command:?}");
+            let command = readme_command.replace(README_API, &api);
+            let output = shell(&command, dir.path(), &env).output().unwrap();
+            let out = String::from_utf8_lossy(&output.stdout);
+            if !output.status.success() {
+                problems.push(format!("{readme_command}: failed ({}): {out}{}", output.status, String::from_utf8_lossy(&output.stderr)));
+                continue;
+            }
+            if let Err(e) = check_curl_answer(&curl_request(&command, &api), &out) {
+                problems.push(format!("{readme_command}: {e}; it answered {}", out.chars().take(300).collect::<String>()));
+            }
+        }
+    }
+    let (clean, stderr) = node.stop();
+    assert!(problems.is_empty(), "the README's Queries section:\n{}", problems.join("\n"));
+    assert!(clean, "{stderr}");
+}
+
 /// Checks what a command of the README's CLI session printed (or wrote,
 /// for `export > file`), by its subcommand. Every subcommand the README
 /// runs must have a check here.
@@ -299,6 +362,19 @@ fn check_cli_answer(command: &str, out: &str, cwd: &Path) -> Result<(), String> 
         ["id"] => ok(out.trim().starts_with("12D3KooW"), "the peer id"),
         ["invite", "--address", _] => ok(out.trim().starts_with("pluresdb") && out.trim().len() > 40, "a ticket"),
         ["trust", "add", peer] => ok(out.contains(peer), "the peer allowed"),
+        ["index", "create", ..] => ok(out.contains("is ready"), "the index built"),
+        ["index", "list"] => ok(out.contains("user:age") && out.contains("#links") && out.contains("ready"), "both indexes, ready"),
+        ["query", "--prefix", "user:", "--where", "'age", ">=", "30'", "--sort", "age", "--desc"] => {
+            let ids: Vec<&str> = out.lines().filter_map(|l| l.split('\t').next()).collect();
+            ok(ids == ["user:bob", "user:ann"], "Bob (51) then Ann (34)")
+        }
+        ["query", "--prefix", "user:", "--where", "'name", "=", "Bob'", "--step", "in:manager"] => {
+            let ids: Vec<&str> = out.lines().filter_map(|l| l.split('\t').next()).collect();
+            ok(ids == ["user:ann", "user:cid"], "Ann and Cid, who have Bob as manager")
+        }
+        ["query", "--prefix", "user:", "--where", "'age", ">", "30'", "--explain"] => {
+            ok(out.contains("index user:age"), "the plan names the index")
+        }
         other => Err(format!("this test has no check for `pluresdb {}`: add one to check_cli_answer", other.join(" "))),
     }
 }

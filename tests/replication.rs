@@ -148,3 +148,47 @@ fn a_node_without_the_network_secret_is_refused() {
     assert!(stranger.stop().0);
     assert!(a.stop().0);
 }
+
+/// An index created on A answers queries over nodes written on B: B's
+/// writes from before the index (built over what A holds) and after it
+/// (kept as A applies B's operations, in the same transaction), B's
+/// updates and deletes included; back-links too.
+#[test]
+fn an_index_on_one_node_answers_queries_over_data_written_on_the_other() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::start(da.path());
+    let t = ticket(da.path(), &a);
+    let b = Node::start_with(db.path(), &["--join", &t]);
+    for i in 0..30 {
+        let value = json!({"age": i, "boss": {"#": "user:boss"}});
+        assert_eq!(b.request("PUT", &format!("/nodes/user:{i:02}"), &value.to_string()).0, 200);
+    }
+    wait_until("A holds B's 30 writes", || held(&a) == 30);
+    let (status, index) = a.request("POST", "/indexes?wait=true", r#"{"prefix":"user:","field":"age"}"#);
+    assert_eq!((status, index["state"].as_str()), (201, Some("ready")), "{index}");
+    assert_eq!(a.request("POST", "/indexes?wait=true", r#"{"links":true}"#).0, 201);
+    // After the index: more of B's writes, an update and a delete.
+    for i in 30..40 {
+        assert_eq!(b.request("PUT", &format!("/nodes/user:{i:02}"), &json!({"age": i}).to_string()).0, 200);
+    }
+    assert_eq!(b.request("PATCH", "/nodes/user:05", r#"{"age":35}"#).0, 200);
+    assert_eq!(b.request("DELETE", "/nodes/user:36", "").0, 200);
+    wait_until("A holds B's 42 writes", || held(&a) == 42);
+    let query = r#"{"prefix":"user:","where":[{"field":"age","op":">=","value":34}],"sort":{"field":"age"}}"#;
+    let (status, page) = a.request("POST", "/query", query);
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["plan"]["select"]["index"], "user:age", "{page}");
+    let ids: Vec<&str> = page["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["user:34", "user:05", "user:35", "user:37", "user:38", "user:39"]);
+    // Who has user:boss as boss: B's first 30 nodes (user:05 kept its link).
+    let back = r#"{"where":[],"prefix":"user:boss","steps":[{"direction":"in","field":"boss"}],"limit":100}"#;
+    assert_eq!(b.request("PUT", "/nodes/user:boss", "{}").0, 200);
+    wait_until("A holds user:boss", || a.request("GET", "/nodes/user:boss", "").0 == 200);
+    let (status, page) = a.request("POST", "/query", back);
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["plan"]["steps"][0]["index"], "#links", "{page}");
+    assert_eq!(page["nodes"].as_array().unwrap().len(), 30, "{page}");
+    for node in [b, a] {
+        assert!(node.stop().0);
+    }
+}

@@ -26,6 +26,7 @@
 
 mod clock;
 mod error;
+mod indexes;
 mod memory;
 mod stats;
 mod trust;
@@ -33,10 +34,11 @@ mod watch;
 mod writer;
 
 pub use error::Error;
+pub use indexes::BUILD_STEP_NODES;
 pub use memory::avoid_huge_pages;
 pub use stats::Stats;
 pub use trust::{stored_access_mode, stored_allowlist, AccessMode};
-pub use watch::{Filter, Watch, WatchEvent};
+pub use watch::{Filter, Watch, WatchEvent, MAX_LIVE_QUERY_NODES};
 pub use writer::WriteKind;
 
 use pluresdb_core::{Database, Reader, Receipt, VersionVector};
@@ -146,8 +148,13 @@ impl Runtime {
     }
 
     /// Starts the writer over `db`, syncing with peers over `network`.
-    pub fn start_with_network(db: Database<RedbStore>, options: RuntimeOptions, network: Option<Network>) -> Result<Self, Error> {
+    pub fn start_with_network(mut db: Database<RedbStore>, options: RuntimeOptions, network: Option<Network>) -> Result<Self, Error> {
         let peer_id: Arc<str> = db.peer_id().into();
+        // Indexes made under another resolver hold its view: built again.
+        for name in db.rebuild_indexes_of_other_resolvers()? {
+            tracing::warn!(index = %name, resolver = db.resolver().name(), "the index was built under another resolver: building it again");
+        }
+        let building: Vec<String> = db.indexes().iter().filter(|d| !d.is_ready()).map(|d| d.name.clone()).collect();
         let reader = Arc::new(Reader::new(db.store().read_handle(), db.shared_resolver()));
         let engine = DataSyncEngine::with_database(options.sync.clone(), db).map_err(Error::Sync)?;
         let stats = Arc::new(Stats::default());
@@ -174,6 +181,10 @@ impl Runtime {
                 link,
             }),
         };
+        // Builds a restart interrupted go on.
+        for name in building {
+            handle.spawn_build(name);
+        }
         Ok(Self { handle, writer: Some(writer) })
     }
 
@@ -235,6 +246,11 @@ impl Handle {
     /// Reads the replica as last committed, without waiting for the writer.
     pub fn reader(&self) -> &Reader<RedbStore> {
         &self.inner.reader
+    }
+
+    /// The reader, shared (for reads that run on another thread).
+    pub fn shared_reader(&self) -> Arc<Reader<RedbStore>> {
+        self.inner.reader.clone()
     }
 
     /// Counters for metrics.
@@ -373,6 +389,37 @@ impl Handle {
     pub async fn watch(&self, filter: Filter, from: Option<VersionVector>) -> Result<Watch, Error> {
         let capacity = self.inner.watch_buffer;
         let (subscription, position) = self.ask(|reply| Command::Subscribe { capacity, reply }).await?;
-        Ok(Watch::new(filter, subscription, position, from, self.inner.reader.clone(), self.inner.stats.clone()))
+        // A live query knows which nodes pass it now (read after the
+        // subscription began: a change after that is judged again anyway).
+        let passing = match &filter {
+            Filter::Query(query) => self.passing(query)?,
+            _ => Default::default(),
+        };
+        Ok(Watch::new(filter, subscription, position, from, self.inner.reader.clone(), self.inner.stats.clone()).with_passing(passing))
+    }
+
+    /// The ids of the nodes that pass `query` (prefix and conditions), at
+    /// most [`watch::MAX_LIVE_QUERY_NODES`].
+    fn passing(&self, query: &pluresdb_core::query::CheckedQuery) -> Result<std::collections::HashSet<String>, Error> {
+        let mut page_query = pluresdb_core::Query {
+            prefix: query.prefix.clone(),
+            conditions: query.source.conditions.clone(),
+            limit: Some(pluresdb_core::query::MAX_LIMIT),
+            ..pluresdb_core::Query::default()
+        };
+        let mut passing = std::collections::HashSet::new();
+        loop {
+            let page = self.inner.reader.query(&page_query)?;
+            passing.extend(page.nodes.into_iter().map(|n| n.id));
+            if passing.len() > watch::MAX_LIVE_QUERY_NODES {
+                return Err(Error::Core(pluresdb_core::Error::InvalidQuery {
+                    reason: format!("the live query follows more than {} nodes; narrow it", watch::MAX_LIVE_QUERY_NODES),
+                }));
+            }
+            match page.next {
+                Some(next) => page_query.cursor = Some(next),
+                None => return Ok(passing),
+            }
+        }
     }
 }

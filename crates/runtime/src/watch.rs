@@ -27,8 +27,12 @@ use std::sync::Arc;
 /// Operations read from the op log at a time while replaying.
 const REPLAY_CHUNK: usize = 256;
 
+/// The most nodes a live query tracks as passing (to tell when one
+/// stops passing); a query that grows past it ends its watch.
+pub const MAX_LIVE_QUERY_NODES: usize = 100_000;
+
 /// Which nodes a watch follows.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Filter {
     /// Every node.
     All,
@@ -36,6 +40,10 @@ pub enum Filter {
     Node(String),
     /// Nodes whose id starts with this prefix.
     Prefix(String),
+    /// Nodes that pass a query's prefix and conditions (a live query):
+    /// changes that make a node pass, or that change or remove a node that
+    /// passed.
+    Query(Arc<pluresdb_core::query::CheckedQuery>),
 }
 
 impl Filter {
@@ -45,6 +53,7 @@ impl Filter {
             Filter::All => true,
             Filter::Node(node) => node == id,
             Filter::Prefix(prefix) => id.starts_with(prefix.as_str()),
+            Filter::Query(query) => id.starts_with(query.prefix.as_str()),
         }
     }
 }
@@ -60,6 +69,9 @@ pub enum WatchEvent {
         change: Arc<Change>,
         /// Whether it was read back from the op log rather than seen live.
         replayed: bool,
+        /// For a live query: whether the node passes it after the change
+        /// (`false`: it passed before and no longer does).
+        matches: Option<bool>,
     },
     /// The watcher fell behind: `missed` changes (to any node) were not
     /// buffered for it. The watch ends; a new watch from `resume_from`
@@ -82,6 +94,8 @@ pub struct Watch {
     reader: Arc<Reader<RedbStore>>,
     stats: Arc<Stats>,
     ended: bool,
+    /// For a live query: the nodes known to pass it.
+    passing: std::collections::HashSet<String>,
 }
 
 /// The part of the history between `from` and the live start.
@@ -117,7 +131,35 @@ impl Watch {
                 (position, Some(Replay { origins, ready: VecDeque::new() }))
             }
         };
-        Self { filter, subscription, position, replay, reader, stats, ended: false }
+        Self { filter, subscription, position, replay, reader, stats, ended: false, passing: Default::default() }
+    }
+
+    /// A live query's watch, knowing the nodes that pass it now (read by
+    /// the caller after subscribing, at most [`MAX_LIVE_QUERY_NODES`]).
+    pub(crate) fn with_passing(mut self, passing: std::collections::HashSet<String>) -> Self {
+        self.passing = passing;
+        self
+    }
+
+    /// Whether a change to `id` (which is `node` after it) is delivered,
+    /// and for a live query whether the node passes it now.
+    fn deliver(
+        filter: &Filter,
+        passing: &mut std::collections::HashSet<String>,
+        id: &str,
+        node: Option<&pluresdb_core::Node>,
+    ) -> Result<Option<Option<bool>>, Error> {
+        let Filter::Query(query) = filter else { return Ok(filter.matches(id).then_some(None)) };
+        if node.is_some_and(|node| pluresdb_core::query::selects(query, node)) {
+            if passing.len() >= MAX_LIVE_QUERY_NODES && !passing.contains(id) {
+                return Err(Error::InvalidQuery {
+                    reason: format!("the live query now follows more than {MAX_LIVE_QUERY_NODES} nodes; narrow it"),
+                });
+            }
+            passing.insert(id.to_owned());
+            return Ok(Some(Some(true)));
+        }
+        Ok(passing.remove(id).then_some(Some(false)))
     }
 
     /// What this watch has seen: per origin, the highest sequence number.
@@ -156,9 +198,16 @@ impl Watch {
                 }
                 Some(FeedEvent::Change(change)) => {
                     self.position.advance(&change.op.id.origin, change.op.id.seq);
-                    if self.filter.matches(&change.op.node_id) {
-                        Stats::add(&self.stats.delivered_changes, 1);
-                        return Some(Ok(WatchEvent::Change { change, replayed: false }));
+                    match Self::deliver(&self.filter, &mut self.passing, &change.op.node_id, change.node.as_ref()) {
+                        Ok(Some(matches)) => {
+                            Stats::add(&self.stats.delivered_changes, 1);
+                            return Some(Ok(WatchEvent::Change { change, replayed: false, matches }));
+                        }
+                        Ok(None) => {}
+                        Err(err) => {
+                            self.ended = true;
+                            return Some(Err(err));
+                        }
                     }
                 }
             }
@@ -174,8 +223,9 @@ impl Watch {
                 self.position.advance(&op.id.origin, op.id.seq);
                 if self.filter.matches(&op.node_id) {
                     let node = self.reader.get(&op.node_id)?;
+                    let Some(matches) = Self::deliver(&self.filter, &mut self.passing, &op.node_id, node.as_ref())? else { continue };
                     Stats::add(&self.stats.delivered_changes, 1);
-                    return Ok(Some(WatchEvent::Change { change: Arc::new(Change { seq: 0, op, node }), replayed: true }));
+                    return Ok(Some(WatchEvent::Change { change: Arc::new(Change { seq: 0, op, node }), replayed: true, matches }));
                 }
             }
             let Some((origin, done, last)) = replay.origins.front_mut() else { return Ok(None) };

@@ -36,6 +36,7 @@ pub(crate) enum Command {
     Write(WriteRequest),
     Import { nodes: Vec<(String, Value)>, reply: oneshot::Sender<Result<usize, Error>> },
     CommitMeta { entries: Vec<(String, Vec<u8>)>, reply: oneshot::Sender<Result<(), Error>> },
+    Index { action: crate::indexes::IndexAction, reply: oneshot::Sender<Result<pluresdb_core::IndexDef, Error>> },
     Subscribe { capacity: usize, reply: oneshot::Sender<(Subscription, VersionVector)> },
     SyncStatus { reply: oneshot::Sender<SyncStatus> },
     Shutdown { reply: oneshot::Sender<()> },
@@ -215,6 +216,13 @@ impl Writer {
                 let result = match self.engine.store_fault() {
                     Some((fault, reason)) => Err(Error::StoreUnavailable { fault, reason: reason.to_owned() }),
                     None => self.engine.database_mut().commit_meta(entries).map_err(Error::Core),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Index { action, reply } => {
+                let result = match self.engine.store_fault() {
+                    Some((fault, reason)) => Err(Error::StoreUnavailable { fault, reason: reason.to_owned() }),
+                    None => crate::indexes::apply(self.engine.database_mut(), action).map_err(Error::Core),
                 };
                 let _ = reply.send(result);
             }

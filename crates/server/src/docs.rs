@@ -553,6 +553,10 @@ pub enum ChangeMessage {
         node: Option<Box<NodeDoc>>,
         /// Whether it was replayed from the op log (after `from`).
         replayed: bool,
+        /// With a live query (`query`): whether the node passes it after
+        /// the change (`false`: it passed and no longer does).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        matches: Option<bool>,
     },
     /// The subscriber fell behind; the socket closes. Subscribe again with
     /// `from` = `resume_from` to continue with nothing missed.

@@ -85,7 +85,7 @@ impl From<CoreError> for ApiError {
             return ApiError::store_unavailable(fault, error_chain(&err));
         }
         let status = match &err {
-            CoreError::NotFound { .. } => StatusCode::NOT_FOUND,
+            CoreError::NotFound { .. } | CoreError::NoSuchIndex { .. } => StatusCode::NOT_FOUND,
             e if e.is_invalid_input() => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

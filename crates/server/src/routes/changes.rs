@@ -51,6 +51,11 @@ pub struct ChangesQuery {
     id: Option<String>,
     /// Watch nodes whose id starts with this (neither `id` nor `prefix`: every node).
     prefix: Option<String>,
+    /// A live query: a JSON query (`prefix` and `where`, as `POST /query`
+    /// takes, without `sort` or `steps`). Changes that make a node pass it
+    /// come with `matches: true`; a change to a node that passed it and no
+    /// longer does (or its delete) with `matches: false`.
+    query: Option<String>,
     /// Replay what was applied after this position first: a JSON object of
     /// origin peer id to sequence number (from `subscribed.version`
     /// advanced by the changes received, or from `lagged.resume_from`).
@@ -68,14 +73,21 @@ pub async fn changes(
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(rejected)?;
     let upgrade = upgrade.map_err(rejected)?;
-    let filter = match (q.id, q.prefix) {
-        (Some(_), Some(_)) => return Err(ApiError::bad_request("give id or prefix, not both")),
-        (Some(id), None) => {
+    let filter = match (q.id, q.prefix, q.query) {
+        (Some(id), None, None) => {
             pluresdb_core::validate_node_id(&id)?;
             Filter::Node(id)
         }
-        (None, Some(prefix)) => Filter::Prefix(prefix),
-        (None, None) => Filter::All,
+        (None, Some(prefix), None) => Filter::Prefix(prefix),
+        (None, None, Some(text)) => {
+            let query = pluresdb_core::Query::from_json(text.as_bytes())?;
+            if query.sort.is_some() || !query.steps.is_empty() || query.cursor.is_some() {
+                return Err(ApiError::bad_request("a live query takes a prefix and conditions (`where`), not sort, steps or a cursor"));
+            }
+            Filter::Query(std::sync::Arc::new(query.check()?))
+        }
+        (None, None, None) => Filter::All,
+        _ => return Err(ApiError::bad_request("give one of id, prefix and query")),
     };
     let from = match q.from {
         None => None,
@@ -131,7 +143,7 @@ async fn run(mut socket: WebSocket, mut watch: Watch, state: ApiState) {
             // Changes first: the client's side only matters when it talks.
             biased;
             event = watch.next() => match event {
-                Some(Ok(WatchEvent::Change { change, replayed })) => {
+                Some(Ok(WatchEvent::Change { change, replayed, matches })) => {
                     let node = match &change.node {
                         Some(node) => match node_doc(state.handle.reader(), node) {
                             Ok(doc) => Some(Box::new(doc)),
@@ -142,7 +154,7 @@ async fn run(mut socket: WebSocket, mut watch: Watch, state: ApiState) {
                         },
                         None => None,
                     };
-                    if !send(&mut socket, &ChangeMessage::Change { op: Box::new(OperationDoc::from(&change.op)), node, replayed }).await {
+                    if !send(&mut socket, &ChangeMessage::Change { op: Box::new(OperationDoc::from(&change.op)), node, replayed, matches }).await {
                         break;
                     }
                 }

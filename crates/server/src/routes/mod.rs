@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod network;
 pub mod nodes;
 pub mod rates;
+pub mod queries;
 
 use crate::docs::*;
 use axum::Json;
@@ -32,6 +33,7 @@ untyped (415). GET /changes is a WebSocket of ChangeMessage documents."
         network::peers, network::connect, network::disconnect, network::discovered, network::status, network::network, network::invite,
         network::trust, network::trust_mode, network::trust_add, network::trust_remove,
         rates::rates,
+        queries::list, queries::get_index, queries::create, queries::drop_index, queries::query,
     ),
     // OnError is the schema of `/import`'s `on_error` parameter: the
     // parameter refers to it by name, so it must be listed here.
