@@ -48,6 +48,11 @@ const ROUTES: &[&str] = &[
     "PUT /trust/mode",
     "PUT /trust/peers/{peer_id}",
     "DELETE /trust/peers/{peer_id}",
+    "GET /indexes",
+    "POST /indexes",
+    "GET /indexes/{name}",
+    "DELETE /indexes/{name}",
+    "POST /query",
 ];
 
 /// The web UI's routes (`GET /` and `GET /ui/{*path}`): static assets,
@@ -221,6 +226,7 @@ impl Document {
             let schema = &param["schema"];
             let instance = match self.resolve(schema)["type"].as_str() {
                 Some("integer") => value.parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::from(value)),
+                Some("boolean") => value.parse::<bool>().map(Value::from).unwrap_or_else(|_| Value::from(value)),
                 _ => Value::from(value),
             };
             match self.validate(schema, &instance) {
@@ -414,6 +420,23 @@ fn cases(peer: &str) -> Vec<Case> {
         case("DELETE /trust/peers/{peer_id}", format!("/trust/peers/{peer}"), "", 404),
         case("DELETE /trust/peers/{peer_id}", "/trust/peers/not-a-peer", "", 400),
         without_token(case("DELETE /trust/peers/{peer_id}", format!("/trust/peers/{peer}"), "", 401)),
+        case("POST /indexes", "/indexes", r#"{"prefix":"user:","field":"age"}"#, 202),
+        case("POST /indexes", "/indexes?wait=true", r#"{"links":true}"#, 201),
+        case("POST /indexes", "/indexes", r#"{"prefix":"user:","field":"age"}"#, 400),
+        case("POST /indexes", "/indexes", r#"{"prefix":"user:"}"#, 400),
+        case("POST /indexes", "/indexes?wait=maybe", r#"{"field":"a"}"#, 400),
+        case("POST /indexes", "/indexes", huge.clone(), 413),
+        case("GET /indexes", "/indexes", "", 200),
+        case("GET /indexes/{name}", "/indexes/user:age", "", 200),
+        case("GET /indexes/{name}", "/indexes/missing", "", 404),
+        case("POST /query", "/query", r#"{"prefix":"user:","where":[{"field":"age","op":">","value":1}],"limit":10}"#, 200),
+        case("POST /query", "/query", r#"{"prefix":"user:","steps":[{"direction":"in"},{"direction":"out","field":"friend"}]}"#, 200),
+        case("POST /query", "/query", r#"{"where":[{"field":"age","op":"~","value":1}]}"#, 400),
+        case("POST /query", "/query", "{bad", 400),
+        case("POST /query", "/query", huge.clone(), 413),
+        case("DELETE /indexes/{name}", "/indexes/%23links", "", 200),
+        case("DELETE /indexes/{name}", "/indexes/%23links", "", 404),
+        case("GET /changes", "/changes?query=%7B%22sort%22%3A%7B%22field%22%3A%22a%22%7D%7D", "", 400),
         case("DELETE /nodes/{id}", "/nodes/user:2", "", 200),
         case("DELETE /nodes/{id}", "/nodes/missing", "", 404),
         case("DELETE /nodes/{id}", format!("/nodes/{long_id}"), "", 400),

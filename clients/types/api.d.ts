@@ -81,6 +81,47 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/indexes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The indexes, with the progress of those being built. */
+        get: operations["list"];
+        put?: never;
+        /**
+         * Creates an index and builds it over the stored nodes, a slice per
+         *     commit, while writes go on; every write keeps it from then on (in the
+         *     same transaction), local or replicated. Answers 202 at once (or, with
+         *     `wait`, 201 once built); `GET /indexes/{name}` shows the progress.
+         */
+        post: operations["create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/indexes/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** One index. */
+        get: operations["get_index"];
+        put?: never;
+        post?: never;
+        /** Drops an index and its entries. */
+        delete: operations["drop_index"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/metrics": {
         parameters: {
             query?: never;
@@ -283,6 +324,29 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/query": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Finds nodes by their fields and links: conditions, a sort by an
+         *     indexed field, pages with a cursor, and graph steps (out links,
+         *     back-links) with conditions at each hop. Uses a ready index where one
+         *     applies and scans otherwise; `plan` says which. Every node answered is
+         *     checked against the conditions as the resolver presents it.
+         */
+        post: operations["query"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/status": {
         parameters: {
             query?: never;
@@ -381,6 +445,15 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** @description How a stage of a query read its candidates. */
+        AccessDoc: {
+            /** @description What was read. */
+            detail: string;
+            /** @description The index used. */
+            index?: string | null;
+            /** @description `index`, `scan` or (an out step) `links`. */
+            method: string;
+        };
         /** @description A message on the `/changes` WebSocket (server to client). */
         ChangeMessage: {
             /** @enum {string} */
@@ -390,6 +463,11 @@ export interface components {
                 [key: string]: number;
             };
         } | {
+            /**
+             * @description With a live query (`query`): whether the node passes it after
+             *     the change (`false`: it passed and no longer does).
+             */
+            matches?: boolean | null;
             node?: null | components["schemas"]["NodeDoc"];
             /** @description The operation. */
             op: components["schemas"]["OperationDoc"];
@@ -459,6 +537,21 @@ export interface components {
              *     heartbeats.
              */
             peers: components["schemas"]["PeerClockDoc"][];
+        };
+        /** @description A condition on a field. */
+        ConditionDoc: {
+            /** @description A dot-separated field path (`age`, `address.city`, `friend.#`). */
+            field: string;
+            /**
+             * @description `=`, `!=`, `<`, `<=`, `>`, `>=`, `between` ([low, high], both
+             *     included), `prefix` (a string), `exists` (true or false), `in` (a
+             *     list of at most 1,000). Order compares numbers with numbers and
+             *     strings with strings; other pairs never pass. A missing field passes
+             *     only `exists: false`.
+             */
+            op: string;
+            /** @description The operand. */
+            value?: unknown;
         };
         /** @description A page of nodes with conflicts. */
         ConflictListDoc: {
@@ -608,6 +701,45 @@ export interface components {
              * @description The bad line's number.
              */
             line: number;
+        };
+        /** @description A secondary index and how far its build is. */
+        IndexDoc: {
+            /** @description The field path of a field index. */
+            field?: string | null;
+            /**
+             * Format: int64
+             * @description Nodes the build has read so far (while building).
+             */
+            indexed?: number | null;
+            /** @description Its name (unique on the node). */
+            name: string;
+            /** @description The nodes it covers: ids that start with this. */
+            prefix: string;
+            /** @description The resolver whose view of each node it holds. */
+            resolver: string;
+            /** @description `building` (queries do not use it yet) or `ready`. */
+            state: string;
+            /**
+             * Format: int64
+             * @description Nodes under the prefix when the build started (while building).
+             */
+            total?: number | null;
+            /** @description `field` (the value of a field) or `links` (back-links). */
+            type: string;
+        };
+        /** @description What to index. */
+        IndexSpecDoc: {
+            /** @description The field path (`age`, `address.city`; at most 8 names). */
+            field?: string | null;
+            /** @description A back-link index (who links to a node) instead of a field. */
+            links?: boolean;
+            /**
+             * @description A name; by default the prefix and the field (`user:age`) or the
+             *     prefix and `#links`.
+             */
+            name?: string | null;
+            /** @description Index nodes whose id starts with this (default: all). */
+            prefix?: string;
         };
         /** @description A ticket to join this node's network. */
         InviteDoc: {
@@ -793,6 +925,35 @@ export interface components {
             /** @description Every peer the node has synced with or is connected to. */
             peers: components["schemas"]["PeerDoc"][];
         };
+        /** @description How the query ran (`explain`). */
+        PlanDoc: {
+            select?: null | components["schemas"]["AccessDoc"];
+            /** @description Each graph step. */
+            steps: components["schemas"]["AccessDoc"][];
+        };
+        /** @description A query (see `POST /query`). */
+        QueryDoc: {
+            /** @description The `next` of the previous page. */
+            cursor?: string | null;
+            /** @description Page size, 1 to 10,000 (default 100). */
+            limit?: number | null;
+            /** @description Only nodes whose id starts with this. */
+            prefix?: string;
+            sort?: null | components["schemas"]["SortDoc"];
+            /** @description Graph steps from the selected nodes, at most 8. */
+            steps?: components["schemas"]["StepDoc"][];
+            /** @description Conditions every selected node passes (all of them). */
+            where?: components["schemas"]["ConditionDoc"][];
+        };
+        /** @description A page of a query's answer. */
+        QueryPageDoc: {
+            /** @description Pass as `cursor` for the next page; `null` on the last page. */
+            next?: string | null;
+            /** @description The nodes, as the resolver in effect presents them. */
+            nodes: components["schemas"]["NodeDoc"][];
+            /** @description Which index or scan each stage used. */
+            plan: components["schemas"]["PlanDoc"];
+        };
         /** @description What the node counted over one bucket of time. */
         RateBucketDoc: {
             /**
@@ -868,6 +1029,13 @@ export interface components {
             /** @description Its value from now on (any JSON; `null` removes the field). */
             value: unknown;
         };
+        /** @description A sort order. */
+        SortDoc: {
+            /** @description Largest first. */
+            descending?: boolean;
+            /** @description The field (nodes without it are left out). */
+            field: string;
+        };
         /** @description The node's sync status. */
         StatusDoc: {
             /** @description The node's clock against its peers' and the operations it receives. */
@@ -908,6 +1076,20 @@ export interface components {
             version_vector: {
                 [key: string]: number;
             };
+        };
+        /**
+         * @description A graph step: to the nodes each node links to (`out`) or that link to
+         *     it (`in`, back-links: a `links` index makes it fast).
+         */
+        StepDoc: {
+            /** @description `out` or `in`. */
+            direction: string;
+            /** @description Only links in this (top-level) field. */
+            field?: string | null;
+            /** @description Only nodes reached whose id starts with this. */
+            prefix?: string;
+            /** @description Conditions the nodes reached pass. */
+            where?: components["schemas"]["ConditionDoc"][];
         };
         /**
          * @description Whether the node's store can write, and its faults since the node
@@ -1026,6 +1208,13 @@ export interface operations {
                 id?: string;
                 /** @description Watch nodes whose id starts with this (neither `id` nor `prefix`: every node). */
                 prefix?: string;
+                /**
+                 * @description A live query: a JSON query (`prefix` and `where`, as `POST /query`
+                 *     takes, without `sort` or `steps`). Changes that make a node pass it
+                 *     come with `matches: true`; a change to a node that passed it and no
+                 *     longer does (or its delete) with `matches: false`.
+                 */
+                query?: string;
                 /**
                  * @description Replay what was applied after this position first: a JSON object of
                  *     origin peer id to sequence number (from `subscribed.version`
@@ -1298,6 +1487,304 @@ export interface operations {
                 headers: {
                     /** @description Seconds after which to retry */
                     "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+        };
+    };
+    list: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["IndexDoc"][];
+                };
+            };
+            /** @description Bad request (on every route: a token in the URL; send it in the Authorization header) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The API token is missing or wrong: needed on every route when the node requires it */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The Host is not this node's (DNS rebinding), or the request comes from a web page of an origin not allowed */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+        };
+    };
+    create: {
+        parameters: {
+            query?: {
+                /**
+                 * @description Answer once the build is done (at most 60 s; then 202 with the
+                 *     progress) instead of at once.
+                 */
+                wait?: boolean;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["IndexSpecDoc"];
+            };
+        };
+        responses: {
+            /** @description Created and built (with `wait`) */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["IndexDoc"];
+                };
+            };
+            /** @description Created; the build goes on */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["IndexDoc"];
+                };
+            };
+            /** @description A bad spec, an index of that name or over the same, or too many indexes */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The API token is missing or wrong: needed on every route when the node requires it */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The Host is not this node's (DNS rebinding), or the request comes from a web page of an origin not allowed */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The index was dropped while `wait` waited for its build */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description A request from a web page with a body of a type any page may send unasked (text/plain, a form, none) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+        };
+    };
+    get_index: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Index name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["IndexDoc"];
+                };
+            };
+            /** @description Bad request (on every route: a token in the URL; send it in the Authorization header) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The API token is missing or wrong: needed on every route when the node requires it */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The Host is not this node's (DNS rebinding), or the request comes from a web page of an origin not allowed */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+        };
+    };
+    drop_index: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Index name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The dropped index */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["IndexDoc"];
+                };
+            };
+            /** @description Bad request (on every route: a token in the URL; send it in the Authorization header) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The API token is missing or wrong: needed on every route when the node requires it */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The Host is not this node's (DNS rebinding), or the request comes from a web page of an origin not allowed */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description A request from a web page with a body of a type any page may send unasked (text/plain, a form, none) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -2386,6 +2873,82 @@ export interface operations {
                 };
             };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description A request from a web page with a body of a type any page may send unasked (text/plain, a form, none) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+        };
+    };
+    query: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["QueryDoc"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QueryPageDoc"];
+                };
+            };
+            /** @description What is wrong with the query: an unknown operator, an operand of the wrong type, a limit out of range, too many conditions, steps or values in a list, a query over 64 KiB, a sort without an index, a cursor from another query, a graph step that reaches over 100,000 nodes */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The API token is missing or wrong: needed on every route when the node requires it */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The Host is not this node's (DNS rebinding), or the request comes from a web page of an origin not allowed */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            413: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -117,7 +117,9 @@ pub async fn get_index(State(state): State<ApiState>, name: IdPath) -> Result<Js
 #[utoipa::path(post, path = "/indexes", tag = "queries", params(CreateQuery), request_body = IndexSpecDoc,
     responses((status = 201, description = "Created and built (with `wait`)", body = IndexDoc),
         (status = 202, description = "Created; the build goes on", body = IndexDoc),
-        (status = 400, description = "A bad spec, an index of that name or over the same, or too many indexes", body = ErrorDoc)))]
+        (status = 400, description = "A bad spec, an index of that name or over the same, or too many indexes", body = ErrorDoc),
+        (status = 404, description = "The index was dropped while `wait` waited for its build", body = ErrorDoc),
+        (status = 413, body = ErrorDoc)))]
 pub async fn create(
     State(state): State<ApiState>,
     query: Result<Query<CreateQuery>, QueryRejection>,
@@ -263,7 +265,8 @@ fn access_doc(access: pluresdb_core::query::Access) -> AccessDoc {
 /// checked against the conditions as the resolver presents it.
 #[utoipa::path(post, path = "/query", tag = "queries", request_body = QueryDoc,
     responses((status = 200, body = QueryPageDoc),
-        (status = 400, description = "What is wrong with the query: an unknown operator, an operand of the wrong type, a limit out of range, too many conditions, steps or values in a list, a query over 64 KiB, a sort without an index, a cursor from another query, a graph step that reaches over 100,000 nodes", body = ErrorDoc)))]
+        (status = 400, description = "What is wrong with the query: an unknown operator, an operand of the wrong type, a limit out of range, too many conditions, steps or values in a list, a query over 64 KiB, a sort without an index, a cursor from another query, a graph step that reaches over 100,000 nodes", body = ErrorDoc),
+        (status = 413, body = ErrorDoc)))]
 pub async fn query(State(state): State<ApiState>, body: Result<Bytes, BytesRejection>) -> Result<Json<QueryPageDoc>, ApiError> {
     let body = body.map_err(rejected)?;
     let query = pluresdb_core::Query::from_json(&body)?;
