@@ -67,6 +67,9 @@ pub enum Resolver {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of `Serve`, the variant with every
+// node setting, costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the node: serve the HTTP and WebSocket API until Ctrl-C or SIGTERM.
     ///
@@ -148,9 +151,20 @@ pub enum Command {
         /// at this address, e.g. 127.0.0.1:34573 (port 0: one from the OS,
         /// printed at start). Pages prove their peer id and the network
         /// secret as other peers do (docs/protocol.md, "WebSocket link").
-        /// Default: off.
+        /// Default: off [env: PLURESDB_BROWSER_LISTEN; config:
+        /// browser_listen].
         #[arg(long, value_name = "ADDR")]
         browser_listen: Option<std::net::SocketAddr>,
+        /// Do not offer browser pages WebRTC (they stay on the WebSocket)
+        /// [env: PLURESDB_WEBRTC=false; config: webrtc = false].
+        #[arg(long)]
+        no_webrtc: bool,
+        /// The UDP address of the WebRTC engine for browser pages (with
+        /// --browser-listen), e.g. 0.0.0.0:34574; port 0: one from the OS.
+        /// Default: --browser-listen's IP, port 0 [env:
+        /// PLURESDB_WEBRTC_LISTEN; config: webrtc_listen].
+        #[arg(long, value_name = "ADDR")]
+        webrtc_listen: Option<std::net::SocketAddr>,
         /// Do not announce this node or look for peers on the LAN with mDNS
         /// [env: PLURESDB_MDNS=false; config: mdns = false].
         #[arg(long)]

@@ -32,7 +32,7 @@ pub fn run(cli: Cli, config: &Config) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    if let Command::Serve { join: ticket, join_file, port, bind, no_network, browser_listen, .. } = &cli.command {
+    if let Command::Serve { join: ticket, join_file, port, bind, no_network, .. } = &cli.command {
         // Joining decides the network before anything else touches the directory.
         let ticket = match (ticket.as_deref(), join_file) {
             (Some("-"), _) => {
@@ -79,7 +79,14 @@ pub fn run(cli: Cli, config: &Config) -> anyhow::Result<()> {
             libp2p_listen: config.libp2p_listen.value.clone(),
             dht: config.dht.value,
             relay: config.relay.value,
-            browser_listen: *browser_listen,
+            browser_listen: config.browser_listen.value,
+            // The page reaches the UDP socket where it reached the
+            // WebSocket, unless told otherwise.
+            webrtc_listen: config
+                .webrtc
+                .value
+                .then(|| config.webrtc_listen.value.or_else(|| config.browser_listen.value.map(|b| std::net::SocketAddr::new(b.ip(), 0))))
+                .flatten(),
         });
         return crate::node::serve(db, &cli.data_dir, config, network, json);
     }

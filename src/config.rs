@@ -20,6 +20,9 @@
 //! allowed_origins = ["http://localhost:3000"] # PLURESDB_ALLOWED_ORIGINS (comma-separated), --allowed-origin: web pages allowed to use the API
 //! api_hosts = ["db.example.com"] # PLURESDB_API_HOSTS (comma-separated), --api-host: names the API answers to besides its addresses
 //! max_clock_drift = "5m"         # PLURESDB_MAX_CLOCK_DRIFT, --max-clock-drift: how far ahead a received timestamp may be and take effect at once
+//! browser_listen = "127.0.0.1:34573" # PLURESDB_BROWSER_LISTEN, --browser-listen: browser pages' WebSocket (default: off)
+//! webrtc = true                  # PLURESDB_WEBRTC, --no-webrtc: offer browser pages WebRTC (with browser_listen)
+//! webrtc_listen = "0.0.0.0:34574" # PLURESDB_WEBRTC_LISTEN, --webrtc-listen: its UDP socket (default: browser_listen's IP, port 0)
 //! ```
 
 use crate::cli::{Cli, Command, Resolver};
@@ -96,6 +99,13 @@ pub struct Config {
     /// Names the API answers to besides its own addresses (`name` on any
     /// port, `name:port`), e.g. a reverse proxy's.
     pub api_hosts: Setting<Vec<String>>,
+    /// Where browser pages connect over WebSocket; `None`: not at all.
+    pub browser_listen: Setting<Option<SocketAddr>>,
+    /// Offer browser pages WebRTC (with `browser_listen`).
+    pub webrtc: Setting<bool>,
+    /// The WebRTC engine's UDP address; `None`: `browser_listen`'s IP,
+    /// port 0.
+    pub webrtc_listen: Setting<Option<SocketAddr>>,
 }
 
 /// The log filter unless `PLURESDB_LOG` or `log` says otherwise: warnings,
@@ -237,6 +247,17 @@ pub fn load(cli: &Cli) -> anyhow::Result<Config> {
     let env_dht = env("PLURESDB_DHT").map(|v| parse_bool(&v, "PLURESDB_DHT")).transpose()?;
     let flag_relay = matches!(&cli.command, Command::Serve { relay: true, .. }).then_some(true);
     let env_relay = env("PLURESDB_RELAY").map(|v| parse_bool(&v, "PLURESDB_RELAY")).transpose()?;
+    let (flag_browser, flag_webrtc, flag_webrtc_listen) = match &cli.command {
+        Command::Serve { browser_listen, no_webrtc, webrtc_listen, .. } => {
+            (browser_listen.map(Some), no_webrtc.then_some(false), webrtc_listen.map(Some))
+        }
+        _ => (None, None, None),
+    };
+    let env_browser = env("PLURESDB_BROWSER_LISTEN").map(|v| parse_addr(&v, "PLURESDB_BROWSER_LISTEN").map(Some)).transpose()?;
+    let file_browser = file.browser_listen.as_deref().map(|v| parse_addr(v, &whence("browser_listen")).map(Some)).transpose()?;
+    let env_webrtc = env("PLURESDB_WEBRTC").map(|v| parse_bool(&v, "PLURESDB_WEBRTC")).transpose()?;
+    let env_webrtc_listen = env("PLURESDB_WEBRTC_LISTEN").map(|v| parse_addr(&v, "PLURESDB_WEBRTC_LISTEN").map(Some)).transpose()?;
+    let file_webrtc_listen = file.webrtc_listen.as_deref().map(|v| parse_addr(v, &whence("webrtc_listen")).map(Some)).transpose()?;
     let env_addr = env("PLURESDB_API_ADDR").map(|v| parse_addr(&v, "PLURESDB_API_ADDR")).transpose()?;
     let file_addr = file.api_addr.as_deref().map(|v| parse_addr(v, &whence("api_addr"))).transpose()?;
     let default_addr = parse_addr(pluresdb_server::DEFAULT_API_ADDR, "default")?;
@@ -276,6 +297,9 @@ pub fn load(cli: &Cli) -> anyhow::Result<Config> {
         relay: pick(flag_relay, env_relay, file.relay, false),
         allowed_origins: pick(flag_origins, env_origins, file_origins, Vec::new()),
         api_hosts: pick(flag_hosts, env_hosts, file_hosts, Vec::new()),
+        browser_listen: pick(flag_browser, env_browser, file_browser, None),
+        webrtc: pick(flag_webrtc, env_webrtc, file.webrtc, true),
+        webrtc_listen: pick(flag_webrtc_listen, env_webrtc_listen, file_webrtc_listen, None),
     })
 }
 
@@ -311,6 +335,9 @@ impl Config {
             "relay": entry(self.relay.value.into(), self.relay.source),
             "allowed_origins": entry(self.allowed_origins.value.clone().into(), self.allowed_origins.source),
             "api_hosts": entry(self.api_hosts.value.clone().into(), self.api_hosts.source),
+            "browser_listen": entry(self.browser_listen.value.map(|a| a.to_string()).into(), self.browser_listen.source),
+            "webrtc": entry(self.webrtc.value.into(), self.webrtc.source),
+            "webrtc_listen": entry(self.webrtc_listen.value.map(|a| a.to_string()).into(), self.webrtc_listen.source),
         })
     }
 
@@ -337,6 +364,14 @@ impl Config {
         out += &line("relay", self.relay.value.to_string(), self.relay.source);
         out += &line("allowed_origins", format!("{:?}", self.allowed_origins.value), self.allowed_origins.source);
         out += &line("api_hosts", format!("{:?}", self.api_hosts.value), self.api_hosts.source);
+        // An unset address is left out (TOML has no null); the comment says so.
+        let address = |key: &str, value: Option<SocketAddr>, source: Source| match value {
+            Some(addr) => line(key, format!("{:?}", addr.to_string()), source),
+            None => format!("# {key} is not set  # {}\n", source.name()),
+        };
+        out += &address("browser_listen", self.browser_listen.value, self.browser_listen.source);
+        out += &line("webrtc", self.webrtc.value.to_string(), self.webrtc.source);
+        out += &address("webrtc_listen", self.webrtc_listen.value, self.webrtc_listen.source);
         out
     }
 

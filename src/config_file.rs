@@ -26,6 +26,9 @@ pub struct FileConfig {
     pub relay: Option<bool>,
     pub allowed_origins: Option<Vec<String>>,
     pub api_hosts: Option<Vec<String>>,
+    pub browser_listen: Option<String>,
+    pub webrtc: Option<bool>,
+    pub webrtc_listen: Option<String>,
 }
 
 impl FileConfig {

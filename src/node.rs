@@ -41,6 +41,56 @@ pub struct PeerSettings {
     /// `None`: no WebSocket engine.
     #[cfg_attr(not(feature = "quic"), allow(dead_code))]
     pub browser_listen: Option<std::net::SocketAddr>,
+    /// The UDP address of the WebRTC engine for browser pages (with
+    /// `browser_listen`); `None`: pages stay on the WebSocket.
+    #[cfg_attr(not(feature = "webrtc"), allow(dead_code))]
+    pub webrtc_listen: Option<std::net::SocketAddr>,
+}
+
+/// The engines for browser pages: the WebSocket one, and WebRTC beside it
+/// when it runs.
+#[cfg(feature = "quic")]
+#[derive(Clone)]
+struct BrowserEngines {
+    websocket: pluresdb_net::WebSocketNetworkEngine,
+    #[cfg(feature = "webrtc")]
+    webrtc: Option<pluresdb_net::WebRtcNetworkEngine>,
+}
+
+#[cfg(feature = "quic")]
+impl BrowserEngines {
+    fn url(&self) -> Option<String> {
+        self.websocket.url()
+    }
+
+    fn webrtc_addr(&self) -> Option<std::net::SocketAddr> {
+        #[cfg(feature = "webrtc")]
+        return self.webrtc.as_ref().and_then(|engine| engine.local_addr());
+        #[cfg(not(feature = "webrtc"))]
+        None
+    }
+
+    fn set_access_policy(&self, policy: pluresdb_security::AccessPolicy) {
+        #[cfg(feature = "webrtc")]
+        if let Some(engine) = &self.webrtc {
+            engine.set_access_policy(policy.clone());
+        }
+        self.websocket.set_access_policy(policy);
+    }
+
+    async fn stop(self) {
+        use pluresdb_net::NetworkEngine;
+        #[cfg(feature = "webrtc")]
+        if let Some(mut engine) = self.webrtc {
+            if let Err(err) = engine.stop().await {
+                tracing::warn!(error = %err, "the browser WebRTC engine did not stop cleanly");
+            }
+        }
+        let mut websocket = self.websocket;
+        if let Err(err) = websocket.stop().await {
+            tracing::warn!(error = %err, "the browser WebSocket engine did not stop cleanly");
+        }
+    }
 }
 
 /// Where peers can reach a node listening on `local`: the address itself,
@@ -112,8 +162,8 @@ struct NodeNetwork {
     /// The libp2p engine, when it runs.
     #[cfg(feature = "libp2p")]
     libp2p: Option<pluresdb_libp2p::Libp2pNetworkEngine>,
-    /// The WebSocket engine for browser pages, when it runs.
-    browser: Option<pluresdb_net::WebSocketNetworkEngine>,
+    /// The engines for browser pages, when they run.
+    browser: Option<BrowserEngines>,
     network: pluresdb_runtime::Network,
     /// The settings the engines run with; its `sync` is the sync engine's.
     config: pluresdb_net::NetworkConfig,
@@ -239,13 +289,39 @@ async fn start_network(data_dir: &Path, settings: &PeerSettings, db: &Replica) -
     let browser = match settings.browser_listen {
         Some(listen) => {
             let peers = Arc::new(PeerManager::new());
-            let mut engine = pluresdb_net::WebSocketNetworkEngine::new(config.clone(), listen, peers.clone(), combined.next_sync_handle())
+            let handle = combined.next_sync_handle();
+            let engine = pluresdb_net::WebSocketNetworkEngine::new(config.clone(), listen, peers.clone(), handle.clone())
                 .with_identity(identity.clone())
                 .with_access_policy(policy.clone());
+            // WebRTC's engine is added right after the WebSocket's, so
+            // its sync handle is the next one.
+            #[cfg(feature = "webrtc")]
+            let (engine, webrtc) = match settings.webrtc_listen {
+                Some(udp) => {
+                    let rtc_peers = Arc::new(PeerManager::new());
+                    let rtc_handle = handle.for_engine(combined.transports().len() + 1);
+                    let mut webrtc = pluresdb_net::WebRtcNetworkEngine::new(config.clone(), udp, rtc_peers.clone(), rtc_handle)
+                        .with_identity(identity.clone())
+                        .with_access_policy(policy.clone());
+                    webrtc.start().await.with_context(|| format!("cannot start the browser WebRTC engine on UDP {udp}"))?;
+                    registries.push(rtc_peers);
+                    (engine.with_node_signals(webrtc.signal_sender()), Some(webrtc))
+                }
+                None => (engine, None),
+            };
+            let mut engine = engine;
             engine.start().await.with_context(|| format!("cannot start the browser WebSocket engine on {listen}"))?;
             combined = combined.with_engine(Transport::WebSocket, Box::new(engine.clone()));
             registries.push(peers);
-            Some(engine)
+            #[cfg(feature = "webrtc")]
+            if let Some(webrtc) = &webrtc {
+                combined = combined.with_engine(Transport::WebRtc, Box::new(webrtc.clone()));
+            }
+            Some(BrowserEngines {
+                websocket: engine,
+                #[cfg(feature = "webrtc")]
+                webrtc,
+            })
         }
         None => None,
     };
@@ -560,8 +636,10 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
         crate::keys::replace_private(&addr_file, format!("{bound}\n").as_bytes())?;
         #[cfg(feature = "quic")]
         let browser_url = engines.as_ref().and_then(|engines| engines.2.as_ref()).and_then(|browser| browser.url());
+        #[cfg(feature = "quic")]
+        let webrtc_addr = engines.as_ref().and_then(|engines| engines.2.as_ref()).and_then(|browser| browser.webrtc_addr());
         #[cfg(not(feature = "quic"))]
-        let browser_url: Option<String> = None;
+        let (browser_url, webrtc_addr): (Option<String>, Option<std::net::SocketAddr>) = (None, None);
         {
             // Tell the user (and scripts) where the node is, then keep quiet.
             let mut out = std::io::stdout().lock();
@@ -572,6 +650,7 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
                     "token_required": require_token,
                     "listen": handle.listen_addresses(),
                     "browser": browser_url,
+                    "webrtc": webrtc_addr.map(|a| a.to_string()),
                 });
                 writeln!(out, "{started}")?;
             } else {
@@ -583,6 +662,9 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
                 }
                 if let Some(url) = &browser_url {
                     writeln!(out, "browser pages connect over WebSocket to {url}")?;
+                }
+                if let Some(addr) = &webrtc_addr {
+                    writeln!(out, "and over WebRTC (UDP {addr}) once linked")?;
                 }
                 if handle.transports().is_empty() && peers.is_some() {
                     writeln!(out, "no network transport runs (every engine is turned off): serving the API only")?;
@@ -625,10 +707,8 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
             }
             #[cfg(not(feature = "libp2p"))]
             let _unused: Option<std::convert::Infallible> = libp2p;
-            if let Some(mut browser) = browser {
-                if let Err(err) = browser.stop().await {
-                    tracing::warn!(error = %err, "the browser WebSocket engine did not stop cleanly");
-                }
+            if let Some(browser) = browser {
+                browser.stop().await;
             }
         }
         node.shutdown().await;

@@ -258,3 +258,31 @@ fn a_failed_direct_link_attempt_is_dropped_and_retried_until_the_pages_link() {
     assert!(result["linked"]["attempts"].as_u64().is_some_and(|n| n >= 2), "{result}");
     assert!(clean, "{stderr}");
 }
+
+/// A node started with --browser-listen also takes WebRTC (str0m, one UDP
+/// socket): the page in Chromium, once linked over WebSocket, opens a data
+/// channel to the node (offer and answer over the WebSocket's signal
+/// frames) and the link there proves ids and the secret again; sync moves
+/// to it. The node's `/peers` lists the page over `webrtc`, the page the
+/// node over `webrtc`, and writes cross both ways.
+#[test]
+fn a_page_and_a_native_node_sync_over_webrtc_in_chromium() {
+    let Some((result, node)) = with_node("page_and_node_sync_over_webrtc", str::to_owned) else { return };
+    let (clean, stderr) = node.stop();
+    assert_eq!(result["node_lists_page_as"], "webrtc", "{result}");
+    assert!(clean, "{stderr}");
+}
+
+/// WebRTC between the page and the node cannot connect (the page takes
+/// only TURN-relayed candidates and has no TURN server, as where no UDP
+/// gets through): the page's WebRTC attempts to the node fail, its status
+/// says `failed`, and the page and the node sync both ways over the
+/// WebSocket, which the node lists as the page's transport.
+#[test]
+fn a_page_without_udp_to_the_node_falls_back_to_the_websocket_link() {
+    let Some((result, node)) = with_node("page_falls_back_to_websocket_without_udp", str::to_owned) else { return };
+    let (clean, stderr) = node.stop();
+    assert_eq!(result["webrtc_to_node"]["state"], "failed", "{result}");
+    assert_eq!(result["node_lists_page_as"], "websocket", "{result}");
+    assert!(clean, "{stderr}");
+}

@@ -15,6 +15,9 @@ const MAX_CHANNELS = 16;
  * either way (two pages retrying each other do not collide again); after
  * `maxAttempts` the promise rejects. */
 const PEER_RETRY = { attemptTimeoutMs: 20_000, firstDelayMs: 500, maxDelayMs: 30_000, maxAttempts: 8 };
+/** Attempts at WebRTC to the node before the page stays on the WebSocket
+ * (until the node offers it again on its next link). */
+const NODE_WEBRTC_ATTEMPTS = 2;
 
 let ready = null;
 
@@ -120,8 +123,16 @@ export class Database {
   #wanted = new Map();
   /** ICE servers for direct links (STUN/TURN: `[{urls: "stun:..."}]`); none by default. */
   iceServers = [];
+  /** `"all"` (default) or `"relay"`: only TURN-relayed candidates (hides
+   * the page's addresses; needs a TURN server in `iceServers`). */
+  iceTransportPolicy = "all";
   /** How `connectPeer` retries (see PEER_RETRY); change before calling it. */
   peerRetry = { ...PEER_RETRY };
+  /** Take WebRTC to the node when it offers it (the WebSocket stays as
+   * the fallback, and carries sync again if WebRTC fails). */
+  preferWebRtc = true;
+  /** The node's peer id, once it offered WebRTC. */
+  #nodePeer = null;
   #timer = undefined;
   #reconnectTimer = undefined;
 
@@ -220,7 +231,7 @@ export class Database {
     const link = JSON.parse(this.#replica.status()).link;
     const peers = link.state === "connected" ? [{ peer_id: link.peer, transport: "websocket", url: this.#link?.url }] : [];
     for (const [peer, channel] of Object.entries(link.channels ?? {})) {
-      if (channel.state === "connected") peers.push({ peer_id: peer, transport: "webrtc" });
+      if (channel.state === "connected") peers.push({ peer_id: peer, transport: "webrtc", ...(peer === this.#nodePeer ? { node: true } : {}) });
     }
     return peers;
   }
@@ -318,6 +329,7 @@ export class Database {
   /** Ends the link to the node; the page keeps working offline. */
   disconnect() {
     this.#link = null;
+    if (this.#nodePeer) this.disconnectPeer(this.#nodePeer);
     clearTimeout(this.#reconnectTimer);
     this.#replica.disconnect("the page disconnected");
     this.#turn().catch(() => {});
@@ -375,9 +387,13 @@ export class Database {
     this.#check();
     if (typeof peerId !== "string" || peerId.length === 0) throw new TypeError("connectPeer(peerId): peerId must be a peer id");
     if (peerId === this.peerId) throw new Error("connectPeer: that is this page's own peer id");
+    return this.#want(peerId, this.peerRetry);
+  }
+
+  #want(peerId, retry) {
     const existing = this.#wanted.get(peerId);
     if (existing && existing.state !== "failed") return existing.promise;
-    const want = { state: "connecting", attempts: 0, lastError: null, delay: this.peerRetry.firstDelayMs, timer: undefined };
+    const want = { state: "connecting", attempts: 0, lastError: null, delay: retry.firstDelayMs, timer: undefined, retry };
     want.promise = new Promise((resolve, reject) => {
       want.resolve = resolve;
       want.reject = reject;
@@ -408,7 +424,7 @@ export class Database {
         if (want.state === "connected" && !this.#linkedTo(peer)) {
           // The link was up and is gone: make it again.
           want.state = "retrying";
-          want.delay = this.peerRetry.firstDelayMs;
+          want.delay = want.retry.firstDelayMs;
           want.attempts = 0;
           if (!this.#channels.has(peer)) this.#retryLater(peer, want);
         }
@@ -438,7 +454,7 @@ export class Database {
     want.state = want.attempts === 1 ? "connecting" : "retrying";
     let entry;
     try {
-      entry = this.#newPeerConnection(peerId, true);
+      entry = this.#newPeerConnection(peerId, true, undefined, want.retry.attemptTimeoutMs);
     } catch (err) {
       this.#attemptEnded(peerId, want, err.message);
       return;
@@ -473,7 +489,7 @@ export class Database {
   #attemptEnded(peerId, want, reason) {
     want.lastError = reason;
     if (this.#linkedTo(peerId)) return this.#settleWanted();
-    if (want.attempts >= this.peerRetry.maxAttempts) {
+    if (want.attempts >= want.retry.maxAttempts) {
       want.state = "failed";
       this.#wanted.set(peerId, want);
       want.reject(new Error(`no direct link to ${peerId} after ${want.attempts} attempts: ${reason}`));
@@ -487,7 +503,7 @@ export class Database {
   #retryLater(peerId, want) {
     if (this.#closed) return;
     const jittered = want.delay * (0.5 + Math.random());
-    want.delay = Math.min(want.delay * 2, this.peerRetry.maxDelayMs);
+    want.delay = Math.min(want.delay * 2, want.retry.maxDelayMs);
     clearTimeout(want.timer);
     want.timer = setTimeout(() => {
       if (this.#channels.has(peerId) || this.#linkedTo(peerId)) return this.#settleWanted();
@@ -495,17 +511,17 @@ export class Database {
     }, jittered);
   }
 
-  #newPeerConnection(peerId, initiator, attemptId) {
+  #newPeerConnection(peerId, initiator, attemptId, timeoutMs = this.peerRetry.attemptTimeoutMs) {
     if (this.#channels.size >= MAX_CHANNELS) throw new Error(`at most ${MAX_CHANNELS} direct links`);
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers, iceTransportPolicy: this.iceTransportPolicy });
     // Signals carry the attempt's id: an answer or candidate of an
     // abandoned attempt is not applied to a newer one.
     const entry = { pc, channel: null, candidates: [], initiator, opened: false, attempt: attemptId ?? crypto.randomUUID() };
     this.#channels.set(peerId, entry);
     // Without an answer, or with ICE stuck, nothing else ends an attempt.
     entry.deadline = setTimeout(() => {
-      if (!this.#linkedTo(peerId)) this.#attemptFailed(peerId, entry, `not linked within ${this.peerRetry.attemptTimeoutMs} ms`);
-    }, this.peerRetry.attemptTimeoutMs);
+      if (!this.#linkedTo(peerId)) this.#attemptFailed(peerId, entry, `not linked within ${timeoutMs} ms`);
+    }, timeoutMs);
     pc.onicecandidate = (event) => {
       if (event.candidate) this.#signal(peerId, entry, { type: "candidate", candidate: event.candidate.toJSON() });
     };
@@ -553,11 +569,23 @@ export class Database {
     return true;
   }
 
-  /** Signalling from page `from`, relayed by the node. */
+  /** Signalling from page `from`, relayed by the node, or from the node
+   * itself (it offers WebRTC, answers the page's offer, or refuses it). */
   async #onSignal(from, text) {
     const message = JSON.parse(text);
+    if (message?.type === "webrtc" && from === JSON.parse(this.#replica.status()).link.peer) {
+      // The node takes WebRTC: link to it over a data channel too, and
+      // sync there; the WebSocket stays for signalling and as the fallback.
+      this.#nodePeer = from;
+      if (this.preferWebRtc) this.#want(from, { ...this.peerRetry, maxAttempts: NODE_WEBRTC_ATTEMPTS });
+      return;
+    }
     if (typeof message?.attempt !== "string") return;
     let entry = this.#channels.get(from);
+    if (message.type === "error") {
+      if (entry && entry.attempt === message.attempt) this.#attemptFailed(from, entry, `refused: ${message.message}`);
+      return;
+    }
     if (message.type === "offer") {
       if (entry && entry.initiator && !entry.opened && this.peerId < from) {
         // Both pages offered at once: the one with the smaller id keeps

@@ -324,7 +324,7 @@ const scenarios = {
     await a.evaluate((peer) => db.connectPeer(peer), bId);
     await a.evaluate((peer) => waitFor(async () => (await db.status()).link.channels[peer]?.state === "connected", "the direct link in a"), bId);
     await b.evaluate((peer) => waitFor(async () => (await db.status()).link.channels[peer]?.state === "connected", "the direct link in b"), aId);
-    const transports = await a.evaluate(async () => (await db.peers()).map((p) => p.transport).sort());
+    const transports = await a.evaluate(async () => (await db.peers()).filter((p) => !p.node).map((p) => p.transport).sort());
     check(JSON.stringify(transports) === JSON.stringify(["webrtc", "websocket"]), `a's peers: ${transports}`);
     process.kill(Number(args.node_pid), "SIGTERM");
     for (const page of pages) {
@@ -383,9 +383,80 @@ const scenarios = {
     await b.evaluate((peer) => waitFor(async () => (await db.status()).link.channels[peer]?.state === "connected", "the direct link in b"), aId);
     await a.evaluate(() => db.put("retried:a", { by: "a" }));
     await b.evaluate(() => waitFor(async () => (await db.get("retried:a"))?.value?.by === "a", "a's write in b"));
-    const transports = await b.evaluate(async () => (await db.peers()).map((p) => p.transport).sort());
+    const transports = await b.evaluate(async () => (await db.peers()).filter((p) => !p.node).map((p) => p.transport).sort());
     check(JSON.stringify(transports) === JSON.stringify(["webrtc", "websocket"]), `b's peers: ${transports}`);
     return { first_attempt: failed, linked };
+  },
+
+  /** A page linked to a node that offers WebRTC (the default with
+   * --browser-listen) opens a data channel to it and syncs there: the
+   * page lists the node over WebRTC, a page write reaches the node, a
+   * node write reaches the page. Returns the node's /peers entry for the
+   * page. */
+  async page_and_node_sync_over_webrtc({ chromium: c, base, args }) {
+    const page = await openPage(c.browser.contexts()[0], base);
+    const linked = await page.evaluate(async ({ url, ticket }) => {
+      window.db = await pluresdb.open("rtc-node");
+      db.connect(url, ticket);
+      await waitFor(async () => (await db.status()).link.state === "connected", "the WebSocket link");
+      const node = (await db.status()).link.peer;
+      await waitFor(async () => (await db.status()).direct[node]?.state === "connected", "WebRTC to the node");
+      return { node, peers: await db.peers() };
+    }, args);
+    check(linked.peers.some((p) => p.peer_id === linked.node && p.transport === "webrtc"), `the page's peers: ${JSON.stringify(linked.peers)}`);
+    const pageId = await page.evaluate(() => db.peerId);
+    let entry;
+    const deadline = Date.now() + STEP_MS;
+    for (;;) {
+      entry = (await api(args.api, "GET", "/peers")).peers.find((p) => p.peer_id === pageId && p.connected);
+      if (entry?.transport === "webrtc") break;
+      check(Date.now() < deadline, `the node lists the page as ${JSON.stringify(entry)}`);
+      await new Promise((ok) => setTimeout(ok, 50));
+    }
+    await page.evaluate(() => db.put("rtc:page", { by: "page" }));
+    for (;;) {
+      if ((await api(args.api, "GET", "/nodes/rtc:page"))?.value?.by === "page") break;
+      check(Date.now() < deadline + STEP_MS, "the page's write did not reach the node");
+      await new Promise((ok) => setTimeout(ok, 50));
+    }
+    await api(args.api, "PUT", "/nodes/rtc:node", { by: "node" });
+    await page.evaluate(() => waitFor(async () => (await db.get("rtc:node"))?.value?.by === "node", "the node's write in the page"));
+    const still = await page.evaluate((node) => db.status().then((s) => s.direct[node].state), linked.node);
+    check(still === "connected", `WebRTC to the node is ${still}`);
+    return { node_lists_page_as: entry.transport, page_lists_node_as: "webrtc" };
+  },
+
+  /** WebRTC between the page and the node cannot connect: the page
+   * allows only relayed candidates (iceTransportPolicy "relay") and has no
+   * TURN server, as on a network that lets no UDP through. Its attempts
+   * to the node fail, it says so, and sync goes on over the WebSocket
+   * both ways. */
+  async page_falls_back_to_websocket_without_udp({ chromium: c, base, args }) {
+    const page = await openPage(c.browser.contexts()[0], base);
+    const failed = await page.evaluate(async ({ url, ticket }) => {
+      window.db = await pluresdb.open("rtc-fallback");
+      db.peerRetry = { ...db.peerRetry, attemptTimeoutMs: 3000, firstDelayMs: 200 };
+      db.iceTransportPolicy = "relay";
+      db.connect(url, ticket);
+      await waitFor(async () => (await db.status()).link.state === "connected", "the WebSocket link");
+      const node = (await db.status()).link.peer;
+      await waitFor(async () => ["failed", "connected"].includes((await db.status()).direct[node]?.state), "WebRTC to the node to fail");
+      return (await db.status()).direct[node];
+    }, args);
+    await page.evaluate(() => db.put("fallback:page", { by: "page" }));
+    const deadline = Date.now() + STEP_MS;
+    for (;;) {
+      if ((await api(args.api, "GET", "/nodes/fallback:page"))?.value?.by === "page") break;
+      check(Date.now() < deadline, "the page's write did not reach the node");
+      await new Promise((ok) => setTimeout(ok, 50));
+    }
+    await api(args.api, "PUT", "/nodes/fallback:node", { by: "node" });
+    await page.evaluate(() => waitFor(async () => (await db.get("fallback:node"))?.value?.by === "node", "the node's write in the page"));
+    const pageId = await page.evaluate(() => db.peerId);
+    const entry = (await api(args.api, "GET", "/peers")).peers.find((p) => p.peer_id === pageId && p.connected);
+    const transports = await page.evaluate(async () => (await db.peers()).map((p) => p.transport));
+    check(failed.state === "failed", `WebRTC to the node: ${JSON.stringify(failed)}`);
+    return { webrtc_to_node: failed, node_lists_page_as: entry?.transport, page_transports: transports };
   },
 
   /** A page syncs, goes offline, writes while the node writes too,

@@ -29,6 +29,14 @@ pub const MAX_PAYLOAD_BYTES: usize = pluresdb_sync::MAX_MESSAGE_BYTES;
 /// The largest frame, header included.
 pub const MAX_FRAME_BYTES: usize = HEADER_LEN + MAX_PAYLOAD_BYTES;
 
+/// The most bytes sent in one WebRTC data-channel message. A data channel
+/// carries the link's frames as one ordered byte stream cut into messages
+/// of at most this size (a browser refuses to send a message over the
+/// other side's `max-message-size`, 256 KiB in Chromium, and a frame may be
+/// 16 MiB); the receiver reads the frames back with a [`FrameDecoder`],
+/// which refuses a frame over the limit from its header on.
+pub const CHANNEL_CHUNK_BYTES: usize = 64 * 1024;
+
 /// What a frame's payload is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]

@@ -31,7 +31,7 @@ pub mod link;
 pub mod message;
 pub mod socket;
 
-pub use codec::{CodecError, Frame, FrameDecoder, FrameKind, MAX_FRAME_BYTES};
+pub use codec::{CodecError, Frame, FrameDecoder, FrameKind, CHANNEL_CHUNK_BYTES, MAX_FRAME_BYTES};
 pub use error::NetworkError;
 pub use limits::ReceiveLimits;
 pub use message::{

@@ -194,6 +194,16 @@ impl SyncHandle {
                 peer.up.retain(|(engine, _)| *engine != self.engine);
                 peer.up.push((self.engine, event.clone()));
                 if peer.up.len() > 1 {
+                    // A page's WebRTC link takes over from its WebSocket
+                    // one: the page opened it to the node as the better
+                    // path (the WebSocket stays as the fallback).
+                    let in_use = peer.up.iter().find(|(engine, _)| *engine == peer.in_use).map(|(_, connected)| transport_of(connected));
+                    if transport_of(&event) == Some(Transport::WebRtc) && in_use == Some(Some(Transport::WebSocket)) {
+                        peer.in_use = self.engine;
+                        tracing::info!(peer = %peer_id, engine = self.engine, "the page's WebRTC link takes over its sync from the WebSocket");
+                        let moved = PeerEvent::Disconnected { peer_id: *peer_id, reason: "moved to the WebRTC link".to_owned() };
+                        return self.events.send(moved).is_ok() && self.events.send(event).is_ok();
+                    }
                     tracing::debug!(peer = %peer_id, engine = self.engine, in_use = peer.in_use, "a second link to a connected peer: kept as a fallback");
                     return !self.events.is_closed();
                 }
@@ -240,6 +250,13 @@ impl SyncHandle {
     /// Whether the receiver is gone.
     pub fn is_closed(&self) -> bool {
         self.events.is_closed()
+    }
+}
+
+fn transport_of(event: &PeerEvent) -> Option<Transport> {
+    match event {
+        PeerEvent::Connected { transport, .. } => Some(*transport),
+        _ => None,
     }
 }
 
@@ -394,5 +411,23 @@ mod tests {
             assert!(handle.deliver(event).await);
         }
         assert_eq!(drain(&mut events), vec![first, disconnected("p", "replaced"), second, disconnected("p", "goodbye")]);
+    }
+
+    #[tokio::test]
+    async fn a_pages_webrtc_link_takes_over_its_sync_from_the_websocket_and_falls_back_to_it() {
+        let (handle, mut events) = SyncHandle::channel(8);
+        let (websocket, webrtc) = (handle.for_engine(0), handle.for_engine(1));
+        let over_websocket = connected("page", "127.0.0.1:1", Transport::WebSocket);
+        let over_webrtc = connected("page", "127.0.0.1:2", Transport::WebRtc);
+
+        assert!(websocket.deliver(over_websocket.clone()).await);
+        assert!(webrtc.deliver(over_webrtc.clone()).await);
+        assert_eq!(drain(&mut events), vec![over_websocket.clone(), disconnected("page", "moved to the WebRTC link"), over_webrtc.clone()]);
+        assert_eq!(handle.route(&peer("page")), Some(1));
+
+        // WebRTC fails: back to the WebSocket, with a fresh session.
+        assert!(webrtc.deliver(disconnected("page", "ICE failed")).await);
+        assert_eq!(drain(&mut events), vec![disconnected("page", "ICE failed"), over_websocket]);
+        assert_eq!(handle.route(&peer("page")), Some(0));
     }
 }

@@ -72,6 +72,8 @@ mod peer;
 pub use pluresdb_link::{codec, link, message};
 #[cfg(feature = "quic")]
 pub mod quic;
+#[cfg(feature = "webrtc")]
+pub mod webrtc;
 pub mod websocket;
 
 pub use combined::CombinedNetworkEngine;
@@ -88,7 +90,9 @@ pub use pluresdb_link::message::{
 pub use pluresdb_link::NetworkError;
 #[cfg(feature = "quic")]
 pub use quic::QuicNetworkEngine;
-pub use websocket::WebSocketNetworkEngine;
+#[cfg(feature = "webrtc")]
+pub use webrtc::{WebRtcLimits, WebRtcNetworkEngine};
+pub use websocket::{NodeSignal, SignalReply, WebSocketNetworkEngine};
 
 /// A peer id named by `name` (at most 32 bytes), for unit tests: the
 /// sync engine's labels are text, the network's peers keys.

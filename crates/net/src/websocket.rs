@@ -38,6 +38,45 @@ use tokio_tungstenite::tungstenite::Message;
 /// Frames queued per page before `send_message` answers `PeerBusy`.
 pub const OUTBOUND_FRAMES: usize = 1_024;
 
+/// Signals addressed to the node itself, waiting for the WebRTC engine;
+/// more are dropped (the page's attempt fails and it stays on WebSocket).
+pub const NODE_SIGNALS: usize = 256;
+
+/// What the node tells an admitted page when it takes WebRTC: the page
+/// then offers a data channel to the node (`docs/browser.md`).
+pub const WEBRTC_OFFERED: &str = r#"{"type":"webrtc"}"#;
+
+/// A signal a page addressed to the node itself (its WebRTC offer and
+/// candidates), for the node's WebRTC engine, with the way back.
+#[derive(Debug)]
+pub struct NodeSignal {
+    /// The page, as its WebSocket link proved it.
+    pub page: PeerId,
+    /// The page's address on the WebSocket.
+    pub page_addr: SocketAddr,
+    /// The node's address that the page reached: the node's WebRTC
+    /// candidate takes its IP when its UDP socket listens on every one.
+    pub node_addr: SocketAddr,
+    /// The signal (JSON text, as the page wrote it).
+    pub data: Bytes,
+    /// Signals back to the page, over its WebSocket link.
+    pub reply: SignalReply,
+}
+
+/// Sends signals from the node to one page over its WebSocket link.
+#[derive(Clone, Debug)]
+pub struct SignalReply {
+    node: PeerId,
+    out: mpsc::Sender<Frame>,
+}
+
+impl SignalReply {
+    /// Queues `data` for the page; `false` if its link is gone or full.
+    pub fn send(&self, data: Bytes) -> bool {
+        self.out.try_send(NetworkMessage::Signal { peer: self.node.to_string(), data }.to_frame()).is_ok()
+    }
+}
+
 /// The node's engine for browser pages (see the module docs).
 #[derive(Clone)]
 pub struct WebSocketNetworkEngine {
@@ -62,6 +101,9 @@ struct State {
     links: HashMap<PeerId, Registered>,
     handshakes: usize,
     handshakes_per_ip: HashMap<IpAddr, usize>,
+    /// Where signals addressed to the node go (the WebRTC engine), if it
+    /// runs.
+    node_signals: Option<mpsc::Sender<NodeSignal>>,
 }
 
 struct Registered {
@@ -91,6 +133,14 @@ impl WebSocketNetworkEngine {
     /// Admits pages by `policy` (default: a fresh secret nobody holds).
     pub fn with_access_policy(self, policy: AccessPolicy) -> Self {
         lock(&self.shared.state).policy = Some(policy);
+        self
+    }
+
+    /// Hands the signals pages address to the node itself to `signals`
+    /// (the WebRTC engine's `signal_sender`), and tells each admitted page
+    /// that the node takes WebRTC.
+    pub fn with_node_signals(self, signals: mpsc::Sender<NodeSignal>) -> Self {
+        lock(&self.shared.state).node_signals = Some(signals);
         self
     }
 
@@ -266,6 +316,7 @@ impl Drop for HandshakeSlot {
 
 async fn serve_socket(shared: Arc<Shared>, tcp: TcpStream, from: SocketAddr, mut stopped: watch::Receiver<bool>) {
     let mut slot = HandshakeSlot { shared: shared.clone(), ip: from.ip(), held: true };
+    let node_addr = tcp.local_addr().unwrap_or(from);
     let config = &shared.config;
     let started = tokio::time::Instant::now();
     let deadline = started + config.handshake_timeout;
@@ -287,6 +338,7 @@ async fn serve_socket(shared: Arc<Shared>, tcp: TcpStream, from: SocketAddr, mut
         (state.identity.clone(), state.policy.clone())
     };
     let (Some(identity), Some(policy)) = (identity, policy) else { return };
+    let node_id = identity.peer_id();
     let mut nonce = [0u8; 32];
     if getrandom::fill(&mut nonce).is_err() {
         tracing::warn!("no randomness for a browser socket's nonce; closing it");
@@ -302,6 +354,7 @@ async fn serve_socket(shared: Arc<Shared>, tcp: TcpStream, from: SocketAddr, mut
     let mut machine = SocketLink::new(socket_config);
 
     let (out_tx, mut out_rx) = mpsc::channel::<Frame>(OUTBOUND_FRAMES);
+    let reply = SignalReply { node: node_id, out: out_tx.clone() };
     let (close_tx, mut close_rx) = watch::channel::<Option<String>>(None);
     let mut close_tx = Some(close_tx);
     let mut out_tx = Some(out_tx);
@@ -348,6 +401,9 @@ async fn serve_socket(shared: Arc<Shared>, tcp: TcpStream, from: SocketAddr, mut
                             let stats = connected(&shared, peer, from, old.is_some()).await;
                             tracing::info!(%peer, %from, proof_ok, "browser page connected over WebSocket");
                             registered = Some((peer, id, stats));
+                            if lock(&shared.state).node_signals.is_some() {
+                                reply.send(Bytes::from_static(WEBRTC_OFFERED.as_bytes()));
+                            }
                         }
                     }
                 }
@@ -366,8 +422,16 @@ async fn serve_socket(shared: Arc<Shared>, tcp: TcpStream, from: SocketAddr, mut
                 LinkEvent::PeersLearned(_) => {}
                 LinkEvent::PeerExchangeRequested => machine.answer_peer_exchange(Vec::new()),
                 LinkEvent::Signal { peer: to, data } => {
-                    if let Some((from, _, _)) = &registered {
-                        relay_signal(&shared, from, &to, data, &mut signals, Now::system());
+                    if let Some((page, _, _)) = &registered {
+                        let to_node = to == node_id.to_string();
+                        if !signals.admits(page, Now::system()) {
+                            tracing::debug!(%page, %to, "signal over the page's budget; dropped");
+                        } else if to_node {
+                            let signal = NodeSignal { page: *page, page_addr: from, node_addr, data, reply: reply.clone() };
+                            to_webrtc_engine(&shared, signal);
+                        } else {
+                            relay_signal(&shared, page, &to, data);
+                        }
                     }
                 }
                 LinkEvent::Closed(end) => break 'run end,
@@ -461,15 +525,18 @@ impl SignalBudget {
     }
 }
 
+impl SignalBudget {
+    /// Whether one more signal from `page` is within its budget.
+    fn admits(&mut self, page: &PeerId, now: Now) -> bool {
+        let now_ms = u64::try_from(now.instant.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX);
+        self.limiter.check(&page.to_string(), now_ms).is_ok()
+    }
+}
+
 /// Passes a page's signal on to the page it names, naming the sender as
 /// this link authenticated it; a signal for a peer that is not a linked
-/// page, or over the budget, is dropped.
-fn relay_signal(shared: &Shared, from: &PeerId, to: &str, data: Bytes, budget: &mut SignalBudget, now: Now) {
-    let now_ms = u64::try_from(now.instant.saturating_duration_since(budget.started).as_millis()).unwrap_or(u64::MAX);
-    if budget.limiter.check(&from.to_string(), now_ms).is_err() {
-        tracing::debug!(%from, %to, "signal over the page's budget; dropped");
-        return;
-    }
+/// page is dropped.
+fn relay_signal(shared: &Shared, from: &PeerId, to: &str, data: Bytes) {
     let Ok(to) = to.parse::<PeerId>() else { return };
     let out = lock(&shared.state).links.get(&to).map(|link| link.out.clone());
     let Some(out) = out else {
@@ -478,6 +545,20 @@ fn relay_signal(shared: &Shared, from: &PeerId, to: &str, data: Bytes, budget: &
     };
     let frame = NetworkMessage::Signal { peer: from.to_string(), data }.to_frame();
     let _ = out.try_send(frame);
+}
+
+/// Hands a signal addressed to the node to its WebRTC engine; without
+/// one, or with its queue full, it is dropped.
+fn to_webrtc_engine(shared: &Shared, signal: NodeSignal) {
+    let sink = lock(&shared.state).node_signals.clone();
+    match sink {
+        Some(sink) => {
+            if sink.try_send(signal).is_err() {
+                tracing::debug!("the WebRTC engine's signal queue is full; signal dropped");
+            }
+        }
+        None => tracing::debug!(page = %signal.page, "a signal for this node, which runs no WebRTC engine; dropped"),
+    }
 }
 
 async fn send(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>, frame: &Frame) -> std::result::Result<(), ()> {

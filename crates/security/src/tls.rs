@@ -60,18 +60,17 @@ pub const ALPN: &[u8] = b"pluresdb/1";
 /// Ed25519 SPKI is exactly these 12 bytes and the key.
 const ED25519_SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
 
-/// PKCS#8 v2 (RFC 5958 `OneAsymmetricKey`, the form ring writes) of an
-/// Ed25519 key up to the secret seed: `SEQUENCE { INTEGER 1, SEQUENCE { OID
-/// 1.3.101.112 }, OCTET STRING { OCTET STRING (32 bytes) } ...`.
-const PKCS8_V2_PREFIX: [u8; 16] = [0x30, 0x53, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+/// PKCS#8 v1 (RFC 5208 `PrivateKeyInfo`) of an Ed25519 key up to the
+/// secret seed: `SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 }, OCTET
+/// STRING { OCTET STRING (32 bytes) } }`. Version 1, without the public
+/// key: ring and aws-lc-rs both read it (rcgen uses aws-lc-rs once any
+/// crate turns its `aws_lc_rs` feature on, as the WebRTC engine's DTLS
+/// does), while their version-2 forms differ (ring writes the public key
+/// as an explicit `[1]`, aws-lc reads RFC 5958's implicit one).
+const PKCS8_V1_PREFIX: [u8; 16] = [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
 
-/// What follows the seed in PKCS#8 v2: `[1] { BIT STRING (0 unused bits) }`,
-/// then the 32-byte public key. Including it lets ring check that the seed
-/// and the public key belong together.
-const PKCS8_V2_PUBLIC_KEY: [u8; 5] = [0xa1, 0x23, 0x03, 0x21, 0x00];
-
-/// Length of the PKCS#8 v2 document: prefix, seed, public key tag, key.
-const PKCS8_V2_LEN: usize = PKCS8_V2_PREFIX.len() + 32 + PKCS8_V2_PUBLIC_KEY.len() + 32;
+/// Length of the PKCS#8 v1 document: prefix and seed.
+const PKCS8_V1_LEN: usize = PKCS8_V1_PREFIX.len() + 32;
 
 /// The only signature algorithm accepted, for certificates and handshakes
 /// alike: Ed25519, as ring (the provider's backend) verifies it.
@@ -103,15 +102,14 @@ pub fn certificate(identity: &Identity) -> Result<(CertificateDer<'static>, Priv
     Ok((certificate.der().clone(), PrivateKeyDer::Pkcs8(pkcs8)))
 }
 
-/// The identity's key as a PKCS#8 v2 document (see [`PKCS8_V2_PREFIX`]),
-/// the one private key format that both rcgen and rustls read for Ed25519.
+/// The identity's key as a PKCS#8 v1 document (see [`PKCS8_V1_PREFIX`]),
+/// the private key format that rcgen (on ring or aws-lc-rs) and rustls
+/// all read for Ed25519.
 fn pkcs8_of(identity: &Identity) -> PrivatePkcs8KeyDer<'static> {
     let seed = identity.secret_seed();
-    let mut der = Vec::with_capacity(PKCS8_V2_LEN);
-    der.extend_from_slice(&PKCS8_V2_PREFIX);
+    let mut der = Vec::with_capacity(PKCS8_V1_LEN);
+    der.extend_from_slice(&PKCS8_V1_PREFIX);
     der.extend_from_slice(&seed[..]);
-    der.extend_from_slice(&PKCS8_V2_PUBLIC_KEY);
-    der.extend_from_slice(identity.verifying_key().as_bytes());
     PrivatePkcs8KeyDer::from(der)
 }
 
@@ -409,10 +407,10 @@ mod tests {
     fn pkcs8_document_is_what_ring_reads() {
         let identity = Identity::from_seed([5; 32]);
         let pkcs8 = pkcs8_of(&identity);
-        assert_eq!(pkcs8.secret_pkcs8_der().len(), PKCS8_V2_LEN);
-        assert_eq!(pkcs8.secret_pkcs8_der().len(), 0x53 + 2);
-        // ring's own loader (with the consistency check of seed and public
-        // key) accepts it, through rustls' provider.
+        assert_eq!(pkcs8.secret_pkcs8_der().len(), PKCS8_V1_LEN);
+        assert_eq!(pkcs8.secret_pkcs8_der().len(), 0x2e + 2);
+        // ring's loader accepts it, through rustls' provider (and rcgen,
+        // in `certificate`, on whichever backend it was built with).
         let signing = rustls::crypto::ring::sign::any_eddsa_type(&pkcs8).expect("ring reads the PKCS#8 it wrote");
         assert_eq!(signing.algorithm(), rustls::SignatureAlgorithm::ED25519);
     }

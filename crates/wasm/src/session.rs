@@ -24,7 +24,7 @@ use crate::BrowserError;
 use bytes::Bytes;
 use pluresdb_link::link::{outgoing, LinkEvent, Now};
 use pluresdb_link::socket::{Side, SocketLink, SocketLinkConfig};
-use pluresdb_link::NetworkMessage;
+use pluresdb_link::{FrameDecoder, NetworkMessage, CHANNEL_CHUNK_BYTES};
 use pluresdb_security::{AccessPolicy, NetworkSecret, PeerId, Ticket};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, VecDeque};
@@ -49,13 +49,54 @@ pub(crate) struct Session {
     peer: Option<String>,
     /// Why the link ended, once it did.
     ended: Option<String>,
-    /// Frames to send, one message each.
+    /// Messages to send: one frame each on the WebSocket, pieces of the
+    /// frame stream (at most [`CHANNEL_CHUNK_BYTES`]) on a data channel.
     queued: Vec<Vec<u8>>,
+    /// A data channel's frame stream being read back into frames; `None`
+    /// on the WebSocket (one frame per message).
+    decoder: Option<FrameDecoder>,
 }
 
 impl Session {
     fn new(link: SocketLink) -> Self {
-        Self { link, peer: None, ended: None, queued: Vec::new() }
+        Self { link, peer: None, ended: None, queued: Vec::new(), decoder: None }
+    }
+
+    fn over_channel(link: SocketLink) -> Self {
+        Self { decoder: Some(FrameDecoder::new()), ..Self::new(link) }
+    }
+
+    /// Queues one frame (header and payload) to send.
+    fn queue(&mut self, frame: Vec<u8>) {
+        if self.decoder.is_some() && frame.len() > CHANNEL_CHUNK_BYTES {
+            self.queued.extend(frame.chunks(CHANNEL_CHUNK_BYTES).map(<[u8]>::to_vec));
+        } else {
+            self.queued.push(frame);
+        }
+    }
+
+    /// One message received: a frame, or on a data channel the next piece
+    /// of the frame stream (whole frames go to the link as they complete).
+    fn receive(&mut self, bytes: &[u8]) {
+        let Some(decoder) = &mut self.decoder else {
+            self.link.handle_message(bytes, Now::system());
+            return;
+        };
+        decoder.extend(bytes);
+        loop {
+            match decoder.decode() {
+                Ok(Some(frame)) => match frame.to_bytes() {
+                    Ok(whole) => self.link.handle_message(&whole, Now::system()),
+                    Err(err) => return self.link.close(&format!("bad frame on the data channel: {err}")),
+                },
+                Ok(None) => return,
+                Err(err) => return self.link.close(&format!("bad frame on the data channel: {err}")),
+            }
+        }
+    }
+
+    fn is_up(&self) -> bool {
+        self.ended.is_none() && self.link.is_established()
     }
 
     fn state(&self) -> Value {
@@ -85,6 +126,18 @@ impl Links {
         } else {
             self.channels.get_mut(name)
         }
+    }
+
+    /// Whether a link other than `name` is up to `peer` (the node over
+    /// both the WebSocket and a data channel).
+    fn other_link_to(&self, name: &str, peer: &str) -> bool {
+        let node = self.node.iter().filter(|_| name != NODE_LINK);
+        let channels = self.channels.iter().filter(|(n, _)| n.as_str() != name).map(|(_, s)| s);
+        node.chain(channels).any(|s| s.is_up() && s.peer.as_deref() == Some(peer))
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.node.iter().map(|_| NODE_LINK.to_owned()).chain(self.channels.keys().cloned()).collect()
     }
 }
 
@@ -124,9 +177,12 @@ impl BrowserReplica {
         let side = if initiator { Side::Client } else { Side::Server };
         let mut config = SocketLinkConfig::new(self.identity.clone(), side, nonce, AccessPolicy::with_secret(secret), Now::system());
         config.expected_peer = Some(expected);
-        if let Some(old) = self.links.channels.insert(peer.to_owned(), Session::new(SocketLink::new(config))) {
-            if let Some(old_peer) = old.peer {
+        if let Some(old) = self.links.channels.insert(peer.to_owned(), Session::over_channel(SocketLink::new(config))) {
+            if let Some(old_peer) = old.peer.filter(|_| old.ended.is_none()) {
                 self.engine.peer_disconnected(&old_peer);
+                if self.links.other_link_to(peer, &old_peer) {
+                    self.engine.peer_connected(&old_peer, now_ms);
+                }
             }
         }
         self.after_input(now_ms);
@@ -155,7 +211,7 @@ impl BrowserReplica {
     /// One message from link `name` (`"node"` or a page's peer id).
     pub fn handle_message(&mut self, name: &str, bytes: &[u8], now_ms: u64) {
         if let Some(session) = self.links.get_mut(name) {
-            session.link.handle_message(bytes, Now::system());
+            session.receive(bytes);
         }
         self.after_input(now_ms);
     }
@@ -241,55 +297,33 @@ impl BrowserReplica {
     /// Moves events and frames between the links and the sync engine until
     /// none has more.
     pub(crate) fn after_input(&mut self, now_ms: u64) {
-        let BrowserReplica { engine, links, .. } = self;
         loop {
             let mut moved = false;
-            let Links { node, channels, signals, .. } = links;
-            for (is_node, session) in node.iter_mut().map(|s| (true, s)).chain(channels.values_mut().map(|s| (false, s))) {
-                while let Some(event) = session.link.poll_event() {
+            for name in self.links.names() {
+                let events: Vec<LinkEvent> = match self.links.get_mut(&name) {
+                    Some(session) => std::iter::from_fn(|| session.link.poll_event()).collect(),
+                    None => continue,
+                };
+                for event in events {
                     moved = true;
-                    match event {
-                        LinkEvent::Established => {
-                            if let Some(peer) = session.link.remote_peer() {
-                                let peer = peer.to_string();
-                                engine.peer_connected(&peer, now_ms);
-                                session.peer = Some(peer);
-                            }
-                        }
-                        LinkEvent::Sync(bytes) => {
-                            if let Some(peer) = &session.peer {
-                                if let Err(err) = engine.handle_input(peer, &bytes, now_ms) {
-                                    session.link.close(&format!("bad sync message: {err}"));
-                                }
-                            }
-                        }
-                        LinkEvent::Signal { peer, data } => {
-                            // Only the node relays signals; a page that
-                            // sends one directly is ignored.
-                            if is_node && signals.len() < MAX_SIGNALS {
-                                signals.push_back((peer, data.to_vec()));
-                            }
-                        }
-                        LinkEvent::PeerExchangeRequested => session.link.answer_peer_exchange(Vec::new()),
-                        LinkEvent::Closed(end) => {
-                            if let Some(peer) = session.peer.take() {
-                                engine.peer_disconnected(&peer);
-                            }
-                            session.ended = Some(end.to_string());
-                        }
-                        LinkEvent::PeerAdmitted { .. } | LinkEvent::Heartbeat { .. } | LinkEvent::PeersLearned(_) => {}
-                    }
+                    self.on_link_event(&name, event, now_ms);
                 }
             }
-            while let Some(transmit) = engine.poll_transmit() {
+            while let Some(transmit) = self.engine.poll_transmit() {
                 moved = true;
-                let target = node.iter_mut().chain(channels.values_mut()).find(|s| s.peer.as_deref() == Some(transmit.peer.as_str()));
+                // A data channel to the peer carries its sync rather than
+                // the WebSocket: the page took WebRTC to the node because
+                // it was offered, and the WebSocket stays as the fallback.
+                let Links { node, channels, .. } = &mut self.links;
+                let mut sessions = channels.values_mut().chain(node.iter_mut());
+                let target = sessions.find(|s| s.is_up() && s.peer.as_deref() == Some(transmit.peer.as_str()));
                 if let Some(session) = target.filter(|s| s.queued.len() < MAX_QUEUED_MESSAGES) {
                     // Too big for a frame cannot happen (the engine's
                     // batches are bounded below it); the round repairs it.
                     let _ = session.link.send_sync(Bytes::from(transmit.bytes));
                 }
             }
+            let Links { node, channels, .. } = &mut self.links;
             for session in node.iter_mut().chain(channels.values_mut()) {
                 while let Some(frame) = session.link.poll_transmit() {
                     moved = true;
@@ -297,13 +331,59 @@ impl BrowserReplica {
                         let mut bytes = Vec::with_capacity(header.len() + frame.payload.len());
                         bytes.extend_from_slice(&header);
                         bytes.extend_from_slice(&frame.payload);
-                        session.queued.push(bytes);
+                        session.queue(bytes);
                     }
                 }
             }
             if !moved {
                 return;
             }
+        }
+    }
+
+    /// One event of link `name`. A peer linked twice (the node over its
+    /// WebSocket and a data channel) is one peer to the sync engine: when
+    /// its second link comes up or one of two goes, the engine starts a
+    /// fresh session with it, so nothing in flight on the other link is
+    /// counted on.
+    fn on_link_event(&mut self, name: &str, event: LinkEvent, now_ms: u64) {
+        let Some(session) = self.links.get_mut(name) else { return };
+        match event {
+            LinkEvent::Established => {
+                let Some(peer) = session.link.remote_peer().map(|p| p.to_string()) else { return };
+                session.peer = Some(peer.clone());
+                if self.links.other_link_to(name, &peer) {
+                    self.engine.peer_disconnected(&peer);
+                }
+                self.engine.peer_connected(&peer, now_ms);
+            }
+            LinkEvent::Sync(bytes) => {
+                let Some(peer) = session.peer.clone() else { return };
+                if let Err(err) = self.engine.handle_input(&peer, &bytes, now_ms) {
+                    if let Some(session) = self.links.get_mut(name) {
+                        session.link.close(&format!("bad sync message: {err}"));
+                    }
+                }
+            }
+            LinkEvent::Signal { peer, data } => {
+                // Only the node relays signals; a page that sends one
+                // directly is ignored.
+                if name == NODE_LINK && self.links.signals.len() < MAX_SIGNALS {
+                    self.links.signals.push_back((peer, data.to_vec()));
+                }
+            }
+            LinkEvent::PeerExchangeRequested => session.link.answer_peer_exchange(Vec::new()),
+            LinkEvent::Closed(end) => {
+                let peer = session.peer.take();
+                session.ended = Some(end.to_string());
+                if let Some(peer) = peer {
+                    self.engine.peer_disconnected(&peer);
+                    if self.links.other_link_to(name, &peer) {
+                        self.engine.peer_connected(&peer, now_ms);
+                    }
+                }
+            }
+            LinkEvent::PeerAdmitted { .. } | LinkEvent::Heartbeat { .. } | LinkEvent::PeersLearned(_) => {}
         }
     }
 }
