@@ -262,9 +262,11 @@ struct RtcPage {
     out: std::collections::VecDeque<Vec<u8>>,
     /// The channel's link was handed to the replica.
     opened: bool,
-    /// Every channel the node opened or closed, and whether the session
-    /// ended (ICE disconnected or the channel closed).
+    /// Whether the session ended (ICE disconnected or the channel closed).
     closed: bool,
+    /// Bind a fingerprint other than the node's, as a page would whose
+    /// SDP a relay rewrote.
+    swap_fingerprint: bool,
 }
 
 /// A fresh WebRTC peer and its offer (one data channel, `channels` in all).
@@ -279,7 +281,11 @@ async fn rtc_page(channels: usize) -> (RtcPage, String, str0m::change::SdpPendin
         api.add_channel(format!("pluresdb-{n}"));
     }
     let (offer, pending) = api.apply().expect("an offer");
-    (RtcPage { rtc, udp, local, channel: None, out: Default::default(), opened: false, closed: false }, offer.to_sdp_string(), pending)
+    (
+        RtcPage { rtc, udp, local, channel: None, out: Default::default(), opened: false, closed: false, swap_fingerprint: false },
+        offer.to_sdp_string(),
+        pending,
+    )
 }
 
 /// The node's answer to `attempt` (or its refusal), from the signals the
@@ -350,7 +356,11 @@ async fn pump_rtc(
                         rtc.channel = Some(id);
                         let mut nonce = [0u8; 32];
                         getrandom::fill(&mut nonce).unwrap();
-                        page.open_channel(node_id, true, nonce, now_ms()).map_err(|e| e.to_string())?;
+                        let local = pluresdb_net::webrtc::sdp_fingerprint(rtc.rtc.direct_api().local_dtls_fingerprint());
+                        let remote = rtc.rtc.direct_api().remote_dtls_fingerprint().map(pluresdb_net::webrtc::sdp_fingerprint);
+                        let fingerprints = if rtc.swap_fingerprint { Some("sha-256 66:66:66".to_owned()) } else { remote };
+                        let fingerprints = fingerprints.as_deref().map(|remote| (local.as_str(), remote));
+                        page.open_channel(node_id, true, nonce, fingerprints, now_ms()).map_err(|e| e.to_string())?;
                         rtc.opened = true;
                     }
                     str0m::Event::ChannelData(data) if Some(data.id) == rtc.channel => page.handle_message(node_id, &data.data, now_ms()),
@@ -565,4 +575,44 @@ fn listed_webrtc(peers: &Value, page: &str) -> bool {
     peers["peers"]
         .as_array()
         .is_some_and(|l| l.iter().any(|p| p["peer_id"] == page && p["transport"] == "webrtc" && p["connected"] == true))
+}
+
+/// The DTLS fingerprints are bound into the link on the channel: a page
+/// that binds a fingerprint other than the one the node's DTLS presented
+/// (what it would see if a relay had rewritten the node's SDP answer to
+/// sit in the middle) fails the link's identity step, and the node never
+/// lists it over WebRTC. (With the real fingerprints it links:
+/// `a_page_and_a_node_sync_both_ways_over_a_webrtc_data_channel`.)
+#[test]
+fn a_webrtc_link_whose_dtls_fingerprint_was_swapped_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, url, ticket) = browser_node(dir.path());
+    let node_id = ticket.parse::<pluresdb_security::Ticket>().unwrap().peer_id.to_string();
+    let mut page = BrowserReplica::open(None, [], now_ms()).unwrap();
+    let page_id = page.peer_id();
+    let result = runtime().block_on(async {
+        let mut socket = page_connect(&mut page, &url, &ticket).await;
+        pump(&mut page, &mut socket, |p| p.link_status()["state"] == "connected").await?;
+        let (mut rtc, offer, pending) = rtc_page(1).await;
+        rtc.swap_fingerprint = true;
+        let answer = signal_node(&mut page, &mut socket, &node_id, json!({"type": "offer", "sdp": offer, "attempt": "x1"})).await?;
+        let answer = str0m::change::SdpAnswer::from_sdp_string(answer["sdp"].as_str().unwrap_or_default()).map_err(|e| e.to_string())?;
+        rtc.rtc.sdp_api().accept_answer(pending, answer).map_err(|e| e.to_string())?;
+        let mut ended = Value::Null;
+        pump_rtc(&mut page, &mut socket, &mut rtc, &node_id, |p, r| {
+            let state = p.link_status()["channels"][node_id.as_str()].clone();
+            if r.opened && state.is_null() || state["state"] == "closed" {
+                ended = state;
+            }
+            !ended.is_null() || (r.opened && p.link_status()["channels"][node_id.as_str()].is_null())
+        })
+        .await?;
+        let (_, peers) = node.request("GET", "/peers", "");
+        Ok::<_, String>((ended, peers))
+    });
+    let (clean, stderr) = node.stop();
+    let (ended, peers) = result.unwrap_or_else(|err| panic!("{err}\nnode stderr: {stderr}"));
+    assert_ne!(ended["state"], "connected", "{ended}");
+    assert!(!listed_webrtc(&peers, &page_id), "the node lists the page over WebRTC: {peers}");
+    assert!(clean, "{stderr}");
 }

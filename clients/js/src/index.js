@@ -21,6 +21,15 @@ const NODE_WEBRTC_ATTEMPTS = 2;
 
 let ready = null;
 
+/** The DTLS certificate fingerprint an SDP names (`sha-256 AB:CD:...`,
+ * SHA-256 preferred), or "" without one. Both ends bind both
+ * fingerprints into the link's proofs (crates/link, socket.rs). */
+function fingerprintOf(sdp) {
+  const lines = [...(sdp ?? "").matchAll(/^a=fingerprint:(\S+)\s+(\S+)\s*$/gim)];
+  const best = lines.find((m) => m[1].toLowerCase() === "sha-256") ?? lines[0];
+  return best ? `${best[1]} ${best[2]}` : "";
+}
+
 /** Loads the wasm module once per page. */
 function loadWasm(wasmUrl) {
   if (!ready) ready = init(wasmUrl ? { module_or_path: wasmUrl } : undefined);
@@ -540,7 +549,9 @@ export class Database {
     channel.onopen = () => {
       if (this.#channels.get(peerId) !== entry) return;
       try {
-        this.#replica.openChannel(peerId, initiator, crypto.getRandomValues(new Uint8Array(32)), Date.now());
+        const local = fingerprintOf(entry.pc.localDescription?.sdp);
+        const remote = fingerprintOf(entry.pc.remoteDescription?.sdp);
+        this.#replica.openChannel(peerId, initiator, crypto.getRandomValues(new Uint8Array(32)), local, remote, Date.now());
       } catch (err) {
         this.#attemptFailed(peerId, entry, `cannot link: ${err.message}`);
         return;

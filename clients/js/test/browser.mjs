@@ -511,41 +511,58 @@ const scenarios = {
     return { reason: link.reason };
   },
 
-  /** Figures with a node (args: url, ticket, api; records): page-to-node
-   * write latency (page write to the node's /changes, measured by this
-   * harness, so it includes one CDP round trip) and node-to-page sync of
-   * `records` records imported on the node. Checks only that all arrive. */
+  /** Figures with a node (args: url, ticket, api; records), over the
+   * WebSocket link and over WebRTC to the node, one after the other
+   * against the same node: page-to-node write latency (page write to the
+   * node's /changes, measured by this harness, so it includes one CDP
+   * round trip) and node-to-page sync of `records` records imported on
+   * the node. Checks only that all arrive and which link carried them. */
   async node_figures({ chromium: c, base, args }) {
     const n = Number(args.records ?? 10000);
-    const page = await openPage(c.browser.contexts()[0], base);
-    const changes = await subscribeChanges(args.api, "lat:");
-    await page.evaluate(async ({ url, ticket }) => {
-      window.db = await pluresdb.open("figures-node");
-      db.connect(url, ticket);
-      await waitFor(async () => (await db.status()).link.state === "connected", "the link");
-    }, args);
-    const latencies = [];
-    for (let i = 0; i < 200; i++) {
+    const figures = {};
+    for (const transport of ["websocket", "webrtc"]) {
+      const page = await openPage(await c.browser.newContext(), base);
+      const changes = await subscribeChanges(args.api, `lat${transport}:`);
+      await page.evaluate(async ({ url, ticket, transport }) => {
+        window.db = await pluresdb.open(`figures-node-${transport}`);
+        db.preferWebRtc = transport === "webrtc";
+        db.connect(url, ticket);
+        await waitFor(async () => (await db.status()).link.state === "connected", "the link");
+        if (transport === "webrtc") {
+          const node = (await db.status()).link.peer;
+          await waitFor(async () => (await db.status()).direct[node]?.state === "connected", "WebRTC to the node");
+        }
+      }, { ...args, transport });
+      const pageId = await page.evaluate(() => db.peerId);
+      const listed = (await api(args.api, "GET", "/peers")).peers.find((p) => p.peer_id === pageId && p.connected);
+      check(listed?.transport === transport, `the node lists the page as ${JSON.stringify(listed)}, not ${transport}`);
+      const latencies = [];
+      for (let i = 0; i < 200; i++) {
+        const start = performance.now();
+        await page.evaluate(({ i, transport }) => db.put(`lat${transport}:${i}`, { i }), { i, transport });
+        await changes.next((m) => JSON.stringify(m).includes(`"lat${transport}:${i}"`));
+        latencies.push(performance.now() - start);
+      }
+      changes.close();
+      latencies.sort((a, b) => a - b);
+      const lines = Array.from({ length: n }, (_, i) => JSON.stringify({ id: `bulk${transport}:${i}`, value: { i, text: "a record of about a hundred bytes, as the native benchmarks write them" } })).join("\n");
       const start = performance.now();
-      await page.evaluate((i) => db.put(`lat:${i}`, { i }), i);
-      await changes.next((m) => JSON.stringify(m).includes(`"lat:${i}"`));
-      latencies.push(performance.now() - start);
+      const imported = await fetch(`http://${args.api}/import`, { method: "POST", headers: { "content-type": "application/x-ndjson" }, body: lines });
+      check(imported.ok, `import: ${imported.status} ${await imported.text()}`);
+      await page.evaluate(({ n, transport }) => waitFor(async () => (await db.list(`bulk${transport}:`)).length === n, "the bulk records", 300000), { n, transport });
+      const syncMs = performance.now() - start;
+      const still = (await api(args.api, "GET", "/peers")).peers.find((p) => p.peer_id === pageId && p.connected);
+      check(still?.transport === transport, `after the bulk sync the node lists the page as ${JSON.stringify(still)}`);
+      figures[transport] = {
+        write_latency_ms_p50: Number(latencies[99].toFixed(2)),
+        write_latency_ms_p99: Number(latencies[197].toFixed(2)),
+        node_to_page_records: n,
+        node_to_page_ms: Math.round(syncMs),
+        node_to_page_per_s: Math.round(n / (syncMs / 1000)),
+      };
+      await page.evaluate(() => db.close());
     }
-    changes.close();
-    latencies.sort((a, b) => a - b);
-    const lines = Array.from({ length: n }, (_, i) => JSON.stringify({ id: `bulk:${i}`, value: { i, text: "a record of about a hundred bytes, as the native benchmarks write them" } })).join("\n");
-    const start = performance.now();
-    const imported = await fetch(`http://${args.api}/import`, { method: "POST", headers: { "content-type": "application/x-ndjson" }, body: lines });
-    check(imported.ok, `import: ${imported.status} ${await imported.text()}`);
-    await page.evaluate((n) => waitFor(async () => (await db.list("bulk:")).length === n, "the bulk records", 300000), n);
-    const syncMs = performance.now() - start;
-    return {
-      write_latency_ms_p50: Number(latencies[99].toFixed(2)),
-      write_latency_ms_p99: Number(latencies[197].toFixed(2)),
-      node_to_page_records: n,
-      node_to_page_ms: Math.round(syncMs),
-      node_to_page_per_s: Math.round(n / (syncMs / 1000)),
-    };
+    return figures;
   },
 
   /** Figures for the note: durable writes per second (one at a time, and

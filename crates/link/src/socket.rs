@@ -23,6 +23,14 @@
 //!    [`Link`] with the binding above: `hello` with the secret proof,
 //!    admission, heartbeats.
 //!
+//! Over a WebRTC data channel both ends also know the DTLS certificates'
+//! fingerprints from the SDP (their own and the other's): given as
+//! [`SocketLinkConfig::channel_binding`] ([`webrtc_channel_binding`]), they
+//! go into the binding (`SHA-256("pluresdb/socket-binding/v1/channel" ||
+//! client nonce || server nonce || length || fingerprints)`), so that
+//! whoever relayed the signalling and swapped a fingerprint to sit in the
+//! middle of the DTLS connection makes both signatures fail.
+//!
 //! A signature is fresh (the verifier's nonce is in the binding) and names
 //! both ends, so it cannot be replayed or relayed. Over plain `ws://` the
 //! frames after the handshake are not encrypted: a man in the middle
@@ -64,6 +72,32 @@ pub fn binding(client: &[u8; 32], server: &[u8; 32]) -> [u8; 32] {
     Sha256::new().chain_update(BINDING_LABEL).chain_update(client).chain_update(server).finalize().into()
 }
 
+/// The label of a binding that includes the transport's own keys.
+pub const CHANNEL_BINDING_LABEL: &[u8] = b"pluresdb/socket-binding/v1/channel";
+
+/// The binding of a socket whose transport has keys of its own (`channel`,
+/// as both ends see them): the nonces and those keys.
+pub fn binding_with_channel(client: &[u8; 32], server: &[u8; 32], channel: &[u8]) -> [u8; 32] {
+    let length = u64::try_from(channel.len()).unwrap_or(u64::MAX).to_be_bytes();
+    Sha256::new()
+        .chain_update(CHANNEL_BINDING_LABEL)
+        .chain_update(client)
+        .chain_update(server)
+        .chain_update(length)
+        .chain_update(channel)
+        .finalize()
+        .into()
+}
+
+/// The channel binding of a WebRTC data channel: the DTLS fingerprints of
+/// the client (the side that offered) and of the server, each as SDP
+/// writes it (`sha-256 AB:CD:...`), compared without regard to case or
+/// spacing.
+pub fn webrtc_channel_binding(client_fingerprint: &str, server_fingerprint: &str) -> Vec<u8> {
+    let canonical = |fingerprint: &str| fingerprint.split_whitespace().collect::<Vec<_>>().join(" ").to_ascii_lowercase();
+    format!("webrtc-dtls\n{}\n{}", canonical(client_fingerprint), canonical(server_fingerprint)).into_bytes()
+}
+
 /// What `signer` signs to prove its id to `other` on a socket with
 /// `binding`.
 pub fn identity_transcript(binding: &[u8; 32], signer: &PeerId, other: &PeerId) -> Vec<u8> {
@@ -103,6 +137,10 @@ pub struct SocketLinkConfig {
     pub idle_timeout: Option<Duration>,
     /// What the peer may send once admitted.
     pub limits: ReceiveLimits,
+    /// The transport's own keys as this side sees both ends (WebRTC: see
+    /// [`webrtc_channel_binding`]), bound into the identity signatures;
+    /// `None` for a transport without (a WebSocket).
+    pub channel_binding: Option<Vec<u8>>,
 }
 
 impl SocketLinkConfig {
@@ -121,6 +159,7 @@ impl SocketLinkConfig {
             heartbeat_interval: Duration::from_secs(5),
             idle_timeout: Some(Duration::from_secs(30)),
             limits: ReceiveLimits::default(),
+            channel_binding: None,
         }
     }
 }
@@ -332,9 +371,13 @@ impl SocketLink {
             self.refuse_input(ErrorCode::UnexpectedMessage, "the hello names this node's own peer id".to_owned());
             return;
         }
-        let binding = match config.side {
-            Side::Client => binding(&config.nonce, &theirs),
-            Side::Server => binding(&theirs, &config.nonce),
+        let (client, server) = match config.side {
+            Side::Client => (&config.nonce, &theirs),
+            Side::Server => (&theirs, &config.nonce),
+        };
+        let binding = match &config.channel_binding {
+            Some(channel) => binding_with_channel(client, server, channel),
+            None => binding(client, server),
         };
         let signature = config.identity.sign(&identity_transcript(&binding, &self.local, &peer));
         let mut payload = encode_hello_with(&plain_hello(&self.local), 2);

@@ -14,6 +14,10 @@
 //! moves to it (`SyncHandle` prefers a page's WebRTC link to its
 //! WebSocket); when it fails, sync falls back to the WebSocket.
 //!
+//! The link on the channel binds both DTLS fingerprints from the SDP into
+//! its identity proofs ([`webrtc_channel_binding`]): whoever rewrote the
+//! SDP in transit to sit in the middle of DTLS makes the link fail.
+//!
 //! Limits (each refused with a reason, the node and other sessions going
 //! on): [`WebRtcLimits`] sessions in all and per IP address, one session
 //! per page (a new offer replaces it), the handshake (ICE, DTLS, SCTP and
@@ -32,7 +36,7 @@ use crate::{NetworkConfig, NetworkError, ReceiveLimits};
 use bytes::Bytes;
 use chrono::Utc;
 use pluresdb_link::codec::CHANNEL_CHUNK_BYTES;
-use pluresdb_link::socket::{Side, SocketLink, SocketLinkConfig};
+use pluresdb_link::socket::{webrtc_channel_binding, Side, SocketLink, SocketLinkConfig};
 use pluresdb_link::{Frame, FrameDecoder};
 use pluresdb_security::{AccessPolicy, Identity, PeerId};
 use serde_json::{json, Value};
@@ -546,6 +550,13 @@ fn on_signal(
         Ok(answer) => answer,
         Err(err) => return refuse(format!("the offer cannot be accepted: {err}")),
     };
+    // The DTLS fingerprints from the SDP go into the link's proofs: a
+    // relay that swapped one cannot sit in the middle of DTLS unseen.
+    // (str0m checks the page's DTLS certificate against the offer's.)
+    let local_fingerprint = sdp_fingerprint(rtc.direct_api().local_dtls_fingerprint());
+    let Some(page_fingerprint) = fingerprint_in_sdp(sdp) else {
+        return refuse("the offer has no DTLS fingerprint".to_owned());
+    };
     let mut nonce = [0u8; 32];
     if getrandom::fill(&mut nonce).is_err() {
         return refuse("no randomness for the link".to_owned());
@@ -559,6 +570,7 @@ fn on_signal(
     link_config.heartbeat_interval = config.heartbeat_interval;
     link_config.idle_timeout = Some(config.connection_timeout);
     link_config.limits = ReceiveLimits::default();
+    link_config.channel_binding = Some(webrtc_channel_binding(&page_fingerprint, &local_fingerprint));
     let answer = json!({"type": "answer", "sdp": answer.to_sdp_string(), "attempt": attempt}).to_string();
     if !signal.reply.send(Bytes::from(answer)) {
         return;
@@ -589,6 +601,27 @@ fn on_signal(
             unregister_later(shared, old);
         }
     }
+}
+
+/// A DTLS fingerprint as SDP writes it: `sha-256 AB:CD:...`.
+pub fn sdp_fingerprint(fingerprint: &str0m::config::Fingerprint) -> String {
+    let hex: Vec<String> = fingerprint.bytes.iter().map(|b| format!("{b:02X}")).collect();
+    format!("{} {}", fingerprint.hash_func, hex.join(":"))
+}
+
+/// The DTLS fingerprint an SDP names (`a=fingerprint:sha-256 AB:...`,
+/// SHA-256 preferred), as `sha-256 AB:...`.
+pub fn fingerprint_in_sdp(sdp: &str) -> Option<String> {
+    let named: Vec<(&str, &str)> = sdp
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("a=fingerprint:"))
+        .filter_map(|rest| {
+            let mut parts = rest.split_whitespace();
+            Some((parts.next()?, parts.next()?))
+        })
+        .collect();
+    let (hash, value) = named.iter().find(|(hash, _)| hash.eq_ignore_ascii_case("sha-256")).or(named.first())?;
+    Some(format!("{hash} {value}"))
 }
 
 /// A replaced session that was registered: the page's registration goes

@@ -106,12 +106,27 @@ impl Replica {
         self.0.disconnect(reason);
     }
 
-    /// Starts a direct link to page `peer` over a WebRTC data channel that
-    /// just opened (`initiator`: this page asked for it).
+    /// Starts a direct link to `peer` (a page, or the node) over a WebRTC
+    /// data channel that just opened (`initiator`: this page offered it);
+    /// `local_fingerprint` and `remote_fingerprint` are the DTLS
+    /// fingerprints from the local and remote SDP (`sha-256 AB:...`),
+    /// bound into the link's proofs.
     #[wasm_bindgen(js_name = openChannel)]
-    pub fn open_channel(&mut self, peer: &str, initiator: bool, nonce: Vec<u8>, now_ms: f64) -> Result<(), JsError> {
+    pub fn open_channel(
+        &mut self,
+        peer: &str,
+        initiator: bool,
+        nonce: Vec<u8>,
+        local_fingerprint: &str,
+        remote_fingerprint: &str,
+        now_ms: f64,
+    ) -> Result<(), JsError> {
         let nonce: [u8; 32] = nonce.try_into().map_err(|_| js_error("the nonce must be 32 bytes"))?;
-        self.0.open_channel(peer, initiator, nonce, now(now_ms)).map_err(js_error)
+        if local_fingerprint.trim().is_empty() || remote_fingerprint.trim().is_empty() {
+            return Err(js_error("both DTLS fingerprints are needed to bind the channel"));
+        }
+        let fingerprints = Some((local_fingerprint, remote_fingerprint));
+        self.0.open_channel(peer, initiator, nonce, fingerprints, now(now_ms)).map_err(js_error)
     }
 
     /// Queues signalling text for page `peer`, through the node.

@@ -23,7 +23,7 @@ use crate::replica::BrowserReplica;
 use crate::BrowserError;
 use bytes::Bytes;
 use pluresdb_link::link::{outgoing, LinkEvent, Now};
-use pluresdb_link::socket::{Side, SocketLink, SocketLinkConfig};
+use pluresdb_link::socket::{webrtc_channel_binding, Side, SocketLink, SocketLinkConfig};
 use pluresdb_link::{FrameDecoder, NetworkMessage, CHANNEL_CHUNK_BYTES};
 use pluresdb_security::{AccessPolicy, NetworkSecret, PeerId, Ticket};
 use serde_json::{json, Map, Value};
@@ -168,7 +168,20 @@ impl BrowserReplica {
     /// Starts a direct link to page `peer` over a data channel that just
     /// opened; `initiator` for the page that asked for it. Needs the
     /// network's secret (a ticket given to [`connect`](Self::connect)).
-    pub fn open_channel(&mut self, peer: &str, initiator: bool, nonce: [u8; 32], now_ms: u64) -> Result<(), BrowserError> {
+    ///
+    /// `fingerprints` are the DTLS certificate fingerprints of this page
+    /// and of the other end, as the local and the remote SDP give them
+    /// (`sha-256 AB:CD:...`): they are bound into the link's identity
+    /// proofs, so a relay that swapped one to sit in the middle of the DTLS
+    /// connection makes the link fail.
+    pub fn open_channel(
+        &mut self,
+        peer: &str,
+        initiator: bool,
+        nonce: [u8; 32],
+        fingerprints: Option<(&str, &str)>,
+        now_ms: u64,
+    ) -> Result<(), BrowserError> {
         let expected: PeerId = peer.parse().map_err(|err| BrowserError::Argument(format!("not a peer id {peer:?}: {err}")))?;
         let secret = self.links.secret.clone().ok_or_else(|| BrowserError::Argument("join a network (connect) first".to_owned()))?;
         if !self.links.channels.contains_key(peer) && self.links.channels.len() >= MAX_CHANNELS {
@@ -177,6 +190,10 @@ impl BrowserReplica {
         let side = if initiator { Side::Client } else { Side::Server };
         let mut config = SocketLinkConfig::new(self.identity.clone(), side, nonce, AccessPolicy::with_secret(secret), Now::system());
         config.expected_peer = Some(expected);
+        config.channel_binding = fingerprints.map(|(local, remote)| match side {
+            Side::Client => webrtc_channel_binding(local, remote),
+            Side::Server => webrtc_channel_binding(remote, local),
+        });
         if let Some(old) = self.links.channels.insert(peer.to_owned(), Session::over_channel(SocketLink::new(config))) {
             if let Some(old_peer) = old.peer.filter(|_| old.ended.is_none()) {
                 self.engine.peer_disconnected(&old_peer);

@@ -192,3 +192,36 @@ fn a_silent_page_times_out_and_a_page_expecting_another_node_refuses_it() {
     assert!(matches!(closed(&events(&mut page)), Some(LinkEnd::Refused(Refusal::Input { code: ErrorCode::UnexpectedMessage, .. }))));
     assert!(!node.is_established());
 }
+
+#[test]
+fn over_webrtc_the_dtls_fingerprints_are_bound_and_a_swapped_one_fails_both_proofs() {
+    let now = start();
+    let page_fp = "sha-256 AA:BB:CC";
+    let node_fp = "sha-256 11:22:33";
+    let with = |seed: u8, side: Side, channel: Vec<u8>| {
+        let mut config = SocketLinkConfig::new(identity(seed), side, [seed.wrapping_mul(7); 32], secret(9), now);
+        config.channel_binding = Some(channel);
+        SocketLink::new(config)
+    };
+    // Both ends saw the same fingerprints (case and spacing aside): linked.
+    let mut page = with(1, Side::Client, webrtc_channel_binding(page_fp, node_fp));
+    let mut node = with(2, Side::Server, webrtc_channel_binding("SHA-256  aa:bb:cc", node_fp));
+    run(&mut page, &mut node, now);
+    assert!(page.is_established() && node.is_established());
+
+    // A relay swapped the node's fingerprint in what the page got (it sits
+    // in the middle of DTLS with its own certificate): both refuse.
+    let mut page = with(1, Side::Client, webrtc_channel_binding(page_fp, "sha-256 66:66:66"));
+    let mut node = with(2, Side::Server, webrtc_channel_binding(page_fp, node_fp));
+    run(&mut page, &mut node, now);
+    assert!(!page.is_established() && !node.is_established());
+    let (page_events, node_events) = (events(&mut page), events(&mut node));
+    assert!(matches!(closed(&node_events), Some(LinkEnd::Refused(_)) | Some(LinkEnd::PeerRefused { .. })), "{node_events:?}");
+    assert!(closed(&page_events).is_some(), "{page_events:?}");
+
+    // A binding on one side only is a mismatch too.
+    let mut page = with(1, Side::Client, webrtc_channel_binding(page_fp, node_fp));
+    let mut node = link(2, Side::Server, secret(9), now);
+    run(&mut page, &mut node, now);
+    assert!(!page.is_established() && !node.is_established());
+}

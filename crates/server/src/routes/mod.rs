@@ -7,8 +7,8 @@ pub mod import;
 pub mod metrics;
 pub mod network;
 pub mod nodes;
-pub mod rates;
 pub mod queries;
+pub mod rates;
 
 use crate::docs::*;
 use axum::Json;
