@@ -231,7 +231,9 @@ fn two_pages_sync_with_each_other_through_the_node() {
 }
 
 /// Two pages in separate browser contexts, both linked to a node, open a
-/// direct WebRTC link (the node relays the offer, answer and candidates;
+/// direct WebRTC link, page a using b's id as the node announced it (the
+/// node tells its pages which pages are linked; the app passes no id)
+/// (the node relays the offer, answer and candidates;
 /// the pages prove their ids and the network secret over the data channel
 /// as on every link). Then the node stops (SIGTERM): the pages keep
 /// syncing both ways over the direct link.
@@ -241,6 +243,8 @@ fn two_pages_keep_syncing_over_webrtc_after_the_node_is_gone() {
     let (clean, stderr) = node.stop();
     assert_eq!(result["direct_link"], "connected", "{result}");
     assert_eq!(result["node_link_after_stop"], "closed", "{result}");
+    assert_eq!(result["announced"], result["pages"][1], "a linked to b by the id the node announced: {result}");
+    assert_eq!(result["pages_after_stop"], serde_json::json!([]), "{result}");
     assert!(clean, "the node did not stop cleanly: {stderr}");
 }
 

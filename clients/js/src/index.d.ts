@@ -127,6 +127,12 @@ export class Database {
   connectPeer(peerId: string): Promise<void>;
   /** Stops retrying `peerId` and closes the direct link to it. */
   disconnectPeer(peerId: string): void;
+  /** The other pages linked to the same node now, as the node announces them. */
+  pages(): Promise<string[]>;
+  /** Take WebRTC to the node when it offers it (default true). */
+  preferWebRtc: boolean;
+  /** `"all"` (default) or `"relay"` (TURN only). */
+  iceTransportPolicy: RTCIceTransportPolicy;
   /** ICE servers for direct links (STUN/TURN); none by default. */
   iceServers: RTCIceServer[];
   /** How `connectPeer` retries. */

@@ -142,6 +142,8 @@ export class Database {
   preferWebRtc = true;
   /** The node's peer id, once it offered WebRTC. */
   #nodePeer = null;
+  /** The other pages linked to the node, as it last announced them. */
+  #pages = [];
   #timer = undefined;
   #reconnectTimer = undefined;
 
@@ -243,6 +245,14 @@ export class Database {
       if (channel.state === "connected") peers.push({ peer_id: peer, transport: "webrtc", ...(peer === this.#nodePeer ? { node: true } : {}) });
     }
     return peers;
+  }
+
+  /** The peer ids of the other pages linked to the same node now, as the
+   * node announces them (each time a page joins or leaves): what
+   * {@link connectPeer} takes. Empty without a link to a node. */
+  async pages() {
+    this.#check();
+    return JSON.parse(this.#replica.status()).link.state === "connected" ? [...this.#pages] : [];
   }
 
   /** Waits for pending writes, then releases the database. */
@@ -584,6 +594,10 @@ export class Database {
    * itself (it offers WebRTC, answers the page's offer, or refuses it). */
   async #onSignal(from, text) {
     const message = JSON.parse(text);
+    if (message?.type === "pages" && from === JSON.parse(this.#replica.status()).link.peer && Array.isArray(message.pages)) {
+      this.#pages = message.pages.filter((id) => typeof id === "string" && id !== this.peerId);
+      return;
+    }
     if (message?.type === "webrtc" && from === JSON.parse(this.#replica.status()).link.peer) {
       // The node takes WebRTC: link to it over a data channel too, and
       // sync there; the WebSocket stays for signalling and as the fallback.

@@ -321,7 +321,13 @@ const scenarios = {
     }
     const [a, b] = pages;
     const [aId, bId] = await Promise.all(pages.map((p) => p.evaluate(() => db.peerId)));
-    await a.evaluate((peer) => db.connectPeer(peer), bId);
+    // The node announces its linked pages: a learns b's id from it.
+    const announced = await a.evaluate(async () => {
+      await waitFor(async () => (await db.pages()).length === 1, "the node's list of pages");
+      return (await db.pages())[0];
+    });
+    check(announced === bId, `the node announced ${announced}, b is ${bId}`);
+    await a.evaluate((peer) => db.connectPeer(peer), announced);
     await a.evaluate((peer) => waitFor(async () => (await db.status()).link.channels[peer]?.state === "connected", "the direct link in a"), bId);
     await b.evaluate((peer) => waitFor(async () => (await db.status()).link.channels[peer]?.state === "connected", "the direct link in b"), aId);
     const transports = await a.evaluate(async () => (await db.peers()).filter((p) => !p.node).map((p) => p.transport).sort());
@@ -335,7 +341,8 @@ const scenarios = {
     await b.evaluate(() => db.put("direct:b", { by: "b" }));
     await a.evaluate(() => waitFor(async () => (await db.get("direct:b"))?.value?.by === "b", "b's write in a over WebRTC"));
     const still = await a.evaluate((peer) => db.status().then((s) => s.link.channels[peer]?.state), bId);
-    return { pages: [aId, bId], direct_link: still, node_link_after_stop: await a.evaluate(() => db.status().then((s) => s.link.state)) };
+    const pagesAfterStop = await a.evaluate(() => db.pages());
+    return { pages: [aId, bId], announced, pages_after_stop: pagesAfterStop, direct_link: still, node_link_after_stop: await a.evaluate(() => db.status().then((s) => s.link.state)) };
   },
 
   /** A direct link whose first attempt cannot succeed: page b is off the

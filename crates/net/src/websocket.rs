@@ -404,6 +404,7 @@ async fn serve_socket(shared: Arc<Shared>, tcp: TcpStream, from: SocketAddr, mut
                             if lock(&shared.state).node_signals.is_some() {
                                 reply.send(Bytes::from_static(WEBRTC_OFFERED.as_bytes()));
                             }
+                            announce_pages(&shared, &node_id);
                         }
                     }
                 }
@@ -493,6 +494,7 @@ async fn serve_socket(shared: Arc<Shared>, tcp: TcpStream, from: SocketAddr, mut
                 }
             };
             if removed {
+                announce_pages(&shared, &node_id);
                 shared.peers.peer_disconnected(&peer);
                 tracing::info!(%peer, reason = %end, "browser page disconnected");
                 shared.sync.deliver(PeerEvent::Disconnected { peer_id: peer, reason: end.to_string() }).await;
@@ -545,6 +547,26 @@ fn relay_signal(shared: &Shared, from: &PeerId, to: &str, data: Bytes) {
     };
     let frame = NetworkMessage::Signal { peer: from.to_string(), data }.to_frame();
     let _ = out.try_send(frame);
+}
+
+/// The most page ids one `pages` signal lists (about 55 bytes each, well
+/// under the signal's 64 KiB).
+pub const MAX_ANNOUNCED_PAGES: usize = 256;
+
+/// Tells every linked page which other pages are linked to this node now
+/// (a `signal` from the node's own id, `{"type":"pages","pages":[ids]}`),
+/// so that apps can open direct links without exchanging ids themselves.
+/// Sent when a page is admitted or leaves; a page whose queue is full
+/// misses one list and gets the next.
+fn announce_pages(shared: &Shared, node: &PeerId) {
+    let links: Vec<(PeerId, mpsc::Sender<Frame>)> =
+        lock(&shared.state).links.iter().map(|(peer, link)| (*peer, link.out.clone())).collect();
+    for (page, out) in &links {
+        let others: Vec<String> =
+            links.iter().filter(|(other, _)| other != page).take(MAX_ANNOUNCED_PAGES).map(|(other, _)| other.to_string()).collect();
+        let data = serde_json::json!({"type": "pages", "pages": others}).to_string();
+        let _ = out.try_send(NetworkMessage::Signal { peer: node.to_string(), data: Bytes::from(data) }.to_frame());
+    }
 }
 
 /// Hands a signal addressed to the node to its WebRTC engine; without
