@@ -543,7 +543,15 @@ fn oversized_messages_and_too_many_channels_end_the_webrtc_session_only() {
         let id = rtc.channel.expect("the channel");
         let written = rtc.rtc.channel(id).map(|mut c| c.write(true, &vec![1u8; 100 * 1024]));
         assert!(matches!(written, Some(Ok(true))), "{written:?}");
-        pump_rtc(&mut page, &mut socket, &mut rtc, &node_id, |_, _| !listed_webrtc(&node.request("GET", "/peers", "").1, &page_id)).await?;
+        // The node says why in its goodbye on the channel, and drops the page's WebRTC link.
+        let mut why = String::new();
+        pump_rtc(&mut page, &mut socket, &mut rtc, &node_id, |p, _| {
+            if let Some(reason) = p.link_status()["channels"][node_id.as_str()]["reason"].as_str() {
+                why = reason.to_owned();
+            }
+            !why.is_empty() && !listed_webrtc(&node.request("GET", "/peers", "").1, &page_id)
+        })
+        .await?;
         // Sync goes on over the WebSocket.
         page.put("after:oversized", json!({"ok": true}), now_ms()).map_err(|e| e.to_string())?;
         pump(&mut page, &mut socket, |_| node.request("GET", "/nodes/after:oversized", "").0 == 200).await?;
@@ -562,11 +570,12 @@ fn oversized_messages_and_too_many_channels_end_the_webrtc_session_only() {
         // Its WebSocket link still syncs.
         greedy.put("after:greedy", json!({"ok": true}), now_ms()).map_err(|e| e.to_string())?;
         pump(&mut greedy, &mut greedy_socket, |_| node.request("GET", "/nodes/after:greedy", "").0 == 200).await?;
-        Ok::<_, String>(())
+        Ok::<_, String>(why)
     });
     let (status, _) = node.request("GET", "/status", "");
     let (clean, stderr) = node.stop();
-    result.unwrap_or_else(|err| panic!("{err}\nnode stderr: {stderr}"));
+    let why = result.unwrap_or_else(|err| panic!("{err}\nnode stderr: {stderr}"));
+    assert!(why.contains("a data-channel message of 102400 bytes"), "the node's reason: {why}");
     assert_eq!(status, 200);
     assert!(clean, "{stderr}");
 }
