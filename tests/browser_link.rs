@@ -404,9 +404,21 @@ async fn pump_rtc(
 /// Links a page over WebSocket, then over WebRTC to the node; returns the
 /// page's socket and WebRTC peer with the channel's link up.
 async fn page_over_webrtc(page: &mut BrowserReplica, url: &str, ticket: &str, node_id: &str) -> Result<(Socket, RtcPage), String> {
+    page_over_webrtc_with(page, url, ticket, node_id, 1).await
+}
+
+/// [`page_over_webrtc`] with `channels` data channels in the offer (the
+/// first to open carries the link).
+async fn page_over_webrtc_with(
+    page: &mut BrowserReplica,
+    url: &str,
+    ticket: &str,
+    node_id: &str,
+    channels: usize,
+) -> Result<(Socket, RtcPage), String> {
     let mut socket = page_connect(page, url, ticket).await;
     pump(page, &mut socket, |p| p.link_status()["state"] == "connected").await?;
-    let (mut rtc, offer, pending) = rtc_page(1).await;
+    let (mut rtc, offer, pending) = rtc_page(channels).await;
     let answer = signal_node(page, &mut socket, node_id, json!({"type": "offer", "sdp": offer, "attempt": "a1"})).await?;
     let sdp = answer["sdp"].as_str().ok_or_else(|| format!("not an answer: {answer}"))?;
     let answer = str0m::change::SdpAnswer::from_sdp_string(sdp).map_err(|e| e.to_string())?;
@@ -528,7 +540,8 @@ fn bad_webrtc_signals_junk_datagrams_and_too_many_sessions_are_refused() {
 /// A page on an established WebRTC link that misbehaves on it: a message
 /// over the chunk limit ends its WebRTC session (the page falls back to
 /// its WebSocket, which still syncs), and a page opening more data
-/// channels than the limit has its session ended too.
+/// channels than the limit (5 of 4) has its session ended too, while a page
+/// opening 4 links up.
 #[test]
 fn oversized_messages_and_too_many_channels_end_the_webrtc_session_only() {
     let dir = tempfile::tempdir().unwrap();
@@ -555,6 +568,15 @@ fn oversized_messages_and_too_many_channels_end_the_webrtc_session_only() {
         // Sync goes on over the WebSocket.
         page.put("after:oversized", json!({"ok": true}), now_ms()).map_err(|e| e.to_string())?;
         pump(&mut page, &mut socket, |_| node.request("GET", "/nodes/after:oversized", "").0 == 200).await?;
+
+        // Four channels (the limit) are taken: the link comes up on one.
+        let mut four = BrowserReplica::open(None, [], now_ms()).unwrap();
+        let four_id = four.peer_id();
+        let (mut four_socket, mut four_rtc) = page_over_webrtc_with(&mut four, &url, &ticket, &node_id, 4).await?;
+        pump_rtc(&mut four, &mut four_socket, &mut four_rtc, &node_id, |_, _| {
+            listed_webrtc(&node.request("GET", "/peers", "").1, &four_id)
+        })
+        .await?;
 
         // Too many channels: five in the offer (limit 4).
         let mut greedy = BrowserReplica::open(None, [], now_ms()).unwrap();
