@@ -22,6 +22,7 @@ use crate::operation::{
     validate_node_id, validate_value, OpId, OperationType, OperationWithMetadata, Stamp, MAX_SUPERSEDED_PER_FIELD, MAX_SUPERSEDED_PER_OP,
 };
 use crate::reader::{self, Traversal};
+use crate::received::{ReceivedOp, SignatureCheck};
 use crate::resolver::{ConflictResolver, LastWriterWins};
 use crate::signing::{OpDigest, OpSignature, OpSigner, OpVerifier, SIGN_EVERY, SIGN_EVERY_BYTES};
 use crate::store::{EncodedOps, Store, WriteBatch};
@@ -153,6 +154,8 @@ struct OriginRun {
     ops: Vec<OperationWithMetadata>,
     /// Their digests.
     digests: Vec<OpDigest>,
+    /// What the check ahead found of their signatures.
+    checks: Vec<SignatureCheck>,
     /// `Some(seq)`: `ops` are the other branch of a fork at `seq`.
     fork_at: Option<u64>,
 }
@@ -520,6 +523,12 @@ impl<S: Store> Database<S> {
         self
     }
 
+    /// The verifier of peers' operations, if any: what
+    /// [`ReceivedOp::check_all`] must be given for this replica.
+    pub fn verifier(&self) -> Option<Arc<dyn OpVerifier>> {
+        self.verifier.clone()
+    }
+
     /// The digest of the newest operation of `origin` this replica holds
     /// (zero when it holds none).
     fn head(&mut self, origin: &Arc<str>) -> Result<OpDigest, Error> {
@@ -693,8 +702,16 @@ impl<S: Store> Database<S> {
     /// that differs from the one held under the same sequence number is a
     /// fork, settled by the rule of [`Fork`] ([`ApplyReport::forks`]).
     pub fn apply_remote(&mut self, ops: Vec<OperationWithMetadata>, now_ms: u64) -> Result<ApplyReport, Error> {
-        for op in &ops {
-            op.validate()?;
+        self.apply_received(ops.into_iter().map(ReceivedOp::unchecked).collect(), now_ms)
+    }
+
+    /// [`apply_remote`](Self::apply_remote) for operations that may have
+    /// been checked ahead ([`ReceivedOp::check_all`], with this replica's
+    /// verifier): their encodings, digests and signature checks are used
+    /// instead of being done again here.
+    pub fn apply_received(&mut self, ops: Vec<ReceivedOp>, now_ms: u64) -> Result<ApplyReport, Error> {
+        for received in &ops {
+            received.op.validate()?;
         }
         let mut report = ApplyReport::default();
         let verifier = self.verifier.clone();
@@ -750,42 +767,44 @@ impl<S: Store> Database<S> {
     /// nothing is checked (and no fork can be told apart).
     fn check_runs(
         &mut self,
-        ops: Vec<OperationWithMetadata>,
+        ops: Vec<ReceivedOp>,
         verifier: Option<&dyn OpVerifier>,
         report: &mut ApplyReport,
     ) -> Result<(Vec<OriginRun>, EncodedOps), Error> {
-        let mut by_origin: Vec<(Arc<str>, Vec<OperationWithMetadata>)> = Vec::new();
+        let mut by_origin: Vec<(Arc<str>, Vec<ReceivedOp>)> = Vec::new();
         let mut index: HashMap<Arc<str>, usize> = HashMap::new();
-        for op in ops {
-            let at = *index.entry(op.id.origin.clone()).or_insert_with(|| {
-                by_origin.push((op.id.origin.clone(), Vec::new()));
+        for received in ops {
+            let at = *index.entry(received.op.id.origin.clone()).or_insert_with(|| {
+                by_origin.push((received.op.id.origin.clone(), Vec::new()));
                 by_origin.len() - 1
             });
-            by_origin[at].1.push(op);
+            by_origin[at].1.push(received);
         }
         // The new operations, encoded once: for the digest here and for the
         // op log when they are applied.
         let mut encoded = EncodedOps::new();
         let mut runs: Vec<OriginRun> = Vec::new();
         for (origin, mut run) in by_origin {
-            run.sort_by_key(|op| op.id.seq);
-            run.dedup_by_key(|op| op.id.seq);
+            run.sort_by_key(|r| r.op.id.seq);
+            run.dedup_by_key(|r| r.op.id.seq);
             let held = self.version_vector.get(&origin);
-            if let Some(first) = run.first().filter(|op| op.id.seq > held + 1) {
-                return Err(Error::SequenceGap { origin: origin.to_string(), expected: held + 1, found: first.id.seq });
+            if let Some(first) = run.first().filter(|r| r.op.id.seq > held + 1) {
+                return Err(Error::SequenceGap { origin: origin.to_string(), expected: held + 1, found: first.op.id.seq });
             }
-            if let Some(pair) = run.windows(2).find(|pair| pair[1].id.seq != pair[0].id.seq + 1) {
-                return Err(Error::SequenceGap { origin: origin.to_string(), expected: pair[0].id.seq + 1, found: pair[1].id.seq });
+            if let Some(pair) = run.windows(2).find(|pair| pair[1].op.id.seq != pair[0].op.id.seq + 1) {
+                return Err(Error::SequenceGap { origin: origin.to_string(), expected: pair[0].op.id.seq + 1, found: pair[1].op.id.seq });
             }
-            let overlap = run.iter().take_while(|op| op.id.seq <= held).count();
+            let overlap = run.iter().take_while(|r| r.op.id.seq <= held).count();
             if verifier.is_none() {
                 // Without a verifier nothing is checked: operations held
                 // are skipped by their sequence numbers.
                 report.duplicates += overlap;
-                let ops: Vec<OperationWithMetadata> = run.drain(overlap..).collect();
-                let digests = ops.iter().map(|op| encoded.push_with_digest(op)).collect();
+                let received: Vec<ReceivedOp> = run.drain(overlap..).collect();
+                let digests = received.iter().map(|r| r.push_into(&mut encoded)).collect();
+                let checks = received.iter().map(ReceivedOp::signature_check).collect();
+                let ops: Vec<OperationWithMetadata> = received.into_iter().map(|r| r.op).collect();
                 if !ops.is_empty() {
-                    runs.push(OriginRun { origin, ops, digests, fork_at: None });
+                    runs.push(OriginRun { origin, ops, digests, checks, fork_at: None });
                 }
                 continue;
             }
@@ -794,19 +813,19 @@ impl<S: Store> Database<S> {
             let mut fork_at = None;
             if overlap > 0 {
                 let last = &run[overlap - 1];
-                if self.digest_at(&origin, last.id.seq)? == Some(last.digest()) {
+                if self.digest_at(&origin, last.op.id.seq)? == Some(last.digest()) {
                     // The chains agree up to there, so on everything before.
                     report.duplicates += overlap;
                 } else {
-                    let first_seq = run[0].id.seq;
+                    let first_seq = run[0].op.id.seq;
                     let ours = self.store.ops_after(&origin, first_seq - 1, overlap)?;
                     let differs = (0..overlap).find(|&i| ours.get(i).map(|o| o.digest()) != Some(run[i].digest())).unwrap_or(0);
-                    let seq = run[differs].id.seq;
+                    let seq = run[differs].op.id.seq;
                     let before = match differs {
                         0 => self.digest_at(&origin, seq - 1)?,
                         i => ours.get(i - 1).map(|o| o.digest()),
                     };
-                    if before != Some(run[differs].prev) {
+                    if before != Some(run[differs].op.prev) {
                         report.unjoined.push((origin.clone(), first_seq));
                         continue;
                     }
@@ -822,42 +841,57 @@ impl<S: Store> Database<S> {
                 Some(seq) => self.digest_at(&origin, seq - 1)?.unwrap_or_default(),
                 None => self.head(&origin)?,
             };
-            if run[start].prev != link {
-                report.unjoined.push((origin.clone(), run[start].id.seq));
+            if run[start].op.prev != link {
+                report.unjoined.push((origin.clone(), run[start].op.id.seq));
                 continue;
             }
             let mut kept = Vec::new();
             let mut digests = Vec::new();
+            let mut checks = Vec::new();
             let mut broken = None;
-            for op in run.drain(start..) {
-                if op.prev != link {
-                    broken = Some(op.id.clone());
+            for received in run.drain(start..) {
+                if received.op.prev != link {
+                    broken = Some(received.op.id.clone());
                     break;
                 }
-                link = encoded.push_with_digest(&op);
+                link = received.push_into(&mut encoded);
                 digests.push(link);
-                kept.push(op);
+                checks.push(received.signature_check());
+                kept.push(received.op);
             }
             if let Some(id) = broken {
                 report.refused.push(Refusal { id, reason: RefusalReason::BrokenChain });
                 continue;
             }
-            runs.push(OriginRun { origin, ops: kept, digests, fork_at });
+            runs.push(OriginRun { origin, ops: kept, digests, checks, fork_at });
         }
 
         // One signature check for every origin; an origin whose signature
-        // fails is refused and the rest checked again.
-        loop {
+        // fails is refused and the rest checked again. Signatures checked
+        // ahead (`ReceivedOp::check_all`) are not checked again.
+        while let Some(verifier) = verifier {
             let signed: Vec<(usize, usize)> = runs
                 .iter()
                 .enumerate()
                 .flat_map(|(r, run)| run.ops.iter().enumerate().filter(|(_, op)| op.signature.is_some()).map(move |(i, _)| (r, i)))
                 .collect();
-            let Some(verifier) = verifier else { break };
-            let items: Vec<(&str, OpDigest, OpSignature)> =
-                signed.iter().filter_map(|&(r, i)| Some((&*runs[r].origin, runs[r].digests[i], runs[r].ops[i].signature?))).collect();
-            let Err(bad) = verifier.verify(&items) else { break };
-            let Some(&(r, i)) = signed.get(bad) else { break };
+            let failed_ahead = signed.iter().find(|&&(r, i)| runs[r].checks[i] == SignatureCheck::Invalid);
+            let refuse = match failed_ahead {
+                Some(&found) => Some(found),
+                None => {
+                    let unchecked: Vec<(usize, usize)> =
+                        signed.into_iter().filter(|&(r, i)| runs[r].checks[i] != SignatureCheck::Valid).collect();
+                    let items: Vec<(&str, OpDigest, OpSignature)> = unchecked
+                        .iter()
+                        .filter_map(|&(r, i)| Some((&*runs[r].origin, runs[r].digests[i], runs[r].ops[i].signature?)))
+                        .collect();
+                    match verifier.verify(&items) {
+                        Ok(()) => None,
+                        Err(bad) => unchecked.get(bad).copied(),
+                    }
+                }
+            };
+            let Some((r, i)) = refuse else { break };
             let run = runs.remove(r);
             report.refused.push(Refusal { id: run.ops[i].id.clone(), reason: RefusalReason::BadSignature });
         }
@@ -871,6 +905,7 @@ impl<S: Store> Database<S> {
             report.held_back += run.ops.len() - keep;
             run.ops.truncate(keep);
             run.digests.truncate(keep);
+            run.checks.truncate(keep);
         }
         runs.retain(|run| !run.ops.is_empty());
         Ok((runs, encoded))

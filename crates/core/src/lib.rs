@@ -50,6 +50,7 @@ mod node;
 mod operation;
 pub mod query;
 mod reader;
+mod received;
 pub mod resolver;
 pub mod signing;
 mod store;
@@ -67,6 +68,7 @@ pub use operation::{
 };
 pub use query::{Query, QueryPage};
 pub use reader::{Reader, Traversal};
+pub use received::{ReceivedOp, SignatureCheck};
 pub use resolver::{builtin_resolver, ConflictResolver, FirstWriterWins, FnResolver, KeepAll, LastWriterWins};
 pub use signing::{OpDigest, OpSignature, OpSigner, OpVerifier, SIGN_EVERY, SIGN_EVERY_BYTES};
 pub use store::{EncodedOps, IndexRange, MemoryStore, Store, WriteBatch};

@@ -3,7 +3,9 @@
 //! Ed25519 one.
 
 use pluresdb_core::signing::stand_in::{NamedSigner, NamedVerifier};
-use pluresdb_core::{Database, MemoryStore, OpDigest, OpSignature, OperationType, OperationWithMetadata, RefusalReason, Store, SIGN_EVERY};
+use pluresdb_core::{
+    Database, MemoryStore, OpDigest, OpSignature, OperationType, OperationWithMetadata, ReceivedOp, RefusalReason, Store, SIGN_EVERY,
+};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -76,11 +78,40 @@ fn an_unsigned_tail_waits_for_the_operation_that_signs_it() {
     assert_eq!(b.version_vector(), a.version_vector());
 }
 
-/// Applies `ops` and returns why each refused origin was refused.
+/// Applies `ops` and returns why each refused origin was refused; checked
+/// ahead of the replica (as a node does off its writer) they are refused
+/// alike.
 fn refusals(db: &mut Database<MemoryStore>, ops: Vec<OperationWithMetadata>) -> Vec<RefusalReason> {
+    let ahead = db.apply_received(ReceivedOp::check_all(ops.clone(), Some(&NamedVerifier)), NOW).unwrap();
+    assert_eq!(ahead.applied, 0, "{ahead:?}");
     let report = db.apply_remote(ops, NOW).unwrap();
     assert_eq!(report.applied, 0, "{report:?}");
-    report.refused.iter().map(|r| r.reason).collect()
+    let reasons: Vec<RefusalReason> = report.refused.iter().map(|r| r.reason).collect();
+    assert_eq!(ahead.refused.iter().map(|r| r.reason).collect::<Vec<_>>(), reasons, "checked ahead or not");
+    reasons
+}
+
+/// A batch checked ahead of the replica applies exactly what the replica's
+/// own checks apply: a forged origin is refused, the others applied.
+#[test]
+fn operations_checked_ahead_are_applied_and_refused_as_the_replica_would() {
+    let mut a = replica("a");
+    write(&mut a, 10, 1_000);
+    let mut c = replica("c");
+    write(&mut c, 5, 1_100);
+    let mut forged = c.ops_after("c", 0, 100).unwrap();
+    forged[4].signature = Some(OpSignature([2; 64]));
+    let batch: Vec<OperationWithMetadata> = a.ops_after("a", 0, 100).unwrap().into_iter().chain(forged).collect();
+
+    let (mut here, mut ahead) = (replica("b"), replica("b2"));
+    let by_replica = here.apply_remote(batch.clone(), NOW).unwrap();
+    let checked = ahead.apply_received(ReceivedOp::check_all(batch, Some(&NamedVerifier)), NOW).unwrap();
+    assert_eq!((by_replica.applied, checked.applied), (10, 10));
+    assert_eq!(checked.refused.len(), 1);
+    assert_eq!((&*checked.refused[0].id.origin, checked.refused[0].reason), ("c", RefusalReason::BadSignature));
+    assert_eq!(here.version_vector(), ahead.version_vector());
+    assert_eq!(here.store().scan_nodes("", None, usize::MAX).unwrap(), ahead.store().scan_nodes("", None, usize::MAX).unwrap());
+    assert_eq!(here.ops_after("a", 0, 100).unwrap(), ahead.ops_after("a", 0, 100).unwrap());
 }
 
 #[test]

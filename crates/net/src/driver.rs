@@ -27,13 +27,20 @@
 //! [`SyncPort::next`] together with whatever else the driver serves, and
 //! hand a [`SyncWake`] to the engine: [`SyncPort::apply`] for an event,
 //! `handle_timeout` for the timer.
+//!
+//! A port made with [`SyncPort::preparing`] decodes and checks each
+//! message (encodings, digests, signatures: [`Inbound::prepare`]) on a
+//! thread of its own before the driver takes it, so that the thread that
+//! owns the replica only merges and writes, and the next message is made
+//! ready while the current one commits.
 
 use crate::engine::NetworkEngine;
 use crate::events::{PeerEvent, PeerEvents};
 use crate::message::NetworkMessage;
+use pluresdb_core::OpVerifier;
 use pluresdb_core::Store;
 use pluresdb_security::PeerId;
-use pluresdb_sync::{DataSyncEngine, Transmit};
+use pluresdb_sync::{DataSyncEngine, Inbound, Transmit};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -59,7 +66,7 @@ pub fn now_ms() -> u64 {
 #[derive(Debug)]
 pub enum SyncWake {
     /// A peer event: hand it to [`SyncPort::apply`].
-    Event(PeerEvent),
+    Event(PortEvent),
     /// The sync engine's timer is due (or `IDLE_WAKE` (60 s) passed): call
     /// `handle_timeout`.
     Timer,
@@ -68,12 +75,70 @@ pub enum SyncWake {
     Closed,
 }
 
+/// A peer event on its way to the sync engine: as the network delivered
+/// it, or a message decoded and checked ahead (see [`SyncPort::preparing`]).
+#[derive(Debug)]
+pub struct PortEvent(PortEventKind);
+
+#[derive(Debug)]
+enum PortEventKind {
+    Peer(PeerEvent),
+    Prepared {
+        peer_id: PeerId,
+        inbound: Inbound,
+        /// The message as received, kept until it is applied: it holds its
+        /// room in the peer's share of the queue (`SyncHandle`), which so
+        /// bounds the messages prepared and waiting too.
+        _received: bytes::Bytes,
+    },
+}
+
+impl PortEvent {
+    /// The network's event, unless it is a message that was prepared.
+    pub fn peer_event(&self) -> Option<&PeerEvent> {
+        match &self.0 {
+            PortEventKind::Peer(event) => Some(event),
+            PortEventKind::Prepared { .. } => None,
+        }
+    }
+}
+
+impl From<PeerEvent> for PortEvent {
+    fn from(event: PeerEvent) -> Self {
+        Self(PortEventKind::Peer(event))
+    }
+}
+
+/// Where a port's events come from.
+enum Source {
+    /// Straight from the network.
+    Direct(PeerEvents),
+    /// From the thread that prepares messages.
+    Prepared(tokio::sync::mpsc::UnboundedReceiver<PortEvent>),
+}
+
+impl Source {
+    async fn recv(&mut self) -> Option<PortEvent> {
+        match self {
+            Source::Direct(events) => events.recv().await.map(PortEvent::from),
+            Source::Prepared(events) => events.recv().await,
+        }
+    }
+
+    fn try_recv(&mut self) -> Option<PortEvent> {
+        match self {
+            Source::Direct(events) => events.try_recv().map(PortEvent::from),
+            Source::Prepared(events) => events.try_recv().ok(),
+        }
+    }
+}
+
 /// Where a sync engine meets a network engine: the peer events it takes
 /// and the engine its messages go out through. Without a network
 /// ([`SyncPort::offline`]) it only keeps time, and transmits are dropped.
 pub struct SyncPort<E: NetworkEngine + ?Sized> {
     network: Option<Arc<E>>,
-    events: Option<PeerEvents>,
+    events: Option<Source>,
     labels: PeerLabels,
 }
 
@@ -132,7 +197,18 @@ impl PeerLabels {
 impl<E: NetworkEngine + ?Sized> SyncPort<E> {
     /// A port onto `network`, taking its `events`.
     pub fn new(network: Arc<E>, events: PeerEvents) -> Self {
-        Self { network: Some(network), events: Some(events), labels: PeerLabels::default() }
+        Self { network: Some(network), events: Some(Source::Direct(events)), labels: PeerLabels::default() }
+    }
+
+    /// A port onto `network` whose messages are decoded and checked with
+    /// `verifier` (the replica's: [`pluresdb_core::Database::verifier`],
+    /// whose results the replica trusts) on a thread of the port's own,
+    /// in the order they came, ahead of the driver. The thread ends when
+    /// the network's handles or the port are gone.
+    pub fn preparing(network: Arc<E>, events: PeerEvents, verifier: Option<Arc<dyn OpVerifier>>) -> std::io::Result<Self> {
+        let (ready, receiver) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::Builder::new().name("pluresdb-prepare".into()).spawn(move || prepare(events, &ready, verifier.as_deref()))?;
+        Ok(Self { network: Some(network), events: Some(Source::Prepared(receiver)), labels: PeerLabels::default() })
     }
 
     /// A port onto no network: [`next`](Self::next) only waits for the
@@ -212,8 +288,8 @@ impl<E: NetworkEngine + ?Sized> SyncPort<E> {
 
     /// Applies `first` and up to `MAX_EVENTS_PER_TURN` (256) events already
     /// queued behind it; returns how many were applied.
-    pub fn apply<S: Store>(&mut self, sync: &mut DataSyncEngine<S>, first: PeerEvent) -> usize {
-        apply(sync, &mut self.labels, first);
+    pub fn apply<S: Store>(&mut self, sync: &mut DataSyncEngine<S>, first: impl Into<PortEvent>) -> usize {
+        apply(sync, &mut self.labels, first.into());
         let mut applied = 1;
         if let Some(events) = self.events.as_mut() {
             while applied <= MAX_EVENTS_PER_TURN {
@@ -298,15 +374,32 @@ async fn drive<E: NetworkEngine + ?Sized, S: Store + Send>(mut port: SyncPort<E>
 /// Feeds one peer event to a sync engine (the contract above), naming the
 /// peer by its label; refused messages are logged and counted by the
 /// engine.
-fn apply<S: Store>(sync: &mut DataSyncEngine<S>, labels: &mut PeerLabels, event: PeerEvent) {
+fn apply<S: Store>(sync: &mut DataSyncEngine<S>, labels: &mut PeerLabels, event: PortEvent) {
     let now = now_ms();
-    match event {
-        PeerEvent::Connected { peer_id, .. } => sync.peer_connected(labels.insert(peer_id), now),
-        PeerEvent::Disconnected { peer_id, .. } => sync.peer_disconnected(&labels.remove(&peer_id)),
-        PeerEvent::Message { peer_id, bytes } => {
-            if let Err(err) = sync.handle_input(&labels.label(&peer_id), &bytes, now) {
-                tracing::debug!(peer = %peer_id, error = %err, "sync message refused");
+    let (peer_id, result) = match event.0 {
+        PortEventKind::Peer(PeerEvent::Connected { peer_id, .. }) => return sync.peer_connected(labels.insert(peer_id), now),
+        PortEventKind::Peer(PeerEvent::Disconnected { peer_id, .. }) => return sync.peer_disconnected(&labels.remove(&peer_id)),
+        PortEventKind::Peer(PeerEvent::Message { peer_id, bytes }) => (peer_id, sync.handle_input(&labels.label(&peer_id), &bytes, now)),
+        PortEventKind::Prepared { peer_id, inbound, _received } => (peer_id, sync.handle_inbound(&labels.label(&peer_id), inbound, now)),
+    };
+    if let Err(err) = result {
+        tracing::debug!(peer = %peer_id, error = %err, "sync message refused");
+    }
+}
+
+/// The preparing thread of [`SyncPort::preparing`]: messages decoded and
+/// checked, every event passed on in order.
+fn prepare(mut events: PeerEvents, ready: &tokio::sync::mpsc::UnboundedSender<PortEvent>, verifier: Option<&dyn OpVerifier>) {
+    while let Some(event) = events.blocking_recv() {
+        let event = match event {
+            PeerEvent::Message { peer_id, bytes } => {
+                let inbound = Inbound::prepare(&peer_id.to_string(), &bytes, verifier);
+                PortEvent(PortEventKind::Prepared { peer_id, inbound, _received: bytes })
             }
+            other => PortEvent::from(other),
+        };
+        if ready.send(event).is_err() {
+            break;
         }
     }
 }
@@ -370,11 +463,44 @@ mod tests {
         assert!(handle.deliver(connected("a")).await);
         assert!(handle.deliver(PeerEvent::Message { peer_id: crate::test_peer("a"), bytes: Bytes::from_static(b"x") }).await);
         drop(handle);
-        assert!(matches!(port.next(None).await, SyncWake::Event(PeerEvent::Connected { .. })));
-        assert!(matches!(port.next(None).await, SyncWake::Event(PeerEvent::Message { .. })));
+        let SyncWake::Event(first) = port.next(None).await else { panic!("an event") };
+        assert!(matches!(first.peer_event(), Some(PeerEvent::Connected { .. })));
+        let SyncWake::Event(second) = port.next(None).await else { panic!("an event") };
+        assert!(matches!(second.peer_event(), Some(PeerEvent::Message { .. })));
         assert!(matches!(port.next(None).await, SyncWake::Closed));
         // From then on only the timer wakes it.
         assert!(matches!(port.next(Some(now_ms())).await, SyncWake::Timer));
+    }
+
+    /// A preparing port hands events over in the order they came, its
+    /// messages decoded ahead (a message that is no sync message is refused
+    /// and counted as one handed over raw is), and says when every handle
+    /// is gone.
+    #[tokio::test]
+    async fn a_preparing_port_hands_over_events_in_order_with_messages_decoded_ahead() {
+        let (handle, events) = SyncHandle::channel(16);
+        let mut port = SyncPort::preparing(Arc::new(Recorder::default()), events, None).unwrap();
+        let mut sync = DataSyncEngine::new(SyncConfig::default());
+        sync.start(now_ms());
+        assert!(handle.deliver(connected("a")).await);
+        assert!(handle.deliver(PeerEvent::Message { peer_id: crate::test_peer("a"), bytes: Bytes::from_static(b"x") }).await);
+        assert!(handle.deliver(PeerEvent::Disconnected { peer_id: crate::test_peer("a"), reason: "bye".into() }).await);
+        drop(handle);
+        let mut received = Vec::new();
+        for _ in 0..3 {
+            let SyncWake::Event(event) = port.next(None).await else { panic!("an event") };
+            received.push(event);
+        }
+        assert!(matches!(received[0].peer_event(), Some(PeerEvent::Connected { .. })));
+        assert!(received[1].peer_event().is_none(), "the message was prepared: {:?}", received[1]);
+        assert!(matches!(received[2].peer_event(), Some(PeerEvent::Disconnected { .. })));
+        for event in received {
+            port.apply(&mut sync, event);
+        }
+        let a = crate::test_peer("a").to_string();
+        let peer = sync.status().peers.into_iter().find(|p| p.peer_id == a).expect("a's status");
+        assert_eq!((peer.traffic.errors, peer.traffic.bytes_received, peer.connected), (1, 1, false), "the junk was refused and counted");
+        assert!(matches!(port.next(None).await, SyncWake::Closed));
     }
 
     #[tokio::test]

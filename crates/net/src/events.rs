@@ -294,6 +294,12 @@ impl PeerEvents {
     pub fn try_recv(&mut self) -> Option<PeerEvent> {
         self.events.try_recv().ok()
     }
+
+    /// [`recv`](Self::recv) for a thread outside the async runtime (it
+    /// blocks the thread; it panics inside an async context).
+    pub fn blocking_recv(&mut self) -> Option<PeerEvent> {
+        self.events.blocking_recv()
+    }
 }
 
 #[cfg(test)]

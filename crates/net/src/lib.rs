@@ -78,7 +78,7 @@ pub mod websocket;
 
 pub use combined::CombinedNetworkEngine;
 pub use config::{DiscoveryConfig, NetworkConfig, ReceiveLimits, DEFAULT_PORT};
-pub use driver::{now_ms, SyncDriver, SyncPort, SyncWake};
+pub use driver::{now_ms, PortEvent, SyncDriver, SyncPort, SyncWake};
 pub use engine::{identity_and_policy, NetworkEngine, Result};
 pub use events::{PeerEvent, PeerEvents, QueueLimits, SyncHandle};
 pub use exchange::{usable_address, LearnedPeer, MAX_LEARNED_PEERS};

@@ -51,14 +51,19 @@ pub(crate) fn spawn(
     stats: Arc<Stats>,
     max_group: usize,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let (port, peers) = match network {
+        // Peers' messages are decoded and checked on a thread of their own
+        // while the writer commits.
+        Some(network) => {
+            let verifier = engine.database().verifier();
+            (SyncPort::preparing(network.engine, network.events, verifier)?, Some(network.peers))
+        }
+        None => (SyncPort::offline(), None),
+    };
     std::thread::Builder::new().name("pluresdb-writer".into()).spawn(move || {
         // The writer's own single-threaded runtime: commits block this
         // thread only, never the API's workers.
         let clock = ClockCorrection::new(engine.config().max_clock_drift);
-        let (port, peers) = match network {
-            Some(network) => (SyncPort::new(network.engine, network.events), Some(network.peers)),
-            None => (SyncPort::offline(), None),
-        };
         match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => runtime.block_on(
                 Writer {
@@ -329,7 +334,7 @@ impl Writer {
     }
 
     /// Applies a peer event, and any queued behind it, to the sync engine.
-    fn peer_event(&mut self, first: pluresdb_net::PeerEvent) {
+    fn peer_event(&mut self, first: pluresdb_net::PortEvent) {
         let before = self.engine.database().version_vector().total();
         let started = std::time::Instant::now();
         self.port.apply(&mut self.engine, first);

@@ -2,11 +2,14 @@
 
 use crate::config::SyncConfig;
 use crate::error::{error_chain, SyncError};
+use crate::inbound::{Decoded, Inbound};
 use crate::message::{OriginRange, SyncMessage, BATCH_BYTE_BUDGET, MAX_BATCH_BYTES, MAX_PLAUSIBLE_SEQ, MAX_VECTOR_ENTRIES};
 use crate::status::{ForkEvent, ForkStatus, PeerSyncStatus, SyncStatus, Traffic};
 use crate::store_health::{StoreEvent, StoreHealth, StoreStatus};
 use pluresdb_core::codec;
-use pluresdb_core::{Database, Fork, ForkOutcome, KeepAll, MemoryStore, OperationWithMetadata, Receipt, Store, VersionVector, SIGN_EVERY};
+use pluresdb_core::{
+    Database, Fork, ForkOutcome, KeepAll, MemoryStore, OperationWithMetadata, Receipt, ReceivedOp, Store, VersionVector, SIGN_EVERY,
+};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
@@ -408,8 +411,15 @@ impl<S: Store> DataSyncEngine<S> {
     /// reported as an error for that peer (and counted in its status); the
     /// engine stays usable and nothing stored changes.
     pub fn handle_input(&mut self, peer: &str, bytes: &[u8], now_ms: u64) -> Result<(), SyncError> {
+        self.handle_inbound(peer, Inbound::unchecked(peer, bytes), now_ms)
+    }
+
+    /// [`handle_input`](Self::handle_input) for a message decoded and
+    /// checked ahead ([`Inbound::prepare`], with this replica's verifier),
+    /// typically on another thread while this one applied the previous.
+    pub fn handle_inbound(&mut self, peer: &str, inbound: Inbound, now_ms: u64) -> Result<(), SyncError> {
         self.now_ms = self.now_ms.max(now_ms);
-        let result = self.handle_bytes(peer, bytes, now_ms);
+        let result = self.handle_message(peer, inbound, now_ms);
         if let Err(err) = &result {
             let state = self.peers.entry(peer.to_owned()).or_default();
             state.traffic.errors += 1;
@@ -418,9 +428,9 @@ impl<S: Store> DataSyncEngine<S> {
         result
     }
 
-    fn handle_bytes(&mut self, peer: &str, bytes: &[u8], now_ms: u64) -> Result<(), SyncError> {
-        self.peers.entry(peer.to_owned()).or_default().traffic.bytes_received += bytes.len() as u64;
-        let message = SyncMessage::decode(peer, bytes)?;
+    fn handle_message(&mut self, peer: &str, inbound: Inbound, now_ms: u64) -> Result<(), SyncError> {
+        self.peers.entry(peer.to_owned()).or_default().traffic.bytes_received += inbound.size() as u64;
+        let Decoded { message, received } = inbound.decoded?;
         if message.from_peer() != peer {
             return Err(SyncError::WrongSender { peer: peer.to_owned(), claimed: message.from_peer().to_owned() });
         }
@@ -429,7 +439,7 @@ impl<S: Store> DataSyncEngine<S> {
             SyncMessage::SyncRequest { round, version_vector, origins, .. } => {
                 self.on_request(peer, round, version_vector, origins, now_ms)
             }
-            SyncMessage::DataSync { operations, version_vector, .. } => self.on_data(peer, operations, version_vector, now_ms)?,
+            SyncMessage::DataSync { version_vector, .. } => self.on_data(peer, received, version_vector, now_ms)?,
             SyncMessage::SyncDone { round, version_vector, origins, .. } => {
                 let state = self.peer_mut(peer);
                 if let Some(r) = state.round.as_mut().filter(|r| r.id == round) {
@@ -625,7 +635,7 @@ impl<S: Store> DataSyncEngine<S> {
         }
     }
 
-    fn on_data(&mut self, peer: &str, operations: Vec<OperationWithMetadata>, theirs: VersionVector, now_ms: u64) -> Result<(), SyncError> {
+    fn on_data(&mut self, peer: &str, operations: Vec<ReceivedOp>, theirs: VersionVector, now_ms: u64) -> Result<(), SyncError> {
         if operations.len() > self.config.max_batch_size {
             return Err(SyncError::BatchTooLarge { peer: peer.to_owned(), size: operations.len(), limit: self.config.max_batch_size });
         }
@@ -637,7 +647,7 @@ impl<S: Store> DataSyncEngine<S> {
             self.peer_mut(peer).traffic.ops_received += received;
             return Ok(());
         }
-        let origins: std::collections::BTreeSet<Arc<str>> = operations.iter().map(|op| op.id.origin.clone()).collect();
+        let origins: std::collections::BTreeSet<Arc<str>> = operations.iter().map(|r| r.op.id.origin.clone()).collect();
         // Keep, per origin, the run of consecutive operations that reaches
         // what this replica holds (those it holds too: the replica compares
         // them with its own, which is how a fork shows); stop an origin at
@@ -645,27 +655,28 @@ impl<S: Store> DataSyncEngine<S> {
         let mut next: BTreeMap<Arc<str>, u64> = BTreeMap::new();
         let mut gap = false;
         let mut applicable = Vec::with_capacity(operations.len());
-        for op in operations {
-            match next.get_mut(&op.id.origin) {
-                Some(expected) if op.id.seq == *expected => {
+        for received in operations {
+            let id = &received.op.id;
+            match next.get_mut(&id.origin) {
+                Some(expected) if id.seq == *expected => {
                     *expected += 1;
-                    applicable.push(op);
+                    applicable.push(received);
                 }
-                Some(expected) => gap |= op.id.seq > *expected,
-                None if op.id.seq <= self.db.version_vector().get(&op.id.origin) + 1 => {
-                    next.insert(op.id.origin.clone(), op.id.seq + 1);
-                    applicable.push(op);
+                Some(expected) => gap |= id.seq > *expected,
+                None if id.seq <= self.db.version_vector().get(&id.origin) + 1 => {
+                    next.insert(id.origin.clone(), id.seq + 1);
+                    applicable.push(received);
                 }
                 None => {
                     // Ops of this origin after the gap are dropped too.
-                    next.insert(op.id.origin.clone(), u64::MAX);
+                    next.insert(id.origin.clone(), u64::MAX);
                     gap = true;
                 }
             }
         }
         let mut forks = Vec::new();
         if !applicable.is_empty() {
-            let report = match self.db.apply_remote(applicable, now_ms) {
+            let report = match self.db.apply_received(applicable, now_ms) {
                 Ok(report) => report,
                 Err(err) if err.storage_fault().is_some() => {
                     // Not the peer's fault: the batch is asked for again once

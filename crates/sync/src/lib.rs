@@ -31,6 +31,7 @@
 mod config;
 mod engine;
 mod error;
+mod inbound;
 mod message;
 pub mod sim;
 mod status;
@@ -39,6 +40,7 @@ mod store_health;
 pub use config::SyncConfig;
 pub use engine::{DataSyncEngine, Transmit};
 pub use error::SyncError;
+pub use inbound::Inbound;
 pub use message::{OriginRange, SyncMessage, BATCH_BYTE_BUDGET, MAX_BATCH_BYTES, MAX_MESSAGE_BYTES, MAX_PLAUSIBLE_SEQ, MAX_VECTOR_ENTRIES};
 pub use status::{ForkEvent, ForkStatus, PeerSyncStatus, SyncStatus, Traffic};
 pub use store_health::{StoreEvent, StoreStatus, MAX_RETRY_MS};

@@ -1,0 +1,184 @@
+//! Operations received from a peer, checked ahead of the replica.
+//!
+//! Before a received operation can be applied, the replica encodes it
+//! (for its digest and for the op log), hashes it, and checks the
+//! signatures of the batch. None of that depends on what the replica
+//! holds, so a node does it on another thread while its writer commits
+//! the previous batch ([`ReceivedOp::check_all`]); the writer then only
+//! links the chain, merges and writes. Operations that were not checked
+//! ahead ([`ReceivedOp::unchecked`]) are checked by the replica itself, as
+//! before.
+
+use crate::operation::OperationWithMetadata;
+use crate::signing::{OpDigest, OpVerifier};
+
+/// A received operation, possibly with its encoding, digest and signature
+/// check already done.
+#[derive(Clone, Debug)]
+pub struct ReceivedOp {
+    /// The operation as it arrived.
+    pub op: OperationWithMetadata,
+    checked: Option<Checked>,
+}
+
+#[derive(Clone, Debug)]
+struct Checked {
+    /// Its op-log body ([`OperationWithMetadata::encode_body`], signature
+    /// included).
+    body: Vec<u8>,
+    digest: OpDigest,
+    signature: SignatureCheck,
+}
+
+/// What the check ahead found of an operation's signature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignatureCheck {
+    /// The operation carries none.
+    Unsigned,
+    /// It verifies against its origin's key.
+    Valid,
+    /// It does not (or the origin names no key).
+    Invalid,
+    /// Nobody checked it (no verifier was given).
+    NotChecked,
+}
+
+impl ReceivedOp {
+    /// `op`, to be checked by the replica that applies it.
+    pub fn unchecked(op: OperationWithMetadata) -> Self {
+        Self { op, checked: None }
+    }
+
+    /// Encodes and hashes every operation and checks every signature with
+    /// `verifier`, which must be the verifier of the replica that will
+    /// apply them (it trusts these results instead of checking again).
+    /// Without a verifier the signatures are left [`SignatureCheck::NotChecked`].
+    pub fn check_all(ops: Vec<OperationWithMetadata>, verifier: Option<&dyn OpVerifier>) -> Vec<ReceivedOp> {
+        let mut encoded = crate::store::EncodedOps::new();
+        let digests: Vec<OpDigest> = ops.iter().map(|op| encoded.push_with_digest(op)).collect();
+        let mut checks: Vec<SignatureCheck> = ops
+            .iter()
+            .map(|op| match (op.signature.is_some(), verifier.is_some()) {
+                (false, _) => SignatureCheck::Unsigned,
+                (true, true) => SignatureCheck::Valid,
+                (true, false) => SignatureCheck::NotChecked,
+            })
+            .collect();
+        if let Some(verifier) = verifier {
+            // One batch check. A verifier names one failing item per call:
+            // that one is marked, the rest of its origin is left to the
+            // replica (as the replica's own check refuses an origin's run
+            // at its first bad signature), and the others are checked
+            // again. So a batch costs at most one check per origin.
+            let mut pending: Vec<usize> = (0..ops.len()).filter(|&i| checks[i] == SignatureCheck::Valid).collect();
+            while !pending.is_empty() {
+                let items: Vec<_> = pending.iter().filter_map(|&i| Some((&*ops[i].id.origin, digests[i], ops[i].signature?))).collect();
+                let Err(bad) = verifier.verify(&items) else { break };
+                let Some(&failed) = pending.get(bad) else {
+                    // A verifier that names no item: trust none of them.
+                    for &i in &pending {
+                        checks[i] = SignatureCheck::NotChecked;
+                    }
+                    break;
+                };
+                checks[failed] = SignatureCheck::Invalid;
+                let origin = &ops[failed].id.origin;
+                pending.retain(|&i| {
+                    if i != failed && ops[i].id.origin != *origin {
+                        return true;
+                    }
+                    if i != failed {
+                        checks[i] = SignatureCheck::NotChecked;
+                    }
+                    false
+                });
+            }
+        }
+        ops.into_iter()
+            .enumerate()
+            .map(|(i, op)| {
+                let body = encoded.get(i).map(|(_, body)| body.to_vec()).unwrap_or_default();
+                Self { op, checked: Some(Checked { body, digest: digests[i], signature: checks[i] }) }
+            })
+            .collect()
+    }
+
+    /// Its digest: from the check ahead, else computed now.
+    pub fn digest(&self) -> OpDigest {
+        match &self.checked {
+            Some(checked) => checked.digest,
+            None => self.op.digest(),
+        }
+    }
+
+    /// What the check ahead found of its signature.
+    pub fn signature_check(&self) -> SignatureCheck {
+        match &self.checked {
+            Some(checked) => checked.signature,
+            None if self.op.signature.is_none() => SignatureCheck::Unsigned,
+            None => SignatureCheck::NotChecked,
+        }
+    }
+
+    /// Appends it to `encoded` (reusing the body of the check ahead) and
+    /// returns its digest.
+    pub(crate) fn push_into(&self, encoded: &mut crate::store::EncodedOps) -> OpDigest {
+        match &self.checked {
+            Some(checked) => {
+                encoded.push_encoded(&self.op.id, &checked.body);
+                checked.digest
+            }
+            None => encoded.push_with_digest(&self.op),
+        }
+    }
+}
+
+#[cfg(all(test, feature = "test-support"))]
+mod tests {
+    use super::*;
+    use crate::operation::OperationType;
+    use crate::signing::stand_in::{NamedSigner, NamedVerifier};
+    use crate::signing::OpSigner;
+
+    fn signed(origin: &str, seq: u64, sign: bool) -> OperationWithMetadata {
+        let mut op = OperationWithMetadata::new(OperationType::CreateNode, format!("n:{seq}"), serde_json::json!({"v": seq}), origin);
+        op.id.seq = seq;
+        if sign {
+            op.signature = Some(NamedSigner(origin.into()).sign(&op.digest()));
+        }
+        op
+    }
+
+    #[test]
+    fn the_check_ahead_gives_the_digests_and_bodies_the_replica_would_compute() {
+        let ops = vec![signed("a", 1, false), signed("a", 2, true), signed("b", 1, true)];
+        let checked = ReceivedOp::check_all(ops.clone(), Some(&NamedVerifier));
+        let (mut ahead, mut here) = (crate::store::EncodedOps::new(), crate::store::EncodedOps::new());
+        for (received, op) in checked.iter().zip(&ops) {
+            assert_eq!(received.digest(), op.digest());
+            assert_eq!(received.push_into(&mut ahead), here.push_with_digest(op));
+        }
+        for i in 0..ops.len() {
+            assert_eq!(ahead.get(i), here.get(i));
+        }
+        let checks: Vec<_> = checked.iter().map(ReceivedOp::signature_check).collect();
+        assert_eq!(checks, [SignatureCheck::Unsigned, SignatureCheck::Valid, SignatureCheck::Valid]);
+    }
+
+    #[test]
+    fn a_bad_signature_is_marked_and_other_origins_stay_valid() {
+        let mut ops = vec![signed("a", 1, true), signed("b", 1, true), signed("c", 1, true), signed("d", 1, true)];
+        // Signed by someone else than its origin: forged.
+        ops[1].signature = Some(NamedSigner("mallory".into()).sign(&ops[1].digest()));
+        ops[3].signature = Some(NamedSigner("mallory".into()).sign(&ops[3].digest()));
+        let checks: Vec<_> = ReceivedOp::check_all(ops.clone(), Some(&NamedVerifier)).iter().map(ReceivedOp::signature_check).collect();
+        use SignatureCheck::{Invalid, Valid};
+        assert_eq!(checks, [Valid, Invalid, Valid, Invalid]);
+        // The rest of a failing origin's operations are left to the replica.
+        let same_origin = vec![signed("a", 1, true), ops[1].clone(), signed("b", 2, true)];
+        let checks: Vec<_> = ReceivedOp::check_all(same_origin, Some(&NamedVerifier)).iter().map(ReceivedOp::signature_check).collect();
+        assert_eq!(checks, [Valid, Invalid, SignatureCheck::NotChecked]);
+        let unchecked: Vec<_> = ReceivedOp::check_all(ops, None).iter().map(ReceivedOp::signature_check).collect();
+        assert!(unchecked.iter().all(|c| *c == SignatureCheck::NotChecked), "{unchecked:?}");
+    }
+}
