@@ -47,6 +47,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const THROUGHPUT_OPS: usize = 100_000;
+/// Whether nodes started from now on check peers' messages off the writer
+/// (`RuntimeOptions::prepare_off_writer`); phase 1 runs QUIC once without,
+/// to show what the prepare stage gives.
+static PREPARE_OFF_WRITER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 const BATCH: usize = 1_000;
 /// Imports queued on the writer at once: enough that it never waits for
 /// the next one, few enough to keep memory flat.
@@ -220,7 +224,11 @@ impl Node {
             live_addresses: None,
             counters: None,
         };
-        let runtime = Runtime::start_with_network(db, RuntimeOptions::default(), Some(network))?;
+        let options = RuntimeOptions {
+            prepare_off_writer: PREPARE_OFF_WRITER.load(std::sync::atomic::Ordering::Relaxed),
+            ..RuntimeOptions::default()
+        };
+        let runtime = Runtime::start_with_network(db, options, Some(network))?;
         let handle = runtime.handle();
         Ok(Self { runtime, handle, engine, peers, address, _dir: dir })
     }
@@ -940,6 +948,19 @@ fn main() {
                 share,
                 verdict(share >= TARGET_LIBP2P_SHARE)
             );
+        }
+        println!("  -- quic, with the writer decoding and checking peers' messages itself (no prepare stage) --");
+        PREPARE_OFF_WRITER.store(false, std::sync::atomic::Ordering::Relaxed);
+        let inline = throughput(Transport::Quic).await;
+        PREPARE_OFF_WRITER.store(true, std::sync::atomic::Ordering::Relaxed);
+        match (inline, rates.iter().find(|(transport, _)| *transport == Transport::Quic)) {
+            (Ok(t), Some((_, staged))) => println!(
+                "  replicated:           {:>10.0} ops/s   the prepare stage gives {:.2}x",
+                t.ops_per_s,
+                staged / t.ops_per_s
+            ),
+            (Ok(t), None) => println!("  replicated:           {:>10.0} ops/s", t.ops_per_s),
+            (Err(err), _) => println!("  FAILED: {err:#}"),
         }
         println!("  -- libp2p through a circuit relay (A -> R -> B, no hole punching) --");
         match relayed_throughput().await {

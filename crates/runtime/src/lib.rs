@@ -126,11 +126,16 @@ pub struct RuntimeOptions {
     pub queue: usize,
     /// Changes buffered per watcher before it is told it lagged.
     pub watch_buffer: usize,
+    /// Whether peers' messages are decoded and their operations checked
+    /// (encodings, digests, signatures) on a thread of their own while the
+    /// writer commits (`SyncPort::preparing`), or by the writer itself.
+    /// On by default; off only to compare the two.
+    pub prepare_off_writer: bool,
 }
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        Self { sync: SyncConfig::default(), max_group: 4_096, queue: 16_384, watch_buffer: 4_096 }
+        Self { sync: SyncConfig::default(), max_group: 4_096, queue: 16_384, watch_buffer: 4_096, prepare_off_writer: true }
     }
 }
 
@@ -169,7 +174,8 @@ impl Runtime {
             live_addresses: n.live_addresses.clone(),
             counters: n.counters.clone(),
         });
-        let writer = writer::spawn(engine, inbox, network, stats.clone(), options.max_group.max(1)).map_err(Error::Thread)?;
+        let writer = writer::spawn(engine, inbox, network, stats.clone(), options.max_group.max(1), options.prepare_off_writer)
+            .map_err(Error::Thread)?;
         let handle = Handle {
             inner: Arc::new(Inner {
                 peer_id,

@@ -50,14 +50,16 @@ pub(crate) fn spawn(
     network: Option<crate::Network>,
     stats: Arc<Stats>,
     max_group: usize,
+    prepare_off_writer: bool,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let (port, peers) = match network {
         // Peers' messages are decoded and checked on a thread of their own
         // while the writer commits.
-        Some(network) => {
+        Some(network) if prepare_off_writer => {
             let verifier = engine.database().verifier();
             (SyncPort::preparing(network.engine, network.events, verifier)?, Some(network.peers))
         }
+        Some(network) => (SyncPort::new(network.engine, network.events), Some(network.peers)),
         None => (SyncPort::offline(), None),
     };
     std::thread::Builder::new().name("pluresdb-writer".into()).spawn(move || {
