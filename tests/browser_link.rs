@@ -647,3 +647,32 @@ fn a_webrtc_link_whose_dtls_fingerprint_was_swapped_is_refused() {
     assert!(!listed_webrtc(&peers, &page_id), "the node lists the page over WebRTC: {peers}");
     assert!(clean, "{stderr}");
 }
+
+/// One WebRTC session per page: each new offer replaces the page's
+/// earlier session, so a page offering again and again (its attempts
+/// retried) never holds more than one slot. Ten offers in a row from one
+/// page are all answered, where ten sessions from one address would be
+/// refused past the eighth.
+#[test]
+fn a_pages_new_offer_replaces_its_webrtc_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, url, ticket) = browser_node(dir.path());
+    let node_id = ticket.parse::<pluresdb_security::Ticket>().unwrap().peer_id.to_string();
+    let result = runtime().block_on(async {
+        let mut page = BrowserReplica::open(None, [], now_ms()).unwrap();
+        let mut socket = page_connect(&mut page, &url, &ticket).await;
+        pump(&mut page, &mut socket, |p| p.link_status()["state"] == "connected").await?;
+        let (_rtc, offer, _pending) = rtc_page(1).await;
+        let mut replies = Vec::new();
+        for n in 0..10 {
+            let reply =
+                signal_node(&mut page, &mut socket, &node_id, json!({"type": "offer", "sdp": offer, "attempt": format!("r{n}")})).await?;
+            replies.push(reply["type"].as_str().unwrap_or_default().to_owned());
+        }
+        Ok::<_, String>(replies)
+    });
+    let (clean, stderr) = node.stop();
+    let replies = result.unwrap_or_else(|err| panic!("{err}\nnode stderr: {stderr}"));
+    assert_eq!(replies, vec!["answer"; 10], "{replies:?}");
+    assert!(clean, "{stderr}");
+}
