@@ -121,6 +121,7 @@ fn write_rate(dir: &std::path::Path, n: usize, indexes: &[IndexSpec]) -> f64 {
 /// ids), in transactions of [`BATCH`].
 fn raw_rate(dir: &std::path::Path, n: usize) -> f64 {
     const RAW: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("raw");
+    std::fs::create_dir_all(dir).expect("bench directory");
     let db = redb::Database::create(dir.join("raw.redb")).expect("create redb");
     let started = Instant::now();
     for chunk in (0..n).collect::<Vec<_>>().chunks(BATCH) {
