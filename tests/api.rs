@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{cli, concurrent_names, Node};
+use common::{cli, concurrent_names, wait_until, Node};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -602,4 +602,75 @@ fn the_change_feed_follows_a_live_query() {
     let (status, body) = node.request("GET", "/changes?query=%7B%22steps%22%3A%5B%7B%22direction%22%3A%22in%22%7D%5D%7D", "");
     assert_eq!(status, 400, "{body}");
     assert!(node.stop().0);
+}
+
+/// A vector index is built over the stored nodes, follows later writes,
+/// updates and deletes, reports values that are not vectors of its
+/// dimension (and keeps serving), refuses bad searches with 400, and is
+/// built again from the store after a restart.
+#[test]
+fn vector_search_follows_writes_and_reports_bad_vectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(dir.path(), &["--no-network"]);
+    let put = |node: &Node, id: &str, value: Value| assert_eq!(node.request("PUT", &format!("/nodes/{id}"), &value.to_string()).0, 200);
+    for i in 0..20 {
+        let angle = i as f64 / 20.0 * std::f64::consts::FRAC_PI_2;
+        put(&node, &format!("doc:{i:02}"), json!({"e": [angle.cos(), angle.sin(), 0.0], "n": i}));
+    }
+    put(&node, "doc:short", json!({"e": [1.0, 0.0]}));
+    put(&node, "doc:text", json!({"e": [1.0, "x", 0.0]}));
+    let (status, index) = node.request("POST", "/vectors", r#"{"prefix":"doc:","field":"e","dimension":3}"#);
+    assert_eq!(status, 201, "{index}");
+    assert_eq!(
+        (index["name"].as_str(), index["points"].as_u64(), index["skipped"].as_u64()),
+        (Some("doc:e"), Some(20), Some(2)),
+        "{index}"
+    );
+    assert!(index["last_skip"].as_str().unwrap().contains("doc:"), "{index}");
+    let search = |node: &Node, body: Value| {
+        let (status, answer) = node.request("POST", "/vectors/doc:e/search", &body.to_string());
+        assert_eq!(status, 200, "{answer}");
+        answer["neighbours"].as_array().unwrap().iter().map(|n| n["node"]["id"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    assert_eq!(search(&node, json!({"vector": [1.0, 0.0, 0.0], "k": 2})), ["doc:00", "doc:01"]);
+    assert_eq!(search(&node, json!({"vector": [0.0, 1.0, 0.0], "k": 1})), ["doc:19"]);
+    // Conditions narrow the neighbours.
+    assert_eq!(
+        search(&node, json!({"vector": [1.0, 0.0, 0.0], "k": 2, "where": [{"field": "n", "op": ">=", "value": 10}]})),
+        ["doc:10", "doc:11"]
+    );
+    // Later writes: a new nearest, a moved node, a delete.
+    put(&node, "doc:new", json!({"e": [0.0, 0.0, 1.0]}));
+    wait_until("the index takes doc:new", || search(&node, json!({"vector": [0.0, 0.0, 1.0], "k": 1})) == ["doc:new"]);
+    put(&node, "doc:19", json!({"e": [0.0, 0.1, 1.0]}));
+    assert_eq!(node.request("DELETE", "/nodes/doc:new", "").0, 200);
+    wait_until("the index follows the update and the delete", || search(&node, json!({"vector": [0.0, 0.0, 1.0], "k": 1})) == ["doc:19"]);
+    for (body, expected) in [
+        (json!({"vector": [1.0, 0.0]}), "2 components; this index takes 3"),
+        (json!({"vector": [1.0, 0.0, 0.0], "k": 0}), "out of range"),
+        (json!({"vector": [1.0, "x", 0.0]}), "not a vector search"),
+        (json!({"vector": [1.0, 0.0, 0.0], "where": [{"field": "n", "op": "~"}]}), "unknown operator"),
+    ] {
+        let (status, answer) = node.request("POST", "/vectors/doc:e/search", &body.to_string());
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(answer["error"].as_str().unwrap().contains(expected), "{expected:?} in {answer}");
+    }
+    assert_eq!(node.request("POST", "/vectors", r#"{"field":"e","dimension":0}"#).0, 400);
+    assert_eq!(node.request("POST", "/vectors", r#"{"field":"e","dimension":3,"metric":"manhattan"}"#).0, 400);
+    assert_eq!(node.request("POST", "/vectors/missing/search", r#"{"vector":[1]}"#).0, 404);
+    let (clean, stderr) = node.stop();
+    assert!(clean, "{stderr}");
+
+    // Built again from the store at start.
+    let node = Node::start_with(dir.path(), &["--no-network"]);
+    wait_until("the vector index is built at start", || {
+        let list = node.request("GET", "/vectors", "").1;
+        list[0]["building"] == false && list[0]["built_ms"].is_u64()
+    });
+    assert_eq!(node.request("GET", "/vectors", "").1[0]["points"], 20);
+    assert_eq!(search(&node, json!({"vector": [0.0, 0.0, 1.0], "k": 1})), ["doc:19"]);
+    assert_eq!(node.request("DELETE", "/vectors/doc:e", "").0, 200);
+    assert_eq!(node.request("POST", "/vectors/doc:e/search", r#"{"vector":[1,0,0]}"#).0, 404);
+    let (clean, stderr) = node.stop();
+    assert!(clean, "{stderr}");
 }

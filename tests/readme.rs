@@ -128,7 +128,14 @@ fn check_curl_answer(request: &str, out: &str) -> Result<(), String> {
                 "the OpenAPI document",
             )
         }
-        "PUT /nodes/user:dan" | "PUT /nodes/user:eve" => ok(json()?["op"].is_string(), "a receipt"),
+        "PUT /nodes/user:dan" | "PUT /nodes/user:eve" | "PUT /nodes/doc:1" | "PUT /nodes/doc:2" => {
+            ok(json()?["op"].is_string(), "a receipt")
+        }
+        "POST /vectors" => {
+            let index = json()?;
+            ok(index["name"] == "doc:embedding" && index["points"] == 2, "the vector index doc:embedding with both documents")
+        }
+        "POST /vectors/doc:embedding/search" => ok(json()?["neighbours"][0]["node"]["id"] == "doc:1", "doc:1 (cats), nearest [1, 0, 0]"),
         "POST /indexes?wait=true" => {
             let index = json()?;
             ok(index["name"] == "user:age" && index["state"] == "ready", "the index user:age, built")

@@ -152,7 +152,7 @@ fn a_node_without_the_network_secret_is_refused() {
 /// An index created on A answers queries over nodes written on B: B's
 /// writes from before the index (built over what A holds) and after it
 /// (kept as A applies B's operations, in the same transaction), B's
-/// updates and deletes included; back-links too.
+/// updates and deletes included; back-links and vector search too.
 #[test]
 fn an_index_on_one_node_answers_queries_over_data_written_on_the_other() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -188,6 +188,15 @@ fn an_index_on_one_node_answers_queries_over_data_written_on_the_other() {
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["plan"]["steps"][0]["index"], "#links", "{page}");
     assert_eq!(page["nodes"].as_array().unwrap().len(), 30, "{page}");
+    // A vector index on A finds vectors written on B, and follows B's update.
+    assert_eq!(a.request("POST", "/vectors", r#"{"prefix":"v:","field":"e","dimension":2}"#).0, 201);
+    assert_eq!(b.request("PUT", "/nodes/v:1", r#"{"e":[1.0,0.0]}"#).0, 200);
+    assert_eq!(b.request("PUT", "/nodes/v:2", r#"{"e":[0.0,1.0]}"#).0, 200);
+    let nearest =
+        |node: &Node| node.request("POST", "/vectors/v:e/search", r#"{"vector":[1.0,0.1],"k":1}"#).1["neighbours"][0]["node"]["id"].clone();
+    wait_until("A finds B's v:1 nearest", || nearest(&a) == "v:1");
+    assert_eq!(b.request("PUT", "/nodes/v:1", r#"{"e":[-1.0,0.0]}"#).0, 200);
+    wait_until("A follows B's update: v:2 is nearest", || nearest(&a) == "v:2");
     for node in [b, a] {
         assert!(node.stop().0);
     }

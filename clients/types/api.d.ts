@@ -89,7 +89,7 @@ export interface paths {
             cookie?: never;
         };
         /** The indexes, with the progress of those being built. */
-        get: operations["list"];
+        get: operations["list_indexes"];
         put?: never;
         /**
          * Creates an index and builds it over the stored nodes, a slice per
@@ -97,7 +97,7 @@ export interface paths {
          *     same transaction), local or replicated. Answers 202 at once (or, with
          *     `wait`, 201 once built); `GET /indexes/{name}` shows the progress.
          */
-        post: operations["create"];
+        post: operations["create_index"];
         delete?: never;
         options?: never;
         head?: never;
@@ -441,6 +441,66 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/vectors": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The vector indexes. */
+        get: operations["list_vector_indexes"];
+        put?: never;
+        /**
+         * Creates a vector index over a field holding f32 vectors of a fixed
+         *     dimension and builds it from the stored nodes; answers once built. It
+         *     then follows every write, local or replicated, and is built again from
+         *     the store at each start (`built_ms`).
+         */
+        post: operations["create_vector_index"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/vectors/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /** Drops a vector index. */
+        delete: operations["drop_vector_index"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/vectors/{name}/search": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * The k nodes nearest a vector, optionally only those under a prefix or
+         *     passing conditions, nearest first.
+         */
+        post: operations["vector_search"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -759,6 +819,20 @@ export interface components {
             field: string;
             /** @description The target node id. */
             to: string;
+        };
+        /** @description A neighbour. */
+        NeighbourDoc: {
+            /**
+             * Format: float
+             * @description Its distance to the query vector (see the index's metric).
+             */
+            distance: number;
+            /** @description The node. */
+            node: components["schemas"]["NodeDoc"];
+        };
+        /** @description The nearest nodes, nearest first. */
+        NeighboursDoc: {
+            neighbours: components["schemas"]["NeighbourDoc"][];
         };
         /** @description The node's network. */
         NetworkDoc: {
@@ -1192,6 +1266,63 @@ export interface components {
             /** @description `secret`, `allowlist` or `open`. */
             mode: string;
         };
+        /** @description A vector index and its state. */
+        VectorIndexDoc: {
+            /** @description Still reading the stored nodes (searches answer from what is in). */
+            building: boolean;
+            /**
+             * Format: int64
+             * @description How long building from the store took (at creation, or at the
+             *     node's start), in ms.
+             */
+            built_ms?: number | null;
+            /** @description The number of components of every vector. */
+            dimension: number;
+            /** @description The field (dot-separated path) that holds each node's vector. */
+            field: string;
+            /** @description Why the last of them was skipped. */
+            last_skip?: string | null;
+            /**
+             * @description `cosine` (1 - cosine similarity), `dot` (ln(1 + e^-(a·b)): larger
+             *     products are nearer) or `l2` (Euclidean).
+             */
+            metric: string;
+            /** @description Its name. */
+            name: string;
+            /** @description Vectors searches can find. */
+            points: number;
+            /** @description The nodes it covers: ids that start with this. */
+            prefix: string;
+            /**
+             * @description Nodes under the prefix whose field is not a list of `dimension`
+             *     finite numbers (not indexed).
+             */
+            skipped: number;
+        };
+        /** @description A k-nearest-neighbour search. */
+        VectorSearchDoc: {
+            /** @description How many neighbours, 1 to 1,000 (default 10). */
+            k?: number | null;
+            /** @description Only nodes whose id starts with this. */
+            prefix?: string;
+            /** @description The query vector (the index's dimension). */
+            vector: number[];
+            /** @description Only nodes that pass these conditions (as in `POST /query`). */
+            where?: components["schemas"]["ConditionDoc"][];
+        };
+        /** @description What to index. */
+        VectorSpecDoc: {
+            /** @description The number of components, 1 to 4,096. */
+            dimension: number;
+            /** @description The field that holds the vector (a list of numbers). */
+            field: string;
+            /** @description `cosine` (default), `dot` or `l2`. */
+            metric?: string | null;
+            /** @description A name (default: the prefix and the field). */
+            name?: string | null;
+            /** @description Index nodes whose id starts with this. */
+            prefix?: string;
+        };
     };
     responses: never;
     parameters: never;
@@ -1495,7 +1626,7 @@ export interface operations {
             };
         };
     };
-    list: {
+    list_indexes: {
         parameters: {
             query?: never;
             header?: never;
@@ -1550,7 +1681,7 @@ export interface operations {
             };
         };
     };
-    create: {
+    create_index: {
         parameters: {
             query?: {
                 /**
@@ -3415,6 +3546,299 @@ export interface operations {
                 headers: {
                     /** @description Seconds after which to retry */
                     "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+        };
+    };
+    list_vector_indexes: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VectorIndexDoc"][];
+                };
+            };
+            /** @description Bad request (on every route: a token in the URL; send it in the Authorization header) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The API token is missing or wrong: needed on every route when the node requires it */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The Host is not this node's (DNS rebinding), or the request comes from a web page of an origin not allowed */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+        };
+    };
+    create_vector_index: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VectorSpecDoc"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VectorIndexDoc"];
+                };
+            };
+            /** @description A bad spec (dimension, field, metric), a name in use, or too many vector indexes */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The API token is missing or wrong: needed on every route when the node requires it */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The Host is not this node's (DNS rebinding), or the request comes from a web page of an origin not allowed */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description A request from a web page with a body of a type any page may send unasked (text/plain, a form, none) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+        };
+    };
+    drop_vector_index: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Vector index name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VectorIndexDoc"];
+                };
+            };
+            /** @description Bad request (on every route: a token in the URL; send it in the Authorization header) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The API token is missing or wrong: needed on every route when the node requires it */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The Host is not this node's (DNS rebinding), or the request comes from a web page of an origin not allowed */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description A request from a web page with a body of a type any page may send unasked (text/plain, a form, none) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+        };
+    };
+    vector_search: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Vector index name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VectorSearchDoc"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NeighboursDoc"];
+                };
+            };
+            /** @description A vector of another dimension or with a component that is not a finite number, k out of range, a bad condition */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The API token is missing or wrong: needed on every route when the node requires it */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description The Host is not this node's (DNS rebinding), or the request comes from a web page of an origin not allowed */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description A request from a web page with a body of a type any page may send unasked (text/plain, a form, none) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDoc"];
+                };
+            };
+            /** @description An error the node did not expect (a store it cannot read, a bug); the node logs it */
+            500: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {

@@ -30,6 +30,7 @@ mod indexes;
 mod memory;
 mod stats;
 mod trust;
+mod vectors;
 mod watch;
 mod writer;
 
@@ -38,6 +39,7 @@ pub use indexes::BUILD_STEP_NODES;
 pub use memory::avoid_huge_pages;
 pub use stats::Stats;
 pub use trust::{stored_access_mode, stored_allowlist, AccessMode};
+pub use vectors::{VectorStatus, MAX_VECTOR_INDEXES, VECTORS_META_KEY};
 pub use watch::{Filter, Watch, WatchEvent, MAX_LIVE_QUERY_NODES};
 pub use writer::WriteKind;
 
@@ -185,12 +187,14 @@ impl Runtime {
                 watch_buffer: options.watch_buffer.max(1),
                 meta_lock: tokio::sync::Mutex::new(()),
                 link,
+                vectors: Default::default(),
             }),
         };
         // Builds a restart interrupted go on.
         for name in building {
             handle.spawn_build(name);
         }
+        handle.start_vectors();
         Ok(Self { handle, writer: Some(writer) })
     }
 
@@ -229,6 +233,8 @@ struct Inner {
     /// the access mode, the dialed addresses).
     meta_lock: tokio::sync::Mutex<()>,
     link: Option<Link>,
+    /// The vector indexes (in memory, following the change feed).
+    vectors: vectors::SharedVectors,
 }
 
 /// The handle's side of the network.

@@ -9,6 +9,7 @@ pub mod network;
 pub mod nodes;
 pub mod queries;
 pub mod rates;
+pub mod vectors;
 
 use crate::docs::*;
 use axum::Json;
@@ -34,6 +35,7 @@ untyped (415). GET /changes is a WebSocket of ChangeMessage documents."
         network::trust, network::trust_mode, network::trust_add, network::trust_remove,
         rates::rates,
         queries::list, queries::get_index, queries::create, queries::drop_index, queries::query,
+        vectors::list, vectors::create, vectors::drop_index, vectors::search,
     ),
     // OnError is the schema of `/import`'s `on_error` parameter: the
     // parameter refers to it by name, so it must be listed here.

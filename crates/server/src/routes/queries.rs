@@ -95,13 +95,13 @@ pub struct CreateQuery {
 }
 
 /// The indexes, with the progress of those being built.
-#[utoipa::path(get, path = "/indexes", tag = "queries", responses((status = 200, body = Vec<IndexDoc>)))]
+#[utoipa::path(get, path = "/indexes", operation_id = "list_indexes", tag = "queries", responses((status = 200, body = Vec<IndexDoc>)))]
 pub async fn list(State(state): State<ApiState>) -> Result<Json<Vec<IndexDoc>>, ApiError> {
     Ok(Json(state.handle.indexes()?.iter().map(IndexDoc::from).collect()))
 }
 
 /// One index.
-#[utoipa::path(get, path = "/indexes/{name}", tag = "queries", params(("name" = String, Path, description = "Index name")),
+#[utoipa::path(get, path = "/indexes/{name}", operation_id = "get_index", tag = "queries", params(("name" = String, Path, description = "Index name")),
     responses((status = 200, body = IndexDoc), (status = 404, body = ErrorDoc)))]
 pub async fn get_index(State(state): State<ApiState>, name: IdPath) -> Result<Json<IndexDoc>, ApiError> {
     let Path(name) = name.map_err(rejected)?;
@@ -114,7 +114,7 @@ pub async fn get_index(State(state): State<ApiState>, name: IdPath) -> Result<Js
 /// commit, while writes go on; every write keeps it from then on (in the
 /// same transaction), local or replicated. Answers 202 at once (or, with
 /// `wait`, 201 once built); `GET /indexes/{name}` shows the progress.
-#[utoipa::path(post, path = "/indexes", tag = "queries", params(CreateQuery), request_body = IndexSpecDoc,
+#[utoipa::path(post, path = "/indexes", operation_id = "create_index", tag = "queries", params(CreateQuery), request_body = IndexSpecDoc,
     responses((status = 201, description = "Created and built (with `wait`)", body = IndexDoc),
         (status = 202, description = "Created; the build goes on", body = IndexDoc),
         (status = 400, description = "A bad spec, an index of that name or over the same, or too many indexes", body = ErrorDoc),
@@ -147,7 +147,7 @@ pub async fn create(
 }
 
 /// Drops an index and its entries.
-#[utoipa::path(delete, path = "/indexes/{name}", tag = "queries", params(("name" = String, Path, description = "Index name")),
+#[utoipa::path(delete, path = "/indexes/{name}", operation_id = "drop_index", tag = "queries", params(("name" = String, Path, description = "Index name")),
     responses((status = 200, description = "The dropped index", body = IndexDoc), (status = 404, body = ErrorDoc)))]
 pub async fn drop_index(State(state): State<ApiState>, name: IdPath) -> Result<Json<IndexDoc>, ApiError> {
     let Path(name) = name.map_err(rejected)?;
@@ -263,7 +263,7 @@ fn access_doc(access: pluresdb_core::query::Access) -> AccessDoc {
 /// back-links) with conditions at each hop. Uses a ready index where one
 /// applies and scans otherwise; `plan` says which. Every node answered is
 /// checked against the conditions as the resolver presents it.
-#[utoipa::path(post, path = "/query", tag = "queries", request_body = QueryDoc,
+#[utoipa::path(post, path = "/query", operation_id = "query", tag = "queries", request_body = QueryDoc,
     responses((status = 200, body = QueryPageDoc),
         (status = 400, description = "What is wrong with the query: an unknown operator, an operand of the wrong type, a limit out of range, too many conditions, steps or values in a list, a query over 64 KiB, a sort without an index, a cursor from another query, a graph step that reaches over 100,000 nodes", body = ErrorDoc),
         (status = 413, body = ErrorDoc)))]
