@@ -57,8 +57,8 @@ const PREFLIGHT_MAX_AGE_S: &str = "600";
 #[derive(Clone, Copy, Debug)]
 pub struct LocalAddr(pub Option<SocketAddr>);
 
-impl Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for LocalAddr {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+impl Connected<axum::serve::IncomingStream<'_, crate::ApiListener>> for LocalAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::ApiListener>) -> Self {
         LocalAddr(stream.io().local_addr().ok())
     }
 }
