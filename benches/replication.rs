@@ -138,22 +138,6 @@ fn rss_bytes() -> anyhow::Result<u64> {
     Ok(pages * 4096)
 }
 
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "ok"
-    } else {
-        "MISSED"
-    }
-}
-
 /// A full node: replica, network engine and runtime.
 struct Node {
     runtime: Runtime,
@@ -414,7 +398,10 @@ async fn relayed_throughput() -> anyhow::Result<f64> {
 
 #[path = "support/baselines.rs"]
 mod baselines;
+#[path = "support/report.rs"]
+mod report;
 use baselines::{raw_quinn_rtt, raw_quinn_stream, raw_redb, value};
+use report::{ms, quantile, verdict};
 
 // ---- 2. latency ----------------------------------------------------------------
 

@@ -25,6 +25,9 @@
 
 #[path = "support/baselines.rs"]
 mod baselines;
+#[path = "support/report.rs"]
+mod report;
+use report::{ms, quantile, verdict};
 #[path = "support/http.rs"]
 mod http;
 
@@ -33,7 +36,6 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
@@ -54,7 +56,7 @@ struct Node {
     api: SocketAddr,
     /// Where peers reach it.
     listen: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Node {
@@ -80,11 +82,7 @@ impl Node {
         let started: Value = serde_json::from_str(&line).with_context(|| format!("{name}: no start line: {line:?}"))?;
         let api = started["api"].as_str().context("no api address")?.trim_start_matches("http://").parse()?;
         let listen = started["listen"].as_array().and_then(|l| l.first()).and_then(Value::as_str).context("no peer address")?.to_owned();
-        Ok(Node { child, api, listen, _dir: dir })
-    }
-
-    fn dir(&self) -> &Path {
-        self._dir.path()
+        Ok(Node { child, api, listen, dir })
     }
 
     fn rss_mib(&self) -> anyhow::Result<f64> {
@@ -101,7 +99,7 @@ impl Node {
     fn invite(&self) -> anyhow::Result<String> {
         let out = Command::new(env!("CARGO_BIN_EXE_pluresdb"))
             .args(["--json", "--data-dir"])
-            .arg(self.dir())
+            .arg(self.dir.path())
             .args(["invite", "--address", &self.listen])
             .output()?;
         if !out.status.success() {
@@ -218,22 +216,6 @@ async fn counters(node: &Node) -> anyhow::Result<Counters> {
     })
 }
 
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    sorted.get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1))).copied().unwrap_or_default()
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "ok"
-    } else {
-        "MISSED"
-    }
-}
-
 struct Latency {
     answered: Vec<Duration>,
     to_peer: Vec<Duration>,
@@ -324,10 +306,7 @@ async fn run() -> anyhow::Result<()> {
 
     println!("2. throughput: {throughput_records} records POSTed to A's /import ({IMPORT_BATCH} a request) until B holds them");
     let before = memory_records as u64;
-    let b_waits = {
-        let b_api = &b;
-        async move { wait_held(b_api, before + throughput_records as u64, Duration::from_secs(300), "B replicating").await }
-    };
+    let b_waits = wait_held(&b, before + throughput_records as u64, Duration::from_secs(300), "B replicating");
     let (imported, replicated) = tokio::join!(import(&a, "bulk", 0, throughput_records), b_waits);
     let (imported, replicated) = (imported?, replicated?);
     let import_rate = throughput_records as f64 / imported.as_secs_f64();
