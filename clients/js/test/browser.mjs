@@ -4,72 +4,18 @@
 // Prints one line `RESULT {json}` and exits 0 when the scenario's checks
 // hold; any failed check exits 1 with the reason. tests/browser.rs runs
 // every scenario in the README's test command.
-import { chromium } from "playwright-core";
-import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { isDeepStrictEqual } from "node:util";
 import { gzipSync } from "node:zlib";
+import { CheckFailed, check, runScenario, startChromium, STEP_MS } from "./chromium.mjs";
 import { serve } from "./serve.mjs";
 
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
-const STEP_MS = 60_000;
 const pkg = resolve(dirname(fileURLToPath(import.meta.url)), "..");
-
-class CheckFailed extends Error {}
-function check(condition, message) {
-  if (!condition) throw new CheckFailed(message);
-}
-
-/** Starts Chromium on `profile` and connects to it; `kill()` ends it with
- * SIGKILL, as a crash or a power cut would. */
-async function startChromium(profile) {
-  const args = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--remote-debugging-port=0",
-    // WebRTC between pages of this one machine: loopback candidates, and
-    // plain addresses rather than mDNS names nothing here resolves.
-    "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns", `--user-data-dir=${profile}`, "about:blank",
-  ];
-  // Its own process group, so that a kill ends the renderers too.
-  const child = spawn(CHROMIUM, args, { stdio: ["ignore", "ignore", "pipe"], detached: true });
-  const killAll = () => {
-    try {
-      process.kill(-child.pid, "SIGKILL");
-    } catch {
-      // Already gone.
-    }
-  };
-  const endpoint = await new Promise((ok, fail) => {
-    let seen = "";
-    const timer = setTimeout(() => fail(new Error(`chromium did not start within ${STEP_MS} ms:\n${seen}`)), STEP_MS);
-    child.stderr.on("data", (chunk) => {
-      seen += chunk;
-      const match = /DevTools listening on (ws:\/\/\S+)/.exec(seen);
-      if (match) {
-        clearTimeout(timer);
-        ok(match[1]);
-      }
-    });
-    child.on("exit", (code) => fail(new Error(`chromium exited (${code}) before listening:\n${seen}`)));
-  });
-  const browser = await chromium.connectOverCDP(endpoint, { timeout: STEP_MS });
-  const exited = child.exitCode !== null ? Promise.resolve() : new Promise((ok) => child.on("exit", ok));
-  return {
-    browser,
-    async kill() {
-      killAll();
-      await exited;
-    },
-    async close() {
-      await browser.close().catch(() => {});
-      killAll();
-      await exited;
-    },
-  };
-}
+/** WebRTC between pages of this one machine: loopback candidates, and
+ * plain addresses rather than mDNS names nothing here resolves. */
+const CHROMIUM_ARGS = ["--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns"];
 
 /** A page of `context` on the test page, with the package loaded. */
 async function openPage(context, base) {
@@ -167,7 +113,7 @@ const scenarios = {
       return acked + 300;
     });
     await c.kill();
-    const again = await startChromium(profile);
+    const again = await startChromium(profile, CHROMIUM_ARGS);
     try {
       const page2 = await openPage(again.browser.contexts()[0], base);
       const count = await page2.evaluate(async () => {
@@ -177,7 +123,7 @@ const scenarios = {
       check(count === acked, `${acked} writes were acknowledged before the kill; ${count} came back`);
       return { acknowledged: acked, after_restart: count };
     } finally {
-      await again.close();
+      await again.kill();
     }
   },
 
@@ -369,12 +315,13 @@ const scenarios = {
       check(Date.now() < deadline, "the node still lists page b after it disconnected");
       await new Promise((ok) => setTimeout(ok, 50));
     }
+    // While b is away no attempt can link (the node drops a's offers), so
+    // attempts end at a short deadline and are retried often.
     const failed = await a.evaluate(async (peer) => {
-      db.peerRetry = { ...db.peerRetry, attemptTimeoutMs: 2000, firstDelayMs: 200, maxAttempts: 50 };
+      await waitFor(async () => !(await db.pages()).includes(peer), "b gone from the node's list of pages");
+      db.peerRetry = { ...db.peerRetry, attemptTimeoutMs: 500, firstDelayMs: 100, maxDelayMs: 400, maxAttempts: 50 };
       window.linking = db.connectPeer(peer);
       await waitFor(async () => (await db.status()).direct[peer]?.last_error != null, "a's first attempt to fail");
-      // Later attempts get time enough on a loaded machine.
-      db.peerRetry.attemptTimeoutMs = 60000;
       return (await db.status()).direct[peer];
     }, bId);
     check(failed.state === "retrying" && /not linked within/.test(failed.last_error), `a's first attempt: ${JSON.stringify(failed)}`);
@@ -383,6 +330,11 @@ const scenarios = {
       await waitFor(async () => (await db.status()).link.state === "connected", "b's link again");
     }, args);
     const linked = await a.evaluate(async (peer) => {
+      // Once the node says b is back, attempts get time enough to link on
+      // a loaded machine (one already under way may still end early and
+      // be retried).
+      await waitFor(async () => (await db.pages()).includes(peer), "b announced by the node again");
+      db.peerRetry.attemptTimeoutMs = 60000;
       await window.linking;
       return (await db.status()).direct[peer];
     }, bId);
@@ -442,7 +394,9 @@ const scenarios = {
     const page = await openPage(c.browser.contexts()[0], base);
     const failed = await page.evaluate(async ({ url, ticket }) => {
       window.db = await pluresdb.open("rtc-fallback");
-      db.peerRetry = { ...db.peerRetry, attemptTimeoutMs: 3000, firstDelayMs: 200 };
+      // No attempt can connect here whatever its deadline (no candidate
+      // can be gathered), so a short one only ends them sooner.
+      db.peerRetry = { ...db.peerRetry, attemptTimeoutMs: 500, firstDelayMs: 100 };
       db.iceTransportPolicy = "relay";
       db.connect(url, ticket);
       await waitFor(async () => (await db.status()).link.state === "connected", "the WebSocket link");
@@ -598,27 +552,10 @@ const scenarios = {
   },
 };
 
-const [name, ...rest] = process.argv.slice(2);
-const scenario = scenarios[name];
-if (!scenario) {
-  console.error(`unknown scenario ${name}; known: ${Object.keys(scenarios).join(", ")}`);
-  process.exit(2);
-}
-const args = Object.fromEntries(rest.map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]));
-const profile = mkdtempSync(join(tmpdir(), "pluresdb-chromium-"));
-const server = await serve();
-let c;
-let code = 0;
-try {
-  c = await startChromium(profile);
-  const result = await scenario({ chromium: c, base: server.url, profile, args });
-  console.log(`RESULT ${JSON.stringify({ scenario: name, ...result })}`);
-} catch (err) {
-  console.error(err instanceof CheckFailed ? `check failed: ${err.message}` : err);
-  code = 1;
-} finally {
-  await c?.close().catch(() => {});
-  server.close();
-  rmSync(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
-}
-process.exit(code);
+await runScenario(scenarios, {
+  chromiumArgs: CHROMIUM_ARGS,
+  setup: async () => {
+    const server = await serve();
+    return { base: server.url, close: server.close };
+  },
+});

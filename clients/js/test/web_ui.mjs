@@ -5,61 +5,15 @@
 // Prints one line `RESULT {json}` and exits 0 when the scenario's checks
 // hold; a failed check exits 1 with the reason. tests/web_ui.rs starts the
 // node and runs each scenario.
-import { chromium } from "playwright-core";
-import { spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { spawnSync } from "node:child_process";
 import { readFile, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { isDeepStrictEqual } from "node:util";
 import { gzipSync } from "node:zlib";
+import { CheckFailed, check, runScenario, STEP_MS } from "./chromium.mjs";
 
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
-const STEP_MS = 60_000;
 /** The issue's budget for the first load, gzipped. */
 const FIRST_LOAD_BUDGET = 300 * 1024;
-
-class CheckFailed extends Error {}
-function check(condition, message) {
-  if (!condition) throw new CheckFailed(message);
-}
-
-/** Starts Chromium on a fresh profile and connects to it. */
-async function startChromium(profile) {
-  const args = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--remote-debugging-port=0", `--user-data-dir=${profile}`, "about:blank",
-  ];
-  // Its own process group, so that closing it ends the renderers too.
-  const child = spawn(CHROMIUM, args, { stdio: ["ignore", "ignore", "pipe"], detached: true });
-  const exited = new Promise((ok) => child.on("exit", ok));
-  const endpoint = await new Promise((ok, fail) => {
-    let seen = "";
-    const timer = setTimeout(() => fail(new Error(`chromium did not start within ${STEP_MS} ms:\n${seen}`)), STEP_MS);
-    child.stderr.on("data", (chunk) => {
-      seen += chunk;
-      const match = /DevTools listening on (ws:\/\/\S+)/.exec(seen);
-      if (match) {
-        clearTimeout(timer);
-        ok(match[1]);
-      }
-    });
-    child.on("exit", (code) => fail(new Error(`chromium exited (${code}) before listening:\n${seen}`)));
-  });
-  const browser = await chromium.connectOverCDP(endpoint, { timeout: STEP_MS });
-  return {
-    browser,
-    async close() {
-      await browser.close().catch(() => {});
-      try {
-        process.kill(-child.pid, "SIGKILL");
-      } catch {
-        // Already gone.
-      }
-      await exited;
-    },
-  };
-}
 
 /** A page on the UI that records console errors and uncaught exceptions. */
 async function openUi(context, base, hash, problems) {
@@ -566,25 +520,4 @@ const scenarios = {
   },
 };
 
-const [name, ...rest] = process.argv.slice(2);
-const scenario = scenarios[name];
-if (!scenario) {
-  console.error(`unknown scenario ${name}; known: ${Object.keys(scenarios).join(", ")}`);
-  process.exit(2);
-}
-const args = Object.fromEntries(rest.map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]));
-const profile = mkdtempSync(join(tmpdir(), "pluresdb-ui-chromium-"));
-let c;
-let code = 0;
-try {
-  c = await startChromium(profile);
-  const result = await scenario({ browser: c.browser, base: `http://${args.api}`, args });
-  console.log(`RESULT ${JSON.stringify({ scenario: name, ...result })}`);
-} catch (err) {
-  console.error(err instanceof CheckFailed ? `check failed: ${err.message}` : err);
-  code = 1;
-} finally {
-  await c?.close().catch(() => {});
-  rmSync(profile, { recursive: true, force: true });
-}
-process.exit(code);
+await runScenario(scenarios, { setup: async (args) => ({ base: `http://${args.api}` }) });
