@@ -273,6 +273,33 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Steps over the next item, however nested, without building it:
+    /// for finding one field of an encoded record. Iterative (no depth
+    /// limit is needed) and bounded by the bytes left, since every item
+    /// still to be read takes at least one of them.
+    pub fn skip(&mut self) -> Result<(), Unreadable> {
+        let mut pending: u64 = 1;
+        while pending > 0 {
+            pending -= 1;
+            let (major, info, arg) = self.head()?;
+            match major {
+                UNSIGNED | NEGATIVE => {}
+                BYTES | TEXT => {
+                    self.take(usize::try_from(arg).map_err(|_| Unreadable)?)?;
+                }
+                ARRAY => pending = pending.checked_add(arg).ok_or(Unreadable)?,
+                MAP => pending = arg.checked_mul(2).and_then(|items| pending.checked_add(items)).ok_or(Unreadable)?,
+                // Simple values and floats: the head held all of it.
+                0xe0 if matches!(info, 20..=22 | 26 | 27) => {}
+                _ => return Err(Unreadable),
+            }
+            if pending > (self.bytes.len() - self.pos) as u64 {
+                return Err(Unreadable);
+            }
+        }
+        Ok(())
+    }
+
     /// Reads a JSON value.
     pub fn value(&mut self) -> Result<Value, Unreadable> {
         self.value_at(0)
@@ -383,6 +410,27 @@ mod tests {
         }
 
         #[test]
+        fn skip_steps_over_exactly_what_value_reads(v in arb_json(), tail in proptest::collection::vec(any::<u8>(), 0..4)) {
+            let mut bytes = ours(&v);
+            let end = bytes.len();
+            bytes.extend(tail);
+            let mut reader = Reader::new(&bytes);
+            reader.skip().unwrap();
+            prop_assert_eq!(reader.pos, end);
+        }
+
+        #[test]
+        fn skip_gives_up_where_value_does(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            // Never a panic; whatever `value` reads, `skip` steps over the same bytes.
+            let mut read = Reader::new(&bytes);
+            let mut skipped = Reader::new(&bytes);
+            if read.value().is_ok() {
+                prop_assert!(skipped.skip().is_ok());
+                prop_assert_eq!(read.pos, skipped.pos);
+            }
+        }
+
+        #[test]
         fn the_reader_agrees_with_serde_or_gives_up(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             // Never a panic; never a different answer from serde's.
             if let Ok(v) = Reader::new(&bytes).value() {
@@ -399,5 +447,12 @@ mod tests {
         assert!(Reader::new(&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).value().is_err());
         assert!(Reader::new(&[0x7a, 0xff, 0xff, 0xff, 0xff, b'a']).value().is_err());
         assert!(Reader::new(&[0x81; 10_000]).value().is_err());
+        // Skipping needs no depth bound, but claims beyond the bytes left fail at once.
+        assert!(Reader::new(&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).skip().is_err());
+        assert!(Reader::new(&[0xbb, 0x80, 0, 0, 0, 0, 0, 0, 0]).skip().is_err());
+        assert!(Reader::new(&[0x81; 10_000]).skip().is_err());
+        let mut nested = vec![0x81; 10_000];
+        nested.push(0xf6);
+        assert!(Reader::new(&nested).skip().is_ok());
     }
 }

@@ -1386,6 +1386,12 @@ impl<S: Store> Database<S> {
     pub fn ops_after(&self, origin: &str, after_seq: u64, limit: usize) -> Result<Vec<OperationWithMetadata>, Error> {
         self.store.ops_after(origin, after_seq, limit)
     }
+
+    /// What [`ops_after`](Self::ops_after) reads, appended to `out` as the
+    /// op log holds it, undecoded (see [`Store::op_bodies_after`]).
+    pub fn op_bodies_after(&self, origin: &str, after_seq: u64, limit: usize, out: &mut crate::store::EncodedOps) -> Result<(), Error> {
+        self.store.op_bodies_after(origin, after_seq, limit, out)
+    }
 }
 
 /// For an update, the values it replaces: in each field it writes, the

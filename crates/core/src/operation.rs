@@ -169,6 +169,9 @@ struct NamedOperation<I, T, S, D, V, P> {
     signature: Option<OpSignature>,
 }
 
+/// The first byte of every op-log body: the head of a 7-item array.
+const BODY_HEAD: u8 = 0x87;
+
 /// The binary form: `[origin, seq, type, node_id, data, timestamp, supersedes, prev, signature]`.
 type CompactOperation<A, S, D, P> = (A, u64, u8, S, D, Hlc, P, OpDigest, Option<OpSignature>);
 
@@ -282,6 +285,48 @@ impl OperationWithMetadata {
             (Some(signature), true) => cbor::bytes(out, &signature.0),
             _ => cbor::null(out),
         }
+    }
+
+    /// Appends the compact form of the operation `id` whose op-log body
+    /// is `body` (what [`encode_body`](Self::encode_body) wrote, as a store
+    /// returns it), without decoding it: the compact form is the body with
+    /// the id in front, so a sender passes stored operations on as they
+    /// are. A body in another shape is decoded and encoded again; one that
+    /// cannot be decoded is an error and nothing is appended.
+    pub fn encode_compact_from_body(id: &OpId, body: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+        match body.split_first() {
+            Some((&BODY_HEAD, fields)) => {
+                crate::cbor::array(out, 9);
+                crate::cbor::text(out, &id.origin);
+                crate::cbor::unsigned(out, id.seq);
+                out.extend_from_slice(fields);
+            }
+            _ => Self::decode_body(id.clone(), body)?.encode_compact(out),
+        }
+        Ok(())
+    }
+
+    /// The length [`encode_compact_from_body`](Self::encode_compact_from_body)
+    /// appends for a body in the usual shape.
+    pub fn compact_len_from_body(id: &OpId, body: &[u8]) -> usize {
+        1 + text_len(&id.origin) + head_len(id.seq) + body.len().saturating_sub(1)
+    }
+
+    /// Whether the op-log body `body` carries a signature (its last field),
+    /// found without decoding the rest; `None` when it is not a body.
+    pub fn body_is_signed(body: &[u8]) -> Option<bool> {
+        let mut reader = crate::cbor::Reader::new(body);
+        if reader.array().ok()? != 7 {
+            return None;
+        }
+        for _ in 0..6 {
+            reader.skip().ok()?;
+        }
+        let signed = !reader.null();
+        if signed {
+            reader.bytes().ok()?;
+        }
+        reader.is_done().then_some(signed)
     }
 
     /// Decodes what [`encode_body`](Self::encode_body) wrote, with the id
@@ -786,6 +831,33 @@ mod tests {
                 op.encode_compact(&mut bytes);
                 assert_eq!(op.encoded_len(), bytes.len(), "{op:?}");
             }
+        }
+    }
+
+    #[test]
+    fn a_stored_body_is_sent_as_the_operation_would_be_encoded() {
+        let values = [json!({}), json!({"a": [1, -1, "x", null, {"#": "u:2"}], "s": "y".repeat(300), "f": [0.5, 1e300]})];
+        for (i, data) in values.into_iter().enumerate() {
+            let mut op = update("origin", 1 + i as u64 * 70_000, data, vec![("a", vec![OpId::new("other", 3)])]);
+            op.prev = OpDigest([5; 32]);
+            for signature in [None, Some(OpSignature([0xf6; 64])), Some(OpSignature([0x58; 64]))] {
+                op.signature = signature;
+                let mut body = Vec::new();
+                op.encode_body(&mut body);
+                assert_eq!(OperationWithMetadata::body_is_signed(&body), Some(signature.is_some()));
+                let (mut direct, mut expected) = (Vec::new(), Vec::new());
+                OperationWithMetadata::encode_compact_from_body(&op.id, &body, &mut direct).unwrap();
+                op.encode_compact(&mut expected);
+                assert_eq!(direct, expected);
+                assert_eq!(OperationWithMetadata::compact_len_from_body(&op.id, &body), expected.len());
+            }
+        }
+        // Not a body: refused, nothing appended.
+        let mut out = vec![1];
+        assert!(OperationWithMetadata::encode_compact_from_body(&OpId::new("o", 1), &[0x86, 0], &mut out).is_err());
+        assert_eq!(out, [1]);
+        for junk in [&[][..], &[0x87], &[0x87, 0, 0, 0, 0, 0, 0, 0xf6, 0], &[0x80]] {
+            assert_eq!(OperationWithMetadata::body_is_signed(junk), None, "{junk:?}");
         }
     }
 

@@ -67,15 +67,25 @@ impl EncodedOps {
         digest
     }
 
-    /// Appends an operation already encoded (by this type) as `body`.
-    pub(crate) fn push_encoded(&mut self, id: &OpId, body: &[u8]) {
+    /// Appends an operation already encoded as `body` (by this type, or
+    /// read back from a store's op log).
+    pub fn push_encoded(&mut self, id: &OpId, body: &[u8]) {
         self.bytes.extend_from_slice(body);
         self.ids.push(id.clone());
         self.ends.push(self.bytes.len());
     }
 
+    /// Keeps the first `len` operations.
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.ids.len() {
+            self.ids.truncate(len);
+            self.ends.truncate(len);
+            self.bytes.truncate(self.ends.last().copied().unwrap_or(0));
+        }
+    }
+
     /// The `i`-th operation's id and body.
-    pub(crate) fn get(&self, i: usize) -> Option<(&OpId, &[u8])> {
+    pub fn get(&self, i: usize) -> Option<(&OpId, &[u8])> {
         let id = self.ids.get(i)?;
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
         Some((id, &self.bytes[start..self.ends[i]]))
@@ -173,6 +183,16 @@ pub trait Store {
     /// for, so it must not scan other origins' operations.
     fn ops_after(&self, origin: &str, after_seq: u64, limit: usize) -> Result<Vec<OperationWithMetadata>, Error>;
 
+    /// Appends to `out` what [`ops_after`](Self::ops_after) reads, as the
+    /// op log holds it (each operation's body, undecoded): what a sender
+    /// passes on. Stores that keep bodies return them as they are.
+    fn op_bodies_after(&self, origin: &str, after_seq: u64, limit: usize, out: &mut EncodedOps) -> Result<(), Error> {
+        for op in self.ops_after(origin, after_seq, limit)? {
+            out.push(&op);
+        }
+        Ok(())
+    }
+
     /// Reads the operations `ids`, in the same order.
     fn ops(&self, ids: &[OpId]) -> Result<Vec<Option<OperationWithMetadata>>, Error>;
 
@@ -233,6 +253,9 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     fn ops_after(&self, origin: &str, after_seq: u64, limit: usize) -> Result<Vec<OperationWithMetadata>, Error> {
         (**self).ops_after(origin, after_seq, limit)
+    }
+    fn op_bodies_after(&self, origin: &str, after_seq: u64, limit: usize, out: &mut EncodedOps) -> Result<(), Error> {
+        (**self).op_bodies_after(origin, after_seq, limit, out)
     }
     fn ops(&self, ids: &[OpId]) -> Result<Vec<Option<OperationWithMetadata>>, Error> {
         (**self).ops(ids)
@@ -313,6 +336,15 @@ impl Store for MemoryStore {
             .enumerate()
             .map(|(i, body)| OperationWithMetadata::decode_body(OpId { origin: origin.clone(), seq: (start + i + 1) as u64 }, body))
             .collect()
+    }
+
+    fn op_bodies_after(&self, origin: &str, after_seq: u64, limit: usize, out: &mut EncodedOps) -> Result<(), Error> {
+        let Some((origin, log)) = self.ops.get_key_value(origin) else { return Ok(()) };
+        let start = usize::try_from(after_seq).unwrap_or(usize::MAX).min(log.len());
+        for (i, body) in log[start..].iter().take(limit).enumerate() {
+            out.push_encoded(&OpId { origin: origin.clone(), seq: (start + i + 1) as u64 }, body);
+        }
+        Ok(())
     }
 
     fn ops(&self, ids: &[OpId]) -> Result<Vec<Option<OperationWithMetadata>>, Error> {

@@ -25,7 +25,7 @@
 //! [`DATA_FILE`], and is locked against a second process.
 
 use pluresdb_core::{
-    Error, Hlc, IndexRange, NodeRecord, OpId, OperationWithMetadata, Stamp, StorageFault, Store, VersionVector, WriteBatch,
+    EncodedOps, Error, Hlc, IndexRange, NodeRecord, OpId, OperationWithMetadata, Stamp, StorageFault, Store, VersionVector, WriteBatch,
 };
 use redb::{Database as Redb, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::collections::BTreeMap;
@@ -188,6 +188,45 @@ const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
 
 impl RedbStore {
+    /// Collects into a `T` what `visit` takes of each of `origin`'s
+    /// operations after `after_seq` (given its segment and index there),
+    /// in order, at most `limit` of them. A read retried after a fault
+    /// starts again from an empty `T`.
+    fn visit_op_log<T: Default>(
+        &self,
+        origin: &str,
+        after_seq: u64,
+        limit: usize,
+        visit: impl Fn(&mut T, &Segment<'_>, usize) -> Result<(), Error>,
+    ) -> Result<T, Error> {
+        self.reading(|db| {
+            let mut out = T::default();
+            let Some(first) = after_seq.checked_add(1) else { return Ok(out) };
+            let txn = db.begin_read().map_err(fail("begin read"))?;
+            let table = txn.open_table(OPS).map_err(fail("open op log"))?;
+            // Start at the segment that holds `first` (or the next one).
+            let start = match table.range((origin, 0)..=(origin, first)).map_err(fail("read op log"))?.next_back() {
+                Some(entry) => entry.map_err(fail("read op log"))?.0.value().1,
+                None => first,
+            };
+            let mut visited = 0;
+            for entry in table.range((origin, start)..=(origin, u64::MAX)).map_err(fail("read op log"))? {
+                let (key, bytes) = entry.map_err(fail("read op log"))?;
+                let segment_first = key.value().1;
+                let segment = Segment::parse(origin, segment_first, bytes.value())?;
+                let skip = usize::try_from(first.saturating_sub(segment_first)).unwrap_or(usize::MAX);
+                for i in skip..segment.len() {
+                    if visited == limit {
+                        return Ok(out);
+                    }
+                    visit(&mut out, &segment, i)?;
+                    visited += 1;
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// Opens the store in data directory `dir`, creating the directory and
     /// an empty database if there are none. Never overwrites or truncates an
     /// existing file: a file that is not a valid database is an error.
@@ -449,30 +488,23 @@ impl Store for RedbStore {
     }
 
     fn ops_after(&self, origin: &str, after_seq: u64, limit: usize) -> Result<Vec<OperationWithMetadata>, Error> {
-        self.reading(|db| {
-            let Some(first) = after_seq.checked_add(1) else { return Ok(Vec::new()) };
-            let txn = db.begin_read().map_err(fail("begin read"))?;
-            let table = txn.open_table(OPS).map_err(fail("open op log"))?;
-            // Start at the segment that holds `first` (or the next one).
-            let start = match table.range((origin, 0)..=(origin, first)).map_err(fail("read op log"))?.next_back() {
-                Some(entry) => entry.map_err(fail("read op log"))?.0.value().1,
-                None => first,
-            };
-            let mut out = Vec::new();
-            for entry in table.range((origin, start)..=(origin, u64::MAX)).map_err(fail("read op log"))? {
-                let (key, bytes) = entry.map_err(fail("read op log"))?;
-                let segment_first = key.value().1;
-                let segment = Segment::parse(origin, segment_first, bytes.value())?;
-                let skip = usize::try_from(first.saturating_sub(segment_first)).unwrap_or(usize::MAX);
-                for i in skip..segment.len() {
-                    if out.len() == limit {
-                        return Ok(out);
-                    }
-                    out.push(segment.op(i)?);
-                }
-            }
-            Ok(out)
+        self.visit_op_log(origin, after_seq, limit, |out: &mut Vec<_>, segment, i| {
+            out.push(segment.op(i)?);
+            Ok(())
         })
+    }
+
+    fn op_bodies_after(&self, origin: &str, after_seq: u64, limit: usize, out: &mut EncodedOps) -> Result<(), Error> {
+        let read: EncodedOps = self.visit_op_log(origin, after_seq, limit, |read: &mut EncodedOps, segment, i| {
+            read.push_encoded(&segment.id(i), segment.body(i)?);
+            Ok(())
+        })?;
+        if out.is_empty() {
+            *out = read;
+        } else {
+            read.iter().for_each(|(id, body)| out.push_encoded(id, body));
+        }
+        Ok(())
     }
 
     fn ops(&self, ids: &[OpId]) -> Result<Vec<Option<OperationWithMetadata>>, Error> {
@@ -768,6 +800,14 @@ mod tests {
         assert_eq!(db.ops_after("p", 0, usize::MAX).unwrap(), log);
         assert_eq!(db.ops_after("p", 49, 10).unwrap().len(), 3);
         assert_eq!(db.ops_after("p", u64::MAX, 10).unwrap().len(), 0);
+        // The op log's bodies as stored are those operations, encoded.
+        for (after, limit) in [(0, usize::MAX), (49, 10), (17, 5), (u64::MAX, 10)] {
+            let mut stored = pluresdb_core::EncodedOps::new();
+            db.op_bodies_after("p", after, limit, &mut stored).unwrap();
+            let mut expected = pluresdb_core::EncodedOps::new();
+            db.ops_after("p", after, limit).unwrap().iter().for_each(|op| expected.push(op));
+            assert_eq!(stored.iter().collect::<Vec<_>>(), expected.iter().collect::<Vec<_>>(), "after {after}, {limit}");
+        }
         assert!(db.get("user:008").unwrap().is_none());
         assert_eq!(
             db.get("user:007").unwrap().unwrap().value,

@@ -91,6 +91,11 @@ impl<'a> Segment<'a> {
         self.body.get(start..self.end(i)).ok_or_else(|| corrupt("offset outside the body"))
     }
 
+    /// The id of the `i`-th operation.
+    pub fn id(&self, i: usize) -> OpId {
+        OpId { origin: self.origin.clone(), seq: self.first + i as u64 }
+    }
+
     /// Decodes the `i`-th operation.
     pub fn op(&self, i: usize) -> Result<OperationWithMetadata, Error> {
         if i >= self.len() {

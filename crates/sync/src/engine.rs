@@ -8,7 +8,8 @@ use crate::status::{ForkEvent, ForkStatus, PeerSyncStatus, SyncStatus, Traffic};
 use crate::store_health::{StoreEvent, StoreHealth, StoreStatus};
 use pluresdb_core::codec;
 use pluresdb_core::{
-    Database, Fork, ForkOutcome, KeepAll, MemoryStore, OperationWithMetadata, Receipt, ReceivedOp, Store, VersionVector, SIGN_EVERY,
+    Database, EncodedOps, Fork, ForkOutcome, KeepAll, MemoryStore, OpId, OperationWithMetadata, Receipt, ReceivedOp, Store, VersionVector,
+    SIGN_EVERY,
 };
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -857,21 +858,28 @@ impl<S: Store> DataSyncEngine<S> {
             // need not send those back.
             let holds = self.db.version_vector();
             let mut version_vector = VersionVector::new();
-            for op in &batch {
+            for (id, _) in batch.iter() {
                 if version_vector.len() < MAX_VECTOR_ENTRIES {
-                    version_vector.advance(&op.id.origin, holds.get(&op.id.origin));
+                    version_vector.advance(&id.origin, holds.get(&id.origin));
                 }
             }
+            // The stored bodies go out as they are, never decoded here.
+            let bytes = match SyncMessage::encode_stored_data_sync(self.db.peer_id(), &batch, &version_vector) {
+                Ok(bytes) => bytes,
+                Err(err) => {
+                    self.record_error(peer, &SyncError::Storage(err));
+                    return;
+                }
+            };
             let state = self.peer_mut(peer);
-            for op in &batch {
-                state.sent.advance(&op.id.origin, op.id.seq);
+            for (id, _) in batch.iter() {
+                state.sent.advance(&id.origin, id.seq);
             }
             state.traffic.ops_sent += batch.len() as u64;
             if state.in_flight_since_ms.is_none() {
                 state.in_flight_since_ms = Some(now_ms);
             }
-            let message = SyncMessage::DataSync { from_peer: self.db.peer_id().to_owned(), operations: batch, version_vector };
-            self.send(peer, &message);
+            self.send_bytes(peer, bytes);
         }
         // The peer's round is answered once everything it lacked is sent.
         let Some(state) = self.peers.get_mut(peer) else { return };
@@ -899,53 +907,61 @@ impl<S: Store> DataSyncEngine<S> {
     /// is extended to the next one, up to [`MAX_BATCH_BYTES`] and `limit`.
     /// A batch sent without either would be held back by the receiver and
     /// sent again forever.
-    fn next_batch(&self, missing: Vec<(String, u64)>, limit: usize) -> Result<Vec<OperationWithMetadata>, pluresdb_core::Error> {
+    fn next_batch(&self, missing: Vec<(String, u64)>, limit: usize) -> Result<EncodedOps, pluresdb_core::Error> {
         let held = self.db.version_vector();
-        let closes = |op: &OperationWithMetadata| op.signature.is_some() || op.id.seq == held.get(&op.id.origin);
-        let mut batch: Vec<OperationWithMetadata> = Vec::new();
+        let is_head = |id: &OpId| id.seq == held.get(&id.origin);
+        let signed = |body: &[u8]| OperationWithMetadata::body_is_signed(body) == Some(true);
+        let mut batch = EncodedOps::new();
         let mut bytes = 0usize;
-        let full = |batch: &Vec<OperationWithMetadata>, bytes: usize| batch.len() >= limit || bytes >= BATCH_BYTE_BUDGET;
+        let full = |batch: &EncodedOps, bytes: usize| batch.len() >= limit || bytes >= BATCH_BYTE_BUDGET;
+        let mut read = EncodedOps::new();
         for (origin, after) in missing {
             if full(&batch, bytes) {
                 break;
             }
-            for op in self.db.ops_after(&origin, after, limit - batch.len())? {
+            read.truncate(0);
+            self.db.op_bodies_after(&origin, after, limit - batch.len(), &mut read)?;
+            for (id, body) in read.iter() {
                 if full(&batch, bytes) {
                     break;
                 }
-                bytes += op.encoded_len();
-                batch.push(op);
+                bytes += OperationWithMetadata::compact_len_from_body(id, body);
+                batch.push_encoded(id, body);
             }
         }
         if !full(&batch, bytes) {
             // Every origin in it ran to this replica's head.
             return Ok(batch);
         }
-        if batch.iter().any(|op| op.signature.is_some()) {
-            if let Some(end) = batch.iter().rposition(closes) {
-                batch.truncate(end + 1);
-                return Ok(batch);
-            }
+        // Cut back to the last operation that closes the batch (signed, or
+        // its origin's head), found from the end: in a signed network one
+        // is a few operations back.
+        let last_signed = (0..batch.len()).rev().find(|&i| batch.get(i).is_some_and(|(_, body)| signed(body)));
+        if let Some(signed_at) = last_signed {
+            let end = (signed_at..batch.len()).rev().find(|&i| batch.get(i).is_some_and(|(id, _)| is_head(id))).unwrap_or(signed_at);
+            batch.truncate(end + 1);
+            return Ok(batch);
         }
         // No signed operation: an unsigned network (nothing to cut for), or
         // one origin's unsigned run: extend it to its next signed operation.
-        let Some(last) = batch.last() else { return Ok(batch) };
-        let (origin, mut after) = (last.id.origin.clone(), last.id.seq);
-        while batch.len() < limit && batch.last().is_some_and(|op| !closes(op)) {
-            let more = self.db.ops_after(&origin, after, (limit - batch.len()).min(16))?;
-            if more.is_empty() {
+        let closes = |id: &OpId, body: &[u8]| is_head(id) || signed(body);
+        let Some((last, _)) = batch.get(batch.len().wrapping_sub(1)) else { return Ok(batch) };
+        let (origin, mut after) = (last.origin.clone(), last.seq);
+        while batch.len() < limit && batch.get(batch.len() - 1).is_some_and(|(id, body)| !closes(id, body)) {
+            read.truncate(0);
+            self.db.op_bodies_after(&origin, after, (limit - batch.len()).min(16), &mut read)?;
+            if read.is_empty() {
                 break;
             }
-            for op in more {
-                let size = op.encoded_len();
+            for (id, body) in read.iter() {
+                let size = OperationWithMetadata::compact_len_from_body(id, body);
                 if bytes + size > MAX_BATCH_BYTES {
                     return Ok(batch);
                 }
                 bytes += size;
-                after = op.id.seq;
-                let done = closes(&op);
-                batch.push(op);
-                if done {
+                after = id.seq;
+                batch.push_encoded(id, body);
+                if closes(id, body) {
                     return Ok(batch);
                 }
             }
@@ -1184,7 +1200,10 @@ impl<S: Store> DataSyncEngine<S> {
     }
 
     fn send(&mut self, peer: &str, message: &SyncMessage) {
-        let bytes = message.encode();
+        self.send_bytes(peer, message.encode());
+    }
+
+    fn send_bytes(&mut self, peer: &str, bytes: Vec<u8>) {
         self.peer_mut(peer).traffic.bytes_sent += bytes.len() as u64;
         self.outbox.push_back(Transmit { peer: peer.to_owned(), bytes });
     }

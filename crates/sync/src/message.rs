@@ -2,7 +2,7 @@
 //! describes the exchange.
 
 use crate::error::SyncError;
-use pluresdb_core::{OperationWithMetadata, VersionVector};
+use pluresdb_core::{EncodedOps, OperationWithMetadata, VersionVector};
 use serde::{Deserialize, Serialize};
 
 /// The largest encoded message accepted.
@@ -162,28 +162,33 @@ impl SyncMessage {
     /// the bulk of the traffic, is written directly (the same shape serde
     /// writes: a one-entry map from the variant name to a map of fields).
     pub fn encode(&self) -> Vec<u8> {
-        use pluresdb_core::cbor;
         let SyncMessage::DataSync { from_peer, operations, version_vector } = self else {
             return pluresdb_core::codec::encode(self);
         };
-        let mut out = Vec::with_capacity(64 + operations.len() * 160);
-        cbor::map(&mut out, 1);
-        cbor::text(&mut out, "DataSync");
-        cbor::map(&mut out, 3);
-        cbor::text(&mut out, "from_peer");
-        cbor::text(&mut out, from_peer);
-        cbor::text(&mut out, "operations");
-        cbor::array(&mut out, operations.len());
+        let mut out = data_sync_head(from_peer, operations.len(), operations.len() * 160);
         for op in operations {
             op.encode_compact(&mut out);
         }
-        cbor::text(&mut out, "version_vector");
-        cbor::map(&mut out, version_vector.len());
-        for (origin, seq) in version_vector.iter() {
-            cbor::text(&mut out, origin);
-            cbor::unsigned(&mut out, seq);
-        }
+        data_sync_tail(&mut out, version_vector);
         out
+    }
+
+    /// Encodes the `DataSync` of operations read from a store's op log
+    /// ([`pluresdb_core::Database::op_bodies_after`]): the same bytes as
+    /// [`encode`](Self::encode) of the decoded operations, written without
+    /// decoding them. Fails only on a stored body that cannot be read.
+    pub fn encode_stored_data_sync(
+        from_peer: &str,
+        operations: &EncodedOps,
+        version_vector: &VersionVector,
+    ) -> Result<Vec<u8>, pluresdb_core::Error> {
+        let body_bytes: usize = operations.iter().map(|(_, body)| body.len() + 16).sum();
+        let mut out = data_sync_head(from_peer, operations.len(), body_bytes);
+        for (id, body) in operations.iter() {
+            OperationWithMetadata::encode_compact_from_body(id, body, &mut out)?;
+        }
+        data_sync_tail(&mut out, version_vector);
+        Ok(out)
     }
 
     /// Decodes a message received from `peer`, refusing oversized input.
@@ -196,6 +201,33 @@ impl SyncMessage {
         }
         pluresdb_core::codec::decode(bytes, "sync message")
             .map_err(|err| SyncError::Decode { peer: peer.to_owned(), reason: err.to_string() })
+    }
+}
+
+/// The start of a `DataSync` written directly (the same shape serde
+/// writes: a one-entry map from the variant name to a map of fields), up
+/// to its operations.
+fn data_sync_head(from_peer: &str, count: usize, capacity: usize) -> Vec<u8> {
+    use pluresdb_core::cbor;
+    let mut out = Vec::with_capacity(64 + capacity);
+    cbor::map(&mut out, 1);
+    cbor::text(&mut out, "DataSync");
+    cbor::map(&mut out, 3);
+    cbor::text(&mut out, "from_peer");
+    cbor::text(&mut out, from_peer);
+    cbor::text(&mut out, "operations");
+    cbor::array(&mut out, count);
+    out
+}
+
+/// The end of a `DataSync`: its version vector.
+fn data_sync_tail(out: &mut Vec<u8>, version_vector: &VersionVector) {
+    use pluresdb_core::cbor;
+    cbor::text(out, "version_vector");
+    cbor::map(out, version_vector.len());
+    for (origin, seq) in version_vector.iter() {
+        cbor::text(out, origin);
+        cbor::unsigned(out, seq);
     }
 }
 
@@ -328,6 +360,33 @@ mod tests {
         assert!(bytes.len() > 2 * MAX_OP_BYTES * 5 / 6, "near the worst case: {} bytes", bytes.len());
         assert!(bytes.len() + MAX_BATCH_BYTES - 2 * MAX_OP_BYTES <= MAX_MESSAGE_BYTES, "{} bytes", bytes.len());
         assert_eq!(SyncMessage::decode("p", &bytes).unwrap(), two);
+    }
+
+    #[test]
+    fn stored_operations_are_sent_as_their_decoded_form_would_be() {
+        let mut ops = Vec::new();
+        for (i, origin) in ["p", "p", "q"].into_iter().enumerate() {
+            let mut op = OperationWithMetadata::new(
+                pluresdb_core::OperationType::UpdateNode,
+                format!("n:{i}"),
+                serde_json::json!({"a": [1, "x", {"b": null}], "f": 0.1}),
+                origin,
+            );
+            op.id.seq = 1 + i as u64;
+            op.signature = (i == 1).then_some(pluresdb_core::OpSignature([7; 64]));
+            ops.push(op);
+        }
+        let mut stored = EncodedOps::new();
+        ops.iter().for_each(|op| stored.push(op));
+        let vv: VersionVector = [("p".to_string(), 2), ("q".to_string(), 3)].into_iter().collect();
+        let direct = SyncMessage::encode_stored_data_sync("me", &stored, &vv).unwrap();
+        let message = SyncMessage::DataSync { from_peer: "me".into(), operations: ops, version_vector: vv.clone() };
+        assert_eq!(direct, message.encode());
+        assert_eq!(SyncMessage::decode("me", &direct).unwrap(), message);
+        // A body that cannot be read is an error, not a message.
+        let mut broken = EncodedOps::new();
+        broken.push_encoded(&pluresdb_core::OpId::new("p", 1), &[0x86, 1]);
+        assert!(SyncMessage::encode_stored_data_sync("me", &broken, &vv).is_err());
     }
 
     #[test]

@@ -163,6 +163,15 @@ impl Store for FaultyStore {
     fn ops_after(&self, origin: &str, after_seq: u64, limit: usize) -> Result<Vec<OperationWithMetadata>, pluresdb_core::Error> {
         self.inner.ops_after(origin, after_seq, limit)
     }
+    fn op_bodies_after(
+        &self,
+        origin: &str,
+        after_seq: u64,
+        limit: usize,
+        out: &mut pluresdb_core::EncodedOps,
+    ) -> Result<(), pluresdb_core::Error> {
+        self.inner.op_bodies_after(origin, after_seq, limit, out)
+    }
     fn ops(&self, ids: &[OpId]) -> Result<Vec<Option<OperationWithMetadata>>, pluresdb_core::Error> {
         self.inner.ops(ids)
     }

@@ -180,6 +180,9 @@ impl Store for JournalStore {
     fn ops_after(&self, origin: &str, after_seq: u64, limit: usize) -> Result<Vec<OperationWithMetadata>, Error> {
         self.memory.ops_after(origin, after_seq, limit)
     }
+    fn op_bodies_after(&self, origin: &str, after_seq: u64, limit: usize, out: &mut pluresdb_core::EncodedOps) -> Result<(), Error> {
+        self.memory.op_bodies_after(origin, after_seq, limit, out)
+    }
 
     fn ops(&self, ids: &[OpId]) -> Result<Vec<Option<OperationWithMetadata>>, Error> {
         self.memory.ops(ids)
