@@ -20,7 +20,9 @@
 //!    (`PLURESDB_BENCH_CATCHUP=N` changes the count): time until C holds
 //!    them all, and C's resident size after.
 //!
-//! `PLURESDB_BENCH_QUICK=1` scales every count down by 10 for a smoke run.
+//! `PLURESDB_BENCH_QUICK=1` scales every count down by 10 for a smoke run;
+//! `PLURESDB_BENCH_BIN=path` runs another `pluresdb` binary (an earlier
+//! build, to compare before and after on the same machine).
 //! Every wait has a deadline.
 
 #[path = "support/baselines.rs"]
@@ -59,12 +61,17 @@ struct Node {
     dir: tempfile::TempDir,
 }
 
+/// The `pluresdb` binary the nodes run.
+fn binary() -> std::ffi::OsString {
+    std::env::var_os("PLURESDB_BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_pluresdb").into())
+}
+
 impl Node {
     fn start(name: &str, join: Option<&str>) -> anyhow::Result<Node> {
         let dir = tempfile::Builder::new().prefix(&format!("pluresdb-bench-{name}-")).tempdir()?;
         // As a user's data directory is: private (or the node warns).
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-        let mut command = Command::new(env!("CARGO_BIN_EXE_pluresdb"));
+        let mut command = Command::new(binary());
         command
             .args(["--json", "--data-dir"])
             .arg(dir.path())
@@ -97,7 +104,7 @@ impl Node {
 
     /// A ticket to A's network naming its peer address.
     fn invite(&self) -> anyhow::Result<String> {
-        let out = Command::new(env!("CARGO_BIN_EXE_pluresdb"))
+        let out = Command::new(binary())
             .args(["--json", "--data-dir"])
             .arg(self.dir.path())
             .args(["invite", "--address", &self.listen])
