@@ -61,6 +61,20 @@ struct Node {
     dir: tempfile::TempDir,
 }
 
+/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 where it
+/// cannot be asked).
+fn clock_ticks_per_sec() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
 /// The `pluresdb` binary the nodes run.
 fn binary() -> std::ffi::OsString {
     std::env::var_os("PLURESDB_BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_pluresdb").into())
@@ -90,6 +104,18 @@ impl Node {
         let api = started["api"].as_str().context("no api address")?.trim_start_matches("http://").parse()?;
         let listen = started["listen"].as_array().and_then(|l| l.first()).and_then(Value::as_str).context("no peer address")?.to_owned();
         Ok(Node { child, api, listen, dir })
+    }
+
+    /// CPU time the process has used so far, all threads, user and system:
+    /// what a phase costs it, which other load on the machine changes far
+    /// less than it changes wall time.
+    fn cpu_secs(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // The fields after the command name (which may hold spaces) in ")".
+        let fields: Vec<&str> = stat.rsplit_once(')').context("odd /proc stat")?.1.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).context("odd /proc stat");
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+        Ok((ticks(11)? + ticks(12)?) / clock_ticks_per_sec())
     }
 
     fn rss_mib(&self) -> anyhow::Result<f64> {
@@ -314,8 +340,10 @@ async fn run() -> anyhow::Result<()> {
     println!("2. throughput: {throughput_records} records POSTed to A's /import ({IMPORT_BATCH} a request) until B holds them");
     let before = memory_records as u64;
     let b_waits = wait_held(&b, before + throughput_records as u64, Duration::from_secs(300), "B replicating");
+    let cpu_before = (a.cpu_secs()?, b.cpu_secs()?);
     let (imported, replicated) = tokio::join!(import(&a, "bulk", 0, throughput_records), b_waits);
     let (imported, replicated) = (imported?, replicated?);
+    let cpu_used = (a.cpu_secs()? - cpu_before.0, b.cpu_secs()? - cpu_before.1);
     let import_rate = throughput_records as f64 / imported.as_secs_f64();
     let replicated_rate = throughput_records as f64 / replicated.as_secs_f64();
     let redb = baselines::raw_redb(throughput_records)?;
@@ -334,8 +362,15 @@ async fn run() -> anyhow::Result<()> {
         verdict(replicated_rate >= 0.3 * redb_rate)
     );
     println!(
-        "  raw quinn, 199-B records:  {quinn_rate:>9.0} records/s   replication reaches {:.1}% of it\n",
+        "  raw quinn, 199-B records:  {quinn_rate:>9.0} records/s   replication reaches {:.1}% of it",
         100.0 * replicated_rate / quinn_rate
+    );
+    let per_record = |secs: f64| secs * 1e6 / throughput_records as f64;
+    println!(
+        "  CPU per record (all threads): A {:.1} us, B {:.1} us; raw redb {:.1} us a write (wall)\n",
+        per_record(cpu_used.0),
+        per_record(cpu_used.1),
+        redb.as_secs_f64() * 1e6 / throughput_records as f64
     );
 
     println!("3. latency: {samples} sequential PUTs on A (one keep-alive connection), each to its answer and to its event on B's /changes");
@@ -376,15 +411,22 @@ async fn run() -> anyhow::Result<()> {
         held(&mut connection).await?
     };
     let started = Instant::now();
+    let a_cpu_before = a.cpu_secs()?;
     let c = Node::start("c", Some(&ticket))?;
     wait_held(&c, total, Duration::from_secs(600), "C catching up").await?;
     let took = started.elapsed();
+    let (a_cpu, c_cpu) = (a.cpu_secs()? - a_cpu_before, c.cpu_secs()?);
     let c_rss = c.rss_mib()?;
     println!(
         "  C held all {total} operations {:.2} s after it started ({:.0} ops/s)   target <= 3 s for 1,000,000: {}",
         took.as_secs_f64(),
         total as f64 / took.as_secs_f64(),
-        verdict(catchup < DEFAULT_CATCHUP || took <= Duration::from_secs(3))
+        if catchup < DEFAULT_CATCHUP { "not judged (fewer than 1,000,000)" } else { verdict(took <= Duration::from_secs(3)) }
+    );
+    println!(
+        "  CPU per operation (all threads): A sending {:.2} us, C receiving {:.2} us",
+        a_cpu * 1e6 / total as f64,
+        c_cpu * 1e6 / total as f64
     );
     println!(
         "  RSS: C {:.1} MiB after the sync, A {:.1} MiB   target <= 100 MB: {}",
