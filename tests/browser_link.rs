@@ -262,12 +262,16 @@ struct RtcPage {
     out: std::collections::VecDeque<Vec<u8>>,
     /// The channel's link was handed to the replica.
     opened: bool,
-    /// Whether the session ended (ICE disconnected or the channel closed).
-    closed: bool,
+    /// How the session ended: the node closed it (the channel or DTLS), or
+    /// ICE gave up on a node gone silent (20 s or more).
+    ended: Option<&'static str>,
     /// Bind a fingerprint other than the node's, as a page would whose
     /// SDP a relay rewrote.
     swap_fingerprint: bool,
 }
+
+/// [`RtcPage::ended`] when the node closed the session.
+const CLOSED_BY_NODE: &str = "the node closed the session";
 
 /// A fresh WebRTC peer and its offer (one data channel, `channels` in all).
 async fn rtc_page(channels: usize) -> (RtcPage, String, str0m::change::SdpPendingOffer) {
@@ -282,7 +286,7 @@ async fn rtc_page(channels: usize) -> (RtcPage, String, str0m::change::SdpPendin
     }
     let (offer, pending) = api.apply().expect("an offer");
     (
-        RtcPage { rtc, udp, local, channel: None, out: Default::default(), opened: false, closed: false, swap_fingerprint: false },
+        RtcPage { rtc, udp, local, channel: None, out: Default::default(), opened: false, ended: None, swap_fingerprint: false },
         offer.to_sdp_string(),
         pending,
     )
@@ -365,10 +369,15 @@ async fn pump_rtc(
                     }
                     str0m::Event::ChannelData(data) if Some(data.id) == rtc.channel => page.handle_message(node_id, &data.data, now_ms()),
                     str0m::Event::ChannelClose(id) if Some(id) == rtc.channel => {
-                        rtc.closed = true;
+                        rtc.ended = Some(CLOSED_BY_NODE);
                         page.handle_lost(node_id, "the data channel closed", now_ms());
                     }
-                    str0m::Event::IceConnectionStateChange(str0m::IceConnectionState::Disconnected) => rtc.closed = true,
+                    str0m::Event::Closed => {
+                        rtc.ended.get_or_insert(CLOSED_BY_NODE);
+                    }
+                    str0m::Event::IceConnectionStateChange(str0m::IceConnectionState::Disconnected) => {
+                        rtc.ended.get_or_insert("ICE disconnected");
+                    }
                     _ => {}
                 },
             }
@@ -541,7 +550,9 @@ fn bad_webrtc_signals_junk_datagrams_and_too_many_sessions_are_refused() {
 /// over the chunk limit ends its WebRTC session (the page falls back to
 /// its WebSocket, which still syncs), and a page opening more data
 /// channels than the limit (5 of 4) has its session ended too, while a page
-/// opening 4 links up.
+/// opening 4 links up. The node closes an ended session's channels, so
+/// the page knows at once (before, it went silent, and the page's ICE
+/// noticed ~20 s later).
 #[test]
 fn oversized_messages_and_too_many_channels_end_the_webrtc_session_only() {
     let dir = tempfile::tempdir().unwrap();
@@ -556,15 +567,19 @@ fn oversized_messages_and_too_many_channels_end_the_webrtc_session_only() {
         let id = rtc.channel.expect("the channel");
         let written = rtc.rtc.channel(id).map(|mut c| c.write(true, &vec![1u8; 100 * 1024]));
         assert!(matches!(written, Some(Ok(true))), "{written:?}");
-        // The node says why in its goodbye on the channel, and drops the page's WebRTC link.
+        // The node says why in its goodbye on the channel, drops the page's
+        // WebRTC link and closes the channel.
         let mut why = String::new();
-        pump_rtc(&mut page, &mut socket, &mut rtc, &node_id, |p, _| {
+        pump_rtc(&mut page, &mut socket, &mut rtc, &node_id, |p, r| {
             if let Some(reason) = p.link_status()["channels"][node_id.as_str()]["reason"].as_str() {
                 why = reason.to_owned();
             }
-            !why.is_empty() && !listed_webrtc(&node.request("GET", "/peers", "").1, &page_id)
+            !why.is_empty() && r.ended.is_some() && !listed_webrtc(&node.request("GET", "/peers", "").1, &page_id)
         })
         .await?;
+        if rtc.ended != Some(CLOSED_BY_NODE) {
+            return Err(format!("after the oversized message the session ended by {:?}, not the node closing it", rtc.ended));
+        }
         // Sync goes on over the WebSocket.
         page.put("after:oversized", json!({"ok": true}), now_ms()).map_err(|e| e.to_string())?;
         pump(&mut page, &mut socket, |_| node.request("GET", "/nodes/after:oversized", "").0 == 200).await?;
@@ -587,8 +602,11 @@ fn oversized_messages_and_too_many_channels_end_the_webrtc_session_only() {
             signal_node(&mut greedy, &mut greedy_socket, &node_id, json!({"type": "offer", "sdp": offer, "attempt": "m1"})).await?;
         let answer = str0m::change::SdpAnswer::from_sdp_string(answer["sdp"].as_str().unwrap_or_default()).map_err(|e| e.to_string())?;
         many.rtc.sdp_api().accept_answer(pending, answer).map_err(|e| e.to_string())?;
-        // Its channels open, then the node ends the session: ICE to it stops.
-        pump_rtc(&mut greedy, &mut greedy_socket, &mut many, &node_id, |_, r| r.channel.is_some() && r.closed).await?;
+        // Its channels open, then the node ends the session and closes them.
+        pump_rtc(&mut greedy, &mut greedy_socket, &mut many, &node_id, |_, r| r.channel.is_some() && r.ended.is_some()).await?;
+        if many.ended != Some(CLOSED_BY_NODE) {
+            return Err(format!("the greedy page's session ended by {:?}, not the node closing it", many.ended));
+        }
         // Its WebSocket link still syncs.
         greedy.put("after:greedy", json!({"ok": true}), now_ms()).map_err(|e| e.to_string())?;
         pump(&mut greedy, &mut greedy_socket, |_| node.request("GET", "/nodes/after:greedy", "").0 == 200).await?;

@@ -390,7 +390,7 @@ async fn run(
         for session in sessions.values_mut() {
             drive(&shared, &socket, session).await;
         }
-        finish_ended(&shared, &mut sessions).await;
+        finish_ended(&shared, &socket, &mut sessions).await;
         lock(&shared.state).sessions = sessions.len();
         let next = sessions.values_mut().filter_map(next_timeout).min();
         tokio::select! {
@@ -446,7 +446,7 @@ async fn run(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    finish_ended(&shared, &mut sessions).await;
+    finish_ended(&shared, &socket, &mut sessions).await;
     lock(&shared.state).sessions = 0;
 }
 
@@ -778,6 +778,28 @@ async fn on_link_event(shared: &Shared, session: &mut Session, event: LinkEvent)
     }
 }
 
+/// Closes the session (SCTP shutdown and DTLS close_notify), which the
+/// page sees at once. A session that only went silent was noticed when the
+/// page's ICE gave up on the node, 20-30 s later, its sync waiting on a
+/// dead link meanwhile.
+fn close(socket: &UdpSocket, session: &mut Session) {
+    if session.rtc.close().is_err() {
+        return;
+    }
+    // Out now, without waiting for the page's replies: the session is
+    // dropped after this. Bounded, though str0m ends the round with a
+    // timeout after a few datagrams.
+    for _ in 0..64 {
+        match session.rtc.poll_output() {
+            Ok(Output::Transmit(transmit)) => {
+                let _ = socket.try_send_to(&transmit.contents, transmit.destination);
+            }
+            Ok(Output::Event(_)) => {}
+            Ok(Output::Timeout(_)) | Err(_) => break,
+        }
+    }
+}
+
 impl Session {
     /// The page's address as the registry shows it: the IP its WebSocket
     /// came from (its UDP address is ICE's choice).
@@ -787,11 +809,12 @@ impl Session {
 }
 
 /// Removes ended sessions (their last frames were written to the channel
-/// as far as it took them), unregistering their pages.
-async fn finish_ended(shared: &Shared, sessions: &mut HashMap<PeerId, Session>) {
+/// as far as it took them), closing them and unregistering their pages.
+async fn finish_ended(shared: &Shared, socket: &UdpSocket, sessions: &mut HashMap<PeerId, Session>) {
     let done: Vec<PeerId> = sessions.iter().filter(|(_, s)| s.ended.is_some()).map(|(page, _)| *page).collect();
     for page in done {
         let Some(mut session) = sessions.remove(&page) else { continue };
+        close(socket, &mut session);
         session.rtc.disconnect();
         let reason = session.ended.clone().unwrap_or_default();
         if session.stats.is_some() {
