@@ -41,6 +41,13 @@ pub struct VectorIndexDoc {
     /// How long building from the store took (at creation, or at the
     /// node's start), in ms.
     pub built_ms: Option<u64>,
+    /// Builds from the store since the node started: the first, and one
+    /// each time updates and deletes left a quarter of the graph's points
+    /// dead.
+    pub builds: u64,
+    /// Times the node's vector indexes fell behind a burst of changes and
+    /// caught up by replaying the op log (no build).
+    pub caught_up: u64,
 }
 
 fn metric_name(metric: Metric) -> &'static str {
@@ -64,6 +71,8 @@ impl From<&VectorStatus> for VectorIndexDoc {
             last_skip: s.last_skip.clone(),
             building: s.building,
             built_ms: s.built_ms,
+            builds: s.builds,
+            caught_up: s.caught_up,
         }
     }
 }
