@@ -1272,10 +1272,23 @@ export interface components {
             building: boolean;
             /**
              * Format: int64
+             * @description Builds from the store since the node started: the first, and one
+             *     each time updates and deletes left a quarter of the graph's points
+             *     dead.
+             */
+            builds: number;
+            /**
+             * Format: int64
              * @description How long building from the store took (at creation, or at the
              *     node's start), in ms.
              */
             built_ms?: number | null;
+            /**
+             * Format: int64
+             * @description Times the node's vector indexes fell behind a burst of changes and
+             *     caught up by replaying the op log (no build).
+             */
+            caught_up: number;
             /** @description The number of components of every vector. */
             dimension: number;
             /** @description The field (dot-separated path) that holds each node's vector. */

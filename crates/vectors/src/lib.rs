@@ -62,7 +62,7 @@ pub struct Params {
 
 impl Default for Params {
     fn default() -> Self {
-        Self { connections: 16, ef_construction: 100, ef_search: 64, ef_per_k: 4 }
+        Self { connections: 16, ef_construction: 100, ef_search: 128, ef_per_k: 8 }
     }
 }
 
@@ -528,6 +528,19 @@ impl VectorIndex {
     /// widened while fewer than `k` remain; past [`MAX_EF`] candidates it
     /// falls back to the graph's filtered search (a filter few nodes pass).
     pub fn search(&self, vector: &[f32], k: usize, accept: impl Fn(&str) -> bool) -> Result<Vec<(String, f32)>, VectorError> {
+        let k = k.clamp(1, MAX_K);
+        self.search_with_ef(vector, k, self.params.ef_search.max(self.params.ef_per_k * k), accept)
+    }
+
+    /// [`search`](Self::search) exploring `ef` candidates at first rather
+    /// than what the parameters say (to measure recall against it).
+    pub fn search_with_ef(
+        &self,
+        vector: &[f32],
+        k: usize,
+        ef: usize,
+        accept: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(String, f32)>, VectorError> {
         if vector.len() != self.def.dimension {
             return Err(VectorError::Dimension { expected: self.def.dimension, found: vector.len() });
         }
@@ -536,7 +549,7 @@ impl VectorIndex {
         }
         let query = self.prepared(vector.to_vec());
         let k = k.clamp(1, MAX_K);
-        let mut ef = self.params.ef_search.max(self.params.ef_per_k * k).min(MAX_EF).max(k);
+        let mut ef = ef.min(MAX_EF).max(k);
         let passing = |found: Vec<(usize, f32)>| -> Vec<(String, f32)> {
             let book = self.book();
             found
