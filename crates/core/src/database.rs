@@ -439,6 +439,7 @@ impl<S: Store> Database<S> {
             }
         }
         let mut records = self.load_records(&ops)?;
+        let before = self.entries_before(&records);
         let waiting = self.deferred_targets(&ops, &records)?;
         let mut clock = self.clock.clone();
         let publish = self.feed.has_subscribers();
@@ -462,7 +463,7 @@ impl<S: Store> Database<S> {
         }
         let count = stamps.len();
         let mut batch = WriteBatch { nodes: records, meta: clock_meta(&clock), released: stamps, ..WriteBatch::default() };
-        self.index_changes(&mut batch)?;
+        self.index_changes(&mut batch, before)?;
         self.store.commit(&batch)?;
         self.clock = clock;
         // The store is committed: if reading the new first fails, keep the
@@ -940,6 +941,8 @@ impl<S: Store> Database<S> {
             let due: Vec<&OperationWithMetadata> = ops.iter().filter(|op| op.timestamp <= horizon).collect();
             self.load_records(due)?
         };
+        // Read before the truncations below replace any of them.
+        let before = self.entries_before(&records);
         let waiting = self.deferred_targets(&ops, &records)?;
         let mut deferred: Vec<Stamp> = Vec::new();
         let mut deferred_ids: HashSet<OpId> = HashSet::new();
@@ -1089,7 +1092,7 @@ impl<S: Store> Database<S> {
             released,
             ..WriteBatch::default()
         };
-        self.index_changes(&mut batch)?;
+        self.index_changes(&mut batch, before)?;
         self.store.commit(&batch)?;
         if !batch.released.is_empty() {
             // Dropped operations that were deferred are no longer.
@@ -1345,12 +1348,29 @@ impl<S: Store> Database<S> {
         self.indexes.iter().position(|d| d.name == name).ok_or_else(|| Error::NoSuchIndex { name: name.to_owned() })
     }
 
+    /// The index entries of `records` as read from the store, before a
+    /// batch changes them (empty without indexes): what
+    /// [`index_changes`](Self::index_changes) compares the new entries
+    /// with, without reading the records again.
+    fn entries_before(&self, records: &[NodeRecord]) -> HashMap<String, Vec<index::IndexEntry>> {
+        if self.indexes.is_empty() {
+            return HashMap::new();
+        }
+        let resolver = &*self.resolver;
+        records
+            .iter()
+            .filter(|record| self.indexes.iter().any(|def| def.covers(&record.id)))
+            .map(|record| (record.id.clone(), index::entries_for(&self.indexes, &record.id, record.view(resolver).as_ref())))
+            .collect()
+    }
+
     /// Adds to `batch` the index entries that change when its records
-    /// replace the ones stored: the old entries come from the stored
-    /// records (read before the commit), the new from the batch's, both as
-    /// the resolver presents them. Every write path calls this just before
-    /// its commit, so entries and nodes change in one transaction.
-    fn index_changes(&self, batch: &mut WriteBatch) -> Result<(), Error> {
+    /// replace the ones stored: the old entries are `before` (from the
+    /// records as they were read for the batch; any record not there is
+    /// read from the store), the new from the batch's, both as the resolver
+    /// presents them. Every write path calls this just before its commit,
+    /// so entries and nodes change in one transaction.
+    fn index_changes(&self, batch: &mut WriteBatch, mut before: HashMap<String, Vec<index::IndexEntry>>) -> Result<(), Error> {
         if self.indexes.is_empty() {
             return Ok(());
         }
@@ -1359,13 +1379,19 @@ impl<S: Store> Database<S> {
         if covered.is_empty() {
             return Ok(());
         }
-        let ids: Vec<&str> = covered.iter().map(|r| r.id.as_str()).collect();
-        let stored = self.store.nodes(&ids)?;
         let resolver = &*self.resolver;
+        // Records the batch holds but were not read with it (a fork's
+        // truncation rebuilds nodes its operations did not name).
+        let unread: Vec<&str> = covered.iter().map(|r| r.id.as_str()).filter(|id| !before.contains_key(*id)).collect();
+        if !unread.is_empty() {
+            for (id, old) in unread.iter().zip(self.store.nodes(&unread)?) {
+                let old_view = old.and_then(|old| old.view(resolver));
+                before.insert((*id).to_owned(), index::entries_for(&self.indexes, id, old_view.as_ref()));
+            }
+        }
         let (mut removed, mut added) = (Vec::new(), Vec::new());
-        for (record, old) in covered.iter().zip(stored) {
-            let old_view = old.and_then(|old| old.view(resolver));
-            let old_entries = index::entries_for(&self.indexes, &record.id, old_view.as_ref());
+        for record in covered {
+            let old_entries = before.remove(&record.id).unwrap_or_default();
             let new_entries = index::entries_for(&self.indexes, &record.id, record.view(resolver).as_ref());
             index::diff(&old_entries, &new_entries, &mut removed, &mut added);
         }
