@@ -317,6 +317,42 @@ pub enum Command {
         #[command(subcommand)]
         action: IndexAction,
     },
+    /// Follows changes as a running node applies them, local and replicated:
+    /// every node, one node (--id), the nodes under a prefix (--prefix), or
+    /// a live query (--where conditions, or a JSON query with `prefix` and
+    /// `where` as POST /query takes, without sort or steps).
+    ///
+    /// Prints a line per change: the operation, the node id, for a live
+    /// query `matches` (the node passes it now) or `unmatches` (it passed and
+    /// no longer does, or was deleted), and the node's value (`deleted`).
+    /// With --json, each message of GET /changes as it comes. Runs until
+    /// Ctrl-C or --count changes; falling behind resumes where it stopped
+    /// (nothing missed). Needs a node running on the data directory
+    /// (`pluresdb serve`): with none, nothing else writes to it.
+    ///
+    /// Example: pluresdb watch --prefix user: --where 'age > 30'
+    Watch {
+        /// A live query as JSON (`prefix` and `where`); flags add to it.
+        query: Option<String>,
+        /// Only ids that start with this.
+        #[arg(long, short = 'p')]
+        prefix: Option<String>,
+        /// A condition, `FIELD OP VALUE` as `pluresdb query` takes (repeat
+        /// for several; all must hold): follows a live query.
+        #[arg(long = "where", short = 'w', value_name = "CONDITION")]
+        conditions: Vec<String>,
+        /// Only this node.
+        #[arg(long, conflicts_with_all = ["prefix", "conditions", "query"])]
+        id: Option<String>,
+        /// First replay what was applied after this position (a JSON object
+        /// of origin peer id to sequence number, as --json shows in
+        /// `subscribed` and `lagged`).
+        #[arg(long, value_name = "VERSION")]
+        from: Option<String>,
+        /// Stop after this many changes.
+        #[arg(long, short = 'n')]
+        count: Option<u64>,
+    },
     /// Finds nodes by their fields and links.
     ///
     /// Conditions are `FIELD OP VALUE` (VALUE is JSON, or else a string):

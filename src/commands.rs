@@ -90,6 +90,18 @@ pub fn run(cli: Cli, config: &Config) -> anyhow::Result<()> {
         });
         return crate::node::serve(db, &cli.data_dir, config, network, json);
     }
+    if let Command::Watch { query, prefix, conditions, id, from, count } = cli.command {
+        let Some(addr) = running_node(&cli.data_dir) else {
+            return Err(crate::Unavailable(format!(
+                "no node runs on {}: watch follows a running node's changes (start one with `pluresdb serve`)",
+                cli.data_dir.display()
+            ))
+            .into());
+        };
+        let flags = crate::query_cli::WatchFlags { prefix, conditions, id, from, count };
+        let token = crate::keys::stored_api_token(&cli.data_dir);
+        return crate::query_cli::watch(&mut std::io::stdout().lock(), &addr, token.as_deref(), json, query.as_deref(), flags);
+    }
     let mut api = open_api(&cli, config)?;
     let result = execute(&mut api, cli, json);
     api.close();
@@ -311,7 +323,8 @@ fn execute(api: &mut Api, cli: Cli, json: bool) -> anyhow::Result<()> {
             let doc = api.call("DELETE", &format!("/peers/{peer_id}"), None)?;
             print_json_or(out, json, &doc, |o| writeln!(o, "disconnected {peer_id}"))
         }
-        Command::Serve { .. } | Command::Config { .. } => Ok(()),
+        // Handled in `run`, before a replica is opened.
+        Command::Serve { .. } | Command::Config { .. } | Command::Watch { .. } => Ok(()),
     }
 }
 

@@ -1,9 +1,10 @@
 //! `pluresdb index ...` and `pluresdb query`: secondary indexes and queries
 //! through the API (`/indexes`, `/query`).
 
-use crate::api_client::{encode, Api, Payload};
+use crate::api_client::{encode, error_for, Api, Payload};
 use crate::cli::IndexAction;
-use crate::InvalidInput;
+use crate::{InvalidInput, Unavailable};
+use anyhow::Context;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -214,6 +215,153 @@ pub fn query(out: &mut impl Write, api: &mut Api, json: bool, base: Option<&str>
     Ok(())
 }
 
+/// The flags of `pluresdb watch`.
+pub struct WatchFlags {
+    pub prefix: Option<String>,
+    pub conditions: Vec<String>,
+    pub id: Option<String>,
+    pub from: Option<String>,
+    pub count: Option<u64>,
+}
+
+/// What `watch` follows, as the query string of `GET /changes` (without
+/// `from`), and in words.
+fn watch_params(base: Option<&str>, flags: &WatchFlags) -> anyhow::Result<(String, String)> {
+    if let Some(id) = &flags.id {
+        return Ok((format!("id={}", encode(id)), format!("node {id}")));
+    }
+    if base.is_none() && flags.conditions.is_empty() {
+        return Ok(match &flags.prefix {
+            Some(prefix) => (format!("prefix={}", encode(prefix)), format!("nodes under {prefix:?}")),
+            None => (String::new(), "every node".to_owned()),
+        });
+    }
+    let mut query: Value = match base {
+        Some(text) => serde_json::from_str(text).map_err(|err| InvalidInput(format!("the query is not valid JSON: {err}")))?,
+        None => json!({}),
+    };
+    let Some(object) = query.as_object_mut() else { return Err(InvalidInput("the query must be a JSON object".into()).into()) };
+    if let Some(prefix) = &flags.prefix {
+        object.insert("prefix".into(), json!(prefix));
+    }
+    if !flags.conditions.is_empty() {
+        let conditions = object.entry("where").or_insert_with(|| json!([]));
+        let Some(list) = conditions.as_array_mut() else { return Err(InvalidInput("`where` must be a list".into()).into()) };
+        for text in &flags.conditions {
+            list.push(parse_condition(text)?);
+        }
+    }
+    let text = query.to_string();
+    Ok((format!("query={}", encode(&text)), format!("the live query {text}")))
+}
+
+/// Opens `GET /changes?{params}` on the node at `addr` as a WebSocket.
+fn open_feed(addr: &str, token: Option<&str>, params: &str) -> anyhow::Result<tungstenite::WebSocket<std::net::TcpStream>> {
+    use tungstenite::client::IntoClientRequest;
+    let stream =
+        std::net::TcpStream::connect(addr).map_err(|err| Unavailable(format!("cannot reach the running node's API at {addr}: {err}")))?;
+    let mut request = format!("ws://{addr}/changes?{params}").into_client_request().context("cannot build the request")?;
+    if let Some(token) = token {
+        let value = format!("Bearer {token}").parse().context("the API token is not a valid header value")?;
+        request.headers_mut().insert("authorization", value);
+    }
+    match tungstenite::client(request, stream) {
+        Ok((socket, _)) => Ok(socket),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+            let body = response.body().as_deref().unwrap_or_default();
+            let value = serde_json::from_slice(body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()));
+            Err(error_for(response.status().as_u16(), &value))
+        }
+        Err(err) => Err(anyhow::anyhow!("cannot open the change feed of the node at {addr}: {err}")),
+    }
+}
+
+/// `pluresdb watch`: prints each change the node at `addr` applies to what
+/// `flags` select, resuming (with `from`) when the feed says it fell behind.
+pub fn watch(
+    out: &mut impl Write,
+    addr: &str,
+    token: Option<&str>,
+    json: bool,
+    base: Option<&str>,
+    flags: WatchFlags,
+) -> anyhow::Result<()> {
+    let (params, what) = watch_params(base, &flags)?;
+    let mut from: Option<String> = match &flags.from {
+        Some(text) => {
+            let version: Value = serde_json::from_str(text).map_err(|err| InvalidInput(format!("--from is not valid JSON: {err}")))?;
+            if !version.is_object() {
+                return Err(InvalidInput("--from must be a JSON object of origin peer id to sequence number".into()).into());
+            }
+            Some(version.to_string())
+        }
+        None => None,
+    };
+    let mut seen = 0u64;
+    if flags.count == Some(0) {
+        return Ok(());
+    }
+    loop {
+        let query = match &from {
+            Some(version) if params.is_empty() => format!("from={}", encode(version)),
+            Some(version) => format!("{params}&from={}", encode(version)),
+            None => params.clone(),
+        };
+        let mut socket = open_feed(addr, token, &query)?;
+        loop {
+            let text = match socket.read() {
+                Ok(tungstenite::Message::Text(text)) => text,
+                Ok(tungstenite::Message::Close(_)) | Err(tungstenite::Error::ConnectionClosed) => {
+                    return Err(Unavailable(format!("the node at {addr} closed the change feed")).into());
+                }
+                Ok(_) => continue,
+                Err(err) => return Err(Unavailable(format!("the change feed of the node at {addr} broke: {err}")).into()),
+            };
+            let message: Value = serde_json::from_str(text.as_str()).context("the node sent a message that is not JSON")?;
+            if json {
+                writeln!(out, "{message}")?;
+                out.flush()?;
+            }
+            match message["type"].as_str() {
+                Some("subscribed") if !json => eprintln!("watching {what} (live from {})", message["version"]),
+                Some("change") => {
+                    if !json {
+                        let node_id = message["op"]["node_id"].as_str().unwrap_or_default();
+                        let kind = message["op"]["type"].as_str().unwrap_or_default();
+                        let passes = match message["matches"].as_bool() {
+                            Some(true) => "\tmatches",
+                            Some(false) => "\tunmatches",
+                            None => "",
+                        };
+                        let value = match &message["node"] {
+                            Value::Null => "deleted".to_owned(),
+                            node => node["value"].to_string(),
+                        };
+                        writeln!(out, "{kind}\t{node_id}{passes}\t{value}")?;
+                        out.flush()?;
+                    }
+                    seen += 1;
+                    if flags.count.is_some_and(|count| seen >= count) {
+                        let _ = socket.close(None);
+                        return Ok(());
+                    }
+                }
+                Some("lagged") => {
+                    if !json {
+                        eprintln!("fell behind by {} changes; resuming where it stopped", message["missed"]);
+                    }
+                    from = Some(message["resume_from"].to_string());
+                    break;
+                }
+                Some("error") => {
+                    return Err(Unavailable(format!("the change feed stopped: {}", message["error"].as_str().unwrap_or_default())).into());
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,5 +381,26 @@ mod tests {
         assert!(parse_step("sideways").is_err());
         assert_eq!(parse_step("in:friend").unwrap(), json!({"direction": "in", "field": "friend"}));
         assert_eq!(parse_step("out").unwrap(), json!({"direction": "out", "field": null}));
+    }
+
+    #[test]
+    fn watch_flags_become_the_change_feed_query() {
+        let flags = |prefix: Option<&str>, conditions: &[&str], id: Option<&str>| WatchFlags {
+            prefix: prefix.map(str::to_owned),
+            conditions: conditions.iter().map(|c| (*c).to_owned()).collect(),
+            id: id.map(str::to_owned),
+            from: None,
+            count: None,
+        };
+        assert_eq!(watch_params(None, &flags(None, &[], None)).unwrap().0, "");
+        assert_eq!(watch_params(None, &flags(Some("user:"), &[], None)).unwrap().0, "prefix=user:");
+        assert_eq!(watch_params(None, &flags(None, &[], Some("a b"))).unwrap().0, "id=a%20b");
+        let (params, what) = watch_params(None, &flags(Some("user:"), &["age > 30"], None)).unwrap();
+        assert_eq!(what, r#"the live query {"prefix":"user:","where":[{"field":"age","op":">","value":30}]}"#);
+        assert!(params.starts_with("query=%7B%22prefix%22%3Auser:"), "{params}");
+        let (_, what) = watch_params(Some(r#"{"where":[{"field":"n","op":"exists"}]}"#), &flags(None, &["age < 3"], None)).unwrap();
+        assert!(what.contains(r#"{"field":"n","op":"exists"},{"field":"age","op":"<","value":3}"#), "{what}");
+        assert!(watch_params(Some("[1]"), &flags(None, &[], None)).is_err());
+        assert!(watch_params(None, &flags(None, &["age ~ 3"], None)).is_err());
     }
 }

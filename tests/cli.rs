@@ -1,6 +1,8 @@
 //! The `pluresdb` binary run as a user runs it: commands against a data
 //! directory, their output, exit codes, and what survives errors and crashes.
 
+mod common;
+
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -303,4 +305,58 @@ fn a_malformed_peer_id_on_the_command_line_is_refused_with_its_reason() {
     }
     assert_eq!(ok_json(d, &["get", "user:1"])["value"], json!({"kept": true}));
     assert_eq!(ok_json(d, &["trust", "list"])["allowlist"], json!([]));
+}
+
+/// `pluresdb watch` follows a live query on a running node: a line per
+/// change that makes a node pass (`matches`) or stop passing
+/// (`unmatches`), nothing for nodes that neither pass nor passed, and it
+/// stops after --count. Without a running node, and for a bad query, it
+/// says why in one line.
+#[test]
+fn watch_follows_a_live_query_on_a_running_node() {
+    let dir = private_tempdir();
+    let d = dir.path();
+    fails_with(d, &["watch", "--prefix", "user:"], 4, "no node runs on");
+    let node = common::Node::start_with(d, &["--no-network"]);
+    let put = |id: &str, value: Value| assert_eq!(node.request("PUT", &format!("/nodes/{id}"), &value.to_string()).0, 200);
+    put("user:1", json!({"age": 20}));
+    let mut child = pluresdb(d)
+        .args(["watch", "--prefix", "user:", "--where", "age > 30", "--count", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The subscription is live once it says so.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = stderr.next().expect("watch printed nothing").unwrap();
+    assert!(first.starts_with("watching the live query"), "{first}");
+    put("user:1", json!({"age": 40})); // starts passing
+    put("user:2", json!({"age": 10})); // never passes: not shown
+    put("note:1", json!({"age": 50})); // outside the prefix: not shown
+    put("user:3", json!({"age": 31})); // passes
+    put("user:1", json!({"age": 5})); // stops passing
+                                      // The watch ends by itself after 3 changes (or the test fails at the deadline).
+    let (done, answer) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    let output = answer.recv_timeout(std::time::Duration::from_secs(60)).expect("watch did not stop after --count 3").unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let seen: Vec<(String, String, Value)> = stdout
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            assert_eq!(fields.len(), 4, "{line}");
+            (fields[1].to_owned(), fields[2].to_owned(), serde_json::from_str(fields[3]).unwrap())
+        })
+        .collect();
+    let expected =
+        [("user:1", "matches", json!({"age": 40})), ("user:3", "matches", json!({"age": 31})), ("user:1", "unmatches", json!({"age": 5}))];
+    assert_eq!(seen, expected.map(|(id, mark, value)| (id.to_owned(), mark.to_owned(), value)));
+    // Bad queries: refused by the CLI or by the node, exit code 2.
+    fails_with(d, &["watch", "--where", "age ~ 3"], 2, "cannot read condition");
+    fails_with(d, &["watch", r#"{"sort":{"field":"age"}}"#], 2, "a live query takes a prefix and conditions");
+    let (clean, stderr) = node.stop();
+    assert!(clean, "{stderr}");
 }
