@@ -50,7 +50,7 @@ pub fn run(cli: Cli, config: &Config) -> anyhow::Result<()> {
             (None, None) => None,
         };
         let joined = ticket.as_deref().map(|t| join(&cli.data_dir, t)).transpose()?;
-        let mut db = replica::open(&cli.data_dir, config.resolver.value)?;
+        let mut db = replica::open(&cli.data_dir, config.resolver.value, config.store_cache_bytes())?;
         // Dial what this node dialed before (a restart reconnects by itself),
         // then what the flags and the ticket name.
         let mut peers = pluresdb_runtime::stored_dialed(db.store())?;
@@ -111,7 +111,7 @@ pub fn run(cli: Cli, config: &Config) -> anyhow::Result<()> {
 /// The running node's API if a node holds the directory; otherwise the
 /// replica, opened here.
 fn open_api(cli: &Cli, config: &Config) -> anyhow::Result<Api> {
-    match replica::open(&cli.data_dir, config.resolver.value) {
+    match replica::open(&cli.data_dir, config.resolver.value, config.store_cache_bytes()) {
         Ok(db) => Api::local(db, crate::keys::network_secret(&cli.data_dir)?),
         Err(err) => {
             if is_locked(&err) {

@@ -9,6 +9,7 @@
 //! resolver = "last-writer-wins"  # PLURESDB_RESOLVER, --resolver
 //! log = "warn"                   # PLURESDB_LOG (a tracing filter)
 //! watch_buffer = 4096            # PLURESDB_WATCH_BUFFER: changes buffered per subscriber
+//! store_cache_mib = 16           # PLURESDB_STORE_CACHE_MIB: the store's page cache, in MiB
 //! bootstrap = ["10.0.0.5:34569"] # PLURESDB_BOOTSTRAP (comma-separated), --bootstrap
 //! mdns = true                    # PLURESDB_MDNS, --no-mdns: find peers on the LAN
 //! mdns_interfaces = ["eth0"]     # PLURESDB_MDNS_INTERFACES (comma-separated): only these (default: all)
@@ -73,6 +74,9 @@ pub struct Config {
     pub log: Setting<String>,
     /// Changes buffered per change-feed subscriber before it is told it lagged.
     pub watch_buffer: Setting<usize>,
+    /// The store's page cache in MiB (redb's cache of pages read and
+    /// written): the largest part of a node's memory that grows with use.
+    pub store_cache_mib: Setting<usize>,
     /// How far past this node's wall clock a received timestamp may lie and
     /// still take effect at once (later ones wait for their time), and how
     /// far peers' clocks may disagree with this node's before it corrects.
@@ -114,6 +118,9 @@ pub struct Config {
 /// node, or one whose bootstrap is down; the libp2p engine says what its
 /// DHT found).
 const DEFAULT_LOG: &str = "warn,libp2p_kad=error";
+
+/// The largest store cache a setting may ask for, in MiB (64 GiB).
+const MAX_STORE_CACHE_MIB: usize = 64 * 1024;
 
 /// Picks the first given of flag, environment, file and default.
 fn pick<T>(flag: Option<T>, env: Option<T>, file: Option<T>, default: T) -> Setting<T> {
@@ -279,6 +286,19 @@ pub fn load(cli: &Cli) -> anyhow::Result<Config> {
         .map(|n| positive(n, "PLURESDB_WATCH_BUFFER"))
         .transpose()?;
     let file_watch_buffer = file.watch_buffer.map(|n| positive(n, &whence("watch_buffer"))).transpose()?;
+    let cache_mib = |n: usize, whence: &str| -> anyhow::Result<usize> {
+        if (1..=MAX_STORE_CACHE_MIB).contains(&n) {
+            Ok(n)
+        } else {
+            Err(InvalidInput(format!("{whence}: {n} MiB is out of range (1 to {MAX_STORE_CACHE_MIB})")).into())
+        }
+    };
+    let env_store_cache = env("PLURESDB_STORE_CACHE_MIB")
+        .map(|v| v.trim().parse::<usize>().map_err(|e| anyhow::Error::from(InvalidInput(format!("PLURESDB_STORE_CACHE_MIB: {v:?}: {e}")))))
+        .transpose()?
+        .map(|n| cache_mib(n, "PLURESDB_STORE_CACHE_MIB"))
+        .transpose()?;
+    let file_store_cache = file.store_cache_mib.map(|n| cache_mib(n, &whence("store_cache_mib"))).transpose()?;
     Ok(Config {
         file: read.then_some(path),
         api_addr: pick(flag_addr, env_addr, file_addr, default_addr),
@@ -286,6 +306,7 @@ pub fn load(cli: &Cli) -> anyhow::Result<Config> {
         resolver: pick(cli.resolver, env_resolver, file_resolver, Resolver::LastWriterWins),
         log: pick(None, env("PLURESDB_LOG"), file.log, DEFAULT_LOG.to_owned()),
         watch_buffer: pick(None, env_watch_buffer, file_watch_buffer, pluresdb_runtime::RuntimeOptions::default().watch_buffer),
+        store_cache_mib: pick(None, env_store_cache, file_store_cache, pluresdb_store_redb::DEFAULT_CACHE_BYTES >> 20),
         max_clock_drift: pick(flag_drift, env_drift, file_drift, pluresdb_core::DEFAULT_MAX_CLOCK_DRIFT),
         bootstrap: pick(flag_bootstrap, env_bootstrap, file.bootstrap, Vec::new()),
         mdns: pick(flag_mdns, env_mdns, file.mdns, true),
@@ -314,6 +335,11 @@ fn read_file(path: &Path, required: bool) -> anyhow::Result<(FileConfig, bool)> 
 }
 
 impl Config {
+    /// The store's page cache in bytes.
+    pub fn store_cache_bytes(&self) -> usize {
+        self.store_cache_mib.value << 20
+    }
+
     /// The settings as a JSON document (`config show --json`).
     pub fn to_json(&self) -> serde_json::Value {
         let entry = |value: serde_json::Value, source: Source| serde_json::json!({"value": value, "source": source.name()});
@@ -324,6 +350,7 @@ impl Config {
             "resolver": entry(resolver_name(self.resolver.value).into(), self.resolver.source),
             "log": entry(self.log.value.clone().into(), self.log.source),
             "watch_buffer": entry(self.watch_buffer.value.into(), self.watch_buffer.source),
+            "store_cache_mib": entry(self.store_cache_mib.value.into(), self.store_cache_mib.source),
             "max_clock_drift": entry(drift_text(self.max_clock_drift.value).into(), self.max_clock_drift.source),
             "bootstrap": entry(self.bootstrap.value.clone().into(), self.bootstrap.source),
             "mdns": entry(self.mdns.value.into(), self.mdns.source),
@@ -353,6 +380,7 @@ impl Config {
         out += &line("resolver", format!("{:?}", resolver_name(self.resolver.value)), self.resolver.source);
         out += &line("log", format!("{:?}", self.log.value), self.log.source);
         out += &line("watch_buffer", self.watch_buffer.value.to_string(), self.watch_buffer.source);
+        out += &line("store_cache_mib", self.store_cache_mib.value.to_string(), self.store_cache_mib.source);
         out += &line("max_clock_drift", format!("{:?}", drift_text(self.max_clock_drift.value)), self.max_clock_drift.source);
         out += &line("bootstrap", format!("{:?}", self.bootstrap.value), self.bootstrap.source);
         out += &line("mdns", self.mdns.value.to_string(), self.mdns.source);

@@ -15,6 +15,7 @@ pub struct FileConfig {
     pub resolver: Option<String>,
     pub log: Option<String>,
     pub watch_buffer: Option<usize>,
+    pub store_cache_mib: Option<usize>,
     pub max_clock_drift: Option<String>,
     pub bootstrap: Option<Vec<String>>,
     pub mdns: Option<bool>,

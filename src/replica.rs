@@ -10,8 +10,9 @@ use std::sync::Arc;
 pub type Replica = Database<RedbStore>;
 
 /// Opens (creating on first use) the replica in `dir`: its store, and the
-/// identity whose peer id authors its writes.
-pub fn open(dir: &Path, resolver: Resolver) -> anyhow::Result<Replica> {
+/// identity whose peer id authors its writes; the store keeps a page cache
+/// of `cache_bytes`.
+pub fn open(dir: &Path, resolver: Resolver, cache_bytes: usize) -> anyhow::Result<Replica> {
     create_private_dir(dir)?;
     // redb creates its file with the default mode (0644 under the usual
     // umask); an empty file made owner-only first is one it initializes.
@@ -19,7 +20,7 @@ pub fn open(dir: &Path, resolver: Resolver) -> anyhow::Result<Replica> {
     create_private_file(&data_file)?;
     crate::keys::make_owner_only(&data_file)?;
     // The store first: it holds the directory's lock.
-    let mut store = RedbStore::open(dir)?;
+    let mut store = RedbStore::open_with_cache(dir, cache_bytes)?;
     // Before the identity is read: a copy of a data directory takes its own.
     crate::instance::check_home(dir, &mut store)?;
     let identity = crate::keys::identity(dir)?;

@@ -445,3 +445,51 @@ fn the_relay_setting_comes_from_the_file_the_environment_or_the_flag() {
     assert_eq!(show(&[]), json!({"value": true, "source": "config file"}));
     assert_eq!(show(&[("PLURESDB_RELAY", "false")]), json!({"value": false, "source": "environment"}));
 }
+
+/// `store_cache_mib` (the store's page cache, the part of a node's memory
+/// that grows with its data) is 8 MiB unless pluresdb.toml or
+/// PLURESDB_STORE_CACHE_MIB says otherwise; `config show` says which, a
+/// value out of 1..=65536 is refused with exit code 2 and the reason, and
+/// the replica opens with the smallest cache and keeps its data.
+#[test]
+fn the_store_cache_is_8_mib_unless_set_and_out_of_range_values_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pluresdb"));
+        command.arg("--data-dir").arg(dir.path()).arg("--json").args(args).env_remove("PLURESDB_STORE_CACHE_MIB").envs(env.iter().copied());
+        command.output().unwrap()
+    };
+    let show = |env: &[(&str, &str)]| -> Value {
+        let out = run(&["config", "show"], env);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["store_cache_mib"].clone()
+    };
+    assert_eq!(show(&[]), json!({"value": 8, "source": "default"}));
+    std::fs::write(dir.path().join("pluresdb.toml"), "store_cache_mib = 64\n").unwrap();
+    assert_eq!(show(&[]), json!({"value": 64, "source": "config file"}));
+    assert_eq!(show(&[("PLURESDB_STORE_CACHE_MIB", "1")]), json!({"value": 1, "source": "environment"}));
+    for (env, named) in [("0", "PLURESDB_STORE_CACHE_MIB"), ("65537", "PLURESDB_STORE_CACHE_MIB"), ("lots", "PLURESDB_STORE_CACHE_MIB")] {
+        let out = run(&["config", "show"], &[("PLURESDB_STORE_CACHE_MIB", env)]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{env}: {stderr}");
+        assert!(stderr.contains(named), "{env}: {stderr}");
+    }
+    std::fs::write(dir.path().join("pluresdb.toml"), "store_cache_mib = 0\n").unwrap();
+    let out = run(&["config", "show"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("store_cache_mib"), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_file(dir.path().join("pluresdb.toml")).unwrap();
+    // A 1 MiB cache still stores and reads back 3 MB (pages beyond it are read from the file).
+    let value = json!({"text": "x".repeat(100_000)});
+    let lines: String = (0..30).map(|i| format!("{}\n", json!({"id": format!("n{i:02}"), "value": value}))).collect();
+    let file = dir.path().join("in.ndjson");
+    std::fs::write(&file, &lines).unwrap();
+    let small = [("PLURESDB_STORE_CACHE_MIB", "1")];
+    let out = run(&["import", file.to_str().unwrap()], &small);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["export"], &small);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let exported: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(exported.len(), 30);
+    assert!(exported.iter().all(|n| n["value"] == value), "every node reads back whole");
+}
