@@ -10,6 +10,7 @@ mod config;
 mod config_file;
 mod instance;
 mod keys;
+mod memory;
 mod node;
 mod query_cli;
 mod replica;
@@ -39,6 +40,7 @@ pub struct StoreCannotWrite(pub String);
 
 fn main() -> ExitCode {
     pluresdb_runtime::avoid_huge_pages();
+    memory::return_freed_memory_sooner();
     let cli = cli::Cli::parse();
     let config = match config::load(&cli) {
         Ok(config) => config,

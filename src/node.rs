@@ -569,7 +569,13 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
     let token = crate::keys::api_token(data_dir)?;
     let secret = crate::keys::network_secret(data_dir)?;
     let browsers = config.browser_policy()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    // What a burst (an import, a catch-up) freed goes back to the kernel
+    // once the workers are idle.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(crate::memory::collect_when_idle)
+        .build()
+        .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         // Signals first: from the moment the node announces itself, SIGTERM
         // stops it cleanly.
