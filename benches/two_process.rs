@@ -415,6 +415,12 @@ async fn run() -> anyhow::Result<()> {
         verdict(peer50 <= Duration::from_millis(1))
     );
     println!("  raw quinn round trip:                    p50 {:.3} ms   (PUT to event = {:.1}x)", ms(q50), ms(peer50) / ms(q50).max(1e-9));
+    let (redb_single, fdatasync) = (baselines::raw_redb_single_commits(samples / 2)?, baselines::raw_fdatasync(samples / 2)?);
+    println!(
+        "  raw redb, one insert a durable txn:      p50 {:.3} ms; fdatasync of 100 B: p50 {:.3} ms",
+        ms(quantile(&redb_single, 0.5)),
+        ms(quantile(&fdatasync, 0.5))
+    );
     println!("  where the time goes (p50 of the trip; means from /metrics):");
     println!("    HTTP request and answer          {:.3} ms", ms(rtt50));
     println!("    A's commit (merge, sign, fsync)  {:.3} ms (mean)", ms(l.a_commit));

@@ -91,6 +91,49 @@ pub fn raw_redb(count: usize) -> anyhow::Result<Duration> {
     Ok(started.elapsed())
 }
 
+/// One value inserted into a redb table per durable transaction, `count`
+/// times: what a single durable write costs redb on this disk, sorted.
+pub fn raw_redb_single_commits(count: usize) -> anyhow::Result<Vec<Duration>> {
+    const RAW: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("raw");
+    let dir = tempfile::tempdir()?;
+    let db = redb::Database::create(dir.path().join("raw.redb"))?;
+    let mut took = Vec::with_capacity(count);
+    for i in 0..WARMUP + count {
+        let (id, bytes) = (format!("bench:{i:08}"), value(i).to_string().into_bytes());
+        let started = Instant::now();
+        let txn = db.begin_write()?;
+        {
+            let mut table = txn.open_table(RAW)?;
+            table.insert(id.as_str(), bytes.as_slice())?;
+        }
+        txn.commit()?;
+        if i >= WARMUP {
+            took.push(started.elapsed());
+        }
+    }
+    took.sort();
+    Ok(took)
+}
+
+/// 100 bytes appended to a file and `fdatasync`ed, `count` times: the
+/// floor of any durable write on this disk, sorted.
+pub fn raw_fdatasync(count: usize) -> anyhow::Result<Vec<Duration>> {
+    use std::io::Write;
+    let dir = tempfile::tempdir()?;
+    let mut file = std::fs::File::create(dir.path().join("raw.log"))?;
+    let mut took = Vec::with_capacity(count);
+    for i in 0..WARMUP + count {
+        let started = Instant::now();
+        file.write_all(&[7u8; 100])?;
+        file.sync_data()?;
+        if i >= WARMUP {
+            took.push(started.elapsed());
+        }
+    }
+    took.sort();
+    Ok(took)
+}
+
 /// Round trips of 100-byte messages over one raw quinn bidirectional stream.
 pub async fn raw_quinn_rtt(samples: usize) -> anyhow::Result<Vec<Duration>> {
     let (server, client, addr) = quinn_pair().await?;
