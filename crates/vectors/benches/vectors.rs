@@ -27,7 +27,9 @@
 //! (`embedding,clusters,uniform`) picks the data sets; `PLURESDB_BENCH_M`,
 //! `PLURESDB_BENCH_EF_CONSTRUCTION`, `PLURESDB_BENCH_EF_SEARCH` and
 //! `PLURESDB_BENCH_EF_PER_K` override the graph's parameters (defaults:
-//! `Params::default()`, what a node uses).
+//! `Params::default()`, what a node uses); `PLURESDB_BENCH_EF_SWEEP`
+//! (e.g. `64,128,256,512`) also measures recall and CPU time at each of
+//! those candidate counts on the same graph.
 //!
 //! Prints per set: insert rate (wall and per CPU second), memory,
 //! recall@10 against brute force (target >= 0.95), query p50/p99 in wall
