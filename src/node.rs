@@ -570,7 +570,8 @@ pub fn serve(db: Replica, data_dir: &Path, config: &Config, peers: Option<PeerSe
     let secret = crate::keys::network_secret(data_dir)?;
     let browsers = config.browser_policy()?;
     // What a burst (an import, a catch-up) freed goes back to the kernel
-    // once the workers are idle.
+    // once the workers and the writer are idle.
+    pluresdb_runtime::set_idle_hook(crate::memory::collect_when_idle);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .on_thread_park(crate::memory::collect_when_idle)

@@ -36,7 +36,7 @@ mod writer;
 
 pub use error::Error;
 pub use indexes::BUILD_STEP_NODES;
-pub use memory::avoid_huge_pages;
+pub use memory::{avoid_huge_pages, set_idle_hook};
 pub use stats::Stats;
 pub use trust::{stored_access_mode, stored_allowlist, AccessMode};
 pub use vectors::{VectorStatus, MAX_VECTOR_INDEXES, VECTORS_META_KEY};

@@ -66,7 +66,7 @@ pub(crate) fn spawn(
         // The writer's own single-threaded runtime: commits block this
         // thread only, never the API's workers.
         let clock = ClockCorrection::new(engine.config().max_clock_drift);
-        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        match tokio::runtime::Builder::new_current_thread().enable_all().on_thread_park(crate::memory::idle).build() {
             Ok(runtime) => runtime.block_on(
                 Writer {
                     engine,
