@@ -203,11 +203,18 @@ impl<E: NetworkEngine + ?Sized> SyncPort<E> {
     /// A port onto `network` whose messages are decoded and checked with
     /// `verifier` (the replica's: [`pluresdb_core::Database::verifier`],
     /// whose results the replica trusts) on a thread of the port's own,
-    /// in the order they came, ahead of the driver. The thread ends when
-    /// the network's handles or the port are gone.
-    pub fn preparing(network: Arc<E>, events: PeerEvents, verifier: Option<Arc<dyn OpVerifier>>) -> std::io::Result<Self> {
+    /// in the order they came, ahead of the driver. The thread calls
+    /// `idle` (if given) each time it runs out of messages, before it
+    /// waits: the node gives back there what a burst freed on it. The
+    /// thread ends when the network's handles or the port are gone.
+    pub fn preparing(
+        network: Arc<E>,
+        events: PeerEvents,
+        verifier: Option<Arc<dyn OpVerifier>>,
+        idle: Option<fn()>,
+    ) -> std::io::Result<Self> {
         let (ready, receiver) = tokio::sync::mpsc::unbounded_channel();
-        std::thread::Builder::new().name("pluresdb-prepare".into()).spawn(move || prepare(events, &ready, verifier.as_deref()))?;
+        std::thread::Builder::new().name("pluresdb-prepare".into()).spawn(move || prepare(events, &ready, verifier.as_deref(), idle))?;
         Ok(Self { network: Some(network), events: Some(Source::Prepared(receiver)), labels: PeerLabels::default() })
     }
 
@@ -389,8 +396,25 @@ fn apply<S: Store>(sync: &mut DataSyncEngine<S>, labels: &mut PeerLabels, event:
 
 /// The preparing thread of [`SyncPort::preparing`]: messages decoded and
 /// checked, every event passed on in order.
-fn prepare(mut events: PeerEvents, ready: &tokio::sync::mpsc::UnboundedSender<PortEvent>, verifier: Option<&dyn OpVerifier>) {
-    while let Some(event) = events.blocking_recv() {
+fn prepare(
+    mut events: PeerEvents,
+    ready: &tokio::sync::mpsc::UnboundedSender<PortEvent>,
+    verifier: Option<&dyn OpVerifier>,
+    idle: Option<fn()>,
+) {
+    loop {
+        let event = match events.try_recv() {
+            Some(event) => event,
+            None => {
+                if let Some(idle) = idle {
+                    idle();
+                }
+                match events.blocking_recv() {
+                    Some(event) => event,
+                    None => break,
+                }
+            }
+        };
         let event = match event {
             PeerEvent::Message { peer_id, bytes } => {
                 let inbound = Inbound::prepare(&peer_id.to_string(), &bytes, verifier);
@@ -479,7 +503,7 @@ mod tests {
     #[tokio::test]
     async fn a_preparing_port_hands_over_events_in_order_with_messages_decoded_ahead() {
         let (handle, events) = SyncHandle::channel(16);
-        let mut port = SyncPort::preparing(Arc::new(Recorder::default()), events, None).unwrap();
+        let mut port = SyncPort::preparing(Arc::new(Recorder::default()), events, None, Some(count_idle)).unwrap();
         let mut sync = DataSyncEngine::new(SyncConfig::default());
         sync.start(now_ms());
         assert!(handle.deliver(connected("a")).await);
@@ -501,6 +525,13 @@ mod tests {
         let peer = sync.status().peers.into_iter().find(|p| p.peer_id == a).expect("a's status");
         assert_eq!((peer.traffic.errors, peer.traffic.bytes_received, peer.connected), (1, 1, false), "the junk was refused and counted");
         assert!(matches!(port.next(None).await, SyncWake::Closed));
+        assert!(IDLE_CALLS.load(std::sync::atomic::Ordering::Relaxed) >= 1, "the thread called its idle hook before it waited");
+    }
+
+    static IDLE_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    fn count_idle() {
+        IDLE_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     #[tokio::test]

@@ -15,13 +15,15 @@ pub fn avoid_huge_pages() {
     }
 }
 
-/// What the writer thread calls as it goes idle; see [`set_idle_hook`].
+/// What the writer and prepare threads call as they go idle; see
+/// [`set_idle_hook`].
 static IDLE_HOOK: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
 
 /// Sets what the runtime's writer thread calls each time it goes idle
-/// (its async runtime parks), once per process: the node gives back there
-/// what the writer freed during a burst (commit groups, peers' batches),
-/// which its allocator keeps with the thread that freed it.
+/// (its async runtime parks), and the thread that prepares peers' messages
+/// each time it runs out of them, once per process: the node gives back
+/// there what those threads freed during a burst (commit groups, peers'
+/// batches), which its allocator keeps with the thread that freed it.
 pub fn set_idle_hook(hook: fn()) {
     let _ = IDLE_HOOK.set(hook);
 }

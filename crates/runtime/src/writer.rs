@@ -57,7 +57,7 @@ pub(crate) fn spawn(
         // while the writer commits.
         Some(network) if prepare_off_writer => {
             let verifier = engine.database().verifier();
-            (SyncPort::preparing(network.engine, network.events, verifier)?, Some(network.peers))
+            (SyncPort::preparing(network.engine, network.events, verifier, Some(crate::memory::idle))?, Some(network.peers))
         }
         Some(network) => (SyncPort::new(network.engine, network.events), Some(network.peers)),
         None => (SyncPort::offline(), None),
