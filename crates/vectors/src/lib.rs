@@ -248,7 +248,12 @@ impl Distance<f32> for CosineDistance {
 }
 
 fn softplus_of_negated(product: f32) -> f32 {
-    // ln(1 + e^-p): monotone in -p, never negative.
+    // ln(1 + e^-p): monotone in -p, never negative. Finite components can
+    // still give a product of inf - inf: that pair is as far as anything
+    // (a NaN distance panics inside the graph).
+    if product.is_nan() {
+        return f32::MAX;
+    }
     let x = -f64::from(product);
     (if x > 30.0 { x } else { x.exp().ln_1p() }) as f32
 }
@@ -692,6 +697,22 @@ mod tests {
         assert!(index.upsert("d:1", Some(&value(json!({"e": [2.0, 1.0]})))));
         assert!(!index.holds("d:1", &value(json!({"e": [1.0, 2.0]}))));
         assert!(index.holds("d:1", &value(json!({"e": [2.0, 1.0]}))));
+    }
+
+    #[test]
+    fn vectors_whose_products_overflow_are_far_not_a_panic() {
+        // Finite f32 components whose products overflow to +inf and -inf:
+        // their sum is NaN, which the graph refuses with a panic.
+        for metric in [Metric::Dot, Metric::Cosine, Metric::L2] {
+            let index = VectorIndex::new(def(metric, 2), 10);
+            let value = |v: Value| v.as_object().cloned().unwrap_or_default();
+            assert!(index.upsert("d:1", Some(&value(json!({"e": [1e30, 1e30]})))));
+            assert!(index.upsert("d:2", Some(&value(json!({"e": [1e30, -1e30]})))));
+            assert!(index.upsert("d:3", Some(&value(json!({"e": [1.0, 2.0]})))));
+            let found = index.search(&[1e30, -1e30], 3, |_| true).unwrap();
+            assert!(!found.is_empty(), "{metric:?}");
+            assert!(found.iter().all(|(_, d)| !d.is_nan()), "{metric:?}: {found:?}");
+        }
     }
 
     #[test]
