@@ -135,22 +135,29 @@ fn parse_step(text: &str) -> anyhow::Result<Value> {
     Ok(json!({"direction": direction, "field": field}))
 }
 
-pub fn query(out: &mut impl Write, api: &mut Api, json: bool, base: Option<&str>, flags: QueryFlags) -> anyhow::Result<()> {
-    let mut query: Value = match base {
+/// The query `base` (JSON text, or an empty query) with the `--prefix` and
+/// `--where` flags of `query` and `watch` added.
+fn filtered_query(base: Option<&str>, prefix: Option<&str>, conditions: &[String]) -> anyhow::Result<serde_json::Map<String, Value>> {
+    let query: Value = match base {
         Some(text) => serde_json::from_str(text).map_err(|err| InvalidInput(format!("the query is not valid JSON: {err}")))?,
         None => json!({}),
     };
-    let Some(object) = query.as_object_mut() else { return Err(InvalidInput("the query must be a JSON object".into()).into()) };
-    if let Some(prefix) = flags.prefix {
+    let Value::Object(mut object) = query else { return Err(InvalidInput("the query must be a JSON object".into()).into()) };
+    if let Some(prefix) = prefix {
         object.insert("prefix".into(), json!(prefix));
     }
-    if !flags.conditions.is_empty() {
-        let conditions = object.entry("where").or_insert_with(|| json!([]));
-        let Some(list) = conditions.as_array_mut() else { return Err(InvalidInput("`where` must be a list".into()).into()) };
-        for text in &flags.conditions {
+    if !conditions.is_empty() {
+        let list = object.entry("where").or_insert_with(|| json!([]));
+        let Some(list) = list.as_array_mut() else { return Err(InvalidInput("`where` must be a list".into()).into()) };
+        for text in conditions {
             list.push(parse_condition(text)?);
         }
     }
+    Ok(object)
+}
+
+pub fn query(out: &mut impl Write, api: &mut Api, json: bool, base: Option<&str>, flags: QueryFlags) -> anyhow::Result<()> {
+    let mut object = filtered_query(base, flags.prefix.as_deref(), &flags.conditions)?;
     if let Some(field) = flags.sort {
         object.insert("sort".into(), json!({"field": field, "descending": flags.desc}));
     }
@@ -164,6 +171,7 @@ pub fn query(out: &mut impl Write, api: &mut Api, json: bool, base: Option<&str>
     if let Some(cursor) = flags.cursor {
         object.insert("cursor".into(), json!(cursor));
     }
+    let mut query = Value::Object(object);
     let mut nodes = Vec::new();
     let mut next = Value::Null;
     let mut plan = Value::Null;
@@ -236,22 +244,7 @@ fn watch_params(base: Option<&str>, flags: &WatchFlags) -> anyhow::Result<(Strin
             None => (String::new(), "every node".to_owned()),
         });
     }
-    let mut query: Value = match base {
-        Some(text) => serde_json::from_str(text).map_err(|err| InvalidInput(format!("the query is not valid JSON: {err}")))?,
-        None => json!({}),
-    };
-    let Some(object) = query.as_object_mut() else { return Err(InvalidInput("the query must be a JSON object".into()).into()) };
-    if let Some(prefix) = &flags.prefix {
-        object.insert("prefix".into(), json!(prefix));
-    }
-    if !flags.conditions.is_empty() {
-        let conditions = object.entry("where").or_insert_with(|| json!([]));
-        let Some(list) = conditions.as_array_mut() else { return Err(InvalidInput("`where` must be a list".into()).into()) };
-        for text in &flags.conditions {
-            list.push(parse_condition(text)?);
-        }
-    }
-    let text = query.to_string();
+    let text = Value::Object(filtered_query(base, flags.prefix.as_deref(), &flags.conditions)?).to_string();
     Ok((format!("query={}", encode(&text)), format!("the live query {text}")))
 }
 
