@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 pub const BATCH: usize = 1_000;
 /// Round trips before the measured ones.
 const WARMUP: usize = 100;
+/// The table of the raw redb baselines.
+const RAW: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("raw");
 
 /// ~100 bytes of JSON per node (what the replication benches write).
 pub fn value(i: usize) -> serde_json::Value {
@@ -73,7 +75,6 @@ pub async fn raw_quinn_stream(records: usize, size: usize) -> anyhow::Result<Dur
 /// The same values, JSON-encoded, inserted straight into a redb table,
 /// `BATCH` per durable transaction.
 pub fn raw_redb(count: usize) -> anyhow::Result<Duration> {
-    const RAW: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("raw");
     let dir = tempfile::tempdir()?;
     let db = redb::Database::create(dir.path().join("raw.redb"))?;
     let records: Vec<(String, Vec<u8>)> = (0..count).map(|i| (format!("bench:{i:08}"), value(i).to_string().into_bytes())).collect();
@@ -94,7 +95,6 @@ pub fn raw_redb(count: usize) -> anyhow::Result<Duration> {
 /// One value inserted into a redb table per durable transaction, `count`
 /// times: what a single durable write costs redb on this disk, sorted.
 pub fn raw_redb_single_commits(count: usize) -> anyhow::Result<Vec<Duration>> {
-    const RAW: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("raw");
     let dir = tempfile::tempdir()?;
     let db = redb::Database::create(dir.path().join("raw.redb"))?;
     let mut took = Vec::with_capacity(count);
