@@ -19,6 +19,9 @@ pub fn open(dir: &Path, resolver: Resolver, cache_bytes: usize) -> anyhow::Resul
     let data_file = dir.join(pluresdb_store_redb::DATA_FILE);
     create_private_file(&data_file)?;
     crate::keys::make_owner_only(&data_file)?;
+    // The write-ahead log holds the latest writes (the store creates it
+    // owner-only; one restored or copied may not be).
+    crate::keys::make_owner_only(&dir.join(pluresdb_store_redb::LOG_FILE))?;
     // The store first: it holds the directory's lock.
     let mut store = RedbStore::open_with_cache(dir, cache_bytes)?;
     // Before the identity is read: a copy of a data directory takes its own.

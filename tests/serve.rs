@@ -174,11 +174,11 @@ fn a_new_data_directory_and_its_files_are_owner_only() {
     .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(mode(d), 0o700, "the data directory");
-    for file in ["pluresdb.redb", "identity.key", "network.secret"] {
+    for file in ["pluresdb.redb", "pluresdb.wal", "identity.key", "network.secret"] {
         assert_eq!(mode(&d.join(file)), 0o600, "{file}");
     }
     let node = Node::start_with_umask(d, &[], "022");
-    for file in ["pluresdb.redb", "api.addr", "api.token", "identity.key", "network.secret"] {
+    for file in ["pluresdb.redb", "pluresdb.wal", "api.addr", "api.token", "identity.key", "network.secret"] {
         assert_eq!(mode(&d.join(file)), 0o600, "{file} while the node runs");
     }
     assert!(node.stop().0);
@@ -196,13 +196,14 @@ fn existing_files_readable_by_others_are_made_owner_only() {
     let token = std::fs::read_to_string(d.join("api.token")).unwrap();
     assert!(node.stop().0);
     set_mode(&d.join("pluresdb.redb"), 0o644);
+    set_mode(&d.join("pluresdb.wal"), 0o644);
     set_mode(&d.join("api.token"), 0o644);
     // A node killed before it removed its address file, under umask 022.
     std::fs::write(d.join("api.addr"), "127.0.0.1:1\n").unwrap();
     set_mode(&d.join("api.addr"), 0o644);
 
     let node = Node::start(d);
-    for file in ["pluresdb.redb", "api.token", "api.addr"] {
+    for file in ["pluresdb.redb", "pluresdb.wal", "api.token", "api.addr"] {
         assert_eq!(mode(&d.join(file)), 0o600, "{file}");
     }
     assert_eq!(std::fs::read_to_string(d.join("api.token")).unwrap(), token, "the same token");

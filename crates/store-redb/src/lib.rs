@@ -18,23 +18,37 @@
 //! # }
 //! ```
 //!
-//! Durability: every [`Store::commit`] is one redb write transaction with
-//! immediate durability: when it returns `Ok`, the batch is on disk (fsync)
-//! and survives a crash or power loss; when the process dies before, none of
-//! the batch is visible after reopening. A data directory holds one file,
-//! [`DATA_FILE`], and is locked against a second process.
+//! Durability: when [`Store::commit`] returns `Ok`, the batch survives a
+//! crash or power loss; when the process dies before, none of it is visible
+//! after reopening. A commit is one redb write transaction without
+//! durability of its own plus one record appended to a write-ahead log
+//! ([`LOG_FILE`], beside [`DATA_FILE`]) and synced (`fdatasync`) before the
+//! transaction is committed, so readers never see a batch that is not
+//! durable yet. redb is committed durably now and then (a checkpoint: when
+//! the log's cycle is full, on a clean close, and while the disk has less
+//! than [`LOW_SPACE_BYTES`] free, on every commit), and opening the store
+//! redoes the log's records that redb does not hold. A log that does not
+//! belong to the data file (another directory's, or one whose commits do not
+//! continue the file's, as beside a restored backup) is never applied: it is
+//! renamed aside with a warning ([`RedbStore::set_aside_logs`]). One
+//! exception to "none of it": a record fully written whose sync reported an
+//! error may be redone at the next recovery or open (the error was a
+//! [`StorageFault`], after which the caller reads the store again).
+//! A data directory is locked against a second process.
 
 use pluresdb_core::{
     EncodedOps, Error, Hlc, IndexRange, NodeRecord, OpId, OperationWithMetadata, Stamp, StorageFault, Store, VersionVector, WriteBatch,
 };
-use redb::{Database as Redb, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-use std::collections::BTreeMap;
+use redb::{Database as Redb, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 mod segment;
+mod wal;
 use segment::Segment;
+pub use wal::LOG_FILE;
+use wal::{FileId, Wal};
 
 /// The name of the database file inside a data directory.
 pub const DATA_FILE: &str = "pluresdb.redb";
@@ -56,6 +70,18 @@ const DEFERRED: TableDefinition<(u64, &str, u64), ()> = TableDefinition::new("de
 /// (see `pluresdb_core::index`), written in the same transaction as the
 /// nodes they describe.
 const INDEX: TableDefinition<(u32, &[u8], &str), ()> = TableDefinition::new("index");
+
+/// The key in [`META`] of the number of the last commit the file holds
+/// (u64 LE): the log's records continue it.
+const COMMIT_META_KEY: &str = "store.commit";
+/// The key in [`META`] of the file's random id (16 bytes), which the log's
+/// header repeats.
+const FILE_ID_META_KEY: &str = "store.file-id";
+
+/// Below this much free space on its disk, every commit is a durable redb
+/// commit (as without the log): a full disk then finds nothing waiting in
+/// redb's memory that would need room to be written again.
+pub const LOW_SPACE_BYTES: u64 = 64 << 20;
 
 /// What can go wrong opening or using a data directory.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +114,9 @@ pub enum RedbStoreError {
         .free, .path.display(), RESUME_FREE_BYTES
     )]
     StillFull { path: PathBuf, free: u64 },
+    /// The write-ahead log cannot be read or written.
+    #[error("write-ahead log {}", .path.display())]
+    Log { path: PathBuf, source: std::io::Error },
 }
 
 fn fail<E: Into<redb::Error>>(step: &'static str) -> impl FnOnce(E) -> Error {
@@ -127,6 +156,21 @@ pub struct RedbStore {
     /// The fault of the last commit that failed at the medium, until a
     /// recovery.
     last_fault: Option<StorageFault>,
+    /// The writer's log (`None` on read handles).
+    log: Option<Log>,
+}
+
+/// The writer's side of the write-ahead log.
+struct Log {
+    dir: PathBuf,
+    wal: Wal,
+    file_id: FileId,
+    /// The number of the last commit.
+    committed: u64,
+    /// The payload of the commit in progress (kept for the next one).
+    payload: Vec<u8>,
+    /// Logs found at open that were not applied, renamed aside.
+    set_aside: Vec<PathBuf>,
 }
 
 /// The open file every handle uses; `None` after a reopen that failed.
@@ -246,11 +290,20 @@ impl RedbStore {
         let path = dir.join(DATA_FILE);
         let db = open_file(&path, cache_bytes)?;
         create_tables(&db).map_err(|source| RedbStoreError::Redb { step: "create tables", source })?;
+        let log = Log::open(dir, &db)?;
         Ok(Self {
             shared: Arc::new(SharedFile { path, cache_bytes, db: RwLock::new(Some(Arc::new(db))), generation: Default::default() }),
             read_only: false,
             last_fault: None,
+            log: Some(log),
         })
+    }
+
+    /// Logs found beside the data file when it was opened that were not
+    /// its own or did not continue it, renamed aside unapplied (each was
+    /// also reported as a warning).
+    pub fn set_aside_logs(&self) -> &[PathBuf] {
+        self.log.as_ref().map_or(&[], |log| &log.set_aside)
     }
 
     /// Another handle on the same database that only reads: readers on it
@@ -258,7 +311,7 @@ impl RedbStore {
     /// progress. Its [`Store::commit`] fails; writes go through the handle
     /// the replica owns.
     pub fn read_handle(&self) -> Self {
-        Self { shared: self.shared.clone(), read_only: true, last_fault: None }
+        Self { shared: self.shared.clone(), read_only: true, last_fault: None, log: None }
     }
 
     /// The database file.
@@ -275,79 +328,66 @@ impl RedbStore {
         }
     }
 
-    /// Writes `batch` in one redb write transaction, durably.
+    /// Writes `batch`: in one redb transaction without durability and one
+    /// record in the log, synced before the transaction commits; or, when
+    /// the record does not fit in the log's cycle (a checkpoint) or the
+    /// disk is nearly full, in one durable redb transaction.
     fn write_batch(&mut self, batch: &WriteBatch) -> Result<(), Error> {
         if self.read_only {
             return Err(Error::storage(RedbStoreError::ReadOnly { path: self.shared.path.clone() }));
         }
-        // The core hands each origin's new operations over in sequence, so
-        // each origin's share of the batch is one run of consecutive ops.
-        let mut by_origin: BTreeMap<&str, (u64, Vec<&[u8]>)> = BTreeMap::new();
-        for (id, body) in batch.ops.iter() {
-            by_origin.entry(&id.origin).or_insert_with(|| (id.seq, Vec::new())).1.push(body);
-        }
         let db = self.db()?;
-        let txn = db.begin_write().map_err(fail("begin write"))?;
-        {
-            let mut ops = txn.open_table(OPS).map_err(fail("open op log"))?;
-            for (origin, from) in &batch.truncate {
-                truncate_log(&mut ops, origin, *from)?;
-            }
-            for (origin, (first_seq, bodies)) in &by_origin {
-                for (first, bytes) in segment::encode(*first_seq, bodies) {
-                    ops.insert((*origin, first), bytes.as_slice()).map_err(fail("append ops"))?;
-                }
-            }
-            let mut nodes = txn.open_table(NODES).map_err(fail("open nodes"))?;
-            // One buffer for every record: redb copies the value on insert.
-            let mut bytes = Vec::with_capacity(512);
-            for record in &batch.nodes {
-                bytes.clear();
-                record.encode_into(&mut bytes);
-                nodes.insert(record.id.as_str(), bytes.as_slice()).map_err(fail("write node"))?;
-            }
-            let mut version_vector = txn.open_table(VERSION_VECTOR).map_err(fail("open version vector"))?;
-            for (origin, seq) in &batch.version_vector {
-                if *seq == 0 {
-                    version_vector.remove(origin.as_str()).map_err(fail("write version vector"))?;
-                } else {
-                    version_vector.insert(origin.as_str(), *seq).map_err(fail("write version vector"))?;
-                }
-            }
-            let mut meta = txn.open_table(META).map_err(fail("open meta"))?;
-            for (key, value) in &batch.meta {
-                meta.insert(key.as_str(), value.as_slice()).map_err(fail("write meta"))?;
-            }
-            if !batch.released.is_empty() || !batch.deferred.is_empty() {
-                let mut deferred = txn.open_table(DEFERRED).map_err(fail("open deferred"))?;
-                for stamp in &batch.released {
-                    deferred.remove((stamp.hlc.as_u64(), &*stamp.id.origin, stamp.id.seq)).map_err(fail("release deferred"))?;
-                }
-                for stamp in &batch.deferred {
-                    deferred.insert((stamp.hlc.as_u64(), &*stamp.id.origin, stamp.id.seq), ()).map_err(fail("record deferred"))?;
-                }
-            }
-            if !batch.index_dropped.is_empty() || !batch.index_removed.is_empty() || !batch.index_added.is_empty() {
-                let mut index = txn.open_table(INDEX).map_err(fail("open index"))?;
-                for &number in &batch.index_dropped {
-                    let empty: &[u8] = &[];
-                    let upper = match number.checked_add(1) {
-                        Some(next) => Bound::Excluded((next, empty, "")),
-                        None => Bound::Unbounded,
-                    };
-                    index
-                        .retain_in::<(u32, &[u8], &str), _>((Bound::Included((number, empty, "")), upper), |_, _| false)
-                        .map_err(fail("drop index"))?;
-                }
-                for entry in &batch.index_removed {
-                    index.remove((entry.index, entry.key.as_slice(), entry.id.as_str())).map_err(fail("remove index entry"))?;
-                }
-                for entry in &batch.index_added {
-                    index.insert((entry.index, entry.key.as_slice(), entry.id.as_str()), ()).map_err(fail("add index entry"))?;
-                }
+        let path = &self.shared.path;
+        let Some(log) = self.log.as_mut() else {
+            return Err(Error::storage(RedbStoreError::ReadOnly { path: path.clone() }));
+        };
+        let number = log.committed + 1;
+        log.payload.clear();
+        wal::encode(batch, &mut log.payload);
+        let logged = !log.wal.broken && log.wal.fits(log.payload.len()) && free_bytes(path).is_none_or(|free| free >= LOW_SPACE_BYTES);
+        let log_fault = |source: std::io::Error, path: &Path| {
+            let fault = StorageFault::of_io(&source);
+            Error::store_fault(fault, RedbStoreError::Log { path: path.to_owned(), source })
+        };
+        if logged {
+            // Before the transaction: a log that cannot grow fails the
+            // commit with nothing written.
+            log.wal.reserve(log.payload.len()).map_err(|err| log_fault(err, log.wal.path()))?;
+        }
+        let mut txn = db.begin_write().map_err(fail("begin write"))?;
+        if logged {
+            txn.set_durability(Durability::None).map_err(fail("begin write"))?;
+        }
+        apply(&txn, &log.payload)?;
+        set_committed(&txn, number)?;
+        if logged {
+            if let Err(err) = log.wal.append(number, &log.payload) {
+                // The transaction is dropped, not committed. What the
+                // write left is withdrawn if the log lets us; else the log
+                // is read again by the recovery before it takes records.
+                log.wal.broken = log.wal.retract().is_err();
+                return Err(log_fault(err, log.wal.path()));
             }
         }
-        txn.commit().map_err(fail("commit"))
+        if let Err(err) = txn.commit() {
+            // The record is durable but its commit is not: withdrawn, so
+            // that no redo makes visible a batch that failed.
+            if logged && log.wal.retract().is_err() {
+                log.wal.broken = true;
+            }
+            return Err(fail("commit")(err));
+        }
+        log.committed = number;
+        if logged {
+            log.wal.appended(log.payload.len());
+        } else {
+            log.wal.restart();
+        }
+        // A large batch's buffer is not kept.
+        if log.payload.capacity() > 4 << 20 {
+            log.payload = Vec::new();
+        }
+        Ok(())
     }
 
     /// Closes the file and opens it again: after an I/O error redb refuses
@@ -355,7 +395,7 @@ impl RedbStore {
     /// Opening runs redb's repair when the file was not closed cleanly; it
     /// keeps every committed transaction. Reads meanwhile fail with
     /// [`RedbStoreError::Reopening`] instead of waiting.
-    fn reopen(&self) -> Result<(), Error> {
+    fn reopen(&mut self) -> Result<(), Error> {
         let path = &self.shared.path;
         // Readers wait from here until the file is open again.
         let mut slot = self.shared.db.write().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -391,6 +431,18 @@ impl RedbStore {
             };
             Error::store_fault(fault, err)
         })?;
+        // The commits redb held only in memory are gone if the old file
+        // could not write them on closing: the log brings them back before
+        // any reader sees the file.
+        if let Some(log) = self.log.as_mut() {
+            log.redo(&opened).map_err(|err| match err.storage_fault() {
+                Some(_) => err,
+                None => Error::store_fault(
+                    StorageFault::Io,
+                    RedbStoreError::Corrupted { path: path.clone(), reason: pluresdb_core::error_chain(&err) },
+                ),
+            })?;
+        }
         *slot = Some(Arc::new(opened));
         self.shared.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
         Ok(())
@@ -428,6 +480,274 @@ fn create_tables(db: &Redb) -> Result<(), redb::Error> {
     txn.open_table(INDEX)?;
     txn.commit()?;
     Ok(())
+}
+
+/// How much of the log a redo applies in one transaction.
+const REDO_TRANSACTION_BYTES: usize = 1 << 20;
+
+/// Applies a log record's payload (see [`wal::encode`]) to redb: the
+/// same table writes, in the same order, for a commit and for its redo.
+fn apply(txn: &redb::WriteTransaction, payload: &[u8]) -> Result<(), Error> {
+    let mut changes = wal::Reader::new(payload);
+    let mut ops = txn.open_table(OPS).map_err(fail("open op log"))?;
+    for _ in 0..changes.u32()? {
+        let origin = changes.str()?;
+        let from = changes.u64()?;
+        truncate_log(&mut ops, origin, from)?;
+    }
+    for _ in 0..changes.u32()? {
+        let origin = changes.str()?;
+        let first = changes.u64()?;
+        ops.insert((origin, first), changes.bytes()?).map_err(fail("append ops"))?;
+    }
+    let mut nodes = txn.open_table(NODES).map_err(fail("open nodes"))?;
+    for _ in 0..changes.u32()? {
+        let id = changes.str()?;
+        nodes.insert(id, changes.bytes()?).map_err(fail("write node"))?;
+    }
+    let mut version_vector = txn.open_table(VERSION_VECTOR).map_err(fail("open version vector"))?;
+    for _ in 0..changes.u32()? {
+        let origin = changes.str()?;
+        match changes.u64()? {
+            0 => version_vector.remove(origin).map_err(fail("write version vector"))?,
+            seq => version_vector.insert(origin, seq).map_err(fail("write version vector"))?,
+        };
+    }
+    let mut meta = txn.open_table(META).map_err(fail("open meta"))?;
+    for _ in 0..changes.u32()? {
+        let key = changes.str()?;
+        meta.insert(key, changes.bytes()?).map_err(fail("write meta"))?;
+    }
+    let released = changes.u32()?;
+    if released > 0 {
+        let mut deferred = txn.open_table(DEFERRED).map_err(fail("open deferred"))?;
+        for _ in 0..released {
+            let (hlc, origin, seq) = (changes.u64()?, changes.str()?, changes.u64()?);
+            deferred.remove((hlc, origin, seq)).map_err(fail("release deferred"))?;
+        }
+    }
+    let added = changes.u32()?;
+    if added > 0 {
+        let mut deferred = txn.open_table(DEFERRED).map_err(fail("open deferred"))?;
+        for _ in 0..added {
+            let (hlc, origin, seq) = (changes.u64()?, changes.str()?, changes.u64()?);
+            deferred.insert((hlc, origin, seq), ()).map_err(fail("record deferred"))?;
+        }
+    }
+    let dropped = changes.u32()?;
+    if dropped > 0 {
+        let mut index = txn.open_table(INDEX).map_err(fail("open index"))?;
+        for _ in 0..dropped {
+            let number = changes.u32()?;
+            let empty: &[u8] = &[];
+            let upper = match number.checked_add(1) {
+                Some(next) => Bound::Excluded((next, empty, "")),
+                None => Bound::Unbounded,
+            };
+            index
+                .retain_in::<(u32, &[u8], &str), _>((Bound::Included((number, empty, "")), upper), |_, _| false)
+                .map_err(fail("drop index"))?;
+        }
+    }
+    let removed = changes.u32()?;
+    if removed > 0 {
+        let mut index = txn.open_table(INDEX).map_err(fail("open index"))?;
+        for _ in 0..removed {
+            let (number, key, id) = (changes.u32()?, changes.bytes()?, changes.str()?);
+            index.remove((number, key, id)).map_err(fail("remove index entry"))?;
+        }
+    }
+    let added = changes.u32()?;
+    if added > 0 {
+        let mut index = txn.open_table(INDEX).map_err(fail("open index"))?;
+        for _ in 0..added {
+            let (number, key, id) = (changes.u32()?, changes.bytes()?, changes.str()?);
+            index.insert((number, key, id), ()).map_err(fail("add index entry"))?;
+        }
+    }
+    changes.finish()
+}
+
+/// Records in `txn` that the file holds commits up to `number`.
+fn set_committed(txn: &redb::WriteTransaction, number: u64) -> Result<(), Error> {
+    let mut meta = txn.open_table(META).map_err(fail("open meta"))?;
+    meta.insert(COMMIT_META_KEY, number.to_le_bytes().as_slice()).map_err(fail("write meta"))?;
+    Ok(())
+}
+
+/// The file's id and the number of its last commit; a file without an id
+/// (new, or made before the log) gets one, durably.
+fn identity(db: &Redb) -> Result<(FileId, u64), Error> {
+    let read = |db: &Redb| -> Result<(Option<FileId>, u64), Error> {
+        let txn = db.begin_read().map_err(fail("begin read"))?;
+        let meta = txn.open_table(META).map_err(fail("open meta"))?;
+        let id = meta.get(FILE_ID_META_KEY).map_err(fail("read meta"))?.and_then(|v| FileId::try_from(v.value()).ok());
+        let committed = match meta.get(COMMIT_META_KEY).map_err(fail("read meta"))? {
+            Some(v) => {
+                u64::from_le_bytes(v.value().try_into().map_err(|_| Error::Decode { what: "commit number", reason: "not 8 bytes".into() })?)
+            }
+            None => 0,
+        };
+        Ok((id, committed))
+    };
+    match read(db)? {
+        (Some(id), committed) => Ok((id, committed)),
+        (None, committed) => {
+            let mut id: FileId = [0; 16];
+            getrandom::fill(&mut id).map_err(|err| Error::storage(std::io::Error::other(format!("no random file id: {err}"))))?;
+            let txn = db.begin_write().map_err(fail("begin write"))?;
+            txn.open_table(META).map_err(fail("open meta"))?.insert(FILE_ID_META_KEY, id.as_slice()).map_err(fail("write meta"))?;
+            set_committed(&txn, committed)?;
+            txn.commit().map_err(fail("commit"))?;
+            Ok((id, committed))
+        }
+    }
+}
+
+impl Log {
+    /// Opens the log of the redb file `db` in `dir` and redoes what redb
+    /// does not hold yet; a log that is not the file's is set aside.
+    fn open(dir: &Path, db: &Redb) -> Result<Log, RedbStoreError> {
+        let log_error = |source: std::io::Error| RedbStoreError::Log { path: dir.join(LOG_FILE), source };
+        let (file_id, committed) = identity(db)
+            .map_err(|err| RedbStoreError::Corrupted { path: dir.join(DATA_FILE), reason: pluresdb_core::error_chain(&err) })?;
+        let mut set_aside = Vec::new();
+        let wal = match Wal::find(dir, &file_id).map_err(log_error)? {
+            wal::Found::Ours(wal) => wal,
+            wal::Found::Nothing => Wal::create(dir, &file_id).map_err(log_error)?,
+            wal::Found::Foreign(reason) => {
+                set_aside.push(Self::set_aside(dir, reason).map_err(log_error)?);
+                Wal::create(dir, &file_id).map_err(log_error)?
+            }
+        };
+        let mut log = Log { dir: dir.to_owned(), wal, file_id, committed, payload: Vec::new(), set_aside };
+        log.redo(db).map_err(|err| match err {
+            Error::StoreFault { source, .. } => match source.downcast::<RedbStoreError>() {
+                Ok(err) => *err,
+                Err(source) => RedbStoreError::Log { path: dir.join(LOG_FILE), source: std::io::Error::other(source) },
+            },
+            err => RedbStoreError::Corrupted { path: dir.join(LOG_FILE), reason: pluresdb_core::error_chain(&err) },
+        })?;
+        Ok(log)
+    }
+
+    /// Renames the log aside, with a warning that says why and where it is.
+    fn set_aside(dir: &Path, reason: &str) -> std::io::Result<PathBuf> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let to = wal::set_aside(dir, now)?;
+        tracing::warn!(
+            "the write-ahead log {} was not applied to {}: {reason}; it was renamed to {} (nothing in it was deleted)",
+            dir.join(LOG_FILE).display(),
+            dir.join(DATA_FILE).display(),
+            to.display()
+        );
+        Ok(to)
+    }
+
+    /// Applies to `db` the records that continue its last commit, in one
+    /// durable transaction, and starts a new cycle. Records the file holds
+    /// already are skipped; the redo ends at the first record that is not
+    /// whole or does not continue the one before. A log whose first record
+    /// comes after a commit the file lacks is set aside.
+    fn redo(&mut self, db: &Redb) -> Result<(), Error> {
+        let (_, committed) = identity(db)?;
+        let mut next = committed + 1;
+        let mut previous: Option<u64> = None;
+        let mut gap = None;
+        let mut txn: Option<redb::WriteTransaction> = None;
+        let mut in_txn = 0usize;
+        let scanned = self.wal.scan(|number, payload| {
+            match previous {
+                Some(previous) if number != previous + 1 => return Ok(false),
+                None if number > next => {
+                    gap = Some(number);
+                    return Ok(false);
+                }
+                _ => {}
+            }
+            previous = Some(number);
+            if number < next {
+                return Ok(true);
+            }
+            // In transactions of about a megabyte without durability, so
+            // that redoing a full cycle does not hold it all in memory at
+            // once; one durable commit at the end.
+            if txn.is_none() {
+                let mut begun = db.begin_write().map_err(fail("begin write"))?;
+                begun.set_durability(Durability::None).map_err(fail("begin write"))?;
+                txn = Some(begun);
+            }
+            if let Some(open) = &txn {
+                apply(open, payload)?;
+                set_committed(open, number)?;
+            }
+            in_txn += payload.len();
+            if in_txn >= REDO_TRANSACTION_BYTES {
+                if let Some(full) = txn.take() {
+                    full.commit().map_err(fail("commit"))?;
+                }
+                in_txn = 0;
+            }
+            next += 1;
+            Ok(true)
+        });
+        match scanned {
+            Ok(scan) if next - 1 > committed => tracing::info!(
+                "redid commits {} to {} from the write-ahead log {} ({} records read, ended: {:?})",
+                committed + 1,
+                next - 1,
+                self.wal.path().display(),
+                scan.records,
+                scan.stop
+            ),
+            Ok(_) => {}
+            Err(wal::ScanError::Record(err)) => return Err(err),
+            Err(wal::ScanError::Io(source)) => {
+                let fault = StorageFault::of_io(&source);
+                return Err(Error::store_fault(fault, RedbStoreError::Log { path: self.wal.path().to_owned(), source }));
+            }
+        }
+        let log_fault =
+            |source: std::io::Error, path: PathBuf| Error::store_fault(StorageFault::of_io(&source), RedbStoreError::Log { path, source });
+        if let Some(first) = gap {
+            let reason = format!(
+                "its first record is commit {first}, but the data file holds commits up to {committed} only: the data file is older \
+                 than the log (restored from a backup?) and the commits between are not in either"
+            );
+            let to = Self::set_aside(&self.dir, &reason).map_err(|err| log_fault(err, self.wal.path().to_owned()))?;
+            self.set_aside.push(to);
+            self.wal = Wal::create(&self.dir, &self.file_id).map_err(|err| log_fault(err, self.dir.join(LOG_FILE)))?;
+        }
+        if next - 1 > committed {
+            // Durable: everything redone, and the commits before.
+            let mut last = match txn {
+                Some(txn) => txn,
+                None => db.begin_write().map_err(fail("begin write"))?,
+            };
+            last.set_durability(Durability::Immediate).map_err(fail("begin write"))?;
+            last.commit().map_err(fail("commit"))?;
+        }
+        self.committed = next - 1;
+        self.wal.restart();
+        self.wal.broken = false;
+        Ok(())
+    }
+}
+
+impl Drop for RedbStore {
+    /// The writer's clean close is a checkpoint: redb holds every logged
+    /// commit durably, and the next open has nothing to redo.
+    fn drop(&mut self) {
+        let Some(log) = &self.log else { return };
+        if log.wal.end() <= wal::HEADER_LEN {
+            return;
+        }
+        if let Ok(db) = self.db() {
+            if let Ok(txn) = db.begin_write() {
+                let _ = txn.commit();
+            }
+        }
+    }
 }
 
 /// Opens or creates the redb file, turning redb's lock and corruption
@@ -910,6 +1230,270 @@ mod tests {
         assert_eq!(db.ops_after("a", 0, usize::MAX).unwrap(), winner);
         assert_eq!(db.version_vector().get("a"), 1_400);
         assert_eq!(db.store().scan_nodes("", None, usize::MAX).unwrap(), original.store().scan_nodes("", None, usize::MAX).unwrap());
+    }
+
+    /// Set in a child process that runs one test's writes and then aborts.
+    const CRASH_DIR_ENV: &str = "PLURESDB_TEST_CRASH_DIR";
+
+    /// The data directory this process is to write into and then crash,
+    /// when it is such a child.
+    fn crash_child() -> Option<PathBuf> {
+        std::env::var_os(CRASH_DIR_ENV).map(PathBuf::from)
+    }
+
+    /// Runs `test` (the calling test) in a child process on `dir`: it
+    /// writes, sees every commit acknowledged, and aborts (no destructor,
+    /// no checkpoint: a crash).
+    fn run_crashing_child(test: &str, dir: &Path) {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CRASH_DIR_ENV, dir)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("CHILD ACKNOWLEDGED ALL"),
+            "the child failed before crashing: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "the child did not crash");
+    }
+
+    /// The child's last words: every write returned Ok; then the crash.
+    fn crash() -> ! {
+        println!("CHILD ACKNOWLEDGED ALL");
+        std::process::abort()
+    }
+
+    /// Writes `range` of a fixed sequence of puts, updates and deletes
+    /// (deterministic: the same state for the same range).
+    fn workload(db: &mut Database<RedbStore>, range: std::ops::Range<u64>, pad: usize) {
+        for i in range {
+            let now = 1_000_000 + i;
+            // Updates and deletes touch records put earlier (i % 5 == 2).
+            match i % 5 {
+                3 => db.update(&format!("n:{:04}", i - 1), json!({"updated": i}), now).map(drop).unwrap(),
+                4 if i >= 12 && db.get(&format!("n:{:04}", i - 12)).unwrap().is_some() => {
+                    db.delete(&format!("n:{:04}", i - 12), now).map(drop).unwrap()
+                }
+                _ => db
+                    .put(&format!("n:{i:04}"), json!({"i": i, "pad": "p".repeat(pad), "next": {"#": format!("n:{:04}", i + 1)}}), now)
+                    .map(drop)
+                    .unwrap(),
+            }
+        }
+    }
+
+    /// Everything a replica reads back from its store, with the op log's
+    /// bodies as stored.
+    /// Records, version vector, clock, and the op log's bodies as stored.
+    type State = (Vec<NodeRecord>, VersionVector, Hlc, Vec<(OpId, Vec<u8>)>);
+
+    fn state(dir: &Path) -> State {
+        let db = Database::open(RedbStore::open(dir).unwrap(), "p").unwrap();
+        let mut bodies = EncodedOps::new();
+        db.store().op_bodies_after("p", 0, usize::MAX, &mut bodies).unwrap();
+        let bodies = bodies.iter().map(|(id, body)| (id.clone(), body.to_vec())).collect();
+        (db.store().scan_nodes("", None, usize::MAX).unwrap(), db.version_vector().clone(), db.clock(), bodies)
+    }
+
+    /// The state of a store that wrote `range` and closed cleanly.
+    fn reference_state(range: std::ops::Range<u64>, pad: usize) -> State {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Database::open(RedbStore::open(dir.path()).unwrap(), "p").unwrap();
+        workload(&mut db, range, pad);
+        drop(db);
+        state(dir.path())
+    }
+
+    /// The number of the last commit redb holds durably (read with redb
+    /// alone, so no redo runs).
+    fn durable_commit_number(dir: &Path) -> u64 {
+        let db = Redb::open(dir.join(DATA_FILE)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        let number = meta.get(COMMIT_META_KEY).unwrap().map_or(0, |v| u64::from_le_bytes(v.value().try_into().unwrap()));
+        number
+    }
+
+    /// The offsets of the log's records, walked by their lengths.
+    fn record_offsets(dir: &Path, count: usize) -> Vec<u64> {
+        let bytes = std::fs::read(dir.join(LOG_FILE)).unwrap();
+        let mut at = wal::HEADER_LEN as usize;
+        let mut offsets = Vec::new();
+        for _ in 0..count {
+            offsets.push(at as u64);
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            at += wal::RECORD_HEADER + len;
+        }
+        offsets
+    }
+
+    #[test]
+    fn acknowledged_commits_survive_a_crash_before_any_checkpoint() {
+        const WRITES: u64 = 60;
+        if let Some(dir) = crash_child() {
+            let mut db = Database::open(RedbStore::open(&dir).unwrap(), "p").unwrap();
+            workload(&mut db, 0..WRITES, 100);
+            // Readers in the process see every commit.
+            let reader = db.store().read_handle();
+            assert_eq!(reader.version_vector().unwrap().get("p"), db.version_vector().get("p"));
+            crash();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        run_crashing_child("tests::acknowledged_commits_survive_a_crash_before_any_checkpoint", dir.path());
+        let durable = durable_commit_number(dir.path());
+        assert!(durable < WRITES, "redb held {durable} commits durably: the crash did not test the log");
+        let expected = reference_state(0..WRITES, 100);
+        assert_eq!(state(dir.path()), expected, "the store after the crash differs from one that never crashed");
+        // The redo was made durable: a second open has nothing to redo.
+        assert!(durable_commit_number(dir.path()) >= WRITES);
+        assert_eq!(state(dir.path()), expected);
+    }
+
+    #[test]
+    fn a_torn_or_damaged_last_record_ends_the_redo_at_the_one_before() {
+        const WRITES: u64 = 20;
+        if let Some(dir) = crash_child() {
+            let mut db = Database::open(RedbStore::open(&dir).unwrap(), "p").unwrap();
+            workload(&mut db, 0..WRITES, 100);
+            crash();
+        }
+        let crashed = tempfile::tempdir().unwrap();
+        run_crashing_child("tests::a_torn_or_damaged_last_record_ends_the_redo_at_the_one_before", crashed.path());
+        let durable = durable_commit_number(crashed.path());
+        let records = (WRITES - durable) as usize;
+        let last = *record_offsets(crashed.path(), records).last().unwrap();
+        let all_but_last = reference_state(0..WRITES - 1, 100);
+        let copy = |damage: &dyn Fn(&Path)| {
+            let dir = tempfile::tempdir().unwrap();
+            for name in [DATA_FILE, LOG_FILE] {
+                std::fs::copy(crashed.path().join(name), dir.path().join(name)).unwrap();
+            }
+            damage(&dir.path().join(LOG_FILE));
+            dir
+        };
+        // Torn: the file ends inside the last record.
+        let torn = copy(&|log| std::fs::OpenOptions::new().write(true).open(log).unwrap().set_len(last + 40).unwrap());
+        assert_eq!(state(torn.path()), all_but_last, "torn");
+        // A flipped byte in the last record's payload.
+        let flipped = copy(&|log| {
+            let mut bytes = std::fs::read(log).unwrap();
+            bytes[last as usize + wal::RECORD_HEADER + 10] ^= 0x40;
+            std::fs::write(log, bytes).unwrap();
+        });
+        assert_eq!(state(flipped.path()), all_but_last, "flipped");
+        // Its length made huge: read as past the end, nothing allocated.
+        let huge = copy(&|log| {
+            let mut bytes = std::fs::read(log).unwrap();
+            bytes[last as usize..last as usize + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+            std::fs::write(log, bytes).unwrap();
+        });
+        assert_eq!(state(huge.path()), all_but_last, "huge length");
+        // Undamaged, it holds them all.
+        assert_eq!(state(copy(&|_| {}).path()), reference_state(0..WRITES, 100));
+    }
+
+    #[test]
+    fn a_log_from_another_data_directory_is_set_aside_unapplied() {
+        if let Some(dir) = crash_child() {
+            let mut db = Database::open(RedbStore::open(&dir).unwrap(), "p").unwrap();
+            workload(&mut db, 100..130, 100);
+            crash();
+        }
+        let other = tempfile::tempdir().unwrap();
+        run_crashing_child("tests::a_log_from_another_data_directory_is_set_aside_unapplied", other.path());
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut db = Database::open(RedbStore::open(dir.path()).unwrap(), "p").unwrap();
+            workload(&mut db, 0..10, 100);
+        }
+        let foreign = std::fs::read(other.path().join(LOG_FILE)).unwrap();
+        std::fs::write(dir.path().join(LOG_FILE), &foreign).unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        let aside = store.set_aside_logs().to_vec();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert_eq!(std::fs::read(&aside[0]).unwrap(), foreign, "the foreign log was kept as it was");
+        assert!(aside[0].file_name().unwrap().to_str().unwrap().starts_with("pluresdb.wal.set-aside-"));
+        drop(store);
+        assert_eq!(state(dir.path()), reference_state(0..10, 100), "the store holds what its own file held");
+        assert!(RedbStore::open(dir.path()).unwrap().set_aside_logs().is_empty(), "its new log is its own");
+    }
+
+    #[test]
+    fn a_log_beside_an_older_copy_of_the_data_file_is_set_aside() {
+        if let Some(dir) = crash_child() {
+            let mut db = Database::open(RedbStore::open(&dir).unwrap(), "p").unwrap();
+            workload(&mut db, 10..20, 100);
+            crash();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let backup = tempfile::tempdir().unwrap();
+        {
+            let mut db = Database::open(RedbStore::open(dir.path()).unwrap(), "p").unwrap();
+            workload(&mut db, 0..5, 100);
+        }
+        std::fs::copy(dir.path().join(DATA_FILE), backup.path().join(DATA_FILE)).unwrap();
+        {
+            let mut db = Database::open(RedbStore::open(dir.path()).unwrap(), "p").unwrap();
+            workload(&mut db, 5..10, 100);
+        }
+        run_crashing_child("tests::a_log_beside_an_older_copy_of_the_data_file_is_set_aside", dir.path());
+        // The data file is restored from the backup; the log stays.
+        std::fs::copy(backup.path().join(DATA_FILE), dir.path().join(DATA_FILE)).unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(store.set_aside_logs().len(), 1, "the log does not continue the backup: it must not be applied");
+        drop(store);
+        assert_eq!(state(dir.path()), reference_state(0..5, 100), "the store holds what the backup held");
+    }
+
+    #[test]
+    fn a_full_cycle_is_a_checkpoint_and_the_log_stays_within_its_bound() {
+        const WRITES: u64 = 400;
+        if let Some(dir) = crash_child() {
+            let mut store = RedbStore::open(&dir).unwrap();
+            store.log.as_mut().unwrap().wal.set_cycle_bytes(64 * 1024);
+            let mut db = Database::open(store, "p").unwrap();
+            let mut restarts = 0;
+            for i in 0..WRITES {
+                let before = db.store().log.as_ref().unwrap().wal.end();
+                workload(&mut db, i..i + 1, 3_000);
+                restarts += usize::from(db.store().log.as_ref().unwrap().wal.end() < before);
+            }
+            assert!(restarts >= 10, "{restarts} checkpoints");
+            crash();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        run_crashing_child("tests::a_full_cycle_is_a_checkpoint_and_the_log_stays_within_its_bound", dir.path());
+        let durable = durable_commit_number(dir.path());
+        assert!(durable > WRITES - 30, "the last checkpoint is at commit {durable}");
+        assert!(durable < WRITES, "everything was durable in redb: the log was not used");
+        // Over 1 MiB of records went through a log of one growth step.
+        let len = std::fs::metadata(dir.path().join(LOG_FILE)).unwrap().len();
+        assert!(len <= 1 << 20, "the log grew to {len} bytes");
+        assert_eq!(state(dir.path()), reference_state(0..WRITES, 3_000));
+    }
+
+    #[test]
+    fn damaged_lengths_and_counts_are_errors_not_allocations() {
+        // A payload that claims 4 billion truncations, then one whose
+        // string claims 4 GiB: each fails at the end of its bytes.
+        let mut reader = wal::Reader::new(&[0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0]);
+        assert_eq!(reader.u32().unwrap(), u32::MAX);
+        assert!(reader.str().is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        let db = store.db().unwrap();
+        let txn = db.begin_write().unwrap();
+        let mut payload = u32::MAX.to_le_bytes().to_vec();
+        payload.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(apply(&txn, &payload), Err(Error::Decode { .. })));
+        // Trailing bytes after a whole payload are refused too.
+        let mut whole = Vec::new();
+        wal::encode(&WriteBatch::default(), &mut whole);
+        assert!(apply(&txn, &whole).is_ok());
+        whole.push(0);
+        assert!(apply(&txn, &whole).is_err());
     }
 
     #[test]

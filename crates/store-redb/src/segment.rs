@@ -22,30 +22,47 @@ pub const MAX_BYTES: usize = 1 << 20;
 /// starting at sequence number `first_seq`, into segments, each with the
 /// sequence number of its first operation.
 pub fn encode(first_seq: u64, bodies: &[&[u8]]) -> Vec<(u64, Vec<u8>)> {
-    let mut segments = Vec::new();
+    runs(bodies)
+        .map(|run| {
+            let mut bytes = Vec::new();
+            write(&bodies[run.clone()], &mut bytes);
+            (first_seq + run.start as u64, bytes)
+        })
+        .collect()
+}
+
+/// The index ranges of `bodies` that make one segment each.
+pub fn runs<'a>(bodies: &'a [&'a [u8]]) -> impl Iterator<Item = std::ops::Range<usize>> + 'a {
     let mut start = 0;
-    while start < bodies.len() {
+    std::iter::from_fn(move || {
+        if start >= bodies.len() {
+            return None;
+        }
         let mut end = start;
         let mut size = 0;
         while end < bodies.len() && end - start < MAX_OPS && size < MAX_BYTES {
             size += bodies[end].len();
             end += 1;
         }
-        let run = &bodies[start..end];
-        let mut bytes = Vec::with_capacity(4 + 4 * run.len() + size);
-        bytes.extend_from_slice(&(run.len() as u32).to_le_bytes());
-        let mut offset = 0u32;
-        for body in run {
-            offset += body.len() as u32;
-            bytes.extend_from_slice(&offset.to_le_bytes());
-        }
-        for body in run {
-            bytes.extend_from_slice(body);
-        }
-        segments.push((first_seq + start as u64, bytes));
+        let run = start..end;
         start = end;
+        Some(run)
+    })
+}
+
+/// Appends the segment of the operations `run` to `out`.
+pub fn write(run: &[&[u8]], out: &mut Vec<u8>) {
+    let size: usize = run.iter().map(|body| body.len()).sum();
+    out.reserve(4 + 4 * run.len() + size);
+    out.extend_from_slice(&(run.len() as u32).to_le_bytes());
+    let mut offset = 0u32;
+    for body in run {
+        offset += body.len() as u32;
+        out.extend_from_slice(&offset.to_le_bytes());
     }
-    segments
+    for body in run {
+        out.extend_from_slice(body);
+    }
 }
 
 /// A parsed view of a stored segment.
