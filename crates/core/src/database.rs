@@ -305,6 +305,10 @@ pub struct Database<S> {
     skew: BTreeMap<Arc<str>, i64>,
     /// The secondary indexes every commit keeps (see [`crate::index`]).
     indexes: Vec<IndexDef>,
+    /// The operations of the newest commit that wrote any, as the op log
+    /// holds them, until [`forget_recent_ops`](Self::forget_recent_ops):
+    /// peers that are up to date are sent them without a read of the op log.
+    recent_ops: crate::store::EncodedOps,
 }
 
 /// Whether a batch holds local writes to stamp or operations received, and
@@ -346,6 +350,7 @@ impl<S: Store> Database<S> {
             deferred,
             skew: BTreeMap::new(),
             indexes,
+            recent_ops: crate::store::EncodedOps::new(),
         })
     }
 
@@ -1093,7 +1098,11 @@ impl<S: Store> Database<S> {
             ..WriteBatch::default()
         };
         self.index_changes(&mut batch, before)?;
+        // Forgotten first: a failed commit must not leave a copy of what
+        // the op log held before it (a reopened store is read instead).
+        self.recent_ops = crate::store::EncodedOps::new();
         self.store.commit(&batch)?;
+        self.recent_ops = std::mem::take(&mut batch.ops);
         if !batch.released.is_empty() {
             // Dropped operations that were deferred are no longer.
             let first = self.store.deferred(None, 1)?.pop();
@@ -1415,8 +1424,45 @@ impl<S: Store> Database<S> {
 
     /// What [`ops_after`](Self::ops_after) reads, appended to `out` as the
     /// op log holds it, undecoded (see [`Store::op_bodies_after`]).
+    ///
+    /// When the newest commit holds every operation of `origin` after
+    /// `after_seq` (a peer that was sent all before it), they are copied from
+    /// that commit instead of read.
     pub fn op_bodies_after(&self, origin: &str, after_seq: u64, limit: usize, out: &mut crate::store::EncodedOps) -> Result<(), Error> {
+        if self.recent_bodies_after(origin, after_seq, limit, out) {
+            return Ok(());
+        }
         self.store.op_bodies_after(origin, after_seq, limit, out)
+    }
+
+    /// Appends what [`op_bodies_after`](Self::op_bodies_after) returns from
+    /// the newest commit's operations, if they start right after
+    /// `after_seq` and run on without a gap; false (nothing appended) if
+    /// the op log must be read.
+    fn recent_bodies_after(&self, origin: &str, after_seq: u64, limit: usize, out: &mut crate::store::EncodedOps) -> bool {
+        // The newest commit holds the newest operations of each origin in
+        // it, so nothing of `origin` comes after its run there.
+        let mut run = self.recent_ops.iter().filter(|(id, _)| &*id.origin == origin).skip_while(|(id, _)| id.seq <= after_seq).peekable();
+        if run.peek().map(|(id, _)| id.seq) != after_seq.checked_add(1) {
+            return false;
+        }
+        let mut expected = after_seq;
+        let start = out.len();
+        for (id, body) in run.take(limit) {
+            if Some(id.seq) != expected.checked_add(1) {
+                out.truncate(start);
+                return false;
+            }
+            expected = id.seq;
+            out.push_encoded(id, body);
+        }
+        true
+    }
+
+    /// Lets go of the newest commit's operations kept for
+    /// [`op_bodies_after`](Self::op_bodies_after) (once they were sent).
+    pub fn forget_recent_ops(&mut self) {
+        self.recent_ops = crate::store::EncodedOps::new();
     }
 }
 

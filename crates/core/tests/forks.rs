@@ -94,3 +94,45 @@ fn a_fork_of_one_origin_does_not_hold_up_the_others() {
     assert_eq!(report.forks.len(), 1, "{report:?}");
     assert_eq!(b.ops_after("a", 0, 100).unwrap(), original);
 }
+
+/// What a replica sends a peer of each origin after each sequence number
+/// (`op_bodies_after`, served from the newest commit's copy when it holds
+/// the run) is byte for byte what its op log holds, through local commits
+/// of several operations, received runs, a fork that drops a branch, and
+/// after the copy is let go.
+#[test]
+fn operations_sent_from_the_newest_commit_are_the_op_logs() {
+    fn same_as_the_op_log(db: &Database<MemoryStore>, when: &str) {
+        let held = db.version_vector();
+        for (origin, head) in held.iter() {
+            for after in 0..=head + 1 {
+                for limit in [1, 2, 3, 100] {
+                    let (mut sent, mut stored) = (pluresdb_core::EncodedOps::new(), pluresdb_core::EncodedOps::new());
+                    db.op_bodies_after(origin, after, limit, &mut sent).unwrap();
+                    db.store().op_bodies_after(origin, after, limit, &mut stored).unwrap();
+                    let pairs =
+                        |ops: &pluresdb_core::EncodedOps| ops.iter().map(|(id, body)| (id.clone(), body.to_vec())).collect::<Vec<_>>();
+                    assert_eq!(pairs(&sent), pairs(&stored), "{when}: {origin} after {after}, limit {limit}");
+                }
+            }
+        }
+    }
+    let mut b = replica("b", MemoryStore::new());
+    for round in 0..3 {
+        let ops =
+            (0..3).map(|i| OperationWithMetadata::new(OperationType::UpdateNode, format!("b:{i}"), json!({"round": round}), "b")).collect();
+        b.commit_local(ops, 1_000 + round).unwrap();
+        same_as_the_op_log(&b, "local commits");
+    }
+    let (original, copy) = two_branches();
+    for chunk in copy.chunks(4) {
+        b.apply_remote(chunk.to_vec(), NOW).unwrap();
+        same_as_the_op_log(&b, "received runs");
+    }
+    // The original's branch replaces the copy's from a's 6th operation on.
+    let report = b.apply_remote(original, NOW).unwrap();
+    assert!(matches!(report.forks[0].outcome, ForkOutcome::Replaced { .. }), "{report:?}");
+    same_as_the_op_log(&b, "after a fork");
+    b.forget_recent_ops();
+    same_as_the_op_log(&b, "after the copy is let go");
+}

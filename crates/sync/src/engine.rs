@@ -974,6 +974,9 @@ impl<S: Store> DataSyncEngine<S> {
         for peer in connected {
             self.pump(&peer, now_ms);
         }
+        // Peers that were up to date were sent the newest commit from the
+        // copy the replica kept of it; the rest read the op log.
+        self.db.forget_recent_ops();
     }
 
     /// Runs timers due at `now_ms`: stalled rounds and batches, periodic
