@@ -383,8 +383,8 @@ impl RedbStore {
         } else {
             log.wal.restart();
         }
-        // A large batch's buffer is not kept.
-        if log.payload.capacity() > 4 << 20 {
+        // An import's buffer (megabytes) is not kept; a single write's is.
+        if log.payload.capacity() > KEPT_PAYLOAD_BYTES {
             log.payload = Vec::new();
         }
         Ok(())
@@ -481,6 +481,9 @@ fn create_tables(db: &Redb) -> Result<(), redb::Error> {
     txn.commit()?;
     Ok(())
 }
+
+/// The payload buffer a writer keeps between commits at most.
+const KEPT_PAYLOAD_BYTES: usize = 256 << 10;
 
 /// How much of the log a redo applies in one transaction.
 const REDO_TRANSACTION_BYTES: usize = 1 << 20;
@@ -1472,6 +1475,32 @@ mod tests {
         let len = std::fs::metadata(dir.path().join(LOG_FILE)).unwrap().len();
         assert!(len <= 1 << 20, "the log grew to {len} bytes");
         assert_eq!(state(dir.path()), reference_state(0..WRITES, 3_000));
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_written_fails_the_commit_with_nothing_visible() {
+        let meta = |key: &str| WriteBatch { meta: vec![(key.to_owned(), key.as_bytes().to_vec())], ..WriteBatch::default() };
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RedbStore::open(dir.path()).unwrap();
+        let reader = store.read_handle();
+        store.commit(&meta("before")).unwrap();
+        // The log's handle is swapped for one that only reads: the append
+        // fails as a failing medium makes it fail.
+        let read_only = std::fs::File::open(dir.path().join(LOG_FILE)).unwrap();
+        let writable = store.log.as_mut().unwrap().wal.replace_file(read_only);
+        let err = store.commit(&meta("failed")).unwrap_err();
+        assert_eq!(err.storage_fault(), Some(StorageFault::Io), "{}", pluresdb_core::error_chain(&err));
+        assert!(pluresdb_core::error_chain(&err).contains("write-ahead log"), "{}", pluresdb_core::error_chain(&err));
+        assert_eq!(reader.meta("failed").unwrap(), None, "the failed batch is visible");
+        assert_eq!(reader.meta("before").unwrap().as_deref(), Some(&b"before"[..]));
+        // The medium comes back: after a recovery, writes go on.
+        store.log.as_mut().unwrap().wal.replace_file(writable);
+        store.recover().unwrap();
+        store.commit(&meta("after")).unwrap();
+        drop((store, reader));
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(store.meta("failed").unwrap(), None, "a failed batch came back at open");
+        assert!(store.meta("before").unwrap().is_some() && store.meta("after").unwrap().is_some());
     }
 
     #[test]

@@ -150,6 +150,13 @@ impl Wal {
         self.cycle_bytes = bytes.max(HEADER_LEN);
     }
 
+    /// Swaps the file handle (tests make appends fail with one that only
+    /// reads) and returns the one it had.
+    #[cfg(test)]
+    pub fn replace_file(&mut self, file: File) -> File {
+        std::mem::replace(&mut self.file, file)
+    }
+
     /// Whether a record of `payload_len` bytes fits in this cycle.
     pub fn fits(&self, payload_len: usize) -> bool {
         self.end.saturating_add((RECORD_HEADER + payload_len) as u64) <= self.cycle_bytes
