@@ -41,6 +41,7 @@
 use crate::node::{FieldValue, NodeRecord, PendingSupersession, Reset};
 use crate::operation::{OpId, OperationType, OperationWithMetadata, Stamp};
 use serde_json::Value;
+use std::collections::btree_map::Entry;
 
 /// Applies `op` to `record`. `is_applied` answers whether an operation other
 /// than `op` has already been applied; `op` itself must not have been.
@@ -96,9 +97,21 @@ pub fn apply_owned(record: &mut NodeRecord, op: OperationWithMetadata, is_applie
         if dead_fields.contains(&field) {
             continue;
         }
-        let values = record.fields.entry(field).or_default();
-        let at = values.partition_point(|v| v.stamp < stamp);
-        values.insert(at, FieldValue { value, stamp: stamp.clone() });
+        let written = FieldValue { value, stamp: stamp.clone() };
+        match record.fields.entry(field) {
+            // A field's first value gets a vector of exactly one: growing
+            // an empty one reserves four (256 bytes), and most fields never
+            // hold a second value. On a batch of new nodes that was most of
+            // the memory the records took, touched fresh on every commit.
+            Entry::Vacant(slot) => {
+                slot.insert(vec![written]);
+            }
+            Entry::Occupied(mut slot) => {
+                let values = slot.get_mut();
+                let at = values.partition_point(|v| v.stamp < stamp);
+                values.insert(at, written);
+            }
+        }
     }
     add_notes(&mut record.pending, notes);
 }

@@ -78,7 +78,7 @@ impl fmt::Display for OperationType {
 ///
 /// The origin is shared (`Arc<str>`): a replica holds it in every stamp of
 /// every value that origin wrote, and copies are reference-counted.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(from = "(Arc<str>, u64)", into = "(Arc<str>, u64)")]
 pub struct OpId {
     /// The peer id of the author.
@@ -91,6 +91,42 @@ impl OpId {
     /// Builds an op id.
     pub fn new(origin: impl Into<Arc<str>>, seq: u64) -> Self {
         Self { origin: origin.into(), seq }
+    }
+}
+
+// Compared as (origin, seq), the origin by its text. Ids of one origin
+// mostly share one allocation, and `Arc<str>` compares the text even then
+// (std's pointer shortcut is for sized types only): the shortcut here saves
+// a string comparison in every stamp the merge and the record encoder
+// compare.
+impl PartialEq for OpId {
+    fn eq(&self, other: &Self) -> bool {
+        self.seq == other.seq && (Arc::ptr_eq(&self.origin, &other.origin) || self.origin == other.origin)
+    }
+}
+
+impl Eq for OpId {}
+
+impl Ord for OpId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let origin = match Arc::ptr_eq(&self.origin, &other.origin) {
+            true => std::cmp::Ordering::Equal,
+            false => self.origin.cmp(&other.origin),
+        };
+        origin.then(self.seq.cmp(&other.seq))
+    }
+}
+
+impl PartialOrd for OpId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::hash::Hash for OpId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.origin.hash(state);
+        self.seq.hash(state);
     }
 }
 
@@ -542,6 +578,14 @@ impl OperationWithMetadata {
     }
 }
 
+/// Whether `s` holds a control character (Unicode category Cc). Origins
+/// and node ids are checked on every operation applied: printable ASCII,
+/// which they nearly always are, settles it without decoding characters.
+fn has_control(s: &str) -> bool {
+    let printable_ascii = s.bytes().all(|b| (0x20..0x7f).contains(&b));
+    !printable_ascii && s.chars().any(char::is_control)
+}
+
 /// Checks an origin: 1 to [`MAX_ORIGIN_BYTES`] bytes, no control
 /// characters; the reason ("is empty", ...) when it fails.
 pub(crate) fn check_origin(origin: &str) -> Result<(), String> {
@@ -551,7 +595,7 @@ pub(crate) fn check_origin(origin: &str) -> Result<(), String> {
     if origin.len() > MAX_ORIGIN_BYTES {
         return Err(format!("is {} bytes long; the limit is {MAX_ORIGIN_BYTES}", origin.len()));
     }
-    if origin.chars().any(char::is_control) {
+    if has_control(origin) {
         return Err("contains a control character".into());
     }
     Ok(())
@@ -608,7 +652,7 @@ pub fn validate_node_id(id: &str) -> Result<(), Error> {
             reason: format!("it is {} bytes long; the limit is {MAX_NODE_ID_BYTES}", id.len()),
         });
     }
-    if id.chars().any(char::is_control) {
+    if has_control(id) {
         return Err(Error::InvalidNodeId { id: id.escape_debug().to_string(), reason: "it contains a control character".into() });
     }
     Ok(())
@@ -867,5 +911,36 @@ mod tests {
         assert!(s(1, "b", 9) < s(2, "a", 1));
         assert!(s(1, "a", 9) < s(1, "b", 1));
         assert!(s(1, "a", 1) < s(1, "a", 2));
+    }
+
+    proptest::proptest! {
+        /// Ids compare, order and hash as their (origin text, seq) pairs,
+        /// whether or not the two share the origin's allocation.
+        #[test]
+        fn ids_compare_as_origin_text_then_sequence(a in "[ab]{0,3}", b in "[ab]{0,3}", m in 0u64..3, n in 0u64..3, shared: bool) {
+            use std::hash::{BuildHasher, RandomState};
+            let x = OpId::new(a.as_str(), m);
+            let y = match shared && a == b {
+                true => OpId { origin: x.origin.clone(), seq: n },
+                false => OpId::new(b.as_str(), n),
+            };
+            let (px, py) = ((a.as_str(), m), (b.as_str(), n));
+            proptest::prop_assert_eq!(x == y, px == py);
+            proptest::prop_assert_eq!(x.cmp(&y), px.cmp(&py));
+            proptest::prop_assert_eq!(x.partial_cmp(&y), px.partial_cmp(&py));
+            let hasher = RandomState::new();
+            if x == y {
+                proptest::prop_assert_eq!(hasher.hash_one(&x), hasher.hash_one(&y));
+            }
+        }
+    }
+
+    #[test]
+    fn control_characters_are_found_in_ascii_and_beyond() {
+        for c in (0..=0x10_ffff).filter_map(char::from_u32) {
+            for s in [c.to_string(), format!("peer{c}"), format!("{c}é")] {
+                assert_eq!(has_control(&s), s.chars().any(char::is_control), "{s:?}");
+            }
+        }
     }
 }
