@@ -355,7 +355,10 @@ async fn run() -> anyhow::Result<()> {
     wait_held(&b, memory_records as u64, Duration::from_secs(120), "B catching up").await?;
     let (a_rss, b_rss) = (a.memory()?, b.memory()?);
     println!("  RSS: A {a_rss}, B {b_rss}   target <= 50 MB: {}", verdict(a_rss.rss.max(b_rss.rss) * 1.048_576 <= 50.0));
-    println!("  (store cache: up to {} MiB of the heap, the default store_cache_mib)\n", pluresdb_store_redb::DEFAULT_CACHE_BYTES >> 20);
+    println!(
+        "  (store cache: the default store_cache_mib, {} MiB of pages, which redb's allocations make ~2x that in RSS)\n",
+        pluresdb_store_redb::DEFAULT_CACHE_BYTES >> 20
+    );
 
     println!("2. throughput: {throughput_records} records POSTed to A's /import ({IMPORT_BATCH} a request) until B holds them");
     let before = memory_records as u64;

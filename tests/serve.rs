@@ -448,12 +448,12 @@ fn the_relay_setting_comes_from_the_file_the_environment_or_the_flag() {
 }
 
 /// `store_cache_mib` (the store's page cache, the part of a node's memory
-/// that grows with its data) is 8 MiB unless pluresdb.toml or
+/// that grows with its data) is 4 MiB unless pluresdb.toml or
 /// PLURESDB_STORE_CACHE_MIB says otherwise; `config show` says which, a
 /// value out of 1..=65536 is refused with exit code 2 and the reason, and
 /// the replica opens with the smallest cache and keeps its data.
 #[test]
-fn the_store_cache_is_8_mib_unless_set_and_out_of_range_values_are_refused() {
+fn the_store_cache_is_4_mib_unless_set_and_out_of_range_values_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str], env: &[(&str, &str)]| {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pluresdb"));
@@ -465,7 +465,7 @@ fn the_store_cache_is_8_mib_unless_set_and_out_of_range_values_are_refused() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice::<Value>(&out.stdout).unwrap()["store_cache_mib"].clone()
     };
-    assert_eq!(show(&[]), json!({"value": 8, "source": "default"}));
+    assert_eq!(show(&[]), json!({"value": 4, "source": "default"}));
     std::fs::write(dir.path().join("pluresdb.toml"), "store_cache_mib = 64\n").unwrap();
     assert_eq!(show(&[]), json!({"value": 64, "source": "config file"}));
     assert_eq!(show(&[("PLURESDB_STORE_CACHE_MIB", "1")]), json!({"value": 1, "source": "environment"}));

@@ -226,14 +226,16 @@ const READ_RETRY_WAIT: std::time::Duration = std::time::Duration::from_millis(50
 /// to end before it gives up for this attempt (its caller tries again).
 const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The page cache a store gets by default: 8 MiB. Half of it at most is
+/// The page cache a store gets by default: 4 MiB. Half of it at most is
 /// the write buffer of a commit in progress (a group of 1,000 ~100-byte
 /// writes dirties well under 1 MiB). It fills with use and stays full, so
-/// it is the part of a node's memory that grows with its data: at 32 MiB a
-/// node held 71-83 MiB after syncing 50,000 records, at 8 MiB 62-68 MiB
+/// it is the part of a node's memory that grows with its data, and it
+/// costs about twice its size (redb counts page contents only; each page
+/// is an allocation of its own): at 32 MiB a node held 71-83 MiB after
+/// syncing 50,000 records, at 8 MiB 49-58 MiB, at 4 MiB 42-52 MiB
 /// (benches/two_process.rs, docs/performance.md); a node that reads more
 /// than it writes can raise it (the node's `store_cache_mib` setting).
-pub const DEFAULT_CACHE_BYTES: usize = 8 << 20;
+pub const DEFAULT_CACHE_BYTES: usize = 4 << 20;
 
 impl RedbStore {
     /// Collects into a `T` what `visit` takes of each of `origin`'s
