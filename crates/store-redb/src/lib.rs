@@ -347,10 +347,6 @@ impl RedbStore {
         log.payload.clear();
         wal::encode(batch, &mut log.payload);
         let logged = !log.wal.broken && log.wal.fits(log.payload.len()) && free_bytes(path).is_none_or(|free| free >= LOW_SPACE_BYTES);
-        let log_fault = |source: std::io::Error, path: &Path| {
-            let fault = StorageFault::of_io(&source);
-            Error::store_fault(fault, RedbStoreError::Log { path: path.to_owned(), source })
-        };
         if logged {
             // Before the transaction: a log that cannot grow fails the
             // commit with nothing written.
@@ -482,6 +478,11 @@ fn create_tables(db: &Redb) -> Result<(), redb::Error> {
     txn.open_table(INDEX)?;
     txn.commit()?;
     Ok(())
+}
+
+/// A failed read or write of the log at `path`, as the medium's fault.
+fn log_fault(source: std::io::Error, path: &Path) -> Error {
+    Error::store_fault(StorageFault::of_io(&source), RedbStoreError::Log { path: path.to_owned(), source })
 }
 
 /// The payload buffer a writer keeps between commits at most.
@@ -707,21 +708,16 @@ impl Log {
             ),
             Ok(_) => {}
             Err(wal::ScanError::Record(err)) => return Err(err),
-            Err(wal::ScanError::Io(source)) => {
-                let fault = StorageFault::of_io(&source);
-                return Err(Error::store_fault(fault, RedbStoreError::Log { path: self.wal.path().to_owned(), source }));
-            }
+            Err(wal::ScanError::Io(source)) => return Err(log_fault(source, self.wal.path())),
         }
-        let log_fault =
-            |source: std::io::Error, path: PathBuf| Error::store_fault(StorageFault::of_io(&source), RedbStoreError::Log { path, source });
         if let Some(first) = gap {
             let reason = format!(
                 "its first record is commit {first}, but the data file holds commits up to {committed} only: the data file is older \
                  than the log (restored from a backup?) and the commits between are not in either"
             );
-            let to = Self::set_aside(&self.dir, &reason).map_err(|err| log_fault(err, self.wal.path().to_owned()))?;
+            let to = Self::set_aside(&self.dir, &reason).map_err(|err| log_fault(err, self.wal.path()))?;
             self.set_aside.push(to);
-            self.wal = Wal::create(&self.dir, &self.file_id).map_err(|err| log_fault(err, self.dir.join(LOG_FILE)))?;
+            self.wal = Wal::create(&self.dir, &self.file_id).map_err(|err| log_fault(err, &self.dir.join(LOG_FILE)))?;
         }
         if next - 1 > committed {
             // Durable: everything redone, and the commits before.
