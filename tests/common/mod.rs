@@ -123,6 +123,15 @@ impl Node {
     }
 }
 
+/// A node a test did not stop (it failed first) is killed, not left running.
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Nothing is sent to a child already waited for.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// An HTTP answer.
 #[derive(Debug)]
 pub struct Answer {
