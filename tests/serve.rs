@@ -571,3 +571,39 @@ fn answered_writes_survive_repeated_kill_9_in_the_middle_of_writes() {
     assert_eq!(node.request("PUT", "/nodes/after:kills", r#"{"ok":true}"#).0, 200);
     assert!(node.stop().0);
 }
+
+/// The node's memory is in 4 KiB pages, none in transparent huge pages:
+/// mimalloc is built not to ask for them on its arenas (its `no_thp`
+/// feature) and the node turns them off for itself first thing in `main`.
+/// Before, the arena pages mimalloc touched before `main` came in 2 MiB at a
+/// time (2-4 MiB of an idle node's RSS; 3-8 MiB after syncing 50,000
+/// records, benches/two_process.rs). Checked where the kernel hands out huge
+/// pages only when asked (`madvise`, this machine's and Debian's default);
+/// under `always` a process cannot keep what runs before `main` off them.
+#[test]
+#[cfg(target_os = "linux")]
+fn the_node_holds_no_transparent_huge_pages() {
+    let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if !mode.contains("[madvise]") {
+        eprintln!("skipped: transparent huge pages are {:?} here, not [madvise]", mode.trim());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    // Some work, so that the allocator grows its arenas past what start-up took.
+    let value = json!({"text": "x".repeat(1_000)});
+    let lines: String = (0..1_000).map(|i| format!("{}\n", json!({"id": format!("n{i:04}"), "value": value}))).collect();
+    assert_eq!(node.request("POST", "/import", &lines).0, 200);
+    let pid = node.child.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.lines().any(|line| line.split_whitespace().eq(["THP_enabled:", "0"])), "{status}");
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    let huge_kib: u64 = rollup
+        .lines()
+        .find_map(|line| line.strip_prefix("AnonHugePages:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("AnonHugePages in smaps_rollup");
+    assert_eq!(huge_kib, 0, "{rollup}");
+    let (clean, stderr) = node.stop();
+    assert!(clean, "{stderr}");
+}

@@ -1,10 +1,13 @@
 //! How a node process asks the kernel for memory.
 
-/// Keeps this process off transparent huge pages. mimalloc (the node's
-/// allocator) asks for them on its arenas, and the kernel then faults memory
-/// in 2 MiB at a time: a node with 250 idle peers held 57-66 KiB per peer
-/// that way and 45 KiB without, and replication and catch-up were no slower
-/// (benches/replication.rs). Call it first thing in `main`.
+/// Keeps this process off transparent huge pages, with which the kernel
+/// faults memory in 2 MiB at a time: a node with 250 idle peers held 57-66
+/// KiB per peer that way and 45 KiB without, and replication and catch-up
+/// were no slower (benches/replication.rs). Call it first thing in `main`.
+/// What was allocated before `main` is not covered: mimalloc is built with
+/// its `no_thp` feature so that it does not ask for huge pages on its arenas
+/// (the workspace's Cargo.toml), which a kernel in `madvise` mode (Debian's
+/// default) would otherwise grant for the first arena pages.
 pub fn avoid_huge_pages() {
     #[cfg(target_os = "linux")]
     // SAFETY: PR_SET_THP_DISABLE takes plain integers and changes only how
