@@ -17,7 +17,8 @@
 //!    off), against direct libp2p of the same run
 //!    (`PLURESDB_BENCH_THROUGHPUT_ONLY=1` stops after this phase);
 //! 2. write-to-peer latency: sequential single writes on A, each timed from
-//!    the call until B's watch yields it, against the raw quinn round trip;
+//!    the call until B's watch yields it, against the raw quinn round trip
+//!    (`PLURESDB_BENCH_LATENCY_ONLY=1` runs this phase alone, QUIC only);
 //! 3. catch-up: a fresh B connecting to an A that holds 1,000,000 operations
 //!    (`PLURESDB_BENCH_CATCHUP=N` changes the count);
 //! 4. resident memory per idle connected peer: 50 extra QUIC engines
@@ -415,6 +416,22 @@ struct Latency {
     quinn_rtt: Vec<Duration>,
     /// Round trips between bare libp2p swarms (libp2p runs only).
     libp2p_rtt: Option<Vec<Duration>>,
+    /// Means over the samples, from the nodes' counters: A's commit (the
+    /// writer's time in it), B's handling of each peer message that applied
+    /// operations.
+    a_commit: Duration,
+    b_apply: Duration,
+}
+
+/// (commits, their microseconds, applies, their microseconds) of `node`.
+fn split_counters(node: &Node) -> [u64; 4] {
+    let stats = node.handle.stats();
+    [&stats.commits, &stats.commit_us, &stats.remote_applies, &stats.remote_apply_us].map(pluresdb_runtime::Stats::get)
+}
+
+/// `us` over `n`, as a duration (zero for none).
+fn mean_us(us: u64, n: u64) -> Duration {
+    Duration::from_micros(us.checked_div(n).unwrap_or(0))
 }
 
 async fn latency(transport: Transport) -> anyhow::Result<Latency> {
@@ -425,7 +442,12 @@ async fn latency(transport: Transport) -> anyhow::Result<Latency> {
     let mut watch = b.handle.watch(Filter::All, None).await?;
     let mut to_peer = Vec::with_capacity(LATENCY_SAMPLES);
     let mut local_commit = Vec::with_capacity(LATENCY_SAMPLES);
+    let (mut a_before, mut b_before) = ([0; 4], [0; 4]);
     for i in 0..LATENCY_WARMUP + LATENCY_SAMPLES {
+        if i == LATENCY_WARMUP {
+            // The split covers the measured writes only.
+            (a_before, b_before) = (split_counters(&a), split_counters(&b));
+        }
         let id = format!("live:{i:08}");
         let value = value(i);
         let started = Instant::now();
@@ -448,6 +470,9 @@ async fn latency(transport: Transport) -> anyhow::Result<Latency> {
             local_commit.push(committed);
         }
     }
+    let (a_after, b_after) = (split_counters(&a), split_counters(&b));
+    let a_commit = mean_us(a_after[1] - a_before[1], a_after[0] - a_before[0]);
+    let b_apply = mean_us(b_after[3] - b_before[3], b_after[2] - b_before[2]);
     drop(watch);
     b.stop().await;
     a.stop().await;
@@ -458,7 +483,7 @@ async fn latency(transport: Transport) -> anyhow::Result<Latency> {
     };
     to_peer.sort();
     local_commit.sort();
-    Ok(Latency { to_peer, local_commit, quinn_rtt, libp2p_rtt })
+    Ok(Latency { to_peer, local_commit, quinn_rtt, libp2p_rtt, a_commit, b_apply })
 }
 
 // ---- the raw libp2p baseline ------------------------------------------------------
@@ -853,6 +878,71 @@ fn node_child() -> anyhow::Result<()> {
 
 // ---- the report -------------------------------------------------------------------
 
+/// Phase 2: write-to-peer latency over each of `transports`.
+async fn latency_phase(transports: &[Transport]) {
+    println!(
+        "\n2. write-to-peer latency: {LATENCY_SAMPLES} sequential single writes on A (after {LATENCY_WARMUP} warm-up), call to B's watch"
+    );
+    let mut medians = Vec::new();
+    for &transport in transports {
+        println!("  -- {} --", transport.name());
+        match latency(transport).await {
+            Ok(l) => {
+                let (p50, p99) = (ms(quantile(&l.to_peer, 0.50)), ms(quantile(&l.to_peer, 0.99)));
+                println!(
+                    "  write on A to B's watch: p50 {p50:.3} ms (target <= {TARGET_P50_MS} ms: {}), p99 {p99:.3} ms (target <= {TARGET_P99_MS} ms: {}), max {:.3} ms",
+                    verdict(p50 <= TARGET_P50_MS),
+                    verdict(p99 <= TARGET_P99_MS),
+                    ms(quantile(&l.to_peer, 1.0))
+                );
+                println!(
+                    "  of which A's durable commit (call to write returning): p50 {:.3} ms, p99 {:.3} ms",
+                    ms(quantile(&l.local_commit, 0.50)),
+                    ms(quantile(&l.local_commit, 0.99))
+                );
+                println!(
+                    "  means from the nodes' counters: A's commit {:.3} ms, B's apply on its writer (merge, durable transaction) {:.3} ms",
+                    ms(l.a_commit),
+                    ms(l.b_apply)
+                );
+                let rtt50 = ms(quantile(&l.quinn_rtt, 0.50));
+                println!(
+                    "  raw quinn round trip, 100 B: p50 {rtt50:.3} ms, p99 {:.3} ms   (write-to-peer p50 = {:.1}x the round trip; target <= {TARGET_P50_RTTS}x: {})",
+                    ms(quantile(&l.quinn_rtt, 0.99)),
+                    p50 / rtt50,
+                    verdict(p50 <= TARGET_P50_RTTS * rtt50)
+                );
+                let raw50 = l.libp2p_rtt.as_ref().map(|rtt| ms(quantile(rtt, 0.50)));
+                if let Some(rtt) = &l.libp2p_rtt {
+                    println!(
+                        "  raw libp2p round trip (TCP, noise, yamux), 100 B: p50 {:.3} ms, p99 {:.3} ms   (write-to-peer p50 = {:.1}x it)",
+                        ms(quantile(rtt, 0.50)),
+                        ms(quantile(rtt, 0.99)),
+                        p50 / ms(quantile(rtt, 0.50))
+                    );
+                }
+                medians.push((transport, p50, p99, rtt50, raw50));
+            }
+            Err(err) => println!("  FAILED: {err:#}"),
+        }
+    }
+    if let [(Transport::Quic, quic50, quic99, quinn50, _), (Transport::Libp2p, libp2p50, libp2p99, _, Some(raw50))] = medians[..] {
+        let extra = libp2p50 - quic50;
+        println!(
+            "  libp2p - QUIC: p50 {extra:+.3} ms, p99 {:+.3} ms   target p50 <= +{TARGET_LIBP2P_EXTRA_P50_MS} ms: {}",
+            libp2p99 - quic99,
+            verdict(extra <= TARGET_LIBP2P_EXTRA_P50_MS)
+        );
+        // A write crosses the link once, a round trip twice: half the raw
+        // transports' difference in round trip is what the transport adds.
+        println!(
+            "  of which the bare transports (half the raw round trips' difference): {:+.3} ms; the rest ({:+.3} ms) is the engine above them",
+            (raw50 - quinn50) / 2.0,
+            extra - (raw50 - quinn50) / 2.0
+        );
+    }
+}
+
 fn main() {
     // As the `pluresdb` binary does at start.
     pluresdb_runtime::avoid_huge_pages();
@@ -874,6 +964,10 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     println!("PluresDB replication between two full nodes (redb replicas, signed ops, QUIC or libp2p on loopback) in one process");
     runtime.block_on(async {
+        if std::env::var_os("PLURESDB_BENCH_LATENCY_ONLY").is_some() {
+            latency_phase(&[Transport::Quic]).await;
+            return;
+        }
         // Measured first, on a fresh heap, printed last (see `memory_in_process`).
         let memory = memory_in_process(Transport::Quic).await;
         let node_side = memory_node_side().await;
@@ -968,60 +1062,7 @@ fn main() {
             return;
         }
 
-        println!("\n2. write-to-peer latency: {LATENCY_SAMPLES} sequential single writes on A (after {LATENCY_WARMUP} warm-up), call to B's watch");
-        let mut medians = Vec::new();
-        for transport in [Transport::Quic, Transport::Libp2p] {
-            println!("  -- {} --", transport.name());
-            match latency(transport).await {
-                Ok(l) => {
-                    let (p50, p99) = (ms(quantile(&l.to_peer, 0.50)), ms(quantile(&l.to_peer, 0.99)));
-                    println!(
-                        "  write on A to B's watch: p50 {p50:.3} ms (target <= {TARGET_P50_MS} ms: {}), p99 {p99:.3} ms (target <= {TARGET_P99_MS} ms: {}), max {:.3} ms",
-                        verdict(p50 <= TARGET_P50_MS),
-                        verdict(p99 <= TARGET_P99_MS),
-                        ms(quantile(&l.to_peer, 1.0))
-                    );
-                    println!(
-                        "  of which A's durable commit (call to write returning): p50 {:.3} ms, p99 {:.3} ms",
-                        ms(quantile(&l.local_commit, 0.50)),
-                        ms(quantile(&l.local_commit, 0.99))
-                    );
-                    let rtt50 = ms(quantile(&l.quinn_rtt, 0.50));
-                    println!(
-                        "  raw quinn round trip, 100 B: p50 {rtt50:.3} ms, p99 {:.3} ms   (write-to-peer p50 = {:.1}x the round trip; target <= {TARGET_P50_RTTS}x: {})",
-                        ms(quantile(&l.quinn_rtt, 0.99)),
-                        p50 / rtt50,
-                        verdict(p50 <= TARGET_P50_RTTS * rtt50)
-                    );
-                    let raw50 = l.libp2p_rtt.as_ref().map(|rtt| ms(quantile(rtt, 0.50)));
-                    if let Some(rtt) = &l.libp2p_rtt {
-                        println!(
-                            "  raw libp2p round trip (TCP, noise, yamux), 100 B: p50 {:.3} ms, p99 {:.3} ms   (write-to-peer p50 = {:.1}x it)",
-                            ms(quantile(rtt, 0.50)),
-                            ms(quantile(rtt, 0.99)),
-                            p50 / ms(quantile(rtt, 0.50))
-                        );
-                    }
-                    medians.push((transport, p50, p99, rtt50, raw50));
-                }
-                Err(err) => println!("  FAILED: {err:#}"),
-            }
-        }
-        if let [(Transport::Quic, quic50, quic99, quinn50, _), (Transport::Libp2p, libp2p50, libp2p99, _, Some(raw50))] = medians[..] {
-            let extra = libp2p50 - quic50;
-            println!(
-                "  libp2p - QUIC: p50 {extra:+.3} ms, p99 {:+.3} ms   target p50 <= +{TARGET_LIBP2P_EXTRA_P50_MS} ms: {}",
-                libp2p99 - quic99,
-                verdict(extra <= TARGET_LIBP2P_EXTRA_P50_MS)
-            );
-            // A write crosses the link once, a round trip twice: half the raw
-            // transports' difference in round trip is what the transport adds.
-            println!(
-                "  of which the bare transports (half the raw round trips' difference): {:+.3} ms; the rest ({:+.3} ms) is the engine above them",
-                (raw50 - quinn50) / 2.0,
-                extra - (raw50 - quinn50) / 2.0
-            );
-        }
+        latency_phase(&[Transport::Quic, Transport::Libp2p]).await;
 
         println!("\n3. catch-up: a fresh B connects to A holding {catchup_count} operations (PLURESDB_BENCH_CATCHUP=N to change)");
         match catch_up(catchup_count).await {

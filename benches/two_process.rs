@@ -21,6 +21,8 @@
 //!    them all, and C's resident size after.
 //!
 //! `PLURESDB_BENCH_QUICK=1` scales every count down by 10 for a smoke run;
+//! `PLURESDB_BENCH_LATENCY_ONLY=1` runs phase 3 alone (on nodes that hold
+//! only its own writes: for comparing builds, not for the figures of record);
 //! `PLURESDB_BENCH_BIN=path` runs another `pluresdb` binary (an earlier
 //! build, to compare before and after on the same machine).
 //! Every wait has a deadline.
@@ -338,6 +340,46 @@ async fn latency(a: &Node, b: &Node, samples: usize) -> anyhow::Result<Latency> 
     Ok(Latency { answered, to_peer, http_rtt, a_commit, b_apply })
 }
 
+/// Phase 3: `samples` sequential PUTs on A, each to its answer and to its
+/// event on B's `/changes`, with where the time goes.
+async fn latency_phase(a: &Node, b: &Node, samples: usize) -> anyhow::Result<()> {
+    println!("3. latency: {samples} sequential PUTs on A (one keep-alive connection), each to its answer and to its event on B's /changes");
+    let l = latency(a, b, samples).await?;
+    let quinn_rtt = baselines::raw_quinn_rtt(samples).await?;
+    let (rtt50, rtt99) = (quantile(&l.http_rtt, 0.5), quantile(&l.http_rtt, 0.99));
+    let (put50, put99) = (quantile(&l.answered, 0.5), quantile(&l.answered, 0.99));
+    let (peer50, peer99) = (quantile(&l.to_peer, 0.5), quantile(&l.to_peer, 0.99));
+    let q50 = quantile(&quinn_rtt, 0.5);
+    println!("  HTTP round trip, no write (GET /health): p50 {:.3} ms, p99 {:.3} ms", ms(rtt50), ms(rtt99));
+    println!(
+        "  PUT answered (durable on A):             p50 {:.3} ms, p99 {:.3} ms   target p50 <= HTTP round trip + 0.3 ms ({:.3}): {}",
+        ms(put50),
+        ms(put99),
+        ms(rtt50) + 0.3,
+        verdict(put50 <= rtt50 + Duration::from_micros(300))
+    );
+    println!(
+        "  PUT to event on B's /changes:            p50 {:.3} ms, p99 {:.3} ms   target p50 <= 1 ms: {}",
+        ms(peer50),
+        ms(peer99),
+        verdict(peer50 <= Duration::from_millis(1))
+    );
+    println!("  raw quinn round trip:                    p50 {:.3} ms   (PUT to event = {:.1}x)", ms(q50), ms(peer50) / ms(q50).max(1e-9));
+    let (redb_single, fdatasync) = (baselines::raw_redb_single_commits(samples / 2)?, baselines::raw_fdatasync(samples / 2)?);
+    println!(
+        "  raw redb, one insert a durable txn:      p50 {:.3} ms; fdatasync of 100 B: p50 {:.3} ms",
+        ms(quantile(&redb_single, 0.5)),
+        ms(quantile(&fdatasync, 0.5))
+    );
+    println!("  where the time goes (p50 of the trip; means from /metrics):");
+    println!("    HTTP request and answer          {:.3} ms", ms(rtt50));
+    println!("    A's commit (merge, sign, fsync)  {:.3} ms (mean)", ms(l.a_commit));
+    println!("    rest of the PUT (queue, reply)   {:.3} ms", (ms(put50) - ms(rtt50) - ms(l.a_commit)).max(0.0));
+    println!("    B's apply (decode, verify, fsync){:.3} ms (mean)", ms(l.b_apply));
+    println!("    frame, network, event delivery   {:.3} ms\n", (ms(peer50) - ms(put50) - ms(l.b_apply)).max(0.0));
+    Ok(())
+}
+
 async fn run() -> anyhow::Result<()> {
     let scale = if std::env::var_os("PLURESDB_BENCH_QUICK").is_some() { 10 } else { 1 };
     let catchup: usize = std::env::var("PLURESDB_BENCH_CATCHUP").ok().and_then(|n| n.parse().ok()).unwrap_or(DEFAULT_CATCHUP / scale);
@@ -349,6 +391,10 @@ async fn run() -> anyhow::Result<()> {
     let b = Node::start("b", Some(&ticket))?;
     let transport = wait_linked(&b).await?;
     println!("(B joined A's ticket; linked over {transport})\n");
+
+    if std::env::var_os("PLURESDB_BENCH_LATENCY_ONLY").is_some() {
+        return latency_phase(&a, &b, samples).await;
+    }
 
     println!("1. memory after {memory_records} records written on A and replicated to B");
     import(&a, "mem", 0, memory_records).await?;
@@ -396,40 +442,7 @@ async fn run() -> anyhow::Result<()> {
         redb.as_secs_f64() * 1e6 / throughput_records as f64
     );
 
-    println!("3. latency: {samples} sequential PUTs on A (one keep-alive connection), each to its answer and to its event on B's /changes");
-    let l = latency(&a, &b, samples).await?;
-    let quinn_rtt = baselines::raw_quinn_rtt(samples).await?;
-    let (rtt50, rtt99) = (quantile(&l.http_rtt, 0.5), quantile(&l.http_rtt, 0.99));
-    let (put50, put99) = (quantile(&l.answered, 0.5), quantile(&l.answered, 0.99));
-    let (peer50, peer99) = (quantile(&l.to_peer, 0.5), quantile(&l.to_peer, 0.99));
-    let q50 = quantile(&quinn_rtt, 0.5);
-    println!("  HTTP round trip, no write (GET /health): p50 {:.3} ms, p99 {:.3} ms", ms(rtt50), ms(rtt99));
-    println!(
-        "  PUT answered (durable on A):             p50 {:.3} ms, p99 {:.3} ms   target p50 <= HTTP round trip + 0.3 ms ({:.3}): {}",
-        ms(put50),
-        ms(put99),
-        ms(rtt50) + 0.3,
-        verdict(put50 <= rtt50 + Duration::from_micros(300))
-    );
-    println!(
-        "  PUT to event on B's /changes:            p50 {:.3} ms, p99 {:.3} ms   target p50 <= 1 ms: {}",
-        ms(peer50),
-        ms(peer99),
-        verdict(peer50 <= Duration::from_millis(1))
-    );
-    println!("  raw quinn round trip:                    p50 {:.3} ms   (PUT to event = {:.1}x)", ms(q50), ms(peer50) / ms(q50).max(1e-9));
-    let (redb_single, fdatasync) = (baselines::raw_redb_single_commits(samples / 2)?, baselines::raw_fdatasync(samples / 2)?);
-    println!(
-        "  raw redb, one insert a durable txn:      p50 {:.3} ms; fdatasync of 100 B: p50 {:.3} ms",
-        ms(quantile(&redb_single, 0.5)),
-        ms(quantile(&fdatasync, 0.5))
-    );
-    println!("  where the time goes (p50 of the trip; means from /metrics):");
-    println!("    HTTP request and answer          {:.3} ms", ms(rtt50));
-    println!("    A's commit (merge, sign, fsync)  {:.3} ms (mean)", ms(l.a_commit));
-    println!("    rest of the PUT (queue, reply)   {:.3} ms", (ms(put50) - ms(rtt50) - ms(l.a_commit)).max(0.0));
-    println!("    B's apply (decode, verify, fsync){:.3} ms (mean)", ms(l.b_apply));
-    println!("    frame, network, event delivery   {:.3} ms\n", (ms(peer50) - ms(put50) - ms(l.b_apply)).max(0.0));
+    latency_phase(&a, &b, samples).await?;
 
     println!("4. catch-up: a fresh node C joins A holding {catchup} more operations (PLURESDB_BENCH_CATCHUP=N to change)");
     drop(b);
