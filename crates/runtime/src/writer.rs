@@ -218,6 +218,7 @@ impl Writer {
                 let n = ops.len();
                 let result = self.commit(ops).map(|_| n);
                 let _ = reply.send(result);
+                self.engine.push(now_ms());
             }
             Command::CommitMeta { entries, reply } => {
                 let result = match self.engine.store_fault() {
@@ -402,6 +403,8 @@ impl Writer {
                 }
             }
         }
+        // The callers first: what goes to peers is read and encoded after.
+        self.engine.push(now_ms());
     }
 
     /// Adds a write to the group, or answers it at once if it is invalid.
@@ -430,10 +433,12 @@ impl Writer {
         group.replies.push(reply);
     }
 
+    /// Commits `ops` in one durable transaction; the caller answers its
+    /// writers, then pushes the writes to peers (`DataSyncEngine::push`).
     fn commit(&mut self, ops: Vec<OperationWithMetadata>) -> Result<Vec<Receipt>, Error> {
         let n = ops.len() as u64;
         let started = std::time::Instant::now();
-        match self.engine.write(ops, now_ms()) {
+        match self.engine.write_unpushed(ops, now_ms()) {
             Ok(receipts) => {
                 Stats::add(&self.stats.commit_us, micros(started.elapsed()));
                 Stats::add(&self.stats.commits, 1);

@@ -348,6 +348,17 @@ impl<S: Store> DataSyncEngine<S> {
     /// from elsewhere (stamped ones), then pushes them to connected peers.
     /// Returns the id and timestamp of each.
     pub fn write(&mut self, operations: Vec<OperationWithMetadata>, now_ms: u64) -> Result<Vec<Receipt>, SyncError> {
+        let written = self.write_unpushed(operations, now_ms)?;
+        self.push(now_ms);
+        Ok(written)
+    }
+
+    /// [`write`](Self::write) without the push: the caller answers its
+    /// writers as soon as their writes are durable, then calls
+    /// [`push`](Self::push), so that no answer waits while messages to
+    /// peers are read and encoded. Until then nothing of it is queued for
+    /// peers (it goes with the next push, or the next sync round).
+    pub fn write_unpushed(&mut self, operations: Vec<OperationWithMetadata>, now_ms: u64) -> Result<Vec<Receipt>, SyncError> {
         self.now_ms = self.now_ms.max(now_ms);
         let (local, stamped): (Vec<_>, Vec<_>) = operations.into_iter().partition(|op| !op.is_stamped());
         if self.db.peer_id().is_empty() {
@@ -372,10 +383,16 @@ impl<S: Store> DataSyncEngine<S> {
             self.note_store(committed.as_ref().err(), now_ms);
             written.extend(committed.map_err(SyncError::LocalWrite)?);
         }
+        Ok(written)
+    }
+
+    /// Queues for each connected peer what it lacks (up to its window):
+    /// after [`write_unpushed`](Self::write_unpushed).
+    pub fn push(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
         if self.active {
             self.pump_all(now_ms);
         }
-        Ok(written)
     }
 
     /// A connection to `peer` is up: a sync round starts (when active).

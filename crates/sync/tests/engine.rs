@@ -98,6 +98,33 @@ fn a_small_delta_takes_one_round_trip_and_is_pushed_in_real_time() {
     assert_eq!(a.status().pending_operations, 0);
 }
 
+/// A writer answers its callers between the commit and the push: a write
+/// left unpushed is durable and queues nothing, and the push then sends
+/// it (with any other write committed meanwhile) in one message.
+#[test]
+fn an_unpushed_write_is_durable_and_goes_out_with_the_next_push() {
+    let mut a = engine("peer-a", SyncConfig::default());
+    let mut b = engine("peer-b", SyncConfig::default());
+    a.peer_connected("peer-b", T0);
+    b.peer_connected("peer-a", T0);
+    settle(&mut [("peer-b", &mut b), ("peer-a", &mut a)], T0);
+
+    let receipts = a.write_unpushed(vec![put("peer-a", "x", json!({"v": 1}))], T0 + 1).unwrap();
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(a.database().store().ops_after("peer-a", 0, 10).unwrap().len(), 1, "committed to the store");
+    assert!(a.poll_transmit().is_none(), "nothing queued before the push");
+    a.write_unpushed(vec![put("peer-a", "y", json!({"v": 2}))], T0 + 2).unwrap();
+    a.push(T0 + 2);
+    let pushed = a.poll_transmit().expect("the push queues the writes");
+    assert!(a.poll_transmit().is_none());
+    match SyncMessage::decode("peer-a", &pushed.bytes).unwrap() {
+        SyncMessage::DataSync { operations, .. } => assert_eq!(operations.len(), 2),
+        other => panic!("expected the writes, got {other:?}"),
+    }
+    b.handle_input("peer-a", &pushed.bytes, T0 + 3).unwrap();
+    assert!(b.database().get("x").unwrap().is_some() && b.database().get("y").unwrap().is_some());
+}
+
 #[test]
 fn operations_are_relayed_across_a_line_of_peers() {
     let (mut a, mut b, mut c) =
