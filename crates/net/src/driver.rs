@@ -32,10 +32,14 @@
 //! message (encodings, digests, signatures: [`Inbound::prepare`]) on a
 //! thread of its own before the driver takes it, so that the thread that
 //! owns the replica only merges and writes, and the next message is made
-//! ready while the current one commits.
+//! ready while the current one commits. Only while the driver waits in
+//! [`SyncPort::next`] with nothing queued does the next event come to it
+//! straight, unprepared: the driver checks it itself, as it would have
+//! waited for the thread anyway, and a single write from a peer reaches
+//! it without a second thread's wakeup on the way.
 
 use crate::engine::NetworkEngine;
-use crate::events::{PeerEvent, PeerEvents};
+use crate::events::{DirectRoute, PeerEvent, PeerEvents};
 use crate::message::NetworkMessage;
 use pluresdb_core::OpVerifier;
 use pluresdb_core::Store;
@@ -113,22 +117,55 @@ impl From<PeerEvent> for PortEvent {
 enum Source {
     /// Straight from the network.
     Direct(PeerEvents),
-    /// From the thread that prepares messages.
-    Prepared(tokio::sync::mpsc::UnboundedReceiver<PortEvent>),
+    /// From the thread that prepares messages (`None` once it ended), or,
+    /// while the port waited with nothing queued, straight from the
+    /// network (`route`: at most one of the two holds events at a time).
+    Prepared { ready: Option<tokio::sync::mpsc::UnboundedReceiver<PortEvent>>, route: DirectRoute },
 }
 
 impl Source {
     async fn recv(&mut self) -> Option<PortEvent> {
         match self {
             Source::Direct(events) => events.recv().await.map(PortEvent::from),
-            Source::Prepared(events) => events.recv().await,
+            Source::Prepared { ready, route } => loop {
+                let Some(prepared) = ready.as_mut() else {
+                    // The network's handles are gone: nothing is sent
+                    // straight any more either.
+                    return route.try_recv().map(PortEvent::from);
+                };
+                tokio::select! {
+                    event = prepared.recv() => match event {
+                        Some(event) => {
+                            route.took_queued();
+                            return Some(event);
+                        }
+                        None => *ready = None,
+                    },
+                    Some(event) = route.recv() => return Some(PortEvent::from(event)),
+                }
+            },
         }
     }
 
     fn try_recv(&mut self) -> Option<PortEvent> {
         match self {
             Source::Direct(events) => events.try_recv().map(PortEvent::from),
-            Source::Prepared(events) => events.try_recv().ok(),
+            Source::Prepared { ready, route } => {
+                if let Some(event) = ready.as_mut().and_then(|ready| ready.try_recv().ok()) {
+                    route.took_queued();
+                    return Some(event);
+                }
+                route.try_recv().map(PortEvent::from)
+            }
+        }
+    }
+
+    /// Marks the port as waiting for events (a preparing port's next event
+    /// then comes straight) until the mark is dropped.
+    fn waiting(&self) -> Option<crate::events::Waiting> {
+        match self {
+            Source::Direct(_) => None,
+            Source::Prepared { route, .. } => Some(route.waiting()),
         }
     }
 }
@@ -203,7 +240,9 @@ impl<E: NetworkEngine + ?Sized> SyncPort<E> {
     /// A port onto `network` whose messages are decoded and checked with
     /// `verifier` (the replica's: [`pluresdb_core::Database::verifier`],
     /// whose results the replica trusts) on a thread of the port's own,
-    /// in the order they came, ahead of the driver. The thread calls
+    /// in the order they came, ahead of the driver; except that while the
+    /// driver waits in [`next`](Self::next) with nothing queued, the next
+    /// event comes to it straight (see the module docs). The thread calls
     /// `idle` (if given) each time it runs out of messages, before it
     /// waits: the node gives back there what a burst freed on it. The
     /// thread ends when the network's handles or the port are gone.
@@ -214,8 +253,9 @@ impl<E: NetworkEngine + ?Sized> SyncPort<E> {
         idle: Option<fn()>,
     ) -> std::io::Result<Self> {
         let (ready, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let route = events.route_direct();
         std::thread::Builder::new().name("pluresdb-prepare".into()).spawn(move || prepare(events, &ready, verifier.as_deref(), idle))?;
-        Ok(Self { network: Some(network), events: Some(Source::Prepared(receiver)), labels: PeerLabels::default() })
+        Ok(Self { network: Some(network), events: Some(Source::Prepared { ready: Some(receiver), route }), labels: PeerLabels::default() })
     }
 
     /// A port onto no network: [`next`](Self::next) only waits for the
@@ -279,10 +319,14 @@ impl<E: NetworkEngine + ?Sized> SyncPort<E> {
             tokio::time::sleep(sleep).await;
             return SyncWake::Timer;
         };
+        // Dropped when an event comes, the time is up, or the caller stops
+        // waiting (the future is dropped): the port is then busy.
+        let waiting = events.waiting();
         let received = tokio::select! {
             event = events.recv() => Some(event),
             () = tokio::time::sleep(sleep) => None,
         };
+        drop(waiting);
         match received {
             Some(Some(event)) => SyncWake::Event(event),
             Some(None) => {
@@ -526,6 +570,61 @@ mod tests {
         assert_eq!((peer.traffic.errors, peer.traffic.bytes_received, peer.connected), (1, 1, false), "the junk was refused and counted");
         assert!(matches!(port.next(None).await, SyncWake::Closed));
         assert!(IDLE_CALLS.load(std::sync::atomic::Ordering::Relaxed) >= 1, "the thread called its idle hook before it waited");
+    }
+
+    /// The payload of a message event, as it came or as it was prepared.
+    fn payload(event: &PortEvent) -> (&[u8], bool) {
+        match &event.0 {
+            PortEventKind::Peer(PeerEvent::Message { bytes, .. }) => (bytes, false),
+            PortEventKind::Prepared { _received, .. } => (_received, true),
+            PortEventKind::Peer(other) => panic!("not a message: {other:?}"),
+        }
+    }
+
+    /// While a preparing port waits with nothing queued, the next events
+    /// come straight (unprepared), until the port has taken them; a port at
+    /// work has them prepared, and one still queued keeps the next behind
+    /// it in the queue: the port takes them in the order they came.
+    #[tokio::test]
+    async fn a_waiting_preparing_port_takes_the_next_events_straight_in_order() {
+        use std::future::Future;
+        let (handle, events) = SyncHandle::channel(16);
+        let mut port = SyncPort::preparing(Arc::new(Recorder::default()), events, None, None).unwrap();
+        let message =
+            |text: &'static str| PeerEvent::Message { peer_id: crate::test_peer("a"), bytes: Bytes::from_static(text.as_bytes()) };
+        {
+            let mut next = std::pin::pin!(port.next(None));
+            let waker = std::task::Waker::noop();
+            assert!(next.as_mut().poll(&mut std::task::Context::from_waker(waker)).is_pending());
+            assert!(handle.deliver(message("one")).await);
+        }
+        // Not waiting any more, but "one" is not taken yet: "two" follows it.
+        assert!(handle.deliver(message("two")).await);
+        let mut received = Vec::new();
+        for _ in 0..2 {
+            let SyncWake::Event(event) = port.next(None).await else { panic!("an event") };
+            received.push(event);
+        }
+        // At work, nothing pending: prepared.
+        assert!(handle.deliver(message("three")).await);
+        {
+            let mut next = std::pin::pin!(port.next(None));
+            let waker = std::task::Waker::noop();
+            // Taken at once if the thread prepared it already; else waiting,
+            // with "three" still queued.
+            if let std::task::Poll::Ready(SyncWake::Event(event)) = next.as_mut().poll(&mut std::task::Context::from_waker(waker)) {
+                received.push(event);
+            }
+            assert!(handle.deliver(message("four")).await);
+        }
+        while received.len() < 4 {
+            let SyncWake::Event(event) = port.next(None).await else { panic!("an event") };
+            received.push(event);
+        }
+        let seen: Vec<(&[u8], bool)> = received.iter().map(payload).collect();
+        assert_eq!(seen, [(&b"one"[..], false), (b"two", false), (b"three", true), (b"four", true)]);
+        drop(handle);
+        assert!(matches!(port.next(None).await, SyncWake::Closed));
     }
 
     static IDLE_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

@@ -14,6 +14,7 @@ use crate::peer::Transport;
 use bytes::Bytes;
 use pluresdb_security::PeerId;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
@@ -89,6 +90,78 @@ pub struct SyncHandle {
     shares: Arc<Shares>,
     links: Arc<Mutex<HashMap<PeerId, PeerLinks>>>,
     engine: usize,
+    router: Arc<Router>,
+}
+
+/// Which way each event goes to the driver: through the queue (and the
+/// thread that prepares messages, when the driver has one), or straight
+/// to the driver when it has opened a direct route
+/// ([`PeerEvents::route_direct`]). A driver that waits for events with
+/// nothing queued takes the next one straight, without a second thread's
+/// wakeup on its way; a busy one has it prepared meanwhile.
+///
+/// Order: an event goes straight only when every event queued before it
+/// has been taken by the driver, and to the queue only when every event
+/// sent straight has been; so at most one way holds events at any time,
+/// and the driver takes them in the order they were delivered.
+#[derive(Debug, Default)]
+struct Router {
+    /// The direct route's sender, once the driver opened it; held while an
+    /// event's way is chosen and it is sent, so the counts below are exact.
+    direct: Mutex<Option<mpsc::UnboundedSender<PeerEvent>>>,
+    /// Events sent to the queue and not yet taken by the driver.
+    queued: AtomicUsize,
+    /// Events sent straight and not yet taken by the driver.
+    straight: AtomicUsize,
+    /// Whether the driver is waiting for an event.
+    driver_waits: AtomicBool,
+}
+
+/// The driver's end of the direct route (see [`PeerEvents::route_direct`]).
+#[derive(Debug)]
+pub(crate) struct DirectRoute {
+    events: mpsc::UnboundedReceiver<PeerEvent>,
+    router: Arc<Router>,
+}
+
+impl DirectRoute {
+    /// The next event sent straight.
+    pub(crate) async fn recv(&mut self) -> Option<PeerEvent> {
+        let event = self.events.recv().await;
+        if event.is_some() {
+            self.router.straight.fetch_sub(1, SeqCst);
+        }
+        event
+    }
+
+    /// The next event sent straight, if one is waiting.
+    pub(crate) fn try_recv(&mut self) -> Option<PeerEvent> {
+        let event = self.events.try_recv().ok();
+        if event.is_some() {
+            self.router.straight.fetch_sub(1, SeqCst);
+        }
+        event
+    }
+
+    /// The driver took an event that went through the queue.
+    pub(crate) fn took_queued(&self) {
+        self.router.queued.fetch_sub(1, SeqCst);
+    }
+
+    /// Marks the driver as waiting for events until the mark is dropped.
+    pub(crate) fn waiting(&self) -> Waiting {
+        self.router.driver_waits.store(true, SeqCst);
+        Waiting(self.router.clone())
+    }
+}
+
+/// See [`DirectRoute::waiting`].
+pub(crate) struct Waiting(Arc<Router>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.driver_waits.store(false, SeqCst);
+    }
 }
 
 /// A peer's links, one per engine at most (each engine keeps one link per
@@ -135,6 +208,7 @@ impl AsRef<[u8]> for Counted {
 #[derive(Debug)]
 pub struct PeerEvents {
     events: mpsc::UnboundedReceiver<PeerEvent>,
+    router: Arc<Router>,
 }
 
 impl SyncHandle {
@@ -154,7 +228,8 @@ impl SyncHandle {
         let (events, receiver) = mpsc::unbounded_channel();
         let shares = Arc::new(Shares { limits, peers: Mutex::new(HashMap::new()) });
         let links = Arc::new(Mutex::new(HashMap::new()));
-        (SyncHandle { events, shares, links, engine: 0 }, PeerEvents { events: receiver })
+        let router = Arc::new(Router::default());
+        (SyncHandle { events, shares, links, engine: 0, router: router.clone() }, PeerEvents { events: receiver, router })
     }
 
     /// A handle onto the same queue for engine number `engine` of several
@@ -184,7 +259,7 @@ impl SyncHandle {
         match event {
             PeerEvent::Message { peer_id, bytes } => {
                 let Some(bytes) = self.count(&peer_id, bytes).await else { return false };
-                self.events.send(PeerEvent::Message { peer_id, bytes }).is_ok()
+                self.send(PeerEvent::Message { peer_id, bytes })
             }
             // Decided and queued under the lock, so that the sync engine
             // sees the links of all engines come and go in one order.
@@ -202,18 +277,18 @@ impl SyncHandle {
                         peer.in_use = self.engine;
                         tracing::info!(peer = %peer_id, engine = self.engine, "the page's WebRTC link takes over its sync from the WebSocket");
                         let moved = PeerEvent::Disconnected { peer_id: *peer_id, reason: "moved to the WebRTC link".to_owned() };
-                        return self.events.send(moved).is_ok() && self.events.send(event).is_ok();
+                        return self.send(moved) && self.send(event);
                     }
                     tracing::debug!(peer = %peer_id, engine = self.engine, in_use = peer.in_use, "a second link to a connected peer: kept as a fallback");
                     return !self.events.is_closed();
                 }
                 peer.in_use = self.engine;
-                self.events.send(event).is_ok()
+                self.send(event)
             }
             PeerEvent::Disconnected { peer_id, reason } => {
                 let mut links = lock(&self.links);
                 let Some(peer) = links.get_mut(&peer_id) else {
-                    return self.events.send(PeerEvent::Disconnected { peer_id, reason }).is_ok();
+                    return self.send(PeerEvent::Disconnected { peer_id, reason });
                 };
                 peer.up.retain(|(engine, _)| *engine != self.engine);
                 if peer.in_use != self.engine {
@@ -221,13 +296,33 @@ impl SyncHandle {
                 }
                 let Some((engine, connected)) = peer.up.first().cloned() else {
                     links.remove(&peer_id);
-                    return self.events.send(PeerEvent::Disconnected { peer_id, reason }).is_ok();
+                    return self.send(PeerEvent::Disconnected { peer_id, reason });
                 };
                 peer.in_use = engine;
                 tracing::info!(peer = %peer_id, %reason, engine, "the link in use is gone; syncing over another");
-                self.events.send(PeerEvent::Disconnected { peer_id, reason }).is_ok() && self.events.send(connected).is_ok()
+                self.send(PeerEvent::Disconnected { peer_id, reason }) && self.send(connected)
             }
         }
+    }
+
+    /// Sends `event` to the driver, straight or through the queue (see
+    /// [`Router`]); `false` when the driver is gone.
+    fn send(&self, event: PeerEvent) -> bool {
+        let router = &self.router;
+        let direct = lock(&router.direct);
+        if let Some(direct) = direct.as_ref() {
+            let straight = router.straight.load(SeqCst) > 0 || (router.queued.load(SeqCst) == 0 && router.driver_waits.load(SeqCst));
+            if straight {
+                router.straight.fetch_add(1, SeqCst);
+                if direct.send(event).is_ok() {
+                    return true;
+                }
+                router.straight.fetch_sub(1, SeqCst);
+                return false;
+            }
+        }
+        router.queued.fetch_add(1, SeqCst);
+        self.events.send(event).is_ok()
     }
 
     /// `payload`, holding room in `peer`'s share until it is dropped;
@@ -299,6 +394,18 @@ impl PeerEvents {
     /// blocks the thread; it panics inside an async context).
     pub fn blocking_recv(&mut self) -> Option<PeerEvent> {
         self.events.blocking_recv()
+    }
+
+    /// Opens a second way to the driver, beside this queue (which a thread
+    /// of the driver's then reads and prepares): while the driver waits
+    /// with nothing queued, events come to it straight (see [`Router`]).
+    /// The driver says when it waits ([`DirectRoute::waiting`]), and
+    /// counts each event it takes from the queue's end
+    /// ([`DirectRoute::took_queued`]).
+    pub(crate) fn route_direct(&self) -> DirectRoute {
+        let (sender, events) = mpsc::unbounded_channel();
+        *lock(&self.router.direct) = Some(sender);
+        DirectRoute { events, router: self.router.clone() }
     }
 }
 
