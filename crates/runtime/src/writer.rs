@@ -210,10 +210,12 @@ impl Writer {
         match command {
             Command::Write(first) => self.write_group(first),
             Command::Import { nodes, reply } => {
-                let peer = self.engine.peer_id().to_owned();
+                // One origin shared by the batch: an allocation an operation
+                // less, and stamps of the batch compare origins by pointer.
+                let peer: Arc<str> = self.engine.peer_id().into();
                 let ops: Vec<_> = nodes
                     .into_iter()
-                    .map(|(id, value)| OperationWithMetadata::new(OperationType::CreateNode, id, value, peer.as_str()))
+                    .map(|(id, value)| OperationWithMetadata::new(OperationType::CreateNode, id, value, peer.clone()))
                     .collect();
                 let n = ops.len();
                 let result = self.commit(ops).map(|_| n);
