@@ -780,18 +780,30 @@ impl<S: Store> Database<S> {
         verifier: Option<&dyn OpVerifier>,
         report: &mut ApplyReport,
     ) -> Result<(Vec<OriginRun>, EncodedOps), Error> {
-        let mut by_origin: Vec<(Arc<str>, Vec<ReceivedOp>)> = Vec::new();
-        let mut index: HashMap<Arc<str>, usize> = HashMap::new();
-        for received in ops {
-            let at = *index.entry(received.op.id.origin.clone()).or_insert_with(|| {
-                by_origin.push((received.op.id.origin.clone(), Vec::new()));
-                by_origin.len() - 1
-            });
-            by_origin[at].1.push(received);
-        }
+        // Room for every operation's body at once (the check ahead encoded
+        // the batch; without it, a guess), so the buffer is not regrown.
+        let body_bytes = ops.first().and_then(ReceivedOp::batch_body_bytes).unwrap_or(ops.len() * 128);
+        let mut encoded = EncodedOps::with_capacity(ops.len(), body_bytes);
+        // A batch usually holds one origin's operations: it is that
+        // origin's run as it is, without moving each into a run of its own.
+        let single = ops.first().map(|first| first.op.id.origin.clone()).filter(|origin| ops.iter().all(|r| r.op.id.origin == *origin));
+        let by_origin: Vec<(Arc<str>, Vec<ReceivedOp>)> = match single {
+            Some(origin) => vec![(origin, ops)],
+            None => {
+                let mut by_origin: Vec<(Arc<str>, Vec<ReceivedOp>)> = Vec::new();
+                let mut index: HashMap<Arc<str>, usize> = HashMap::new();
+                for received in ops {
+                    let at = *index.entry(received.op.id.origin.clone()).or_insert_with(|| {
+                        by_origin.push((received.op.id.origin.clone(), Vec::new()));
+                        by_origin.len() - 1
+                    });
+                    by_origin[at].1.push(received);
+                }
+                by_origin
+            }
+        };
         // The new operations, encoded once: for the digest here and for the
         // op log when they are applied.
-        let mut encoded = EncodedOps::new();
         let mut runs: Vec<OriginRun> = Vec::new();
         for (origin, mut run) in by_origin {
             run.sort_by_key(|r| r.op.id.seq);
@@ -854,9 +866,9 @@ impl<S: Store> Database<S> {
                 report.unjoined.push((origin.clone(), run[start].op.id.seq));
                 continue;
             }
-            let mut kept = Vec::new();
-            let mut digests = Vec::new();
-            let mut checks = Vec::new();
+            let mut kept = Vec::with_capacity(run.len() - start);
+            let mut digests = Vec::with_capacity(run.len() - start);
+            let mut checks = Vec::with_capacity(run.len() - start);
             let mut broken = None;
             for received in run.drain(start..) {
                 if received.op.prev != link {
@@ -978,7 +990,12 @@ impl<S: Store> Database<S> {
         let mut clock = self.clock.clone();
         let publish = self.feed.has_subscribers();
         let mut changes = Vec::new();
-        let mut encoded = EncodedOps::new();
+        // Sized for the batch up front: received bodies are those in `pre`;
+        // a local operation's body is usually under 128 bytes.
+        let mut encoded = match local {
+            true => EncodedOps::with_capacity(ops.len(), ops.len() * 128),
+            false => EncodedOps::with_capacity(pre.len(), pre.byte_len()),
+        };
         let mut receipts = Vec::with_capacity(ops.len());
         let count = ops.len();
         // Encoded bytes of local operations since the last signed one.

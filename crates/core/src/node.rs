@@ -255,18 +255,25 @@ impl NodeRecord {
             .map(|r| &r.stamp)
             .chain(self.fields.values().flatten().map(|v| &v.stamp))
             .chain(self.pending.iter().map(|p| &p.by));
-        let stamps: Vec<&Stamp> = match all.next() {
-            None => Vec::new(),
-            Some(first) if all.clone().all(|s| s == first) => vec![first],
+        // The table of one stamp is not allocated (a record per write).
+        let one: [&Stamp; 1];
+        let sorted: Vec<&Stamp>;
+        let stamps: &[&Stamp] = match all.next() {
+            None => &[],
+            Some(first) if all.clone().all(|s| s == first) => {
+                one = [first];
+                &one
+            }
             Some(first) => {
                 let mut stamps: Vec<&Stamp> = std::iter::once(first).chain(all).collect();
                 stamps.sort();
                 stamps.dedup();
-                stamps
+                sorted = stamps;
+                &sorted
             }
         };
         // Every stamp looked up is in the table: it was built from them.
-        let index = |stamp: &Stamp| match stamps.as_slice() {
+        let index = |stamp: &Stamp| match stamps {
             [_] => 0,
             _ => stamps.binary_search(&stamp).unwrap_or(0) as u64,
         };
@@ -282,7 +289,7 @@ impl NodeRecord {
             None => cbor::null(out),
         }
         cbor::array(out, stamps.len());
-        for stamp in &stamps {
+        for stamp in stamps {
             cbor::array(out, 3);
             cbor::unsigned(out, stamp.hlc.as_u64());
             cbor::text(out, &stamp.id.origin);

@@ -137,6 +137,12 @@ impl ReceivedOp {
         }
     }
 
+    /// The bytes of the bodies encoded for its whole batch by the check
+    /// ahead, if it was checked ahead (a size to reserve).
+    pub(crate) fn batch_body_bytes(&self) -> Option<usize> {
+        self.checked.as_ref().map(|checked| checked.bodies.byte_len())
+    }
+
     /// Appends it to `encoded` (reusing the body of the check ahead) and
     /// returns its digest.
     pub(crate) fn push_into(&self, encoded: &mut EncodedOps) -> OpDigest {

@@ -33,6 +33,17 @@ impl EncodedOps {
         Self::default()
     }
 
+    /// No operations, with room for `ops` of them holding `bytes` in all
+    /// (a batch's buffers are then allocated once instead of regrown).
+    pub fn with_capacity(ops: usize, bytes: usize) -> Self {
+        Self { ids: Vec::with_capacity(ops), ends: Vec::with_capacity(ops), bytes: Vec::with_capacity(bytes) }
+    }
+
+    /// The bytes of every body together.
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
     /// Appends `op`.
     pub fn push(&mut self, op: &OperationWithMetadata) {
         op.encode_body(&mut self.bytes);
