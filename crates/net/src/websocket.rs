@@ -366,26 +366,32 @@ async fn serve_socket(shared: Arc<Shared>, tcp: TcpStream, from: SocketAddr, mut
             match event {
                 LinkEvent::PeerAdmitted { proof_ok: ok, .. } => proof_ok = ok,
                 LinkEvent::Established => {
-                    // The admitting heartbeat goes out before anything the
-                    // node sends once the page is registered.
+                    // Registered before the admitting heartbeat goes out:
+                    // a page that sees itself connected can be reached
+                    // (another page's signal to it was dropped when it came
+                    // in between). What others queue for it meanwhile is
+                    // sent by this task, after the heartbeat.
+                    let peer = machine.remote_peer();
+                    let registering = match (peer, out_tx.take_if(|_| peer.is_some()), close_tx.take_if(|_| peer.is_some())) {
+                        (Some(peer), Some(out), Some(close)) => {
+                            slot.release();
+                            let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+                            let mut state = lock(&shared.state);
+                            let replaced = if !state.links.contains_key(&peer) && state.links.len() >= config.max_connections {
+                                None
+                            } else {
+                                Some(state.links.insert(peer, Registered { id, out, close }))
+                            };
+                            Some((peer, id, replaced))
+                        }
+                        _ => None,
+                    };
                     while let Some(frame) = machine.poll_transmit() {
                         if send(&mut ws, &frame).await.is_err() {
                             machine.handle_lost("the socket failed");
                         }
                     }
-                    let Some(peer) = machine.remote_peer() else { continue };
-                    slot.release();
-                    let (Some(out), Some(close)) = (out_tx.take(), close_tx.take()) else { continue };
-                    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-                    let replaced = {
-                        let mut state = lock(&shared.state);
-                        if !state.links.contains_key(&peer) && state.links.len() >= config.max_connections {
-                            None
-                        } else {
-                            let old = state.links.insert(peer, Registered { id, out, close });
-                            Some(old)
-                        }
-                    };
+                    let Some((peer, id, replaced)) = registering else { continue };
                     match replaced {
                         None => {
                             let reason = format!("too many connections (limit {})", config.max_connections);
