@@ -371,20 +371,22 @@ async fn serve_socket(shared: Arc<Shared>, tcp: TcpStream, from: SocketAddr, mut
                     // (another page's signal to it was dropped when it came
                     // in between). What others queue for it meanwhile is
                     // sent by this task, after the heartbeat.
-                    let peer = machine.remote_peer();
-                    let registering = match (peer, out_tx.take_if(|_| peer.is_some()), close_tx.take_if(|_| peer.is_some())) {
-                        (Some(peer), Some(out), Some(close)) => {
-                            slot.release();
-                            let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-                            let mut state = lock(&shared.state);
-                            let replaced = if !state.links.contains_key(&peer) && state.links.len() >= config.max_connections {
-                                None
-                            } else {
-                                Some(state.links.insert(peer, Registered { id, out, close }))
-                            };
-                            Some((peer, id, replaced))
-                        }
-                        _ => None,
+                    let registering = match machine.remote_peer() {
+                        Some(peer) => match (out_tx.take(), close_tx.take()) {
+                            (Some(out), Some(close)) => {
+                                slot.release();
+                                let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+                                let mut state = lock(&shared.state);
+                                let replaced = if !state.links.contains_key(&peer) && state.links.len() >= config.max_connections {
+                                    None
+                                } else {
+                                    Some(state.links.insert(peer, Registered { id, out, close }))
+                                };
+                                Some((peer, id, replaced))
+                            }
+                            _ => None,
+                        },
+                        None => None,
                     };
                     while let Some(frame) = machine.poll_transmit() {
                         if send(&mut ws, &frame).await.is_err() {
