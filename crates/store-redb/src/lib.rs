@@ -1028,7 +1028,7 @@ fn truncate_log(ops: &mut redb::Table<(&str, u64), &[u8]>, origin: &str, from: u
         let keep = usize::try_from(from - first).unwrap_or(usize::MAX);
         if keep < segment.len() {
             let bodies: Vec<&[u8]> = (0..keep).map(|i| segment.body(i)).collect::<Result<_, _>>()?;
-            for (start, encoded) in segment::encode(first, &bodies) {
+            for (start, encoded) in segment::encode(origin, first, &bodies) {
                 ops.insert((origin, start), encoded.as_slice()).map_err(fail("truncate op log"))?;
             }
         }

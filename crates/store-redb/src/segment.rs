@@ -18,11 +18,11 @@ pub const MAX_OPS: usize = 1_024;
 /// A segment is closed once its body reaches this many bytes.
 pub const MAX_BYTES: usize = 1 << 20;
 
-/// Splits one origin's consecutive operations, given as encoded bodies
+/// Splits `origin`'s consecutive operations, given as encoded bodies
 /// starting at sequence number `first_seq`, into segments, each with the
 /// sequence number of its first operation.
-pub fn encode(first_seq: u64, bodies: &[&[u8]]) -> Vec<(u64, Vec<u8>)> {
-    runs(bodies)
+pub fn encode(origin: &str, first_seq: u64, bodies: &[&[u8]]) -> Vec<(u64, Vec<u8>)> {
+    runs(origin, bodies)
         .map(|run| {
             let mut bytes = Vec::new();
             write(&bodies[run.clone()], &mut bytes);
@@ -31,18 +31,60 @@ pub fn encode(first_seq: u64, bodies: &[&[u8]]) -> Vec<(u64, Vec<u8>)> {
         .collect()
 }
 
-/// The index ranges of `bodies` that make one segment each.
-pub fn runs<'a>(bodies: &'a [&'a [u8]]) -> impl Iterator<Item = std::ops::Range<usize>> + 'a {
+/// redb's page: a value larger than one is stored alone, in a page of a
+/// power-of-two number of them.
+const PAGE: usize = 4096;
+
+/// What redb's leaf of one entry holds besides the value, for a key of
+/// `origin`: the leaf's header (4 bytes) and the key's and the value's
+/// end (4 each), and the key `(origin, seq)` (the origin with a length of
+/// up to 5 bytes in front, and 8 bytes of seq).
+fn leaf_overhead(origin: &str) -> usize {
+    12 + 5 + origin.len() + 8
+}
+
+/// The page redb allocates for a leaf of `bytes`.
+fn page_for(bytes: usize) -> usize {
+    bytes.max(1).div_ceil(PAGE).next_power_of_two() * PAGE
+}
+
+/// The index ranges of `origin`'s `bodies` that make one segment each.
+///
+/// A segment is cut where its leaf fills a page redb would allocate for
+/// it: the largest page (a power of two) that the rest of the operations
+/// fill, then the next for what is left. One segment for a batch of 1,000
+/// ~150-byte operations (150 KB) took a page of 256 KiB, whose empty
+/// ~100 KiB redb zeroed, held in its write buffer and wrote to the file
+/// like the rest; cut at 128 KiB, 16 KiB and 4 KiB, little of each page is
+/// empty. At most [`MAX_OPS`] operations and about [`MAX_BYTES`] a segment.
+pub fn runs<'a>(origin: &str, bodies: &'a [&'a [u8]]) -> impl Iterator<Item = std::ops::Range<usize>> + 'a {
+    let overhead = leaf_overhead(origin) + 4;
     let mut start = 0;
     std::iter::from_fn(move || {
         if start >= bodies.len() {
             return None;
         }
+        // The most one segment takes.
         let mut end = start;
         let mut size = 0;
         while end < bodies.len() && end - start < MAX_OPS && size < MAX_BYTES {
             size += bodies[end].len();
             end += 1;
+        }
+        // Its leaf: the count, an end offset and the body of each.
+        let leaf = overhead + 4 * (end - start) + size;
+        if leaf > PAGE {
+            // Fill the largest page the leaf fills whole (at least half of
+            // it), and leave the rest to the next segments.
+            let page = if page_for(leaf) == leaf { leaf } else { page_for(leaf) / 2 };
+            let mut filled = overhead;
+            let mut cut = start;
+            while cut < end && filled + 4 + bodies[cut].len() <= page {
+                filled += 4 + bodies[cut].len();
+                cut += 1;
+            }
+            // A body larger than the page goes alone.
+            end = cut.max(start + 1);
         }
         let run = start..end;
         start = end;
@@ -139,8 +181,13 @@ mod tests {
             .collect()
     }
 
+    /// The leaf redb makes of a segment of `origin`.
+    fn leaf_of(origin: &str, segment: &[u8]) -> usize {
+        leaf_overhead(origin) + segment.len()
+    }
+
     #[test]
-    fn segments_split_at_the_limit_and_decode_each_op() {
+    fn segments_cover_every_op_in_order_and_decode_each() {
         let ops: Vec<OperationWithMetadata> = (1..=2_500u64)
             .map(|seq| {
                 let mut op = OperationWithMetadata::new(OperationType::UpdateNode, format!("n:{seq}"), serde_json::json!({"v": seq}), "p");
@@ -150,12 +197,47 @@ mod tests {
             .collect();
         let bodies = encode_bodies(&ops);
         let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
-        let segments = encode(1, &refs);
-        assert_eq!(segments.iter().map(|(first, _)| *first).collect::<Vec<_>>(), vec![1, 1_025, 2_049]);
-        let last = Segment::parse("p", 2_049, &segments[2].1).unwrap();
-        assert_eq!(last.len(), 2_500 - 2_048);
-        assert_eq!(last.op(3).unwrap(), ops[2_048 + 3]);
-        assert!(last.op(last.len()).is_err());
+        let segments = encode("p", 1, &refs);
+        assert!(segments.len() > 1);
+        let mut next = 1u64;
+        for (first, bytes) in &segments {
+            assert_eq!(*first, next, "segments follow each other without a gap");
+            let segment = Segment::parse("p", *first, bytes).unwrap();
+            assert!(segment.len() >= 1 && segment.len() <= MAX_OPS);
+            for i in 0..segment.len() {
+                assert_eq!(segment.op(i).unwrap(), ops[(first - 1) as usize + i]);
+            }
+            assert!(segment.op(segment.len()).is_err());
+            next += segment.len() as u64;
+        }
+        assert_eq!(next, 2_501);
+    }
+
+    #[test]
+    fn a_batch_is_cut_into_segments_that_fill_their_pages() {
+        // A batch as a peer sends it: 1,000 ~150-byte operations of an
+        // origin named like a peer (52 characters).
+        let origin = "12D3KooWAKzm2rTEscgewhiWUseBEkUi3cKBeJmJEkyeDpv7bKBs";
+        let bodies: Vec<Vec<u8>> = (0..1_000).map(|i| vec![i as u8; 150]).collect();
+        let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+        let segments = encode(origin, 1, &refs);
+        let leaves: usize = segments.iter().map(|(_, bytes)| leaf_of(origin, bytes)).sum();
+        let pages: usize = segments.iter().map(|(_, bytes)| page_for(leaf_of(origin, bytes))).sum();
+        // One segment of ~154 KB took a 256 KiB page.
+        assert!(pages <= leaves + PAGE, "{} segments in {pages} bytes of pages for {leaves} bytes", segments.len());
+        assert!(segments.len() <= 5, "{} segments", segments.len());
+        // Every segment but the last fills its page but for one operation.
+        for (_, bytes) in &segments[..segments.len() - 1] {
+            let leaf = leaf_of(origin, bytes);
+            assert!(leaf <= page_for(leaf) && leaf + 4 + 150 > page_for(leaf), "a leaf of {leaf} bytes");
+        }
+        // A body larger than a page goes alone, whole.
+        let big = vec![7u8; 3 * PAGE];
+        let small = [1u8; 100];
+        let mixed: Vec<&[u8]> = vec![&small, &big, &small];
+        let cut = runs(origin, &mixed).collect::<Vec<_>>();
+        assert_eq!(cut.iter().map(|r| r.len()).sum::<usize>(), 3);
+        assert!(cut.iter().all(|r| !r.is_empty()));
     }
 
     #[test]
@@ -163,7 +245,7 @@ mod tests {
         let mut op = OperationWithMetadata::new(OperationType::DeleteNode, "n".into(), serde_json::Value::Null, "p");
         op.id.seq = 1;
         let body = encode_bodies(std::slice::from_ref(&op)).remove(0);
-        let (_, bytes) = encode(1, &[&body]).remove(0);
+        let (_, bytes) = encode("p", 1, &[&body]).remove(0);
         for cut in 0..bytes.len() {
             if let Ok(segment) = Segment::parse("p", 1, &bytes[..cut]) {
                 assert!(segment.op(0).is_err(), "cut at {cut}");

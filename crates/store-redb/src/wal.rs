@@ -384,7 +384,7 @@ pub fn encode(batch: &WriteBatch, out: &mut Vec<u8>) {
     put_u32(out, 0);
     let mut segments = 0u32;
     for (origin, (first_seq, bodies)) in &by_origin {
-        for run in crate::segment::runs(bodies) {
+        for run in crate::segment::runs(origin, bodies) {
             put_bytes(out, origin.as_bytes());
             put_u64(out, first_seq + run.start as u64);
             put_framed(out, |out| crate::segment::write(&bodies[run], out));
