@@ -1,5 +1,9 @@
 //! `pluresdb`: the command line of PluresDB. Run `pluresdb --help`.
 
+#[cfg(unix)]
+#[global_allocator]
+static GLOBAL: memory::NodeAllocator = memory::NodeAllocator;
+#[cfg(not(unix))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
