@@ -24,7 +24,8 @@
 //! durability of its own plus one record appended to a write-ahead log
 //! ([`LOG_FILE`], beside [`DATA_FILE`]) and synced (`fdatasync`) before the
 //! transaction is committed, so readers never see a batch that is not
-//! durable yet. redb is committed durably now and then (a checkpoint: when
+//! durable yet; a thread of the writer's applies the batch to the
+//! transaction while the record is synced. redb is committed durably now and then (a checkpoint: when
 //! the log's cycle is full, on a clean close, and while the disk has less
 //! than [`LOW_SPACE_BYTES`] free, on every commit), and opening the store
 //! redoes the log's records that redb does not hold. A log that does not
@@ -44,8 +45,10 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+mod applier;
 mod segment;
 mod wal;
+use applier::Applier;
 use segment::Segment;
 pub use wal::LOG_FILE;
 use wal::{FileId, Wal};
@@ -167,8 +170,14 @@ struct Log {
     file_id: FileId,
     /// The number of the last commit.
     committed: u64,
-    /// The payload of the commit in progress (kept for the next one).
-    payload: Vec<u8>,
+    /// The payload of the commit in progress (kept for the next one),
+    /// shared with the applier while it applies it.
+    payload: Arc<Vec<u8>>,
+    /// Applies each logged commit while its record is synced.
+    applier: Applier,
+    /// How the next apply is to fail (tests).
+    #[cfg(test)]
+    fault: Option<applier::Fault>,
     /// Logs found at open that were not applied, renamed aside.
     set_aside: Vec<PathBuf>,
 }
@@ -344,52 +353,22 @@ impl RedbStore {
             return Err(Error::storage(RedbStoreError::ReadOnly { path: path.clone() }));
         };
         let number = log.committed + 1;
-        log.payload.clear();
+        // The applier of the last commit let go of it: no copy is made.
+        let payload = Arc::make_mut(&mut log.payload);
+        payload.clear();
         // Allocated once at about its size rather than grown by doubling
         // (a batch of 1,000 writes is ~340 KB, over what is kept between
         // commits): the op bodies, and records of about their size.
-        log.payload.reserve(2 * batch.ops.byte_len() + 64 * batch.nodes.len() + 1024);
-        wal::encode(batch, &mut log.payload);
-        let logged = !log.wal.broken && log.wal.fits(log.payload.len()) && free_bytes(path).is_none_or(|free| free >= LOW_SPACE_BYTES);
-        if logged {
-            // Before the transaction: a log that cannot grow fails the
-            // commit with nothing written.
-            log.wal.reserve(log.payload.len()).map_err(|err| log_fault(err, log.wal.path()))?;
-        }
-        let mut txn = db.begin_write().map_err(fail("begin write"))?;
-        if logged {
-            txn.set_durability(Durability::None).map_err(fail("begin write"))?;
-        }
-        apply(&txn, &log.payload)?;
-        set_committed(&txn, number)?;
-        if logged {
-            if let Err(err) = log.wal.append(number, &log.payload) {
-                // The transaction is dropped, not committed. What the
-                // write left is withdrawn if the log lets us; else the log
-                // is read again by the recovery before it takes records.
-                log.wal.broken = log.wal.retract().is_err();
-                return Err(log_fault(err, log.wal.path()));
-            }
-        }
-        if let Err(err) = txn.commit() {
-            // The record is durable but its commit is not: withdrawn, so
-            // that no redo makes visible a batch that failed.
-            if logged && log.wal.retract().is_err() {
-                log.wal.broken = true;
-            }
-            return Err(fail("commit")(err));
-        }
-        log.committed = number;
-        if logged {
-            log.wal.appended(log.payload.len());
-        } else {
-            log.wal.restart();
-        }
+        payload.reserve(2 * batch.ops.byte_len() + 64 * batch.nodes.len() + 1024);
+        wal::encode(batch, payload);
+        let len = payload.len();
+        let logged = !log.wal.broken && log.wal.fits(len) && free_bytes(path).is_none_or(|free| free >= LOW_SPACE_BYTES);
+        let result = if logged { log.write_logged(db, number) } else { log.write_durable(&db, number) };
         // An import's buffer (megabytes) is not kept; a single write's is.
         if log.payload.capacity() > KEPT_PAYLOAD_BYTES {
-            log.payload = Vec::new();
+            log.payload = Arc::default();
         }
-        Ok(())
+        result
     }
 
     /// Closes the file and opens it again: after an I/O error redb refuses
@@ -620,6 +599,64 @@ fn identity(db: &Redb) -> Result<(FileId, u64), Error> {
 }
 
 impl Log {
+    /// Commits the payload as commit `number`: applied to a transaction
+    /// without durability (by the applier) while its record is written to
+    /// the log and synced (here); the transaction commits, and so becomes
+    /// visible, only once both are done. A commit that fails leaves
+    /// nothing visible and its record withdrawn (or the log marked broken
+    /// until a recovery reads it again).
+    fn write_logged(&mut self, db: Arc<Redb>, number: u64) -> Result<(), Error> {
+        // Before the transaction: a log that cannot grow fails the commit
+        // with nothing written.
+        self.wal.reserve(self.payload.len()).map_err(|err| log_fault(err, self.wal.path()))?;
+        let job = applier::Job {
+            db,
+            payload: self.payload.clone(),
+            number,
+            #[cfg(test)]
+            fault: self.fault.take(),
+        };
+        let (wal, payload) = (&mut self.wal, &self.payload);
+        let (applied, appended) = self.applier.overlap(job, || wal.append(number, payload));
+        let txn = match (applied, appended) {
+            (Ok(Ok(txn)), Ok(())) => txn,
+            (applied, appended) => {
+                // The transaction (if any) is dropped, not committed. What
+                // the append left is withdrawn if the log lets us; else the
+                // log is read again by the recovery before it takes
+                // records.
+                self.wal.broken = self.wal.retract().is_err();
+                return match (applied, appended) {
+                    (Err(panic), _) => std::panic::resume_unwind(panic),
+                    (_, Err(err)) => Err(log_fault(err, self.wal.path())),
+                    (Ok(Err(err)), _) => Err(err),
+                    (Ok(Ok(_)), Ok(())) => unreachable!("both succeeded"),
+                };
+            }
+        };
+        if let Err(err) = txn.commit() {
+            // The record is durable but its commit is not: withdrawn, so
+            // that no redo makes visible a batch that failed.
+            self.wal.broken = self.wal.retract().is_err();
+            return Err(fail("commit")(err));
+        }
+        self.committed = number;
+        self.wal.appended(self.payload.len());
+        Ok(())
+    }
+
+    /// Commits the payload as commit `number` in one durable transaction
+    /// (a checkpoint), and starts a new cycle of the log.
+    fn write_durable(&mut self, db: &Redb, number: u64) -> Result<(), Error> {
+        let txn = db.begin_write().map_err(fail("begin write"))?;
+        apply(&txn, &self.payload)?;
+        set_committed(&txn, number)?;
+        txn.commit().map_err(fail("commit"))?;
+        self.committed = number;
+        self.wal.restart();
+        Ok(())
+    }
+
     /// Opens the log of the redb file `db` in `dir` and redoes what redb
     /// does not hold yet; a log that is not the file's is set aside.
     fn open(dir: &Path, db: &Redb) -> Result<Log, RedbStoreError> {
@@ -635,7 +672,19 @@ impl Log {
                 Wal::create(dir, &file_id).map_err(log_error)?
             }
         };
-        let mut log = Log { dir: dir.to_owned(), wal, file_id, committed, payload: Vec::new(), set_aside };
+        let applier = Applier::spawn()
+            .map_err(|err| log_error(std::io::Error::new(err.kind(), format!("cannot start the thread that applies commits: {err}"))))?;
+        let mut log = Log {
+            dir: dir.to_owned(),
+            wal,
+            file_id,
+            committed,
+            payload: Arc::default(),
+            applier,
+            #[cfg(test)]
+            fault: None,
+            set_aside,
+        };
         log.redo(db).map_err(|err| match err {
             Error::StoreFault { source, .. } => match source.downcast::<RedbStoreError>() {
                 Ok(err) => *err,
@@ -1507,6 +1556,92 @@ mod tests {
         drop((store, reader));
         let store = RedbStore::open(dir.path()).unwrap();
         assert_eq!(store.meta("failed").unwrap(), None, "a failed batch came back at open");
+        assert!(store.meta("before").unwrap().is_some() && store.meta("after").unwrap().is_some());
+    }
+
+    /// A batch of one metadata entry, `key` -> `key`.
+    fn meta_batch(key: &str) -> WriteBatch {
+        WriteBatch { meta: vec![(key.to_owned(), key.as_bytes().to_vec())], ..WriteBatch::default() }
+    }
+
+    /// Commits "before", then `fail`s a commit of "failed" (its apply runs
+    /// on the applier while its record is synced), and checks that the
+    /// failed batch is visible neither to a reader nor after a reopen, be
+    /// it right after the failure or after a later commit (after a
+    /// recovery where the failure was a fault), and that the others stay.
+    fn a_commit_fails(fail: impl Fn(&mut RedbStore), check: impl Fn(&Error)) {
+        for commit_after in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = RedbStore::open(dir.path()).unwrap();
+            let reader = store.read_handle();
+            store.commit(&meta_batch("before")).unwrap();
+            fail(&mut store);
+            let err = store.commit(&meta_batch("failed")).unwrap_err();
+            check(&err);
+            assert_eq!(reader.meta("failed").unwrap(), None, "the failed batch is visible");
+            assert_eq!(store.meta("failed").unwrap(), None, "the failed batch is visible to the writer's handle");
+            if commit_after {
+                if err.storage_fault().is_some() {
+                    store.recover().unwrap();
+                }
+                store.commit(&meta_batch("after")).unwrap();
+                assert!(reader.meta("after").unwrap().is_some());
+            }
+            drop((store, reader));
+            let store = RedbStore::open(dir.path()).unwrap();
+            assert_eq!(store.meta("failed").unwrap(), None, "a failed batch came back at open");
+            assert!(store.meta("before").unwrap().is_some());
+            assert_eq!(store.meta("after").unwrap().is_some(), commit_after);
+        }
+    }
+
+    #[test]
+    fn a_sync_that_fails_while_the_batch_was_applied_leaves_nothing_visible() {
+        // The record is written, its batch applied to a transaction, and
+        // the sync fails: the transaction is dropped and the record
+        // withdrawn (its header zeroed and synced).
+        a_commit_fails(
+            |store| store.log.as_mut().unwrap().wal.fail_syncs(1),
+            |err| {
+                assert_eq!(err.storage_fault(), Some(StorageFault::Io), "{}", pluresdb_core::error_chain(err));
+                assert!(pluresdb_core::error_chain(err).contains("a sync made to fail"), "{}", pluresdb_core::error_chain(err));
+            },
+        );
+        // The withdrawal's sync fails too: the log is read again (by the
+        // reopen that follows a fault) before it takes records.
+        a_commit_fails(
+            |store| store.log.as_mut().unwrap().wal.fail_syncs(2),
+            |err| assert_eq!(err.storage_fault(), Some(StorageFault::Io), "{}", pluresdb_core::error_chain(err)),
+        );
+    }
+
+    #[test]
+    fn an_apply_that_fails_after_its_record_was_synced_leaves_nothing_visible() {
+        // The record is durable when the apply's error arrives: it is
+        // withdrawn, or the reopen would redo it.
+        a_commit_fails(
+            |store| store.log.as_mut().unwrap().fault = Some(applier::Fault::Error),
+            |err| assert!(pluresdb_core::error_chain(err).contains("an apply made to fail"), "{}", pluresdb_core::error_chain(err)),
+        );
+    }
+
+    #[test]
+    fn an_apply_that_panics_reaches_the_writer_and_leaves_nothing_visible() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RedbStore::open(dir.path()).unwrap();
+        store.commit(&meta_batch("before")).unwrap();
+        store.log.as_mut().unwrap().fault = Some(applier::Fault::Panic);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.commit(&meta_batch("failed"))));
+        let message = panicked.unwrap_err();
+        assert_eq!(message.downcast_ref::<&str>(), Some(&"an apply made to panic"));
+        assert_eq!(store.meta("failed").unwrap(), None);
+        drop(store);
+        // Its record was synced, and withdrawn before the panic went on.
+        let mut store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(store.meta("failed").unwrap(), None, "a batch whose apply panicked came back at open");
+        store.commit(&meta_batch("after")).unwrap();
+        drop(store);
+        let store = RedbStore::open(dir.path()).unwrap();
         assert!(store.meta("before").unwrap().is_some() && store.meta("after").unwrap().is_some());
     }
 

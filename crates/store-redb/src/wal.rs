@@ -89,6 +89,9 @@ pub struct Wal {
     /// been read again (a recovery), since what the failed write left is
     /// unknown.
     pub broken: bool,
+    /// How many of the next syncs fail (tests).
+    #[cfg(test)]
+    failing_syncs: u32,
 }
 
 impl Wal {
@@ -116,7 +119,16 @@ impl Wal {
         if &header[8..24] != file_id {
             return Ok(Found::Foreign("it belongs to another data file (its file id differs)"));
         }
-        Ok(Found::Ours(Wal { path, file, end: HEADER_LEN, allocated: len, cycle_bytes: CYCLE_BYTES, broken: false }))
+        Ok(Found::Ours(Wal {
+            path,
+            file,
+            end: HEADER_LEN,
+            allocated: len,
+            cycle_bytes: CYCLE_BYTES,
+            broken: false,
+            #[cfg(test)]
+            failing_syncs: 0,
+        }))
     }
 
     /// Creates an empty log for `file_id` in `dir`, replacing what is there.
@@ -131,7 +143,16 @@ impl Wal {
         file.write_all(&header_bytes(file_id))?;
         file.sync_all()?;
         sync_dir(dir);
-        Ok(Wal { path, file, end: HEADER_LEN, allocated: HEADER_LEN, cycle_bytes: CYCLE_BYTES, broken: false })
+        Ok(Wal {
+            path,
+            file,
+            end: HEADER_LEN,
+            allocated: HEADER_LEN,
+            cycle_bytes: CYCLE_BYTES,
+            broken: false,
+            #[cfg(test)]
+            failing_syncs: 0,
+        })
     }
 
     /// The file.
@@ -189,19 +210,47 @@ impl Wal {
         head[..4].copy_from_slice(&len.to_le_bytes());
         head[4..12].copy_from_slice(&number.to_le_bytes());
         head[12..].copy_from_slice(&record_checksum(number, payload));
-        self.file.seek(SeekFrom::Start(self.end))?;
         // One write where the record is small (the common single write).
         if payload.len() <= 4096 {
             let mut one = [0u8; RECORD_HEADER + 4096];
             one[..RECORD_HEADER].copy_from_slice(&head);
             one[RECORD_HEADER..RECORD_HEADER + payload.len()].copy_from_slice(payload);
-            self.file.write_all(&one[..RECORD_HEADER + payload.len()])?;
+            self.write_at(&one[..RECORD_HEADER + payload.len()], self.end)?;
         } else {
-            self.file.write_all(&head)?;
-            self.file.write_all(payload)?;
+            self.write_at(&head, self.end)?;
+            self.write_at(payload, self.end + RECORD_HEADER as u64)?;
         }
-        self.file.sync_data()?;
-        Ok(())
+        self.sync()
+    }
+
+    /// Writes `bytes` at `offset` (one `pwrite` where there is one).
+    fn write_at(&mut self, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::FileExt::write_all_at(&self.file, bytes, offset)
+        }
+        #[cfg(not(unix))]
+        {
+            self.file.seek(SeekFrom::Start(offset))?;
+            self.file.write_all(bytes)
+        }
+    }
+
+    /// Syncs what was written (`fdatasync`).
+    fn sync(&mut self) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.failing_syncs > 0 {
+            self.failing_syncs -= 1;
+            return Err(std::io::Error::other("a sync made to fail"));
+        }
+        self.file.sync_data()
+    }
+
+    /// Makes the next `count` syncs fail after their writes (tests: a
+    /// medium that takes a write but fails to make it durable).
+    #[cfg(test)]
+    pub fn fail_syncs(&mut self, count: u32) {
+        self.failing_syncs = count;
     }
 
     /// Moves the end past the record [`append`](Self::append) wrote, once
@@ -212,12 +261,12 @@ impl Wal {
     }
 
     /// Withdraws the record just appended (its commit failed after it was
-    /// synced): its header is overwritten with zeros and synced, so no redo
-    /// applies it. `append` had not moved the end past it.
+    /// synced, or may have been): its header is overwritten with zeros and
+    /// synced, so no redo applies it. `append` had not moved the end past
+    /// it.
     pub fn retract(&mut self) -> std::io::Result<()> {
-        self.file.seek(SeekFrom::Start(self.end))?;
-        self.file.write_all(&[0u8; RECORD_HEADER])?;
-        self.file.sync_data()
+        self.write_at(&[0u8; RECORD_HEADER], self.end)?;
+        self.sync()
     }
 
     /// Starts a new cycle: redb holds everything logged so far durably.
