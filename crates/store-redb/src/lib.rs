@@ -27,7 +27,8 @@
 //! durable yet; a thread of the writer's applies the batch to the
 //! transaction while the record is synced. redb is committed durably now and then (a checkpoint: when
 //! the log's cycle is full, on a clean close, and while the disk has less
-//! than [`LOW_SPACE_BYTES`] free, on every commit), and opening the store
+//! than [`LOW_SPACE_BYTES`] free, on every commit; the free space is read on
+//! every commit while under 1 GiB, else every 100 ms), and opening the store
 //! redoes the log's records that redb does not hold. A log that does not
 //! belong to the data file (another directory's, or one whose commits do not
 //! continue the file's, as beside a restored backup) is never applied: it is
@@ -180,6 +181,8 @@ struct Log {
     fault: Option<applier::Fault>,
     /// Logs found at open that were not applied, renamed aside.
     set_aside: Vec<PathBuf>,
+    /// Whether the disk is low on space.
+    space: SpaceCheck,
 }
 
 /// The open file every handle uses; `None` after a reopen that failed.
@@ -224,6 +227,60 @@ fn free_bytes(path: &Path) -> Option<u64> {
     {
         let _ = path;
         None
+    }
+}
+
+/// While a disk has this much free, the writer reads its free space again
+/// only after [`ROOMY_RECHECK`] (a `statvfs` costs ~3 us, ~2% of a single
+/// durable write): another process would have to write ~1 GiB in that time
+/// to bring it below [`LOW_SPACE_BYTES`] unnoticed. With less free, every
+/// commit reads it.
+const ROOMY_BYTES: u64 = 16 * LOW_SPACE_BYTES;
+
+/// See [`ROOMY_BYTES`].
+const ROOMY_RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Whether the disk is low on space (see [`LOW_SPACE_BYTES`]), read on
+/// every commit unless it was roomy a moment ago (see [`ROOMY_BYTES`]).
+struct SpaceCheck {
+    /// Until when a check that found the disk roomy holds.
+    roomy_until: Option<std::time::Instant>,
+    roomy_bytes: u64,
+    recheck: std::time::Duration,
+    /// How many times the free space was read (tests).
+    #[cfg(test)]
+    reads: u64,
+}
+
+impl SpaceCheck {
+    fn new() -> Self {
+        SpaceCheck {
+            roomy_until: None,
+            roomy_bytes: ROOMY_BYTES,
+            recheck: ROOMY_RECHECK,
+            #[cfg(test)]
+            reads: 0,
+        }
+    }
+
+    /// Whether less than [`LOW_SPACE_BYTES`] are free on the disk of
+    /// `path` (`false` where that cannot be read).
+    fn low(&mut self, path: &Path) -> bool {
+        if let Some(until) = self.roomy_until {
+            if std::time::Instant::now() < until {
+                return false;
+            }
+        }
+        #[cfg(test)]
+        {
+            self.reads += 1;
+        }
+        let free = free_bytes(path);
+        self.roomy_until = match free {
+            Some(free) if free >= self.roomy_bytes => Some(std::time::Instant::now() + self.recheck),
+            _ => None,
+        };
+        free.is_some_and(|free| free < LOW_SPACE_BYTES)
     }
 }
 
@@ -362,7 +419,7 @@ impl RedbStore {
         payload.reserve(2 * batch.ops.byte_len() + 64 * batch.nodes.len() + 1024);
         wal::encode(batch, payload);
         let len = payload.len();
-        let logged = !log.wal.broken && log.wal.fits(len) && free_bytes(path).is_none_or(|free| free >= LOW_SPACE_BYTES);
+        let logged = !log.wal.broken && log.wal.fits(len) && !log.space.low(path);
         let result = if logged { log.write_logged(db, number) } else { log.write_durable(&db, number) };
         // An import's buffer (megabytes) is not kept; a single write's is.
         if log.payload.capacity() > KEPT_PAYLOAD_BYTES {
@@ -684,6 +741,7 @@ impl Log {
             #[cfg(test)]
             fault: None,
             set_aside,
+            space: SpaceCheck::new(),
         };
         log.redo(db).map_err(|err| match err {
             Error::StoreFault { source, .. } => match source.downcast::<RedbStoreError>() {
@@ -1020,6 +1078,10 @@ impl Store for RedbStore {
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
         let result = self.write_batch(batch);
         if let Some(fault) = result.as_ref().err().and_then(Error::storage_fault) {
+            // The disk may have filled since it was last found roomy.
+            if let Some(log) = self.log.as_mut() {
+                log.space.roomy_until = None;
+            }
             // A full disk wins over the errors that follow it (redb's
             // "previous I/O error").
             if self.last_fault != Some(StorageFault::DiskFull) {
@@ -1643,6 +1705,43 @@ mod tests {
         drop(store);
         let store = RedbStore::open(dir.path()).unwrap();
         assert!(store.meta("before").unwrap().is_some() && store.meta("after").unwrap().is_some());
+    }
+
+    #[test]
+    fn the_free_space_is_read_on_every_commit_unless_the_disk_was_roomy_a_moment_ago() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RedbStore::open(dir.path()).unwrap();
+        let reads = |store: &RedbStore| store.log.as_ref().unwrap().space.reads;
+        let space = |store: &mut RedbStore, roomy_bytes: u64, recheck_secs: u64| {
+            let space = &mut store.log.as_mut().unwrap().space;
+            space.roomy_bytes = roomy_bytes;
+            space.recheck = std::time::Duration::from_secs(recheck_secs);
+            space.roomy_until = None;
+        };
+        // Never roomy (less free than the margin): every commit reads it.
+        space(&mut store, u64::MAX, 3_600);
+        let before = reads(&store);
+        for i in 0..5 {
+            store.commit(&meta_batch(&format!("tight {i}"))).unwrap();
+        }
+        assert_eq!(reads(&store) - before, 5);
+        // Roomy, for an hour: the first commit reads it, the others not.
+        space(&mut store, 0, 3_600);
+        let before = reads(&store);
+        for i in 0..5 {
+            store.commit(&meta_batch(&format!("roomy {i}"))).unwrap();
+        }
+        assert_eq!(reads(&store) - before, 1);
+        // A fault ends the moment: the disk may have filled meanwhile.
+        let read_only = std::fs::File::open(dir.path().join(LOG_FILE)).unwrap();
+        let writable = store.log.as_mut().unwrap().wal.replace_file(read_only);
+        store.commit(&meta_batch("failed")).unwrap_err();
+        store.log.as_mut().unwrap().wal.replace_file(writable);
+        store.recover().unwrap();
+        let before = reads(&store);
+        store.commit(&meta_batch("after the fault")).unwrap();
+        store.commit(&meta_batch("after the fault, again")).unwrap();
+        assert_eq!(reads(&store) - before, 1);
     }
 
     #[test]
