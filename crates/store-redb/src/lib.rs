@@ -1631,10 +1631,14 @@ mod tests {
     /// failed batch is visible neither to a reader nor after a reopen, be
     /// it right after the failure or after a later commit (after a
     /// recovery where the failure was a fault), and that the others stay.
+    ///
+    /// Each way twice: with the applier, and with an applier held back (as
+    /// on a busy machine), whose job the writer takes back and applies.
     fn a_commit_fails(fail: impl Fn(&mut RedbStore), check: impl Fn(&Error)) {
-        for commit_after in [false, true] {
+        for (commit_after, held) in [(false, false), (true, false), (false, true), (true, true)] {
             let dir = tempfile::tempdir().unwrap();
             let mut store = RedbStore::open(dir.path()).unwrap();
+            store.log.as_ref().unwrap().applier.hold(held);
             let reader = store.read_handle();
             store.commit(&meta_batch("before")).unwrap();
             fail(&mut store);
@@ -1654,6 +1658,28 @@ mod tests {
             assert_eq!(store.meta("failed").unwrap(), None, "a failed batch came back at open");
             assert!(store.meta("before").unwrap().is_some());
             assert_eq!(store.meta("after").unwrap().is_some(), commit_after);
+        }
+    }
+
+    #[test]
+    fn a_batch_the_applier_has_not_taken_up_when_the_sync_is_done_is_applied_by_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RedbStore::open(dir.path()).unwrap();
+        let reader = store.read_handle();
+        store.log.as_ref().unwrap().applier.hold(true);
+        for i in 0..3 {
+            store.commit(&meta_batch(&format!("held {i}"))).unwrap();
+            assert!(reader.meta(&format!("held {i}")).unwrap().is_some());
+        }
+        assert_eq!(store.log.as_ref().unwrap().applier.taken_back(), 3);
+        // Let go, the applier takes up jobs again (or the writer, when it
+        // is late: either way the commit is done).
+        store.log.as_ref().unwrap().applier.hold(false);
+        store.commit(&meta_batch("released")).unwrap();
+        drop((store, reader));
+        let store = RedbStore::open(dir.path()).unwrap();
+        for key in ["held 0", "held 1", "held 2", "released"] {
+            assert!(store.meta(key).unwrap().is_some(), "{key}");
         }
     }
 
@@ -1689,8 +1715,15 @@ mod tests {
 
     #[test]
     fn an_apply_that_panics_reaches_the_writer_and_leaves_nothing_visible() {
+        for held in [false, true] {
+            a_panicking_apply(held);
+        }
+    }
+
+    fn a_panicking_apply(held: bool) {
         let dir = tempfile::tempdir().unwrap();
         let mut store = RedbStore::open(dir.path()).unwrap();
+        store.log.as_ref().unwrap().applier.hold(held);
         store.commit(&meta_batch("before")).unwrap();
         store.log.as_mut().unwrap().fault = Some(applier::Fault::Panic);
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.commit(&meta_batch("failed"))));
