@@ -51,8 +51,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinHandle;
 
-/// Peer events applied in one turn before transmits are sent again, so a
-/// burst of messages is answered together without starving the sends.
+/// Peer events applied in one turn at most, when none of them gives the
+/// engine anything to send (see [`SyncPort::apply`]).
 pub const MAX_EVENTS_PER_TURN: usize = 256;
 
 /// The longest a driver sleeps when the sync engine has no timer.
@@ -338,12 +338,17 @@ impl<E: NetworkEngine + ?Sized> SyncPort<E> {
     }
 
     /// Applies `first` and up to `MAX_EVENTS_PER_TURN` (256) events already
-    /// queued behind it; returns how many were applied.
+    /// queued behind it, until one gives the engine something to send;
+    /// returns how many were applied. What an event produced goes out
+    /// before the next is applied (the driver flushes between turns): an
+    /// acknowledgement is what the sender's window waits for, and a turn
+    /// over the four batches of a full window took as long as applying all
+    /// of them, with nothing in flight meanwhile.
     pub fn apply<S: Store>(&mut self, sync: &mut DataSyncEngine<S>, first: impl Into<PortEvent>) -> usize {
         apply(sync, &mut self.labels, first.into());
         let mut applied = 1;
         if let Some(events) = self.events.as_mut() {
-            while applied <= MAX_EVENTS_PER_TURN {
+            while applied <= MAX_EVENTS_PER_TURN && !sync.has_transmits() {
                 let Some(event) = events.try_recv() else { break };
                 apply(sync, &mut self.labels, event);
                 applied += 1;
@@ -649,6 +654,59 @@ mod tests {
         assert_eq!(errors, MAX_EVENTS_PER_TURN as u64);
         let SyncWake::Event(next) = port.next(None).await else { panic!("the rest is still queued") };
         assert_eq!(port.apply(&mut sync, next), 300 - MAX_EVENTS_PER_TURN);
+    }
+
+    /// A receiver with a sender's window of batches queued applies one,
+    /// and its acknowledgement goes out (the driver flushes between turns)
+    /// before the next is applied: the sender refills its window meanwhile.
+    #[tokio::test]
+    async fn a_turn_ends_at_the_first_event_that_gives_the_engine_something_to_send() {
+        use pluresdb_core::{OperationType, OperationWithMetadata};
+        let now = now_ms();
+        let config = SyncConfig { max_batch_size: 256, ..SyncConfig::default() };
+        let (a, c) = (crate::test_peer("a"), crate::test_peer("c"));
+        let engine = |id: &str| {
+            let db = pluresdb_core::Database::open(pluresdb_core::MemoryStore::new(), id).unwrap();
+            DataSyncEngine::with_database(config.clone(), db).unwrap()
+        };
+        let mut sender = engine(&a.to_string());
+        sender.start(now);
+        let ops = (0..3 * 256)
+            .map(|i| {
+                OperationWithMetadata::new(OperationType::CreateNode, format!("n{i}"), serde_json::json!({ "i": i }), sender.peer_id())
+            })
+            .collect();
+        sender.write(ops, now).unwrap();
+        let (handle, events) = SyncHandle::channel(64);
+        let mut port = SyncPort::new(Arc::new(Recorder::default()), events);
+        let mut receiver = engine(&c.to_string());
+        receiver.start(now);
+        // The receiver asks the sender for what it lacks.
+        assert!(handle.deliver(PeerEvent::Connected { peer_id: a, address: "127.0.0.1:1".to_owned(), transport: Transport::Quic }).await);
+        let SyncWake::Event(event) = port.next(None).await else { panic!("an event") };
+        port.apply(&mut receiver, event);
+        let requests = SyncPort::<Recorder>::take_transmits(&mut receiver);
+        sender.peer_connected(&c.to_string(), now);
+        for request in requests {
+            sender.handle_input(&c.to_string(), &request.bytes, now).unwrap();
+        }
+        // The sender's batches are queued at the receiver at once.
+        let mut batches = 0;
+        while let Some(transmit) = sender.poll_transmit() {
+            if matches!(pluresdb_sync::SyncMessage::decode("a", &transmit.bytes), Ok(pluresdb_sync::SyncMessage::DataSync { .. })) {
+                batches += 1;
+                assert!(handle.deliver(PeerEvent::Message { peer_id: a, bytes: transmit.bytes.into() }).await);
+            }
+        }
+        assert_eq!(batches, 3);
+        // One batch a turn, each acknowledged before the next is applied.
+        for applied in 1..=3 {
+            let SyncWake::Event(event) = port.next(None).await else { panic!("an event") };
+            assert_eq!(port.apply(&mut receiver, event), 1, "turn {applied}");
+            assert!(receiver.has_transmits());
+            assert_eq!(receiver.database().version_vector().total(), 256 * applied);
+            SyncPort::<Recorder>::take_transmits(&mut receiver);
+        }
     }
 
     #[tokio::test]

@@ -1111,6 +1111,11 @@ impl<S: Store> DataSyncEngine<S> {
         self.outbox.pop_front()
     }
 
+    /// Whether a message waits to be sent ([`poll_transmit`](Self::poll_transmit)).
+    pub fn has_transmits(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
     /// Writes what each peer acknowledged to the store.
     pub fn flush_acked(&mut self) -> Result<(), SyncError> {
         if !self.acked_dirty {
