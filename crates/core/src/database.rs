@@ -22,7 +22,7 @@ use crate::operation::{
     validate_node_id, validate_value, OpId, OperationType, OperationWithMetadata, Stamp, MAX_SUPERSEDED_PER_FIELD, MAX_SUPERSEDED_PER_OP,
 };
 use crate::reader::{self, Traversal};
-use crate::received::{ReceivedOp, SignatureCheck};
+use crate::received::{KeptBodies, ReceivedOp, SignatureCheck};
 use crate::resolver::{ConflictResolver, LastWriterWins};
 use crate::signing::{OpDigest, OpSignature, OpSigner, OpVerifier, SIGN_EVERY, SIGN_EVERY_BYTES};
 use crate::store::{EncodedOps, Store, WriteBatch};
@@ -780,10 +780,10 @@ impl<S: Store> Database<S> {
         verifier: Option<&dyn OpVerifier>,
         report: &mut ApplyReport,
     ) -> Result<(Vec<OriginRun>, EncodedOps), Error> {
-        // Room for every operation's body at once (the check ahead encoded
-        // the batch; without it, a guess), so the buffer is not regrown.
-        let body_bytes = ops.first().and_then(ReceivedOp::batch_body_bytes).unwrap_or(ops.len() * 128);
-        let mut encoded = EncodedOps::with_capacity(ops.len(), body_bytes);
+        // The bodies of the operations kept: the check ahead's buffer
+        // itself when they are all of it in order; else copied into room
+        // for every operation's body at once, so the buffer is not regrown.
+        let mut encoded = KeptBodies::new(&ops, 128);
         // A batch usually holds one origin's operations: it is that
         // origin's run as it is, without moving each into a run of its own.
         let single = ops.first().map(|first| first.op.id.origin.clone()).filter(|origin| ops.iter().all(|r| r.op.id.origin == *origin));
@@ -821,7 +821,7 @@ impl<S: Store> Database<S> {
                 // are skipped by their sequence numbers.
                 report.duplicates += overlap;
                 let received: Vec<ReceivedOp> = run.drain(overlap..).collect();
-                let digests = received.iter().map(|r| r.push_into(&mut encoded)).collect();
+                let digests = received.iter().map(|r| encoded.push(r)).collect();
                 let checks = received.iter().map(ReceivedOp::signature_check).collect();
                 let ops: Vec<OperationWithMetadata> = received.into_iter().map(|r| r.op).collect();
                 if !ops.is_empty() {
@@ -875,7 +875,7 @@ impl<S: Store> Database<S> {
                     broken = Some(received.op.id.clone());
                     break;
                 }
-                link = received.push_into(&mut encoded);
+                link = encoded.push(&received);
                 digests.push(link);
                 checks.push(received.signature_check());
                 kept.push(received.op);
@@ -929,7 +929,9 @@ impl<S: Store> Database<S> {
             run.checks.truncate(keep);
         }
         runs.retain(|run| !run.ops.is_empty());
-        Ok((runs, encoded))
+        // Every received operation is dropped by now (moved into `runs` or
+        // let go): the shared buffer is ours alone.
+        Ok((runs, encoded.finish()))
     }
 
     /// The shared write path: merge every operation into its node's record
@@ -994,8 +996,14 @@ impl<S: Store> Database<S> {
         // a local operation's body is usually under 128 bytes.
         let mut encoded = match local {
             true => EncodedOps::with_capacity(ops.len(), ops.len() * 128),
-            false => EncodedOps::with_capacity(pre.len(), pre.byte_len()),
+            false => EncodedOps::new(),
         };
+        // Received operations: while each applied is the next body of
+        // `pre`, `pre[..mirrored]` stands for `encoded` and nothing is
+        // copied (a batch applied whole, or but for a held-back tail, takes
+        // `pre` itself); the first that is not copies what came before.
+        let mut mirrored = 0usize;
+        let mut copying = local;
         let mut receipts = Vec::with_capacity(ops.len());
         let count = ops.len();
         // Encoded bytes of local operations since the last signed one.
@@ -1050,12 +1058,19 @@ impl<S: Store> Database<S> {
                 while pre.get(reused).is_some_and(|(id, _)| *id != op.id) {
                     reused += 1;
                 }
-                match pre.get(reused) {
-                    Some((id, body)) => {
-                        encoded.push_encoded(id, body);
-                        reused += 1;
-                    }
+                let found = pre.get(reused);
+                if !copying && (found.is_none() || reused != mirrored) {
+                    encoded = EncodedOps::with_capacity(pre.len(), pre.byte_len());
+                    (0..mirrored).filter_map(|i| pre.get(i)).for_each(|(id, body)| encoded.push_encoded(id, body));
+                    copying = true;
+                }
+                match found {
+                    Some(_) if !copying => mirrored += 1,
+                    Some((id, body)) => encoded.push_encoded(id, body),
                     None => encoded.push(&op),
+                }
+                if found.is_some() {
+                    reused += 1;
                 }
             }
             // The operation is encoded for the op log (above). One stamped
@@ -1117,7 +1132,14 @@ impl<S: Store> Database<S> {
         records.retain(|record| !record.is_blank() || truncations.iter().any(|t| t.dropped.iter().any(|op| op.node_id == record.id)));
         let mut batch = WriteBatch {
             truncate: truncations.iter().map(|t| (t.origin.to_string(), t.from)).collect(),
-            ops: encoded,
+            ops: match copying {
+                true => encoded,
+                false => {
+                    let mut pre = pre;
+                    pre.truncate(mirrored);
+                    pre
+                }
+            },
             nodes: records,
             version_vector: moved,
             meta: clock_meta(&clock),

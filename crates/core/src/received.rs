@@ -137,12 +137,6 @@ impl ReceivedOp {
         }
     }
 
-    /// The bytes of the bodies encoded for its whole batch by the check
-    /// ahead, if it was checked ahead (a size to reserve).
-    pub(crate) fn batch_body_bytes(&self) -> Option<usize> {
-        self.checked.as_ref().map(|checked| checked.bodies.byte_len())
-    }
-
     /// Appends it to `encoded` (reusing the body of the check ahead) and
     /// returns its digest.
     pub(crate) fn push_into(&self, encoded: &mut EncodedOps) -> OpDigest {
@@ -156,6 +150,74 @@ impl ReceivedOp {
                 None => encoded.push_with_digest(&self.op),
             },
             None => encoded.push_with_digest(&self.op),
+        }
+    }
+}
+
+/// The bodies of a received batch's kept operations, collected without
+/// copying while they are the batch's own shared buffer in order.
+///
+/// The check ahead encodes a batch into one buffer; the replica keeps the
+/// operations that continue its chains, usually all of them in the order
+/// they came. While each operation kept is the next of that buffer,
+/// nothing is copied, and [`finish`](Self::finish) takes the buffer itself
+/// (cut after the last kept one) once the batch's operations are gone; the
+/// first that is not (another origin, a skipped duplicate, an operation not
+/// checked ahead) copies the ones before it and appends from then on.
+pub(crate) struct KeptBodies {
+    shared: Option<Arc<EncodedOps>>,
+    /// `shared[..mirrored]` are the bodies kept so far, while not `copying`.
+    mirrored: usize,
+    copying: bool,
+    encoded: EncodedOps,
+}
+
+impl KeptBodies {
+    /// For the batch `ops`; `guess` is a body size for operations not
+    /// checked ahead.
+    pub(crate) fn new(ops: &[ReceivedOp], guess: usize) -> Self {
+        let shared = ops.first().and_then(|first| first.checked.as_ref()).map(|checked| checked.bodies.clone());
+        match shared {
+            Some(shared) => Self { shared: Some(shared), mirrored: 0, copying: false, encoded: EncodedOps::new() },
+            None => Self { shared: None, mirrored: 0, copying: true, encoded: EncodedOps::with_capacity(ops.len(), ops.len() * guess) },
+        }
+    }
+
+    /// Keeps `received`'s body and returns its digest.
+    pub(crate) fn push(&mut self, received: &ReceivedOp) -> OpDigest {
+        if !self.copying {
+            if let (Some(shared), Some(checked)) = (&self.shared, &received.checked) {
+                if Arc::ptr_eq(shared, &checked.bodies) && checked.index == self.mirrored {
+                    self.mirrored += 1;
+                    return checked.digest;
+                }
+            }
+            if let Some(shared) = &self.shared {
+                // Room for the rest of the batch at once.
+                self.encoded = EncodedOps::with_capacity(shared.len(), shared.byte_len());
+                (0..self.mirrored).filter_map(|i| shared.get(i)).for_each(|(id, body)| self.encoded.push_encoded(id, body));
+            }
+            self.copying = true;
+        }
+        received.push_into(&mut self.encoded)
+    }
+
+    /// The bodies kept, in the order they were. Free of copying when the
+    /// batch's operations have all been dropped by now.
+    pub(crate) fn finish(self) -> EncodedOps {
+        match (self.copying, self.shared) {
+            (false, Some(shared)) => match Arc::try_unwrap(shared) {
+                Ok(mut own) => {
+                    own.truncate(self.mirrored);
+                    own
+                }
+                Err(shared) => {
+                    let mut copy = EncodedOps::with_capacity(self.mirrored, shared.byte_len());
+                    (0..self.mirrored).filter_map(|i| shared.get(i)).for_each(|(id, body)| copy.push_encoded(id, body));
+                    copy
+                }
+            },
+            _ => self.encoded,
         }
     }
 }

@@ -153,3 +153,38 @@ fn forged_operations_are_refused_and_change_nothing() {
     assert!(b.version_vector().is_empty());
     assert_eq!(b.apply_remote(log, NOW).unwrap().applied, 10, "the genuine log still applies");
 }
+
+/// The op log of a batch checked ahead holds the same bodies as the
+/// sender's whatever part of the batch is kept: all of it, all but an
+/// unsigned tail, all but duplicates in front, two origins interleaved.
+#[test]
+fn a_batch_checked_ahead_logs_the_bodies_it_kept_whatever_part_it_kept() {
+    let (mut a, mut c) = (replica("a"), replica("c"));
+    write(&mut a, 300, 1_000);
+    write(&mut c, 20, 1_100);
+    let (log_a, log_c) = (a.ops_after("a", 0, 1_000).unwrap(), c.ops_after("c", 0, 100).unwrap());
+    let bodies = |db: &Database<MemoryStore>, origin: &str| {
+        let mut out = pluresdb_core::EncodedOps::new();
+        db.op_bodies_after(origin, 0, usize::MAX, &mut out).unwrap();
+        out.iter().map(|(id, body)| (id.clone(), body.to_vec())).collect::<Vec<_>>()
+    };
+    let (sent_a, sent_c) = (bodies(&a, "a"), bodies(&c, "c"));
+    let mut b = replica("b");
+    // All but a tail after the last signed operation (256).
+    let report = b.apply_received(ReceivedOp::check_all(log_a[..280].to_vec(), Some(&NamedVerifier)), NOW).unwrap();
+    assert_eq!((report.applied, report.held_back), (256, 24));
+    assert_eq!(bodies(&b, "a"), sent_a[..256]);
+    // Duplicates in front, then the rest.
+    let report = b.apply_received(ReceivedOp::check_all(log_a[200..].to_vec(), Some(&NamedVerifier)), NOW).unwrap();
+    assert_eq!((report.applied, report.duplicates), (44, 56));
+    assert_eq!(bodies(&b, "a"), sent_a);
+    // Two origins interleaved; the whole of a batch.
+    let mut d = replica("d");
+    let mixed: Vec<OperationWithMetadata> =
+        log_c.iter().zip(&log_a).flat_map(|(c, a)| [c.clone(), a.clone()]).chain(log_a[20..].iter().cloned()).collect();
+    assert_eq!(d.apply_received(ReceivedOp::check_all(mixed, Some(&NamedVerifier)), NOW).unwrap().applied, 320);
+    assert_eq!((bodies(&d, "a"), bodies(&d, "c")), (sent_a.clone(), sent_c));
+    let mut e = replica("e");
+    assert_eq!(e.apply_received(ReceivedOp::check_all(log_a.clone(), Some(&NamedVerifier)), NOW).unwrap().applied, 300);
+    assert_eq!(bodies(&e, "a"), sent_a);
+}
