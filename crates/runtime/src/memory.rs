@@ -29,6 +29,8 @@ static IDLE_HOOK: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
 /// batches), which its allocator keeps with the thread that freed it.
 pub fn set_idle_hook(hook: fn()) {
     let _ = IDLE_HOOK.set(hook);
+    // The store's applier thread too (see `pluresdb_store_redb::set_idle_hook`).
+    pluresdb_store_redb::set_idle_hook(hook);
 }
 
 /// Calls the hook of [`set_idle_hook`], if one is set.

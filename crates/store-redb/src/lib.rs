@@ -49,6 +49,7 @@ use std::sync::{Arc, RwLock};
 mod applier;
 mod segment;
 mod wal;
+pub use applier::set_idle_hook;
 use applier::Applier;
 use segment::Segment;
 pub use wal::LOG_FILE;
@@ -1775,6 +1776,38 @@ mod tests {
         store.commit(&meta_batch("after the fault")).unwrap();
         store.commit(&meta_batch("after the fault, again")).unwrap();
         assert_eq!(reads(&store) - before, 1);
+    }
+
+    #[test]
+    fn the_applier_calls_the_idle_hook_after_its_jobs() {
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        fn hook() {
+            CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        set_idle_hook(hook);
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        let applier = Applier::spawn().unwrap();
+        let mut payload = Vec::new();
+        wal::encode(&meta_batch("one"), &mut payload);
+        let job = applier::Job {
+            db: store.db().unwrap(),
+            payload: Arc::new(payload),
+            number: store.log.as_ref().unwrap().committed + 1,
+            fault: None,
+        };
+        let before = CALLS.load(std::sync::atomic::Ordering::Relaxed);
+        // Until the applier has taken the job up (else this thread would
+        // apply it).
+        let (outcome, ()) = applier.overlap(job, || {
+            while !applier.taken_up() {
+                std::thread::yield_now();
+            }
+        });
+        drop(outcome.unwrap().unwrap());
+        // Dropping it ends the thread, after the hook ran.
+        drop(applier);
+        assert!(CALLS.load(std::sync::atomic::Ordering::Relaxed) > before, "the hook was not called");
     }
 
     #[test]
