@@ -1060,8 +1060,7 @@ impl<S: Store> Database<S> {
                 }
                 let found = pre.get(reused);
                 if !copying && (found.is_none() || reused != mirrored) {
-                    encoded = EncodedOps::with_capacity(pre.len(), pre.byte_len());
-                    (0..mirrored).filter_map(|i| pre.get(i)).for_each(|(id, body)| encoded.push_encoded(id, body));
+                    encoded = pre.copy_first(mirrored, pre.len(), pre.byte_len());
                     copying = true;
                 }
                 match found {

@@ -194,8 +194,7 @@ impl KeptBodies {
             }
             if let Some(shared) = &self.shared {
                 // Room for the rest of the batch at once.
-                self.encoded = EncodedOps::with_capacity(shared.len(), shared.byte_len());
-                (0..self.mirrored).filter_map(|i| shared.get(i)).for_each(|(id, body)| self.encoded.push_encoded(id, body));
+                self.encoded = shared.copy_first(self.mirrored, shared.len(), shared.byte_len());
             }
             self.copying = true;
         }
@@ -211,11 +210,7 @@ impl KeptBodies {
                     own.truncate(self.mirrored);
                     own
                 }
-                Err(shared) => {
-                    let mut copy = EncodedOps::with_capacity(self.mirrored, shared.byte_len());
-                    (0..self.mirrored).filter_map(|i| shared.get(i)).for_each(|(id, body)| copy.push_encoded(id, body));
-                    copy
-                }
+                Err(shared) => shared.copy_first(self.mirrored, self.mirrored, shared.byte_len()),
             },
             _ => self.encoded,
         }

@@ -86,6 +86,18 @@ impl EncodedOps {
         self.ends.push(self.bytes.len());
     }
 
+    /// A copy of the first `len` operations (all, if there are fewer), with
+    /// room for `ops` operations holding `bytes` in all.
+    pub fn copy_first(&self, len: usize, ops: usize, bytes: usize) -> Self {
+        let len = len.min(self.ids.len());
+        let end = len.checked_sub(1).map_or(0, |last| self.ends[last]);
+        let mut copy = Self::with_capacity(ops.max(len), bytes.max(end));
+        copy.ids.extend_from_slice(&self.ids[..len]);
+        copy.ends.extend_from_slice(&self.ends[..len]);
+        copy.bytes.extend_from_slice(&self.bytes[..end]);
+        copy
+    }
+
     /// Keeps the first `len` operations.
     pub fn truncate(&mut self, len: usize) {
         if len < self.ids.len() {
@@ -472,5 +484,31 @@ pub(crate) fn valid_range<T: Ord>(lower: &Bound<T>, upper: &Bound<T>) -> bool {
         (Bound::Included(l), Bound::Included(u)) => l <= u,
         (Bound::Included(l) | Bound::Excluded(l), Bound::Excluded(u) | Bound::Included(u)) => l < u,
         _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operation::OperationType;
+
+    #[test]
+    fn a_copy_of_the_first_operations_holds_what_pushing_them_again_holds() {
+        let mut all = EncodedOps::new();
+        for seq in 1..=5u64 {
+            let mut op = OperationWithMetadata::new(OperationType::CreateNode, format!("n{seq}"), serde_json::json!({ "v": seq }), "p");
+            op.id.seq = seq;
+            all.push(&op);
+        }
+        for len in [0, 1, 3, 5, 9] {
+            let mut pushed = EncodedOps::new();
+            (0..len).filter_map(|i| all.get(i)).for_each(|(id, body)| pushed.push_encoded(id, body));
+            let copy = all.copy_first(len, 8, 1024);
+            assert_eq!(copy.len(), len.min(5));
+            assert_eq!(
+                (0..copy.len()).map(|i| copy.get(i)).collect::<Vec<_>>(),
+                (0..pushed.len()).map(|i| pushed.get(i)).collect::<Vec<_>>()
+            );
+        }
     }
 }
