@@ -676,31 +676,39 @@ impl Log {
         };
         let (wal, payload) = (&mut self.wal, &self.payload);
         let (applied, appended) = self.applier.overlap(job, || wal.append(number, payload));
+        // On failure the transaction (if any) is dropped, not committed,
+        // and the record withdrawn first.
         let txn = match (applied, appended) {
             (Ok(Ok(txn)), Ok(())) => txn,
-            (applied, appended) => {
-                // The transaction (if any) is dropped, not committed. What
-                // the append left is withdrawn if the log lets us; else the
-                // log is read again by the recovery before it takes
-                // records.
-                self.wal.broken = self.wal.retract().is_err();
-                return match (applied, appended) {
-                    (Err(panic), _) => std::panic::resume_unwind(panic),
-                    (_, Err(err)) => Err(log_fault(err, self.wal.path())),
-                    (Ok(Err(err)), _) => Err(err),
-                    (Ok(Ok(_)), Ok(())) => unreachable!("both succeeded"),
-                };
+            (Err(panic), _) => {
+                self.withdraw();
+                std::panic::resume_unwind(panic)
+            }
+            (_, Err(err)) => {
+                self.withdraw();
+                return Err(log_fault(err, self.wal.path()));
+            }
+            (Ok(Err(err)), Ok(())) => {
+                self.withdraw();
+                return Err(err);
             }
         };
         if let Err(err) = txn.commit() {
-            // The record is durable but its commit is not: withdrawn, so
-            // that no redo makes visible a batch that failed.
-            self.wal.broken = self.wal.retract().is_err();
+            // The record is durable but its commit is not.
+            self.withdraw();
             return Err(fail("commit")(err));
         }
         self.committed = number;
         self.wal.appended(self.payload.len());
         Ok(())
+    }
+
+    /// Withdraws the record of a commit that failed after it was appended
+    /// (or may have been), so that no redo makes the batch visible; if the
+    /// log does not let us, it is read again by the recovery before it takes
+    /// records.
+    fn withdraw(&mut self) {
+        self.wal.broken = self.wal.retract().is_err();
     }
 
     /// Commits the payload as commit `number` in one durable transaction

@@ -119,16 +119,7 @@ impl Wal {
         if &header[8..24] != file_id {
             return Ok(Found::Foreign("it belongs to another data file (its file id differs)"));
         }
-        Ok(Found::Ours(Wal {
-            path,
-            file,
-            end: HEADER_LEN,
-            allocated: len,
-            cycle_bytes: CYCLE_BYTES,
-            broken: false,
-            #[cfg(test)]
-            failing_syncs: 0,
-        }))
+        Ok(Found::Ours(Wal::opened(path, file, len)))
     }
 
     /// Creates an empty log for `file_id` in `dir`, replacing what is there.
@@ -143,16 +134,22 @@ impl Wal {
         file.write_all(&header_bytes(file_id))?;
         file.sync_all()?;
         sync_dir(dir);
-        Ok(Wal {
+        Ok(Wal::opened(path, file, HEADER_LEN))
+    }
+
+    /// The log in `file`, with nothing after its header taken yet and
+    /// `allocated` bytes written.
+    fn opened(path: PathBuf, file: File, allocated: u64) -> Wal {
+        Wal {
             path,
             file,
             end: HEADER_LEN,
-            allocated: HEADER_LEN,
+            allocated,
             cycle_bytes: CYCLE_BYTES,
             broken: false,
             #[cfg(test)]
             failing_syncs: 0,
-        })
+        }
     }
 
     /// The file.
