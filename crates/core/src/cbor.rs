@@ -181,6 +181,11 @@ impl<'a> Reader<'a> {
         self.pos == self.bytes.len()
     }
 
+    /// Whether the next item is an unsigned integer (without reading it).
+    pub fn next_is_unsigned(&self) -> bool {
+        self.bytes.get(self.pos).is_some_and(|b| b & 0xe0 == UNSIGNED)
+    }
+
     fn take(&mut self, n: usize) -> Result<&'a [u8], Unreadable> {
         let end = self.pos.checked_add(n).filter(|&end| end <= self.bytes.len()).ok_or(Unreadable)?;
         let out = &self.bytes[self.pos..end];

@@ -78,6 +78,24 @@ type CompactStamp<A> = (Hlc, A, u64);
 /// `[id, reset: [stamp index, deleted]?, stamps, fields: [[name, [[value, stamp index]]]], pending: [[field, target, stamp index]]]`
 type CompactRecord<S, A, V, T> = (S, Option<(u32, bool)>, Vec<CompactStamp<A>>, Vec<(S, Vec<(V, u32)>)>, Vec<(S, T, u32)>);
 
+/// The length of the array of a record as a store keeps it (see
+/// [`NodeRecord::encode_stored`]); the layout with the id has five.
+const STORED_LEN: usize = 4;
+
+/// Why a stored record was not read.
+enum Unstored {
+    /// Truncated, or an item of the wrong type.
+    Malformed,
+    /// An origin number past the end of the store's table.
+    Origin(u64),
+}
+
+impl From<crate::cbor::Unreadable> for Unstored {
+    fn from(_: crate::cbor::Unreadable) -> Self {
+        Self::Malformed
+    }
+}
+
 impl Serialize for NodeRecord {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         if serializer.is_human_readable() {
@@ -180,16 +198,27 @@ impl NodeRecord {
     }
 
     fn read_compact(reader: &mut crate::cbor::Reader<'_>) -> Result<Self, crate::cbor::Unreadable> {
-        use crate::cbor::Unreadable;
         if reader.array()? != 5 {
-            return Err(Unreadable);
+            return Err(crate::cbor::Unreadable);
         }
         let id = reader.text()?.to_owned();
+        let origin = |reader: &mut crate::cbor::Reader<'_>| -> Result<Arc<str>, Unstored> { Ok(Arc::from(reader.text()?)) };
+        Self::read_parts(reader, id, origin).map_err(|_| crate::cbor::Unreadable)
+    }
+
+    /// Reads what follows the id in both layouts: reset, stamp table,
+    /// fields, pending supersessions; `origin` reads a stamp's origin.
+    fn read_parts(
+        reader: &mut crate::cbor::Reader<'_>,
+        id: String,
+        origin: impl Fn(&mut crate::cbor::Reader<'_>) -> Result<Arc<str>, Unstored>,
+    ) -> Result<Self, Unstored> {
+        use crate::cbor::Unreadable;
         let reset = if reader.null() {
             None
         } else {
             if reader.array()? != 2 {
-                return Err(Unreadable);
+                return Err(Unreadable.into());
             }
             Some((reader.unsigned()?, reader.boolean()?))
         };
@@ -197,10 +226,10 @@ impl NodeRecord {
         let mut stamps = Vec::with_capacity(crate::cbor::capacity_for::<Stamp>(count));
         for _ in 0..count {
             if reader.array()? != 3 {
-                return Err(Unreadable);
+                return Err(Unreadable.into());
             }
             let hlc = Hlc::from_u64(reader.unsigned()?);
-            let origin: Arc<str> = Arc::from(reader.text()?);
+            let origin = origin(reader)?;
             stamps.push(Stamp { hlc, id: OpId { origin, seq: reader.unsigned()? } });
         }
         let stamp = |i: u64| usize::try_from(i).ok().and_then(|i| stamps.get(i)).cloned().ok_or(Unreadable);
@@ -208,14 +237,14 @@ impl NodeRecord {
         let mut fields = BTreeMap::new();
         for _ in 0..reader.array()? {
             if reader.array()? != 2 {
-                return Err(Unreadable);
+                return Err(Unreadable.into());
             }
             let name = reader.text()?.to_owned();
             let count = reader.array()?;
             let mut values = Vec::with_capacity(crate::cbor::capacity_for::<FieldValue>(count));
             for _ in 0..count {
                 if reader.array()? != 2 {
-                    return Err(Unreadable);
+                    return Err(Unreadable.into());
                 }
                 let value = reader.value()?;
                 values.push(FieldValue { value, stamp: stamp(reader.unsigned()?)? });
@@ -225,11 +254,11 @@ impl NodeRecord {
         let mut pending = Vec::new();
         for _ in 0..reader.array()? {
             if reader.array()? != 3 {
-                return Err(Unreadable);
+                return Err(Unreadable.into());
             }
             let field = reader.text()?.to_owned();
             if reader.array()? != 2 {
-                return Err(Unreadable);
+                return Err(Unreadable.into());
             }
             let origin: Arc<str> = Arc::from(reader.text()?);
             let target = OpId { origin, seq: reader.unsigned()? };
@@ -238,12 +267,69 @@ impl NodeRecord {
         Ok(Self { id, reset, fields, pending })
     }
 
+    /// Decodes a record as a store keeps it (what
+    /// [`encode_stored`](Self::encode_stored) wrote under the key `id`),
+    /// with `origins` the store's table of origins; also takes a record in
+    /// the layout of [`encode_into`](Self::encode_into), which stores wrote
+    /// before (its own id is then the one returned). A record that is
+    /// neither, or that names an origin past the end of `origins`, is an
+    /// error.
+    pub fn decode_stored(id: &str, bytes: &[u8], origins: &[Arc<str>]) -> Result<Self, crate::Error> {
+        let mut reader = crate::cbor::Reader::new(bytes);
+        let mut peek = crate::cbor::Reader::new(bytes);
+        if peek.array() != Ok(STORED_LEN) {
+            return Self::decode(bytes);
+        }
+        let origin = |reader: &mut crate::cbor::Reader<'_>| -> Result<Arc<str>, Unstored> {
+            if !reader.next_is_unsigned() {
+                return Ok(Arc::from(reader.text()?));
+            }
+            let i = reader.unsigned()?;
+            usize::try_from(i).ok().and_then(|i| origins.get(i)).cloned().ok_or(Unstored::Origin(i))
+        };
+        let read = reader.array().map_err(Unstored::from).and_then(|_| Self::read_parts(&mut reader, id.to_owned(), origin));
+        let reason = match read {
+            Ok(record) if reader.is_done() => return Ok(record),
+            Ok(_) => "bytes after its end".to_owned(),
+            Err(Unstored::Malformed) => "not a stored record (truncated, or an item of the wrong type)".to_owned(),
+            Err(Unstored::Origin(i)) => format!("origin {i} is not in the store's table of {} origins", origins.len()),
+        };
+        Err(crate::Error::Decode { what: "node record", reason: format!("{id}: {reason}") })
+    }
+
+    /// Appends the record as a store keeps it under its id: the layout of
+    /// [`encode_into`](Self::encode_into) without the id (an array of
+    /// four: the key holds it) and with each stamp's origin written as its
+    /// number in the store's table of origins where `origin_index` gives
+    /// one (a peer id is 52 characters, a third of a record written by one
+    /// operation), as text where it does not. Pending supersessions keep
+    /// their target's origin as text (their operation has not arrived).
+    /// [`NodeRecord::decode_stored`] reads it back.
+    ///
+    /// An older build that reads it fails with a decode error for the node
+    /// (its decoder takes arrays of five only) and does not overwrite it.
+    pub fn encode_stored(&self, out: &mut Vec<u8>, mut origin_index: impl FnMut(&Arc<str>) -> Option<u32>) {
+        crate::cbor::array(out, STORED_LEN);
+        self.write_parts(out, |out, origin| match origin_index(origin) {
+            Some(i) => crate::cbor::unsigned(out, u64::from(i)),
+            None => crate::cbor::text(out, origin),
+        });
+    }
+
     /// Appends the binary (CBOR) encoding of the record: what the
     /// [`Serialize`] impl gives ciborium, byte for byte except that floats
     /// are never shortened to 16 bits, written directly because the store
     /// encodes a record per write and serde's path cost a sixth of a batched
     /// commit. [`NodeRecord::decode`] reads it back.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
+        crate::cbor::array(out, 5);
+        crate::cbor::text(out, &self.id);
+        self.write_parts(out, |out, origin| crate::cbor::text(out, origin));
+    }
+
+    /// Appends what follows the id in both layouts; `origin` writes a
+    /// stamp's origin.
+    fn write_parts(&self, out: &mut Vec<u8>, mut origin: impl FnMut(&mut Vec<u8>, &Arc<str>)) {
         use crate::cbor;
         // The stamp table, as in `serialize`: each distinct stamp once,
         // sorted. Usually every value was written by the same operation
@@ -278,8 +364,6 @@ impl NodeRecord {
             _ => stamps.binary_search(&stamp).unwrap_or(0) as u64,
         };
 
-        cbor::array(out, 5);
-        cbor::text(out, &self.id);
         match &self.reset {
             Some(reset) => {
                 cbor::array(out, 2);
@@ -292,7 +376,7 @@ impl NodeRecord {
         for stamp in stamps {
             cbor::array(out, 3);
             cbor::unsigned(out, stamp.hlc.as_u64());
-            cbor::text(out, &stamp.id.origin);
+            origin(out, &stamp.id.origin);
             cbor::unsigned(out, stamp.id.seq);
         }
         cbor::array(out, self.fields.len());
@@ -453,6 +537,131 @@ mod tests {
             let mut reader = crate::cbor::Reader::new(&bytes);
             assert_eq!(NodeRecord::read_compact(&mut reader).unwrap(), record);
             assert!(reader.is_done());
+        }
+    }
+
+    /// The records of `the_written_record_is_what_serde_writes`, with a
+    /// stamp of a 52-character origin.
+    fn sample_records() -> Vec<NodeRecord> {
+        let peer = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+        let (a, b, c) = (stamp(10, peer, 1), stamp(20, "b", 1), stamp(15, "c", 7));
+        let mut several = NodeRecord::empty("user:00000001");
+        several.reset = Some(Reset { stamp: a.clone(), deleted: false });
+        several.fields.insert("x".into(), vec![FieldValue { value: json!(1.5), stamp: a.clone() }]);
+        several.fields.insert(
+            "z".into(),
+            vec![FieldValue { value: json!("old"), stamp: c.clone() }, FieldValue { value: json!({"#": "m"}), stamp: b.clone() }],
+        );
+        several.pending.push(PendingSupersession { field: "x".into(), target: OpId::new("d", 3), by: c });
+        let mut single = NodeRecord::empty("s");
+        single.fields.insert("v".into(), vec![FieldValue { value: json!(-7), stamp: a }]);
+        let tombstone = NodeRecord { reset: Some(Reset { stamp: b, deleted: true }), ..NodeRecord::empty("gone") };
+        vec![NodeRecord::empty("e"), single, several, tombstone]
+    }
+
+    fn stored(record: &NodeRecord, origins: &[Arc<str>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        record.encode_stored(&mut out, |origin| origins.iter().position(|o| o == origin).map(|i| i as u32));
+        out
+    }
+
+    #[test]
+    fn a_record_written_in_the_layout_with_its_id_reads_back_as_stored() {
+        // Written by `encode_into` before the stored layout existed: a
+        // create of two fields by origin "a" (seq 1, t=10) under "user:1".
+        let bytes: &[u8] = &[
+            0x85, 0x66, b'u', b's', b'e', b'r', b':', b'1', 0x82, 0x00, 0xf4, 0x81, 0x83, 0x1a, 0x00, 0x0a, 0x00, 0x00, 0x61, b'a', 0x01,
+            0x82, 0x82, 0x64, b'n', b'a', b'm', b'e', 0x81, 0x82, 0x63, b'A', b'd', b'a', 0x00, 0x82, 0x61, b'x', 0x81, 0x82, 0xfa, 0x3f,
+            0xc0, 0x00, 0x00, 0x00, 0x80,
+        ];
+        let mut record = NodeRecord::empty("user:1");
+        let a = stamp(10, "a", 1);
+        record.reset = Some(Reset { stamp: a.clone(), deleted: false });
+        record.fields.insert("name".into(), vec![FieldValue { value: json!("Ada"), stamp: a.clone() }]);
+        record.fields.insert("x".into(), vec![FieldValue { value: json!(1.5), stamp: a }]);
+        assert_eq!(written(&record), bytes, "the layout with the id is unchanged");
+        assert_eq!(NodeRecord::decode_stored("user:1", bytes, &[]).unwrap(), record);
+        for record in sample_records() {
+            assert_eq!(NodeRecord::decode_stored(&record.id, &written(&record), &[]).unwrap(), record);
+        }
+    }
+
+    #[test]
+    fn the_stored_layout_leaves_out_the_id_and_the_origins_in_the_table() {
+        let peer: Arc<str> = Arc::from("12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN");
+        // "b" is in the table, "c" (and the pending target "d") are not.
+        let origins: Vec<Arc<str>> = vec![Arc::from("b"), peer.clone()];
+        for record in sample_records() {
+            let bytes = stored(&record, &origins);
+            let read = NodeRecord::decode_stored(&record.id, &bytes, &origins).unwrap();
+            assert_eq!(read, record);
+            // Stamps read from the table share its origins.
+            for stamp in read.contributing_ops() {
+                if let Some(known) = origins.iter().find(|o| **o == stamp.id.origin) {
+                    assert!(Arc::ptr_eq(known, &stamp.id.origin));
+                }
+            }
+            // The id, and each origin in the table but one byte of it.
+            let text_len = |s: &str| {
+                let mut out = Vec::new();
+                crate::cbor::text(&mut out, s);
+                out.len()
+            };
+            let mut table: Vec<&Stamp> = record.contributing_ops();
+            table.extend(record.pending.iter().map(|p| &p.by));
+            table.sort();
+            table.dedup();
+            let saved = text_len(&record.id)
+                + table.iter().filter(|s| origins.contains(&s.id.origin)).map(|s| text_len(&s.id.origin) - 1).sum::<usize>();
+            assert_eq!(bytes.len() + saved, written(&record).len(), "{record:?}");
+            // With no table, every origin is written as text.
+            assert_eq!(NodeRecord::decode_stored(&record.id, &stored(&record, &[]), &[]).unwrap(), record);
+        }
+    }
+
+    #[test]
+    fn a_stored_record_naming_an_origin_past_the_table_is_an_error() {
+        let origins: Vec<Arc<str>> = vec![Arc::from("a"), Arc::from("b"), Arc::from("c")];
+        let record = &sample_records()[2];
+        let bytes = stored(record, &origins);
+        let err = NodeRecord::decode_stored(&record.id, &bytes, &origins[..1]).unwrap_err();
+        assert!(err.to_string().contains("origin 2 is not in the store's table of 1 origins"), "{err}");
+        // An index that does not fit a usize on any target.
+        let mut huge = Vec::new();
+        crate::cbor::array(&mut huge, 4);
+        crate::cbor::null(&mut huge);
+        crate::cbor::array(&mut huge, 1);
+        crate::cbor::array(&mut huge, 3);
+        crate::cbor::unsigned(&mut huge, 1);
+        crate::cbor::unsigned(&mut huge, u64::MAX);
+        crate::cbor::unsigned(&mut huge, 1);
+        crate::cbor::array(&mut huge, 0);
+        crate::cbor::array(&mut huge, 0);
+        assert!(NodeRecord::decode_stored("n", &huge, &origins).is_err());
+        huge[5] = 0x00;
+        huge.truncate(6);
+        huge.extend_from_slice(&[0x01, 0x80, 0x80]);
+        assert!(NodeRecord::decode_stored("n", &huge, &origins).is_ok());
+    }
+
+    #[test]
+    fn damaged_stored_records_are_errors_never_panics() {
+        let origins: Vec<Arc<str>> = vec![Arc::from("b"), Arc::from("12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN")];
+        for record in sample_records() {
+            let bytes = stored(&record, &origins);
+            for cut in 0..bytes.len() {
+                assert!(NodeRecord::decode_stored(&record.id, &bytes[..cut], &origins).is_err(), "cut at {cut}");
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(NodeRecord::decode_stored(&record.id, &longer, &origins).is_err());
+            for at in 0..bytes.len() {
+                for flip in [0x01u8, 0x20, 0x80, 0xff] {
+                    let mut damaged = bytes.clone();
+                    damaged[at] ^= flip;
+                    let _ = NodeRecord::decode_stored(&record.id, &damaged, &origins);
+                }
+            }
         }
     }
 

@@ -8,6 +8,7 @@ use pluresdb_core::cbor::{self, Reader};
 use pluresdb_core::{codec, FieldValue, Hlc, LastWriterWins, NodeRecord, OpId, OperationType, OperationWithMetadata, Reset, Stamp};
 use pluresdb_core::{OpDigest, OpSignature, PendingSupersession};
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 fn encode_value(value: &Value) -> Vec<u8> {
     let mut out = Vec::new();
@@ -135,9 +136,28 @@ pub fn operation_seeds() -> Vec<Vec<u8>> {
     sample_operations().iter().flat_map(|op| [compact(op), body(op)]).collect()
 }
 
+/// The table of origins a store's records name by number, for the checks.
+fn stored_origins() -> Vec<Arc<str>> {
+    vec![Arc::from("a"), Arc::from("12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN")]
+}
+
+/// A node record as a store keeps it, in either layout: what decodes
+/// re-encodes (with origins by number where the table has them) to bytes
+/// that decode the same, and no input panics or allocates past the bound.
+fn check_stored_node_record(input: &[u8]) {
+    let origins = stored_origins();
+    let decoded = within_serde_bound("NodeRecord::decode_stored", input, || NodeRecord::decode_stored("n", input, &origins));
+    let Ok(record) = decoded else { return };
+    let mut bytes = Vec::new();
+    record.encode_stored(&mut bytes, |origin| origins.iter().position(|o| o == origin).map(|i| i as u32));
+    let again = NodeRecord::decode_stored(&record.id, &bytes, &origins);
+    assert_eq!(again.as_ref().ok(), Some(&record), "decode_stored(encode_stored(record)) != record");
+}
+
 /// A stored node record: what decodes re-encodes to a record that decodes
 /// the same, and reading it (the view a resolver picks) never panics.
 pub fn check_node_record(input: &[u8]) {
+    check_stored_node_record(input);
     let decoded = within_serde_bound("NodeRecord::decode", input, || NodeRecord::decode(input));
     let Ok(record) = decoded else { return };
     let mut bytes = Vec::new();
@@ -162,12 +182,15 @@ pub fn node_record_seeds() -> Vec<Vec<u8>> {
     live.pending.push(PendingSupersession { field: "age".into(), target: OpId::new("c", 4), by: stamp(12, "b", 2) });
     let mut tombstone = NodeRecord::empty("user:2");
     tombstone.reset = Some(Reset { stamp: stamp(20, "a", 3), deleted: true });
+    let origins = stored_origins();
     [live, tombstone, NodeRecord::empty("user:3")]
         .iter()
-        .map(|record| {
-            let mut out = Vec::new();
-            record.encode_into(&mut out);
-            out
+        .flat_map(|record| {
+            let mut with_id = Vec::new();
+            record.encode_into(&mut with_id);
+            let mut stored = Vec::new();
+            record.encode_stored(&mut stored, |origin| origins.iter().position(|o| o == origin).map(|i| i as u32));
+            [with_id, stored]
         })
         .collect()
 }

@@ -47,6 +47,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 mod applier;
+mod origins;
 mod segment;
 mod wal;
 pub use applier::set_idle_hook;
@@ -184,6 +185,8 @@ struct Log {
     set_aside: Vec<PathBuf>,
     /// Whether the disk is low on space.
     space: SpaceCheck,
+    /// The numbers of the origins the records name.
+    origins: origins::OriginIndex,
 }
 
 /// The open file every handle uses; `None` after a reopen that failed.
@@ -194,6 +197,10 @@ struct SharedFile {
     db: RwLock<Option<Arc<Redb>>>,
     /// Counts reopens, so a read that failed knows when to read again.
     generation: std::sync::atomic::AtomicU64,
+    /// The table of origins the records name (see [`origins`]). A reader
+    /// takes it after beginning its read transaction: a record's numbers
+    /// are in it before the record commits.
+    origins: origins::Shared,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -360,8 +367,15 @@ impl RedbStore {
         let db = open_file(&path, cache_bytes)?;
         create_tables(&db).map_err(|source| RedbStoreError::Redb { step: "create tables", source })?;
         let log = Log::open(dir, &db)?;
+        let origins = log.origins.shared();
         Ok(Self {
-            shared: Arc::new(SharedFile { path, cache_bytes, db: RwLock::new(Some(Arc::new(db))), generation: Default::default() }),
+            shared: Arc::new(SharedFile {
+                path,
+                cache_bytes,
+                db: RwLock::new(Some(Arc::new(db))),
+                generation: Default::default(),
+                origins,
+            }),
             read_only: false,
             last_fault: None,
             log: Some(log),
@@ -386,6 +400,12 @@ impl RedbStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// The table of origins, for decoding records read in a transaction
+    /// begun before this call.
+    fn origins(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<str>>> {
+        self.shared.origins.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The open file (a reference held for one call).
@@ -418,10 +438,13 @@ impl RedbStore {
         // (a batch of 1,000 writes is ~340 KB, over what is kept between
         // commits): the op bodies, and records of about their size.
         payload.reserve(2 * batch.ops.byte_len() + 64 * batch.nodes.len() + 1024);
-        wal::encode(batch, payload);
+        wal::encode(batch, &mut log.origins, payload);
         let len = payload.len();
         let logged = !log.wal.broken && log.wal.fits(len) && !log.space.low(path);
         let result = if logged { log.write_logged(db, number) } else { log.write_durable(&db, number) };
+        if result.is_ok() {
+            log.origins.written();
+        }
         // An import's buffer (megabytes) is not kept; a single write's is.
         if log.payload.capacity() > KEPT_PAYLOAD_BYTES {
             log.payload = Arc::default();
@@ -620,6 +643,21 @@ fn apply(txn: &redb::WriteTransaction, payload: &[u8]) -> Result<(), Error> {
     changes.finish()
 }
 
+/// The file's table of origins (see [`origins`]).
+fn read_origins(db: &Redb) -> Result<Vec<Arc<str>>, Error> {
+    let txn = db.begin_read().map_err(fail("begin read"))?;
+    let meta = txn.open_table(META).map_err(fail("open meta"))?;
+    let mut entries = Vec::new();
+    for entry in meta.range::<&str>(origins::META_PREFIX..).map_err(fail("read meta"))? {
+        let (key, value) = entry.map_err(fail("read meta"))?;
+        if !key.value().starts_with(origins::META_PREFIX) {
+            break;
+        }
+        entries.push((key.value().to_owned(), value.value().to_vec()));
+    }
+    origins::load(entries)
+}
+
 /// Records in `txn` that the file holds commits up to `number`.
 fn set_committed(txn: &redb::WriteTransaction, number: u64) -> Result<(), Error> {
     let mut meta = txn.open_table(META).map_err(fail("open meta"))?;
@@ -751,6 +789,7 @@ impl Log {
             fault: None,
             set_aside,
             space: SpaceCheck::new(),
+            origins: origins::OriginIndex::new(Default::default()),
         };
         log.redo(db).map_err(|err| match err {
             Error::StoreFault { source, .. } => match source.downcast::<RedbStoreError>() {
@@ -759,6 +798,10 @@ impl Log {
             },
             err => RedbStoreError::Corrupted { path: dir.join(LOG_FILE), reason: pluresdb_core::error_chain(&err) },
         })?;
+        // After the redo, which may add entries.
+        let table = read_origins(db)
+            .map_err(|err| RedbStoreError::Corrupted { path: dir.join(DATA_FILE), reason: pluresdb_core::error_chain(&err) })?;
+        log.origins = origins::OriginIndex::new(Arc::new(RwLock::new(table)));
         Ok(log)
     }
 
@@ -905,10 +948,11 @@ impl Store for RedbStore {
         self.reading(|db| {
             let txn = db.begin_read().map_err(fail("begin read"))?;
             let table = txn.open_table(NODES).map_err(fail("open nodes"))?;
+            let origins = self.origins();
             if ids.len() > 1 && ids.windows(2).all(|w| w[0] < w[1]) {
-                return read_sorted(&table, ids);
+                return read_sorted(&table, ids, &origins);
             }
-            ids.iter().map(|id| read_node(&table, id)).collect()
+            ids.iter().map(|id| read_node(&table, id, &origins)).collect()
         })
     }
 
@@ -916,6 +960,7 @@ impl Store for RedbStore {
         self.reading(|db| {
             let txn = db.begin_read().map_err(fail("begin read"))?;
             let table = txn.open_table(NODES).map_err(fail("open nodes"))?;
+            let origins = self.origins();
             let mut range = match after {
                 Some(after) if after >= prefix => table.range::<&str>(after..).map_err(fail("scan nodes"))?,
                 _ => table.range::<&str>(prefix..).map_err(fail("scan nodes"))?,
@@ -931,7 +976,7 @@ impl Store for RedbStore {
                 if Some(id) == after {
                     continue;
                 }
-                out.push(NodeRecord::decode(value.value())?);
+                out.push(NodeRecord::decode_stored(id, value.value(), &origins)?);
             }
             Ok(out)
         })
@@ -1179,9 +1224,9 @@ fn ordered_bounds<T: Ord>(lower: &Bound<T>, upper: &Bound<T>) -> bool {
 }
 
 /// Reads and decodes one node record.
-fn read_node(table: &impl ReadableTable<&'static str, &'static [u8]>, id: &str) -> Result<Option<NodeRecord>, Error> {
+fn read_node(table: &impl ReadableTable<&'static str, &'static [u8]>, id: &str, origins: &[Arc<str>]) -> Result<Option<NodeRecord>, Error> {
     match table.get(id).map_err(fail("read node"))? {
-        Some(bytes) => NodeRecord::decode(bytes.value()).map(Some),
+        Some(bytes) => NodeRecord::decode_stored(id, bytes.value(), origins).map(Some),
         None => Ok(None),
     }
 }
@@ -1199,7 +1244,11 @@ const MAX_STEP_OVER: usize = 8;
 /// times; when they are neighbours, the walk reads them in order. Ids far
 /// apart cost a seek each, as lookups would: after [`MAX_STEP_OVER`]
 /// unrequested records in a row the walk seeks to the next id.
-fn read_sorted(table: &impl ReadableTable<&'static str, &'static [u8]>, ids: &[&str]) -> Result<Vec<Option<NodeRecord>>, Error> {
+fn read_sorted(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    ids: &[&str],
+    origins: &[Arc<str>],
+) -> Result<Vec<Option<NodeRecord>>, Error> {
     let mut out: Vec<Option<NodeRecord>> = Vec::with_capacity(ids.len());
     // Each seek answers at least one id: the first record at or after
     // ids[out.len()] either is it or shows it is absent.
@@ -1220,7 +1269,7 @@ fn read_sorted(table: &impl ReadableTable<&'static str, &'static [u8]>, ids: &[&
                 out.push(None);
             }
             if out.len() < ids.len() && ids[out.len()] == key {
-                out.push(Some(NodeRecord::decode(value.value())?));
+                out.push(Some(NodeRecord::decode_stored(key, value.value(), origins)?));
             }
             stepped_over = if out.len() > answered { 0 } else { stepped_over + 1 };
         }
@@ -1797,7 +1846,7 @@ mod tests {
         let store = RedbStore::open(dir.path()).unwrap();
         let applier = Applier::spawn().unwrap();
         let mut payload = Vec::new();
-        wal::encode(&meta_batch("one"), &mut payload);
+        wal::encode(&meta_batch("one"), &mut origins::OriginIndex::new(Default::default()), &mut payload);
         let job = applier::Job {
             db: store.db().unwrap(),
             payload: Arc::new(payload),
@@ -1834,10 +1883,114 @@ mod tests {
         assert!(matches!(apply(&txn, &payload), Err(Error::Decode { .. })));
         // Trailing bytes after a whole payload are refused too.
         let mut whole = Vec::new();
-        wal::encode(&WriteBatch::default(), &mut whole);
+        wal::encode(&WriteBatch::default(), &mut origins::OriginIndex::new(Default::default()), &mut whole);
         assert!(apply(&txn, &whole).is_ok());
         whole.push(0);
         assert!(apply(&txn, &whole).is_err());
+    }
+
+    /// A record of one value of `field`, written by operation 1 of `origin`.
+    fn record_by(id: &str, origin: &str, field: &str) -> NodeRecord {
+        let stamp = Stamp { hlc: Hlc::new(1_000, 0), id: OpId::new(origin, 1) };
+        let mut record = NodeRecord::empty(id);
+        record.fields.insert(field.to_owned(), vec![pluresdb_core::FieldValue { value: json!(1), stamp }]);
+        record
+    }
+
+    fn nodes_batch(records: &[NodeRecord]) -> WriteBatch {
+        WriteBatch { nodes: records.to_vec(), ..WriteBatch::default() }
+    }
+
+    /// The bytes stored for `id`.
+    fn stored_bytes(store: &RedbStore, id: &str) -> Vec<u8> {
+        let db = store.db().unwrap();
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(NODES).unwrap();
+        let bytes = table.get(id).unwrap().unwrap().value().to_vec();
+        bytes
+    }
+
+    #[test]
+    fn records_are_stored_without_their_id_and_name_origins_by_number() {
+        let peer = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+        let dir = tempfile::tempdir().unwrap();
+        let records = [record_by("user:1", peer, "a"), record_by("user:2", "q", "b"), record_by("user:3", peer, "c")];
+        {
+            let mut store = RedbStore::open(dir.path()).unwrap();
+            store.commit(&nodes_batch(&records[..2])).unwrap();
+            store.commit(&nodes_batch(&records[2..])).unwrap();
+            let bytes = stored_bytes(&store, "user:3");
+            let mut with_id = Vec::new();
+            records[2].encode_into(&mut with_id);
+            // The id (7 bytes) and the origin (54) are not stored; its
+            // number (1 byte) is.
+            assert_eq!(bytes.len(), with_id.len() - 7 - 53);
+            assert!(!bytes.windows(peer.len()).any(|w| w == peer.as_bytes()));
+            assert_eq!(store.meta("store.origin.0").unwrap().as_deref(), Some(peer.as_bytes()));
+            assert_eq!(store.meta("store.origin.1").unwrap().as_deref(), Some(&b"q"[..]));
+            assert_eq!(store.nodes(&["user:1", "user:2", "user:3"]).unwrap(), records.iter().cloned().map(Some).collect::<Vec<_>>());
+        }
+        // The table is read back at open (after a checkpoint on close).
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(store.scan_nodes("user:", None, 10).unwrap(), records);
+        assert_eq!(store.read_handle().nodes(&["user:2"]).unwrap(), vec![Some(records[1].clone())]);
+    }
+
+    #[test]
+    fn records_in_the_layout_with_their_id_read_back_and_are_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = record_by("user:1", "p", "a");
+        {
+            let store = RedbStore::open(dir.path()).unwrap();
+            let db = store.db().unwrap();
+            let txn = db.begin_write().unwrap();
+            let mut bytes = Vec::new();
+            old.encode_into(&mut bytes);
+            txn.open_table(NODES).unwrap().insert("user:1", bytes.as_slice()).unwrap();
+            txn.commit().unwrap();
+        }
+        let mut db = Database::open(RedbStore::open(dir.path()).unwrap(), "p").unwrap();
+        assert_eq!(db.store().nodes(&["user:1"]).unwrap(), vec![Some(old.clone())]);
+        assert_eq!(db.store().scan_nodes("", None, 10).unwrap(), vec![old]);
+        db.update("user:1", json!({"b": 2}), 2_000).unwrap();
+        let node = db.get("user:1").unwrap().unwrap();
+        assert_eq!(node.value, *json!({"a": 1, "b": 2}).as_object().unwrap());
+        assert_eq!(stored_bytes(db.store(), "user:1")[0], 0x84, "rewritten in the stored layout");
+    }
+
+    #[test]
+    fn origin_numbers_given_in_a_failed_commit_are_written_by_the_next() {
+        for held in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = RedbStore::open(dir.path()).unwrap();
+            store.log.as_ref().unwrap().applier.hold(held);
+            store.commit(&nodes_batch(&[record_by("n:0", "a", "x")])).unwrap();
+            // "b" gets its number in a commit that fails.
+            store.log.as_mut().unwrap().wal.fail_syncs(1);
+            assert!(store.commit(&nodes_batch(&[record_by("n:1", "b", "x")])).is_err());
+            store.recover().unwrap();
+            assert_eq!(store.meta("store.origin.1").unwrap(), None);
+            let later = [record_by("n:2", "b", "y")];
+            store.commit(&nodes_batch(&later)).unwrap();
+            assert_eq!(store.meta("store.origin.1").unwrap().as_deref(), Some(&b"b"[..]));
+            drop(store);
+            let store = RedbStore::open(dir.path()).unwrap();
+            assert_eq!(store.nodes(&["n:1", "n:2"]).unwrap(), vec![None, Some(later[0].clone())]);
+        }
+    }
+
+    #[test]
+    fn a_damaged_origin_table_fails_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = RedbStore::open(dir.path()).unwrap();
+            let db = store.db().unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META).unwrap().insert("store.origin.1", b"b".as_slice()).unwrap();
+            txn.commit().unwrap();
+        }
+        let err = RedbStoreError::to_string(&RedbStore::open(dir.path()).unwrap_err());
+        assert!(err.contains("origin table") && err.contains("entry 0 is missing"), "{err}");
     }
 
     #[test]

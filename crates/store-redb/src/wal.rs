@@ -23,7 +23,8 @@
 //! The file grows to the cycle's bound once, written with zeros ahead of the
 //! records: a write into space already allocated needs no metadata sync.
 
-use pluresdb_core::{IndexEntry, NodeRecord, Stamp, WriteBatch};
+use crate::origins::OriginIndex;
+use pluresdb_core::{IndexEntry, Stamp, WriteBatch};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -413,8 +414,10 @@ fn put_index_entry(out: &mut Vec<u8>, entry: &IndexEntry) {
 /// (see [`crate::apply`]): op-log truncations, op-log segments, encoded node
 /// records, version vector, metadata, deferred operations, index changes.
 /// Node records and segments are encoded here once; redb takes them from
-/// these bytes.
-pub fn encode(batch: &WriteBatch, out: &mut Vec<u8>) {
+/// these bytes. Records name their stamps' origins by their numbers in
+/// `origins` (see [`crate::origins`]); the entries the file does not hold
+/// yet go with the meta changes.
+pub fn encode(batch: &WriteBatch, origins: &mut OriginIndex, out: &mut Vec<u8>) {
     put_count(out, batch.truncate.len());
     for (origin, from) in &batch.truncate {
         put_bytes(out, origin.as_bytes());
@@ -440,15 +443,20 @@ pub fn encode(batch: &WriteBatch, out: &mut Vec<u8>) {
     out[count_at..count_at + 4].copy_from_slice(&segments.to_le_bytes());
     put_count(out, batch.nodes.len());
     for record in &batch.nodes {
-        put_node(out, record);
+        put_bytes(out, record.id.as_bytes());
+        put_framed(out, |out| record.encode_stored(out, |origin| origins.number(origin)));
     }
     put_count(out, batch.version_vector.len());
     for (origin, seq) in &batch.version_vector {
         put_bytes(out, origin.as_bytes());
         put_u64(out, *seq);
     }
-    put_count(out, batch.meta.len());
+    put_count(out, batch.meta.len() + origins.unwritten().count());
     for (key, value) in &batch.meta {
+        put_bytes(out, key.as_bytes());
+        put_bytes(out, value);
+    }
+    for (key, value) in origins.unwritten() {
         put_bytes(out, key.as_bytes());
         put_bytes(out, value);
     }
@@ -462,11 +470,6 @@ pub fn encode(batch: &WriteBatch, out: &mut Vec<u8>) {
     batch.index_removed.iter().for_each(|entry| put_index_entry(out, entry));
     put_count(out, batch.index_added.len());
     batch.index_added.iter().for_each(|entry| put_index_entry(out, entry));
-}
-
-fn put_node(out: &mut Vec<u8>, record: &NodeRecord) {
-    put_bytes(out, record.id.as_bytes());
-    put_framed(out, |out| record.encode_into(out));
 }
 
 /// Reads a payload; every length is checked against what is left, so a
