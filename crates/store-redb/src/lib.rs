@@ -404,8 +404,8 @@ impl RedbStore {
 
     /// The table of origins, for decoding records read in a transaction
     /// begun before this call.
-    fn origins(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<str>>> {
-        self.shared.origins.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn origins(&self) -> Arc<Vec<Arc<str>>> {
+        origins::snapshot(&self.shared.origins)
     }
 
     /// The open file (a reference held for one call).
@@ -801,7 +801,7 @@ impl Log {
         // After the redo, which may add entries.
         let table = read_origins(db)
             .map_err(|err| RedbStoreError::Corrupted { path: dir.join(DATA_FILE), reason: pluresdb_core::error_chain(&err) })?;
-        log.origins = origins::OriginIndex::new(Arc::new(RwLock::new(table)));
+        log.origins = origins::OriginIndex::new(Arc::new(RwLock::new(Arc::new(table))));
         Ok(log)
     }
 

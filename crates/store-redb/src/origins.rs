@@ -25,8 +25,16 @@ pub const META_PREFIX: &str = "store.origin.";
 /// its text. Bounds the table whatever the peers send.
 const MAX_ORIGINS: usize = 1 << 20;
 
-/// The table as readers use it (number -> origin); it only grows.
-pub type Shared = Arc<RwLock<Vec<Arc<str>>>>;
+/// The table as readers use it (number -> origin); it only grows. A reader
+/// takes a snapshot (the lock is held for an `Arc` clone, never while it
+/// decodes), and a new origin replaces the snapshot with a longer copy, so
+/// a long scan never holds up the writer.
+pub type Shared = Arc<RwLock<Arc<Vec<Arc<str>>>>>;
+
+/// A snapshot of the table.
+pub fn snapshot(shared: &Shared) -> Arc<Vec<Arc<str>>> {
+    shared.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+}
 
 /// The writer's side of the table: the origins' numbers and which of them
 /// the file holds.
@@ -47,7 +55,7 @@ pub struct OriginIndex {
 impl OriginIndex {
     /// The writer's index over `shared`, which holds what the file holds.
     pub fn new(shared: Shared) -> Self {
-        let names = shared.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let names = snapshot(&shared).to_vec();
         let numbers = names.iter().enumerate().map(|(i, name)| (name.clone(), i as u32)).collect();
         Self { persisted: names.len(), shared, names, numbers, last: None }
     }
@@ -72,7 +80,8 @@ impl OriginIndex {
                 self.names.push(origin.clone());
                 self.numbers.insert(origin.clone(), n);
                 // Readers see it before any record that uses it commits.
-                self.shared.write().unwrap_or_else(std::sync::PoisonError::into_inner).push(origin.clone());
+                let mut table = self.shared.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                Arc::make_mut(&mut table).push(origin.clone());
                 n
             }
             None => return None,
@@ -128,8 +137,9 @@ mod tests {
 
     #[test]
     fn numbers_are_given_in_order_and_unwritten_until_a_commit_succeeds() {
-        let shared: Shared = Arc::new(RwLock::new(vec![Arc::from("a")]));
+        let shared: Shared = Arc::new(RwLock::new(Arc::new(vec![Arc::from("a")])));
         let mut index = OriginIndex::new(shared.clone());
+        let before = snapshot(&shared);
         let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"), Arc::from("c"));
         assert_eq!(index.number(&a), Some(0));
         assert_eq!(index.number(&b), Some(1));
@@ -139,7 +149,9 @@ mod tests {
         assert_eq!(index.number(&c), Some(2));
         assert_eq!(index.number(&Arc::from("b")), Some(1));
         assert_eq!(index.unwritten().count(), 2);
-        assert_eq!(*shared.read().unwrap(), vec![a.clone(), b, c]);
+        assert_eq!(*snapshot(&shared), vec![a.clone(), b, c]);
+        // A reader's snapshot taken before stays as it was.
+        assert_eq!(*before, vec![a.clone()]);
         index.written();
         assert_eq!(index.unwritten().count(), 0);
         assert_eq!(index.number(&a), Some(0));
