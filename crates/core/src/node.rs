@@ -616,6 +616,10 @@ mod tests {
             assert_eq!(bytes.len() + saved, written(&record).len(), "{record:?}");
             // With no table, every origin is written as text.
             assert_eq!(NodeRecord::decode_stored(&record.id, &stored(&record, &[]), &[]).unwrap(), record);
+            // The decoder of the layout with the id, which older builds
+            // read records with, refuses both rather than misread them.
+            assert!(NodeRecord::decode(&bytes).is_err());
+            assert!(NodeRecord::decode(&stored(&record, &[])).is_err());
         }
     }
 
