@@ -83,6 +83,14 @@ const COMMIT_META_KEY: &str = "store.commit";
 /// The key in [`META`] of the file's random id (16 bytes), which the log's
 /// header repeats.
 const FILE_ID_META_KEY: &str = "store.file-id";
+/// The key in [`META`] of the layout the file's contents are in (u32 LE):
+/// a build refuses a file in a layout newer than [`STORE_FORMAT`] instead
+/// of misreading it. Absent in files written before the marker (layout 1).
+const FORMAT_META_KEY: &str = "store.format";
+/// The layout this build writes: 2 = node records without their id and
+/// with their stamps' origins numbered in the origin table (e0285e9).
+/// Layout 1 (records with their id and origins as text) is read too.
+pub const STORE_FORMAT: u32 = 2;
 
 /// Below this much free space on its disk, every commit is a durable redb
 /// commit (as without the log): a full disk then finds nothing waiting in
@@ -123,6 +131,14 @@ pub enum RedbStoreError {
     /// The write-ahead log cannot be read or written.
     #[error("write-ahead log {}", .path.display())]
     Log { path: PathBuf, source: std::io::Error },
+    /// The file was written by a newer build in a layout this one cannot
+    /// read.
+    #[error(
+        "data file {} is in store format {found}, written by a newer pluresdb; this build reads formats up to {}: run the newer \
+         build on it (its contents were left as they are)",
+        .path.display(), STORE_FORMAT
+    )]
+    NewerFormat { path: PathBuf, found: u32 },
 }
 
 fn fail<E: Into<redb::Error>>(step: &'static str) -> impl FnOnce(E) -> Error {
@@ -365,6 +381,7 @@ impl RedbStore {
         std::fs::create_dir_all(dir).map_err(|source| RedbStoreError::Directory { path: dir.to_owned(), source })?;
         let path = dir.join(DATA_FILE);
         let db = open_file(&path, cache_bytes)?;
+        check_format(&db, &path)?;
         create_tables(&db).map_err(|source| RedbStoreError::Redb { step: "create tables", source })?;
         let log = Log::open(dir, &db)?;
         let origins = log.origins.shared();
@@ -532,8 +549,32 @@ impl RedbStore {
     }
 }
 
+/// Refuses a file in a store format newer than [`STORE_FORMAT`] before
+/// anything is written to it; [`create_tables`] marks the others with it.
+fn check_format(db: &Redb, path: &Path) -> Result<(), RedbStoreError> {
+    let redb_error = |step: &'static str| move |err: redb::Error| RedbStoreError::Redb { step, source: err };
+    let txn = db.begin_read().map_err(|err| redb_error("begin read")(err.into()))?;
+    let meta = match txn.open_table(META) {
+        Ok(meta) => meta,
+        // A new file: it has no tables yet.
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(err) => return Err(redb_error("open meta")(err.into())),
+    };
+    let Some(value) = meta.get(FORMAT_META_KEY).map_err(|err| redb_error("read meta")(err.into()))? else {
+        return Ok(());
+    };
+    let found = <[u8; 4]>::try_from(value.value())
+        .map(u32::from_le_bytes)
+        .map_err(|_| RedbStoreError::Corrupted { path: path.to_owned(), reason: "its store format marker is not 4 bytes".into() })?;
+    if found > STORE_FORMAT {
+        return Err(RedbStoreError::NewerFormat { path: path.to_owned(), found });
+    }
+    Ok(())
+}
+
 fn create_tables(db: &Redb) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
+    txn.open_table(META)?.insert(FORMAT_META_KEY, STORE_FORMAT.to_le_bytes().as_slice())?;
     txn.open_table(NODES)?;
     txn.open_table(OPS)?;
     txn.open_table(VERSION_VECTOR)?;
@@ -1991,6 +2032,61 @@ mod tests {
         }
         let err = RedbStoreError::to_string(&RedbStore::open(dir.path()).unwrap_err());
         assert!(err.contains("origin table") && err.contains("entry 0 is missing"), "{err}");
+    }
+
+    #[test]
+    fn a_file_in_a_newer_store_format_is_refused_untouched_and_older_ones_are_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let format = |store: &RedbStore| {
+            let txn = store.db().unwrap().begin_read().unwrap();
+            let meta = txn.open_table(META).unwrap();
+            meta.get(FORMAT_META_KEY).unwrap().map(|v| u32::from_le_bytes(v.value().try_into().unwrap()))
+        };
+        let set_format = |store: &RedbStore, value: Option<&[u8]>| {
+            let db = store.db().unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(META).unwrap();
+                match value {
+                    Some(value) => meta.insert(FORMAT_META_KEY, value).unwrap(),
+                    None => meta.remove(FORMAT_META_KEY).unwrap(),
+                };
+            }
+            txn.commit().unwrap();
+        };
+        {
+            let mut store = RedbStore::open(dir.path()).unwrap();
+            assert_eq!(format(&store), Some(STORE_FORMAT));
+            store.commit(&nodes_batch(&[record_by("n1", "p", "a")])).unwrap();
+            // A file from before the marker is read and marked.
+            set_format(&store, None);
+        }
+        {
+            let store = RedbStore::open(dir.path()).unwrap();
+            assert_eq!(format(&store), Some(STORE_FORMAT));
+            assert!(store.nodes(&["n1"]).unwrap()[0].is_some());
+            set_format(&store, Some(&(STORE_FORMAT + 1).to_le_bytes()));
+        }
+        let err = RedbStore::open(dir.path()).unwrap_err();
+        assert!(matches!(err, RedbStoreError::NewerFormat { found, .. } if found == STORE_FORMAT + 1), "{err}");
+        assert!(err.to_string().contains("newer pluresdb"), "{err}");
+        {
+            // The refused file keeps its marker (nothing was marked over
+            // it) and its records.
+            let db = open_file(&dir.path().join(DATA_FILE), DEFAULT_CACHE_BYTES).unwrap();
+            {
+                let txn = db.begin_read().unwrap();
+                let marker = txn.open_table(META).unwrap().get(FORMAT_META_KEY).unwrap().map(|v| v.value().to_vec());
+                assert_eq!(marker, Some((STORE_FORMAT + 1).to_le_bytes().to_vec()));
+                assert!(txn.open_table(NODES).unwrap().get("n1").unwrap().is_some());
+            }
+            // A marker that is not a number is damage, not a format.
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META).unwrap().insert(FORMAT_META_KEY, b"x".as_slice()).unwrap();
+            txn.commit().unwrap();
+        }
+        let err = RedbStore::open(dir.path()).unwrap_err();
+        assert!(matches!(err, RedbStoreError::Corrupted { .. }), "{err}");
     }
 
     #[test]
