@@ -319,6 +319,13 @@ enum Stamping {
     Received { now_ms: u64 },
 }
 
+/// What [`Database::apply_with`] applied: the receipts of local writes
+/// (received operations get none) and how many operations it applied.
+struct Applied {
+    receipts: Vec<Receipt>,
+    count: usize,
+}
+
 impl<S: Store> Database<S> {
     /// Opens a replica whose local writes are authored by `peer_id`, with
     /// last-writer-wins conflict resolution.
@@ -691,7 +698,7 @@ impl<S: Store> Database<S> {
                 validate_value(&op.data)?;
             }
         }
-        self.apply_with(ops, Stamping::Local { now_ms }, EncodedOps::new(), Vec::new())
+        Ok(self.apply_with(ops, Stamping::Local { now_ms }, EncodedOps::new(), Vec::new())?.receipts)
     }
 
     /// Applies operations received from peers at wall time `now_ms` in one
@@ -725,11 +732,16 @@ impl<S: Store> Database<S> {
         let mut report = ApplyReport::default();
         let verifier = self.verifier.clone();
         let (runs, encoded) = self.check_runs(ops, verifier.as_deref(), &mut report)?;
-        let mut apply = Vec::new();
+        let mut apply: Vec<OperationWithMetadata> = Vec::new();
         let mut truncations = Vec::new();
         for run in runs {
             let Some(seq) = run.fork_at else {
-                apply.extend(run.ops);
+                // Usually the batch's one run: taken as it is.
+                if apply.is_empty() {
+                    apply = run.ops;
+                } else {
+                    apply.extend(run.ops);
+                }
                 continue;
             };
             let ours = self.store.ops_after(&run.origin, seq - 1, 1)?.pop();
@@ -747,7 +759,7 @@ impl<S: Store> Database<S> {
             }
         }
         let deferred_before = self.deferred.count;
-        report.applied = self.apply_with(apply, Stamping::Received { now_ms }, encoded, truncations)?.len();
+        report.applied = self.apply_with(apply, Stamping::Received { now_ms }, encoded, truncations)?.count;
         report.deferred = self.deferred.count.saturating_sub(deferred_before) as usize;
         Ok(report)
     }
@@ -947,7 +959,7 @@ impl<S: Store> Database<S> {
         stamping: Stamping,
         pre: EncodedOps,
         truncations: Vec<Truncation>,
-    ) -> Result<Vec<Receipt>, Error> {
+    ) -> Result<Applied, Error> {
         let (local, now_ms) = match stamping {
             Stamping::Local { now_ms } => (true, now_ms),
             Stamping::Received { now_ms } => (false, now_ms),
@@ -955,6 +967,7 @@ impl<S: Store> Database<S> {
         let now = self.corrected(now_ms);
         let horizon = self.horizon(now_ms);
         let mut reused = 0;
+        let empty = EncodedOps::new();
         // Received operations beyond the horizon are not merged now: their
         // nodes need not be read.
         let mut records = if local {
@@ -992,19 +1005,16 @@ impl<S: Store> Database<S> {
         let mut clock = self.clock.clone();
         let publish = self.feed.has_subscribers();
         let mut changes = Vec::new();
-        // Sized for the batch up front: received bodies are those in `pre`;
-        // a local operation's body is usually under 128 bytes.
-        let mut encoded = match local {
-            true => EncodedOps::with_capacity(ops.len(), ops.len() * 128),
-            false => EncodedOps::new(),
+        // The op log's bodies: sized for the batch up front for local
+        // operations (a body is usually under 128 bytes); received ones are
+        // those in `pre`, taken as it is while they are all of it in order.
+        let mut bodies = match local {
+            true => KeptBodies::copying(ops.len(), ops.len() * 128),
+            false => KeptBodies::over(pre),
         };
-        // Received operations: while each applied is the next body of
-        // `pre`, `pre[..mirrored]` stands for `encoded` and nothing is
-        // copied (a batch applied whole, or but for a held-back tail, takes
-        // `pre` itself); the first that is not copies what came before.
-        let mut mirrored = 0usize;
-        let mut copying = local;
-        let mut receipts = Vec::with_capacity(ops.len());
+        // Receipts name local operations; received ones are counted.
+        let mut receipts = Vec::with_capacity(if local { ops.len() } else { 0 });
+        let mut applied = 0usize;
         let count = ops.len();
         // Encoded bytes of local operations since the last signed one.
         let mut unsigned_bytes = 0usize;
@@ -1032,6 +1042,7 @@ impl<S: Store> Database<S> {
                 // signature to SIGN_EVERY_BYTES (the previous commit ended
                 // signed).
                 op.prev = local_head.unwrap_or_default();
+                let encoded = bodies.appended();
                 let digest = encoded.push_unsigned(&op);
                 // The operation as it travels: its body and, instead of the
                 // body's array head, the id (at most 2 + 9 bytes of heads).
@@ -1051,25 +1062,23 @@ impl<S: Store> Database<S> {
                 return Err(Error::SequenceGap { origin: op.id.origin.to_string(), expected: next, found: op.id.seq });
             } else {
                 let ahead = ahead_ms(op.timestamp, now);
-                let seen = skew.entry(op.id.origin.clone()).or_insert(ahead);
-                *seen = (*seen).max(ahead);
+                match skew.get_mut(&op.id.origin) {
+                    Some(seen) => *seen = (*seen).max(ahead),
+                    None => {
+                        skew.insert(op.id.origin.clone(), ahead);
+                    }
+                }
                 // `pre` holds these operations in the same order, plus any
                 // that were held back: skip those.
+                let pre = bodies.source().unwrap_or(&empty);
                 while pre.get(reused).is_some_and(|(id, _)| *id != op.id) {
                     reused += 1;
                 }
-                let found = pre.get(reused);
-                if !copying && (found.is_none() || reused != mirrored) {
-                    encoded = pre.copy_first(mirrored, pre.len(), pre.byte_len());
-                    copying = true;
-                }
-                match found {
-                    Some(_) if !copying => mirrored += 1,
-                    Some((id, body)) => encoded.push_encoded(id, body),
-                    None => encoded.push(&op),
-                }
-                if found.is_some() {
+                if pre.get(reused).is_some() {
+                    bodies.keep(reused);
                     reused += 1;
+                } else {
+                    bodies.appended().push(&op);
                 }
             }
             // The operation is encoded for the op log (above). One stamped
@@ -1077,12 +1086,15 @@ impl<S: Store> Database<S> {
             // observed lies beyond it: the wall clock went back since) is
             // held and synced like any other but merged only once it is
             // due, as on every other replica.
-            let (id, timestamp) = (op.id.clone(), op.timestamp);
-            version_vector.advance(&id.origin, id.seq);
-            receipts.push(Receipt { id: id.clone(), timestamp });
+            let timestamp = op.timestamp;
+            version_vector.advance(&op.id.origin, op.id.seq);
+            applied += 1;
+            if local {
+                receipts.push(Receipt { id: op.id.clone(), timestamp });
+            }
             if timestamp > horizon {
                 deferred.push(op.stamp());
-                deferred_ids.insert(id);
+                deferred_ids.insert(op.id.clone());
                 continue;
             }
             if !local {
@@ -1113,8 +1125,8 @@ impl<S: Store> Database<S> {
                 changes.push((op, record.view(&*self.resolver)));
             }
         }
-        if receipts.is_empty() && truncations.is_empty() {
-            return Ok(receipts);
+        if applied == 0 && truncations.is_empty() {
+            return Ok(Applied { receipts, count: 0 });
         }
 
         let moved = version_vector
@@ -1131,14 +1143,7 @@ impl<S: Store> Database<S> {
         records.retain(|record| !record.is_blank() || truncations.iter().any(|t| t.dropped.iter().any(|op| op.node_id == record.id)));
         let mut batch = WriteBatch {
             truncate: truncations.iter().map(|t| (t.origin.to_string(), t.from)).collect(),
-            ops: match copying {
-                true => encoded,
-                false => {
-                    let mut pre = pre;
-                    pre.truncate(mirrored);
-                    pre
-                }
-            },
+            ops: bodies.finish(),
             nodes: records,
             version_vector: moved,
             meta: clock_meta(&clock),
@@ -1168,11 +1173,12 @@ impl<S: Store> Database<S> {
             Some(head) => {
                 self.heads.insert(self.peer_id.clone(), head);
             }
-            // Remote operations moved these origins' chains: read the heads
-            // again when next needed.
+            // Remote operations moved these origins' chains (the entries
+            // of the version vector that moved): read the heads again when
+            // next needed.
             None => {
-                for receipt in &receipts {
-                    self.heads.remove(&receipt.id.origin);
+                for (origin, _) in &batch.version_vector {
+                    self.heads.remove(origin.as_str());
                 }
             }
         }
@@ -1180,7 +1186,7 @@ impl<S: Store> Database<S> {
             self.heads.remove(&truncation.origin);
         }
         self.feed.publish(changes);
-        Ok(receipts)
+        Ok(Applied { receipts, count: applied })
     }
 
     /// Remembers that `origin`'s operations came `ahead` ms ahead of the

@@ -154,65 +154,134 @@ impl ReceivedOp {
     }
 }
 
-/// The bodies of a received batch's kept operations, collected without
-/// copying while they are the batch's own shared buffer in order.
+/// The op-log bodies of a batch's operations as they are kept, collected
+/// without copying while they are a buffer's own, in its order.
 ///
-/// The check ahead encodes a batch into one buffer; the replica keeps the
-/// operations that continue its chains, usually all of them in the order
-/// they came. While each operation kept is the next of that buffer,
-/// nothing is copied, and [`finish`](Self::finish) takes the buffer itself
-/// (cut after the last kept one) once the batch's operations are gone; the
-/// first that is not (another origin, a skipped duplicate, an operation not
-/// checked ahead) copies the ones before it and appends from then on.
+/// The check ahead encodes a received batch into one buffer, shared by its
+/// operations; the replica keeps those that continue its chains (usually
+/// all of them, in the order they came: `check_runs`), then applies those
+/// not held back (`apply_with`, from the buffer `check_runs` made). While
+/// each body kept is the next of the buffer, nothing is copied, and
+/// [`finish`](Self::finish) hands the buffer itself over, cut after the last
+/// kept one (a shared buffer once every operation that shared it is gone).
+/// The first that is not (another origin, a skipped duplicate, an operation
+/// not checked ahead) copies the ones before it, with room for the rest, and
+/// from then on they are appended.
 pub(crate) struct KeptBodies {
-    shared: Option<Arc<EncodedOps>>,
-    /// `shared[..mirrored]` are the bodies kept so far, while not `copying`.
+    source: Source,
+    /// `source[..mirrored]` are the bodies kept so far, while not `copying`.
     mirrored: usize,
     copying: bool,
     encoded: EncodedOps,
 }
 
+/// The buffer a [`KeptBodies`] mirrors.
+enum Source {
+    Shared(Arc<EncodedOps>),
+    Owned(EncodedOps),
+    None,
+}
+
 impl KeptBodies {
-    /// For the batch `ops`; `guess` is a body size for operations not
-    /// checked ahead.
+    /// For the received batch `ops`; `guess` is a body size for operations
+    /// not checked ahead.
     pub(crate) fn new(ops: &[ReceivedOp], guess: usize) -> Self {
-        let shared = ops.first().and_then(|first| first.checked.as_ref()).map(|checked| checked.bodies.clone());
-        match shared {
-            Some(shared) => Self { shared: Some(shared), mirrored: 0, copying: false, encoded: EncodedOps::new() },
-            None => Self { shared: None, mirrored: 0, copying: true, encoded: EncodedOps::with_capacity(ops.len(), ops.len() * guess) },
+        match ops.first().and_then(|first| first.checked.as_ref()) {
+            Some(checked) => Self::mirroring(Source::Shared(checked.bodies.clone())),
+            None => Self::copying(ops.len(), ops.len() * guess),
         }
+    }
+
+    /// Mirroring `bodies`, which the caller keeps in its order.
+    pub(crate) fn over(bodies: EncodedOps) -> Self {
+        Self::mirroring(Source::Owned(bodies))
+    }
+
+    /// Of nothing: every body is appended, in room for `ops` of them holding
+    /// `bytes` in all.
+    pub(crate) fn copying(ops: usize, bytes: usize) -> Self {
+        Self { source: Source::None, mirrored: 0, copying: true, encoded: EncodedOps::with_capacity(ops, bytes) }
+    }
+
+    fn mirroring(source: Source) -> Self {
+        Self { source, mirrored: 0, copying: false, encoded: EncodedOps::new() }
+    }
+
+    /// The buffer mirrored, if any.
+    pub(crate) fn source(&self) -> Option<&EncodedOps> {
+        match &self.source {
+            Source::Shared(shared) => Some(shared),
+            Source::Owned(own) => Some(own),
+            Source::None => None,
+        }
+    }
+
+    /// Keeps the `at`-th body of the buffer mirrored as the next.
+    pub(crate) fn keep(&mut self, at: usize) {
+        if !self.copying && at == self.mirrored {
+            self.mirrored += 1;
+            return;
+        }
+        self.copy();
+        let source = match &self.source {
+            Source::Shared(shared) => Some(&**shared),
+            Source::Owned(own) => Some(own),
+            Source::None => None,
+        };
+        if let Some((id, body)) = source.and_then(|source| source.get(at)) {
+            self.encoded.push_encoded(id, body);
+        }
+    }
+
+    /// Where a body that is not the buffer's is appended (the ones kept
+    /// before it are copied there first).
+    pub(crate) fn appended(&mut self) -> &mut EncodedOps {
+        self.copy();
+        &mut self.encoded
     }
 
     /// Keeps `received`'s body and returns its digest.
     pub(crate) fn push(&mut self, received: &ReceivedOp) -> OpDigest {
-        if !self.copying {
-            if let (Some(shared), Some(checked)) = (&self.shared, &received.checked) {
-                if Arc::ptr_eq(shared, &checked.bodies) && checked.index == self.mirrored {
-                    self.mirrored += 1;
-                    return checked.digest;
-                }
+        if let (Source::Shared(shared), Some(checked)) = (&self.source, &received.checked) {
+            if Arc::ptr_eq(shared, &checked.bodies) {
+                let digest = checked.digest;
+                self.keep(checked.index);
+                return digest;
             }
-            if let Some(shared) = &self.shared {
-                // Room for the rest of the batch at once.
-                self.encoded = shared.copy_first(self.mirrored, shared.len(), shared.byte_len());
+        }
+        received.push_into(self.appended())
+    }
+
+    /// Starts copying, in room for the whole buffer, unless it did.
+    fn copy(&mut self) {
+        if !self.copying {
+            if let Some(source) = self.source() {
+                self.encoded = source.copy_first(self.mirrored, source.len(), source.byte_len());
             }
             self.copying = true;
         }
-        received.push_into(&mut self.encoded)
     }
 
-    /// The bodies kept, in the order they were. Free of copying when the
-    /// batch's operations have all been dropped by now.
+    /// The bodies kept, in the order they were. Free of copying while they
+    /// were the buffer's own, and for a shared buffer, when every operation
+    /// that shared it has been dropped by now.
     pub(crate) fn finish(self) -> EncodedOps {
-        match (self.copying, self.shared) {
-            (false, Some(shared)) => match Arc::try_unwrap(shared) {
+        if self.copying {
+            return self.encoded;
+        }
+        match self.source {
+            Source::Shared(shared) => match Arc::try_unwrap(shared) {
                 Ok(mut own) => {
                     own.truncate(self.mirrored);
                     own
                 }
                 Err(shared) => shared.copy_first(self.mirrored, self.mirrored, shared.byte_len()),
             },
-            _ => self.encoded,
+            Source::Owned(mut own) => {
+                own.truncate(self.mirrored);
+                own
+            }
+            Source::None => self.encoded,
         }
     }
 }
