@@ -177,7 +177,15 @@ pub struct SyncPort<E: NetworkEngine + ?Sized> {
     network: Option<Arc<E>>,
     events: Option<Source>,
     labels: PeerLabels,
+    /// An event taken from the queue to see whether it joined the batches
+    /// before it, which it did not: the next to apply.
+    carried: Option<PortEvent>,
 }
+
+/// Batches of operations from one peer applied in one commit at most (see
+/// [`SyncPort::apply`]). More would leave the sender's window (four
+/// batches) empty while they commit.
+pub const MAX_BATCHES_TOGETHER: usize = 2;
 
 /// The sync engine's label (the text form) of each connected peer, and
 /// the peer of each label: entries live from a peer's `Connected` to its
@@ -234,7 +242,7 @@ impl PeerLabels {
 impl<E: NetworkEngine + ?Sized> SyncPort<E> {
     /// A port onto `network`, taking its `events`.
     pub fn new(network: Arc<E>, events: PeerEvents) -> Self {
-        Self { network: Some(network), events: Some(Source::Direct(events)), labels: PeerLabels::default() }
+        Self { network: Some(network), events: Some(Source::Direct(events)), labels: PeerLabels::default(), carried: None }
     }
 
     /// A port onto `network` whose messages are decoded and checked with
@@ -255,13 +263,18 @@ impl<E: NetworkEngine + ?Sized> SyncPort<E> {
         let (ready, receiver) = tokio::sync::mpsc::unbounded_channel();
         let route = events.route_direct();
         std::thread::Builder::new().name("pluresdb-prepare".into()).spawn(move || prepare(events, &ready, verifier.as_deref(), idle))?;
-        Ok(Self { network: Some(network), events: Some(Source::Prepared { ready: Some(receiver), route }), labels: PeerLabels::default() })
+        Ok(Self {
+            network: Some(network),
+            events: Some(Source::Prepared { ready: Some(receiver), route }),
+            labels: PeerLabels::default(),
+            carried: None,
+        })
     }
 
     /// A port onto no network: [`next`](Self::next) only waits for the
     /// timer, and what the sync engine sends is dropped.
     pub fn offline() -> Self {
-        Self { network: None, events: None, labels: PeerLabels::default() }
+        Self { network: None, events: None, labels: PeerLabels::default(), carried: None }
     }
 
     /// Whether there is a network.
@@ -314,6 +327,9 @@ impl<E: NetworkEngine + ?Sized> SyncPort<E> {
     /// engine's `poll_timeout`; `IDLE_WAKE` (60 s) from now when `None`).
     /// Cancel-safe: dropped inside a `select!`, it loses no event.
     pub async fn next(&mut self, deadline_ms: Option<u64>) -> SyncWake {
+        if let Some(event) = self.carried.take() {
+            return SyncWake::Event(event);
+        }
         let sleep = deadline_ms.map_or(IDLE_WAKE, |at| Duration::from_millis(at.saturating_sub(now_ms())));
         let Some(events) = self.events.as_mut() else {
             tokio::time::sleep(sleep).await;
@@ -344,17 +360,60 @@ impl<E: NetworkEngine + ?Sized> SyncPort<E> {
     /// acknowledgement is what the sender's window waits for, and a turn
     /// over the four batches of a full window took as long as applying all
     /// of them, with nothing in flight meanwhile.
+    ///
+    /// A prepared batch of operations takes with it up to
+    /// [`MAX_BATCHES_TOGETHER`] batches in all from the same peer queued
+    /// right behind it, for the engine to apply in one commit where it can
+    /// (`DataSyncEngine::handle_inbounds`): a receiver that falls behind
+    /// then commits (and syncs) once for several batches.
     pub fn apply<S: Store>(&mut self, sync: &mut DataSyncEngine<S>, first: impl Into<PortEvent>) -> usize {
-        apply(sync, &mut self.labels, first.into());
-        let mut applied = 1;
-        if let Some(events) = self.events.as_mut() {
-            while applied <= MAX_EVENTS_PER_TURN && !sync.has_transmits() {
-                let Some(event) = events.try_recv() else { break };
-                apply(sync, &mut self.labels, event);
-                applied += 1;
-            }
+        let mut applied = self.apply_with_queued(sync, first.into());
+        while applied <= MAX_EVENTS_PER_TURN && !sync.has_transmits() {
+            let Some(event) = self.take_queued() else { break };
+            applied += self.apply_with_queued(sync, event);
         }
         applied
+    }
+
+    /// The next event already queued, if any.
+    fn take_queued(&mut self) -> Option<PortEvent> {
+        self.carried.take().or_else(|| self.events.as_mut()?.try_recv())
+    }
+
+    /// Applies `event`, with the batches of its peer queued behind it when
+    /// it is a prepared batch (see [`apply`](Self::apply)); returns how
+    /// many events that took.
+    fn apply_with_queued<S: Store>(&mut self, sync: &mut DataSyncEngine<S>, event: PortEvent) -> usize {
+        let (peer_id, first, first_received) = match event.0 {
+            PortEventKind::Prepared { peer_id, inbound, _received } if inbound.is_data() => (peer_id, inbound, _received),
+            other => {
+                apply(sync, &mut self.labels, PortEvent(other));
+                return 1;
+            }
+        };
+        let mut inbounds = vec![first];
+        // Their room in the peer's share of the queue is held until they
+        // are applied.
+        let mut received = vec![first_received];
+        while inbounds.len() < MAX_BATCHES_TOGETHER {
+            let Some(next) = self.take_queued() else { break };
+            match next.0 {
+                PortEventKind::Prepared { peer_id: from, inbound, _received } if from == peer_id && inbound.is_data() => {
+                    inbounds.push(inbound);
+                    received.push(_received);
+                }
+                other => {
+                    self.carried = Some(PortEvent(other));
+                    break;
+                }
+            }
+        }
+        let count = inbounds.len();
+        if let Err(err) = sync.handle_inbounds(&self.labels.label(&peer_id), inbounds, now_ms()) {
+            tracing::debug!(peer = %peer_id, error = %err, "sync message refused");
+        }
+        drop(received);
+        count
     }
 }
 
@@ -707,6 +766,81 @@ mod tests {
             assert_eq!(receiver.database().version_vector().total(), 256 * applied);
             SyncPort::<Recorder>::take_transmits(&mut receiver);
         }
+    }
+
+    /// Prepared batches of one peer queued one behind the other are applied
+    /// two at a time, in one commit with one acknowledgement; an event
+    /// taken from the queue that does not join them is the next applied.
+    #[tokio::test]
+    async fn prepared_batches_queued_together_are_applied_two_at_a_time_and_what_follows_waits_its_turn() {
+        use pluresdb_core::{OperationType, OperationWithMetadata};
+        let now = now_ms();
+        let config = SyncConfig { max_batch_size: 256, ..SyncConfig::default() };
+        let (a, b, c) = (crate::test_peer("a"), crate::test_peer("b"), crate::test_peer("c"));
+        let engine = |id: &str| {
+            let db = pluresdb_core::Database::open(pluresdb_core::MemoryStore::new(), id).unwrap();
+            let mut engine = DataSyncEngine::with_database(config.clone(), db).unwrap();
+            engine.start(now);
+            engine
+        };
+        let mut sender = engine(&a.to_string());
+        let ops = (0..4 * 256)
+            .map(|i| {
+                OperationWithMetadata::new(OperationType::CreateNode, format!("n{i}"), serde_json::json!({ "i": i }), sender.peer_id())
+            })
+            .collect();
+        sender.write(ops, now).unwrap();
+        let mut receiver = engine(&c.to_string());
+        // A preparing port whose queue the test fills itself.
+        let (_handle, events) = SyncHandle::channel(64);
+        let (queue, ready) = tokio::sync::mpsc::unbounded_channel();
+        let source = Source::Prepared { ready: Some(ready), route: events.route_direct() };
+        let mut port: SyncPort<Recorder> =
+            SyncPort { network: Some(Arc::new(Recorder::default())), events: Some(source), labels: PeerLabels::default(), carried: None };
+        let connect = |peer| PeerEvent::Connected { peer_id: peer, address: "127.0.0.1:1".to_owned(), transport: Transport::Quic };
+        queue.send(PortEvent::from(connect(a))).unwrap();
+        let SyncWake::Event(event) = port.next(None).await else { panic!("an event") };
+        port.apply(&mut receiver, event);
+        sender.peer_connected(&c.to_string(), now);
+        for request in SyncPort::<Recorder>::take_transmits(&mut receiver) {
+            sender.handle_input(&c.to_string(), &request.bytes, now).unwrap();
+        }
+        let mut batches = Vec::new();
+        while let Some(transmit) = sender.poll_transmit() {
+            if matches!(pluresdb_sync::SyncMessage::decode("a", &transmit.bytes), Ok(pluresdb_sync::SyncMessage::DataSync { .. })) {
+                batches.push(transmit.bytes);
+            }
+        }
+        assert_eq!(batches.len(), 4, "the sender's window");
+        let prepared = |bytes: &Vec<u8>| {
+            let inbound = Inbound::prepare(&a.to_string(), bytes, None);
+            PortEvent(PortEventKind::Prepared { peer_id: a, inbound, _received: Bytes::from(bytes.clone()) })
+        };
+        // Two batches, another peer connecting, the last two batches.
+        for event in
+            [prepared(&batches[0]), prepared(&batches[1]), PortEvent::from(connect(b)), prepared(&batches[2]), prepared(&batches[3])]
+        {
+            queue.send(event).unwrap();
+        }
+        let acks = |receiver: &mut DataSyncEngine<pluresdb_core::MemoryStore>| {
+            SyncPort::<Recorder>::take_transmits(receiver)
+                .iter()
+                .filter(|t| matches!(pluresdb_sync::SyncMessage::decode("c", &t.bytes), Ok(pluresdb_sync::SyncMessage::SyncAck { .. })))
+                .count()
+        };
+        let held = |receiver: &DataSyncEngine<pluresdb_core::MemoryStore>| receiver.database().version_vector().total();
+        let SyncWake::Event(event) = port.next(None).await else { panic!("an event") };
+        assert_eq!(port.apply(&mut receiver, event), 2, "the first two batches in one turn");
+        assert_eq!((held(&receiver), acks(&mut receiver)), (512, 1), "applied together, acknowledged once");
+        // The connect that was taken to see whether it joined them comes next.
+        let SyncWake::Event(event) = port.next(None).await else { panic!("an event") };
+        assert!(matches!(event.peer_event(), Some(PeerEvent::Connected { peer_id, .. }) if *peer_id == b));
+        // It gives the engine something to send (a request to b): its own turn.
+        assert_eq!(port.apply(&mut receiver, event), 1);
+        SyncPort::<Recorder>::take_transmits(&mut receiver);
+        let SyncWake::Event(event) = port.next(None).await else { panic!("an event") };
+        assert_eq!(port.apply(&mut receiver, event), 2);
+        assert_eq!((held(&receiver), acks(&mut receiver)), (1_024, 1));
     }
 
     #[tokio::test]

@@ -51,6 +51,11 @@ impl Inbound {
         Self { size: bytes.len(), decoded }
     }
 
+    /// Whether it is a batch of operations (a `DataSync` that decoded).
+    pub fn is_data(&self) -> bool {
+        matches!(&self.decoded, Ok(Decoded { message: SyncMessage::DataSync { .. }, .. }))
+    }
+
     /// The size of the message as received, in bytes.
     pub fn size(&self) -> usize {
         self.size

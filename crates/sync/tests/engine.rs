@@ -354,3 +354,62 @@ fn an_operation_from_the_future_waits_for_its_time_on_the_engine_timer() {
     assert_eq!(b.database().get("n:1").unwrap().unwrap().value["from"], "the future");
     assert_eq!(b.status().clock.deferred_operations, 0);
 }
+
+/// A replica that signs its writes and checks its peers' with the stand-in
+/// scheme.
+fn signing_engine(peer: &str) -> Engine {
+    use pluresdb_core::signing::stand_in::{NamedSigner, NamedVerifier};
+    use std::sync::Arc;
+    let db = Database::open(MemoryStore::new(), peer)
+        .unwrap()
+        .with_signer(Arc::new(NamedSigner(peer.into())))
+        .with_verifier(Arc::new(NamedVerifier));
+    let mut e = DataSyncEngine::with_database(SyncConfig::default(), db).unwrap();
+    e.start(T0);
+    e
+}
+
+/// The acknowledgements `engine` has to send: what each says it holds of
+/// `origin`.
+fn acks_of(engine: &mut Engine, origin: &str) -> Vec<u64> {
+    std::iter::from_fn(|| engine.poll_transmit())
+        .filter_map(|t| match SyncMessage::decode("x", &t.bytes).unwrap() {
+            SyncMessage::SyncAck { version_vector, .. } => Some(version_vector.get(origin)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn batches_queued_one_behind_the_other_are_applied_in_one_commit_unless_their_chains_break() {
+    use pluresdb_core::signing::stand_in::NamedVerifier;
+    use pluresdb_sync::Inbound;
+    let mut a = signing_engine("peer-a");
+    for start in [0, 256] {
+        a.write((start..start + 256).map(|i| put("peer-a", &format!("n:{i}"), json!({"i": i}))).collect(), T0).unwrap();
+    }
+    let log = a.database().ops_after("peer-a", 0, 1_000).unwrap();
+    let held = a.database().version_vector().clone();
+    let message = |ops: &[OperationWithMetadata]| {
+        SyncMessage::DataSync { from_peer: "peer-a".into(), operations: ops.to_vec(), version_vector: held.clone() }.encode()
+    };
+    let prepared = |bytes: &[u8]| Inbound::prepare("peer-a", bytes, Some(&NamedVerifier));
+    let (first, second) = (message(&log[..256]), message(&log[256..]));
+
+    // Together: both applied, one commit, one acknowledgement of all.
+    let mut b = signing_engine("peer-b");
+    b.handle_inbounds("peer-a", vec![prepared(&first), prepared(&second)], T0).unwrap();
+    assert_eq!(b.database().version_vector().get("peer-a"), 512);
+    assert_eq!(acks_of(&mut b, "peer-a"), [512]);
+    assert_eq!(b.status().peers[0].traffic.ops_received, 512);
+
+    // A second batch whose chain breaks inside: applied on their own, the
+    // first is kept as it would be alone, the second refused.
+    let mut broken = log[256..].to_vec();
+    broken[10].prev = pluresdb_core::OpDigest([7; 32]);
+    let mut c = signing_engine("peer-c");
+    c.handle_inbounds("peer-a", vec![prepared(&first), prepared(&message(&broken))], T0).unwrap();
+    assert_eq!(c.database().version_vector().get("peer-a"), 256);
+    assert_eq!(acks_of(&mut c, "peer-a"), [256, 256]);
+    assert_eq!(c.status().peers[0].traffic.errors, 1, "the broken chain is counted");
+}
