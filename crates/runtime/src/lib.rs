@@ -162,6 +162,9 @@ impl Runtime {
             tracing::warn!(index = %name, resolver = db.resolver().name(), "the index was built under another resolver: building it again");
         }
         let building: Vec<String> = db.indexes().iter().filter(|d| !d.is_ready()).map(|d| d.name.clone()).collect();
+        // The writer publishes each commit after its answers and pushes
+        // are out (writer.rs), so redb's commit is off their path.
+        db.store().publish_later();
         let reader = Arc::new(Reader::new(db.store().read_handle(), db.shared_resolver()));
         let engine = DataSyncEngine::with_database(options.sync.clone(), db).map_err(Error::Sync)?;
         let stats = Arc::new(Stats::default());

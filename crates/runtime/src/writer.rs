@@ -136,6 +136,17 @@ impl Writer {
         }
         loop {
             self.port.flush(&mut self.engine).await;
+            // Answers, acknowledgements and pushes are out: the last
+            // commit's redb commit, left off their path, is done now rather
+            // than by the next read. If redb fails it, reads fail until the
+            // store is reopened (its redo makes the durable batch readable):
+            // at once.
+            if let Err(err) = self.engine.database().store().publish() {
+                tracing::warn!(error = %pluresdb_core::error_chain(&err), "a commit is durable but not readable yet: reopening the store");
+                if let Err(err) = self.engine.database_mut().recover_store() {
+                    tracing::warn!(error = %pluresdb_core::error_chain(&err), "the store could not be reopened yet");
+                }
+            }
             self.report_forks();
             self.report_store();
             if let Some((_, until)) = &self.waiting {

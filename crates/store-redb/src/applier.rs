@@ -7,7 +7,8 @@
 //! transaction's commit, which makes the batch visible to readers, must come
 //! after the sync. So the writer hands the payload to this thread, writes
 //! and syncs the record meanwhile, and then takes the applied transaction
-//! back to commit it. The writer waits for the applier on every commit, so
+//! back (see [`crate::visibility`] for when it commits it to redb). The
+//! writer waits for the applier on every commit, so
 //! the two never hold a transaction or the payload across commits; the
 //! thread sleeps between commits. Handing the work over costs the writer
 //! one wakeup (a futex wake, ~2-4 us); the applier is done before the sync
@@ -15,7 +16,7 @@
 //! machine too busy to give the applier a CPU in time, the writer applies
 //! the batch itself after the sync, as it did before the applier.
 
-use crate::{apply, fail, set_committed};
+use crate::{apply_commit, fail};
 use pluresdb_core::Error;
 use redb::{Database as Redb, Durability, WriteTransaction};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -237,8 +238,7 @@ pub fn set_idle_hook(hook: fn()) {
 fn apply_job(job: Job) -> Result<WriteTransaction, Error> {
     let mut txn = job.db.begin_write().map_err(fail("begin write"))?;
     txn.set_durability(Durability::None).map_err(fail("begin write"))?;
-    apply(&txn, &job.payload)?;
-    set_committed(&txn, job.number)?;
+    apply_commit(&txn, &job.payload, job.number)?;
     #[cfg(test)]
     match job.fault {
         Some(Fault::Error) => return Err(Error::storage(std::io::Error::other("an apply made to fail"))),

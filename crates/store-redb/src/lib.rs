@@ -25,7 +25,11 @@
 //! ([`LOG_FILE`], beside [`DATA_FILE`]) and synced (`fdatasync`) before the
 //! transaction is committed, so readers never see a batch that is not
 //! durable yet; a thread of the writer's applies the batch to the
-//! transaction while the record is synced. redb is committed durably now and then (a checkpoint: when
+//! transaction while the record is synced. redb's commit of the
+//! transaction (which makes the batch visible) comes after the commit has
+//! returned, off the caller's path: [`RedbStore::publish`], or the first
+//! read or commit after it, does it (a read begun after a commit returned
+//! always sees it). redb is committed durably now and then (a checkpoint: when
 //! the log's cycle is full, on a clean close, and while the disk has less
 //! than [`LOW_SPACE_BYTES`] free, on every commit; the free space is read on
 //! every commit while under 1 GiB, else every 100 ms), and opening the store
@@ -49,10 +53,12 @@ use std::sync::{Arc, RwLock};
 mod applier;
 mod origins;
 mod segment;
+mod visibility;
 mod wal;
 pub use applier::set_idle_hook;
 use applier::Applier;
 use segment::Segment;
+use visibility::Visibility;
 pub use wal::LOG_FILE;
 use wal::{FileId, Wal};
 
@@ -139,6 +145,10 @@ pub enum RedbStoreError {
         .path.display(), STORE_FORMAT
     )]
     NewerFormat { path: PathBuf, found: u32 },
+    /// redb could not publish a commit after it was acknowledged (durable
+    /// in the log): reads fail until a reopen redoes it.
+    #[error("an acknowledged commit is durable but not readable until the store is reopened: {reason}")]
+    Unpublished { reason: String },
 }
 
 fn fail<E: Into<redb::Error>>(step: &'static str) -> impl FnOnce(E) -> Error {
@@ -203,6 +213,8 @@ struct Log {
     space: SpaceCheck,
     /// The numbers of the origins the records name.
     origins: origins::OriginIndex,
+    /// See [`RedbStore::publish_later`].
+    publish_later: std::sync::atomic::AtomicBool,
 }
 
 /// The open file every handle uses; `None` after a reopen that failed.
@@ -217,6 +229,8 @@ struct SharedFile {
     /// takes it after beginning its read transaction: a record's numbers
     /// are in it before the record commits.
     origins: origins::Shared,
+    /// Whether the last commit returned is visible to reads yet.
+    visibility: Arc<Visibility>,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -392,6 +406,7 @@ impl RedbStore {
                 db: RwLock::new(Some(Arc::new(db))),
                 generation: Default::default(),
                 origins,
+                visibility: Default::default(),
             }),
             read_only: false,
             last_fault: None,
@@ -425,6 +440,30 @@ impl RedbStore {
         origins::snapshot(&self.shared.origins)
     }
 
+    /// From now on, a logged commit returns once it is durable and leaves
+    /// redb's commit of it (~40 us of CPU for a single write), which makes
+    /// it visible to reads, for later: [`publish`](Self::publish), or the
+    /// first read or commit after it, does it (see [`visibility`]). For a
+    /// writer that calls `publish` once it has answered its callers and
+    /// sent what the commit produced (the node's runtime), and that
+    /// recovers the store (`Database::recover_store`) when that fails:
+    /// until then, reads fail with the store's fault. Without it a commit
+    /// returns once redb has it (a failure there is the commit's error).
+    pub fn publish_later(&self) {
+        if let Some(log) = &self.log {
+            log.publish_later.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Makes the last commit that returned visible to reads now, if it is
+    /// not yet (see [`publish_later`](Self::publish_later)). Fails with the
+    /// store's fault if redb cannot commit it: the batch is durable, and a
+    /// recovery (a reopen, whose redo applies it) makes it readable; the
+    /// next commit fails with the fault until then.
+    pub fn publish(&self) -> Result<(), Error> {
+        self.shared.visibility.wait()
+    }
+
     /// The open file (a reference held for one call).
     fn db(&self) -> Result<Arc<Redb>, Error> {
         let slot = self.shared.db.read().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -437,11 +476,14 @@ impl RedbStore {
     /// Writes `batch`: in one redb transaction without durability and one
     /// record in the log, synced before the transaction commits; or, when
     /// the record does not fit in the log's cycle (a checkpoint) or the
-    /// disk is nearly full, in one durable redb transaction.
+    /// disk is nearly full, in one durable redb transaction. Fails with
+    /// nothing written if the last commit could not be published (a fault:
+    /// the reopen that follows redoes it).
     fn write_batch(&mut self, batch: &WriteBatch) -> Result<(), Error> {
         if self.read_only {
             return Err(Error::storage(RedbStoreError::ReadOnly { path: self.shared.path.clone() }));
         }
+        self.shared.visibility.settle()?;
         let db = self.db()?;
         let path = &self.shared.path;
         let Some(log) = self.log.as_mut() else {
@@ -458,7 +500,7 @@ impl RedbStore {
         wal::encode(batch, &mut log.origins, payload);
         let len = payload.len();
         let logged = !log.wal.broken && log.wal.fits(len) && !log.space.low(path);
-        let result = if logged { log.write_logged(db, number) } else { log.write_durable(&db, number) };
+        let result = if logged { log.write_logged(db, number, &self.shared.visibility) } else { log.write_durable(&db, number) };
         if result.is_ok() {
             log.origins.written();
         }
@@ -475,6 +517,11 @@ impl RedbStore {
     /// keeps every committed transaction. Reads meanwhile fail with
     /// [`RedbStoreError::Reopening`] instead of waiting.
     fn reopen(&mut self) -> Result<(), Error> {
+        // The last commit's transaction is let go of first (committed or
+        // not: the redo below brings it if not).
+        if self.log.is_some() {
+            let _ = self.shared.visibility.settle();
+        }
         let path = &self.shared.path;
         // Readers wait from here until the file is open again.
         let mut slot = self.shared.db.write().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -523,17 +570,24 @@ impl RedbStore {
             })?;
         }
         *slot = Some(Arc::new(opened));
+        // Every returned commit is in the file now (redone if redb had not
+        // published it).
+        if self.log.is_some() {
+            self.shared.visibility.reopened();
+        }
         self.shared.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
-    /// Runs `read` on the open file. After an I/O error redb fails reads of
-    /// pages it has not cached until the writer has reopened the file, which
-    /// it does at once: a read that fails so waits for that (at most
-    /// [`READ_RETRY_WAIT`]) and runs again on the reopened file.
+    /// Runs `read` on the open file, once every commit that has returned
+    /// is visible there (see [`visibility`]). After an I/O error redb fails
+    /// reads of pages it has not cached until the writer has reopened the
+    /// file, which it does at once: a read that fails so waits for that (at
+    /// most [`READ_RETRY_WAIT`]) and runs again on the reopened file.
     fn reading<T>(&self, read: impl Fn(&Redb) -> Result<T, Error>) -> Result<T, Error> {
         let generation = self.shared.generation.load(std::sync::atomic::Ordering::Acquire);
-        let first = read(&*self.db()?);
+        let read = |db: Arc<Redb>| self.shared.visibility.wait().and_then(|()| read(&db));
+        let first = read(self.db()?);
         match &first {
             Err(err) if err.storage_fault().is_some() => {}
             _ => return first,
@@ -541,7 +595,7 @@ impl RedbStore {
         let started = std::time::Instant::now();
         while started.elapsed() < READ_RETRY_WAIT {
             if self.shared.generation.load(std::sync::atomic::Ordering::Acquire) != generation {
-                return read(&*self.db()?);
+                return read(self.db()?);
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
@@ -699,6 +753,14 @@ fn read_origins(db: &Redb) -> Result<Vec<Arc<str>>, Error> {
     origins::load(entries)
 }
 
+/// Applies a log record's payload to `txn` as commit `number`: its table
+/// writes and the commit's number (see [`set_committed`]); the same for a
+/// commit, a checkpoint and a redo.
+fn apply_commit(txn: &redb::WriteTransaction, payload: &[u8], number: u64) -> Result<(), Error> {
+    apply(txn, payload)?;
+    set_committed(txn, number)
+}
+
 /// Records in `txn` that the file holds commits up to `number`.
 fn set_committed(txn: &redb::WriteTransaction, number: u64) -> Result<(), Error> {
     let mut meta = txn.open_table(META).map_err(fail("open meta"))?;
@@ -738,11 +800,12 @@ fn identity(db: &Redb) -> Result<(FileId, u64), Error> {
 impl Log {
     /// Commits the payload as commit `number`: applied to a transaction
     /// without durability (by the applier) while its record is written to
-    /// the log and synced (here); the transaction commits, and so becomes
-    /// visible, only once both are done. A commit that fails leaves
+    /// the log and synced (here). Once both are done the commit is durable
+    /// and returns, the transaction held by `visibility` until redb
+    /// commits it (and reads wait for that). A commit that fails leaves
     /// nothing visible and its record withdrawn (or the log marked broken
-    /// until a recovery reads it again).
-    fn write_logged(&mut self, db: Arc<Redb>, number: u64) -> Result<(), Error> {
+    /// until a recovery reads it again). Call `Visibility::settle` first.
+    fn write_logged(&mut self, db: Arc<Redb>, number: u64, visibility: &Visibility) -> Result<(), Error> {
         // Before the transaction: a log that cannot grow fails the commit
         // with nothing written.
         self.wal.reserve(self.payload.len()).map_err(|err| log_fault(err, self.wal.path()))?;
@@ -772,7 +835,11 @@ impl Log {
                 return Err(err);
             }
         };
-        if let Err(err) = txn.commit() {
+        if self.publish_later.load(std::sync::atomic::Ordering::Relaxed) {
+            // Durable: the record is synced. A failure of redb's commit
+            // from here on leaves the record in place (see `visibility`).
+            visibility.hold(txn);
+        } else if let Err(err) = txn.commit() {
             // The record is durable but its commit is not.
             self.withdraw();
             return Err(fail("commit")(err));
@@ -794,8 +861,7 @@ impl Log {
     /// (a checkpoint), and starts a new cycle of the log.
     fn write_durable(&mut self, db: &Redb, number: u64) -> Result<(), Error> {
         let txn = db.begin_write().map_err(fail("begin write"))?;
-        apply(&txn, &self.payload)?;
-        set_committed(&txn, number)?;
+        apply_commit(&txn, &self.payload, number)?;
         txn.commit().map_err(fail("commit"))?;
         self.committed = number;
         self.wal.restart();
@@ -831,6 +897,7 @@ impl Log {
             set_aside,
             space: SpaceCheck::new(),
             origins: origins::OriginIndex::new(Default::default()),
+            publish_later: Default::default(),
         };
         log.redo(db).map_err(|err| match err {
             Error::StoreFault { source, .. } => match source.downcast::<RedbStoreError>() {
@@ -893,8 +960,7 @@ impl Log {
                 txn = Some(begun);
             }
             if let Some(open) = &txn {
-                apply(open, payload)?;
-                set_committed(open, number)?;
+                apply_commit(open, payload, number)?;
             }
             in_txn += payload.len();
             if in_txn >= REDO_TRANSACTION_BYTES {
@@ -949,6 +1015,10 @@ impl Drop for RedbStore {
     /// commit durably, and the next open has nothing to redo.
     fn drop(&mut self) {
         let Some(log) = &self.log else { return };
+        // A commit redb could not take is redone at the next open.
+        if self.shared.visibility.settle().is_err() {
+            return;
+        }
         if log.wal.end() <= wal::HEADER_LEN {
             return;
         }
@@ -1782,6 +1852,131 @@ mod tests {
         }
     }
 
+    /// Whether the last commit's transaction is still held (not yet
+    /// committed to redb).
+    fn held(store: &RedbStore) -> bool {
+        store.shared.visibility.holds()
+    }
+
+    /// Whether redb alone (no waiting for a held commit) shows `key` in
+    /// the metadata.
+    fn redb_shows(store: &RedbStore, key: &str) -> bool {
+        let db = store.db().unwrap();
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        meta.get(key).unwrap().is_some()
+    }
+
+    /// Whether redb alone shows node `id`.
+    fn redb_has_node(store: &RedbStore, id: &str) -> bool {
+        let db = store.db().unwrap();
+        let txn = db.begin_read().unwrap();
+        let nodes = txn.open_table(NODES).unwrap();
+        nodes.get(id).unwrap().is_some()
+    }
+
+    #[test]
+    fn a_read_begun_after_a_commit_returned_sees_it_while_redb_has_not_committed_it() {
+        for applier_held in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut db = Database::open(RedbStore::open(dir.path()).unwrap(), "p").unwrap();
+            db.store().publish_later();
+            // A job the applier has not taken up is applied by the writer:
+            // its transaction is held all the same.
+            db.store().log.as_ref().unwrap().applier.hold(applier_held);
+            let reader = db.store().read_handle();
+            db.put("n:1", json!({"v": 1}), 1_000).unwrap();
+            // The write returned once durable; redb has not committed it.
+            assert!(held(db.store()) && !redb_has_node(db.store(), "n:1"));
+            assert!(reader.nodes(&["n:1"]).unwrap()[0].is_some(), "a read begun after the write returned missed it");
+            assert!(!held(db.store()), "the read did not commit it");
+            // The op log that feeds peers, and the writer's own handle, the same.
+            db.put("n:2", json!({"v": 2}), 1_001).unwrap();
+            assert!(held(db.store()));
+            let ops = reader.ops_after("p", 1, usize::MAX).unwrap();
+            assert_eq!(ops.iter().map(|op| op.node_id.as_str()).collect::<Vec<_>>(), ["n:2"]);
+            db.put("n:3", json!({"v": 3}), 1_002).unwrap();
+            assert!(held(db.store()));
+            assert!(db.get("n:3").unwrap().is_some());
+            // The next commit commits the one before it first.
+            db.put("n:4", json!({"v": 4}), 1_003).unwrap();
+            db.put("n:5", json!({"v": 5}), 1_004).unwrap();
+            drop((db, reader));
+            let db = Database::open(RedbStore::open(dir.path()).unwrap(), "p").unwrap();
+            assert_eq!(db.store().count_nodes("n:").unwrap(), 5);
+        }
+    }
+
+    #[test]
+    fn publishing_later_holds_the_transaction_until_publish_commits_it_to_redb() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RedbStore::open(dir.path()).unwrap();
+        // Without it, a commit returns once redb has it.
+        store.commit(&meta_batch("now")).unwrap();
+        assert!(!held(&store) && redb_shows(&store, "now"));
+        store.publish_later();
+        store.commit(&meta_batch("one")).unwrap();
+        assert!(held(&store) && !redb_shows(&store, "one"));
+        store.publish().unwrap();
+        assert!(!held(&store) && redb_shows(&store, "one"), "publish left the commit to the next reader");
+        // Nothing held: nothing to do.
+        store.publish().unwrap();
+        assert!(redb_shows(&store, "one"));
+    }
+
+    #[test]
+    fn a_commit_redb_could_not_take_after_it_returned_stays_and_is_read_after_the_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RedbStore::open(dir.path()).unwrap();
+        let reader = store.read_handle();
+        store.publish_later();
+        store.commit(&meta_batch("before")).unwrap();
+        store.publish().unwrap();
+        // redb's commit fails after the commit returned (durable).
+        store.shared.visibility.fail_next();
+        store.commit(&meta_batch("answered")).unwrap();
+        // The read that makes the commit gets the fault, and so does one
+        // after it (no reopen comes before they give up): none hangs.
+        for read in [&reader, &store] {
+            let err = read.meta("answered").unwrap_err();
+            assert_eq!(err.storage_fault(), Some(StorageFault::Io), "{}", pluresdb_core::error_chain(&err));
+            assert!(pluresdb_core::error_chain(&err).contains("a commit made to fail"), "{}", pluresdb_core::error_chain(&err));
+        }
+        // The next commit reports the fault with nothing written; the
+        // reopen it makes redoes the acknowledged batch from the log.
+        let err = store.commit(&meta_batch("refused")).unwrap_err();
+        assert_eq!(err.storage_fault(), Some(StorageFault::Io), "{}", pluresdb_core::error_chain(&err));
+        assert!(pluresdb_core::error_chain(&err).contains("a commit made to fail"), "{}", pluresdb_core::error_chain(&err));
+        assert_eq!(reader.meta("answered").unwrap().as_deref(), Some(&b"answered"[..]), "the acknowledged batch was lost");
+        assert_eq!(reader.meta("refused").unwrap(), None);
+        store.recover().unwrap();
+        store.commit(&meta_batch("after")).unwrap();
+        drop((store, reader));
+        let store = RedbStore::open(dir.path()).unwrap();
+        for key in ["before", "answered", "after"] {
+            assert!(store.meta(key).unwrap().is_some(), "{key} is gone after a reopen");
+        }
+        assert_eq!(store.meta("refused").unwrap(), None);
+    }
+
+    #[test]
+    fn a_commit_that_returned_before_redb_took_it_survives_a_crash() {
+        if let Some(dir) = crash_child() {
+            let mut store = RedbStore::open(&dir).unwrap();
+            store.publish_later();
+            store.commit(&meta_batch("published")).unwrap();
+            store.publish().unwrap();
+            store.commit(&meta_batch("answered")).unwrap();
+            assert!(held(&store));
+            crash();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        run_crashing_child("tests::a_commit_that_returned_before_redb_took_it_survives_a_crash", dir.path());
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert!(store.meta("published").unwrap().is_some());
+        assert_eq!(store.meta("answered").unwrap().as_deref(), Some(&b"answered"[..]), "an acknowledged commit was lost");
+    }
+
     #[test]
     fn a_sync_that_fails_while_the_batch_was_applied_leaves_nothing_visible() {
         // The record is written, its batch applied to a transaction, and
@@ -1944,6 +2139,8 @@ mod tests {
 
     /// The bytes stored for `id`.
     fn stored_bytes(store: &RedbStore, id: &str) -> Vec<u8> {
+        // redb alone: the last commit is in it once published.
+        store.publish().unwrap();
         let db = store.db().unwrap();
         let txn = db.begin_read().unwrap();
         let table = txn.open_table(NODES).unwrap();
