@@ -182,6 +182,16 @@ enum Source {
     None,
 }
 
+impl Source {
+    fn buffer(&self) -> Option<&EncodedOps> {
+        match self {
+            Source::Shared(shared) => Some(shared),
+            Source::Owned(own) => Some(own),
+            Source::None => None,
+        }
+    }
+}
+
 impl KeptBodies {
     /// For the received batch `ops`; `guess` is a body size for operations
     /// not checked ahead.
@@ -209,11 +219,7 @@ impl KeptBodies {
 
     /// The buffer mirrored, if any.
     pub(crate) fn source(&self) -> Option<&EncodedOps> {
-        match &self.source {
-            Source::Shared(shared) => Some(shared),
-            Source::Owned(own) => Some(own),
-            Source::None => None,
-        }
+        self.source.buffer()
     }
 
     /// Keeps the `at`-th body of the buffer mirrored as the next.
@@ -223,12 +229,7 @@ impl KeptBodies {
             return;
         }
         self.copy();
-        let source = match &self.source {
-            Source::Shared(shared) => Some(&**shared),
-            Source::Owned(own) => Some(own),
-            Source::None => None,
-        };
-        if let Some((id, body)) = source.and_then(|source| source.get(at)) {
+        if let Some((id, body)) = self.source.buffer().and_then(|source| source.get(at)) {
             self.encoded.push_encoded(id, body);
         }
     }
