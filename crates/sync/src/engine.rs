@@ -447,6 +447,12 @@ impl<S: Store> DataSyncEngine<S> {
     pub fn handle_inbound(&mut self, peer: &str, inbound: Inbound, now_ms: u64) -> Result<(), SyncError> {
         self.now_ms = self.now_ms.max(now_ms);
         let result = self.handle_message(peer, inbound, now_ms);
+        self.count_error(peer, result)
+    }
+
+    /// Counts `result`'s error, if any, against `peer` (and keeps it as the
+    /// peer's last), and returns it.
+    fn count_error(&mut self, peer: &str, result: Result<(), SyncError>) -> Result<(), SyncError> {
         if let Err(err) = &result {
             let state = self.peers.entry(peer.to_owned()).or_default();
             state.traffic.errors += 1;
@@ -694,6 +700,13 @@ impl<S: Store> DataSyncEngine<S> {
             return first_error;
         }
         self.now_ms = self.now_ms.max(now_ms);
+        let result = self.handle_data_together(peer, inbounds, now_ms);
+        self.count_error(peer, result)
+    }
+
+    /// [`handle_message`](Self::handle_message) for batches of operations
+    /// that [`can_apply_together`](Self::can_apply_together).
+    fn handle_data_together(&mut self, peer: &str, inbounds: Vec<Inbound>, now_ms: u64) -> Result<(), SyncError> {
         let mut operations = Vec::new();
         let mut theirs = VersionVector::new();
         for inbound in inbounds {
@@ -707,16 +720,9 @@ impl<S: Store> DataSyncEngine<S> {
                 }
             }
         }
-        let result = self.apply_data(peer, operations, theirs, now_ms);
-        match &result {
-            Ok(()) => self.reauthor_when_caught_up(now_ms),
-            Err(err) => {
-                let state = self.peers.entry(peer.to_owned()).or_default();
-                state.traffic.errors += 1;
-                state.last_error = Some(error_chain(err));
-            }
-        }
-        result
+        self.apply_data(peer, operations, theirs, now_ms)?;
+        self.reauthor_when_caught_up(now_ms);
+        Ok(())
     }
 
     /// Whether `inbounds` from `peer` can be applied in one commit (see
