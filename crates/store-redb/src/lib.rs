@@ -606,24 +606,29 @@ impl RedbStore {
 /// Refuses a file in a store format newer than [`STORE_FORMAT`] before
 /// anything is written to it; [`create_tables`] marks the others with it.
 fn check_format(db: &Redb, path: &Path) -> Result<(), RedbStoreError> {
-    let redb_error = |step: &'static str| move |err: redb::Error| RedbStoreError::Redb { step, source: err };
-    let txn = db.begin_read().map_err(|err| redb_error("begin read")(err.into()))?;
-    let meta = match txn.open_table(META) {
-        Ok(meta) => meta,
-        // A new file: it has no tables yet.
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-        Err(err) => return Err(redb_error("open meta")(err.into())),
-    };
-    let Some(value) = meta.get(FORMAT_META_KEY).map_err(|err| redb_error("read meta")(err.into()))? else {
+    let marker = format_marker(db).map_err(|source| RedbStoreError::Redb { step: "read the store format", source })?;
+    let Some(marker) = marker else {
         return Ok(());
     };
-    let found = <[u8; 4]>::try_from(value.value())
+    let found = <[u8; 4]>::try_from(marker.as_slice())
         .map(u32::from_le_bytes)
         .map_err(|_| RedbStoreError::Corrupted { path: path.to_owned(), reason: "its store format marker is not 4 bytes".into() })?;
     if found > STORE_FORMAT {
         return Err(RedbStoreError::NewerFormat { path: path.to_owned(), found });
     }
     Ok(())
+}
+
+/// The bytes of the file's store format marker, if it has one.
+fn format_marker(db: &Redb) -> Result<Option<Vec<u8>>, redb::Error> {
+    let txn = db.begin_read()?;
+    let meta = match txn.open_table(META) {
+        Ok(meta) => meta,
+        // A new file: it has no tables yet.
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(err) => return Err(err.into()),
+    };
+    Ok(meta.get(FORMAT_META_KEY)?.map(|value| value.value().to_vec()))
 }
 
 fn create_tables(db: &Redb) -> Result<(), redb::Error> {
