@@ -83,7 +83,7 @@ pub struct NetworkConfig {
     pub discovery: DiscoveryConfig,
     /// Sync settings for the node's `DataSyncEngine`: `pluresdb serve`
     /// builds its sync engine with them (the engines themselves carry
-    /// bytes and do not read them). Default: [`SyncConfig::default`].
+    /// bytes and do not read them). Default: [`SyncConfig::node`].
     pub sync: SyncConfig,
 }
 
@@ -106,7 +106,7 @@ impl Default for NetworkConfig {
             enable_nat_traversal: false,
             enable_dht: false,
             discovery: DiscoveryConfig::default(),
-            sync: SyncConfig::default(),
+            sync: SyncConfig::node(),
         }
     }
 }
@@ -187,7 +187,8 @@ mod tests {
         assert_eq!(config.max_connections, 100);
         assert_eq!((config.handshake_timeout, config.max_handshakes, config.max_handshakes_per_ip), (Duration::from_secs(5), 32, 8));
         assert!(config.enable_encryption && !config.enable_nat_traversal && !config.enable_dht);
-        assert_eq!(config.sync, SyncConfig::default());
+        assert_eq!(config.sync, SyncConfig::node());
+        assert_eq!(config.sync.ack_delay, pluresdb_sync::NODE_ACK_DELAY);
         let discovery = DiscoveryConfig::default();
         assert!(discovery.enable_mdns && !discovery.enable_dht);
         assert_eq!(discovery.discovery_interval, Duration::from_secs(60));

@@ -120,7 +120,7 @@ pub fn stored_dialed<S: pluresdb_core::Store>(store: &S) -> Result<Vec<String>, 
 /// How the runtime runs.
 #[derive(Clone, Debug)]
 pub struct RuntimeOptions {
-    /// The sync engine's settings.
+    /// The sync engine's settings. Default: [`SyncConfig::node`].
     pub sync: SyncConfig,
     /// The most writes committed in one transaction.
     pub max_group: usize,
@@ -137,7 +137,7 @@ pub struct RuntimeOptions {
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        Self { sync: SyncConfig::default(), max_group: 4_096, queue: 16_384, watch_buffer: 4_096, prepare_off_writer: true }
+        Self { sync: SyncConfig::node(), max_group: 4_096, queue: 16_384, watch_buffer: 4_096, prepare_off_writer: true }
     }
 }
 

@@ -17,6 +17,7 @@ async fn main() -> Result<(), SyncError> {
         enable_conflict_resolution: true,
         sync_timeout: Duration::from_secs(30),
         max_clock_drift: Duration::from_secs(300),
+        ack_delay: Duration::ZERO,
     };
 
     let mut sync_engine = DataSyncEngine::new(sync_config.clone());

@@ -29,6 +29,28 @@ pub struct SyncConfig {
     /// never moves the replica's clock further than this. Default: 5 min
     /// (`pluresdb_core::DEFAULT_MAX_CLOCK_DRIFT`).
     pub max_clock_drift: Duration,
+    /// How long the acknowledgement of a small batch (under a quarter of
+    /// `max_batch_size` operations received since the last one, no gap, no
+    /// fork, nothing refused) may wait, so that a live write's
+    /// acknowledgement does not go out (and its sender does not handle it)
+    /// while the next write is on its way: those that come meanwhile are
+    /// acknowledged together. What is acknowledged stays durable first; a
+    /// sender's window (four batches) never waits for a delayed one.
+    /// Default: zero (at once); the node runtime sets a few milliseconds.
+    pub ack_delay: Duration,
+}
+
+/// The [`SyncConfig::ack_delay`] of a node ([`SyncConfig::node`]): with one
+/// live write every half millisecond, about one acknowledgement for ten.
+pub const NODE_ACK_DELAY: Duration = Duration::from_millis(5);
+
+impl SyncConfig {
+    /// The settings a node runs with (the runtime's and the network's
+    /// defaults): [`Default`]'s, with acknowledgements of small batches
+    /// delayed by [`NODE_ACK_DELAY`].
+    pub fn node() -> Self {
+        Self { ack_delay: NODE_ACK_DELAY, ..Self::default() }
+    }
 }
 
 impl Default for SyncConfig {
@@ -40,6 +62,7 @@ impl Default for SyncConfig {
             enable_conflict_resolution: true,
             sync_timeout: Duration::from_secs(30),
             max_clock_drift: pluresdb_core::DEFAULT_MAX_CLOCK_DRIFT,
+            ack_delay: Duration::ZERO,
         }
     }
 }

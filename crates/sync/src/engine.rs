@@ -11,7 +11,7 @@ use pluresdb_core::{
     Database, EncodedOps, Fork, ForkOutcome, KeepAll, MemoryStore, OpId, OperationWithMetadata, Receipt, ReceivedOp, SignatureCheck, Store,
     VersionVector, SIGN_EVERY,
 };
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 /// The metadata key under which the engine keeps, per peer, what the peer
@@ -100,6 +100,19 @@ struct PeerState {
     /// [`DataSyncEngine::stop_waiting_for_own_chain`]): ignored until the
     /// peer claims more.
     holds_own_ignored: u64,
+    /// Applied batches of the peer not acknowledged yet (see
+    /// `SyncConfig::ack_delay`).
+    unacked: Unacked,
+}
+
+/// What a peer sent and this replica applied without acknowledging it yet:
+/// the batches' origins, how many operations they held, and when the
+/// acknowledgement is due.
+#[derive(Clone, Debug, Default)]
+struct Unacked {
+    origins: BTreeSet<Arc<str>>,
+    ops: u64,
+    due_ms: Option<u64>,
 }
 
 /// The sync engine of one replica: decides what to send to which peer and
@@ -415,6 +428,7 @@ impl<S: Store> DataSyncEngine<S> {
         state.round = None;
         state.cursor = None;
         state.probes.clear();
+        state.unacked = Unacked::default();
         state.next_round_ms = now_ms;
         if self.active {
             self.start_round(peer, now_ms);
@@ -430,6 +444,9 @@ impl<S: Store> DataSyncEngine<S> {
             state.in_flight_since_ms = None;
             state.serving = None;
             state.round = None;
+            // The peer resends what it was not told of on the next
+            // connection.
+            state.unacked = Unacked::default();
         }
         self.outbox.retain(|t| t.peer != peer);
     }
@@ -801,6 +818,7 @@ impl<S: Store> DataSyncEngine<S> {
             }
         });
         let mut forks = Vec::new();
+        let mut refused = false;
         if !applicable.is_empty() {
             let report = match self.db.apply_received(applicable, now_ms) {
                 Ok(report) => report,
@@ -821,6 +839,7 @@ impl<S: Store> DataSyncEngine<S> {
             // Origins that joined the held chain need no probe any more.
             let state = self.peer_mut(peer);
             state.probes.retain(|origin, _| !next.contains_key(origin.as_str()));
+            refused = !report.refused.is_empty();
             for refusal in &report.refused {
                 let err = SyncError::InvalidOperation { peer: peer.to_owned(), source: refusal.to_error() };
                 self.record_error(peer, &err);
@@ -840,20 +859,25 @@ impl<S: Store> DataSyncEngine<S> {
         }
         self.learn_peer_holds(peer, &theirs, now_ms);
         // After learning what the peer holds: settling may move that back.
+        let forks_settled = !forks.is_empty();
         for fork in forks {
             self.settle_fork(peer, fork, now_ms);
         }
         // Applied batches are durable now: acknowledge what this replica
         // holds of the batch's origins (duplicates too, so a lost
-        // acknowledgement is repaired by the resend), in messages of at most
-        // MAX_VECTOR_ENTRIES origins.
-        let holds = self.db.version_vector();
-        let acked: Vec<(String, u64)> =
-            next.keys().map(|origin| (origin.to_string(), holds.get(origin))).filter(|&(_, seq)| seq > 0).collect();
-        let from_peer = self.db.peer_id().to_owned();
-        for chunk in acked.chunks(MAX_VECTOR_ENTRIES) {
-            let ack = SyncMessage::SyncAck { from_peer: from_peer.clone(), version_vector: chunk.iter().cloned().collect() };
-            self.send(peer, &ack);
+        // acknowledgement is repaired by the resend), at once or, for a
+        // small batch that went as expected, within `ack_delay` together
+        // with those that follow it.
+        let delay = self.config.ack_delay.as_millis() as u64;
+        let quarter = (self.config.max_batch_size / 4).max(1) as u64;
+        let state = self.peer_mut(peer);
+        state.unacked.origins.extend(next.into_keys());
+        state.unacked.ops += received;
+        let unusual = gap || forks_settled || refused;
+        if delay == 0 || unusual || state.unacked.ops >= quarter {
+            self.send_acks(peer);
+        } else if state.unacked.due_ms.is_none() {
+            state.unacked.due_ms = Some(now_ms.saturating_add(delay));
         }
         if gap {
             // Ask for what is missing instead of applying out of order.
@@ -865,6 +889,22 @@ impl<S: Store> DataSyncEngine<S> {
             self.pump_all(now_ms);
         }
         Ok(())
+    }
+
+    /// Acknowledges to `peer` what this replica holds of the origins of its
+    /// batches applied since the last acknowledgement, in messages of at
+    /// most `MAX_VECTOR_ENTRIES` origins.
+    fn send_acks(&mut self, peer: &str) {
+        let Some(state) = self.peers.get_mut(peer) else { return };
+        let unacked = std::mem::take(&mut state.unacked);
+        let holds = self.db.version_vector();
+        let acked: Vec<(String, u64)> =
+            unacked.origins.iter().map(|origin| (origin.to_string(), holds.get(origin))).filter(|&(_, seq)| seq > 0).collect();
+        let from_peer = self.db.peer_id().to_owned();
+        for chunk in acked.chunks(MAX_VECTOR_ENTRIES) {
+            let ack = SyncMessage::SyncAck { from_peer: from_peer.clone(), version_vector: chunk.iter().cloned().collect() };
+            self.send(peer, &ack);
+        }
     }
 
     /// `peer` holds at least `theirs` durably.
@@ -1116,6 +1156,9 @@ impl<S: Store> DataSyncEngine<S> {
         let active = self.active;
         let peers: Vec<String> = self.peers.iter().filter(|(_, p)| p.connected).map(|(id, _)| id.clone()).collect();
         for peer in peers {
+            if self.peer_mut(&peer).unacked.due_ms.is_some_and(|due| now_ms >= due) {
+                self.send_acks(&peer);
+            }
             let state = self.peer_mut(&peer);
             if state.round.as_ref().is_some_and(|r| now_ms >= r.progress_ms + timeout) {
                 state.round = None;
@@ -1194,6 +1237,9 @@ impl<S: Store> DataSyncEngine<S> {
             }
             if let Some(since) = state.in_flight_since_ms {
                 consider(since + timeout);
+            }
+            if let Some(due) = state.unacked.due_ms {
+                consider(due);
             }
         }
         if self.acked_dirty && !self.store.is_degraded() {

@@ -37,7 +37,7 @@ pub mod sim;
 mod status;
 mod store_health;
 
-pub use config::SyncConfig;
+pub use config::{SyncConfig, NODE_ACK_DELAY};
 pub use engine::{DataSyncEngine, Transmit};
 pub use error::SyncError;
 pub use inbound::Inbound;

@@ -266,6 +266,7 @@ impl Default for SimConfig {
                 enable_conflict_resolution: true,
                 sync_timeout: Duration::from_millis(3_000),
                 max_clock_drift: pluresdb_core::DEFAULT_MAX_CLOCK_DRIFT,
+                ack_delay: Duration::ZERO,
             },
         }
     }

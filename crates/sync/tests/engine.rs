@@ -413,3 +413,63 @@ fn batches_queued_one_behind_the_other_are_applied_in_one_commit_unless_their_ch
     assert_eq!(acks_of(&mut c, "peer-a"), [256, 256]);
     assert_eq!(c.status().peers[0].traffic.errors, 1, "the broken chain is counted");
 }
+
+/// With `ack_delay`, a small batch is acknowledged when the delay is up,
+/// together with the batches that came meanwhile (one message for both); a
+/// quarter of `max_batch_size` is acknowledged at once, with what waited;
+/// a disconnect forgets what waited (the sender resends it); without a
+/// delay each batch is acknowledged at once.
+#[test]
+fn small_batches_are_acknowledged_together_after_the_ack_delay_and_a_quarter_batch_at_once() {
+    use std::time::Duration;
+    let mut a = engine("peer-a", SyncConfig::default());
+    a.write(vec![put("peer-a", "n:0", json!({"i": 0}))], T0).unwrap();
+    a.write(vec![put("peer-a", "n:1", json!({"i": 1}))], T0).unwrap();
+    a.write((2..66).map(|i| put("peer-a", &format!("n:{i}"), json!({ "i": i }))).collect(), T0).unwrap();
+    a.write(vec![put("peer-a", "n:66", json!({"i": 66}))], T0).unwrap();
+    let log = a.database().ops_after("peer-a", 0, 1_000).unwrap();
+    assert_eq!(log.len(), 67);
+    let held = a.database().version_vector().clone();
+    let message = |ops: &[OperationWithMetadata]| {
+        SyncMessage::DataSync { from_peer: "peer-a".into(), operations: ops.to_vec(), version_vector: held.clone() }.encode()
+    };
+    let config = SyncConfig { max_batch_size: 256, ack_delay: Duration::from_millis(5), ..SyncConfig::default() };
+    let connected = |config: SyncConfig| {
+        let mut b = engine("peer-b", config);
+        b.peer_connected("peer-a", T0);
+        while b.poll_transmit().is_some() {}
+        b
+    };
+
+    let mut b = connected(config.clone());
+    b.handle_input("peer-a", &message(&log[..1]), T0).unwrap();
+    assert_eq!(acks_of(&mut b, "peer-a"), Vec::<u64>::new(), "a lone write waits");
+    assert!(b.poll_timeout().is_some_and(|at| at <= T0 + 5), "{:?}", b.poll_timeout());
+    b.handle_input("peer-a", &message(&log[1..2]), T0 + 2).unwrap();
+    b.handle_timeout(T0 + 4);
+    assert_eq!(acks_of(&mut b, "peer-a"), Vec::<u64>::new(), "not due before the first batch's delay is up");
+    b.handle_timeout(T0 + 5);
+    assert_eq!(acks_of(&mut b, "peer-a"), [2], "both batches in one acknowledgement");
+    b.handle_timeout(T0 + 50);
+    assert_eq!(acks_of(&mut b, "peer-a"), Vec::<u64>::new(), "nothing twice");
+
+    // A quarter batch (64 of 256) goes at once, with the one that waited.
+    let mut b = connected(config.clone());
+    b.handle_input("peer-a", &message(&log[..1]), T0).unwrap();
+    b.handle_input("peer-a", &message(&log[1..2]), T0).unwrap();
+    assert_eq!(acks_of(&mut b, "peer-a"), Vec::<u64>::new());
+    b.handle_input("peer-a", &message(&log[2..66]), T0 + 1).unwrap();
+    assert_eq!(acks_of(&mut b, "peer-a"), [66]);
+
+    // A disconnect forgets what waited.
+    b.handle_input("peer-a", &message(&log[66..]), T0 + 2).unwrap();
+    b.peer_disconnected("peer-a");
+    b.peer_connected("peer-a", T0 + 3);
+    b.handle_timeout(T0 + 100);
+    assert_eq!(acks_of(&mut b, "peer-a"), Vec::<u64>::new());
+
+    // Without a delay: at once.
+    let mut c = connected(SyncConfig::default());
+    c.handle_input("peer-a", &message(&log[..1]), T0).unwrap();
+    assert_eq!(acks_of(&mut c, "peer-a"), [1]);
+}

@@ -64,6 +64,22 @@ fn replicas_converge_after_loss_duplication_reordering_and_partitions() {
     eprintln!("{seeds} seeds: {written} operations written, {dropped} messages dropped, slowest convergence {slowest} ms after the heal");
 }
 
+/// The same faults with acknowledgements of small batches delayed (the
+/// node's `ack_delay`, and a much longer one): every replica converges.
+#[test]
+fn replicas_converge_with_delayed_acknowledgements() {
+    for seed in 20_000..20_000 + env("PLURESDB_SIM_SEEDS", 200) / 4 {
+        let mut config = SimConfig { seed, full_mesh: seed % 4 == 0, ..SimConfig::default() };
+        config.sync.ack_delay = match seed % 2 {
+            0 => pluresdb_sync::NODE_ACK_DELAY,
+            _ => std::time::Duration::from_millis(400),
+        };
+        if let Err(err) = run(&config) {
+            panic!("{err}\nseed {seed}, ack_delay {:?}", config.sync.ack_delay);
+        }
+    }
+}
+
 #[test]
 fn replicas_with_real_keys_converge() {
     let (written, _, slowest) = run_seeds(10_000, 4, |_| Some(ed25519_keys()));
