@@ -1155,7 +1155,7 @@ impl<S: Store> Database<S> {
         // Forgotten first: a failed commit must not leave a copy of what
         // the op log held before it (a reopened store is read instead).
         self.recent_ops = crate::store::EncodedOps::new();
-        self.store.commit(&batch)?;
+        self.store.commit_and_free_records(&mut batch)?;
         self.recent_ops = std::mem::take(&mut batch.ops);
         if !batch.released.is_empty() {
             // Dropped operations that were deferred are no longer.

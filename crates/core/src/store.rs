@@ -258,6 +258,18 @@ pub trait Store {
     /// the store again after recovering to learn which.
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error>;
 
+    /// [`commit`](Self::commit) for a caller that is done with the batch's
+    /// node records: they are freed (`batch.nodes` is left empty, whatever
+    /// the outcome) when the store chooses. A store that waits for its
+    /// medium during a commit (a sync) frees them then, so that freeing a
+    /// batch's records (a tenth of a writer's time, ~16 blocks a record)
+    /// comes off the commit's path; by default they are freed after it.
+    fn commit_and_free_records(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
+        let result = self.commit(batch);
+        batch.nodes = Vec::new();
+        result
+    }
+
     /// Makes the store usable again after an [`Error::StoreFault`] (redb,
     /// for one, refuses every write after an I/O error until the file is
     /// closed and opened again). Fails while the cause lasts; everything
@@ -303,6 +315,9 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
         (**self).commit(batch)
+    }
+    fn commit_and_free_records(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
+        (**self).commit_and_free_records(batch)
     }
     fn recover(&mut self) -> Result<(), Error> {
         (**self).recover()

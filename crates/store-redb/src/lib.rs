@@ -473,23 +473,26 @@ impl RedbStore {
         }
     }
 
-    /// Writes `batch`: in one redb transaction without durability and one
-    /// record in the log, synced before the transaction commits; or, when
-    /// the record does not fit in the log's cycle (a checkpoint) or the
-    /// disk is nearly full, in one durable redb transaction. Fails with
-    /// nothing written if the last commit could not be published (a fault:
-    /// the reopen that follows redoes it).
+    /// Writes `batch` (see [`encode_batch`](Self::encode_batch) and
+    /// [`write_encoded`](Self::write_encoded)).
     fn write_batch(&mut self, batch: &WriteBatch) -> Result<(), Error> {
+        let (db, number) = self.encode_batch(batch)?;
+        self.write_encoded(db, number, Vec::new())
+    }
+
+    /// Encodes `batch` as the log record of the next commit, whose number
+    /// it returns with the file. Fails with nothing written if the last
+    /// commit could not be published (a fault: the reopen that follows
+    /// redoes it).
+    fn encode_batch(&mut self, batch: &WriteBatch) -> Result<(Arc<Redb>, u64), Error> {
         if self.read_only {
             return Err(Error::storage(RedbStoreError::ReadOnly { path: self.shared.path.clone() }));
         }
         self.shared.visibility.settle()?;
         let db = self.db()?;
-        let path = &self.shared.path;
         let Some(log) = self.log.as_mut() else {
-            return Err(Error::storage(RedbStoreError::ReadOnly { path: path.clone() }));
+            return Err(Error::storage(RedbStoreError::ReadOnly { path: self.shared.path.clone() }));
         };
-        let number = log.committed + 1;
         // The applier of the last commit let go of it: no copy is made.
         let payload = Arc::make_mut(&mut log.payload);
         payload.clear();
@@ -498,15 +501,63 @@ impl RedbStore {
         // commits): the op bodies, and records of about their size.
         payload.reserve(2 * batch.ops.byte_len() + 64 * batch.nodes.len() + 1024);
         wal::encode(batch, &mut log.origins, payload);
-        let len = payload.len();
-        let logged = !log.wal.broken && log.wal.fits(len) && !log.space.low(path);
-        let result = if logged { log.write_logged(db, number, &self.shared.visibility) } else { log.write_durable(&db, number) };
+        Ok((db, log.committed + 1))
+    }
+
+    /// Commits the encoded batch as commit `number`: in one redb
+    /// transaction without durability and one record in the log, synced
+    /// before the transaction commits. When the record does not fit in
+    /// the rest of the log's cycle, redb first commits what it holds
+    /// durably (a checkpoint) and the record starts the next cycle; a
+    /// record larger than a cycle, or any while the disk is nearly full, is
+    /// committed in one durable redb transaction instead. `records` (node
+    /// records the caller is done with) are freed while the record is
+    /// synced and the applier applies, where the writer would otherwise
+    /// wait.
+    fn write_encoded(&mut self, db: Arc<Redb>, number: u64, records: Vec<NodeRecord>) -> Result<(), Error> {
+        let path = &self.shared.path;
+        let Some(log) = self.log.as_mut() else {
+            return Err(Error::storage(RedbStoreError::ReadOnly { path: path.clone() }));
+        };
+        let len = log.payload.len();
+        let loggable = !log.wal.broken && !log.space.low(path);
+        let visibility = &self.shared.visibility;
+        let result = if loggable && log.wal.fits(len) {
+            log.write_logged(db, number, visibility, records)
+        } else if loggable && log.wal.fits_in_a_cycle(len) {
+            // The batch is applied by the applier beside its sync, as any
+            // other, rather than on this thread inside the durable commit.
+            log.checkpoint(&db).and_then(|()| log.write_logged(db, number, visibility, records))
+        } else {
+            log.write_durable(&db, number)
+        };
         if result.is_ok() {
             log.origins.written();
         }
         // An import's buffer (megabytes) is not kept; a single write's is.
         if log.payload.capacity() > KEPT_PAYLOAD_BYTES {
             log.payload = Arc::default();
+        }
+        result
+    }
+
+    /// What a commit that failed at the medium leaves: the fault noted and
+    /// the file reopened.
+    fn after_commit(&mut self, result: Result<(), Error>) -> Result<(), Error> {
+        if let Some(fault) = result.as_ref().err().and_then(Error::storage_fault) {
+            // The disk may have filled since it was last found roomy.
+            if let Some(log) = self.log.as_mut() {
+                log.space.roomy_until = None;
+            }
+            // A full disk wins over the errors that follow it (redb's
+            // "previous I/O error").
+            if self.last_fault != Some(StorageFault::DiskFull) {
+                self.last_fault = Some(fault);
+            }
+            // Reopened at once so that reads go on (redb fails uncached
+            // reads after an I/O error); writes wait for `recover`. If this
+            // fails, `recover` tries again.
+            let _ = self.reopen();
         }
         result
     }
@@ -810,7 +861,7 @@ impl Log {
     /// commits it (and reads wait for that). A commit that fails leaves
     /// nothing visible and its record withdrawn (or the log marked broken
     /// until a recovery reads it again). Call `Visibility::settle` first.
-    fn write_logged(&mut self, db: Arc<Redb>, number: u64, visibility: &Visibility) -> Result<(), Error> {
+    fn write_logged(&mut self, db: Arc<Redb>, number: u64, visibility: &Visibility, records: Vec<NodeRecord>) -> Result<(), Error> {
         // Before the transaction: a log that cannot grow fails the commit
         // with nothing written.
         self.wal.reserve(self.payload.len()).map_err(|err| log_fault(err, self.wal.path()))?;
@@ -822,7 +873,11 @@ impl Log {
             fault: self.fault.take(),
         };
         let (wal, payload) = (&mut self.wal, &self.payload);
-        let (applied, appended) = self.applier.overlap(job, || wal.append(number, payload));
+        let (applied, appended) = self.applier.overlap(job, || {
+            let appended = wal.append(number, payload);
+            drop(records);
+            appended
+        });
         // On failure the transaction (if any) is dropped, not committed,
         // and the record withdrawn first.
         let txn = match (applied, appended) {
@@ -860,6 +915,15 @@ impl Log {
     /// records.
     fn withdraw(&mut self) {
         self.wal.broken = self.wal.retract().is_err();
+    }
+
+    /// Makes redb hold every commit logged so far durably (a checkpoint:
+    /// each wrote its number, see [`set_committed`]) and starts a new cycle
+    /// of the log. Call `Visibility::settle` first.
+    fn checkpoint(&mut self, db: &Redb) -> Result<(), Error> {
+        db.begin_write().map_err(fail("begin write"))?.commit().map_err(fail("commit"))?;
+        self.wal.restart();
+        Ok(())
     }
 
     /// Commits the payload as commit `number` in one durable transaction
@@ -1247,22 +1311,16 @@ impl Store for RedbStore {
 
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
         let result = self.write_batch(batch);
-        if let Some(fault) = result.as_ref().err().and_then(Error::storage_fault) {
-            // The disk may have filled since it was last found roomy.
-            if let Some(log) = self.log.as_mut() {
-                log.space.roomy_until = None;
-            }
-            // A full disk wins over the errors that follow it (redb's
-            // "previous I/O error").
-            if self.last_fault != Some(StorageFault::DiskFull) {
-                self.last_fault = Some(fault);
-            }
-            // Reopened at once so that reads go on (redb fails uncached
-            // reads after an I/O error); writes wait for `recover`. If this
-            // fails, `recover` tries again.
-            let _ = self.reopen();
-        }
-        result
+        self.after_commit(result)
+    }
+
+    fn commit_and_free_records(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
+        let result = self.encode_batch(batch).and_then(|(db, number)| {
+            let records = std::mem::take(&mut batch.nodes);
+            self.write_encoded(db, number, records)
+        });
+        batch.nodes = Vec::new();
+        self.after_commit(result)
     }
 
     /// Reopens the file (reads work again at once), and after a full disk
@@ -1767,6 +1825,38 @@ mod tests {
         let len = std::fs::metadata(dir.path().join(LOG_FILE)).unwrap().len();
         assert!(len <= 1 << 20, "the log grew to {len} bytes");
         assert_eq!(state(dir.path()), reference_state(0..WRITES, 3_000));
+    }
+
+    #[test]
+    fn a_batch_past_the_end_of_the_cycle_is_logged_at_the_start_of_the_next_after_a_checkpoint() {
+        if let Some(dir) = crash_child() {
+            let mut store = RedbStore::open(&dir).unwrap();
+            store.log.as_mut().unwrap().wal.set_cycle_bytes(64 * 1024);
+            let mut db = Database::open(store, "p").unwrap();
+            let wal = |db: &Database<RedbStore>| (db.store().log.as_ref().unwrap().wal.end(), db.store().log.as_ref().unwrap().committed);
+            let mut i = 0;
+            loop {
+                let (before, _) = wal(&db);
+                workload(&mut db, i..i + 1, 3_000);
+                i += 1;
+                let (after, committed) = wal(&db);
+                if after < before {
+                    // The batch that did not fit is the new cycle's first
+                    // record, applied and synced as any other.
+                    assert!(after > wal::HEADER_LEN, "the batch was committed to redb instead of logged");
+                    std::fs::write(dir.join("commits"), committed.to_string()).unwrap();
+                    break;
+                }
+            }
+            crash();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        run_crashing_child("tests::a_batch_past_the_end_of_the_cycle_is_logged_at_the_start_of_the_next_after_a_checkpoint", dir.path());
+        let commits: u64 = std::fs::read_to_string(dir.path().join("commits")).unwrap().parse().unwrap();
+        // redb holds the commits before it durably; the batch is redone.
+        assert_eq!(durable_commit_number(dir.path()), commits - 1);
+        let writes = state(dir.path()).1.get("p");
+        assert_eq!(state(dir.path()), reference_state(0..writes, 3_000));
     }
 
     #[test]

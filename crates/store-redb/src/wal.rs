@@ -181,6 +181,11 @@ impl Wal {
         self.end.saturating_add((RECORD_HEADER + payload_len) as u64) <= self.cycle_bytes
     }
 
+    /// Whether a record of `payload_len` bytes fits in a cycle of its own.
+    pub fn fits_in_a_cycle(&self, payload_len: usize) -> bool {
+        HEADER_LEN.saturating_add((RECORD_HEADER + payload_len) as u64) <= self.cycle_bytes
+    }
+
     /// Makes sure the file is written up to where a record of
     /// `payload_len` bytes would end, with zeros, so that the append
     /// writes into allocated space. Fails before anything is committed.
