@@ -1159,7 +1159,16 @@ impl<S: Store> Database<S> {
         // Forgotten first: a failed commit must not leave a copy of what
         // the op log held before it (a reopened store is read instead).
         self.recent_ops = crate::store::EncodedOps::new();
-        self.store.commit_and_free_records(&mut batch)?;
+        // A local batch's records are freed by the store while it waits
+        // for its medium. A received batch's are freed after: most of their
+        // blocks come from the thread that decoded them, and freeing them
+        // beside the store's own work took more CPU per operation in the
+        // catch-up of a node on two cores (4.4-4.8 -> 4.4-6.2 us, 4 pairs).
+        if local {
+            self.store.commit_and_free_records(&mut batch)?;
+        } else {
+            self.store.commit(&batch)?;
+        }
         self.recent_ops = std::mem::take(&mut batch.ops);
         if !batch.released.is_empty() {
             // Dropped operations that were deferred are no longer.
