@@ -137,6 +137,17 @@ fn float(out: &mut Vec<u8>, f: f64) {
     }
 }
 
+/// The additional information of the shortest head for argument `n`.
+fn shortest_info(n: u64) -> u8 {
+    match n {
+        0..=23 => n as u8,
+        24..=0xff => 24,
+        0x100..=0xffff => 25,
+        0x1_0000..=0xffff_ffff => 26,
+        _ => 27,
+    }
+}
+
 /// Why the [`Reader`] stopped. Callers fall back to the serde decoder,
 /// which either reads what the reader does not (tags, indefinite lengths,
 /// byte strings, half floats written by other encoders) or reports the
@@ -168,12 +179,45 @@ pub fn capacity_for<T>(claimed: usize) -> usize {
 pub struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// Whether everything read since [`Reader::new`] or the last
+    /// [`Reader::start_canonical`] is in the form this module writes for
+    /// what was read (see [`Reader::is_canonical`]).
+    canonical: bool,
 }
 
 impl<'a> Reader<'a> {
     /// A reader at the start of `bytes`.
     pub fn new(bytes: &'a [u8]) -> Self {
-        Self { bytes, pos: 0 }
+        Self { bytes, pos: 0, canonical: true }
+    }
+
+    /// The position of the next byte to read.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Starts over the record of [`is_canonical`](Self::is_canonical) from
+    /// the next item.
+    pub fn start_canonical(&mut self) {
+        self.canonical = true;
+    }
+
+    /// Whether the items read since [`new`](Self::new) or
+    /// [`start_canonical`](Self::start_canonical) are in the form this
+    /// module's writer gives what they were read as: every head in its
+    /// shortest form, a map's keys in strictly ascending order (a JSON
+    /// object's, as `serde_json::Map` orders them, with no key twice), floats
+    /// finite and as f32 when that is exact. Writing the values read would
+    /// give back the same bytes then; a reader of a composite (an operation)
+    /// notes what else its own order requires with
+    /// [`not_canonical`](Self::not_canonical).
+    pub fn is_canonical(&self) -> bool {
+        self.canonical
+    }
+
+    /// Notes that something read is not in the writer's form.
+    pub fn not_canonical(&mut self) {
+        self.canonical = false;
     }
 
     /// Whether every byte has been read.
@@ -210,6 +254,11 @@ impl<'a> Reader<'a> {
             27 => u64::from_be_bytes(self.take(8)?.try_into().map_err(|_| Unreadable)?),
             _ => return Err(Unreadable),
         };
+        // The writer's heads are the shortest for their argument; a float's
+        // info gives its width instead, and is checked where it is read.
+        if info >= 24 && major != 0xe0 && info != shortest_info(arg) {
+            self.canonical = false;
+        }
         Ok((major, info, arg))
     }
 
@@ -217,7 +266,16 @@ impl<'a> Reader<'a> {
     /// that cannot fit in what is left (each item takes at least a byte).
     fn len_of(&mut self, major: u8) -> Result<usize, Unreadable> {
         let (found, _, len) = self.head()?;
-        if found != major || len > (self.bytes.len() - self.pos) as u64 {
+        if found != major {
+            return Err(Unreadable);
+        }
+        self.claimed(len)
+    }
+
+    /// The length `len` an array or map head claims, refused when it cannot
+    /// fit in what is left (each item takes at least a byte).
+    fn claimed(&self, len: u64) -> Result<usize, Unreadable> {
+        if len > (self.bytes.len() - self.pos) as u64 {
             return Err(Unreadable);
         }
         Ok(len as usize)
@@ -310,22 +368,30 @@ impl<'a> Reader<'a> {
         self.value_at(0)
     }
 
+    fn float(&mut self, f: f64) -> Value {
+        match serde_json::Number::from_f64(f) {
+            Some(n) => Value::Number(n),
+            None => {
+                self.canonical = false;
+                Value::Null
+            }
+        }
+    }
+
     fn value_at(&mut self, depth: usize) -> Result<Value, Unreadable> {
         if depth > MAX_DEPTH {
             return Err(Unreadable);
         }
-        let start = self.pos;
         let (major, info, arg) = self.head()?;
         Ok(match major {
             UNSIGNED => Value::from(arg),
             NEGATIVE => Value::from(i64::try_from(arg).map_err(|_| Unreadable).map(|n| -1 - n)?),
             TEXT => {
-                self.pos = start;
-                Value::String(self.text()?.to_owned())
+                let len = usize::try_from(arg).map_err(|_| Unreadable)?;
+                Value::String(std::str::from_utf8(self.take(len)?).map_err(|_| Unreadable)?.to_owned())
             }
             ARRAY => {
-                self.pos = start;
-                let len = self.array()?;
+                let len = self.claimed(arg)?;
                 let mut items = Vec::with_capacity(capacity_for::<Value>(len));
                 for _ in 0..len {
                     items.push(self.value_at(depth + 1)?);
@@ -333,12 +399,17 @@ impl<'a> Reader<'a> {
                 Value::Array(items)
             }
             MAP => {
-                self.pos = start;
-                let len = self.map()?;
+                let len = self.claimed(arg)?;
                 let mut fields = serde_json::Map::new();
+                let mut previous: Option<&str> = None;
                 for _ in 0..len {
-                    let key = self.text()?.to_owned();
-                    fields.insert(key, self.value_at(depth + 1)?);
+                    let key = self.text()?;
+                    // A map is written in its keys' order, each once.
+                    if previous.is_some_and(|previous| previous >= key) {
+                        self.canonical = false;
+                    }
+                    previous = Some(key);
+                    fields.insert(key.to_owned(), self.value_at(depth + 1)?);
                 }
                 Value::Object(fields)
             }
@@ -346,9 +417,17 @@ impl<'a> Reader<'a> {
                 (20, _) => Value::Bool(false),
                 (21, _) => Value::Bool(true),
                 (22, _) => Value::Null,
-                // A non-finite float is null in JSON, as serde_json has it.
-                (26, bits) => serde_json::Number::from_f64(f64::from(f32::from_bits(bits as u32))).map_or(Value::Null, Value::Number),
-                (27, bits) => serde_json::Number::from_f64(f64::from_bits(bits)).map_or(Value::Null, Value::Number),
+                // A non-finite float is null in JSON, as serde_json has it
+                // (and as the writer writes it); an f64 that an f32 holds
+                // exactly is written as that f32.
+                (26, bits) => self.float(f64::from(f32::from_bits(bits as u32))),
+                (27, bits) => {
+                    let f = f64::from_bits(bits);
+                    if f64::from(f as f32).to_bits() == bits {
+                        self.canonical = false;
+                    }
+                    self.float(f)
+                }
                 _ => return Err(Unreadable),
             },
             _ => return Err(Unreadable),
@@ -357,7 +436,7 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
@@ -387,14 +466,17 @@ mod tests {
         }
     }
 
-    fn arb_json() -> impl Strategy<Value = Value> {
+    /// Any JSON value of a few levels, with every width of head.
+    pub(crate) fn arb_json() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
             any::<i64>().prop_map(Value::from),
             any::<u64>().prop_map(Value::from),
             any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            any::<f32>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| Value::from(f64::from(f))),
             ".{0,40}".prop_map(Value::String),
+            "[a-z]{20,300}".prop_map(Value::String),
         ];
         leaf.prop_recursive(3, 32, 6, |inner| {
             prop_oneof![

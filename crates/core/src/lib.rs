@@ -63,8 +63,8 @@ pub use feed::{Change, ChangeFeed, FeedEvent, Subscription};
 pub use index::{IndexDef, IndexEntry, IndexKind, IndexSpec, IndexState};
 pub use node::{link_target, FieldValue, Node, NodeRecord, PendingSupersession, Reset, LINK_KEY};
 pub use operation::{
-    validate_node_id, validate_value, OpId, OperationType, OperationWithMetadata, Stamp, MAX_NODE_ID_BYTES, MAX_OP_BYTES, MAX_ORIGIN_BYTES,
-    MAX_SUPERSEDED_PER_FIELD, MAX_SUPERSEDED_PER_OP, MAX_VALUE_BYTES,
+    validate_node_id, validate_value, CompactSpan, OpId, OperationType, OperationWithMetadata, Stamp, MAX_NODE_ID_BYTES, MAX_OP_BYTES,
+    MAX_ORIGIN_BYTES, MAX_SUPERSEDED_PER_FIELD, MAX_SUPERSEDED_PER_OP, MAX_VALUE_BYTES,
 };
 pub use query::{Query, QueryPage};
 pub use reader::{Reader, Traversal};

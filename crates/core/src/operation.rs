@@ -206,7 +206,32 @@ struct NamedOperation<I, T, S, D, V, P> {
 }
 
 /// The first byte of every op-log body: the head of a 7-item array.
-const BODY_HEAD: u8 = 0x87;
+pub(crate) const BODY_HEAD: u8 = 0x87;
+
+/// Where an operation read by [`OperationWithMetadata::read_compact_kept`]
+/// lies in the bytes it was read from, which are exactly its compact form
+/// as [`OperationWithMetadata::encode_compact`] writes it. Only that reader
+/// makes one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompactSpan {
+    /// Where the compact form starts (its 9-item array head).
+    start: usize,
+    /// Where its fields after the id start (the op-log body without its
+    /// array head).
+    fields: usize,
+    /// Where it ends.
+    end: usize,
+}
+
+impl CompactSpan {
+    /// The compact form, and the fields after its id, in `bytes` (those the
+    /// span was read from); `None` when they cannot be.
+    pub(crate) fn parts<'b>(&self, bytes: &'b [u8]) -> Option<(&'b [u8], &'b [u8])> {
+        let compact = bytes.get(self.start..self.end)?;
+        let fields = compact.get(self.fields.checked_sub(self.start)?..)?;
+        Some((compact, fields))
+    }
+}
 
 /// The binary form: `[origin, seq, type, node_id, data, timestamp, supersedes, prev, signature]`.
 type CompactOperation<A, S, D, P> = (A, u64, u8, S, D, Hlc, P, OpDigest, Option<OpSignature>);
@@ -262,6 +287,21 @@ impl OperationWithMetadata {
     /// anything outside the subset the reader takes; callers then fall back
     /// to serde.
     pub fn read_compact(reader: &mut crate::cbor::Reader<'_>, origin: Option<&Arc<str>>) -> Result<Self, crate::cbor::Unreadable> {
+        Self::read_compact_kept(reader, origin).map(|(op, _)| op)
+    }
+
+    /// [`read_compact`](Self::read_compact), and where the operation lies
+    /// in the reader's bytes when they are exactly what
+    /// [`encode_compact`](Self::encode_compact) writes for it (else
+    /// `None`): a receiver then keeps those bytes as its op-log body and
+    /// hashes them for its digest instead of encoding it again
+    /// ([`crate::ReceivedOp::check_all_kept`]).
+    pub fn read_compact_kept(
+        reader: &mut crate::cbor::Reader<'_>,
+        origin: Option<&Arc<str>>,
+    ) -> Result<(Self, Option<CompactSpan>), crate::cbor::Unreadable> {
+        let start = reader.position();
+        reader.start_canonical();
         if reader.array()? != 9 {
             return Err(crate::cbor::Unreadable);
         }
@@ -271,7 +311,10 @@ impl OperationWithMetadata {
             _ => Arc::from(text),
         };
         let seq = reader.unsigned()?;
-        Self::read_body_fields(reader, OpId { origin, seq })
+        let fields = reader.position();
+        let op = Self::read_body_fields(reader, OpId { origin, seq })?;
+        let span = reader.is_canonical().then(|| CompactSpan { start, fields, end: reader.position() });
+        Ok((op, span))
     }
 
     fn read_body_fields(reader: &mut crate::cbor::Reader<'_>, id: OpId) -> Result<Self, crate::cbor::Unreadable> {
@@ -281,8 +324,15 @@ impl OperationWithMetadata {
         let data = reader.value()?;
         let timestamp = Hlc::from_u64(reader.unsigned()?);
         let mut supersedes = BTreeMap::new();
+        let mut previous: Option<&str> = None;
         for _ in 0..reader.map()? {
-            let field = reader.text()?.to_owned();
+            let field = reader.text()?;
+            // Written in the map's order, each field once.
+            if previous.is_some_and(|previous| previous >= field) {
+                reader.not_canonical();
+            }
+            previous = Some(field);
+            let field = field.to_owned();
             let count = reader.array()?;
             let mut ids = Vec::with_capacity(crate::cbor::capacity_for::<OpId>(count));
             for _ in 0..count {
@@ -392,7 +442,7 @@ impl OperationType {
         }
     }
 
-    fn from_code(code: u8) -> Option<Self> {
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
         match code {
             0 => Some(OperationType::CreateNode),
             1 => Some(OperationType::UpdateNode),

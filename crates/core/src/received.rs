@@ -9,7 +9,7 @@
 //! ahead ([`ReceivedOp::unchecked`]) are checked by the replica itself, as
 //! before.
 
-use crate::operation::OperationWithMetadata;
+use crate::operation::{CompactSpan, OperationWithMetadata};
 use crate::signing::{OpDigest, OpVerifier};
 use crate::store::EncodedOps;
 use std::sync::Arc;
@@ -61,8 +61,48 @@ impl ReceivedOp {
     /// apply them (it trusts these results instead of checking again).
     /// Without a verifier the signatures are left [`SignatureCheck::NotChecked`].
     pub fn check_all(ops: Vec<OperationWithMetadata>, verifier: Option<&dyn OpVerifier>) -> Vec<ReceivedOp> {
-        let mut encoded = EncodedOps::new();
-        let digests: Vec<OpDigest> = ops.iter().map(|op| encoded.push_with_digest(op)).collect();
+        Self::check_all_kept(ops, &[], &[], verifier)
+    }
+
+    /// [`check_all`](Self::check_all) of operations read from `wire` by
+    /// [`OperationWithMetadata::read_compact_kept`], `spans[i]` what it
+    /// gave for `ops[i]`: an operation received in exactly the form the
+    /// encoder writes keeps those bytes as its op-log body and is hashed
+    /// from them, without being encoded again; the others (no span, or
+    /// none given) are encoded as [`check_all`](Self::check_all) does. The
+    /// bodies and digests are the same either way.
+    pub fn check_all_kept(
+        ops: Vec<OperationWithMetadata>,
+        wire: &[u8],
+        spans: &[Option<CompactSpan>],
+        verifier: Option<&dyn OpVerifier>,
+    ) -> Vec<ReceivedOp> {
+        let kept: Vec<Option<(&[u8], &[u8])>> =
+            (0..ops.len()).map(|i| spans.get(i).copied().flatten().and_then(|span| span.parts(wire))).collect();
+        // Room for every body: a kept one is its fields behind a 1-byte head.
+        let bytes = kept.iter().map(|parts| parts.map_or(160, |(_, fields)| 1 + fields.len())).sum();
+        let mut encoded = EncodedOps::with_capacity(ops.len(), bytes);
+        let digests: Vec<OpDigest> = ops
+            .iter()
+            .zip(&kept)
+            .map(|(op, parts)| {
+                let digest = parts.and_then(|(compact, fields)| {
+                    let digest = crate::signing::digest_of_compact(compact, op.signature.is_some())?;
+                    encoded.push_fields(&op.id, fields);
+                    Some(digest)
+                });
+                let digest = digest.unwrap_or_else(|| encoded.push_with_digest(op));
+                // What the kept bytes stand for: the encoder's output.
+                #[cfg(debug_assertions)]
+                {
+                    let mut body = Vec::new();
+                    op.encode_body(&mut body);
+                    debug_assert_eq!(encoded.get(encoded.len() - 1).map(|(_, kept)| kept), Some(&body[..]), "{op:?}");
+                    debug_assert_eq!(digest, op.digest(), "{op:?}");
+                }
+                digest
+            })
+            .collect();
         let mut checks: Vec<SignatureCheck> = ops
             .iter()
             .map(|op| match (op.signature.is_some(), verifier.is_some()) {
@@ -118,6 +158,13 @@ impl ReceivedOp {
             Some(checked) => checked.digest,
             None => self.op.digest(),
         }
+    }
+
+    /// Its op-log body from the check ahead (the bytes it was received in,
+    /// or its encoding); `None` when it was not checked ahead.
+    pub fn body(&self) -> Option<&[u8]> {
+        let checked = self.checked.as_ref()?;
+        checked.bodies.get(checked.index).map(|(_, body)| body)
     }
 
     /// Whether the check ahead found it valid
@@ -292,7 +339,8 @@ mod tests {
     use super::*;
     use crate::operation::OperationType;
     use crate::signing::stand_in::{NamedSigner, NamedVerifier};
-    use crate::signing::OpSigner;
+    use crate::signing::{OpSignature, OpSigner};
+    use crate::OpId;
 
     fn signed(origin: &str, seq: u64, sign: bool) -> OperationWithMetadata {
         let mut op = OperationWithMetadata::new(OperationType::CreateNode, format!("n:{seq}"), serde_json::json!({"v": seq}), origin);
@@ -317,6 +365,155 @@ mod tests {
         }
         let checks: Vec<_> = checked.iter().map(ReceivedOp::signature_check).collect();
         assert_eq!(checks, [SignatureCheck::Unsigned, SignatureCheck::Valid, SignatureCheck::Valid]);
+    }
+
+    /// Any operation, with every width of head in its id and fields.
+    fn arb_op() -> impl proptest::strategy::Strategy<Value = OperationWithMetadata> {
+        use proptest::prelude::*;
+        let origin = prop_oneof![Just("p".to_string()), "[a-z]{1,30}", "[a-z]{250,260}"];
+        let id = (origin.clone(), any::<u64>()).prop_map(|(origin, seq)| OpId::new(origin, seq));
+        let supersedes = proptest::collection::btree_map(".{0,8}", proptest::collection::vec(id.clone(), 0..3), 0..30);
+        let signature = proptest::option::of(any::<[u8; 32]>().prop_map(|half| {
+            let mut signature = [0u8; 64];
+            signature[..32].copy_from_slice(&half);
+            OpSignature(signature)
+        }));
+        (id, 0u8..3, ".{1,40}", crate::cbor::tests::arb_json(), any::<u64>(), supersedes, any::<[u8; 32]>(), signature).prop_map(
+            |(id, code, node_id, data, hlc, supersedes, prev, signature)| OperationWithMetadata {
+                id,
+                operation: OperationType::from_code(code).unwrap_or(OperationType::CreateNode),
+                node_id,
+                data,
+                timestamp: crate::Hlc::from_u64(hlc),
+                supersedes,
+                prev: OpDigest(prev),
+                signature,
+            },
+        )
+    }
+
+    /// Checks `ops[i]` read from `wire` with `spans[i]` as the replica
+    /// would: the same bodies and digests as encoding them again.
+    fn assert_kept_as_encoded(ops: &[OperationWithMetadata], wire: &[u8], spans: &[Option<CompactSpan>]) {
+        let checked = ReceivedOp::check_all_kept(ops.to_vec(), wire, spans, Some(&NamedVerifier));
+        let again = ReceivedOp::check_all(ops.to_vec(), Some(&NamedVerifier));
+        for ((kept, encoded), op) in checked.iter().zip(&again).zip(ops) {
+            let mut body = Vec::new();
+            op.encode_body(&mut body);
+            assert_eq!(kept.body(), Some(&body[..]), "{op:?}");
+            assert_eq!(encoded.body(), Some(&body[..]), "{op:?}");
+            assert_eq!(kept.digest(), op.digest(), "{op:?}");
+            assert_eq!(kept.signature_check(), encoded.signature_check());
+        }
+    }
+
+    #[test]
+    fn operations_received_as_the_encoder_writes_them_keep_those_bytes() {
+        use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+        let config = Config { cases: 512, failure_persistence: None, ..Config::default() };
+        let mut runner = TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+        let pair = (arb_op(), arb_op());
+        runner
+            .run(&pair, |(first, second)| {
+                // Two operations in an array, as a message holds them.
+                let mut wire = vec![0x82];
+                first.encode_compact(&mut wire);
+                second.encode_compact(&mut wire);
+                let mut reader = crate::cbor::Reader::new(&wire);
+                assert_eq!(reader.array(), Ok(2));
+                let mut ops = Vec::new();
+                let mut spans = Vec::new();
+                for expected in [&first, &second] {
+                    let start = reader.position();
+                    let (op, span) = OperationWithMetadata::read_compact_kept(&mut reader, None).unwrap();
+                    assert_eq!(&op, expected);
+                    let span = span.expect("the encoder's bytes are canonical");
+                    let mut compact = Vec::new();
+                    op.encode_compact(&mut compact);
+                    let (kept, fields) = span.parts(&wire).unwrap();
+                    assert_eq!(kept, &compact[..]);
+                    assert_eq!(start + compact.len(), reader.position());
+                    assert_eq!(fields[0], compact[compact.len() - fields.len()]);
+                    ops.push(op);
+                    spans.push(Some(span));
+                }
+                assert!(reader.is_done());
+                assert_kept_as_encoded(&ops, &wire, &spans);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn operations_received_in_another_form_are_encoded_again() {
+        let mut op = OperationWithMetadata::new(
+            OperationType::UpdateNode,
+            "node".into(),
+            serde_json::json!({"k1": 1, "k2": -1, "kf": 0.5, "ks": "text"}),
+            "origin",
+        );
+        op.id.seq = 5;
+        op.timestamp = crate::Hlc::new(1_700_000_000_000, 3);
+        op.supersedes.insert("k1".into(), vec![OpId::new("other", 3)]);
+        op.supersedes.insert("k2".into(), vec![OpId::new("other", 4)]);
+        op.prev = OpDigest([7; 32]);
+        // Each: bytes of the encoder's form and what a peer may send instead.
+        let variants: [(&[u8], &[u8]); 14] = [
+            // the operation's array head
+            (b"\x89\x66", b"\x98\x09\x66"),
+            // the sequence number
+            (b"origin\x05", b"origin\x18\x05"),
+            // the node id's length
+            (b"\x64node", b"\x78\x04node"),
+            // the value's map head
+            (b"\xa4\x62k1", b"\xb8\x04\x62k1"),
+            // the value's keys out of order
+            (b"\x62k1\x01\x62k2\x20", b"\x62k2\x20\x62k1\x01"),
+            // a key twice
+            (b"\x62k1\x01\x62k2\x20", b"\x62k1\x01\x62k1\x20"),
+            // a negative integer
+            (b"\x62k2\x20", b"\x62k2\x38\x00"),
+            // an integer
+            (b"\x62k1\x01", b"\x62k1\x19\x00\x01"),
+            // an f64 that an f32 holds
+            (b"\xfa\x3f\x00\x00\x00", b"\xfb\x3f\xe0\x00\x00\x00\x00\x00\x00"),
+            // NaN (null in JSON)
+            (b"\xfa\x3f\x00\x00\x00", b"\xfa\x7f\xc0\x00\x00"),
+            // a text's length
+            (b"\x64text", b"\x79\x00\x04text"),
+            // superseded fields out of order
+            (b"\x62k1\x81\x82\x65other\x03\x62k2\x81\x82\x65other\x04", b"\x62k2\x81\x82\x65other\x04\x62k1\x81\x82\x65other\x03"),
+            // prev's length
+            (b"\x58\x20\x07", b"\x59\x00\x20\x07"),
+            // a superseded list's head
+            (b"\x62k1\x81\x82", b"\x62k1\x98\x01\x82"),
+        ];
+        for signature in [None, Some(NamedSigner("origin".into()).sign(&op.digest()))] {
+            op.signature = signature;
+            let mut canonical = Vec::new();
+            op.encode_compact(&mut canonical);
+            let mut variants = variants.to_vec();
+            if signature.is_some() {
+                variants.push((b"\x58\x40", b"\x59\x00\x40"));
+            }
+            for (ours, theirs) in variants {
+                let at =
+                    canonical.windows(ours.len()).position(|w| w == ours).unwrap_or_else(|| panic!("{ours:02x?} not in {canonical:02x?}"));
+                assert_eq!(canonical.windows(ours.len()).filter(|w| *w == ours).count(), 1, "{ours:02x?}");
+                let mut wire = canonical[..at].to_vec();
+                wire.extend_from_slice(theirs);
+                wire.extend_from_slice(&canonical[at + ours.len()..]);
+                let mut reader = crate::cbor::Reader::new(&wire);
+                let (read, span) = OperationWithMetadata::read_compact_kept(&mut reader, None).unwrap();
+                assert!(reader.is_done());
+                assert_eq!(span, None, "{theirs:02x?} is not what the encoder writes");
+                let mut again = Vec::new();
+                read.encode_compact(&mut again);
+                assert_ne!(again, wire, "{theirs:02x?} is not what the encoder writes");
+                // Read, it is kept as the encoder's bytes, under their digest.
+                assert_kept_as_encoded(&[read], &wire, &[span]);
+            }
+        }
     }
 
     #[test]

@@ -142,6 +142,24 @@ pub(crate) fn digest_of_body(id: &crate::OpId, body: &[u8]) -> OpDigest {
     OpDigest(*hasher.finalize().as_bytes())
 }
 
+/// The digest of an operation given its compact form as
+/// [`OperationWithMetadata::encode_compact`] writes it, signed or not
+/// (`signed`): the signature slot is hashed as null. `None` when a signed
+/// form does not end with a 64-byte signature.
+pub(crate) fn digest_of_compact(compact: &[u8], signed: bool) -> Option<OpDigest> {
+    if !signed {
+        return Some(OpDigest(*blake3::hash(compact).as_bytes()));
+    }
+    let (unsigned, signature) = compact.split_at_checked(compact.len().checked_sub(66)?)?;
+    if signature[..2] != [0x58, 0x40] {
+        return None;
+    }
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(unsigned);
+    hasher.update(&[crate::cbor::NULL]);
+    Some(OpDigest(*hasher.finalize().as_bytes()))
+}
+
 /// Writes a CBOR head into `out` (at least 9 bytes) and returns its length,
 /// as `cbor::head` does into a vector.
 fn cbor_head(out: &mut [u8], major: u8, n: u64) -> usize {

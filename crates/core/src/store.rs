@@ -78,6 +78,18 @@ impl EncodedOps {
         digest
     }
 
+    /// Appends the operation `id` whose body is [`BODY_HEAD`] followed by
+    /// `fields` (the fields after the id of its compact form, as received).
+    ///
+    /// [`BODY_HEAD`]: crate::operation::BODY_HEAD
+    pub(crate) fn push_fields(&mut self, id: &OpId, fields: &[u8]) {
+        self.bytes.reserve(1 + fields.len());
+        self.bytes.push(crate::operation::BODY_HEAD);
+        self.bytes.extend_from_slice(fields);
+        self.ids.push(id.clone());
+        self.ends.push(self.bytes.len());
+    }
+
     /// Appends an operation already encoded as `body` (by this type, or
     /// read back from a store's op log).
     pub fn push_encoded(&mut self, id: &OpId, body: &[u8]) {

@@ -6,7 +6,7 @@
 use crate::alloc::{within_bound, within_serde_bound};
 use pluresdb_core::cbor::{self, Reader};
 use pluresdb_core::{codec, FieldValue, Hlc, LastWriterWins, NodeRecord, OpId, OperationType, OperationWithMetadata, Reset, Stamp};
-use pluresdb_core::{OpDigest, OpSignature, PendingSupersession};
+use pluresdb_core::{OpDigest, OpSignature, PendingSupersession, ReceivedOp};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -122,6 +122,7 @@ pub fn check_operation(input: &[u8]) {
         if fast_whole {
             assert_eq!(serde.as_ref().ok(), Some(op), "read_compact and serde disagree");
         }
+        check_kept(input);
     }
     for op in serde.iter().chain(from_body.iter()) {
         compact_round_trips(op);
@@ -131,9 +132,39 @@ pub fn check_operation(input: &[u8]) {
     }
 }
 
-/// Seeds for [`check_operation`]: compact forms and op-log bodies.
+/// What a receiver keeps of an operation read from `input`
+/// (`read_compact_kept`, then the check ahead): bytes marked as the
+/// encoder's are exactly what it writes for the operation read, and the
+/// body and digest kept are those of encoding it again, whichever form it
+/// came in.
+fn check_kept(input: &[u8]) {
+    let mut reader = Reader::new(input);
+    let Ok((op, span)) = OperationWithMetadata::read_compact_kept(&mut reader, None) else {
+        panic!("read_compact_kept refused what read_compact read")
+    };
+    let (encoded, encoded_body) = (compact(&op), body(&op));
+    if span.is_some() {
+        assert_eq!(&input[..reader.position()], &encoded[..], "bytes kept as the encoder's are not what it writes");
+    }
+    let checked = ReceivedOp::check_all_kept(vec![op.clone()], input, &[span], None);
+    assert_eq!(checked[0].body(), Some(&encoded_body[..]), "the kept body is not the encoder's");
+    assert_eq!(checked[0].digest(), op.digest(), "the kept digest is not the encoded operation's");
+}
+
+/// Seeds for [`check_operation`]: compact forms and op-log bodies, and
+/// compact forms other than the encoder's (a long head, a float wider than
+/// it needs), which a receiver encodes again instead of keeping.
 pub fn operation_seeds() -> Vec<Vec<u8>> {
-    sample_operations().iter().flat_map(|op| [compact(op), body(op)]).collect()
+    let ops = sample_operations();
+    let mut seeds: Vec<Vec<u8>> = ops.iter().flat_map(|op| [compact(op), body(op)]).collect();
+    let mut long_head = compact(&ops[0]);
+    long_head.splice(..1, [0x98, 0x09]);
+    seeds.push(long_head);
+    let mut wide_float = compact(&ops[1]);
+    let at = wide_float.windows(5).position(|w| w == [0xfa, 0x40, 0x20, 0, 0]).expect("the update holds 2.5 as an f32");
+    wide_float.splice(at..at + 5, [0xfb, 0x40, 0x04, 0, 0, 0, 0, 0, 0]);
+    seeds.push(wide_float);
+    seeds
 }
 
 /// The table of origins a store's records name by number, for the checks.

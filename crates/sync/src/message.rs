@@ -2,7 +2,7 @@
 //! describes the exchange.
 
 use crate::error::SyncError;
-use pluresdb_core::{EncodedOps, OperationWithMetadata, VersionVector};
+use pluresdb_core::{CompactSpan, EncodedOps, OperationWithMetadata, VersionVector};
 use serde::{Deserialize, Serialize};
 
 /// The largest encoded message accepted.
@@ -193,13 +193,22 @@ impl SyncMessage {
 
     /// Decodes a message received from `peer`, refusing oversized input.
     pub fn decode(peer: &str, bytes: &[u8]) -> Result<Self, SyncError> {
+        Self::decode_kept(peer, bytes).map(|(message, _)| message)
+    }
+
+    /// [`decode`](Self::decode), and for a `DataSync`, where each of its
+    /// operations lies in `bytes` when it came in exactly the form the
+    /// encoder writes ([`OperationWithMetadata::read_compact_kept`]; empty
+    /// when none did or serde read the message).
+    pub(crate) fn decode_kept(peer: &str, bytes: &[u8]) -> Result<(Self, Vec<Option<CompactSpan>>), SyncError> {
         if bytes.len() > MAX_MESSAGE_BYTES {
             return Err(SyncError::MessageTooLarge { peer: peer.to_owned(), size: bytes.len(), limit: MAX_MESSAGE_BYTES });
         }
-        if let Some(message) = read_message(bytes) {
-            return Ok(message);
+        if let Some(read) = read_message(bytes) {
+            return Ok(read);
         }
         pluresdb_core::codec::decode(bytes, "sync message")
+            .map(|message| (message, Vec::new()))
             .map_err(|err| SyncError::Decode { peer: peer.to_owned(), reason: err.to_string() })
     }
 }
@@ -233,9 +242,10 @@ fn data_sync_tail(out: &mut Vec<u8>, version_vector: &VersionVector) {
 
 /// Reads a message with the core's direct CBOR reader; `None` for
 /// anything it does not take (serde then reads it or reports the error).
-fn read_message(bytes: &[u8]) -> Option<SyncMessage> {
+fn read_message(bytes: &[u8]) -> Option<(SyncMessage, Vec<Option<CompactSpan>>)> {
     use pluresdb_core::cbor::Reader;
     let mut reader = Reader::new(bytes);
+    let mut spans = Vec::new();
     if reader.map().ok()? != 1 {
         return None;
     }
@@ -250,9 +260,12 @@ fn read_message(bytes: &[u8]) -> Option<SyncMessage> {
                 let count = reader.array().ok()?;
                 let mut ops: Vec<OperationWithMetadata> =
                     Vec::with_capacity(pluresdb_core::cbor::capacity_for::<OperationWithMetadata>(count));
+                spans = Vec::with_capacity(pluresdb_core::cbor::capacity_for::<Option<CompactSpan>>(count));
                 for _ in 0..count {
                     let previous = ops.last().map(|op| &op.id.origin);
-                    ops.push(OperationWithMetadata::read_compact(&mut reader, previous).ok()?);
+                    let (op, span) = OperationWithMetadata::read_compact_kept(&mut reader, previous).ok()?;
+                    ops.push(op);
+                    spans.push(span);
                 }
                 operations = Some(ops);
             }
@@ -271,14 +284,15 @@ fn read_message(bytes: &[u8]) -> Option<SyncMessage> {
         return None;
     }
     let (from_peer, version_vector) = (from_peer?, version_vector?);
-    match (variant, fields) {
+    let message = match (variant, fields) {
         ("DataSync", 3) => Some(SyncMessage::DataSync { from_peer, operations: operations?, version_vector }),
         // A message with a range (a fourth field) is left to serde.
         ("SyncRequest", 3) => Some(SyncMessage::SyncRequest { from_peer, round: round?, version_vector, origins: OriginRange::all() }),
         ("SyncDone", 3) => Some(SyncMessage::SyncDone { from_peer, round: round?, version_vector, origins: OriginRange::all() }),
         ("SyncAck", 2) => Some(SyncMessage::SyncAck { from_peer, version_vector }),
         _ => None,
-    }
+    }?;
+    Some((message, spans))
 }
 
 #[cfg(test)]
@@ -397,7 +411,7 @@ mod tests {
         let msg = SyncMessage::DataSync { from_peer: "p".into(), operations: vec![op], version_vector: vv };
         assert_eq!(SyncMessage::decode("p", &msg.encode()).unwrap(), msg);
         assert_eq!(msg.encode(), pluresdb_core::codec::encode(&msg), "the direct writer writes what serde writes");
-        assert_eq!(read_message(&msg.encode()), Some(msg.clone()), "the direct reader takes what the writer writes");
+        assert_eq!(read_message(&msg.encode()).map(|(read, _)| read), Some(msg.clone()), "the direct reader takes what the writer writes");
         for other in [
             SyncMessage::SyncRequest {
                 from_peer: "p".into(),
@@ -408,7 +422,11 @@ mod tests {
             SyncMessage::SyncDone { from_peer: "p".into(), round: 300, version_vector: VersionVector::new(), origins: OriginRange::all() },
             SyncMessage::SyncAck { from_peer: "p".into(), version_vector: msg.version_vector().clone() },
         ] {
-            assert_eq!(read_message(&other.encode()), Some(other.clone()), "the direct reader takes serde's {other:?}");
+            assert_eq!(
+                read_message(&other.encode()).map(|(read, _)| read),
+                Some(other.clone()),
+                "the direct reader takes serde's {other:?}"
+            );
         }
         for cut in 0..msg.encode().len() {
             assert!(SyncMessage::decode("p", &msg.encode()[..cut]).is_err());
