@@ -7,15 +7,17 @@
 //! Prints ops/s for a full sync of 100,000 operations (memory stores, then
 //! durable redb stores, beside raw batched redb writes of the same records
 //! as the limit), wire bytes per operation against the operations' own
-//! encoded size, and the round trips a small delta takes.
+//! encoded size, and the round trips a small delta takes. First, what a
+//! receiver spends per operation checking a batch ahead of its writer
+//! (`PLURESDB_BENCH_PREPARE_ONLY=1` stops after it).
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use pluresdb_core::{Database, MemoryStore, OperationType, OperationWithMetadata, Store};
+use pluresdb_core::{Database, EncodedOps, MemoryStore, OperationType, OperationWithMetadata, Store};
 use pluresdb_security::{Identity, OpSignatureVerifier};
 use pluresdb_store_redb::RedbStore;
-use pluresdb_sync::{DataSyncEngine, SyncConfig};
+use pluresdb_sync::{DataSyncEngine, Inbound, SyncConfig, SyncMessage};
 use serde_json::{json, Value};
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
@@ -120,8 +122,46 @@ fn raw_redb(n: usize) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The receiver's check ahead of a batch ([`Inbound::prepare`]: decoding a
+/// `DataSync`, hashing its operations and verifying their signatures, on
+/// the thread before the writer) per operation: the best of `rounds` over
+/// the messages a sender makes of `n` operations written 1,000 a commit
+/// (signed at each commit's end and every 256th), as a node sends them
+/// (bodies from the op log, 1,000 a message). The results are dropped
+/// after the clock stops (the writer frees them in a node).
+fn prepare_cost(n: usize, rounds: usize) -> f64 {
+    let mut a = memory_engine(&PEER_A);
+    let all = ops(n);
+    for chunk in all.chunks(1_000) {
+        a.write(chunk.to_vec(), T0).expect("write");
+    }
+    let vv = a.database().version_vector().clone();
+    let mut messages = Vec::new();
+    let mut after = 0;
+    while after < n as u64 {
+        let mut bodies = EncodedOps::new();
+        a.database().op_bodies_after(&PEER_A, after, 1_000, &mut bodies).expect("read");
+        after += bodies.len() as u64;
+        messages.push(SyncMessage::encode_stored_data_sync(&PEER_A, &bodies, &vv).expect("encode"));
+    }
+    let verifier = OpSignatureVerifier;
+    let mut best = f64::MAX;
+    for _ in 0..rounds {
+        let start = Instant::now();
+        let prepared: Vec<Inbound> = messages.iter().map(|bytes| Inbound::prepare(&PEER_A, bytes, Some(&verifier))).collect();
+        best = best.min(start.elapsed().as_secs_f64());
+        assert!(prepared.iter().all(Inbound::is_data), "every message decodes");
+    }
+    best * 1e6 / n as f64
+}
+
 fn main() {
     let n = 100_000;
+    let prepare = prepare_cost(n, 7);
+    println!("{:<52} {:>12}", "check ahead of a received batch (us/op, best of 7)", format!("{prepare:.3}"));
+    if std::env::var_os("PLURESDB_BENCH_PREPARE_ONLY").is_some() {
+        return;
+    }
     println!(
         "PluresDB sync benchmark: full sync of {n} operations (batches of 1,000) between two in-process replicas, through encoded messages"
     );
