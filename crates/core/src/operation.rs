@@ -221,6 +221,8 @@ pub struct CompactSpan {
     fields: usize,
     /// Where it ends.
     end: usize,
+    /// How many bytes its value takes.
+    value_len: usize,
 }
 
 impl CompactSpan {
@@ -231,6 +233,31 @@ impl CompactSpan {
         let fields = compact.get(self.fields.checked_sub(self.start)?..)?;
         Some((compact, fields))
     }
+
+    /// What [`OperationWithMetadata::validate`] would compute of the
+    /// operation read: the length of its compact form, and a bound of its
+    /// value's length as compact JSON.
+    pub(crate) fn sizes(&self) -> KnownSizes {
+        KnownSizes { encoded: self.end - self.start, value_json_bound: self.value_len.saturating_mul(JSON_PER_CBOR_BYTE) }
+    }
+}
+
+/// A JSON value written as compact JSON takes at most this many bytes per
+/// byte of its CBOR (as `cbor::value` writes it): a text byte becomes at
+/// most 6 (`\u00XX`) and its string's head (at least a byte) pays for the
+/// quotes; `false` takes 5 and its comma 1 for its one byte; every other
+/// item takes less per byte, with a comma, colon or bracket paid for by its
+/// head.
+const JSON_PER_CBOR_BYTE: usize = 6;
+
+/// Sizes of an operation known from how it was read (see
+/// [`CompactSpan::sizes`]), which validation then need not compute.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KnownSizes {
+    /// The length of its compact form.
+    pub encoded: usize,
+    /// At least the length of its value as compact JSON.
+    pub value_json_bound: usize,
 }
 
 /// The binary form: `[origin, seq, type, node_id, data, timestamp, supersedes, prev, signature]`.
@@ -312,16 +339,19 @@ impl OperationWithMetadata {
         };
         let seq = reader.unsigned()?;
         let fields = reader.position();
-        let op = Self::read_body_fields(reader, OpId { origin, seq })?;
-        let span = reader.is_canonical().then(|| CompactSpan { start, fields, end: reader.position() });
+        let (op, value_len) = Self::read_body_fields(reader, OpId { origin, seq })?;
+        let span = reader.is_canonical().then(|| CompactSpan { start, fields, end: reader.position(), value_len });
         Ok((op, span))
     }
 
-    fn read_body_fields(reader: &mut crate::cbor::Reader<'_>, id: OpId) -> Result<Self, crate::cbor::Unreadable> {
+    /// Reads the fields after the id; also returns how many bytes the value took.
+    fn read_body_fields(reader: &mut crate::cbor::Reader<'_>, id: OpId) -> Result<(Self, usize), crate::cbor::Unreadable> {
         let code = u8::try_from(reader.unsigned()?).map_err(|_| crate::cbor::Unreadable)?;
         let operation = OperationType::from_code(code).ok_or(crate::cbor::Unreadable)?;
         let node_id = reader.text()?.to_owned();
+        let value_start = reader.position();
         let data = reader.value()?;
+        let value_len = reader.position() - value_start;
         let timestamp = Hlc::from_u64(reader.unsigned()?);
         let mut supersedes = BTreeMap::new();
         let mut previous: Option<&str> = None;
@@ -347,7 +377,7 @@ impl OperationWithMetadata {
         let prev = OpDigest(reader.bytes()?.try_into().map_err(|_| crate::cbor::Unreadable)?);
         let signature =
             if reader.null() { None } else { Some(OpSignature(reader.bytes()?.try_into().map_err(|_| crate::cbor::Unreadable)?)) };
-        Ok(Self { id, operation, node_id, data, timestamp, supersedes, prev, signature })
+        Ok((Self { id, operation, node_id, data, timestamp, supersedes, prev, signature }, value_len))
     }
 
     fn encode_body_fields(&self, out: &mut Vec<u8>, with_signature: bool) {
@@ -419,7 +449,8 @@ impl OperationWithMetadata {
     /// the container supplies.
     pub fn decode_body(id: OpId, bytes: &[u8]) -> Result<Self, Error> {
         let mut reader = crate::cbor::Reader::new(bytes);
-        let fast = reader.array().ok().filter(|&n| n == 7).and_then(|_| Self::read_body_fields(&mut reader, id.clone()).ok());
+        let fast =
+            reader.array().ok().filter(|&n| n == 7).and_then(|_| Self::read_body_fields(&mut reader, id.clone()).ok().map(|(op, _)| op));
         match fast {
             Some(op) if reader.is_done() => return Ok(op),
             // Anything the fast reader does not take, serde reads or reports.
@@ -546,6 +577,12 @@ impl OperationWithMetadata {
     /// [`MAX_SUPERSEDED_PER_OP`] in all, none of its own origin's later
     /// operations), and the whole operation within [`MAX_OP_BYTES`].
     pub fn validate(&self) -> Result<(), Error> {
+        self.validate_with(None)
+    }
+
+    /// [`validate`](Self::validate), with the sizes it checks taken from
+    /// `known` when given (they are then not computed); the same result.
+    pub(crate) fn validate_with(&self, known: Option<KnownSizes>) -> Result<(), Error> {
         validate_node_id(&self.node_id)?;
         let invalid = |reason: String| Error::InvalidOperation { id: self.id.clone(), reason };
         check_origin(&self.id.origin).map_err(|reason| invalid(format!("its origin {reason}")))?;
@@ -553,7 +590,11 @@ impl OperationWithMetadata {
             return Err(invalid("sequence number 0 (never stamped)".into()));
         }
         match self.operation {
-            OperationType::CreateNode | OperationType::UpdateNode => validate_value(&self.data)?,
+            OperationType::CreateNode | OperationType::UpdateNode => match known {
+                // Within the limit by a bound, as `validate_value` finds it.
+                Some(known) if self.data.is_object() && known.value_json_bound <= MAX_VALUE_BYTES => {}
+                _ => validate_value(&self.data)?,
+            },
             OperationType::DeleteNode => {
                 if !self.data.is_null() {
                     return Err(invalid("a delete carries no value".into()));
@@ -561,7 +602,7 @@ impl OperationWithMetadata {
             }
         }
         self.check_supersedes().map_err(invalid)?;
-        let size = self.encoded_len();
+        let size = known.map_or_else(|| self.encoded_len(), |known| known.encoded);
         if size > MAX_OP_BYTES {
             return Err(invalid(format!("it encodes to {size} bytes; the limit is {MAX_OP_BYTES}")));
         }
@@ -952,6 +993,37 @@ mod tests {
         assert_eq!(out, [1]);
         for junk in [&[][..], &[0x87], &[0x87, 0, 0, 0, 0, 0, 0, 0xf6, 0], &[0x80]] {
             assert_eq!(OperationWithMetadata::body_is_signed(junk), None, "{junk:?}");
+        }
+    }
+
+    fn json_len(value: &Value) -> usize {
+        serde_json::to_vec(value).map(|json| json.len()).unwrap_or(usize::MAX)
+    }
+
+    fn cbor_len(value: &Value) -> usize {
+        let mut bytes = Vec::new();
+        crate::cbor::value(&mut bytes, value);
+        bytes.len()
+    }
+
+    #[test]
+    fn a_value_takes_at_most_six_json_bytes_per_cbor_byte() {
+        // The worst cases: escaped control characters, and `false`s.
+        let worst =
+            [json!({"\u{1}": "\u{1}".repeat(30)}), json!([false, false, false]), json!(false), json!({"": [-24, 23, null, {}, []]})];
+        for value in worst {
+            assert!(json_len(&value) < JSON_PER_CBOR_BYTE * cbor_len(&value), "{value}");
+        }
+        // Tight: one less per byte does not hold.
+        let escaped = json!("\u{1}".repeat(30));
+        assert!(json_len(&escaped) > (JSON_PER_CBOR_BYTE - 1) * cbor_len(&escaped));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_value_takes_at_most_six_json_bytes_per_cbor_byte(value in crate::cbor::tests::arb_json(), control in "[\u{0}-\u{1f}\"\\\\]{0,40}") {
+            let value = json!({control.clone(): [value, control]});
+            proptest::prop_assert!(json_len(&value) < JSON_PER_CBOR_BYTE * cbor_len(&value), "{}", value);
         }
     }
 

@@ -142,10 +142,16 @@ impl ReceivedOp {
             }
         }
         let bodies = Arc::new(encoded);
+        // What a kept operation's bytes tell of its sizes, which validation
+        // then does not compute.
+        let known: Vec<_> =
+            (0..ops.len()).map(|i| spans.get(i).copied().flatten().filter(|_| kept[i].is_some()).map(|span| span.sizes())).collect();
         ops.into_iter()
             .enumerate()
             .map(|(i, op)| {
-                let valid = op.validate().is_ok();
+                let valid = op.validate_with(known[i]).is_ok();
+                #[cfg(debug_assertions)]
+                debug_assert_eq!(valid, op.validate().is_ok(), "{op:?}");
                 let checked = Checked { bodies: bodies.clone(), index: i, digest: digests[i], signature: checks[i], valid };
                 Self { op, checked: Some(checked) }
             })
@@ -404,6 +410,40 @@ mod tests {
             assert_eq!(encoded.body(), Some(&body[..]), "{op:?}");
             assert_eq!(kept.digest(), op.digest(), "{op:?}");
             assert_eq!(kept.signature_check(), encoded.signature_check());
+            assert_eq!(kept.is_valid(), op.validate().is_ok(), "{op:?}");
+        }
+    }
+
+    #[test]
+    fn a_kept_operation_is_valid_exactly_when_it_validates() {
+        // Values around the limit, in escaped control characters (six bytes
+        // of JSON each) and in plain ones.
+        let limit = crate::operation::MAX_VALUE_BYTES;
+        let values = [
+            serde_json::json!({"s": "a".repeat(limit - 8)}),
+            serde_json::json!({"s": "a".repeat(limit - 7)}),
+            serde_json::json!({"s": "\u{1}".repeat((limit - 8) / 6)}),
+            serde_json::json!({"s": "\u{1}".repeat((limit - 8) / 6 + 1)}),
+            serde_json::json!({"n": 1}),
+            serde_json::json!(["not", "an", "object"]),
+        ];
+        let mut ops = Vec::new();
+        let mut wire = vec![0x80 + values.len() as u8];
+        for (i, value) in values.into_iter().enumerate() {
+            let mut op = signed("a", 1 + i as u64, false);
+            op.data = value;
+            op.encode_compact(&mut wire);
+            ops.push(op);
+        }
+        let mut reader = crate::cbor::Reader::new(&wire);
+        assert_eq!(reader.array(), Ok(ops.len()));
+        let spans: Vec<_> = ops.iter().map(|_| OperationWithMetadata::read_compact_kept(&mut reader, None).unwrap().1).collect();
+        assert!(spans.iter().all(Option::is_some));
+        let checked = ReceivedOp::check_all_kept(ops.clone(), &wire, &spans, None);
+        let valid: Vec<bool> = checked.iter().map(ReceivedOp::is_valid).collect();
+        assert_eq!(valid, [true, false, true, false, true, false]);
+        for (received, op) in checked.iter().zip(&ops) {
+            assert_eq!(received.is_valid(), op.validate().is_ok());
         }
     }
 
