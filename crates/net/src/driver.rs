@@ -33,8 +33,9 @@
 //! thread of its own before the driver takes it, so that the thread that
 //! owns the replica only merges and writes, and the next message is made
 //! ready while the current one commits. Only while the driver waits in
-//! [`SyncPort::next`] with nothing queued does the next event come to it
-//! straight, unprepared: the driver checks it itself, as it would have
+//! [`SyncPort::next`] with nothing pending does the next event come to it
+//! straight, unprepared (one at a time: what comes before the driver took
+//! it is prepared): the driver checks it itself, as it would have
 //! waited for the thread anyway, and a single write from a peer reaches
 //! it without a second thread's wakeup on the way.
 
@@ -118,8 +119,9 @@ enum Source {
     /// Straight from the network.
     Direct(PeerEvents),
     /// From the thread that prepares messages (`None` once it ended), or,
-    /// while the port waited with nothing queued, straight from the
-    /// network (`route`: at most one of the two holds events at a time).
+    /// while the port waited with nothing pending, straight from the
+    /// network (`route`: it holds at most one event, older than any the
+    /// thread holds, so it is read first).
     Prepared { ready: Option<tokio::sync::mpsc::UnboundedReceiver<PortEvent>>, route: DirectRoute },
 }
 
@@ -134,6 +136,8 @@ impl Source {
                     return route.try_recv().map(PortEvent::from);
                 };
                 tokio::select! {
+                    biased;
+                    Some(event) = route.recv() => return Some(PortEvent::from(event)),
                     event = prepared.recv() => match event {
                         Some(event) => {
                             route.took_queued();
@@ -141,7 +145,6 @@ impl Source {
                         }
                         None => *ready = None,
                     },
-                    Some(event) = route.recv() => return Some(PortEvent::from(event)),
                 }
             },
         }
@@ -151,11 +154,12 @@ impl Source {
         match self {
             Source::Direct(events) => events.try_recv().map(PortEvent::from),
             Source::Prepared { ready, route } => {
-                if let Some(event) = ready.as_mut().and_then(|ready| ready.try_recv().ok()) {
-                    route.took_queued();
-                    return Some(event);
+                if let Some(event) = route.try_recv() {
+                    return Some(PortEvent::from(event));
                 }
-                route.try_recv().map(PortEvent::from)
+                let event = ready.as_mut()?.try_recv().ok()?;
+                route.took_queued();
+                Some(event)
             }
         }
     }
@@ -645,10 +649,12 @@ mod tests {
         }
     }
 
-    /// While a preparing port waits with nothing queued, the next events
-    /// come straight (unprepared), until the port has taken them; a port at
-    /// work has them prepared, and one still queued keeps the next behind
-    /// it in the queue: the port takes them in the order they came.
+    /// While a preparing port waits with nothing pending, the next event
+    /// comes straight (unprepared); those that come before the port took
+    /// it, and while the port is at work, are prepared (a port that falls
+    /// behind a stream of messages has them all prepared, not each one
+    /// straight behind the last): the port takes them in the order they
+    /// came.
     #[tokio::test]
     async fn a_waiting_preparing_port_takes_the_next_events_straight_in_order() {
         use std::future::Future;
@@ -662,7 +668,7 @@ mod tests {
             assert!(next.as_mut().poll(&mut std::task::Context::from_waker(waker)).is_pending());
             assert!(handle.deliver(message("one")).await);
         }
-        // Not waiting any more, but "one" is not taken yet: "two" follows it.
+        // "one" is not taken yet: "two" is prepared, and taken after it.
         assert!(handle.deliver(message("two")).await);
         let mut received = Vec::new();
         for _ in 0..2 {
@@ -686,7 +692,7 @@ mod tests {
             received.push(event);
         }
         let seen: Vec<(&[u8], bool)> = received.iter().map(payload).collect();
-        assert_eq!(seen, [(&b"one"[..], false), (b"two", false), (b"three", true), (b"four", true)]);
+        assert_eq!(seen, [(&b"one"[..], false), (b"two", true), (b"three", true), (b"four", true)]);
         drop(handle);
         assert!(matches!(port.next(None).await, SyncWake::Closed));
     }

@@ -97,13 +97,17 @@ pub struct SyncHandle {
 /// thread that prepares messages, when the driver has one), or straight
 /// to the driver when it has opened a direct route
 /// ([`PeerEvents::route_direct`]). A driver that waits for events with
-/// nothing queued takes the next one straight, without a second thread's
+/// nothing pending takes the next one straight, without a second thread's
 /// wakeup on its way; a busy one has it prepared meanwhile.
 ///
-/// Order: an event goes straight only when every event queued before it
-/// has been taken by the driver, and to the queue only when every event
-/// sent straight has been; so at most one way holds events at any time,
-/// and the driver takes them in the order they were delivered.
+/// Order: an event goes straight only when no event is pending either way
+/// (every one queued or sent straight before it was taken by the driver),
+/// so the straight way holds at most one event, older than any queued
+/// one, and the driver takes it first (see `DirectRoute`): it takes them
+/// in the order they were delivered. Events that come while one sent
+/// straight is not taken yet are queued: a driver that falls behind a
+/// stream of messages has them prepared by the other thread, instead of
+/// each one waiting straight behind the last and the thread idling.
 #[derive(Debug, Default)]
 struct Router {
     /// The direct route's sender, once the driver opened it; held while an
@@ -311,7 +315,7 @@ impl SyncHandle {
         let router = &self.router;
         let direct = lock(&router.direct);
         if let Some(direct) = direct.as_ref() {
-            let straight = router.straight.load(SeqCst) > 0 || (router.queued.load(SeqCst) == 0 && router.driver_waits.load(SeqCst));
+            let straight = router.straight.load(SeqCst) == 0 && router.queued.load(SeqCst) == 0 && router.driver_waits.load(SeqCst);
             if straight {
                 router.straight.fetch_add(1, SeqCst);
                 if direct.send(event).is_ok() {
@@ -398,10 +402,11 @@ impl PeerEvents {
 
     /// Opens a second way to the driver, beside this queue (which a thread
     /// of the driver's then reads and prepares): while the driver waits
-    /// with nothing queued, events come to it straight (see [`Router`]).
-    /// The driver says when it waits ([`DirectRoute::waiting`]), and
-    /// counts each event it takes from the queue's end
-    /// ([`DirectRoute::took_queued`]).
+    /// with nothing pending, the next event comes to it straight (see
+    /// [`Router`]). The driver says when it waits
+    /// ([`DirectRoute::waiting`]), counts each event it takes from the
+    /// queue's end ([`DirectRoute::took_queued`]), and takes the event sent
+    /// straight, if there is one, before any from the queue's end.
     pub(crate) fn route_direct(&self) -> DirectRoute {
         let (sender, events) = mpsc::unbounded_channel();
         *lock(&self.router.direct) = Some(sender);
