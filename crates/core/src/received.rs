@@ -77,16 +77,22 @@ impl ReceivedOp {
         spans: &[Option<CompactSpan>],
         verifier: Option<&dyn OpVerifier>,
     ) -> Vec<ReceivedOp> {
-        let kept: Vec<Option<(&[u8], &[u8])>> =
-            (0..ops.len()).map(|i| spans.get(i).copied().flatten().and_then(|span| span.parts(wire))).collect();
+        // Each kept operation's span, compact form and fields after its id.
+        let kept: Vec<_> = (0..ops.len())
+            .map(|i| {
+                let span = spans.get(i).copied().flatten()?;
+                let (compact, fields) = span.parts(wire)?;
+                Some((span, compact, fields))
+            })
+            .collect();
         // Room for every body: a kept one is its fields behind a 1-byte head.
-        let bytes = kept.iter().map(|parts| parts.map_or(160, |(_, fields)| 1 + fields.len())).sum();
+        let bytes = kept.iter().map(|kept| kept.map_or(160, |(_, _, fields)| 1 + fields.len())).sum();
         let mut encoded = EncodedOps::with_capacity(ops.len(), bytes);
         let digests: Vec<OpDigest> = ops
             .iter()
             .zip(&kept)
-            .map(|(op, parts)| {
-                let digest = parts.and_then(|(compact, fields)| {
+            .map(|(op, kept)| {
+                let digest = kept.and_then(|(_, compact, fields)| {
                     let digest = crate::signing::digest_of_compact(compact, op.signature.is_some())?;
                     encoded.push_fields(&op.id, fields);
                     Some(digest)
@@ -142,14 +148,13 @@ impl ReceivedOp {
             }
         }
         let bodies = Arc::new(encoded);
-        // What a kept operation's bytes tell of its sizes, which validation
-        // then does not compute.
-        let known: Vec<_> =
-            (0..ops.len()).map(|i| spans.get(i).copied().flatten().filter(|_| kept[i].is_some()).map(|span| span.sizes())).collect();
         ops.into_iter()
             .enumerate()
             .map(|(i, op)| {
-                let valid = op.validate_with(known[i]).is_ok();
+                // What a kept operation's bytes tell of its sizes, which
+                // validation then does not compute.
+                let known = kept[i].map(|(span, _, _)| span.sizes());
+                let valid = op.validate_with(known).is_ok();
                 #[cfg(debug_assertions)]
                 debug_assert_eq!(valid, op.validate().is_ok(), "{op:?}");
                 let checked = Checked { bodies: bodies.clone(), index: i, digest: digests[i], signature: checks[i], valid };
