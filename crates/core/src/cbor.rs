@@ -176,12 +176,19 @@ pub fn capacity_for<T>(claimed: usize) -> usize {
 /// arrays, maps and text, integers, simple values and f32/f64 floats. It
 /// reads untrusted bytes: every length is checked against what is left
 /// before anything is allocated, and nesting is bounded.
-pub struct Reader<'a> {
+///
+/// `NOTES_FORM` says whether it also notes if what it reads is in the form
+/// this module writes ([`Reader::noting_form`], [`Reader::is_canonical`]):
+/// a check per long head and a key comparison per map entry, which only a
+/// receiver that keeps the bytes it read needs; a [`Reader::new`] (stored
+/// records, bodies, messages) does not pay for it.
+pub struct Reader<'a, const NOTES_FORM: bool = false> {
     bytes: &'a [u8],
     pos: usize,
-    /// Whether everything read since [`Reader::new`] or the last
-    /// [`Reader::start_canonical`] is in the form this module writes for
-    /// what was read (see [`Reader::is_canonical`]).
+    /// With `NOTES_FORM`: whether everything read since
+    /// [`Reader::noting_form`] or the last [`Reader::start_canonical`] is
+    /// in the form this module writes for what was read (see
+    /// [`Reader::is_canonical`]).
     canonical: bool,
 }
 
@@ -190,10 +197,13 @@ impl<'a> Reader<'a> {
     pub fn new(bytes: &'a [u8]) -> Self {
         Self { bytes, pos: 0, canonical: true }
     }
+}
 
-    /// The position of the next byte to read.
-    pub fn position(&self) -> usize {
-        self.pos
+impl<'a> Reader<'a, true> {
+    /// A reader at the start of `bytes` that also notes whether what it
+    /// reads is in the writer's form ([`is_canonical`](Self::is_canonical)).
+    pub fn noting_form(bytes: &'a [u8]) -> Self {
+        Self { bytes, pos: 0, canonical: true }
     }
 
     /// Starts over the record of [`is_canonical`](Self::is_canonical) from
@@ -202,7 +212,7 @@ impl<'a> Reader<'a> {
         self.canonical = true;
     }
 
-    /// Whether the items read since [`new`](Self::new) or
+    /// Whether the items read since [`noting_form`](Self::noting_form) or
     /// [`start_canonical`](Self::start_canonical) are in the form this
     /// module's writer gives what they were read as: every head in its
     /// shortest form, a map's keys in strictly ascending order (a JSON
@@ -210,14 +220,24 @@ impl<'a> Reader<'a> {
     /// finite and as f32 when that is exact. Writing the values read would
     /// give back the same bytes then; a reader of a composite (an operation)
     /// notes what else its own order requires with
-    /// [`not_canonical`](Self::not_canonical).
+    /// [`not_canonical`](Reader::not_canonical).
     pub fn is_canonical(&self) -> bool {
         self.canonical
     }
+}
 
-    /// Notes that something read is not in the writer's form.
+impl<'a, const NOTES_FORM: bool> Reader<'a, NOTES_FORM> {
+    /// The position of the next byte to read.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Notes that something read is not in the writer's form (nothing for
+    /// a reader that does not note it).
     pub fn not_canonical(&mut self) {
-        self.canonical = false;
+        if NOTES_FORM {
+            self.canonical = false;
+        }
     }
 
     /// Whether every byte has been read.
@@ -256,7 +276,7 @@ impl<'a> Reader<'a> {
         };
         // The writer's heads are the shortest for their argument; a float's
         // info gives its width instead, and is checked where it is read.
-        if info >= 24 && major != 0xe0 && info != shortest_info(arg) {
+        if NOTES_FORM && info >= 24 && major != 0xe0 && info != shortest_info(arg) {
             self.canonical = false;
         }
         Ok((major, info, arg))
@@ -372,7 +392,7 @@ impl<'a> Reader<'a> {
         match serde_json::Number::from_f64(f) {
             Some(n) => Value::Number(n),
             None => {
-                self.canonical = false;
+                self.not_canonical();
                 Value::Null
             }
         }
@@ -405,10 +425,12 @@ impl<'a> Reader<'a> {
                 for _ in 0..len {
                     let key = self.text()?;
                     // A map is written in its keys' order, each once.
-                    if previous.is_some_and(|previous| previous >= key) {
-                        self.canonical = false;
+                    if NOTES_FORM {
+                        if previous.is_some_and(|previous| previous >= key) {
+                            self.canonical = false;
+                        }
+                        previous = Some(key);
                     }
-                    previous = Some(key);
                     fields.insert(key.to_owned(), self.value_at(depth + 1)?);
                 }
                 Value::Object(fields)
@@ -423,7 +445,7 @@ impl<'a> Reader<'a> {
                 (26, bits) => self.float(f64::from(f32::from_bits(bits as u32))),
                 (27, bits) => {
                     let f = f64::from_bits(bits);
-                    if f64::from(f as f32).to_bits() == bits {
+                    if NOTES_FORM && f64::from(f as f32).to_bits() == bits {
                         self.canonical = false;
                     }
                     self.float(f)
@@ -492,8 +514,19 @@ pub(crate) mod tests {
             prop_assert_eq!(crate::codec::decode::<Value>(&ours(&v), "value").unwrap(), v.clone());
             let bytes = ours(&v);
             let mut reader = Reader::new(&bytes);
-            prop_assert_eq!(reader.value().unwrap(), v);
+            prop_assert_eq!(reader.value().unwrap(), v.clone());
             prop_assert!(reader.is_done());
+            // What the writer wrote is in its form.
+            let mut noting = Reader::noting_form(&bytes);
+            prop_assert_eq!(noting.value().unwrap(), v);
+            prop_assert!(noting.is_done() && noting.is_canonical());
+        }
+
+        #[test]
+        fn noting_the_form_changes_nothing_read(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let (mut plain, mut noting) = (Reader::new(&bytes), Reader::noting_form(&bytes));
+            prop_assert_eq!(plain.value(), noting.value());
+            prop_assert_eq!(plain.pos, noting.pos);
         }
 
         #[test]
@@ -525,6 +558,24 @@ pub(crate) mod tests {
                     prop_assert_eq!(v, theirs);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn only_a_reader_noting_the_form_tells_the_writers_from_another() {
+        // A long head, keys out of order, an f64 an f32 holds, NaN.
+        for other in [
+            &[0x18, 0x05][..],
+            &[0xa2, 0x61, b'b', 0x01, 0x61, b'a', 0x02],
+            &[0xfb, 0x3f, 0xe0, 0, 0, 0, 0, 0, 0],
+            &[0xfa, 0x7f, 0xc0, 0, 0],
+        ] {
+            let mut noting = Reader::noting_form(other);
+            let read = noting.value().unwrap();
+            assert!(!noting.is_canonical(), "{other:?}");
+            assert_eq!(Reader::new(other).value().unwrap(), read);
+            noting.start_canonical();
+            assert!(noting.is_canonical());
         }
     }
 

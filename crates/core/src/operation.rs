@@ -314,7 +314,7 @@ impl OperationWithMetadata {
     /// anything outside the subset the reader takes; callers then fall back
     /// to serde.
     pub fn read_compact(reader: &mut crate::cbor::Reader<'_>, origin: Option<&Arc<str>>) -> Result<Self, crate::cbor::Unreadable> {
-        Self::read_compact_kept(reader, origin).map(|(op, _)| op)
+        Self::read_compact_at(reader, origin).map(|(op, _, _)| op)
     }
 
     /// [`read_compact`](Self::read_compact), and where the operation lies
@@ -322,13 +322,25 @@ impl OperationWithMetadata {
     /// [`encode_compact`](Self::encode_compact) writes for it (else
     /// `None`): a receiver then keeps those bytes as its op-log body and
     /// hashes them for its digest instead of encoding it again
-    /// ([`crate::ReceivedOp::check_all_kept`]).
+    /// ([`crate::ReceivedOp::check_all_kept`]). The reader is one that
+    /// notes the form ([`crate::cbor::Reader::noting_form`]).
     pub fn read_compact_kept(
-        reader: &mut crate::cbor::Reader<'_>,
+        reader: &mut crate::cbor::Reader<'_, true>,
         origin: Option<&Arc<str>>,
     ) -> Result<(Self, Option<CompactSpan>), crate::cbor::Unreadable> {
         let start = reader.position();
         reader.start_canonical();
+        let (op, fields, value_len) = Self::read_compact_at(reader, origin)?;
+        let span = reader.is_canonical().then(|| CompactSpan { start, fields, end: reader.position(), value_len });
+        Ok((op, span))
+    }
+
+    /// Reads the compact form; also returns where its fields after the id
+    /// start and how many bytes its value took.
+    fn read_compact_at<const NOTES_FORM: bool>(
+        reader: &mut crate::cbor::Reader<'_, NOTES_FORM>,
+        origin: Option<&Arc<str>>,
+    ) -> Result<(Self, usize, usize), crate::cbor::Unreadable> {
         if reader.array()? != 9 {
             return Err(crate::cbor::Unreadable);
         }
@@ -340,12 +352,14 @@ impl OperationWithMetadata {
         let seq = reader.unsigned()?;
         let fields = reader.position();
         let (op, value_len) = Self::read_body_fields(reader, OpId { origin, seq })?;
-        let span = reader.is_canonical().then(|| CompactSpan { start, fields, end: reader.position(), value_len });
-        Ok((op, span))
+        Ok((op, fields, value_len))
     }
 
     /// Reads the fields after the id; also returns how many bytes the value took.
-    fn read_body_fields(reader: &mut crate::cbor::Reader<'_>, id: OpId) -> Result<(Self, usize), crate::cbor::Unreadable> {
+    fn read_body_fields<const NOTES_FORM: bool>(
+        reader: &mut crate::cbor::Reader<'_, NOTES_FORM>,
+        id: OpId,
+    ) -> Result<(Self, usize), crate::cbor::Unreadable> {
         let code = u8::try_from(reader.unsigned()?).map_err(|_| crate::cbor::Unreadable)?;
         let operation = OperationType::from_code(code).ok_or(crate::cbor::Unreadable)?;
         let node_id = reader.text()?.to_owned();
@@ -358,10 +372,12 @@ impl OperationWithMetadata {
         for _ in 0..reader.map()? {
             let field = reader.text()?;
             // Written in the map's order, each field once.
-            if previous.is_some_and(|previous| previous >= field) {
-                reader.not_canonical();
+            if NOTES_FORM {
+                if previous.is_some_and(|previous| previous >= field) {
+                    reader.not_canonical();
+                }
+                previous = Some(field);
             }
-            previous = Some(field);
             let field = field.to_owned();
             let count = reader.array()?;
             let mut ids = Vec::with_capacity(crate::cbor::capacity_for::<OpId>(count));

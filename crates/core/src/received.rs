@@ -440,7 +440,7 @@ mod tests {
             op.encode_compact(&mut wire);
             ops.push(op);
         }
-        let mut reader = crate::cbor::Reader::new(&wire);
+        let mut reader = crate::cbor::Reader::noting_form(&wire);
         assert_eq!(reader.array(), Ok(ops.len()));
         let spans: Vec<_> = ops.iter().map(|_| OperationWithMetadata::read_compact_kept(&mut reader, None).unwrap().1).collect();
         assert!(spans.iter().all(Option::is_some));
@@ -464,7 +464,7 @@ mod tests {
                 let mut wire = vec![0x82];
                 first.encode_compact(&mut wire);
                 second.encode_compact(&mut wire);
-                let mut reader = crate::cbor::Reader::new(&wire);
+                let mut reader = crate::cbor::Reader::noting_form(&wire);
                 assert_eq!(reader.array(), Ok(2));
                 let mut ops = Vec::new();
                 let mut spans = Vec::new();
@@ -548,7 +548,7 @@ mod tests {
                 let mut wire = canonical[..at].to_vec();
                 wire.extend_from_slice(theirs);
                 wire.extend_from_slice(&canonical[at + ours.len()..]);
-                let mut reader = crate::cbor::Reader::new(&wire);
+                let mut reader = crate::cbor::Reader::noting_form(&wire);
                 let (read, span) = OperationWithMetadata::read_compact_kept(&mut reader, None).unwrap();
                 assert!(reader.is_done());
                 assert_eq!(span, None, "{theirs:02x?} is not what the encoder writes");

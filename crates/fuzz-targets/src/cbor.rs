@@ -138,7 +138,7 @@ pub fn check_operation(input: &[u8]) {
 /// body and digest kept are those of encoding it again, whichever form it
 /// came in.
 fn check_kept(input: &[u8]) {
-    let mut reader = Reader::new(input);
+    let mut reader = Reader::noting_form(input);
     let Ok((op, span)) = OperationWithMetadata::read_compact_kept(&mut reader, None) else {
         panic!("read_compact_kept refused what read_compact read")
     };

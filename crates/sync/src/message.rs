@@ -244,7 +244,7 @@ fn data_sync_tail(out: &mut Vec<u8>, version_vector: &VersionVector) {
 /// anything it does not take (serde then reads it or reports the error).
 fn read_message(bytes: &[u8]) -> Option<(SyncMessage, Vec<Option<CompactSpan>>)> {
     use pluresdb_core::cbor::Reader;
-    let mut reader = Reader::new(bytes);
+    let mut reader = Reader::noting_form(bytes);
     let mut spans = Vec::new();
     if reader.map().ok()? != 1 {
         return None;
