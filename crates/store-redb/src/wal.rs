@@ -276,6 +276,7 @@ impl Wal {
     }
 
     /// Whether appends go past the page cache.
+    #[cfg(test)]
     pub fn writes_directly(&self) -> bool {
         self.direct.is_some()
     }
