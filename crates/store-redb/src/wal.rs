@@ -61,6 +61,10 @@ pub type FileId = [u8; 16];
 /// The alignment of a direct write (offset, length and memory): the largest
 /// logical block size of the disks we run on.
 const DIRECT_ALIGN: usize = 4096;
+/// The largest buffer for direct writes kept between appends: a node's
+/// usual records fit, the rare large ones (a catch-up's) are built in one
+/// freed after their write.
+const KEPT_WRITE_BUFFER: usize = 256 * 1024;
 
 fn header_bytes(file_id: &FileId) -> [u8; HEADER_LEN as usize] {
     let mut header = [0u8; HEADER_LEN as usize];
@@ -307,11 +311,10 @@ impl Wal {
     /// Moves the end past the record [`append`](Self::append) wrote, once
     /// its commit is done.
     pub fn appended(&mut self, payload_len: usize) {
-        let from = self.end;
         self.end += (RECORD_HEADER + payload_len) as u64;
         self.allocated = self.allocated.max(self.end);
         if let Some(direct) = &mut self.direct {
-            direct.moved(from, self.end);
+            direct.moved(self.end);
         }
     }
 
@@ -378,12 +381,13 @@ struct Direct {
     tail: Vec<u8>,
     /// Where `tail` starts, when it is known.
     tail_at: Option<u64>,
-    /// What the last write wrote, from `written_at`: an aligned slice of it
-    /// at `written_offset`.
-    written: Vec<u8>,
-    written_at: u64,
-    written_offset: usize,
-    written_len: usize,
+    /// Where a write is built (an aligned slice of it); kept between
+    /// writes up to [`KEPT_WRITE_BUFFER`] bytes.
+    buffer: Vec<u8>,
+    /// The block the end of the last write lies in, and what it holds up
+    /// to that end: the tail once the log's end moves there.
+    written_tail: Vec<u8>,
+    written_tail_at: u64,
 }
 
 impl Direct {
@@ -393,15 +397,9 @@ impl Direct {
     fn open(path: &Path) -> Option<Direct> {
         use std::os::unix::fs::OpenOptionsExt;
         match std::fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path) {
-            Ok(file) => Some(Direct {
-                file,
-                tail: Vec::new(),
-                tail_at: None,
-                written: Vec::new(),
-                written_at: 0,
-                written_offset: 0,
-                written_len: 0,
-            }),
+            Ok(file) => {
+                Some(Direct { file, tail: Vec::new(), tail_at: None, buffer: Vec::new(), written_tail: Vec::new(), written_tail_at: 0 })
+            }
             Err(err) => {
                 tracing::debug!("the log {} is written through the page cache: no direct writes ({err})", path.display());
                 None
@@ -429,34 +427,35 @@ impl Direct {
         }
         let len = kept + head.len() + rest.len();
         let padded = len.next_multiple_of(DIRECT_ALIGN);
-        if self.written.len() < padded + DIRECT_ALIGN {
-            self.written.resize(padded + DIRECT_ALIGN, 0);
+        if self.buffer.len() < padded + DIRECT_ALIGN {
+            self.buffer.resize(padded + DIRECT_ALIGN, 0);
         }
-        let offset = self.written.as_ptr().align_offset(DIRECT_ALIGN);
-        let out = &mut self.written[offset..offset + padded];
+        let offset = self.buffer.as_ptr().align_offset(DIRECT_ALIGN);
+        let out = &mut self.buffer[offset..offset + padded];
         out[..kept].copy_from_slice(&self.tail);
         out[kept..kept + head.len()].copy_from_slice(head);
         out[kept + head.len()..len].copy_from_slice(rest);
         out[len..].fill(0);
-        (self.written_at, self.written_offset, self.written_len) = (block, offset, len);
-        write_all_at(&self.file, out, block)
+        let written = write_all_at(&self.file, out, block);
+        let last_block = len - len % DIRECT_ALIGN;
+        self.written_tail.clear();
+        self.written_tail.extend_from_slice(&out[last_block..len]);
+        self.written_tail_at = block + last_block as u64;
+        if self.buffer.len() > KEPT_WRITE_BUFFER {
+            self.buffer = Vec::new();
+        }
+        written
     }
 
-    /// The end of the log moved from `from` to `to` over what the last
-    /// write wrote: the block `to` lies in is kept from it.
-    fn moved(&mut self, from: u64, to: u64) {
-        let align = DIRECT_ALIGN as u64;
-        let block = to - to % align;
-        let written_end = self.written_at + self.written_len as u64;
-        if from < self.written_at || to > written_end || block < self.written_at {
+    /// The end of the log moved to `to`: where the last write ended, so
+    /// the block `to` lies in holds what that write put there.
+    fn moved(&mut self, to: u64) {
+        if self.written_tail_at + self.written_tail.len() as u64 != to {
             self.forget_tail();
             return;
         }
-        let start = self.written_offset + (block - self.written_at) as usize;
-        let stop = self.written_offset + (to - self.written_at) as usize;
-        self.tail.clear();
-        self.tail.extend_from_slice(&self.written[start..stop]);
-        self.tail_at = Some(block);
+        std::mem::swap(&mut self.tail, &mut self.written_tail);
+        self.tail_at = Some(self.written_tail_at);
     }
 
     /// The block the end lies in is read from the file before the next
