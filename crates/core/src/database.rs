@@ -1160,14 +1160,16 @@ impl<S: Store> Database<S> {
         // the op log held before it (a reopened store is read instead).
         self.recent_ops = crate::store::EncodedOps::new();
         // A local batch's records are freed by the store while it waits
-        // for its medium. A received batch's are freed after: most of their
-        // blocks come from the thread that decoded them, and freeing them
-        // beside the store's own work took more CPU per operation in the
-        // catch-up of a node on two cores (4.4-4.8 -> 4.4-6.2 us, 4 pairs).
+        // for its medium. A received batch's are freed by the store as it
+        // encodes each: most of their blocks come from the thread that
+        // decoded them, and freeing them beside the store's own work took
+        // more CPU per operation in the catch-up of a node on two cores
+        // (4.4-4.8 -> 4.4-6.2 us, 4 pairs), freeing them all after the
+        // commit, cold, more than one by one while each is in the cache.
         if local {
             self.store.commit_and_free_records(&mut batch)?;
         } else {
-            self.store.commit(&batch)?;
+            self.store.commit_and_free_records_early(&mut batch)?;
         }
         self.recent_ops = std::mem::take(&mut batch.ops);
         if !batch.released.is_empty() {

@@ -282,6 +282,16 @@ pub trait Store {
         result
     }
 
+    /// [`commit_and_free_records`](Self::commit_and_free_records) for
+    /// records best freed one by one as the store is done reading each
+    /// (while it is still in the cache) rather than all together later: a
+    /// received batch's, most of whose blocks another thread (the one that
+    /// decoded them) allocated. By default the same as
+    /// `commit_and_free_records`.
+    fn commit_and_free_records_early(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
+        self.commit_and_free_records(batch)
+    }
+
     /// Makes the store usable again after an [`Error::StoreFault`] (redb,
     /// for one, refuses every write after an I/O error until the file is
     /// closed and opened again). Fails while the cause lasts; everything
@@ -330,6 +340,9 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     fn commit_and_free_records(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
         (**self).commit_and_free_records(batch)
+    }
+    fn commit_and_free_records_early(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
+        (**self).commit_and_free_records_early(batch)
     }
     fn recover(&mut self) -> Result<(), Error> {
         (**self).recover()

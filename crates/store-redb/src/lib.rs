@@ -476,15 +476,16 @@ impl RedbStore {
     /// Writes `batch` (see [`encode_batch`](Self::encode_batch) and
     /// [`write_encoded`](Self::write_encoded)).
     fn write_batch(&mut self, batch: &WriteBatch) -> Result<(), Error> {
-        let (db, number) = self.encode_batch(batch)?;
+        let (db, number) = self.encode_batch(batch, None)?;
         self.write_encoded(db, number, Vec::new())
     }
 
     /// Encodes `batch` as the log record of the next commit, whose number
-    /// it returns with the file. Fails with nothing written if the last
-    /// commit could not be published (a fault: the reopen that follows
-    /// redoes it).
-    fn encode_batch(&mut self, batch: &WriteBatch) -> Result<(Arc<Redb>, u64), Error> {
+    /// it returns with the file; with `records`, those are its node records
+    /// (in place of `batch.nodes`), each freed as soon as it is encoded.
+    /// Fails with nothing written if the last commit could not be published
+    /// (a fault: the reopen that follows redoes it).
+    fn encode_batch(&mut self, batch: &WriteBatch, records: Option<Vec<NodeRecord>>) -> Result<(Arc<Redb>, u64), Error> {
         if self.read_only {
             return Err(Error::storage(RedbStoreError::ReadOnly { path: self.shared.path.clone() }));
         }
@@ -499,8 +500,12 @@ impl RedbStore {
         // Allocated once at about its size rather than grown by doubling
         // (a batch of 1,000 writes is ~340 KB, over what is kept between
         // commits): the op bodies, and records of about their size.
-        payload.reserve(2 * batch.ops.byte_len() + 64 * batch.nodes.len() + 1024);
-        wal::encode(batch, &mut log.origins, payload);
+        let nodes = records.as_ref().map_or(batch.nodes.len(), Vec::len);
+        payload.reserve(2 * batch.ops.byte_len() + 64 * nodes + 1024);
+        match records {
+            Some(records) => wal::encode_with(batch, records.into_iter(), &mut log.origins, payload),
+            None => wal::encode(batch, &mut log.origins, payload),
+        }
         Ok((db, log.committed + 1))
     }
 
@@ -1315,11 +1320,18 @@ impl Store for RedbStore {
     }
 
     fn commit_and_free_records(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
-        let result = self.encode_batch(batch).and_then(|(db, number)| {
+        let result = self.encode_batch(batch, None).and_then(|(db, number)| {
             let records = std::mem::take(&mut batch.nodes);
             self.write_encoded(db, number, records)
         });
         batch.nodes = Vec::new();
+        self.after_commit(result)
+    }
+
+    /// Frees each record as soon as it is encoded into the log record.
+    fn commit_and_free_records_early(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
+        let records = std::mem::take(&mut batch.nodes);
+        let result = self.encode_batch(batch, Some(records)).and_then(|(db, number)| self.write_encoded(db, number, Vec::new()));
         self.after_commit(result)
     }
 
@@ -1456,6 +1468,33 @@ mod tests {
     use super::*;
     use pluresdb_core::Database;
     use serde_json::json;
+
+    #[test]
+    fn records_given_by_value_are_freed_one_by_one_as_they_are_encoded_into_the_same_bytes() {
+        let origin: Arc<str> = Arc::from("origin");
+        let stamp = |seq| Stamp { hlc: Hlc::new(1_000, 0), id: OpId::new(origin.clone(), seq) };
+        let records: Vec<NodeRecord> = (1..=4u64)
+            .map(|seq| {
+                let mut record = NodeRecord::empty(format!("n:{seq}"));
+                record.fields.insert("f".to_owned(), vec![pluresdb_core::FieldValue { value: json!(seq), stamp: stamp(seq) }]);
+                record
+            })
+            .collect();
+        let table = || origins::OriginIndex::new(Arc::new(RwLock::new(Arc::new(Vec::new()))));
+        let mut expected = Vec::new();
+        wal::encode(&nodes_batch(&records), &mut table(), &mut expected);
+        // Each record holds one reference to the origin: while record `i`
+        // is taken, those before it are gone (the index holds its own).
+        let mut references = Vec::new();
+        let nodes = records.into_iter().inspect(|_| references.push(Arc::strong_count(&origin)));
+        let mut encoded = Vec::new();
+        wal::encode_with(&WriteBatch::default(), nodes, &mut table(), &mut encoded);
+        assert_eq!(encoded, expected);
+        let after_first = references[1];
+        assert_eq!(references[1..], [after_first, after_first - 1, after_first - 2], "records were not freed as they were encoded");
+        drop(encoded);
+        assert_eq!(Arc::strong_count(&origin), 1, "a record was kept");
+    }
 
     #[test]
     fn reopening_returns_the_same_state() {

@@ -34,7 +34,7 @@
 //! before. Elsewhere records go through the page cache as before.
 
 use crate::origins::OriginIndex;
-use pluresdb_core::{IndexEntry, Stamp, WriteBatch};
+use pluresdb_core::{IndexEntry, NodeRecord, Stamp, WriteBatch};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -602,6 +602,18 @@ fn put_index_entry(out: &mut Vec<u8>, entry: &IndexEntry) {
 /// `origins` (see [`crate::origins`]); the entries the file does not hold
 /// yet go with the meta changes.
 pub fn encode(batch: &WriteBatch, origins: &mut OriginIndex, out: &mut Vec<u8>) {
+    encode_with(batch, batch.nodes.iter(), origins, out);
+}
+
+/// [`encode`] with the batch's node records given apart (`nodes`, in
+/// place of `batch.nodes`): given by value, each is dropped as soon as it
+/// is encoded, while its blocks are still in the cache.
+pub fn encode_with<R: std::borrow::Borrow<NodeRecord>>(
+    batch: &WriteBatch,
+    nodes: impl ExactSizeIterator<Item = R>,
+    origins: &mut OriginIndex,
+    out: &mut Vec<u8>,
+) {
     put_count(out, batch.truncate.len());
     for (origin, from) in &batch.truncate {
         put_bytes(out, origin.as_bytes());
@@ -625,8 +637,9 @@ pub fn encode(batch: &WriteBatch, origins: &mut OriginIndex, out: &mut Vec<u8>) 
         }
     }
     out[count_at..count_at + 4].copy_from_slice(&segments.to_le_bytes());
-    put_count(out, batch.nodes.len());
-    for record in &batch.nodes {
+    put_count(out, nodes.len());
+    for record in nodes {
+        let record = record.borrow();
         put_bytes(out, record.id.as_bytes());
         put_framed(out, |out| record.encode_stored(out, |origin| origins.number(origin)));
     }
