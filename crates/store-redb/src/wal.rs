@@ -22,16 +22,6 @@
 //! end a redo; a record only partly written fails its checksum and ends it.
 //! The file grows to the cycle's bound once, written with zeros ahead of the
 //! records: a write into space already allocated needs no metadata sync.
-//!
-//! Where the file system takes them (Linux, most local file systems),
-//! records are written past the page cache (`O_DIRECT`), in whole aligned
-//! blocks: the block that holds the end of the log is written again with
-//! the bytes it already held followed by the new record. Then `fdatasync`
-//! only has to flush the device's cache: 14-23 us less than a buffered
-//! append and its sync on this machine (p50 ~75 against ~90 us, see
-//! docs/performance.md). A page cache write of the same record writes the
-//! same whole block to the disk, so a torn block risks what it risked
-//! before. Elsewhere records go through the page cache as before.
 
 use crate::origins::OriginIndex;
 use pluresdb_core::{IndexEntry, NodeRecord, Stamp, WriteBatch};
@@ -57,14 +47,6 @@ const GROW_BYTES: u64 = 1 << 20;
 
 /// The id of a redb file: the log of one file is never redone into another.
 pub type FileId = [u8; 16];
-
-/// The alignment of a direct write (offset, length and memory): the largest
-/// logical block size of the disks we run on.
-const DIRECT_ALIGN: usize = 4096;
-/// The largest buffer for direct writes kept between appends: a node's
-/// usual records fit, the rare large ones (a catch-up's) are built in one
-/// freed after their write.
-const KEPT_WRITE_BUFFER: usize = 256 * 1024;
 
 fn header_bytes(file_id: &FileId) -> [u8; HEADER_LEN as usize] {
     let mut header = [0u8; HEADER_LEN as usize];
@@ -108,8 +90,6 @@ pub struct Wal {
     /// been read again (a recovery), since what the failed write left is
     /// unknown.
     pub broken: bool,
-    /// Where appends go past the page cache (see the module's doc).
-    direct: Option<Direct>,
     /// How many of the next syncs fail (tests).
     #[cfg(test)]
     failing_syncs: u32,
@@ -161,7 +141,6 @@ impl Wal {
     /// The log in `file`, with nothing after its header taken yet and
     /// `allocated` bytes written.
     fn opened(path: PathBuf, file: File, allocated: u64) -> Wal {
-        let direct = Direct::open(&path);
         Wal {
             path,
             file,
@@ -169,7 +148,6 @@ impl Wal {
             allocated,
             cycle_bytes: CYCLE_BYTES,
             broken: false,
-            direct,
             #[cfg(test)]
             failing_syncs: 0,
         }
@@ -192,11 +170,9 @@ impl Wal {
     }
 
     /// Swaps the file handle (tests make appends fail with one that only
-    /// reads) and returns the one it had; appends then go through it, not
-    /// past the page cache.
+    /// reads) and returns the one it had.
     #[cfg(test)]
     pub fn replace_file(&mut self, file: File) -> File {
-        self.direct = None;
         std::mem::replace(&mut self.file, file)
     }
 
@@ -214,11 +190,7 @@ impl Wal {
     /// `payload_len` bytes would end, with zeros, so that the append
     /// writes into allocated space. Fails before anything is committed.
     pub fn reserve(&mut self, payload_len: usize) -> std::io::Result<()> {
-        let mut need = self.end + (RECORD_HEADER + payload_len) as u64;
-        if self.direct.is_some() {
-            // A direct write ends at a block's end.
-            need = need.next_multiple_of(DIRECT_ALIGN as u64);
-        }
+        let need = self.end + (RECORD_HEADER + payload_len) as u64;
         if need <= self.allocated {
             return Ok(());
         }
@@ -241,54 +213,30 @@ impl Wal {
         head[..4].copy_from_slice(&len.to_le_bytes());
         head[4..12].copy_from_slice(&number.to_le_bytes());
         head[12..].copy_from_slice(&record_checksum(number, payload));
-        self.write_at_end(&head, payload)?;
-        self.sync()
-    }
-
-    /// Writes `head` then `rest` at the end of the log, without moving it.
-    fn write_at_end(&mut self, head: &[u8], rest: &[u8]) -> std::io::Result<()> {
-        if let Some(direct) = &mut self.direct {
-            match direct.write(&self.file, self.end, head, rest) {
-                Ok(()) => return Ok(()),
-                // Refused before anything was written: a file system that
-                // opens files for direct writes but does not take ours.
-                Err(err) if err.kind() == std::io::ErrorKind::InvalidInput => {
-                    tracing::warn!(
-                        "the file system of {} refuses direct writes ({err}); the log is written through the page cache",
-                        self.path.display()
-                    );
-                    self.direct = None;
-                }
-                Err(err) => return Err(err),
-            }
-        }
         // One write where the record is small (the common single write).
-        if rest.len() <= 4096 {
+        if payload.len() <= 4096 {
             let mut one = [0u8; RECORD_HEADER + 4096];
-            one[..head.len()].copy_from_slice(head);
-            one[head.len()..head.len() + rest.len()].copy_from_slice(rest);
-            self.write_at(&one[..head.len() + rest.len()], self.end)
+            one[..RECORD_HEADER].copy_from_slice(&head);
+            one[RECORD_HEADER..RECORD_HEADER + payload.len()].copy_from_slice(payload);
+            self.write_at(&one[..RECORD_HEADER + payload.len()], self.end)?;
         } else {
-            self.write_at(head, self.end)?;
-            self.write_at(rest, self.end + head.len() as u64)
+            self.write_at(&head, self.end)?;
+            self.write_at(payload, self.end + RECORD_HEADER as u64)?;
         }
+        self.sync()
     }
 
     /// Writes `bytes` at `offset` (one `pwrite` where there is one).
     fn write_at(&mut self, bytes: &[u8], offset: u64) -> std::io::Result<()> {
-        write_all_at(&self.file, bytes, offset)
-    }
-
-    /// Whether appends go past the page cache.
-    #[cfg(test)]
-    pub fn writes_directly(&self) -> bool {
-        self.direct.is_some()
-    }
-
-    /// Makes appends go through the page cache (tests of that path).
-    #[cfg(test)]
-    pub fn write_through_the_page_cache(&mut self) {
-        self.direct = None;
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::FileExt::write_all_at(&self.file, bytes, offset)
+        }
+        #[cfg(not(unix))]
+        {
+            self.file.seek(SeekFrom::Start(offset))?;
+            self.file.write_all(bytes)
+        }
     }
 
     /// Syncs what was written (`fdatasync`).
@@ -313,9 +261,6 @@ impl Wal {
     pub fn appended(&mut self, payload_len: usize) {
         self.end += (RECORD_HEADER + payload_len) as u64;
         self.allocated = self.allocated.max(self.end);
-        if let Some(direct) = &mut self.direct {
-            direct.moved(self.end);
-        }
     }
 
     /// Withdraws the record just appended (its commit failed after it was
@@ -323,16 +268,13 @@ impl Wal {
     /// synced, so no redo applies it. `append` had not moved the end past
     /// it.
     pub fn retract(&mut self) -> std::io::Result<()> {
-        self.write_at_end(&[0u8; RECORD_HEADER], &[])?;
+        self.write_at(&[0u8; RECORD_HEADER], self.end)?;
         self.sync()
     }
 
     /// Starts a new cycle: redb holds everything logged so far durably.
     pub fn restart(&mut self) {
         self.end = HEADER_LEN;
-        if let Some(direct) = &mut self.direct {
-            direct.forget_tail();
-        }
     }
 
     /// Reads the records from the start of the file, in order, passing each
@@ -369,127 +311,6 @@ impl Wal {
                 return Ok(Scan { records, stop: Stop::Caller });
             }
         }
-    }
-}
-
-/// The log opened a second time for writes past the page cache, and the
-/// block its end lies in.
-struct Direct {
-    file: File,
-    /// The bytes of the log from the start of the block that holds its end
-    /// up to the end: what a write of that block must keep.
-    tail: Vec<u8>,
-    /// Where `tail` starts, when it is known.
-    tail_at: Option<u64>,
-    /// Where a write is built (an aligned slice of it); kept between
-    /// writes up to [`KEPT_WRITE_BUFFER`] bytes.
-    buffer: Vec<u8>,
-    /// The block the end of the last write lies in, and what it holds up
-    /// to that end: the tail once the log's end moves there.
-    written_tail: Vec<u8>,
-    written_tail_at: u64,
-}
-
-impl Direct {
-    /// Opens `path` for direct writes, or `None` where the system or the
-    /// file system does not have them.
-    #[cfg(target_os = "linux")]
-    fn open(path: &Path) -> Option<Direct> {
-        use std::os::unix::fs::OpenOptionsExt;
-        match std::fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path) {
-            Ok(file) => {
-                Some(Direct { file, tail: Vec::new(), tail_at: None, buffer: Vec::new(), written_tail: Vec::new(), written_tail_at: 0 })
-            }
-            Err(err) => {
-                tracing::debug!("the log {} is written through the page cache: no direct writes ({err})", path.display());
-                None
-            }
-        }
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn open(_path: &Path) -> Option<Direct> {
-        None
-    }
-
-    /// Writes `head` and `rest` at `end` of the log, rewriting the block
-    /// `end` lies in with what it holds before `end`, and zeros after the
-    /// new bytes up to the next block boundary (nothing after the end of
-    /// the log is read).
-    fn write(&mut self, buffered: &File, end: u64, head: &[u8], rest: &[u8]) -> std::io::Result<()> {
-        let align = DIRECT_ALIGN as u64;
-        let block = end - end % align;
-        let kept = (end - block) as usize;
-        if self.tail_at != Some(block) || self.tail.len() != kept {
-            self.tail.resize(kept, 0);
-            read_exact_at(buffered, &mut self.tail, block)?;
-            self.tail_at = Some(block);
-        }
-        let len = kept + head.len() + rest.len();
-        let padded = len.next_multiple_of(DIRECT_ALIGN);
-        if self.buffer.len() < padded + DIRECT_ALIGN {
-            self.buffer.resize(padded + DIRECT_ALIGN, 0);
-        }
-        let offset = self.buffer.as_ptr().align_offset(DIRECT_ALIGN);
-        let out = &mut self.buffer[offset..offset + padded];
-        out[..kept].copy_from_slice(&self.tail);
-        out[kept..kept + head.len()].copy_from_slice(head);
-        out[kept + head.len()..len].copy_from_slice(rest);
-        out[len..].fill(0);
-        let written = write_all_at(&self.file, out, block);
-        let last_block = len - len % DIRECT_ALIGN;
-        self.written_tail.clear();
-        self.written_tail.extend_from_slice(&out[last_block..len]);
-        self.written_tail_at = block + last_block as u64;
-        if self.buffer.len() > KEPT_WRITE_BUFFER {
-            self.buffer = Vec::new();
-        }
-        written
-    }
-
-    /// The end of the log moved to `to`: where the last write ended, so
-    /// the block `to` lies in holds what that write put there.
-    fn moved(&mut self, to: u64) {
-        if self.written_tail_at + self.written_tail.len() as u64 != to {
-            self.forget_tail();
-            return;
-        }
-        std::mem::swap(&mut self.tail, &mut self.written_tail);
-        self.tail_at = Some(self.written_tail_at);
-    }
-
-    /// The block the end lies in is read from the file before the next
-    /// write.
-    fn forget_tail(&mut self) {
-        self.tail_at = None;
-    }
-}
-
-/// Writes `bytes` at `offset` of `file`.
-fn write_all_at(file: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
-    }
-    #[cfg(not(unix))]
-    {
-        let mut file = file;
-        file.seek(SeekFrom::Start(offset))?;
-        file.write_all(bytes)
-    }
-}
-
-/// Reads `buf.len()` bytes at `offset` of `file`.
-fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
-    }
-    #[cfg(not(unix))]
-    {
-        let mut file = file;
-        file.seek(SeekFrom::Start(offset))?;
-        file.read_exact(buf)
     }
 }
 
@@ -722,149 +543,5 @@ impl<'a> Reader<'a> {
         } else {
             Err(damaged("bytes after its end"))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A small seeded generator: the same steps on every run.
-    struct Steps(u64);
-
-    impl Steps {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-
-    /// The records a redo would take when redb holds the commits up to
-    /// `held`: from the start, while each continues the commit number
-    /// before it, those after `held`. Each as its number, length and hash.
-    fn redone(wal: &mut Wal, held: u64) -> Vec<(u64, usize, blake3::Hash)> {
-        let mut records = Vec::new();
-        let mut last = None;
-        let scanned = wal.scan(|number, payload| {
-            if last.is_some_and(|last| number != last + 1) {
-                return Ok(false);
-            }
-            last = Some(number);
-            if number > held {
-                records.push((number, payload.len(), blake3::hash(payload)));
-            }
-            Ok(true)
-        });
-        assert!(scanned.is_ok(), "the scan fails");
-        records
-    }
-
-    fn reopen(dir: &Path, file_id: &FileId, direct: bool) -> Wal {
-        match Wal::find(dir, file_id) {
-            Ok(Found::Ours(mut wal)) => {
-                if !direct {
-                    wal.write_through_the_page_cache();
-                }
-                wal
-            }
-            _ => panic!("the log is not found again"),
-        }
-    }
-
-    /// Appends (of sizes inside a block, across blocks and of many blocks),
-    /// withdrawn appends, new cycles and reopening, in a seeded order:
-    /// after every step a redo reads exactly the records appended and not
-    /// withdrawn since the cycle began, whichever way the log is written.
-    fn appends_read_back(direct: bool) {
-        for seed in 1..=6u64 {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let file_id = [seed as u8; 16];
-            let mut wal = Wal::create(dir.path(), &file_id).expect("create");
-            if !direct {
-                wal.write_through_the_page_cache();
-            }
-            wal.set_cycle_bytes(256 * 1024);
-            let mut steps = Steps(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-            let mut expected = Vec::new();
-            let mut number = 0u64;
-            // What redb would hold: every commit before the cycle.
-            let mut held = 0u64;
-            for step in 0..200 {
-                match steps.below(20) {
-                    0 => {
-                        wal.restart();
-                        (held, expected) = (number, Vec::new());
-                    }
-                    1 => {
-                        drop(wal);
-                        wal = reopen(dir.path(), &file_id, direct);
-                        wal.set_cycle_bytes(256 * 1024);
-                        assert_eq!(redone(&mut wal, held), expected, "seed {seed} step {step}: after reopening");
-                        // As a recovery does: a new cycle after the redo.
-                        wal.restart();
-                        (held, expected) = (number, Vec::new());
-                    }
-                    kind => {
-                        let len = match kind % 3 {
-                            0 => steps.below(64),
-                            1 => steps.below(5_000),
-                            _ => 4_000 + steps.below(20_000),
-                        } as usize;
-                        if !wal.fits(len) {
-                            wal.restart();
-                            (held, expected) = (number, Vec::new());
-                        }
-                        number += 1;
-                        let payload: Vec<u8> = (0..len).map(|i| (number as usize * 31 + i) as u8).collect();
-                        wal.reserve(len).expect("reserve");
-                        wal.append(number, &payload).expect("append");
-                        if kind == 2 {
-                            // A failed commit: its number is the next one's.
-                            wal.retract().expect("retract");
-                            number -= 1;
-                        } else {
-                            wal.appended(len);
-                            expected.push((number, len, blake3::hash(&payload)));
-                        }
-                    }
-                }
-                assert_eq!(redone(&mut wal, held), expected, "seed {seed} step {step}");
-            }
-            assert_eq!(wal.writes_directly(), direct && direct_writes_work(dir.path()));
-        }
-    }
-
-    /// Whether the file system of `dir` opens files for direct writes.
-    fn direct_writes_work(dir: &Path) -> bool {
-        Direct::open(&dir.join(LOG_FILE)).is_some()
-    }
-
-    #[test]
-    fn appends_written_directly_read_back() {
-        appends_read_back(true);
-    }
-
-    #[test]
-    fn appends_through_the_page_cache_read_back() {
-        appends_read_back(false);
-    }
-
-    #[test]
-    fn a_log_on_a_file_system_with_direct_writes_is_written_past_the_page_cache() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let wal = Wal::create(dir.path(), &[7; 16]).expect("create");
-        let probe = dir.path().join("probe");
-        std::fs::write(&probe, b"").expect("probe file");
-        let supported = Direct::open(&probe).is_some();
-        if cfg!(target_os = "linux") && !supported {
-            eprintln!("the file system of {} has no direct writes: nothing to check", dir.path().display());
-        }
-        assert_eq!(wal.writes_directly(), supported);
     }
 }
