@@ -476,16 +476,21 @@ impl RedbStore {
     /// Writes `batch` (see [`encode_batch`](Self::encode_batch) and
     /// [`write_encoded`](Self::write_encoded)).
     fn write_batch(&mut self, batch: &WriteBatch) -> Result<(), Error> {
-        let (db, number) = self.encode_batch(batch, None)?;
+        let (db, number) = self.encode_batch(batch, batch.nodes.iter())?;
         self.write_encoded(db, number, Vec::new())
     }
 
     /// Encodes `batch` as the log record of the next commit, whose number
-    /// it returns with the file; with `records`, those are its node records
-    /// (in place of `batch.nodes`), each freed as soon as it is encoded.
-    /// Fails with nothing written if the last commit could not be published
-    /// (a fault: the reopen that follows redoes it).
-    fn encode_batch(&mut self, batch: &WriteBatch, records: Option<Vec<NodeRecord>>) -> Result<(Arc<Redb>, u64), Error> {
+    /// it returns with the file; `records` are its node records (those of
+    /// `batch.nodes`, or taken out of it: given by value, each is freed as
+    /// soon as it is encoded). Fails with nothing written if the last
+    /// commit could not be published (a fault: the reopen that follows
+    /// redoes it).
+    fn encode_batch<R: std::borrow::Borrow<NodeRecord>>(
+        &mut self,
+        batch: &WriteBatch,
+        records: impl ExactSizeIterator<Item = R>,
+    ) -> Result<(Arc<Redb>, u64), Error> {
         if self.read_only {
             return Err(Error::storage(RedbStoreError::ReadOnly { path: self.shared.path.clone() }));
         }
@@ -500,12 +505,8 @@ impl RedbStore {
         // Allocated once at about its size rather than grown by doubling
         // (a batch of 1,000 writes is ~340 KB, over what is kept between
         // commits): the op bodies, and records of about their size.
-        let nodes = records.as_ref().map_or(batch.nodes.len(), Vec::len);
-        payload.reserve(2 * batch.ops.byte_len() + 64 * nodes + 1024);
-        match records {
-            Some(records) => wal::encode_with(batch, records.into_iter(), &mut log.origins, payload),
-            None => wal::encode(batch, &mut log.origins, payload),
-        }
+        payload.reserve(2 * batch.ops.byte_len() + 64 * records.len() + 1024);
+        wal::encode(batch, records, &mut log.origins, payload);
         Ok((db, log.committed + 1))
     }
 
@@ -1320,7 +1321,7 @@ impl Store for RedbStore {
     }
 
     fn commit_and_free_records(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
-        let result = self.encode_batch(batch, None).and_then(|(db, number)| {
+        let result = self.encode_batch(batch, batch.nodes.iter()).and_then(|(db, number)| {
             let records = std::mem::take(&mut batch.nodes);
             self.write_encoded(db, number, records)
         });
@@ -1331,7 +1332,7 @@ impl Store for RedbStore {
     /// Frees each record as soon as it is encoded into the log record.
     fn commit_and_free_records_early(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
         let records = std::mem::take(&mut batch.nodes);
-        let result = self.encode_batch(batch, Some(records)).and_then(|(db, number)| self.write_encoded(db, number, Vec::new()));
+        let result = self.encode_batch(batch, records.into_iter()).and_then(|(db, number)| self.write_encoded(db, number, Vec::new()));
         self.after_commit(result)
     }
 
@@ -1482,13 +1483,15 @@ mod tests {
             .collect();
         let table = || origins::OriginIndex::new(Arc::new(RwLock::new(Arc::new(Vec::new()))));
         let mut expected = Vec::new();
-        wal::encode(&nodes_batch(&records), &mut table(), &mut expected);
+        let batch = nodes_batch(&records);
+        wal::encode(&batch, batch.nodes.iter(), &mut table(), &mut expected);
+        drop(batch);
         // Each record holds one reference to the origin: while record `i`
         // is taken, those before it are gone (the index holds its own).
         let mut references = Vec::new();
         let nodes = records.into_iter().inspect(|_| references.push(Arc::strong_count(&origin)));
         let mut encoded = Vec::new();
-        wal::encode_with(&WriteBatch::default(), nodes, &mut table(), &mut encoded);
+        wal::encode(&WriteBatch::default(), nodes, &mut table(), &mut encoded);
         assert_eq!(encoded, expected);
         let after_first = references[1];
         assert_eq!(references[1..], [after_first, after_first - 1, after_first - 2], "records were not freed as they were encoded");
@@ -2216,7 +2219,8 @@ mod tests {
         let store = RedbStore::open(dir.path()).unwrap();
         let applier = Applier::spawn().unwrap();
         let mut payload = Vec::new();
-        wal::encode(&meta_batch("one"), &mut origins::OriginIndex::new(Default::default()), &mut payload);
+        let batch = meta_batch("one");
+        wal::encode(&batch, batch.nodes.iter(), &mut origins::OriginIndex::new(Default::default()), &mut payload);
         let job = applier::Job {
             db: store.db().unwrap(),
             payload: Arc::new(payload),
@@ -2253,7 +2257,12 @@ mod tests {
         assert!(matches!(apply(&txn, &payload), Err(Error::Decode { .. })));
         // Trailing bytes after a whole payload are refused too.
         let mut whole = Vec::new();
-        wal::encode(&WriteBatch::default(), &mut origins::OriginIndex::new(Default::default()), &mut whole);
+        wal::encode(
+            &WriteBatch::default(),
+            std::iter::empty::<NodeRecord>(),
+            &mut origins::OriginIndex::new(Default::default()),
+            &mut whole,
+        );
         assert!(apply(&txn, &whole).is_ok());
         whole.push(0);
         assert!(apply(&txn, &whole).is_err());

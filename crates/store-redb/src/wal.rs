@@ -419,17 +419,12 @@ fn put_index_entry(out: &mut Vec<u8>, entry: &IndexEntry) {
 /// (see [`crate::apply`]): op-log truncations, op-log segments, encoded node
 /// records, version vector, metadata, deferred operations, index changes.
 /// Node records and segments are encoded here once; redb takes them from
-/// these bytes. Records name their stamps' origins by their numbers in
-/// `origins` (see [`crate::origins`]); the entries the file does not hold
-/// yet go with the meta changes.
-pub fn encode(batch: &WriteBatch, origins: &mut OriginIndex, out: &mut Vec<u8>) {
-    encode_with(batch, batch.nodes.iter(), origins, out);
-}
-
-/// [`encode`] with the batch's node records given apart (`nodes`, in
-/// place of `batch.nodes`): given by value, each is dropped as soon as it
-/// is encoded, while its blocks are still in the cache.
-pub fn encode_with<R: std::borrow::Borrow<NodeRecord>>(
+/// these bytes. The node records are `nodes` (those of `batch.nodes`, or
+/// taken out of it: given by value, each is dropped as soon as it is
+/// encoded, while its blocks are still in the cache). Records name their
+/// stamps' origins by their numbers in `origins` (see [`crate::origins`]);
+/// the entries the file does not hold yet go with the meta changes.
+pub fn encode<R: std::borrow::Borrow<NodeRecord>>(
     batch: &WriteBatch,
     nodes: impl ExactSizeIterator<Item = R>,
     origins: &mut OriginIndex,
