@@ -71,5 +71,7 @@ pub use reader::{Reader, Traversal};
 pub use received::{ReceivedOp, SignatureCheck};
 pub use resolver::{builtin_resolver, ConflictResolver, FirstWriterWins, FnResolver, KeepAll, LastWriterWins};
 pub use signing::{OpDigest, OpSignature, OpSigner, OpVerifier, SIGN_EVERY, SIGN_EVERY_BYTES};
+#[cfg(feature = "test-support")]
+pub use store::ObservedStore;
 pub use store::{EncodedOps, IndexRange, MemoryStore, Store, WriteBatch};
 pub use version_vector::VersionVector;

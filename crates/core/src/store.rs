@@ -527,6 +527,89 @@ pub(crate) fn valid_range<T: Ord>(lower: &Bound<T>, upper: &Bound<T>) -> bool {
     }
 }
 
+/// A store that forwards every call to another and notes how it was used:
+/// which entry point committed each batch, and how often the op log was
+/// read back decoded ([`Store::ops_after`]). For tests of how a replica
+/// uses its store.
+#[cfg(feature = "test-support")]
+#[derive(Debug, Default)]
+pub struct ObservedStore<S = MemoryStore> {
+    /// The store that does the work.
+    pub inner: S,
+    /// Per commit: `"commit"`, `"while syncing"`
+    /// ([`Store::commit_and_free_records`]) or `"as encoded"`
+    /// ([`Store::commit_and_free_records_early`]), and the batch's number
+    /// of node records.
+    pub commits: Vec<(&'static str, usize)>,
+    ops_after_calls: std::sync::atomic::AtomicUsize,
+}
+
+#[cfg(feature = "test-support")]
+impl<S> ObservedStore<S> {
+    /// Observing `inner`.
+    pub fn new(inner: S) -> Self {
+        Self { inner, commits: Vec::new(), ops_after_calls: Default::default() }
+    }
+
+    /// How many times [`Store::ops_after`] was called.
+    pub fn ops_after_calls(&self) -> usize {
+        self.ops_after_calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[cfg(feature = "test-support")]
+impl<S: Store> Store for ObservedStore<S> {
+    fn nodes(&self, ids: &[&str]) -> Result<Vec<Option<NodeRecord>>, Error> {
+        self.inner.nodes(ids)
+    }
+    fn scan_nodes(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<NodeRecord>, Error> {
+        self.inner.scan_nodes(prefix, after, limit)
+    }
+    fn ops_after(&self, origin: &str, after_seq: u64, limit: usize) -> Result<Vec<OperationWithMetadata>, Error> {
+        self.ops_after_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.ops_after(origin, after_seq, limit)
+    }
+    fn op_bodies_after(&self, origin: &str, after_seq: u64, limit: usize, out: &mut EncodedOps) -> Result<(), Error> {
+        self.inner.op_bodies_after(origin, after_seq, limit, out)
+    }
+    fn ops(&self, ids: &[OpId]) -> Result<Vec<Option<OperationWithMetadata>>, Error> {
+        self.inner.ops(ids)
+    }
+    fn version_vector(&self) -> Result<VersionVector, Error> {
+        self.inner.version_vector()
+    }
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        self.inner.meta(key)
+    }
+    fn deferred(&self, from: Option<&Stamp>, limit: usize) -> Result<Vec<Stamp>, Error> {
+        self.inner.deferred(from, limit)
+    }
+    fn deferred_count(&self) -> Result<u64, Error> {
+        self.inner.deferred_count()
+    }
+    fn index_range(&self, range: &IndexRange, limit: usize) -> Result<Vec<(Vec<u8>, String)>, Error> {
+        self.inner.index_range(range, limit)
+    }
+    fn count_nodes(&self, prefix: &str) -> Result<u64, Error> {
+        self.inner.count_nodes(prefix)
+    }
+    fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
+        self.commits.push(("commit", batch.nodes.len()));
+        self.inner.commit(batch)
+    }
+    fn commit_and_free_records(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
+        self.commits.push(("while syncing", batch.nodes.len()));
+        self.inner.commit_and_free_records(batch)
+    }
+    fn commit_and_free_records_early(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
+        self.commits.push(("as encoded", batch.nodes.len()));
+        self.inner.commit_and_free_records_early(batch)
+    }
+    fn recover(&mut self) -> Result<(), Error> {
+        self.inner.recover()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
