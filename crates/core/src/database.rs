@@ -738,8 +738,13 @@ impl<S: Store> Database<S> {
         let (runs, encoded) = self.check_runs(ops, verifier.as_deref(), &mut report)?;
         let mut apply: Vec<OperationWithMetadata> = Vec::new();
         let mut truncations = Vec::new();
+        // Each applied run's last operation and digest: its origin's head
+        // once the batch is committed, known without reading it back.
+        let mut run_heads: Vec<(Arc<str>, u64, OpDigest)> = Vec::with_capacity(runs.len());
         for run in runs {
+            let head = run.ops.last().map(|op| op.id.seq).zip(run.digests.last().copied());
             let Some(seq) = run.fork_at else {
+                run_heads.extend(head.map(|(seq, digest)| (run.origin.clone(), seq, digest)));
                 // Usually the batch's one run: taken as it is.
                 if apply.is_empty() {
                     apply = run.ops;
@@ -754,6 +759,7 @@ impl<S: Store> Database<S> {
                 None => true,
             };
             if theirs_wins {
+                run_heads.extend(head.map(|(seq, digest)| (run.origin.clone(), seq, digest)));
                 let dropped = self.store.ops_after(&run.origin, seq - 1, usize::MAX)?;
                 truncations.push(Truncation { origin: run.origin.clone(), from: seq, dropped: dropped.clone() });
                 report.forks.push(Fork { origin: run.origin, seq, outcome: ForkOutcome::Replaced { dropped } });
@@ -765,6 +771,14 @@ impl<S: Store> Database<S> {
         let deferred_before = self.deferred.count;
         report.applied = self.apply_with(apply, Stamping::Received { now_ms }, encoded, truncations)?.count;
         report.deferred = self.deferred.count.saturating_sub(deferred_before) as usize;
+        // Committed: an origin whose held chain now ends with its run's
+        // last operation has that operation's digest as its head (the next
+        // batch links to it without reading it back from the op log).
+        for (origin, seq, digest) in run_heads {
+            if self.version_vector.get(&origin) == seq {
+                self.heads.insert(origin, digest);
+            }
+        }
         Ok(report)
     }
 

@@ -4,7 +4,8 @@
 
 use pluresdb_core::signing::stand_in::{NamedSigner, NamedVerifier};
 use pluresdb_core::{
-    Database, MemoryStore, OpDigest, OpSignature, OperationType, OperationWithMetadata, ReceivedOp, RefusalReason, Store, SIGN_EVERY,
+    Database, MemoryStore, ObservedStore, OpDigest, OpSignature, OperationType, OperationWithMetadata, ReceivedOp, RefusalReason, Store,
+    SIGN_EVERY,
 };
 use serde_json::json;
 use std::sync::Arc;
@@ -76,6 +77,45 @@ fn an_unsigned_tail_waits_for_the_operation_that_signs_it() {
     let report = b.apply_remote(log[256..].to_vec(), NOW).unwrap();
     assert_eq!((report.applied, report.held_back), (44, 0));
     assert_eq!(b.version_vector(), a.version_vector());
+}
+
+/// A batch that continues a chain links to the head the replica knows
+/// from the batch before (the digest of its last operation, kept when it
+/// was committed), not to one read back from the op log; a fork that
+/// replaces a suffix links the next batch to the winning branch's head.
+#[test]
+fn each_batch_links_to_the_head_the_last_one_left_without_reading_it_back() {
+    let mut a = replica("a");
+    for t in 0..4 {
+        write(&mut a, 50, 1_000 + t);
+    }
+    let log = a.ops_after("a", 0, 1_000).unwrap();
+    let mut b = Database::open(ObservedStore::new(MemoryStore::new()), "b")
+        .unwrap()
+        .with_signer(Arc::new(NamedSigner("b".into())))
+        .with_verifier(Arc::new(NamedVerifier));
+    for (i, batch) in log.chunks(50).enumerate() {
+        let report = b.apply_received(ReceivedOp::check_all(batch.to_vec(), Some(&NamedVerifier)), NOW).unwrap();
+        assert_eq!((report.applied, report.refused.len(), report.unjoined.len()), (50, 0, 0), "batch {i}: {report:?}");
+    }
+    assert_eq!(b.store().ops_after_calls(), 0, "no head was read back from the op log");
+    assert_eq!(b.version_vector(), a.version_vector());
+
+    // A forked branch (another instance of "a" from seq 151 on, stamped
+    // earlier so it wins) replaces the suffix; the batch after it links to
+    // the new head.
+    let mut twin = replica("a");
+    twin.apply_remote(log[..150].to_vec(), NOW).unwrap();
+    write(&mut twin, 50, 900);
+    write(&mut twin, 10, 901);
+    let branch = twin.ops_after("a", 150, 1_000).unwrap();
+    let report = b.apply_received(ReceivedOp::check_all(branch[..50].to_vec(), Some(&NamedVerifier)), NOW).unwrap();
+    assert_eq!((report.applied, report.forks.len()), (50, 1), "{report:?}");
+    let reads = b.store().ops_after_calls();
+    let report = b.apply_received(ReceivedOp::check_all(branch[50..].to_vec(), Some(&NamedVerifier)), NOW).unwrap();
+    assert_eq!((report.applied, report.unjoined.len()), (10, 0), "{report:?}");
+    assert_eq!(b.store().ops_after_calls(), reads, "the winning branch's head was kept");
+    assert_eq!(b.ops_after("a", 0, 1_000).unwrap(), twin.ops_after("a", 0, 1_000).unwrap());
 }
 
 /// Applies `ops` and returns why each refused origin was refused; checked
