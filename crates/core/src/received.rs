@@ -231,6 +231,11 @@ pub(crate) struct KeptBodies {
     mirrored: usize,
     copying: bool,
     encoded: EncodedOps,
+    /// Room for the bodies of every operation of the batch (operations,
+    /// bytes), made when copying starts: a batch whose operations came in
+    /// several buffers (two received batches applied in one commit) is
+    /// then copied once, not regrown as the second buffer's are appended.
+    room: (usize, usize),
 }
 
 /// The buffer a [`KeptBodies`] mirrors.
@@ -255,7 +260,25 @@ impl KeptBodies {
     /// not checked ahead.
     pub(crate) fn new(ops: &[ReceivedOp], guess: usize) -> Self {
         match ops.first().and_then(|first| first.checked.as_ref()) {
-            Some(checked) => Self::mirroring(Source::Shared(checked.bodies.clone())),
+            Some(checked) => {
+                // Each buffer's bytes once (its operations come together),
+                // and a guess for any operation not checked ahead.
+                let mut bytes = 0;
+                let mut last: Option<&Arc<EncodedOps>> = None;
+                for received in ops {
+                    match &received.checked {
+                        Some(checked) if last.is_some_and(|last| Arc::ptr_eq(last, &checked.bodies)) => {}
+                        Some(checked) => {
+                            bytes += checked.bodies.byte_len();
+                            last = Some(&checked.bodies);
+                        }
+                        None => bytes += guess,
+                    }
+                }
+                let mut kept = Self::mirroring(Source::Shared(checked.bodies.clone()));
+                kept.room = (ops.len(), bytes);
+                kept
+            }
             None => Self::copying(ops.len(), ops.len() * guess),
         }
     }
@@ -268,11 +291,11 @@ impl KeptBodies {
     /// Of nothing: every body is appended, in room for `ops` of them holding
     /// `bytes` in all.
     pub(crate) fn copying(ops: usize, bytes: usize) -> Self {
-        Self { source: Source::None, mirrored: 0, copying: true, encoded: EncodedOps::with_capacity(ops, bytes) }
+        Self { source: Source::None, mirrored: 0, copying: true, encoded: EncodedOps::with_capacity(ops, bytes), room: (ops, bytes) }
     }
 
     fn mirroring(source: Source) -> Self {
-        Self { source, mirrored: 0, copying: false, encoded: EncodedOps::new() }
+        Self { source, mirrored: 0, copying: false, encoded: EncodedOps::new(), room: (0, 0) }
     }
 
     /// The buffer mirrored, if any.
@@ -311,11 +334,13 @@ impl KeptBodies {
         received.push_into(self.appended())
     }
 
-    /// Starts copying, in room for the whole buffer, unless it did.
+    /// Starts copying, in room for the whole buffer (and the rest of the
+    /// batch), unless it did.
     fn copy(&mut self) {
         if !self.copying {
             if let Some(source) = self.source() {
-                self.encoded = source.copy_first(self.mirrored, source.len(), source.byte_len());
+                let (ops, bytes) = self.room;
+                self.encoded = source.copy_first(self.mirrored, ops.max(source.len()), bytes.max(source.byte_len()));
             }
             self.copying = true;
         }
@@ -376,6 +401,32 @@ mod tests {
         }
         let checks: Vec<_> = checked.iter().map(ReceivedOp::signature_check).collect();
         assert_eq!(checks, [SignatureCheck::Unsigned, SignatureCheck::Valid, SignatureCheck::Valid]);
+    }
+
+    /// Two batches checked ahead apart and applied in one commit: the
+    /// bodies kept are the batch's, copied into room made once for both.
+    #[test]
+    fn bodies_of_two_buffers_are_copied_once_into_room_for_both() {
+        let first: Vec<_> = (1..=40).map(|seq| signed("a", seq, seq == 40)).collect();
+        let second: Vec<_> = (41..=90).map(|seq| signed("a", seq, seq == 90)).collect();
+        let mut batch = ReceivedOp::check_all(first.clone(), Some(&NamedVerifier));
+        batch.extend(ReceivedOp::check_all(second.clone(), Some(&NamedVerifier)));
+        let mut kept = KeptBodies::new(&batch, 128);
+        for received in &batch {
+            assert_eq!(kept.push(received), received.digest());
+        }
+        let (ops, bytes) = (kept.encoded.len(), kept.encoded.byte_len());
+        assert_eq!(kept.encoded.capacity(), (ops, bytes), "room for both buffers at once, not regrown");
+        drop(batch);
+        let finished = kept.finish();
+        let mut expected = crate::store::EncodedOps::new();
+        for op in first.iter().chain(&second) {
+            expected.push(op);
+        }
+        assert_eq!(finished.len(), 90);
+        for i in 0..90 {
+            assert_eq!(finished.get(i), expected.get(i));
+        }
     }
 
     /// Any operation, with every width of head in its id and fields.

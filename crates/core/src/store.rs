@@ -110,6 +110,12 @@ impl EncodedOps {
         copy
     }
 
+    /// The room it has (operations, bytes), for tests of how it grows.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> (usize, usize) {
+        (self.ids.capacity().min(self.ends.capacity()), self.bytes.capacity())
+    }
+
     /// Keeps the first `len` operations.
     pub fn truncate(&mut self, len: usize) {
         if len < self.ids.len() {
