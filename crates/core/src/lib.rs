@@ -44,6 +44,7 @@ pub mod codec;
 mod database;
 mod error;
 pub mod feed;
+mod hash_batch;
 pub mod index;
 pub mod merge;
 mod node;

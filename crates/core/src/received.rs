@@ -88,15 +88,23 @@ impl ReceivedOp {
         // Room for every body: a kept one is its fields behind a 1-byte head.
         let bytes = kept.iter().map(|kept| kept.map_or(160, |(_, _, fields)| 1 + fields.len())).sum();
         let mut encoded = EncodedOps::with_capacity(ops.len(), bytes);
+        // What the kept ones' digests hash, hashed side by side.
+        let messages: Vec<_> = ops
+            .iter()
+            .zip(&kept)
+            .map(|(op, kept)| kept.and_then(|(_, compact, _)| crate::signing::digest_message(compact, op.signature.is_some())))
+            .collect();
+        let mut kept_digests = crate::signing::digests_of(&messages.iter().flatten().copied().collect::<Vec<_>>()).into_iter();
         let digests: Vec<OpDigest> = ops
             .iter()
             .zip(&kept)
-            .map(|(op, kept)| {
-                let digest = kept.and_then(|(_, compact, fields)| {
-                    let digest = crate::signing::digest_of_compact(compact, op.signature.is_some())?;
-                    encoded.push_fields(&op.id, fields);
-                    Some(digest)
-                });
+            .zip(&messages)
+            .map(|((op, kept), message)| {
+                let digest = match (kept, message) {
+                    // One digest per message, in their order.
+                    (Some((_, _, fields)), Some(_)) => kept_digests.next().inspect(|_| encoded.push_fields(&op.id, fields)),
+                    _ => None,
+                };
                 let digest = digest.unwrap_or_else(|| encoded.push_with_digest(op));
                 // What the kept bytes stand for: the encoder's output.
                 #[cfg(debug_assertions)]

@@ -142,22 +142,25 @@ pub(crate) fn digest_of_body(id: &crate::OpId, body: &[u8]) -> OpDigest {
     OpDigest(*hasher.finalize().as_bytes())
 }
 
-/// The digest of an operation given its compact form as
+/// The message an operation's digest hashes, given its compact form as
 /// [`OperationWithMetadata::encode_compact`] writes it, signed or not
-/// (`signed`): the signature slot is hashed as null. `None` when a signed
-/// form does not end with a 64-byte signature.
-pub(crate) fn digest_of_compact(compact: &[u8], signed: bool) -> Option<OpDigest> {
+/// (`signed`): the compact form with the signature slot as null. `None`
+/// when a signed form does not end with a 64-byte signature.
+pub(crate) fn digest_message(compact: &[u8], signed: bool) -> Option<crate::hash_batch::Message<'_>> {
     if !signed {
-        return Some(OpDigest(*blake3::hash(compact).as_bytes()));
+        return Some(crate::hash_batch::Message { bytes: compact, tail: None });
     }
     let (unsigned, signature) = compact.split_at_checked(compact.len().checked_sub(66)?)?;
     if signature[..2] != [0x58, 0x40] {
         return None;
     }
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(unsigned);
-    hasher.update(&[crate::cbor::NULL]);
-    Some(OpDigest(*hasher.finalize().as_bytes()))
+    Some(crate::hash_batch::Message { bytes: unsigned, tail: Some(crate::cbor::NULL) })
+}
+
+/// The digests of many operations' [`digest_message`]s, hashed side by
+/// side ([`crate::hash_batch`]).
+pub(crate) fn digests_of(messages: &[crate::hash_batch::Message<'_>]) -> Vec<OpDigest> {
+    crate::hash_batch::hash_all(messages).into_iter().map(OpDigest).collect()
 }
 
 /// Writes a CBOR head into `out` (at least 9 bytes) and returns its length,
