@@ -74,5 +74,5 @@ pub use resolver::{builtin_resolver, ConflictResolver, FirstWriterWins, FnResolv
 pub use signing::{OpDigest, OpSignature, OpSigner, OpVerifier, SIGN_EVERY, SIGN_EVERY_BYTES};
 #[cfg(feature = "test-support")]
 pub use store::ObservedStore;
-pub use store::{EncodedOps, IndexRange, MemoryStore, Store, WriteBatch};
+pub use store::{EncodedOps, ForwardingStore, IndexRange, MemoryStore, Store, WriteBatch};
 pub use version_vector::VersionVector;

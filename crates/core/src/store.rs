@@ -307,51 +307,119 @@ pub trait Store {
     }
 }
 
-impl<S: Store + ?Sized> Store for Box<S> {
+/// A store made of another: every [`Store`] call goes to
+/// [`inner`](Self::inner) except the few a wrapper changes here (the
+/// commits, reading operations back, recovering), so the list of store
+/// calls is written once, in the [`Store`] implementation every
+/// `ForwardingStore` gets.
+///
+/// The three commits default to what [`Store`]'s do: both
+/// `commit_and_free_records*` go through this wrapper's
+/// [`forward_commit`](Self::forward_commit), so a wrapper that changes it
+/// changes every commit. A wrapper that changes nothing of a commit
+/// forwards all three, so that the inner store's own ways of freeing
+/// records stay.
+pub trait ForwardingStore {
+    /// The store that does the work.
+    type Inner: Store + ?Sized;
+
+    /// The store calls go to.
+    fn inner(&self) -> &Self::Inner;
+
+    /// The store calls go to, for writing.
+    fn inner_mut(&mut self) -> &mut Self::Inner;
+
+    /// [`Store::ops_after`].
+    fn forward_ops_after(&self, origin: &str, after_seq: u64, limit: usize) -> Result<Vec<OperationWithMetadata>, Error> {
+        self.inner().ops_after(origin, after_seq, limit)
+    }
+
+    /// [`Store::commit`].
+    fn forward_commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
+        self.inner_mut().commit(batch)
+    }
+
+    /// [`Store::commit_and_free_records`]; by default through
+    /// [`forward_commit`](Self::forward_commit).
+    fn forward_commit_and_free_records(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
+        let result = self.forward_commit(batch);
+        batch.nodes = Vec::new();
+        result
+    }
+
+    /// [`Store::commit_and_free_records_early`]; by default
+    /// [`forward_commit_and_free_records`](Self::forward_commit_and_free_records).
+    fn forward_commit_and_free_records_early(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
+        self.forward_commit_and_free_records(batch)
+    }
+
+    /// [`Store::recover`].
+    fn forward_recover(&mut self) -> Result<(), Error> {
+        self.inner_mut().recover()
+    }
+}
+
+impl<F: ForwardingStore> Store for F {
     fn nodes(&self, ids: &[&str]) -> Result<Vec<Option<NodeRecord>>, Error> {
-        (**self).nodes(ids)
+        self.inner().nodes(ids)
     }
     fn scan_nodes(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<NodeRecord>, Error> {
-        (**self).scan_nodes(prefix, after, limit)
+        self.inner().scan_nodes(prefix, after, limit)
     }
     fn ops_after(&self, origin: &str, after_seq: u64, limit: usize) -> Result<Vec<OperationWithMetadata>, Error> {
-        (**self).ops_after(origin, after_seq, limit)
+        ForwardingStore::forward_ops_after(self, origin, after_seq, limit)
     }
     fn op_bodies_after(&self, origin: &str, after_seq: u64, limit: usize, out: &mut EncodedOps) -> Result<(), Error> {
-        (**self).op_bodies_after(origin, after_seq, limit, out)
+        self.inner().op_bodies_after(origin, after_seq, limit, out)
     }
     fn ops(&self, ids: &[OpId]) -> Result<Vec<Option<OperationWithMetadata>>, Error> {
-        (**self).ops(ids)
+        self.inner().ops(ids)
     }
     fn version_vector(&self) -> Result<VersionVector, Error> {
-        (**self).version_vector()
+        self.inner().version_vector()
     }
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        (**self).meta(key)
+        self.inner().meta(key)
     }
     fn deferred(&self, from: Option<&Stamp>, limit: usize) -> Result<Vec<Stamp>, Error> {
-        (**self).deferred(from, limit)
+        self.inner().deferred(from, limit)
     }
     fn deferred_count(&self) -> Result<u64, Error> {
-        (**self).deferred_count()
+        self.inner().deferred_count()
     }
     fn index_range(&self, range: &IndexRange, limit: usize) -> Result<Vec<(Vec<u8>, String)>, Error> {
-        (**self).index_range(range, limit)
+        self.inner().index_range(range, limit)
     }
     fn count_nodes(&self, prefix: &str) -> Result<u64, Error> {
-        (**self).count_nodes(prefix)
+        self.inner().count_nodes(prefix)
     }
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
-        (**self).commit(batch)
+        ForwardingStore::forward_commit(self, batch)
     }
     fn commit_and_free_records(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
-        (**self).commit_and_free_records(batch)
+        ForwardingStore::forward_commit_and_free_records(self, batch)
     }
     fn commit_and_free_records_early(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
-        (**self).commit_and_free_records_early(batch)
+        ForwardingStore::forward_commit_and_free_records_early(self, batch)
     }
     fn recover(&mut self) -> Result<(), Error> {
-        (**self).recover()
+        ForwardingStore::forward_recover(self)
+    }
+}
+
+impl<S: Store + ?Sized> ForwardingStore for Box<S> {
+    type Inner = S;
+    fn inner(&self) -> &S {
+        self
+    }
+    fn inner_mut(&mut self) -> &mut S {
+        self
+    }
+    fn forward_commit_and_free_records(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
+        (**self).commit_and_free_records(batch)
+    }
+    fn forward_commit_and_free_records_early(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
+        (**self).commit_and_free_records_early(batch)
     }
 }
 
@@ -564,55 +632,29 @@ impl<S> ObservedStore<S> {
 }
 
 #[cfg(feature = "test-support")]
-impl<S: Store> Store for ObservedStore<S> {
-    fn nodes(&self, ids: &[&str]) -> Result<Vec<Option<NodeRecord>>, Error> {
-        self.inner.nodes(ids)
+impl<S: Store> ForwardingStore for ObservedStore<S> {
+    type Inner = S;
+    fn inner(&self) -> &S {
+        &self.inner
     }
-    fn scan_nodes(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<NodeRecord>, Error> {
-        self.inner.scan_nodes(prefix, after, limit)
+    fn inner_mut(&mut self) -> &mut S {
+        &mut self.inner
     }
-    fn ops_after(&self, origin: &str, after_seq: u64, limit: usize) -> Result<Vec<OperationWithMetadata>, Error> {
+    fn forward_ops_after(&self, origin: &str, after_seq: u64, limit: usize) -> Result<Vec<OperationWithMetadata>, Error> {
         self.ops_after_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.inner.ops_after(origin, after_seq, limit)
     }
-    fn op_bodies_after(&self, origin: &str, after_seq: u64, limit: usize, out: &mut EncodedOps) -> Result<(), Error> {
-        self.inner.op_bodies_after(origin, after_seq, limit, out)
-    }
-    fn ops(&self, ids: &[OpId]) -> Result<Vec<Option<OperationWithMetadata>>, Error> {
-        self.inner.ops(ids)
-    }
-    fn version_vector(&self) -> Result<VersionVector, Error> {
-        self.inner.version_vector()
-    }
-    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        self.inner.meta(key)
-    }
-    fn deferred(&self, from: Option<&Stamp>, limit: usize) -> Result<Vec<Stamp>, Error> {
-        self.inner.deferred(from, limit)
-    }
-    fn deferred_count(&self) -> Result<u64, Error> {
-        self.inner.deferred_count()
-    }
-    fn index_range(&self, range: &IndexRange, limit: usize) -> Result<Vec<(Vec<u8>, String)>, Error> {
-        self.inner.index_range(range, limit)
-    }
-    fn count_nodes(&self, prefix: &str) -> Result<u64, Error> {
-        self.inner.count_nodes(prefix)
-    }
-    fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
+    fn forward_commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
         self.commits.push(("commit", batch.nodes.len()));
         self.inner.commit(batch)
     }
-    fn commit_and_free_records(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
+    fn forward_commit_and_free_records(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
         self.commits.push(("while syncing", batch.nodes.len()));
         self.inner.commit_and_free_records(batch)
     }
-    fn commit_and_free_records_early(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
+    fn forward_commit_and_free_records_early(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
         self.commits.push(("as encoded", batch.nodes.len()));
         self.inner.commit_and_free_records_early(batch)
-    }
-    fn recover(&mut self) -> Result<(), Error> {
-        self.inner.recover()
     }
 }
 
@@ -620,6 +662,50 @@ impl<S: Store> Store for ObservedStore<S> {
 mod tests {
     use super::*;
     use crate::operation::OperationType;
+
+    #[test]
+    fn a_wrapper_that_changes_only_its_commit_sees_every_commit_and_a_box_keeps_the_inner_stores_own() {
+        // Changes only the plain commit: the two that free records go
+        // through it, so none bypasses the wrapper.
+        #[derive(Default)]
+        struct Counting {
+            inner: MemoryStore,
+            commits: usize,
+        }
+        impl ForwardingStore for Counting {
+            type Inner = MemoryStore;
+            fn inner(&self) -> &MemoryStore {
+                &self.inner
+            }
+            fn inner_mut(&mut self) -> &mut MemoryStore {
+                &mut self.inner
+            }
+            fn forward_commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
+                self.commits += 1;
+                self.inner.commit(batch)
+            }
+        }
+        let batch = || WriteBatch { nodes: vec![NodeRecord::empty("n")], meta: vec![("k".into(), b"v".to_vec())], ..WriteBatch::default() };
+        let mut counting = Counting::default();
+        counting.commit(&batch()).unwrap();
+        let mut freed = batch();
+        counting.commit_and_free_records(&mut freed).unwrap();
+        assert!(freed.nodes.is_empty());
+        counting.commit_and_free_records_early(&mut batch()).unwrap();
+        assert_eq!(counting.commits, 3);
+        assert_eq!(counting.meta("k").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(counting.nodes(&["n"]).unwrap(), vec![Some(NodeRecord::empty("n"))]);
+
+        // A box forwards each kind of commit as it came.
+        let mut boxed = Box::new(ObservedStore::new(MemoryStore::new()));
+        Store::commit(&mut boxed, &batch()).unwrap();
+        Store::commit_and_free_records(&mut boxed, &mut batch()).unwrap();
+        Store::commit_and_free_records_early(&mut boxed, &mut batch()).unwrap();
+        Store::ops_after(&boxed, "p", 0, 10).unwrap();
+        let observed = &*boxed;
+        assert_eq!(observed.commits, vec![("commit", 1), ("while syncing", 1), ("as encoded", 1)]);
+        assert_eq!(observed.ops_after_calls(), 1);
+    }
 
     #[test]
     fn a_copy_of_the_first_operations_holds_what_pushing_them_again_holds() {

@@ -17,8 +17,8 @@
 use crate::error::error_chain;
 use crate::{DataSyncEngine, SyncConfig};
 use pluresdb_core::{
-    codec, Hlc, MemoryStore, Node, NodeRecord, OpId, OpSigner, OpVerifier, OperationType, OperationWithMetadata, Stamp, StorageFault,
-    Store, VersionVector, WriteBatch, CLOCK_META_KEY,
+    codec, ForwardingStore, Hlc, MemoryStore, Node, NodeRecord, OpId, OpSigner, OpVerifier, OperationType, OperationWithMetadata,
+    StorageFault, Store, WriteBatch, CLOCK_META_KEY,
 };
 use serde_json::json;
 use std::cmp::Reverse;
@@ -153,45 +153,19 @@ impl FaultyStore {
     }
 }
 
-impl Store for FaultyStore {
-    fn nodes(&self, ids: &[&str]) -> Result<Vec<Option<NodeRecord>>, pluresdb_core::Error> {
-        self.inner.nodes(ids)
-    }
-    fn scan_nodes(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<NodeRecord>, pluresdb_core::Error> {
-        self.inner.scan_nodes(prefix, after, limit)
-    }
-    fn ops_after(&self, origin: &str, after_seq: u64, limit: usize) -> Result<Vec<OperationWithMetadata>, pluresdb_core::Error> {
-        self.inner.ops_after(origin, after_seq, limit)
-    }
-    fn op_bodies_after(
-        &self,
-        origin: &str,
-        after_seq: u64,
-        limit: usize,
-        out: &mut pluresdb_core::EncodedOps,
-    ) -> Result<(), pluresdb_core::Error> {
-        self.inner.op_bodies_after(origin, after_seq, limit, out)
-    }
-    fn ops(&self, ids: &[OpId]) -> Result<Vec<Option<OperationWithMetadata>>, pluresdb_core::Error> {
-        self.inner.ops(ids)
-    }
-    fn version_vector(&self) -> Result<VersionVector, pluresdb_core::Error> {
-        self.inner.version_vector()
-    }
-    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, pluresdb_core::Error> {
-        self.inner.meta(key)
-    }
-    fn deferred(&self, from: Option<&Stamp>, limit: usize) -> Result<Vec<Stamp>, pluresdb_core::Error> {
-        self.inner.deferred(from, limit)
-    }
-    fn deferred_count(&self) -> Result<u64, pluresdb_core::Error> {
-        self.inner.deferred_count()
-    }
-    fn index_range(&self, range: &pluresdb_core::IndexRange, limit: usize) -> Result<Vec<(Vec<u8>, String)>, pluresdb_core::Error> {
-        self.inner.index_range(range, limit)
+/// Reads go to the memory store; commits fail as planned.
+impl ForwardingStore for FaultyStore {
+    type Inner = MemoryStore;
+
+    fn inner(&self) -> &MemoryStore {
+        &self.inner
     }
 
-    fn commit(&mut self, batch: &WriteBatch) -> Result<(), pluresdb_core::Error> {
+    fn inner_mut(&mut self) -> &mut MemoryStore {
+        &mut self.inner
+    }
+
+    fn forward_commit(&mut self, batch: &WriteBatch) -> Result<(), pluresdb_core::Error> {
         if let Some((point, _)) = self.latched {
             return Err(Self::fault(point));
         }
@@ -209,7 +183,7 @@ impl Store for FaultyStore {
         Err(Self::fault(point))
     }
 
-    fn recover(&mut self) -> Result<(), pluresdb_core::Error> {
+    fn forward_recover(&mut self) -> Result<(), pluresdb_core::Error> {
         match &mut self.latched {
             Some((point, remaining)) if *remaining > 0 => {
                 *remaining -= 1;

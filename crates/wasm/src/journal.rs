@@ -14,7 +14,7 @@
 //! An entry is the CBOR of [`Entry`]: the batch's fields, operations as
 //! their encoded bodies.
 
-use pluresdb_core::{EncodedOps, Error, MemoryStore, NodeRecord, OpId, OperationWithMetadata, Stamp, Store, VersionVector, WriteBatch};
+use pluresdb_core::{EncodedOps, Error, ForwardingStore, MemoryStore, NodeRecord, OpId, OperationWithMetadata, Stamp, Store, WriteBatch};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -168,47 +168,20 @@ impl JournalStore {
     }
 }
 
-impl Store for JournalStore {
-    fn nodes(&self, ids: &[&str]) -> Result<Vec<Option<NodeRecord>>, Error> {
-        self.memory.nodes(ids)
+/// Every call goes to the memory store; a commit also leaves the batch's
+/// entry for the page.
+impl ForwardingStore for JournalStore {
+    type Inner = MemoryStore;
+
+    fn inner(&self) -> &MemoryStore {
+        &self.memory
     }
 
-    fn scan_nodes(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<NodeRecord>, Error> {
-        self.memory.scan_nodes(prefix, after, limit)
+    fn inner_mut(&mut self) -> &mut MemoryStore {
+        &mut self.memory
     }
 
-    fn ops_after(&self, origin: &str, after_seq: u64, limit: usize) -> Result<Vec<OperationWithMetadata>, Error> {
-        self.memory.ops_after(origin, after_seq, limit)
-    }
-    fn op_bodies_after(&self, origin: &str, after_seq: u64, limit: usize, out: &mut pluresdb_core::EncodedOps) -> Result<(), Error> {
-        self.memory.op_bodies_after(origin, after_seq, limit, out)
-    }
-
-    fn ops(&self, ids: &[OpId]) -> Result<Vec<Option<OperationWithMetadata>>, Error> {
-        self.memory.ops(ids)
-    }
-
-    fn version_vector(&self) -> Result<VersionVector, Error> {
-        self.memory.version_vector()
-    }
-
-    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        self.memory.meta(key)
-    }
-
-    fn deferred(&self, from: Option<&Stamp>, limit: usize) -> Result<Vec<Stamp>, Error> {
-        self.memory.deferred(from, limit)
-    }
-
-    fn deferred_count(&self) -> Result<u64, Error> {
-        self.memory.deferred_count()
-    }
-
-    fn index_range(&self, range: &pluresdb_core::IndexRange, limit: usize) -> Result<Vec<(Vec<u8>, String)>, Error> {
-        self.memory.index_range(range, limit)
-    }
-
-    fn commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
+    fn forward_commit(&mut self, batch: &WriteBatch) -> Result<(), Error> {
         let mut pending = self.outbox.lock();
         if pending.len() >= MAX_PENDING_ENTRIES {
             let reason = format!("{MAX_PENDING_ENTRIES} committed batches wait to be written to IndexedDB; the page stopped flushing");
