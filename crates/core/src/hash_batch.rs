@@ -81,20 +81,42 @@ impl Message<'_> {
     }
 }
 
+/// Where a hash is written: a digest's bytes.
+pub(crate) trait HashSlot {
+    fn slot(&mut self) -> &mut [u8; 32];
+}
+
+impl HashSlot for [u8; 32] {
+    fn slot(&mut self) -> &mut [u8; 32] {
+        self
+    }
+}
+
 /// The BLAKE3 hash of every message, in order.
+#[cfg(test)]
 pub(crate) fn hash_all(messages: &[Message<'_>]) -> Vec<[u8; 32]> {
     let mut out = vec![[0u8; 32]; messages.len()];
+    hash_into(|i| Some(messages[i]), &mut out);
+    out
+}
+
+/// Writes the BLAKE3 hash of `message(i)` into `out[i]` where there is a
+/// message, in place (a received batch's digests, among which those of
+/// operations not received as the encoder writes them are computed
+/// otherwise); `out[i]` stays as it is where there is none.
+pub(crate) fn hash_into<'m, D: HashSlot>(message: impl Fn(usize) -> Option<Message<'m>>, out: &mut [D]) {
     #[cfg(target_arch = "x86_64")]
-    if messages.len() > 1 && std::arch::is_x86_feature_detected!("avx2") {
+    if out.len() > 1 && std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2 (just detected), which is all that
         // calling a function compiled for it requires.
-        hash_in_lanes(messages, &mut out, |cv, words, block_len, flags| unsafe { compress_avx2(cv, words, block_len, flags) });
-        return out;
+        hash_in_lanes(message, out, |cv, words, block_len, flags| unsafe { compress_avx2(cv, words, block_len, flags) });
+        return;
     }
-    for (message, out) in messages.iter().zip(&mut out) {
-        *out = message.hash_alone();
+    for (i, out) in out.iter_mut().enumerate() {
+        if let Some(message) = message(i) {
+            *out.slot() = message.hash_alone();
+        }
     }
-    out
 }
 
 /// A lane's message and how far it got.
@@ -107,7 +129,11 @@ struct Lane {
 
 /// Hashes `messages` into `out` eight at a time with `compress`; a message
 /// longer than a chunk is hashed alone.
-fn hash_in_lanes(messages: &[Message<'_>], out: &mut [[u8; 32]], compress: impl Fn(&mut [Lanes; 8], &[Lanes; 16], &Lanes, &Lanes)) {
+fn hash_in_lanes<'m, D: HashSlot>(
+    messages: impl Fn(usize) -> Option<Message<'m>>,
+    out: &mut [D],
+    compress: impl Fn(&mut [Lanes; 8], &[Lanes; 16], &Lanes, &Lanes),
+) {
     let mut lanes: [Option<Lane>; LANES] = [None; LANES];
     let mut next = 0;
     let mut cv = [[0u32; LANES]; 8];
@@ -116,10 +142,13 @@ fn hash_in_lanes(messages: &[Message<'_>], out: &mut [[u8; 32]], compress: impl 
     loop {
         let mut busy = false;
         for (l, lane) in lanes.iter_mut().enumerate() {
-            while lane.is_none() && next < messages.len() {
-                let message = &messages[next];
+            while lane.is_none() && next < out.len() {
+                let Some(message) = messages(next) else {
+                    next += 1;
+                    continue;
+                };
                 if message.len() > CHUNK_LEN {
-                    out[next] = message.hash_alone();
+                    *out[next].slot() = message.hash_alone();
                 } else {
                     *lane = Some(Lane { message: next, block: 0, blocks: message.len().div_ceil(BLOCK_LEN).max(1) });
                     for (word, iv) in cv.iter_mut().zip(IV) {
@@ -130,7 +159,9 @@ fn hash_in_lanes(messages: &[Message<'_>], out: &mut [[u8; 32]], compress: impl 
             }
             let Some(lane) = lane else { continue };
             busy = true;
-            block_len[l] = messages[lane.message].load_block(lane.block, &mut words, l);
+            // A lane holds only messages that are there.
+            let Some(message) = messages(lane.message) else { continue };
+            block_len[l] = message.load_block(lane.block, &mut words, l);
             let first = if lane.block == 0 { CHUNK_START } else { 0 };
             let last = if lane.block + 1 == lane.blocks { CHUNK_END | ROOT } else { 0 };
             flags[l] = first | last;
@@ -144,7 +175,7 @@ fn hash_in_lanes(messages: &[Message<'_>], out: &mut [[u8; 32]], compress: impl 
             lane.block += 1;
             if lane.block == lane.blocks {
                 for (w, word) in cv.iter().enumerate() {
-                    out[lane.message][4 * w..4 * w + 4].copy_from_slice(&word[l].to_le_bytes());
+                    out[lane.message].slot()[4 * w..4 * w + 4].copy_from_slice(&word[l].to_le_bytes());
                 }
                 *slot = None;
             }
@@ -237,7 +268,7 @@ mod tests {
         assert_eq!(hash_all(&messages), want);
         // The lanes themselves, whatever this machine detects.
         let mut out = vec![[0u8; 32]; messages.len()];
-        hash_in_lanes(&messages, &mut out, compress);
+        hash_in_lanes(|i| Some(messages[i]), &mut out, compress);
         assert_eq!(out, want);
     }
 
@@ -250,7 +281,21 @@ mod tests {
             let want: Vec<_> = messages.iter().map(expected).collect();
             prop_assert_eq!(hash_all(&messages), want.clone());
             let mut out = vec![[0u8; 32]; messages.len()];
-            hash_in_lanes(&messages, &mut out, compress);
+            hash_in_lanes(|i| Some(messages[i]), &mut out, compress);
+            prop_assert_eq!(out, want);
+        }
+
+        #[test]
+        fn a_batch_with_gaps_hashes_its_messages_and_leaves_the_gaps(
+            batch in proptest::collection::vec(proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)), 0..40)
+        ) {
+            let slots: Vec<_> = batch.iter().map(|bytes| bytes.as_ref().map(|bytes| Message { bytes, tail: Some(0xf6) })).collect();
+            let want: Vec<_> = slots.iter().map(|slot| slot.as_ref().map_or([7u8; 32], expected)).collect();
+            let mut out = vec![[7u8; 32]; slots.len()];
+            hash_into(|i| slots[i], &mut out);
+            prop_assert_eq!(&out, &want);
+            let mut out = vec![[7u8; 32]; slots.len()];
+            hash_in_lanes(|i| slots[i], &mut out, compress);
             prop_assert_eq!(out, want);
         }
     }

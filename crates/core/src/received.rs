@@ -77,46 +77,39 @@ impl ReceivedOp {
         spans: &[Option<CompactSpan>],
         verifier: Option<&dyn OpVerifier>,
     ) -> Vec<ReceivedOp> {
-        // Each kept operation's span, compact form and fields after its id.
-        let kept: Vec<_> = (0..ops.len())
-            .map(|i| {
+        // Each kept operation's span, fields after its id and digest's
+        // message.
+        let kept: Vec<_> = ops
+            .iter()
+            .enumerate()
+            .map(|(i, op)| {
                 let span = spans.get(i).copied().flatten()?;
                 let (compact, fields) = span.parts(wire)?;
-                Some((span, compact, fields))
+                let message = crate::signing::digest_message(compact, op.signature.is_some())?;
+                Some((span, fields, message))
             })
             .collect();
         // Room for every body: a kept one is its fields behind a 1-byte head.
-        let bytes = kept.iter().map(|kept| kept.map_or(160, |(_, _, fields)| 1 + fields.len())).sum();
+        let bytes = kept.iter().map(|kept| kept.map_or(160, |(_, fields, _)| 1 + fields.len())).sum();
         let mut encoded = EncodedOps::with_capacity(ops.len(), bytes);
-        // What the kept ones' digests hash, hashed side by side.
-        let messages: Vec<_> = ops
-            .iter()
-            .zip(&kept)
-            .map(|(op, kept)| kept.and_then(|(_, compact, _)| crate::signing::digest_message(compact, op.signature.is_some())))
-            .collect();
-        let mut kept_digests = crate::signing::digests_of(&messages.iter().flatten().copied().collect::<Vec<_>>()).into_iter();
-        let digests: Vec<OpDigest> = ops
-            .iter()
-            .zip(&kept)
-            .zip(&messages)
-            .map(|((op, kept), message)| {
-                let digest = match (kept, message) {
-                    // One digest per message, in their order.
-                    (Some((_, _, fields)), Some(_)) => kept_digests.next().inspect(|_| encoded.push_fields(&op.id, fields)),
-                    _ => None,
-                };
-                let digest = digest.unwrap_or_else(|| encoded.push_with_digest(op));
-                // What the kept bytes stand for: the encoder's output.
-                #[cfg(debug_assertions)]
-                {
-                    let mut body = Vec::new();
-                    op.encode_body(&mut body);
-                    debug_assert_eq!(encoded.get(encoded.len() - 1).map(|(_, kept)| kept), Some(&body[..]), "{op:?}");
-                    debug_assert_eq!(digest, op.digest(), "{op:?}");
-                }
-                digest
-            })
-            .collect();
+        // The kept ones' digests, hashed side by side into their places;
+        // the others' are computed as each is encoded.
+        let mut digests = vec![OpDigest::default(); ops.len()];
+        crate::hash_batch::hash_into(|i| kept[i].map(|(_, _, message)| message), &mut digests);
+        for ((op, kept), digest) in ops.iter().zip(&kept).zip(&mut digests) {
+            match kept {
+                Some((_, fields, _)) => encoded.push_fields(&op.id, fields),
+                None => *digest = encoded.push_with_digest(op),
+            }
+            // What the kept bytes stand for: the encoder's output.
+            #[cfg(debug_assertions)]
+            {
+                let mut body = Vec::new();
+                op.encode_body(&mut body);
+                debug_assert_eq!(encoded.get(encoded.len() - 1).map(|(_, kept)| kept), Some(&body[..]), "{op:?}");
+                debug_assert_eq!(*digest, op.digest(), "{op:?}");
+            }
+        }
         let mut checks: Vec<SignatureCheck> = ops
             .iter()
             .map(|op| match (op.signature.is_some(), verifier.is_some()) {

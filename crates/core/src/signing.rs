@@ -157,10 +157,10 @@ pub(crate) fn digest_message(compact: &[u8], signed: bool) -> Option<crate::hash
     Some(crate::hash_batch::Message { bytes: unsigned, tail: Some(crate::cbor::NULL) })
 }
 
-/// The digests of many operations' [`digest_message`]s, hashed side by
-/// side ([`crate::hash_batch`]).
-pub(crate) fn digests_of(messages: &[crate::hash_batch::Message<'_>]) -> Vec<OpDigest> {
-    crate::hash_batch::hash_all(messages).into_iter().map(OpDigest).collect()
+impl crate::hash_batch::HashSlot for OpDigest {
+    fn slot(&mut self) -> &mut [u8; 32] {
+        &mut self.0
+    }
 }
 
 /// Writes a CBOR head into `out` (at least 9 bytes) and returns its length,
