@@ -11,6 +11,7 @@
 //! years ahead (or at `u64::MAX`) shows nowhere instead of locking every
 //! honest writer out of the fields it touched.
 
+use crate::born::{BornRecord, BornRecords};
 use crate::clock::{self, Hlc, HybridLogicalClock, DEFAULT_MAX_CLOCK_DRIFT};
 use crate::codec;
 use crate::error::Error;
@@ -1023,6 +1024,15 @@ impl<S: Store> Database<S> {
         let mut clock = self.clock.clone();
         let publish = self.feed.has_subscribers();
         let mut changes = Vec::new();
+        // A received operation that alone makes its node's record (the node
+        // had none) is not merged here: the store writes the record from
+        // its body (`crate::born`). Not while anything needs the records
+        // themselves (a subscriber's change, an index) or truncations
+        // rebuilt some.
+        let births = !local && !publish && self.indexes.is_empty() && truncations.is_empty();
+        let mut born = BornRecords::default();
+        // Where a record is born of an operation, that operation's body.
+        let mut born_of: Vec<Option<usize>> = if births { vec![None; records.len()] } else { Vec::new() };
         // The op log's bodies: sized for the batch up front for local
         // operations (a body is usually under 128 bytes); received ones are
         // those in `pre`, taken as it is while they are all of it in order.
@@ -1129,11 +1139,32 @@ impl<S: Store> Database<S> {
                 Ok(at) => at,
                 Err(at) => {
                     records.insert(at, NodeRecord::empty(&op.node_id));
+                    if births {
+                        born_of.insert(at, None);
+                    }
                     at
                 }
             };
             next_record = at + 1;
             let record = &mut records[at];
+            if births {
+                if let Some(first) = born_of[at].take() {
+                    // Touched again: made of its first operation, then merged.
+                    born.remove(first);
+                    *record = match bodies.get(first).and_then(|(id, body)| BornRecord::read(id, body)) {
+                        Some(first) => first.to_record()?,
+                        None => return Err(Error::Decode { what: "born record", reason: format!("{}: its body is gone", op.node_id) }),
+                    };
+                } else if record.is_blank() && op.supersedes.is_empty() {
+                    let body = bodies.len().checked_sub(1);
+                    let own = body.and_then(|i| bodies.get(i)).filter(|(id, _)| **id == op.id);
+                    if let (Some(body), true) = (body, own.is_some_and(|(id, body)| BornRecord::read(id, body).is_some())) {
+                        born_of[at] = Some(body);
+                        born.push(body);
+                        continue;
+                    }
+                }
+            }
             let change = publish.then(|| op.clone());
             let is_applied = |target: &OpId| {
                 version_vector.contains(&target.origin, target.seq) && !deferred_ids.contains(target) && !waiting.contains(target)
@@ -1182,8 +1213,10 @@ impl<S: Store> Database<S> {
         // commit, cold, more than one by one while each is in the cache.
         if local {
             self.store.commit_and_free_records(&mut batch)?;
-        } else {
+        } else if born.is_empty() {
             self.store.commit_and_free_records_early(&mut batch)?;
+        } else {
+            self.store.commit_received(&mut batch, &born)?;
         }
         self.recent_ops = std::mem::take(&mut batch.ops);
         if !batch.released.is_empty() {

@@ -38,6 +38,7 @@
 //! and storage sits behind the [`Store`] trait ([`MemoryStore`] here, the
 //! durable redb store in `pluresdb-store-redb`). It builds for wasm32.
 
+mod born;
 pub mod cbor;
 pub mod clock;
 pub mod codec;
@@ -57,6 +58,7 @@ pub mod signing;
 mod store;
 mod version_vector;
 
+pub use born::{BornRecord, BornRecords};
 pub use clock::{Hlc, HybridLogicalClock, DEFAULT_MAX_CLOCK_DRIFT};
 pub use database::{ApplyReport, ClockReport, Database, Fork, ForkOutcome, OriginSkew, Receipt, Refusal, RefusalReason, CLOCK_META_KEY};
 pub use error::{error_chain, Error, StorageFault};

@@ -304,6 +304,24 @@ impl KeptBodies {
         self.source.buffer()
     }
 
+    /// How many bodies are kept so far.
+    pub(crate) fn len(&self) -> usize {
+        if self.copying {
+            self.encoded.len()
+        } else {
+            self.mirrored
+        }
+    }
+
+    /// The `at`-th body kept, with its operation's id.
+    pub(crate) fn get(&self, at: usize) -> Option<(&crate::OpId, &[u8])> {
+        if self.copying {
+            self.encoded.get(at)
+        } else {
+            self.source.buffer().filter(|_| at < self.mirrored).and_then(|source| source.get(at))
+        }
+    }
+
     /// Keeps the `at`-th body of the buffer mirrored as the next.
     pub(crate) fn keep(&mut self, at: usize) {
         if !self.copying && at == self.mirrored {
@@ -468,6 +486,16 @@ mod tests {
             assert_eq!(kept.digest(), op.digest(), "{op:?}");
             assert_eq!(kept.signature_check(), encoded.signature_check());
             assert_eq!(kept.is_valid(), op.validate().is_ok(), "{op:?}");
+            // A record born of it is written from the body kept in the
+            // bytes of the record merged from it.
+            if let Some(born) = crate::BornRecord::read(&op.id, &body) {
+                let mut record = crate::NodeRecord::empty(&op.node_id);
+                crate::merge::apply_owned(&mut record, op.clone(), |_| false);
+                let (mut merged, mut written) = (Vec::new(), Vec::new());
+                record.encode_stored(&mut merged, |_| None);
+                born.encode_stored(&mut written, |_| None);
+                assert_eq!(written, merged, "{op:?}");
+            }
         }
     }
 

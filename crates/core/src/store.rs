@@ -7,6 +7,7 @@
 //! batch survives a crash; when it fails or the process dies first, none of
 //! it is visible.
 
+use crate::born::BornRecords;
 use crate::error::Error;
 use crate::index::IndexEntry;
 use crate::node::NodeRecord;
@@ -298,6 +299,17 @@ pub trait Store {
         self.commit_and_free_records(batch)
     }
 
+    /// [`commit_and_free_records_early`](Self::commit_and_free_records_early)
+    /// of a received batch with the records `born` of one of its operations
+    /// each ([`BornRecords`]: nodes that had none, whose records are a
+    /// function of the operation's op-log body in `batch.ops`), besides
+    /// `batch.nodes`. A store that encodes records writes those from the
+    /// bodies ([`crate::BornRecord::encode_stored`]); by default they are
+    /// built and committed with the others.
+    fn commit_received(&mut self, batch: &mut WriteBatch, born: &BornRecords) -> Result<(), Error> {
+        commit_born_as_records(self, batch, born)
+    }
+
     /// Makes the store usable again after an [`Error::StoreFault`] (redb,
     /// for one, refuses every write after an I/O error until the file is
     /// closed and opened again). Fails while the cause lasts; everything
@@ -353,6 +365,16 @@ pub trait ForwardingStore {
         self.forward_commit_and_free_records(batch)
     }
 
+    /// [`Store::commit_received`]; by default as [`Store`]'s: the born
+    /// records built and committed through
+    /// [`forward_commit_and_free_records_early`](Self::forward_commit_and_free_records_early).
+    fn forward_commit_received(&mut self, batch: &mut WriteBatch, born: &BornRecords) -> Result<(), Error>
+    where
+        Self: Sized,
+    {
+        commit_born_as_records(self, batch, born)
+    }
+
     /// [`Store::recover`].
     fn forward_recover(&mut self) -> Result<(), Error> {
         self.inner_mut().recover()
@@ -402,6 +424,9 @@ impl<F: ForwardingStore> Store for F {
     fn commit_and_free_records_early(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
         ForwardingStore::forward_commit_and_free_records_early(self, batch)
     }
+    fn commit_received(&mut self, batch: &mut WriteBatch, born: &BornRecords) -> Result<(), Error> {
+        ForwardingStore::forward_commit_received(self, batch, born)
+    }
     fn recover(&mut self) -> Result<(), Error> {
         ForwardingStore::forward_recover(self)
     }
@@ -420,6 +445,26 @@ impl<S: Store + ?Sized> ForwardingStore for Box<S> {
     }
     fn forward_commit_and_free_records_early(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
         (**self).commit_and_free_records_early(batch)
+    }
+    fn forward_commit_received(&mut self, batch: &mut WriteBatch, born: &BornRecords) -> Result<(), Error> {
+        (**self).commit_received(batch, born)
+    }
+}
+
+/// [`Store::commit_received`] of a store that keeps records as they are:
+/// the born records built and committed with the others.
+fn commit_born_as_records<S: Store + ?Sized>(store: &mut S, batch: &mut WriteBatch, born: &BornRecords) -> Result<(), Error> {
+    match born.records(&batch.ops) {
+        Ok(records) => {
+            // In node id order, as a batch's records are.
+            batch.nodes.extend(records);
+            batch.nodes.sort_by(|a, b| a.id.cmp(&b.id));
+            store.commit_and_free_records_early(batch)
+        }
+        Err(err) => {
+            batch.nodes = Vec::new();
+            Err(err)
+        }
     }
 }
 

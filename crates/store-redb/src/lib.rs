@@ -43,7 +43,8 @@
 //! A data directory is locked against a second process.
 
 use pluresdb_core::{
-    EncodedOps, Error, Hlc, IndexRange, NodeRecord, OpId, OperationWithMetadata, Stamp, StorageFault, Store, VersionVector, WriteBatch,
+    BornRecord, BornRecords, EncodedOps, Error, Hlc, IndexRange, NodeRecord, OpId, OperationWithMetadata, Stamp, StorageFault, Store,
+    VersionVector, WriteBatch,
 };
 use redb::{Database as Redb, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::ops::Bound;
@@ -476,7 +477,7 @@ impl RedbStore {
     /// Writes `batch` (see [`encode_batch`](Self::encode_batch) and
     /// [`write_encoded`](Self::write_encoded)).
     fn write_batch(&mut self, batch: &WriteBatch) -> Result<(), Error> {
-        let (db, number) = self.encode_batch(batch, batch.nodes.iter())?;
+        let (db, number) = self.encode_batch(batch, batch.nodes.iter(), &[])?;
         self.write_encoded(db, number, Vec::new())
     }
 
@@ -490,6 +491,7 @@ impl RedbStore {
         &mut self,
         batch: &WriteBatch,
         records: impl ExactSizeIterator<Item = R>,
+        born: &[BornRecord<'_>],
     ) -> Result<(Arc<Redb>, u64), Error> {
         if self.read_only {
             return Err(Error::storage(RedbStoreError::ReadOnly { path: self.shared.path.clone() }));
@@ -505,8 +507,8 @@ impl RedbStore {
         // Allocated once at about its size rather than grown by doubling
         // (a batch of 1,000 writes is ~340 KB, over what is kept between
         // commits): the op bodies, and records of about their size.
-        payload.reserve(2 * batch.ops.byte_len() + 64 * records.len() + 1024);
-        wal::encode(batch, records, &mut log.origins, payload);
+        payload.reserve(2 * batch.ops.byte_len() + 64 * (records.len() + born.len()) + 1024);
+        wal::encode_with_born(batch, records, born, &mut log.origins, payload);
         Ok((db, log.committed + 1))
     }
 
@@ -1321,7 +1323,7 @@ impl Store for RedbStore {
     }
 
     fn commit_and_free_records(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
-        let result = self.encode_batch(batch, batch.nodes.iter()).and_then(|(db, number)| {
+        let result = self.encode_batch(batch, batch.nodes.iter(), &[]).and_then(|(db, number)| {
             let records = std::mem::take(&mut batch.nodes);
             self.write_encoded(db, number, records)
         });
@@ -1332,7 +1334,17 @@ impl Store for RedbStore {
     /// Frees each record as soon as it is encoded into the log record.
     fn commit_and_free_records_early(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
         let records = std::mem::take(&mut batch.nodes);
-        let result = self.encode_batch(batch, records.into_iter()).and_then(|(db, number)| self.write_encoded(db, number, Vec::new()));
+        let result = self.encode_batch(batch, records.into_iter(), &[]).and_then(|(db, number)| self.write_encoded(db, number, Vec::new()));
+        self.after_commit(result)
+    }
+
+    /// Writes the born records from their operations' bodies, with the
+    /// batch's own records freed as each is encoded.
+    fn commit_received(&mut self, batch: &mut WriteBatch, born: &BornRecords) -> Result<(), Error> {
+        let records = std::mem::take(&mut batch.nodes);
+        let batch: &WriteBatch = batch;
+        let result = born.read(&batch.ops).and_then(|born| self.encode_batch(batch, records.into_iter(), &born));
+        let result = result.and_then(|(db, number)| self.write_encoded(db, number, Vec::new()));
         self.after_commit(result)
     }
 
@@ -1497,6 +1509,130 @@ mod tests {
         assert_eq!(references[1..], [after_first, after_first - 1, after_first - 2], "records were not freed as they were encoded");
         drop(encoded);
         assert_eq!(Arc::strong_count(&origin), 1, "a record was kept");
+    }
+
+    /// Received operations (two origins, batches of 1-12) of every kind on
+    /// a few nodes and on new ones, with random values (nested, floats,
+    /// nulls, many fields), supersessions, and some stamped beyond the
+    /// clock horizon.
+    fn arb_received_batches() -> impl proptest::strategy::Strategy<Value = Vec<Vec<OperationWithMetadata>>> {
+        use proptest::prelude::*;
+        use pluresdb_core::OperationType;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            prop_oneof![Just(0.5f64), Just(1.0), Just(0.1), Just(-2.75e10)].prop_map(|f| json!(f)),
+            ".{0,12}".prop_map(serde_json::Value::from),
+        ];
+        let value = leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+                proptest::collection::btree_map("[a-d#]{0,3}", inner, 0..4).prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        });
+        let fields = proptest::collection::btree_map("[a-h]{1,3}|x{20}", value, 0..12);
+        // (origin b?, node: 0..4 a shared one, else new; kind; fields; supersede?; far ahead?)
+        let op = (any::<bool>(), 0u8..10, prop_oneof![5 => Just(0u8), 4 => Just(1u8), 1 => Just(2u8)], fields, any::<bool>(), 0u8..20);
+        proptest::collection::vec(proptest::collection::vec(op, 1..12), 1..8).prop_map(|batches| {
+            let mut seqs = [0u64; 2];
+            let mut fresh = 0;
+            let mut t = 1_000u64;
+            batches
+                .into_iter()
+                .map(|batch| {
+                    batch
+                        .into_iter()
+                        .map(|(b, node, code, fields, supersede, ahead)| {
+                            let origin = if b { 1 } else { 0 };
+                            seqs[origin] += 1;
+                            let seq = seqs[origin];
+                            let node = if node < 4 {
+                                format!("shared:{node}")
+                            } else {
+                                fresh += 1;
+                                format!("new:{fresh:04}")
+                            };
+                            let kind = [OperationType::CreateNode, OperationType::UpdateNode, OperationType::DeleteNode][code as usize];
+                            let data = match kind {
+                                OperationType::DeleteNode => serde_json::Value::Null,
+                                _ => serde_json::Value::Object(fields.into_iter().collect()),
+                            };
+                            let mut op = OperationWithMetadata::new(kind, node, data, ["a", "b"][origin]);
+                            op.id.seq = seq;
+                            t += 1;
+                            op.timestamp = Hlc::new(if ahead == 0 { 50_000_000 + t } else { t }, 0);
+                            let first = op.data.as_object().and_then(|fields| fields.keys().next().cloned());
+                            if let (OperationType::UpdateNode, true, Some(field), true) = (kind, supersede, first, seq > 1) {
+                                op.supersedes.insert(field, vec![OpId::new(["a", "b"][origin], seq / 2), OpId::new(["b", "a"][origin], 1)]);
+                            }
+                            op
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+    }
+
+    /// Every stored node record's bytes, as redb holds them once reopened.
+    fn stored_records(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let store = RedbStore::open(dir).unwrap();
+        let db = store.db().unwrap();
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(NODES).unwrap();
+        table.iter().unwrap().map(|entry| entry.map(|(key, value)| (key.value().to_owned(), value.value().to_vec())).unwrap()).collect()
+    }
+
+    /// Records born of one received operation, written from its body,
+    /// are stored in exactly the bytes of the merged records: a replica
+    /// with a subscriber (which merges every operation) and one without
+    /// store the same bytes, and a replica in memory (born records built
+    /// by `Store::commit_received`'s default) the same records.
+    #[test]
+    fn records_born_of_one_operation_are_stored_as_merged_ones() {
+        use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+        let config = Config { cases: 48, failure_persistence: None, ..Config::default() };
+        let mut runner = TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+        runner
+            .run(&arb_received_batches(), |batches| {
+                let (born_dir, merged_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+                let mut born = Database::open(RedbStore::open(born_dir.path()).unwrap(), "x").unwrap();
+                let mut merged = Database::open(RedbStore::open(merged_dir.path()).unwrap(), "y").unwrap();
+                let mut memory = Database::open(pluresdb_core::MemoryStore::new(), "z").unwrap();
+                let subscriber = merged.subscribe(1 << 20);
+                for (i, batch) in batches.iter().enumerate() {
+                    let now = 100_000 + i as u64;
+                    for db in [&mut born as &mut dyn ApplyReceived, &mut merged, &mut memory] {
+                        // Checked ahead (bodies kept from the check) or not.
+                        let ops: Vec<_> = match i % 2 {
+                            0 => pluresdb_core::ReceivedOp::check_all(batch.clone(), None),
+                            _ => batch.iter().cloned().map(pluresdb_core::ReceivedOp::unchecked).collect(),
+                        };
+                        db.apply(ops, now);
+                    }
+                }
+                let records = merged.store().scan_nodes("", None, usize::MAX).unwrap();
+                assert_eq!(born.store().scan_nodes("", None, usize::MAX).unwrap(), records);
+                assert_eq!(memory.store().scan_nodes("", None, usize::MAX).unwrap(), records);
+                drop((born, merged, subscriber));
+                let stored = stored_records(merged_dir.path());
+                assert_eq!(stored.len(), records.len());
+                assert_eq!(stored_records(born_dir.path()), stored);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    trait ApplyReceived {
+        fn apply(&mut self, ops: Vec<pluresdb_core::ReceivedOp>, now_ms: u64);
+    }
+
+    impl<S: Store> ApplyReceived for Database<S> {
+        fn apply(&mut self, ops: Vec<pluresdb_core::ReceivedOp>, now_ms: u64) {
+            self.apply_received(ops, now_ms).unwrap();
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@
 //! records: a write into space already allocated needs no metadata sync.
 
 use crate::origins::OriginIndex;
-use pluresdb_core::{IndexEntry, NodeRecord, Stamp, WriteBatch};
+use pluresdb_core::{BornRecord, IndexEntry, NodeRecord, Stamp, WriteBatch};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -424,9 +424,24 @@ fn put_index_entry(out: &mut Vec<u8>, entry: &IndexEntry) {
 /// encoded, while its blocks are still in the cache). Records name their
 /// stamps' origins by their numbers in `origins` (see [`crate::origins`]);
 /// the entries the file does not hold yet go with the meta changes.
+#[cfg(test)]
 pub fn encode<R: std::borrow::Borrow<NodeRecord>>(
     batch: &WriteBatch,
     nodes: impl ExactSizeIterator<Item = R>,
+    origins: &mut OriginIndex,
+    out: &mut Vec<u8>,
+) {
+    encode_with_born(batch, nodes, &[], origins, out)
+}
+
+/// [`encode`], with the records `born` of one of the batch's operations
+/// each besides `nodes` (see [`pluresdb_core::BornRecords`]), written from
+/// those operations' bodies: the same bytes as their records encoded. Both
+/// are in node id order.
+pub fn encode_with_born<R: std::borrow::Borrow<NodeRecord>>(
+    batch: &WriteBatch,
+    nodes: impl ExactSizeIterator<Item = R>,
+    born: &[BornRecord<'_>],
     origins: &mut OriginIndex,
     out: &mut Vec<u8>,
 ) {
@@ -453,11 +468,22 @@ pub fn encode<R: std::borrow::Borrow<NodeRecord>>(
         }
     }
     out[count_at..count_at + 4].copy_from_slice(&segments.to_le_bytes());
-    put_count(out, nodes.len());
+    // Both in node id order, written in that order together (as records
+    // merged here were), so that origins get the same numbers.
+    put_count(out, nodes.len() + born.len());
+    let mut born = born.iter().peekable();
     for record in nodes {
         let record = record.borrow();
+        while let Some(born) = born.next_if(|born| born.node_id() < record.id.as_str()) {
+            put_bytes(out, born.node_id().as_bytes());
+            put_framed(out, |out| born.encode_stored(out, |origin| origins.number(origin)));
+        }
         put_bytes(out, record.id.as_bytes());
         put_framed(out, |out| record.encode_stored(out, |origin| origins.number(origin)));
+    }
+    for born in born {
+        put_bytes(out, born.node_id().as_bytes());
+        put_framed(out, |out| born.encode_stored(out, |origin| origins.number(origin)));
     }
     put_count(out, batch.version_vector.len());
     for (origin, seq) in &batch.version_vector {
