@@ -22,10 +22,10 @@ use std::sync::Arc;
 
 /// The operations of a batch (by their place in its [`EncodedOps`]) each of
 /// which alone makes the record of its node: see [`BornRecord`]. Only the
-/// replica makes them, of operations it read back as born records.
+/// replica makes them, of operations it read as born records.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BornRecords {
-    ops: Vec<usize>,
+    ops: Vec<(usize, Parts)>,
 }
 
 impl BornRecords {
@@ -39,15 +39,16 @@ impl BornRecords {
         self.ops.is_empty()
     }
 
-    /// Adds the operation at `at` of the batch's bodies.
-    pub(crate) fn push(&mut self, at: usize) {
-        self.ops.push(at);
+    /// Adds the operation at `at` of the batch's bodies, whose body has
+    /// `parts`.
+    pub(crate) fn push(&mut self, at: usize, parts: Parts) {
+        self.ops.push((at, parts));
     }
 
     /// The operation at `at` no longer makes its record alone (a later one
     /// of the batch touched the node too).
     pub(crate) fn remove(&mut self, at: usize) {
-        self.ops.retain(|&op| op != at);
+        self.ops.retain(|&(op, _)| op != at);
     }
 
     /// Each record, read from `ops` (the batch's bodies), in node id order
@@ -59,9 +60,9 @@ impl BornRecords {
         let mut records = self
             .ops
             .iter()
-            .map(|&at| {
+            .map(|&(at, parts)| {
                 let (id, body) = ops.get(at).ok_or_else(|| unborn(at, "not in the batch"))?;
-                BornRecord::read(id, body).ok_or_else(|| unborn(at, "not a create or update of fields alone"))
+                BornRecord::from_parts(id, body, parts).ok_or_else(|| unborn(at, "not the body it was read from"))
             })
             .collect::<Result<Vec<_>, Error>>()?;
         // Usually in order already (a batch of creates in id order).
@@ -81,20 +82,69 @@ fn unborn(at: usize, why: &str) -> Error {
     Error::Decode { what: "born record", reason: format!("operation {at} of the batch: {why}") }
 }
 
+/// Where a born record's parts lie in its operation's body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Parts {
+    create: bool,
+    hlc: u64,
+    node_id: (usize, usize),
+    /// The value's fields (after the map's head), `fields` of them.
+    data: (usize, usize),
+    fields: usize,
+}
+
+impl Parts {
+    /// Reads an op-log body ([`OperationWithMetadata::encode_body`]); `None`
+    /// unless it is a create or an update of one field or more, that
+    /// supersedes nothing, whose value is an object with its keys in
+    /// strictly ascending order (as the encoder writes a map: the record's
+    /// fields are in that order). Texts are not checked as UTF-8 here
+    /// ([`BornRecord::from_parts`] checks the node id's).
+    pub(crate) fn read(body: &[u8]) -> Option<Self> {
+        let mut reader = crate::cbor::Reader::new(body);
+        if body.first() != Some(&BODY_HEAD) || reader.array().ok()? != 7 {
+            return None;
+        }
+        let create = match OperationType::from_code(u8::try_from(reader.unsigned().ok()?).ok()?)? {
+            OperationType::CreateNode => true,
+            OperationType::UpdateNode => false,
+            OperationType::DeleteNode => return None,
+        };
+        let node_len = reader.text_bytes().ok()?.len();
+        let node_id = (reader.position() - node_len, reader.position());
+        let fields = reader.map().ok()?;
+        if fields == 0 && !create {
+            // Leaves the record blank: nothing is stored.
+            return None;
+        }
+        let start = reader.position();
+        let mut previous: Option<&[u8]> = None;
+        for _ in 0..fields {
+            let key = reader.text_bytes().ok()?;
+            if previous.is_some_and(|previous| previous >= key) {
+                return None;
+            }
+            previous = Some(key);
+            reader.skip().ok()?;
+        }
+        let data = (start, reader.position());
+        let hlc = reader.unsigned().ok()?;
+        if reader.map().ok()? != 0 {
+            return None;
+        }
+        Some(Self { create, hlc, node_id, data, fields })
+    }
+}
+
 /// The record one operation makes of a node that had none: a create, or an
 /// update of at least one field, that supersedes nothing, read from its
 /// op-log body ([`OperationWithMetadata::encode_body`]).
 #[derive(Clone, Copy, Debug)]
 pub struct BornRecord<'a> {
     id: &'a OpId,
-    create: bool,
     node_id: &'a str,
-    hlc: u64,
-    /// The value's fields (after the map's head), `fields` of them.
-    data: &'a [u8],
-    fields: usize,
-    /// The whole body, for [`to_record`](Self::to_record).
     body: &'a [u8],
+    parts: Parts,
 }
 
 impl<'a> BornRecord<'a> {
@@ -103,38 +153,14 @@ impl<'a> BornRecord<'a> {
     /// whose value is an object with its keys in strictly ascending order
     /// (as the encoder writes a map: the record's fields are in that order).
     pub fn read(id: &'a OpId, body: &'a [u8]) -> Option<Self> {
-        let mut reader = crate::cbor::Reader::new(body);
-        if body.first() != Some(&BODY_HEAD) || reader.array().ok()? != 7 {
-            return None;
-        }
-        let operation = OperationType::from_code(u8::try_from(reader.unsigned().ok()?).ok()?)?;
-        let create = match operation {
-            OperationType::CreateNode => true,
-            OperationType::UpdateNode => false,
-            OperationType::DeleteNode => return None,
-        };
-        let node_id = reader.text().ok()?;
-        let fields = reader.map().ok()?;
-        if fields == 0 && !create {
-            // Leaves the record blank: nothing is stored.
-            return None;
-        }
-        let start = reader.position();
-        let mut previous: Option<&str> = None;
-        for _ in 0..fields {
-            let key = reader.text().ok()?;
-            if previous.is_some_and(|previous| previous >= key) {
-                return None;
-            }
-            previous = Some(key);
-            reader.skip().ok()?;
-        }
-        let data = body.get(start..reader.position())?;
-        let hlc = reader.unsigned().ok()?;
-        if reader.map().ok()? != 0 {
-            return None;
-        }
-        Some(Self { id, create, node_id, hlc, data, fields, body })
+        Self::from_parts(id, body, Parts::read(body)?)
+    }
+
+    /// Of `body`, whose parts [`Parts::read`] found.
+    fn from_parts(id: &'a OpId, body: &'a [u8], parts: Parts) -> Option<Self> {
+        let node_id = std::str::from_utf8(body.get(parts.node_id.0..parts.node_id.1)?).ok()?;
+        body.get(parts.data.0..parts.data.1)?;
+        Some(Self { id, node_id, body, parts })
     }
 
     /// The node's id.
@@ -146,9 +172,10 @@ impl<'a> BornRecord<'a> {
     /// record the operation makes (with the same `origin_index`).
     pub fn encode_stored(&self, out: &mut Vec<u8>, mut origin_index: impl FnMut(&Arc<str>) -> Option<u32>) {
         use crate::cbor;
+        let parts = &self.parts;
         cbor::array(out, 4);
         // The reset: the one stamp, not a delete.
-        if self.create {
+        if parts.create {
             cbor::array(out, 2);
             cbor::unsigned(out, 0);
             cbor::boolean(out, false);
@@ -157,25 +184,26 @@ impl<'a> BornRecord<'a> {
         }
         cbor::array(out, 1);
         cbor::array(out, 3);
-        cbor::unsigned(out, self.hlc);
+        cbor::unsigned(out, parts.hlc);
         match origin_index(&self.id.origin) {
             Some(i) => cbor::unsigned(out, u64::from(i)),
             None => cbor::text(out, &self.id.origin),
         }
         cbor::unsigned(out, self.id.seq);
-        cbor::array(out, self.fields);
+        cbor::array(out, parts.fields);
         // Each field: [name, [[value, stamp 0]]], name and value as the
         // body holds them (read once already: they are whole).
-        let mut reader = crate::cbor::Reader::new(self.data);
-        for _ in 0..self.fields {
+        let data = self.body.get(parts.data.0..parts.data.1).unwrap_or_default();
+        let mut reader = crate::cbor::Reader::new(data);
+        for _ in 0..parts.fields {
             let key_at = reader.position();
-            let value_at = reader.text().map(|_| reader.position());
-            let end = value_at.and_then(|at| reader.skip().map(|()| at));
-            let (Ok(value_at), Ok(_)) = (value_at, end) else { return };
-            out.extend_from_slice(&[0x82]);
-            out.extend_from_slice(&self.data[key_at..value_at]);
+            let Ok(()) = reader.skip() else { return };
+            let value_at = reader.position();
+            let Ok(()) = reader.skip() else { return };
+            out.push(0x82);
+            out.extend_from_slice(&data[key_at..value_at]);
             out.extend_from_slice(&[0x81, 0x82]);
-            out.extend_from_slice(&self.data[value_at..reader.position()]);
+            out.extend_from_slice(&data[value_at..reader.position()]);
             out.push(0x00);
         }
         cbor::array(out, 0);
@@ -275,14 +303,15 @@ mod tests {
         for op in &ops {
             encoded.push(op);
         }
+        let parts = |at: usize| Parts::read(encoded.get(at).unwrap().1);
         let mut born = BornRecords::default();
-        born.push(0);
+        born.push(0, parts(0).unwrap());
         assert_eq!(born.records(&encoded).unwrap(), vec![merged_stored(&ops[0], &[]).0]);
-        born.push(1);
-        assert!(born.read(&encoded).is_err(), "a delete");
-        born.remove(1);
-        born.push(2);
+        assert_eq!(parts(1), None, "a delete");
+        born.push(2, parts(0).unwrap());
         assert!(born.read(&encoded).is_err(), "past the batch");
+        born.remove(2);
+        assert_eq!(born.len(), 1);
     }
 
     /// Operations of every kind with random values (nested, floats, nulls,

@@ -356,6 +356,15 @@ impl<'a, const NOTES_FORM: bool> Reader<'a, NOTES_FORM> {
         }
     }
 
+    /// The bytes of a text, unchecked (for comparing texts already read
+    /// once as UTF-8: bytes order as their strings do).
+    pub(crate) fn text_bytes(&mut self) -> Result<&'a [u8], Unreadable> {
+        match self.head()? {
+            (TEXT, _, len) => self.take(usize::try_from(len).map_err(|_| Unreadable)?),
+            _ => Err(Unreadable),
+        }
+    }
+
     /// Steps over the next item, however nested, without building it:
     /// for finding one field of an encoded record. Iterative (no depth
     /// limit is needed) and bounded by the bytes left, since every item

@@ -11,7 +11,7 @@
 //! years ahead (or at `u64::MAX`) shows nowhere instead of locking every
 //! honest writer out of the fields it touched.
 
-use crate::born::{BornRecord, BornRecords};
+use crate::born::{BornRecord, BornRecords, Parts};
 use crate::clock::{self, Hlc, HybridLogicalClock, DEFAULT_MAX_CLOCK_DRIFT};
 use crate::codec;
 use crate::error::Error;
@@ -1158,9 +1158,9 @@ impl<S: Store> Database<S> {
                 } else if record.is_blank() && op.supersedes.is_empty() {
                     let body = bodies.len().checked_sub(1);
                     let own = body.and_then(|i| bodies.get(i)).filter(|(id, _)| **id == op.id);
-                    if let (Some(body), true) = (body, own.is_some_and(|(id, body)| BornRecord::read(id, body).is_some())) {
+                    if let (Some(body), Some(parts)) = (body, own.and_then(|(_, body)| Parts::read(body))) {
                         born_of[at] = Some(body);
-                        born.push(body);
+                        born.push(body, parts);
                         continue;
                     }
                 }

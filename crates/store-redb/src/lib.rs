@@ -1516,8 +1516,8 @@ mod tests {
     /// nulls, many fields), supersessions, and some stamped beyond the
     /// clock horizon.
     fn arb_received_batches() -> impl proptest::strategy::Strategy<Value = Vec<Vec<OperationWithMetadata>>> {
-        use proptest::prelude::*;
         use pluresdb_core::OperationType;
+        use proptest::prelude::*;
         let leaf = prop_oneof![
             Just(serde_json::Value::Null),
             any::<bool>().prop_map(serde_json::Value::from),
@@ -1530,7 +1530,8 @@ mod tests {
         let value = leaf.prop_recursive(3, 16, 4, |inner| {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
-                proptest::collection::btree_map("[a-d#]{0,3}", inner, 0..4).prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                proptest::collection::btree_map("[a-d#]{0,3}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
             ]
         });
         let fields = proptest::collection::btree_map("[a-h]{1,3}|x{20}", value, 0..12);
