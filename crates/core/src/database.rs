@@ -1024,12 +1024,12 @@ impl<S: Store> Database<S> {
         let mut clock = self.clock.clone();
         let publish = self.feed.has_subscribers();
         let mut changes = Vec::new();
-        // A received operation that alone makes its node's record (the node
-        // had none) is not merged here: the store writes the record from
+        // An operation (received, or local: an import's creates) that alone
+        // makes its node's record (the node had none) is not merged here: the store writes the record from
         // its body (`crate::born`). Not while anything needs the records
         // themselves (a subscriber's change, an index) or truncations
         // rebuilt some.
-        let births = !local && !publish && self.indexes.is_empty() && truncations.is_empty();
+        let births = !publish && self.indexes.is_empty() && truncations.is_empty();
         let mut born = BornRecords::default();
         // Where a record is born of an operation, that operation's body.
         let mut born_of: Vec<Option<usize>> = if births { vec![None; records.len()] } else { Vec::new() };
@@ -1062,6 +1062,12 @@ impl<S: Store> Database<S> {
                 op.timestamp = clock.tick_within(now, horizon);
                 if op.operation == OperationType::UpdateNode {
                     if let Ok(at) = position(&records, &op.node_id) {
+                        // A record born of an earlier operation of the batch
+                        // is built first: the values it replaces are there.
+                        if let Some(first) = born_of.get_mut(at).and_then(Option::take) {
+                            born.remove(first);
+                            records[at] = born_record(&bodies, first, &op.node_id)?;
+                        }
                         op.supersedes = superseded_by_write(&records[at], &op.data);
                     }
                 }
@@ -1151,10 +1157,7 @@ impl<S: Store> Database<S> {
                 if let Some(first) = born_of[at].take() {
                     // Touched again: made of its first operation, then merged.
                     born.remove(first);
-                    *record = match bodies.get(first).and_then(|(id, body)| BornRecord::read(id, body)) {
-                        Some(first) => first.to_record()?,
-                        None => return Err(Error::Decode { what: "born record", reason: format!("{}: its body is gone", op.node_id) }),
-                    };
+                    *record = born_record(&bodies, first, &op.node_id)?;
                 } else if record.is_blank() && op.supersedes.is_empty() {
                     let body = bodies.len().checked_sub(1);
                     let own = body.and_then(|i| bodies.get(i)).filter(|(id, _)| **id == op.id);
@@ -1211,12 +1214,14 @@ impl<S: Store> Database<S> {
         // more CPU per operation in the catch-up of a node on two cores
         // (4.4-4.8 -> 4.4-6.2 us, 4 pairs), freeing them all after the
         // commit, cold, more than one by one while each is in the cache.
-        if local {
-            self.store.commit_and_free_records(&mut batch)?;
-        } else if born.is_empty() {
-            self.store.commit_and_free_records_early(&mut batch)?;
-        } else {
+        // A batch with born records (local ones too: an import's creates)
+        // has few records of its own left.
+        if !born.is_empty() {
             self.store.commit_received(&mut batch, &born)?;
+        } else if local {
+            self.store.commit_and_free_records(&mut batch)?;
+        } else {
+            self.store.commit_and_free_records_early(&mut batch)?;
         }
         self.recent_ops = std::mem::take(&mut batch.ops);
         if !batch.released.is_empty() {
@@ -1580,6 +1585,15 @@ impl<S: Store> Database<S> {
     /// [`op_bodies_after`](Self::op_bodies_after) (once they were sent).
     pub fn forget_recent_ops(&mut self) {
         self.recent_ops = crate::store::EncodedOps::new();
+    }
+}
+
+/// The record born of the batch's operation at `at` of `bodies`, built
+/// (the node `node_id` is touched again).
+fn born_record(bodies: &KeptBodies, at: usize, node_id: &str) -> Result<NodeRecord, Error> {
+    match bodies.get(at).and_then(|(id, body)| BornRecord::read(id, body)) {
+        Some(first) => first.to_record(),
+        None => Err(Error::Decode { what: "born record", reason: format!("{node_id}: its body is gone") }),
     }
 }
 

@@ -658,7 +658,8 @@ pub struct ObservedStore<S = MemoryStore> {
     /// Per commit: `"commit"`, `"while syncing"`
     /// ([`Store::commit_and_free_records`]) or `"as encoded"`
     /// ([`Store::commit_and_free_records_early`]), and the batch's number
-    /// of node records.
+    /// of node records; or `"born"` ([`Store::commit_received`]) and its
+    /// number of records born of one operation.
     pub commits: Vec<(&'static str, usize)>,
     ops_after_calls: std::sync::atomic::AtomicUsize,
 }
@@ -700,6 +701,10 @@ impl<S: Store> ForwardingStore for ObservedStore<S> {
     fn forward_commit_and_free_records_early(&mut self, batch: &mut WriteBatch) -> Result<(), Error> {
         self.commits.push(("as encoded", batch.nodes.len()));
         self.inner.commit_and_free_records_early(batch)
+    }
+    fn forward_commit_received(&mut self, batch: &mut WriteBatch, born: &BornRecords) -> Result<(), Error> {
+        self.commits.push(("born", born.len()));
+        self.inner.commit_received(batch, born)
     }
 }
 

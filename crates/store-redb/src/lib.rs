@@ -1626,6 +1626,53 @@ mod tests {
             .unwrap();
     }
 
+    /// Records born of one local operation (an import's creates) are
+    /// stored as merged ones too: the same three replicas, each committing
+    /// the same local writes.
+    #[test]
+    fn records_born_of_one_local_operation_are_stored_as_merged_ones() {
+        use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+        let config = Config { cases: 48, failure_persistence: None, ..Config::default() };
+        let mut runner = TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+        runner
+            .run(&arb_received_batches(), |batches| {
+                let (born_dir, merged_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+                let mut born = Database::open(RedbStore::open(born_dir.path()).unwrap(), "p").unwrap();
+                let mut merged = Database::open(RedbStore::open(merged_dir.path()).unwrap(), "p").unwrap();
+                let mut memory = Database::open(pluresdb_core::MemoryStore::new(), "p").unwrap();
+                let subscriber = merged.subscribe(1 << 20);
+                for (i, batch) in batches.iter().enumerate() {
+                    let ops: Vec<OperationWithMetadata> =
+                        batch.iter().map(|op| OperationWithMetadata::new(op.operation, op.node_id.clone(), op.data.clone(), "p")).collect();
+                    let now = 100_000 + i as u64;
+                    let committed: Vec<bool> = [&mut born as &mut dyn CommitLocal, &mut merged, &mut memory]
+                        .into_iter()
+                        .map(|db| db.commit(ops.clone(), now))
+                        .collect();
+                    assert!(committed.iter().all(|&ok| ok == committed[0]), "{committed:?}");
+                }
+                let records = merged.store().scan_nodes("", None, usize::MAX).unwrap();
+                assert_eq!(born.store().scan_nodes("", None, usize::MAX).unwrap(), records);
+                assert_eq!(memory.store().scan_nodes("", None, usize::MAX).unwrap(), records);
+                drop((born, merged, subscriber));
+                let stored = stored_records(merged_dir.path());
+                assert_eq!(stored.len(), records.len());
+                assert_eq!(stored_records(born_dir.path()), stored);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    trait CommitLocal {
+        fn commit(&mut self, ops: Vec<OperationWithMetadata>, now_ms: u64) -> bool;
+    }
+
+    impl<S: Store> CommitLocal for Database<S> {
+        fn commit(&mut self, ops: Vec<OperationWithMetadata>, now_ms: u64) -> bool {
+            self.commit_local(ops, now_ms).is_ok()
+        }
+    }
+
     trait ApplyReceived {
         fn apply(&mut self, ops: Vec<pluresdb_core::ReceivedOp>, now_ms: u64);
     }
