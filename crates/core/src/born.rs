@@ -170,9 +170,14 @@ impl<'a> BornRecord<'a> {
 
     /// Appends the record as [`NodeRecord::encode_stored`] writes the
     /// record the operation makes (with the same `origin_index`).
-    pub fn encode_stored(&self, out: &mut Vec<u8>, mut origin_index: impl FnMut(&Arc<str>) -> Option<u32>) {
+    ///
+    /// Fails, having written part of it, only if the body no longer reads
+    /// as [`read`](Self::read) found it (never for records the replica
+    /// named); the caller then writes nothing of the batch.
+    pub fn encode_stored(&self, out: &mut Vec<u8>, mut origin_index: impl FnMut(&Arc<str>) -> Option<u32>) -> Result<(), Error> {
         use crate::cbor;
         let parts = &self.parts;
+        let unread = || Error::Decode { what: "born record", reason: format!("{}: its fields no longer read", self.node_id) };
         cbor::array(out, 4);
         // The reset: the one stamp, not a delete.
         if parts.create {
@@ -193,20 +198,24 @@ impl<'a> BornRecord<'a> {
         cbor::array(out, parts.fields);
         // Each field: [name, [[value, stamp 0]]], name and value as the
         // body holds them (read once already: they are whole).
-        let data = self.body.get(parts.data.0..parts.data.1).unwrap_or_default();
+        let data = self.body.get(parts.data.0..parts.data.1).ok_or_else(unread)?;
         let mut reader = crate::cbor::Reader::new(data);
         for _ in 0..parts.fields {
             let key_at = reader.position();
-            let Ok(()) = reader.skip() else { return };
+            reader.skip().map_err(|_| unread())?;
             let value_at = reader.position();
-            let Ok(()) = reader.skip() else { return };
+            reader.skip().map_err(|_| unread())?;
             out.push(0x82);
             out.extend_from_slice(&data[key_at..value_at]);
             out.extend_from_slice(&[0x81, 0x82]);
             out.extend_from_slice(&data[value_at..reader.position()]);
             out.push(0x00);
         }
+        if !reader.is_done() {
+            return Err(unread());
+        }
         cbor::array(out, 0);
+        Ok(())
     }
 
     /// The record itself: the operation decoded and merged into an empty
@@ -245,7 +254,7 @@ mod tests {
         };
         let (record, expected) = merged_stored(op, origins);
         let mut out = Vec::new();
-        born.encode_stored(&mut out, |origin| origins.iter().position(|o| o == origin).map(|i| i as u32));
+        born.encode_stored(&mut out, |origin| origins.iter().position(|o| o == origin).map(|i| i as u32)).unwrap();
         assert_eq!(out, expected, "{op:?}");
         assert_eq!(born.node_id(), op.node_id);
         assert_eq!(born.to_record().unwrap(), record);
@@ -294,6 +303,32 @@ mod tests {
         assert!(BornRecord::read(&id, &body).is_none());
         assert!(BornRecord::read(&id, &body[..body.len() / 2]).is_none());
         assert!(BornRecord::read(&id, &[]).is_none());
+    }
+
+    #[test]
+    fn a_body_that_no_longer_reads_as_its_parts_fails_the_record_rather_than_cutting_it_short() {
+        let op_with = |data| op(OperationType::CreateNode, data);
+        let op = op_with(json!({"a": 1, "b": 2}));
+        let mut body = Vec::new();
+        op.encode_body(&mut body);
+        let parts = Parts::read(&body).unwrap();
+        let mut out = Vec::new();
+        BornRecord::from_parts(&op.id, &body, parts).unwrap().encode_stored(&mut out, |_| None).unwrap();
+        // The second key's head now claims more text than the value holds.
+        let mut changed = body.clone();
+        let at = changed.windows(2).position(|w| w == b"\x61b").unwrap();
+        changed[at] = 0x6f;
+        let born = BornRecord::from_parts(&op.id, &changed, parts).unwrap();
+        assert!(matches!(born.encode_stored(&mut Vec::new(), |_| None), Err(Error::Decode { what: "born record", .. })));
+        // Or the parts' two fields end before their span does (parts of
+        // `{"a": 1, "b": 300}` over the body of `{"a": 1, "b": 2, "c": 3}`).
+        let long = op_with(json!({"a": 1, "b": 300}));
+        let mut long_body = Vec::new();
+        long.encode_body(&mut long_body);
+        let mut other = Vec::new();
+        op_with(json!({"a": 1, "b": 2, "c": 3})).encode_body(&mut other);
+        let born = BornRecord::from_parts(&long.id, &other, Parts::read(&long_body).unwrap()).unwrap();
+        assert!(matches!(born.encode_stored(&mut Vec::new(), |_| None), Err(Error::Decode { what: "born record", .. })));
     }
 
     #[test]

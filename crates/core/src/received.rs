@@ -493,7 +493,7 @@ mod tests {
                 crate::merge::apply_owned(&mut record, op.clone(), |_| false);
                 let (mut merged, mut written) = (Vec::new(), Vec::new());
                 record.encode_stored(&mut merged, |_| None);
-                born.encode_stored(&mut written, |_| None);
+                born.encode_stored(&mut written, |_| None).unwrap();
                 assert_eq!(written, merged, "{op:?}");
             }
         }

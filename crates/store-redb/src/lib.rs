@@ -508,7 +508,7 @@ impl RedbStore {
         // (a batch of 1,000 writes is ~340 KB, over what is kept between
         // commits): the op bodies, and records of about their size.
         payload.reserve(2 * batch.ops.byte_len() + 64 * (records.len() + born.len()) + 1024);
-        wal::encode_with_born(batch, records, born, &mut log.origins, payload);
+        wal::encode_with_born(batch, records, born, &mut log.origins, payload)?;
         Ok((db, log.committed + 1))
     }
 

@@ -24,7 +24,7 @@
 //! records: a write into space already allocated needs no metadata sync.
 
 use crate::origins::OriginIndex;
-use pluresdb_core::{BornRecord, IndexEntry, NodeRecord, Stamp, WriteBatch};
+use pluresdb_core::{BornRecord, Error, IndexEntry, NodeRecord, Stamp, WriteBatch};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -431,20 +431,22 @@ pub fn encode<R: std::borrow::Borrow<NodeRecord>>(
     origins: &mut OriginIndex,
     out: &mut Vec<u8>,
 ) {
-    encode_with_born(batch, nodes, &[], origins, out)
+    encode_with_born(batch, nodes, &[], origins, out).expect("records alone always encode")
 }
 
 /// [`encode`], with the records `born` of one of the batch's operations
 /// each besides `nodes` (see [`pluresdb_core::BornRecords`]), written from
 /// those operations' bodies: the same bytes as their records encoded. Both
-/// are in node id order.
+/// are in node id order. Fails only if a born record's body no longer
+/// reads as it did ([`BornRecord::encode_stored`]): `out` is then to be
+/// dropped, and the origins numbered meanwhile stay unwritten.
 pub fn encode_with_born<R: std::borrow::Borrow<NodeRecord>>(
     batch: &WriteBatch,
     nodes: impl ExactSizeIterator<Item = R>,
     born: &[BornRecord<'_>],
     origins: &mut OriginIndex,
     out: &mut Vec<u8>,
-) {
+) -> Result<(), Error> {
     put_count(out, batch.truncate.len());
     for (origin, from) in &batch.truncate {
         put_bytes(out, origin.as_bytes());
@@ -472,19 +474,27 @@ pub fn encode_with_born<R: std::borrow::Borrow<NodeRecord>>(
     // merged here were), so that origins get the same numbers.
     put_count(out, nodes.len() + born.len());
     let mut born = born.iter().peekable();
+    let mut unread = Ok(());
+    let mut put_born = |out: &mut Vec<u8>, origins: &mut OriginIndex, born: &BornRecord<'_>| {
+        put_bytes(out, born.node_id().as_bytes());
+        put_framed(out, |out| {
+            if let Err(err) = born.encode_stored(out, |origin| origins.number(origin)) {
+                unread = Err(err);
+            }
+        });
+    };
     for record in nodes {
         let record = record.borrow();
         while let Some(born) = born.next_if(|born| born.node_id() < record.id.as_str()) {
-            put_bytes(out, born.node_id().as_bytes());
-            put_framed(out, |out| born.encode_stored(out, |origin| origins.number(origin)));
+            put_born(out, origins, born);
         }
         put_bytes(out, record.id.as_bytes());
         put_framed(out, |out| record.encode_stored(out, |origin| origins.number(origin)));
     }
     for born in born {
-        put_bytes(out, born.node_id().as_bytes());
-        put_framed(out, |out| born.encode_stored(out, |origin| origins.number(origin)));
+        put_born(out, origins, born);
     }
+    unread?;
     put_count(out, batch.version_vector.len());
     for (origin, seq) in &batch.version_vector {
         put_bytes(out, origin.as_bytes());
@@ -509,6 +519,7 @@ pub fn encode_with_born<R: std::borrow::Borrow<NodeRecord>>(
     batch.index_removed.iter().for_each(|entry| put_index_entry(out, entry));
     put_count(out, batch.index_added.len());
     batch.index_added.iter().for_each(|entry| put_index_entry(out, entry));
+    Ok(())
 }
 
 /// Reads a payload; every length is checked against what is left, so a
