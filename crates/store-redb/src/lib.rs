@@ -1586,11 +1586,35 @@ mod tests {
         table.iter().unwrap().map(|entry| entry.map(|(key, value)| (key.value().to_owned(), value.value().to_vec())).unwrap()).collect()
     }
 
+    /// What born records are checked against: three replicas of the same
+    /// writes, one on redb without a subscriber (born records written from
+    /// their bodies), one on redb with a subscriber (which merges every
+    /// operation), one in memory (born records built by
+    /// `Store::commit_received`'s default). `write` gives each, in turn,
+    /// round `i`'s writes and says whether they were taken; all three must
+    /// take the same, hold the same records, and, on redb, store the same
+    /// bytes.
+    fn assert_born_stored_as_merged(peers: [&str; 3], rounds: usize, mut write: impl FnMut(usize, &mut dyn Replica) -> bool) {
+        let (born_dir, merged_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut born = Database::open(RedbStore::open(born_dir.path()).unwrap(), peers[0]).unwrap();
+        let mut merged = Database::open(RedbStore::open(merged_dir.path()).unwrap(), peers[1]).unwrap();
+        let mut memory = Database::open(pluresdb_core::MemoryStore::new(), peers[2]).unwrap();
+        let subscriber = merged.subscribe(1 << 20);
+        for i in 0..rounds {
+            let taken: Vec<bool> = [&mut born as &mut dyn Replica, &mut merged, &mut memory].into_iter().map(|db| write(i, db)).collect();
+            assert!(taken.iter().all(|&ok| ok == taken[0]), "{taken:?}");
+        }
+        let records = merged.store().scan_nodes("", None, usize::MAX).unwrap();
+        assert_eq!(born.store().scan_nodes("", None, usize::MAX).unwrap(), records);
+        assert_eq!(memory.store().scan_nodes("", None, usize::MAX).unwrap(), records);
+        drop((born, merged, subscriber));
+        let stored = stored_records(merged_dir.path());
+        assert_eq!(stored.len(), records.len());
+        assert_eq!(stored_records(born_dir.path()), stored);
+    }
+
     /// Records born of one received operation, written from its body,
-    /// are stored in exactly the bytes of the merged records: a replica
-    /// with a subscriber (which merges every operation) and one without
-    /// store the same bytes, and a replica in memory (born records built
-    /// by `Store::commit_received`'s default) the same records.
+    /// are stored in exactly the bytes of the merged records.
     #[test]
     fn records_born_of_one_operation_are_stored_as_merged_ones() {
         use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
@@ -1598,37 +1622,22 @@ mod tests {
         let mut runner = TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
         runner
             .run(&arb_received_batches(), |batches| {
-                let (born_dir, merged_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-                let mut born = Database::open(RedbStore::open(born_dir.path()).unwrap(), "x").unwrap();
-                let mut merged = Database::open(RedbStore::open(merged_dir.path()).unwrap(), "y").unwrap();
-                let mut memory = Database::open(pluresdb_core::MemoryStore::new(), "z").unwrap();
-                let subscriber = merged.subscribe(1 << 20);
-                for (i, batch) in batches.iter().enumerate() {
-                    let now = 100_000 + i as u64;
-                    for db in [&mut born as &mut dyn ApplyReceived, &mut merged, &mut memory] {
-                        // Checked ahead (bodies kept from the check) or not.
-                        let ops: Vec<_> = match i % 2 {
-                            0 => pluresdb_core::ReceivedOp::check_all(batch.clone(), None),
-                            _ => batch.iter().cloned().map(pluresdb_core::ReceivedOp::unchecked).collect(),
-                        };
-                        db.apply(ops, now);
-                    }
-                }
-                let records = merged.store().scan_nodes("", None, usize::MAX).unwrap();
-                assert_eq!(born.store().scan_nodes("", None, usize::MAX).unwrap(), records);
-                assert_eq!(memory.store().scan_nodes("", None, usize::MAX).unwrap(), records);
-                drop((born, merged, subscriber));
-                let stored = stored_records(merged_dir.path());
-                assert_eq!(stored.len(), records.len());
-                assert_eq!(stored_records(born_dir.path()), stored);
+                assert_born_stored_as_merged(["x", "y", "z"], batches.len(), |i, db| {
+                    // Checked ahead (bodies kept from the check) or not.
+                    let ops: Vec<_> = match i % 2 {
+                        0 => pluresdb_core::ReceivedOp::check_all(batches[i].clone(), None),
+                        _ => batches[i].iter().cloned().map(pluresdb_core::ReceivedOp::unchecked).collect(),
+                    };
+                    db.apply(ops, 100_000 + i as u64);
+                    true
+                });
                 Ok(())
             })
             .unwrap();
     }
 
     /// Records born of one local operation (an import's creates) are
-    /// stored as merged ones too: the same three replicas, each committing
-    /// the same local writes.
+    /// stored as merged ones too.
     #[test]
     fn records_born_of_one_local_operation_are_stored_as_merged_ones() {
         use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
@@ -1636,50 +1645,31 @@ mod tests {
         let mut runner = TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
         runner
             .run(&arb_received_batches(), |batches| {
-                let (born_dir, merged_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-                let mut born = Database::open(RedbStore::open(born_dir.path()).unwrap(), "p").unwrap();
-                let mut merged = Database::open(RedbStore::open(merged_dir.path()).unwrap(), "p").unwrap();
-                let mut memory = Database::open(pluresdb_core::MemoryStore::new(), "p").unwrap();
-                let subscriber = merged.subscribe(1 << 20);
-                for (i, batch) in batches.iter().enumerate() {
-                    let ops: Vec<OperationWithMetadata> =
-                        batch.iter().map(|op| OperationWithMetadata::new(op.operation, op.node_id.clone(), op.data.clone(), "p")).collect();
-                    let now = 100_000 + i as u64;
-                    let committed: Vec<bool> = [&mut born as &mut dyn CommitLocal, &mut merged, &mut memory]
-                        .into_iter()
-                        .map(|db| db.commit(ops.clone(), now))
+                assert_born_stored_as_merged(["p", "p", "p"], batches.len(), |i, db| {
+                    let ops: Vec<OperationWithMetadata> = batches[i]
+                        .iter()
+                        .map(|op| OperationWithMetadata::new(op.operation, op.node_id.clone(), op.data.clone(), "p"))
                         .collect();
-                    assert!(committed.iter().all(|&ok| ok == committed[0]), "{committed:?}");
-                }
-                let records = merged.store().scan_nodes("", None, usize::MAX).unwrap();
-                assert_eq!(born.store().scan_nodes("", None, usize::MAX).unwrap(), records);
-                assert_eq!(memory.store().scan_nodes("", None, usize::MAX).unwrap(), records);
-                drop((born, merged, subscriber));
-                let stored = stored_records(merged_dir.path());
-                assert_eq!(stored.len(), records.len());
-                assert_eq!(stored_records(born_dir.path()), stored);
+                    db.commit(ops, 100_000 + i as u64)
+                });
                 Ok(())
             })
             .unwrap();
     }
 
-    trait CommitLocal {
+    /// A replica of [`assert_born_stored_as_merged`].
+    trait Replica {
+        fn apply(&mut self, ops: Vec<pluresdb_core::ReceivedOp>, now_ms: u64);
         fn commit(&mut self, ops: Vec<OperationWithMetadata>, now_ms: u64) -> bool;
     }
 
-    impl<S: Store> CommitLocal for Database<S> {
-        fn commit(&mut self, ops: Vec<OperationWithMetadata>, now_ms: u64) -> bool {
-            self.commit_local(ops, now_ms).is_ok()
-        }
-    }
-
-    trait ApplyReceived {
-        fn apply(&mut self, ops: Vec<pluresdb_core::ReceivedOp>, now_ms: u64);
-    }
-
-    impl<S: Store> ApplyReceived for Database<S> {
+    impl<S: Store> Replica for Database<S> {
         fn apply(&mut self, ops: Vec<pluresdb_core::ReceivedOp>, now_ms: u64) {
             self.apply_received(ops, now_ms).unwrap();
+        }
+
+        fn commit(&mut self, ops: Vec<OperationWithMetadata>, now_ms: u64) -> bool {
+            self.commit_local(ops, now_ms).is_ok()
         }
     }
 
