@@ -39,18 +39,6 @@ impl BornRecords {
         self.ops.is_empty()
     }
 
-    /// Adds the operation at `at` of the batch's bodies, whose body has
-    /// `parts`.
-    pub(crate) fn push(&mut self, at: usize, parts: Parts) {
-        self.ops.push((at, parts));
-    }
-
-    /// The operation at `at` no longer makes its record alone (a later one
-    /// of the batch touched the node too).
-    pub(crate) fn remove(&mut self, at: usize) {
-        self.ops.retain(|&(op, _)| op != at);
-    }
-
     /// Each record, read from `ops` (the batch's bodies), in node id order
     /// (a batch's records are: a store that numbers origins as it first
     /// writes them numbers them in that order). An operation that is not
@@ -75,6 +63,13 @@ impl BornRecords {
     /// Each record, built (for a store that keeps records as they are).
     pub fn records(&self, ops: &EncodedOps) -> Result<Vec<NodeRecord>, Error> {
         self.read(ops)?.iter().map(BornRecord::to_record).collect()
+    }
+}
+
+/// Of the operations at each place of the batch's bodies with their parts.
+impl FromIterator<(usize, Parts)> for BornRecords {
+    fn from_iter<I: IntoIterator<Item = (usize, Parts)>>(ops: I) -> Self {
+        Self { ops: ops.into_iter().collect() }
     }
 }
 
@@ -157,7 +152,7 @@ impl<'a> BornRecord<'a> {
     }
 
     /// Of `body`, whose parts [`Parts::read`] found.
-    fn from_parts(id: &'a OpId, body: &'a [u8], parts: Parts) -> Option<Self> {
+    pub(crate) fn from_parts(id: &'a OpId, body: &'a [u8], parts: Parts) -> Option<Self> {
         let node_id = std::str::from_utf8(body.get(parts.node_id.0..parts.node_id.1)?).ok()?;
         body.get(parts.data.0..parts.data.1)?;
         Some(Self { id, node_id, body, parts })
@@ -339,14 +334,12 @@ mod tests {
             encoded.push(op);
         }
         let parts = |at: usize| Parts::read(encoded.get(at).unwrap().1);
-        let mut born = BornRecords::default();
-        born.push(0, parts(0).unwrap());
+        let born: BornRecords = [(0, parts(0).unwrap())].into_iter().collect();
         assert_eq!(born.records(&encoded).unwrap(), vec![merged_stored(&ops[0], &[]).0]);
-        assert_eq!(parts(1), None, "a delete");
-        born.push(2, parts(0).unwrap());
-        assert!(born.read(&encoded).is_err(), "past the batch");
-        born.remove(2);
         assert_eq!(born.len(), 1);
+        assert_eq!(parts(1), None, "a delete");
+        let born: BornRecords = [(0, parts(0).unwrap()), (2, parts(0).unwrap())].into_iter().collect();
+        assert!(born.read(&encoded).is_err(), "past the batch");
     }
 
     /// Operations of every kind with random values (nested, floats, nulls,

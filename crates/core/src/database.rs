@@ -1030,9 +1030,9 @@ impl<S: Store> Database<S> {
         // themselves (a subscriber's change, an index) or truncations
         // rebuilt some.
         let births = !publish && self.indexes.is_empty() && truncations.is_empty();
-        let mut born = BornRecords::default();
-        // Where a record is born of an operation, that operation's body.
-        let mut born_of: Vec<Option<usize>> = if births { vec![None; records.len()] } else { Vec::new() };
+        // For each record (in `records`' order, so in node id order), the
+        // batch's body it is born of and where its parts lie, while it is.
+        let mut born_of: Vec<Option<(usize, Parts)>> = if births { vec![None; records.len()] } else { Vec::new() };
         // The op log's bodies: sized for the batch up front for local
         // operations (a body is usually under 128 bytes); received ones are
         // those in `pre`, taken as it is while they are all of it in order.
@@ -1065,7 +1065,6 @@ impl<S: Store> Database<S> {
                         // A record born of an earlier operation of the batch
                         // is built first: the values it replaces are there.
                         if let Some(first) = born_of.get_mut(at).and_then(Option::take) {
-                            born.remove(first);
                             records[at] = born_record(&bodies, first, &op.node_id)?;
                         }
                         op.supersedes = superseded_by_write(&records[at], &op.data);
@@ -1156,14 +1155,12 @@ impl<S: Store> Database<S> {
             if births {
                 if let Some(first) = born_of[at].take() {
                     // Touched again: made of its first operation, then merged.
-                    born.remove(first);
                     *record = born_record(&bodies, first, &op.node_id)?;
                 } else if record.is_blank() && op.supersedes.is_empty() {
                     let body = bodies.len().checked_sub(1);
                     let own = body.and_then(|i| bodies.get(i)).filter(|(id, _)| **id == op.id);
                     if let (Some(body), Some(parts)) = (body, own.and_then(|(_, body)| Parts::read(body))) {
-                        born_of[at] = Some(body);
-                        born.push(body, parts);
+                        born_of[at] = Some((body, parts));
                         continue;
                     }
                 }
@@ -1192,6 +1189,8 @@ impl<S: Store> Database<S> {
         // A node only deferred operations touched has nothing to store.
         // (A rebuilt one is stored blank: it replaces what the dropped
         // operations had left.)
+        // Taken before the blank records (those born ones among them) go.
+        let born: BornRecords = born_of.into_iter().flatten().collect();
         records.retain(|record| !record.is_blank() || truncations.iter().any(|t| t.dropped.iter().any(|op| op.node_id == record.id)));
         let mut batch = WriteBatch {
             truncate: truncations.iter().map(|t| (t.origin.to_string(), t.from)).collect(),
@@ -1588,10 +1587,10 @@ impl<S: Store> Database<S> {
     }
 }
 
-/// The record born of the batch's operation at `at` of `bodies`, built
-/// (the node `node_id` is touched again).
-fn born_record(bodies: &KeptBodies, at: usize, node_id: &str) -> Result<NodeRecord, Error> {
-    match bodies.get(at).and_then(|(id, body)| BornRecord::read(id, body)) {
+/// The record born of the batch's operation at `at` of `bodies`, whose
+/// parts are `parts`, built (the node `node_id` is touched again).
+fn born_record(bodies: &KeptBodies, (at, parts): (usize, Parts), node_id: &str) -> Result<NodeRecord, Error> {
+    match bodies.get(at).and_then(|(id, body)| BornRecord::from_parts(id, body, parts)) {
         Some(first) => first.to_record(),
         None => Err(Error::Decode { what: "born record", reason: format!("{node_id}: its body is gone") }),
     }
